@@ -1,0 +1,136 @@
+"""Errors with stable codes.
+
+Every error a user can provoke carries a `code` that never changes between releases; the
+transport layers map codes to HTTP / gRPC status in one table, so clients can branch on
+the code rather than on message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class PacelineError(Exception):
+    """Base class: `code` is stable, `message` is for humans, `details` for machines."""
+
+    code: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class InvalidSpec(PacelineError):
+    """The curriculum spec (layout, objectives, sizes, names) is malformed."""
+
+    code = "INVALID_SPEC"
+
+
+class UnknownStrategy(InvalidSpec):
+    """A sampler or weighting name is not registered."""
+
+    code = "UNKNOWN_STRATEGY"
+
+
+class InvalidParams(InvalidSpec):
+    """A strategy's parameters are unknown, of the wrong type or out of range."""
+
+    code = "INVALID_PARAMS"
+
+
+class InvalidReport(PacelineError):
+    """A report has wrong shapes, non-finite values or inconsistent groups."""
+
+    code = "INVALID_REPORT"
+
+
+class IndexOutOfRange(InvalidReport):
+    """A sample index is outside 0..N-1 of the curriculum's dataset layout."""
+
+    code = "INDEX_OUT_OF_RANGE"
+
+
+class InvalidRequest(PacelineError):
+    """A request's arguments (batch size, step, run id) are out of range."""
+
+    code = "INVALID_REQUEST"
+
+
+class StateCorrupt(PacelineError):
+    """Serialised state could not be decoded into the expected structure."""
+
+    code = "STATE_CORRUPT"
+
+
+class NotFound(PacelineError):
+    """A named resource does not exist."""
+
+    code = "NOT_FOUND"
+
+
+class CurriculumNotFound(NotFound):
+    code = "CURRICULUM_NOT_FOUND"
+
+
+class RunNotFound(NotFound):
+    code = "RUN_NOT_FOUND"
+
+
+class Conflict(PacelineError):
+    """The request contradicts what is stored."""
+
+    code = "CONFLICT"
+
+
+class CurriculumExists(Conflict):
+    """A curriculum of that name exists with a different spec."""
+
+    code = "CURRICULUM_EXISTS"
+
+
+class IdempotencyConflict(Conflict):
+    """An idempotency key was reused for a different request."""
+
+    code = "IDEMPOTENCY_CONFLICT"
+
+
+class SchemaOutdated(PacelineError):
+    """The database schema is behind the code; run `paceline-server migrate`."""
+
+    code = "SCHEMA_OUTDATED"
+
+
+class Unavailable(PacelineError):
+    """A dependency (database, lock) is temporarily unavailable; retry later."""
+
+    code = "UNAVAILABLE"
+
+
+class Unauthenticated(PacelineError):
+    """No or an unknown bearer token where authentication is on."""
+
+    code = "UNAUTHENTICATED"
+
+
+class Forbidden(PacelineError):
+    """The token's scope does not allow this operation."""
+
+    code = "FORBIDDEN"
+
+
+class MalformedBody(InvalidRequest):
+    """The request body could not be decoded (bad JSON, msgpack or gzip)."""
+
+    code = "MALFORMED_BODY"
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    code = "UNSUPPORTED_MEDIA_TYPE"

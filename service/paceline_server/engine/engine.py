@@ -1,0 +1,356 @@
+"""The curriculum engine: folds reports into learning-progress state and proposes
+batches. Pure and deterministic: no clock, no I/O, no global RNG; the same spec and the
+same ordered reports give the same state and the same batches, bit for bit.
+
+`apply` validates the whole report before it touches state, so a rejected report leaves
+the engine exactly as it was. State serialises to bytes (`to_bytes`, an `.npz` of `.npz`
+parts, never pickle) and round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from paceline_server.domain.batch import Batch
+from paceline_server.domain.errors import InvalidRequest, StateCorrupt
+from paceline_server.domain.inspection import (
+    CurriculumInspection,
+    DistributionStats,
+    WeightRecord,
+)
+from paceline_server.domain.npz import load_npz, save_npz
+from paceline_server.domain.report import Report
+from paceline_server.domain.spec import CurriculumSpec
+from paceline_server.engine.health import (
+    HealthState,
+    health_flags,
+    init_health,
+    learning_progress,
+    update_health,
+    window_mean,
+)
+from paceline_server.strategies.base import (
+    ProposeContext,
+    Sampler,
+    UpdateContext,
+    WeightDecision,
+    Weighting,
+)
+from paceline_server.strategies.posteriors import (
+    PassRateState,
+    init_posteriors,
+    update_posteriors,
+)
+from paceline_server.strategies.registry import (
+    build_sampler,
+    build_weighting,
+    canonical,
+)
+from paceline_server.strategies.signals import ReportSignals
+from paceline_server.strategies.state_codec import decode_state, encode_state, state_nbytes
+from paceline_server.strategies.zero_variance import ZeroVarianceFilter
+
+FORMAT_VERSION = 1
+HISTORY = 1024  # weight changes kept for inspection
+_INIT_STREAM = 0x5EED  # separates the strategies' init stream from batch streams
+MAX_RUN_ID = 128
+
+
+@dataclass
+class EngineState:
+    """Everything the engine knows besides the spec. `clock` counts folded reports."""
+
+    clock: int
+    group_size: int  # typical group size of the last report (0 before any)
+    last_step: int  # largest trainer step reported (schedules shown by `inspect` follow it)
+    history_clock: np.ndarray  # int64 [HISTORY] ring of weight changes
+    history_weights: np.ndarray  # float64 [HISTORY, k]
+    history_scale: np.ndarray  # float64 [HISTORY]
+    history_count: int  # records ever written
+
+
+@dataclass
+class _Parts:
+    engine: EngineState
+    sampler: Any
+    weighting: Any
+    posteriors: PassRateState | None
+    health: HealthState
+
+
+def run_stream(seed: int, run_id: str, step: int) -> np.random.Generator:
+    """The RNG of one (run, step) batch: independent streams per run and step, stable
+    across processes (blake2b, not Python's salted hash)."""
+    digest = hashlib.blake2b(run_id.encode(), digest_size=16).digest()
+    words = np.frombuffer(digest, dtype=np.uint32).tolist()
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, *words, step])))
+
+
+class CurriculumEngine:
+    """One curriculum's strategies and state.
+
+    Build with `CurriculumEngine(spec)` for fresh state or `from_bytes(spec, data)` to
+    resume; `spec` is stored canonically (every strategy parameter spelled out).
+    """
+
+    def __init__(self, spec: CurriculumSpec, state: bytes | None = None) -> None:
+        self.sampler: Sampler[Any, Any] = build_sampler(spec.sampler, spec.layout,
+                                                        spec.objectives)
+        self.weighting: Weighting[Any, Any] = build_weighting(spec.weighting, spec.objectives)
+        self.spec = CurriculumSpec(
+            name=spec.name, layout=spec.layout, objectives=spec.objectives,
+            sampler=canonical(spec.sampler, self.sampler.params),
+            weighting=canonical(spec.weighting, self.weighting.params),
+            batch_size=spec.batch_size, seed=spec.seed,
+            primary_objective=spec.primary_objective, zero_variance=spec.zero_variance,
+        )
+        self.layout = spec.layout
+        self.keeps_posteriors = self.sampler.uses_posteriors or spec.zero_variance is not None
+        if state is None:
+            self._parts = self._fresh()
+            self._record_weights(self.weighting.current(self._parts.weighting))
+        else:
+            self._parts = self._decode(state)
+
+    @classmethod
+    def from_bytes(cls, spec: CurriculumSpec, data: bytes) -> CurriculumEngine:
+        """Resume from `to_bytes` output; raises StateCorrupt when the bytes are not a
+        state of this spec's strategies."""
+        return cls(spec, data)
+
+    def _fresh(self) -> _Parts:
+        spec = self.spec
+        rng = np.random.Generator(np.random.PCG64(
+            np.random.SeedSequence([spec.seed, _INIT_STREAM])))
+        sampler_state = self.sampler.init_state(rng)
+        weighting_state = self.weighting.init_state(rng)
+        engine = EngineState(
+            clock=0, group_size=0, last_step=0,
+            history_clock=np.zeros(HISTORY, dtype=np.int64),
+            history_weights=np.zeros((HISTORY, len(spec.objectives))),
+            history_scale=np.zeros(HISTORY),
+            history_count=0,
+        )
+        posteriors = (init_posteriors(self.layout.num_samples, self.sampler.posterior_config())
+                      if self.keeps_posteriors else None)
+        return _Parts(engine, sampler_state, weighting_state, posteriors,
+                      init_health(self.layout.num_distributions))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def clock(self) -> int:
+        return self._parts.engine.clock
+
+    @property
+    def state(self) -> _Parts:
+        """The live state (read-only by convention; for tests and benchmarks)."""
+        return self._parts
+
+    def weights(self) -> WeightDecision:
+        return self.weighting.current(self._parts.weighting)
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, report: Report) -> None:
+        """Fold one report into state. Raises InvalidReport (state untouched) when the
+        report does not fit the curriculum."""
+        report.validate(self.layout, len(self.spec.objectives))
+        parts = self._parts
+        engine = parts.engine
+        in_force = self.weighting.current(parts.weighting).weights
+        signals = ReportSignals(report, self.layout, self.spec.objectives,
+                                self.spec.primary_index, in_force)
+        if parts.posteriors is not None:
+            update_posteriors(parts.posteriors, self.sampler.posterior_config(),
+                              signals.indices, signals.successes, signals.group_size,
+                              engine.clock)
+        self.weighting.update(parts.weighting, signals,
+                              UpdateContext(engine.clock, in_force, parts.posteriors))
+        decision = self.weighting.current(parts.weighting)
+        self.sampler.update(parts.sampler, signals,
+                            UpdateContext(engine.clock, decision.weights, parts.posteriors))
+        update_health(parts.health, signals.distribution, signals.success,
+                      signals.zero_variance, signals.abs_advantage, signals.group_size)
+        engine.group_size = signals.group_size_typical
+        engine.last_step = max(engine.last_step, int(report.step))
+        engine.clock += 1
+        self._record_weights(decision)
+
+    def _record_weights(self, decision: WeightDecision) -> None:
+        engine = self._parts.engine
+        if engine.history_count:
+            last = (engine.history_count - 1) % HISTORY
+            if (np.array_equal(engine.history_weights[last], decision.weights)
+                    and engine.history_scale[last] == decision.scale):
+                return
+        slot = engine.history_count % HISTORY
+        engine.history_clock[slot] = engine.clock
+        engine.history_weights[slot] = decision.weights
+        engine.history_scale[slot] = decision.scale
+        engine.history_count += 1
+
+    # ------------------------------------------------------------------ propose
+    def next_batch(self, run_id: str, step: int, size: int | None = None) -> Batch:
+        """The batch run `run_id` should train on at `step` (does not change state)."""
+        size = self.spec.batch_size if size is None else size
+        self._check_request(run_id, step, size)
+        parts = self._parts
+        decision = self.weighting.current(parts.weighting)
+        ctx = self._propose_context(step, decision.weights)
+        proposal = self.sampler.propose(parts.sampler, size,
+                                        run_stream(self.spec.seed, run_id, step), ctx)
+        return Batch(
+            run_id=run_id, step=step, indices=proposal.indices.astype(np.int64),
+            reward_weights=np.asarray(decision.weights, dtype=np.float64),
+            reward_scale=float(decision.scale),
+            loss_weights=(None if proposal.loss_weights is None
+                          else proposal.loss_weights.astype(np.float64)),
+            probabilities=np.asarray(proposal.probabilities, dtype=np.float64),
+            skipped_zero_variance=int(proposal.skipped), clock=parts.engine.clock,
+        )
+
+    def _propose_context(self, step: int, weights: np.ndarray) -> ProposeContext:
+        parts = self._parts
+        zv = self.spec.zero_variance
+        accept = None
+        max_redraws = 0
+        if zv is not None and parts.posteriors is not None:
+            group = zv.group_size or parts.engine.group_size
+            if group > 0:
+                accept = ZeroVarianceFilter(parts.posteriors, group, zv.threshold,
+                                            zv.max_redraws, zv.exact).accept
+                max_redraws = zv.max_redraws
+        return ProposeContext(step=step, clock=parts.engine.clock, reward_weights=weights,
+                              posteriors=parts.posteriors, accept=accept,
+                              max_redraws=max_redraws)
+
+    def _check_request(self, run_id: str, step: int, size: int) -> None:
+        if not isinstance(run_id, str) or not run_id or len(run_id) > MAX_RUN_ID:
+            raise InvalidRequest(f"run_id must be a non-empty string of at most {MAX_RUN_ID} "
+                                 "characters", {"field": "run_id"})
+        if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+            raise InvalidRequest(f"step must be a non-negative integer; got {step!r}",
+                                 {"field": "step"})
+        n = self.layout.num_samples
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) \
+                or not 1 <= size <= n:
+            raise InvalidRequest(f"batch size must be an integer in [1, {n}]; got {size!r}",
+                                 {"field": "size", "maximum": n})
+
+    # ------------------------------------------------------------------ inspect
+    def inspect(self) -> CurriculumInspection:
+        parts = self._parts
+        health = parts.health
+        decision = self.weighting.current(parts.weighting)
+        ctx = self._propose_context(parts.engine.last_step, decision.weights)
+        probabilities = self.sampler.probabilities(parts.sampler, ctx)
+        success = window_mean(health, health.success)
+        advantage = window_mean(health, health.abs_advantage)
+        zero_variance = window_mean(health, health.zero_variance)
+        progress = learning_progress(health)
+        flags = health_flags(health)
+
+        def opt(value: float) -> float | None:
+            return None if np.isnan(value) else float(value)
+
+        distributions = tuple(
+            DistributionStats(
+                name=name, size=int(self.layout.sizes[d]),
+                probability=float(probabilities[d]), success=opt(success[d]),
+                mean_abs_advantage=opt(advantage[d]),
+                learning_progress=float(progress[d]),
+                zero_variance_fraction=opt(zero_variance[d]),
+                reports=int(health.reports[d]), sampled=int(health.sampled[d]),
+                rollouts=int(health.rollouts[d]), health=flags[d],
+            )
+            for d, name in enumerate(self.layout.names)
+        )
+        return CurriculumInspection(
+            clock=parts.engine.clock, objectives=self.spec.objective_names,
+            distributions=distributions,
+            reward_weights=tuple(float(w) for w in decision.weights),
+            reward_scale=float(decision.scale),
+            weight_history=self._weight_history(),
+            hypervolume_history=self.weighting.hypervolume_history(parts.weighting),
+            sampler=self.sampler.describe(parts.sampler),
+            weighting=self.weighting.describe(parts.weighting),
+        )
+
+    def _weight_history(self) -> tuple[WeightRecord, ...]:
+        engine = self._parts.engine
+        count = min(engine.history_count, HISTORY)
+        start = engine.history_count - count
+        slots = [(start + i) % HISTORY for i in range(count)]
+        return tuple(
+            WeightRecord(clock=int(engine.history_clock[s]),
+                         weights=tuple(float(w) for w in engine.history_weights[s]),
+                         scale=float(engine.history_scale[s]))
+            for s in slots
+        )
+
+    # ------------------------------------------------------------------ bytes
+    def state_bytes_per_sample(self) -> float:
+        """In-memory state per dataset index (the ≤ 32 B/sample budget)."""
+        parts = self._parts
+        total = (state_nbytes(parts.sampler) + state_nbytes(parts.weighting)
+                 + state_nbytes(parts.health) + state_nbytes(parts.engine)
+                 + self.layout.state_bytes())
+        if parts.posteriors is not None:
+            total += state_nbytes(parts.posteriors)
+        return total / self.layout.num_samples
+
+    def to_bytes(self) -> bytes:
+        parts = self._parts
+        sections = {
+            "format": np.asarray(FORMAT_VERSION),
+            "sampler_kind": np.asarray(self.spec.sampler.kind),
+            "weighting_kind": np.asarray(self.spec.weighting.kind),
+            "num_samples": np.asarray(self.layout.num_samples),
+            "engine": _blob(encode_state(parts.engine)),
+            "sampler": _blob(encode_state(parts.sampler)),
+            "weighting": _blob(encode_state(parts.weighting)),
+            "health": _blob(encode_state(parts.health)),
+        }
+        if parts.posteriors is not None:
+            sections["posteriors"] = _blob(encode_state(parts.posteriors))
+        return save_npz(sections)
+
+    def _decode(self, data: bytes) -> _Parts:
+        sections = load_npz(data, "engine state")
+        expected = {"format": FORMAT_VERSION, "sampler_kind": self.spec.sampler.kind,
+                    "weighting_kind": self.spec.weighting.kind,
+                    "num_samples": self.layout.num_samples}
+        for key, value in expected.items():
+            got = sections[key].item() if key in sections else None
+            if got != value:
+                raise StateCorrupt(f"state {key} is {got!r}; this curriculum needs {value!r}",
+                                   {"field": key})
+        if self.keeps_posteriors != ("posteriors" in sections):
+            raise StateCorrupt("state and spec disagree on keeping the pass-rate table")
+        parts = _Parts(
+            engine=decode_state(EngineState, _unblob(sections, "engine")),
+            sampler=decode_state(self.sampler.state_type, _unblob(sections, "sampler")),
+            weighting=decode_state(self.weighting.state_type, _unblob(sections, "weighting")),
+            posteriors=(decode_state(PassRateState, _unblob(sections, "posteriors"))
+                        if self.keeps_posteriors else None),
+            health=decode_state(HealthState, _unblob(sections, "health")),
+        )
+        if parts.engine.history_weights.shape != (HISTORY, len(self.spec.objectives)) \
+                or parts.health.filled.shape != (self.layout.num_distributions,):
+            raise StateCorrupt("state shapes do not match this curriculum's spec")
+        return parts
+
+
+def _blob(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _unblob(sections: dict[str, np.ndarray], key: str) -> bytes:
+    if key not in sections:
+        raise StateCorrupt(f"state is missing section {key!r}", {"field": key})
+    return sections[key].tobytes()
+
+

@@ -1,0 +1,149 @@
+"""The strategy contract: samplers choose batch composition, weightings choose the
+reward-weight vector.
+
+A strategy object is built once per curriculum from (layout, objectives, params) and holds
+no mutable data. All learning-progress state lives in a separate *state* dataclass of
+numpy arrays and scalars (serialised by `state_codec`, never pickled). The methods are
+functions of (state, input) only: no clock, no global RNG, no I/O, so the engine is
+deterministic given the seed and the ordered reports.
+
+`update` mutates the state it is given in place: per-sample strategies hold arrays of
+10^7 entries and must update O(batch) entries, not copy O(N). `propose` and `current`
+never mutate state (a sampler may modify and then exactly restore temporary values).
+
+Contract for implementers:
+- `init_state(rng)` returns a fresh state; it may draw from `rng` (seeded per curriculum).
+- `update(state, signals, ctx)` folds one report in.
+- `propose(state, size, rng, ctx)` returns `size` indices in [0, N), unique unless the
+  sampler documents otherwise, and the per-distribution probabilities it used.
+- State dataclasses round-trip exactly through `encode_state`/`decode_state`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+import numpy as np
+
+from paceline_server.domain.inspection import HypervolumeRecord
+from paceline_server.domain.layout import DatasetLayout
+from paceline_server.domain.spec import ObjectiveSpec
+from paceline_server.strategies.posteriors import PassRateState, PosteriorConfig
+from paceline_server.strategies.signals import ReportSignals
+
+S = TypeVar("S")
+P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class UpdateContext:
+    """What the engine knows beyond the report: `clock` is the number of reports folded
+    before this one; `reward_weights` the weights after the weighting's update;
+    `posteriors` the per-index pass-rate table (already updated) when the curriculum
+    keeps one."""
+
+    clock: int
+    reward_weights: np.ndarray
+    posteriors: PassRateState | None = None
+
+
+@dataclass(frozen=True)
+class ProposeContext:
+    """`step` is the asking run's step (schedules follow it), `clock` the curriculum's
+    report count; `accept` is the zero-variance predicate when skipping is on (samplers
+    redraw rejected indices up to `max_redraws` times)."""
+
+    step: int
+    clock: int
+    reward_weights: np.ndarray
+    posteriors: PassRateState | None = None
+    accept: Callable[[np.ndarray], np.ndarray] | None = None
+    max_redraws: int = 0
+
+
+@dataclass(frozen=True)
+class Proposal:
+    indices: np.ndarray  # int64 [B]
+    probabilities: np.ndarray  # float64 [D]
+    loss_weights: np.ndarray | None = None  # float64 [B], batch mean 1
+    skipped: int = 0  # indices rejected as predicted zero-variance
+
+
+@dataclass(frozen=True)
+class WeightDecision:
+    weights: np.ndarray  # float64 [k] on the simplex
+    scale: float = 1.0
+
+
+class Sampler(ABC, Generic[S, P]):
+    """Chooses which indices go into the next batch."""
+
+    name: ClassVar[str]
+    params_type: ClassVar[type[Any]]
+    state_type: ClassVar[type[Any]]
+    #: True when the sampler reads `ctx.posteriors` (the engine then keeps the table).
+    uses_posteriors: ClassVar[bool] = False
+
+    def __init__(self, layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...],
+                 params: P) -> None:
+        self.layout = layout
+        self.objectives = objectives
+        self.params = params
+
+    def posterior_config(self) -> PosteriorConfig:
+        """Prior and forgetting of the pass-rate table (samplers may expose them as
+        parameters)."""
+        return PosteriorConfig()
+
+    @abstractmethod
+    def init_state(self, rng: np.random.Generator) -> S: ...
+
+    @abstractmethod
+    def update(self, state: S, signals: ReportSignals, ctx: UpdateContext) -> None: ...
+
+    @abstractmethod
+    def propose(self, state: S, size: int, rng: np.random.Generator,
+                ctx: ProposeContext) -> Proposal: ...
+
+    @abstractmethod
+    def probabilities(self, state: S, ctx: ProposeContext) -> np.ndarray:
+        """Per-distribution probabilities the next batch would use (for inspection)."""
+
+    def describe(self, state: S) -> dict[str, Any]:
+        """Strategy-specific, JSON-able details for the state endpoint."""
+        return {}
+
+
+class Weighting(ABC, Generic[S, P]):
+    """Chooses the reward-weight vector (and reward scale) served with every batch."""
+
+    name: ClassVar[str]
+    params_type: ClassVar[type[Any]]
+    state_type: ClassVar[type[Any]]
+
+    def __init__(self, objectives: tuple[ObjectiveSpec, ...], params: P) -> None:
+        self.objectives = objectives
+        self.params = params
+
+    @property
+    def num_objectives(self) -> int:
+        return len(self.objectives)
+
+    @abstractmethod
+    def init_state(self, rng: np.random.Generator) -> S: ...
+
+    @abstractmethod
+    def update(self, state: S, signals: ReportSignals, ctx: UpdateContext) -> None: ...
+
+    @abstractmethod
+    def current(self, state: S) -> WeightDecision: ...
+
+    def describe(self, state: S) -> dict[str, Any]:
+        return {}
+
+    def hypervolume_history(self, state: S) -> tuple[HypervolumeRecord, ...]:
+        """(clock, hypervolume, point) records when the weighting tracks a Pareto front."""
+        return ()

@@ -1,0 +1,142 @@
+"""`dump_ucb`: DUMP's distribution-level UCB over advantage magnitudes (ALGORITHMS.md,
+"dump_ucb"; checked against ZhentingWang/DUMP, `verl/utils/curriculum_learning.py`).
+
+Per distribution, a window of the last `window` (300) per-rollout advantages, as the
+reference feeds them (one value per response). Learnability L_d is the mean of |A| over
+the window (abs taken before the mean, as the reference does): large advantages mean the
+policy still learns there. With n_d the rollouts reported for d and N = Σ n_d,
+
+    UCB_d = L_d + c · sqrt(2 ln(N + 1) / (n_d + 1)),   P = softmax(UCB / τ)
+
+(c = 1, τ = 0.1, softmax with the maximum subtracted). A distribution never reported has
+L_d = 0 and the largest bonus, so it is explored first. The reference clamps N to at
+least 1 inside the log; that only differs before any report, where every bonus is equal
+and P is uniform either way, so we keep the formula as written.
+
+Window: a fixed [D, window] ring per distribution (fill count + cursor), updated in one
+vectorised scatter: a report is folded in report order, and when it holds more than
+`window` rollouts of one distribution only its last `window` are kept, exactly as the
+reference's "extend, then keep the tail". L_d is recomputed only for the distributions a
+report touches and kept in the state, so `probabilities` is O(D).
+
+Beta(α, β) per distribution is kept for logging only (the reference does the same; it
+does not enter P). **(ours)** The reference counts a rollout as a success when its raw
+reward passes a hard-coded threshold; we add the fractional success of each rollout (the
+primary objective mapped to [0, 1]) to α and its complement to β, from a Beta(1, 1)
+prior, so it works for any reward scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from paceline_server.strategies.base import ProposeContext, UpdateContext
+from paceline_server.strategies.distribution import DistributionParams, DistributionSampler
+from paceline_server.strategies.params import require
+from paceline_server.strategies.signals import ReportSignals
+
+MAX_WINDOW = 100_000  # bounds the [D, window] ring
+
+
+@dataclass(frozen=True)
+class DumpUcbParams(DistributionParams):
+    """`window`: recent rollout advantages kept per distribution; `c`: exploration
+    weight (>= 0); `tau`: softmax temperature (> 0)."""
+
+    window: int = 300
+    c: float = 1.0
+    tau: float = 0.1
+
+    def __post_init__(self) -> None:
+        require(1 <= self.window <= MAX_WINDOW,
+                f"window must be in [1, {MAX_WINDOW}]; got {self.window!r}", "window")
+        require(self.c >= 0.0, f"c must be non-negative; got {self.c!r}", "c")
+        require(self.tau > 0.0, f"tau must be positive; got {self.tau!r}", "tau")
+
+
+@dataclass
+class DumpUcbState:
+    advantages: np.ndarray  # float64 [D, window] ring of recent per-rollout advantages
+    filled: np.ndarray  # int64 [D]: valid entries in the ring (<= window)
+    cursor: np.ndarray  # int64 [D]: next ring slot to write
+    learnability: np.ndarray  # float64 [D]: mean |A| over the ring (0 when empty)
+    rollouts: np.ndarray  # int64 [D]: n_d, rollouts reported in total
+    alpha: np.ndarray  # float64 [D]: Beta posterior (logging only)
+    beta: np.ndarray  # float64 [D]
+
+
+def ucb_scores(state: DumpUcbState, c: float) -> np.ndarray:
+    n = state.rollouts.astype(np.float64)
+    total = float(n.sum())
+    return np.asarray(state.learnability + c * np.sqrt(2.0 * math.log(total + 1.0) / (n + 1.0)))
+
+
+def softmax(scores: np.ndarray, tau: float) -> np.ndarray:
+    z = np.exp((scores - scores.max()) / tau)
+    return np.asarray(z / z.sum())
+
+
+class DumpUcbSampler(DistributionSampler[DumpUcbState, DumpUcbParams]):
+    name = "dump_ucb"
+    params_type = DumpUcbParams
+    state_type = DumpUcbState
+
+    def init_state(self, rng: np.random.Generator) -> DumpUcbState:
+        d = self.layout.num_distributions
+        return DumpUcbState(
+            advantages=np.zeros((d, self.params.window), dtype=np.float64),
+            filled=np.zeros(d, dtype=np.int64), cursor=np.zeros(d, dtype=np.int64),
+            learnability=np.zeros(d, dtype=np.float64),
+            rollouts=np.zeros(d, dtype=np.int64),
+            alpha=np.ones(d, dtype=np.float64), beta=np.ones(d, dtype=np.float64),
+        )
+
+    def update(self, state: DumpUcbState, signals: ReportSignals, ctx: UpdateContext) -> None:
+        num = self.layout.num_distributions
+        window = self.params.window
+        owner = signals.distribution[signals.group_of]  # distribution of every rollout
+        values = np.asarray(signals.advantages, dtype=np.float64)
+        count = np.bincount(owner, minlength=num).astype(np.int64)
+        # Rank of each rollout among its distribution's rollouts, in report order.
+        order = np.argsort(owner, kind="stable")
+        first = np.zeros(num, dtype=np.int64)
+        np.cumsum(count[:-1], out=first[1:])
+        rank = np.empty(owner.size, dtype=np.int64)
+        rank[order] = np.arange(owner.size, dtype=np.int64) - first[owner[order]]
+        # Keep only the last `window` rollouts of each distribution.
+        skip = np.maximum(count - window, 0)
+        keep = rank >= skip[owner]
+        kept_owner = owner[keep]
+        slot = (state.cursor[kept_owner] + rank[keep] - skip[kept_owner]) % window
+        state.advantages[kept_owner, slot] = values[keep]
+        kept = count - skip
+        touched = np.flatnonzero(count)
+        state.cursor[touched] = (state.cursor[touched] + kept[touched]) % window
+        state.filled[touched] = np.minimum(state.filled[touched] + kept[touched], window)
+        valid = np.arange(window)[None, :] < state.filled[touched, None]
+        magnitude = np.where(valid, np.abs(state.advantages[touched]), 0.0)
+        state.learnability[touched] = magnitude.sum(axis=1) / state.filled[touched]
+        state.rollouts += count
+        successes = np.bincount(signals.distribution, weights=signals.successes,
+                                minlength=num)
+        trials = np.bincount(signals.distribution, weights=signals.group_size, minlength=num)
+        state.alpha += successes
+        state.beta += trials - successes
+
+    def probabilities(self, state: DumpUcbState, ctx: ProposeContext) -> np.ndarray:
+        return softmax(ucb_scores(state, self.params.c), self.params.tau)
+
+    def describe(self, state: DumpUcbState) -> dict[str, Any]:
+        return {
+            "learnability": state.learnability.tolist(),
+            "ucb": ucb_scores(state, self.params.c).tolist(),
+            "rollouts": state.rollouts.tolist(),
+            "window_filled": state.filled.tolist(),
+            "beta_alpha": state.alpha.tolist(),
+            "beta_beta": state.beta.tolist(),
+            "beta_mean": (state.alpha / (state.alpha + state.beta)).tolist(),
+        }

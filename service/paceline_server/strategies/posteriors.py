@@ -1,0 +1,76 @@
+"""Per-index pass-rate posteriors: Beta(a, b) with exponential forgetting.
+
+Shared by the per-sample `prioritized` sampler and by predicted zero-variance skipping,
+so a curriculum that uses both keeps one table (12 bytes per sample: two float32 and
+an int32 "last seen" clock).
+
+Forgetting (ours, documented): each visit shrinks the *evidence* toward the prior,
+a <- a0 + γ (a - a0) + successes, b <- b0 + γ (b - b0) + failures, so old evidence fades as
+the policy changes while the posterior never becomes sharper than the prior allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NEVER = -1
+
+
+@dataclass(frozen=True)
+class PosteriorConfig:
+    prior_alpha: float = 1.0
+    prior_beta: float = 1.0
+    gamma: float = 0.99
+
+
+@dataclass
+class PassRateState:
+    alpha: np.ndarray  # float32 [N]
+    beta: np.ndarray  # float32 [N]
+    last_seen: np.ndarray  # int32 [N]: curriculum clock of the last visit, NEVER if unseen
+
+
+def init_posteriors(num_samples: int, config: PosteriorConfig) -> PassRateState:
+    return PassRateState(
+        alpha=np.full(num_samples, config.prior_alpha, dtype=np.float32),
+        beta=np.full(num_samples, config.prior_beta, dtype=np.float32),
+        last_seen=np.full(num_samples, NEVER, dtype=np.int32),
+    )
+
+
+def occurrence_rounds(indices: np.ndarray) -> list[np.ndarray]:
+    """Split positions of `indices` into rounds in which every index occurs once, in
+    order of occurrence, so repeated indices in one report are applied one after the
+    other (almost always a single round)."""
+    order = np.argsort(indices, kind="stable")
+    sorted_idx = indices[order]
+    new_run = np.r_[True, sorted_idx[1:] != sorted_idx[:-1]]
+    run_start = np.maximum.accumulate(np.where(new_run, np.arange(indices.size), 0))
+    rank = np.empty(indices.size, dtype=np.int64)
+    rank[order] = np.arange(indices.size) - run_start
+    if indices.size == 0 or rank.max() == 0:
+        return [np.arange(indices.size)]
+    return [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1)]
+
+
+def update_posteriors(state: PassRateState, config: PosteriorConfig, indices: np.ndarray,
+                      successes: np.ndarray, trials: np.ndarray, clock: int) -> None:
+    """Fold one report's groups (successes out of trials per index) into the table."""
+    gamma = np.float32(config.gamma)
+    a0 = np.float32(config.prior_alpha)
+    b0 = np.float32(config.prior_beta)
+    succ = successes.astype(np.float32)
+    fail = (trials - successes).astype(np.float32)
+    for positions in occurrence_rounds(indices):
+        idx = indices[positions]
+        state.alpha[idx] = a0 + gamma * (state.alpha[idx] - a0) + succ[positions]
+        state.beta[idx] = b0 + gamma * (state.beta[idx] - b0) + fail[positions]
+        state.last_seen[idx] = clock
+
+
+def posterior_mean(state: PassRateState, indices: np.ndarray) -> np.ndarray:
+    a = state.alpha[indices].astype(np.float64)
+    b = state.beta[indices].astype(np.float64)
+    return a / (a + b)

@@ -1,0 +1,39 @@
+"""`uniform`: every index equally likely (P_d = n_d / N); the baseline every adaptive
+sampler must beat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from paceline_server.strategies.base import ProposeContext, UpdateContext
+from paceline_server.strategies.distribution import DistributionParams, DistributionSampler
+from paceline_server.strategies.signals import ReportSignals
+
+
+@dataclass(frozen=True)
+class UniformParams(DistributionParams):
+    pass
+
+
+@dataclass
+class StatelessState:
+    """A strategy without learning-progress state still has a (empty) state."""
+
+
+class UniformSampler(DistributionSampler[StatelessState, UniformParams]):
+    name = "uniform"
+    params_type = UniformParams
+    state_type = StatelessState
+
+    def init_state(self, rng: np.random.Generator) -> StatelessState:
+        return StatelessState()
+
+    def update(self, state: StatelessState, signals: ReportSignals,
+               ctx: UpdateContext) -> None:
+        return None
+
+    def probabilities(self, state: StatelessState, ctx: ProposeContext) -> np.ndarray:
+        sizes = self.layout.sizes.astype(np.float64)
+        return np.asarray(sizes / sizes.sum())

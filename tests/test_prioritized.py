@@ -1,0 +1,136 @@
+"""The per-sample prioritized sampler against hand-computed priorities."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paceline_server.domain import InvalidParams
+from paceline_server.engine import CurriculumEngine
+from paceline_server.strategies.prioritized import PrioritizedSampler
+from support import report, spec
+
+
+def engine(**params: object) -> CurriculumEngine:
+    return CurriculumEngine(spec((40, 60), sampler={"kind": "prioritized", **params},
+                                 batch_size=8))
+
+
+def sampler_of(e: CurriculumEngine) -> PrioritizedSampler:
+    assert isinstance(e.sampler, PrioritizedSampler)
+    return e.sampler
+
+
+def test_unseen_priority_is_the_prior_value() -> None:
+    e = engine()
+    assert sampler_of(e).priorities(e.state.sampler, np.array([0, 99]), 0).tolist() == \
+        [0.25, 0.25]
+    np.testing.assert_allclose(e.next_batch("r", 0).probabilities, [0.4, 0.6])
+
+
+def test_priority_after_a_report_by_hand() -> None:
+    e = engine(gamma=1.0)
+    # Index 3: 3 of 4 solved -> Beta(4, 2), p = 2/3; index 7: all solved -> Beta(5, 1).
+    e.apply(report(e.spec, [3, 7], np.array([[1, 1, 1, 0], [1, 1, 1, 1.0]])))
+    s = sampler_of(e)
+    beta, h = 0.1, 1000.0
+    p3, p7 = 4 / 6, 5 / 6
+    # Seen at clock 0; at clock 0 staleness is 0.
+    now = s.priorities(e.state.sampler, np.array([3, 7]), 0)
+    np.testing.assert_allclose(now, [p3 * (1 - p3), p7 * (1 - p7)], rtol=1e-6)
+    # 500 reports later the staleness bonus is beta (1 - exp(-500/h)).
+    later = s.priorities(e.state.sampler, np.array([3, 7]), 500)
+    bonus = beta * (1 - math.exp(-500 / h))
+    np.testing.assert_allclose(later, [p3 * (1 - p3) + bonus, p7 * (1 - p7) + bonus],
+                               rtol=1e-5)
+
+
+def test_solved_samples_are_drawn_less() -> None:
+    e = engine(beta=0.0)
+    solved = np.arange(40)
+    for step in range(5):
+        e.apply(report(e.spec, solved, np.ones((40, 8)), step=step))
+    probabilities = e.next_batch("r", 5).probabilities
+    # d0's 40 samples are solved (p ~ 0.975, p(1-p) ~ 0.024) against d1's 60 unseen
+    # (0.25 each): d0 holds ~1/16 of the mass instead of 40 %.
+    assert probabilities[0] < 0.1
+    counts = np.mean([(e.next_batch("r", s).indices < 40).mean() for s in range(50)])
+    assert counts < 0.1
+
+
+def test_rebase_keeps_priorities() -> None:
+    e = engine(h=1.0)
+    rng = np.random.default_rng(0)
+    for step in range(30):  # (t - t0)/h passes 20 -> at least one rebase
+        idx = rng.choice(100, 8, replace=False)
+        e.apply(report(e.spec, idx, rng.integers(0, 2, (8, 4)).astype(float), step=step))
+    s = sampler_of(e)
+    state = e.state.sampler
+    assert state.t0 > 0
+    posteriors = e.state.posteriors
+    assert posteriors is not None
+    idx = np.arange(100)
+    p = posteriors.alpha / (posteriors.alpha + posteriors.beta)
+    last = posteriors.last_seen
+    expected = np.where(last < 0, 0.25,
+                        p * (1 - p) + 0.1 * (1 - np.exp(-(30 - last) / 1.0)))
+    np.testing.assert_allclose(s.priorities(state, idx, 30), expected, rtol=1e-4, atol=1e-6)
+    # Per-distribution mass follows the leaves exactly enough.
+    mass = np.array([expected[:40].sum(), expected[40:].sum()])
+    np.testing.assert_allclose(e.next_batch("r", 31).probabilities, mass / mass.sum(),
+                               rtol=1e-4)
+
+
+def test_state_round_trips_and_batches_match() -> None:
+    e = engine()
+    e.apply(report(e.spec, [1, 2, 50], np.array([[1, 0], [1, 1], [0, 0.0]])))
+    resumed = CurriculumEngine.from_bytes(e.spec, e.to_bytes())
+    assert resumed.to_bytes() == e.to_bytes()
+    assert resumed.next_batch("r", 1).same_as(e.next_batch("r", 1))
+
+
+def test_alpha_and_importance_weights() -> None:
+    with pytest.raises(InvalidParams, match="alpha != 1 needs beta = 0"):
+        engine(alpha=0.5)
+    e = engine(alpha=2.0, beta=0.0, is_correction=True)
+    e.apply(report(e.spec, [0, 1], np.array([[1, 1, 1, 0], [1, 0, 0, 0.0]])))
+    batch = e.next_batch("r", 1)
+    assert batch.loss_weights is not None
+    assert batch.loss_weights.max() == pytest.approx(1.0)
+    s = sampler_of(e)
+    w = s.priorities(e.state.sampler, batch.indices, 1)
+    # Higher probability -> smaller importance weight.
+    order = np.argsort(w)
+    assert np.all(np.diff(batch.loss_weights[order]) <= 1e-12)
+
+
+@pytest.mark.parametrize("params", [{"h": 0}, {"beta": -1}, {"gamma": 0}, {"is_beta": 2}])
+def test_bad_params(params: dict[str, float]) -> None:
+    with pytest.raises(InvalidParams):
+        engine(**params)
+
+
+def test_bytes_per_sample_within_budget() -> None:
+    e = CurriculumEngine(spec((500_000, 500_000), sampler="prioritized"))
+    assert e.state_bytes_per_sample() <= 32
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 60))
+def test_batches_unique_in_range_and_deterministic(seed: int, size: int) -> None:
+    cur = spec((40, 60), sampler="prioritized", seed=seed, batch_size=8)
+    a, b = CurriculumEngine(cur), CurriculumEngine(cur)
+    rng = np.random.default_rng(seed)
+    for e in (a, b):
+        e.apply(report(cur, rng.choice(100, 10, replace=False) if e is a else
+                       np.random.default_rng(seed).choice(100, 10, replace=False),
+                       np.ones((10, 2))))
+    x, y = a.next_batch("r", 1, size), b.next_batch("r", 1, size)
+    assert x.same_as(y)
+    assert np.unique(x.indices).size == size
+    assert x.indices.max() < 100
+    assert x.probabilities.sum() == pytest.approx(1.0)

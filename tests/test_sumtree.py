@@ -1,0 +1,120 @@
+"""The sum-tree: exact sums, sampling without replacement ∝ weight, bit-exact restore."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paceline_server.strategies.state_codec import decode_state, encode_state
+from paceline_server.strategies.sumtree import (
+    SumTreeState,
+    build_tree,
+    channel_totals,
+    leaf_weights,
+    sample_filtered,
+    sample_unique,
+    set_leaves,
+    total_weight,
+)
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 255, 256, 257, 5000])
+def test_totals_match_numpy(n: int) -> None:
+    values = np.random.default_rng(n).random((n, 2)).astype(np.float32)
+    tree = build_tree(values)
+    np.testing.assert_allclose(channel_totals(tree), values.astype(np.float64).sum(axis=0))
+    assert total_weight(tree, np.array([1.0, -0.5])) == pytest.approx(
+        float((values[:, 0] - 0.5 * values[:, 1]).astype(np.float64).sum()))
+
+
+def test_updates_equal_a_fresh_build_bit_for_bit() -> None:
+    rng = np.random.default_rng(0)
+    tree = build_tree(rng.random(5000))
+    for _ in range(5):
+        idx = rng.integers(0, 5000, 300)
+        set_leaves(tree, idx, rng.random(300))
+    fresh = build_tree(tree.leaves[:, :5000].T)
+    assert tree.nodes.tobytes() == fresh.nodes.tobytes()
+
+
+def test_duplicate_updates_last_wins() -> None:
+    tree = build_tree(np.zeros(10))
+    set_leaves(tree, np.array([3, 3, 3]), np.array([1.0, 2.0, 5.0]))
+    assert tree.leaves[0, 3] == 5.0
+    assert channel_totals(tree)[0] == 5.0
+
+
+def test_single_draw_frequencies() -> None:
+    tree = build_tree(np.array([1.0, 2.0, 3.0, 4.0]))
+    rng = np.random.default_rng(1)
+    counts = np.bincount(np.concatenate([sample_unique(tree, 1, rng) for _ in range(20000)]),
+                         minlength=4)
+    np.testing.assert_allclose(counts / 20000, [0.1, 0.2, 0.3, 0.4], atol=0.012)
+
+
+def test_with_two_channels_and_coefficients() -> None:
+    # weight = a - 0.5 b: leaf 0 has 1 - 0.5*2 = 0 and must never be drawn.
+    tree = build_tree(np.array([[1.0, 2.0], [1.0, 0.0], [2.0, 2.0]]))
+    rng = np.random.default_rng(2)
+    coef = np.array([1.0, -0.5])
+    np.testing.assert_allclose(leaf_weights(tree, np.arange(3), coef), [0.0, 1.0, 1.0])
+    drawn = np.concatenate([sample_unique(tree, 2, rng, coef) for _ in range(200)])
+    assert set(drawn.tolist()) == {1, 2}
+
+
+def test_sampling_leaves_the_tree_bit_identical() -> None:
+    rng = np.random.default_rng(3)
+    tree = build_tree(rng.random(1000) ** 4)  # peaked: forces the zeroing fallback
+    before = (tree.leaves.tobytes(), tree.nodes.tobytes())
+    chosen = sample_unique(tree, 900, rng)
+    assert np.unique(chosen).size == 900
+    assert (tree.leaves.tobytes(), tree.nodes.tobytes()) == before
+
+
+def test_zero_weight_leaves_come_last() -> None:
+    values = np.zeros(100)
+    values[[5, 50, 77]] = [1.0, 2.0, 3.0]
+    tree = build_tree(values)
+    rng = np.random.default_rng(4)
+    three = sample_unique(tree, 3, rng)
+    assert sorted(three.tolist()) == [5, 50, 77]
+    ten = sample_unique(tree, 10, rng)
+    assert {5, 50, 77} <= set(ten.tolist())
+    assert np.unique(ten).size == 10  # filled uniformly among the rest
+
+
+def test_filter_rejects_and_counts() -> None:
+    tree = build_tree(np.ones(1000))
+    rng = np.random.default_rng(5)
+    chosen, skipped = sample_filtered(tree, 50, rng, accept=lambda idx: idx % 2 == 0,
+                                      max_redraws=10)
+    assert skipped > 0
+    assert np.all(chosen % 2 == 0)
+    assert np.unique(chosen).size == 50
+
+
+def test_state_round_trip() -> None:
+    tree = build_tree(np.random.default_rng(6).random((33, 2)))
+    back = decode_state(SumTreeState, encode_state(tree))
+    assert back.size == 33
+    assert back.nodes.tobytes() == tree.nodes.tobytes()
+    assert back.leaves.tobytes() == tree.leaves.tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0.0, 10.0, width=32), min_size=1, max_size=300),
+       st.integers(1, 300), st.integers(0, 2**32 - 1))
+def test_draws_are_unique_in_range_and_positive_first(values: list[float], count: int,
+                                                       seed: int) -> None:
+    array = np.asarray(values, dtype=np.float32)
+    tree = build_tree(array)
+    chosen = sample_unique(tree, count, np.random.default_rng(seed))
+    k = min(count, array.size)
+    assert chosen.size == k
+    assert np.unique(chosen).size == k
+    assert chosen.min() >= 0
+    assert chosen.max() < array.size
+    positive = int((array > 0).sum())
+    assert (array[chosen] > 0).sum() == min(k, positive)
