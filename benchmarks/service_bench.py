@@ -1,0 +1,194 @@
+"""Service round-trip benchmark: a real uvicorn process on loopback.
+
+Per backend (SQLite file, PostgreSQL): the latency of one training-step cycle — report
+1024 prompts x 8 rollouts x 3 objectives, then ask for the next batch of 1024 — p50/p99
+in ms, for JSON and msgpack bodies; then cycles/s with 8 concurrent runs on one
+curriculum. Prints one JSON object per case. Targets on 2 cores: p50 <= 10 ms,
+p99 <= 30 ms, >= 300 cycles/s on SQLite.
+
+    python benchmarks/service_bench.py [--backends sqlite postgresql] [--cycles 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import msgpack
+import numpy as np
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+N, B, G, K = 100_000, 1024, 8, 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(url: str, workers: int) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "PACELINE_DATABASE_URL": url, "PACELINE_AUTO_MIGRATE": "true",
+           "PACELINE_LOG_LEVEL": "warning", "PACELINE_WORKERS": str(workers)}
+    process = subprocess.Popen([sys.executable, "-m", "paceline_server", "serve",
+                                "--port", str(port)], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@contextmanager
+def database(backend: str, tmp: str) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp}/bench.db"
+    else:
+        with pg_schema() as url:
+            yield url
+
+
+def spec(name: str) -> dict[str, Any]:
+    sizes = [40_000, 30_000, 20_000, 10_000]
+    return {"name": name, "batch_size": B, "sampler": "uniform", "weighting": "fixed",
+            "layout": {"distributions": [{"name": f"d{i}", "size": s}
+                                         for i, s in enumerate(sizes)]},
+            "objectives": ["correct", "format", "brevity"]}
+
+
+def typed(array: np.ndarray) -> dict[str, Any]:
+    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
+
+
+def encode(run: str, step: int, indices: list[int], rng: np.random.Generator,
+           encoding: str) -> tuple[bytes, str]:
+    """The trainer's request body (built before the clock starts: it is client work)."""
+    rewards = rng.integers(0, 2, (len(indices), G, K)).astype(np.float32)
+    if encoding == "msgpack":
+        report = {"run_id": run, "step": step, "indices": typed(np.asarray(indices)),
+                  "rewards": typed(rewards)}
+        return msgpack.packb(report), "application/msgpack"
+    report = {"run_id": run, "step": step, "indices": indices, "rewards": rewards.tolist()}
+    return json.dumps(report).encode(), "application/json"
+
+
+def cycle(http: httpx.Client, name: str, run: str, step: int, rng: np.random.Generator,
+          encoding: str, indices: list[int], timer: list[float] | None = None) -> list[int]:
+    content, ctype = encode(run, step, indices, rng, encoding)
+    if timer is not None:
+        timer.append(time.perf_counter())
+    ack = http.post(f"/v1/curricula/{name}/reports", content=content,
+                    headers={"Content-Type": ctype, "Idempotency-Key": f"{run}/{step}"})
+    ack.raise_for_status()
+    batch = http.post(f"/v1/curricula/{name}/batches", json={"run_id": run, "step": step + 1})
+    batch.raise_for_status()
+    return list(batch.json()["indices"])
+
+
+def latency_case(base: str, backend: str, encoding: str, cycles: int) -> dict[str, Any]:
+    name = f"lat-{encoding}"
+    rng = np.random.default_rng(0)
+    with httpx.Client(base_url=base, timeout=30) as http:
+        http.post("/v1/curricula", json=spec(name)).raise_for_status()
+        http.post(f"/v1/curricula/{name}/runs", json={"run_id": "r"}).raise_for_status()
+        indices = http.post(f"/v1/curricula/{name}/batches",
+                            json={"run_id": "r", "step": 0}).json()["indices"]
+        times = []
+        for step in range(cycles):
+            started: list[float] = []
+            indices = cycle(http, name, "r", step, rng, encoding, indices, started)
+            times.append((time.perf_counter() - started[0]) * 1e3)
+    warm = np.asarray(times[5:])
+    return {"case": "round_trip", "backend": backend, "encoding": encoding,
+            "cycles": len(warm), "p50_ms": round(float(np.percentile(warm, 50)), 2),
+            "p99_ms": round(float(np.percentile(warm, 99)), 2)}
+
+
+def throughput_case(base: str, backend: str, runs: int, seconds: float) -> dict[str, Any]:
+    name = "throughput"
+    with httpx.Client(base_url=base, timeout=30) as http:
+        http.post("/v1/curricula", json=spec(name)).raise_for_status()
+    done = [0] * runs
+    stop = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        rng = np.random.default_rng(i)
+        run = f"run-{i}"
+        with httpx.Client(base_url=base, timeout=60) as http:
+            http.post(f"/v1/curricula/{name}/runs", json={"run_id": run}).raise_for_status()
+            indices = http.post(f"/v1/curricula/{name}/batches",
+                                json={"run_id": run, "step": 0}).json()["indices"]
+            step = 0
+            while time.perf_counter() < stop:
+                indices = cycle(http, name, run, step, rng, "msgpack", indices)
+                step += 1
+                done[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(runs)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {"case": "concurrent_runs", "backend": backend, "runs": runs,
+            "cycles": sum(done), "cycles_per_s": round(sum(done) / elapsed, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    for backend in args.backends:
+        with tempfile.TemporaryDirectory() as tmp, database(backend, tmp) as url, \
+                server(url, args.workers) as base:
+            for encoding in ("json", "msgpack"):
+                print(json.dumps(latency_case(base, backend, encoding, args.cycles)),
+                      flush=True)
+            result = throughput_case(base, backend, args.runs, args.seconds)
+            print(json.dumps({**result, "workers": args.workers}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

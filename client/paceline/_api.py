@@ -1,0 +1,88 @@
+"""The REST calls, as data: each function returns the `Request` for one endpoint and the
+sync and async clients only send them and validate the replies. Keeps paths and bodies in
+one place."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from typing import Any, SupportsIndex
+from urllib.parse import quote
+
+from paceline._transport import Reply, Request, RetryPolicy
+from paceline.errors import Conflict
+
+PREFIX = "/v1/curricula"
+#: Heartbeats are not retried: the next one comes soon, and a stuck retry loop would
+#: delay closing the run.
+HEARTBEAT_POLICY = RetryPolicy(max_attempts=1)
+
+
+def _path(name: str, *rest: str) -> str:
+    return "/".join([PREFIX, quote(name, safe=""), *(quote(r, safe="") for r in rest)])
+
+
+def create_curriculum(spec: Mapping[str, Any], exist_ok: bool) -> Request:
+    return Request("POST", PREFIX, json={**spec, "exist_ok": exist_ok})
+
+
+def created_elsewhere(reply: Reply) -> bool:
+    """True when a create answered 409 only because an earlier attempt of the same call
+    (whose answer was lost) created that very spec: the caller fetches it instead."""
+    if reply.status != 409 or reply.attempts < 2:
+        return False
+    error = reply.error()
+    return isinstance(error, Conflict) and error.code == "CURRICULUM_EXISTS" \
+        and error.details.get("same_spec") is True
+
+
+def get_curriculum(name: str) -> Request:
+    return Request("GET", _path(name))
+
+
+def list_curricula(limit: int, offset: int) -> Request:
+    return Request("GET", PREFIX, params={"limit": str(limit), "offset": str(offset)})
+
+
+def delete_curriculum(name: str) -> Request:
+    return Request("DELETE", _path(name), params={"confirm": name})
+
+
+def deleted(reply: Reply) -> bool:
+    """A delete succeeded, or answered 404 after an earlier lost attempt did the work."""
+    return reply.ok or (reply.status == 404 and reply.attempts > 1)
+
+
+def attach_run(name: str, run_id: str, metadata: Mapping[str, Any] | None) -> Request:
+    return Request("POST", _path(name, "runs"),
+                   json={"run_id": run_id, "metadata": dict(metadata or {})})
+
+
+def get_run(name: str, run_id: str) -> Request:
+    return Request("GET", _path(name, "runs", run_id))
+
+
+def list_runs(name: str) -> Request:
+    return Request("GET", _path(name, "runs"))
+
+
+def heartbeat(name: str, run_id: str) -> Request:
+    return Request("POST", _path(name, "runs", run_id, "heartbeat"), policy=HEARTBEAT_POLICY)
+
+
+def next_batch(name: str, run_id: str, step: SupportsIndex, size: SupportsIndex | None
+               ) -> Request:
+    body: dict[str, Any] = {"run_id": run_id, "step": operator.index(step)}
+    if size is not None:
+        body["size"] = operator.index(size)
+    return Request("POST", _path(name, "batches"), json=body)
+
+
+def report(name: str, content: bytes, headers: Mapping[str, str],
+           idempotency_key: str) -> Request:
+    return Request("POST", _path(name, "reports"), content=content,
+                   headers={**headers, "Idempotency-Key": idempotency_key})
+
+
+def state(name: str) -> Request:
+    return Request("GET", _path(name, "state"))

@@ -1,0 +1,284 @@
+"""The REST calls of `_api` as gRPC calls, and gRPC answers as the REST bodies.
+
+The gRPC transport takes the very `Request`s the HTTP transport takes and answers the
+same `Reply`s (JSON-shaped bodies, HTTP-equivalent statuses), so the clients, their
+models and their retry/idempotency logic are shared word for word between transports.
+Only reports are built differently: arrays go as packed floats with shapes, written
+straight into the protobuf wire format instead of value by value.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, SupportsIndex
+from urllib.parse import unquote
+
+import numpy as np
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from paceline import _grpc_pb2 as pb
+from paceline._api import PREFIX
+from paceline._payloads import _rewards, plain
+from paceline._transport import Request
+from paceline.errors import InvalidInput
+
+__all__ = ["Call", "pack", "report_message", "route", "unpack"]
+
+SERVICE = "paceline.v1.Paceline"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One RPC for one `Request`: what to send, and how to read the answer as REST would
+    (its success status and JSON-shaped body)."""
+
+    method: str
+    message: Message
+    status: int
+    body: Callable[[Any], Any]
+
+
+# ------------------------------------------------------------------ answers
+def _time(stamp: Timestamp) -> str:
+    return stamp.ToJsonString()  # RFC 3339, parsed by the models as REST's values are
+
+
+def _object(text: str) -> Any:
+    return json.loads(text) if text else {}
+
+
+def curriculum(message: pb.Curriculum) -> dict[str, Any]:
+    return {"name": message.name, "spec": _object(message.spec_json),
+            "created_at": _time(message.created_at), "seq": message.seq,
+            "num_samples": message.num_samples, "distributions": list(message.distributions),
+            "objectives": list(message.objectives)}
+
+
+def run(message: pb.Run) -> dict[str, Any]:
+    return {"run_id": message.run_id, "curriculum": message.curriculum,
+            "created_at": _time(message.created_at),
+            "last_heartbeat": _time(message.last_heartbeat), "stale": message.stale,
+            "metadata": _object(message.metadata_json)}
+
+
+def batch(message: pb.Batch) -> dict[str, Any]:
+    return {"run_id": message.run_id, "step": message.step, "indices": list(message.indices),
+            "reward_weights": dict(zip(message.objectives, message.reward_weights,
+                                       strict=True)),
+            "reward_scale": message.reward_scale,
+            "loss_weights": unpack(message.loss_weights).tolist()
+            if message.HasField("loss_weights") else None,
+            "probabilities": dict(zip(message.distributions, message.probabilities,
+                                      strict=True)),
+            "skipped_zero_variance": message.skipped_zero_variance, "seq": message.seq}
+
+
+def _optional(message: Message, field: str) -> float | None:
+    value: float = getattr(message, field)
+    return value if message.HasField(field) else None
+
+
+def state(message: pb.State) -> dict[str, Any]:
+    objectives = list(message.objectives)
+    return {
+        "name": message.name, "seq": message.seq, "objectives": objectives,
+        "reward_weights": dict(zip(objectives, message.reward_weights, strict=True)),
+        "reward_scale": message.reward_scale,
+        "distributions": [{
+            "name": d.name, "size": d.size, "probability": d.probability,
+            "success": _optional(d, "success"),
+            "mean_abs_advantage": _optional(d, "mean_abs_advantage"),
+            "learning_progress": d.learning_progress,
+            "zero_variance_fraction": _optional(d, "zero_variance_fraction"),
+            "reports": d.reports, "sampled": d.sampled, "rollouts": d.rollouts,
+            "health": {"stalled": d.health.stalled, "saturated": d.health.saturated,
+                       "hopeless": d.health.hopeless}} for d in message.distributions],
+        "weight_history": [{"seq": r.seq, "weights": dict(zip(objectives, r.weights,
+                                                               strict=True)),
+                            "scale": r.scale} for r in message.weight_history],
+        "hypervolume_history": [{"seq": r.seq, "hypervolume": r.hypervolume,
+                                 "point": list(r.point)} for r in message.hypervolume_history],
+        "sampler": _object(message.sampler_json), "weighting": _object(message.weighting_json),
+    }
+
+
+# ------------------------------------------------------------------ arrays
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def pack(value: np.ndarray) -> bytes:
+    """The wire bytes of an `Array` holding `value`: the shape, then the raw
+    little-endian values as one packed field (float32 stays float32, anything else goes
+    as float64). Parsing these is a copy; filling the field value by value is 10x slower."""
+    f32 = value.dtype == np.float32
+    data = np.ascontiguousarray(value, dtype="<f4" if f32 else "<f8").tobytes()
+    head = pb.Array(shape=value.shape).SerializeToString()
+    if not data:
+        return head
+    return head + (b"\x1a" if f32 else b"\x12") + _varint(len(data)) + data
+
+
+def unpack(message: pb.Array) -> np.ndarray:
+    values = np.array(message.f32, dtype=np.float32) if message.f32 \
+        else np.array(message.f64, dtype=np.float64)
+    return values.reshape(list(message.shape)) if message.shape else values
+
+
+def _numpy(value: Any, field: str) -> np.ndarray:
+    """An array from numpy, torch (any device), nested lists or scalars."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, RuntimeError):  # e.g. a CUDA tensor: go through host memory
+        array = np.asarray(plain(value))
+    except ValueError as exc:
+        raise InvalidInput("INVALID_REPORT", f"{field} must be a rectangular numeric array",
+                           {"field": field}) from exc
+    return array
+
+
+def _floats(value: Any, field: str) -> np.ndarray:
+    array = _numpy(value, field)
+    if array.dtype == np.float32:
+        return array
+    try:
+        return array.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput("INVALID_REPORT", f"{field} must be a numeric array",
+                           {"field": field}) from exc
+
+
+def _ints(value: Any, field: str) -> list[int]:
+    array = _numpy(value, field)
+    if array.ndim != 1:
+        raise InvalidInput("INVALID_REPORT", f"{field} must be a 1-D list of integers; "
+                           f"got shape {array.shape}", {"field": field})
+    integral = array.dtype.kind in "iu" or (
+        array.dtype.kind == "f" and bool(np.all(np.isfinite(array)))
+        and bool(np.all(array == np.round(array))))
+    if array.size and not integral:
+        raise InvalidInput("INVALID_REPORT", f"{field} must be integers", {"field": field})
+    result: list[int] = array.astype(np.int64).tolist()
+    return result
+
+
+def report_message(*, run_id: str, step: SupportsIndex, indices: Any, rewards: Any,
+                   objectives: Sequence[str], advantages: Any = None, group_ids: Any = None,
+                   grad_products: Any = None, eval_objectives: Any = None,
+                   idempotency_key: str, curriculum: str) -> pb.ReportRequest:
+    """`_payloads.report_body` as a `ReportRequest` (dense, or flat with `group_ids`),
+    keeping numpy/torch arrays as arrays all the way to the wire."""
+    message = pb.ReportRequest(curriculum=curriculum, run_id=run_id,
+                               step=operator.index(step), idempotency_key=idempotency_key)
+    if group_ids is None:
+        message.indices.extend(_ints(indices, "indices"))
+    else:
+        message.rollout_indices.extend(_ints(indices, "rollout_indices"))
+        message.group_ids.extend(_ints(group_ids, "group_ids"))
+    if isinstance(rewards, Mapping):
+        rewards = _rewards(rewards, objectives)
+    message.rewards.MergeFromString(pack(_floats(rewards, "rewards")))
+    for field, value in (("advantages", advantages), ("grad_products", grad_products)):
+        if value is not None:
+            getattr(message, field).MergeFromString(pack(_floats(value, field)))
+    if isinstance(eval_objectives, Mapping):
+        message.eval_objectives_by_name.update(
+            {str(k): float(v) for k, v in eval_objectives.items()})
+    elif eval_objectives is not None:
+        message.eval_objectives.MergeFromString(
+            pack(_floats(eval_objectives, "eval_objectives")))
+    return message
+
+
+# ------------------------------------------------------------------ requests
+def _segments(path: str) -> list[str]:
+    if not path.startswith(PREFIX):
+        raise ValueError(f"no gRPC call for path {path!r}")
+    return [unquote(s) for s in path[len(PREFIX):].split("/") if s]
+
+
+def _json(request: Request) -> dict[str, Any]:
+    body = request.json
+    return dict(body) if isinstance(body, Mapping) else {}
+
+
+def _report(request: Request, name: str) -> pb.ReportRequest:
+    """A report request built by `report_message` (the clients do), or a REST body."""
+    if isinstance(request.json, pb.ReportRequest):
+        return request.json
+    if request.content is not None:
+        raise ValueError("the gRPC transport takes reports as objects, not encoded bodies")
+    body = _json(request)
+    key = request.headers.get("Idempotency-Key") or body.pop("idempotency_key", "")
+    rollouts = body.pop("rollout_indices", None)
+    return report_message(
+        curriculum=name, run_id=body.get("run_id", ""), step=body.get("step", 0),
+        indices=rollouts if rollouts is not None else body.get("indices", []),
+        rewards=body.get("rewards", []), objectives=[], advantages=body.get("advantages"),
+        group_ids=body.get("group_ids", [] if rollouts is not None else None),
+        grad_products=body.get("grad_products"),
+        eval_objectives=body.get("eval_objectives"), idempotency_key=key)
+
+
+def route(request: Request) -> Call:
+    """The RPC that does what `request` does over REST."""
+    parts = _segments(request.path)
+    method = request.method.upper()
+    body = _json(request)
+    match method, parts:
+        case "POST", []:
+            exist_ok = bool(body.pop("exist_ok", False))
+            create = pb.CreateCurriculumRequest(spec_json=json.dumps(body), exist_ok=exist_ok)
+            return Call("CreateCurriculum", create, 201, lambda r: curriculum(r.curriculum))
+        case "GET", []:
+            params = request.params
+            listing = pb.ListCurriculaRequest(limit=int(params.get("limit", 100)),
+                                              offset=int(params.get("offset", 0)))
+            return Call("ListCurricula", listing, 200,
+                        lambda r: {"curricula": [curriculum(c) for c in r.curricula]})
+        case "GET", [name]:
+            return Call("GetCurriculum", pb.GetCurriculumRequest(name=name), 200, curriculum)
+        case "DELETE", [name]:
+            delete = pb.DeleteCurriculumRequest(name=name,
+                                                confirm=request.params.get("confirm", ""))
+            return Call("DeleteCurriculum", delete, 204, lambda r: None)
+        case "POST", [name, "runs"]:
+            attach = pb.AttachRunRequest(curriculum=name, run_id=body.get("run_id") or "",
+                                         metadata_json=json.dumps(body.get("metadata") or {}))
+            return Call("AttachRun", attach, 201, run)
+        case "GET", [name, "runs"]:
+            return Call("ListRuns", pb.ListRunsRequest(curriculum=name), 200,
+                        lambda r: {"runs": [run(x) for x in r.runs]})
+        case "GET", [name, "runs", run_id]:
+            return Call("GetRun", pb.GetRunRequest(curriculum=name, run_id=run_id), 200, run)
+        case "POST", [name, "runs", run_id, "heartbeat"]:
+            return Call("Heartbeat", pb.HeartbeatRequest(curriculum=name, run_id=run_id), 200,
+                        run)
+        case "POST", [name, "batches"]:
+            ask = pb.NextBatchRequest(curriculum=name, run_id=body.get("run_id", ""),
+                                      step=int(body.get("step", 0)))
+            if body.get("size") is not None:
+                ask.size = int(body["size"])
+            return Call("NextBatch", ask, 200, batch)
+        case "POST", [name, "reports"]:
+            return Call("Report", _report(request, name), 200,
+                        lambda r: {"seq": r.seq, "replayed": r.replayed})
+        case "GET", [name, "state"]:
+            return Call("GetState", pb.GetStateRequest(curriculum=name), 200, state)
+    raise ValueError(f"no gRPC call for {method} {request.path}")
+
+
+def response_class(method: str) -> type[Message]:
+    """The answer's message class of an RPC, from the service descriptor."""
+    output: type[Message] = getattr(
+        pb, pb.DESCRIPTOR.services_by_name["Paceline"].methods_by_name[method].output_type.name)
+    return output

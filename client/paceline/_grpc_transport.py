@@ -1,0 +1,294 @@
+"""gRPC transports (`grpc://host:port`, or `grpcs://` over TLS) with the HTTP transport's
+retry policy, so `paceline.Client("grpc://...")` behaves like the HTTP client.
+
+Each `Request` of `_api` is sent as the matching RPC of `paceline.v1.Paceline` and the
+answer comes back as the same `Reply` the HTTP transport gives (see `_grpc_codec`).
+What is retried: a call that got no answer from the service (UNAVAILABLE or
+DEADLINE_EXCEEDED without a Paceline error: connection refused, reset, timed out — like
+httpx's transport errors), and errors the service marks retryable (UNAVAILABLE,
+RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED whose REST status is in the policy's statuses,
+except an outdated schema). The `retry-after` trailing metadata is honoured, else
+backoff with full jitter. A request is built once and re-sent as is, so a report's
+idempotency key is the same on every attempt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+try:
+    import grpc
+    import grpc.aio
+    import numpy  # noqa: F401  # the codec packs arrays with it
+    from google.protobuf.message import Message
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("grpc:// URLs need grpcio, protobuf and numpy: "
+                      "pip install 'paceline-client[grpc]'") from exc
+
+from paceline import _grpc_pb2 as pb
+from paceline import _transport
+from paceline._api import PREFIX
+from paceline._grpc_codec import SERVICE, Call, report_message, response_class, route
+from paceline._transport import NOT_RETRIED_CODES, Reply, Request, RetryPolicy, RetryState
+from paceline.errors import TransportError
+
+__all__ = ["GrpcAsyncTransport", "GrpcSyncTransport", "grpc_target", "is_grpc_url"]
+
+ERROR_KEY = "paceline-error-bin"
+RETRY_AFTER_KEY = "retry-after"
+RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         grpc.StatusCode.DEADLINE_EXCEEDED})
+#: without a Paceline error, these mean the call got no answer from the service
+NO_ANSWER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+#: REST statuses for gRPC codes that come without a Paceline error (a proxy, the runtime)
+FALLBACK_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+SCHEMES = {"grpc://": False, "grpcs://": True}
+#: gRPC's own message size limits are left to the server (it enforces max_body_bytes)
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [("grpc.max_send_message_length", -1),
+                                          ("grpc.max_receive_message_length", -1)]
+
+
+def is_grpc_url(url: str) -> bool:
+    return url.startswith(tuple(SCHEMES))
+
+
+def grpc_target(url: str) -> tuple[str, bool]:
+    """`host:port` and whether to use TLS, from a grpc:// or grpcs:// URL."""
+    for scheme, tls in SCHEMES.items():
+        if url.startswith(scheme):
+            target = url[len(scheme):].rstrip("/")
+            if not target or "/" in target:
+                raise ValueError(f"a gRPC URL is {scheme}host:port; got {url!r}")
+            return target, tls
+    raise ValueError(f"not a grpc:// or grpcs:// URL: {url!r}")
+
+
+def _metadata(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The client's headers as call metadata (authorization and any extras)."""
+    skip = {"accept", "user-agent", "content-type"}
+    return tuple((k.lower(), v) for k, v in headers.items() if k.lower() not in skip)
+
+
+def _deadline(timeout: Any) -> float | None:
+    """Seconds per attempt from a number or an `httpx.Timeout` (its read timeout)."""
+    if timeout is None or isinstance(timeout, int | float):
+        return None if timeout is None else float(timeout)
+    read = getattr(timeout, "read", None)
+    return float(read) if read is not None else None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed call: its gRPC code and, when the service sent one, the Paceline error."""
+
+    code: grpc.StatusCode
+    details: str
+    info: pb.ErrorInfo | None
+    retry_after: float | None
+
+    @property
+    def no_answer(self) -> bool:
+        return self.info is None and self.code in NO_ANSWER
+
+    @property
+    def status(self) -> int:
+        if self.info is not None:
+            return self.info.http_status
+        return FALLBACK_STATUS.get(self.code, 500)
+
+    def error(self) -> dict[str, Any]:
+        """The REST error body of this failure."""
+        if self.info is not None:
+            details = json.loads(self.info.details_json) if self.info.details_json else {}
+            return {"error": {"code": self.info.code, "message": self.info.message,
+                              "details": details}}
+        code = f"GRPC_{self.code.name}"
+        return {"error": {"code": code, "message": self.details or self.code.name,
+                          "details": {}}}
+
+    def reply(self, attempts: int) -> Reply:
+        return Reply(self.status, self.error(), "", attempts)
+
+
+def failure(error: grpc.RpcError) -> Failure:
+    """Read a failed call (sync or asyncio): code, details, trailing metadata."""
+    call: Any = error  # both call error classes have code/details/trailing_metadata
+    code: grpc.StatusCode = call.code()
+    details: str = call.details() or ""
+    info = None
+    retry_after = None
+    for key, value in call.trailing_metadata() or ():
+        if key == ERROR_KEY and isinstance(value, bytes):
+            info = pb.ErrorInfo.FromString(value)
+        elif key == RETRY_AFTER_KEY:
+            retry_after = _transport.parse_retry_after(
+                value.decode() if isinstance(value, bytes) else value)
+    if info is None and code == grpc.StatusCode.RESOURCE_EXHAUSTED \
+            and "larger than max" in details:
+        # the runtime refused a message over the server's limit: no retry can help
+        info = pb.ErrorInfo(code="PAYLOAD_TOO_LARGE", message=details, details_json="{}",
+                            http_status=413)
+    return Failure(code, details, info, retry_after)
+
+
+def after_failure(state: RetryState, failed: Failure) -> float | None:
+    """The wait before the next attempt, None to answer this failure, or raises
+    `TransportError` when the service never answered and the attempts are used up."""
+    state.attempts += 1
+    policy = state.policy
+    last = state.attempts >= policy.max_attempts
+    if failed.no_answer:
+        if last:
+            kind = "TIMEOUT" if failed.code == grpc.StatusCode.DEADLINE_EXCEEDED \
+                else "CONNECTION_ERROR"
+            raise TransportError(kind, f"gRPC {failed.code.name}: "
+                                 f"{failed.details or 'no details'} "
+                                 f"(after {state.attempts} attempt(s))",
+                                 {"attempts": state.attempts})
+        return policy.backoff(state.attempts, state.rng)
+    code = failed.info.code if failed.info is not None else None
+    if (last or failed.code not in RETRY_CODES or failed.status not in policy.statuses
+            or code in NOT_RETRIED_CODES):
+        return None
+    if failed.retry_after is not None:
+        return min(failed.retry_after, policy.retry_after_max)
+    return policy.backoff(state.attempts, state.rng)
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+class _Base:
+    """What the sync and asyncio transports share: target, metadata, deadline, policy."""
+
+    def __init__(self, url: str, policy: RetryPolicy, *, timeout: Any = 30.0,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self.target, self.tls = grpc_target(url)
+        self.policy = policy
+        self.timeout = _deadline(timeout)
+        headers = dict(headers or {})
+        self.metadata = _metadata(headers)
+        agent = next((v for k, v in headers.items() if k.lower() == "user-agent"), None)
+        self.options = [*CHANNEL_OPTIONS,
+                        *([("grpc.primary_user_agent", agent)] if agent else [])]
+
+    @staticmethod
+    def report_request(curriculum: str, idempotency_key: str, **arrays: Any) -> Request:
+        """A report as a `Request` whose body is the `ReportRequest` itself (the clients
+        call this instead of encoding JSON)."""
+        message = report_message(curriculum=curriculum, idempotency_key=idempotency_key,
+                                 **arrays)
+        return Request("POST", f"{PREFIX}/{quote(curriculum, safe='')}/reports", json=message,
+                       headers={"Idempotency-Key": idempotency_key})
+
+    def _answer(self, call: Call, answer: Any, attempts: int) -> Reply:
+        return Reply(call.status, call.body(answer), "", attempts)
+
+
+class GrpcSyncTransport(_Base):
+    """Sends `Request`s as blocking gRPC calls on one channel, with retries."""
+
+    def __init__(self, url: str, policy: RetryPolicy, *, timeout: Any = 30.0,
+                 headers: Mapping[str, str] | None = None,
+                 interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = ()) -> None:
+        super().__init__(url, policy, timeout=timeout, headers=headers)
+        channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(),
+                                      self.options) if self.tls \
+            else grpc.insecure_channel(self.target, self.options)
+        self._raw = channel
+        self.channel = grpc.intercept_channel(channel, *interceptors) if interceptors \
+            else channel
+        self._stubs: dict[str, Callable[..., Any]] = {}
+
+    def _stub(self, method: str) -> Callable[..., Any]:
+        stub = self._stubs.get(method)
+        if stub is None:
+            stub = self._stubs[method] = self.channel.unary_unary(
+                f"/{SERVICE}/{method}", request_serializer=_serialize,
+                response_deserializer=response_class(method).FromString)
+        return stub
+
+    def send(self, request: Request) -> Reply:
+        call = route(request)
+        stub = self._stub(call.method)
+        state = (request.policy or self.policy).start()
+        while True:
+            try:
+                answer = stub(call.message, timeout=self.timeout, metadata=self.metadata)
+            except grpc.RpcError as exc:
+                failed = failure(exc)
+                delay = after_failure(state, failed)
+                if delay is None:
+                    return failed.reply(state.attempts)
+                _transport._log_retry(request, delay, state, f"gRPC {failed.code.name}")
+                _transport._sleep(delay)
+            else:
+                state.attempts += 1
+                return self._answer(call, answer, state.attempts)
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class GrpcAsyncTransport(_Base):
+    """The asyncio twin (a `grpc.aio` channel, opened on first use in the caller's loop)."""
+
+    def __init__(self, url: str, policy: RetryPolicy, *, timeout: Any = 30.0,
+                 headers: Mapping[str, str] | None = None,
+                 interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
+        super().__init__(url, policy, timeout=timeout, headers=headers)
+        self._interceptors = list(interceptors)
+        self._channel: grpc.aio.Channel | None = None
+        self._stubs: dict[str, Callable[..., Any]] = {}
+
+    def _stub(self, method: str) -> Callable[..., Any]:
+        if self._channel is None:
+            self._channel = grpc.aio.secure_channel(
+                self.target, grpc.ssl_channel_credentials(), self.options,
+                interceptors=self._interceptors) if self.tls \
+                else grpc.aio.insecure_channel(self.target, self.options,
+                                               interceptors=self._interceptors)
+        stub = self._stubs.get(method)
+        if stub is None:
+            stub = self._stubs[method] = self._channel.unary_unary(
+                f"/{SERVICE}/{method}", request_serializer=_serialize,
+                response_deserializer=response_class(method).FromString)
+        return stub
+
+    async def send(self, request: Request) -> Reply:
+        call = route(request)
+        stub = self._stub(call.method)
+        state = (request.policy or self.policy).start()
+        while True:
+            try:
+                answer = await stub(call.message, timeout=self.timeout,
+                                    metadata=self.metadata)
+            except grpc.RpcError as exc:
+                failed = failure(exc)
+                delay = after_failure(state, failed)
+                if delay is None:
+                    return failed.reply(state.attempts)
+                _transport._log_retry(request, delay, state, f"gRPC {failed.code.name}")
+                await _transport._asleep(delay)
+            else:
+                state.attempts += 1
+                return self._answer(call, answer, state.attempts)
+
+    async def aclose(self) -> None:
+        channel, self._channel = self._channel, None
+        self._stubs.clear()
+        if channel is not None:
+            await channel.close()

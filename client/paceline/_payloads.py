@@ -1,0 +1,172 @@
+"""Shaping what callers pass (lists, numpy arrays, torch tensors, dicts by objective)
+into the JSON the service accepts, and encoding large bodies compactly. Pure functions:
+the sync and async clients share them, and nothing here needs numpy."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, SupportsIndex
+
+from paceline.errors import InvalidInput
+
+__all__ = [
+    "COMPRESS_OVER",
+    "ReportEncoding",
+    "curriculum_spec",
+    "encode_body",
+    "plain",
+    "report_body",
+]
+
+ReportEncoding = Literal["json", "msgpack"]
+#: Bodies larger than this many bytes are gzip-compressed.
+COMPRESS_OVER = 64 * 1024
+
+
+def _invalid(message: str) -> InvalidInput:
+    return InvalidInput("INVALID_REPORT", message, {"field": "rewards"})
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready data from arrays (numpy, torch, anything with `tolist`), tuples and
+    nested sequences of them."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------- curricula
+def _layout(distributions: Any, labels: Any, names: Sequence[str] | None) -> dict[str, Any]:
+    if labels is not None:
+        if names is None:
+            if distributions is None or isinstance(distributions, Mapping):
+                raise InvalidInput("INVALID_SPEC", "a label layout needs `names`: the "
+                                   "distribution name of each label value", {"field": "names"})
+            names = [d if isinstance(d, str) else d["name"] for d in distributions]
+        return {"labels": plain(labels), "names": list(names)}
+    if distributions is None:
+        raise InvalidInput("INVALID_SPEC", "give `distributions` (names and sizes) or "
+                           "`labels` with `names`", {"field": "distributions"})
+    if isinstance(distributions, Mapping):
+        items = [{"name": str(k), "size": int(v)} for k, v in distributions.items()]
+    else:
+        items = []
+        for item in distributions:
+            if isinstance(item, Mapping):
+                items.append({"name": item["name"], "size": int(item["size"])})
+            elif isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2:
+                items.append({"name": str(item[0]), "size": int(item[1])})
+            else:
+                raise InvalidInput("INVALID_SPEC", "each distribution is {'name', 'size'} or "
+                                   f"a (name, size) pair; got {item!r}",
+                                   {"field": "distributions"})
+    return {"distributions": items}
+
+
+def curriculum_spec(name: str, *, distributions: Any = None, labels: Any = None,
+                    names: Sequence[str] | None = None, objectives: Sequence[Any],
+                    sampler: str | Mapping[str, Any] = "uniform",
+                    weighting: str | Mapping[str, Any] = "fixed", batch_size: int = 64,
+                    seed: int = 0, zero_variance: bool | Mapping[str, Any] | None = None,
+                    primary_objective: str | None = None) -> dict[str, Any]:
+    """The spec as the service expects it (`layout` + the rest)."""
+    if isinstance(objectives, str):
+        objectives = [objectives]
+    spec: dict[str, Any] = {
+        "name": name,
+        "layout": _layout(distributions, labels, names),
+        "objectives": plain(list(objectives)),
+        "sampler": plain(sampler),
+        "weighting": plain(weighting),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+    }
+    if zero_variance is not None:
+        spec["zero_variance"] = plain(zero_variance)
+    if primary_objective is not None:
+        spec["primary_objective"] = primary_objective
+    return spec
+
+
+# ------------------------------------------------------------------- reports
+def _stack_last(parts: list[Any], where: str) -> Any:
+    """Stack equal-shaped nested lists along a new last axis ([n, g] x k -> [n, g, k])."""
+    first = parts[0]
+    if isinstance(first, list):
+        if any(not isinstance(p, list) or len(p) != len(first) for p in parts):
+            raise _invalid(f"the rewards of every objective must have the same shape "
+                           f"(mismatch at {where or 'the top level'})")
+        return [_stack_last([p[i] for p in parts], f"{where}[{i}]")
+                for i in range(len(first))]
+    if any(isinstance(p, list) for p in parts):
+        raise _invalid("the rewards of every objective must have the same shape")
+    return list(parts)
+
+
+def _rewards(rewards: Any, objectives: Sequence[str]) -> Any:
+    if not isinstance(rewards, Mapping):
+        return plain(rewards)
+    unknown = sorted(set(map(str, rewards)) - set(objectives))
+    missing = [o for o in objectives if o not in rewards]
+    if unknown or missing:
+        raise InvalidInput("INVALID_REPORT", f"rewards by objective must name exactly the "
+                           f"objectives {list(objectives)}; missing {missing}, unknown "
+                           f"{unknown}", {"field": "rewards", "missing": missing,
+                                          "unknown": unknown})
+    return _stack_last([plain(rewards[o]) for o in objectives], "")
+
+
+def report_body(*, run_id: str, step: SupportsIndex, indices: Any, rewards: Any,
+                objectives: Sequence[str], advantages: Any = None, group_ids: Any = None,
+                grad_products: Any = None, eval_objectives: Any = None) -> dict[str, Any]:
+    """The report in the dense form (`indices` [n], `rewards` [n, g, k]) or, when
+    `group_ids` is given, the flat form (one row per rollout: `rollout_indices` [m],
+    `rewards` [m, k], `group_ids` [m]) that allows groups of different sizes."""
+    body: dict[str, Any] = {"run_id": run_id, "step": operator.index(step)}
+    if group_ids is None:
+        body["indices"] = plain(indices)
+    else:
+        body["rollout_indices"] = plain(indices)
+        body["group_ids"] = plain(group_ids)
+    body["rewards"] = _rewards(rewards, objectives)
+    if advantages is not None:
+        body["advantages"] = plain(advantages)
+    if grad_products is not None:
+        body["grad_products"] = plain(grad_products)
+    if eval_objectives is not None:
+        body["eval_objectives"] = plain(eval_objectives)
+    return body
+
+
+def encode_body(body: Any, *, encoding: ReportEncoding = "json",
+                compress_over: int | None = COMPRESS_OVER) -> tuple[bytes, dict[str, str]]:
+    """Bytes and headers for a body: JSON (NaN passes through, for the service to reject
+    with a clear error) or msgpack, gzip-compressed when larger than `compress_over`."""
+    if encoding == "msgpack":
+        msgpack = import_msgpack()
+        data: bytes = msgpack.packb(body, use_bin_type=True)
+        headers = {"Content-Type": "application/msgpack"}
+    else:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+    if compress_over is not None and len(data) > compress_over:
+        data = gzip.compress(data, compresslevel=5)
+        headers["Content-Encoding"] = "gzip"
+    return data, headers
+
+
+def import_msgpack() -> Any:
+    """msgpack is optional (`pip install 'paceline-client[msgpack]'`)."""
+    try:
+        import msgpack  # type: ignore[import-untyped, import-not-found, unused-ignore]
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("report_encoding='msgpack' needs msgpack: "
+                          "pip install 'paceline-client[msgpack]'") from exc
+    return msgpack

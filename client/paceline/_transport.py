@@ -1,0 +1,289 @@
+"""HTTP with retries. The retry policy is plain code shared by the sync and async
+transports; only the sleeping and the sending differ.
+
+What is retried: connection failures and timeouts, and the statuses that mean "try again
+later" (408, 429, 502, 503, 504) — except a 503 that says the database schema is outdated,
+which no retry fixes. Waits use exponential backoff with full jitter (AWS architecture
+blog, "Exponential Backoff and Jitter") unless the response names a `Retry-After`, which
+is honoured (seconds or HTTP-date, capped). A request is built once and re-sent as is, so
+its body and idempotency key are identical on every attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from paceline.errors import PacelineError, TransportError, error_from_response
+
+__all__ = [
+    "RETRY_STATUSES",
+    "AsyncTransport",
+    "Reply",
+    "Request",
+    "RetryPolicy",
+    "RetryState",
+    "SyncTransport",
+    "parse_retry_after",
+]
+
+logger = logging.getLogger("paceline")
+
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+#: 503s that retrying cannot fix.
+NOT_RETRIED_CODES = frozenset({"SCHEMA_OUTDATED"})
+#: httpx failures after which the same request may succeed.
+RETRY_ERRORS: tuple[type[Exception], ...] = (
+    httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry. `max_attempts` counts the first try."""
+
+    max_attempts: int = 5
+    backoff_initial: float = 0.5
+    backoff_max: float = 10.0
+    retry_after_max: float = 60.0
+    statuses: frozenset[int] = RETRY_STATUSES
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if not (self.backoff_initial >= 0 and self.backoff_max >= 0
+                and self.retry_after_max >= 0):
+            raise ValueError("backoff and Retry-After limits must be non-negative")
+
+    @classmethod
+    def of(cls, retries: int | RetryPolicy | None) -> RetryPolicy:
+        """`retries` as given to a client: a number of retries after the first attempt,
+        a policy, or None for no retries."""
+        if isinstance(retries, RetryPolicy):
+            return retries
+        if retries is None:
+            return cls(max_attempts=1)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative integer; got {retries!r}")
+        return cls(max_attempts=retries + 1)
+
+    def backoff(self, retry: int, rng: random.Random | None = None) -> float:
+        """Full jitter: uniform in [0, min(backoff_max, backoff_initial * 2**(retry-1))]
+        for the `retry`-th retry (1-based), so simultaneous clients spread out."""
+        ceiling = min(self.backoff_max, self.backoff_initial * 2.0 ** max(retry - 1, 0))
+        return (rng or random).uniform(0.0, ceiling)
+
+    def start(self, rng: random.Random | None = None) -> RetryState:
+        return RetryState(self, rng)
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP-date
+    (RFC 9110 10.2.3). None when absent or unparsable."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+@dataclass
+class RetryState:
+    """The retry bookkeeping of one call: decides after each attempt whether to retry
+    and how long to wait first."""
+
+    policy: RetryPolicy
+    rng: random.Random | None = None
+    attempts: int = 0
+
+    def after_response(self, response: httpx.Response) -> float | None:
+        """The wait before the next attempt, or None to return this response."""
+        self.attempts += 1
+        if response.status_code not in self.policy.statuses:
+            return None
+        if self.attempts >= self.policy.max_attempts:
+            return None
+        if response.status_code == 503 and _error_code(response) in NOT_RETRIED_CODES:
+            return None
+        after = parse_retry_after(response.headers.get("retry-after"))
+        if after is not None:
+            return min(after, self.policy.retry_after_max)
+        return self.policy.backoff(self.attempts, self.rng)
+
+    def after_error(self, exc: httpx.TransportError) -> float:
+        """The wait before the next attempt; raises `TransportError` when the failure is
+        not transient or the attempts are used up."""
+        self.attempts += 1
+        if not isinstance(exc, RETRY_ERRORS) or self.attempts >= self.policy.max_attempts:
+            code = "TIMEOUT" if isinstance(exc, httpx.TimeoutException) else "CONNECTION_ERROR"
+            raise TransportError(
+                code, f"{type(exc).__name__}: {exc or 'no details'} "
+                f"(after {self.attempts} attempt(s))",
+                {"attempts": self.attempts}) from exc
+        return self.policy.backoff(self.attempts, self.rng)
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One API call, built by the client and sent (maybe several times) by a transport."""
+
+    method: str
+    path: str
+    json: Any = None
+    content: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+    #: Override of the client's policy (heartbeats use a single attempt).
+    policy: RetryPolicy | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A response read to the end: status, decoded JSON body, and how many attempts it
+    took (callers use that to recognise their own earlier, lost attempt)."""
+
+    status: int
+    body: Any
+    text: str
+    attempts: int
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def error(self) -> PacelineError:
+        return error_from_response(self.status, self.body, self.text)
+
+    def json(self) -> Any:
+        """The body of a successful reply; raises the mapped error otherwise."""
+        if not self.ok:
+            raise self.error()
+        return self.body
+
+
+def _reply(response: httpx.Response, attempts: int) -> Reply:
+    body: Any = None
+    if response.content:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+    return Reply(response.status_code, body, response.text if body is None else "", attempts)
+
+
+def _build(http: httpx.Client | httpx.AsyncClient, request: Request) -> httpx.Request:
+    return http.build_request(request.method, request.path, json=request.json,
+                              content=request.content, headers=dict(request.headers),
+                              params=dict(request.params) or None)
+
+
+def _log_retry(request: Request, delay: float, state: RetryState, why: str) -> None:
+    logger.info("paceline: %s %s failed (%s); retry %d/%d in %.2fs", request.method,
+                request.path, why, state.attempts, state.policy.max_attempts - 1, delay)
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+async def _asleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+class SyncTransport:
+    """Sends `Request`s through an `httpx.Client` (a real connection pool, or an
+    in-process ASGI test client for the embedded mode) with retries."""
+
+    def __init__(self, http: httpx.Client, policy: RetryPolicy,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.http = http
+        self.policy = policy
+        self._on_close = on_close
+
+    def send(self, request: Request) -> Reply:
+        built = _build(self.http, request)
+        state = (request.policy or self.policy).start()
+        while True:
+            try:
+                response = self.http.send(built)
+            except httpx.TransportError as exc:
+                delay = state.after_error(exc)
+                _log_retry(request, delay, state, type(exc).__name__)
+            else:
+                wait = state.after_response(response)
+                if wait is None:
+                    return _reply(response, state.attempts)
+                delay = wait
+                _log_retry(request, delay, state, f"HTTP {response.status_code}")
+            _sleep(delay)
+
+    def close(self) -> None:
+        try:
+            self.http.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+
+class AsyncTransport:
+    """The asyncio twin of `SyncTransport` (same policy, `asyncio.sleep` between tries)."""
+
+    def __init__(self, http: httpx.AsyncClient, policy: RetryPolicy,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.http = http
+        self.policy = policy
+        self._on_close = on_close
+
+    async def send(self, request: Request) -> Reply:
+        built = _build(self.http, request)
+        state = (request.policy or self.policy).start()
+        while True:
+            try:
+                response = await self.http.send(built)
+            except httpx.TransportError as exc:
+                delay = state.after_error(exc)
+                _log_retry(request, delay, state, type(exc).__name__)
+            else:
+                wait = state.after_response(response)
+                if wait is None:
+                    return _reply(response, state.attempts)
+                delay = wait
+                _log_retry(request, delay, state, f"HTTP {response.status_code}")
+            await _asleep(delay)
+
+    async def aclose(self) -> None:
+        try:
+            await self.http.aclose()
+        finally:
+            if self._on_close is not None:
+                self._on_close()

@@ -1,0 +1,318 @@
+"""The asyncio client: the same API as `paceline.client`, every call awaited. Runs
+heartbeat in an asyncio task instead of a thread. Shares requests, payload shaping and the
+retry policy with the sync client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import operator
+import os
+import weakref
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, SupportsIndex
+
+import httpx
+
+from paceline import _api, _embedded
+from paceline._payloads import (
+    COMPRESS_OVER,
+    ReportEncoding,
+    curriculum_spec,
+    encode_body,
+    import_msgpack,
+    report_body,
+)
+from paceline._transport import AsyncTransport, Reply, Request, RetryPolicy
+from paceline.client import (
+    PAGE,
+    base_url,
+    default_headers,
+    is_grpc,
+    new_run_id,
+    report_key,
+)
+from paceline.models import Batch, CurriculumInfo, ReportAck, RunInfo, State
+
+if TYPE_CHECKING:  # gRPC is optional: imported only for grpc:// URLs
+    from paceline._grpc_transport import GrpcAsyncTransport
+
+__all__ = ["AsyncClient", "AsyncCurriculum", "AsyncRun"]
+
+logger = logging.getLogger("paceline")
+
+
+class AsyncClient:
+    """A connection to a Paceline service for asyncio code; see `paceline.Client`."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 timeout: float | httpx.Timeout = 30.0,
+                 retries: int | RetryPolicy | None = 4,
+                 headers: Mapping[str, str] | None = None,
+                 report_encoding: ReportEncoding = "json",
+                 compress_over: int | None = COMPRESS_OVER,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        root = base_url(url)
+        if is_grpc(root):
+            from paceline._grpc_transport import GrpcAsyncTransport
+
+            if transport is not None:
+                raise ValueError("transport= plugs into HTTP; a grpc:// URL uses gRPC")
+            self._setup(GrpcAsyncTransport(root, RetryPolicy.of(retries), timeout=timeout,
+                                           headers=default_headers(token, headers)),
+                        report_encoding, compress_over)
+            return
+        http = httpx.AsyncClient(base_url=root, timeout=timeout,
+                                 transport=transport, headers=default_headers(token, headers))
+        self._setup(AsyncTransport(http, RetryPolicy.of(retries)), report_encoding,
+                    compress_over)
+
+    def _setup(self, transport: AsyncTransport | GrpcAsyncTransport,
+               report_encoding: ReportEncoding,
+               compress_over: int | None) -> None:
+        if report_encoding == "msgpack":
+            import_msgpack()
+        elif report_encoding != "json":
+            raise ValueError(f"report_encoding must be 'json' or 'msgpack'; "
+                             f"got {report_encoding!r}")
+        self._transport = transport
+        self.report_encoding: ReportEncoding = report_encoding
+        self.compress_over = compress_over
+        self._runs: weakref.WeakSet[AsyncRun] = weakref.WeakSet()
+        self._closed = False
+
+    @classmethod
+    def embedded(cls, path: str | os.PathLike[str] | None = None, *,
+                 retries: int | RetryPolicy | None = 4,
+                 report_encoding: ReportEncoding = "json",
+                 **settings: Any) -> AsyncClient:
+        """The service in this process on SQLite (see `Client.embedded`), driven through
+        `httpx.ASGITransport` on the caller's event loop."""
+        app, cleanup = _embedded.build_app(path, settings)
+        http = httpx.AsyncClient(transport=_embedded.LifespanASGITransport(app),
+                                 base_url=_embedded.BASE_URL,
+                                 headers=default_headers(None, None))
+        self = cls.__new__(cls)
+        finalizer = weakref.finalize(self, cleanup)
+        self._setup(AsyncTransport(http, RetryPolicy.of(retries), on_close=finalizer),
+                    report_encoding, COMPRESS_OVER)
+        return self
+
+    async def _send(self, request: Request) -> Reply:
+        if self._closed:
+            raise RuntimeError("this paceline.AsyncClient is closed")
+        return await self._transport.send(request)
+
+    async def _call(self, request: Request) -> Any:
+        return (await self._send(request)).json()
+
+    async def aclose(self) -> None:
+        """Stop the heartbeats of this client's runs and release connections."""
+        if self._closed:
+            return
+        for run in list(self._runs):
+            await run.aclose()
+        self._closed = True
+        await self._transport.aclose()
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def create_curriculum(
+        self, name: str,
+        distributions: Sequence[Mapping[str, Any] | tuple[str, int] | str]
+        | Mapping[str, int] | None = None, *,
+        objectives: Sequence[str | Mapping[str, Any]],
+        labels: Any = None, names: Sequence[str] | None = None,
+        sampler: str | Mapping[str, Any] = "uniform",
+        weighting: str | Mapping[str, Any] = "fixed",
+        batch_size: int = 64, seed: int = 0,
+        zero_variance: bool | Mapping[str, Any] | None = None,
+        primary_objective: str | None = None,
+        exist_ok: bool = False,
+    ) -> AsyncCurriculum:
+        """See `Client.create_curriculum`."""
+        spec = curriculum_spec(
+            name, distributions=distributions, labels=labels, names=names,
+            objectives=objectives, sampler=sampler, weighting=weighting,
+            batch_size=batch_size, seed=seed, zero_variance=zero_variance,
+            primary_objective=primary_objective)
+        reply = await self._send(_api.create_curriculum(spec, exist_ok))
+        if _api.created_elsewhere(reply):
+            return await self.curriculum(name)
+        return AsyncCurriculum(self, CurriculumInfo.model_validate(reply.json()))
+
+    async def curriculum(self, name: str) -> AsyncCurriculum:
+        """An existing curriculum; raises `NotFound`."""
+        return AsyncCurriculum(self, CurriculumInfo.model_validate(
+            await self._call(_api.get_curriculum(name))))
+
+    async def list_curricula(self) -> list[CurriculumInfo]:
+        found: list[CurriculumInfo] = []
+        while True:
+            page = (await self._call(_api.list_curricula(PAGE, len(found))))["curricula"]
+            found.extend(CurriculumInfo.model_validate(c) for c in page)
+            if len(page) < PAGE:
+                return found
+
+
+class AsyncCurriculum:
+    """A handle on one stored curriculum (asyncio)."""
+
+    def __init__(self, client: AsyncClient, info: CurriculumInfo) -> None:
+        self.client = client
+        self.info = info
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.info.objectives)
+
+    @property
+    def distributions(self) -> list[str]:
+        return list(self.info.distributions)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self.info.spec)
+
+    def __repr__(self) -> str:
+        return f"AsyncCurriculum({self.name!r}, seq={self.info.seq})"
+
+    async def refresh(self) -> CurriculumInfo:
+        self.info = CurriculumInfo.model_validate(
+            await self.client._call(_api.get_curriculum(self.name)))
+        return self.info
+
+    async def start_run(self, run_id: str | None = None,
+                        metadata: Mapping[str, Any] | None = None,
+                        heartbeat_interval: float | None = 30.0) -> AsyncRun:
+        """Attach a run and heartbeat it from an asyncio task until it is closed."""
+        run_id = run_id if run_id is not None else new_run_id()
+        info = RunInfo.model_validate(
+            await self.client._call(_api.attach_run(self.name, run_id, metadata)))
+        run = AsyncRun(self, info, heartbeat_interval)
+        self.client._runs.add(run)
+        return run
+
+    async def runs(self) -> list[RunInfo]:
+        return [RunInfo.model_validate(r)
+                for r in (await self.client._call(_api.list_runs(self.name)))["runs"]]
+
+    async def state(self) -> State:
+        return State.model_validate(await self.client._call(_api.state(self.name)))
+
+    async def delete(self) -> None:
+        reply = await self.client._send(_api.delete_curriculum(self.name))
+        if not _api.deleted(reply):
+            raise reply.error()
+
+
+class AsyncRun:
+    """A run (asyncio); `async with` or `await run.aclose()` stops the heartbeat task."""
+
+    def __init__(self, curriculum: AsyncCurriculum, info: RunInfo,
+                 heartbeat_interval: float | None = 30.0) -> None:
+        self.curriculum = curriculum
+        self.info = info
+        self._task: asyncio.Task[None] | None = None
+        if heartbeat_interval:
+            if heartbeat_interval < 0:
+                raise ValueError("heartbeat_interval must be positive")
+            self._task = asyncio.get_running_loop().create_task(
+                self._beat(heartbeat_interval), name=f"paceline-heartbeat-{info.run_id}")
+
+    @property
+    def run_id(self) -> str:
+        return self.info.run_id
+
+    @property
+    def client(self) -> AsyncClient:
+        return self.curriculum.client
+
+    @property
+    def heartbeating(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def __repr__(self) -> str:
+        return f"AsyncRun({self.run_id!r}, curriculum={self.curriculum.name!r})"
+
+    async def _beat(self, interval: float) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.heartbeat()
+            except Exception as exc:  # the task must keep beating
+                if not failing:
+                    logger.warning("paceline: heartbeat failed: %s", exc)
+                failing = True
+            else:
+                failing = False
+
+    async def next_batch(self, step: SupportsIndex, size: SupportsIndex | None = None) -> Batch:
+        """See `Run.next_batch`."""
+        return Batch.model_validate(await self.client._call(
+            _api.next_batch(self.curriculum.name, self.run_id, step, size)))
+
+    async def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
+                     group_ids: Any = None, grad_products: Any = None,
+                     eval_objectives: Any = None, *, idempotency_key: str | None = None
+                     ) -> ReportAck:
+        """See `Run.report`."""
+        step = operator.index(step)
+        arrays: dict[str, Any] = dict(
+            run_id=self.run_id, step=step, indices=indices, rewards=rewards,
+            objectives=self.curriculum.objectives, advantages=advantages,
+            group_ids=group_ids, grad_products=grad_products, eval_objectives=eval_objectives)
+        key = idempotency_key or report_key(self.run_id, step)
+        transport = self.client._transport
+        if not isinstance(transport, AsyncTransport):  # gRPC: packed arrays, no JSON
+            return ReportAck.model_validate(await self.client._call(
+                transport.report_request(self.curriculum.name, key, **arrays)))
+        content, headers = encode_body(report_body(**arrays),
+                                       encoding=self.client.report_encoding,
+                                       compress_over=self.client.compress_over)
+        return ReportAck.model_validate(await self.client._call(
+            _api.report(self.curriculum.name, content, headers, key)))
+
+    async def heartbeat(self) -> RunInfo:
+        self.info = RunInfo.model_validate(
+            await self.client._call(_api.heartbeat(self.curriculum.name, self.run_id)))
+        return self.info
+
+    async def refresh(self) -> RunInfo:
+        self.info = RunInfo.model_validate(
+            await self.client._call(_api.get_run(self.curriculum.name, self.run_id)))
+        return self.info
+
+    async def aclose(self) -> None:
+        """Stop the heartbeat task (the run stays attached and can be resumed)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # we are being cancelled ourselves, not just the heartbeat
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncRun:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()

@@ -1,0 +1,398 @@
+"""The synchronous client: `Client` -> `Curriculum` -> `Run`.
+
+A trainer creates (or gets) a curriculum, attaches a run, and then per step asks for a
+batch and reports what happened. Every call goes through the retrying transport; reports
+carry an idempotency key generated once per call, so a retry after a lost answer is
+recognised by the service and never applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, SupportsIndex
+
+import httpx
+
+from paceline import _api, _embedded
+from paceline._payloads import (
+    COMPRESS_OVER,
+    ReportEncoding,
+    curriculum_spec,
+    encode_body,
+    import_msgpack,
+    report_body,
+)
+from paceline._transport import Reply, Request, RetryPolicy, SyncTransport
+from paceline.models import Batch, CurriculumInfo, ReportAck, RunInfo, State
+
+if TYPE_CHECKING:  # gRPC is optional: imported only for grpc:// URLs
+    from paceline._grpc_transport import GrpcSyncTransport
+
+__all__ = ["DEFAULT_URL", "Client", "Curriculum", "Run", "new_run_id", "report_key"]
+
+logger = logging.getLogger("paceline")
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+PAGE = 100
+
+
+def base_url(url: str | None) -> str:
+    """The service root from an explicit URL, `PACELINE_URL`, or the local default;
+    a trailing `/v1` is accepted and dropped."""
+    root = (url or os.environ.get("PACELINE_URL") or DEFAULT_URL).rstrip("/")
+    return root[:-3] if root.endswith("/v1") else root
+
+
+def is_grpc(url: str) -> bool:
+    """grpc://host:port (or grpcs:// for TLS) selects the gRPC transport."""
+    return url.startswith(("grpc://", "grpcs://"))
+
+
+def default_headers(token: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    from paceline import __version__
+
+    headers = {"User-Agent": f"paceline-client/{__version__}", "Accept": "application/json"}
+    token = token if token is not None else os.environ.get("PACELINE_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return {**headers, **(extra or {})}
+
+
+def new_run_id() -> str:
+    """Run ids are chosen here, not by the service, so a retried attach names the same run
+    instead of creating a second one."""
+    return uuid.uuid4().hex
+
+
+def report_key(run_id: str, step: int) -> str:
+    """A fresh idempotency key for one `report` call (reused by that call's retries)."""
+    return f"{run_id}/{step}/{uuid.uuid4().hex}"
+
+
+class Client:
+    """A connection to a Paceline service.
+
+    `retries` is the number of retries after the first attempt (or a `RetryPolicy`);
+    `timeout` is httpx's (seconds, or an `httpx.Timeout`). Reports are sent as JSON (or
+    msgpack with `report_encoding="msgpack"`), gzip-compressed above `compress_over`
+    bytes. `transport` plugs in any `httpx.BaseTransport` (a proxy, a test double).
+    A `grpc://host:port` URL speaks gRPC instead (`pip install 'paceline-client[grpc]'`):
+    same objects, errors, retries and idempotency; reports go as packed arrays.
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 timeout: float | httpx.Timeout = 30.0,
+                 retries: int | RetryPolicy | None = 4,
+                 headers: Mapping[str, str] | None = None,
+                 report_encoding: ReportEncoding = "json",
+                 compress_over: int | None = COMPRESS_OVER,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        root = base_url(url)
+        if is_grpc(root):
+            from paceline._grpc_transport import GrpcSyncTransport
+
+            if transport is not None:
+                raise ValueError("transport= plugs into HTTP; a grpc:// URL uses gRPC")
+            self._setup(GrpcSyncTransport(root, RetryPolicy.of(retries), timeout=timeout,
+                                          headers=default_headers(token, headers)),
+                        report_encoding, compress_over)
+            return
+        http = httpx.Client(base_url=root, timeout=timeout, transport=transport,
+                            headers=default_headers(token, headers))
+        self._setup(SyncTransport(http, RetryPolicy.of(retries)), report_encoding,
+                    compress_over)
+
+    def _setup(self, transport: SyncTransport | GrpcSyncTransport,
+               report_encoding: ReportEncoding,
+               compress_over: int | None) -> None:
+        if report_encoding == "msgpack":
+            import_msgpack()
+        elif report_encoding != "json":
+            raise ValueError(f"report_encoding must be 'json' or 'msgpack'; "
+                             f"got {report_encoding!r}")
+        self._transport = transport
+        self.report_encoding: ReportEncoding = report_encoding
+        self.compress_over = compress_over
+        self._runs: weakref.WeakSet[Run] = weakref.WeakSet()
+        self._closed = False
+
+    @classmethod
+    def embedded(cls, path: str | os.PathLike[str] | None = None, *,
+                 retries: int | RetryPolicy | None = 4,
+                 report_encoding: ReportEncoding = "json",
+                 **settings: Any) -> Client:
+        """Run the service in this process on a SQLite file (a temporary one, deleted at
+        `close`, when `path` is None) — for notebooks and tests. Needs the server package.
+        `settings` override `paceline_server.settings.Settings` fields."""
+        app, cleanup = _embedded.build_app(path, settings)
+        http = httpx.Client(transport=_embedded.ThreadedASGITransport(app),
+                            base_url=_embedded.BASE_URL, headers=default_headers(None, None))
+        self = cls.__new__(cls)
+        # Also remove a temporary database when a notebook never closes the client.
+        finalizer = weakref.finalize(self, cleanup)
+        self._setup(SyncTransport(http, RetryPolicy.of(retries), on_close=finalizer),
+                    report_encoding, COMPRESS_OVER)
+        return self
+
+    # ---------------------------------------------------------------- plumbing
+    def _send(self, request: Request) -> Reply:
+        if self._closed:
+            raise RuntimeError("this paceline.Client is closed")
+        return self._transport.send(request)
+
+    def _call(self, request: Request) -> Any:
+        return self._send(request).json()
+
+    def close(self) -> None:
+        """Stop the heartbeats of this client's runs and release connections (and, when
+        embedded, the in-process service)."""
+        if self._closed:
+            return
+        for run in list(self._runs):
+            run.close()
+        self._closed = True
+        self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- curricula
+    def create_curriculum(
+        self, name: str,
+        distributions: Sequence[Mapping[str, Any] | tuple[str, int] | str]
+        | Mapping[str, int] | None = None, *,
+        objectives: Sequence[str | Mapping[str, Any]],
+        labels: Any = None, names: Sequence[str] | None = None,
+        sampler: str | Mapping[str, Any] = "uniform",
+        weighting: str | Mapping[str, Any] = "fixed",
+        batch_size: int = 64, seed: int = 0,
+        zero_variance: bool | Mapping[str, Any] | None = None,
+        primary_objective: str | None = None,
+        exist_ok: bool = False,
+    ) -> Curriculum:
+        """Create a curriculum. `distributions` is a list of {"name", "size"} (or
+        (name, size) pairs, or a {name: size} mapping): samples 0..size-1 of the first
+        distribution come first, and so on. For an interleaved dataset give `labels`
+        (the distribution position of every sample) and `names`. With `exist_ok` an
+        equal spec returns the stored curriculum; a different one raises `Conflict`."""
+        spec = curriculum_spec(
+            name, distributions=distributions, labels=labels, names=names,
+            objectives=objectives, sampler=sampler, weighting=weighting,
+            batch_size=batch_size, seed=seed, zero_variance=zero_variance,
+            primary_objective=primary_objective)
+        reply = self._send(_api.create_curriculum(spec, exist_ok))
+        if _api.created_elsewhere(reply):
+            return self.curriculum(name)
+        return Curriculum(self, CurriculumInfo.model_validate(reply.json()))
+
+    def curriculum(self, name: str) -> Curriculum:
+        """An existing curriculum; raises `NotFound`."""
+        return Curriculum(self, CurriculumInfo.model_validate(
+            self._call(_api.get_curriculum(name))))
+
+    def list_curricula(self) -> list[CurriculumInfo]:
+        """Every curriculum, by name."""
+        found: list[CurriculumInfo] = []
+        while True:
+            page = self._call(_api.list_curricula(PAGE, len(found)))["curricula"]
+            found.extend(CurriculumInfo.model_validate(c) for c in page)
+            if len(page) < PAGE:
+                return found
+
+
+class Curriculum:
+    """A handle on one stored curriculum."""
+
+    def __init__(self, client: Client, info: CurriculumInfo) -> None:
+        self.client = client
+        self.info = info
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def objectives(self) -> list[str]:
+        """Objective names in order: the order of the last axis of reported rewards."""
+        return list(self.info.objectives)
+
+    @property
+    def distributions(self) -> list[str]:
+        return list(self.info.distributions)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The canonical spec as stored (defaults filled in)."""
+        return dict(self.info.spec)
+
+    def __repr__(self) -> str:
+        return f"Curriculum({self.name!r}, seq={self.info.seq})"
+
+    def refresh(self) -> CurriculumInfo:
+        """Fetch the curriculum again (its `seq` moves with every report)."""
+        self.info = CurriculumInfo.model_validate(
+            self.client._call(_api.get_curriculum(self.name)))
+        return self.info
+
+    def start_run(self, run_id: str | None = None, metadata: Mapping[str, Any] | None = None,
+                  heartbeat_interval: float | None = 30.0) -> Run:
+        """Attach a run (a new one, or `run_id` to resume) and heartbeat it in a background
+        thread every `heartbeat_interval` seconds (None or 0: no heartbeat) until the
+        run is closed. Use it as a context manager."""
+        run_id = run_id if run_id is not None else new_run_id()
+        info = RunInfo.model_validate(
+            self.client._call(_api.attach_run(self.name, run_id, metadata)))
+        run = Run(self, info, heartbeat_interval)
+        self.client._runs.add(run)
+        return run
+
+    def runs(self) -> list[RunInfo]:
+        """The runs attached to this curriculum, with their last heartbeat."""
+        return [RunInfo.model_validate(r)
+                for r in self.client._call(_api.list_runs(self.name))["runs"]]
+
+    def state(self) -> State:
+        """Per-distribution statistics, reward weights and their history, health."""
+        return State.model_validate(self.client._call(_api.state(self.name)))
+
+    def delete(self) -> None:
+        """Delete the curriculum and all its history (irreversible)."""
+        reply = self.client._send(_api.delete_curriculum(self.name))
+        if not _api.deleted(reply):
+            raise reply.error()
+
+
+class _Heartbeat:
+    """A daemon thread calling `beat` every `interval` seconds until stopped. Failures are
+    logged, not raised: a missed heartbeat only marks the run stale for a while."""
+
+    def __init__(self, beat: Callable[[], object], interval: float, name: str) -> None:
+        self._beat = beat
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        failing = False
+        while not self._stop.wait(self._interval):
+            try:
+                self._beat()
+            except Exception as exc:  # a background thread must not die
+                if not failing and not self._stop.is_set():
+                    logger.warning("paceline: heartbeat failed: %s", exc)
+                failing = True
+            else:
+                failing = False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+class Run:
+    """One trainer's attachment to a curriculum: batches and reports are keyed by
+    (run, step). Closing it (or leaving its `with` block) stops the heartbeat."""
+
+    def __init__(self, curriculum: Curriculum, info: RunInfo,
+                 heartbeat_interval: float | None = 30.0) -> None:
+        self.curriculum = curriculum
+        self.info = info
+        self._heartbeat: _Heartbeat | None = None
+        if heartbeat_interval:
+            if heartbeat_interval < 0:
+                raise ValueError("heartbeat_interval must be positive")
+            self._heartbeat = _Heartbeat(self.heartbeat, heartbeat_interval,
+                                         f"paceline-heartbeat-{info.run_id}")
+
+    @property
+    def run_id(self) -> str:
+        return self.info.run_id
+
+    @property
+    def client(self) -> Client:
+        return self.curriculum.client
+
+    @property
+    def heartbeating(self) -> bool:
+        return self._heartbeat is not None and self._heartbeat.alive
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id!r}, curriculum={self.curriculum.name!r})"
+
+    def next_batch(self, step: SupportsIndex, size: SupportsIndex | None = None) -> Batch:
+        """The batch for `step` (the curriculum's batch size unless `size`). Asking again
+        for the same step returns the same batch."""
+        return Batch.model_validate(self.client._call(
+            _api.next_batch(self.curriculum.name, self.run_id, step, size)))
+
+    def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
+               group_ids: Any = None, grad_products: Any = None,
+               eval_objectives: Any = None, *, idempotency_key: str | None = None
+               ) -> ReportAck:
+        """Report one step's rollouts.
+
+        Dense form: `indices` [n] (the batch's sample indices), `rewards` [n, g, k] with
+        k in objective order, [n, g] for a single objective, or {objective: [n, g]};
+        `advantages` [n, g]. Ragged groups: pass `group_ids` [m] and give one row per
+        rollout — `indices` [m] (each rollout's sample index), `rewards` [m, k] (or
+        {objective: [m]}), `advantages` [m]. Optional `grad_products` [k, k] and
+        `eval_objectives` ([k] or {objective: value}).
+
+        The idempotency key is generated once per call (pass your own, e.g. derived from
+        the step, to make a re-report after a crash a no-op too)."""
+        step = operator.index(step)
+        arrays: dict[str, Any] = dict(
+            run_id=self.run_id, step=step, indices=indices, rewards=rewards,
+            objectives=self.curriculum.objectives, advantages=advantages,
+            group_ids=group_ids, grad_products=grad_products, eval_objectives=eval_objectives)
+        key = idempotency_key or report_key(self.run_id, step)
+        transport = self.client._transport
+        if not isinstance(transport, SyncTransport):  # gRPC: packed arrays, no JSON
+            return ReportAck.model_validate(self.client._call(
+                transport.report_request(self.curriculum.name, key, **arrays)))
+        content, headers = encode_body(report_body(**arrays),
+                                       encoding=self.client.report_encoding,
+                                       compress_over=self.client.compress_over)
+        return ReportAck.model_validate(self.client._call(
+            _api.report(self.curriculum.name, content, headers, key)))
+
+    def heartbeat(self) -> RunInfo:
+        """Tell the service this run is alive (done in the background by `start_run`)."""
+        self.info = RunInfo.model_validate(
+            self.client._call(_api.heartbeat(self.curriculum.name, self.run_id)))
+        return self.info
+
+    def refresh(self) -> RunInfo:
+        self.info = RunInfo.model_validate(
+            self.client._call(_api.get_run(self.curriculum.name, self.run_id)))
+        return self.info
+
+    def close(self) -> None:
+        """Stop the background heartbeat (the run stays attached and can be resumed)."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

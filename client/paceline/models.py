@@ -1,0 +1,192 @@
+"""Client-side views of the service's answers.
+
+They are deliberately separate from the server's models (the client installs without the
+server) and ignore unknown fields, so an older client keeps working against a newer
+service that adds fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Batch",
+    "CurriculumInfo",
+    "DistributionStats",
+    "Health",
+    "HypervolumeRecord",
+    "ReportAck",
+    "RunInfo",
+    "State",
+    "WeightRecord",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class CurriculumInfo(_Model):
+    """A stored curriculum: its canonical spec and where its event log stands."""
+
+    name: str
+    spec: dict[str, Any]
+    created_at: datetime
+    seq: int = Field(description="sequence number of the last report folded in")
+    num_samples: int
+    distributions: list[str]
+    objectives: list[str]
+
+
+class RunInfo(_Model):
+    """A run attached to a curriculum (a trainer process, usually)."""
+
+    run_id: str
+    curriculum: str
+    created_at: datetime
+    last_heartbeat: datetime
+    stale: bool
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReportAck(_Model):
+    """The acknowledgement of a report: durable once received."""
+
+    seq: int
+    replayed: bool = Field(description="true when a retry of an already applied report")
+
+
+class Batch(_Model):
+    """What to train on at one step. The same (run, step) always returns the same batch,
+    so a restarted trainer can ask again."""
+
+    run_id: str
+    step: int
+    indices: list[int]
+    reward_weights: dict[str, float]
+    reward_scale: float = 1.0
+    loss_weights: list[float] | None = None
+    probabilities: dict[str, float] = Field(default_factory=dict)
+    skipped_zero_variance: int = 0
+    seq: int = 0
+
+    @property
+    def objectives(self) -> list[str]:
+        """Objective names in the curriculum's order (the order of `reward_weights`)."""
+        return list(self.reward_weights)
+
+    @property
+    def weight_vector(self) -> list[float]:
+        """The reward weights as a list in objective order."""
+        return list(self.reward_weights.values())
+
+    def scalarize(self, rewards: Any) -> Any:
+        """`reward_scale * sum_k w_k r_k`: the scalar reward to train on.
+
+        `rewards` is a mapping {objective: value or nested list/array} or a nested
+        sequence / array whose last axis holds the k objectives in order. Returns a float
+        or nested lists of floats of the same leading shape (a numpy array in, a numpy
+        array out)."""
+        weights = self.weight_vector
+        scale = self.reward_scale
+        if isinstance(rewards, Mapping):
+            missing = [o for o in self.reward_weights if o not in rewards]
+            if missing:
+                raise ValueError(f"rewards lack objectives {missing}")
+            parts = [rewards[o] for o in self.reward_weights]
+            if all(hasattr(p, "__array__") for p in parts):
+                total = sum(w * p for w, p in zip(weights, parts, strict=True))
+                return total * scale
+            return _combine([_plain(p) for p in parts], weights, scale)
+        if hasattr(rewards, "__array__") and hasattr(rewards, "shape"):
+            if rewards.shape[-1] != len(weights):
+                raise ValueError(f"the last axis of rewards has {rewards.shape[-1]} entries; "
+                                 f"expected {len(weights)} objectives")
+            # Indexing and broadcasting only: works alike for numpy arrays and torch tensors.
+            return sum(w * rewards[..., k] for k, w in enumerate(weights)) * scale
+        return _dot_last(_plain(rewards), weights, scale)
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _dot_last(value: Any, weights: list[float], scale: float) -> Any:
+    if isinstance(value, Sequence) and value and isinstance(value[0], Sequence):
+        return [_dot_last(v, weights, scale) for v in value]
+    if not isinstance(value, Sequence) or len(value) != len(weights):
+        raise ValueError(f"expected {len(weights)} rewards (one per objective); got {value!r}")
+    return scale * sum(w * float(r) for w, r in zip(weights, value, strict=True))
+
+
+def _combine(parts: list[Any], weights: list[float], scale: float) -> Any:
+    first = parts[0]
+    if isinstance(first, Sequence):
+        if any(not isinstance(p, Sequence) or len(p) != len(first) for p in parts):
+            raise ValueError("the rewards of every objective must have the same shape")
+        return [_combine(list(column), weights, scale) for column in zip(*parts, strict=True)]
+    return scale * sum(w * float(p) for w, p in zip(weights, parts, strict=True))
+
+
+class Health(_Model):
+    stalled: bool
+    saturated: bool
+    hopeless: bool
+
+
+class DistributionStats(_Model):
+    """Per-distribution learning statistics and the current sampling probability."""
+
+    name: str
+    size: int
+    probability: float
+    success: float | None = None
+    mean_abs_advantage: float | None = None
+    learning_progress: float = 0.0
+    zero_variance_fraction: float | None = None
+    reports: int = 0
+    sampled: int = 0
+    rollouts: int = 0
+    health: Health
+
+
+class WeightRecord(_Model):
+    seq: int
+    weights: dict[str, float]
+    scale: float
+
+
+class HypervolumeRecord(_Model):
+    seq: int
+    hypervolume: float
+    point: list[float]
+
+
+class State(_Model):
+    """A curriculum's current state: per-distribution stats, weights, their history."""
+
+    name: str
+    seq: int
+    objectives: list[str]
+    reward_weights: dict[str, float]
+    reward_scale: float
+    distributions: list[DistributionStats]
+    weight_history: list[WeightRecord] = Field(default_factory=list)
+    hypervolume_history: list[HypervolumeRecord] = Field(default_factory=list)
+    sampler: dict[str, Any] = Field(default_factory=dict)
+    weighting: dict[str, Any] = Field(default_factory=dict)
+
+    def distribution(self, name: str) -> DistributionStats:
+        """The stats of one distribution by name."""
+        for stats in self.distributions:
+            if stats.name == name:
+                return stats
+        raise KeyError(name)
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        return {d.name: d.probability for d in self.distributions}

@@ -1,0 +1,1 @@
+"""REST transport (FastAPI): parse, authenticate, call a use case, map errors."""

@@ -1,0 +1,102 @@
+"""Prometheus metrics: request counts/latency by route template (bounded labels) and
+curriculum gauges computed at scrape time from the engines this process holds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from paceline_server.app.service import PacelineService
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class Metrics:
+    def __init__(self, service: PacelineService, max_distributions: int) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("paceline_http_requests", "HTTP requests",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("paceline_http_request_seconds", "HTTP request latency",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self.reports = Counter("paceline_reports", "reports applied",
+                               ["curriculum"], registry=self.registry)
+        self.batches = Counter("paceline_batches", "batches served",
+                               ["curriculum"], registry=self.registry)
+        self.registry.register(CurriculumCollector(service, max_distributions))
+
+
+class CurriculumCollector(Collector):
+    """Gauges per curriculum and distribution, read from the cached engines."""
+
+    def __init__(self, service: PacelineService, max_distributions: int) -> None:
+        self.service = service
+        self.max_distributions = max_distributions
+
+    def collect(self) -> Iterator[Metric]:
+        cur = ["curriculum"]
+        dist = ["curriculum", "distribution"]
+        families = {
+            "seq": GaugeMetricFamily("paceline_curriculum_seq", "reports folded", labels=cur),
+            "scale": GaugeMetricFamily("paceline_reward_scale", "reward scale", labels=cur),
+            "weight": GaugeMetricFamily("paceline_reward_weight", "reward weight",
+                                        labels=["curriculum", "objective"]),
+            "hv": GaugeMetricFamily("paceline_hypervolume", "latest hypervolume", labels=cur),
+            "p": GaugeMetricFamily("paceline_distribution_probability",
+                                   "sampling probability", labels=dist),
+            "adv": GaugeMetricFamily("paceline_distribution_mean_abs_advantage",
+                                     "mean |advantage| over the health window", labels=dist),
+            "acc": GaugeMetricFamily("paceline_distribution_success",
+                                     "mean success over the health window", labels=dist),
+            "zv": GaugeMetricFamily("paceline_distribution_zero_variance_fraction",
+                                    "share of zero-variance groups", labels=dist),
+            "lp": GaugeMetricFamily("paceline_distribution_learning_progress",
+                                    "|fast - slow| EMA of success", labels=dist),
+            "health": GaugeMetricFamily("paceline_distribution_health",
+                                        "1 when the health flag is raised",
+                                        labels=["curriculum", "distribution", "flag"]),
+        }
+        for name, cached in self.service.engines.engines():
+            with cached.lock:
+                view = cached.engine.inspect()
+            families["seq"].add_metric([name], cached.seq)
+            families["scale"].add_metric([name], view.reward_scale)
+            for objective, weight in zip(view.objectives, view.reward_weights, strict=True):
+                families["weight"].add_metric([name, objective], weight)
+            if view.hypervolume_history:
+                families["hv"].add_metric([name], view.hypervolume_history[-1].hypervolume)
+            for d in view.distributions[: self.max_distributions]:
+                labels = [name, d.name]
+                families["p"].add_metric(labels, d.probability)
+                families["lp"].add_metric(labels, d.learning_progress)
+                for key, value in (("adv", d.mean_abs_advantage), ("acc", d.success),
+                                   ("zv", d.zero_variance_fraction)):
+                    if value is not None:
+                        families[key].add_metric(labels, value)
+                for flag in ("stalled", "saturated", "hopeless"):
+                    families["health"].add_metric([*labels, flag],
+                                                  float(getattr(d.health, flag)))
+        yield from families.values()
+
+
+def install(app: FastAPI, metrics: Metrics) -> None:
+    @app.middleware("http")
+    async def _observe(request: Request,
+                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            metrics.requests.labels(request.method, template, str(status)).inc()
+            metrics.latency.labels(request.method, template).observe(
+                time.perf_counter() - start)

@@ -1,0 +1,182 @@
+"""The /v1 routes: thin adapters from HTTP to `PacelineService` use cases."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from paceline_server.api import schemas
+from paceline_server.api.body import read_body
+from paceline_server.api.deps import ReadScope, Service, SettingsDep, WriteScope
+from paceline_server.app.service import RunStatus
+from paceline_server.domain.errors import InvalidRequest
+from paceline_server.domain.inspection import CurriculumInspection
+from paceline_server.store.base import CurriculumRecord
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 503)
+}
+router = APIRouter(prefix="/v1", responses=ERRORS)
+
+
+def _curriculum(record: CurriculumRecord) -> schemas.CurriculumOut:
+    spec = record.spec
+    layout = spec["layout"]
+    if "distributions" in layout:
+        names = [d["name"] for d in layout["distributions"]]
+        size = sum(int(d["size"]) for d in layout["distributions"])
+    else:
+        names, size = list(layout["names"]), len(layout["labels"])
+    return schemas.CurriculumOut(
+        name=record.name, spec=spec, created_at=record.created_at, seq=record.head_seq,
+        num_samples=size, distributions=names,
+        objectives=[o["name"] for o in spec["objectives"]])
+
+
+def _run(status: RunStatus) -> schemas.RunOut:
+    run = status.record
+    return schemas.RunOut(run_id=run.run_id, curriculum=run.curriculum,
+                          created_at=run.created_at, last_heartbeat=run.last_heartbeat,
+                          stale=status.stale, metadata=run.metadata)
+
+
+@router.post("/curricula", status_code=201, response_model=schemas.CurriculumOut,
+             summary="Create a curriculum (or return the equal existing one with exist_ok)")
+def create_curriculum(body: schemas.CurriculumCreate, response: Response,
+                      service: Service, _: WriteScope) -> schemas.CurriculumOut:
+    data = body.model_dump()
+    exist_ok = data.pop("exist_ok")
+    result = service.create_curriculum(data, exist_ok=exist_ok)
+    if not result.created:
+        response.status_code = 200
+    return _curriculum(result.record)
+
+
+@router.get("/curricula", response_model=schemas.CurriculumList)
+def list_curricula(service: Service, _: ReadScope,
+                   limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                   offset: Annotated[int, Query(ge=0)] = 0) -> schemas.CurriculumList:
+    return schemas.CurriculumList(
+        curricula=[_curriculum(r) for r in service.list_curricula(limit, offset)])
+
+
+@router.get("/curricula/{name}", response_model=schemas.CurriculumOut)
+def get_curriculum(name: str, service: Service, _: ReadScope) -> schemas.CurriculumOut:
+    return _curriculum(service.get_curriculum(name))
+
+
+@router.delete("/curricula/{name}", status_code=204,
+               summary="Delete a curriculum and its history; pass ?confirm=<name>")
+def delete_curriculum(name: str, service: Service, _: WriteScope,
+                      confirm: Annotated[str | None, Query()] = None) -> Response:
+    if confirm != name:
+        raise InvalidRequest("deleting a curriculum needs ?confirm=<its name>",
+                             {"field": "confirm"})
+    service.delete_curriculum(name)
+    return Response(status_code=204)
+
+
+@router.post("/curricula/{name}/runs", status_code=201, response_model=schemas.RunOut)
+def attach_run(name: str, service: Service, _: WriteScope,
+               body: schemas.RunCreate | None = None) -> schemas.RunOut:
+    body = body or schemas.RunCreate()
+    record = service.attach_run(name, body.metadata, body.run_id)
+    return _run(RunStatus(record, stale=False))
+
+
+@router.get("/curricula/{name}/runs", response_model=schemas.RunList)
+def list_runs(name: str, service: Service, _: ReadScope) -> schemas.RunList:
+    return schemas.RunList(runs=[_run(s) for s in service.list_runs(name)])
+
+
+@router.get("/curricula/{name}/runs/{run_id}", response_model=schemas.RunOut)
+def get_run(name: str, run_id: str, service: Service, _: ReadScope) -> schemas.RunOut:
+    return _run(service.get_run(name, run_id))
+
+
+@router.post("/curricula/{name}/runs/{run_id}/heartbeat", response_model=schemas.RunOut)
+def heartbeat(name: str, run_id: str, service: Service, _: WriteScope) -> schemas.RunOut:
+    return _run(service.heartbeat(name, run_id))
+
+
+REPORT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "Dense form: `indices` [n], `rewards` [n][g][k], optional `advantages` [n][g]. "
+            "Flat form: `rollout_indices` [m], `rewards` [m][k], optional `group_ids` [m] "
+            "and `advantages` [m]. Both: `run_id`, `step`, optional `grad_products` [k][k], "
+            "`eval_objectives` [k] or {objective: value}, `idempotency_key`. JSON or "
+            "msgpack, optionally gzip (Content-Encoding)."),
+        "content": {
+            "application/json": {"schema": {"type": "object"}, "example": {
+                "run_id": "run-1", "step": 0, "indices": [3, 17],
+                "rewards": [[[1.0], [0.0]], [[1.0], [1.0]]],
+                "idempotency_key": "run-1/0"}},
+            "application/msgpack": {"schema": {"type": "object"}},
+        },
+    }
+}
+
+
+@router.post("/curricula/{name}/reports", response_model=schemas.ReportAckOut,
+             openapi_extra=REPORT_BODY,
+             summary="Report one step's rollouts; retried keys are applied once")
+async def report(name: str, request: Request, service: Service, settings: SettingsDep,
+                 _: WriteScope,
+                 idempotency_key: Annotated[str | None, Header()] = None,
+                 ) -> schemas.ReportAckOut:
+    body = await read_body(request, settings.max_body_bytes)
+    if isinstance(body, dict) and idempotency_key is None:
+        key = body.get("idempotency_key")
+        idempotency_key = key if isinstance(key, str) else None
+    ack = await run_in_threadpool(service.report, name, body, idempotency_key)
+    request.app.state.metrics.reports.labels(name).inc()
+    return schemas.ReportAckOut(seq=ack.seq, replayed=ack.replayed)
+
+
+@router.post("/curricula/{name}/batches", response_model=schemas.BatchOut,
+             summary="The batch of (run, step): the same request returns the same batch")
+def next_batch(name: str, body: schemas.BatchRequest, request: Request, service: Service,
+               _: WriteScope) -> schemas.BatchOut:
+    batch = service.next_batch(name, body.run_id, body.step, body.size)
+    objectives, distributions = service.names(name)
+    request.app.state.metrics.batches.labels(name).inc()
+    return schemas.BatchOut(
+        run_id=batch.run_id, step=batch.step, indices=batch.indices.tolist(),
+        reward_weights=dict(zip(objectives, batch.reward_weights.tolist(), strict=True)),
+        reward_scale=batch.reward_scale,
+        loss_weights=None if batch.loss_weights is None else batch.loss_weights.tolist(),
+        probabilities=dict(zip(distributions, batch.probabilities.tolist(), strict=True)),
+        skipped_zero_variance=batch.skipped_zero_variance, seq=batch.clock)
+
+
+def state_out(name: str, view: CurriculumInspection) -> schemas.StateOut:
+    objectives = list(view.objectives)
+    return schemas.StateOut(
+        name=name, seq=view.clock, objectives=objectives,
+        reward_weights=dict(zip(objectives, view.reward_weights, strict=True)),
+        reward_scale=view.reward_scale,
+        distributions=[schemas.DistributionOut(
+            name=d.name, size=d.size, probability=d.probability, success=d.success,
+            mean_abs_advantage=d.mean_abs_advantage, learning_progress=d.learning_progress,
+            zero_variance_fraction=d.zero_variance_fraction, reports=d.reports,
+            sampled=d.sampled, rollouts=d.rollouts,
+            health=schemas.HealthOut(stalled=d.health.stalled,
+                                     saturated=d.health.saturated,
+                                     hopeless=d.health.hopeless))
+            for d in view.distributions],
+        weight_history=[schemas.WeightRecordOut(
+            seq=r.clock, weights=dict(zip(objectives, r.weights, strict=True)),
+            scale=r.scale) for r in view.weight_history],
+        hypervolume_history=[schemas.HypervolumeRecordOut(
+            seq=r.clock, hypervolume=r.hypervolume, point=list(r.point))
+            for r in view.hypervolume_history],
+        sampler=view.sampler, weighting=view.weighting)
+
+
+@router.get("/curricula/{name}/state", response_model=schemas.StateOut)
+def get_state(name: str, service: Service, _: ReadScope) -> schemas.StateOut:
+    return state_out(name, service.state(name))

@@ -1,0 +1,139 @@
+"""Wire models of the REST API (server side; the client keeps its own)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class CurriculumCreate(BaseModel):
+    """A curriculum spec (see the docs for every field) plus `exist_ok`."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "name": "math-rl",
+        "layout": {"distributions": [{"name": "gsm8k", "size": 7473},
+                                     {"name": "math", "size": 7500}]},
+        "objectives": ["accuracy", {"name": "length", "direction": "minimize",
+                                    "bounds": [0, 4096]}],
+        "sampler": {"kind": "dump_ucb"}, "weighting": "fixed", "batch_size": 256,
+        "seed": 0, "exist_ok": True,
+    }]})
+
+    exist_ok: bool = False
+
+
+class CurriculumOut(BaseModel):
+    name: str
+    spec: dict[str, Any]
+    created_at: datetime
+    seq: int = Field(description="sequence number of the last report folded in")
+    num_samples: int
+    distributions: list[str]
+    objectives: list[str]
+
+
+class CurriculumList(BaseModel):
+    curricula: list[CurriculumOut]
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str | None = Field(default=None, min_length=1, max_length=128,
+                               description="choose your own id, or let the server pick one")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunOut(BaseModel):
+    run_id: str
+    curriculum: str
+    created_at: datetime
+    last_heartbeat: datetime
+    stale: bool
+    metadata: dict[str, Any]
+
+
+class RunList(BaseModel):
+    runs: list[RunOut]
+
+
+class ReportAckOut(BaseModel):
+    seq: int
+    replayed: bool = Field(description="true when this answers a retry of an applied report")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(min_length=1, max_length=128)
+    step: int = Field(ge=0)
+    size: int | None = Field(default=None, ge=1)
+
+
+class BatchOut(BaseModel):
+    run_id: str
+    step: int
+    indices: list[int]
+    reward_weights: dict[str, float]
+    reward_scale: float
+    loss_weights: list[float] | None
+    probabilities: dict[str, float]
+    skipped_zero_variance: int
+    seq: int = Field(description="sequence number of the state the batch was computed at")
+
+
+class HealthOut(BaseModel):
+    stalled: bool
+    saturated: bool
+    hopeless: bool
+
+
+class DistributionOut(BaseModel):
+    name: str
+    size: int
+    probability: float
+    success: float | None
+    mean_abs_advantage: float | None
+    learning_progress: float
+    zero_variance_fraction: float | None
+    reports: int
+    sampled: int
+    rollouts: int
+    health: HealthOut
+
+
+class WeightRecordOut(BaseModel):
+    seq: int
+    weights: dict[str, float]
+    scale: float
+
+
+class HypervolumeRecordOut(BaseModel):
+    seq: int
+    hypervolume: float
+    point: list[float]
+
+
+class StateOut(BaseModel):
+    name: str
+    seq: int
+    objectives: list[str]
+    reward_weights: dict[str, float]
+    reward_scale: float
+    distributions: list[DistributionOut]
+    weight_history: list[WeightRecordOut]
+    hypervolume_history: list[HypervolumeRecordOut]
+    sampler: dict[str, Any]
+    weighting: dict[str, Any]

@@ -1,0 +1,98 @@
+"""In-process cache of curriculum engines, kept in step with the event log.
+
+An engine cached at sequence number s is brought to the log's head by folding events
+(s, head]; without a cached engine the newest snapshot is loaded and the tail replayed.
+So any process (replica) serves any curriculum exactly, and the cache is only a speed-up:
+dropping it never changes an answer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+from paceline_server.app.codec import decode_report
+from paceline_server.domain.spec import CurriculumSpec
+from paceline_server.engine import CurriculumEngine
+from paceline_server.store.base import CurriculumHead, CurriculumRecord, Store
+
+
+@dataclass
+class CachedEngine:
+    created_at: datetime  # tells a recreated curriculum of the same name apart
+    spec: CurriculumSpec
+    engine: CurriculumEngine
+    seq: int
+    lock: threading.RLock
+
+
+class EngineCache:
+    def __init__(self, store: Store, capacity: int) -> None:
+        self.store = store
+        self.capacity = capacity
+        self._entries: OrderedDict[str, CachedEngine] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def entry(self, head: CurriculumHead | CurriculumRecord) -> CachedEngine:
+        """The cache entry of a curriculum (built from its snapshot on first use, which is
+        the only time the spec is read); callers hold `entry.lock` while they read or
+        advance it."""
+        with self._guard:
+            cached = self._entries.get(head.name)
+            if cached is not None and cached.created_at == head.created_at:
+                self._entries.move_to_end(head.name)
+                return cached
+            record = (head if isinstance(head, CurriculumRecord)
+                      else self.store.get_curriculum(head.name))
+            if record.created_at != head.created_at:
+                raise RuntimeError(f"curriculum {head.name!r} was recreated; retry")
+            spec = CurriculumSpec.from_dict(record.spec)
+            engine, seq = self._load(record.name, spec, record.head_seq)
+            cached = CachedEngine(record.created_at, spec, engine, seq, threading.RLock())
+            self._entries[record.name] = cached
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+            return cached
+
+    def _load(self, name: str, spec: CurriculumSpec,
+              head_seq: int) -> tuple[CurriculumEngine, int]:
+        snapshot = self.store.latest_snapshot(name, at_most=head_seq)
+        if snapshot is None:
+            return CurriculumEngine(spec), 0
+        return CurriculumEngine.from_bytes(spec, snapshot.state), snapshot.seq
+
+    def catch_up(self, cached: CachedEngine, name: str, head_seq: int) -> None:
+        """Fold committed events (cached.seq, head_seq] (caller holds the entry lock).
+
+        When the events right after the cached position were pruned (by another
+        replica), reload from the newest snapshot instead."""
+        if cached.seq >= head_seq:
+            return
+        for attempt in range(2):
+            events = self.store.events(name, after_seq=cached.seq, limit=head_seq - cached.seq)
+            for event in events:
+                if event.seq != cached.seq + 1:
+                    break
+                cached.engine.apply(decode_report(event.payload))
+                cached.seq = event.seq
+            if cached.seq >= head_seq:
+                return
+            if attempt == 0:
+                cached.engine, cached.seq = self._load(name, cached.spec, head_seq)
+        raise RuntimeError(f"event log of {name!r} cannot reach seq {head_seq} "
+                           f"(stuck at {cached.seq})")
+
+    def peek(self, name: str) -> CachedEngine | None:
+        """The cached entry if any, without touching the store (may be behind the log)."""
+        with self._guard:
+            return self._entries.get(name)
+
+    def forget(self, name: str) -> None:
+        with self._guard:
+            self._entries.pop(name, None)
+
+    def engines(self) -> list[tuple[str, CachedEngine]]:
+        with self._guard:
+            return list(self._entries.items())

@@ -1,0 +1,235 @@
+"""The Paceline use cases, independent of any transport.
+
+Write path (a report): lock the curriculum in the store, answer a retried idempotency
+key with its original ack, bring the cached engine to the log head, validate and fold the
+report (validation comes first, so bad input changes nothing), append the event, maybe
+snapshot, commit. If anything fails after the fold the cached engine is dropped, so
+memory never runs ahead of the log.
+
+Read path (a batch): bring the engine to the head, propose, and store the batch under
+(run, step) so a retried or repeated request returns the very same batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from paceline_server.app.codec import decode_batch, encode_batch, encode_report
+from paceline_server.app.engines import CachedEngine, EngineCache
+from paceline_server.app.reports import parse_report
+from paceline_server.domain.batch import Batch
+from paceline_server.domain.errors import (
+    CurriculumExists,
+    IdempotencyConflict,
+    InvalidRequest,
+)
+from paceline_server.domain.inspection import CurriculumInspection
+from paceline_server.domain.spec import CurriculumSpec
+from paceline_server.engine import CurriculumEngine
+from paceline_server.settings import Settings
+from paceline_server.store.base import (
+    BatchRecord,
+    CurriculumHead,
+    CurriculumRecord,
+    RunRecord,
+    Store,
+)
+
+MAX_KEY = 200
+
+
+@dataclass(frozen=True)
+class ReportAck:
+    seq: int
+    replayed: bool  # True when this answers a retry of an already applied report
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    record: RunRecord
+    stale: bool
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    record: CurriculumRecord
+    created: bool
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class PacelineService:
+    def __init__(self, store: Store, settings: Settings,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.engines = EngineCache(store, settings.engine_cache_size)
+        # Runs are only ever removed with their curriculum, so a run once seen exists for
+        # as long as that curriculum (told apart from a recreated one by created_at).
+        self._known_runs: set[tuple[str, datetime, str]] = set()
+        self._known_guard = threading.Lock()
+
+    def _check_run(self, record: CurriculumHead, run_id: str) -> None:
+        key = (record.name, record.created_at, run_id)
+        if key in self._known_runs:
+            return
+        self.store.get_run(record.name, run_id)
+        with self._known_guard:
+            if len(self._known_runs) > 100_000:
+                self._known_runs.clear()
+            self._known_runs.add(key)
+
+    # ---------------------------------------------------------------- curricula
+    def create_curriculum(self, spec_data: Mapping[str, Any], exist_ok: bool = False,
+                          ) -> CreateResult:
+        """Validate the spec by building its engine, store it in canonical form.
+
+        With `exist_ok` an equal spec returns the stored curriculum; a different spec of
+        the same name is always a conflict."""
+        spec = CurriculumEngine(CurriculumSpec.from_dict(spec_data)).spec
+        canonical = spec.to_dict()
+        try:
+            return CreateResult(self.store.create_curriculum(spec.name, canonical), True)
+        except CurriculumExists:
+            existing = self.store.get_curriculum(spec.name)
+            if exist_ok and existing.spec == canonical:
+                return CreateResult(existing, False)
+            raise CurriculumExists(
+                f"curriculum {spec.name!r} exists"
+                + (" with a different spec" if existing.spec != canonical else ""),
+                {"name": spec.name, "same_spec": existing.spec == canonical},
+            ) from None
+
+    def get_curriculum(self, name: str) -> CurriculumRecord:
+        return self.store.get_curriculum(name)
+
+    def list_curricula(self, limit: int = 100, offset: int = 0) -> list[CurriculumRecord]:
+        return self.store.list_curricula(limit=limit, offset=offset)
+
+    def delete_curriculum(self, name: str) -> None:
+        self.store.delete_curriculum(name)
+        self.engines.forget(name)
+
+    # ---------------------------------------------------------------- runs
+    def attach_run(self, name: str, metadata: Mapping[str, Any] | None = None,
+                   run_id: str | None = None) -> RunRecord:
+        self.store.get_curriculum(name)
+        if run_id is not None and (not run_id or len(run_id) > 128):
+            raise InvalidRequest("run_id must be 1 to 128 characters", {"field": "run_id"})
+        return self.store.add_run(name, run_id or uuid.uuid4().hex, dict(metadata or {}),
+                                  self.clock())
+
+    def heartbeat(self, name: str, run_id: str) -> RunStatus:
+        return self._status(self.store.heartbeat(name, run_id, self.clock()))
+
+    def get_run(self, name: str, run_id: str) -> RunStatus:
+        return self._status(self.store.get_run(name, run_id))
+
+    def list_runs(self, name: str) -> list[RunStatus]:
+        return [self._status(r) for r in self.store.list_runs(name)]
+
+    def _status(self, run: RunRecord) -> RunStatus:
+        limit = timedelta(seconds=self.settings.run_stale_after_s)
+        return RunStatus(run, stale=self.clock() - run.last_heartbeat > limit)
+
+    # ---------------------------------------------------------------- reports
+    def report(self, name: str, body: Mapping[str, Any],
+               idempotency_key: str | None = None) -> ReportAck:
+        record = self.store.head(name)
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY:
+            raise InvalidRequest(f"idempotency key must be 1 to {MAX_KEY} characters",
+                                 {"field": "idempotency_key"})
+        cached = self.engines.entry(record)
+        report = parse_report(body, cached.spec)
+        self._check_run(record, report.run_id)
+        payload = encode_report(report)
+        with cached.lock, self.store.writer(name) as writer:
+            if idempotency_key is not None:
+                previous = writer.find_by_key(idempotency_key)
+                if previous is not None:
+                    if _digest(previous.payload) != _digest(payload):
+                        raise IdempotencyConflict(
+                            "idempotency key was used for a different report",
+                            {"idempotency_key": idempotency_key, "seq": previous.seq})
+                    return ReportAck(previous.seq, replayed=True)
+            self.engines.catch_up(cached, name, writer.head_seq)
+            try:
+                cached.engine.apply(report)
+                seq = writer.append("report", report.run_id, report.step, idempotency_key,
+                                    payload)
+                if seq % self.settings.snapshot_every == 0:
+                    writer.put_snapshot(seq, cached.engine.to_bytes())
+            except BaseException:
+                # The fold may have happened; the log did not. Rebuild on next use.
+                self.engines.forget(name)
+                raise
+            cached.seq = seq
+        if self.settings.prune_events and seq % self.settings.snapshot_every == 0:
+            self.store.prune_events(name, seq)
+        return ReportAck(seq, replayed=False)
+
+    # ---------------------------------------------------------------- batches
+    def next_batch(self, name: str, run_id: str, step: int,
+                   size: int | None = None) -> Batch:
+        """The batch of (run, step): computed once at the current head, then stored."""
+        record = self.store.head(name)
+        self._check_run(record, run_id)
+        stored = self.store.get_batch(name, run_id, step)
+        if stored is None:
+            cached = self.engines.entry(record)
+            with cached.lock:
+                self.engines.catch_up(cached, name, record.head_seq)
+                batch = cached.engine.next_batch(run_id, step, size)
+                seq = cached.seq
+            stored = self.store.put_batch(
+                name, BatchRecord(run_id=run_id, step=step, seq=seq,
+                                  payload=encode_batch(batch)))
+        batch = decode_batch(stored.payload)
+        if size is not None and size != batch.indices.size:
+            raise IdempotencyConflict(
+                f"step {step} of run {run_id!r} was already served with size "
+                f"{batch.indices.size}", {"step": step, "size": int(batch.indices.size)})
+        return batch
+
+    # ---------------------------------------------------------------- inspection
+    def inspect(self, name: str) -> tuple[CurriculumRecord, CurriculumInspection]:
+        record = self.store.get_curriculum(name)
+        cached = self.engines.entry(record)
+        with cached.lock:
+            self.engines.catch_up(cached, name, record.head_seq)
+            return record, cached.engine.inspect()
+
+    def state(self, name: str) -> CurriculumInspection:
+        """The inspection without reading the spec (cheap for polling and metrics)."""
+        head = self.store.head(name)
+        cached = self.engines.entry(head)
+        with cached.lock:
+            self.engines.catch_up(cached, name, head.head_seq)
+            return cached.engine.inspect()
+
+    def names(self, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(objective names, distribution names): fixed for a curriculum's lifetime, so a
+        cached engine answers without a database round trip."""
+        cached = self.engines.peek(name) or self.engine(name)
+        return cached.spec.objective_names, cached.spec.layout.names
+
+    def engine(self, name: str) -> CachedEngine:
+        """The up-to-date cached engine (callers hold its lock while reading)."""
+        record = self.store.head(name)
+        cached = self.engines.entry(record)
+        with cached.lock:
+            self.engines.catch_up(cached, name, record.head_seq)
+        return cached
+
+
+def _digest(payload: bytes) -> bytes:
+    return hashlib.sha256(payload).digest()

@@ -1,0 +1,1 @@
+"""Generated protobuf messages of `paceline.v1` (see scripts/gen_proto.py)."""

@@ -1,0 +1,69 @@
+"""Service settings, from `PACELINE_*` environment variables (validated at start)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Scope = Literal["read", "write"]
+
+
+class Settings(BaseSettings):
+    """Everything a deployment can tune. The defaults run the embedded mode: a SQLite
+    file in the working directory, no authentication, no other server."""
+
+    model_config = SettingsConfigDict(env_prefix="PACELINE_", extra="ignore")
+
+    database_url: str = "sqlite:///./paceline.db"
+    #: Migrate the schema on start. None = only for SQLite (the embedded default).
+    auto_migrate: bool | None = None
+    #: SQLite durability: FULL fsyncs every commit (an acknowledged report survives power
+    #: loss); NORMAL in WAL mode survives process crashes but not power loss, and is faster.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    #: Write an engine snapshot every this many events (loading replays at most this many).
+    snapshot_every: int = Field(default=100, ge=1, le=1_000_000)
+    snapshot_keep: int = Field(default=2, ge=1, le=100)
+    #: Delete events covered by a snapshot (the state stays exact; export loses history).
+    prune_events: bool = False
+    #: A run without heartbeat for this long is reported as stale.
+    run_stale_after_s: float = Field(default=300.0, gt=0)
+    #: Bearer tokens: token -> scope. Empty = authentication off.
+    api_tokens: dict[str, Scope] = Field(default_factory=dict)
+    #: Largest accepted request body (after decompression).
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    #: Curricula whose engines stay in memory per process.
+    engine_cache_size: int = Field(default=64, ge=1)
+    #: Distributions exported per curriculum on /metrics (bounded label sets).
+    metrics_max_distributions: int = Field(default=64, ge=0)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    #: Serve the gRPC API on this port beside REST (same process); None = off.
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("database_url must be a sqlite:// or postgresql+psycopg:// URL")
+        return value
+
+    def store_options(self) -> dict[str, object]:
+        options: dict[str, object] = {"snapshot_keep": self.snapshot_keep,
+                                      "auto_migrate": self.migrate_on_start}
+        if self.database_url.startswith("sqlite"):
+            options["sqlite_synchronous"] = self.sqlite_synchronous
+        return options
+
+    @property
+    def migrate_on_start(self) -> bool:
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_tokens)

@@ -1,0 +1,184 @@
+"""The storage contract: an ordered, append-only event log per curriculum plus snapshots.
+
+State is never stored directly: a report is an *event* with a per-curriculum sequence
+number (1, 2, 3, ...; unique per curriculum, which is the optimistic-concurrency guard),
+and the engine's state is a fold of those events. Snapshots (engine bytes at some
+sequence number) make loading O(tail). Any process can rebuild any curriculum from
+(latest snapshot + events after it), which gives crash recovery, shared curricula and
+multi-replica scale-out from one mechanism (like Optuna's journal storage).
+
+Implementations must guarantee, and the contract tests in `tests/store/` check for every
+backend:
+- `writer(name)` serialises writers of one curriculum across threads *and* processes
+  (row lock on PostgreSQL, database write lock on SQLite): inside the block the head
+  sequence number cannot move under you, and everything appended commits atomically at
+  the end of the block or not at all (an exception inside the block rolls back).
+- An appended event is durable once the block exits without error (the ack).
+- An idempotency key is unique per curriculum: `find_by_key` inside the writer sees
+  every committed event's key.
+- Readers never block writers for long and always see a prefix of the log.
+- Errors raised are domain errors (`paceline_server.domain.errors`):
+  `CurriculumNotFound`, `CurriculumExists` (name taken), `RunNotFound`; a database that
+  cannot be reached raises `Unavailable`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CurriculumRecord:
+    name: str
+    spec: dict[str, Any]  # CurriculumSpec.to_dict() of the canonical spec
+    created_at: datetime
+    head_seq: int  # sequence number of the last committed event (0 = none)
+
+
+@dataclass(frozen=True)
+class CurriculumHead:
+    """The cheap part of a curriculum row: enough to bring a cached engine up to date."""
+
+    name: str
+    created_at: datetime
+    head_seq: int
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    curriculum: str
+    run_id: str
+    created_at: datetime
+    last_heartbeat: datetime
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    seq: int
+    kind: str  # "report"
+    run_id: str
+    step: int
+    idempotency_key: str | None
+    payload: bytes  # opaque to the store (the app encodes reports as .npz)
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    seq: int  # state after folding events 1..seq
+    state: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    run_id: str
+    step: int
+    seq: int  # head sequence number the batch was computed at
+    payload: bytes
+
+
+class CurriculumWriter(ABC):
+    """Handle valid only inside `Store.writer(name)`: the curriculum is locked."""
+
+    @property
+    @abstractmethod
+    def head_seq(self) -> int:
+        """The last committed (or appended in this block) sequence number."""
+
+    @abstractmethod
+    def find_by_key(self, idempotency_key: str) -> EventRecord | None:
+        """The event committed earlier with this key, if any."""
+
+    @abstractmethod
+    def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,
+               payload: bytes) -> int:
+        """Append an event at head_seq + 1 and return its sequence number."""
+
+    @abstractmethod
+    def put_snapshot(self, seq: int, state: bytes) -> None:
+        """Store engine state after event `seq` (replacing older snapshots beyond the
+        configured number kept)."""
+
+
+class Store(ABC):
+    """Persistence for curricula, runs, events, snapshots and issued batches."""
+
+    # ---------------------------------------------------------------- lifecycle
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise if the database is unreachable."""
+
+    # ---------------------------------------------------------------- curricula
+    @abstractmethod
+    def create_curriculum(self, name: str, spec: Mapping[str, Any]) -> CurriculumRecord:
+        """Insert a curriculum; raises CurriculumExists when the name is taken."""
+
+    @abstractmethod
+    def get_curriculum(self, name: str) -> CurriculumRecord:
+        """Raises CurriculumNotFound."""
+
+    @abstractmethod
+    def head(self, name: str) -> CurriculumHead:
+        """(created_at, head_seq) without the spec; raises CurriculumNotFound."""
+
+    @abstractmethod
+    def list_curricula(self, limit: int = 100, offset: int = 0) -> list[CurriculumRecord]:
+        """Ordered by name."""
+
+    @abstractmethod
+    def delete_curriculum(self, name: str) -> None:
+        """Delete the curriculum and everything that belongs to it."""
+
+    # ---------------------------------------------------------------- runs
+    @abstractmethod
+    def add_run(self, curriculum: str, run_id: str, metadata: Mapping[str, Any],
+                now: datetime) -> RunRecord: ...
+
+    @abstractmethod
+    def get_run(self, curriculum: str, run_id: str) -> RunRecord:
+        """Raises RunNotFound."""
+
+    @abstractmethod
+    def list_runs(self, curriculum: str) -> list[RunRecord]: ...
+
+    @abstractmethod
+    def heartbeat(self, curriculum: str, run_id: str, now: datetime) -> RunRecord:
+        """Record that the run is alive; raises RunNotFound."""
+
+    # ---------------------------------------------------------------- events
+    @abstractmethod
+    def writer(self, name: str) -> AbstractContextManager[CurriculumWriter]:
+        """Lock the curriculum for writing (see the module docstring)."""
+
+    @abstractmethod
+    def events(self, name: str, after_seq: int = 0,
+               limit: int | None = None) -> Iterator[EventRecord]:
+        """Committed events with seq > after_seq in order."""
+
+    @abstractmethod
+    def latest_snapshot(self, name: str, at_most: int | None = None) -> SnapshotRecord | None:
+        """The newest snapshot (with seq <= at_most when given)."""
+
+    @abstractmethod
+    def prune_events(self, name: str, up_to_seq: int) -> int:
+        """Delete events with seq <= up_to_seq (only when a snapshot covers them);
+        returns how many were deleted."""
+
+    # ---------------------------------------------------------------- batches
+    @abstractmethod
+    def get_batch(self, name: str, run_id: str, step: int) -> BatchRecord | None: ...
+
+    @abstractmethod
+    def put_batch(self, name: str, record: BatchRecord) -> BatchRecord:
+        """Store an issued batch; when (run, step) was stored concurrently, return the
+        stored one instead (first writer wins)."""

@@ -1,0 +1,707 @@
+"""The SQL store: SQLite (embedded default) and PostgreSQL through SQLAlchemy Core.
+
+How the guarantees of `store.base` are met:
+
+- **Serialised writers.** `writer(name)` runs in one transaction that first takes the
+  write lock: `BEGIN IMMEDIATE` on SQLite (the database-wide write lock, taken up front so
+  two writers can never both hold a read snapshot and then deadlock on the upgrade), and
+  `SELECT ... FOR NO KEY UPDATE` of the curriculum row on PostgreSQL (one writer per
+  curriculum; NO KEY so inserts into child tables, whose foreign-key checks take KEY SHARE
+  on that row, are not held up by a long report). Within one process, writer threads
+  first queue on a process-local lock, so they wait there rather than polling in
+  SQLite's sleeping busy handler or (PostgreSQL) each holding a pooled connection.
+- **Atomic, durable appends.** Events are inserted on the writer's connection and
+  `curricula.head_seq` is updated just before the commit, so readers see the new events
+  and the new head together or not at all. SQLite runs in WAL mode with
+  `synchronous=FULL` (configurable) so a committed append survives power loss.
+- **Race-safe first-writer-wins batches.** `INSERT ... ON CONFLICT DO NOTHING` followed
+  by a read of the stored row, on both backends.
+- **Readers** use short transactions (WAL readers never block the writer on SQLite; MVCC
+  on PostgreSQL) and read the event log in pages, so iterating a long log holds no
+  snapshot open between pages.
+
+pysqlite's own transaction handling is switched off (it does not BEGIN before SELECT or
+DDL, which breaks isolation and transactional migrations): the store issues `BEGIN` /
+`BEGIN IMMEDIATE` itself from SQLAlchemy's `begin` event, as SQLAlchemy's SQLite
+documentation recommends for Python < 3.12.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from paceline_server.domain.errors import (
+    CurriculumExists,
+    CurriculumNotFound,
+    IdempotencyConflict,
+    PacelineError,
+    RunNotFound,
+    SchemaOutdated,
+    Unavailable,
+)
+from paceline_server.store import tables as t
+from paceline_server.store.base import (
+    BatchRecord,
+    CurriculumHead,
+    CurriculumRecord,
+    CurriculumWriter,
+    EventRecord,
+    RunRecord,
+    SnapshotRecord,
+    Store,
+)
+
+_log = logging.getLogger(__name__)
+
+#: A result row. (Row's type parameters differ between SQLAlchemy 2.0 and 2.1; the
+#: columns are read by name, so nothing is gained by spelling them out.)
+_Row = Any
+#: Connection execution option read by the SQLite `begin` hook: "DEFERRED" | "IMMEDIATE".
+_SQLITE_BEGIN = "paceline_sqlite_begin"
+#: Events fetched per read transaction when iterating the log.
+EVENT_PAGE_SIZE = 128
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SQLITE_SYNC = {"OFF", "NORMAL", "FULL", "EXTRA"}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime")
+    return value
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL; plain `postgresql://` (and `postgres://`) mean psycopg 3, the
+    only PostgreSQL driver Paceline depends on."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}: use "
+                         "sqlite:///path/to/file.db or postgresql+psycopg://...")
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or "mode=memory" in database \
+                or parsed.query.get("mode") == "memory":
+            raise ValueError("in-memory SQLite is not supported (every pooled connection "
+                             "would see its own empty database): use a file, e.g. "
+                             "sqlite:///./paceline.db")
+    return parsed
+
+
+def create_sql_engine(url: str | URL, *, schema: str | None = None, pool_size: int = 5,
+                      max_overflow: int = 10, pool_timeout: float = 30.0,
+                      lock_timeout: float = 30.0, connect_timeout: float = 10.0,
+                      sqlite_synchronous: str = "FULL", echo: bool = False) -> Engine:
+    """An engine configured the way the store (and the migrations) rely on.
+
+    SQLite: WAL, `busy_timeout = lock_timeout`, foreign keys on, pysqlite's implicit
+    transactions off and BEGIN issued by SQLAlchemy's `begin` event (IMMEDIATE when the
+    connection carries the `paceline_sqlite_begin="IMMEDIATE"` execution option).
+
+    PostgreSQL: psycopg 3, `lock_timeout` on every session (a writer that cannot get the
+    curriculum lock fails with Unavailable instead of hanging forever), pre-ping so a
+    restarted server costs no failed request, and `schema` as the search_path (the schema
+    must exist; Alembic's version table lives there too).
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if schema is not None:
+            raise ValueError("the schema option applies to PostgreSQL only")
+        sync = sqlite_synchronous.upper()
+        if sync not in _SQLITE_SYNC:
+            raise ValueError(f"sqlite_synchronous must be one of {sorted(_SQLITE_SYNC)}")
+        engine = create_engine(
+            parsed, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            connect_args={"timeout": lock_timeout, "check_same_thread": False})
+        _install_sqlite_hooks(engine, busy_timeout_ms=int(lock_timeout * 1000),
+                              synchronous=sync)
+        return engine
+
+    options = [f"-c lock_timeout={int(lock_timeout * 1000)}"]
+    if schema is not None:
+        if not _SCHEMA_RE.match(schema):
+            raise ValueError(f"schema must be a lower-case SQL identifier, got {schema!r}")
+        options.append(f"-c search_path={schema}")
+    existing = parsed.query.get("options")
+    if existing:
+        # URL options come first; ours are appended (a later -c wins, so an explicit
+        # schema option overrides a search_path in the URL).
+        given = existing if isinstance(existing, str) else " ".join(existing)
+        options.insert(0, given)
+    parsed = parsed.update_query_dict({"options": " ".join(options)})
+    return create_engine(
+        parsed, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
+        pool_timeout=pool_timeout, pool_pre_ping=True,
+        connect_args={"connect_timeout": max(1, int(connect_timeout))})
+
+
+def _ensure_wal(cursor: Any, timeout: float) -> None:
+    """Put the database file in WAL mode (persistent: a no-op once any connection did).
+
+    WAL lets readers run alongside the single writer. Switching *into* WAL needs an
+    exclusive lock and SQLite answers "database is locked" at once instead of calling the
+    busy handler, which several processes opening a fresh file together do hit; so the
+    switch is retried here until `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            mode = str(cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            if mode != "wal":
+                # Not a lock: this file system (or file) cannot do WAL. Still correct,
+                # only readers and the writer now take turns.
+                _log.warning("SQLite stays in journal mode %r (WAL unavailable)", mode)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        if time.monotonic() >= deadline:
+            raise sqlite3.OperationalError("database is locked (could not switch to WAL)")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _install_sqlite_hooks(engine: Engine, *, busy_timeout_ms: int, synchronous: str) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Autocommit at the driver level: no implicit BEGIN; we issue it ourselves.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            _ensure_wal(cursor, busy_timeout_ms / 1000)
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+        if mode not in ("DEFERRED", "IMMEDIATE"):
+            raise ValueError(f"bad {_SQLITE_BEGIN} option {mode!r}")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def begin_write(connection: Connection) -> None:
+    """Make the next transaction on `connection` a write transaction (`BEGIN IMMEDIATE` on
+    SQLite; no effect on PostgreSQL, which locks rows instead)."""
+    connection.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+
+
+def translate_errors(exc: sa_exc.SQLAlchemyError) -> PacelineError | None:
+    """The domain error for a database error, or None when it is a bug to surface as is.
+
+    Connection failures, timeouts and lock timeouts become `Unavailable` (retryable); a
+    missing table becomes `SchemaOutdated` (someone dropped it, or the schema was never
+    created and the check at open was skipped).
+    """
+    text = str(getattr(exc, "orig", None) or exc)
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if "no such table" in text or sqlstate == "42P01":
+        return SchemaOutdated(
+            f"the database has no Paceline schema ({text.splitlines()[0]}); "
+            "run `paceline-server migrate`")
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError,
+                        sa_exc.DisconnectionError, sa_exc.TimeoutError)):
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            reason = "connection lost"
+        else:
+            reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return Unavailable(f"database unavailable: {reason}",
+                           {"reason": type(getattr(exc, "orig", exc)).__name__})
+    return None
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    try:
+        yield
+    except sa_exc.SQLAlchemyError as exc:
+        mapped = translate_errors(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+class _KeyedLocks:
+    """Process-local reentrant locks by key, dropped when nobody holds or waits on them."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.RLock, list[int]]] = {}
+
+    @contextmanager
+    def hold(self, key: str | None, timeout: float) -> Iterator[None]:
+        """Hold the lock of `key` (no lock at all for None); Unavailable after `timeout`."""
+        if key is None:
+            yield
+            return
+        with self._guard:
+            lock, users = self._locks.setdefault(key, (threading.RLock(), [0]))
+            users[0] += 1
+        try:
+            if not lock.acquire(timeout=timeout):
+                raise Unavailable(f"timed out after {timeout:g} s waiting for the write lock",
+                                  {"reason": "LockTimeout"})
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._locks[key]
+
+
+class SqlStore(Store):
+    """`Store` on SQLite or PostgreSQL.
+
+    Options: `snapshot_keep` (snapshots kept per curriculum, newest by seq);
+    `auto_migrate` (bring the schema to head on open — the embedded SQLite default;
+    otherwise the schema is checked and `SchemaOutdated` raised when it is behind);
+    `schema` (PostgreSQL search_path, e.g. to isolate tests); `pool_size`,
+    `max_overflow`, `pool_timeout`; `lock_timeout` (seconds a writer waits for the lock
+    before `Unavailable`); `sqlite_synchronous` ("FULL" = durable against power loss).
+    """
+
+    def __init__(self, url: str, *, snapshot_keep: int = 2, auto_migrate: bool = False,
+                 schema: str | None = None, pool_size: int = 5, max_overflow: int = 10,
+                 pool_timeout: float = 30.0, lock_timeout: float = 30.0,
+                 connect_timeout: float = 10.0, sqlite_synchronous: str = "FULL",
+                 echo: bool = False) -> None:
+        if snapshot_keep < 1:
+            raise ValueError("snapshot_keep must be at least 1")
+        self.url = normalize_url(url)
+        self.snapshot_keep = snapshot_keep
+        self.lock_timeout = lock_timeout
+        self.engine = create_sql_engine(
+            self.url, schema=schema, pool_size=pool_size, max_overflow=max_overflow,
+            pool_timeout=pool_timeout, lock_timeout=lock_timeout,
+            connect_timeout=connect_timeout, sqlite_synchronous=sqlite_synchronous, echo=echo)
+        self.dialect = self.engine.dialect.name
+        self._local_locks = _KeyedLocks()
+        try:
+            # Imported here: migrate builds engines with this module's create_sql_engine.
+            from paceline_server.store.migrate import check_schema, upgrade
+
+            if auto_migrate:
+                upgrade(self.engine)
+            else:
+                check_schema(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    def __repr__(self) -> str:
+        return f"SqlStore({self.url.render_as_string(hide_password=True)!r})"
+
+    # ---------------------------------------------------------------- plumbing
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A short read transaction (deferred BEGIN on SQLite: a WAL read snapshot)."""
+        with translated_errors(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write(self, curriculum: str | None = None) -> Iterator[Connection]:
+        """A write transaction.
+
+        SQLite: the database write lock up front, after queueing on one process-local
+        lock so in-process threads wait on a condition rather than in SQLite's sleeping
+        busy handler. PostgreSQL: rows are locked by the statements; a `curriculum`
+        writer (log appends, pruning) first queues on a process-local lock per curriculum
+        so waiting threads do not each hold a pooled connection.
+        """
+        if self.dialect == "sqlite":
+            key: str | None = ""
+        else:
+            key = None if curriculum is None else f"curriculum:{curriculum}"
+        with translated_errors(), self._local_locks.hold(key, self.lock_timeout), \
+                self.engine.connect() as conn:
+            begin_write(conn)
+            with conn.begin():
+                yield conn
+
+    def _insert(self, table: Any) -> Any:
+        """The dialect's INSERT, which has `on_conflict_do_nothing/update`."""
+        return pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
+
+    @staticmethod
+    def _curriculum_row(conn: Connection, name: str, *,
+                        lock: bool = False) -> _Row:
+        query = select(t.curricula.c.id, t.curricula.c.head_seq).where(
+            t.curricula.c.name == name)
+        if lock:
+            # FOR NO KEY UPDATE on PostgreSQL (ignored by SQLite, which is already locked).
+            query = query.with_for_update(key_share=True)
+        row = conn.execute(query).one_or_none()
+        if row is None:
+            raise CurriculumNotFound(f"curriculum {name!r} not found", {"curriculum": name})
+        return row
+
+    def _curriculum_id(self, conn: Connection, name: str) -> int:
+        return int(self._curriculum_row(conn, name).id)
+
+    # ---------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    # ---------------------------------------------------------------- curricula
+    @staticmethod
+    def _curriculum_record(row: _Row) -> CurriculumRecord:
+        return CurriculumRecord(name=row.name, spec=row.spec, created_at=row.created_at,
+                                head_seq=int(row.head_seq))
+
+    _CURRICULUM_COLUMNS = (t.curricula.c.name, t.curricula.c.spec, t.curricula.c.created_at,
+                           t.curricula.c.head_seq)
+
+    def create_curriculum(self, name: str, spec: Mapping[str, Any]) -> CurriculumRecord:
+        record = CurriculumRecord(name=name, spec=dict(spec), created_at=_now(), head_seq=0)
+        try:
+            with self._write() as conn:
+                conn.execute(insert(t.curricula).values(
+                    name=name, spec=record.spec, created_at=record.created_at, head_seq=0))
+        except sa_exc.IntegrityError as exc:
+            raise CurriculumExists(f"curriculum {name!r} already exists",
+                                   {"curriculum": name}) from exc
+        return record
+
+    def get_curriculum(self, name: str) -> CurriculumRecord:
+        with self._read() as conn:
+            row = conn.execute(select(*self._CURRICULUM_COLUMNS).where(
+                t.curricula.c.name == name)).one_or_none()
+        if row is None:
+            raise CurriculumNotFound(f"curriculum {name!r} not found", {"curriculum": name})
+        return self._curriculum_record(row)
+
+    def head(self, name: str) -> CurriculumHead:
+        with self._read() as conn:
+            row = conn.execute(select(t.curricula.c.created_at, t.curricula.c.head_seq).where(
+                t.curricula.c.name == name)).one_or_none()
+        if row is None:
+            raise CurriculumNotFound(f"curriculum {name!r} not found", {"curriculum": name})
+        return CurriculumHead(name=name, created_at=row.created_at,
+                              head_seq=int(row.head_seq))
+
+    def list_curricula(self, limit: int = 100, offset: int = 0) -> list[CurriculumRecord]:
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be non-negative")
+        with self._read() as conn:
+            rows = conn.execute(select(*self._CURRICULUM_COLUMNS)
+                                .order_by(t.curricula.c.name).limit(limit).offset(offset)).all()
+        return [self._curriculum_record(row) for row in rows]
+
+    def delete_curriculum(self, name: str) -> None:
+        """One DELETE; the foreign keys cascade to runs, events, snapshots and batches. On
+        PostgreSQL it waits for a writer of the curriculum to finish (row lock)."""
+        with self._write() as conn:
+            result = conn.execute(delete(t.curricula).where(t.curricula.c.name == name))
+            if result.rowcount == 0:
+                raise CurriculumNotFound(f"curriculum {name!r} not found",
+                                         {"curriculum": name})
+
+    # ---------------------------------------------------------------- runs
+    _RUN_COLUMNS = (t.runs.c.run_id, t.runs.c.metadata, t.runs.c.created_at,
+                    t.runs.c.last_heartbeat)
+
+    @staticmethod
+    def _run_record(curriculum: str, row: _Row) -> RunRecord:
+        return RunRecord(curriculum=curriculum, run_id=row.run_id, created_at=row.created_at,
+                         last_heartbeat=row.last_heartbeat, metadata=dict(row.metadata))
+
+    def _select_run(self, conn: Connection, cid: int, curriculum: str,
+                    run_id: str) -> RunRecord:
+        row = conn.execute(select(*self._RUN_COLUMNS).where(
+            t.runs.c.curriculum_id == cid, t.runs.c.run_id == run_id)).one_or_none()
+        if row is None:
+            raise RunNotFound(f"run {run_id!r} not found in curriculum {curriculum!r}",
+                              {"curriculum": curriculum, "run_id": run_id})
+        return self._run_record(curriculum, row)
+
+    def add_run(self, curriculum: str, run_id: str, metadata: Mapping[str, Any],
+                now: datetime) -> RunRecord:
+        """Attach a run. Attaching an existing run id is a re-attach (a retried request or
+        a trainer resuming): the stored run is kept, its heartbeat set to `now` and the
+        given metadata merged over the stored one."""
+        _aware(now, "now")
+        try:
+            with self._write() as conn:
+                cid = self._curriculum_id(conn, curriculum)
+                inserted = conn.execute(
+                    self._insert(t.runs).values(
+                        curriculum_id=cid, run_id=run_id, metadata=dict(metadata),
+                        created_at=now, last_heartbeat=now)
+                    .on_conflict_do_nothing(index_elements=["curriculum_id", "run_id"])
+                    # RETURNING, not rowcount: psycopg reports -1 for a skipped insert.
+                    .returning(t.runs.c.run_id)).first()
+                if inserted is None:
+                    stored = self._select_run(conn, cid, curriculum, run_id)
+                    conn.execute(update(t.runs).where(
+                        t.runs.c.curriculum_id == cid, t.runs.c.run_id == run_id).values(
+                        last_heartbeat=now, metadata={**stored.metadata, **metadata}))
+                return self._select_run(conn, cid, curriculum, run_id)
+        except sa_exc.IntegrityError as exc:  # the curriculum was deleted meanwhile
+            raise CurriculumNotFound(f"curriculum {curriculum!r} not found",
+                                     {"curriculum": curriculum}) from exc
+
+    def get_run(self, curriculum: str, run_id: str) -> RunRecord:
+        with self._read() as conn:
+            cid = self._curriculum_id(conn, curriculum)
+            return self._select_run(conn, cid, curriculum, run_id)
+
+    def list_runs(self, curriculum: str) -> list[RunRecord]:
+        with self._read() as conn:
+            cid = self._curriculum_id(conn, curriculum)
+            rows = conn.execute(select(*self._RUN_COLUMNS).where(t.runs.c.curriculum_id == cid)
+                                .order_by(t.runs.c.created_at, t.runs.c.run_id)).all()
+        return [self._run_record(curriculum, row) for row in rows]
+
+    def heartbeat(self, curriculum: str, run_id: str, now: datetime) -> RunRecord:
+        _aware(now, "now")
+        with self._write() as conn:
+            cid = self._curriculum_id(conn, curriculum)
+            conn.execute(update(t.runs).where(t.runs.c.curriculum_id == cid,
+                                              t.runs.c.run_id == run_id)
+                         .values(last_heartbeat=now))
+            return self._select_run(conn, cid, curriculum, run_id)
+
+    # ---------------------------------------------------------------- events
+    @contextmanager
+    def writer(self, name: str) -> Iterator[CurriculumWriter]:
+        """Lock the curriculum, yield a writer on this transaction, commit on clean exit
+        (with the new head_seq), roll back if the block raises."""
+        with self._write(name) as conn:
+            row = self._curriculum_row(conn, name, lock=True)
+            handle = _SqlWriter(self, conn, int(row.id), int(row.head_seq))
+            try:
+                yield handle
+                handle._finish()
+            finally:
+                handle._active = False
+
+    _EVENT_COLUMNS = (t.events.c.seq, t.events.c.kind, t.events.c.run_id, t.events.c.step,
+                      t.events.c.idempotency_key, t.events.c.payload, t.events.c.created_at)
+
+    @staticmethod
+    def _event_record(row: _Row) -> EventRecord:
+        return EventRecord(seq=int(row.seq), kind=row.kind, run_id=row.run_id,
+                           step=int(row.step), idempotency_key=row.idempotency_key,
+                           payload=bytes(row.payload), created_at=row.created_at)
+
+    def events(self, name: str, after_seq: int = 0,
+               limit: int | None = None) -> Iterator[EventRecord]:
+        """Committed events with seq > after_seq, in order.
+
+        The curriculum is looked up now (CurriculumNotFound is raised by this call, not by
+        the first `next()`); the events are then read lazily in pages of
+        `EVENT_PAGE_SIZE`, one short transaction each, so a long log is never held in
+        memory or under one open snapshot. Appends commit whole and in order, so every
+        page continues a prefix of the log.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError("limit must be non-negative")
+        with self._read() as conn:
+            cid = self._curriculum_id(conn, name)
+        return self._iter_events(cid, after_seq, limit)
+
+    def _iter_events(self, cid: int, after_seq: int,
+                     limit: int | None) -> Iterator[EventRecord]:
+        remaining = limit
+        while remaining is None or remaining > 0:
+            page = EVENT_PAGE_SIZE if remaining is None else min(EVENT_PAGE_SIZE, remaining)
+            with self._read() as conn:
+                rows = conn.execute(
+                    select(*self._EVENT_COLUMNS)
+                    .where(t.events.c.curriculum_id == cid, t.events.c.seq > after_seq)
+                    .order_by(t.events.c.seq).limit(page)).all()
+            for row in rows:
+                yield self._event_record(row)
+            if len(rows) < page:
+                return
+            after_seq = int(rows[-1].seq)
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def latest_snapshot(self, name: str, at_most: int | None = None) -> SnapshotRecord | None:
+        with self._read() as conn:
+            cid = self._curriculum_id(conn, name)
+            query = select(t.snapshots.c.seq, t.snapshots.c.state, t.snapshots.c.created_at) \
+                .where(t.snapshots.c.curriculum_id == cid)
+            if at_most is not None:
+                query = query.where(t.snapshots.c.seq <= at_most)
+            row = conn.execute(query.order_by(t.snapshots.c.seq.desc()).limit(1)).one_or_none()
+        if row is None:
+            return None
+        return SnapshotRecord(seq=int(row.seq), state=bytes(row.state),
+                              created_at=row.created_at)
+
+    def prune_events(self, name: str, up_to_seq: int) -> int:
+        """Delete events with seq <= up_to_seq that the newest snapshot covers.
+
+        Events after the newest snapshot are never deleted (they are the only record of
+        that state): with the newest snapshot at S, events up to min(up_to_seq, S) go,
+        and with no snapshot nothing does. Serialised with writers (same lock).
+        """
+        with self._write(name) as conn:
+            cid = int(self._curriculum_row(conn, name, lock=True).id)
+            newest = conn.execute(select(func.max(t.snapshots.c.seq)).where(
+                t.snapshots.c.curriculum_id == cid)).scalar_one_or_none()
+            if newest is None:
+                return 0
+            bound = min(int(up_to_seq), int(newest))
+            result = conn.execute(delete(t.events).where(t.events.c.curriculum_id == cid,
+                                                         t.events.c.seq <= bound))
+            return int(result.rowcount)
+
+    # ---------------------------------------------------------------- batches
+    def get_batch(self, name: str, run_id: str, step: int) -> BatchRecord | None:
+        with self._read() as conn:
+            cid = self._curriculum_id(conn, name)
+            return self._select_batch(conn, cid, run_id, step)
+
+    @staticmethod
+    def _select_batch(conn: Connection, cid: int, run_id: str, step: int) -> BatchRecord | None:
+        row = conn.execute(select(t.batches.c.seq, t.batches.c.payload).where(
+            t.batches.c.curriculum_id == cid, t.batches.c.run_id == run_id,
+            t.batches.c.step == step)).one_or_none()
+        if row is None:
+            return None
+        return BatchRecord(run_id=run_id, step=step, seq=int(row.seq),
+                           payload=bytes(row.payload))
+
+    def put_batch(self, name: str, record: BatchRecord) -> BatchRecord:
+        """INSERT ... ON CONFLICT DO NOTHING, then read back what is stored: the caller gets
+        the first writer's batch whether it won or lost the race. (On PostgreSQL a
+        conflicting in-flight insert makes ours wait for its commit; the read is a new
+        statement snapshot under READ COMMITTED, so it sees the winner.)"""
+        try:
+            with self._write() as conn:
+                cid = self._curriculum_id(conn, name)
+                conn.execute(self._insert(t.batches).values(
+                    curriculum_id=cid, run_id=record.run_id, step=record.step, seq=record.seq,
+                    payload=record.payload, created_at=_now())
+                    .on_conflict_do_nothing(
+                        index_elements=["curriculum_id", "run_id", "step"]))
+                stored = self._select_batch(conn, cid, record.run_id, record.step)
+        except sa_exc.IntegrityError as exc:  # the curriculum was deleted meanwhile
+            raise CurriculumNotFound(f"curriculum {name!r} not found",
+                                     {"curriculum": name}) from exc
+        if stored is None:  # pragma: no cover - impossible after a committed insert
+            raise RuntimeError("batch vanished right after it was stored")
+        return stored
+
+
+class _SqlWriter(CurriculumWriter):
+    """The handle yielded by `SqlStore.writer`: every call runs on the locked transaction."""
+
+    def __init__(self, store: SqlStore, conn: Connection, curriculum_id: int,
+                 head_seq: int) -> None:
+        self._store = store
+        self._conn = conn
+        self._cid = curriculum_id
+        self._start_seq = head_seq
+        self._head = head_seq
+        self._active = True
+
+    def _check(self) -> None:
+        if not self._active:
+            raise RuntimeError("the curriculum writer is used outside its `with` block")
+
+    @property
+    def head_seq(self) -> int:
+        return self._head
+
+    def find_by_key(self, idempotency_key: str) -> EventRecord | None:
+        self._check()
+        with translated_errors():
+            row = self._conn.execute(select(*SqlStore._EVENT_COLUMNS).where(
+                t.events.c.curriculum_id == self._cid,
+                t.events.c.idempotency_key == idempotency_key)).one_or_none()
+        return None if row is None else SqlStore._event_record(row)
+
+    def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,
+               payload: bytes) -> int:
+        """Insert at head_seq + 1. A key already in the log raises IdempotencyConflict
+        (checked first, so the transaction stays usable on PostgreSQL)."""
+        self._check()
+        if idempotency_key is not None:
+            previous = self.find_by_key(idempotency_key)
+            if previous is not None:
+                raise IdempotencyConflict(
+                    "idempotency key already used in this curriculum",
+                    {"idempotency_key": idempotency_key, "seq": previous.seq})
+        seq = self._head + 1
+        with translated_errors():
+            self._conn.execute(insert(t.events).values(
+                curriculum_id=self._cid, seq=seq, kind=kind, run_id=run_id, step=step,
+                idempotency_key=idempotency_key, payload=bytes(payload), created_at=_now()))
+        self._head = seq
+        return seq
+
+    def put_snapshot(self, seq: int, state: bytes) -> None:
+        """Upsert the snapshot at `seq` (0 < seq <= head_seq), then drop all but the newest
+        `snapshot_keep` of this curriculum."""
+        self._check()
+        if not 0 < seq <= self._head:
+            raise ValueError(f"snapshot seq {seq} outside 1..head_seq ({self._head})")
+        snapshots = t.snapshots
+        stmt = self._store._insert(snapshots).values(
+            curriculum_id=self._cid, seq=seq, state=bytes(state), created_at=_now())
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["curriculum_id", "seq"],
+            set_={"state": stmt.excluded.state, "created_at": stmt.excluded.created_at})
+        oldest_kept = (select(snapshots.c.seq).where(snapshots.c.curriculum_id == self._cid)
+                       .order_by(snapshots.c.seq.desc())
+                       .limit(1).offset(self._store.snapshot_keep - 1)).scalar_subquery()
+        with translated_errors():
+            self._conn.execute(stmt)
+            self._conn.execute(delete(snapshots).where(snapshots.c.curriculum_id == self._cid,
+                                                       snapshots.c.seq < oldest_kept))
+
+    def _finish(self) -> None:
+        """Publish the new head with the events (same transaction, just before commit)."""
+        if self._head != self._start_seq:
+            with translated_errors():
+                self._conn.execute(update(t.curricula).where(t.curricula.c.id == self._cid)
+                                   .values(head_seq=self._head))

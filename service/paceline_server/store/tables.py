@@ -1,0 +1,162 @@
+"""The relational schema of the event store (SQLAlchemy Core metadata).
+
+The migrations in `paceline_server/migrations/versions` create exactly these tables; this
+module is what the store queries against and what Alembic autogenerate compares with, so
+a change here needs a new migration (`alembic revision --autogenerate`).
+
+Design notes:
+- Every child row hangs off `curricula.id` with ON DELETE CASCADE, so deleting a
+  curriculum is one statement and never leaves orphans (SQLite needs
+  `PRAGMA foreign_keys=ON`, which the store sets on every connection).
+- `events` is keyed by (curriculum_id, seq): the primary key *is* the optimistic
+  concurrency guard of the log, and (curriculum_id, idempotency_key) is unique so a
+  retried report can never be appended twice (NULL keys do not collide).
+- JSON documents are stored as TEXT (not a JSON column type) so both backends store the
+  same bytes and a dump of one can be loaded into the other.
+- Timestamps are timezone-aware UTC in Python on both backends (`UtcDateTime`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+#: Constraint names are deterministic so migrations can refer to them on every backend.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+#: Alembic's revision table. Not the default `alembic_version`, so a database (or schema)
+#: shared with another Alembic-managed application cannot confuse the two histories.
+VERSION_TABLE = "paceline_alembic_version"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    SQLite has no timezone-aware type and hands back naive values; PostgreSQL returns
+    values in the session time zone. Normalising both to UTC-aware makes values
+    round-trip exactly, which matters because the app compares `created_at` to tell a
+    recreated curriculum of the same name apart.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; pass a timezone-aware one")
+        value = value.astimezone(UTC)
+        # SQLite stores the text form without an offset; keep it in UTC, offset-free.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None,
+                             dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class JsonText(TypeDecorator[Any]):
+    """A JSON document stored as TEXT (same representation on every backend)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+def _curriculum_fk() -> ForeignKey:
+    return ForeignKey("curricula.id", ondelete="CASCADE")
+
+
+#: BigInteger ids on PostgreSQL; SQLite needs plain INTEGER for its rowid alias.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+curricula = Table(
+    "curricula", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("name", String(256), nullable=False),
+    Column("spec", JsonText(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("head_seq", BigInteger(), nullable=False, server_default="0"),
+    UniqueConstraint("name"),
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("curriculum_id", _Id, _curriculum_fk(), nullable=False),
+    Column("run_id", String(128), nullable=False),
+    Column("metadata", JsonText(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_heartbeat", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("curriculum_id", "run_id"),
+)
+
+events = Table(
+    "events", metadata,
+    Column("curriculum_id", _Id, _curriculum_fk(), nullable=False),
+    Column("seq", BigInteger(), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("run_id", String(128), nullable=False),
+    Column("step", BigInteger(), nullable=False),
+    Column("idempotency_key", String(256), nullable=True),
+    Column("payload", LargeBinary(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("curriculum_id", "seq"),
+    UniqueConstraint("curriculum_id", "idempotency_key",
+                     name="uq_events_curriculum_id_idempotency_key"),
+)
+
+snapshots = Table(
+    "snapshots", metadata,
+    Column("curriculum_id", _Id, _curriculum_fk(), nullable=False),
+    Column("seq", BigInteger(), nullable=False),
+    Column("state", LargeBinary(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("curriculum_id", "seq"),
+)
+
+batches = Table(
+    "batches", metadata,
+    Column("curriculum_id", _Id, _curriculum_fk(), nullable=False),
+    Column("run_id", String(128), nullable=False),
+    Column("step", BigInteger(), nullable=False),
+    Column("seq", BigInteger(), nullable=False),
+    Column("payload", LargeBinary(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("curriculum_id", "run_id", "step"),
+)

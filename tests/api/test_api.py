@@ -1,0 +1,284 @@
+"""REST API behaviour, end to end through the ASGI app on real databases."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from api_support import SPEC, make_client
+
+
+def setup(client: TestClient, spec: dict[str, Any] | None = None) -> str:
+    assert client.post("/v1/curricula", json=spec or SPEC).status_code == 201
+    response = client.post("/v1/curricula/math/runs", json={"run_id": "run-1"})
+    assert response.status_code == 201
+    return str(response.json()["run_id"])
+
+
+def dense_report(indices: list[int], step: int = 0, seed: int = 0, **extra: Any
+                 ) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    rewards = np.stack([rng.integers(0, 2, (len(indices), 4)),
+                        rng.integers(0, 100, (len(indices), 4))], axis=-1)
+    return {"run_id": "run-1", "step": step, "indices": indices,
+            "rewards": rewards.astype(float).tolist(), **extra}
+
+
+def error_code(response: Any) -> str:
+    return str(response.json()["error"]["code"])
+
+
+class TestCurricula:
+    def test_create_get_list(self, client: TestClient) -> None:
+        created = client.post("/v1/curricula", json=SPEC)
+        assert created.status_code == 201
+        body = created.json()
+        assert body["seq"] == 0
+        assert body["distributions"] == ["easy", "hard"]
+        assert body["spec"]["sampler"] == {"kind": "uniform",
+                                           "params": {"allocation": "multinomial"}}
+        assert client.get("/v1/curricula/math").json()["num_samples"] == 100
+        assert [c["name"] for c in client.get("/v1/curricula").json()["curricula"]] == ["math"]
+
+    def test_exist_ok(self, client: TestClient) -> None:
+        client.post("/v1/curricula", json=SPEC)
+        again = client.post("/v1/curricula", json={**SPEC, "exist_ok": True})
+        assert again.status_code == 200
+        conflict = client.post("/v1/curricula", json={**SPEC, "seed": 2, "exist_ok": True})
+        assert conflict.status_code == 409
+        assert error_code(conflict) == "CURRICULUM_EXISTS"
+        assert client.post("/v1/curricula", json=SPEC).status_code == 409
+
+    @pytest.mark.parametrize(
+        ("change", "code"),
+        [({"sampler": "nope"}, "UNKNOWN_STRATEGY"),
+         ({"sampler": {"kind": "uniform", "x": 1}}, "INVALID_PARAMS"),
+         ({"objectives": []}, "INVALID_SPEC"),
+         ({"layout": {"distributions": [{"name": "a", "size": 0}]}}, "INVALID_SPEC"),
+         ({"weighting": {"kind": "fixed", "weights": [1, 2, 3]}}, "INVALID_PARAMS")],
+    )
+    def test_bad_specs(self, sqlite_client: TestClient, change: dict[str, Any],
+                       code: str) -> None:
+        response = sqlite_client.post("/v1/curricula", json={**SPEC, **change})
+        assert response.status_code == 422
+        assert error_code(response) == code
+        assert sqlite_client.get("/v1/curricula").json()["curricula"] == []
+
+    def test_delete_needs_confirmation(self, client: TestClient) -> None:
+        setup(client)
+        assert client.delete("/v1/curricula/math").status_code == 422
+        assert client.delete("/v1/curricula/math?confirm=math").status_code == 204
+        missing = client.get("/v1/curricula/math")
+        assert missing.status_code == 404
+        assert error_code(missing) == "CURRICULUM_NOT_FOUND"
+
+
+class TestRuns:
+    def test_attach_and_heartbeat(self, client: TestClient) -> None:
+        client.post("/v1/curricula", json=SPEC)
+        run = client.post("/v1/curricula/math/runs", json={"metadata": {"gpu": "h100"}})
+        assert run.status_code == 201
+        run_id = run.json()["run_id"]
+        assert len(run_id) == 32
+        beat = client.post(f"/v1/curricula/math/runs/{run_id}/heartbeat")
+        assert beat.status_code == 200
+        assert beat.json()["stale"] is False
+        assert beat.json()["metadata"] == {"gpu": "h100"}
+        assert len(client.get("/v1/curricula/math/runs").json()["runs"]) == 1
+        assert client.post("/v1/curricula/math/runs/nope/heartbeat").status_code == 404
+
+    def test_runs_go_stale(self, tmp_path: Any) -> None:
+        with make_client(f"sqlite:///{tmp_path / 's.db'}", run_stale_after_s=1e-6) as c:
+            setup(c)
+            assert c.get("/v1/curricula/math/runs/run-1").json()["stale"] is True
+
+
+class TestReportsAndBatches:
+    def test_cycle(self, client: TestClient) -> None:
+        setup(client)
+        batch = client.post("/v1/curricula/math/batches", json={"run_id": "run-1", "step": 0})
+        assert batch.status_code == 200
+        body = batch.json()
+        assert len(body["indices"]) == 8
+        assert body["reward_weights"] == {"acc": 0.75, "len": 0.25}
+        assert body["probabilities"] == {"easy": 0.6, "hard": 0.4}
+        assert body["seq"] == 0
+        ack = client.post("/v1/curricula/math/reports", json=dense_report(body["indices"]))
+        assert ack.status_code == 200
+        assert ack.json() == {"seq": 1, "replayed": False}
+        state = client.get("/v1/curricula/math/state").json()
+        assert state["seq"] == 1
+        assert sum(d["sampled"] for d in state["distributions"]) == 8
+        assert state["weight_history"][0]["weights"] == {"acc": 0.75, "len": 0.25}
+
+    def test_same_run_and_step_give_the_same_batch(self, client: TestClient) -> None:
+        setup(client)
+        first = client.post("/v1/curricula/math/batches", json={"run_id": "run-1", "step": 3})
+        client.post("/v1/curricula/math/reports", json=dense_report([1, 2, 3]))
+        again = client.post("/v1/curricula/math/batches", json={"run_id": "run-1", "step": 3})
+        assert again.json() == first.json()
+        other = client.post("/v1/curricula/math/batches",
+                            json={"run_id": "run-1", "step": 3, "size": 4})
+        assert other.status_code == 409
+
+    def test_idempotent_retry_is_applied_once(self, client: TestClient) -> None:
+        setup(client)
+        report = dense_report([1, 2])
+        headers = {"Idempotency-Key": "run-1/0"}
+        first = client.post("/v1/curricula/math/reports", json=report, headers=headers)
+        retry = client.post("/v1/curricula/math/reports", json=report, headers=headers)
+        assert first.json() == {"seq": 1, "replayed": False}
+        assert retry.json() == {"seq": 1, "replayed": True}
+        assert client.get("/v1/curricula/math").json()["seq"] == 1
+        different = client.post("/v1/curricula/math/reports", json=dense_report([3]),
+                                headers=headers)
+        assert different.status_code == 409
+        assert error_code(different) == "IDEMPOTENCY_CONFLICT"
+        in_body = client.post("/v1/curricula/math/reports",
+                              json={**report, "idempotency_key": "k2"})
+        assert in_body.json()["seq"] == 2
+        assert client.post("/v1/curricula/math/reports",
+                           json={**report, "idempotency_key": "k2"}).json()["replayed"]
+
+    def test_flat_form_and_named_eval_objectives(self, client: TestClient) -> None:
+        setup(client)
+        report = {"run_id": "run-1", "step": 0, "rollout_indices": [5, 5, 9],
+                  "rewards": [[1, 10], [0, 20], [1, 5]],
+                  "eval_objectives": {"len": 12.0, "acc": 0.5}}
+        assert client.post("/v1/curricula/math/reports", json=report).json()["seq"] == 1
+        state = client.get("/v1/curricula/math/state").json()
+        assert state["distributions"][0]["rollouts"] == 3
+
+    def test_gzip_and_msgpack_bodies(self, client: TestClient) -> None:
+        setup(client)
+        report = dense_report([1, 2, 3])
+        zipped = gzip.compress(json.dumps(report).encode())
+        response = client.post("/v1/curricula/math/reports", content=zipped,
+                               headers={"Content-Encoding": "gzip",
+                                        "Content-Type": "application/json"})
+        assert response.json()["seq"] == 1
+        packed = msgpack.packb(dense_report([4], step=1))
+        response = client.post("/v1/curricula/math/reports", content=packed,
+                               headers={"Content-Type": "application/msgpack"})
+        assert response.json()["seq"] == 2
+
+
+class TestBadInputLeavesStateUntouched:
+    @pytest.mark.parametrize(
+        ("mutate", "status", "code"),
+        [(lambda r: r.update(rewards=[[[float("nan"), 1.0]] * 4]), 422, "INVALID_REPORT"),
+         (lambda r: r.update(indices=[500]), 422, "INDEX_OUT_OF_RANGE"),
+         (lambda r: r.update(rewards=[[[1.0]] * 4]), 422, "INVALID_REPORT"),
+         (lambda r: r.update(run_id="ghost"), 404, "RUN_NOT_FOUND"),
+         (lambda r: r.update(colour="red"), 422, "INVALID_REPORT"),
+         (lambda r: r.pop("step"), 422, "INVALID_REPORT")],
+    )
+    def test_rejected_reports(self, client: TestClient, mutate: Any, status: int,
+                              code: str) -> None:
+        setup(client)
+        client.post("/v1/curricula/math/reports", json=dense_report([1]))
+        before = client.get("/v1/curricula/math/state").json()
+        report = dense_report([2])
+        mutate(report)
+        body = json.dumps(report).replace("NaN", "NaN")
+        response = client.post("/v1/curricula/math/reports", content=body,
+                               headers={"Content-Type": "application/json"})
+        assert response.status_code == status, response.text
+        assert error_code(response) == code
+        assert client.get("/v1/curricula/math/state").json() == before
+
+    def test_malformed_bodies(self, sqlite_client: TestClient) -> None:
+        setup(sqlite_client)
+        url = "/v1/curricula/math/reports"
+        bad_json = sqlite_client.post(url, content=b"{", headers={"Content-Type":
+                                                                  "application/json"})
+        assert (bad_json.status_code, error_code(bad_json)) == (400, "MALFORMED_BODY")
+        xml = sqlite_client.post(url, content=b"<r/>", headers={"Content-Type": "text/xml"})
+        assert (xml.status_code, error_code(xml)) == (415, "UNSUPPORTED_MEDIA_TYPE")
+        bad_gzip = sqlite_client.post(url, content=b"nope", headers={
+            "Content-Type": "application/json", "Content-Encoding": "gzip"})
+        assert bad_gzip.status_code == 400
+
+    def test_oversize_bodies(self, tmp_path: Any) -> None:
+        with make_client(f"sqlite:///{tmp_path / 'o.db'}", max_body_bytes=2048) as c:
+            setup(c)
+            big = dense_report(list(range(60)))
+            response = c.post("/v1/curricula/math/reports", json=big)
+            assert (response.status_code, error_code(response)) == (413, "PAYLOAD_TOO_LARGE")
+            bomb = gzip.compress(b"[" + b"0," * 100_000 + b"0]")
+            response = c.post("/v1/curricula/math/reports", content=bomb, headers={
+                "Content-Type": "application/json", "Content-Encoding": "gzip"})
+            assert response.status_code == 413
+            assert c.get("/v1/curricula/math").json()["seq"] == 0
+
+    def test_bad_batch_requests(self, sqlite_client: TestClient) -> None:
+        setup(sqlite_client)
+        url = "/v1/curricula/math/batches"
+        negative = sqlite_client.post(url, json={"run_id": "run-1", "step": -1})
+        assert (negative.status_code, error_code(negative)) == (422, "INVALID_REQUEST")
+        too_big = sqlite_client.post(url, json={"run_id": "run-1", "step": 0, "size": 101})
+        assert (too_big.status_code, error_code(too_big)) == (422, "INVALID_REQUEST")
+        ghost = sqlite_client.post(url, json={"run_id": "ghost", "step": 0})
+        assert ghost.status_code == 404
+        missing = sqlite_client.post("/v1/curricula/nope/batches",
+                                     json={"run_id": "run-1", "step": 0})
+        assert error_code(missing) == "CURRICULUM_NOT_FOUND"
+
+
+class TestResume:
+    def test_state_survives_a_new_app_on_the_same_database(self, database_url: str) -> None:
+        with make_client(database_url, snapshot_every=2) as first:
+            setup(first)
+            for step in range(5):
+                first.post("/v1/curricula/math/reports", json=dense_report([step], step=step))
+            state = first.get("/v1/curricula/math/state").json()
+            batch = first.post("/v1/curricula/math/batches",
+                               json={"run_id": "run-1", "step": 9}).json()
+        with make_client(database_url, snapshot_every=2) as second:
+            assert second.get("/v1/curricula/math/state").json() == state
+            fresh = second.post("/v1/curricula/math/batches",
+                                json={"run_id": "run-1", "step": 10}).json()
+            assert fresh["seq"] == batch["seq"] == 5
+
+
+class TestAuth:
+    def test_scopes(self, tmp_path: Any) -> None:
+        tokens = {"reader": "read", "writer": "write"}
+        with make_client(f"sqlite:///{tmp_path / 'a.db'}", api_tokens=tokens) as c:
+            anonymous = c.get("/v1/curricula")
+            assert (anonymous.status_code, error_code(anonymous)) == (401, "UNAUTHENTICATED")
+            assert anonymous.headers["www-authenticate"] == "Bearer"
+            wrong = c.get("/v1/curricula", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            read = {"Authorization": "Bearer reader"}
+            assert c.get("/v1/curricula", headers=read).status_code == 200
+            denied = c.post("/v1/curricula", json=SPEC, headers=read)
+            assert (denied.status_code, error_code(denied)) == (403, "FORBIDDEN")
+            write = {"Authorization": "Bearer writer"}
+            assert c.post("/v1/curricula", json=SPEC, headers=write).status_code == 201
+            assert c.get("/healthz").status_code == 200
+
+
+class TestOps:
+    def test_health_ready_metrics_openapi(self, client: TestClient) -> None:
+        setup(client)
+        client.post("/v1/curricula/math/reports", json=dense_report([1]))
+        client.get("/v1/curricula/math/state")
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/readyz").json() == {"status": "ready"}
+        metrics = client.get("/metrics").text
+        assert 'paceline_http_requests_total{method="POST",route="/v1/curricula/{name}/reports"' \
+            ',status="200"} 1.0' in metrics
+        assert 'paceline_distribution_probability{curriculum="math",distribution="easy"} 0.6' \
+            in metrics
+        assert 'paceline_reward_weight{curriculum="math",objective="acc"} 0.75' in metrics
+        assert 'paceline_reports_total{curriculum="math"} 1.0' in metrics
+        schema = client.get("/openapi.json").json()
+        assert "/v1/curricula/{name}/reports" in schema["paths"]
+        assert client.get("/docs").status_code == 200

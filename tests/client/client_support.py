@@ -1,0 +1,187 @@
+"""Helpers for the client tests: a service process, a sample spec, and fault-injecting
+httpx transports that sit between the client and a real service."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+SPEC: dict[str, Any] = {
+    "distributions": [{"name": "easy", "size": 60}, {"name": "hard", "size": 40}],
+    "objectives": ["acc", {"name": "len", "direction": "minimize", "bounds": [0, 100]}],
+    "sampler": "uniform",
+    "weighting": {"kind": "fixed", "weights": [3, 1]},
+    "batch_size": 8,
+    "seed": 1,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServiceProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def start_service(db: Path, **env: str) -> Iterator[ServiceProcess]:
+    """`python -m paceline_server serve` on a free port, ready when /readyz answers."""
+    port = free_port()
+    environ = {**os.environ, "PACELINE_DATABASE_URL": f"sqlite:///{db}",
+               "PACELINE_AUTO_MIGRATE": "true", **env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "paceline_server", "serve", "--port", str(port)],
+        env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                if process.poll() is None:
+                    process.kill()
+                stderr = process.stderr.read() if process.stderr else b""
+                raise RuntimeError(f"service did not start: {stderr!r}")
+            time.sleep(0.05)
+        yield ServiceProcess(url, process)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+# ----------------------------------------------------------------- fault injection
+@dataclass(frozen=True)
+class Fault:
+    """What to do to the next request whose path ends with `path`:
+    - `status`: answer this status without forwarding (the service never sees it);
+    - `lost`: forward it (the service applies it), then lose the answer: reply `status`
+      if given, else raise a read timeout;
+    - `connect`: raise a connection error without forwarding."""
+
+    path: str
+    kind: str  # "status" | "lost" | "connect"
+    status: int | None = None
+    retry_after: str | None = None
+
+
+def status(path: str, code: int, retry_after: str | None = None) -> Fault:
+    return Fault(path, "status", code, retry_after)
+
+
+def lost(path: str, code: int | None = None) -> Fault:
+    return Fault(path, "lost", code)
+
+
+def connect_error(path: str) -> Fault:
+    return Fault(path, "connect")
+
+
+def _fake(fault: Fault, request: httpx.Request) -> httpx.Response:
+    headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+    assert fault.status is not None
+    return httpx.Response(fault.status, headers=headers, request=request, json={
+        "error": {"code": "UNAVAILABLE", "message": "injected", "details": {}}})
+
+
+@dataclass
+class _Plan:
+    faults: list[Fault] = field(default_factory=list)
+    seen: list[tuple[str, str]] = field(default_factory=list)
+
+    def take(self, request: httpx.Request) -> Fault | None:
+        self.seen.append((request.method, request.url.path))
+        for i, fault in enumerate(self.faults):
+            if request.url.path.endswith(fault.path):
+                return self.faults.pop(i)
+        return None
+
+    def count(self, path: str) -> int:
+        return sum(1 for _, p in self.seen if p.endswith(path))
+
+
+class FaultInjector(httpx.BaseTransport):
+    """A transport in front of `inner` that misbehaves as planned, then passes through."""
+
+    def __init__(self, inner: httpx.BaseTransport | None = None) -> None:
+        self.inner = inner or httpx.HTTPTransport()
+        self.plan = _Plan()
+
+    def inject(self, *faults: Fault) -> None:
+        self.plan.faults.extend(faults)
+
+    def count(self, path: str) -> int:
+        return self.plan.count(path)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        fault = self.plan.take(request)
+        if fault is None:
+            return self.inner.handle_request(request)
+        if fault.kind == "connect":
+            raise httpx.ConnectError("injected connection failure", request=request)
+        if fault.kind == "lost":
+            response = self.inner.handle_request(request)
+            response.read()
+            response.close()
+            if fault.status is None:
+                raise httpx.ReadTimeout("injected: answer lost", request=request)
+        return _fake(fault, request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncFaultInjector(httpx.AsyncBaseTransport):
+    """The asyncio twin of `FaultInjector`."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.plan = _Plan()
+
+    def inject(self, *faults: Fault) -> None:
+        self.plan.faults.extend(faults)
+
+    def count(self, path: str) -> int:
+        return self.plan.count(path)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        fault = self.plan.take(request)
+        if fault is None:
+            return await self.inner.handle_async_request(request)
+        if fault.kind == "connect":
+            raise httpx.ConnectError("injected connection failure", request=request)
+        if fault.kind == "lost":
+            response = await self.inner.handle_async_request(request)
+            await response.aread()
+            await response.aclose()
+            if fault.status is None:
+                raise httpx.ReadTimeout("injected: answer lost", request=request)
+        return _fake(fault, request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

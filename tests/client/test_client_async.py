@@ -1,0 +1,108 @@
+"""AsyncClient: the full cycle on the embedded service, the heartbeat task, and retries
+through a fault-injecting transport in front of the real ASGI app. Plain `asyncio.run`,
+no pytest plugin."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from client_support import SPEC, AsyncFaultInjector, lost, status
+
+import paceline
+from paceline import _embedded
+
+FAST = paceline.RetryPolicy(max_attempts=4, backoff_initial=0.01, backoff_max=0.05)
+
+
+def run_async(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), timeout=60))
+
+
+def rewards_for(indices: list[int]) -> list[Any]:
+    return [[[float((i + j) % 2), 10.0 * j] for j in range(4)] for i in indices]
+
+
+def test_full_cycle(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with paceline.AsyncClient.embedded(tmp_path / "a.db") as client:
+            cur = await client.create_curriculum("math", **SPEC)
+            same = await client.create_curriculum("math", **SPEC, exist_ok=True)
+            assert same.info == cur.info
+            async with await cur.start_run(run_id="r", heartbeat_interval=None) as run:
+                for step in range(3):
+                    batch = await run.next_batch(step)
+                    assert batch.reward_weights == {"acc": 0.75, "len": 0.25}
+                    rewards = np.asarray(rewards_for(batch.indices))
+                    by_objective = {"acc": rewards[..., 0], "len": rewards[..., 1]}
+                    ack = await run.report(step, batch.indices, by_objective,
+                                           advantages=np.zeros((8, 4)))
+                    assert (ack.seq, ack.replayed) == (step + 1, False)
+                ack = await run.report(3, [1, 1, 2], rewards=[[1, 1], [0, 2], [1, 3]],
+                                       group_ids=[0, 0, 1])
+                assert ack.seq == 4
+            state = await cur.state()
+            assert state.seq == 4
+            assert sum(d.rollouts for d in state.distributions) == 3 * 8 * 4 + 3
+            assert [c.name for c in await client.list_curricula()] == ["math"]
+            assert (await client.curriculum("math")).info.seq == 4
+            assert [r.run_id for r in await cur.runs()] == ["r"]
+            with pytest.raises(paceline.NotFound) as info:
+                await client.curriculum("nope")
+            assert info.value.code == "CURRICULUM_NOT_FOUND"
+            with pytest.raises(paceline.InvalidInput):
+                await run.report(9, [500], [[[1.0, 1.0]]])
+            await cur.delete()
+            assert await client.list_curricula() == []
+
+    run_async(body)
+
+
+def test_heartbeat_task(tmp_path: Path) -> None:
+    async def body() -> None:
+        client = paceline.AsyncClient.embedded(tmp_path / "h.db")
+        cur = await client.create_curriculum("math", **SPEC)
+        run = await cur.start_run(heartbeat_interval=0.05)
+        first = run.info.last_heartbeat
+        assert run.heartbeating
+        for _ in range(200):
+            if (await run.refresh()).last_heartbeat > first:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("no heartbeat arrived")
+        other = await cur.start_run(heartbeat_interval=0.05)
+        await run.aclose()
+        assert not run.heartbeating
+        await client.aclose()  # stops the remaining heartbeat tasks
+        assert not other.heartbeating
+
+    run_async(body)
+
+
+def test_retries_apply_a_report_once(tmp_path: Path) -> None:
+    async def body() -> None:
+        app, cleanup = _embedded.build_app(tmp_path / "r.db", {})
+        faults = AsyncFaultInjector(_embedded.LifespanASGITransport(app))
+        async with paceline.AsyncClient("http://paceline.test", transport=faults,
+                                        retries=FAST) as client:
+            cur = await client.create_curriculum("math", **SPEC)
+            run = await cur.start_run(heartbeat_interval=None)
+            faults.inject(status("/batches", 503, retry_after="0"))
+            batch = await run.next_batch(0)
+            assert faults.count("/batches") == 2
+            faults.inject(lost("/reports", 503), status("/reports", 502))
+            ack = await run.report(0, batch.indices, rewards_for(batch.indices))
+            assert (ack.seq, ack.replayed) == (1, True)
+            assert faults.count("/reports") == 3
+            assert (await cur.state()).seq == 1
+            faults.inject(*[status("/state", 504)] * 4)
+            with pytest.raises(paceline.Unavailable):
+                await cur.state()
+        cleanup()
+
+    run_async(body)

@@ -1,0 +1,230 @@
+"""The client against the embedded service (the real ASGI app on SQLite, in-process)."""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from client_support import SPEC
+
+import paceline
+
+
+def rewards_for(indices: list[int], group: int = 4, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, 2, (len(indices), group)),
+                     rng.integers(0, 100, (len(indices), group))], axis=-1).astype(float)
+
+
+def test_full_cycle(embedded: paceline.Client) -> None:
+    cur = embedded.create_curriculum("math", **SPEC)
+    assert cur.objectives == ["acc", "len"]
+    assert cur.distributions == ["easy", "hard"]
+    assert cur.spec["sampler"]["kind"] == "uniform"
+    with cur.start_run(run_id="run-1", metadata={"gpu": "none"}) as run:
+        assert run.info.metadata == {"gpu": "none"}
+        batch = run.next_batch(0)
+        assert len(batch.indices) == 8
+        assert batch.reward_weights == {"acc": 0.75, "len": 0.25}
+        assert batch.probabilities == {"easy": 0.6, "hard": 0.4}
+        assert batch.loss_weights is None
+        assert (batch.run_id, batch.step, batch.seq) == ("run-1", 0, 0)
+        rewards = rewards_for(batch.indices)
+        ack = run.report(0, indices=batch.indices, rewards=rewards,
+                         advantages=rewards[..., 0] - rewards[..., 0].mean(axis=1, keepdims=True))
+        assert (ack.seq, ack.replayed) == (1, False)
+        assert run.next_batch(0) == batch  # the same step gives the same batch
+        assert run.next_batch(1).seq == 1
+        assert len(run.next_batch(2, size=3).indices) == 3
+    state = cur.state()
+    assert state.seq == 1
+    assert state.objectives == ["acc", "len"]
+    assert sum(d.sampled for d in state.distributions) == 8
+    assert state.distribution("easy").size == 60
+    assert state.weight_history[0].weights == {"acc": 0.75, "len": 0.25}
+    assert set(state.probabilities) == {"easy", "hard"}
+    assert cur.refresh().seq == 1
+    assert [r.run_id for r in cur.runs()] == ["run-1"]
+
+
+def test_exist_ok_and_conflicts(embedded: paceline.Client) -> None:
+    first = embedded.create_curriculum("math", **SPEC)
+    again = embedded.create_curriculum("math", **SPEC, exist_ok=True)
+    assert again.info == first.info
+    with pytest.raises(paceline.Conflict) as info:
+        embedded.create_curriculum("math", **SPEC)
+    assert (info.value.code, info.value.status) == ("CURRICULUM_EXISTS", 409)
+    with pytest.raises(paceline.Conflict, match="different spec"):
+        embedded.create_curriculum("math", **{**SPEC, "seed": 2}, exist_ok=True)
+
+
+@pytest.mark.parametrize(("change", "code"), [
+    ({"sampler": "nope"}, "UNKNOWN_STRATEGY"),
+    ({"sampler": {"kind": "uniform", "x": 1}}, "INVALID_PARAMS"),
+    ({"objectives": []}, "INVALID_SPEC"),
+    ({"batch_size": 1000}, "INVALID_SPEC"),
+])
+def test_bad_specs(embedded: paceline.Client, change: dict[str, Any], code: str) -> None:
+    with pytest.raises(paceline.InvalidInput) as info:
+        embedded.create_curriculum("math", **{**SPEC, **change})
+    assert (info.value.code, info.value.status) == (code, 422)
+    assert embedded.list_curricula() == []
+
+
+def test_errors_are_mapped(embedded: paceline.Client) -> None:
+    with pytest.raises(paceline.NotFound) as missing:
+        embedded.curriculum("nope")
+    assert (missing.value.code, missing.value.status) == ("CURRICULUM_NOT_FOUND", 404)
+    cur = embedded.create_curriculum("math", **SPEC)
+    run = cur.start_run(heartbeat_interval=None)
+    batch = run.next_batch(0)
+    with pytest.raises(paceline.InvalidInput) as out_of_range:
+        run.report(0, indices=[500], rewards=[[[1.0, 1.0]]])
+    assert out_of_range.value.code == "INDEX_OUT_OF_RANGE"
+    with pytest.raises(paceline.InvalidInput, match="finite") as nan:
+        run.report(0, indices=[1], rewards=[[[float("nan"), 1.0]]])
+    assert nan.value.code == "INVALID_REPORT"
+    with pytest.raises(paceline.InvalidInput, match="groups"):
+        run.report(0, indices=[1, 2], rewards=[[[1.0, 1.0]]])
+    with pytest.raises(paceline.Conflict) as resized:
+        run.next_batch(0, size=len(batch.indices) - 1)
+    assert resized.value.code == "IDEMPOTENCY_CONFLICT"
+    with pytest.raises(paceline.InvalidInput):
+        run.next_batch(1, size=101)
+    ghost = paceline.Run(cur, run.info.model_copy(update={"run_id": "ghost"}), None)
+    with pytest.raises(paceline.NotFound) as no_run:
+        ghost.next_batch(0)
+    assert no_run.value.code == "RUN_NOT_FOUND"
+    assert cur.state().seq == 0  # nothing bad was applied
+
+
+def test_rewards_by_objective_equal_the_array(embedded: paceline.Client) -> None:
+    states = []
+    for name, by_objective in (("arrays", False), ("dicts", True)):
+        cur = embedded.create_curriculum(name, **SPEC)
+        run = cur.start_run(run_id="r", heartbeat_interval=None)
+        for step in range(3):
+            indices = run.next_batch(step).indices
+            rewards: Any = rewards_for(indices, seed=step)
+            if by_objective:
+                rewards = {"len": rewards[..., 1].tolist(), "acc": rewards[..., 0]}
+            run.report(step, indices, rewards)
+        states.append(cur.state().model_dump(exclude={"name"}))
+    assert states[0] == states[1]
+    with pytest.raises(paceline.InvalidInput, match="missing"):
+        run.report(9, [1], {"acc": [[1.0]]})
+
+
+def test_ragged_groups_in_the_flat_form(embedded: paceline.Client) -> None:
+    cur = embedded.create_curriculum("math", **SPEC)
+    run = cur.start_run(heartbeat_interval=None)
+    # Sample 3 got three rollouts, sample 70 (a "hard" one) a single one.
+    ack = run.report(0, indices=[3, 70, 3, 3], group_ids=[0, 1, 0, 0],
+                     rewards={"acc": [1, 0, 0, 1], "len": [10, 50, 20, 30]},
+                     advantages=[0.5, 0.0, -0.5, 0.5])
+    assert ack.seq == 1
+    state = cur.state()
+    assert state.distribution("easy").rollouts == 3
+    assert state.distribution("hard").rollouts == 1
+    run.report(1, indices=[5, 5], group_ids=[0, 0], rewards=[[1, 1], [0, 2]])
+    assert cur.state().distribution("easy").rollouts == 5
+
+
+def test_one_objective_and_eval_objectives(embedded: paceline.Client) -> None:
+    cur = embedded.create_curriculum("single", distributions={"a": 10, "b": 5},
+                                     objectives=["acc"], batch_size=4)
+    run = cur.start_run(heartbeat_interval=None)
+    batch = run.next_batch(0)
+    assert batch.reward_weights == {"acc": 1.0}
+    ack = run.report(0, batch.indices, np.ones((4, 2)), eval_objectives={"acc": 0.5})
+    assert ack.seq == 1
+
+
+def test_labels_layout(embedded: paceline.Client) -> None:
+    labels = np.array([0, 1, 1, 0, 1, 0, 0, 0])
+    cur = embedded.create_curriculum("mixed", labels=labels, names=["x", "y"],
+                                     objectives=["acc"], batch_size=4)
+    assert cur.info.num_samples == 8
+    assert [d.size for d in cur.state().distributions] == [5, 3]
+
+
+def test_list_and_delete(embedded: paceline.Client) -> None:
+    for name in ("b", "a"):
+        embedded.create_curriculum(name, **SPEC)
+    assert [c.name for c in embedded.list_curricula()] == ["a", "b"]
+    cur = embedded.curriculum("a")
+    cur.delete()
+    assert [c.name for c in embedded.list_curricula()] == ["b"]
+    with pytest.raises(paceline.NotFound):
+        cur.delete()
+    with pytest.raises(paceline.NotFound):
+        cur.state()
+
+
+def test_msgpack_and_gzip_reports(tmp_path: Path) -> None:
+    with paceline.Client.embedded(tmp_path / "m.db", report_encoding="msgpack") as client:
+        client.compress_over = 256
+        cur = client.create_curriculum("math", **SPEC)
+        run = cur.start_run(heartbeat_interval=None)
+        indices = run.next_batch(0).indices
+        assert run.report(0, indices, rewards_for(indices, group=16)).seq == 1
+        assert cur.state().distribution("easy").rollouts \
+            + cur.state().distribution("hard").rollouts == 8 * 16
+
+
+def test_background_heartbeat(embedded: paceline.Client) -> None:
+    cur = embedded.create_curriculum("math", **SPEC)
+    with cur.start_run(heartbeat_interval=0.05) as run:
+        first = run.info.last_heartbeat
+        assert run.heartbeating
+        deadline = time.monotonic() + 10
+        while run.refresh().last_heartbeat <= first:
+            assert time.monotonic() < deadline, "no heartbeat arrived"
+            time.sleep(0.02)
+        assert cur.runs()[0].last_heartbeat > first
+    assert not run.heartbeating
+    other = cur.start_run(heartbeat_interval=0.05)
+    embedded.close()  # closing the client stops its runs' heartbeats
+    assert not other.heartbeating
+
+
+def test_embedded_persists_on_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "keep.db"
+    with paceline.Client.embedded(path) as client:
+        cur = client.create_curriculum("math", **SPEC)
+        run = cur.start_run(run_id="r", heartbeat_interval=None)
+        run.report(0, [1, 2], rewards_for([1, 2]))
+        state = cur.state()
+    with paceline.Client.embedded(path) as client:
+        assert client.curriculum("math").state() == state
+
+
+def test_embedded_temporary_file_is_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[str] = []
+    real = tempfile.mkdtemp
+
+    def mkdtemp(**options: Any) -> str:
+        made.append(real(**options))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    client = paceline.Client.embedded()
+    client.create_curriculum("math", **SPEC)
+    assert (Path(made[0]) / "paceline.db").exists()
+    client.close()
+    assert not Path(made[0]).exists()
+
+
+def test_embedded_needs_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "paceline_server" else real(name, *a))
+    with pytest.raises(ImportError, match="server package"):
+        paceline.Client.embedded()
+    with pytest.raises(ImportError, match="server package"):
+        paceline.AsyncClient.embedded()

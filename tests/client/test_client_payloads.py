@@ -1,0 +1,115 @@
+"""Shaping specs and reports: layouts, rewards by objective, flat reports, arrays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import paceline
+from paceline._payloads import curriculum_spec, plain, report_body
+
+OBJECTIVES = ["acc", "len"]
+
+
+class TestSpecs:
+    @pytest.mark.parametrize("distributions", [
+        [{"name": "a", "size": 3}, {"name": "b", "size": np.int64(2)}],
+        [("a", 3), ("b", 2)],
+        {"a": 3, "b": 2},
+    ])
+    def test_distribution_forms(self, distributions: Any) -> None:
+        spec = curriculum_spec("c", distributions=distributions, objectives="acc")
+        assert spec["layout"] == {"distributions": [{"name": "a", "size": 3},
+                                                    {"name": "b", "size": 2}]}
+        assert spec["objectives"] == ["acc"]
+        assert "zero_variance" not in spec
+
+    def test_labels(self) -> None:
+        spec = curriculum_spec("c", labels=np.array([0, 1, 0]), names=["a", "b"],
+                               objectives=["acc"], zero_variance=True)
+        assert spec["layout"] == {"labels": [0, 1, 0], "names": ["a", "b"]}
+        assert spec["zero_variance"] is True
+        named = curriculum_spec("c", distributions=["a", "b"], labels=[0, 1], objectives=["acc"])
+        assert named["layout"]["names"] == ["a", "b"]
+
+    def test_missing_layout(self) -> None:
+        with pytest.raises(paceline.InvalidInput, match="distributions"):
+            curriculum_spec("c", objectives=["acc"])
+        with pytest.raises(paceline.InvalidInput, match="names"):
+            curriculum_spec("c", labels=[0], objectives=["acc"])
+        with pytest.raises(paceline.InvalidInput, match="pair"):
+            curriculum_spec("c", distributions=[("a", 1, 2)], objectives=["acc"])
+
+
+class TestReports:
+    def test_dense_arrays(self) -> None:
+        rewards = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
+        body = report_body(run_id="r", step=np.int64(3), indices=np.array([4, 5]),
+                           rewards=rewards, objectives=OBJECTIVES,
+                           advantages=np.zeros((2, 3)), grad_products=np.eye(2),
+                           eval_objectives={"acc": 1.0, "len": 2.0})
+        assert body == {"run_id": "r", "step": 3, "indices": [4, 5],
+                        "rewards": rewards.tolist(), "advantages": [[0.0] * 3] * 2,
+                        "grad_products": [[1.0, 0.0], [0.0, 1.0]],
+                        "eval_objectives": {"acc": 1.0, "len": 2.0}}
+        assert type(body["step"]) is int
+
+    def test_rewards_by_objective_follow_the_objective_order(self) -> None:
+        acc = np.array([[1.0, 0.0], [0.0, 0.0]])
+        length = [[10, 20], [30, 40]]
+        body = report_body(run_id="r", step=0, indices=[1, 2], objectives=OBJECTIVES,
+                           rewards={"len": length, "acc": acc})
+        assert body["rewards"] == np.stack([acc, np.array(length)], axis=-1).tolist()
+
+    def test_rewards_by_objective_are_checked(self) -> None:
+        with pytest.raises(paceline.InvalidInput, match="missing \\['len'\\]") as info:
+            report_body(run_id="r", step=0, indices=[1], objectives=OBJECTIVES,
+                        rewards={"acc": [[1.0]], "colour": [[1.0]]})
+        assert info.value.details["unknown"] == ["colour"]
+        assert info.value.status is None
+        with pytest.raises(paceline.InvalidInput, match="same shape"):
+            report_body(run_id="r", step=0, indices=[1], objectives=OBJECTIVES,
+                        rewards={"acc": [[1.0, 0.0]], "len": [[1.0]]})
+
+    def test_flat_form_with_group_ids(self) -> None:
+        body = report_body(run_id="r", step=0, indices=[7, 7, 7, 9], group_ids=[0, 0, 0, 1],
+                           rewards={"acc": [1, 0, 1, 1], "len": [5, 6, 7, 8]},
+                           advantages=[0.5, -0.5, 0.5, 0.0], objectives=OBJECTIVES)
+        assert body == {"run_id": "r", "step": 0, "rollout_indices": [7, 7, 7, 9],
+                        "group_ids": [0, 0, 0, 1],
+                        "rewards": [[1, 5], [0, 6], [1, 7], [1, 8]],
+                        "advantages": [0.5, -0.5, 0.5, 0.0]}
+
+    def test_plain(self) -> None:
+        assert plain((np.float32(0.5), [np.int8(1)], {"a": np.zeros(1)})) == \
+            [0.5, [1], {"a": [0.0]}]
+
+
+class TestScalarize:
+    def batch(self) -> paceline.Batch:
+        return paceline.Batch(run_id="r", step=0, indices=[1, 2],
+                              reward_weights={"acc": 0.75, "len": 0.25}, reward_scale=2.0)
+
+    def test_lists_arrays_and_dicts_agree(self) -> None:
+        batch = self.batch()
+        rewards = [[[1.0, 4.0], [0.0, 8.0]], [[1.0, 0.0], [0.0, 0.0]]]
+        expected = [[2 * (0.75 + 1.0), 2 * 2.0], [1.5, 0.0]]
+        assert batch.scalarize(rewards) == expected
+        assert batch.scalarize(np.array(rewards)).tolist() == expected
+        by_objective = {"len": np.array(rewards)[..., 1], "acc": np.array(rewards)[..., 0]}
+        assert batch.scalarize(by_objective).tolist() == expected
+        assert batch.scalarize({"acc": 1.0, "len": 4.0}) == 3.5
+        assert batch.scalarize([1.0, 4.0]) == 3.5
+        assert batch.objectives == ["acc", "len"]
+        assert batch.weight_vector == [0.75, 0.25]
+
+    def test_wrong_shapes(self) -> None:
+        batch = self.batch()
+        with pytest.raises(ValueError, match="2 rewards"):
+            batch.scalarize([1.0, 2.0, 3.0])
+        with pytest.raises(ValueError, match="objectives"):
+            batch.scalarize(np.zeros((2, 3)))
+        with pytest.raises(ValueError, match="lack"):
+            batch.scalarize({"acc": 1.0})

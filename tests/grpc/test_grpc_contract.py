@@ -1,0 +1,358 @@
+"""The client contract over both transports: one real `paceline-server serve` process
+with REST and gRPC, the same tests parametrized over `http://` and `grpc://` URLs, with
+faults injected between client and service (refused, lost answers, connection failures).
+Every report must be applied exactly once, and both transports must give equal objects."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from grpc_support import (
+    FAST,
+    SPEC,
+    Fault,
+    GrpcFaults,
+    HttpFaults,
+    Service,
+    client_with_faults,
+    free_port,
+    start_service,
+)
+
+import paceline
+from paceline import _transport
+
+pytestmark = pytest.mark.slow
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    with start_service(tmp_path_factory.mktemp("grpc") / "paceline.db") as process:
+        yield process
+
+
+@pytest.fixture(params=["http", "grpc"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def wired(service: Service, transport: str
+          ) -> Iterator[tuple[paceline.Client, HttpFaults | GrpcFaults]]:
+    client, faults = client_with_faults(transport, service.url(transport), timeout=10)
+    with client:
+        yield client, faults
+
+
+@pytest.fixture
+def client(wired: tuple[paceline.Client, HttpFaults | GrpcFaults]) -> paceline.Client:
+    return wired[0]
+
+
+@pytest.fixture
+def faults(wired: tuple[paceline.Client, HttpFaults | GrpcFaults]) -> HttpFaults | GrpcFaults:
+    return wired[1]
+
+
+def fresh(client: paceline.Client, **change: Any) -> paceline.Curriculum:
+    """A new curriculum (the service process is shared by the module's tests)."""
+    return client.create_curriculum(f"math-{next(_names)}", **{**SPEC, **change})
+
+
+@pytest.fixture
+def run(client: paceline.Client) -> paceline.Run:
+    return fresh(client).start_run(run_id="run-1", heartbeat_interval=None)
+
+
+def rewards_for(indices: list[int], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, 2, (len(indices), 4)),
+                     rng.integers(0, 100, (len(indices), 4))], axis=-1).astype(float)
+
+
+def report(run: paceline.Run, step: int) -> paceline.ReportAck:
+    indices = run.next_batch(step).indices
+    return run.report(step, indices, rewards_for(indices, step))
+
+
+# ------------------------------------------------------------------ the cycle
+def test_full_cycle(client: paceline.Client) -> None:
+    cur = fresh(client)
+    assert cur.objectives == ["acc", "len"]
+    assert cur.distributions == ["easy", "hard"]
+    assert cur.spec["batch_size"] == 8  # an int, not 8.0
+    with cur.start_run(run_id="run-1", metadata={"gpu": "none", "n": 1},
+                       heartbeat_interval=0.05) as run:
+        assert run.info.metadata == {"gpu": "none", "n": 1}
+        batch = run.next_batch(0)
+        assert len(batch.indices) == 8
+        assert batch.reward_weights == {"acc": 0.75, "len": 0.25}
+        assert batch.probabilities == {"easy": 0.6, "hard": 0.4}
+        assert batch.loss_weights is None
+        assert (batch.run_id, batch.step, batch.seq) == ("run-1", 0, 0)
+        rewards = rewards_for(batch.indices)
+        ack = run.report(0, indices=batch.indices, rewards=rewards,
+                         advantages=rewards[..., 0] - rewards[..., 0].mean(axis=1, keepdims=True))
+        assert (ack.seq, ack.replayed) == (1, False)
+        assert run.next_batch(0) == batch  # the same step gives the same batch
+        assert run.next_batch(1).seq == 1
+        assert len(run.next_batch(2, size=3).indices) == 3
+        assert report(run, 3).seq == 2
+    state = cur.state()
+    assert state.seq == 2
+    assert sum(d.sampled for d in state.distributions) == 16
+    assert state.weight_history[0].weights == {"acc": 0.75, "len": 0.25}
+    assert cur.refresh().seq == 2
+    assert [r.run_id for r in cur.runs()] == ["run-1"]
+    assert cur.name in [c.name for c in client.list_curricula()]
+
+
+def test_both_transports_give_equal_objects(service: Service) -> None:
+    """One curriculum driven half over REST, half over gRPC: every read is equal."""
+    with paceline.Client(service.http) as http, paceline.Client(service.grpc) as grpc:
+        name = f"parity-{next(_names)}"
+        cur = {"http": http.create_curriculum(name, **SPEC),
+               "grpc": grpc.curriculum(name)}
+        runs = {t: c.start_run(run_id="r", metadata={"k": [1, 2]}, heartbeat_interval=None)
+                for t, c in cur.items()}
+        for step in range(4):
+            transport = "http" if step % 2 else "grpc"
+            batch = runs[transport].next_batch(step)
+            assert batch == runs["grpc" if transport == "http" else "http"].next_batch(step)
+            rewards = rewards_for(batch.indices, step)
+            runs[transport].report(step, batch.indices, rewards,
+                                   eval_objectives={"acc": 0.5, "len": 30.0})
+        assert cur["http"].refresh() == cur["grpc"].refresh()
+        assert cur["http"].state() == cur["grpc"].state()
+        assert runs["http"].refresh() == runs["grpc"].refresh()
+        assert cur["http"].runs() == cur["grpc"].runs()
+        assert http.list_curricula() == grpc.list_curricula()
+
+
+def test_same_reports_give_the_same_state_over_either_transport(service: Service) -> None:
+    """Packed floats carry exactly what JSON carries: the learning state is identical."""
+    states = []
+    for url in (service.http, service.grpc):
+        with paceline.Client(url) as client:
+            cur = client.create_curriculum(f"det-{next(_names)}", **{
+                **SPEC, "sampler": "dump_ucb"})
+            run = cur.start_run(run_id="r", heartbeat_interval=None)
+            for step in range(5):
+                indices = run.next_batch(step).indices
+                rewards = rewards_for(indices, step).astype(np.float32) / 3
+                run.report(step, indices, rewards, grad_products=[[1.0, 0.1], [0.1, 1.0]])
+            states.append((run.next_batch(5), cur.state().model_dump(exclude={"name"})))
+    assert states[0] == states[1]
+
+
+def test_ragged_groups_and_rewards_by_objective(client: paceline.Client) -> None:
+    run = fresh(client).start_run(run_id="r", heartbeat_interval=None)
+    indices = run.next_batch(0).indices
+    rewards = rewards_for(indices)
+    ack = run.report(0, indices, {"len": rewards[..., 1].tolist(), "acc": rewards[..., 0]})
+    assert ack.seq == 1
+    flat = [indices[0]] * 3 + [indices[1]] * 2
+    ack = run.report(1, flat, [[1.0, 5.0]] * 5, group_ids=[0, 0, 0, 1, 1],
+                     advantages=[0.1, -0.1, 0.0, 0.2, -0.2])
+    assert ack.seq == 2
+    with pytest.raises(paceline.InvalidInput, match="missing"):
+        run.report(9, [1], {"acc": [[1.0]]})
+
+
+# ------------------------------------------------------------------ errors
+def test_exist_ok_and_conflicts(client: paceline.Client) -> None:
+    first = fresh(client)
+    again = client.create_curriculum(first.name, **SPEC, exist_ok=True)
+    assert again.info == first.info
+    with pytest.raises(paceline.Conflict) as info:
+        client.create_curriculum(first.name, **SPEC)
+    assert (info.value.code, info.value.status) == ("CURRICULUM_EXISTS", 409)
+    assert info.value.details == {"name": first.name, "same_spec": True}
+    with pytest.raises(paceline.Conflict, match="different spec"):
+        client.create_curriculum(first.name, **{**SPEC, "seed": 2}, exist_ok=True)
+
+
+@pytest.mark.parametrize(("change", "code"), [
+    ({"sampler": "nope"}, "UNKNOWN_STRATEGY"),
+    ({"sampler": {"kind": "uniform", "x": 1}}, "INVALID_PARAMS"),
+    ({"objectives": []}, "INVALID_SPEC"),
+    ({"batch_size": 1000}, "INVALID_SPEC"),
+])
+def test_bad_specs(client: paceline.Client, change: dict[str, Any], code: str) -> None:
+    with pytest.raises(paceline.InvalidInput) as info:
+        fresh(client, **change)
+    assert (info.value.code, info.value.status) == (code, 422)
+
+
+def test_errors_are_mapped(client: paceline.Client, faults: HttpFaults | GrpcFaults) -> None:
+    with pytest.raises(paceline.NotFound) as missing:
+        client.curriculum("nope")
+    assert (missing.value.code, missing.value.status) == ("CURRICULUM_NOT_FOUND", 404)
+    assert missing.value.details == {"curriculum": "nope"}
+    cur = fresh(client)
+    run = cur.start_run(heartbeat_interval=None)
+    batch = run.next_batch(0)
+    with pytest.raises(paceline.InvalidInput) as out_of_range:
+        run.report(0, indices=[500], rewards=[[[1.0, 1.0]]])
+    assert (out_of_range.value.code, out_of_range.value.status) == ("INDEX_OUT_OF_RANGE", 422)
+    assert faults.plan.count("Report") == 1  # client errors are not retried
+    with pytest.raises(paceline.InvalidInput, match="finite") as nan:
+        run.report(0, indices=[1], rewards=[[[float("nan"), 1.0]]])
+    assert nan.value.code == "INVALID_REPORT"
+    with pytest.raises(paceline.InvalidInput, match="groups"):
+        run.report(0, indices=[1, 2], rewards=[[[1.0, 1.0]]])
+    with pytest.raises(paceline.Conflict) as resized:
+        run.next_batch(0, size=len(batch.indices) - 1)
+    assert resized.value.code == "IDEMPOTENCY_CONFLICT"
+    with pytest.raises(paceline.InvalidInput):
+        run.next_batch(1, size=101)
+    with pytest.raises(paceline.InvalidInput) as negative:
+        run.next_batch(-1)
+    assert (negative.value.code, negative.value.status) == ("INVALID_REQUEST", 422)
+    ghost = paceline.Run(cur, run.info.model_copy(update={"run_id": "ghost"}), None)
+    with pytest.raises(paceline.NotFound) as no_run:
+        ghost.next_batch(0)
+    assert no_run.value.code == "RUN_NOT_FOUND"
+    run.report(1, [1], [[[1.0, 1.0]]], idempotency_key="same-key")
+    with pytest.raises(paceline.Conflict) as reused:
+        run.report(1, [1], [[[0.0, 1.0]]], idempotency_key="same-key")
+    assert reused.value.code == "IDEMPOTENCY_CONFLICT"
+    assert cur.state().seq == 1  # only the first same-key report was applied
+
+
+# ------------------------------------------------------------------ retries
+def test_refused_then_success_applies_the_report_once(
+        run: paceline.Run, faults: HttpFaults | GrpcFaults) -> None:
+    faults.plan.inject(Fault("Report", "refuse", retry_after="0"))
+    ack = report(run, 0)
+    assert (ack.seq, ack.replayed) == (1, False)
+    assert faults.plan.count("Report") == 2
+    assert run.curriculum.state().seq == 1
+
+
+def test_lost_answers_are_replayed_not_reapplied(
+        run: paceline.Run, faults: HttpFaults | GrpcFaults) -> None:
+    faults.plan.inject(Fault("Report", "lost"), Fault("Report", "lost"))
+    ack = report(run, 0)
+    assert (ack.seq, ack.replayed) == (1, True)
+    assert faults.plan.count("Report") == 3
+    assert report(run, 1).seq == 2
+    state = run.curriculum.state()
+    assert state.seq == 2
+    assert sum(d.sampled for d in state.distributions) == 16
+
+
+def test_connection_error_then_success(run: paceline.Run,
+                                       faults: HttpFaults | GrpcFaults) -> None:
+    faults.plan.inject(Fault("NextBatch", "connect"), Fault("NextBatch", "connect"))
+    assert len(run.next_batch(0).indices) == 8
+    assert faults.plan.count("NextBatch") == 3
+
+
+def test_retry_after_is_honoured(run: paceline.Run, faults: HttpFaults | GrpcFaults,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(_transport, "_sleep", slept.append)
+    faults.plan.inject(Fault("NextBatch", "refuse", retry_after="2", throttle=True),
+                       Fault("NextBatch", "refuse"))
+    run.next_batch(0)
+    assert slept[0] == 2.0
+    assert 0.0 <= slept[1] <= 0.02  # no retry-after: jittered backoff, second retry
+
+
+def test_retries_run_out(run: paceline.Run, faults: HttpFaults | GrpcFaults) -> None:
+    faults.plan.inject(*[Fault("GetState", "refuse", retry_after="0")] * 4)
+    with pytest.raises(paceline.Unavailable) as info:
+        run.curriculum.state()
+    assert (info.value.code, info.value.status) == ("UNAVAILABLE", 503)
+    assert faults.plan.count("GetState") == 4
+
+
+def test_heartbeats_are_not_retried(run: paceline.Run,
+                                    faults: HttpFaults | GrpcFaults) -> None:
+    faults.plan.inject(Fault("Heartbeat", "refuse", retry_after="0"))
+    with pytest.raises(paceline.Unavailable):
+        run.heartbeat()
+    assert faults.plan.count("Heartbeat") == 1
+
+
+def test_lost_create_and_delete_answers(client: paceline.Client,
+                                        faults: HttpFaults | GrpcFaults) -> None:
+    name = f"lost-{next(_names)}"
+    faults.plan.inject(Fault("CreateCurriculum", "lost"))
+    cur = client.create_curriculum(name, **SPEC)  # the retry sees a conflict, same spec
+    assert cur.name == name
+    assert faults.plan.count("CreateCurriculum") == 2
+    faults.plan.inject(Fault("DeleteCurriculum", "lost"))
+    cur.delete()  # the retry sees not found: the lost attempt deleted it
+    with pytest.raises(paceline.NotFound):
+        client.curriculum(name)
+
+
+def test_resuming_a_run(client: paceline.Client) -> None:
+    cur = fresh(client)
+    first = cur.start_run(run_id="trainer-0", heartbeat_interval=None)
+    batch = first.next_batch(5)
+    again = cur.start_run(run_id="trainer-0", heartbeat_interval=None)
+    assert again.next_batch(5) == batch
+    assert [r.run_id for r in cur.runs()] == ["trainer-0"]
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_no_service(scheme: str) -> None:
+    with paceline.Client(f"{scheme}://127.0.0.1:{free_port()}", retries=FAST) as client, \
+            pytest.raises(paceline.TransportError) as info:
+        client.list_curricula()
+    assert info.value.code == "CONNECTION_ERROR"
+    assert info.value.details == {"attempts": 4}
+
+
+# ------------------------------------------------------------------ auth, asyncio
+def test_authentication(tmp_path: Path) -> None:
+    tokens = '{"reader": "read", "writer": "write"}'
+    with start_service(tmp_path / "auth.db", PACELINE_API_TOKENS=tokens) as service:
+        for url in (service.http, service.grpc):
+            with paceline.Client(url, retries=FAST) as anonymous, \
+                    pytest.raises(paceline.AuthError) as missing:
+                anonymous.list_curricula()
+            assert (missing.value.code, missing.value.status) == ("UNAUTHENTICATED", 401)
+            with paceline.Client(url, token="wrong", retries=FAST) as wrong, \
+                    pytest.raises(paceline.AuthError, match="unknown"):
+                wrong.list_curricula()
+            with paceline.Client(url, token="reader", retries=FAST) as reader:
+                assert [c.name for c in reader.list_curricula()] in ([], ["math"])
+                with pytest.raises(paceline.AuthError) as denied:
+                    reader.create_curriculum("math", **SPEC)
+                assert (denied.value.code, denied.value.status) == ("FORBIDDEN", 403)
+            with paceline.Client(url, token="writer", retries=FAST) as writer:
+                assert writer.create_curriculum("math", **SPEC, exist_ok=True).name == "math"
+            with paceline.Client(url, token="reader", retries=FAST) as reader:
+                assert reader.curriculum("math").state().seq == 0
+
+
+def test_async_client(service: Service, transport: str) -> None:
+    async def body() -> None:
+        async with paceline.AsyncClient(service.url(transport), retries=FAST) as client:
+            cur = await client.create_curriculum(f"async-{next(_names)}", **SPEC)
+            async with await cur.start_run(run_id="r", heartbeat_interval=0.05) as run:
+                for step in range(3):
+                    batch = await run.next_batch(step)
+                    ack = await run.report(step, batch.indices,
+                                           rewards_for(batch.indices, step))
+                    assert ack.seq == step + 1
+                await asyncio.sleep(0.12)
+                assert run.heartbeating
+                assert (await run.refresh()).last_heartbeat > run.info.created_at
+            state = await cur.state()
+            assert state.seq == 3
+            with pytest.raises(paceline.NotFound):
+                await client.curriculum("nope")
+
+    asyncio.run(asyncio.wait_for(body(), timeout=60))

@@ -1,0 +1,125 @@
+"""Schema migrations and the schema check at open, on both backends."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+from store_support import Database
+
+from paceline_server.domain.errors import SchemaOutdated, Unavailable
+from paceline_server.store import open_store
+from paceline_server.store.migrate import check_schema, current_revision, head_revision
+from paceline_server.store.sql import SqlStore
+from paceline_server.store.tables import VERSION_TABLE, metadata
+
+
+def test_fresh_database_gets_head(database: Database) -> None:
+    assert current_revision(database.url, schema=database.schema) is None
+    assert database.upgrade() == head_revision()
+    assert current_revision(database.url, schema=database.schema) == head_revision()
+    assert database.upgrade() == head_revision()  # idempotent
+    assert check_schema(database.url, schema=database.schema) == head_revision()
+
+
+def test_migrations_match_the_table_metadata(migrated: Database) -> None:
+    """`store/tables.py` and the migration scripts describe the same schema."""
+    engine = migrated.engine()
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "version_table": VERSION_TABLE})
+            assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_unmigrated_database_is_refused(database: Database) -> None:
+    with pytest.raises(SchemaOutdated) as info:
+        database.open()
+    assert "paceline-server migrate" in info.value.message
+    assert info.value.code == "SCHEMA_OUTDATED"
+    assert info.value.details["head"] == head_revision()
+
+    store = database.open(auto_migrate=True)
+    try:
+        store.create_curriculum("math", {})
+    finally:
+        store.close()
+    reopened = database.open()  # no auto_migrate: the check now passes
+    try:
+        assert reopened.get_curriculum("math").head_seq == 0
+        assert check_schema(database.url, reopened) == head_revision()
+    finally:
+        reopened.close()
+
+
+def test_database_ahead_of_the_code_is_refused(migrated: Database) -> None:
+    engine = migrated.engine()
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE paceline_alembic_version SET version_num = '9999_future'"))
+    finally:
+        engine.dispose()
+    with pytest.raises(SchemaOutdated, match="newer than this Paceline") as info:
+        migrated.open()
+    assert info.value.details["ahead"] is True
+
+
+def test_concurrent_auto_migrations(database: Database) -> None:
+    """Replicas starting together on an empty database all come up."""
+    stores: list[SqlStore] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+
+    def start() -> None:
+        try:
+            barrier.wait(10)
+            stores.append(database.open(auto_migrate=True))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert current_revision(database.url, schema=database.schema) == head_revision()
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_open_store_entry_point(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'p.db'}", auto_migrate=True, snapshot_keep=3)
+    try:
+        assert isinstance(store, SqlStore)
+        assert store.snapshot_keep == 3
+        store.ping()
+    finally:
+        store.close()
+
+
+def test_unreachable_databases_raise_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(Unavailable) as info:
+        SqlStore("postgresql+psycopg://postgres@127.0.0.1:1/test", connect_timeout=2)
+    assert info.value.code == "UNAVAILABLE"
+    with pytest.raises(Unavailable):
+        SqlStore(f"sqlite:///{tmp_path / 'missing-dir' / 'p.db'}", auto_migrate=True)
+
+
+def test_url_validation() -> None:
+    with pytest.raises(ValueError, match="in-memory"):
+        SqlStore("sqlite://")
+    with pytest.raises(ValueError, match="in-memory"):
+        SqlStore("sqlite:///:memory:")
+    with pytest.raises(ValueError, match="unsupported"):
+        SqlStore("mysql://localhost/x")
+    with pytest.raises(ValueError, match="schema"):
+        SqlStore("postgresql://postgres@127.0.0.1/test", schema="Bad Name;")
