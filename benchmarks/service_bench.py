@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -140,35 +140,46 @@ def latency_case(base: str, backend: str, encoding: str, cycles: int) -> dict[st
             "p99_ms": round(float(np.percentile(warm, 99)), 2)}
 
 
+def _throughput_worker(base: str, name: str, i: int, seconds: float,
+                       start: Any, results: Any) -> None:
+    """One trainer: its own process, as real trainers are (threads of one Python process
+    would measure the client's GIL, not the service)."""
+    rng = np.random.default_rng(i)
+    run = f"run-{i}"
+    done = 0
+    with httpx.Client(base_url=base, timeout=60) as http:
+        http.post(f"/v1/curricula/{name}/runs", json={"run_id": run}).raise_for_status()
+        indices = http.post(f"/v1/curricula/{name}/batches",
+                            json={"run_id": run, "step": 0}).json()["indices"]
+        start.wait()
+        stop = time.perf_counter() + seconds
+        step = 0
+        while time.perf_counter() < stop:
+            indices = cycle(http, name, run, step, rng, "msgpack", indices)
+            step += 1
+            done += 1
+    results.put(done)
+
+
 def throughput_case(base: str, backend: str, runs: int, seconds: float) -> dict[str, Any]:
     name = "throughput"
     with httpx.Client(base_url=base, timeout=30) as http:
         http.post("/v1/curricula", json=spec(name)).raise_for_status()
-    done = [0] * runs
-    stop = time.perf_counter() + seconds
-
-    def worker(i: int) -> None:
-        rng = np.random.default_rng(i)
-        run = f"run-{i}"
-        with httpx.Client(base_url=base, timeout=60) as http:
-            http.post(f"/v1/curricula/{name}/runs", json={"run_id": run}).raise_for_status()
-            indices = http.post(f"/v1/curricula/{name}/batches",
-                                json={"run_id": run, "step": 0}).json()["indices"]
-            step = 0
-            while time.perf_counter() < stop:
-                indices = cycle(http, name, run, step, rng, "msgpack", indices)
-                step += 1
-                done[i] += 1
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(runs)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(runs + 1), context.Queue()
+    workers = [context.Process(target=_throughput_worker,
+                               args=(base, name, i, seconds, start, results))
+               for i in range(runs)]
+    for w in workers:
+        w.start()
+    start.wait()
+    began = time.perf_counter()
+    total = sum(results.get(timeout=seconds + 120) for _ in workers)
+    elapsed = time.perf_counter() - began
+    for w in workers:
+        w.join()
     return {"case": "concurrent_runs", "backend": backend, "runs": runs,
-            "cycles": sum(done), "cycles_per_s": round(sum(done) / elapsed, 1)}
+            "cycles": total, "cycles_per_s": round(total / elapsed, 1)}
 
 
 def main() -> None:

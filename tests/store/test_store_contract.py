@@ -373,6 +373,37 @@ class TestBatches:
             assert results[0, step] == results[1, step] == stored
 
 
+    def test_lookup_batch_reads_head_and_batch_together(self, store: SqlStore) -> None:
+        store.create_curriculum("math", SPEC)
+        append_n(store, "math", 2)
+        head, stored = store.lookup_batch("math", "r", 0)
+        assert (head.name, head.head_seq, stored) == ("math", 2, None)
+        assert head.created_at == store.get_curriculum("math").created_at
+        record = BatchRecord(run_id="r", step=0, seq=2, payload=b"p")
+        store.put_batch("math", record)
+        assert store.lookup_batch("math", "r", 0) == (head, record)
+        assert store.lookup_batch("math", "r", 1) == (head, None)
+        assert store.lookup_batch("math", "other", 0) == (head, None)
+        with pytest.raises(CurriculumNotFound):
+            store.lookup_batch("nope", "r", 0)
+
+    def test_non_durable_batch_is_stored_and_restores_durability(
+            self, store: SqlStore) -> None:
+        store.create_curriculum("math", SPEC)
+        record = BatchRecord(run_id="r", step=0, seq=0, payload=b"fast")
+        assert store.put_batch("math", record, durable=False) == record
+        assert store.put_batch("math", BatchRecord("r", 0, 1, b"late"),
+                               durable=False) == record
+        assert store.get_batch("math", "r", 0) == record
+        if store.dialect == "sqlite":  # the pooled connection is back to FULL (2)
+            for _ in range(3):
+                with store.engine.connect() as conn:
+                    assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+        else:  # SET LOCAL ended with the transaction
+            with store.engine.connect() as conn:
+                assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+
+
 class TestOperations:
     def test_ping_and_close(self, store: SqlStore) -> None:
         store.ping()

@@ -1,53 +1,130 @@
-"""Event and batch payloads as `.npz` bytes (no pickle): what the store keeps opaque."""
+"""Event and batch payloads: what the store keeps as opaque bytes.
+
+Payloads are msgpack maps of typed arrays (dtype, shape, little-endian bytes) behind a
+4-byte magic: no pickle, equal content gives equal bytes (idempotency digests rely on
+it), and a 1024 × 8 × 3 report encodes and decodes in tens of microseconds, where the
+`.npz` container of the first release took about a millisecond on the hot path. Payloads
+written by that release (a zip archive, magic `PK`) still decode.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgpack
 import numpy as np
 
 from paceline_server.domain.batch import Batch
-from paceline_server.domain.npz import load_npz, save_npz
+from paceline_server.domain.errors import StateCorrupt
+from paceline_server.domain.npz import load_npz
 from paceline_server.domain.report import Report
+
+MAGIC = b"PLM1"
+_NPZ_MAGIC = b"PK"
 
 _REPORT_ARRAYS = ("indices", "group_of", "rewards", "advantages", "grad_products",
                   "eval_objectives")
 _BATCH_ARRAYS = ("indices", "reward_weights", "loss_weights", "probabilities")
 
 
+def _pack_array(array: np.ndarray) -> dict[str, Any]:
+    array = np.ascontiguousarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    if array.dtype.hasobject:
+        raise TypeError("object arrays cannot be stored")
+    return {"d": array.dtype.str, "s": list(array.shape), "b": array.tobytes()}
+
+
+def _unpack_array(packed: Any) -> np.ndarray:
+    dtype = np.dtype(packed["d"])
+    if dtype.hasobject:
+        raise ValueError("object dtype in payload")
+    return np.frombuffer(packed["b"], dtype=dtype).reshape(packed["s"]).copy()
+
+
+def _pack(fields: dict[str, Any]) -> bytes:
+    return MAGIC + msgpack.packb(fields, use_bin_type=True)
+
+
+def _unpack(data: bytes) -> dict[str, Any]:
+    try:
+        fields = msgpack.unpackb(data[len(MAGIC):], raw=False, strict_map_key=True)
+        if not isinstance(fields, dict):
+            raise TypeError("payload is not a map")
+        return {key: (_unpack_array(value) if isinstance(value, dict) else value)
+                for key, value in fields.items()}
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        raise StateCorrupt(f"cannot decode stored payload: {exc}") from exc
+
+
+def _fields(data: bytes) -> dict[str, Any]:
+    if data[:len(MAGIC)] == MAGIC:
+        return _unpack(data)
+    if data[:len(_NPZ_MAGIC)] == _NPZ_MAGIC:
+        return _from_npz(data)
+    raise StateCorrupt("cannot decode stored payload: unknown format")
+
+
+def _from_npz(data: bytes) -> dict[str, Any]:
+    """The first release's payloads: scalars were stored as 0-d arrays."""
+    arrays = load_npz(data, "stored payload")
+    fields: dict[str, Any] = {key: value for key, value in arrays.items()
+                              if key not in ("run_id", "step", "scalars", "reward_scale")}
+    fields["run_id"] = str(arrays["run_id"].item())
+    if "step" in arrays:
+        fields["step"] = int(arrays["step"].item())
+    if "scalars" in arrays:
+        fields["step"], fields["skipped"], fields["clock"] = (
+            int(v) for v in arrays["scalars"])
+    if "reward_scale" in arrays:
+        fields["reward_scale"] = float(arrays["reward_scale"].item())
+    return fields
+
+
 def encode_report(report: Report) -> bytes:
-    arrays = {name: getattr(report, name) for name in _REPORT_ARRAYS
-              if getattr(report, name) is not None}
-    arrays["run_id"] = np.asarray(report.run_id)
-    arrays["step"] = np.asarray(report.step, dtype=np.int64)
-    return save_npz(arrays)
+    fields: dict[str, Any] = {"run_id": report.run_id, "step": int(report.step)}
+    for name in _REPORT_ARRAYS:
+        value = getattr(report, name)
+        if value is not None:
+            fields[name] = _pack_array(value)
+    return _pack(fields)
 
 
 def decode_report(data: bytes) -> Report:
-    arrays = load_npz(data, "stored payload")
-    return Report(
-        run_id=str(arrays["run_id"].item()), step=int(arrays["step"].item()),
-        indices=arrays["indices"], group_of=arrays["group_of"], rewards=arrays["rewards"],
-        advantages=arrays.get("advantages"), grad_products=arrays.get("grad_products"),
-        eval_objectives=arrays.get("eval_objectives"),
-    )
+    fields = _fields(data)
+    try:
+        return Report(
+            run_id=str(fields["run_id"]), step=int(fields["step"]),
+            indices=fields["indices"], group_of=fields["group_of"],
+            rewards=fields["rewards"], advantages=fields.get("advantages"),
+            grad_products=fields.get("grad_products"),
+            eval_objectives=fields.get("eval_objectives"))
+    except KeyError as exc:
+        raise StateCorrupt(f"stored report lacks {exc}") from exc
 
 
 def encode_batch(batch: Batch) -> bytes:
-    arrays = {name: getattr(batch, name) for name in _BATCH_ARRAYS
-              if getattr(batch, name) is not None}
-    arrays["run_id"] = np.asarray(batch.run_id)
-    arrays["scalars"] = np.array([batch.step, batch.skipped_zero_variance, batch.clock],
-                                 dtype=np.int64)
-    arrays["reward_scale"] = np.asarray(batch.reward_scale, dtype=np.float64)
-    return save_npz(arrays)
+    fields: dict[str, Any] = {
+        "run_id": batch.run_id, "step": int(batch.step),
+        "skipped": int(batch.skipped_zero_variance), "clock": int(batch.clock),
+        "reward_scale": float(batch.reward_scale)}
+    for name in _BATCH_ARRAYS:
+        value = getattr(batch, name)
+        if value is not None:
+            fields[name] = _pack_array(value)
+    return _pack(fields)
 
 
 def decode_batch(data: bytes) -> Batch:
-    arrays = load_npz(data, "stored payload")
-    step, skipped, clock = (int(v) for v in arrays["scalars"])
-    return Batch(
-        run_id=str(arrays["run_id"].item()), step=step, indices=arrays["indices"],
-        reward_weights=arrays["reward_weights"],
-        reward_scale=float(arrays["reward_scale"].item()),
-        loss_weights=arrays.get("loss_weights"), probabilities=arrays["probabilities"],
-        skipped_zero_variance=skipped, clock=clock,
-    )
+    fields = _fields(data)
+    try:
+        return Batch(
+            run_id=str(fields["run_id"]), step=int(fields["step"]),
+            indices=fields["indices"], reward_weights=fields["reward_weights"],
+            reward_scale=float(fields["reward_scale"]),
+            loss_weights=fields.get("loss_weights"),
+            probabilities=fields["probabilities"],
+            skipped_zero_variance=int(fields["skipped"]), clock=int(fields["clock"]))
+    except KeyError as exc:
+        raise StateCorrupt(f"stored batch lacks {exc}") from exc

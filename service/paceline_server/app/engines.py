@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from paceline_server.app.codec import decode_report
 from paceline_server.domain.spec import CurriculumSpec
@@ -26,6 +27,14 @@ class CachedEngine:
     engine: CurriculumEngine
     seq: int
     lock: threading.RLock
+    #: Set when the engine may hold folds the log does not (a failed commit): the next
+    #: `catch_up` reloads it from the store. Keeps the entry object valid for threads that
+    #: already hold it, unlike dropping it from the cache.
+    stale: bool = False
+    #: Reports waiting for a group commit (see `PacelineService.report`), guarded by
+    #: `pending_guard`; whoever holds `lock` next commits them all in one transaction.
+    pending: list[Any] = field(default_factory=list)
+    pending_guard: threading.Lock = field(default_factory=threading.Lock)
 
 
 class EngineCache:
@@ -68,6 +77,9 @@ class EngineCache:
 
         When the events right after the cached position were pruned (by another
         replica), reload from the newest snapshot instead."""
+        if cached.stale:
+            cached.engine, cached.seq = self._load(name, cached.spec, head_seq)
+            cached.stale = False
         if cached.seq >= head_seq:
             return
         for attempt in range(2):
@@ -88,6 +100,12 @@ class EngineCache:
         """The cached entry if any, without touching the store (may be behind the log)."""
         with self._guard:
             return self._entries.get(name)
+
+    @staticmethod
+    def invalidate(cached: CachedEngine) -> None:
+        """The engine may have folded reports that did not commit: reload it on next use
+        (caller holds the entry lock)."""
+        cached.stale = True
 
     def forget(self, name: str) -> None:
         with self._guard:

@@ -98,8 +98,12 @@ class CurriculumWriter(ABC):
 
     @abstractmethod
     def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,
-               payload: bytes) -> int:
-        """Append an event at head_seq + 1 and return its sequence number."""
+               payload: bytes, *, checked: bool = False) -> int:
+        """Append an event at head_seq + 1 and return its sequence number.
+
+        A key already in the log raises IdempotencyConflict; `checked=True` says the
+        caller has just looked the key up with `find_by_key` in this block, which spares
+        the second lookup."""
 
     @abstractmethod
     def put_snapshot(self, seq: int, state: bytes) -> None:
@@ -178,7 +182,19 @@ class Store(ABC):
     @abstractmethod
     def get_batch(self, name: str, run_id: str, step: int) -> BatchRecord | None: ...
 
+    def lookup_batch(self, name: str, run_id: str,
+                     step: int) -> tuple[CurriculumHead, BatchRecord | None]:
+        """The curriculum's head and the batch stored for (run, step), if any: the read
+        half of serving a batch. Backends answer it from one read snapshot."""
+        return self.head(name), self.get_batch(name, run_id, step)
+
     @abstractmethod
-    def put_batch(self, name: str, record: BatchRecord) -> BatchRecord:
+    def put_batch(self, name: str, record: BatchRecord, *,
+                  durable: bool = True) -> BatchRecord:
         """Store an issued batch; when (run, step) was stored concurrently, return the
-        stored one instead (first writer wins)."""
+        stored one instead (first writer wins).
+
+        `durable=False` may return before the write is on stable storage: the batch
+        survives a crash of the process but not necessarily of the machine or database
+        server (SQLite `synchronous=NORMAL` for this commit, PostgreSQL
+        `synchronous_commit=off`); a later durable commit makes it durable too."""

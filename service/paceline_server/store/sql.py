@@ -311,6 +311,7 @@ class SqlStore(Store):
         self.url = normalize_url(url)
         self.snapshot_keep = snapshot_keep
         self.lock_timeout = lock_timeout
+        self._sqlite_synchronous = sqlite_synchronous.upper()
         self.engine = create_sql_engine(
             self.url, schema=schema, pool_size=pool_size, max_overflow=max_overflow,
             pool_timeout=pool_timeout, lock_timeout=lock_timeout,
@@ -340,7 +341,8 @@ class SqlStore(Store):
             yield conn
 
     @contextmanager
-    def _write(self, curriculum: str | None = None) -> Iterator[Connection]:
+    def _write(self, curriculum: str | None = None, *,
+               durable: bool = True) -> Iterator[Connection]:
         """A write transaction.
 
         SQLite: the database write lock up front, after queueing on one process-local
@@ -356,8 +358,24 @@ class SqlStore(Store):
         with translated_errors(), self._local_locks.hold(key, self.lock_timeout), \
                 self.engine.connect() as conn:
             begin_write(conn)
-            with conn.begin():
-                yield conn
+            if durable or self.dialect != "sqlite" or self._sqlite_synchronous != "FULL":
+                with conn.begin():
+                    if not durable and self.dialect == "postgresql":
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                    yield conn
+                return
+            # WAL + NORMAL: the commit reaches the WAL file but is not fsynced; the next
+            # FULL commit on the database fsyncs the WAL, this frame included.
+            # On the driver connection: SQLAlchemy would open a transaction, inside which
+            # SQLite refuses to change the setting.
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            raw.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                raw.execute(f"PRAGMA synchronous = {self._sqlite_synchronous}")
 
     def _insert(self, table: Any) -> Any:
         """The dialect's INSERT, which has `on_conflict_do_nothing/update`."""
@@ -600,6 +618,23 @@ class SqlStore(Store):
             cid = self._curriculum_id(conn, name)
             return self._select_batch(conn, cid, run_id, step)
 
+    def lookup_batch(self, name: str, run_id: str,
+                     step: int) -> tuple[CurriculumHead, BatchRecord | None]:
+        """One statement: the curriculum row left-joined with the batch of (run, step)."""
+        c, b = t.curricula, t.batches
+        joined = c.outerjoin(b, (b.c.curriculum_id == c.c.id) & (b.c.run_id == run_id)
+                             & (b.c.step == step))
+        with self._read() as conn:
+            row = conn.execute(select(c.c.created_at, c.c.head_seq, b.c.seq, b.c.payload)
+                               .select_from(joined).where(c.c.name == name)).one_or_none()
+        if row is None:
+            raise CurriculumNotFound(f"curriculum {name!r} not found", {"curriculum": name})
+        head = CurriculumHead(name=name, created_at=row.created_at, head_seq=int(row.head_seq))
+        if row.payload is None:
+            return head, None
+        return head, BatchRecord(run_id=run_id, step=step, seq=int(row.seq),
+                                 payload=bytes(row.payload))
+
     @staticmethod
     def _select_batch(conn: Connection, cid: int, run_id: str, step: int) -> BatchRecord | None:
         row = conn.execute(select(t.batches.c.seq, t.batches.c.payload).where(
@@ -610,13 +645,14 @@ class SqlStore(Store):
         return BatchRecord(run_id=run_id, step=step, seq=int(row.seq),
                            payload=bytes(row.payload))
 
-    def put_batch(self, name: str, record: BatchRecord) -> BatchRecord:
+    def put_batch(self, name: str, record: BatchRecord, *,
+                  durable: bool = True) -> BatchRecord:
         """INSERT ... ON CONFLICT DO NOTHING, then read back what is stored: the caller gets
         the first writer's batch whether it won or lost the race. (On PostgreSQL a
         conflicting in-flight insert makes ours wait for its commit; the read is a new
         statement snapshot under READ COMMITTED, so it sees the winner.)"""
         try:
-            with self._write() as conn:
+            with self._write(durable=durable) as conn:
                 cid = self._curriculum_id(conn, name)
                 conn.execute(self._insert(t.batches).values(
                     curriculum_id=cid, run_id=record.run_id, step=record.step, seq=record.seq,
@@ -661,11 +697,11 @@ class _SqlWriter(CurriculumWriter):
         return None if row is None else SqlStore._event_record(row)
 
     def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,
-               payload: bytes) -> int:
+               payload: bytes, *, checked: bool = False) -> int:
         """Insert at head_seq + 1. A key already in the log raises IdempotencyConflict
         (checked first, so the transaction stays usable on PostgreSQL)."""
         self._check()
-        if idempotency_key is not None:
+        if idempotency_key is not None and not checked:
             previous = self.find_by_key(idempotency_key)
             if previous is not None:
                 raise IdempotencyConflict(

@@ -1,0 +1,139 @@
+"""Group commit: reports queued while another request holds the curriculum are committed
+together, each keeps its own result, and a failed transaction acknowledges none of them
+and leaves the cached engine equal to the log."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+
+from api_support import SPEC
+from paceline_server.app.codec import decode_report
+from paceline_server.app.service import PacelineService
+from paceline_server.domain.errors import IdempotencyConflict, Unavailable
+from paceline_server.engine import CurriculumEngine
+from paceline_server.settings import Settings
+from paceline_server.store import open_store
+from paceline_server.store.base import CurriculumWriter, Store
+
+
+class FailingStore:
+    """The real store, with a commit that fails on demand (a database that goes away
+    mid-transaction), by raising inside the writer block."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.fail_next = False
+        self.writers = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    @contextmanager
+    def writer(self, name: str) -> Iterator[CurriculumWriter]:
+        self.writers += 1
+        with self._store.writer(name) as writer:
+            yield writer
+            if self.fail_next:
+                self.fail_next = False
+                raise Unavailable("database unavailable: injected", {})
+
+
+def body(batch_indices: np.ndarray, step: int, seed: int, run: str = "r") -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    rewards = np.stack([rng.integers(0, 2, (batch_indices.size, 4)),
+                        rng.integers(0, 100, (batch_indices.size, 4))], axis=-1)
+    return {"run_id": run, "step": step, "indices": batch_indices.tolist(),
+            "rewards": rewards.astype(float).tolist()}
+
+
+@pytest.fixture
+def setup(tmp_path: Any) -> Iterator[tuple[PacelineService, FailingStore]]:
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    store = FailingStore(open_store(url, auto_migrate=True))
+    service = PacelineService(store, Settings(database_url=url))  # type: ignore[arg-type]
+    service.create_curriculum(SPEC)
+    service.attach_run("math", run_id="r")
+    yield service, store
+    store.close()
+
+
+def replayed(service: PacelineService) -> bytes:
+    engine = CurriculumEngine(service.engine("math").spec)
+    for event in service.store.events("math"):
+        engine.apply(decode_report(event.payload))
+    return engine.to_bytes()
+
+
+def test_queued_reports_commit_in_one_transaction(
+        setup: tuple[PacelineService, FailingStore]) -> None:
+    service, store = setup
+    indices = service.next_batch("math", "r", 0).indices
+    cached = service.engine("math")
+    acks: dict[int, Any] = {}
+    errors: list[BaseException] = []
+
+    def report(i: int, key: str) -> None:
+        try:
+            acks[i] = service.report("math", body(indices, i, seed=i), key)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with cached.lock:  # another request holds the curriculum: these queue up
+        threads = [threading.Thread(target=report, args=(i, f"k{i}")) for i in range(6)]
+        # the same key twice with different content: that one report is refused
+        threads.append(threading.Thread(target=report, args=(99, "k0")))
+        for thread in threads:
+            thread.start()
+        while len(cached.pending) < 7:
+            threading.Event().wait(0.005)
+        writers_before = store.writers
+    for thread in threads:
+        thread.join()
+    assert store.writers - writers_before == 1  # one transaction for seven requests
+    assert [type(e) for e in errors] == [IdempotencyConflict]
+    assert 99 not in acks
+    assert sorted(a.seq for a in acks.values()) == [1, 2, 3, 4, 5, 6]
+    assert not any(a.replayed for a in acks.values())
+    assert cached.engine.to_bytes() == replayed(service)
+
+
+def test_retry_inside_one_group_is_applied_once(
+        setup: tuple[PacelineService, FailingStore]) -> None:
+    service, _ = setup
+    indices = service.next_batch("math", "r", 0).indices
+    cached = service.engine("math")
+    acks: list[Any] = []
+    with cached.lock:
+        threads = [threading.Thread(target=lambda: acks.append(
+            service.report("math", body(indices, 0, seed=0), "same"))) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        while len(cached.pending) < 3:
+            threading.Event().wait(0.005)
+    for thread in threads:
+        thread.join()
+    assert sorted((a.seq, a.replayed) for a in acks) == [(1, False), (1, True), (1, True)]
+    assert [e.seq for e in service.store.events("math")] == [1]
+
+
+def test_failed_commit_acknowledges_nothing_and_reloads_the_engine(
+        setup: tuple[PacelineService, FailingStore]) -> None:
+    service, store = setup
+    indices = service.next_batch("math", "r", 0).indices
+    service.report("math", body(indices, 0, seed=0), "a")
+    before = service.engine("math").engine.to_bytes()
+    store.fail_next = True
+    with pytest.raises(Unavailable):
+        service.report("math", body(indices, 1, seed=1), "b")
+    assert [e.seq for e in service.store.events("math")] == [1]
+    cached = service.engine("math")  # the engine folded "b"; it is reloaded from the log
+    assert cached.seq == 1 and cached.engine.to_bytes() == before
+    ack = service.report("math", body(indices, 1, seed=1), "b")  # the client's retry
+    assert (ack.seq, ack.replayed) == (2, False)
+    assert service.engine("math").engine.to_bytes() == replayed(service)
