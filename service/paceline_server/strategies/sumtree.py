@@ -14,6 +14,7 @@ with the chosen leaves temporarily zeroed and restored bit-exactly afterwards.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,7 +32,8 @@ class SumTreeState:
     nodes: np.ndarray  # float64 [C, M]: every internal level, root first (see `_layout`)
 
 
-def _layout(size: int) -> list[tuple[int, int]]:
+@functools.lru_cache(maxsize=64)
+def _layout(size: int) -> tuple[tuple[int, int], ...]:
     """(offset, rows) of each internal level in `nodes`, root first. Every level below
     the root is padded to a multiple of 16 rows, so the children of node i are row i of
     each channel plane of the level below viewed as [-1, 16]: one contiguous gather per
@@ -47,7 +49,7 @@ def _layout(size: int) -> list[tuple[int, int]]:
         rows.append(1)
     rows.reverse()
     offsets = np.cumsum([0, *rows[:-1]]).tolist()
-    return list(zip(offsets, rows, strict=True))
+    return tuple(zip(offsets, rows, strict=True))  # cached: computed once per size
 
 
 def _padded(count: int) -> int:
@@ -64,7 +66,8 @@ def _children_sums(children: np.ndarray, parents: np.ndarray) -> np.ndarray:
         for plane in children])
 
 
-def _level(tree: SumTreeState, depth: int, layout: list[tuple[int, int]]) -> np.ndarray:
+def _level(tree: SumTreeState, depth: int,
+           layout: tuple[tuple[int, int], ...]) -> np.ndarray:
     """The array at `depth` (0 = root level); the level below the last is the leaves."""
     if depth == len(layout):
         return tree.leaves
