@@ -1,0 +1,146 @@
+"""The Grafana dashboard: every PromQL expression parses and names only metrics that a
+live service exports (scraped from the real app after a curriculum, a run, a batch and a
+report), it shows what operators need, and the Helm chart ships the same file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploy_support import DASHBOARD, HELM_DASHBOARD, dashboard_exprs, metric_names
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from paceline_server.api.app import create_app
+from paceline_server.settings import Settings
+
+TOKEN = "dashboard-test-write-token"
+SPEC: dict[str, Any] = {
+    "name": "dash",
+    "layout": {"distributions": [{"name": "easy", "size": 40}, {"name": "hard", "size": 40}]},
+    "objectives": ["acc", {"name": "len", "direction": "minimize", "bounds": [0, 100]}],
+    "sampler": "dump_ucb",
+    "weighting": "hypervolume",
+    "batch_size": 8,
+    "seed": 3,
+}
+#: Metrics the issue asks the dashboard to show, by what they mean.
+REQUIRED = {
+    "sampling probability": "paceline_distribution_probability",
+    "mean |advantage|": "paceline_distribution_mean_abs_advantage",
+    "success": "paceline_distribution_success",
+    "reward weights": "paceline_reward_weight",
+    "hypervolume": "paceline_hypervolume",
+    "zero-variance fraction": "paceline_distribution_zero_variance_fraction",
+    "health flags": "paceline_distribution_health",
+    "request latency": "paceline_http_request_seconds_bucket",
+}
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    return dict(json.loads(DASHBOARD.read_text(encoding="utf-8")))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Sample names (with _total/_bucket/_sum/_count/_created) that a live service serves
+    once a curriculum has been used, with auth on as deployed."""
+    database = tmp_path_factory.mktemp("metrics") / "paceline.db"
+    settings = Settings(database_url=f"sqlite:///{database}", auto_migrate=True,
+                        api_tokens={TOKEN: "write"})
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with TestClient(create_app(settings), headers=headers) as client:
+        assert client.post("/v1/curricula", json=SPEC).status_code == 201
+        run = client.post("/v1/curricula/dash/runs", json={"run_id": "r1"})
+        assert run.status_code == 201
+        batch = client.post("/v1/curricula/dash/batches", json={"run_id": "r1", "step": 0})
+        assert batch.status_code == 200, batch.text
+        indices = batch.json()["indices"]
+        rewards = [[[float((i + j) % 2), float(10 * j)] for j in range(4)] for i in indices]
+        report = client.post("/v1/curricula/dash/reports", json={
+            "run_id": "r1", "step": 0, "indices": indices, "rewards": rewards})
+        assert report.status_code == 200, report.text
+        assert client.post("/v1/curricula/dash/batches",
+                           json={"run_id": "r1", "step": 1}).status_code == 200
+        scrape = client.get("/metrics", headers={})
+        assert scrape.status_code == 200
+    return {sample.name for family in text_string_to_metric_families(scrape.text)
+            for sample in family.samples}
+
+
+def exprs(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    found = list(dashboard_exprs(dashboard))
+    assert len(found) > 10
+    return iter(found)
+
+
+def test_every_metric_in_the_dashboard_is_exported(dashboard: dict[str, Any],
+                                                   exported: set[str]) -> None:
+    pytest.importorskip("promql_parser")
+    assert "paceline_hypervolume" in exported  # the scrape is the full set, not a subset
+    missing = {}
+    for where, expr in exprs(dashboard):
+        unknown = metric_names(expr) - exported
+        if unknown:
+            missing[where] = sorted(unknown)
+    assert not missing, f"not exported by the service: {missing}"
+
+
+def test_the_dashboard_shows_what_operators_need(dashboard: dict[str, Any]) -> None:
+    pytest.importorskip("promql_parser")
+    used = set().union(*(metric_names(expr) for _, expr in exprs(dashboard)))
+    absent = {meaning: name for meaning, name in REQUIRED.items() if name not in used}
+    assert not absent, f"the dashboard does not show {absent}"
+
+
+def test_metric_names_are_read_from_the_syntax_tree() -> None:
+    """The check above sees selectors inside functions, aggregations and binary
+    operations, and refuses what it cannot parse."""
+    pytest.importorskip("promql_parser")
+    assert metric_names(
+        'histogram_quantile(0.9, sum by (le) (rate(a_bucket{route!~"/x"}[$__rate_interval])))'
+        ' / on (i) group_left () max by (i) (b{curriculum=~"$curriculum"})') == {"a_bucket", "b"}
+    with pytest.raises(ValueError, match="parenthes"):
+        metric_names("sum(rate(a[5m])")
+    with pytest.raises(ValueError, match="metric name"):
+        metric_names('{__name__=~"paceline_.*"}')
+    with pytest.raises(ValueError, match="Grafana variable"):
+        metric_names("a{x=\"$unknown\"}")
+
+
+def test_panels_use_the_datasource_variable(dashboard: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["curriculum"]["includeAll"] and variables["curriculum"]["multi"]
+    ids = []
+    for panel in dashboard["panels"]:
+        ids.append(panel["id"])
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"]
+    assert len(ids) == len(set(ids))
+    assert dashboard["uid"] == "paceline"
+
+
+def test_panels_do_not_overlap(dashboard: dict[str, Any]) -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+
+
+def test_helm_chart_ships_the_same_dashboard() -> None:
+    assert Path(HELM_DASHBOARD).read_bytes() == Path(DASHBOARD).read_bytes(), (
+        "copy deploy/grafana/dashboards/paceline.json to helm/paceline/dashboards/")
