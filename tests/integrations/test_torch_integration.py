@@ -1,0 +1,136 @@
+"""The torch helpers in a hand-written GRPO loop (a tiny softmax policy over the samples'
+answers), a DataLoader driven by the Paceline samplers, and the GRPO arithmetic."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import torch
+from integration_support import grpo_advantages, reports, served_indices
+from torch.utils.data import DataLoader
+
+import paceline
+from paceline.integrations.torch import (
+    PacelineBatchSampler,
+    PacelineSampler,
+    group_advantages,
+    train_steps,
+    weighted_loss,
+)
+
+SAMPLES = 16
+ACTIONS = 4
+GROUP = 4
+TARGET = torch.arange(SAMPLES) % ACTIONS  # the right answer of each sample
+
+
+def curriculum(client: paceline.Client, sampler: object = "uniform") -> paceline.Curriculum:
+    return client.create_curriculum(
+        "loop", distributions=[{"name": "easy", "size": 12}, {"name": "hard", "size": 4}],
+        objectives=["correct", "action"],
+        sampler=sampler, weighting={"kind": "fixed", "weights": [1, 3]}, batch_size=4, seed=3)
+
+
+def test_a_hand_written_grpo_loop_trains_and_reports(tmp_path: Path) -> None:
+    db = tmp_path / "paceline.db"
+    torch.manual_seed(0)
+    logits = torch.zeros(SAMPLES, ACTIONS, requires_grad=True)
+    optimizer = torch.optim.SGD([logits], lr=0.5)
+    trained: list[tuple[int, torch.Tensor]] = []
+    with paceline.Client.embedded(db) as client:
+        cur = curriculum(client, sampler={"kind": "temperature", "mode": "upweight",
+                                          "t0": 5.0, "schedule": "constant"})
+        with cur.start_run(run_id="loop", heartbeat_interval=None) as run:
+            for step in train_steps(run, num_steps=6):
+                policy = torch.distributions.Categorical(logits=logits[step.indices])
+                actions = policy.sample((GROUP,)).T                          # [n, g]
+                correct = (actions == TARGET[step.indices, None]).float()
+                R = torch.stack([correct, actions.float()], dim=-1)          # [n, g, k]
+                A = step.advantages(R)                                       # [n, g]
+                per_sample = -(policy.log_prob(actions.T).T * A).mean(dim=1)  # [n]
+                step.weighted_loss(per_sample).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                step.report(R, A)
+                trained.append((step.step, A))
+            run_id = run.run_id
+    stored = reports(db, "loop")
+    assert [r.step for r in stored] == list(range(6))
+    for report, (step_number, advantages) in zip(stored, trained, strict=True):
+        assert report.indices == served_indices(db, "loop", run_id, step_number)
+        # The served weights 1:3 gave the advantages that were trained on and reported.
+        scalar = report.rewards @ np.array([0.25, 0.75])
+        expected = grpo_advantages(scalar, report.group_of)
+        assert report.advantages is not None
+        np.testing.assert_allclose(report.advantages, expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(advantages.flatten().numpy(), expected, rtol=1e-4,
+                                   atol=1e-5)
+    assert any(np.abs(r.advantages).max() > 0 for r in stored if r.advantages is not None)
+    assert torch.count_nonzero(logits.detach()) > 0, "the policy did not train"
+
+
+def test_weighted_loss_applies_the_served_loss_weights(tmp_path: Path) -> None:
+    with paceline.Client.embedded(tmp_path / "paceline.db") as client:
+        cur = curriculum(client, sampler={"kind": "temperature", "mode": "upweight",
+                                          "t0": 5.0, "schedule": "constant"})
+        with cur.start_run(run_id="weights", heartbeat_interval=None) as run:
+            batches = [run.next_batch(s) for s in range(8)]
+    batch = next(b for b in batches if b.loss_weights and len(set(b.loss_weights)) > 1)
+    assert batch.loss_weights is not None
+    losses = torch.arange(1.0, 5.0)
+    expected = float(np.mean(np.array(batch.loss_weights) * np.arange(1.0, 5.0)))
+    assert float(weighted_loss(losses, batch)) == pytest.approx(expected)
+    rollouts = losses[:, None].expand(4, GROUP)
+    assert float(weighted_loss(rollouts, batch)) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="rows"):
+        weighted_loss(torch.ones(3), batch)
+
+
+def test_samplers_feed_a_dataloader_step_after_step_across_epochs(tmp_path: Path) -> None:
+    dataset = list(range(SAMPLES))
+    with paceline.Client.embedded(tmp_path / "paceline.db") as client:
+        cur = curriculum(client)
+        with cur.start_run(heartbeat_interval=None) as run:
+            sampler = PacelineSampler(run, batch_size=4, num_samples=SAMPLES,
+                                      mini_repeat_count=GROUP, repeat_count=2)
+            loader = DataLoader(dataset, batch_size=4 * GROUP, sampler=sampler)
+            assert len(sampler) == 4 * 4 * GROUP * 2 and len(loader) == 8
+            seen = [row.tolist() for epoch in range(2) for row in loader]
+            assert sampler.state_dict() == {"next_step": 8}
+            for step in range(8):
+                served = run.next_batch(step).indices
+                expected = [i for i in served for _ in range(GROUP)]
+                assert seen[2 * step] == seen[2 * step + 1] == expected
+            sampler.set_epoch(1)  # transformers does this on resume: back to step 4
+            assert next(iter(sampler)) == run.next_batch(4).indices[0]
+
+            batches = PacelineBatchSampler(sampler.ledger, batch_size=4, steps_per_epoch=2,
+                                           start_step=100)
+            rows = [row.tolist() for row in DataLoader(dataset, batch_sampler=batches)]
+            assert rows == [run.next_batch(100).indices, run.next_batch(101).indices]
+            assert batches.batch(101).step == 101
+
+
+def test_group_advantages_match_grpo() -> None:
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0], [0.0, 1.0, 3.0, 4.0]])
+    got = group_advantages(rewards)
+    expected = grpo_advantages(rewards.flatten().numpy(), [0] * 4 + [1] * 4 + [2] * 4)
+    np.testing.assert_allclose(got.flatten().numpy(), expected, rtol=1e-5)
+    assert torch.equal(group_advantages(rewards, scale=False)[1], torch.zeros(4))
+    assert torch.equal(group_advantages(torch.ones(3, 1)), torch.zeros(3, 1))
+    with pytest.raises(ValueError, match=r"\[n, g\]"):
+        group_advantages(torch.ones(4))
+
+
+def test_importing_paceline_does_not_import_the_frameworks() -> None:
+    code = ("import sys, paceline, paceline.integrations\n"
+            "heavy = {'torch', 'trl', 'transformers', 'verl', 'datasets', 'omegaconf'}\n"
+            "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
