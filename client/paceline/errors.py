@@ -66,8 +66,8 @@ _BY_CODE: dict[str, type[PacelineError]] = {
                      "INDEX_OUT_OF_RANGE", "INVALID_REQUEST", "PAYLOAD_TOO_LARGE",
                      "UNSUPPORTED_MEDIA_TYPE", "METHOD_NOT_ALLOWED"), InvalidInput),
     **dict.fromkeys(("UNAUTHENTICATED", "FORBIDDEN"), AuthError),
-    **dict.fromkeys(("UNAVAILABLE", "SCHEMA_OUTDATED", "STATE_CORRUPT", "INTERNAL"),
-                    Unavailable),
+    **dict.fromkeys(("UNAVAILABLE", "SCHEMA_OUTDATED", "STATE_CORRUPT", "INTERNAL",
+                     "RATE_LIMITED"), Unavailable),
 }
 
 _BY_STATUS: dict[int, type[PacelineError]] = {

@@ -44,8 +44,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # Workers import the app by factory and read settings from the environment; the
         # gRPC server (if any) runs in this parent process with its own service object.
         os.environ["PACELINE_DATABASE_URL"] = settings.database_url
-        if settings.grpc_port is not None:
-            grpc_server = _start_grpc(_service(settings), settings)
+        grpc_service = _service(settings) if settings.grpc_port is not None else None
+        if grpc_service is not None:
+            grpc_server = _start_grpc(grpc_service, settings)
         try:
             uvicorn.run("paceline_server.api.app:create_app", factory=True,
                         host=settings.host, port=settings.port, workers=settings.workers,
@@ -53,14 +54,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             if grpc_server is not None:
                 grpc_server.stop()
+            if grpc_service is not None:
+                grpc_service.close()
         return 0
     from paceline_server.api.app import create_app
     from paceline_server.store import open_store
 
     # The store is opened here, not by the app, so it outlives both servers.
     store = open_store(settings.database_url, **settings.store_options())
+    service: PacelineService | None = None
     try:
         app = create_app(settings, store)
+        service = app.state.service
         if settings.grpc_port is not None:
             grpc_server = _start_grpc(app.state.service, settings, app.state.metrics)
         uvicorn.run(app, host=settings.host, port=settings.port,
@@ -68,6 +73,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if grpc_server is not None:
             grpc_server.stop()
+        if service is not None:
+            service.close()  # its coordinator's threads and Redis connections
         store.close()
     return 0
 

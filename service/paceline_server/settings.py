@@ -33,10 +33,34 @@ class Settings(BaseSettings):
     api_tokens: dict[str, Scope] = Field(default_factory=dict)
     #: Largest accepted request body (after decompression).
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    #: Requests per second on /v1 per bearer token (per client address when auth is off
+    #: or the token is unknown), a token bucket per process; None = no limit. Excess
+    #: requests get 429 RATE_LIMITED with a Retry-After header.
+    rate_limit_per_s: float | None = Field(default=None, gt=0)
+    #: Requests a client may send at once above the rate (the bucket size); None = the
+    #: rate rounded up.
+    rate_limit_burst: int | None = Field(default=None, ge=1)
+    #: /readyz stays red this long after a write failed for a storage reason (disk full,
+    #: database unreachable) unless a later write succeeds; 0 = only the ping decides.
+    storage_failure_hold_s: float = Field(default=10.0, ge=0)
     #: Curricula whose engines stay in memory per process.
     engine_cache_size: int = Field(default=64, ge=1)
     #: Distributions exported per curriculum on /metrics (bounded label sets).
     metrics_max_distributions: int = Field(default=64, ge=0)
+    #: Redis shared by the replicas (`redis://host:6379/0`): head notifications, the
+    #: idempotency cache and write leases. None = the database alone (correct, slower).
+    #: Redis going away never fails a request (see app/coordination.py).
+    redis_url: str | None = None
+    #: Prefix of every Redis key and channel: one per database the replicas share.
+    redis_prefix: str = Field(default="paceline:", min_length=1, max_length=100)
+    #: How long an acknowledged idempotency key stays in the Redis cache (the log keeps
+    #: it forever; this only spares a retry the curriculum lock).
+    redis_idempotency_ttl_s: int = Field(default=3600, ge=1)
+    #: Write lease TTL (renewed while held; a dead replica's lease expires after it);
+    #: 0 = no leases, writers queue on the database row lock.
+    redis_lease_ttl_s: float = Field(default=2.0, ge=0, le=60)
+    #: Redis socket connect/read timeout: the most a Redis call can add to a request.
+    redis_timeout_s: float = Field(default=0.5, gt=0, le=30)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     #: Serve the gRPC API on this port beside REST (same process); None = off.

@@ -3,56 +3,15 @@ state and the next batch are exactly as before."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from api_support import SPEC
+from api_support import SPEC, free_port, service_process
 from paceline_server.domain import CurriculumSpec, Report
 from paceline_server.engine import CurriculumEngine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def server(database_url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "PACELINE_DATABASE_URL": database_url, "PACELINE_SNAPSHOT_EVERY": "4",
-           "PACELINE_AUTO_MIGRATE": "true"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "paceline_server", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {process.stderr.read()!r}"
-                                   if process.stderr else "server did not start")
-            time.sleep(0.1)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        if process.stderr:
-            process.stderr.close()
 
 
 @pytest.mark.slow
@@ -60,7 +19,7 @@ def test_sigkill_and_restart_keeps_state_exact(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'paceline.db'}"
     port = free_port()
     base = f"http://127.0.0.1:{port}/v1/curricula"
-    with server(url, port) as process, httpx.Client(timeout=10) as http:
+    with service_process(url, port) as service, httpx.Client(timeout=10) as http:
         assert http.post(base, json=SPEC).status_code == 201
         http.post(f"{base}/math/runs", json={"run_id": "run-1"})
         reports = []
@@ -73,8 +32,8 @@ def test_sigkill_and_restart_keeps_state_exact(tmp_path: Path) -> None:
             ack = http.post(f"{base}/math/reports", json=body)
             assert ack.json()["seq"] == step + 1
         state = http.get(f"{base}/math/state").json()
-        process.send_signal(signal.SIGKILL)
-    with server(url, port), httpx.Client(timeout=10) as http:
+        service.process.send_signal(signal.SIGKILL)
+    with service_process(url, port), httpx.Client(timeout=10) as http:
         assert http.get(f"{base}/math/state").json() == state
         again = http.post(f"{base}/math/batches", json={"run_id": "run-1", "step": 6})
         assert again.status_code == 200

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paceline_server import __version__
 from paceline_server.api import errors, metrics
+from paceline_server.api.body import BodyLimitMiddleware
 from paceline_server.api.errors import error_body
+from paceline_server.api.health import StorageHealth, StorageHealthMiddleware
+from paceline_server.api.ratelimit import RateLimitMiddleware
 from paceline_server.api.routes import router
+from paceline_server.api.schemas import ErrorResponse
 from paceline_server.app.service import PacelineService
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
@@ -31,6 +36,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        service.close()
         if owns_store:
             store.close()
 
@@ -39,7 +45,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics.Metrics(service, settings.metrics_max_distributions)
+    app.state.storage_health = StorageHealth(settings.storage_failure_hold_s)
     errors.install(app)
+    # Innermost first; metrics (installed last, so outermost) also counts the refusals.
+    app.add_middleware(StorageHealthMiddleware, health=app.state.storage_health)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    if settings.rate_limit_per_s is not None:
+        app.add_middleware(RateLimitMiddleware, settings=settings)
     metrics.install(app, app.state.metrics)
     app.include_router(router)
 
@@ -47,7 +59,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], summary="The database is reachable and current")
+    not_ready: dict[int | str, dict[str, Any]] = {503: {"model": ErrorResponse}}
+
+    @app.get("/readyz", tags=["ops"], responses=not_ready,
+             summary="The database is reachable and current, and recent writes succeeded")
     def readyz() -> Response:
         try:
             store.ping()
@@ -55,9 +70,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         except Exception as exc:
             code = getattr(exc, "code", "UNAVAILABLE")
             return JSONResponse(error_body(code, str(exc)), 503)
+        failure = app.state.storage_health.failure()
+        if failure is not None:
+            return JSONResponse(error_body(failure.code, failure.message, failure.details), 503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics",
+             response_class=PlainTextResponse)
     def prometheus() -> Response:
         return Response(generate_latest(app.state.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)

@@ -8,18 +8,25 @@ module needs no gRPC import.
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from paceline_server.domain import errors
 
 GrpcCode = Literal["INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "ABORTED",
                    "FAILED_PRECONDITION", "UNAUTHENTICATED", "PERMISSION_DENIED",
-                   "DATA_LOSS", "UNAVAILABLE", "INTERNAL"]
+                   "RESOURCE_EXHAUSTED", "DATA_LOSS", "UNAVAILABLE", "INTERNAL"]
+
+logger = logging.getLogger("paceline_server.api")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class Status(NamedTuple):
@@ -47,6 +54,7 @@ TABLE: dict[type[errors.PacelineError], Status] = {
     errors.IdempotencyConflict: Status(409, "FAILED_PRECONDITION"),
     errors.Unauthenticated: Status(401, "UNAUTHENTICATED"),
     errors.Forbidden: Status(403, "PERMISSION_DENIED"),
+    errors.RateLimited: Status(429, "RESOURCE_EXHAUSTED"),
     errors.StateCorrupt: Status(500, "DATA_LOSS"),
     errors.SchemaOutdated: Status(503, "FAILED_PRECONDITION"),
     errors.Unavailable: Status(503, "UNAVAILABLE"),
@@ -82,18 +90,67 @@ def retryable(error: errors.PacelineError) -> bool:
 
 def error_body(code: str, message: str, details: dict[str, object] | None = None
                ) -> dict[str, object]:
-    return {"error": {"code": code, "message": message, "details": details or {}}}
+    """The error envelope. Details echo user input at times (a key, a value), which need
+    not be JSON (msgpack bytes, NaN): rendering an error must never fail, so anything JSON
+    cannot hold is sent as its text."""
+    return {"error": {"code": code, "message": message, "details": _jsonable(details or {})}}
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if value is None or isinstance(value, str | int):
+        return value
+    item = getattr(value, "item", None)  # a numpy scalar
+    if callable(item) and getattr(value, "ndim", None) == 0:
+        return _jsonable(item())
+    return str(value)
+
+
+def render(error: errors.PacelineError,
+           headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The response for a domain error (also used by middlewares, which run outside the
+    exception handlers)."""
+    status = status_of(error)
+    extra = {"Retry-After": "1"} if retryable(error) else {}
+    if status == 401:
+        extra = {"WWW-Authenticate": "Bearer"}
+    return JSONResponse(error_body(error.code, error.message, error.details), status,
+                        headers={**extra, **(headers or {})})
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method served at the request's path. (Starlette's 405 names only the methods
+    of the first route that matched the path, not those of its siblings.) Each method is
+    tried against the router's own matching, so routers included in any way count."""
+    allowed = [method for method in HTTP_METHODS
+               if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+                      for route in request.app.router.routes)]
+    return ", ".join(allowed)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.PacelineError)
     async def _domain(request: Request, exc: errors.PacelineError) -> JSONResponse:
-        status = status_of(exc)
-        headers = {"Retry-After": "1"} if retryable(exc) else None
-        if status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        return JSONResponse(error_body(exc.code, exc.message, exc.details), status,
-                            headers=headers)
+        if status_of(exc) >= 500:
+            # Operators must see these. Method and path only: no query string and no
+            # headers, so a bearer token never reaches a log line.
+            logger.warning("%s %s failed: %s: %s", request.method, request.url.path,
+                           exc.code, exc.message)
+            health = getattr(request.app.state, "storage_health", None)
+            if health is not None:
+                health.failed(exc)
+        return render(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """A bug: still answer in the API's error format. (Starlette re-raises the
+        exception afterwards, so the server logs its traceback.)"""
+        return JSONResponse(error_body("INTERNAL", "internal error"), 500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -107,6 +164,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        # 400 is FastAPI's answer to a body it could not parse (e.g. nested too deeply).
+        code = {400: "MALFORMED_BODY", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+                }.get(exc.status_code, "HTTP_ERROR")
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code,
-                            headers=getattr(exc, "headers", None))
+                            headers=headers or None)

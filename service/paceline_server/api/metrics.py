@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from paceline_server.api.coordination_metrics import CoordinationCollector
 from paceline_server.app.service import PacelineService
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -30,6 +31,7 @@ class Metrics:
         self.batches = Counter("paceline_batches", "batches served",
                                ["curriculum"], registry=self.registry)
         self.registry.register(CurriculumCollector(service, max_distributions))
+        self.registry.register(CoordinationCollector(service.coordinator))
 
 
 class CurriculumCollector(Collector):

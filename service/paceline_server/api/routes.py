@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from paceline_server.api import schemas
@@ -13,12 +14,19 @@ from paceline_server.api.deps import ReadScope, Service, SettingsDep, WriteScope
 from paceline_server.app.service import RunStatus
 from paceline_server.domain.errors import InvalidRequest
 from paceline_server.domain.inspection import CurriculumInspection
+from paceline_server.domain.validation import MAX_INT, TEXT_PATTERN, has_control_characters
 from paceline_server.store.base import CurriculumRecord
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": schemas.ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 503)
+    code: {"model": schemas.ErrorResponse}
+    for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503)
 }
 router = APIRouter(prefix="/v1", responses=ERRORS)
+
+#: Path segments are looked up in the database: one PostgreSQL cannot store (NUL) would
+#: fail there, so control characters are refused up front (422) on every backend.
+NamePath = Annotated[str, Path(pattern=TEXT_PATTERN)]
+RunPath = Annotated[str, Path(pattern=TEXT_PATTERN)]
 
 
 def _curriculum(record: CurriculumRecord) -> schemas.CurriculumOut:
@@ -43,6 +51,8 @@ def _run(status: RunStatus) -> schemas.RunOut:
 
 
 @router.post("/curricula", status_code=201, response_model=schemas.CurriculumOut,
+             responses={200: {"model": schemas.CurriculumOut,
+                              "description": "exist_ok: an equal curriculum exists"}},
              summary="Create a curriculum (or return the equal existing one with exist_ok)")
 def create_curriculum(body: schemas.CurriculumCreate, response: Response,
                       service: Service, _: WriteScope) -> schemas.CurriculumOut:
@@ -57,20 +67,22 @@ def create_curriculum(body: schemas.CurriculumCreate, response: Response,
 @router.get("/curricula", response_model=schemas.CurriculumList)
 def list_curricula(service: Service, _: ReadScope,
                    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                   offset: Annotated[int, Query(ge=0)] = 0) -> schemas.CurriculumList:
+                   offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+                   ) -> schemas.CurriculumList:
     return schemas.CurriculumList(
         curricula=[_curriculum(r) for r in service.list_curricula(limit, offset)])
 
 
 @router.get("/curricula/{name}", response_model=schemas.CurriculumOut)
-def get_curriculum(name: str, service: Service, _: ReadScope) -> schemas.CurriculumOut:
+def get_curriculum(name: NamePath, service: Service, _: ReadScope) -> schemas.CurriculumOut:
     return _curriculum(service.get_curriculum(name))
 
 
 @router.delete("/curricula/{name}", status_code=204,
                summary="Delete a curriculum and its history; pass ?confirm=<name>")
-def delete_curriculum(name: str, service: Service, _: WriteScope,
-                      confirm: Annotated[str | None, Query()] = None) -> Response:
+def delete_curriculum(name: NamePath, service: Service, _: WriteScope,
+                      confirm: Annotated[str, Query(
+                          description="the curriculum's name again")]) -> Response:
     if confirm != name:
         raise InvalidRequest("deleting a curriculum needs ?confirm=<its name>",
                              {"field": "confirm"})
@@ -79,7 +91,7 @@ def delete_curriculum(name: str, service: Service, _: WriteScope,
 
 
 @router.post("/curricula/{name}/runs", status_code=201, response_model=schemas.RunOut)
-def attach_run(name: str, service: Service, _: WriteScope,
+def attach_run(name: NamePath, service: Service, _: WriteScope,
                body: schemas.RunCreate | None = None) -> schemas.RunOut:
     body = body or schemas.RunCreate()
     record = service.attach_run(name, body.metadata, body.run_id)
@@ -87,17 +99,18 @@ def attach_run(name: str, service: Service, _: WriteScope,
 
 
 @router.get("/curricula/{name}/runs", response_model=schemas.RunList)
-def list_runs(name: str, service: Service, _: ReadScope) -> schemas.RunList:
+def list_runs(name: NamePath, service: Service, _: ReadScope) -> schemas.RunList:
     return schemas.RunList(runs=[_run(s) for s in service.list_runs(name)])
 
 
 @router.get("/curricula/{name}/runs/{run_id}", response_model=schemas.RunOut)
-def get_run(name: str, run_id: str, service: Service, _: ReadScope) -> schemas.RunOut:
+def get_run(name: NamePath, run_id: RunPath, service: Service, _: ReadScope) -> schemas.RunOut:
     return _run(service.get_run(name, run_id))
 
 
 @router.post("/curricula/{name}/runs/{run_id}/heartbeat", response_model=schemas.RunOut)
-def heartbeat(name: str, run_id: str, service: Service, _: WriteScope) -> schemas.RunOut:
+def heartbeat(name: NamePath, run_id: RunPath, service: Service,
+              _: WriteScope) -> schemas.RunOut:
     return _run(service.heartbeat(name, run_id))
 
 
@@ -124,14 +137,20 @@ REPORT_BODY = {
 @router.post("/curricula/{name}/reports", response_model=schemas.ReportAckOut,
              openapi_extra=REPORT_BODY,
              summary="Report one step's rollouts; retried keys are applied once")
-async def report(name: str, request: Request, service: Service, settings: SettingsDep,
+async def report(name: NamePath, request: Request, service: Service, settings: SettingsDep,
                  _: WriteScope,
                  idempotency_key: Annotated[str | None, Header()] = None,
                  ) -> schemas.ReportAckOut:
     body = await read_body(request, settings.max_body_bytes)
     if isinstance(body, dict) and idempotency_key is None:
-        key = body.get("idempotency_key")
-        idempotency_key = key if isinstance(key, str) else None
+        idempotency_key = body.get("idempotency_key")
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            # Ignoring it would apply a retried report twice.
+            raise InvalidRequest("idempotency_key must be a string",
+                                 {"field": "idempotency_key"})
+    if idempotency_key is not None and has_control_characters(idempotency_key):
+        raise InvalidRequest("the idempotency key must not contain control characters",
+                             {"field": "idempotency_key"})
     ack = await run_in_threadpool(service.report, name, body, idempotency_key)
     request.app.state.metrics.reports.labels(name).inc()
     return schemas.ReportAckOut(seq=ack.seq, replayed=ack.replayed)
@@ -139,18 +158,23 @@ async def report(name: str, request: Request, service: Service, settings: Settin
 
 @router.post("/curricula/{name}/batches", response_model=schemas.BatchOut,
              summary="The batch of (run, step): the same request returns the same batch")
-def next_batch(name: str, body: schemas.BatchRequest, request: Request, service: Service,
-               _: WriteScope) -> schemas.BatchOut:
+def next_batch(name: NamePath, body: schemas.BatchRequest, request: Request, service: Service,
+               _: WriteScope) -> Response:
     batch = service.next_batch(name, body.run_id, body.step, body.size)
     objectives, distributions = service.names(name)
     request.app.state.metrics.batches.labels(name).inc()
-    return schemas.BatchOut(
-        run_id=batch.run_id, step=batch.step, indices=batch.indices.tolist(),
-        reward_weights=dict(zip(objectives, batch.reward_weights.tolist(), strict=True)),
-        reward_scale=batch.reward_scale,
-        loss_weights=None if batch.loss_weights is None else batch.loss_weights.tolist(),
-        probabilities=dict(zip(distributions, batch.probabilities.tolist(), strict=True)),
-        skipped_zero_variance=batch.skipped_zero_variance, seq=batch.clock)
+    # Rendered here rather than through the response model: validating and serialising
+    # a thousand indices one by one costs more than proposing them. The shape is the
+    # `BatchOut` schema (the OpenAPI contract; tests check responses against it).
+    out = {
+        "run_id": batch.run_id, "step": batch.step, "indices": batch.indices.tolist(),
+        "reward_weights": dict(zip(objectives, batch.reward_weights.tolist(), strict=True)),
+        "reward_scale": float(batch.reward_scale),
+        "loss_weights": None if batch.loss_weights is None else batch.loss_weights.tolist(),
+        "probabilities": dict(zip(distributions, batch.probabilities.tolist(), strict=True)),
+        "skipped_zero_variance": int(batch.skipped_zero_variance), "seq": int(batch.clock)}
+    return Response(json.dumps(out, allow_nan=False, separators=(",", ":")),
+                    media_type="application/json")
 
 
 def state_out(name: str, view: CurriculumInspection) -> schemas.StateOut:
@@ -178,5 +202,5 @@ def state_out(name: str, view: CurriculumInspection) -> schemas.StateOut:
 
 
 @router.get("/curricula/{name}/state", response_model=schemas.StateOut)
-def get_state(name: str, service: Service, _: ReadScope) -> schemas.StateOut:
+def get_state(name: NamePath, service: Service, _: ReadScope) -> schemas.StateOut:
     return state_out(name, service.state(name))

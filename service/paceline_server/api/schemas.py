@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from paceline_server.domain.errors import InvalidRequest
+from paceline_server.domain.validation import MAX_INT, TEXT_PATTERN, check_nesting
 
 
 class ErrorDetail(BaseModel):
@@ -51,9 +54,15 @@ class CurriculumList(BaseModel):
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_id: str | None = Field(default=None, min_length=1, max_length=128,
+    run_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=TEXT_PATTERN,
                                description="choose your own id, or let the server pick one")
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_nesting(value, "metadata", InvalidRequest)
+        return value
 
 
 class RunOut(BaseModel):
@@ -77,8 +86,8 @@ class ReportAckOut(BaseModel):
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_id: str = Field(min_length=1, max_length=128)
-    step: int = Field(ge=0)
+    run_id: str = Field(min_length=1, max_length=128, pattern=TEXT_PATTERN)
+    step: int = Field(ge=0, le=MAX_INT)
     size: int | None = Field(default=None, ge=1)
 
 

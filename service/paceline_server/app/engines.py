@@ -3,7 +3,8 @@
 An engine cached at sequence number s is brought to the log's head by folding events
 (s, head]; without a cached engine the newest snapshot is loaded and the tail replayed.
 So any process (replica) serves any curriculum exactly, and the cache is only a speed-up:
-dropping it never changes an answer.
+dropping it never changes an answer. With Redis, other replicas' commits are announced
+and folded in the background (`PacelineService._fold_announced`), off the request path.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class CachedEngine:
     #: `pending_guard`; whoever holds `lock` next commits them all in one transaction.
     pending: list[Any] = field(default_factory=list)
     pending_guard: threading.Lock = field(default_factory=threading.Lock)
+    #: Held by the one request of this process that leads the next group commit while it
+    #: waits for the cross-replica write lease, so `lock` stays free meanwhile (batches
+    #: are served and the background catch-up folds other replicas' events).
+    commit_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class EngineCache:

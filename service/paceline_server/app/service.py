@@ -8,11 +8,16 @@ memory never runs ahead of the log.
 
 Read path (a batch): bring the engine to the head, propose, and store the batch under
 (run, step) so a retried or repeated request returns the very same batch.
+
+Replicas: the database alone keeps any number of processes correct; a `Coordinator`
+(Redis) only speeds them up (announced heads folded in the background, cached acks,
+write leases), see `app/coordination.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -21,6 +26,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from paceline_server.app.codec import decode_batch, encode_batch, encode_report
+from paceline_server.app.coordination import (
+    Coordinator,
+    coordinator_from_settings,
+    curriculum_stamp,
+)
 from paceline_server.app.engines import CachedEngine, EngineCache
 from paceline_server.app.reports import parse_report
 from paceline_server.domain.batch import Batch
@@ -44,6 +54,7 @@ from paceline_server.store.base import (
 )
 
 MAX_KEY = 200
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,15 +81,43 @@ def utcnow() -> datetime:
 
 class PacelineService:
     def __init__(self, store: Store, settings: Settings,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow,
+                 coordinator: Coordinator | None = None) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.engines = EngineCache(store, settings.engine_cache_size)
+        self.coordinator = coordinator or coordinator_from_settings(settings)
+        self.coordinator.start(self._fold_announced)
         # Runs are only ever removed with their curriculum, so a run once seen exists for
         # as long as that curriculum (told apart from a recreated one by created_at).
         self._known_runs: set[tuple[str, datetime, str]] = set()
         self._known_guard = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the coordinator's threads (the store is closed by its owner)."""
+        self.coordinator.close()
+
+    def _fold_announced(self, name: str, stamp: int, seq: int) -> int:
+        """Another writer committed `name` up to `seq`: fold the tail into the cached
+        engine now, on the coordinator's thread, so the next request finds it current.
+        Only a speed-up (requests still catch up to the head they read), so it skips
+        curricula not cached here and gives way when requests hold the engine."""
+        cached = self.engines.peek(name)
+        if (cached is None or cached.seq >= seq
+                or curriculum_stamp(cached.created_at) != stamp):
+            return 0
+        if not cached.lock.acquire(timeout=0.05):
+            return 0
+        try:
+            before = cached.seq
+            self.engines.catch_up(cached, name, seq)
+            return max(cached.seq - before, 0)
+        except Exception:
+            self.engines.invalidate(cached)  # reloaded from the log on next use
+            raise
+        finally:
+            cached.lock.release()
 
     def _check_run(self, record: CurriculumHead, run_id: str) -> None:
         key = (record.name, record.created_at, run_id)
@@ -154,6 +193,10 @@ class PacelineService:
         queue order. Requests that find their report committed by another return its
         ack. So eight trainers reporting at once cost one lock and one fsync per group
         instead of one each, with the same per-report results as one by one.
+
+        With a coordinator, a retry whose ack is cached returns before any lock, and the
+        request leading a group waits for the cross-replica write lease (not holding the
+        engine) before it commits; the ack is cached and the new head announced after.
         """
         record = self.store.head(name)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY:
@@ -163,13 +206,26 @@ class PacelineService:
         report = parse_report(body, cached.spec)
         self._check_run(record, report.run_id)
         item = _PendingReport(report, encode_report(report), idempotency_key)
+        stamp = curriculum_stamp(record.created_at)
+        if item.key is not None and self.coordinator.caches_acks:
+            item.digest = _digest(item.payload)
+            hit = self.coordinator.cached_ack(name, stamp, item.key)
+            if hit is not None and hit[1] == item.digest:  # else the log decides
+                return ReportAck(hit[0], replayed=True)
         with cached.pending_guard:
             cached.pending.append(item)
-        with cached.lock:
+        with cached.commit_lock:
             if not item.done:
-                with cached.pending_guard:
-                    group, cached.pending = cached.pending, []
-                self._commit_group(name, cached, group)
+                with self.coordinator.exclusive(name) as notice:
+                    with cached.lock:
+                        with cached.pending_guard:
+                            group, cached.pending = cached.pending, []
+                        self._commit_group(name, cached, group)
+                        head = cached.seq
+                    if any(i.ack is not None for i in group):  # the transaction committed
+                        notice.record(stamp, head, [
+                            (i.key, i.ack.seq, i.digest) for i in group
+                            if i.key is not None and i.ack is not None and i.digest])
         if item.error is not None:
             raise item.error
         assert item.ack is not None
@@ -288,6 +344,7 @@ class _PendingReport:
     report: Report
     payload: bytes
     key: str | None
+    digest: bytes = b""  # sha-256 of payload, computed only for the ack cache
     done: bool = False
     ack: ReportAck | None = None
     error: BaseException | None = None

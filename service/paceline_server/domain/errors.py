@@ -110,6 +110,13 @@ class Unavailable(PacelineError):
     code = "UNAVAILABLE"
 
 
+class RateLimited(PacelineError):
+    """A token (or client address) sent more requests than its rate limit allows;
+    `details.retry_after_s` says when the next one will be accepted."""
+
+    code = "RATE_LIMITED"
+
+
 class Unauthenticated(PacelineError):
     """No or an unknown bearer token where authentication is on."""
 

@@ -51,8 +51,8 @@ class DatasetLayout:
         names = tuple(check_name(n, "distribution name", InvalidSpec) for n, _ in distributions)
         check_unique(names, "distribution", InvalidSpec)
         sizes = np.array(
-            [check_int(s, f"size of distribution {n!r}", InvalidSpec, minimum=1)
-             for n, s in distributions],
+            [check_int(s, f"size of distribution {n!r}", InvalidSpec, minimum=1,
+                       maximum=MAX_SAMPLES) for n, s in distributions],
             dtype=np.int64,
         )
         if int(sizes.sum()) > MAX_SAMPLES:

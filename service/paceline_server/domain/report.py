@@ -13,6 +13,7 @@ import numpy as np
 
 from paceline_server.domain.errors import InvalidReport
 from paceline_server.domain.layout import DatasetLayout
+from paceline_server.domain.validation import MAX_INT, has_control_characters
 
 MAX_ROLLOUTS = 10_000_000
 
@@ -167,12 +168,13 @@ class Report:
     # ----------------------------------------------------------------- validation
     def validate(self, layout: DatasetLayout, num_objectives: int) -> None:
         """Raise InvalidReport unless the report is consistent and finite."""
-        if not isinstance(self.run_id, str) or not self.run_id or len(self.run_id) > 128:
-            raise InvalidReport("run_id must be a non-empty string of at most 128 characters",
-                                {"field": "run_id"})
+        if not isinstance(self.run_id, str) or not self.run_id or len(self.run_id) > 128 \
+                or has_control_characters(self.run_id):
+            raise InvalidReport("run_id must be 1 to 128 characters, none of them a control "
+                                "character", {"field": "run_id"})
         if isinstance(self.step, bool) or not isinstance(self.step, int | np.integer) \
-                or self.step < 0:
-            raise InvalidReport(f"step must be a non-negative integer; got {self.step!r}",
+                or not 0 <= self.step <= MAX_INT:
+            raise InvalidReport(f"step must be an integer in [0, {MAX_INT}]; got {self.step!r}",
                                 {"field": "step"})
         n = self.indices.shape[0]
         if n == 0:

@@ -12,6 +12,13 @@ from paceline_server.domain.errors import PacelineError
 
 # Names end up in URLs and metric labels: keep them short and printable.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+#: Free-text identifiers (run ids, idempotency keys) may hold any character but these:
+#: PostgreSQL text cannot store NUL, and control characters have no business in logs.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The largest step (or list offset) accepted: every JSON parser reads it exactly (it is
+#: below 2**53, an IEEE double's integer range) and it fits the 64-bit database columns.
+MAX_INT = 2**53 - 1
 
 
 def check_name(value: object, what: str, error: type[PacelineError]) -> str:
@@ -22,6 +29,31 @@ def check_name(value: object, what: str, error: type[PacelineError]) -> str:
             {"field": what, "value": repr(value)[:200]},
         )
     return value
+
+
+def has_control_characters(value: str) -> bool:
+    """Whether `value` breaks `TEXT_PATTERN`."""
+    return _CONTROL.search(value) is not None
+
+
+#: Free-form documents (run metadata) may nest this deep: every serialiser that touches
+#: them later recurses per level, and a stored document too deep to render would break
+#: every answer that includes it.
+MAX_NESTING = 32
+
+
+def check_nesting(value: object, what: str, error: type[PacelineError],
+                  limit: int = MAX_NESTING) -> None:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else \
+            item if isinstance(item, list | tuple) else None
+        if children is None:
+            continue
+        if depth > limit:
+            raise error(f"{what} is nested deeper than {limit} levels", {"field": what})
+        stack.extend((child, depth + 1) for child in children)
 
 
 def check_unique(names: Sequence[str], what: str, error: type[PacelineError]) -> None:

@@ -51,6 +51,8 @@ def load_object(text: str, field: str, *, empty: dict[str, Any] | None = None
         value = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"{field} is not valid JSON: {exc}", {"field": field}) from exc
+    except RecursionError as exc:
+        raise MalformedBody(f"{field} is nested too deeply", {"field": field}) from exc
     if not isinstance(value, dict):
         raise InvalidRequest(f"{field} must be a JSON object", {"field": field})
     return value

@@ -26,6 +26,7 @@ from paceline_server.domain.errors import (
     PacelineError,
     Unauthenticated,
 )
+from paceline_server.domain.validation import check_nesting
 from paceline_server.grpc import convert
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.settings import Settings
@@ -164,6 +165,7 @@ class PacelineHandlers:
                    context: grpc.ServicerContext) -> pb.Run:
         run_id = convert.check_id(request.run_id, "run_id") if request.run_id else None
         metadata = convert.load_object(request.metadata_json, "metadata_json", empty={})
+        check_nesting(metadata, "metadata_json", InvalidRequest)
         record = self.service.attach_run(request.curriculum, metadata, run_id)
         return convert.run(RunStatus(record, stale=False))
 

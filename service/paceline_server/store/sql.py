@@ -237,6 +237,9 @@ def translate_errors(exc: sa_exc.SQLAlchemyError) -> PacelineError | None:
         return SchemaOutdated(
             f"the database has no Paceline schema ({text.splitlines()[0]}); "
             "run `paceline-server migrate`")
+    if sqlstate == "25006":  # read_only_sql_transaction: a standby after a failover
+        return Unavailable(f"database is read-only: {text.strip().splitlines()[0]}",
+                           {"reason": "ReadOnlySqlTransaction"})
     if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError,
                         sa_exc.DisconnectionError, sa_exc.TimeoutError)):
         if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:

@@ -1,0 +1,105 @@
+"""Two `PacelineService`s (two replicas in one process: own stores, own Redis
+coordinators) on one PostgreSQL schema and one Redis prefix: what Redis changes in the
+use cases, and that it only ever speeds things up."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+from replica_support import NAME, REDIS_URL, SPEC, redis_prefix, wait_for
+
+from api_support import fresh_pg_schema
+from paceline_server.app.service import PacelineService, ReportAck
+from paceline_server.settings import Settings
+from paceline_server.store import open_store
+
+Pair = tuple[PacelineService, PacelineService]
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    with fresh_pg_schema() as url, redis_prefix() as prefix:
+        settings = Settings(database_url=url, redis_url=REDIS_URL, redis_prefix=prefix,
+                            snapshot_every=4)
+        services = []
+        for _ in range(2):
+            services.append(PacelineService(open_store(url, auto_migrate=True), settings))
+        try:
+            services[0].create_curriculum(SPEC)
+            services[0].attach_run(NAME, run_id="r")
+            yield services[0], services[1]
+        finally:
+            for service in services:
+                service.close()
+                service.store.close()
+
+
+def body(service: PacelineService, step: int) -> dict[str, Any]:
+    indices = service.next_batch(NAME, "r", step).indices
+    rewards = np.random.default_rng(step).integers(0, 2, (indices.size, 4, 2))
+    return {"run_id": "r", "step": step, "indices": indices.tolist(),
+            "rewards": rewards.astype(float).tolist()}
+
+
+def test_other_replicas_commits_are_folded_in_the_background(pair: Pair) -> None:
+    a, b = pair
+    b.next_batch(NAME, "r", 0)  # b caches the engine at seq 0
+    for step in range(3):
+        a.report(NAME, body(a, step), f"k{step}")
+    cached = b.engines.peek(NAME)
+    assert cached is not None
+    # No request on b: its listener folded the announced tail.
+    wait_for(lambda: cached.seq == 3, 5, "b did not catch up in the background")
+    assert cached.engine.to_bytes() == a.engine(NAME).engine.to_bytes()
+    assert b.coordinator.stats().caught_up_events >= 1
+
+
+def test_a_retry_is_answered_from_the_cache_without_any_lock(pair: Pair) -> None:
+    a, b = pair
+    report = body(a, 0)
+    first = a.report(NAME, report, "key-1")
+    cached = b.engine(NAME)
+    with ThreadPoolExecutor(1) as pool, cached.commit_lock, cached.lock:
+        # b's curriculum is locked in every way; the retry still returns.
+        retry = pool.submit(b.report, NAME, report, "key-1").result(timeout=10)
+    assert retry == ReportAck(first.seq, replayed=True)
+    assert b.coordinator.stats().idempotency_hits == 1
+
+
+def test_a_writer_waits_for_the_lease_without_holding_its_engine(pair: Pair) -> None:
+    a, b = pair
+    report = body(b, 0)
+    cached = b.engine(NAME)
+    with ThreadPoolExecutor(2) as pool:
+        with a.coordinator.exclusive(NAME):  # replica a is committing
+            pending = pool.submit(b.report, NAME, report, "waits")
+            wait_for(cached.commit_lock.locked, 5, "b's report did not lead a commit")
+            threading.Event().wait(0.3)
+            assert not pending.done()
+            assert list(b.store.events(NAME)) == []  # waiting on Redis, not in the log
+            # The engine is free meanwhile: b still serves reads and batches.
+            pool.submit(b.state, NAME).result(timeout=2)
+        assert pending.result(timeout=10) == ReportAck(1, replayed=False)
+    assert b.coordinator.stats().leases == {"acquired": 1}
+
+
+def test_a_recreated_curriculum_is_never_folded_into_the_old_cache(pair: Pair) -> None:
+    a, b = pair
+    a.report(NAME, body(a, 0), "k0")
+    old = b.engine(NAME)
+    assert old.seq == 1
+    a.delete_curriculum(NAME)
+    a.create_curriculum(SPEC)
+    a.attach_run(NAME, run_id="r")
+    for step in range(2):
+        a.report(NAME, body(a, step), f"new{step}")
+    threading.Event().wait(0.3)  # the announcements have arrived at b
+    assert old.seq == 1  # not folded: another curriculum's log under the same name
+    fresh = b.engine(NAME)
+    assert fresh is not old and fresh.seq == 2
+    assert fresh.engine.to_bytes() == a.engine(NAME).engine.to_bytes()
