@@ -46,6 +46,7 @@ def test_minimised_objective_is_flipped_and_bounded() -> None:
     sig = signals(cur, [0], np.array([[50.0, 250.0]]))
     np.testing.assert_allclose(sig.normalized_rewards[:, 0], [0.75, 0.0])
     assert sig.success.tolist() == [0.375]
+    np.testing.assert_allclose(sig.scalarized, [-50.0, -250.0])  # what the trainer maximises
 
 
 def test_per_objective_signals() -> None:

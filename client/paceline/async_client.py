@@ -33,7 +33,14 @@ from paceline.client import (
     new_run_id,
     report_key,
 )
-from paceline.models import Batch, CurriculumInfo, ReportAck, RunInfo, State
+from paceline.models import (
+    Batch,
+    CurriculumInfo,
+    ReportAck,
+    RunInfo,
+    State,
+    minimized_objectives,
+)
 
 if TYPE_CHECKING:  # gRPC is optional: imported only for grpc:// URLs
     from paceline._grpc_transport import GrpcAsyncTransport
@@ -262,8 +269,10 @@ class AsyncRun:
 
     async def next_batch(self, step: SupportsIndex, size: SupportsIndex | None = None) -> Batch:
         """See `Run.next_batch`."""
-        return Batch.model_validate(await self.client._call(
-            _api.next_batch(self.curriculum.name, self.run_id, step, size)))
+        served = await self.client._call(
+            _api.next_batch(self.curriculum.name, self.run_id, step, size))
+        return Batch.model_validate(
+            {**served, "minimize": minimized_objectives(self.curriculum.spec)})
 
     async def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
                      group_ids: Any = None, grad_products: Any = None,

@@ -30,7 +30,14 @@ from paceline._payloads import (
     report_body,
 )
 from paceline._transport import Reply, Request, RetryPolicy, SyncTransport
-from paceline.models import Batch, CurriculumInfo, ReportAck, RunInfo, State
+from paceline.models import (
+    Batch,
+    CurriculumInfo,
+    ReportAck,
+    RunInfo,
+    State,
+    minimized_objectives,
+)
 
 if TYPE_CHECKING:  # gRPC is optional: imported only for grpc:// URLs
     from paceline._grpc_transport import GrpcSyncTransport
@@ -339,8 +346,10 @@ class Run:
     def next_batch(self, step: SupportsIndex, size: SupportsIndex | None = None) -> Batch:
         """The batch for `step` (the curriculum's batch size unless `size`). Asking again
         for the same step returns the same batch."""
-        return Batch.model_validate(self.client._call(
-            _api.next_batch(self.curriculum.name, self.run_id, step, size)))
+        served = self.client._call(
+            _api.next_batch(self.curriculum.name, self.run_id, step, size))
+        return Batch.model_validate(
+            {**served, "minimize": minimized_objectives(self.curriculum.spec)})
 
     def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
                group_ids: Any = None, grad_products: Any = None,

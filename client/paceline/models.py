@@ -26,6 +26,12 @@ __all__ = [
 ]
 
 
+def minimized_objectives(spec: Mapping[str, Any]) -> list[str]:
+    """The names of a curriculum spec's objectives whose direction is "minimize"."""
+    return [o["name"] for o in spec.get("objectives", [])
+            if isinstance(o, Mapping) and o.get("direction") == "minimize"]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -73,6 +79,9 @@ class Batch(_Model):
     probabilities: dict[str, float] = Field(default_factory=dict)
     skipped_zero_variance: int = 0
     seq: int = 0
+    #: Objectives whose direction is "minimize" (filled in from the curriculum's spec by
+    #: `Run.next_batch`): `scalarize` counts them negatively.
+    minimize: list[str] = Field(default_factory=list)
 
     @property
     def objectives(self) -> list[str]:
@@ -85,13 +94,15 @@ class Batch(_Model):
         return list(self.reward_weights.values())
 
     def scalarize(self, rewards: Any) -> Any:
-        """`reward_scale * sum_k w_k r_k`: the scalar reward to train on.
+        """`reward_scale * sum_k w_k s_k r_k`: the scalar reward to train on, where s_k is
+        -1 for an objective to minimize (a length, a cost) and +1 otherwise.
 
         `rewards` is a mapping {objective: value or nested list/array} or a nested
         sequence / array whose last axis holds the k objectives in order. Returns a float
         or nested lists of floats of the same leading shape (a numpy array in, a numpy
         array out)."""
-        weights = self.weight_vector
+        minimize = set(self.minimize)
+        weights = [-w if o in minimize else w for o, w in self.reward_weights.items()]
         scale = self.reward_scale
         if isinstance(rewards, Mapping):
             missing = [o for o in self.reward_weights if o not in rewards]

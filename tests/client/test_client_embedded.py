@@ -228,3 +228,15 @@ def test_embedded_needs_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
         paceline.Client.embedded()
     with pytest.raises(ImportError, match="server package"):
         paceline.AsyncClient.embedded()
+
+
+def test_batches_know_which_objectives_to_minimize(embedded: paceline.Client) -> None:
+    cur = embedded.create_curriculum(
+        "lengths", distributions=[{"name": "d", "size": 20}],
+        objectives=["acc", {"name": "len", "direction": "minimize", "bounds": [0, 100]}],
+        sampler="uniform", weighting={"kind": "fixed", "weights": [0.5, 0.5]},
+        batch_size=4)
+    with cur.start_run(heartbeat_interval=None) as run:
+        batch = run.next_batch(0)
+    assert batch.minimize == ["len"]
+    assert batch.scalarize([1.0, 30.0]) == 0.5 * 1.0 - 0.5 * 30.0

@@ -105,6 +105,14 @@ class TestScalarize:
         assert batch.objectives == ["acc", "len"]
         assert batch.weight_vector == [0.75, 0.25]
 
+    def test_objectives_to_minimize_count_negatively(self) -> None:
+        batch = self.batch().model_copy(update={"minimize": ["len"]})
+        rewards = np.array([[1.0, 4.0], [0.0, 8.0]])
+        assert batch.scalarize(rewards).tolist() == [2 * (0.75 - 1.0), 2 * -2.0]
+        assert batch.scalarize({"acc": 1.0, "len": 4.0}) == -0.5
+        assert batch.scalarize([1.0, 4.0]) == -0.5
+        assert batch.weight_vector == [0.75, 0.25]  # the served weights stay as served
+
     def test_wrong_shapes(self) -> None:
         batch = self.batch()
         with pytest.raises(ValueError, match="2 rewards"):

@@ -82,8 +82,12 @@ class ReportSignals:
 
     @cached_property
     def scalarized(self) -> np.ndarray:
-        """Σ_i w_i r_i per rollout, with the weights in force."""
-        return self.rewards @ self.reward_weights
+        """Σ_i w_i s_i r_i per rollout, with the weights in force; s_i = -1 for an
+        objective to minimize (the reward the trainer optimises, as the client's
+        `Batch.scalarize` computes it)."""
+        signs = np.array([-1.0 if o.direction == "minimize" else 1.0
+                          for o in self.objectives])
+        return self.rewards @ (self.reward_weights * signs)
 
     @cached_property
     def spread(self) -> np.ndarray:
