@@ -1,0 +1,69 @@
+"""`--model DIR`: the example trainer on a local Hugging Face model. A two-layer GPT-2
+with a character-level tokenizer is built and saved in a temporary folder (nothing is
+downloaded), then trained for a few steps against an embedded service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+pytest.importorskip("matplotlib")
+
+from trainer_examples.grpo import completion_logprobs, generate  # noqa: E402
+from trainer_examples.loop import Config, train  # noqa: E402
+from trainer_examples.model import CHARS, HFModel  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _tiny_hf_model(folder: Path) -> Path:
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Split("", behavior="isolated")
+    backend.decoder = tokenizers.decoders.Fuse()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    config = transformers.GPT2Config(vocab_size=len(vocab), n_positions=32, n_embd=32,
+                                     n_layer=2, n_head=2, bos_token_id=1, eos_token_id=1,
+                                     pad_token_id=0)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_hf_adapter_pads_left_and_scores_completions(tmp_path: Path) -> None:
+    model = HFModel(_tiny_hf_model(tmp_path / "model"), torch.device("cpu"))
+    assert model.tokenizer.encode("12+3=") == model.tokenizer.encode("12") + \
+        model.tokenizer.encode("+3=")
+    assert model.tokenizer.decode(model.tokenizer.encode("T&F=")) == "T&F="
+    rollouts = generate(model, ["3+4=", "T&!F|T="], group_size=2, max_new_tokens=4)
+    assert rollouts.input_ids.shape == (4, rollouts.prompt_width + 4)
+    logp = completion_logprobs(model, rollouts)
+    assert logp.shape == (4, 4)
+    assert bool((logp[rollouts.completion_mask == 0] == 0).all())
+    # Left padding must not change what the short prompt's completion scores.
+    alone = generate(model, ["3+4="], group_size=1, max_new_tokens=4, greedy=True)
+    padded = generate(model, ["3+4=", "T&!F|T="], group_size=1, max_new_tokens=4,
+                      greedy=True)
+    assert alone.texts[0] == padded.texts[0]
+    assert torch.allclose(completion_logprobs(model, alone)[0],
+                          completion_logprobs(model, padded)[0], atol=1e-4)
+
+
+def test_train_with_a_local_hf_model(tmp_path: Path) -> None:
+    folder = _tiny_hf_model(tmp_path / "model")
+    out = tmp_path / "run"
+    summary = train(Config(out=str(out), model=str(folder), steps=3, batch_size=4,
+                           group_size=2, sft_steps=10, sft_batch=16, eval_every=2,
+                           eval_size=4, threads=1, progress=False))
+    assert summary["service"]["seq"] == 3
+    assert summary["sft_loss_last"] < summary["sft_loss_first"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    assert (out / "accuracy.png").exists()

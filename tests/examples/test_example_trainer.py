@@ -1,0 +1,154 @@
+"""Smoke test of the example trainer (`python -m trainer_examples`) against a real
+`paceline-server serve` process on a temporary SQLite file: a few GRPO steps of a very
+small model for two sampler/weighting configurations plus a loss-weighted one. Fails when
+the loop, the reports, the metrics or the plots break."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("torch", reason="the example trainer needs the `examples` extra")
+pytest.importorskip("matplotlib", reason="the example trainer needs the `examples` extra")
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 4
+PNG = b"\x89PNG\r\n\x1a\n"
+SMALL = ["--steps", str(STEPS), "--sft-steps", "40", "--sft-batch", "32", "--batch-size", "8",
+         "--group-size", "4", "--eval-every", "2", "--eval-size", "8", "--dim", "32",
+         "--layers", "1", "--threads", "1", "--no-progress"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real service process; yields its URL."""
+    db = tmp_path_factory.mktemp("service") / "paceline.db"
+    port = _free_port()
+    env = {**os.environ, "PACELINE_DATABASE_URL": f"sqlite:///{db}",
+           "PACELINE_AUTO_MIGRATE": "true"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "paceline_server", "serve", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                err = process.stderr.read() if process.stderr else b""
+                raise RuntimeError(f"server did not start: {err!r}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+def _trainer(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "trainer_examples", *args], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _records(folder: Path) -> list[dict[str, Any]]:
+    with (folder / "metrics.jsonl").open() as f:
+        return [json.loads(line) for line in f]
+
+
+def _state(url: str, name: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}/v1/curricula/{name}/state")
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def _check_run(folder: Path, url: str, name: str) -> list[dict[str, Any]]:
+    records = _records(folder)
+    steps = [r for r in records if not r["final"]]
+    assert [r["step"] for r in steps] == list(range(STEPS))
+    assert records[-1]["final"] is True
+    assert (folder / "metrics.csv").read_text().count("\n") == STEPS + 2  # header + final
+    for r in steps:
+        assert r["seq"] == r["step"] + 1  # every report acknowledged, in order
+        assert math.isfinite(r["loss"]) and math.isfinite(r["nll"]) and r["nll"] > 0
+        assert sum(r[k] for k in r if k.startswith("w_")) == pytest.approx(1.0)
+        assert sum(r[k] for k in r if k.startswith("p_")) == pytest.approx(1.0)
+        assert sum(r[k] for k in r if k.startswith("n_")) == 8
+        assert 0.0 <= r["reward_correct"] <= 1.0
+    evals = [r["eval_mean"] for r in records if r["eval_mean"] is not None]
+    assert len(evals) == STEPS // 2 + 1 and all(0.0 <= e <= 1.0 for e in evals)
+
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["sft_loss_last"] < summary["sft_loss_first"]
+    assert summary["service"]["seq"] == STEPS
+    state = _state(url, name)
+    assert state["seq"] == STEPS
+    assert sum(d["sampled"] for d in state["distributions"]) == 8 * STEPS
+    assert sum(d["rollouts"] for d in state["distributions"]) == 8 * 4 * STEPS
+    for png in ("accuracy", "probabilities", "weights", "hypervolume", "training"):
+        assert (folder / f"{png}.png").read_bytes()[:8] == PNG
+    return records
+
+
+def test_compare_against_a_real_service(service: str, tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    result = _trainer("compare", "--configs", "uniform:fixed", "dump_ucb:hypervolume",
+                      "--url", service, "--out", str(out), *SMALL)
+    assert "uniform/fixed" in result.stdout and "dump_ucb/hypervolume" in result.stdout
+    uniform = _check_run(out / "uniform-fixed", service, "tiny-grpo-uniform-fixed-s0")
+    adaptive = _check_run(out / "dump_ucb-hypervolume", service,
+                          "tiny-grpo-dump_ucb-hypervolume-s0")
+    assert (out / "compare.png").read_bytes()[:8] == PNG
+    assert all(r["w_correct"] == pytest.approx(0.7) for r in uniform[:-1])
+    # The hypervolume weighting scored the evaluation points sent with the reports.
+    state = _state(service, "tiny-grpo-dump_ucb-hypervolume-s0")
+    assert len(state["hypervolume_history"]) == STEPS // 2
+    assert adaptive[0]["p_add1"] == pytest.approx(0.2)  # DUMP: nothing reported yet
+
+    # The same curriculum again without --reset is refused (it holds another run's data).
+    again = subprocess.run(
+        [sys.executable, "-m", "trainer_examples", "train", "--sampler", "uniform",
+         "--weighting", "fixed", "--url", service, "--out", str(tmp_path / "again"), *SMALL],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "--reset" in again.stderr
+
+
+def test_served_loss_weights_are_used(service: str, tmp_path: Path) -> None:
+    out = tmp_path / "upweight"
+    _trainer("train", "--sampler", "temperature", "--weighting", "fixed",
+             "--sampler-param", "mode=upweight", "--url", service, "--out", str(out), *SMALL)
+    records = _check_run(out, service, "tiny-grpo-temperature-fixed-s0")
+    lows = [r["loss_weight_min"] for r in records[:-1]]
+    highs = [r["loss_weight_max"] for r in records[:-1]]
+    assert all(low is not None and high is not None for low, high in zip(lows, highs,
+                                                                         strict=True))
+    assert max(highs) > 1.0 > min(lows)  # upweighting: small distributions weigh more

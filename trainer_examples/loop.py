@@ -1,0 +1,409 @@
+"""The training loop: a supervised warm start, then GRPO steps on what Paceline serves.
+
+Each step asks Paceline for a batch (indices, reward weights and scale, optional loss
+weights), samples g completions per prompt, scores them on every objective, scalarises
+with the served weights (`batch.scalarize`), computes group-relative advantages, takes
+one clipped policy-gradient step with the loss weights, and reports the raw reward
+vectors and the advantages back — the report is what Paceline's samplers and weightings
+learn from. Every `eval_every` steps the policy is evaluated greedily on held-out
+problems; those means go to Paceline as `eval_objectives` (the hypervolume weighting's
+points) and into the metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import math
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import paceline
+from trainer_examples.grpo import (
+    completion_logprobs,
+    generate,
+    group_advantages,
+    grpo_loss,
+    supervised_loss,
+)
+from trainer_examples.metrics import MetricsWriter, Record, hypervolume
+from trainer_examples.model import LanguageModel, build_model, count_parameters, resolve_device
+from trainer_examples.tasks import FORMAT_RATE, OBJECTIVES, TaskSet, score
+
+
+@dataclass
+class Config:
+    """Everything a run depends on (saved to `summary.json`)."""
+
+    out: str = "out/grpo"
+    url: str | None = None  # None: an embedded service on OUT/paceline.db
+    curriculum: str | None = None  # None: derived from sampler, weighting and seed
+    reset: bool = False  # delete an existing curriculum of that name first
+    sampler: str = "dump_ucb"
+    weighting: str = "hypervolume"
+    sampler_params: dict[str, Any] = field(default_factory=dict)
+    weighting_params: dict[str, Any] = field(default_factory=dict)
+    preference: tuple[float, ...] = (0.7, 0.3)  # the user's weights over OBJECTIVES
+    steps: int = 150
+    batch_size: int = 32  # prompts per step
+    group_size: int = 8  # rollouts per prompt
+    max_new_tokens: int = 6
+    temperature: float = 1.0
+    lr: float = 3e-4
+    clip_eps: float = 0.2
+    kl_coef: float = 0.0
+    inner_epochs: int = 1
+    sft_steps: int = 400
+    sft_batch: int = 64
+    sft_lr: float = 2e-3
+    sft_format_rate: float = FORMAT_RATE  # share of warm-start targets in the format
+    eval_every: int = 5
+    eval_size: int = 48
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    model: str | None = None  # None / "tiny", or a local Hugging Face model directory
+    dim: int = 128
+    layers: int = 3
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {"steps >= 1": self.steps >= 1, "group_size >= 2": self.group_size >= 2,
+                  "batch_size >= 1": self.batch_size >= 1,
+                  "inner_epochs >= 1": self.inner_epochs >= 1,
+                  "eval_every >= 1": self.eval_every >= 1,
+                  "max_new_tokens >= 1": self.max_new_tokens >= 1,
+                  "temperature > 0": self.temperature > 0,
+                  f"one preference weight per objective {OBJECTIVES}":
+                      len(self.preference) == len(OBJECTIVES)}
+        failed = [rule for rule, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError(f"invalid config: need {', '.join(failed)}")
+
+    def curriculum_name(self) -> str:
+        return self.curriculum or f"tiny-grpo-{self.sampler}-{self.weighting}-s{self.seed}"
+
+    def sampler_spec(self) -> dict[str, Any]:
+        return {"kind": self.sampler, **self.sampler_params}
+
+    def weighting_spec(self) -> dict[str, Any]:
+        """The served weighting; the adaptive one steers w (`mode: steer`) from the
+        evaluation points, because its reward scale alone cancels under GRPO."""
+        params: dict[str, Any] = {}
+        if self.weighting in ("fixed", "hypervolume"):
+            params["weights"] = list(self.preference)
+        if self.weighting == "hypervolume":
+            params.update(mode="steer", points="eval")
+        return {"kind": self.weighting, **params, **self.weighting_params}
+
+
+@dataclass
+class Evaluation:
+    accuracy: dict[str, float]  # per distribution
+    objectives: list[float]  # mean of each objective over all evaluation problems
+
+
+def evaluate(model: LanguageModel, tasks: TaskSet, max_new_tokens: int) -> Evaluation:
+    """Greedy decoding on every distribution's held-out problems."""
+    accuracy: dict[str, float] = {}
+    totals = np.zeros(len(OBJECTIVES))
+    count = 0
+    for dist in tasks.distributions:
+        rollouts = generate(model, [p.prompt for p in dist.eval], 1, max_new_tokens,
+                            greedy=True)
+        scores = np.array([
+            score(text, done, p.answer)
+            for p, text, done in zip(dist.eval, rollouts.texts, rollouts.finished,
+                                     strict=True)])
+        accuracy[dist.name] = float(scores[:, 0].mean())
+        totals += scores.mean(axis=0)
+        count += 1
+    return Evaluation(accuracy, (totals / count).tolist())
+
+
+class _Progress:
+    """tqdm when installed (and wanted), else a one-line text bar on stderr."""
+
+    def __init__(self, total: int, label: str, enabled: bool) -> None:
+        self.total, self.label, self.enabled, self.n = total, label, enabled, 0
+        self._bar: Any = None
+        if enabled:
+            try:
+                tqdm: Any = importlib.import_module("tqdm").tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self._bar = tqdm(total=total, desc=label, dynamic_ncols=True)
+
+    def update(self, **info: float) -> None:
+        self.n += 1
+        if not self.enabled:
+            return
+        text = " ".join(f"{k}={v:.3g}" for k, v in info.items())
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.update(1)
+            return
+        filled = int(30 * self.n / max(self.total, 1))
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
+                         f"{self.n}/{self.total} {text}")
+        if self.n == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@contextmanager
+def connect(config: Config, out: Path) -> Iterator[paceline.Client]:
+    """A client of the service at `config.url`, or of an embedded one (SQLite in OUT)."""
+    client = (paceline.Client(config.url) if config.url else
+              paceline.Client.embedded(out / "paceline.db"))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def open_curriculum(client: paceline.Client, config: Config,
+                    tasks: TaskSet) -> paceline.Curriculum:
+    """Create the run's curriculum; refuse to continue one that already holds reports
+    (its statistics would describe another model) unless `reset` deletes it first."""
+    name = config.curriculum_name()
+    if config.reset:
+        with suppress(paceline.NotFound):
+            client.curriculum(name).delete()
+    try:
+        cur = client.create_curriculum(
+            name, distributions=tasks.layout(), objectives=list(OBJECTIVES),
+            sampler=config.sampler_spec(), weighting=config.weighting_spec(),
+            batch_size=config.batch_size, seed=config.seed, exist_ok=True)
+    except paceline.Conflict as exc:
+        raise SystemExit(f"curriculum {name!r} exists with another spec; pass --reset "
+                         "or --curriculum NAME") from exc
+    if cur.refresh().seq > 0:
+        raise SystemExit(f"curriculum {name!r} already holds {cur.refresh().seq} reports; "
+                         "pass --reset to start it over or --curriculum NAME")
+    return cur
+
+
+def warm_start(model: LanguageModel, tasks: TaskSet, config: Config,
+               rng: np.random.Generator, log: Callable[[Record], object]) -> list[float]:
+    """Short supervised phase: the policy must sometimes be right for GRPO to have
+    non-zero advantages. Kept short on purpose so RL has something left to teach."""
+    if config.sft_steps <= 0:
+        return []
+    optimizer = torch.optim.AdamW(model.module.parameters(), lr=config.sft_lr,
+                                  weight_decay=0.0)
+    model.module.train()
+    losses = []
+    progress = _Progress(config.sft_steps, "warm start", config.progress)
+    for step in range(config.sft_steps):
+        pairs = tasks.sample_supervised(rng, config.sft_batch, config.sft_format_rate)
+        loss = supervised_loss(model, pairs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.module.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        log({"sft_step": step, "loss": losses[-1]})
+        progress.update(loss=losses[-1])
+    progress.close()
+    return losses
+
+
+def frozen_copy(model: LanguageModel) -> LanguageModel:
+    """The warm-started policy, frozen: the reference of the optional KL penalty."""
+    reference = copy.copy(model)
+    reference.module = copy.deepcopy(model.module).eval().requires_grad_(False)
+    return reference
+
+
+def train(config: Config) -> dict[str, Any]:
+    """Run the warm start and the GRPO loop; write metrics, plots and `summary.json` to
+    `config.out`; return the summary."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = resolve_device(config.device)
+    tasks = TaskSet(seed=config.seed, eval_size=config.eval_size)
+    model = build_model(config.model, device, dim=config.dim, layers=config.layers)
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+
+    names = tasks.names
+    eval_points: list[list[float]] = []
+    first_eval: Evaluation | None = None
+    last_eval: Evaluation | None = None
+    with connect(config, out) as client, MetricsWriter(out) as writer:
+        # The curriculum first: a refused one should not cost a warm start.
+        cur = open_curriculum(client, config, tasks)
+        with (out / "sft.jsonl").open("w") as sft_log:
+            sft_losses = warm_start(
+                model, tasks, config, rng,
+                lambda r: sft_log.write(json.dumps(r) + "\n"))
+        sft_seconds = time.monotonic() - started
+        reference = frozen_copy(model) if config.kl_coef > 0 else None
+        optimizer = torch.optim.AdamW(model.module.parameters(), lr=config.lr,
+                                      weight_decay=0.0)
+        progress = _Progress(config.steps, config.curriculum_name(), config.progress)
+        with cur.start_run(metadata={"example": "trainer_examples", "seed": config.seed}) as run:
+            for step in range(config.steps):
+                evaluation = None
+                if step % config.eval_every == 0:
+                    evaluation = last_eval = evaluate(model, tasks, config.max_new_tokens)
+                    first_eval = first_eval or evaluation
+                    eval_points.append(evaluation.objectives)
+                record = grpo_step(model, optimizer, reference, run, tasks, config, step)
+                record["time_s"] = time.monotonic() - started
+                ack = run.report(step, indices=record.pop("_indices"),
+                                 rewards=record.pop("_rewards"),
+                                 advantages=record.pop("_advantages"),
+                                 eval_objectives=evaluation.objectives if evaluation else None)
+                record["seq"] = ack.seq
+                state = cur.state()
+                record.update(_eval_columns(names, evaluation, eval_points))
+                history = state.hypervolume_history
+                record["service_hypervolume"] = (history[-1].hypervolume if history
+                                                 else math.nan)
+                for d in state.distributions:
+                    record[f"success_{d.name}"] = (math.nan if d.success is None
+                                                   else d.success)
+                writer.write(record)
+                progress.update(loss=record["loss"], reward=record["reward"],
+                                acc=(float(np.mean(list(last_eval.accuracy.values())))
+                                     if last_eval else math.nan))
+        progress.close()
+        final = evaluate(model, tasks, config.max_new_tokens)
+        eval_points.append(final.objectives)
+        writer.write({"step": config.steps, "final": True,
+                      **_eval_columns(names, final, eval_points)})
+        state = cur.state()
+
+    summary = {
+        "config": asdict(config),
+        "started": started_at.isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": str(device),
+        "torch": torch.__version__,
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "parameters": count_parameters(model.module),
+        "wall_s": time.monotonic() - started,
+        "sft_s": sft_seconds,
+        "sft_loss_first": sft_losses[0] if sft_losses else None,
+        "sft_loss_last": sft_losses[-1] if sft_losses else None,
+        "initial_eval": first_eval.accuracy if first_eval else None,
+        "final_eval": final.accuracy,
+        "final_objectives": dict(zip(OBJECTIVES, final.objectives, strict=True)),
+        "final_hypervolume": hypervolume(eval_points, eval_points[0]),
+        "service": {"seq": state.seq, "reward_weights": state.reward_weights,
+                    "reward_scale": state.reward_scale,
+                    "probabilities": state.probabilities},
+        "distributions": {d.name: d.size for d in tasks.distributions},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from trainer_examples.plots import plot_run  # matplotlib only when plotting
+
+    plot_run(out)
+    return summary
+
+
+def grpo_step(model: LanguageModel, optimizer: torch.optim.Optimizer,
+              reference: LanguageModel | None, run: paceline.Run, tasks: TaskSet,
+              config: Config, step: int) -> Record:
+    """One GRPO step on the batch Paceline serves for `step`. Returns the step's metrics,
+    with the report's payload under the private keys `_indices`, `_rewards` and
+    `_advantages`."""
+    batch = run.next_batch(step)
+    problems = [tasks[i] for i in batch.indices]
+    n, g = len(problems), config.group_size
+    rollouts = generate(model, [p.prompt for p in problems], g, config.max_new_tokens,
+                        temperature=config.temperature)
+    rewards = torch.tensor([
+        score(rollouts.texts[r], rollouts.finished[r], problems[r // g].answer)
+        for r in range(n * g)], dtype=torch.float32).view(n, g, len(OBJECTIVES))
+    scalar = batch.scalarize(rewards)  # reward_scale * sum_k w_k r_k, [n, g]
+    advantages = group_advantages(scalar)
+    loss_weights = (torch.tensor(batch.loss_weights, dtype=torch.float32,
+                                 device=model.device)
+                    if batch.loss_weights is not None else None)
+
+    model.module.train()
+    with torch.no_grad():
+        old_logp = completion_logprobs(model, rollouts, config.temperature)
+        ref_logp = (completion_logprobs(reference, rollouts, config.temperature)
+                    if reference is not None else None)
+    mask = rollouts.completion_mask
+    # Mean negative log-likelihood of the sampled tokens: an entropy proxy that falls as
+    # the policy sharpens (the GRPO loss itself is 0 at ratio 1: advantages sum to 0).
+    nll = float(-(old_logp * mask).sum() / mask.sum())
+    adv = advantages.to(model.device)
+    for _ in range(config.inner_epochs):
+        logp = completion_logprobs(model, rollouts, config.temperature)
+        parts = grpo_loss(logp, old_logp, adv, mask, loss_weights, config.clip_eps,
+                          ref_logp, config.kl_coef)
+        optimizer.zero_grad(set_to_none=True)
+        parts.loss.backward()  # type: ignore[no-untyped-call]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.module.parameters(), 1.0))
+        optimizer.step()
+
+    labels = tasks.distribution_of(batch.indices)
+    correct = rewards[..., 0].mean(-1).numpy()
+    record: Record = {
+        "step": step, "final": False,
+        "loss": float(parts.loss.detach()), "grad_norm": grad_norm, "nll": nll,
+        "clip_fraction": parts.clip_fraction, "kl": parts.kl,
+        "reward": float(scalar.mean()),
+        **{f"reward_{o}": float(rewards[..., k].mean()) for k, o in enumerate(OBJECTIVES)},
+        "zero_variance_fraction": float((scalar.std(-1) == 0).float().mean()),
+        "mean_length": float(np.mean(rollouts.lengths)),
+        "reward_scale": batch.reward_scale,
+        **{f"w_{o}": w for o, w in batch.reward_weights.items()},
+        "loss_weight_min": min(batch.loss_weights) if batch.loss_weights else math.nan,
+        "loss_weight_max": max(batch.loss_weights) if batch.loss_weights else math.nan,
+    }
+    for d, name in enumerate(tasks.names):
+        chosen = labels == d
+        record[f"n_{name}"] = int(chosen.sum())
+        record[f"acc_{name}"] = float(correct[chosen].mean()) if chosen.any() else math.nan
+        record[f"p_{name}"] = batch.probabilities.get(name, math.nan)
+    record["_indices"] = batch.indices
+    record["_rewards"] = rewards
+    record["_advantages"] = advantages
+    return record
+
+
+def _eval_columns(names: list[str], evaluation: Evaluation | None,
+                  points: list[list[float]]) -> Record:
+    """Evaluation columns (NaN on steps without an evaluation) and the hypervolume of
+    the evaluation points so far against the first one — the same quantity for every
+    run, whichever weighting it uses."""
+    record: Record = {}
+    for name in names:
+        record[f"eval_{name}"] = evaluation.accuracy[name] if evaluation else math.nan
+    record["eval_mean"] = (float(np.mean(list(evaluation.accuracy.values())))
+                           if evaluation else math.nan)
+    for k, objective in enumerate(OBJECTIVES):
+        record[f"eval_{objective}"] = evaluation.objectives[k] if evaluation else math.nan
+    record["hypervolume"] = hypervolume(points, points[0]) if points else math.nan
+    return record
