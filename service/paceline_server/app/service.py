@@ -265,7 +265,7 @@ class PacelineService:
         if item.key is not None:
             previous = writer.find_by_key(item.key)
             if previous is not None:
-                if _digest(previous.payload) != _digest(item.payload):
+                if previous.payload != item.payload:  # equal content encodes to equal bytes
                     raise IdempotencyConflict(
                         "idempotency key was used for a different report",
                         {"idempotency_key": item.key, "seq": previous.seq})
