@@ -3,8 +3,10 @@
 Per backend (SQLite file, PostgreSQL): the latency of one training-step cycle — report
 1024 prompts x 8 rollouts x 3 objectives, then ask for the next batch of 1024 — p50/p99
 in ms, for JSON and msgpack bodies; then cycles/s with 8 concurrent runs on one
-curriculum. Prints one JSON object per case. Targets on 2 cores: p50 <= 10 ms,
-p99 <= 30 ms, >= 300 cycles/s on SQLite.
+curriculum. Each msgpack case runs twice: as two requests (report, then batch) and as
+one (`POST .../reports?next_step=s+1`, the ack carrying the batch). Prints one JSON
+object per case. Targets on 2 cores: p50 <= 10 ms, p99 <= 30 ms, >= 300 cycles/s on
+SQLite.
 
     python benchmarks/service_bench.py [--backends sqlite postgresql] [--cycles 200]
 """
@@ -109,20 +111,25 @@ def encode(run: str, step: int, indices: list[int], rng: np.random.Generator,
 
 
 def cycle(http: httpx.Client, name: str, run: str, step: int, rng: np.random.Generator,
-          encoding: str, indices: list[int], timer: list[float] | None = None) -> list[int]:
+          encoding: str, indices: list[int], timer: list[float] | None = None,
+          calls: int = 2) -> list[int]:
     content, ctype = encode(run, step, indices, rng, encoding)
     if timer is not None:
         timer.append(time.perf_counter())
     ack = http.post(f"/v1/curricula/{name}/reports", content=content,
+                    params={"next_step": str(step + 1)} if calls == 1 else None,
                     headers={"Content-Type": ctype, "Idempotency-Key": f"{run}/{step}"})
     ack.raise_for_status()
+    if calls == 1:
+        return list(ack.json()["batch"]["indices"])
     batch = http.post(f"/v1/curricula/{name}/batches", json={"run_id": run, "step": step + 1})
     batch.raise_for_status()
     return list(batch.json()["indices"])
 
 
-def latency_case(base: str, backend: str, encoding: str, cycles: int) -> dict[str, Any]:
-    name = f"lat-{encoding}"
+def latency_case(base: str, backend: str, encoding: str, cycles: int,
+                 calls: int = 2) -> dict[str, Any]:
+    name = f"lat-{encoding}-{calls}"
     rng = np.random.default_rng(0)
     with httpx.Client(base_url=base, timeout=30) as http:
         http.post("/v1/curricula", json=spec(name)).raise_for_status()
@@ -132,15 +139,15 @@ def latency_case(base: str, backend: str, encoding: str, cycles: int) -> dict[st
         times = []
         for step in range(cycles):
             started: list[float] = []
-            indices = cycle(http, name, "r", step, rng, encoding, indices, started)
+            indices = cycle(http, name, "r", step, rng, encoding, indices, started, calls)
             times.append((time.perf_counter() - started[0]) * 1e3)
     warm = np.asarray(times[5:])
-    return {"case": "round_trip", "backend": backend, "encoding": encoding,
+    return {"case": "round_trip", "backend": backend, "encoding": encoding, "calls": calls,
             "cycles": len(warm), "p50_ms": round(float(np.percentile(warm, 50)), 2),
             "p99_ms": round(float(np.percentile(warm, 99)), 2)}
 
 
-def _throughput_worker(base: str, name: str, i: int, seconds: float,
+def _throughput_worker(base: str, name: str, i: int, seconds: float, calls: int,
                        start: Any, results: Any) -> None:
     """One trainer: its own process, as real trainers are (threads of one Python process
     would measure the client's GIL, not the service)."""
@@ -155,20 +162,21 @@ def _throughput_worker(base: str, name: str, i: int, seconds: float,
         stop = time.perf_counter() + seconds
         step = 0
         while time.perf_counter() < stop:
-            indices = cycle(http, name, run, step, rng, "msgpack", indices)
+            indices = cycle(http, name, run, step, rng, "msgpack", indices, calls=calls)
             step += 1
             done += 1
     results.put(done)
 
 
-def throughput_case(base: str, backend: str, runs: int, seconds: float) -> dict[str, Any]:
-    name = "throughput"
+def throughput_case(base: str, backend: str, runs: int, seconds: float,
+                    calls: int = 2) -> dict[str, Any]:
+    name = f"throughput-{calls}"
     with httpx.Client(base_url=base, timeout=30) as http:
         http.post("/v1/curricula", json=spec(name)).raise_for_status()
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(runs + 1), context.Queue()
     workers = [context.Process(target=_throughput_worker,
-                               args=(base, name, i, seconds, start, results))
+                               args=(base, name, i, seconds, calls, start, results))
                for i in range(runs)]
     for w in workers:
         w.start()
@@ -178,7 +186,7 @@ def throughput_case(base: str, backend: str, runs: int, seconds: float) -> dict[
     elapsed = time.perf_counter() - began
     for w in workers:
         w.join()
-    return {"case": "concurrent_runs", "backend": backend, "runs": runs,
+    return {"case": "concurrent_runs", "backend": backend, "runs": runs, "calls": calls,
             "cycles": total, "cycles_per_s": round(total / elapsed, 1)}
 
 
@@ -194,11 +202,12 @@ def main() -> None:
     for backend in args.backends:
         with tempfile.TemporaryDirectory() as tmp, database(backend, tmp) as url, \
                 server(url, args.workers) as base:
-            for encoding in ("json", "msgpack"):
-                print(json.dumps(latency_case(base, backend, encoding, args.cycles)),
+            for encoding, calls in (("json", 2), ("msgpack", 2), ("msgpack", 1)):
+                print(json.dumps(latency_case(base, backend, encoding, args.cycles, calls)),
                       flush=True)
-            result = throughput_case(base, backend, args.runs, args.seconds)
-            print(json.dumps({**result, "workers": args.workers}), flush=True)
+            for calls in (2, 1):
+                result = throughput_case(base, backend, args.runs, args.seconds, calls)
+                print(json.dumps({**result, "workers": args.workers}), flush=True)
 
 
 if __name__ == "__main__":

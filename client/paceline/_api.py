@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from paceline._transport import Reply, Request, RetryPolicy
 from paceline.errors import Conflict
+from paceline.models import ReportAck, minimized_objectives
 
 PREFIX = "/v1/curricula"
 #: Heartbeats are not retried: the next one comes soon, and a stuck retry loop would
@@ -78,10 +79,23 @@ def next_batch(name: str, run_id: str, step: SupportsIndex, size: SupportsIndex 
     return Request("POST", _path(name, "batches"), json=body)
 
 
-def report(name: str, content: bytes, headers: Mapping[str, str],
-           idempotency_key: str) -> Request:
-    return Request("POST", _path(name, "reports"), content=content,
+def report(name: str, content: bytes, headers: Mapping[str, str], idempotency_key: str,
+           next_step: int | None = None, next_size: SupportsIndex | None = None) -> Request:
+    params = {}
+    if next_step is not None:
+        params["next_step"] = str(next_step)
+    if next_size is not None:
+        params["next_size"] = str(operator.index(next_size))
+    return Request("POST", _path(name, "reports"), content=content, params=params,
                    headers={**headers, "Idempotency-Key": idempotency_key})
+
+
+def report_ack(answer: Any, spec: Mapping[str, Any]) -> ReportAck:
+    """The ack, with the batch it carries (if asked for) knowing the minimised objectives."""
+    if isinstance(answer, Mapping) and answer.get("batch") is not None:
+        answer = {**answer, "batch": {**answer["batch"],
+                                      "minimize": minimized_objectives(spec)}}
+    return ReportAck.model_validate(answer)
 
 
 def state(name: str) -> Request:

@@ -77,6 +77,11 @@ def batch(message: pb.Batch) -> dict[str, Any]:
             "skipped_zero_variance": message.skipped_zero_variance, "seq": message.seq}
 
 
+def report_ack(message: pb.ReportAck) -> dict[str, Any]:
+    return {"seq": message.seq, "replayed": message.replayed,
+            "batch": batch(message.batch) if message.HasField("batch") else None}
+
+
 def _optional(message: Message, field: str) -> float | None:
     value: float = getattr(message, field)
     return value if message.HasField(field) else None
@@ -174,11 +179,17 @@ def _ints(value: Any, field: str) -> list[int]:
 def report_message(*, run_id: str, step: SupportsIndex, indices: Any, rewards: Any,
                    objectives: Sequence[str], advantages: Any = None, group_ids: Any = None,
                    grad_products: Any = None, eval_objectives: Any = None,
-                   idempotency_key: str, curriculum: str) -> pb.ReportRequest:
+                   idempotency_key: str, curriculum: str,
+                   next_step: SupportsIndex | None = None,
+                   next_size: SupportsIndex | None = None) -> pb.ReportRequest:
     """`_payloads.report_body` as a `ReportRequest` (dense, or flat with `group_ids`),
     keeping numpy/torch arrays as arrays all the way to the wire."""
     message = pb.ReportRequest(curriculum=curriculum, run_id=run_id,
                                step=operator.index(step), idempotency_key=idempotency_key)
+    if next_step is not None:
+        message.next_step = operator.index(next_step)
+    if next_size is not None:
+        message.next_size = operator.index(next_size)
     if group_ids is None:
         message.indices.extend(_ints(indices, "indices"))
     else:
@@ -220,7 +231,10 @@ def _report(request: Request, name: str) -> pb.ReportRequest:
     body = _json(request)
     key = request.headers.get("Idempotency-Key") or body.pop("idempotency_key", "")
     rollouts = body.pop("rollout_indices", None)
+    params = request.params
     return report_message(
+        next_step=int(params["next_step"]) if "next_step" in params else None,
+        next_size=int(params["next_size"]) if "next_size" in params else None,
         curriculum=name, run_id=body.get("run_id", ""), step=body.get("step", 0),
         indices=rollouts if rollouts is not None else body.get("indices", []),
         rewards=body.get("rewards", []), objectives=[], advantages=body.get("advantages"),
@@ -270,8 +284,7 @@ def route(request: Request) -> Call:
                 ask.size = int(body["size"])
             return Call("NextBatch", ask, 200, batch)
         case "POST", [name, "reports"]:
-            return Call("Report", _report(request, name), 200,
-                        lambda r: {"seq": r.seq, "replayed": r.replayed})
+            return Call("Report", _report(request, name), 200, report_ack)
         case "GET", [name, "state"]:
             return Call("GetState", pb.GetStateRequest(curriculum=name), 200, state)
     raise ValueError(f"no gRPC call for {method} {request.path}")

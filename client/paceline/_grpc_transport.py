@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex
 from urllib.parse import quote
 
 try:
@@ -186,11 +186,13 @@ class _Base:
                         *([("grpc.primary_user_agent", agent)] if agent else [])]
 
     @staticmethod
-    def report_request(curriculum: str, idempotency_key: str, **arrays: Any) -> Request:
+    def report_request(curriculum: str, idempotency_key: str, *,
+                       next_step: SupportsIndex | None = None,
+                       next_size: SupportsIndex | None = None, **arrays: Any) -> Request:
         """A report as a `Request` whose body is the `ReportRequest` itself (the clients
         call this instead of encoding JSON)."""
         message = report_message(curriculum=curriculum, idempotency_key=idempotency_key,
-                                 **arrays)
+                                 next_step=next_step, next_size=next_size, **arrays)
         return Request("POST", f"{PREFIX}/{quote(curriculum, safe='')}/reports", json=message,
                        headers={"Idempotency-Key": idempotency_key})
 

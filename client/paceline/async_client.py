@@ -276,10 +276,12 @@ class AsyncRun:
 
     async def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
                      group_ids: Any = None, grad_products: Any = None,
-                     eval_objectives: Any = None, *, idempotency_key: str | None = None
-                     ) -> ReportAck:
+                     eval_objectives: Any = None, *, idempotency_key: str | None = None,
+                     next_step: SupportsIndex | None = None,
+                     next_size: SupportsIndex | None = None) -> ReportAck:
         """See `Run.report`."""
         step = operator.index(step)
+        ask = None if next_step is None else operator.index(next_step)
         arrays: dict[str, Any] = dict(
             run_id=self.run_id, step=step, indices=indices, rewards=rewards,
             objectives=self.curriculum.objectives, advantages=advantages,
@@ -287,13 +289,15 @@ class AsyncRun:
         key = idempotency_key or report_key(self.run_id, step)
         transport = self.client._transport
         if not isinstance(transport, AsyncTransport):  # gRPC: packed arrays, no JSON
-            return ReportAck.model_validate(await self.client._call(
-                transport.report_request(self.curriculum.name, key, **arrays)))
+            return _api.report_ack(await self.client._call(transport.report_request(
+                self.curriculum.name, key, next_step=ask, next_size=next_size, **arrays)),
+                self.curriculum.spec)
         content, headers = encode_body(report_body(**arrays),
                                        encoding=self.client.report_encoding,
                                        compress_over=self.client.compress_over)
-        return ReportAck.model_validate(await self.client._call(
-            _api.report(self.curriculum.name, content, headers, key)))
+        return _api.report_ack(await self.client._call(
+            _api.report(self.curriculum.name, content, headers, key, ask, next_size)),
+            self.curriculum.spec)
 
     async def heartbeat(self) -> RunInfo:
         self.info = RunInfo.model_validate(

@@ -353,7 +353,8 @@ class Run:
 
     def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
                group_ids: Any = None, grad_products: Any = None,
-               eval_objectives: Any = None, *, idempotency_key: str | None = None
+               eval_objectives: Any = None, *, idempotency_key: str | None = None,
+               next_step: SupportsIndex | None = None, next_size: SupportsIndex | None = None
                ) -> ReportAck:
         """Report one step's rollouts.
 
@@ -365,8 +366,13 @@ class Run:
         `eval_objectives` ([k] or {objective: value}).
 
         The idempotency key is generated once per call (pass your own, e.g. derived from
-        the step, to make a re-report after a crash a no-op too)."""
+        the step, to make a re-report after a crash a no-op too).
+
+        With `next_step` the ack's `batch` is the batch for that step (of size
+        `next_size`, default the curriculum's): one round trip per training step instead
+        of `report` + `next_batch`, and the same batch `next_batch(next_step)` returns."""
         step = operator.index(step)
+        ask = None if next_step is None else operator.index(next_step)
         arrays: dict[str, Any] = dict(
             run_id=self.run_id, step=step, indices=indices, rewards=rewards,
             objectives=self.curriculum.objectives, advantages=advantages,
@@ -374,13 +380,15 @@ class Run:
         key = idempotency_key or report_key(self.run_id, step)
         transport = self.client._transport
         if not isinstance(transport, SyncTransport):  # gRPC: packed arrays, no JSON
-            return ReportAck.model_validate(self.client._call(
-                transport.report_request(self.curriculum.name, key, **arrays)))
+            return _api.report_ack(self.client._call(transport.report_request(
+                self.curriculum.name, key, next_step=ask, next_size=next_size, **arrays)),
+                self.curriculum.spec)
         content, headers = encode_body(report_body(**arrays),
                                        encoding=self.client.report_encoding,
                                        compress_over=self.client.compress_over)
-        return ReportAck.model_validate(self.client._call(
-            _api.report(self.curriculum.name, content, headers, key)))
+        return _api.report_ack(self.client._call(
+            _api.report(self.curriculum.name, content, headers, key, ask, next_size)),
+            self.curriculum.spec)
 
     def heartbeat(self) -> RunInfo:
         """Tell the service this run is alive (done in the background by `start_run`)."""

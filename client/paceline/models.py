@@ -59,13 +59,6 @@ class RunInfo(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class ReportAck(_Model):
-    """The acknowledgement of a report: durable once received."""
-
-    seq: int
-    replayed: bool = Field(description="true when a retry of an already applied report")
-
-
 class Batch(_Model):
     """What to train on at one step. The same (run, step) always returns the same batch,
     so a restarted trainer can ask again."""
@@ -141,6 +134,15 @@ def _combine(parts: list[Any], weights: list[float], scale: float) -> Any:
             raise ValueError("the rewards of every objective must have the same shape")
         return [_combine(list(column), weights, scale) for column in zip(*parts, strict=True)]
     return scale * sum(w * float(p) for w, p in zip(weights, parts, strict=True))
+
+
+class ReportAck(_Model):
+    """The acknowledgement of a report: durable once received. `batch` is the next batch
+    when the report asked for it (`Run.report(..., next_step=...)`)."""
+
+    seq: int
+    replayed: bool = Field(description="true when a retry of an already applied report")
+    batch: Batch | None = None
 
 
 class Health(_Model):

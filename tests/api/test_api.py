@@ -117,6 +117,84 @@ class TestReportsAndBatches:
         assert sum(d["sampled"] for d in state["distributions"]) == 8
         assert state["weight_history"][0]["weights"] == {"acc": 0.75, "len": 0.25}
 
+    def test_report_can_carry_the_next_batch(self, client: TestClient) -> None:
+        setup(client)
+        first = client.post("/v1/curricula/math/batches",
+                            json={"run_id": "run-1", "step": 0}).json()
+        ack = client.post("/v1/curricula/math/reports?next_step=1",
+                          json=dense_report(first["indices"]),
+                          headers={"Idempotency-Key": "run-1/0"})
+        assert ack.status_code == 200
+        body = ack.json()
+        assert (body["seq"], body["replayed"]) == (1, False)
+        batch = body["batch"]
+        assert (batch["run_id"], batch["step"], batch["seq"]) == ("run-1", 1, 1)
+        assert len(batch["indices"]) == 8
+        # It is the stored batch of (run-1, 1): asking for it again returns it.
+        assert client.post("/v1/curricula/math/batches",
+                           json={"run_id": "run-1", "step": 1}).json() == batch
+        # A retry is applied once and answered with the same batch.
+        again = client.post("/v1/curricula/math/reports?next_step=1",
+                            json=dense_report(first["indices"]),
+                            headers={"Idempotency-Key": "run-1/0"})
+        assert again.json() == {**body, "replayed": True}
+        sized = client.post("/v1/curricula/math/reports?next_step=2&next_size=3",
+                            json=dense_report(batch["indices"], step=1))
+        assert (sized.json()["seq"], len(sized.json()["batch"]["indices"])) == (2, 3)
+        assert client.get("/v1/curricula/math/state").json()["seq"] == 2
+
+    def test_report_batch_equals_the_separate_call(self, tmp_path: Any) -> None:
+        """One call per step gives the same batches as report-then-ask, step by step."""
+        def trace(combined: bool, db: str) -> list[list[int]]:
+            with make_client(f"sqlite:///{tmp_path / db}") as c:
+                setup(c)
+                indices = c.post("/v1/curricula/math/batches",
+                                 json={"run_id": "run-1", "step": 0}).json()["indices"]
+                seen = []
+                for step in range(5):
+                    report = dense_report(indices, step=step, seed=step)
+                    if combined:
+                        indices = c.post(f"/v1/curricula/math/reports?next_step={step + 1}",
+                                         json=report).json()["batch"]["indices"]
+                    else:
+                        c.post("/v1/curricula/math/reports", json=report)
+                        indices = c.post("/v1/curricula/math/batches", json={
+                            "run_id": "run-1", "step": step + 1}).json()["indices"]
+                    seen.append(indices)
+                return seen
+
+        assert trace(True, "one.db") == trace(False, "two.db")
+
+    @pytest.mark.parametrize(("query", "status", "code"), [
+        ("next_step=-1", 422, "INVALID_REQUEST"),
+        ("next_step=x", 422, "INVALID_REQUEST"),
+        ("next_size=4", 422, "INVALID_REQUEST"),
+        ("next_step=1&next_size=0", 422, "INVALID_REQUEST"),
+        ("next_step=1&next_size=101", 422, "INVALID_REQUEST"),
+    ])
+    def test_bad_next_batch_leaves_state_untouched(self, client: TestClient, query: str,
+                                                   status: int, code: str) -> None:
+        setup(client)
+        response = client.post(f"/v1/curricula/math/reports?{query}",
+                               json=dense_report([1, 2, 3]))
+        assert response.status_code == status, response.json()
+        assert error_code(response) == code
+        assert client.get("/v1/curricula/math/state").json()["seq"] == 0
+
+    def test_next_batch_served_with_another_size_refuses_the_report(
+            self, client: TestClient) -> None:
+        setup(client)
+        client.post("/v1/curricula/math/batches", json={"run_id": "run-1", "step": 1,
+                                                        "size": 4})
+        response = client.post("/v1/curricula/math/reports?next_step=1&next_size=8",
+                               json=dense_report([1, 2, 3]))
+        assert response.status_code == 409
+        assert error_code(response) == "IDEMPOTENCY_CONFLICT"
+        assert client.get("/v1/curricula/math/state").json()["seq"] == 0
+        served = client.post("/v1/curricula/math/reports?next_step=1",
+                             json=dense_report([1, 2, 3]))
+        assert len(served.json()["batch"]["indices"]) == 4  # the stored one
+
     def test_same_run_and_step_give_the_same_batch(self, client: TestClient) -> None:
         setup(client)
         first = client.post("/v1/curricula/math/batches", json={"run_id": "run-1", "step": 3})

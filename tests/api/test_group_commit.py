@@ -14,7 +14,7 @@ import pytest
 
 from api_support import SPEC
 from paceline_server.app.codec import decode_report
-from paceline_server.app.service import PacelineService
+from paceline_server.app.service import NextBatch, PacelineService
 from paceline_server.domain.errors import IdempotencyConflict, Unavailable
 from paceline_server.engine import CurriculumEngine
 from paceline_server.settings import Settings
@@ -137,3 +137,46 @@ def test_failed_commit_acknowledges_nothing_and_reloads_the_engine(
     ack = service.report("math", body(indices, 1, seed=1), "b")  # the client's retry
     assert (ack.seq, ack.replayed) == (2, False)
     assert service.engine("math").engine.to_bytes() == replayed(service)
+
+
+def test_grouped_reports_get_the_batch_of_their_own_position(
+        setup: tuple[PacelineService, FailingStore]) -> None:
+    """Each report of a group that asks for its next batch gets the batch proposed right
+    after its own fold: what report-then-ask would give one by one in log order."""
+    service, store = setup
+    service.create_curriculum({**SPEC, "name": "adaptive", "sampler": "prioritized"})
+    for run in "abc":
+        service.attach_run("adaptive", run_id=run)
+    indices = service.next_batch("adaptive", "a", 0).indices
+    cached = service.engine("adaptive")
+    acks: dict[str, Any] = {}
+
+    def report(run: str) -> None:
+        acks[run] = service.report("adaptive", body(indices, 0, seed=ord(run), run=run),
+                                   f"{run}/0", NextBatch(step=1))
+
+    with cached.lock:
+        threads = [threading.Thread(target=report, args=(run,)) for run in "abc"]
+        for thread in threads:
+            thread.start()
+        while len(cached.pending) < 3:
+            threading.Event().wait(0.005)
+        writers_before = store.writers
+    for thread in threads:
+        thread.join()
+    assert store.writers - writers_before == 1
+    engine = CurriculumEngine(cached.spec)
+    proposals = []
+    for event in service.store.events("adaptive"):
+        engine.apply(decode_report(event.payload))
+        ack = acks[event.run_id]
+        assert ack.seq == event.seq and ack.batch is not None
+        assert ack.batch.clock == event.seq
+        expected = engine.next_batch(event.run_id, 1)
+        np.testing.assert_array_equal(ack.batch.indices, expected.indices)
+        # ... and it is the batch stored for (run, 1), committed with the report.
+        stored = service.next_batch("adaptive", event.run_id, 1)
+        np.testing.assert_array_equal(stored.indices, expected.indices)
+        proposals.append(engine.next_batch("a", 1).indices)
+    # The sampler follows the folds, so the position in the group matters.
+    assert not np.array_equal(proposals[0], proposals[-1])

@@ -62,6 +62,26 @@ def test_full_cycle(tmp_path: Path) -> None:
     run_async(body)
 
 
+def test_report_with_next_step(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with paceline.AsyncClient.embedded(tmp_path / "a.db") as client:
+            cur = await client.create_curriculum("math", **SPEC)
+            run = await cur.start_run(run_id="r", heartbeat_interval=None)
+            batch = await run.next_batch(0)
+            for step in range(3):
+                ack = await run.report(step, batch.indices, rewards_for(batch.indices),
+                                       next_step=step + 1)
+                assert ack.batch is not None
+                assert (ack.seq, ack.batch.step, ack.batch.seq) == (step + 1, step + 1,
+                                                                    step + 1)
+                assert ack.batch == await run.next_batch(step + 1)
+                batch = ack.batch
+            sized = await run.report(3, [1], [[[1.0, 1.0]]], next_step=4, next_size=2)
+            assert sized.batch is not None and len(sized.batch.indices) == 2
+
+    run_async(body)
+
+
 def test_heartbeat_task(tmp_path: Path) -> None:
     async def body() -> None:
         client = paceline.AsyncClient.embedded(tmp_path / "h.db")

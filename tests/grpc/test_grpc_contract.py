@@ -114,6 +114,28 @@ def test_full_cycle(client: paceline.Client) -> None:
     assert cur.name in [c.name for c in client.list_curricula()]
 
 
+def test_report_with_next_step_carries_the_batch(client: paceline.Client) -> None:
+    cur = fresh(client, objectives=[{"name": "acc"},
+                                    {"name": "len", "direction": "minimize"}])
+    run = cur.start_run(run_id="r", heartbeat_interval=None)
+    indices = run.next_batch(0).indices
+    ack = run.report(0, indices, rewards_for(indices), next_step=1)
+    assert (ack.seq, ack.replayed) == (1, False)
+    assert ack.batch is not None
+    assert (ack.batch.step, ack.batch.seq, ack.batch.minimize) == (1, 1, ["len"])
+    assert ack.batch == run.next_batch(1)  # stored: the separate call returns it too
+    sized = run.report(1, ack.batch.indices, rewards_for(ack.batch.indices, 1),
+                       next_step=2, next_size=3)
+    assert sized.batch is not None and len(sized.batch.indices) == 3
+    assert run.report(2, [1], [[[1.0, 1.0]]]).batch is None  # not asked for
+    with pytest.raises(paceline.InvalidInput) as too_big:
+        run.report(3, [1], [[[1.0, 1.0]]], next_step=4, next_size=101)
+    assert (too_big.value.code, too_big.value.status) == ("INVALID_REQUEST", 422)
+    with pytest.raises(paceline.Conflict):  # step 2 was served with size 3
+        run.report(3, [1], [[[1.0, 1.0]]], next_step=2, next_size=8)
+    assert cur.state().seq == 3  # neither refused report was applied
+
+
 def test_both_transports_give_equal_objects(service: Service) -> None:
     """One curriculum driven half over REST, half over gRPC: every read is equal."""
     with paceline.Client(service.http) as http, paceline.Client(service.grpc) as grpc:
@@ -247,6 +269,16 @@ def test_lost_answers_are_replayed_not_reapplied(
     state = run.curriculum.state()
     assert state.seq == 2
     assert sum(d.sampled for d in state.distributions) == 16
+
+
+def test_lost_answer_of_a_report_with_next_step(
+        run: paceline.Run, faults: HttpFaults | GrpcFaults) -> None:
+    indices = run.next_batch(0).indices
+    faults.plan.inject(Fault("Report", "lost"))
+    ack = run.report(0, indices, rewards_for(indices), next_step=1)
+    assert (ack.seq, ack.replayed) == (1, True)
+    assert ack.batch is not None and ack.batch == run.next_batch(1)
+    assert run.curriculum.state().seq == 1
 
 
 def test_connection_error_then_success(run: paceline.Run,

@@ -387,6 +387,35 @@ class TestBatches:
         with pytest.raises(CurriculumNotFound):
             store.lookup_batch("nope", "r", 0)
 
+    def test_writer_stores_batches_in_its_transaction(self, store: SqlStore) -> None:
+        store.create_curriculum("math", SPEC)
+        first = BatchRecord(run_id="r", step=1, seq=1, payload=b"with-report")
+        with store.writer("math") as writer:
+            assert writer.get_batch("r", 1) is None
+            writer.append("report", "r", 0, "k0", b"e")
+            assert writer.put_batch(first) == first
+            assert writer.get_batch("r", 1) == first
+            # First writer wins inside the transaction too.
+            assert writer.put_batch(BatchRecord("r", 1, 1, b"again")) == first
+        assert store.lookup_batch("math", "r", 1)[1] == first
+        assert store.put_batch("math", BatchRecord("r", 1, 2, b"later")) == first
+        with pytest.raises(RuntimeError, match="outside"):
+            writer.get_batch("r", 1)
+
+    def test_writer_batch_rolls_back_with_the_block(self, store: SqlStore) -> None:
+        store.create_curriculum("math", SPEC)
+
+        def abort() -> None:
+            with store.writer("math") as writer:
+                writer.append("report", "r", 0, None, b"e")
+                writer.put_batch(BatchRecord("r", 1, 1, b"lost"))
+                raise KeyError("abort")
+
+        with pytest.raises(KeyError):
+            abort()
+        assert store.get_batch("math", "r", 1) is None
+        assert store.head("math").head_seq == 0
+
     def test_non_durable_batch_is_stored_and_restores_durability(
             self, store: SqlStore) -> None:
         store.create_curriculum("math", SPEC)

@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from paceline_server.api import schemas
 from paceline_server.api.body import read_body
 from paceline_server.api.deps import ReadScope, Service, SettingsDep, WriteScope
-from paceline_server.app.service import RunStatus
+from paceline_server.app.service import NextBatch, PacelineService, RunStatus
+from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import InvalidRequest
 from paceline_server.domain.inspection import CurriculumInspection
 from paceline_server.domain.validation import MAX_INT, TEXT_PATTERN, has_control_characters
@@ -114,6 +115,12 @@ def heartbeat(name: NamePath, run_id: RunPath, service: Service,
     return _run(service.heartbeat(name, run_id))
 
 
+NextStep = Annotated[int | None, Query(ge=0, le=MAX_INT, description=(
+    "also return the batch of (run_id, next_step) with the ack: one request per training "
+    "step instead of two"))]
+NextSize = Annotated[int | None, Query(ge=1, le=MAX_INT,
+                                       description="that batch's size (with next_step)")]
+
 REPORT_BODY = {
     "requestBody": {
         "required": True,
@@ -140,7 +147,8 @@ REPORT_BODY = {
 async def report(name: NamePath, request: Request, service: Service, settings: SettingsDep,
                  _: WriteScope,
                  idempotency_key: Annotated[str | None, Header()] = None,
-                 ) -> schemas.ReportAckOut:
+                 next_step: NextStep = None, next_size: NextSize = None,
+                 ) -> Response:
     body = await read_body(request, settings.max_body_bytes)
     if isinstance(body, dict) and idempotency_key is None:
         idempotency_key = body.get("idempotency_key")
@@ -151,9 +159,17 @@ async def report(name: NamePath, request: Request, service: Service, settings: S
     if idempotency_key is not None and has_control_characters(idempotency_key):
         raise InvalidRequest("the idempotency key must not contain control characters",
                              {"field": "idempotency_key"})
-    ack = await run_in_threadpool(service.report, name, body, idempotency_key)
-    request.app.state.metrics.reports.labels(name).inc()
-    return schemas.ReportAckOut(seq=ack.seq, replayed=ack.replayed)
+    if next_size is not None and next_step is None:
+        raise InvalidRequest("next_size needs next_step", {"field": "next_size"})
+    ask = None if next_step is None else NextBatch(next_step, next_size)
+    ack = await run_in_threadpool(service.report, name, body, idempotency_key, ask)
+    metrics = request.app.state.metrics
+    metrics.reports.labels(name).inc()
+    out: dict[str, Any] = {"seq": ack.seq, "replayed": ack.replayed}
+    if ack.batch is not None:  # only when asked for: the plain ack keeps its shape
+        metrics.batches.labels(name).inc()
+        out["batch"] = _batch_out(service, name, ack.batch)
+    return _json(out)
 
 
 @router.post("/curricula/{name}/batches", response_model=schemas.BatchOut,
@@ -161,18 +177,26 @@ async def report(name: NamePath, request: Request, service: Service, settings: S
 def next_batch(name: NamePath, body: schemas.BatchRequest, request: Request, service: Service,
                _: WriteScope) -> Response:
     batch = service.next_batch(name, body.run_id, body.step, body.size)
-    objectives, distributions = service.names(name)
     request.app.state.metrics.batches.labels(name).inc()
-    # Rendered here rather than through the response model: validating and serialising
-    # a thousand indices one by one costs more than proposing them. The shape is the
-    # `BatchOut` schema (the OpenAPI contract; tests check responses against it).
-    out = {
+    return _json(_batch_out(service, name, batch))
+
+
+def _batch_out(service: PacelineService, name: str, batch: Batch) -> dict[str, Any]:
+    """A batch in the `BatchOut` shape, built directly rather than through the response
+    model: validating and serialising a thousand indices one by one costs more than
+    proposing them. (`BatchOut` stays the OpenAPI contract; tests check responses
+    against it.)"""
+    objectives, distributions = service.names(name)
+    return {
         "run_id": batch.run_id, "step": batch.step, "indices": batch.indices.tolist(),
         "reward_weights": dict(zip(objectives, batch.reward_weights.tolist(), strict=True)),
         "reward_scale": float(batch.reward_scale),
         "loss_weights": None if batch.loss_weights is None else batch.loss_weights.tolist(),
         "probabilities": dict(zip(distributions, batch.probabilities.tolist(), strict=True)),
         "skipped_zero_variance": int(batch.skipped_zero_variance), "seq": int(batch.clock)}
+
+
+def _json(out: dict[str, Any]) -> Response:
     return Response(json.dumps(out, allow_nan=False, separators=(",", ":")),
                     media_type="application/json")
 

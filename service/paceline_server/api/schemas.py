@@ -78,11 +78,6 @@ class RunList(BaseModel):
     runs: list[RunOut]
 
 
-class ReportAckOut(BaseModel):
-    seq: int
-    replayed: bool = Field(description="true when this answers a retry of an applied report")
-
-
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,6 +96,14 @@ class BatchOut(BaseModel):
     probabilities: dict[str, float]
     skipped_zero_variance: int
     seq: int = Field(description="sequence number of the state the batch was computed at")
+
+
+class ReportAckOut(BaseModel):
+    seq: int
+    replayed: bool = Field(description="true when this answers a retry of an applied report")
+    batch: BatchOut | None = Field(
+        None, description="the batch of (run_id, next_step); present only when the report "
+        "asked for it")
 
 
 class HealthOut(BaseModel):

@@ -61,6 +61,15 @@ _log = logging.getLogger(__name__)
 class ReportAck:
     seq: int
     replayed: bool  # True when this answers a retry of an already applied report
+    batch: Batch | None = None  # the next batch, when the report asked for it
+
+
+@dataclass(frozen=True)
+class NextBatch:
+    """A report's request for the batch of (its run, `step`), served with the ack."""
+
+    step: int
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -184,8 +193,15 @@ class PacelineService:
 
     # ---------------------------------------------------------------- reports
     def report(self, name: str, body: Mapping[str, Any],
-               idempotency_key: str | None = None) -> ReportAck:
+               idempotency_key: str | None = None,
+               next_batch: NextBatch | None = None) -> ReportAck:
         """Validate, then append and fold the report; the ack means it is committed.
+
+        With `next_batch` the ack also carries the batch of (the report's run,
+        `next_batch.step`): one call per training step instead of two. It is proposed
+        right after this report is folded and stored in the same transaction, so it is
+        exactly the batch a separate `next_batch` call would then return (and returns
+        later); a retried report returns the batch stored by its first attempt.
 
         Concurrent reports to one curriculum are committed together (group commit): each
         request queues its validated report on the cached engine, and whichever request
@@ -204,14 +220,18 @@ class PacelineService:
                                  {"field": "idempotency_key"})
         cached = self.engines.entry(record)
         report = parse_report(body, cached.spec)
+        if next_batch is not None:  # refused before anything is applied
+            cached.engine.check_batch_request(report.run_id, next_batch.step, next_batch.size)
         self._check_run(record, report.run_id)
-        item = _PendingReport(report, encode_report(report), idempotency_key)
+        item = _PendingReport(report, encode_report(report), idempotency_key, next_batch)
         stamp = curriculum_stamp(record.created_at)
         if item.key is not None and self.coordinator.caches_acks:
             item.digest = _digest(item.payload)
             hit = self.coordinator.cached_ack(name, stamp, item.key)
             if hit is not None and hit[1] == item.digest:  # else the log decides
-                return ReportAck(hit[0], replayed=True)
+                batch = None if next_batch is None else self.next_batch(
+                    name, report.run_id, next_batch.step, next_batch.size)
+                return ReportAck(hit[0], replayed=True, batch=batch)
         with cached.pending_guard:
             cached.pending.append(item)
         with cached.commit_lock:
@@ -262,6 +282,11 @@ class PacelineService:
 
     def _append(self, writer: CurriculumWriter, cached: CachedEngine,
                 item: _PendingReport) -> ReportAck:
+        stored = None
+        if item.next is not None:  # a conflicting stored batch refuses the whole report
+            stored = writer.get_batch(item.report.run_id, item.next.step)
+            if stored is not None:
+                _check_size(decode_batch(stored.payload), item.next.size)
         if item.key is not None:
             previous = writer.find_by_key(item.key)
             if previous is not None:
@@ -269,13 +294,31 @@ class PacelineService:
                     raise IdempotencyConflict(
                         "idempotency key was used for a different report",
                         {"idempotency_key": item.key, "seq": previous.seq})
-                return ReportAck(previous.seq, replayed=True)
+                return ReportAck(previous.seq, replayed=True,
+                                 batch=self._batch_in(writer, cached, item, stored))
         cached.engine.apply(item.report)
         seq = writer.append("report", item.report.run_id, item.report.step, item.key,
                             item.payload, checked=True)
         if seq % self.settings.snapshot_every == 0:
             writer.put_snapshot(seq, cached.engine.to_bytes())
-        return ReportAck(seq, replayed=False)
+        return ReportAck(seq, replayed=False,
+                         batch=self._batch_in(writer, cached, item, stored))
+
+    @staticmethod
+    def _batch_in(writer: CurriculumWriter, cached: CachedEngine, item: _PendingReport,
+                  stored: BatchRecord | None) -> Batch | None:
+        """The batch the report asked for: the stored one, or proposed now (the engine has
+        folded through `writer.head_seq`) and stored with the report."""
+        if item.next is None:
+            return None
+        if stored is not None:
+            return decode_batch(stored.payload)
+        run_id, step = item.report.run_id, item.next.step
+        batch = cached.engine.next_batch(run_id, step, item.next.size)
+        payload = encode_batch(batch)
+        stored = writer.put_batch(BatchRecord(run_id=run_id, step=step,
+                                              seq=writer.head_seq, payload=payload))
+        return batch if stored.payload == payload else decode_batch(stored.payload)
 
     # ---------------------------------------------------------------- batches
     def next_batch(self, name: str, run_id: str, step: int,
@@ -300,10 +343,7 @@ class PacelineService:
                 batch = decode_batch(stored.payload)  # another request stored it first
         else:
             batch = decode_batch(stored.payload)
-        if size is not None and size != batch.indices.size:
-            raise IdempotencyConflict(
-                f"step {step} of run {run_id!r} was already served with size "
-                f"{batch.indices.size}", {"step": step, "size": int(batch.indices.size)})
+        _check_size(batch, size)
         return batch
 
     # ---------------------------------------------------------------- inspection
@@ -344,10 +384,19 @@ class _PendingReport:
     report: Report
     payload: bytes
     key: str | None
+    next: NextBatch | None = None
     digest: bytes = b""  # sha-256 of payload, computed only for the ack cache
     done: bool = False
     ack: ReportAck | None = None
     error: BaseException | None = None
+
+
+def _check_size(batch: Batch, size: int | None) -> None:
+    """A step is served once: asking again with another size is a conflict."""
+    if size is not None and size != batch.indices.size:
+        raise IdempotencyConflict(
+            f"step {batch.step} of run {batch.run_id!r} was already served with size "
+            f"{batch.indices.size}", {"step": batch.step, "size": int(batch.indices.size)})
 
 
 def _digest(payload: bytes) -> bytes:

@@ -195,8 +195,7 @@ class CurriculumEngine:
     # ------------------------------------------------------------------ propose
     def next_batch(self, run_id: str, step: int, size: int | None = None) -> Batch:
         """The batch run `run_id` should train on at `step` (does not change state)."""
-        size = self.spec.batch_size if size is None else size
-        self._check_request(run_id, step, size)
+        size = self.check_batch_request(run_id, step, size)
         parts = self._parts
         decision = self.weighting.current(parts.weighting)
         ctx = self._propose_context(step, decision.weights)
@@ -227,7 +226,11 @@ class CurriculumEngine:
                               posteriors=parts.posteriors, accept=accept,
                               max_redraws=max_redraws)
 
-    def _check_request(self, run_id: str, step: int, size: int) -> None:
+    def check_batch_request(self, run_id: str, step: int, size: int | None = None) -> int:
+        """Validate a batch request without proposing; returns the size (the curriculum's
+        batch size when None). Lets a report that asks for its next batch be refused
+        before it is applied."""
+        size = self.spec.batch_size if size is None else size
         if not isinstance(run_id, str) or not run_id or len(run_id) > MAX_RUN_ID:
             raise InvalidRequest(f"run_id must be a non-empty string of at most {MAX_RUN_ID} "
                                  "characters", {"field": "run_id"})
@@ -239,6 +242,7 @@ class CurriculumEngine:
                 or not 1 <= size <= n:
             raise InvalidRequest(f"batch size must be an integer in [1, {n}]; got {size!r}",
                                  {"field": "size", "maximum": n})
+        return int(size)
 
     # ------------------------------------------------------------------ inspect
     def inspect(self) -> CurriculumInspection:

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from paceline_server.api.errors import grpc_status_of, retryable, status_of
 from paceline_server.api.metrics import Metrics
-from paceline_server.app.service import PacelineService, RunStatus
+from paceline_server.app.service import NextBatch, PacelineService, RunStatus
 from paceline_server.domain.errors import (
     Forbidden,
     InvalidRequest,
@@ -184,11 +184,24 @@ class PacelineHandlers:
     # ------------------------------------------------------------ reports and batches
     def report(self, request: pb.ReportRequest, context: grpc.ServicerContext
                ) -> pb.ReportAck:
+        ask = None
+        if request.HasField("next_step"):
+            ask = NextBatch(convert.check_range(request.next_step, "next_step", 0),
+                            convert.check_range(request.next_size, "next_size", 1)
+                            if request.HasField("next_size") else None)
+        elif request.HasField("next_size"):
+            raise InvalidRequest("next_size needs next_step", {"field": "next_size"})
         ack = self.service.report(request.curriculum, convert.report_body(request),
-                                  request.idempotency_key or None)
+                                  request.idempotency_key or None, ask)
+        answer = pb.ReportAck(seq=ack.seq, replayed=ack.replayed)
+        if ack.batch is not None:
+            objectives, distributions = self.service.names(request.curriculum)
+            answer.batch.CopyFrom(convert.batch(ack.batch, objectives, distributions))
         if self.metrics is not None:
             self.metrics.reports.labels(request.curriculum).inc()
-        return pb.ReportAck(seq=ack.seq, replayed=ack.replayed)
+            if ack.batch is not None:
+                self.metrics.batches.labels(request.curriculum).inc()
+        return answer
 
     def next_batch(self, request: pb.NextBatchRequest, context: grpc.ServicerContext
                    ) -> pb.Batch:

@@ -110,6 +110,16 @@ class CurriculumWriter(ABC):
         """Store engine state after event `seq` (replacing older snapshots beyond the
         configured number kept)."""
 
+    @abstractmethod
+    def get_batch(self, run_id: str, step: int) -> BatchRecord | None:
+        """The batch stored for (run, step), if any."""
+
+    @abstractmethod
+    def put_batch(self, record: BatchRecord) -> BatchRecord:
+        """Store an issued batch in this transaction (it commits, durably, with the
+        block); when (run, step) is stored already, return the stored one (first writer
+        wins, as `Store.put_batch`)."""
+
 
 class Store(ABC):
     """Persistence for curricula, runs, events, snapshots and issued batches."""

@@ -41,6 +41,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -87,6 +88,27 @@ _SQLITE_BEGIN = "paceline_sqlite_begin"
 EVENT_PAGE_SIZE = 128
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SQLITE_SYNC = {"OFF", "NORMAL", "FULL", "EXTRA"}
+
+# The statements of the report/batch hot path, built once with bound parameters: building
+# an expression per call (and deriving its cache key) cost more than running it.
+_c, _b, _e = t.curricula, t.batches, t.events
+_HEAD = select(_c.c.created_at, _c.c.head_seq).where(_c.c.name == bindparam("name"))
+_CURRICULUM_ROW = select(_c.c.id, _c.c.head_seq).where(_c.c.name == bindparam("name"))
+# FOR NO KEY UPDATE on PostgreSQL (ignored by SQLite, which is already locked).
+_CURRICULUM_ROW_LOCKED = _CURRICULUM_ROW.with_for_update(key_share=True)
+_LOOKUP_BATCH = select(_c.c.created_at, _c.c.head_seq, _b.c.seq, _b.c.payload).select_from(
+    _c.outerjoin(_b, (_b.c.curriculum_id == _c.c.id) & (_b.c.run_id == bindparam("run_id"))
+                 & (_b.c.step == bindparam("step")))).where(_c.c.name == bindparam("name"))
+_SELECT_BATCH = select(_b.c.seq, _b.c.payload).where(
+    _b.c.curriculum_id == bindparam("cid"), _b.c.run_id == bindparam("run_id"),
+    _b.c.step == bindparam("step"))
+_EVENT_COLUMNS = (_e.c.seq, _e.c.kind, _e.c.run_id, _e.c.step, _e.c.idempotency_key,
+                  _e.c.payload, _e.c.created_at)
+_FIND_BY_KEY = select(*_EVENT_COLUMNS).where(
+    _e.c.curriculum_id == bindparam("cid"), _e.c.idempotency_key == bindparam("key"))
+_INSERT_EVENT = insert(_e)
+_SET_HEAD = update(_c).where(_c.c.id == bindparam("cid")).values(
+    head_seq=bindparam("new_head"))
 
 
 def _now() -> datetime:
@@ -321,6 +343,8 @@ class SqlStore(Store):
             connect_timeout=connect_timeout, sqlite_synchronous=sqlite_synchronous, echo=echo)
         self.dialect = self.engine.dialect.name
         self._local_locks = _KeyedLocks()
+        self._insert_batch = self._insert(t.batches).on_conflict_do_nothing(
+            index_elements=["curriculum_id", "run_id", "step"])
         try:
             # Imported here: migrate builds engines with this module's create_sql_engine.
             from paceline_server.store.migrate import check_schema, upgrade
@@ -387,12 +411,8 @@ class SqlStore(Store):
     @staticmethod
     def _curriculum_row(conn: Connection, name: str, *,
                         lock: bool = False) -> _Row:
-        query = select(t.curricula.c.id, t.curricula.c.head_seq).where(
-            t.curricula.c.name == name)
-        if lock:
-            # FOR NO KEY UPDATE on PostgreSQL (ignored by SQLite, which is already locked).
-            query = query.with_for_update(key_share=True)
-        row = conn.execute(query).one_or_none()
+        query = _CURRICULUM_ROW_LOCKED if lock else _CURRICULUM_ROW
+        row = conn.execute(query, {"name": name}).one_or_none()
         if row is None:
             raise CurriculumNotFound(f"curriculum {name!r} not found", {"curriculum": name})
         return row
@@ -438,8 +458,7 @@ class SqlStore(Store):
 
     def head(self, name: str) -> CurriculumHead:
         with self._read() as conn:
-            row = conn.execute(select(t.curricula.c.created_at, t.curricula.c.head_seq).where(
-                t.curricula.c.name == name)).one_or_none()
+            row = conn.execute(_HEAD, {"name": name}).one_or_none()
         if row is None:
             raise CurriculumNotFound(f"curriculum {name!r} not found", {"curriculum": name})
         return CurriculumHead(name=name, created_at=row.created_at,
@@ -541,8 +560,7 @@ class SqlStore(Store):
             finally:
                 handle._active = False
 
-    _EVENT_COLUMNS = (t.events.c.seq, t.events.c.kind, t.events.c.run_id, t.events.c.step,
-                      t.events.c.idempotency_key, t.events.c.payload, t.events.c.created_at)
+    _EVENT_COLUMNS = _EVENT_COLUMNS
 
     @staticmethod
     def _event_record(row: _Row) -> EventRecord:
@@ -624,12 +642,9 @@ class SqlStore(Store):
     def lookup_batch(self, name: str, run_id: str,
                      step: int) -> tuple[CurriculumHead, BatchRecord | None]:
         """One statement: the curriculum row left-joined with the batch of (run, step)."""
-        c, b = t.curricula, t.batches
-        joined = c.outerjoin(b, (b.c.curriculum_id == c.c.id) & (b.c.run_id == run_id)
-                             & (b.c.step == step))
         with self._read() as conn:
-            row = conn.execute(select(c.c.created_at, c.c.head_seq, b.c.seq, b.c.payload)
-                               .select_from(joined).where(c.c.name == name)).one_or_none()
+            row = conn.execute(_LOOKUP_BATCH, {"name": name, "run_id": run_id,
+                                               "step": step}).one_or_none()
         if row is None:
             raise CurriculumNotFound(f"curriculum {name!r} not found", {"curriculum": name})
         head = CurriculumHead(name=name, created_at=row.created_at, head_seq=int(row.head_seq))
@@ -640,9 +655,8 @@ class SqlStore(Store):
 
     @staticmethod
     def _select_batch(conn: Connection, cid: int, run_id: str, step: int) -> BatchRecord | None:
-        row = conn.execute(select(t.batches.c.seq, t.batches.c.payload).where(
-            t.batches.c.curriculum_id == cid, t.batches.c.run_id == run_id,
-            t.batches.c.step == step)).one_or_none()
+        row = conn.execute(_SELECT_BATCH, {"cid": cid, "run_id": run_id,
+                                           "step": step}).one_or_none()
         if row is None:
             return None
         return BatchRecord(run_id=run_id, step=step, seq=int(row.seq),
@@ -656,17 +670,17 @@ class SqlStore(Store):
         statement snapshot under READ COMMITTED, so it sees the winner.)"""
         try:
             with self._write(durable=durable) as conn:
-                cid = self._curriculum_id(conn, name)
-                conn.execute(self._insert(t.batches).values(
-                    curriculum_id=cid, run_id=record.run_id, step=record.step, seq=record.seq,
-                    payload=record.payload, created_at=_now())
-                    .on_conflict_do_nothing(
-                        index_elements=["curriculum_id", "run_id", "step"]))
-                stored = self._select_batch(conn, cid, record.run_id, record.step)
+                return self._store_batch(conn, self._curriculum_id(conn, name), record)
         except sa_exc.IntegrityError as exc:  # the curriculum was deleted meanwhile
             raise CurriculumNotFound(f"curriculum {name!r} not found",
                                      {"curriculum": name}) from exc
-        if stored is None:  # pragma: no cover - impossible after a committed insert
+
+    def _store_batch(self, conn: Connection, cid: int, record: BatchRecord) -> BatchRecord:
+        conn.execute(self._insert_batch, {
+            "curriculum_id": cid, "run_id": record.run_id, "step": record.step,
+            "seq": record.seq, "payload": record.payload, "created_at": _now()})
+        stored = self._select_batch(conn, cid, record.run_id, record.step)
+        if stored is None:  # pragma: no cover - impossible after the insert
             raise RuntimeError("batch vanished right after it was stored")
         return stored
 
@@ -694,9 +708,8 @@ class _SqlWriter(CurriculumWriter):
     def find_by_key(self, idempotency_key: str) -> EventRecord | None:
         self._check()
         with translated_errors():
-            row = self._conn.execute(select(*SqlStore._EVENT_COLUMNS).where(
-                t.events.c.curriculum_id == self._cid,
-                t.events.c.idempotency_key == idempotency_key)).one_or_none()
+            row = self._conn.execute(_FIND_BY_KEY, {"cid": self._cid,
+                                                    "key": idempotency_key}).one_or_none()
         return None if row is None else SqlStore._event_record(row)
 
     def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,
@@ -712,9 +725,10 @@ class _SqlWriter(CurriculumWriter):
                     {"idempotency_key": idempotency_key, "seq": previous.seq})
         seq = self._head + 1
         with translated_errors():
-            self._conn.execute(insert(t.events).values(
-                curriculum_id=self._cid, seq=seq, kind=kind, run_id=run_id, step=step,
-                idempotency_key=idempotency_key, payload=bytes(payload), created_at=_now()))
+            self._conn.execute(_INSERT_EVENT, {
+                "curriculum_id": self._cid, "seq": seq, "kind": kind, "run_id": run_id,
+                "step": step, "idempotency_key": idempotency_key, "payload": bytes(payload),
+                "created_at": _now()})
         self._head = seq
         return seq
 
@@ -738,9 +752,18 @@ class _SqlWriter(CurriculumWriter):
             self._conn.execute(delete(snapshots).where(snapshots.c.curriculum_id == self._cid,
                                                        snapshots.c.seq < oldest_kept))
 
+    def get_batch(self, run_id: str, step: int) -> BatchRecord | None:
+        self._check()
+        with translated_errors():
+            return SqlStore._select_batch(self._conn, self._cid, run_id, step)
+
+    def put_batch(self, record: BatchRecord) -> BatchRecord:
+        self._check()
+        with translated_errors():
+            return self._store._store_batch(self._conn, self._cid, record)
+
     def _finish(self) -> None:
         """Publish the new head with the events (same transaction, just before commit)."""
         if self._head != self._start_seq:
             with translated_errors():
-                self._conn.execute(update(t.curricula).where(t.curricula.c.id == self._cid)
-                                   .values(head_seq=self._head))
+                self._conn.execute(_SET_HEAD, {"cid": self._cid, "new_head": self._head})
