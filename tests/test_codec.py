@@ -1,8 +1,10 @@
-"""Stored payloads: exact round trips, equal content gives equal bytes, the first
-release's `.npz` payloads still decode, and garbage is StateCorrupt, never a crash."""
+"""Stored payloads: exact round trips, equal content gives equal bytes, compact reports
+(narrow exact types, group sizes), earlier releases' payloads still decode, and garbage
+is StateCorrupt, never a crash."""
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from paceline_server.app.codec import (
     decode_report,
     encode_batch,
     encode_report,
+    same_report,
 )
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import StateCorrupt
@@ -24,7 +27,7 @@ def report(**extra: object) -> Report:
     fields: dict[str, object] = {
         "run_id": "run-é", "step": 7, "indices": np.array([3, 9, 4], dtype=np.int64),
         "group_of": np.repeat(np.arange(3, dtype=np.int64), 2),
-        "rewards": rng.random((6, 2)).astype(np.float32)}
+        "rewards": rng.random((6, 2))}
     fields.update(extra)
     return Report(**fields)  # type: ignore[arg-type]
 
@@ -57,6 +60,70 @@ def test_report_round_trip_is_exact() -> None:
         assert_reports_equal(decoded, original)
         assert decoded.rewards.flags.writeable  # not a view on the stored bytes
         assert encode_report(decoded) == data  # equal content, equal bytes
+
+
+def stored_dtypes(data: bytes) -> dict[str, str]:
+    fields = msgpack.unpackb(data[len(MAGIC):])
+    return {k: v["d"] for k, v in fields.items() if isinstance(v, dict)}
+
+
+@pytest.mark.parametrize(("values", "stored"), [
+    (np.array([0.0, 1.0, -3.0, 127.0]), "|i1"),
+    (np.array([0.5, 1.0, -3.25, 2.0 ** 100]), "<f4"),
+    (np.array([0.5, 1e30]), "<f8"),  # 1e30 as a double is not a float32
+    (np.array([0.1, 1.0]), "<f8"),
+    (np.array([0.0, -0.0]), "<f4"),  # int8 would lose the sign of -0.0
+    (np.array([128.0, 1.0]), "<f4"),  # out of int8's range
+    (np.array([np.nan, 1.0]), "<f4"),
+    (np.array([np.inf, 1.0]), "<f4"),
+    (np.array([1e300, 1.0]), "<f8"),
+    (np.array([2.0 ** -140, 1.0]), "<f4"),  # a float32 subnormal
+    (np.array([2.0 ** -1074, 1.0]), "<f8"),  # a float64 subnormal
+])
+def test_floats_are_stored_in_the_narrowest_exact_type(values: np.ndarray,
+                                                       stored: str) -> None:
+    original = report(rewards=np.resize(values, 12).reshape(6, 2),
+                      advantages=np.resize(values, 6))
+    data = encode_report(original)
+    assert stored_dtypes(data)["rewards"] == stored
+    decoded = decode_report(data)
+    assert decoded.rewards.dtype == np.float64
+    # Bit for bit: the sign of zero and NaN payloads included.
+    assert decoded.rewards.tobytes() == original.rewards.tobytes()
+    assert decoded.advantages is not None and original.advantages is not None
+    assert decoded.advantages.tobytes() == original.advantages.tobytes()
+    assert encode_report(decoded) == data
+
+
+def test_a_large_binary_report_is_compact() -> None:
+    rng = np.random.default_rng(0)
+    big = Report(run_id="r", step=0, indices=np.arange(1024, dtype=np.int64),
+                 group_of=np.repeat(np.arange(1024, dtype=np.int64), 8),
+                 rewards=rng.integers(0, 2, (8192, 3)).astype(np.float64))
+    data = encode_report(big)
+    assert len(data) < 45_000  # 270 KB as float64 rewards and an int64 group column
+    assert "group_of" not in stored_dtypes(data)
+    assert_reports_equal(decode_report(data), big)
+
+
+def test_reports_of_the_previous_format_decode_and_compare_equal() -> None:
+    """Events written before the compact format (float64 arrays and the group column)
+    decode to the same report, and a retry after an upgrade is recognised as the same
+    report though its bytes differ."""
+    original = report(advantages=np.linspace(-1, 1, 6))
+    previous = MAGIC + msgpack.packb({
+        "run_id": original.run_id, "step": original.step,
+        **{name: {"d": value.dtype.str, "s": list(value.shape), "b": value.tobytes()}
+           for name, value in (("indices", original.indices),
+                               ("group_of", original.group_of),
+                               ("rewards", original.rewards),
+                               ("advantages", original.advantages))}}, use_bin_type=True)
+    assert previous != encode_report(original)
+    assert_reports_equal(decode_report(previous), original)
+    assert same_report(previous, original)
+    assert not same_report(previous, report(advantages=np.linspace(-1, 1, 6) * 2))
+    assert not same_report(previous, report(step=8, advantages=np.linspace(-1, 1, 6)))
+    assert not same_report(b"junk", original)
 
 
 def test_big_endian_arrays_are_stored_little_endian() -> None:

@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 
 from api_support import SPEC
-from paceline_server.app.codec import decode_report
+from paceline_server.app.codec import MAGIC, decode_report
+from paceline_server.app.reports import parse_report
 from paceline_server.app.service import NextBatch, PacelineService
 from paceline_server.domain.errors import IdempotencyConflict, Unavailable
 from paceline_server.engine import CurriculumEngine
@@ -180,3 +182,23 @@ def test_grouped_reports_get_the_batch_of_their_own_position(
         proposals.append(engine.next_batch("a", 1).indices)
     # The sampler follows the folds, so the position in the group matters.
     assert not np.array_equal(proposals[0], proposals[-1])
+
+
+def test_retry_of_a_report_stored_in_the_previous_format_is_replayed(
+        setup: tuple[PacelineService, FailingStore]) -> None:
+    """A report logged by an earlier release (float64 arrays, group column) and retried
+    after an upgrade is the same report: answered as a replay, not a key conflict."""
+    service, _ = setup
+    indices = service.next_batch("math", "r", 0).indices
+    report = parse_report(body(indices, 0, seed=0), service.engine("math").spec)
+    old = MAGIC + msgpack.packb({
+        "run_id": "r", "step": 0, **{
+            name: {"d": value.dtype.str, "s": list(value.shape), "b": value.tobytes()}
+            for name, value in (("indices", report.indices), ("group_of", report.group_of),
+                                ("rewards", report.rewards))}}, use_bin_type=True)
+    with service.store.writer("math") as writer:
+        writer.append("report", "r", 0, "key-0", old)
+    ack = service.report("math", body(indices, 0, seed=0), "key-0")
+    assert (ack.seq, ack.replayed) == (1, True)
+    with pytest.raises(IdempotencyConflict):
+        service.report("math", body(indices, 0, seed=1), "key-0")

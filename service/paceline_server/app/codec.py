@@ -5,6 +5,13 @@ Payloads are msgpack maps of typed arrays (dtype, shape, little-endian bytes) be
 it), and a 1024 × 8 × 3 report encodes and decodes in tens of microseconds, where the
 `.npz` container of the first release took about a millisecond on the hot path. Payloads
 written by that release (a zip archive, magic `PK`) still decode.
+
+Reports are stored compactly but exactly, because every report is written to the log
+(a 1024 × 8 × 3 report was 270 KB, most of a commit's cost): float arrays in the
+narrowest of int8 / float32 / float64 that gives back every value bit for bit (binary
+and small integer rewards fit int8), and the sorted group column as group sizes.
+Decoding gives back the very same float64 values, so a replay folds exactly what the
+live engine folded.
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ from paceline_server.domain.report import Report
 MAGIC = b"PLM1"
 _NPZ_MAGIC = b"PK"
 
-_REPORT_ARRAYS = ("indices", "group_of", "rewards", "advantages", "grad_products",
-                  "eval_objectives")
+_REPORT_FLOATS = ("rewards", "advantages", "grad_products", "eval_objectives")
+_NARROWER = (np.dtype(np.int8), np.dtype(np.float32))
 _BATCH_ARRAYS = ("indices", "reward_weights", "loss_weights", "probabilities")
 
 
@@ -82,26 +89,75 @@ def _from_npz(data: bytes) -> dict[str, Any]:
     return fields
 
 
+def _exact(array: np.ndarray) -> np.ndarray:
+    """float64 `array` in the narrowest type it round-trips through bit for bit (so -0.0,
+    fractions and out-of-range values rule int8 out; only float64 holds every value)."""
+    if array.dtype.kind == "f" and array.dtype.itemsize == 8:
+        array = array.astype(np.float64, copy=False)  # native byte order
+        bits = array.view(np.int64)
+        for dtype in _NARROWER:
+            with np.errstate(over="ignore", invalid="ignore"):
+                narrow = array.astype(dtype)
+                if np.array_equal(narrow.astype(np.float64).view(np.int64), bits):
+                    return narrow
+    return array
+
+
 def encode_report(report: Report) -> bytes:
-    fields: dict[str, Any] = {"run_id": report.run_id, "step": int(report.step)}
-    for name in _REPORT_ARRAYS:
+    """Equal reports give equal bytes (the idempotency check compares them)."""
+    fields: dict[str, Any] = {"run_id": report.run_id, "step": int(report.step),
+                              "indices": _pack_array(report.indices)}
+    group_of = report.group_of
+    sizes = np.bincount(group_of, minlength=report.indices.size) if group_of.size \
+        and group_of.min() >= 0 else None
+    if sizes is not None and np.array_equal(
+            np.repeat(np.arange(sizes.size, dtype=np.int64), sizes), group_of):
+        fields["group_sizes"] = _pack_array(sizes.astype(np.int64))
+    else:  # not in canonical order (refused by validation later): stored as is
+        fields["group_of"] = _pack_array(group_of)
+    for name in _REPORT_FLOATS:
         value = getattr(report, name)
         if value is not None:
-            fields[name] = _pack_array(value)
+            fields[name] = _pack_array(_exact(value))
     return _pack(fields)
 
 
 def decode_report(data: bytes) -> Report:
     fields = _fields(data)
     try:
-        return Report(
-            run_id=str(fields["run_id"]), step=int(fields["step"]),
-            indices=fields["indices"], group_of=fields["group_of"],
-            rewards=fields["rewards"], advantages=fields.get("advantages"),
-            grad_products=fields.get("grad_products"),
-            eval_objectives=fields.get("eval_objectives"))
-    except KeyError as exc:
-        raise StateCorrupt(f"stored report lacks {exc}") from exc
+        if "group_sizes" in fields:
+            sizes = fields["group_sizes"]
+            group_of = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
+        else:
+            group_of = fields["group_of"]
+        floats = {name: None if fields.get(name) is None
+                  else fields[name].astype(np.float64) for name in _REPORT_FLOATS[1:]}
+        return Report(run_id=str(fields["run_id"]), step=int(fields["step"]),
+                      indices=fields["indices"], group_of=group_of,
+                      rewards=fields["rewards"].astype(np.float64),
+                      advantages=floats["advantages"],
+                      grad_products=floats["grad_products"],
+                      eval_objectives=floats["eval_objectives"])
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:
+        raise StateCorrupt(f"stored report is malformed: {exc}") from exc
+
+
+def same_report(stored: bytes, report: Report) -> bool:
+    """Whether a stored report payload holds `report` (for payloads whose bytes differ
+    only because an earlier release encoded them differently)."""
+    try:
+        old = decode_report(stored)
+    except StateCorrupt:
+        return False
+    if (old.run_id, old.step) != (report.run_id, report.step):
+        return False
+    return all(
+        (a is None and b is None) or (a is not None and b is not None
+                                      and a.shape == b.shape and np.array_equal(a, b))
+        for a, b in ((old.indices, report.indices), (old.group_of, report.group_of),
+                     (old.rewards, report.rewards), (old.advantages, report.advantages),
+                     (old.grad_products, report.grad_products),
+                     (old.eval_objectives, report.eval_objectives)))
 
 
 def encode_batch(batch: Batch) -> bytes:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from paceline_server.app.codec import decode_batch, encode_batch, encode_report
+from paceline_server.app.codec import decode_batch, encode_batch, encode_report, same_report
 from paceline_server.app.coordination import (
     Coordinator,
     coordinator_from_settings,
@@ -290,7 +290,9 @@ class PacelineService:
         if item.key is not None:
             previous = writer.find_by_key(item.key)
             if previous is not None:
-                if previous.payload != item.payload:  # equal content encodes to equal bytes
+                # Equal content encodes to equal bytes (unless an older release wrote it).
+                if previous.payload != item.payload \
+                        and not same_report(previous.payload, item.report):
                     raise IdempotencyConflict(
                         "idempotency key was used for a different report",
                         {"idempotency_key": item.key, "seq": previous.seq})
