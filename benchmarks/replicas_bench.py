@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service_bench import _throughput_worker, free_port, pg_schema, spec
+from service_bench import STARTUP_S, _throughput_worker, free_port, pg_schema, spec
 
 REDIS = "redis://127.0.0.1:6379/0"
 COUNTERS = ("paceline_write_leases_total", "paceline_background_catch_ups_total",
@@ -150,7 +150,7 @@ def case(replicas: int, mode: str, runs: int, seconds: float) -> dict[str, Any]:
             w.start()
         stats = [f"/proc/{process.pid}/stat" for _, process in started]
         before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start.wait()
+        start.wait(STARTUP_S)  # a trainer that died on the way breaks the barrier
         began = time.perf_counter()
         cpu = (sum(map(_cpu_seconds, stats)), servers_cpu(), machine_jiffies())
         # The trainers' start-up (interpreter, imports, first batch) is not cycle work.

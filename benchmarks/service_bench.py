@@ -33,6 +33,7 @@ import numpy as np
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 N, B, G, K = 100_000, 1024, 8, 3
+STARTUP_S = 120.0  # longest wait for the trainer processes to start
 
 
 def free_port() -> int:
@@ -41,8 +42,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far; None where /proc is absent."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def server(url: str, workers: int) -> Iterator[str]:
+def server(url: str, workers: int) -> Iterator[tuple[str, int]]:
     port = free_port()
     env = {**os.environ, "PACELINE_DATABASE_URL": url, "PACELINE_AUTO_MIGRATE": "true",
            "PACELINE_LOG_LEVEL": "warning", "PACELINE_WORKERS": str(workers)}
@@ -56,7 +67,7 @@ def server(url: str, workers: int) -> Iterator[str]:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        yield base
+        yield base, process.pid
     finally:
         process.terminate()
         process.wait(10)
@@ -147,8 +158,8 @@ def latency_case(base: str, backend: str, encoding: str, cycles: int,
             "p99_ms": round(float(np.percentile(warm, 99)), 2)}
 
 
-def _throughput_worker(base: str, name: str, i: int, seconds: float, calls: int,
-                       start: Any, results: Any) -> None:
+def _throughput_worker(base: str, name: str, i: int, seconds: float,
+                       start: Any, results: Any, calls: int = 2) -> None:
     """One trainer: its own process, as real trainers are (threads of one Python process
     would measure the client's GIL, not the service)."""
     rng = np.random.default_rng(i)
@@ -158,7 +169,7 @@ def _throughput_worker(base: str, name: str, i: int, seconds: float, calls: int,
         http.post(f"/v1/curricula/{name}/runs", json={"run_id": run}).raise_for_status()
         indices = http.post(f"/v1/curricula/{name}/batches",
                             json={"run_id": run, "step": 0}).json()["indices"]
-        start.wait()
+        start.wait(STARTUP_S)
         stop = time.perf_counter() + seconds
         step = 0
         while time.perf_counter() < stop:
@@ -169,25 +180,31 @@ def _throughput_worker(base: str, name: str, i: int, seconds: float, calls: int,
 
 
 def throughput_case(base: str, backend: str, runs: int, seconds: float,
-                    calls: int = 2) -> dict[str, Any]:
+                    calls: int = 2, server_pid: int | None = None) -> dict[str, Any]:
     name = f"throughput-{calls}"
     with httpx.Client(base_url=base, timeout=30) as http:
         http.post("/v1/curricula", json=spec(name)).raise_for_status()
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(runs + 1), context.Queue()
     workers = [context.Process(target=_throughput_worker,
-                               args=(base, name, i, seconds, calls, start, results))
+                               args=(base, name, i, seconds, start, results, calls))
                for i in range(runs)]
     for w in workers:
         w.start()
-    start.wait()
+    start.wait(STARTUP_S)  # a trainer that died on the way breaks the barrier
     began = time.perf_counter()
+    cpu_before = None if server_pid is None else cpu_seconds(server_pid)
     total = sum(results.get(timeout=seconds + 120) for _ in workers)
     elapsed = time.perf_counter() - began
+    cpu_after = None if server_pid is None else cpu_seconds(server_pid)
     for w in workers:
         w.join()
-    return {"case": "concurrent_runs", "backend": backend, "runs": runs, "calls": calls,
-            "cycles": total, "cycles_per_s": round(total / elapsed, 1)}
+    result = {"case": "concurrent_runs", "backend": backend, "runs": runs, "calls": calls,
+              "cycles": total, "cycles_per_s": round(total / elapsed, 1)}
+    if cpu_before is not None and cpu_after is not None and total:
+        # The service's own CPU per cycle (the trainers share the machine's cores).
+        result["server_cpu_ms_per_cycle"] = round((cpu_after - cpu_before) / total * 1e3, 2)
+    return result
 
 
 def main() -> None:
@@ -201,12 +218,12 @@ def main() -> None:
     args = parser.parse_args()
     for backend in args.backends:
         with tempfile.TemporaryDirectory() as tmp, database(backend, tmp) as url, \
-                server(url, args.workers) as base:
+                server(url, args.workers) as (base, pid):
             for encoding, calls in (("json", 2), ("msgpack", 2), ("msgpack", 1)):
                 print(json.dumps(latency_case(base, backend, encoding, args.cycles, calls)),
                       flush=True)
             for calls in (2, 1):
-                result = throughput_case(base, backend, args.runs, args.seconds, calls)
+                result = throughput_case(base, backend, args.runs, args.seconds, calls, pid)
                 print(json.dumps({**result, "workers": args.workers}), flush=True)
 
 

@@ -77,3 +77,21 @@ def test_simulation_quick(tmp_path: Path, extra: list[str]) -> None:
     assert (tmp_path / f"{stem}.md").read_text().count("| uniform |") == 2
     if importlib.util.find_spec("matplotlib") is not None:  # the `bench` extra
         assert (tmp_path / f"{stem}.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_service_bench_tiny() -> None:
+    """Every case of the service benchmark runs against a real server process: round
+    trips with one and two requests per step, and concurrent trainer processes."""
+    rows = [json.loads(line) for line in run(
+        "service_bench.py", "--backends", "sqlite", "--cycles", "8", "--seconds", "1",
+        "--runs", "2")]
+    trips = [(r["encoding"], r["calls"]) for r in rows if r["case"] == "round_trip"]
+    assert trips == [("json", 2), ("msgpack", 2), ("msgpack", 1)]
+    for row in rows:
+        if row["case"] == "round_trip":
+            assert 0 < row["p50_ms"] <= row["p99_ms"]
+    concurrent = [r for r in rows if r["case"] == "concurrent_runs"]
+    assert [r["calls"] for r in concurrent] == [2, 1]
+    assert all(r["runs"] == 2 and r["cycles"] > 0 for r in concurrent)
+    assert all(r.get("server_cpu_ms_per_cycle", 1.0) > 0 for r in concurrent)

@@ -202,3 +202,30 @@ def test_retry_of_a_report_stored_in_the_previous_format_is_replayed(
     assert (ack.seq, ack.replayed) == (1, True)
     with pytest.raises(IdempotencyConflict):
         service.report("math", body(indices, 0, seed=1), "key-0")
+
+
+def test_report_after_the_curriculum_was_recreated_elsewhere(
+        setup: tuple[PacelineService, FailingStore], tmp_path: Any) -> None:
+    """Reports use the cached engine without reading the head first; when another
+    process deleted and recreated the curriculum meanwhile, the commit notices (under the
+    lock, before writing) and the report is applied to the new curriculum."""
+    service, _ = setup
+    indices = service.next_batch("math", "r", 0).indices
+    service.report("math", body(indices, 0, seed=0), "a")
+    old = service.engine("math")
+    other_store = open_store(f"sqlite:///{tmp_path / 'g.db'}")
+    try:
+        other = PacelineService(other_store, Settings(database_url="sqlite:///unused.db"))
+        other.delete_curriculum("math")
+        other.create_curriculum({**SPEC, "batch_size": 5})
+        other.attach_run("math", run_id="r")
+    finally:
+        other_store.close()
+    assert service.engines.recent("math") is old  # this process has not noticed yet
+    ack = service.report("math", body(indices[:3], 0, seed=0), "a",
+                         NextBatch(step=1))
+    assert (ack.seq, ack.replayed) == (1, False)  # the new curriculum's first report
+    assert ack.batch is not None and ack.batch.indices.size == 5  # the new spec
+    fresh = service.engine("math")
+    assert fresh is not old and fresh.spec.batch_size == 5
+    assert fresh.engine.to_bytes() == replayed(service)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,6 +75,35 @@ def test_a_hand_written_grpo_loop_trains_and_reports(tmp_path: Path) -> None:
                                    atol=1e-5)
     assert any(np.abs(r.advantages).max() > 0 for r in stored if r.advantages is not None)
     assert torch.count_nonzero(logits.detach()) > 0, "the policy did not train"
+
+
+def test_train_steps_take_one_round_trip_per_step(tmp_path: Path) -> None:
+    """Each step's batch comes with the previous report; a step not reported through
+    `Step.report` makes the next one ask. Either way the batches are the stored ones."""
+    with paceline.Client.embedded(tmp_path / "paceline.db") as client:
+        cur = curriculum(client)
+        with cur.start_run(run_id="trips", heartbeat_interval=None) as run:
+            calls: list[str] = []
+            send = client._send
+
+            def counting(request: Any) -> Any:
+                calls.append(request.path.rsplit("/", 1)[-1])
+                return send(request)
+
+            client._send = counting  # type: ignore[method-assign]
+            steps = []
+            for step in train_steps(run, num_steps=5, size=3):
+                R = torch.ones(3, GROUP, 2)
+                if step.step == 2:  # reported around the helper: no batch handed over
+                    run.report(step.step, step.batch.indices, R)
+                else:
+                    assert step.report(R).batch is not None or step.step == 4
+                steps.append(step)
+            client._send = send  # type: ignore[method-assign]
+            assert calls == ["batches", "reports", "reports", "reports", "batches",
+                             "reports", "reports"]
+            for step in steps:
+                assert step.batch == run.next_batch(step.step, 3)
 
 
 def test_weighted_loss_applies_the_served_loss_weights(tmp_path: Path) -> None:

@@ -391,6 +391,7 @@ class TestBatches:
         store.create_curriculum("math", SPEC)
         first = BatchRecord(run_id="r", step=1, seq=1, payload=b"with-report")
         with store.writer("math") as writer:
+            assert writer.created_at == store.get_curriculum("math").created_at
             assert writer.get_batch("r", 1) is None
             writer.append("report", "r", 0, "k0", b"e")
             assert writer.put_batch(first) == first

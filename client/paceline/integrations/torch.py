@@ -19,7 +19,7 @@ does not.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -161,6 +161,10 @@ class Step:
     run: Run
     step: int
     batch: Batch
+    #: The step whose batch `report` fetches with the ack (None: no next step).
+    next_step: int | None = None
+    next_size: int | None = None
+    _next: list[Batch] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def indices(self) -> torch.Tensor:
@@ -180,14 +184,27 @@ class Step:
 
     def report(self, rewards: Any, advantages: Any = None, **extra: Any) -> ReportAck:
         """Report rewards `[n, g, k]` (and the advantages trained on) for this step; `extra`
-        passes `grad_products` / `eval_objectives` through."""
-        return self.run.report(self.step, indices=self.batch.indices, rewards=rewards,
-                               advantages=advantages, **extra)
+        passes `grad_products` / `eval_objectives` through. The ack brings the next
+        step's batch along (one round trip per step)."""
+        ack = self.run.report(self.step, indices=self.batch.indices, rewards=rewards,
+                              advantages=advantages, next_step=self.next_step,
+                              next_size=self.next_size if self.next_step is not None
+                              else None, **extra)
+        if ack.batch is not None:
+            self._next[:] = [ack.batch]
+        return ack
 
 
 def train_steps(run: Run, num_steps: int, *, start_step: int = 0,
                 size: int | None = None) -> Iterator[Step]:
-    """Steps `start_step .. start_step + num_steps - 1` of `run`, each batch asked for only
-    when the loop reaches it (so it reflects every earlier report)."""
+    """Steps `start_step .. start_step + num_steps - 1` of `run`. Each step's batch comes
+    with the previous step's report (`Step.report`), so it reflects every earlier report;
+    a step that was not reported through `Step.report` makes the next one ask for it."""
+    last = start_step + num_steps - 1
+    batch: Batch | None = None
     for step in range(start_step, start_step + num_steps):
-        yield Step(run, step, run.next_batch(step, size))
+        if batch is None:
+            batch = run.next_batch(step, size)
+        current = Step(run, step, batch, None if step == last else step + 1, size)
+        yield current
+        batch = current._next[0] if current._next else None

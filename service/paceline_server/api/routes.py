@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
+import numpy as np
+import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -184,20 +185,22 @@ def next_batch(name: NamePath, body: schemas.BatchRequest, request: Request, ser
 def _batch_out(service: PacelineService, name: str, batch: Batch) -> dict[str, Any]:
     """A batch in the `BatchOut` shape, built directly rather than through the response
     model: validating and serialising a thousand indices one by one costs more than
-    proposing them. (`BatchOut` stays the OpenAPI contract; tests check responses
-    against it.)"""
+    proposing them (orjson writes the numpy arrays as they are). `BatchOut` stays the
+    OpenAPI contract; tests check responses against it."""
     objectives, distributions = service.names(name)
     return {
-        "run_id": batch.run_id, "step": batch.step, "indices": batch.indices.tolist(),
+        "run_id": batch.run_id, "step": batch.step,
+        "indices": np.ascontiguousarray(batch.indices, dtype=np.int64),
         "reward_weights": dict(zip(objectives, batch.reward_weights.tolist(), strict=True)),
         "reward_scale": float(batch.reward_scale),
-        "loss_weights": None if batch.loss_weights is None else batch.loss_weights.tolist(),
+        "loss_weights": None if batch.loss_weights is None
+        else np.ascontiguousarray(batch.loss_weights, dtype=np.float64),
         "probabilities": dict(zip(distributions, batch.probabilities.tolist(), strict=True)),
         "skipped_zero_variance": int(batch.skipped_zero_variance), "seq": int(batch.clock)}
 
 
 def _json(out: dict[str, Any]) -> Response:
-    return Response(json.dumps(out, allow_nan=False, separators=(",", ":")),
+    return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY),
                     media_type="application/json")
 
 

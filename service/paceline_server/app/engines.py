@@ -101,6 +101,16 @@ class EngineCache:
         raise RuntimeError(f"event log of {name!r} cannot reach seq {head_seq} "
                            f"(stuck at {cached.seq})")
 
+    def recent(self, name: str) -> CachedEngine | None:
+        """The cached entry if any, marked as just used, without touching the store. It
+        may be behind the log, or belong to a curriculum of the same name that was since
+        deleted and recreated elsewhere: writers compare `created_at` under the lock."""
+        with self._guard:
+            cached = self._entries.get(name)
+            if cached is not None:
+                self._entries.move_to_end(name)
+            return cached
+
     def peek(self, name: str) -> CachedEngine | None:
         """The cached entry if any, without touching the store (may be behind the log)."""
         with self._guard:

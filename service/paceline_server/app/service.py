@@ -213,12 +213,26 @@ class PacelineService:
         With a coordinator, a retry whose ack is cached returns before any lock, and the
         request leading a group waits for the cross-replica write lease (not holding the
         engine) before it commits; the ack is cached and the new head announced after.
+
+        A cached engine is used without reading the head first (the commit catches it up
+        under the lock); should the curriculum have been recreated meanwhile, the commit
+        notices and the report is redone on a fresh engine.
         """
-        record = self.store.head(name)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY:
             raise InvalidRequest(f"idempotency key must be 1 to {MAX_KEY} characters",
                                  {"field": "idempotency_key"})
-        cached = self.engines.entry(record)
+        try:
+            return self._report(name, body, idempotency_key, next_batch,
+                                self.engines.recent(name))
+        except _Recreated:
+            self.engines.forget(name)
+            return self._report(name, body, idempotency_key, next_batch, None)
+
+    def _report(self, name: str, body: Mapping[str, Any], idempotency_key: str | None,
+                next_batch: NextBatch | None, cached: CachedEngine | None) -> ReportAck:
+        if cached is None:
+            cached = self.engines.entry(self.store.head(name))
+        record = CurriculumHead(name=name, created_at=cached.created_at, head_seq=cached.seq)
         report = parse_report(body, cached.spec)
         if next_batch is not None:  # refused before anything is applied
             cached.engine.check_batch_request(report.run_id, next_batch.step, next_batch.size)
@@ -263,6 +277,8 @@ class PacelineService:
         is acknowledged, and the engine, which may have folded some, is reloaded."""
         try:
             with self.store.writer(name) as writer:
+                if writer.created_at != cached.created_at:
+                    raise _Recreated(name)
                 self.engines.catch_up(cached, name, writer.head_seq)
                 for item in group:
                     try:
@@ -377,6 +393,11 @@ class PacelineService:
         with cached.lock:
             self.engines.catch_up(cached, name, record.head_seq)
         return cached
+
+
+class _Recreated(Exception):
+    """The cached engine belongs to an earlier curriculum of this name (found under the
+    write lock, so nothing was written): the report is redone on a fresh engine."""
 
 
 @dataclass(eq=False)

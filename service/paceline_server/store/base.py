@@ -92,6 +92,12 @@ class CurriculumWriter(ABC):
     def head_seq(self) -> int:
         """The last committed (or appended in this block) sequence number."""
 
+    @property
+    @abstractmethod
+    def created_at(self) -> datetime:
+        """When the locked curriculum was created: tells it apart from an earlier one of
+        the same name (a cached engine checks it is still the curriculum's)."""
+
     @abstractmethod
     def find_by_key(self, idempotency_key: str) -> EventRecord | None:
         """The event committed earlier with this key, if any."""

@@ -93,7 +93,8 @@ _SQLITE_SYNC = {"OFF", "NORMAL", "FULL", "EXTRA"}
 # an expression per call (and deriving its cache key) cost more than running it.
 _c, _b, _e = t.curricula, t.batches, t.events
 _HEAD = select(_c.c.created_at, _c.c.head_seq).where(_c.c.name == bindparam("name"))
-_CURRICULUM_ROW = select(_c.c.id, _c.c.head_seq).where(_c.c.name == bindparam("name"))
+_CURRICULUM_ROW = select(_c.c.id, _c.c.head_seq, _c.c.created_at).where(
+    _c.c.name == bindparam("name"))
 # FOR NO KEY UPDATE on PostgreSQL (ignored by SQLite, which is already locked).
 _CURRICULUM_ROW_LOCKED = _CURRICULUM_ROW.with_for_update(key_share=True)
 _LOOKUP_BATCH = select(_c.c.created_at, _c.c.head_seq, _b.c.seq, _b.c.payload).select_from(
@@ -553,7 +554,7 @@ class SqlStore(Store):
         (with the new head_seq), roll back if the block raises."""
         with self._write(name) as conn:
             row = self._curriculum_row(conn, name, lock=True)
-            handle = _SqlWriter(self, conn, int(row.id), int(row.head_seq))
+            handle = _SqlWriter(self, conn, int(row.id), int(row.head_seq), row.created_at)
             try:
                 yield handle
                 handle._finish()
@@ -689,10 +690,11 @@ class _SqlWriter(CurriculumWriter):
     """The handle yielded by `SqlStore.writer`: every call runs on the locked transaction."""
 
     def __init__(self, store: SqlStore, conn: Connection, curriculum_id: int,
-                 head_seq: int) -> None:
+                 head_seq: int, created_at: datetime) -> None:
         self._store = store
         self._conn = conn
         self._cid = curriculum_id
+        self._created_at = created_at
         self._start_seq = head_seq
         self._head = head_seq
         self._active = True
@@ -704,6 +706,10 @@ class _SqlWriter(CurriculumWriter):
     @property
     def head_seq(self) -> int:
         return self._head
+
+    @property
+    def created_at(self) -> datetime:
+        return self._created_at
 
     def find_by_key(self, idempotency_key: str) -> EventRecord | None:
         self._check()
