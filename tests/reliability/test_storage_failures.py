@@ -34,10 +34,11 @@ URL = "/v1/curricula/math"
 
 
 def report(step: int, prompts: int = 8, rollouts: int = 64) -> dict[str, Any]:
-    """A report big enough (8 x 64 x 2 floats) to need new database pages."""
+    """A report big enough to need new database pages (8 x 64 arbitrary doubles are
+    stored as they are, 4 KiB; small integers would be stored as bytes)."""
     rng = np.random.default_rng(step)
     rewards = np.stack([rng.integers(0, 2, (prompts, rollouts)),
-                        rng.integers(0, 100, (prompts, rollouts))], axis=-1)
+                        rng.random((prompts, rollouts)) * 100], axis=-1)
     return {"run_id": "run-1", "step": step, "indices": list(range(step, step + prompts)),
             "rewards": rewards.astype(float).tolist()}
 

@@ -53,6 +53,5 @@ async def require_write(request: Request,
 
 
 Service = Annotated[PacelineService, Depends(get_service)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 ReadScope = Annotated[str, Depends(require_read)]
 WriteScope = Annotated[str, Depends(require_write)]

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from paceline_server.api import schemas
 from paceline_server.api.body import read_body
-from paceline_server.api.deps import ReadScope, Service, SettingsDep, WriteScope
+from paceline_server.api.deps import ReadScope, Service, WriteScope
 from paceline_server.app.service import NextBatch, PacelineService, RunStatus
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import InvalidRequest
@@ -145,12 +145,11 @@ REPORT_BODY = {
 @router.post("/curricula/{name}/reports", response_model=schemas.ReportAckOut,
              openapi_extra=REPORT_BODY,
              summary="Report one step's rollouts; retried keys are applied once")
-async def report(name: NamePath, request: Request, service: Service, settings: SettingsDep,
-                 _: WriteScope,
+async def report(name: NamePath, request: Request, service: Service, _: WriteScope,
                  idempotency_key: Annotated[str | None, Header()] = None,
                  next_step: NextStep = None, next_size: NextSize = None,
                  ) -> Response:
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request, service.settings.max_body_bytes)
     if isinstance(body, dict) and idempotency_key is None:
         idempotency_key = body.get("idempotency_key")
         if idempotency_key is not None and not isinstance(idempotency_key, str):

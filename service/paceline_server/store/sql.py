@@ -344,8 +344,9 @@ class SqlStore(Store):
             connect_timeout=connect_timeout, sqlite_synchronous=sqlite_synchronous, echo=echo)
         self.dialect = self.engine.dialect.name
         self._local_locks = _KeyedLocks()
+        # RETURNING tells a stored row from a conflict (rowcount cannot: psycopg gives -1).
         self._insert_batch = self._insert(t.batches).on_conflict_do_nothing(
-            index_elements=["curriculum_id", "run_id", "step"])
+            index_elements=["curriculum_id", "run_id", "step"]).returning(t.batches.c.step)
         try:
             # Imported here: migrate builds engines with this module's create_sql_engine.
             from paceline_server.store.migrate import check_schema, upgrade
@@ -677,9 +678,11 @@ class SqlStore(Store):
                                      {"curriculum": name}) from exc
 
     def _store_batch(self, conn: Connection, cid: int, record: BatchRecord) -> BatchRecord:
-        conn.execute(self._insert_batch, {
+        inserted = conn.execute(self._insert_batch, {
             "curriculum_id": cid, "run_id": record.run_id, "step": record.step,
-            "seq": record.seq, "payload": record.payload, "created_at": _now()})
+            "seq": record.seq, "payload": record.payload, "created_at": _now()}).first()
+        if inserted is not None:  # ours: no need to read it back
+            return record
         stored = self._select_batch(conn, cid, record.run_id, record.step)
         if stored is None:  # pragma: no cover - impossible after the insert
             raise RuntimeError("batch vanished right after it was stored")
