@@ -5,8 +5,9 @@ and leaves the cached engine equal to the log."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -65,6 +66,21 @@ def setup(tmp_path: Any) -> Iterator[tuple[PacelineService, FailingStore]]:
     store.close()
 
 
+def in_one_group(cached: Any, store: FailingStore, calls: list[Callable[[], None]]) -> int:
+    """Start `calls` on threads while another request holds the curriculum, so that they
+    all queue, then let them go; returns how many transactions committed them."""
+    with cached.lock:
+        threads = [threading.Thread(target=call) for call in calls]
+        for thread in threads:
+            thread.start()
+        while len(cached.pending) < len(calls):
+            threading.Event().wait(0.005)
+        writers_before = store.writers
+    for thread in threads:
+        thread.join()
+    return store.writers - writers_before
+
+
 def replayed(service: PacelineService) -> bytes:
     engine = CurriculumEngine(service.engine("math").spec)
     for event in service.store.events("math"):
@@ -86,18 +102,9 @@ def test_queued_reports_commit_in_one_transaction(
         except BaseException as exc:
             errors.append(exc)
 
-    with cached.lock:  # another request holds the curriculum: these queue up
-        threads = [threading.Thread(target=report, args=(i, f"k{i}")) for i in range(6)]
-        # the same key twice with different content: that one report is refused
-        threads.append(threading.Thread(target=report, args=(99, "k0")))
-        for thread in threads:
-            thread.start()
-        while len(cached.pending) < 7:
-            threading.Event().wait(0.005)
-        writers_before = store.writers
-    for thread in threads:
-        thread.join()
-    assert store.writers - writers_before == 1  # one transaction for seven requests
+    calls = [partial(report, i, f"k{i}") for i in range(6)]
+    calls.append(partial(report, 99, "k0"))  # the same key, other content: refused
+    assert in_one_group(cached, store, calls) == 1  # one transaction for seven requests
     assert [type(e) for e in errors] == [IdempotencyConflict]
     assert 99 not in acks
     assert sorted(a.seq for a in acks.values()) == [1, 2, 3, 4, 5, 6]
@@ -107,19 +114,15 @@ def test_queued_reports_commit_in_one_transaction(
 
 def test_retry_inside_one_group_is_applied_once(
         setup: tuple[PacelineService, FailingStore]) -> None:
-    service, _ = setup
+    service, store = setup
     indices = service.next_batch("math", "r", 0).indices
     cached = service.engine("math")
     acks: list[Any] = []
-    with cached.lock:
-        threads = [threading.Thread(target=lambda: acks.append(
-            service.report("math", body(indices, 0, seed=0), "same"))) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        while len(cached.pending) < 3:
-            threading.Event().wait(0.005)
-    for thread in threads:
-        thread.join()
+
+    def report() -> None:
+        acks.append(service.report("math", body(indices, 0, seed=0), "same"))
+
+    assert in_one_group(cached, store, [report] * 3) == 1
     assert sorted((a.seq, a.replayed) for a in acks) == [(1, False), (1, True), (1, True)]
     assert [e.seq for e in service.store.events("math")] == [1]
 
@@ -157,16 +160,7 @@ def test_grouped_reports_get_the_batch_of_their_own_position(
         acks[run] = service.report("adaptive", body(indices, 0, seed=ord(run), run=run),
                                    f"{run}/0", NextBatch(step=1))
 
-    with cached.lock:
-        threads = [threading.Thread(target=report, args=(run,)) for run in "abc"]
-        for thread in threads:
-            thread.start()
-        while len(cached.pending) < 3:
-            threading.Event().wait(0.005)
-        writers_before = store.writers
-    for thread in threads:
-        thread.join()
-    assert store.writers - writers_before == 1
+    assert in_one_group(cached, store, [partial(report, run) for run in "abc"]) == 1
     engine = CurriculumEngine(cached.spec)
     proposals = []
     for event in service.store.events("adaptive"):
