@@ -240,3 +240,28 @@ def test_batches_know_which_objectives_to_minimize(embedded: paceline.Client) ->
         batch = run.next_batch(0)
     assert batch.minimize == ["len"]
     assert batch.scalarize([1.0, 30.0]) == 0.5 * 1.0 - 0.5 * 30.0
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+def test_arrays_and_lists_give_the_same_state(tmp_path: Path, encoding: str) -> None:
+    """numpy arrays and torch tensors go out as typed arrays, lists as lists, gzipped or
+    not: the service folds the same numbers either way."""
+    torch = pytest.importorskip("torch")
+    states = []
+    for form in ("lists", "numpy", "torch"):
+        with paceline.Client.embedded(tmp_path / f"{form}-{encoding}.db",
+                                      report_encoding=encoding) as client:
+            client.compress_over = 512 if form == "numpy" else None
+            cur = client.create_curriculum("math", **{**SPEC, "sampler": "dump_ucb"})
+            run = cur.start_run(run_id="r", heartbeat_interval=None)
+            for step in range(3):
+                indices = run.next_batch(step).indices
+                rewards = np.asarray(rewards_for(indices), dtype=np.float32) / 3
+                advantages = rewards[..., 0] - rewards[..., 0].mean(axis=1, keepdims=True)
+                sent = {"lists": (indices, rewards.tolist(), advantages.tolist()),
+                        "numpy": (np.asarray(indices), rewards, advantages),
+                        "torch": (torch.tensor(indices), torch.from_numpy(rewards),
+                                  torch.from_numpy(advantages))}[form]
+                run.report(step, sent[0], sent[1], advantages=sent[2])
+            states.append((run.next_batch(3), cur.state().model_dump(exclude={"name"})))
+    assert states[0] == states[1] == states[2]

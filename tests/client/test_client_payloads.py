@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 from typing import Any
 
 import numpy as np
 import pytest
 
 import paceline
-from paceline._payloads import curriculum_spec, plain, report_body
+from paceline._payloads import curriculum_spec, encode_body, plain, report_body, typed_array
 
 OBJECTIVES = ["acc", "len"]
 
@@ -44,17 +47,48 @@ class TestSpecs:
 
 
 class TestReports:
-    def test_dense_arrays(self) -> None:
+    def test_dense_arrays_go_as_typed_arrays(self) -> None:
         rewards = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
         body = report_body(run_id="r", step=np.int64(3), indices=np.array([4, 5]),
                            rewards=rewards, objectives=OBJECTIVES,
                            advantages=np.zeros((2, 3)), grad_products=np.eye(2),
                            eval_objectives={"acc": 1.0, "len": 2.0})
-        assert body == {"run_id": "r", "step": 3, "indices": [4, 5],
-                        "rewards": rewards.tolist(), "advantages": [[0.0] * 3] * 2,
-                        "grad_products": [[1.0, 0.0], [0.0, 1.0]],
-                        "eval_objectives": {"acc": 1.0, "len": 2.0}}
+        assert body == {
+            "run_id": "r", "step": 3,
+            "indices": {"dtype": "<i8", "shape": [2], "data": np.array([4, 5]).tobytes()},
+            "rewards": {"dtype": "<f4", "shape": [2, 3, 2], "data": rewards.tobytes()},
+            "advantages": {"dtype": "<f8", "shape": [2, 3], "data": bytes(48)},
+            "grad_products": {"dtype": "<f8", "shape": [2, 2], "data": np.eye(2).tobytes()},
+            "eval_objectives": {"acc": 1.0, "len": 2.0}}
         assert type(body["step"]) is int
+
+    def test_typed_arrays_from_tensors_and_fallbacks(self) -> None:
+        torch = pytest.importorskip("torch")
+        rewards = torch.arange(6, dtype=torch.float32).reshape(1, 3, 2)
+        assert typed_array(rewards) == {"dtype": "<f4", "shape": [1, 3, 2],
+                                        "data": rewards.numpy().tobytes()}
+        assert typed_array(torch.ones(2, dtype=torch.bfloat16)) is None  # numpy has none
+        assert typed_array(np.arange(3).astype(">f8")) is None  # big-endian
+        assert typed_array(np.array(["a"])) is None
+        assert typed_array(np.float32(1.0)) is None and typed_array([1.0]) is None
+        transposed = np.arange(6, dtype=np.float64).reshape(2, 3).T  # not C-contiguous
+        assert typed_array(transposed)["data"] == np.ascontiguousarray(transposed).tobytes()
+        body = report_body(run_id="r", step=0, indices=[1], objectives=OBJECTIVES,
+                           rewards=torch.ones(1, 2, 2, dtype=torch.bfloat16))
+        assert body["rewards"] == [[[1.0, 1.0], [1.0, 1.0]]]  # sent as lists instead
+
+    def test_json_carries_typed_bytes_as_base64(self) -> None:
+        rewards = np.ones((1, 2, 2), dtype=np.float32)
+        body = report_body(run_id="r", step=0, indices=np.array([1]), rewards=rewards,
+                           objectives=OBJECTIVES)
+        data, headers = encode_body(body, encoding="json", compress_over=None)
+        sent = json.loads(data)
+        assert base64.b64decode(sent["rewards"]["data"]) == rewards.tobytes()
+        assert headers == {"Content-Type": "application/json"}
+        big, headers = encode_body({**body, "rewards": typed_array(np.zeros((1, 2, 20_000)))},
+                                   encoding="json")
+        assert headers["Content-Encoding"] == "gzip"
+        assert json.loads(gzip.decompress(big))["rewards"]["shape"] == [1, 2, 20_000]
 
     def test_rewards_by_objective_follow_the_objective_order(self) -> None:
         acc = np.array([[1.0, 0.0], [0.0, 0.0]])
