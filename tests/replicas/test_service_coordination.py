@@ -14,7 +14,7 @@ import pytest
 from replica_support import NAME, REDIS_URL, SPEC, redis_prefix, wait_for
 
 from api_support import fresh_pg_schema
-from paceline_server.app.service import PacelineService, ReportAck
+from paceline_server.app.service import NextBatch, PacelineService, ReportAck
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
 
@@ -69,6 +69,19 @@ def test_a_retry_is_answered_from_the_cache_without_any_lock(pair: Pair) -> None
         retry = pool.submit(b.report, NAME, report, "key-1").result(timeout=10)
     assert retry == ReportAck(first.seq, replayed=True)
     assert b.coordinator.stats().idempotency_hits == 1
+
+
+def test_a_cached_retry_that_asks_for_its_next_batch_gets_the_stored_one(
+        pair: Pair) -> None:
+    a, b = pair
+    report = body(a, 0)
+    first = a.report(NAME, report, "key-1", NextBatch(step=1))
+    assert first.batch is not None
+    retry = b.report(NAME, report, "key-1", NextBatch(step=1))
+    assert (retry.seq, retry.replayed) == (first.seq, True)
+    assert b.coordinator.stats().idempotency_hits == 1  # answered from the ack cache
+    assert retry.batch is not None and retry.batch.clock == first.batch.clock
+    np.testing.assert_array_equal(retry.batch.indices, first.batch.indices)
 
 
 def test_a_writer_waits_for_the_lease_without_holding_its_engine(pair: Pair) -> None:
