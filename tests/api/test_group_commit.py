@@ -223,3 +223,15 @@ def test_report_after_the_curriculum_was_recreated_elsewhere(
     fresh = service.engine("math")
     assert fresh is not old and fresh.spec.batch_size == 5
     assert fresh.engine.to_bytes() == replayed(service)
+
+
+def test_forgetting_an_outdated_entry_keeps_a_fresh_one(
+        setup: tuple[PacelineService, FailingStore]) -> None:
+    service, _ = setup
+    old = service.engine("math")
+    service.engines.forget("math")
+    fresh = service.engine("math")
+    service.engines.forget("math", old)  # a late thread dropping what it had
+    assert service.engines.recent("math") is fresh
+    service.engines.forget("math", fresh)
+    assert service.engines.recent("math") is None

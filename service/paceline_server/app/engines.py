@@ -122,9 +122,12 @@ class EngineCache:
         (caller holds the entry lock)."""
         cached.stale = True
 
-    def forget(self, name: str) -> None:
+    def forget(self, name: str, entry: CachedEngine | None = None) -> None:
+        """Drop the cached engine of `name` (only if it is still `entry`, when given: a
+        thread that found its entry outdated must not drop the fresh one another built)."""
         with self._guard:
-            self._entries.pop(name, None)
+            if entry is None or self._entries.get(name) is entry:
+                self._entries.pop(name, None)
 
     def engines(self) -> list[tuple[str, CachedEngine]]:
         with self._guard:

@@ -221,11 +221,11 @@ class PacelineService:
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY:
             raise InvalidRequest(f"idempotency key must be 1 to {MAX_KEY} characters",
                                  {"field": "idempotency_key"})
+        cached = self.engines.recent(name)
         try:
-            return self._report(name, body, idempotency_key, next_batch,
-                                self.engines.recent(name))
+            return self._report(name, body, idempotency_key, next_batch, cached)
         except _Recreated:
-            self.engines.forget(name)
+            self.engines.forget(name, cached)
             return self._report(name, body, idempotency_key, next_batch, None)
 
     def _report(self, name: str, body: Mapping[str, Any], idempotency_key: str | None,
