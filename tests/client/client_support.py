@@ -3,11 +3,6 @@ httpx transports that sit between the client and a real service."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from api_support import ServiceProcess, running_service
+from api_support import free_port as free_port  # re-exported for the client tests
 
 SPEC: dict[str, Any] = {
     "distributions": [{"name": "easy", "size": 60}, {"name": "hard", "size": 40}],
@@ -26,53 +24,12 @@ SPEC: dict[str, Any] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class ServiceProcess:
-    url: str
-    process: subprocess.Popen[bytes]
-
-
 @contextmanager
 def start_service(db: Path, **env: str) -> Iterator[ServiceProcess]:
-    """`python -m paceline_server serve` on a free port, ready when /readyz answers."""
-    port = free_port()
-    environ = {**os.environ, "PACELINE_DATABASE_URL": f"sqlite:///{db}",
-               "PACELINE_AUTO_MIGRATE": "true", **env}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "paceline_server", "serve", "--port", str(port)],
-        env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                if process.poll() is None:
-                    process.kill()
-                stderr = process.stderr.read() if process.stderr else b""
-                raise RuntimeError(f"service did not start: {stderr!r}")
-            time.sleep(0.05)
-        yield ServiceProcess(url, process)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        process.wait()
-        if process.stderr:
-            process.stderr.close()
+    """`python -m paceline_server serve` on a free port and a SQLite file, ready when
+    /readyz answers; shut down gracefully on exit."""
+    with running_service(f"sqlite:///{db}", env=env, graceful=True) as service:
+        yield service
 
 
 # ----------------------------------------------------------------- fault injection

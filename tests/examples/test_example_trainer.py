@@ -8,16 +8,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from api_support import running_service
 
 pytest.importorskip("torch", reason="the example trainer needs the `examples` extra")
 pytest.importorskip("matplotlib", reason="the example trainer needs the `examples` extra")
@@ -30,46 +30,12 @@ SMALL = ["--steps", str(STEPS), "--sft-steps", "40", "--sft-batch", "32", "--bat
          "--layers", "1", "--threads", "1", "--no-progress"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real service process; yields its URL."""
     db = tmp_path_factory.mktemp("service") / "paceline.db"
-    port = _free_port()
-    env = {**os.environ, "PACELINE_DATABASE_URL": f"sqlite:///{db}",
-           "PACELINE_AUTO_MIGRATE": "true"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "paceline_server", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                err = process.stderr.read() if process.stderr else b""
-                raise RuntimeError(f"server did not start: {err!r}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        process.wait()
-        if process.stderr:
-            process.stderr.close()
+    with running_service(f"sqlite:///{db}", ready_within=60, graceful=True) as service:
+        yield service.url
 
 
 def _trainer(*args: str) -> subprocess.CompletedProcess[str]:

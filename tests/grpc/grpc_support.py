@@ -4,11 +4,7 @@ fault injection in front of either transport, keyed by RPC name so one test can 
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +17,8 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import paceline
+from api_support import free_port as free_port  # re-exported for the gRPC tests
+from api_support import running_service
 from paceline import _grpc_pb2 as pb
 from paceline._grpc_transport import GrpcSyncTransport
 
@@ -33,12 +31,6 @@ SPEC: dict[str, Any] = {
     "seed": 1,
 }
 FAST = paceline.RetryPolicy(max_attempts=4, backoff_initial=0.01, backoff_max=0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -65,41 +57,11 @@ def serving(target: str) -> bool:
 @contextmanager
 def start_service(db: Path, **env: str) -> Iterator[Service]:
     """`python -m paceline_server serve --port P --grpc-port G`, ready when /readyz and
-    the gRPC health check both answer."""
-    port, grpc_port = free_port(), free_port()
-    environ = {**os.environ, "PACELINE_DATABASE_URL": f"sqlite:///{db}",
-               "PACELINE_AUTO_MIGRATE": "true", "PACELINE_LOG_LEVEL": "warning", **env}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "paceline_server", "serve", "--port", str(port),
-         "--grpc-port", str(grpc_port)],
-        env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    service = Service(f"http://127.0.0.1:{port}", f"grpc://127.0.0.1:{grpc_port}", process)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                ready = httpx.get(f"{service.http}/readyz").status_code == 200
-            except httpx.TransportError:
-                ready = False
-            if ready and serving(f"127.0.0.1:{grpc_port}"):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                if process.poll() is None:
-                    process.kill()
-                stderr = process.stderr.read() if process.stderr else b""
-                raise RuntimeError(f"service did not start: {stderr!r}")
-            time.sleep(0.05)
-        yield service
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        process.wait()
-        if process.stderr:
-            process.stderr.close()
+    the gRPC health check both answer; shut down gracefully on exit."""
+    with running_service(f"sqlite:///{db}", env={"PACELINE_LOG_LEVEL": "warning", **env},
+                         grpc=True, graceful=True,
+                         ready=lambda s: serving(f"127.0.0.1:{s.grpc_port}")) as service:
+        yield Service(service.url, service.grpc, service.process)
 
 
 # ----------------------------------------------------------------- fault injection

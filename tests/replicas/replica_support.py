@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -22,7 +21,7 @@ import httpx
 import numpy as np
 import redis
 
-from api_support import free_port
+from api_support import ServiceProcess, launch_service, stop_service, wait_ready
 from paceline_server.app.codec import decode_batch, decode_report
 from paceline_server.app.service import PacelineService
 from paceline_server.domain import CurriculumSpec
@@ -75,35 +74,18 @@ class Replica:
 def replicas(database_url: str, count: int, log_dir: Path,
              env: Mapping[str, str] | None = None) -> Iterator[list[Replica]]:
     """`count` service processes started together, ready when each /readyz is 200."""
-    started: list[Replica] = []
+    started: list[ServiceProcess] = []
     try:
         for i in range(count):
-            port = free_port()
-            log = log_dir / f"replica-{i}.log"
-            environ = {**os.environ, **BASE_ENV, "PACELINE_DATABASE_URL": database_url,
-                       **(env or {})}
-            with open(log, "ab") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "paceline_server", "serve", "--port", str(port)],
-                    env=environ, stdout=out, stderr=subprocess.STDOUT)
-            started.append(Replica(f"http://127.0.0.1:{port}", process, log))
+            started.append(launch_service(database_url, log_dir / f"replica-{i}.log",
+                                          env={**BASE_ENV, **(env or {})}))
         deadline = time.monotonic() + 40
-        for replica in started:
-            while True:
-                try:
-                    if httpx.get(f"{replica.url}/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if replica.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"replica did not start: {replica.log.read_text()}")
-                time.sleep(0.05)
-        yield started
+        for service in started:
+            wait_ready(service, deadline)
+        yield [Replica(s.url, s.process, s.log) for s in started]
     finally:
-        for replica in started:
-            if replica.process.poll() is None:
-                replica.process.kill()
-            replica.process.wait()
+        for service in started:
+            stop_service(service)
 
 
 @contextmanager
