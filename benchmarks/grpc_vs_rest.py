@@ -21,8 +21,6 @@ import argparse
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,55 +40,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "client"), str(ROOT / "service")]
 
 import paceline  # noqa: E402
+from local_service import local_service  # noqa: E402
 from paceline import _grpc_codec  # noqa: E402
 from paceline import _grpc_pb2 as pb  # noqa: E402
 from paceline._payloads import ReportEncoding  # noqa: E402
+from service_bench import B, G, K, spec, typed  # noqa: E402
 
-N, B, G, K = 100_000, 1024, 8, 3
 METHOD = "/paceline.v1.Paceline/{}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
 def server(db: str, synchronous: str) -> Iterator[tuple[str, str]]:
-    port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "PACELINE_DATABASE_URL": f"sqlite:///{db}",
-           "PACELINE_AUTO_MIGRATE": "true", "PACELINE_LOG_LEVEL": "warning",
-           "PACELINE_SQLITE_SYNCHRONOUS": synchronous,
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "service"), str(ROOT / "client")])}
-    process = subprocess.Popen([sys.executable, "-m", "paceline_server", "serve", "--port",
-                                str(port), "--grpc-port", str(grpc_port)], env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        with paceline.Client(f"grpc://127.0.0.1:{grpc_port}", retries=8) as probe:
-            probe.list_curricula()  # retries until the gRPC port answers
-        yield base, f"127.0.0.1:{grpc_port}"
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def spec(name: str) -> dict[str, Any]:
-    sizes = [40_000, 30_000, 20_000, 10_000]
-    return {"name": name, "batch_size": B, "sampler": "uniform", "weighting": "fixed",
-            "layout": {"distributions": [{"name": f"d{i}", "size": s}
-                                         for i, s in enumerate(sizes)]},
-            "objectives": ["correct", "format", "brevity"]}
-
-
-def typed(array: np.ndarray) -> dict[str, Any]:
-    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
+    """The server with both APIs; yields (REST base URL, gRPC target)."""
+    with local_service(f"sqlite:///{db}", {"PACELINE_SQLITE_SYNCHRONOUS": synchronous},
+                       grpc=True) as service:
+        assert service.grpc_target is not None
+        yield service.url, service.grpc_target
 
 
 class Case:

@@ -26,9 +26,6 @@ import ipaddress
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -43,7 +40,6 @@ import httpx
 import paceline
 from paceline import RetryPolicy
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 MAX_RUNS, MAX_STEPS, MAX_DURATION_S = 256, 100_000, 600.0
 GROUP = 4  # rollouts per prompt
 DISTRIBUTIONS = [{"name": "easy", "size": 6000}, {"name": "hard", "size": 4000}]
@@ -199,55 +195,17 @@ async def _one_run(cur: paceline.AsyncCurriculum, run_id: str, steps: int, deadl
 
 
 # ---------------------------------------------------------------- own server (CLI only)
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def database(backend: str) -> Iterator[str]:
+    """A temporary SQLite file, or a scratch PostgreSQL schema."""
     if backend == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:
             yield f"sqlite:///{tmp}/load.db"
         return
-    from sqlalchemy import create_engine, text
+    from local_service import pg_schema  # beside this script; only the CLI needs it
 
-    schema = f"load_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
-@contextmanager
-def own_server(database_url: str) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "PACELINE_DATABASE_URL": database_url,
-           "PACELINE_AUTO_MIGRATE": "true", "PACELINE_LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "-m", "paceline_server", "serve",
-                                "--port", str(port)], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the service did not start")
-            time.sleep(0.1)
+    with pg_schema("load") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         result = drive(args.url)
         backend = "external"
     else:
-        with database(args.backend) as url, own_server(url) as base:
-            result = drive(base)
+        from local_service import local_service
+
+        with database(args.backend) as url, local_service(url) as service:
+            result = drive(service.url)
         backend = args.backend
     print(json.dumps({"backend": backend, **result.summary()}))
     return 0 if not result.errors else 1

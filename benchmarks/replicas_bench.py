@@ -22,48 +22,21 @@ import json
 import multiprocessing
 import os
 import resource
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service_bench import STARTUP_S, _throughput_worker, free_port, pg_schema, spec
+from local_service import cpu_seconds, launch, pg_schema, stop, wait_ready
+from service_bench import STARTUP_S, _throughput_worker, spec
 
 REDIS = "redis://127.0.0.1:6379/0"
 COUNTERS = ("paceline_write_leases_total", "paceline_background_catch_ups_total",
             "paceline_background_caught_up_events_total", "paceline_redis_fallbacks_total")
-
-
-@contextmanager
-def replica(url: str, env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    environ = {**os.environ, "PACELINE_DATABASE_URL": url, "PACELINE_AUTO_MIGRATE": "true",
-               "PACELINE_LOG_LEVEL": "warning", **env}
-    process = subprocess.Popen([sys.executable, "-m", "paceline_server", "serve",
-                                "--port", str(port)], env=environ)
-    try:
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"replica {base} did not start")
 
 
 def counters(bases: list[str]) -> dict[str, float]:
@@ -78,18 +51,9 @@ def counters(bases: list[str]) -> dict[str, float]:
     return total
 
 
-def _cpu_seconds(stat_path: str, children: bool = False) -> float:
-    """utime + stime of one process from /proc/PID/stat (0 when it is gone); with
-    `children`, plus those of its exited children (PostgreSQL backends that closed)."""
-    try:
-        with open(stat_path) as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / os.sysconf("SC_CLK_TCK")
+def _cpu(pid: int, children: bool = False) -> float:
+    """CPU seconds of a process (0 once it is gone)."""
+    return cpu_seconds(pid, children) or 0.0
 
 
 def servers_cpu() -> float:
@@ -104,7 +68,7 @@ def servers_cpu() -> float:
             except OSError:
                 continue
             if comm.startswith(("postgres", "redis-server")):
-                total += _cpu_seconds(f"/proc/{entry}/stat", children=True)
+                total += _cpu(int(entry), children=True)
     return total
 
 
@@ -134,10 +98,12 @@ def case(replicas: int, mode: str, runs: int, seconds: float) -> dict[str, Any]:
         env["PACELINE_REDIS_LEASE_TTL_S"] = "0"
     name = "replicas"
     with pg_schema() as url, ExitStack() as stack:
-        started = [stack.enter_context(replica(url, env)) for _ in range(replicas)]
-        for base, process in started:
-            wait_ready(base, process)
-        bases = [base for base, _ in started]
+        started = [launch(url, env) for _ in range(replicas)]
+        for service in started:
+            stack.callback(stop, service)
+        for service in started:
+            wait_ready(service)
+        bases = [service.url for service in started]
         httpx.post(f"{bases[0]}/v1/curricula", json=spec(name),
                    timeout=30).raise_for_status()
         context = multiprocessing.get_context("spawn")
@@ -148,16 +114,16 @@ def case(replicas: int, mode: str, runs: int, seconds: float) -> dict[str, Any]:
                    for i in range(runs)]
         for w in workers:
             w.start()
-        stats = [f"/proc/{process.pid}/stat" for _, process in started]
+        pids = [service.process.pid for service in started]
         before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
         start.wait(STARTUP_S)  # a trainer that died on the way breaks the barrier
         began = time.perf_counter()
-        cpu = (sum(map(_cpu_seconds, stats)), servers_cpu(), machine_jiffies())
+        cpu = (sum(map(_cpu, pids)), servers_cpu(), machine_jiffies())
         # The trainers' start-up (interpreter, imports, first batch) is not cycle work.
-        trainers_setup = sum(_cpu_seconds(f"/proc/{w.pid}/stat") for w in workers)
+        trainers_setup = sum(_cpu(w.pid) for w in workers if w.pid is not None)
         total = sum(results.get(timeout=seconds + 120) for _ in workers)
         elapsed = time.perf_counter() - began
-        cpu_after = (sum(map(_cpu_seconds, stats)), servers_cpu(), machine_jiffies())
+        cpu_after = (sum(map(_cpu, pids)), servers_cpu(), machine_jiffies())
         for w in workers:
             w.join()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)

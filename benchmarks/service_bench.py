@@ -16,13 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,61 +26,10 @@ import httpx
 import msgpack
 import numpy as np
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from local_service import cpu_seconds, local_service, pg_schema
+
 N, B, G, K = 100_000, 1024, 8, 3
 STARTUP_S = 120.0  # longest wait for the trainer processes to start
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system) a process has used so far; None where /proc is absent."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def server(url: str, workers: int) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    env = {**os.environ, "PACELINE_DATABASE_URL": url, "PACELINE_AUTO_MIGRATE": "true",
-           "PACELINE_LOG_LEVEL": "warning", "PACELINE_WORKERS": str(workers)}
-    process = subprocess.Popen([sys.executable, "-m", "paceline_server", "serve",
-                                "--port", str(port)], env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield base, process.pid
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-@contextmanager
-def pg_schema() -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 @contextmanager
@@ -152,7 +96,7 @@ def latency_case(base: str, backend: str, encoding: str, cycles: int,
             started: list[float] = []
             indices = cycle(http, name, "r", step, rng, encoding, indices, started, calls)
             times.append((time.perf_counter() - started[0]) * 1e3)
-    warm = np.asarray(times[5:])
+    warm = np.asarray(times[5:] or times)  # the first 5 warm up, when there are more
     return {"case": "round_trip", "backend": backend, "encoding": encoding, "calls": calls,
             "cycles": len(warm), "p50_ms": round(float(np.percentile(warm, 50)), 2),
             "p99_ms": round(float(np.percentile(warm, 99)), 2)}
@@ -218,7 +162,8 @@ def main() -> None:
     args = parser.parse_args()
     for backend in args.backends:
         with tempfile.TemporaryDirectory() as tmp, database(backend, tmp) as url, \
-                server(url, args.workers) as (base, pid):
+                local_service(url, {"PACELINE_WORKERS": str(args.workers)}) as service:
+            base, pid = service.url, service.process.pid
             for encoding, calls in (("json", 2), ("msgpack", 2), ("msgpack", 1)):
                 print(json.dumps(latency_case(base, backend, encoding, args.cycles, calls)),
                       flush=True)

@@ -10,12 +10,8 @@ only batch composition differs between rows.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # simulate
 
 from learner import NUM_SAMPLES, OFFSETS, SIZES, Rollouts, distribution_of
 
+from local_service import local_service
 from paceline_server.domain import Report
 from paceline_server.engine import CurriculumEngine
 from simulate import BATCH, DISTRIBUTIONS, Config, G, make_spec
 
-ROOT = Path(__file__).resolve().parents[2]
 EQUAL_WEIGHTS = np.full(2, 0.5)
 RUN_ID = "sim"  # the run id simulate.py uses: Paceline seeds each batch by (seed, run, step)
 
@@ -90,46 +86,13 @@ class PacelineEngine:
         pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def paceline_server() -> Iterator[str]:
     """A real `paceline-server serve` process on a free loopback port with a temporary
     SQLite file (default settings otherwise: synchronous=FULL); yields its URL."""
-    import httpx
-
-    with tempfile.TemporaryDirectory(prefix="paceline-peers-") as tmp:
-        port = free_port()
-        env = {**os.environ, "PACELINE_DATABASE_URL": f"sqlite:///{tmp}/paceline.db",
-               "PACELINE_AUTO_MIGRATE": "true", "PACELINE_LOG_LEVEL": "warning",
-               "PYTHONPATH": os.pathsep.join([str(ROOT / "service"), str(ROOT / "client"),
-                                              os.environ.get("PYTHONPATH", "")])}
-        process = subprocess.Popen([sys.executable, "-m", "paceline_server", "serve",
-                                    "--port", str(port)], env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"paceline-server did not start (exit {process.poll()})")
-                time.sleep(0.1)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with tempfile.TemporaryDirectory(prefix="paceline-peers-") as tmp, \
+            local_service(f"sqlite:///{tmp}/paceline.db") as service:
+        yield service.url
 
 
 class PacelineLoopback:
