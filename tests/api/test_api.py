@@ -46,6 +46,12 @@ class TestCurricula:
         assert client.get("/v1/curricula/math").json()["num_samples"] == 100
         assert [c["name"] for c in client.get("/v1/curricula").json()["curricula"]] == ["math"]
 
+    def test_label_layout_summary(self, client: TestClient) -> None:
+        labelled = {**SPEC, "layout": {"labels": [1, 0, 1, 1], "names": ["easy", "hard"]}}
+        body = client.post("/v1/curricula", json=labelled).json()
+        assert (body["num_samples"], body["distributions"]) == (4, ["easy", "hard"])
+        assert body["objectives"] == ["acc", "len"]
+
     def test_exist_ok(self, client: TestClient) -> None:
         client.post("/v1/curricula", json=SPEC)
         again = client.post("/v1/curricula", json={**SPEC, "exist_ok": True})

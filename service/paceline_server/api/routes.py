@@ -32,17 +32,10 @@ RunPath = Annotated[str, Path(pattern=TEXT_PATTERN)]
 
 
 def _curriculum(record: CurriculumRecord) -> schemas.CurriculumOut:
-    spec = record.spec
-    layout = spec["layout"]
-    if "distributions" in layout:
-        names = [d["name"] for d in layout["distributions"]]
-        size = sum(int(d["size"]) for d in layout["distributions"])
-    else:
-        names, size = list(layout["names"]), len(layout["labels"])
     return schemas.CurriculumOut(
-        name=record.name, spec=spec, created_at=record.created_at, seq=record.head_seq,
-        num_samples=size, distributions=names,
-        objectives=[o["name"] for o in spec["objectives"]])
+        name=record.name, spec=record.spec, created_at=record.created_at,
+        seq=record.head_seq, num_samples=record.num_samples,
+        distributions=record.distributions, objectives=record.objectives)
 
 
 def _run(status: RunStatus) -> schemas.RunOut:

@@ -81,17 +81,11 @@ def check_range(value: int, field: str, minimum: int, maximum: int | None = None
 
 # ------------------------------------------------------------------ responses
 def curriculum(record: CurriculumRecord) -> pb.Curriculum:
-    spec = record.spec
-    layout = spec["layout"]
-    if "distributions" in layout:
-        names = [d["name"] for d in layout["distributions"]]
-        size = sum(int(d["size"]) for d in layout["distributions"])
-    else:
-        names, size = list(layout["names"]), len(layout["labels"])
     return pb.Curriculum(
-        name=record.name, spec_json=dump_json(spec), created_at=timestamp(record.created_at),
-        seq=record.head_seq, num_samples=size, distributions=names,
-        objectives=[o["name"] for o in spec["objectives"]])
+        name=record.name, spec_json=dump_json(record.spec),
+        created_at=timestamp(record.created_at), seq=record.head_seq,
+        num_samples=record.num_samples, distributions=record.distributions,
+        objectives=record.objectives)
 
 
 def run(status: RunStatus) -> pb.Run:

@@ -39,6 +39,25 @@ class CurriculumRecord:
     created_at: datetime
     head_seq: int  # sequence number of the last committed event (0 = none)
 
+    @property
+    def distributions(self) -> list[str]:
+        """Distribution names in layout order (read off the stored spec, no engine)."""
+        layout = self.spec["layout"]
+        if "distributions" in layout:
+            return [d["name"] for d in layout["distributions"]]
+        return list(layout["names"])
+
+    @property
+    def num_samples(self) -> int:
+        layout = self.spec["layout"]
+        if "distributions" in layout:
+            return sum(int(d["size"]) for d in layout["distributions"])
+        return len(layout["labels"])
+
+    @property
+    def objectives(self) -> list[str]:
+        return [o["name"] for o in self.spec["objectives"]]
+
 
 @dataclass(frozen=True)
 class CurriculumHead:
