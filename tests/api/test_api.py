@@ -47,7 +47,8 @@ class TestCurricula:
         assert [c["name"] for c in client.get("/v1/curricula").json()["curricula"]] == ["math"]
 
     def test_label_layout_summary(self, client: TestClient) -> None:
-        labelled = {**SPEC, "layout": {"labels": [1, 0, 1, 1], "names": ["easy", "hard"]}}
+        labelled = {**SPEC, "batch_size": 2,
+                    "layout": {"labels": [1, 0, 1, 1], "names": ["easy", "hard"]}}
         body = client.post("/v1/curricula", json=labelled).json()
         assert (body["num_samples"], body["distributions"]) == (4, ["easy", "hard"])
         assert body["objectives"] == ["acc", "len"]
