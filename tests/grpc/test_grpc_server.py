@@ -176,6 +176,27 @@ def test_flat_report_with_wire_packed_arrays(raw: Raw) -> None:
     assert raw("Report", request).seq == 1
 
 
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"next_size": 4}, "next_size needs next_step"),
+    ({"next_step": -1}, "next_step"),
+    ({"next_step": 1, "next_size": 0}, "next_size"),
+    ({"next_step": 1, "next_size": 101}, "batch size"),
+])
+def test_bad_next_batch_requests_refuse_the_report(raw: Raw, fields: dict[str, int],
+                                                   message: str) -> None:
+    batch = setup(raw)
+    rewards = np.ones((len(batch.indices), 4, 2), dtype=np.float32)
+    with pytest.raises(grpc.RpcError) as info:
+        raw("Report", pb.ReportRequest(
+            curriculum="math", run_id="r", step=0, indices=batch.indices,
+            rewards=pb.Array(shape=rewards.shape, f32=rewards.ravel()), **fields))
+    code, error, _ = error_of(info)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.code, error.http_status) == ("INVALID_REQUEST", 422)
+    assert message in error.message
+    assert raw("GetState", pb.GetStateRequest(curriculum="math")).seq == 0
+
+
 @pytest.mark.parametrize(("array", "message"), [
     (pb.Array(shape=[8, 4, 2], f64=[1.0] * 7), "do not fit shape"),
     (pb.Array(shape=[1], f64=[1.0], f32=[1.0]), "not both"),

@@ -152,9 +152,7 @@ async def report(name: NamePath, request: Request, service: Service, _: WriteSco
     if idempotency_key is not None and has_control_characters(idempotency_key):
         raise InvalidRequest("the idempotency key must not contain control characters",
                              {"field": "idempotency_key"})
-    if next_size is not None and next_step is None:
-        raise InvalidRequest("next_size needs next_step", {"field": "next_size"})
-    ask = None if next_step is None else NextBatch(next_step, next_size)
+    ask = NextBatch.asked(next_step, next_size)
     ack = await run_in_threadpool(service.report, name, body, idempotency_key, ask)
     metrics = request.app.state.metrics
     metrics.reports.labels(name).inc()

@@ -71,6 +71,15 @@ class NextBatch:
     step: int
     size: int | None = None
 
+    @classmethod
+    def asked(cls, step: int | None, size: int | None) -> NextBatch | None:
+        """From a transport's optional step and size (a size alone is refused)."""
+        if step is None:
+            if size is not None:
+                raise InvalidRequest("next_size needs next_step", {"field": "next_size"})
+            return None
+        return cls(step, size)
+
 
 @dataclass(frozen=True)
 class RunStatus:

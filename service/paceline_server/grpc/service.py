@@ -184,13 +184,11 @@ class PacelineHandlers:
     # ------------------------------------------------------------ reports and batches
     def report(self, request: pb.ReportRequest, context: grpc.ServicerContext
                ) -> pb.ReportAck:
-        ask = None
-        if request.HasField("next_step"):
-            ask = NextBatch(convert.check_range(request.next_step, "next_step", 0),
-                            convert.check_range(request.next_size, "next_size", 1)
-                            if request.HasField("next_size") else None)
-        elif request.HasField("next_size"):
-            raise InvalidRequest("next_size needs next_step", {"field": "next_size"})
+        ask = NextBatch.asked(
+            convert.check_range(request.next_step, "next_step", 0)
+            if request.HasField("next_step") else None,
+            convert.check_range(request.next_size, "next_size", 1)
+            if request.HasField("next_size") else None)
         ack = self.service.report(request.curriculum, convert.report_body(request),
                                   request.idempotency_key or None, ask)
         answer = pb.ReportAck(seq=ack.seq, replayed=ack.replayed)

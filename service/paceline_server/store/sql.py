@@ -562,8 +562,6 @@ class SqlStore(Store):
             finally:
                 handle._active = False
 
-    _EVENT_COLUMNS = _EVENT_COLUMNS
-
     @staticmethod
     def _event_record(row: _Row) -> EventRecord:
         return EventRecord(seq=int(row.seq), kind=row.kind, run_id=row.run_id,
@@ -593,7 +591,7 @@ class SqlStore(Store):
             page = EVENT_PAGE_SIZE if remaining is None else min(EVENT_PAGE_SIZE, remaining)
             with self._read() as conn:
                 rows = conn.execute(
-                    select(*self._EVENT_COLUMNS)
+                    select(*_EVENT_COLUMNS)
                     .where(t.events.c.curriculum_id == cid, t.events.c.seq > after_seq)
                     .order_by(t.events.c.seq).limit(page)).all()
             for row in rows:
