@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from paceline._transport import Reply, Request, RetryPolicy
 from paceline.errors import Conflict
-from paceline.models import ReportAck, minimized_objectives
+from paceline.models import Batch, ReportAck, minimized_objectives
 
 PREFIX = "/v1/curricula"
 #: Heartbeats are not retried: the next one comes soon, and a stuck retry loop would
@@ -80,22 +80,27 @@ def next_batch(name: str, run_id: str, step: SupportsIndex, size: SupportsIndex 
 
 
 def report(name: str, content: bytes, headers: Mapping[str, str], idempotency_key: str,
-           next_step: int | None = None, next_size: SupportsIndex | None = None) -> Request:
+           next_step: SupportsIndex | None = None, next_size: SupportsIndex | None = None
+           ) -> Request:
     params = {}
     if next_step is not None:
-        params["next_step"] = str(next_step)
+        params["next_step"] = str(operator.index(next_step))
     if next_size is not None:
         params["next_size"] = str(operator.index(next_size))
     return Request("POST", _path(name, "reports"), content=content, params=params,
                    headers={**headers, "Idempotency-Key": idempotency_key})
 
 
-def report_ack(answer: Any, spec: Mapping[str, Any]) -> ReportAck:
-    """The ack, with the batch it carries (if asked for) knowing the minimised objectives."""
-    if isinstance(answer, Mapping) and answer.get("batch") is not None:
-        answer = {**answer, "batch": {**answer["batch"],
-                                      "minimize": minimized_objectives(spec)}}
-    return ReportAck.model_validate(answer)
+def batch(served: Mapping[str, Any], spec: Mapping[str, Any]) -> Batch:
+    """A served batch, knowing which of the curriculum's objectives are minimised."""
+    return Batch.model_validate({**served, "minimize": minimized_objectives(spec)})
+
+
+def report_ack(answer: Mapping[str, Any], spec: Mapping[str, Any]) -> ReportAck:
+    """The ack, with the batch it carries when the report asked for one."""
+    served = answer.get("batch")
+    return ReportAck(seq=answer["seq"], replayed=answer["replayed"],
+                     batch=None if served is None else batch(served, spec))
 
 
 def state(name: str) -> Request:

@@ -39,7 +39,6 @@ from paceline.models import (
     ReportAck,
     RunInfo,
     State,
-    minimized_objectives,
 )
 
 if TYPE_CHECKING:  # gRPC is optional: imported only for grpc:// URLs
@@ -271,8 +270,7 @@ class AsyncRun:
         """See `Run.next_batch`."""
         served = await self.client._call(
             _api.next_batch(self.curriculum.name, self.run_id, step, size))
-        return Batch.model_validate(
-            {**served, "minimize": minimized_objectives(self.curriculum.spec)})
+        return _api.batch(served, self.curriculum.spec)
 
     async def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
                      group_ids: Any = None, grad_products: Any = None,
@@ -281,7 +279,6 @@ class AsyncRun:
                      next_size: SupportsIndex | None = None) -> ReportAck:
         """See `Run.report`."""
         step = operator.index(step)
-        ask = None if next_step is None else operator.index(next_step)
         arrays: dict[str, Any] = dict(
             run_id=self.run_id, step=step, indices=indices, rewards=rewards,
             objectives=self.curriculum.objectives, advantages=advantages,
@@ -290,13 +287,13 @@ class AsyncRun:
         transport = self.client._transport
         if not isinstance(transport, AsyncTransport):  # gRPC: packed arrays, no JSON
             return _api.report_ack(await self.client._call(transport.report_request(
-                self.curriculum.name, key, next_step=ask, next_size=next_size, **arrays)),
+                self.curriculum.name, key, next_step=next_step, next_size=next_size, **arrays)),
                 self.curriculum.spec)
         content, headers = encode_body(report_body(**arrays),
                                        encoding=self.client.report_encoding,
                                        compress_over=self.client.compress_over)
         return _api.report_ack(await self.client._call(
-            _api.report(self.curriculum.name, content, headers, key, ask, next_size)),
+            _api.report(self.curriculum.name, content, headers, key, next_step, next_size)),
             self.curriculum.spec)
 
     async def heartbeat(self) -> RunInfo:

@@ -36,7 +36,6 @@ from paceline.models import (
     ReportAck,
     RunInfo,
     State,
-    minimized_objectives,
 )
 
 if TYPE_CHECKING:  # gRPC is optional: imported only for grpc:// URLs
@@ -348,8 +347,7 @@ class Run:
         for the same step returns the same batch."""
         served = self.client._call(
             _api.next_batch(self.curriculum.name, self.run_id, step, size))
-        return Batch.model_validate(
-            {**served, "minimize": minimized_objectives(self.curriculum.spec)})
+        return _api.batch(served, self.curriculum.spec)
 
     def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
                group_ids: Any = None, grad_products: Any = None,
@@ -372,7 +370,6 @@ class Run:
         `next_size`, default the curriculum's): one round trip per training step instead
         of `report` + `next_batch`, and the same batch `next_batch(next_step)` returns."""
         step = operator.index(step)
-        ask = None if next_step is None else operator.index(next_step)
         arrays: dict[str, Any] = dict(
             run_id=self.run_id, step=step, indices=indices, rewards=rewards,
             objectives=self.curriculum.objectives, advantages=advantages,
@@ -381,13 +378,13 @@ class Run:
         transport = self.client._transport
         if not isinstance(transport, SyncTransport):  # gRPC: packed arrays, no JSON
             return _api.report_ack(self.client._call(transport.report_request(
-                self.curriculum.name, key, next_step=ask, next_size=next_size, **arrays)),
+                self.curriculum.name, key, next_step=next_step, next_size=next_size, **arrays)),
                 self.curriculum.spec)
         content, headers = encode_body(report_body(**arrays),
                                        encoding=self.client.report_encoding,
                                        compress_over=self.client.compress_over)
         return _api.report_ack(self.client._call(
-            _api.report(self.curriculum.name, content, headers, key, ask, next_size)),
+            _api.report(self.curriculum.name, content, headers, key, next_step, next_size)),
             self.curriculum.spec)
 
     def heartbeat(self) -> RunInfo:
