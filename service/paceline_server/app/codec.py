@@ -130,14 +130,11 @@ def decode_report(data: bytes) -> Report:
             group_of = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
         else:
             group_of = fields["group_of"]
-        floats = {name: None if fields.get(name) is None
-                  else fields[name].astype(np.float64) for name in _REPORT_FLOATS[1:]}
+        # Already a fresh copy (`_unpack_array`): widening needs no second one.
+        floats = {name: fields[name].astype(np.float64, copy=False)
+                  for name in _REPORT_FLOATS if fields.get(name) is not None}
         return Report(run_id=str(fields["run_id"]), step=int(fields["step"]),
-                      indices=fields["indices"], group_of=group_of,
-                      rewards=fields["rewards"].astype(np.float64),
-                      advantages=floats["advantages"],
-                      grad_products=floats["grad_products"],
-                      eval_objectives=floats["eval_objectives"])
+                      indices=fields["indices"], group_of=group_of, **floats)
     except (KeyError, AttributeError, TypeError, ValueError) as exc:
         raise StateCorrupt(f"stored report is malformed: {exc}") from exc
 
