@@ -90,3 +90,18 @@ def test_repeated_index_in_one_report_is_applied_twice() -> None:
     assert (table.alpha[1], table.beta[1]) == (4.0, 2.0)
     rounds = occurrence_rounds(np.array([5, 3, 5, 5]))
     assert [r.tolist() for r in rounds] == [[0, 1], [2], [3]]
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_primary_rewards_are_the_normalized_column_bit_for_bit(direction: str) -> None:
+    """The fold normalises only the primary objective; it must be exactly the column
+    every other strategy reads from `normalized_rewards`."""
+    base = spec((50, 50), ("a", "b", "c"))
+    cur = base.__class__.from_dict({**base.to_dict(), "primary_objective": "b", "objectives": [
+        {"name": "a"}, {"name": "b", "direction": direction, "bounds": [-3.5, 7.25]},
+        {"name": "c", "bounds": [0, 10]}]})
+    rng = np.random.default_rng(3)
+    sig = signals(cur, rng.choice(100, 40, replace=False), rng.normal(2.0, 4.0, (40, 6, 3)))
+    column = np.ascontiguousarray(sig.normalized_rewards[:, 1])
+    assert sig.primary_rewards.view(np.int64).tolist() == column.view(np.int64).tolist()
+    assert sig.success.tolist() == sig.group_mean(column).tolist()
