@@ -76,6 +76,7 @@ from paceline_server.store.base import (
     SnapshotRecord,
     Store,
 )
+from paceline_server.store.prepared import Prepared
 
 _log = logging.getLogger(__name__)
 
@@ -345,8 +346,18 @@ class SqlStore(Store):
         self.dialect = self.engine.dialect.name
         self._local_locks = _KeyedLocks()
         # RETURNING tells a stored row from a conflict (rowcount cannot: psycopg gives -1).
-        self._insert_batch = self._insert(t.batches).on_conflict_do_nothing(
+        insert_batch = self._insert(t.batches).on_conflict_do_nothing(
             index_elements=["curriculum_id", "run_id", "step"]).returning(t.batches.c.step)
+        # The report/batch hot path runs on the driver (see store.prepared); echo=True
+        # logs only the statements that go through SQLAlchemy.
+        dialect = self.engine.dialect
+        self._sql_lock_curriculum = Prepared(_CURRICULUM_ROW_LOCKED, dialect)
+        self._sql_lookup_batch = Prepared(_LOOKUP_BATCH, dialect)
+        self._sql_select_batch = Prepared(_SELECT_BATCH, dialect)
+        self._sql_insert_batch = Prepared(insert_batch, dialect)
+        self._sql_find_by_key = Prepared(_FIND_BY_KEY, dialect)
+        self._sql_insert_event = Prepared(_INSERT_EVENT, dialect)
+        self._sql_set_head = Prepared(_SET_HEAD, dialect)
         try:
             # Imported here: migrate builds engines with this module's create_sql_engine.
             from paceline_server.store.migrate import check_schema, upgrade
@@ -554,8 +565,12 @@ class SqlStore(Store):
         """Lock the curriculum, yield a writer on this transaction, commit on clean exit
         (with the new head_seq), roll back if the block raises."""
         with self._write(name) as conn:
-            row = self._curriculum_row(conn, name, lock=True)
-            handle = _SqlWriter(self, conn, int(row.id), int(row.head_seq), row.created_at)
+            row = self._sql_lock_curriculum.one_or_none(conn, {"name": name})
+            if row is None:
+                raise CurriculumNotFound(f"curriculum {name!r} not found",
+                                         {"curriculum": name})
+            cid, head_seq, created_at = row
+            handle = _SqlWriter(self, conn, int(cid), int(head_seq), created_at)
             try:
                 yield handle
                 handle._finish()
@@ -564,9 +579,10 @@ class SqlStore(Store):
 
     @staticmethod
     def _event_record(row: _Row) -> EventRecord:
-        return EventRecord(seq=int(row.seq), kind=row.kind, run_id=row.run_id,
-                           step=int(row.step), idempotency_key=row.idempotency_key,
-                           payload=bytes(row.payload), created_at=row.created_at)
+        """From a row (or tuple) of `_EVENT_COLUMNS`."""
+        seq, kind, run_id, step, key, payload, created_at = row
+        return EventRecord(seq=int(seq), kind=kind, run_id=run_id, step=int(step),
+                           idempotency_key=key, payload=bytes(payload), created_at=created_at)
 
     def events(self, name: str, after_seq: int = 0,
                limit: int | None = None) -> Iterator[EventRecord]:
@@ -643,24 +659,24 @@ class SqlStore(Store):
                      step: int) -> tuple[CurriculumHead, BatchRecord | None]:
         """One statement: the curriculum row left-joined with the batch of (run, step)."""
         with self._read() as conn:
-            row = conn.execute(_LOOKUP_BATCH, {"name": name, "run_id": run_id,
-                                               "step": step}).one_or_none()
+            row = self._sql_lookup_batch.one_or_none(
+                conn, {"name": name, "run_id": run_id, "step": step})
         if row is None:
             raise CurriculumNotFound(f"curriculum {name!r} not found", {"curriculum": name})
-        head = CurriculumHead(name=name, created_at=row.created_at, head_seq=int(row.head_seq))
-        if row.payload is None:
+        created_at, head_seq, seq, payload = row
+        head = CurriculumHead(name=name, created_at=created_at, head_seq=int(head_seq))
+        if payload is None:
             return head, None
-        return head, BatchRecord(run_id=run_id, step=step, seq=int(row.seq),
-                                 payload=bytes(row.payload))
+        return head, BatchRecord(run_id=run_id, step=step, seq=int(seq), payload=bytes(payload))
 
-    @staticmethod
-    def _select_batch(conn: Connection, cid: int, run_id: str, step: int) -> BatchRecord | None:
-        row = conn.execute(_SELECT_BATCH, {"cid": cid, "run_id": run_id,
-                                           "step": step}).one_or_none()
+    def _select_batch(self, conn: Connection, cid: int, run_id: str,
+                      step: int) -> BatchRecord | None:
+        row = self._sql_select_batch.one_or_none(
+            conn, {"cid": cid, "run_id": run_id, "step": step})
         if row is None:
             return None
-        return BatchRecord(run_id=run_id, step=step, seq=int(row.seq),
-                           payload=bytes(row.payload))
+        seq, payload = row
+        return BatchRecord(run_id=run_id, step=step, seq=int(seq), payload=bytes(payload))
 
     def put_batch(self, name: str, record: BatchRecord, *,
                   durable: bool = True) -> BatchRecord:
@@ -676,9 +692,9 @@ class SqlStore(Store):
                                      {"curriculum": name}) from exc
 
     def _store_batch(self, conn: Connection, cid: int, record: BatchRecord) -> BatchRecord:
-        inserted = conn.execute(self._insert_batch, {
+        inserted = self._sql_insert_batch.one_or_none(conn, {
             "curriculum_id": cid, "run_id": record.run_id, "step": record.step,
-            "seq": record.seq, "payload": record.payload, "created_at": _now()}).first()
+            "seq": record.seq, "payload": record.payload, "created_at": _now()})
         if inserted is not None:  # ours: no need to read it back
             return record
         stored = self._select_batch(conn, cid, record.run_id, record.step)
@@ -715,8 +731,8 @@ class _SqlWriter(CurriculumWriter):
     def find_by_key(self, idempotency_key: str) -> EventRecord | None:
         self._check()
         with translated_errors():
-            row = self._conn.execute(_FIND_BY_KEY, {"cid": self._cid,
-                                                    "key": idempotency_key}).one_or_none()
+            row = self._store._sql_find_by_key.one_or_none(
+                self._conn, {"cid": self._cid, "key": idempotency_key})
         return None if row is None else SqlStore._event_record(row)
 
     def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,
@@ -732,7 +748,7 @@ class _SqlWriter(CurriculumWriter):
                     {"idempotency_key": idempotency_key, "seq": previous.seq})
         seq = self._head + 1
         with translated_errors():
-            self._conn.execute(_INSERT_EVENT, {
+            self._store._sql_insert_event.execute(self._conn, {
                 "curriculum_id": self._cid, "seq": seq, "kind": kind, "run_id": run_id,
                 "step": step, "idempotency_key": idempotency_key, "payload": bytes(payload),
                 "created_at": _now()})
@@ -762,7 +778,7 @@ class _SqlWriter(CurriculumWriter):
     def get_batch(self, run_id: str, step: int) -> BatchRecord | None:
         self._check()
         with translated_errors():
-            return SqlStore._select_batch(self._conn, self._cid, run_id, step)
+            return self._store._select_batch(self._conn, self._cid, run_id, step)
 
     def put_batch(self, record: BatchRecord) -> BatchRecord:
         self._check()
@@ -773,4 +789,5 @@ class _SqlWriter(CurriculumWriter):
         """Publish the new head with the events (same transaction, just before commit)."""
         if self._head != self._start_seq:
             with translated_errors():
-                self._conn.execute(_SET_HEAD, {"cid": self._cid, "new_head": self._head})
+                self._store._sql_set_head.execute(
+                    self._conn, {"cid": self._cid, "new_head": self._head})
