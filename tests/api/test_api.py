@@ -178,6 +178,9 @@ class TestReportsAndBatches:
         ("next_size=4", 422, "INVALID_REQUEST"),
         ("next_step=1&next_size=0", 422, "INVALID_REQUEST"),
         ("next_step=1&next_size=101", 422, "INVALID_REQUEST"),
+        ("next_step=1.5", 422, "INVALID_REQUEST"),
+        ("next_step=", 422, "INVALID_REQUEST"),
+        ("next_step=99999999999999999999999", 422, "INVALID_REQUEST"),
     ])
     def test_bad_next_batch_leaves_state_untouched(self, client: TestClient, query: str,
                                                    status: int, code: str) -> None:
@@ -348,6 +351,14 @@ class TestAuth:
             write = {"Authorization": "Bearer writer"}
             assert c.post("/v1/curricula", json=SPEC, headers=write).status_code == 201
             assert c.get("/healthz").status_code == 200
+            # The report route checks its scope itself (it solves no dependencies).
+            c.post("/v1/curricula/math/runs", json={"run_id": "run-1"}, headers=write)
+            report = dense_report([1])
+            for headers, status in (({}, 401), (read, 403), (write, 200)):
+                answer = c.post("/v1/curricula/math/reports", json=report, headers=headers)
+                assert answer.status_code == status, answer.json()
+            state = c.get("/v1/curricula/math/state", headers=read).json()
+            assert state["seq"] == 1  # the refused reports left no trace
 
 
 class TestOps:
@@ -365,5 +376,9 @@ class TestOps:
         assert 'paceline_reward_weight{curriculum="math",objective="acc"} 0.75' in metrics
         assert 'paceline_reports_total{curriculum="math"} 1.0' in metrics
         schema = client.get("/openapi.json").json()
-        assert "/v1/curricula/{name}/reports" in schema["paths"]
+        operation = schema["paths"]["/v1/curricula/{name}/reports"]["post"]
+        # Read by the route itself rather than FastAPI, yet documented all the same.
+        assert {(p["name"], p["in"]) for p in operation["parameters"]} == {
+            ("name", "path"), ("Idempotency-Key", "header"), ("next_step", "query"),
+            ("next_size", "query")}
         assert client.get("/docs").status_code == 200
