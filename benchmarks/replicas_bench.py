@@ -110,7 +110,7 @@ def case(replicas: int, mode: str, runs: int, seconds: float) -> dict[str, Any]:
         start, results = context.Barrier(runs + 1), context.Queue()
         workers = [context.Process(target=_throughput_worker,
                                    args=(bases[i % replicas], name, i, seconds, start,
-                                         results))
+                                         results, 2, "httpx"))
                    for i in range(runs)]
         for w in workers:
             w.start()
@@ -121,7 +121,7 @@ def case(replicas: int, mode: str, runs: int, seconds: float) -> dict[str, Any]:
         cpu = (sum(map(_cpu, pids)), servers_cpu(), machine_jiffies())
         # The trainers' start-up (interpreter, imports, first batch) is not cycle work.
         trainers_setup = sum(_cpu(w.pid) for w in workers if w.pid is not None)
-        total = sum(results.get(timeout=seconds + 120) for _ in workers)
+        total = sum(results.get(timeout=seconds + 120)[0] for _ in workers)
         elapsed = time.perf_counter() - began
         cpu_after = (sum(map(_cpu, pids)), servers_cpu(), machine_jiffies())
         for w in workers:

@@ -8,12 +8,21 @@ one (`POST .../reports?next_step=s+1`, the ack carrying the batch). Prints one J
 object per case. Targets on 2 cores: p50 <= 10 ms, p99 <= 30 ms, >= 300 cycles/s on
 SQLite.
 
+The 8 trainers are processes on the same 2 cores as the server (in production they run
+on their own GPU nodes), so their own CPU is taken from the service's. By default they
+are lean load generators (`--trainer lean`: a keep-alive `http.client` connection, a
+pool of pre-drawn reward arrays, orjson for the answers, about 0.7 ms of CPU per cycle);
+`--trainer httpx` runs the earlier trainers (httpx, rewards drawn every step, about
+2.8 ms per cycle). Both print the server's and the trainers' CPU per cycle.
+
     python benchmarks/service_bench.py [--backends sqlite postgresql] [--cycles 200]
+                                       [--trainer lean|httpx]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import multiprocessing
 import tempfile
@@ -25,6 +34,7 @@ from typing import Any
 import httpx
 import msgpack
 import numpy as np
+import orjson
 
 from local_service import cpu_seconds, local_service, pg_schema
 
@@ -102,10 +112,49 @@ def latency_case(base: str, backend: str, encoding: str, cycles: int,
             "p99_ms": round(float(np.percentile(warm, 99)), 2)}
 
 
+class LeanTrainer:
+    """The load generator's side of a cycle at the least CPU Python allows: one
+    keep-alive connection, rewards taken in turn from arrays drawn up front."""
+
+    POOL = 16
+
+    def __init__(self, base: str, name: str, run: str, rng: np.random.Generator) -> None:
+        host, _, port = base.removeprefix("http://").partition(":")
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        self.prefix = f"/v1/curricula/{name}"
+        self.run = run
+        self.pool = [rng.integers(0, 2, (B, G, K)).astype(np.float32).tobytes()
+                     for _ in range(self.POOL)]
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> Any:
+        self.connection.request("POST", self.prefix + path, body=body, headers=headers)
+        response = self.connection.getresponse()
+        data = response.read()
+        if response.status not in (200, 201):
+            raise RuntimeError(f"{path}: {response.status} {data[:200]!r}")
+        return orjson.loads(data)
+
+    def cycle(self, step: int, indices: np.ndarray, calls: int) -> np.ndarray:
+        report = msgpack.packb({
+            "run_id": self.run, "step": step, "indices": typed(indices),
+            "rewards": {"dtype": "<f4", "shape": [indices.size, G, K],
+                        "data": self.pool[step % self.POOL]}})
+        headers = {"Content-Type": "application/msgpack",
+                   "Idempotency-Key": f"{self.run}/{step}"}
+        if calls == 1:
+            ack = self.post(f"/reports?next_step={step + 1}", report, headers)
+            return np.asarray(ack["batch"]["indices"], dtype=np.int64)
+        self.post("/reports", report, headers)
+        batch = self.post("/batches", orjson.dumps({"run_id": self.run, "step": step + 1}),
+                          {"Content-Type": "application/json"})
+        return np.asarray(batch["indices"], dtype=np.int64)
+
+
 def _throughput_worker(base: str, name: str, i: int, seconds: float,
-                       start: Any, results: Any, calls: int = 2) -> None:
+                       start: Any, results: Any, calls: int = 2,
+                       trainer: str = "lean") -> None:
     """One trainer: its own process, as real trainers are (threads of one Python process
-    would measure the client's GIL, not the service)."""
+    would measure the client's GIL, not the service). Puts (cycles, CPU seconds)."""
     rng = np.random.default_rng(i)
     run = f"run-{i}"
     done = 0
@@ -113,38 +162,51 @@ def _throughput_worker(base: str, name: str, i: int, seconds: float,
         http.post(f"/v1/curricula/{name}/runs", json={"run_id": run}).raise_for_status()
         indices = http.post(f"/v1/curricula/{name}/batches",
                             json={"run_id": run, "step": 0}).json()["indices"]
+        lean = LeanTrainer(base, name, run, rng) if trainer == "lean" else None
+        array = np.asarray(indices, dtype=np.int64)
         start.wait(STARTUP_S)
+        began = time.process_time()
         stop = time.perf_counter() + seconds
         step = 0
         while time.perf_counter() < stop:
-            indices = cycle(http, name, run, step, rng, "msgpack", indices, calls=calls)
+            if lean is not None:
+                array = lean.cycle(step, array, calls)
+            else:
+                indices = cycle(http, name, run, step, rng, "msgpack", indices, calls=calls)
             step += 1
             done += 1
-    results.put(done)
+        cpu = time.process_time() - began
+    results.put((done, cpu))
 
 
 def throughput_case(base: str, backend: str, runs: int, seconds: float,
-                    calls: int = 2, server_pid: int | None = None) -> dict[str, Any]:
+                    calls: int = 2, server_pid: int | None = None,
+                    trainer: str = "lean") -> dict[str, Any]:
     name = f"throughput-{calls}"
     with httpx.Client(base_url=base, timeout=30) as http:
         http.post("/v1/curricula", json=spec(name)).raise_for_status()
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(runs + 1), context.Queue()
     workers = [context.Process(target=_throughput_worker,
-                               args=(base, name, i, seconds, start, results, calls))
+                               args=(base, name, i, seconds, start, results, calls,
+                                     trainer))
                for i in range(runs)]
     for w in workers:
         w.start()
     start.wait(STARTUP_S)  # a trainer that died on the way breaks the barrier
     began = time.perf_counter()
     cpu_before = None if server_pid is None else cpu_seconds(server_pid)
-    total = sum(results.get(timeout=seconds + 120) for _ in workers)
+    done = [results.get(timeout=seconds + 120) for _ in workers]
     elapsed = time.perf_counter() - began
+    total = sum(cycles for cycles, _ in done)
     cpu_after = None if server_pid is None else cpu_seconds(server_pid)
     for w in workers:
         w.join()
-    result = {"case": "concurrent_runs", "backend": backend, "runs": runs, "calls": calls,
-              "cycles": total, "cycles_per_s": round(total / elapsed, 1)}
+    result: dict[str, Any] = {
+        "case": "concurrent_runs", "backend": backend, "runs": runs, "calls": calls,
+        "trainer": trainer, "cycles": total, "cycles_per_s": round(total / elapsed, 1)}
+    if total:
+        result["trainer_cpu_ms_per_cycle"] = round(sum(c for _, c in done) / total * 1e3, 2)
     if cpu_before is not None and cpu_after is not None and total:
         # The service's own CPU per cycle (the trainers share the machine's cores).
         result["server_cpu_ms_per_cycle"] = round((cpu_after - cpu_before) / total * 1e3, 2)
@@ -159,6 +221,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--trainer", choices=["lean", "httpx"], default="lean",
+                        help="the concurrent trainers' HTTP loop (see above)")
     args = parser.parse_args()
     for backend in args.backends:
         with tempfile.TemporaryDirectory() as tmp, database(backend, tmp) as url, \
@@ -168,7 +232,8 @@ def main() -> None:
                 print(json.dumps(latency_case(base, backend, encoding, args.cycles, calls)),
                       flush=True)
             for calls in (2, 1):
-                result = throughput_case(base, backend, args.runs, args.seconds, calls, pid)
+                result = throughput_case(base, backend, args.runs, args.seconds, calls, pid,
+                                         args.trainer)
                 print(json.dumps({**result, "workers": args.workers}), flush=True)
 
 

@@ -80,12 +80,14 @@ def test_simulation_quick(tmp_path: Path, extra: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_service_bench_tiny() -> None:
+@pytest.mark.parametrize("trainer", ["lean", "httpx"])
+def test_service_bench_tiny(trainer: str) -> None:
     """Every case of the service benchmark runs against a real server process: round
-    trips with one and two requests per step, and concurrent trainer processes."""
+    trips with one and two requests per step, and concurrent trainer processes of
+    either kind."""
     rows = [json.loads(line) for line in run(
         "service_bench.py", "--backends", "sqlite", "--cycles", "8", "--seconds", "1",
-        "--runs", "2")]
+        "--runs", "2", "--trainer", trainer)]
     trips = [(r["encoding"], r["calls"]) for r in rows if r["case"] == "round_trip"]
     assert trips == [("json", 2), ("msgpack", 2), ("msgpack", 1)]
     for row in rows:
@@ -95,3 +97,5 @@ def test_service_bench_tiny() -> None:
     assert [r["calls"] for r in concurrent] == [2, 1]
     assert all(r["runs"] == 2 and r["cycles"] > 0 for r in concurrent)
     assert all(r.get("server_cpu_ms_per_cycle", 1.0) > 0 for r in concurrent)
+    assert all(r["trainer"] == trainer and r["trainer_cpu_ms_per_cycle"] > 0
+               for r in concurrent)

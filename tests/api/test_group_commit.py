@@ -4,6 +4,7 @@ and leaves the cached engine equal to the log."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,13 @@ from api_support import SPEC
 from paceline_server.app.codec import MAGIC, decode_report
 from paceline_server.app.reports import parse_report
 from paceline_server.app.service import NextBatch, PacelineService
-from paceline_server.domain.errors import IdempotencyConflict, Unavailable
+from paceline_server.domain.errors import (
+    IdempotencyConflict,
+    InvalidReport,
+    InvalidRequest,
+    RunNotFound,
+    Unavailable,
+)
 from paceline_server.engine import CurriculumEngine
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
@@ -63,6 +70,7 @@ def setup(tmp_path: Any) -> Iterator[tuple[PacelineService, FailingStore]]:
     service.create_curriculum(SPEC)
     service.attach_run("math", run_id="r")
     yield service, store
+    service.close()
     store.close()
 
 
@@ -235,3 +243,190 @@ def test_forgetting_an_outdated_entry_keeps_a_fresh_one(
     assert service.engines.recent("math") is fresh
     service.engines.forget("math", fresh)
     assert service.engines.recent("math") is None
+
+
+# ------------------------------------------------------------------ report_async
+def queued_async(service: PacelineService, store: FailingStore, name: str,
+                 requests: list[tuple[dict[str, Any], str | None, NextBatch | None]],
+                 ) -> tuple[list[Any], int]:
+    """Run `report_async` for each request on one event loop while the curriculum is
+    held, so that all queue before the worker thread commits; (results or exceptions, in
+    request order; transactions used)."""
+    cached = service.engines.recent(name)
+    assert cached is not None
+
+    async def main() -> list[Any]:
+        cached.lock.acquire()  # this (the loop's) thread holds it until all are queued
+        try:
+            tasks = [asyncio.create_task(service.report_async(name, b, key, ask))
+                     for b, key, ask in requests]
+            while len(cached.pending) < len(requests) and not all(t.done() for t in tasks):
+                await asyncio.sleep(0.005)
+        finally:
+            cached.lock.release()
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    writers_before = store.writers
+    results = asyncio.run(main())
+    return results, store.writers - writers_before
+
+
+def test_async_reports_commit_in_one_transaction(
+        setup: tuple[PacelineService, FailingStore]) -> None:
+    service, store = setup
+    indices = service.next_batch("math", "r", 0).indices
+    requests: list[tuple[dict[str, Any], str | None, NextBatch | None]] = [
+        (body(indices, i, seed=i), f"k{i}", NextBatch(i + 1)) for i in range(5)]
+    requests.append((body(indices, 9, seed=9), "k0", None))  # same key, other content
+    requests.append((body(indices, 0, seed=0), "k0", NextBatch(1)))  # a retry of k0
+    results, transactions = queued_async(service, store, "math", requests)
+    assert transactions == 1
+    assert isinstance(results[5], IdempotencyConflict)
+    assert [(r.seq, r.replayed) for r in results[:5]] == [(i, False) for i in range(1, 6)]
+    assert (results[6].seq, results[6].replayed) == (1, True)
+    np.testing.assert_array_equal(results[6].batch.indices, results[0].batch.indices)
+    for step, ack in enumerate(results[:5], start=1):  # each report's own batch, stored
+        np.testing.assert_array_equal(ack.batch.indices,
+                                      service.next_batch("math", "r", step).indices)
+    assert service.engine("math").engine.to_bytes() == replayed(service)
+    assert not service.engine("math").pending and not service.engine("math").draining
+
+
+def test_async_and_threaded_reports_share_a_group(
+        setup: tuple[PacelineService, FailingStore]) -> None:
+    """A thread's `report` may commit reports queued by `report_async` and the other way
+    round; everyone gets their own ack."""
+    service, store = setup
+    indices = service.next_batch("math", "r", 0).indices
+    cached = service.engine("math")
+    acks: dict[str, Any] = {}
+
+    def threaded(key: str, step: int) -> None:
+        acks[key] = service.report("math", body(indices, step, seed=step), key)
+
+    async def main() -> None:
+        cached.lock.acquire()
+        threads = [threading.Thread(target=threaded, args=(f"t{i}", 10 + i))
+                   for i in range(3)]
+        try:
+            tasks = [asyncio.create_task(service.report_async(
+                "math", body(indices, i, seed=i), f"a{i}")) for i in range(3)]
+            for thread in threads:
+                thread.start()
+            while len(cached.pending) < 6:
+                await asyncio.sleep(0.005)
+        finally:
+            cached.lock.release()
+        for key, ack in zip(("a0", "a1", "a2"), await asyncio.gather(*tasks), strict=True):
+            acks[key] = ack
+        await asyncio.to_thread(lambda: [thread.join() for thread in threads])
+
+    writers_before = store.writers
+    asyncio.run(main())
+    assert store.writers - writers_before == 1
+    assert sorted(a.seq for a in acks.values()) == [1, 2, 3, 4, 5, 6]
+    assert cached.engine.to_bytes() == replayed(service)
+
+
+def test_async_failed_commit_acknowledges_nothing(
+        setup: tuple[PacelineService, FailingStore]) -> None:
+    service, store = setup
+    indices = service.next_batch("math", "r", 0).indices
+    before = service.engine("math").engine.to_bytes()
+    store.fail_next = True
+    results, _ = queued_async(service, store, "math", [
+        (body(indices, i, seed=i), f"k{i}", None) for i in range(3)])
+    assert all(isinstance(r, Unavailable) for r in results)
+    assert list(service.store.events("math")) == []
+    assert service.engine("math").engine.to_bytes() == before  # reloaded from the log
+    retried, _ = queued_async(service, store, "math", [
+        (body(indices, i, seed=i), f"k{i}", None) for i in range(3)])
+    assert sorted(a.seq for a in retried) == [1, 2, 3]
+
+
+def test_async_lease_failure_fails_what_is_queued(
+        setup: tuple[PacelineService, FailingStore],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error before the group is taken (no write lease) answers every queued report
+    with it instead of leaving them waiting."""
+    service, store = setup
+    indices = service.next_batch("math", "r", 0).indices
+
+    def no_lease(name: str) -> Any:
+        raise Unavailable("no write lease: injected", {})
+
+    monkeypatch.setattr(service.coordinator, "exclusive", no_lease)
+    results, _ = queued_async(service, store, "math", [
+        (body(indices, i, seed=i), f"k{i}", None) for i in range(2)])
+    assert all(isinstance(r, Unavailable) for r in results)
+    monkeypatch.undo()
+    assert list(service.store.events("math")) == []
+    cached = service.engine("math")
+    assert not cached.pending and not cached.draining
+    ack = asyncio.run(service.report_async("math", body(indices, 0, seed=0), "k0"))
+    assert (ack.seq, ack.replayed) == (1, False)
+
+
+def test_async_bad_input_is_refused_before_anything_is_queued(
+        setup: tuple[PacelineService, FailingStore]) -> None:
+    service, _ = setup
+    indices = service.next_batch("math", "r", 0).indices
+    cached = service.engine("math")
+    bad = body(indices, 0, seed=0)
+    bad["rewards"][0][0][0] = float("nan")
+    with pytest.raises(InvalidReport):
+        asyncio.run(service.report_async("math", bad, "k"))
+    with pytest.raises(InvalidRequest):
+        asyncio.run(service.report_async("math", body(indices, 0, seed=0), "x" * 201))
+    with pytest.raises(InvalidRequest):  # a batch size the curriculum cannot serve
+        asyncio.run(service.report_async("math", body(indices, 0, seed=0), "k",
+                                         NextBatch(1, size=10**9)))
+    assert not cached.pending and not cached.draining
+    assert list(service.store.events("math")) == []
+
+
+def test_async_falls_back_to_a_thread_for_what_it_does_not_know(
+        setup: tuple[PacelineService, FailingStore], tmp_path: Any) -> None:
+    """A curriculum not cached yet, a run attached by another process, and a run nobody
+    attached: each is looked up in the store (off the loop) with the usual results."""
+    service, _ = setup
+    indices = service.next_batch("math", "r", 0).indices
+    service.engines.forget("math")
+    ack = asyncio.run(service.report_async("math", body(indices, 0, seed=0), "a"))
+    assert (ack.seq, ack.replayed) == (1, False)
+    other_store = open_store(f"sqlite:///{tmp_path / 'g.db'}")
+    try:
+        other = PacelineService(other_store, Settings(database_url="sqlite:///unused.db"))
+        other.attach_run("math", run_id="elsewhere")
+        other.close()
+    finally:
+        other_store.close()
+    ack = asyncio.run(service.report_async(
+        "math", body(indices, 0, seed=1, run="elsewhere"), "b"))
+    assert (ack.seq, ack.replayed) == (2, False)
+    with pytest.raises(RunNotFound):
+        asyncio.run(service.report_async("math", body(indices, 0, seed=2, run="nobody"), "c"))
+    assert service.engine("math").engine.to_bytes() == replayed(service)
+
+
+def test_async_report_after_the_curriculum_was_recreated_elsewhere(
+        setup: tuple[PacelineService, FailingStore], tmp_path: Any) -> None:
+    service, _ = setup
+    indices = service.next_batch("math", "r", 0).indices
+    asyncio.run(service.report_async("math", body(indices, 0, seed=0), "a"))
+    old = service.engine("math")
+    other_store = open_store(f"sqlite:///{tmp_path / 'g.db'}")
+    try:
+        other = PacelineService(other_store, Settings(database_url="sqlite:///unused.db"))
+        other.delete_curriculum("math")
+        other.create_curriculum({**SPEC, "batch_size": 5})
+        other.attach_run("math", run_id="r")
+        other.close()
+    finally:
+        other_store.close()
+    ack = asyncio.run(service.report_async("math", body(indices[:3], 0, seed=0), "a",
+                                           NextBatch(step=1)))
+    assert (ack.seq, ack.replayed) == (1, False)  # the new curriculum's first report
+    assert ack.batch is not None and ack.batch.indices.size == 5
+    assert service.engine("math") is not old
+    assert service.engine("math").engine.to_bytes() == replayed(service)

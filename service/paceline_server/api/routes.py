@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from paceline_server.api import schemas
 from paceline_server.api.body import read_body
@@ -184,7 +183,7 @@ async def report(name: NamePath, request: Request) -> Response:
     if idempotency_key is not None and has_control_characters(idempotency_key):
         raise InvalidRequest("the idempotency key must not contain control characters",
                              {"field": "idempotency_key"})
-    ack = await run_in_threadpool(service.report, name, body, idempotency_key, ask)
+    ack = await service.report_async(name, body, idempotency_key, ask)
     metrics = request.app.state.metrics
     metrics.reports.labels(name).inc()
     out: dict[str, Any] = {"seq": ack.seq, "replayed": ack.replayed}

@@ -40,6 +40,8 @@ class CachedEngine:
     #: waits for the cross-replica write lease, so `lock` stays free meanwhile (batches
     #: are served and the background catch-up folds other replicas' events).
     commit_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: A worker thread is committing what `report_async` queued (under `pending_guard`).
+    draining: bool = False
 
 
 class EngineCache:

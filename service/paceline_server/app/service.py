@@ -16,11 +16,14 @@ write leases), see `app/coordination.py`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -111,9 +114,14 @@ class PacelineService:
         # as long as that curriculum (told apart from a recreated one by created_at).
         self._known_runs: set[tuple[str, datetime, str]] = set()
         self._known_guard = threading.Lock()
+        #: Worker threads of `report_async`: group commits and the I/O the loop avoids.
+        self._executor = ThreadPoolExecutor(max_workers=32,
+                                            thread_name_prefix="paceline-report")
 
     def close(self) -> None:
-        """Stop the coordinator's threads (the store is closed by its owner)."""
+        """Finish the reports in flight and stop the coordinator's threads (the store is
+        closed by its owner)."""
+        self._executor.shutdown(wait=True)
         self.coordinator.close()
 
     def _fold_announced(self, name: str, stamp: int, seq: int) -> int:
@@ -136,6 +144,9 @@ class PacelineService:
             raise
         finally:
             cached.lock.release()
+
+    def _run_known(self, record: CurriculumHead, run_id: str) -> bool:
+        return (record.name, record.created_at, run_id) in self._known_runs
 
     def _check_run(self, record: CurriculumHead, run_id: str) -> None:
         key = (record.name, record.created_at, run_id)
@@ -217,7 +228,9 @@ class PacelineService:
         holds the engine lock next commits everything queued in one transaction, in
         queue order. Requests that find their report committed by another return its
         ack. So eight trainers reporting at once cost one lock and one fsync per group
-        instead of one each, with the same per-report results as one by one.
+        instead of one each, with the same per-report results as one by one. (An event
+        loop calls `report_async`, which queues on the same groups without a thread per
+        waiting request.)
 
         With a coordinator, a retry whose ack is cached returns before any lock, and the
         request leading a group waits for the cross-replica write lease (not holding the
@@ -227,9 +240,7 @@ class PacelineService:
         under the lock); should the curriculum have been recreated meanwhile, the commit
         notices and the report is redone on a fresh engine.
         """
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY:
-            raise InvalidRequest(f"idempotency key must be 1 to {MAX_KEY} characters",
-                                 {"field": "idempotency_key"})
+        self._check_key(idempotency_key)
         cached = self.engines.recent(name)
         try:
             return self._report(name, body, idempotency_key, next_batch, cached)
@@ -237,45 +248,144 @@ class PacelineService:
             self.engines.forget(name, cached)
             return self._report(name, body, idempotency_key, next_batch, None)
 
+    async def report_async(self, name: str, body: Mapping[str, Any],
+                           idempotency_key: str | None = None,
+                           next_batch: NextBatch | None = None) -> ReportAck:
+        """`report` for an event loop, with the same results and guarantees.
+
+        The loop's thread validates and queues the report (CPU work, which holds the GIL
+        wherever it runs) and the group is committed in a worker thread: one thread
+        hand-off per group commit instead of one per request, and no thread parked per
+        waiting request. Whenever that would make the loop wait on I/O — the curriculum
+        or the run not yet known to this process, an ack cache to ask, a curriculum
+        recreated meanwhile, events to prune — it runs `report` in a worker thread.
+        """
+        self._check_key(idempotency_key)
+        loop = asyncio.get_running_loop()
+        cached = self.engines.recent(name)
+        if cached is None or self.coordinator.caches_acks:
+            return await loop.run_in_executor(self._executor, self.report, name, body,
+                                              idempotency_key, next_batch)
+        item = self._prepare(cached, body, idempotency_key, next_batch, known_runs_only=True)
+        if item is None:  # the run is not known here yet: look it up off the loop
+            return await loop.run_in_executor(self._executor, self.report, name, body,
+                                              idempotency_key, next_batch)
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def notify() -> None:
+            # RuntimeError: the loop has closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(finished)
+
+        item.notify = notify
+        with cached.pending_guard:
+            cached.pending.append(item)
+            drain = not cached.draining
+            cached.draining = True
+        if drain:
+            loop.run_in_executor(self._executor, self._drain, name, cached)
+        await done
+        if isinstance(item.error, _Recreated):
+            self.engines.forget(name, cached)
+            return await loop.run_in_executor(self._executor, self.report, name, body,
+                                              idempotency_key, next_batch)
+        ack = self._acked(item)
+        if self._prunes(ack):
+            await loop.run_in_executor(self._executor, self.store.prune_events, name, ack.seq)
+        return ack
+
+    def _drain(self, name: str, cached: CachedEngine) -> None:
+        """Commit what `report_async` queued on `cached`, group by group (worker thread).
+        Reports queued by `report` may ride along, and `report` threads may commit queued
+        async reports: every item is answered by whoever commits it."""
+        while True:
+            with cached.pending_guard:
+                if not cached.pending:
+                    cached.draining = False
+                    return
+            try:
+                with cached.commit_lock:  # a `report` thread may have taken them all
+                    self._commit_pending(name, cached)
+            except BaseException as exc:  # e.g. no write lease: fail what is queued
+                with cached.pending_guard:
+                    group, cached.pending = cached.pending, []
+                _finish(group, error=exc)
+
+    def _check_key(self, idempotency_key: str | None) -> None:
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY:
+            raise InvalidRequest(f"idempotency key must be 1 to {MAX_KEY} characters",
+                                 {"field": "idempotency_key"})
+
+    def _prepare(self, cached: CachedEngine, body: Mapping[str, Any],
+                 idempotency_key: str | None, next_batch: NextBatch | None,
+                 known_runs_only: bool = False) -> _PendingReport | None:
+        """Parse and validate a report against `cached`'s spec (nothing is applied yet);
+        None when `known_runs_only` and its run is not known to this process."""
+        report = parse_report(body, cached.spec)
+        if next_batch is not None:  # refused before anything is applied
+            cached.engine.check_batch_request(report.run_id, next_batch.step, next_batch.size)
+        record = CurriculumHead(name=cached.spec.name, created_at=cached.created_at,
+                                head_seq=cached.seq)
+        if known_runs_only:
+            if not self._run_known(record, report.run_id):
+                return None
+        else:
+            self._check_run(record, report.run_id)
+        return _PendingReport(report, encode_report(report), idempotency_key, next_batch)
+
+    def _acked(self, item: _PendingReport) -> ReportAck:
+        if item.error is not None:
+            raise item.error
+        assert item.ack is not None
+        return item.ack
+
+    def _prunes(self, ack: ReportAck) -> bool:
+        return (not ack.replayed and self.settings.prune_events
+                and ack.seq % self.settings.snapshot_every == 0)
+
     def _report(self, name: str, body: Mapping[str, Any], idempotency_key: str | None,
                 next_batch: NextBatch | None, cached: CachedEngine | None) -> ReportAck:
         if cached is None:
             cached = self.engines.entry(self.store.head(name))
-        record = CurriculumHead(name=name, created_at=cached.created_at, head_seq=cached.seq)
-        report = parse_report(body, cached.spec)
-        if next_batch is not None:  # refused before anything is applied
-            cached.engine.check_batch_request(report.run_id, next_batch.step, next_batch.size)
-        self._check_run(record, report.run_id)
-        item = _PendingReport(report, encode_report(report), idempotency_key, next_batch)
-        stamp = curriculum_stamp(record.created_at)
+        item = self._prepare(cached, body, idempotency_key, next_batch)
+        assert item is not None
+        stamp = curriculum_stamp(cached.created_at)
         if item.key is not None and self.coordinator.caches_acks:
             item.digest = _digest(item.payload)
             hit = self.coordinator.cached_ack(name, stamp, item.key)
             if hit is not None and hit[1] == item.digest:  # else the log decides
                 batch = None if next_batch is None else self.next_batch(
-                    name, report.run_id, next_batch.step, next_batch.size)
+                    name, item.report.run_id, next_batch.step, next_batch.size)
                 return ReportAck(hit[0], replayed=True, batch=batch)
         with cached.pending_guard:
             cached.pending.append(item)
         with cached.commit_lock:
             if not item.done:
-                with self.coordinator.exclusive(name) as notice:
-                    with cached.lock:
-                        with cached.pending_guard:
-                            group, cached.pending = cached.pending, []
-                        self._commit_group(name, cached, group)
-                        head = cached.seq
-                    if any(i.ack is not None for i in group):  # the transaction committed
-                        notice.record(stamp, head, [
-                            (i.key, i.ack.seq, i.digest) for i in group
-                            if i.key is not None and i.ack is not None and i.digest])
-        if item.error is not None:
-            raise item.error
-        assert item.ack is not None
-        if (not item.ack.replayed and self.settings.prune_events
-                and item.ack.seq % self.settings.snapshot_every == 0):
-            self.store.prune_events(name, item.ack.seq)
-        return item.ack
+                self._commit_pending(name, cached)
+        ack = self._acked(item)
+        if self._prunes(ack):
+            self.store.prune_events(name, ack.seq)
+        return ack
+
+    def _commit_pending(self, name: str, cached: CachedEngine) -> None:
+        """Commit everything queued on `cached` as one group (caller holds its
+        commit_lock); with a coordinator, under the cross-replica write lease."""
+        with self.coordinator.exclusive(name) as notice:
+            with cached.lock:
+                with cached.pending_guard:
+                    group, cached.pending = cached.pending, []
+                if not group:
+                    return
+                self._commit_group(name, cached, group)
+                head = cached.seq
+            if any(i.ack is not None for i in group):  # the transaction committed
+                notice.record(curriculum_stamp(cached.created_at), head, [
+                    (i.key, i.ack.seq, i.digest) for i in group
+                    if i.key is not None and i.ack is not None and i.digest])
 
     def _commit_group(self, name: str, cached: CachedEngine,
                       group: list[_PendingReport]) -> None:
@@ -297,13 +407,10 @@ class PacelineService:
                 seq = writer.head_seq
         except BaseException as exc:
             self.engines.invalidate(cached)
-            for item in group:
-                item.ack, item.error = None, exc
+            _finish(group, error=exc)
         else:
             cached.seq = seq
-        finally:
-            for item in group:
-                item.done = True
+            _finish(group)
 
     def _append(self, writer: CurriculumWriter, cached: CachedEngine,
                 item: _PendingReport) -> ReportAck:
@@ -421,6 +528,17 @@ class _PendingReport:
     done: bool = False
     ack: ReportAck | None = None
     error: BaseException | None = None
+    notify: Callable[[], object] | None = None  # called once done (`report_async`)
+
+
+def _finish(group: list[_PendingReport], error: BaseException | None = None) -> None:
+    """Mark a group's reports done (failed with `error`, if given) and tell waiters."""
+    for item in group:
+        if error is not None:
+            item.ack, item.error = None, error
+        item.done = True
+        if item.notify is not None:
+            item.notify()
 
 
 def _check_size(batch: Batch, size: int | None) -> None:
