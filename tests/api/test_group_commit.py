@@ -206,26 +206,44 @@ def test_retry_of_a_report_stored_in_the_previous_format_is_replayed(
         service.report("math", body(indices, 0, seed=1), "key-0")
 
 
+def in_another_process(tmp_path: Any, act: Callable[[PacelineService], object]) -> None:
+    """What another service process on the same database does (its own store and cache)."""
+    other_store = open_store(f"sqlite:///{tmp_path / 'g.db'}")
+    try:
+        other = PacelineService(other_store, Settings(database_url="sqlite:///unused.db"))
+        try:
+            act(other)
+        finally:
+            other.close()
+    finally:
+        other_store.close()
+
+
+def recreate(other: PacelineService) -> None:
+    other.delete_curriculum("math")
+    other.create_curriculum({**SPEC, "batch_size": 5})
+    other.attach_run("math", run_id="r")
+
+
+@pytest.mark.parametrize("call", ["report", "report_async"])
 def test_report_after_the_curriculum_was_recreated_elsewhere(
-        setup: tuple[PacelineService, FailingStore], tmp_path: Any) -> None:
+        setup: tuple[PacelineService, FailingStore], tmp_path: Any, call: str) -> None:
     """Reports use the cached engine without reading the head first; when another
     process deleted and recreated the curriculum meanwhile, the commit notices (under the
     lock, before writing) and the report is applied to the new curriculum."""
     service, _ = setup
+
+    def report(*args: Any) -> Any:
+        if call == "report":
+            return service.report("math", *args)
+        return asyncio.run(service.report_async("math", *args))
+
     indices = service.next_batch("math", "r", 0).indices
-    service.report("math", body(indices, 0, seed=0), "a")
+    report(body(indices, 0, seed=0), "a")
     old = service.engine("math")
-    other_store = open_store(f"sqlite:///{tmp_path / 'g.db'}")
-    try:
-        other = PacelineService(other_store, Settings(database_url="sqlite:///unused.db"))
-        other.delete_curriculum("math")
-        other.create_curriculum({**SPEC, "batch_size": 5})
-        other.attach_run("math", run_id="r")
-    finally:
-        other_store.close()
+    in_another_process(tmp_path, recreate)
     assert service.engines.recent("math") is old  # this process has not noticed yet
-    ack = service.report("math", body(indices[:3], 0, seed=0), "a",
-                         NextBatch(step=1))
+    ack = report(body(indices[:3], 0, seed=0), "a", NextBatch(step=1))
     assert (ack.seq, ack.replayed) == (1, False)  # the new curriculum's first report
     assert ack.batch is not None and ack.batch.indices.size == 5  # the new spec
     fresh = service.engine("math")
@@ -394,13 +412,7 @@ def test_async_falls_back_to_a_thread_for_what_it_does_not_know(
     service.engines.forget("math")
     ack = asyncio.run(service.report_async("math", body(indices, 0, seed=0), "a"))
     assert (ack.seq, ack.replayed) == (1, False)
-    other_store = open_store(f"sqlite:///{tmp_path / 'g.db'}")
-    try:
-        other = PacelineService(other_store, Settings(database_url="sqlite:///unused.db"))
-        other.attach_run("math", run_id="elsewhere")
-        other.close()
-    finally:
-        other_store.close()
+    in_another_process(tmp_path, lambda other: other.attach_run("math", run_id="elsewhere"))
     ack = asyncio.run(service.report_async(
         "math", body(indices, 0, seed=1, run="elsewhere"), "b"))
     assert (ack.seq, ack.replayed) == (2, False)
@@ -408,25 +420,3 @@ def test_async_falls_back_to_a_thread_for_what_it_does_not_know(
         asyncio.run(service.report_async("math", body(indices, 0, seed=2, run="nobody"), "c"))
     assert service.engine("math").engine.to_bytes() == replayed(service)
 
-
-def test_async_report_after_the_curriculum_was_recreated_elsewhere(
-        setup: tuple[PacelineService, FailingStore], tmp_path: Any) -> None:
-    service, _ = setup
-    indices = service.next_batch("math", "r", 0).indices
-    asyncio.run(service.report_async("math", body(indices, 0, seed=0), "a"))
-    old = service.engine("math")
-    other_store = open_store(f"sqlite:///{tmp_path / 'g.db'}")
-    try:
-        other = PacelineService(other_store, Settings(database_url="sqlite:///unused.db"))
-        other.delete_curriculum("math")
-        other.create_curriculum({**SPEC, "batch_size": 5})
-        other.attach_run("math", run_id="r")
-        other.close()
-    finally:
-        other_store.close()
-    ack = asyncio.run(service.report_async("math", body(indices[:3], 0, seed=0), "a",
-                                           NextBatch(step=1)))
-    assert (ack.seq, ack.replayed) == (1, False)  # the new curriculum's first report
-    assert ack.batch is not None and ack.batch.indices.size == 5
-    assert service.engine("math") is not old
-    assert service.engine("math").engine.to_bytes() == replayed(service)
