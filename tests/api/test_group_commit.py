@@ -420,3 +420,18 @@ def test_async_falls_back_to_a_thread_for_what_it_does_not_know(
         asyncio.run(service.report_async("math", body(indices, 0, seed=2, run="nobody"), "c"))
     assert service.engine("math").engine.to_bytes() == replayed(service)
 
+
+
+def test_async_report_while_closing_is_refused_and_not_queued(
+        setup: tuple[PacelineService, FailingStore]) -> None:
+    service, _ = setup
+    indices = service.next_batch("math", "r", 0).indices
+    cached = service.engine("math")
+    service.close()
+    with pytest.raises(Unavailable):
+        asyncio.run(service.report_async("math", body(indices, 0, seed=0), "a"))
+    assert not cached.pending and not cached.draining
+    service.engines.forget("math")  # the other way in: a lookup in a worker thread
+    with pytest.raises(Unavailable):
+        asyncio.run(service.report_async("math", body(indices, 0, seed=0), "a"))
+    assert list(service.store.events("math")) == []

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from paceline_server.app.codec import decode_batch, encode_batch, encode_report, same_report
 from paceline_server.app.coordination import (
@@ -41,6 +41,7 @@ from paceline_server.domain.errors import (
     CurriculumExists,
     IdempotencyConflict,
     InvalidRequest,
+    Unavailable,
 )
 from paceline_server.domain.inspection import CurriculumInspection
 from paceline_server.domain.report import Report
@@ -57,6 +58,7 @@ from paceline_server.store.base import (
 )
 
 MAX_KEY = 200
+T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
 
@@ -264,12 +266,12 @@ class PacelineService:
         loop = asyncio.get_running_loop()
         cached = self.engines.recent(name)
         if cached is None or self.coordinator.caches_acks:
-            return await loop.run_in_executor(self._executor, self.report, name, body,
-                                              idempotency_key, next_batch)
+            return await self._in_thread(self.report, name, body, idempotency_key,
+                                         next_batch)
         item = self._prepare(cached, body, idempotency_key, next_batch, known_runs_only=True)
         if item is None:  # the run is not known here yet: look it up off the loop
-            return await loop.run_in_executor(self._executor, self.report, name, body,
-                                              idempotency_key, next_batch)
+            return await self._in_thread(self.report, name, body, idempotency_key,
+                                         next_batch)
         done: asyncio.Future[None] = loop.create_future()
 
         def finished() -> None:
@@ -287,16 +289,32 @@ class PacelineService:
             drain = not cached.draining
             cached.draining = True
         if drain:
-            loop.run_in_executor(self._executor, self._drain, name, cached)
+            try:
+                self._in_thread(self._drain, name, cached)
+            except Unavailable:  # closing: take the report back unless one was taken
+                with cached.pending_guard:
+                    cached.draining = False
+                    queued = any(i is item for i in cached.pending)
+                    if queued:
+                        cached.pending.remove(item)
+                if queued:
+                    raise
         await done
         if isinstance(item.error, _Recreated):
             self.engines.forget(name, cached)
-            return await loop.run_in_executor(self._executor, self.report, name, body,
-                                              idempotency_key, next_batch)
+            return await self._in_thread(self.report, name, body, idempotency_key,
+                                         next_batch)
         ack = self._acked(item)
         if self._prunes(ack):
-            await loop.run_in_executor(self._executor, self.store.prune_events, name, ack.seq)
+            await self._in_thread(self.store.prune_events, name, ack.seq)
         return ack
+
+    def _in_thread(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """`function(*args)` in a worker thread of the running loop."""
+        try:
+            return asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        except RuntimeError as exc:  # the executor was shut down by `close`
+            raise Unavailable("the service is shutting down", {}) from exc
 
     def _drain(self, name: str, cached: CachedEngine) -> None:
         """Commit what `report_async` queued on `cached`, group by group (worker thread).
