@@ -351,6 +351,7 @@ class SqlStore(Store):
         # The report/batch hot path runs on the driver (see store.prepared); echo=True
         # logs only the statements that go through SQLAlchemy.
         dialect = self.engine.dialect
+        self._sql_curriculum = Prepared(_CURRICULUM_ROW, dialect)
         self._sql_lock_curriculum = Prepared(_CURRICULUM_ROW_LOCKED, dialect)
         self._sql_lookup_batch = Prepared(_LOOKUP_BATCH, dialect)
         self._sql_select_batch = Prepared(_SELECT_BATCH, dialect)
@@ -421,17 +422,18 @@ class SqlStore(Store):
         """The dialect's INSERT, which has `on_conflict_do_nothing/update`."""
         return pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
 
-    @staticmethod
-    def _curriculum_row(conn: Connection, name: str, *,
-                        lock: bool = False) -> _Row:
-        query = _CURRICULUM_ROW_LOCKED if lock else _CURRICULUM_ROW
-        row = conn.execute(query, {"name": name}).one_or_none()
+    def _curriculum_row(self, conn: Connection, name: str, *,
+                        lock: bool = False) -> tuple[int, int, datetime]:
+        """(id, head_seq, created_at) of the curriculum, its row locked if `lock`."""
+        query = self._sql_lock_curriculum if lock else self._sql_curriculum
+        row = query.one_or_none(conn, {"name": name})
         if row is None:
             raise CurriculumNotFound(f"curriculum {name!r} not found", {"curriculum": name})
-        return row
+        cid, head_seq, created_at = row
+        return int(cid), int(head_seq), created_at
 
     def _curriculum_id(self, conn: Connection, name: str) -> int:
-        return int(self._curriculum_row(conn, name).id)
+        return self._curriculum_row(conn, name)[0]
 
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -565,12 +567,7 @@ class SqlStore(Store):
         """Lock the curriculum, yield a writer on this transaction, commit on clean exit
         (with the new head_seq), roll back if the block raises."""
         with self._write(name) as conn:
-            row = self._sql_lock_curriculum.one_or_none(conn, {"name": name})
-            if row is None:
-                raise CurriculumNotFound(f"curriculum {name!r} not found",
-                                         {"curriculum": name})
-            cid, head_seq, created_at = row
-            handle = _SqlWriter(self, conn, int(cid), int(head_seq), created_at)
+            handle = _SqlWriter(self, conn, *self._curriculum_row(conn, name, lock=True))
             try:
                 yield handle
                 handle._finish()
@@ -639,7 +636,7 @@ class SqlStore(Store):
         and with no snapshot nothing does. Serialised with writers (same lock).
         """
         with self._write(name) as conn:
-            cid = int(self._curriculum_row(conn, name, lock=True).id)
+            cid = self._curriculum_row(conn, name, lock=True)[0]
             newest = conn.execute(select(func.max(t.snapshots.c.seq)).where(
                 t.snapshots.c.curriculum_id == cid)).scalar_one_or_none()
             if newest is None:
