@@ -44,18 +44,14 @@ async def require_read(request: Request,
     return _scope(request, settings)
 
 
-async def require_write(request: Request,
-                  settings: Annotated[Settings, Depends(get_settings)]) -> str:
-    return _write(request, settings)
+async def require_write(request: Request) -> str:
+    return write_scope(request)
 
 
 def write_scope(request: Request) -> str:
-    """`WriteScope` for a route that solves no dependencies (the report route)."""
+    """The `WriteScope` check, also called by a route that solves no dependencies (the
+    report route)."""
     settings: Settings = request.app.state.settings
-    return _write(request, settings)
-
-
-def _write(request: Request, settings: Settings) -> str:
     scope = _scope(request, settings)
     if scope != "write":
         raise Forbidden("this token is read-only", {"scope": scope})
