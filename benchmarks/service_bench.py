@@ -123,7 +123,7 @@ class LeanTrainer:
         self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
         self.prefix = f"/v1/curricula/{name}"
         self.run = run
-        self.pool = [rng.integers(0, 2, (B, G, K)).astype(np.float32).tobytes()
+        self.pool = [rng.integers(0, 2, (B, G, K)).astype(np.float32)
                      for _ in range(self.POOL)]
 
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> Any:
@@ -137,8 +137,7 @@ class LeanTrainer:
     def cycle(self, step: int, indices: np.ndarray, calls: int) -> np.ndarray:
         report = msgpack.packb({
             "run_id": self.run, "step": step, "indices": typed(indices),
-            "rewards": {"dtype": "<f4", "shape": [indices.size, G, K],
-                        "data": self.pool[step % self.POOL]}})
+            "rewards": typed(self.pool[step % self.POOL][:indices.size])})
         headers = {"Content-Type": "application/msgpack",
                    "Idempotency-Key": f"{self.run}/{step}"}
         if calls == 1:
