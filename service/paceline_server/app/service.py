@@ -432,11 +432,12 @@ class PacelineService:
 
     def _append(self, writer: CurriculumWriter, cached: CachedEngine,
                 item: _PendingReport) -> ReportAck:
-        stored = None
+        served = None
         if item.next is not None:  # a conflicting stored batch refuses the whole report
-            stored = writer.get_batch(item.report.run_id, item.next.step)
-            if stored is not None:
-                _check_size(decode_batch(stored.payload), item.next.size)
+            record = writer.get_batch(item.report.run_id, item.next.step)
+            if record is not None:
+                served = decode_batch(record.payload)
+                _check_size(served, item.next.size)
         if item.key is not None:
             previous = writer.find_by_key(item.key)
             if previous is not None:
@@ -447,24 +448,24 @@ class PacelineService:
                         "idempotency key was used for a different report",
                         {"idempotency_key": item.key, "seq": previous.seq})
                 return ReportAck(previous.seq, replayed=True,
-                                 batch=self._batch_in(writer, cached, item, stored))
+                                 batch=self._batch_in(writer, cached, item, served))
         cached.engine.apply(item.report)
         seq = writer.append("report", item.report.run_id, item.report.step, item.key,
                             item.payload, checked=True)
         if seq % self.settings.snapshot_every == 0:
             writer.put_snapshot(seq, cached.engine.to_bytes())
         return ReportAck(seq, replayed=False,
-                         batch=self._batch_in(writer, cached, item, stored))
+                         batch=self._batch_in(writer, cached, item, served))
 
     @staticmethod
     def _batch_in(writer: CurriculumWriter, cached: CachedEngine, item: _PendingReport,
-                  stored: BatchRecord | None) -> Batch | None:
-        """The batch the report asked for: the stored one, or proposed now (the engine has
-        folded through `writer.head_seq`) and stored with the report."""
+                  served: Batch | None) -> Batch | None:
+        """The batch the report asked for: the one served before, or proposed now (the
+        engine has folded through `writer.head_seq`) and stored with the report."""
         if item.next is None:
             return None
-        if stored is not None:
-            return decode_batch(stored.payload)
+        if served is not None:
+            return served
         run_id, step = item.report.run_id, item.next.step
         batch = cached.engine.next_batch(run_id, step, item.next.size)
         payload = encode_batch(batch)
