@@ -118,3 +118,35 @@ def test_draws_are_unique_in_range_and_positive_first(values: list[float], count
     assert chosen.max() < array.size
     positive = int((array > 0).sum())
     assert (array[chosen] > 0).sum() == min(k, positive)
+
+
+def test_filtered_sampling_takes_rejected_leaves_back_before_starving() -> None:
+    tree = build_tree(np.ones(10))
+    rng = np.random.default_rng(0)
+    reject_low = lambda idx: idx >= 5  # noqa: E731 - five of ten accepted
+    chosen, skipped = sample_filtered(tree, 9, rng, accept=reject_low, max_redraws=3)
+    assert np.unique(chosen).size == 9
+    assert set(range(5, 10)) <= set(chosen.tolist())
+    assert skipped == 1
+    assert tree.nodes.tobytes() == build_tree(np.ones(10)).nodes.tobytes()
+
+
+def test_filtered_sampling_with_no_mass_and_everything_rejected() -> None:
+    tree = build_tree(np.zeros(10))
+    chosen, skipped = sample_filtered(tree, 10, np.random.default_rng(1),
+                                      accept=lambda idx: np.zeros(idx.size, bool),
+                                      max_redraws=5)
+    assert sorted(chosen.tolist()) == list(range(10))
+    assert skipped == 0
+
+
+def test_uniform_fill_is_bounded_and_refuses_the_impossible() -> None:
+    from paceline_server.strategies.sumtree import _uniform_excluding
+
+    rng = np.random.default_rng(2)
+    dense = _uniform_excluding(10, 4, np.arange(6), rng)
+    assert sorted(dense.tolist()) == [6, 7, 8, 9]
+    sparse = _uniform_excluding(1_000_000, 50, np.arange(10), rng)
+    assert np.unique(sparse).size == 50 and sparse.min() >= 10
+    with pytest.raises(ValueError, match="only 4 of 10 free"):
+        _uniform_excluding(10, 5, np.arange(6), rng)

@@ -45,3 +45,31 @@ def test_skipping_off_keeps_batches_unchanged() -> None:
     plain = CurriculumEngine(spec((50, 50), batch_size=10))
     assert plain.next_batch("r", 0).skipped_zero_variance == 0
     assert plain.state.posteriors is None
+
+
+def test_batch_near_the_accepted_count_never_hangs() -> None:
+    """Issue 14's hang: 5 of 10 indices predicted all-equal, a batch of 9. The sampler
+    may skip at most the surplus; the batch is full and distinct, and the rejected
+    indices that had to fill it are not counted as skipped."""
+    cur = spec((10,), sampler="prioritized", batch_size=9,
+               zero_variance={"threshold": 0.3, "max_redraws": 3})
+    e = CurriculumEngine(cur)
+    for step in range(3):
+        e.apply(report(cur, np.arange(5), np.ones((5, 4)), step=step))
+    batch = e.next_batch("r", 3)
+    assert np.unique(batch.indices).size == 9
+    assert set(range(5, 10)) <= set(batch.indices.tolist())
+    assert batch.skipped_zero_variance == 1  # only one solved index could stay out
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "prioritized", "spard"])
+@pytest.mark.parametrize("size", [1, 7, 10])
+def test_every_index_rejected_still_fills_the_batch(sampler: str, size: int) -> None:
+    cur = spec((10,), sampler=sampler, batch_size=size,
+               zero_variance={"threshold": 0.05, "max_redraws": 100})
+    e = CurriculumEngine(cur)
+    for step in range(3):
+        e.apply(report(cur, np.arange(10), np.ones((10, 8)), step=step))
+    batch = e.next_batch("r", 3)
+    assert np.unique(batch.indices).size == size
+    assert batch.skipped_zero_variance <= 10 - size

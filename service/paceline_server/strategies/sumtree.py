@@ -181,14 +181,17 @@ def sample_filtered(tree: SumTreeState, count: int, rng: np.random.Generator,
     the remaining mass. Only when that keeps failing (the chosen leaves hold most of the
     mass) are they zeroed in the tree, to be restored bit-exactly before returning.
     With `accept`, rejected leaves are excluded and redrawn, at most `max_redraws`
-    rounds of rejection. When the positive mass runs out, the rest is filled uniformly
-    among unchosen leaves.
+    rounds of rejection. When the positive mass runs out, the rest is filled first with
+    the rejected leaves (in draw order, so a batch is never starved by skipping: they no
+    longer count as skipped), then uniformly among the leaves not chosen. Every loop is
+    bounded: `MAX_ROUNDS` tree rounds and a bounded uniform fill.
     """
     coef = _coef(tree, coef)
     n = tree.size
     count = min(count, n)
     chosen = np.zeros(0, dtype=np.int64)
     excluded = np.zeros(0, dtype=np.int64)  # chosen or rejected
+    rejected = np.zeros(0, dtype=np.int64)
     zeroed: list[np.ndarray] = []
     saved: list[np.ndarray] = []
     skipped = 0
@@ -210,6 +213,7 @@ def sample_filtered(tree: SumTreeState, count: int, rng: np.random.Generator,
                     rejection_rounds += 1
                     skipped += int((~ok).sum())
                     excluded = np.concatenate([excluded, fresh[~ok]])
+                    rejected = np.concatenate([rejected, fresh[~ok]])
                     fresh = fresh[ok]
             chosen = np.concatenate([chosen, fresh])
             excluded = np.concatenate([excluded, fresh])
@@ -221,9 +225,15 @@ def sample_filtered(tree: SumTreeState, count: int, rng: np.random.Generator,
                 saved.append(tree.leaves[:, pending].T.copy())
                 set_leaves(tree, pending, np.zeros((pending.size, tree.leaves.shape[0])))
                 misses = 0
+        if chosen.size < count and rejected.size:
+            # Skipping may shorten a batch's choice, never its size: take back the
+            # rejected leaves that are needed.
+            back = rejected[: count - chosen.size]
+            chosen = np.concatenate([chosen, back])
+            skipped -= int(back.size)
         if chosen.size < count:
             chosen = np.concatenate(
-                [chosen, _uniform_excluding(n, count - chosen.size, excluded, rng)])
+                [chosen, _uniform_excluding(n, count - chosen.size, chosen, rng)])
     finally:
         if zeroed:
             set_leaves(tree, np.concatenate(zeroed), np.concatenate(saved))
@@ -237,16 +247,37 @@ def sample_unique(tree: SumTreeState, count: int, rng: np.random.Generator,
 
 def _uniform_excluding(n: int, count: int, exclude: np.ndarray,
                        rng: np.random.Generator) -> np.ndarray:
-    """`count` distinct indices of 0..n-1 not in `exclude`, by rejection (O(count) when
-    the excluded set is small relative to n)."""
-    excluded = set(exclude.tolist())
-    result: list[int] = []
-    seen: set[int] = set()
-    while len(result) < count:
-        for value in rng.integers(0, n, size=2 * (count - len(result)) + 8).tolist():
-            if value not in excluded and value not in seen:
-                seen.add(value)
-                result.append(value)
-                if len(result) == count:
-                    break
-    return np.asarray(result, dtype=np.int64)
+    """`count` distinct indices of 0..n-1 not in `exclude`.
+
+    By rejection while most of 0..n-1 is free (O(count): every draw is accepted with
+    probability >= 3/8, and the rounds are capped); otherwise, or if the cap is reached,
+    from the explicit complement (O(n), only for small or nearly exhausted trees). Raises
+    ValueError when fewer than `count` indices are free, instead of looping forever."""
+    excluded_set = set(np.asarray(exclude, dtype=np.int64).tolist())
+    free = n - len(excluded_set)
+    if count > free:
+        raise ValueError(f"cannot draw {count} distinct indices: only {free} of {n} free")
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    if 2 * len(excluded_set) < n and 4 * count < free:
+        result: list[int] = []
+        seen: set[int] = set()
+        for _ in range(MAX_ROUNDS):
+            for value in rng.integers(0, n, size=2 * (count - len(result)) + 8).tolist():
+                if value not in excluded_set and value not in seen:
+                    seen.add(value)
+                    result.append(value)
+                    if len(result) == count:
+                        return np.asarray(result, dtype=np.int64)
+        excluded_set |= seen
+        count -= len(result)
+        rest = _complement_choice(n, count, excluded_set, rng)
+        return np.concatenate([np.asarray(result, dtype=np.int64), rest])
+    return _complement_choice(n, count, excluded_set, rng)
+
+
+def _complement_choice(n: int, count: int, excluded: set[int],
+                       rng: np.random.Generator) -> np.ndarray:
+    pool = np.setdiff1d(np.arange(n, dtype=np.int64),
+                        np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+    return np.asarray(rng.choice(pool, size=count, replace=False), dtype=np.int64)
