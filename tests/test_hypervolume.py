@@ -54,7 +54,7 @@ def test_meta_reward_formula() -> None:
 
 
 def test_meta_reward_by_hand() -> None:
-    e = hv_engine()
+    e = hv_engine(mode="scale")
     assert e.weights().scale == 1.0
     evaluate(e, [0.2, 0.2], 0)  # the first evaluation is the reference
     assert e.weights().scale == 1.0
@@ -167,10 +167,21 @@ def test_steer_does_not_move_without_gain() -> None:
 
 
 def test_scale_mode_keeps_the_preference() -> None:
-    e = hv_engine(weights=[3, 1])
+    e = hv_engine(weights=[3, 1], mode="scale")
     evaluate(e, [0.0, 0.0], 0)
     evaluate(e, [0.9, 0.1], 1)
     assert e.weights().weights.tolist() == [0.75, 0.25]
+
+
+def test_default_mode_steers_so_it_acts_under_grpo() -> None:
+    # Under GRPO's std normalisation the served scale cancels; the default must still
+    # change what the trainer optimises, i.e. move the weights.
+    e = hv_engine(weights=[3, 1])
+    assert e.inspect().weighting["mode"] == "steer"
+    evaluate(e, [0.0, 0.0], 0)
+    evaluate(e, [0.9, 0.1], 1)  # b is the objective whose improvement adds most volume
+    w = e.weights().weights
+    assert w[1] > 0.25 and w.sum() == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("params", [

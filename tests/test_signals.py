@@ -46,7 +46,10 @@ def test_minimised_objective_is_flipped_and_bounded() -> None:
     sig = signals(cur, [0], np.array([[50.0, 250.0]]))
     np.testing.assert_allclose(sig.normalized_rewards[:, 0], [0.75, 0.0])
     assert sig.success.tolist() == [0.375]
-    np.testing.assert_allclose(sig.scalarized, [-50.0, -250.0])  # what the trainer maximises
+    # what the trainer maximises: the unit reward (200 - len) / 200, not clipped
+    np.testing.assert_allclose(sig.scalarized, [0.75, -0.25])
+    # a minimised objective's per-objective advantage is that of -len
+    np.testing.assert_allclose(sig.objective_advantages[:, 0], [1.0, -1.0])
 
 
 def test_per_objective_signals() -> None:

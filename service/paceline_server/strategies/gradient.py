@@ -11,9 +11,17 @@ lr / regularization), then
 
 - When the report carries `grad_products` (the k×k Gram matrix the trainer computed, e.g.
   on the last layers or LoRA parameters) it is used as is, with `eta` (0.1: the
-  reference's lr 1e-6 / regularization 1e-5 on raw Gram entries).
+  reference's lr 1e-6 / regularization 1e-5 on raw Gram entries). Sign convention:
+  g_i is the ascent direction of objective i, the policy gradient computed with that
+  objective's advantages of its *unit* reward (domain.scalarize), so a minimised
+  objective's g_i points toward smaller raw values; G_ij > 0 means a step on i also
+  helps j. The example trainer and the TRL callback send it this way.
 - Otherwise (ours) the Gram matrix is estimated from the rollouts: with group-normalised
-  per-objective advantages A^i, G_ij = mean over rollouts of A^i A^j. This equals
+  per-objective advantages A^i, G_ij = mean over rollouts of A^i A^j. A^i is built from
+  the unit rewards (domain.scalarize), so for a minimised objective it is the advantage
+  of −r_i: g_i is then the gradient of the reward the trainer optimises, and two
+  objectives conflict (G_ij < 0) when the rollouts that are better on one are worse on
+  the other, whatever their directions. This equals
   ⟨g_i, g_j⟩ up to a common factor if the score functions ∇log π of different rollouts
   are uncorrelated with equal norms (isotropy): then cross terms between rollouts vanish
   and each rollout contributes A^i A^j ‖∇log π‖². Real gradients are neither, so the proxy

@@ -11,7 +11,10 @@ bounds and turned into maximisation first, so HV lives in the unit cube.
 
 Note: the trainer multiplies the scalarised reward by m. Under GRPO's per-group std
 normalisation a global reward scale cancels out, so `mode: scale` changes nothing there;
-m matters for REINFORCE/RLOO and for unnormalised (Dr.GRPO-style) advantages.
+m matters for REINFORCE/RLOO and for unnormalised (Dr.GRPO-style) advantages. That is
+why the default mode is `steer` (ours), which also moves the weights and so acts under
+every advantage estimator; `scale` is the reference's method, for trainers whose
+advantages keep the reward's scale.
 
 Choices marked (ours):
 - Points: the report's `eval_objectives` (the trainer's validation means), else the mean
@@ -54,13 +57,13 @@ MAX_CAPACITY = 4096  # HV cost grows with the front size (steeply beyond 3 objec
 
 @dataclass(frozen=True)
 class HypervolumeParams:
-    """`weights`: the preference (equal when None); `mode`: "scale" (the reference's
-    meta-reward only) or "steer" (ours, also moves w); `points`: where f_t comes from;
-    `ema`: smoothing of rollout-mean points; `h`, `eta`: the steer step and rate;
-    `capacity`: most front points kept."""
+    """`weights`: the preference (equal when None); `mode`: "steer" (default, ours: the
+    meta-reward and a move of w) or "scale" (the reference's meta-reward only);
+    `points`: where f_t comes from; `ema`: smoothing of rollout-mean points; `h`,
+    `eta`: the steer step and rate; `capacity`: most front points kept."""
 
     weights: tuple[float, ...] | None = None
-    mode: Literal["scale", "steer"] = "scale"
+    mode: Literal["scale", "steer"] = "steer"
     points: Literal["auto", "eval", "rollouts"] = "auto"
     ema: float = 0.0
     h: float = 0.01
@@ -190,6 +193,11 @@ class HypervolumeWeighting(Weighting[HypervolumeState, HypervolumeParams]):
                               hypervolume=float(state.history_hv[s]),
                               point=tuple(float(v) for v in state.history_point[s]))
             for s in ((start + i) % HISTORY for i in range(count)))
+
+    def latest_hypervolume(self, state: HypervolumeState) -> float | None:
+        if state.history_count == 0:
+            return None
+        return float(state.history_hv[(state.history_count - 1) % HISTORY])
 
     def describe(self, state: HypervolumeState) -> dict[str, Any]:
         buffer = state.buffer

@@ -3,10 +3,10 @@
 The hypervolume itself comes from `moocore`; normalisation and the buffer are ours.
 
 Normalisation: each objective is mapped to [0, 1] by its declared `bounds` (clipped) and
-flipped when it is minimised, so every coordinate is "higher is better" on the same
-scale. The reference code works on raw validation scores of similar scale; we cannot
-assume that, and a finite-difference step h (the `steer` mode) must mean the same on every
-objective.
+flipped when it is minimised (the unit rewards of domain.scalarize), so every coordinate
+is "higher is better" on the same scale. The reference code works on raw validation
+scores of similar scale; we cannot assume that, and a finite-difference step h (the
+`steer` mode) must mean the same on every objective.
 
 `ParetoBuffer` is the reference code's buffer ("the reference point followed by every
 point that expanded the front") in fixed-size numpy arrays, so it can live in strategy
@@ -30,17 +30,15 @@ from dataclasses import dataclass
 import moocore
 import numpy as np
 
+from paceline_server.domain.scalarize import unit_rewards
 from paceline_server.domain.spec import ObjectiveSpec
 
 
 def normalize(points: np.ndarray | Sequence[float],
               objectives: Sequence[ObjectiveSpec]) -> np.ndarray:
-    """Raw objective values [..., k] -> maximised values in [0, 1] (NaN stays NaN)."""
-    low = np.array([o.bounds[0] for o in objectives], dtype=np.float64)
-    high = np.array([o.bounds[1] for o in objectives], dtype=np.float64)
-    scaled = np.clip((np.asarray(points, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
-    minimize = np.array([o.direction == "minimize" for o in objectives])
-    return np.asarray(np.where(minimize, 1.0 - scaled, scaled))
+    """Raw objective values [..., k] -> maximised values in [0, 1] (NaN stays NaN): the
+    clipped unit rewards of domain.scalarize."""
+    return unit_rewards(points, objectives, clip=True)
 
 
 def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:

@@ -13,6 +13,7 @@ import numpy as np
 
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.report import Report
+from paceline_server.domain.scalarize import linear_form, unit_rewards, unit_transform
 from paceline_server.domain.spec import ObjectiveSpec
 
 ZERO_SPREAD = 1e-12  # a group whose scalarised rewards spread less than this gives A = 0
@@ -62,13 +63,15 @@ class ReportSignals:
         return self.layout.distribution_of(self.indices)
 
     @cached_property
+    def unit_rewards(self) -> np.ndarray:
+        """[m, k] rewards mapped by each objective's bounds and direction, larger is
+        better, not clipped (domain.scalarize: what the scalar reward is made of)."""
+        return unit_rewards(self.rewards, self.objectives)
+
+    @cached_property
     def normalized_rewards(self) -> np.ndarray:
-        """Rewards mapped to [0, 1] by each objective's bounds, higher = better."""
-        low = np.array([o.bounds[0] for o in self.objectives])
-        high = np.array([o.bounds[1] for o in self.objectives])
-        scaled = np.clip((self.rewards - low) / (high - low), 0.0, 1.0)
-        minimize = np.array([o.direction == "minimize" for o in self.objectives])
-        return np.where(minimize, 1.0 - scaled, scaled)
+        """Unit rewards clipped to [0, 1] (success, saturation, hypervolume points)."""
+        return np.clip(self.unit_rewards, 0.0, 1.0)
 
     @cached_property
     def primary_rewards(self) -> np.ndarray:
@@ -76,9 +79,8 @@ class ReportSignals:
         fold needs it, while only some weightings need the other columns (same values,
         elementwise, for a third of the work with three objectives)."""
         objective = self.objectives[self.primary]
-        low, high = objective.bounds
-        scaled = np.clip((self.rewards[:, self.primary] - low) / (high - low), 0.0, 1.0)
-        return 1.0 - scaled if objective.direction == "minimize" else scaled
+        column = unit_rewards(self.rewards[:, self.primary], (objective,))
+        return np.clip(column, 0.0, 1.0)
 
     @cached_property
     def success(self) -> np.ndarray:
@@ -92,12 +94,12 @@ class ReportSignals:
 
     @cached_property
     def scalarized(self) -> np.ndarray:
-        """Σ_i w_i s_i r_i per rollout, with the weights in force; s_i = -1 for an
-        objective to minimize (the reward the trainer optimises, as the client's
-        `Batch.scalarize` computes it)."""
-        signs = np.array([-1.0 if o.direction == "minimize" else 1.0
-                          for o in self.objectives])
-        return self.rewards @ (self.reward_weights * signs)
+        """Σ_i w_i u_i per rollout with the weights in force: the reward the trainer
+        optimises (domain.scalarize, the same definition as the client's
+        `Batch.scalarize`; the served reward scale is left out, it does not change
+        which groups are constant)."""
+        coefficients, constant = linear_form(self.reward_weights, self.objectives)
+        return self.rewards @ coefficients + constant
 
     @cached_property
     def spread(self) -> np.ndarray:
@@ -140,11 +142,14 @@ class ReportSignals:
 
     @cached_property
     def objective_advantages(self) -> np.ndarray:
-        """A^i: [m, k] group-normalised rewards per objective (mean 0, std 1 within the
-        group; 0 where the group is constant) — ours, used when the trainer sends no
-        per-objective gradients."""
-        centred = self.rewards - self.group_means[self.group_of]
-        std = self.dispersion[self.group_of]
+        """A^i: [m, k] group-normalised unit rewards per objective (mean 0, std 1 within
+        the group; 0 where the group is constant) — ours, used when the trainer sends no
+        per-objective gradients. Built from the unit rewards, so A^i > 0 always means
+        "better on objective i": a minimised objective's advantage is the negated
+        advantage of its raw value, as in the reward the trainer optimises."""
+        gain, _ = unit_transform(self.objectives)
+        centred = (self.rewards - self.group_means[self.group_of]) * gain
+        std = self.dispersion[self.group_of] * np.abs(gain)
         safe = np.where(std > ZERO_SPREAD, std, 1.0)
         return np.where(std > ZERO_SPREAD, centred / safe, 0.0)
 

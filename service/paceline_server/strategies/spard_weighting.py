@@ -11,15 +11,28 @@ launch script updates every 4 steps; "steps" are reports folded, i.e. the curric
 clock, so every run feeding the curriculum advances it. When a window closes, for every
 objective i:
 
-    Δ_i  = sign_i · (mean of this window − mean of the previous window)
+    Δ_i  = mean of this window − mean of the previous window      (unit rewards u_i)
     se_i = sqrt(var_cur / n_cur + var_prev / n_prev)       (Welch's standard error)
     z_i  = clip(Δ_i / (se_i + eps), −3, 3)
-    s_i  = mean over this window of r_i mapped to [0, 1]   (saturation)
-    log w_i ← log w_i + η · (z_i / 3) · (1 − s_i)
+    s_i  = mean over this window of u_i clipped to [0, 1]   (saturation)
+    log w_i ← log w_i + η · (|z_i| / 3) · (1 − s_i)
     w = (1 − ε_w) · softmax(log w) + ε_w / k
 
-with η = 0.5, ε_w = 0.05. Reliable progress on an unsaturated objective raises its
-weight; regress, noise (small z) or saturation (s → 1) leaves it or lowers it.
+with η = 0.5, ε_w = 0.05. An unsaturated objective whose score moves reliably gains
+weight; noise (small |z|) or saturation (s → 1) leaves it, so it loses weight relative
+to the others.
+
+Why |z| and not z (ours, changed after the simulator showed a runaway): with a signed z
+a regressing objective loses weight, which under conflicting objectives makes it regress
+faster, so its z stays negative and its weight ends at the ε_w floor (the simulator's
+accuracy fell to 0.54 while brevity took the weights). The *reliability* of a change is
+what PAWA is after: a reliable gain says the objective is being learned now, a reliable
+loss says the current updates act on it by trading it away; both mean the objective is
+sensitive to the weights, so both earn weight. Under a pure trade-off the two moves
+balance and the weights stay near the preference; an objective that has stopped moving
+(noisy or saturated) still hands its weight to those that move. max(z, 0) was
+considered: it stops the acceleration but not the drift (the progressing objective still
+gains, the regressing one loses relatively, window after window).
 
 Choices that are ours:
 - *Observations* are per reported index: each index's group-mean reward is one sample
@@ -27,8 +40,8 @@ Choices that are ours:
   which prompts were drawn, so treating rollouts as independent would understate se_i
   and call noise "reliable". Variances are unbiased (ddof = 1) and se_i is the standard
   error of the difference of two independent window means.
-- *Direction*: sign_i = −1 for `minimize` objectives, so Δ > 0 always means progress;
-  s_i uses the objective's bounds and direction (the shared normalised rewards).
+- *Direction and scale*: windows hold the unit rewards of domain.scalarize (bounds and
+  direction applied), so Δ > 0 always means progress and s_i uses the same numbers.
 - *Windows* are kept as (count, mean, M2) per objective and merged per report with Chan
   et al.'s parallel update: the same information as sums and sums of squares, without
   their cancellation when rewards are large relative to their spread. The state has a
@@ -90,7 +103,7 @@ class SpardWeightingParams:
 class SpardWeightingState:
     log_weights: np.ndarray  # float64 [k], max 0 after every update
     cur_count: int  # observations (reported indices) in the open window
-    cur_mean: np.ndarray  # float64 [k] raw group-mean reward, open window
+    cur_mean: np.ndarray  # float64 [k] group-mean unit reward, open window
     cur_m2: np.ndarray  # float64 [k] sum of squared deviations, open window
     cur_norm_sum: np.ndarray  # float64 [k] sum of normalised group means, open window
     prev_count: int  # the last closed window
@@ -142,8 +155,6 @@ class SpardWeighting(Weighting[SpardWeightingState, SpardWeightingParams]):
     def __init__(self, objectives: Any, params: SpardWeightingParams) -> None:
         super().__init__(objectives, params)
         self.preference = preference_vector(params.weights, self.num_objectives, "spard")
-        self.sign = np.array([-1.0 if o.direction == "minimize" else 1.0
-                              for o in self.objectives])
 
     def init_state(self, rng: np.random.Generator) -> SpardWeightingState:
         k = self.num_objectives
@@ -162,9 +173,10 @@ class SpardWeighting(Weighting[SpardWeightingState, SpardWeightingParams]):
                ctx: UpdateContext) -> None:
         """Fold the report into the open window (O(report)); close it, and move the
         weights, when this report completes `every_steps` reports of the clock."""
+        unit = signals.group_mean(signals.unit_rewards)
         state.cur_count, state.cur_mean, state.cur_m2 = merge_window(
-            state.cur_count, state.cur_mean, state.cur_m2, signals.group_means)
-        normalized = signals.group_mean(signals.normalized_rewards)
+            state.cur_count, state.cur_mean, state.cur_m2, unit)
+        normalized = np.clip(unit, 0.0, 1.0)
         state.cur_norm_sum = state.cur_norm_sum + normalized.sum(axis=0)
         if (ctx.clock + 1) % self.params.every_steps == 0:
             self._close_window(state)
@@ -175,11 +187,11 @@ class SpardWeighting(Weighting[SpardWeightingState, SpardWeightingParams]):
         if n_cur >= 2 and n_prev >= 2:
             var_cur = state.cur_m2 / (n_cur - 1)
             var_prev = state.prev_m2 / (n_prev - 1)
-            gain = self.sign * (state.cur_mean - state.prev_mean)
+            gain = state.cur_mean - state.prev_mean
             se = np.sqrt(var_cur / n_cur + var_prev / n_prev)
             z = np.clip(gain / (se + params.eps), -Z_CLIP, Z_CLIP)
             saturation = np.clip(state.cur_norm_sum / n_cur, 0.0, 1.0)
-            logs = state.log_weights + params.eta * (z / Z_CLIP) * (1.0 - saturation)
+            logs = state.log_weights + params.eta * (np.abs(z) / Z_CLIP) * (1.0 - saturation)
             logs -= logs.max()
             state.log_weights = np.maximum(logs, LOG_FLOOR)
             state.updates += 1
