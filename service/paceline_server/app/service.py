@@ -41,6 +41,7 @@ from paceline_server.domain.errors import (
     CurriculumExists,
     IdempotencyConflict,
     InvalidRequest,
+    SchemaOutdated,
     Unavailable,
 )
 from paceline_server.domain.inspection import CurriculumInspection
@@ -410,25 +411,51 @@ class PacelineService:
         """Fold and append `group` in one transaction (caller holds the engine lock).
 
         A retried key is answered from the log (or from earlier in the group) without a
-        fold; if the transaction fails, every report of the group fails with it and none
-        is acknowledged, and the engine, which may have folded some, is reloaded."""
+        fold. A report that fails inside the transaction is answered with its own error
+        and the others are committed without it, in a new transaction (one bad report
+        never fails its neighbours); a failure that belongs to no single report (the
+        database, the lease, a recreated curriculum, the commit itself) fails the whole
+        group and none is acknowledged. Whenever a transaction fails, the engine, which
+        may have folded some of it, is reloaded."""
+        remaining = group
+        while remaining:
+            culprit = self._commit_once(name, cached, remaining)
+            if culprit is None:
+                return
+            remaining = [item for item in remaining if item is not culprit]
+
+    def _commit_once(self, name: str, cached: CachedEngine,
+                     group: list[_PendingReport]) -> _PendingReport | None:
+        """One transaction for `group`: every report is then done, except the one
+        returned, which failed alone and which the caller retries the others without."""
+        current: _PendingReport | None = None
+        for item in group:  # a retry starts afresh
+            item.ack, item.error = None, None
         try:
             with self.store.writer(name) as writer:
                 if writer.created_at != cached.created_at:
                     raise _Recreated(name)
                 self.engines.catch_up(cached, name, writer.head_seq)
                 for item in group:
+                    current = item
                     try:
                         item.ack = self._append(writer, cached, item)
                     except IdempotencyConflict as exc:  # refused before any write
                         item.error = exc
+                current = None  # from here on a failure is the commit's, not a report's
                 seq = writer.head_seq
         except BaseException as exc:
             self.engines.invalidate(cached)
-            _finish(group, error=exc)
-        else:
-            cached.seq = seq
-            _finish(group)
+            if current is None or len(group) == 1 or not _report_failure(exc):
+                _finish(group, error=exc)
+                return None
+            _log.warning("a report failed inside a group commit of %r; committing the "
+                         "other %d without it: %r", name, len(group) - 1, exc)
+            _finish([current], error=exc)
+            return current
+        cached.seq = seq
+        _finish(group)
+        return None
 
     def _append(self, writer: CurriculumWriter, cached: CachedEngine,
                 item: _PendingReport) -> ReportAck:
@@ -453,9 +480,22 @@ class PacelineService:
         seq = writer.append("report", item.report.run_id, item.report.step, item.key,
                             item.payload, checked=True)
         if seq % self.settings.snapshot_every == 0:
-            writer.put_snapshot(seq, cached.engine.to_bytes())
+            self._snapshot(writer, cached, seq)
         return ReportAck(seq, replayed=False,
                          batch=self._batch_in(writer, cached, item, served))
+
+    @staticmethod
+    def _snapshot(writer: CurriculumWriter, cached: CachedEngine, seq: int) -> None:
+        """A snapshot only shortens loading: one that cannot be encoded (no memory for
+        its bytes) is skipped, never failing the report it is due at; the next is due
+        `snapshot_every` events later, and the log alone keeps the state exact."""
+        try:
+            state = cached.engine.to_bytes()
+        except MemoryError:
+            _log.warning("snapshot of %r at seq %d skipped: out of memory",
+                         cached.spec.name, seq)
+            return
+        writer.put_snapshot(seq, state)
 
     @staticmethod
     def _batch_in(writer: CurriculumWriter, cached: CachedEngine, item: _PendingReport,
@@ -548,6 +588,14 @@ class _PendingReport:
     ack: ReportAck | None = None
     error: BaseException | None = None
     notify: Callable[[], object] | None = None  # called once done (`report_async`)
+
+
+def _report_failure(exc: BaseException) -> bool:
+    """Whether `exc`, raised while one report was appended, is that report's own: not an
+    unavailable or outdated database, a recreated curriculum or an interrupt, which any
+    report would have met."""
+    return isinstance(exc, Exception) and not isinstance(
+        exc, Unavailable | SchemaOutdated | _Recreated)
 
 
 def _finish(group: list[_PendingReport], error: BaseException | None = None) -> None:
