@@ -43,6 +43,8 @@ TABLE: dict[type[errors.PacelineError], Status] = {
     errors.InvalidReport: Status(422, "INVALID_ARGUMENT"),
     errors.IndexOutOfRange: Status(422, "INVALID_ARGUMENT"),
     errors.InvalidRequest: Status(422, "INVALID_ARGUMENT"),
+    errors.HistoryOutOfRange: Status(422, "INVALID_ARGUMENT"),
+    errors.InvalidDownsampling: Status(422, "INVALID_ARGUMENT"),
     errors.MalformedBody: Status(400, "INVALID_ARGUMENT"),
     errors.PayloadTooLarge: Status(413, "INVALID_ARGUMENT"),
     errors.UnsupportedMediaType: Status(415, "INVALID_ARGUMENT"),

@@ -12,9 +12,11 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from paceline_server.api import schemas
 from paceline_server.api.body import read_body
 from paceline_server.api.deps import ReadScope, Service, WriteScope, write_scope
+from paceline_server.app.history import MAX_POINTS
 from paceline_server.app.service import MAX_KEY, NextBatch, PacelineService, RunStatus
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import InvalidRequest
+from paceline_server.domain.history import CurriculumHistory
 from paceline_server.domain.inspection import CurriculumInspection
 from paceline_server.domain.validation import MAX_INT, TEXT_PATTERN, has_control_characters
 from paceline_server.store.base import CurriculumRecord
@@ -245,9 +247,43 @@ def state_out(name: str, view: CurriculumInspection) -> schemas.StateOut:
         hypervolume_history=[schemas.HypervolumeRecordOut(
             seq=r.clock, hypervolume=r.hypervolume, point=list(r.point))
             for r in view.hypervolume_history],
-        sampler=view.sampler, weighting=view.weighting)
+        sampler=view.sampler, weighting=view.weighting,
+        explanations=[schemas.ExplanationOut(
+            name=e.name, probability=e.probability, terms=e.terms, sentence=e.sentence,
+            flags=list(e.flags)) for e in view.explanations])
+
 
 
 @router.get("/curricula/{name}/state", response_model=schemas.StateOut)
 def get_state(name: NamePath, service: Service, _: ReadScope) -> schemas.StateOut:
     return state_out(name, service.state(name))
+
+
+@router.get("/curricula/{name}/history", response_model=schemas.HistoryOut,
+            summary="Per-report series: probabilities, success, |A|, zero-variance share, "
+                    "health flags, reward weights, scale and hypervolume")
+def get_history(name: NamePath, service: Service, _: ReadScope,
+                every: Annotated[int | None, Query(
+                    description="keep rows at multiples of `every` (and the head); "
+                    f"default: at most {MAX_POINTS} rows")] = None,
+                since: Annotated[int | None, Query(
+                    description="first sequence number wanted (0 = from the start)")] = None,
+                ) -> Response:
+    return _json(history_out(service.history(name, every, since)))
+
+
+def history_out(view: CurriculumHistory) -> dict[str, Any]:
+    """A history in the `HistoryOut` shape (column per series, NaN as null), built
+    directly: orjson writes the numpy columns as they are."""
+    return {
+        "name": view.name, "head_seq": view.head_seq, "first_seq": view.first_seq,
+        "every": view.every, "objectives": list(view.objectives),
+        "distributions": list(view.distributions), "seq": view.seq, "step": view.step,
+        "time": view.time,
+        "per_distribution": {
+            name: {key: np.ascontiguousarray(values[:, d])
+                   for key, values in view.series.items()}
+            for d, name in enumerate(view.distributions)},
+        "reward_weights": {objective: np.ascontiguousarray(view.reward_weights[:, i])
+                           for i, objective in enumerate(view.objectives)},
+        "reward_scale": view.reward_scale, "hypervolume": view.hypervolume}

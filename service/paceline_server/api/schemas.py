@@ -138,6 +138,45 @@ class HypervolumeRecordOut(BaseModel):
     point: list[float]
 
 
+class ExplanationOut(BaseModel):
+    name: str
+    probability: float
+    terms: dict[str, float | None] = Field(
+        description="the numbers the sampler used for this probability (learnability, "
+        "exploration_bonus, pace, ...), plus the windowed success")
+    sentence: str = Field(description="the same in one plain sentence")
+    flags: list[str] = Field(description="health flags raised: stalled, saturated, hopeless")
+
+
+class DistributionHistoryOut(BaseModel):
+    probability: list[float]
+    success: list[float | None] = Field(description="mean over the health window; null "
+                                        "before the distribution's first report")
+    mean_abs_advantage: list[float | None]
+    zero_variance_fraction: list[float | None]
+    stalled: list[bool]
+    saturated: list[bool]
+    hopeless: list[bool]
+
+
+class HistoryOut(BaseModel):
+    name: str
+    head_seq: int = Field(description="the curriculum's last report")
+    first_seq: int = Field(description="the earliest row the store can give (0 unless "
+                           "events were pruned)")
+    every: int = Field(description="rows are at multiples of `every`, plus the head")
+    objectives: list[str]
+    distributions: list[str]
+    seq: list[int] = Field(description="row i is the state after report seq[i]")
+    step: list[int] = Field(description="that report's trainer step (-1: the start row)")
+    time: list[float] = Field(description="when it was stored, seconds since the epoch")
+    per_distribution: dict[str, DistributionHistoryOut]
+    reward_weights: dict[str, list[float]]
+    reward_scale: list[float]
+    hypervolume: list[float | None] = Field(description="null where the weighting keeps "
+                                            "no Pareto front")
+
+
 class StateOut(BaseModel):
     name: str
     seq: int
@@ -149,3 +188,6 @@ class StateOut(BaseModel):
     hypervolume_history: list[HypervolumeRecordOut]
     sampler: dict[str, Any]
     weighting: dict[str, Any]
+    explanations: list[ExplanationOut] = Field(
+        default_factory=list, description="why each distribution gets its probability")
+

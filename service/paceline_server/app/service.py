@@ -35,6 +35,7 @@ from paceline_server.app.coordination import (
     curriculum_stamp,
 )
 from paceline_server.app.engines import CachedEngine, EngineCache
+from paceline_server.app.history import HistoryService
 from paceline_server.app.reports import parse_report
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import (
@@ -44,6 +45,7 @@ from paceline_server.domain.errors import (
     SchemaOutdated,
     Unavailable,
 )
+from paceline_server.domain.history import CurriculumHistory
 from paceline_server.domain.inspection import CurriculumInspection
 from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec
@@ -111,6 +113,7 @@ class PacelineService:
         self.settings = settings
         self.clock = clock
         self.engines = EngineCache(store, settings.engine_cache_size)
+        self.histories = HistoryService(store)  # GET /history (app/history.py)
         self.coordinator = coordinator or coordinator_from_settings(settings)
         self.coordinator.start(self._fold_announced)
         # Runs are only ever removed with their curriculum, so a run once seen exists for
@@ -546,6 +549,11 @@ class PacelineService:
         with cached.lock:
             self.engines.catch_up(cached, name, record.head_seq)
             return record, cached.engine.inspect()
+
+    def history(self, name: str, every: int | None = None,
+                since: int | None = None) -> CurriculumHistory:
+        """Per-report series of `name` (see app/history.py for what it costs)."""
+        return self.histories.history(name, every, since)
 
     def state(self, name: str) -> CurriculumInspection:
         """The inspection without reading the spec (cheap for polling and metrics)."""

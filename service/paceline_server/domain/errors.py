@@ -141,3 +141,16 @@ class PayloadTooLarge(InvalidRequest):
 
 class UnsupportedMediaType(InvalidRequest):
     code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class HistoryOutOfRange(InvalidRequest):
+    """A history was asked for from a sequence number beyond the curriculum's head
+    (`since` > the last report)."""
+
+    code = "HISTORY_OUT_OF_RANGE"
+
+
+class InvalidDownsampling(InvalidRequest):
+    """A history's `every` is not a positive integer."""
+
+    code = "INVALID_DOWNSAMPLING"

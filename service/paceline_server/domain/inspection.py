@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from paceline_server.domain.explanation import Explanation
+
 
 @dataclass(frozen=True)
 class HealthFlags:
@@ -55,3 +57,5 @@ class CurriculumInspection:
     hypervolume_history: tuple[HypervolumeRecord, ...]
     sampler: dict[str, Any] = field(default_factory=dict)  # strategy-specific details
     weighting: dict[str, Any] = field(default_factory=dict)
+    #: why each distribution gets its probability (layout order; see domain/explanation)
+    explanations: tuple[Explanation, ...] = ()

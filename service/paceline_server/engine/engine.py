@@ -17,16 +17,21 @@ import numpy as np
 
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import InvalidRequest, StateCorrupt
+from paceline_server.domain.explanation import Explanation, percent
+from paceline_server.domain.history import ProgressPoint
 from paceline_server.domain.inspection import (
     CurriculumInspection,
     DistributionStats,
+    HealthFlags,
     WeightRecord,
 )
 from paceline_server.domain.npz import load_npz, save_npz
 from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.engine.health import (
+    WINDOW,
     HealthState,
+    flag_arrays,
     health_flags,
     init_health,
     learning_progress,
@@ -281,7 +286,60 @@ class CurriculumEngine:
             hypervolume_history=self.weighting.hypervolume_history(parts.weighting),
             sampler=self.sampler.describe(parts.sampler),
             weighting=self.weighting.describe(parts.weighting),
+            explanations=self._explain(ctx, probabilities, success, flags),
         )
+
+    def progress(self) -> ProgressPoint:
+        """The numbers the history keeps after each report: `inspect` without the
+        per-distribution objects, weight history or strategy details (O(D + k))."""
+        parts = self._parts
+        health = parts.health
+        decision = self.weighting.current(parts.weighting)
+        ctx = self._propose_context(parts.engine.last_step, decision.weights)
+        stalled, saturated, hopeless = flag_arrays(health)
+        hypervolume = self.weighting.latest_hypervolume(parts.weighting)
+        return ProgressPoint(
+            probabilities=np.asarray(self.sampler.probabilities(parts.sampler, ctx),
+                                     dtype=np.float64),
+            success=window_mean(health, health.success),
+            mean_abs_advantage=window_mean(health, health.abs_advantage),
+            zero_variance=window_mean(health, health.zero_variance),
+            stalled=stalled, saturated=saturated, hopeless=hopeless,
+            reward_weights=np.asarray(decision.weights, dtype=np.float64),
+            reward_scale=float(decision.scale),
+            hypervolume=np.nan if hypervolume is None else float(hypervolume))
+
+    def explain(self) -> tuple[Explanation, ...]:
+        """Why each distribution gets its current probability (as in `inspect`)."""
+        parts = self._parts
+        decision = self.weighting.current(parts.weighting)
+        ctx = self._propose_context(parts.engine.last_step, decision.weights)
+        return self._explain(ctx, self.sampler.probabilities(parts.sampler, ctx),
+                             window_mean(parts.health, parts.health.success),
+                             health_flags(parts.health))
+
+    def _explain(self, ctx: ProposeContext, probabilities: np.ndarray, success: np.ndarray,
+                 flags: list[HealthFlags]) -> tuple[Explanation, ...]:
+        """The sampler's reasons, with the share and what the health signals say."""
+        health = self._parts.health
+        reasons = self.sampler.explain(self._parts.sampler, ctx)
+        out = []
+        for d, (name, reason) in enumerate(zip(self.layout.names, reasons, strict=True)):
+            raised = tuple(f for f in ("hopeless", "saturated", "stalled")
+                           if getattr(flags[d], f))
+            terms = dict(reason.terms)
+            sentence = f"`{name}` gets {percent(float(probabilities[d]))} because {reason.clause}"
+            if not np.isnan(success[d]):
+                terms.setdefault("success", float(success[d]))
+                reports = int(min(health.reports[d], WINDOW))
+                sentence += (f"; its success is {float(success[d]):.2f} over its last "
+                             f"{reports} report{'s' if reports != 1 else ''} "
+                             f"({int(health.rollouts[d])} rollouts in all)")
+            if raised:
+                sentence += ": flagged " + " and ".join(raised)
+            out.append(Explanation(name=name, probability=float(probabilities[d]),
+                                   terms=terms, sentence=sentence + ".", flags=raised))
+        return tuple(out)
 
     def _weight_history(self) -> tuple[WeightRecord, ...]:
         engine = self._parts.engine

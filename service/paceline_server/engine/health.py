@@ -93,18 +93,21 @@ def learning_progress(state: HealthState) -> np.ndarray:
     return np.abs(state.ema_fast - state.ema_slow)
 
 
-def health_flags(state: HealthState) -> list[HealthFlags]:
+def flag_arrays(state: HealthState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stalled, saturated, hopeless) as bool arrays [D]: the flags of every distribution
+    at once (the history computes them after every report)."""
     success = window_mean(state, state.success)
     progress = learning_progress(state)
     seen = state.filled > 0
-    flags = []
-    for d in range(state.filled.size):
-        s = float(success[d])
-        flags.append(HealthFlags(
-            stalled=bool(state.filled[d] >= WINDOW and progress[d] < STALL_LP
-                         and 0.05 < s < SATURATED),
-            saturated=bool(seen[d] and s >= SATURATED),
-            hopeless=bool(seen[d] and s <= HOPELESS
-                          and state.sampled[d] >= HOPELESS_MIN_SAMPLES),
-        ))
-    return flags
+    with np.errstate(invalid="ignore"):
+        stalled = ((state.filled >= WINDOW) & (progress < STALL_LP)
+                   & (success > 0.05) & (success < SATURATED))
+        saturated = seen & (success >= SATURATED)
+        hopeless = seen & (success <= HOPELESS) & (state.sampled >= HOPELESS_MIN_SAMPLES)
+    return stalled, saturated, hopeless
+
+
+def health_flags(state: HealthState) -> list[HealthFlags]:
+    stalled, saturated, hopeless = flag_arrays(state)
+    return [HealthFlags(stalled=bool(a), saturated=bool(b), hopeless=bool(c))
+            for a, b, c in zip(stalled, saturated, hopeless, strict=True)]

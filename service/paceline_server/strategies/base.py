@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
+from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.inspection import HypervolumeRecord
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
@@ -116,6 +117,27 @@ class Sampler(ABC, Generic[S, P]):
         """Strategy-specific, JSON-able details for the state endpoint."""
         return {}
 
+    def explain(self, state: S, ctx: ProposeContext) -> list[Reason]:
+        """Why each distribution gets its probability: one `Reason` per distribution, in
+        layout order. The default reads the per-distribution lists of `describe` as the
+        terms, so a plug-in sampler is explained without writing this; the built-ins
+        override it with their own formula in words."""
+        num = self.layout.num_distributions
+        details = self.describe(state)
+        columns = {key: value for key, value in details.items()
+                   if isinstance(value, list) and len(value) == num
+                   and all(v is None or (isinstance(v, int | float)
+                                         and not isinstance(v, bool)) for v in value)}
+        reasons = []
+        for d in range(num):
+            terms: dict[str, float | None] = {
+                key: None if value[d] is None else float(value[d])
+                for key, value in columns.items()}
+            shown = ", ".join(f"{key} {number(v)}" for key, v in terms.items())
+            clause = f"the {self.name} sampler sets it" + (f" from {shown}" if shown else "")
+            reasons.append(Reason(clause, terms))
+        return reasons
+
 
 class Weighting(ABC, Generic[S, P]):
     """Chooses the reward-weight vector (and reward scale) served with every batch."""
@@ -147,3 +169,9 @@ class Weighting(ABC, Generic[S, P]):
     def hypervolume_history(self, state: S) -> tuple[HypervolumeRecord, ...]:
         """(clock, hypervolume, point) records when the weighting tracks a Pareto front."""
         return ()
+
+    def latest_hypervolume(self, state: S) -> float | None:
+        """The hypervolume of the front now (None when the weighting keeps none); read once
+        per report by the history, so weightings that track a front make it O(1)."""
+        records = self.hypervolume_history(state)
+        return records[-1].hypervolume if records else None

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from paceline_server.domain.explanation import Reason, number
 from paceline_server.strategies.base import ProposeContext, UpdateContext
 from paceline_server.strategies.distribution import DistributionParams, DistributionSampler
 from paceline_server.strategies.params import require
@@ -140,3 +141,29 @@ class DumpUcbSampler(DistributionSampler[DumpUcbState, DumpUcbParams]):
             "beta_beta": state.beta.tolist(),
             "beta_mean": (state.alpha / (state.alpha + state.beta)).tolist(),
         }
+
+    def explain(self, state: DumpUcbState, ctx: ProposeContext) -> list[Reason]:
+        """Learnability plus exploration bonus, against the best UCB under the softmax."""
+        scores = ucb_scores(state, self.params.c)
+        best = float(scores.max())
+        tau = self.params.tau
+        reasons = []
+        for d in range(self.layout.num_distributions):
+            learn = float(state.learnability[d])
+            bonus = float(scores[d]) - learn
+            terms: dict[str, float | None] = {
+                "learnability": learn, "exploration_bonus": bonus, "ucb": float(scores[d]),
+                "best_ucb": best, "tau": tau, "rollouts": float(state.rollouts[d]),
+                "window_filled": float(state.filled[d]),
+                "beta_mean": float(state.alpha[d] / (state.alpha[d] + state.beta[d]))}
+            if state.rollouts[d] == 0:
+                clause = (f"it was never reported, so its exploration bonus "
+                          f"{number(bonus)} is all of its UCB (best UCB {number(best)}, "
+                          f"softmax τ = {number(tau)})")
+            else:
+                clause = (f"its learnability (mean |A| over its last "
+                          f"{int(state.filled[d])} rollouts) is {number(learn)} plus an "
+                          f"exploration bonus of {number(bonus)} = UCB {number(scores[d])}, "
+                          f"against the best UCB {number(best)} (softmax τ = {number(tau)})")
+            reasons.append(Reason(clause, terms))
+        return reasons

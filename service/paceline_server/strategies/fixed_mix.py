@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.base import ProposeContext, UpdateContext
@@ -102,3 +103,8 @@ class FixedMixSampler(DistributionSampler[StatelessState, FixedMixParams]):
     def describe(self, state: StatelessState) -> dict[str, Any]:
         return {"probabilities": {n: float(p) for n, p in zip(self.layout.names,
                                                                self.mixture, strict=True)}}
+
+    def explain(self, state: StatelessState, ctx: ProposeContext) -> list[Reason]:
+        """A fixed mixture: the share is the one the spec gives."""
+        return [Reason(f"the curriculum's fixed mixture gives it {number(p)}",
+                       {"mixture": float(p)}) for p in self.mixture]

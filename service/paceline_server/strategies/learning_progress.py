@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from paceline_server.domain.explanation import Reason, number
 from paceline_server.strategies.base import ProposeContext, UpdateContext
 from paceline_server.strategies.distribution import DistributionParams, DistributionSampler
 from paceline_server.strategies.params import require
@@ -147,3 +148,27 @@ class LearningProgressSampler(DistributionSampler[LearningProgressState,
             "learning_progress": self.progress(state).tolist(),
             "reports": state.reports.tolist(),
         }
+
+    def explain(self, state: LearningProgressState, ctx: ProposeContext) -> list[Reason]:
+        """Learning progress, its normalised score, and the ε share every one gets."""
+        params = self.params
+        progress = self.progress(state)
+        scores = normalized_scores(progress, state.reports > 0, params.normalization)
+        eps = params.epsilon
+        floor = eps / scores.size
+        reasons = []
+        for d in range(self.layout.num_distributions):
+            terms: dict[str, float | None] = {
+                "learning_progress": float(progress[d]), "score": float(scores[d]),
+                "ema_fast": float(state.ema_fast[d]), "ema_slow": float(state.ema_slow[d]),
+                "epsilon_share": floor, "temperature": params.temperature}
+            if state.reports[d] == 0:
+                clause = (f"it was never reported: score {number(scores[d])}, plus its "
+                          f"exploration share ε/D = {number(floor)}")
+            else:
+                clause = (f"its learning progress |fast - slow EMA of success| is "
+                          f"{number(progress[d])} (fast {number(state.ema_fast[d])}, slow "
+                          f"{number(state.ema_slow[d])}), score {number(scores[d])} after "
+                          f"{params.normalization} normalisation, plus ε/D = {number(floor)}")
+            reasons.append(Reason(clause, terms))
+        return reasons

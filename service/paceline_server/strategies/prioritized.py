@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from paceline_server.domain.explanation import Reason, number
 from paceline_server.strategies.base import (
     Proposal,
     ProposeContext,
@@ -185,3 +186,23 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
 
     def describe(self, state: PrioritizedState) -> dict[str, Any]:
         return {"t0": state.t0, "channels": int(state.tree.leaves.shape[0])}
+
+    def explain(self, state: PrioritizedState, ctx: ProposeContext) -> list[Reason]:
+        """The distribution's share of the sum-tree's priority mass, and the mean
+        priority per index behind it (O(D): the per-distribution sums are kept)."""
+        mass = np.maximum(state.mass @ self.coefficients(state, ctx.clock), 0.0)
+        total = float(mass.sum())
+        reasons = []
+        for d, size in enumerate(self.layout.sizes):
+            mean = float(mass[d]) / float(size)
+            share = float(mass[d]) / total if total > 0 else None
+            terms: dict[str, float | None] = {"priority_mass": float(mass[d]),
+                                              "mass_share": share, "mean_priority": mean,
+                                              "beta": self.params.beta}
+            rule = ("p̂(1-p̂) + β·staleness" if self._linear
+                    else f"(p̂(1-p̂))^{number(self.params.alpha)}")
+            clause = (f"its {int(size)} indices hold {number(share)} of the priority mass "
+                      f"(mean priority {rule} = {number(mean)} per index; 0.25 for an "
+                      f"unseen index)")
+            reasons.append(Reason(clause, terms))
+        return reasons

@@ -35,7 +35,6 @@ _BUILTIN_SAMPLERS = {
     "dump_ucb": "paceline_server.strategies.dump_ucb:DumpUcbSampler",
     "learning_progress": "paceline_server.strategies.learning_progress:LearningProgressSampler",
     "prioritized": "paceline_server.strategies.prioritized:PrioritizedSampler",
-    "learnability": "paceline_server.strategies.learnability:LearnabilitySampler",
     "spard": "paceline_server.strategies.spard_sampler:SpardSampler",
 }
 _BUILTIN_WEIGHTINGS = {
@@ -84,22 +83,6 @@ def available_weightings() -> list[str]:
     return sorted(
         set(_BUILTIN_WEIGHTINGS) | set(_registered_weightings) | set(_plugins(WEIGHTING_GROUP))
     )
-
-
-def origin(group: str, name: str) -> str:
-    """Where a strategy comes from: "registered" at run time, "builtin", or "plugin" (an
-    entry point); `group` is "sampler" or "weighting". Run-time registration wins, as in
-    `sampler_class`."""
-    registered, builtins, entry_group = (
-        (_registered_samplers, _BUILTIN_SAMPLERS, SAMPLER_GROUP) if group == "sampler"
-        else (_registered_weightings, _BUILTIN_WEIGHTINGS, WEIGHTING_GROUP))
-    if name in registered:
-        return "registered"
-    if name in builtins:
-        return "builtin"
-    if name in _plugins(entry_group):
-        return "plugin"
-    raise UnknownStrategy(f"unknown {group} {name!r}", {"kind": name})
 
 
 def sampler_class(name: str) -> type[Sampler[Any, Any]]:

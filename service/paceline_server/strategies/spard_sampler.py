@@ -83,6 +83,7 @@ from typing import Any
 
 import numpy as np
 
+from paceline_server.domain.explanation import Reason, number
 from paceline_server.strategies.base import Proposal, ProposeContext, UpdateContext
 from paceline_server.strategies.distribution import (
     DistributionParams,
@@ -421,3 +422,36 @@ class SpardSampler(DistributionSampler[SpardSamplerState, SpardSamplerParams]):
             "column_scale": (state.column_sum / max(state.column_count, 1)).tolist(),
             "refreshes": state.refreshes,
         }
+
+    def explain(self, state: SpardSamplerState, ctx: ProposeContext) -> list[Reason]:
+        """Utility under the softmax, or the pace cap for a distribution too hard for
+        the current pace λ (values of the last refresh)."""
+        params = self.params
+        raw = self._raw(state)
+        reasons = []
+        for d in range(self.layout.num_distributions):
+            seen = bool(state.filled[d] > 0)
+            success = float(state.dist_success[d]) if seen else None
+            terms: dict[str, float | None] = {
+                "utility": float(state.dist_utility[d]), "unpaced_share": float(raw[d]),
+                "pace": float(state.pace), "success": success,
+                "admitted": 1.0 if state.admitted[d] else 0.0, "floor": params.floor}
+            if not state.admitted[d]:
+                clause = (f"its difficulty 1 - success = {number(1.0 - (success or 0.0))} is "
+                          f"beyond the pace λ = {number(state.pace)}, so SPARD caps it at "
+                          f"the floor {number(params.floor)} until its success rises "
+                          f"(uncapped it would get {number(raw[d])})")
+            elif not seen:
+                clause = (f"it is not reported yet, so it keeps the initial utility "
+                          f"{number(state.dist_utility[d])} (softmax τ = {number(params.tau)})")
+            else:
+                difficulty = 1.0 - (success or 0.0)
+                paced = (f"its difficulty {number(difficulty)} is within the pace λ = "
+                         f"{number(state.pace)}" if difficulty <= state.pace else
+                         f"no distribution is within the pace λ = {number(state.pace)}, so "
+                         f"the easiest (difficulty {number(difficulty)}) is admitted")
+                clause = (f"its utility U (reward spread weighted by the reward weights) is "
+                          f"{number(state.dist_utility[d])} under a softmax with τ = "
+                          f"{number(params.tau)}, and {paced}")
+            reasons.append(Reason(clause, terms))
+        return reasons

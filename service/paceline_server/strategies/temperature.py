@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.base import ProposeContext, UpdateContext
@@ -150,3 +151,30 @@ class TemperatureSampler(DistributionSampler[TemperatureState, TemperatureParams
             "mode": self.params.mode,
             "target_probabilities": np.exp(self.log_target(step)).tolist(),
         }
+
+    def explain(self, state: TemperatureState, ctx: ProposeContext) -> list[Reason]:
+        """The size-based share at the scheduled temperature (upsample), or the
+        proportional share with the temperature carried by a loss weight (upweight)."""
+        temperature = temperature_at(self.params, ctx.step)
+        target = np.exp(self.log_target(ctx.step))
+        proportional = np.exp(self.log_proportional)
+        reasons = []
+        for d, size in enumerate(self.layout.sizes):
+            terms: dict[str, float | None] = {
+                "temperature": temperature, "size": float(size),
+                "proportional_share": float(proportional[d]),
+                "target_share": float(target[d])}
+            if self.params.mode == "upweight":
+                weight = float(target[d] / proportional[d])
+                terms["loss_weight"] = weight
+                clause = (f"it is sampled in proportion to its {int(size)} indices and its "
+                          f"loss weight {number(weight)} carries the temperature-"
+                          f"{number(temperature)} share {number(target[d])} (step "
+                          f"{ctx.step}, {self.params.schedule} schedule)")
+            else:
+                clause = (f"its {int(size)} indices give n^(1/T) / Σ n^(1/T) = "
+                          f"{number(target[d])} at temperature T = {number(temperature)} "
+                          f"(step {ctx.step}, {self.params.schedule} schedule; proportional "
+                          f"would be {number(proportional[d])})")
+            reasons.append(Reason(clause, terms))
+        return reasons
