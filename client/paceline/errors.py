@@ -61,7 +61,8 @@ class TransportError(PacelineError):
 
 _BY_CODE: dict[str, type[PacelineError]] = {
     **dict.fromkeys(("CURRICULUM_NOT_FOUND", "RUN_NOT_FOUND", "NOT_FOUND"), NotFound),
-    **dict.fromkeys(("CONFLICT", "CURRICULUM_EXISTS", "IDEMPOTENCY_CONFLICT"), Conflict),
+    **dict.fromkeys(("CONFLICT", "CURRICULUM_EXISTS", "IDEMPOTENCY_CONFLICT",
+                     "REPORT_CONFLICT", "NOT_SERVED", "INDICES_NOT_SERVED"), Conflict),
     **dict.fromkeys(("INVALID_SPEC", "UNKNOWN_STRATEGY", "INVALID_PARAMS", "INVALID_REPORT",
                      "INDEX_OUT_OF_RANGE", "INVALID_REQUEST", "PAYLOAD_TOO_LARGE",
                      "UNSUPPORTED_MEDIA_TYPE", "METHOD_NOT_ALLOWED", "HISTORY_OUT_OF_RANGE",

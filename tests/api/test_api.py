@@ -23,6 +23,9 @@ def setup(client: TestClient, spec: dict[str, Any] | None = None) -> str:
 
 def dense_report(indices: list[int], step: int = 0, seed: int = 0, **extra: Any
                  ) -> dict[str, Any]:
+    """A report of made-up indices: it opts out of the served-batch check (see
+    test_exact_resume.py for reports of served batches)."""
+    extra.setdefault("unserved", "accept")
     rng = np.random.default_rng(seed)
     rewards = np.stack([rng.integers(0, 2, (len(indices), 4)),
                         rng.integers(0, 100, (len(indices), 4))], axis=-1)
@@ -228,17 +231,18 @@ class TestReportsAndBatches:
                                 headers=headers)
         assert different.status_code == 409
         assert error_code(different) == "IDEMPOTENCY_CONFLICT"
+        other_step = dense_report([1, 2], step=1)
         in_body = client.post("/v1/curricula/math/reports",
-                              json={**report, "idempotency_key": "k2"})
+                              json={**other_step, "idempotency_key": "k2"})
         assert in_body.json()["seq"] == 2
         assert client.post("/v1/curricula/math/reports",
-                           json={**report, "idempotency_key": "k2"}).json()["replayed"]
+                           json={**other_step, "idempotency_key": "k2"}).json()["replayed"]
 
     def test_flat_form_and_named_eval_objectives(self, client: TestClient) -> None:
         setup(client)
         report = {"run_id": "run-1", "step": 0, "rollout_indices": [5, 5, 9],
                   "rewards": [[1, 10], [0, 20], [1, 5]],
-                  "eval_objectives": {"len": 12.0, "acc": 0.5}}
+                  "eval_objectives": {"len": 12.0, "acc": 0.5}, "unserved": "accept"}
         assert client.post("/v1/curricula/math/reports", json=report).json()["seq"] == 1
         state = client.get("/v1/curricula/math/state").json()
         assert state["distributions"][0]["rollouts"] == 3

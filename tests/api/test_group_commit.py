@@ -59,7 +59,8 @@ def body(batch_indices: np.ndarray, step: int, seed: int, run: str = "r") -> dic
     rewards = np.stack([rng.integers(0, 2, (batch_indices.size, 4)),
                         rng.integers(0, 100, (batch_indices.size, 4))], axis=-1)
     return {"run_id": run, "step": step, "indices": batch_indices.tolist(),
-            "rewards": rewards.astype(float).tolist()}
+            "rewards": rewards.astype(float).tolist(),
+            "unserved": "accept"}  # made-up steps: the served-batch check is not tested here
 
 
 @pytest.fixture

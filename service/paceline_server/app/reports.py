@@ -33,7 +33,12 @@ TYPED_DTYPES = {"<f8", "<f4", "<f2", "<i8", "<i4", "<i2", "|i1", "<u8", "<u4", "
 TYPED_KEYS = {"dtype", "shape", "data"}
 DENSE = {"indices", "rewards", "advantages"}
 FLAT = {"rollout_indices", "rewards", "group_ids", "advantages"}
-COMMON = {"run_id", "step", "grad_products", "eval_objectives", "idempotency_key"}
+COMMON = {"run_id", "step", "grad_products", "eval_objectives", "idempotency_key",
+          "unserved"}
+#: `unserved`: what to do with a report for a (run, step) Paceline did not serve, or with
+#: indices that step was not served. "refuse" (the default) answers 409 NOT_SERVED /
+#: INDICES_NOT_SERVED; "accept" folds it, for trainers that sample prompts themselves.
+UNSERVED = ("refuse", "accept")
 
 
 def parse_report(body: Mapping[str, Any], spec: CurriculumSpec) -> Report:
@@ -64,6 +69,15 @@ def parse_report(body: Mapping[str, Any], spec: CurriculumSpec) -> Report:
         return Report.flat(rollout_indices=body["rollout_indices"],
                            group_ids=body.get("group_ids"), **common)
     return Report.dense(indices=body["indices"], **common)
+
+
+def accepts_unserved(body: Mapping[str, Any]) -> bool:
+    """Whether the report opted in to being folded without a served batch (`unserved`)."""
+    value = body.get("unserved", "refuse") if isinstance(body, Mapping) else "refuse"
+    if value not in UNSERVED:
+        raise InvalidReport(f"unserved must be one of {list(UNSERVED)}, got {value!r}",
+                            {"field": "unserved"})
+    return value == "accept"
 
 
 def _typed(value: Any, field: str) -> Any:

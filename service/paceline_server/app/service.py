@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import numpy as np
+
 from paceline_server.app.codec import decode_batch, encode_batch, encode_report, same_report
 from paceline_server.app.coordination import (
     Coordinator,
@@ -36,12 +38,15 @@ from paceline_server.app.coordination import (
 )
 from paceline_server.app.engines import CachedEngine, EngineCache
 from paceline_server.app.history import HistoryService
-from paceline_server.app.reports import parse_report
+from paceline_server.app.reports import accepts_unserved, parse_report
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import (
     CurriculumExists,
     IdempotencyConflict,
+    IndicesNotServed,
     InvalidRequest,
+    NotServed,
+    ReportConflict,
     SchemaOutdated,
     Unavailable,
 )
@@ -56,6 +61,7 @@ from paceline_server.store.base import (
     CurriculumHead,
     CurriculumRecord,
     CurriculumWriter,
+    EventRecord,
     RunRecord,
     Store,
 )
@@ -357,7 +363,8 @@ class PacelineService:
                 return None
         else:
             self._check_run(record, report.run_id)
-        return _PendingReport(report, encode_report(report), idempotency_key, next_batch)
+        return _PendingReport(report, encode_report(report), idempotency_key, next_batch,
+                              accept_unserved=accepts_unserved(body))
 
     def _acked(self, item: _PendingReport) -> ReportAck:
         if item.error is not None:
@@ -443,7 +450,8 @@ class PacelineService:
                     current = item
                     try:
                         item.ack = self._append(writer, cached, item)
-                    except IdempotencyConflict as exc:  # refused before any write
+                    except (IdempotencyConflict, ReportConflict,
+                            NotServed) as exc:  # refused before any write
                         item.error = exc
                 current = None  # from here on a failure is the commit's, not a report's
                 seq = writer.head_seq
@@ -479,6 +487,12 @@ class PacelineService:
                         {"idempotency_key": item.key, "seq": previous.seq})
                 return ReportAck(previous.seq, replayed=True,
                                  batch=self._batch_in(writer, cached, item, served))
+        earlier = _reported_before(writer, item)
+        if earlier is not None:  # the same report under another key: answered, not folded
+            return ReportAck(earlier.seq, replayed=True,
+                             batch=self._batch_in(writer, cached, item, served))
+        if not item.accept_unserved:
+            _check_served(writer, item.report)
         cached.engine.apply(item.report)
         seq = writer.append("report", item.report.run_id, item.report.step, item.key,
                             item.payload, checked=True)
@@ -596,6 +610,7 @@ class _PendingReport:
     ack: ReportAck | None = None
     error: BaseException | None = None
     notify: Callable[[], object] | None = None  # called once done (`report_async`)
+    accept_unserved: bool = False  # the report opted out of the served-step check
 
 
 def _report_failure(exc: BaseException) -> bool:
@@ -604,6 +619,52 @@ def _report_failure(exc: BaseException) -> bool:
     report would have met."""
     return isinstance(exc, Exception) and not isinstance(
         exc, Unavailable | SchemaOutdated | _Recreated)
+
+
+def served_indices(writer: CurriculumWriter, run_id: str, step: int) -> np.ndarray | None:
+    """Every sample index served to (run, step), or None when the step was never served.
+
+    The one place that knows how a step's served batch is stored: a step served in
+    several parts (dynamic sampling) serves the union of its parts."""
+    record = writer.get_batch(run_id, step)
+    if record is None:
+        return None
+    return decode_batch(record.payload).indices
+
+
+def _check_served(writer: CurriculumWriter, report: Report) -> None:
+    """Refuse a report for a step Paceline never served, or naming indices outside what
+    it served: such rows were matched to the wrong step or addressed by other indices
+    than Paceline's, and folding them would corrupt the curriculum silently."""
+    served = served_indices(writer, report.run_id, report.step)
+    if served is None:
+        raise NotServed(
+            f"step {report.step} of run {report.run_id!r} was never served a batch: report "
+            "the steps Paceline served, or send unserved: \"accept\" for a trainer that "
+            "samples its own prompts", {"run_id": report.run_id, "step": report.step})
+    foreign = np.setdiff1d(report.indices, served)
+    if foreign.size:
+        raise IndicesNotServed(
+            f"sample indices {foreign[:8].tolist()}{'...' if foreign.size > 8 else ''} "
+            f"were not served to step {report.step} of run {report.run_id!r}",
+            {"run_id": report.run_id, "step": report.step,
+             "not_served": foreign[:64].tolist(), "count": int(foreign.size)})
+
+
+def _reported_before(writer: CurriculumWriter, item: _PendingReport) -> EventRecord | None:
+    """The report already folded for the item's (run, step): the same content (under any
+    idempotency key) is answered with it; other content is a conflict, never a second
+    fold (a resumed trainer replaying a step must not count it twice)."""
+    report = item.report
+    earlier = writer.find_report(report.run_id, report.step)
+    if earlier is None:
+        return None
+    if earlier.payload != item.payload and not same_report(earlier.payload, report):
+        raise ReportConflict(
+            f"step {report.step} of run {report.run_id!r} was already reported (seq "
+            f"{earlier.seq}) with different content: a step is folded once",
+            {"run_id": report.run_id, "step": report.step, "seq": earlier.seq})
+    return earlier
 
 
 def _finish(group: list[_PendingReport], error: BaseException | None = None) -> None:

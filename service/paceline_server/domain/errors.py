@@ -98,6 +98,29 @@ class IdempotencyConflict(Conflict):
     code = "IDEMPOTENCY_CONFLICT"
 
 
+class ReportConflict(Conflict):
+    """(run, step) was reported before with different content: a step is folded once, so
+    a resumed trainer that replays a step with other rewards is refused, not counted
+    twice (the same content is answered with the original acknowledgement)."""
+
+    code = "REPORT_CONFLICT"
+
+
+class NotServed(Conflict):
+    """A report for a (run, step) Paceline never served a batch for, or naming sample
+    indices outside what that step served (unless the report opts in with
+    `unserved: "accept"`)."""
+
+    code = "NOT_SERVED"
+
+
+class IndicesNotServed(NotServed):
+    """The step was served, but the report names indices that were not in it (a dataset
+    addressed by other indices than Paceline's, or rows matched to the wrong step)."""
+
+    code = "INDICES_NOT_SERVED"
+
+
 class SchemaOutdated(PacelineError):
     """The database schema is behind the code; run `paceline-server migrate`."""
 

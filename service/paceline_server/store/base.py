@@ -122,6 +122,11 @@ class CurriculumWriter(ABC):
         """The event committed earlier with this key, if any."""
 
     @abstractmethod
+    def find_report(self, run_id: str, step: int) -> EventRecord | None:
+        """The first report event committed (or appended in this block) for (run, step),
+        if any: a step is folded once, whatever idempotency key a repeat carries."""
+
+    @abstractmethod
     def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,
                payload: bytes, *, checked: bool = False) -> int:
         """Append an event at head_seq + 1 and return its sequence number.

@@ -108,6 +108,9 @@ _EVENT_COLUMNS = (_e.c.seq, _e.c.kind, _e.c.run_id, _e.c.step, _e.c.idempotency_
                   _e.c.payload, _e.c.created_at)
 _FIND_BY_KEY = select(*_EVENT_COLUMNS).where(
     _e.c.curriculum_id == bindparam("cid"), _e.c.idempotency_key == bindparam("key"))
+_FIND_REPORT = select(*_EVENT_COLUMNS).where(
+    _e.c.curriculum_id == bindparam("cid"), _e.c.run_id == bindparam("run_id"),
+    _e.c.step == bindparam("step"), _e.c.kind == bindparam("kind")).order_by(_e.c.seq)
 _INSERT_EVENT = insert(_e)
 _SET_HEAD = update(_c).where(_c.c.id == bindparam("cid")).values(
     head_seq=bindparam("new_head"))
@@ -357,6 +360,7 @@ class SqlStore(Store):
         self._sql_select_batch = Prepared(_SELECT_BATCH, dialect)
         self._sql_insert_batch = Prepared(insert_batch, dialect)
         self._sql_find_by_key = Prepared(_FIND_BY_KEY, dialect)
+        self._sql_find_report = Prepared(_FIND_REPORT, dialect)
         self._sql_insert_event = Prepared(_INSERT_EVENT, dialect)
         self._sql_set_head = Prepared(_SET_HEAD, dialect)
         try:
@@ -730,6 +734,14 @@ class _SqlWriter(CurriculumWriter):
         with translated_errors():
             row = self._store._sql_find_by_key.one_or_none(
                 self._conn, {"cid": self._cid, "key": idempotency_key})
+        return None if row is None else SqlStore._event_record(row)
+
+    def find_report(self, run_id: str, step: int) -> EventRecord | None:
+        self._check()
+        with translated_errors():
+            row = self._store._sql_find_report.one_or_none(
+                self._conn, {"cid": self._cid, "run_id": run_id, "step": step,
+                             "kind": "report"})
         return None if row is None else SqlStore._event_record(row)
 
     def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,

@@ -28,6 +28,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -139,6 +140,8 @@ events = Table(
     PrimaryKeyConstraint("curriculum_id", "seq"),
     UniqueConstraint("curriculum_id", "idempotency_key",
                      name="uq_events_curriculum_id_idempotency_key"),
+    # A (run, step) is reported once: the writer looks earlier reports up by it.
+    Index("ix_events_curriculum_id_run_id_step", "curriculum_id", "run_id", "step"),
 )
 
 snapshots = Table(
