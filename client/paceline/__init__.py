@@ -33,6 +33,8 @@ from paceline.models import (
     ReportAck,
     RunInfo,
     State,
+    StrategyCatalog,
+    StrategyInfo,
 )
 
 __version__ = "0.1.0"
@@ -57,6 +59,8 @@ __all__ = [
     "Run",
     "RunInfo",
     "State",
+    "StrategyCatalog",
+    "StrategyInfo",
     "TransportError",
     "Unavailable",
     "__version__",

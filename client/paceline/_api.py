@@ -14,6 +14,7 @@ from paceline.errors import Conflict
 from paceline.models import Batch, ReportAck, minimized_objectives
 
 PREFIX = "/v1/curricula"
+STRATEGIES = "/v1/strategies"
 #: Heartbeats are not retried: the next one comes soon, and a stuck retry loop would
 #: delay closing the run.
 HEARTBEAT_POLICY = RetryPolicy(max_attempts=1)
@@ -105,3 +106,7 @@ def report_ack(answer: Mapping[str, Any], spec: Mapping[str, Any]) -> ReportAck:
 
 def state(name: str) -> Request:
     return Request("GET", _path(name, "state"))
+
+
+def strategies() -> Request:
+    return Request("GET", STRATEGIES)

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from paceline import _grpc_pb2 as pb
-from paceline._api import PREFIX
+from paceline._api import PREFIX, STRATEGIES
 from paceline._payloads import _rewards, plain
 from paceline._transport import Request
 from paceline.errors import InvalidInput
@@ -243,8 +243,26 @@ def _report(request: Request, name: str) -> pb.ReportRequest:
         eval_objectives=body.get("eval_objectives"), idempotency_key=key)
 
 
+def strategies(message: pb.ListStrategiesResponse) -> dict[str, Any]:
+    def one(item: pb.Strategy) -> dict[str, Any]:
+        return {"name": item.name, "origin": item.origin, "default": item.is_default,
+                "description": item.description, "error": item.error or None,
+                "params": [{"name": p.name, "type": p.type,
+                            "default": json.loads(p.default_json),
+                            "required": p.required,
+                            "choices": json.loads(p.choices_json) if p.choices_json
+                            else None} for p in item.params]}
+
+    return {"samplers": [one(i) for i in message.samplers],
+            "weightings": [one(i) for i in message.weightings],
+            "default_sampler": _object(message.default_sampler_json),
+            "default_weighting": _object(message.default_weighting_json)}
+
+
 def route(request: Request) -> Call:
     """The RPC that does what `request` does over REST."""
+    if request.path == STRATEGIES and request.method.upper() == "GET":
+        return Call("ListStrategies", pb.ListStrategiesRequest(), 200, strategies)
     parts = _segments(request.path)
     method = request.method.upper()
     body = _json(request)

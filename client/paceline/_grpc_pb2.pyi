@@ -315,6 +315,52 @@ class State(_message.Message):
     weighting_json: str
     def __init__(self, name: _Optional[str] = ..., seq: _Optional[int] = ..., objectives: _Optional[_Iterable[str]] = ..., reward_weights: _Optional[_Iterable[float]] = ..., reward_scale: _Optional[float] = ..., distributions: _Optional[_Iterable[_Union[DistributionStats, _Mapping]]] = ..., weight_history: _Optional[_Iterable[_Union[WeightRecord, _Mapping]]] = ..., hypervolume_history: _Optional[_Iterable[_Union[HypervolumeRecord, _Mapping]]] = ..., sampler_json: _Optional[str] = ..., weighting_json: _Optional[str] = ...) -> None: ...
 
+class ListStrategiesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StrategyParam(_message.Message):
+    __slots__ = ("name", "type", "default_json", "required", "choices_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    default_json: str
+    required: bool
+    choices_json: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default_json: _Optional[str] = ..., required: _Optional[bool] = ..., choices_json: _Optional[str] = ...) -> None: ...
+
+class Strategy(_message.Message):
+    __slots__ = ("name", "origin", "is_default", "description", "params", "error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    origin: str
+    is_default: bool
+    description: str
+    params: _containers.RepeatedCompositeFieldContainer[StrategyParam]
+    error: str
+    def __init__(self, name: _Optional[str] = ..., origin: _Optional[str] = ..., is_default: _Optional[bool] = ..., description: _Optional[str] = ..., params: _Optional[_Iterable[_Union[StrategyParam, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListStrategiesResponse(_message.Message):
+    __slots__ = ("samplers", "weightings", "default_sampler_json", "default_weighting_json")
+    SAMPLERS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTINGS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_SAMPLER_JSON_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_WEIGHTING_JSON_FIELD_NUMBER: _ClassVar[int]
+    samplers: _containers.RepeatedCompositeFieldContainer[Strategy]
+    weightings: _containers.RepeatedCompositeFieldContainer[Strategy]
+    default_sampler_json: str
+    default_weighting_json: str
+    def __init__(self, samplers: _Optional[_Iterable[_Union[Strategy, _Mapping]]] = ..., weightings: _Optional[_Iterable[_Union[Strategy, _Mapping]]] = ..., default_sampler_json: _Optional[str] = ..., default_weighting_json: _Optional[str] = ...) -> None: ...
+
 class ErrorInfo(_message.Message):
     __slots__ = ("code", "message", "details_json", "http_status")
     CODE_FIELD_NUMBER: _ClassVar[int]

@@ -106,22 +106,25 @@ def _layout(distributions: Any, labels: Any, names: Sequence[str] | None) -> dic
 
 def curriculum_spec(name: str, *, distributions: Any = None, labels: Any = None,
                     names: Sequence[str] | None = None, objectives: Sequence[Any],
-                    sampler: str | Mapping[str, Any] = "uniform",
-                    weighting: str | Mapping[str, Any] = "fixed", batch_size: int = 64,
+                    sampler: str | Mapping[str, Any] | None = None,
+                    weighting: str | Mapping[str, Any] | None = None, batch_size: int = 64,
                     seed: int = 0, zero_variance: bool | Mapping[str, Any] | None = None,
                     primary_objective: str | None = None) -> dict[str, Any]:
-    """The spec as the service expects it (`layout` + the rest)."""
+    """The spec as the service expects it (`layout` + the rest). A sampler or weighting
+    left as None is not sent: the service fills in its recommended default."""
     if isinstance(objectives, str):
         objectives = [objectives]
     spec: dict[str, Any] = {
         "name": name,
         "layout": _layout(distributions, labels, names),
         "objectives": plain(list(objectives)),
-        "sampler": plain(sampler),
-        "weighting": plain(weighting),
         "batch_size": int(batch_size),
         "seed": int(seed),
     }
+    if sampler is not None:
+        spec["sampler"] = plain(sampler)
+    if weighting is not None:
+        spec["weighting"] = plain(weighting)
     if zero_variance is not None:
         spec["zero_variance"] = plain(zero_variance)
     if primary_objective is not None:

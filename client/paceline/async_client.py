@@ -39,6 +39,7 @@ from paceline.models import (
     ReportAck,
     RunInfo,
     State,
+    StrategyCatalog,
 )
 
 if TYPE_CHECKING:  # gRPC is optional: imported only for grpc:// URLs
@@ -137,8 +138,8 @@ class AsyncClient:
         | Mapping[str, int] | None = None, *,
         objectives: Sequence[str | Mapping[str, Any]],
         labels: Any = None, names: Sequence[str] | None = None,
-        sampler: str | Mapping[str, Any] = "uniform",
-        weighting: str | Mapping[str, Any] = "fixed",
+        sampler: str | Mapping[str, Any] | None = None,
+        weighting: str | Mapping[str, Any] | None = None,
         batch_size: int = 64, seed: int = 0,
         zero_variance: bool | Mapping[str, Any] | None = None,
         primary_objective: str | None = None,
@@ -167,6 +168,11 @@ class AsyncClient:
             found.extend(CurriculumInfo.model_validate(c) for c in page)
             if len(page) < PAGE:
                 return found
+
+    async def strategies(self) -> StrategyCatalog:
+        """Every sampler and weighting the service can run (plug-ins included), with
+        their parameters and defaults, and what a curriculum that names none gets."""
+        return StrategyCatalog.model_validate(await self._call(_api.strategies()))
 
 
 class AsyncCurriculum:

@@ -36,6 +36,7 @@ from paceline.models import (
     ReportAck,
     RunInfo,
     State,
+    StrategyCatalog,
 )
 
 if TYPE_CHECKING:  # gRPC is optional: imported only for grpc:// URLs
@@ -180,8 +181,8 @@ class Client:
         | Mapping[str, int] | None = None, *,
         objectives: Sequence[str | Mapping[str, Any]],
         labels: Any = None, names: Sequence[str] | None = None,
-        sampler: str | Mapping[str, Any] = "uniform",
-        weighting: str | Mapping[str, Any] = "fixed",
+        sampler: str | Mapping[str, Any] | None = None,
+        weighting: str | Mapping[str, Any] | None = None,
         batch_size: int = 64, seed: int = 0,
         zero_variance: bool | Mapping[str, Any] | None = None,
         primary_objective: str | None = None,
@@ -191,7 +192,9 @@ class Client:
         (name, size) pairs, or a {name: size} mapping): samples 0..size-1 of the first
         distribution come first, and so on. For an interleaved dataset give `labels`
         (the distribution position of every sample) and `names`. With `exist_ok` an
-        equal spec returns the stored curriculum; a different one raises `Conflict`."""
+        equal spec returns the stored curriculum; a different one raises `Conflict`.
+        Without `sampler` (or `weighting`) the service uses its recommended default
+        (`strategies()` says which; the returned `spec` shows it)."""
         spec = curriculum_spec(
             name, distributions=distributions, labels=labels, names=names,
             objectives=objectives, sampler=sampler, weighting=weighting,
@@ -215,6 +218,11 @@ class Client:
             found.extend(CurriculumInfo.model_validate(c) for c in page)
             if len(page) < PAGE:
                 return found
+
+    def strategies(self) -> StrategyCatalog:
+        """Every sampler and weighting the service can run (plug-ins included), with
+        their parameters and defaults, and what a curriculum that names none gets."""
+        return StrategyCatalog.model_validate(self._call(_api.strategies()))
 
 
 class Curriculum:

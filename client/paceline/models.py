@@ -22,6 +22,9 @@ __all__ = [
     "ReportAck",
     "RunInfo",
     "State",
+    "StrategyCatalog",
+    "StrategyInfo",
+    "StrategyParam",
     "WeightRecord",
 ]
 
@@ -203,3 +206,47 @@ class State(_Model):
     @property
     def probabilities(self) -> dict[str, float]:
         return {d.name: d.probability for d in self.distributions}
+
+
+class StrategyParam(_Model):
+    """One parameter of a strategy: its type (Python spelling), default and choices."""
+
+    name: str
+    type: str
+    default: Any = None
+    required: bool = False
+    choices: list[Any] | None = None
+
+
+class StrategyInfo(_Model):
+    """A registered sampler or weighting (`origin`: builtin, registered or plugin)."""
+
+    name: str
+    origin: str
+    default: bool = False
+    description: str = ""
+    params: list[StrategyParam] = Field(default_factory=list)
+    error: str | None = None
+
+
+class StrategyCatalog(_Model):
+    """What the service can run: every sampler and weighting, and the configuration a
+    curriculum that names none gets."""
+
+    samplers: list[StrategyInfo]
+    weightings: list[StrategyInfo]
+    default_sampler: dict[str, Any]
+    default_weighting: dict[str, Any]
+
+    def sampler(self, name: str) -> StrategyInfo:
+        return _named(self.samplers, name)
+
+    def weighting(self, name: str) -> StrategyInfo:
+        return _named(self.weightings, name)
+
+
+def _named(items: list[StrategyInfo], name: str) -> StrategyInfo:
+    for item in items:
+        if item.name == name:
+            return item
+    raise KeyError(name)

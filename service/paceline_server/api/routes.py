@@ -14,6 +14,7 @@ from paceline_server.api.body import read_body
 from paceline_server.api.deps import ReadScope, Service, WriteScope, write_scope
 from paceline_server.app.history import MAX_POINTS
 from paceline_server.app.service import MAX_KEY, NextBatch, PacelineService, RunStatus
+from paceline_server.app.strategies import StrategyInfo, strategy_catalog
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import InvalidRequest
 from paceline_server.domain.history import CurriculumHistory
@@ -287,3 +288,23 @@ def history_out(view: CurriculumHistory) -> dict[str, Any]:
         "reward_weights": {objective: np.ascontiguousarray(view.reward_weights[:, i])
                            for i, objective in enumerate(view.objectives)},
         "reward_scale": view.reward_scale, "hypervolume": view.hypervolume}
+
+
+def _strategy(info: StrategyInfo) -> schemas.StrategyOut:
+    return schemas.StrategyOut(
+        name=info.name, origin=info.origin, default=info.is_default,
+        description=info.description, error=info.error,
+        params=[schemas.StrategyParamOut(
+            name=p.name, type=p.type, default=p.default, required=p.required,
+            choices=None if p.choices is None else list(p.choices)) for p in info.params])
+
+
+@router.get("/strategies", response_model=schemas.StrategiesOut,
+            summary="Every registered sampler and weighting, its parameters and defaults")
+def list_strategies(_: ReadScope) -> schemas.StrategiesOut:
+    catalog = strategy_catalog()
+    return schemas.StrategiesOut(
+        samplers=[_strategy(i) for i in catalog.samplers],
+        weightings=[_strategy(i) for i in catalog.weightings],
+        default_sampler=catalog.default_sampler,
+        default_weighting=catalog.default_weighting)

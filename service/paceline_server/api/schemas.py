@@ -191,3 +191,28 @@ class StateOut(BaseModel):
     explanations: list[ExplanationOut] = Field(
         default_factory=list, description="why each distribution gets its probability")
 
+
+class StrategyParamOut(BaseModel):
+    name: str
+    type: str = Field(description="Python spelling: float, int | None, list[float], ...")
+    default: Any = Field(description="the value a spec that omits it gets (JSON)")
+    required: bool
+    choices: list[Any] | None = Field(None, description="the allowed values, when fixed")
+
+
+class StrategyOut(BaseModel):
+    name: str
+    origin: str = Field(description="builtin, registered (at run time) or plugin "
+                                    "(entry point)")
+    default: bool = Field(description="what a curriculum that names none gets")
+    description: str
+    params: list[StrategyParamOut]
+    error: str | None = Field(None, description="a plug-in that failed to load: why")
+
+
+class StrategiesOut(BaseModel):
+    samplers: list[StrategyOut]
+    weightings: list[StrategyOut]
+    default_sampler: dict[str, Any] = Field(
+        description="the sampler of a spec that names none, parameters filled in")
+    default_weighting: dict[str, Any]

@@ -21,6 +21,8 @@ from paceline_server.domain.inspection import (
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.report import Report
 from paceline_server.domain.spec import (
+    DEFAULT_SAMPLER,
+    DEFAULT_WEIGHTING,
     CurriculumSpec,
     ObjectiveSpec,
     StrategySpec,
@@ -28,6 +30,8 @@ from paceline_server.domain.spec import (
 )
 
 __all__ = [
+    "DEFAULT_SAMPLER",
+    "DEFAULT_WEIGHTING",
     "Batch",
     "CurriculumInspection",
     "CurriculumSpec",

@@ -112,6 +112,14 @@ class StrategySpec:
         return {"kind": self.kind, "params": _jsonable(dict(self.params))}
 
 
+#: The sampler of a curriculum whose spec names none: the configuration that measured
+#: best across the learner suite (docs/benchmarks.md), not `uniform`. Defined here once;
+#: REST, gRPC, the client and `GET /v1/strategies` all follow it.
+DEFAULT_SAMPLER = StrategySpec("dump_ucb")
+#: The weighting of a curriculum whose spec names none.
+DEFAULT_WEIGHTING = StrategySpec("fixed")
+
+
 @dataclass(frozen=True)
 class ZeroVarianceSpec:
     """Predicted zero-variance skipping: drop indices whose group would all agree.
@@ -163,8 +171,8 @@ class CurriculumSpec:
     name: str
     layout: DatasetLayout
     objectives: tuple[ObjectiveSpec, ...]
-    sampler: StrategySpec = field(default_factory=lambda: StrategySpec("uniform"))
-    weighting: StrategySpec = field(default_factory=lambda: StrategySpec("fixed"))
+    sampler: StrategySpec = field(default_factory=lambda: DEFAULT_SAMPLER)
+    weighting: StrategySpec = field(default_factory=lambda: DEFAULT_WEIGHTING)
     batch_size: int = 64
     seed: int = 0
     primary_objective: str | None = None
@@ -222,8 +230,8 @@ class CurriculumSpec:
             name=data.get("name"),  # type: ignore[arg-type]  # checked in __post_init__
             layout=layout,
             objectives=tuple(ObjectiveSpec.parse(o) for o in objectives),
-            sampler=StrategySpec.parse(data.get("sampler", "uniform"), "sampler"),
-            weighting=StrategySpec.parse(data.get("weighting", "fixed"), "weighting"),
+            sampler=_strategy(data.get("sampler"), "sampler", DEFAULT_SAMPLER),
+            weighting=_strategy(data.get("weighting"), "weighting", DEFAULT_WEIGHTING),
             batch_size=data.get("batch_size", 64),
             seed=data.get("seed", 0),
             primary_objective=data.get("primary_objective"),
@@ -242,6 +250,11 @@ class CurriculumSpec:
             "primary_objective": self.primary_objective,
             "zero_variance": None if self.zero_variance is None else self.zero_variance.to_dict(),
         }
+
+
+def _strategy(value: Any, what: str, default: StrategySpec) -> StrategySpec:
+    """A spec's sampler or weighting; absent (or null) means the domain's default."""
+    return default if value is None else StrategySpec.parse(value, what)
 
 
 def parse_layout(value: Any) -> DatasetLayout:

@@ -17,6 +17,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from paceline_server.app.service import RunStatus
+from paceline_server.app.strategies import StrategyCatalog, StrategyInfo
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import InvalidReport, InvalidRequest, MalformedBody
 from paceline_server.domain.inspection import CurriculumInspection
@@ -145,6 +146,24 @@ def array(message: pb.Array, field: str) -> np.ndarray:
         raise InvalidReport(f"{field}: {values.size} values do not fit shape {shape}",
                             {"field": field, "shape": shape})
     return values.reshape(shape)
+
+def _strategy(info: StrategyInfo) -> pb.Strategy:
+    return pb.Strategy(
+        name=info.name, origin=info.origin, is_default=info.is_default,
+        description=info.description, error=info.error or "",
+        params=[pb.StrategyParam(
+            name=p.name, type=p.type, default_json=dump_json(p.default), required=p.required,
+            choices_json="" if p.choices is None else dump_json(list(p.choices)))
+            for p in info.params])
+
+
+def strategies(catalog: StrategyCatalog) -> pb.ListStrategiesResponse:
+    return pb.ListStrategiesResponse(
+        samplers=[_strategy(i) for i in catalog.samplers],
+        weightings=[_strategy(i) for i in catalog.weightings],
+        default_sampler_json=dump_json(catalog.default_sampler),
+        default_weighting_json=dump_json(catalog.default_weighting))
+
 
 
 def report_body(request: pb.ReportRequest) -> Mapping[str, Any]:

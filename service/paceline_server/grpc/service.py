@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from paceline_server.api.errors import grpc_status_of, retryable, status_of
 from paceline_server.api.metrics import Metrics
 from paceline_server.app.service import NextBatch, PacelineService, RunStatus
+from paceline_server.app.strategies import strategy_catalog
 from paceline_server.domain.errors import (
     Forbidden,
     InvalidRequest,
@@ -94,7 +95,8 @@ class Method:
 class PacelineHandlers:
     """The use cases behind each RPC; shares `PacelineService` with the REST app."""
 
-    READS = frozenset({"ListCurricula", "GetCurriculum", "ListRuns", "GetRun", "GetState"})
+    READS = frozenset({"ListCurricula", "GetCurriculum", "ListRuns", "GetRun", "GetState",
+                       "ListStrategies"})
 
     def __init__(self, service: PacelineService, settings: Settings,
                  metrics: Metrics | None = None) -> None:
@@ -216,3 +218,7 @@ class PacelineHandlers:
     def get_state(self, request: pb.GetStateRequest, context: grpc.ServicerContext
                   ) -> pb.State:
         return convert.state(request.curriculum, self.service.state(request.curriculum))
+
+    def list_strategies(self, request: pb.ListStrategiesRequest,
+                        context: grpc.ServicerContext) -> pb.ListStrategiesResponse:
+        return convert.strategies(strategy_catalog())

@@ -85,6 +85,22 @@ def available_weightings() -> list[str]:
     )
 
 
+def origin(group: str, name: str) -> str:
+    """Where a strategy comes from: "registered" at run time, "builtin", or "plugin" (an
+    entry point); `group` is "sampler" or "weighting". Run-time registration wins, as in
+    `sampler_class`."""
+    registered, builtins, entry_group = (
+        (_registered_samplers, _BUILTIN_SAMPLERS, SAMPLER_GROUP) if group == "sampler"
+        else (_registered_weightings, _BUILTIN_WEIGHTINGS, WEIGHTING_GROUP))
+    if name in registered:
+        return "registered"
+    if name in builtins:
+        return "builtin"
+    if name in _plugins(entry_group):
+        return "plugin"
+    raise UnknownStrategy(f"unknown {group} {name!r}", {"kind": name})
+
+
 def sampler_class(name: str) -> type[Sampler[Any, Any]]:
     if name in _registered_samplers:
         return _registered_samplers[name]
