@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paceline_server.domain import InvalidParams, InvalidReport
+from paceline_server.domain import CurriculumSpec, InvalidParams, InvalidReport
 from paceline_server.engine import CurriculumEngine
 from paceline_server.strategies.gradient import GradientState, apply_floor, proxy_gram
 from support import report, signals, spec
@@ -32,6 +32,11 @@ def step(e: CurriculumEngine, gram: Any, t: int = 0) -> None:
 def state_of(e: CurriculumEngine) -> GradientState:
     state: GradientState = e.state.weighting
     return state
+
+
+def symmetric(matrix: np.ndarray) -> np.ndarray:
+    """A random matrix made a valid Gram-like input (reports refuse asymmetric ones)."""
+    return np.asarray((matrix + matrix.T) / 2)
 
 
 def softmax(logits: list[float]) -> np.ndarray:
@@ -112,6 +117,38 @@ def test_proxy_gram_by_hand() -> None:
     assert not proxy_gram(signals(cur, [0], np.ones((1, 3, 2)))).any()
 
 
+def test_proxy_gram_counts_a_minimised_objective_negatively() -> None:
+    # The issue's case (Lu et al.'s accuracy vs conciseness): accuracy (max), length (min,
+    # bounds [0, 1000]) and format (max), in a report where the longer answers are the
+    # correct ones. With length minimised, accuracy and length conflict, so length's
+    # influence must be lower than when length is maximised; before the fix the proxy
+    # Gram ignored the direction and served the same weights in both cases.
+    rewards = np.array([[[1.0, 900.0, 1.0], [0.0, 100.0, 1.0], [1.0, 800.0, 0.0],
+                         [0.0, 200.0, 0.0]]])
+
+    def served(direction: str) -> tuple[np.ndarray, np.ndarray]:
+        cur = CurriculumSpec.from_dict({
+            "name": "lu", "layout": {"distributions": [{"name": "d0", "size": 10}]},
+            "objectives": ["accuracy", {"name": "length", "direction": direction,
+                                        "bounds": [0, 1000]}, "format"],
+            "weighting": "gradient", "batch_size": 2})
+        e = CurriculumEngine(cur)
+        e.apply(report(cur, [0], rewards))
+        return proxy_gram(signals(cur, [0], rewards)), e.weights().weights
+
+    gram_min, w_min = served("minimize")
+    gram_max, w_max = served("maximize")
+    assert gram_min[0, 1] < 0 < gram_max[0, 1]  # conflict only when length is minimised
+    np.testing.assert_allclose(np.abs(gram_min), np.abs(gram_max))
+    # Row sums by hand: accuracy (1, 0, 1, 0) and length (900, 100, 800, 200) share the
+    # sign pattern (correlation 0.99), format (1, 1, 0, 0) is uncorrelated with both.
+    np.testing.assert_allclose(gram_max.sum(axis=1), [1.99, 1.99, 1.0], atol=0.01)
+    np.testing.assert_allclose(gram_min.sum(axis=1), [0.01, 0.01, 1.0], atol=0.01)
+    # Served weights: the conflict pair loses to format only when length is minimised.
+    assert w_min[2] > w_min[0] and w_max[2] < w_max[0]
+    assert w_min[1] < w_max[1]
+
+
 def test_proxy_update_uses_eta_proxy() -> None:
     e = engine(eta_proxy=0.5, eta=100.0)
     e.apply(report(e.spec, [0, 1], AGREEING))  # 0.5 * (1.5, 1)
@@ -141,7 +178,7 @@ def test_trainer_and_proxy_reports_accumulate_together() -> None:
 
 def test_huge_gram_entries_saturate_without_nan() -> None:
     e = engine(w_min=0.05)
-    step(e, [[1e308, 1e308], [-1e308, -1e308]])
+    step(e, [[1e308, 1e308], [1e308, -1e308]])  # row sums: overflow, then 0
     w = e.weights().weights
     assert np.all(np.isfinite(w))
     np.testing.assert_allclose(w, [0.95, 0.05])
@@ -169,17 +206,21 @@ def test_bad_grad_products_are_rejected_before_state_changes() -> None:
     e = engine()
     good = report(e.spec, [0], np.ones((1, 2, 2)), grad_products=[[1.0, 0.0], [0.0, 1.0]])
     before = e.to_bytes()
-    for bad in (np.ones((3, 3)), np.ones(2), np.array([[np.inf, 0.0], [0.0, 1.0]])):
+    for bad in (np.ones((3, 3)), np.ones(2), np.array([[np.inf, 0.0], [0.0, 1.0]]),
+                np.array([[1.0, 0.5], [0.25, 1.0]]), np.array([[1e308, 1e308], [-1e308, 1.0]])):
         with pytest.raises(InvalidReport, match="grad_products"):
             e.apply(dataclasses.replace(good, grad_products=bad))
     assert e.to_bytes() == before
+    # Products computed one by one may differ in the last bits: that much is accepted.
+    e.apply(dataclasses.replace(good, grad_products=np.array([[1.0, 0.3],
+                                                              [0.3 + 1e-12, 1.0]])))
 
 
 def test_round_trip_is_bit_exact_and_resumes_identically() -> None:
     e = engine(3, accumulation_steps=3)
     rng = np.random.default_rng(3)
     reports = [report(e.spec, [t % 10], rng.random((1, 4, 3)), step=t,
-                      grad_products=rng.normal(size=(3, 3)) if t % 2 else None)
+                      grad_products=symmetric(rng.normal(size=(3, 3))) if t % 2 else None)
                for t in range(12)]
     for r in reports[:7]:
         e.apply(r)
@@ -233,7 +274,7 @@ def test_weights_on_simplex_above_floor(grams: list[list[float]], w_min: float,
                                         accumulation: int) -> None:
     e = engine(3, w_min=w_min, accumulation_steps=accumulation)
     for t, g in enumerate(grams):
-        step(e, np.reshape(g, (3, 3)), t)
+        step(e, symmetric(np.reshape(g, (3, 3))), t)
         w = e.weights().weights
         assert w.sum() == pytest.approx(1.0)
         assert np.all(w >= w_min - 1e-12)
@@ -262,7 +303,7 @@ def test_deterministic(use_trainer: list[bool], seed: int) -> None:
     rng = np.random.default_rng(seed)
     for t, trainer in enumerate(use_trainer):
         r = report(engines[0].spec, [t % 10], rng.random((1, 3, 2)), step=t,
-                   grad_products=rng.normal(size=(2, 2)) if trainer else None)
+                   grad_products=symmetric(rng.normal(size=(2, 2))) if trainer else None)
         for e in engines:
             e.apply(r)
     assert engines[0].to_bytes() == engines[1].to_bytes()

@@ -211,6 +211,7 @@ class Report:
                     {"field": "grad_products"},
                 )
             _finite(self.grad_products, "grad_products")
+            _symmetric(self.grad_products, "grad_products")
         if self.eval_objectives is not None:
             if self.eval_objectives.shape != (num_objectives,):
                 raise InvalidReport(
@@ -218,6 +219,17 @@ class Report:
                     {"field": "eval_objectives"},
                 )
             _finite(self.eval_objectives, "eval_objectives")
+
+
+def _symmetric(matrix: np.ndarray, what: str) -> None:
+    """A Gram matrix [<g_i, g_j>] is symmetric; allow the rounding of products computed
+    one by one (a relative 1e-6 of the largest entry), nothing more."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        largest = float(np.abs(matrix).max()) if matrix.size else 0.0
+        asymmetry = float(np.abs(matrix - matrix.T).max()) if matrix.size else 0.0
+    if not asymmetry <= 1e-6 * largest:
+        raise InvalidReport(f"{what} must be symmetric (a Gram matrix of inner products); "
+                            f"largest |G_ij - G_ji| is {asymmetry:.3g}", {"field": what})
 
 
 def _optional(value: object | None, what: str, ndim: int) -> np.ndarray | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,11 @@ def preference_vector(weights: tuple[float, ...] | None, k: int, owner: str) -> 
             f"{owner}: weights needs one entry per objective ({k}); got {len(weights)}",
             "weights")
     vector = np.asarray(weights, dtype=np.float64)
-    return np.asarray(vector / vector.sum())
+    with np.errstate(over="ignore"):
+        total = float(vector.sum())
+    require(bool(np.isfinite(vector).all()) and math.isfinite(total),
+            f"{owner}: weights must be finite (and sum to a finite number)", "weights")
+    return np.asarray(vector / total)
 
 
 class FixedWeighting(Weighting[StatelessState, FixedParams]):
