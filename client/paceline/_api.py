@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from paceline._transport import Reply, Request, RetryPolicy
 from paceline.errors import Conflict
-from paceline.models import Batch, ReportAck, minimized_objectives
+from paceline.models import Batch, ReportAck, minimized_objectives, objective_bounds
 
 PREFIX = "/v1/curricula"
 STRATEGIES = "/v1/strategies"
@@ -93,8 +93,10 @@ def report(name: str, content: bytes, headers: Mapping[str, str], idempotency_ke
 
 
 def batch(served: Mapping[str, Any], spec: Mapping[str, Any]) -> Batch:
-    """A served batch, knowing which of the curriculum's objectives are minimised."""
-    return Batch.model_validate({**served, "minimize": minimized_objectives(spec)})
+    """A served batch, knowing the direction and bounds of the curriculum's objectives
+    (what `Batch.scalarize` needs)."""
+    return Batch.model_validate({**served, "minimize": minimized_objectives(spec),
+                                 "bounds": objective_bounds(spec)})
 
 
 def report_ack(answer: Mapping[str, Any], spec: Mapping[str, Any]) -> ReportAck:

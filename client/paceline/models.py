@@ -7,11 +7,13 @@ service that adds fields.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from paceline.scalarize import Objective, objectives_from_spec, scalarize
 
 __all__ = [
     "Batch",
@@ -33,6 +35,11 @@ def minimized_objectives(spec: Mapping[str, Any]) -> list[str]:
     """The names of a curriculum spec's objectives whose direction is "minimize"."""
     return [o["name"] for o in spec.get("objectives", [])
             if isinstance(o, Mapping) and o.get("direction") == "minimize"]
+
+
+def objective_bounds(spec: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """Bounds [low, high] of each objective of a curriculum spec, by name."""
+    return {o.name: (o.low, o.high) for o in objectives_from_spec(spec)}
 
 
 class _Model(BaseModel):
@@ -78,6 +85,9 @@ class Batch(_Model):
     #: Objectives whose direction is "minimize" (filled in from the curriculum's spec by
     #: `Run.next_batch`): `scalarize` counts them negatively.
     minimize: list[str] = Field(default_factory=list)
+    #: Declared bounds [low, high] per objective (filled in from the curriculum's spec):
+    #: `scalarize` maps each objective to [0, 1] by them; absent ones use [0, 1].
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
 
     @property
     def objectives(self) -> list[str]:
@@ -89,54 +99,33 @@ class Batch(_Model):
         """The reward weights as a list in objective order."""
         return list(self.reward_weights.values())
 
+    def objective_specs(self) -> list[Objective]:
+        """Direction and bounds of each objective, in order (for `paceline.scalarize`)."""
+        minimize = set(self.minimize)
+        return [Objective(name, name in minimize, *self.bounds.get(name, (0.0, 1.0)))
+                for name in self.reward_weights]
+
     def scalarize(self, rewards: Any) -> Any:
-        """`reward_scale * sum_k w_k s_k r_k`: the scalar reward to train on, where s_k is
-        -1 for an objective to minimize (a length, a cost) and +1 otherwise.
+        """The scalar reward to train on, `reward_scale * sum_k w_k u_k`, where u_k is
+        objective k mapped to [0, 1] by its bounds, larger is better (an objective to
+        minimize — a length, a cost — counts negatively); see `paceline.scalarize`.
 
         `rewards` is a mapping {objective: value or nested list/array} or a nested
         sequence / array whose last axis holds the k objectives in order. Returns a float
         or nested lists of floats of the same leading shape (a numpy array in, a numpy
         array out)."""
-        minimize = set(self.minimize)
-        weights = [-w if o in minimize else w for o, w in self.reward_weights.items()]
-        scale = self.reward_scale
-        if isinstance(rewards, Mapping):
-            missing = [o for o in self.reward_weights if o not in rewards]
-            if missing:
-                raise ValueError(f"rewards lack objectives {missing}")
-            parts = [rewards[o] for o in self.reward_weights]
-            if all(hasattr(p, "__array__") for p in parts):
-                total = sum(w * p for w, p in zip(weights, parts, strict=True))
-                return total * scale
-            return _combine([_plain(p) for p in parts], weights, scale)
-        if hasattr(rewards, "__array__") and hasattr(rewards, "shape"):
-            if rewards.shape[-1] != len(weights):
-                raise ValueError(f"the last axis of rewards has {rewards.shape[-1]} entries; "
-                                 f"expected {len(weights)} objectives")
-            # Indexing and broadcasting only: works alike for numpy arrays and torch tensors.
-            return sum(w * rewards[..., k] for k, w in enumerate(weights)) * scale
-        return _dot_last(_plain(rewards), weights, scale)
+        return scalarize(rewards, self.reward_weights, self.objective_specs(),
+                         self.reward_scale)
 
 
-def _plain(value: Any) -> Any:
-    return value.tolist() if hasattr(value, "tolist") else value
-
-
-def _dot_last(value: Any, weights: list[float], scale: float) -> Any:
-    if isinstance(value, Sequence) and value and isinstance(value[0], Sequence):
-        return [_dot_last(v, weights, scale) for v in value]
-    if not isinstance(value, Sequence) or len(value) != len(weights):
-        raise ValueError(f"expected {len(weights)} rewards (one per objective); got {value!r}")
-    return scale * sum(w * float(r) for w, r in zip(weights, value, strict=True))
-
-
-def _combine(parts: list[Any], weights: list[float], scale: float) -> Any:
-    first = parts[0]
-    if isinstance(first, Sequence):
-        if any(not isinstance(p, Sequence) or len(p) != len(first) for p in parts):
-            raise ValueError("the rewards of every objective must have the same shape")
-        return [_combine(list(column), weights, scale) for column in zip(*parts, strict=True)]
-    return scale * sum(w * float(p) for w, p in zip(weights, parts, strict=True))
+def weights_view(weights: Mapping[str, float], scale: float, spec: Mapping[str, Any],
+                 run_id: str = "") -> Batch:
+    """A batch-shaped view of reward weights that were not served with a batch (a
+    curriculum's current weights): what `scalarize` needs, with the spec's directions
+    and bounds, for the integrations that score before or without a batch."""
+    return Batch(run_id=run_id, step=-1, indices=[], reward_weights=dict(weights),
+                 reward_scale=scale, minimize=minimized_objectives(spec),
+                 bounds=objective_bounds(spec))
 
 
 class ReportAck(_Model):

@@ -239,7 +239,9 @@ def test_batches_know_which_objectives_to_minimize(embedded: paceline.Client) ->
     with cur.start_run(heartbeat_interval=None) as run:
         batch = run.next_batch(0)
     assert batch.minimize == ["len"]
-    assert batch.scalarize([1.0, 30.0]) == 0.5 * 1.0 - 0.5 * 30.0
+    assert batch.bounds == {"acc": (0.0, 1.0), "len": (0.0, 100.0)}
+    # len 30 of [0, 100], minimised: u = 0.7
+    assert batch.scalarize([1.0, 30.0]) == pytest.approx(0.5 * 1.0 + 0.5 * 0.7)
 
 
 @pytest.mark.parametrize("encoding", ["json", "msgpack"])

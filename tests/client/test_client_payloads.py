@@ -140,12 +140,24 @@ class TestScalarize:
         assert batch.weight_vector == [0.75, 0.25]
 
     def test_objectives_to_minimize_count_negatively(self) -> None:
+        # Default bounds [0, 1]: a minimised objective counts as 1 - r.
         batch = self.batch().model_copy(update={"minimize": ["len"]})
         rewards = np.array([[1.0, 4.0], [0.0, 8.0]])
-        assert batch.scalarize(rewards).tolist() == [2 * (0.75 - 1.0), 2 * -2.0]
-        assert batch.scalarize({"acc": 1.0, "len": 4.0}) == -0.5
-        assert batch.scalarize([1.0, 4.0]) == -0.5
+        expected = [2 * (0.75 + 0.25 * (1 - 4.0)), 2 * 0.25 * (1 - 8.0)]
+        assert batch.scalarize(rewards).tolist() == pytest.approx(expected)
+        assert batch.scalarize({"acc": 1.0, "len": 4.0}) == pytest.approx(expected[0])
+        assert batch.scalarize([1.0, 4.0]) == pytest.approx(expected[0])
         assert batch.weight_vector == [0.75, 0.25]  # the served weights stay as served
+
+    def test_bounds_put_objectives_on_one_scale(self) -> None:
+        # len minimised with bounds [0, 8]: u = (8 - len) / 8, so 4 -> 0.5 and 8 -> 0.
+        batch = self.batch().model_copy(update={"minimize": ["len"],
+                                                "bounds": {"len": (0.0, 8.0)}})
+        rewards = np.array([[1.0, 4.0], [0.0, 8.0]])
+        assert batch.scalarize(rewards).tolist() == pytest.approx([2 * (0.75 + 0.125), 0.0])
+        assert batch.scalarize([[1.0, 4.0], [0.0, 8.0]]) == pytest.approx([1.75, 0.0])
+        # Outside the bounds nothing is clipped: a longer answer is still worse.
+        assert batch.scalarize([0.0, 16.0]) == pytest.approx(2 * 0.25 * -1.0)
 
     def test_wrong_shapes(self) -> None:
         batch = self.batch()

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from paceline.client import Run
-from paceline.models import Batch, ReportAck
+from paceline.models import Batch, ReportAck, weights_view
 
 __all__ = ["BatchLedger", "Rollouts", "StepRecord"]
 
@@ -120,9 +120,10 @@ class BatchLedger:
         first batch, the curriculum's current weights as a batch-shaped view."""
         if self.latest is not None:
             return self.latest
-        state = self.run.curriculum.state()
-        return Batch(run_id=self.run.run_id, step=-1, indices=[],
-                     reward_weights=state.reward_weights, reward_scale=state.reward_scale)
+        curriculum = self.run.curriculum
+        state = curriculum.state()
+        return weights_view(state.reward_weights, state.reward_scale, curriculum.spec,
+                            self.run.run_id)
 
     def pop_scored(self) -> list[StepRecord]:
         """Remove and return the scored steps, oldest first."""

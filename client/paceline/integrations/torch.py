@@ -171,7 +171,8 @@ class Step:
         return torch.tensor(self.batch.indices, dtype=torch.long)
 
     def scalarize(self, rewards: Any) -> torch.Tensor:
-        """`reward_scale * Σ_k w_k r_k` over the last axis of rewards `[n, g, k]`."""
+        """`reward_scale * Σ_k w_k u_k` over the last axis of rewards `[n, g, k]`
+        (`Batch.scalarize`: u_k is objective k by its bounds and direction)."""
         return torch.as_tensor(self.batch.scalarize(torch.as_tensor(rewards,
                                                                     dtype=torch.float32)))
 

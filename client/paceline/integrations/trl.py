@@ -89,7 +89,8 @@ class ScalarizedReward:
 
     It calls `objectives[name](prompts=..., completions=..., **kwargs)` for every
     objective, records the reward vectors under the served step the rows belong to, and
-    returns `reward_scale * Σ_k w_k r_k` with that step's weights. Rows without the index
+    returns `reward_scale * Σ_k w_k u_k` with that step's weights (`Batch.scalarize`: u_k is
+    objective k by its bounds and direction). Rows without the index
     column (evaluation) are scored with the latest weights and not recorded."""
 
     def __init__(self, objectives: Mapping[str, RewardFunc], ledger: BatchLedger,

@@ -45,7 +45,7 @@ from verl.experimental.dataset.sampler import AbstractCurriculumSampler
 from paceline.client import Client, Curriculum
 from paceline.integrations._ledger import BatchLedger, Rollouts
 from paceline.integrations._steps import StepStream
-from paceline.models import Batch
+from paceline.models import Batch, weights_view
 
 __all__ = ["PacelineCurriculumSampler", "ServedWeights", "sequence_advantages"]
 
@@ -206,11 +206,10 @@ class ServedWeights:
         return self._weights, self._scale
 
     def score(self, rewards: Mapping[str, float]) -> dict[str, float]:
-        """verl's reward-result dict: `score` = reward_scale * Σ_k w_k r_k, plus each
-        objective's reward under its own name (verl passes those to `update`)."""
+        """verl's reward-result dict: `score` = reward_scale * Σ_k w_k u_k (u_k: objective
+        k by its bounds and direction, as `Batch.scalarize`), plus each objective's raw
+        reward under its own name (verl passes those to `update`)."""
         weights, scale = self.get()
-        missing = [o for o in weights if o not in rewards]
-        if missing:
-            raise ValueError(f"rewards lack objectives {missing}")
-        total = scale * sum(w * float(rewards[o]) for o, w in weights.items())
+        view = weights_view(weights, scale, self.curriculum.spec)
+        total = float(view.scalarize(rewards))
         return {"score": total, **{o: float(rewards[o]) for o in weights}}

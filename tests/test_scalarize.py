@@ -1,0 +1,215 @@
+"""Scalarisation is one definition (domain/scalarize.py): every path that turns a reward
+vector into the reward a trainer optimises gives the same number for the same rewards,
+weights and objectives, with any mix of maximised and minimised objectives, with and
+without declared bounds.
+
+Paths: the domain function, the engine's report signals, the client's own module,
+`Batch.scalarize` on a batch built from the stored spec (lists, arrays, mappings), the
+batch-shaped view of current weights (TRL's rows scored before the first batch), verl's
+`ServedWeights.score`, TRL's `ScalarizedReward` and the torch loop's `Step.scalarize`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paceline import _api
+from paceline import scalarize as client_scalarize
+from paceline.integrations._ledger import BatchLedger
+from paceline.models import Batch, weights_view
+from paceline_server.domain import CurriculumSpec
+from paceline_server.domain.scalarize import linear_form, scalarize, unit_rewards
+from support import signals
+
+N, G = 3, 4
+
+
+@dataclass(frozen=True)
+class Case:
+    spec: CurriculumSpec
+    weights: np.ndarray
+    scale: float
+    rewards: np.ndarray  # [N, G, k]
+
+    @property
+    def names(self) -> list[str]:
+        return [o.name for o in self.spec.objectives]
+
+    @property
+    def weight_map(self) -> dict[str, float]:
+        return dict(zip(self.names, self.weights.tolist(), strict=True))
+
+    @property
+    def stored_spec(self) -> dict[str, Any]:
+        return self.spec.to_dict()
+
+    def expected(self) -> np.ndarray:
+        return scalarize(self.rewards, self.weights, self.spec.objectives, self.scale)
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    k = draw(st.integers(1, 4))
+    objectives: list[Any] = []
+    for i in range(k):
+        direction = draw(st.sampled_from(["maximize", "minimize"]))
+        if draw(st.booleans()):
+            low = draw(st.floats(-1000, 1000))
+            width = draw(st.floats(0.01, 5000))
+            objectives.append({"name": f"o{i}", "direction": direction,
+                               "bounds": [low, low + width]})
+        elif direction == "minimize":
+            objectives.append({"name": f"o{i}", "direction": "minimize"})
+        else:
+            objectives.append(f"o{i}")
+    raw = draw(st.lists(st.floats(0.01, 1.0), min_size=k, max_size=k))
+    weights = np.asarray(raw) / sum(raw)
+    scale = draw(st.floats(0.25, 2.0))
+    values = draw(st.lists(st.floats(-2000, 2000), min_size=N * G * k, max_size=N * G * k))
+    spec = CurriculumSpec.from_dict({
+        "name": "s", "layout": {"distributions": [{"name": "d", "size": 10}]},
+        "objectives": objectives, "weighting": {"kind": "fixed", "weights": weights.tolist()},
+        "batch_size": 2})
+    return Case(spec, weights, scale, np.asarray(values, dtype=np.float64).reshape(N, G, k))
+
+
+def close(actual: Any, expected: np.ndarray, rtol: float = 1e-9) -> None:
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected,
+                               rtol=0, atol=rtol * scale * 10)
+
+
+def served_batch(case: Case) -> Batch:
+    served = {"run_id": "r", "step": 0, "indices": list(range(N)),
+              "reward_weights": case.weight_map, "reward_scale": case.scale}
+    return _api.batch(served, case.stored_spec)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cases())
+def test_domain_engine_and_client_agree(case: Case) -> None:
+    expected = case.expected()
+    # The definition: scale * sum_i w_i u_i with u_i by bounds, larger is better.
+    unit = unit_rewards(case.rewards, case.spec.objectives)
+    close(case.scale * (unit @ case.weights), expected)
+    coefficients, constant = linear_form(case.weights, case.spec.objectives, case.scale)
+    close(case.rewards @ coefficients + constant, expected)
+    # The engine's signals (no scale: it does not change which groups are constant).
+    sig = signals(case.spec, list(range(N)), case.rewards, weights=case.weights.tolist())
+    close(case.scale * sig.scalarized.reshape(N, G), expected)
+    # The client's own module, from the stored spec and from the spec as written.
+    for spec in (case.stored_spec, {"objectives": [
+            o.name if o.bounds == (0.0, 1.0) and o.direction == "maximize" else
+            {"name": o.name, "direction": o.direction, "bounds": list(o.bounds)}
+            for o in case.spec.objectives]}):
+        objectives = client_scalarize.objectives_from_spec(spec)
+        close(client_scalarize.scalarize(case.rewards, case.weight_map, objectives,
+                                         case.scale), expected)
+    # Batch.scalarize on a served batch: nested lists, arrays, mappings of arrays/lists.
+    batch = served_batch(case)
+    close(batch.scalarize(case.rewards), expected)
+    close(batch.scalarize(case.rewards.tolist()), expected)
+    by_name = {name: case.rewards[..., i] for i, name in enumerate(case.names)}
+    close(batch.scalarize(by_name), expected)
+    close(batch.scalarize({n: v.tolist() for n, v in by_name.items()}), expected)
+    one = {name: float(case.rewards[0, 0, i]) for i, name in enumerate(case.names)}
+    close(batch.scalarize(one), expected[0, 0])
+
+
+class StubCurriculum:
+    """What the integrations read of a curriculum: its stored spec, names, state."""
+
+    def __init__(self, case: Case) -> None:
+        self.spec = case.stored_spec
+        self.objectives = case.names
+        self._case = case
+
+    def state(self) -> Any:
+        case = self._case
+
+        @dataclass
+        class State:
+            reward_weights: dict[str, float]
+            reward_scale: float
+
+        return State(case.weight_map, case.scale)
+
+
+@dataclass
+class StubRun:
+    curriculum: StubCurriculum
+    run_id: str = "run"
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases())
+def test_ledger_weights_before_the_first_batch(case: Case) -> None:
+    # TRL scores evaluation rows (and rows before the first batch) with these.
+    view = BatchLedger(StubRun(StubCurriculum(case))).weights()  # type: ignore[arg-type]
+    close(view.scalarize(case.rewards), case.expected())
+    close(weights_view(case.weight_map, case.scale, case.stored_spec).scalarize(
+        case.rewards), case.expected())
+
+
+@settings(max_examples=40, deadline=None)
+@given(cases())
+def test_verl_served_weights_score(case: Case) -> None:
+    verl = pytest.importorskip("paceline.integrations.verl")
+    served = verl.ServedWeights(StubCurriculum(case))  # type: ignore[arg-type]
+    expected = case.expected()
+    for n in range(N):
+        rewards = {name: float(case.rewards[n, 0, i]) for i, name in enumerate(case.names)}
+        result = served.score(rewards)
+        close(result["score"], expected[n, 0])
+        assert {k: result[k] for k in case.names} == rewards
+
+
+@settings(max_examples=25, deadline=None)
+@given(cases())
+def test_trl_reward_function(case: Case) -> None:
+    trl = pytest.importorskip("paceline.integrations.trl")
+    ledger = BatchLedger(StubRun(StubCurriculum(case)))  # type: ignore[arg-type]
+    flat = case.rewards.reshape(-1, len(case.names))
+
+    def column(i: int) -> Any:
+        return lambda prompts, completions, **kwargs: flat[:, i].tolist()
+
+    reward = trl.ScalarizedReward({name: column(i) for i, name in enumerate(case.names)},
+                                  ledger)
+    rows = len(flat)
+    close(reward(prompts=[""] * rows, completions=[""] * rows), case.expected().reshape(-1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(cases())
+def test_torch_step_scalarize(case: Case) -> None:
+    torch_integration = pytest.importorskip("paceline.integrations.torch")
+    step = torch_integration.Step(run=None, step=0, batch=served_batch(case))  # type: ignore[arg-type]
+    got = step.scalarize(case.rewards).double().numpy()
+    expected = case.expected()
+    # float32 tensors: compare to the float32 rounding of the inputs' magnitude
+    scale = max(1.0, float(np.abs(case.rewards).max()), float(np.abs(expected).max()))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * scale * 50)
+
+
+def test_issue_examples() -> None:
+    """The issue's numbers: weights 0.5/0.5 on {correctness: 1, length: 80} with length
+    minimised gave +40.5 in verl (direction ignored) against -39.5 in Batch.scalarize;
+    now every path gives the same value, and with bounds [0, 1000] it is on one scale."""
+    spec = CurriculumSpec.from_dict({
+        "name": "s", "layout": {"distributions": [{"name": "d", "size": 10}]},
+        "objectives": ["correctness", {"name": "length", "direction": "minimize",
+                                       "bounds": [0, 1000]}], "batch_size": 2})
+    case = Case(spec, np.array([0.5, 0.5]), 1.0, np.array([[[1.0, 80.0]]]))
+    assert case.expected()[0, 0] == pytest.approx(0.5 + 0.5 * 0.92)
+    assert served_batch(case).scalarize([1.0, 80.0]) == pytest.approx(0.96)
+    view = BatchLedger(StubRun(StubCurriculum(case))).weights()  # type: ignore[arg-type]
+    assert view.scalarize({"correctness": 1.0, "length": 80.0}) == pytest.approx(0.96)
+    # Longer is worse on every path.
+    assert view.scalarize([1.0, 900.0]) < view.scalarize([1.0, 80.0])
