@@ -141,12 +141,12 @@ def test_filtered_sampling_with_no_mass_and_everything_rejected() -> None:
 
 
 def test_uniform_fill_is_bounded_and_refuses_the_impossible() -> None:
-    from paceline_server.strategies.sumtree import _uniform_excluding
+    from paceline_server.strategies.sumtree import uniform_excluding
 
     rng = np.random.default_rng(2)
-    dense = _uniform_excluding(10, 4, np.arange(6), rng)
+    dense = uniform_excluding(10, 4, np.arange(6), rng)
     assert sorted(dense.tolist()) == [6, 7, 8, 9]
-    sparse = _uniform_excluding(1_000_000, 50, np.arange(10), rng)
+    sparse = uniform_excluding(1_000_000, 50, np.arange(10), rng)
     assert np.unique(sparse).size == 50 and sparse.min() >= 10
     with pytest.raises(ValueError, match="only 4 of 10 free"):
-        _uniform_excluding(10, 5, np.arange(6), rng)
+        uniform_excluding(10, 5, np.arange(6), rng)

@@ -3,6 +3,8 @@ the engine for a distribution-level and the per-sample sampler."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -73,3 +75,106 @@ def test_every_index_rejected_still_fills_the_batch(sampler: str, size: int) -> 
     batch = e.next_batch("r", 3)
     assert np.unique(batch.indices).size == size
     assert batch.skipped_zero_variance <= 10 - size
+
+
+def test_streak_counts_consecutive_all_equal_groups() -> None:
+    from paceline_server.strategies.posteriors import update_posteriors
+
+    table = init_posteriors(4, PosteriorConfig())
+    idx = np.array([0, 1, 2, 3])
+    trials = np.full(4, 8)
+    update_posteriors(table, PosteriorConfig(), idx, np.array([8, 0, 4, 8.0]), trials, 0)
+    update_posteriors(table, PosteriorConfig(), idx, np.array([8, 0, 8, 3.0]), trials, 1)
+    assert table.streak is not None
+    assert table.streak.tolist() == [2, -2, 1, 0]
+    update_posteriors(table, PosteriorConfig(), idx, np.array([0, 8, 8, 8.0]), trials, 2)
+    assert table.streak.tolist() == [-1, 1, 2, 1]
+
+
+def test_a_table_saved_before_streaks_decodes_and_starts_one() -> None:
+    from paceline_server.domain.npz import load_npz, save_npz
+    from paceline_server.strategies.posteriors import PassRateState, update_posteriors
+    from paceline_server.strategies.state_codec import decode_state, encode_state
+
+    arrays = load_npz(encode_state(init_posteriors(3, PosteriorConfig())), "test")
+    old = {k: v for k, v in arrays.items() if not k.startswith("streak")}
+    table = decode_state(PassRateState, save_npz(old))
+    assert table.streak is None
+    update_posteriors(table, PosteriorConfig(), np.array([1]), np.array([4.0]),
+                      np.array([4]), 0)
+    assert table.streak is not None and table.streak.tolist() == [0, 1, 0]
+
+
+def test_coins_are_uniform_and_fixed_per_salt() -> None:
+    from paceline_server.strategies.zero_variance import coin
+
+    values = coin(np.arange(100_000), 7)
+    assert values.min() >= 0.0 and values.max() < 1.0
+    assert abs(values.mean() - 0.5) < 0.01
+    assert np.array_equal(values[:10], coin(np.arange(10), 7))
+    assert not np.array_equal(values[:10], coin(np.arange(10), 8))
+
+
+def solved_half(sampler: Any, visits: int, zero_variance: Any = True,
+                group: int = 8) -> tuple[CurriculumEngine, np.ndarray]:
+    """d0 = 300 prompts: 0-99 reported all-correct and 100-199 half-correct `visits`
+    times, 200-299 unseen; 20 batches of 20."""
+    cur = spec((300,), sampler=sampler, batch_size=20, zero_variance=zero_variance)
+    e = CurriculumEngine(cur)
+    rewards = np.ones((200, group))
+    rewards[100:, : group // 2] = 0.0
+    for step in range(visits):
+        e.apply(report(cur, np.arange(200), rewards, step=step))
+    return e, np.concatenate([e.next_batch("r", visits + s).indices for s in range(20)])
+
+
+@pytest.mark.parametrize("sampler", [
+    "uniform", "dump_ucb", "prioritized",
+    # learnability already ranks solved prompts last; a band that wants them shows
+    # skipping acting on top of its own choice.
+    {"kind": "learnability", "params": {"band": [0.7, 1.0]}}])
+@pytest.mark.parametrize("visits", [1, 2, 3])
+def test_skipping_triggers_at_the_defaults_within_three_visits(sampler: Any,
+                                                               visits: int) -> None:
+    e, picked = solved_half(sampler, visits)
+    plain, plain_picked = solved_half(sampler, visits, zero_variance=None)
+    share = (picked < 100).mean()
+    plain_share = (plain_picked < 100).mean()
+    # Kept with probability 1/2, 1/4, 1/8 (redraws may land on solved prompts again).
+    assert share < {1: 0.8, 2: 0.6, 3: 0.5}[visits] * plain_share, (share, plain_share)
+    batch = e.next_batch("r", 99)
+    assert batch.skipped_zero_variance > 0
+    assert batch.rollouts_saved == 8 * batch.skipped_zero_variance
+    assert plain.next_batch("r", 99).rollouts_saved == 0
+
+
+def test_explore_one_turns_the_streak_rule_off() -> None:
+    # After one visit the posterior alone (q = 0.9^8 + 0.1^8 = 0.43) predicts nothing.
+    e, _ = solved_half("uniform", 1, zero_variance={"explore": 1.0})
+    assert all(e.next_batch("r", s).skipped_zero_variance == 0 for s in range(10))
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "prioritized", "learnability", "spard"])
+def test_skipping_never_starves_a_batch(sampler: str) -> None:
+    cur = spec((30,), sampler=sampler, batch_size=30, zero_variance=True)
+    e = CurriculumEngine(cur)
+    for step in range(3):
+        e.apply(report(cur, np.arange(30), np.ones((30, 8)), step=step))
+    batch = e.next_batch("r", 3)
+    assert sorted(batch.indices.tolist()) == list(range(30))
+    assert batch.skipped_zero_variance == 0 and batch.rollouts_saved == 0
+
+
+def test_skipping_is_deterministic() -> None:
+    a, picked_a = solved_half("learnability", 2)
+    b, picked_b = solved_half("learnability", 2)
+    assert np.array_equal(picked_a, picked_b)
+    assert a.next_batch("r", 5).same_as(b.next_batch("r", 5))
+
+
+@pytest.mark.parametrize("explore", [-0.1, 1.5, "x"])
+def test_bad_explore_is_refused(explore: Any) -> None:
+    from paceline_server.domain import InvalidSpec
+
+    with pytest.raises(InvalidSpec, match="explore"):
+        spec((10,), zero_variance={"explore": explore})

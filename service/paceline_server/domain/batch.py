@@ -11,8 +11,9 @@ import numpy as np
 class Batch:
     """Indices to train on, the reward-weight vector to scalarise rewards with (on the
     simplex, objective order), the reward scale, optional per-index loss weights (batch
-    mean 1), the per-distribution probabilities the sampler used, and how many indices
-    were skipped as predicted zero-variance. `clock` is the number of reports folded into
+    mean 1), the per-distribution probabilities the sampler used, how many indices
+    were skipped as predicted zero-variance and the rollouts that saved (skipped × the
+    group size skipping predicts for). `clock` is the number of reports folded into
     the state it was computed from."""
 
     run_id: str
@@ -24,6 +25,7 @@ class Batch:
     probabilities: np.ndarray  # float64 [D]
     skipped_zero_variance: int
     clock: int
+    rollouts_saved: int = 0
 
     def same_as(self, other: Batch) -> bool:
         """Bit-for-bit equality of every field (used to prove determinism)."""
@@ -39,4 +41,5 @@ class Batch:
                 and eq(self.loss_weights, other.loss_weights)
                 and eq(self.probabilities, other.probabilities)
                 and self.skipped_zero_variance == other.skipped_zero_variance
+                and self.rollouts_saved == other.rollouts_saved
                 and self.clock == other.clock)

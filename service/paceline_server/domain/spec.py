@@ -125,14 +125,18 @@ class ZeroVarianceSpec:
     """Predicted zero-variance skipping: drop indices whose group would all agree.
 
     q = p^G + (1-p)^G from each index's pass-rate posterior (`exact` uses the
-    Beta-Binomial probability instead of the posterior mean); indices with q > threshold
-    are redrawn up to `max_redraws` times. `group_size` defaults to the last report's.
+    Beta-Binomial probability instead of the posterior mean; a sampler with its own
+    posterior, e.g. `learnability`, predicts q itself); indices with q > threshold are
+    redrawn up to `max_redraws` times. GRESO-style, an index whose last z groups were
+    all-equal is also skipped unless a per-(index, step) coin keeps it with probability
+    explore^z (`explore` = 1 turns this off). `group_size` defaults to the last report's.
     """
 
     threshold: float = 0.9
     max_redraws: int = 3
     exact: bool = False
     group_size: int | None = None
+    explore: float = 0.5
 
     def __post_init__(self) -> None:
         threshold = check_finite_float(self.threshold, "zero_variance.threshold", InvalidSpec)
@@ -145,6 +149,10 @@ class ZeroVarianceSpec:
                       maximum=4096)
         if not isinstance(self.exact, bool):
             raise InvalidSpec("zero_variance.exact must be a boolean")
+        explore = check_finite_float(self.explore, "zero_variance.explore", InvalidSpec)
+        if not 0.0 <= explore <= 1.0:
+            raise InvalidSpec("zero_variance.explore must be in [0, 1]",
+                              {"field": "zero_variance.explore"})
 
     @classmethod
     def parse(cls, value: Mapping[str, Any] | bool | None) -> ZeroVarianceSpec | None:
@@ -154,14 +162,14 @@ class ZeroVarianceSpec:
             return cls()
         if not isinstance(value, Mapping):
             raise InvalidSpec("zero_variance must be a mapping, true or null")
-        unknown = set(value) - {"threshold", "max_redraws", "exact", "group_size"}
+        unknown = set(value) - {"threshold", "max_redraws", "exact", "group_size", "explore"}
         if unknown:
             raise InvalidSpec(f"unknown zero_variance fields: {sorted(unknown)}")
         return cls(**value)
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "max_redraws": self.max_redraws,
-                "exact": self.exact, "group_size": self.group_size}
+                "exact": self.exact, "group_size": self.group_size, "explore": self.explore}
 
 
 @dataclass(frozen=True)

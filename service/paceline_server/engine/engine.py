@@ -57,7 +57,7 @@ from paceline_server.strategies.registry import (
 )
 from paceline_server.strategies.signals import ReportSignals
 from paceline_server.strategies.state_codec import decode_state, encode_state, state_nbytes
-from paceline_server.strategies.zero_variance import ZeroVarianceFilter
+from paceline_server.strategies.zero_variance import ZeroVarianceFilter, filter_salt
 
 FORMAT_VERSION = 1
 HISTORY = 1024  # weight changes kept for inspection
@@ -214,7 +214,16 @@ class CurriculumEngine:
                           else proposal.loss_weights.astype(np.float64)),
             probabilities=np.asarray(proposal.probabilities, dtype=np.float64),
             skipped_zero_variance=int(proposal.skipped), clock=parts.engine.clock,
+            rollouts_saved=int(proposal.skipped) * self._skip_group_size(),
         )
+
+    def _skip_group_size(self) -> int:
+        """The group size zero-variance skipping predicts for (0 while it is off or no
+        report has said it): a skipped prompt saves that many rollouts."""
+        zv = self.spec.zero_variance
+        if zv is None or self._parts.posteriors is None:
+            return 0
+        return int(zv.group_size or self._parts.engine.group_size)
 
     def _propose_context(self, step: int, weights: np.ndarray) -> ProposeContext:
         parts = self._parts
@@ -222,10 +231,13 @@ class CurriculumEngine:
         accept = None
         max_redraws = 0
         if zv is not None and parts.posteriors is not None:
-            group = zv.group_size or parts.engine.group_size
+            group = self._skip_group_size()
             if group > 0:
-                accept = ZeroVarianceFilter(parts.posteriors, group, zv.threshold,
-                                            zv.max_redraws, zv.exact).accept
+                accept = ZeroVarianceFilter(
+                    parts.posteriors, group, zv.threshold, zv.max_redraws, zv.exact,
+                    explore=zv.explore,
+                    salt=filter_salt(self.spec.seed, parts.engine.clock, step),
+                    predict=self.sampler.agreement_predictor(parts.sampler, group)).accept
                 max_redraws = zv.max_redraws
         return ProposeContext(step=step, clock=parts.engine.clock, reward_weights=weights,
                               posteriors=parts.posteriors, accept=accept,

@@ -99,6 +99,12 @@ class Sampler(ABC, Generic[S, P]):
         parameters)."""
         return PosteriorConfig()
 
+    def agreement_predictor(self, state: S, group_size: int
+                            ) -> Callable[[np.ndarray], np.ndarray] | None:
+        """P(all `group_size` rollouts agree) per index from the sampler's own posterior,
+        for zero-variance skipping; None (the default) uses the engine's table."""
+        return None
+
     @abstractmethod
     def init_state(self, rng: np.random.Generator) -> S: ...
 

@@ -7,6 +7,13 @@ an int32 "last seen" clock).
 Forgetting (ours, documented): each visit shrinks the *evidence* toward the prior,
 a <- a0 + γ (a - a0) + successes, b <- b0 + γ (b - b0) + failures, so old evidence fades as
 the policy changes while the posterior never becomes sharper than the prior allows.
+
+The table also keeps each index's all-equal streak (int8, 1 byte per sample): +z after z
+consecutive groups whose primary reward was all 1 (every rollout a full success), -z
+after z all-0 groups, 0 after a mixed one. GRESO's observation is that a prompt without
+variance in its last visits most likely stays so; zero-variance skipping reads it. A
+table written before the streak existed decodes with `streak = None` and starts one at
+its next update.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 NEVER = -1
+MAX_STREAK = 127  # int8
+STREAK_TOLERANCE = 1e-6  # fractional successes within this of 0 or G count as all-equal
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class PassRateState:
     alpha: np.ndarray  # float32 [N]
     beta: np.ndarray  # float32 [N]
     last_seen: np.ndarray  # int32 [N]: curriculum clock of the last visit, NEVER if unseen
+    streak: np.ndarray | None = None  # int8 [N]: signed all-equal streak (see above)
 
 
 def init_posteriors(num_samples: int, config: PosteriorConfig) -> PassRateState:
@@ -37,6 +47,7 @@ def init_posteriors(num_samples: int, config: PosteriorConfig) -> PassRateState:
         alpha=np.full(num_samples, config.prior_alpha, dtype=np.float32),
         beta=np.full(num_samples, config.prior_beta, dtype=np.float32),
         last_seen=np.full(num_samples, NEVER, dtype=np.int32),
+        streak=np.zeros(num_samples, dtype=np.int8),
     )
 
 
@@ -63,11 +74,20 @@ def update_posteriors(state: PassRateState, config: PosteriorConfig, indices: np
     b0 = np.float32(config.prior_beta)
     succ = successes.astype(np.float32)
     fail = (trials - successes).astype(np.float32)
+    if state.streak is None:
+        state.streak = np.zeros(state.alpha.size, dtype=np.int8)
+    all_pass = np.asarray(successes) >= np.asarray(trials) - STREAK_TOLERANCE
+    all_fail = np.asarray(successes) <= STREAK_TOLERANCE
     for positions in occurrence_rounds(indices):
         idx = indices[positions]
         state.alpha[idx] = a0 + gamma * (state.alpha[idx] - a0) + succ[positions]
         state.beta[idx] = b0 + gamma * (state.beta[idx] - b0) + fail[positions]
         state.last_seen[idx] = clock
+        old = state.streak[idx].astype(np.int16)
+        state.streak[idx] = np.where(
+            all_pass[positions], np.minimum(np.maximum(old, 0) + 1, MAX_STREAK),
+            np.where(all_fail[positions], np.maximum(np.minimum(old, 0) - 1, -MAX_STREAK),
+                     0)).astype(np.int8)
 
 
 def posterior_mean(state: PassRateState, indices: np.ndarray) -> np.ndarray:

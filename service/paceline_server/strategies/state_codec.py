@@ -74,6 +74,10 @@ def _build(cls: type, prefix: str, arrays: dict[str, np.ndarray]) -> Any:
         if key + "." + _NONE_MARK in arrays:
             kwargs[f.name] = None
             continue
+        if f.default is None and key not in arrays and not any(
+                k.startswith(key + ".") for k in arrays):
+            kwargs[f.name] = None  # an optional field added after these bytes were written
+            continue
         target = _strip_optional(hint)
         if isinstance(target, type) and dataclasses.is_dataclass(target):
             kwargs[f.name] = _build(target, key + ".", arrays)

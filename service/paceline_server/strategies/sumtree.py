@@ -147,8 +147,44 @@ def _coef(tree: SumTreeState, coef: np.ndarray | None) -> np.ndarray:
 def _descend(tree: SumTreeState, count: int, rng: np.random.Generator,
              coef: np.ndarray) -> np.ndarray:
     """`count` independent draws ∝ max(0, leaf·coef), all descending together."""
+    return descend(tree, rng.random(count) * total_weight(tree, coef), coef)
+
+
+def prefix_sums(tree: SumTreeState, positions: np.ndarray,
+                coef: np.ndarray | None = None) -> np.ndarray:
+    """Σ max(0, leaf·coef) over leaves [0, p) for each p in 0..size: O(log N) per
+    position (the left siblings' sums on the path to the root). With these, a draw
+    restricted to leaves [lo, hi) is `descend` at u in [prefix(lo), prefix(hi))."""
+    coef = _coef(tree, coef)
     layout = _layout(tree.size)
-    u = rng.random(count) * total_weight(tree, coef)
+    p = np.asarray(positions, dtype=np.int64).copy()
+    out = np.zeros(p.size)
+    whole = p >= tree.size
+    p[whole] = 0
+    mask_cols = np.arange(FANOUT)
+    for depth in range(len(layout), 0, -1):
+        below = _level(tree, depth, layout)
+        rows = p // FANOUT
+        before = mask_cols[None, :] < (p % FANOUT)[:, None]
+        weights = np.zeros((p.size, FANOUT))
+        for i, c in enumerate(coef):
+            if c != 0.0:
+                weights += float(c) * np.take(below[i].reshape(-1, FANOUT), rows,
+                                              axis=0).astype(np.float64)
+        out += np.where(before, np.maximum(weights, 0.0), 0.0).sum(axis=1)
+        p = rows
+    out[whole] = total_weight(tree, coef)
+    return out
+
+
+def descend(tree: SumTreeState, u: np.ndarray, coef: np.ndarray | None = None) -> np.ndarray:
+    """The leaf at cumulative weight `u` for each u (all descending together); u is
+    clipped into the tree's mass, so a leaf with weight is always returned while the
+    tree has any."""
+    coef = _coef(tree, coef)
+    layout = _layout(tree.size)
+    u = np.asarray(u, dtype=np.float64).copy()
+    count = u.size
     node = np.zeros(count, dtype=np.int64)
     rows = np.arange(count)
     channels = [(float(c), i) for i, c in enumerate(coef) if c != 0.0]
@@ -233,7 +269,7 @@ def sample_filtered(tree: SumTreeState, count: int, rng: np.random.Generator,
             skipped -= int(back.size)
         if chosen.size < count:
             chosen = np.concatenate(
-                [chosen, _uniform_excluding(n, count - chosen.size, chosen, rng)])
+                [chosen, uniform_excluding(n, count - chosen.size, chosen, rng)])
     finally:
         if zeroed:
             set_leaves(tree, np.concatenate(zeroed), np.concatenate(saved))
@@ -245,7 +281,7 @@ def sample_unique(tree: SumTreeState, count: int, rng: np.random.Generator,
     return sample_filtered(tree, count, rng, coef)[0]
 
 
-def _uniform_excluding(n: int, count: int, exclude: np.ndarray,
+def uniform_excluding(n: int, count: int, exclude: np.ndarray,
                        rng: np.random.Generator) -> np.ndarray:
     """`count` distinct indices of 0..n-1 not in `exclude`.
 

@@ -1,0 +1,457 @@
+"""`learnability`: per-prompt sampling toward the informative middle of the pass rate,
+from a hierarchical posterior (after MoPPS, LILO, Online Difficulty Filtering, GRESO;
+docs/algorithms.md, "learnability").
+
+Why: with 10^4-10^7 prompts each prompt is seen once or twice, so a Beta(1, 1) per prompt
+learns almost nothing from a visit. Here every prompt x of distribution d has the
+posterior
+
+    Beta(κ μ_d + s_x, κ (1 - μ_d) + f_x)
+
+with μ_d the distribution's pooled pass rate (Beta(1, 1) over the distribution's
+forgetful success/trial sums, decay `pool_gamma` per report that touches d), κ the prior
+strength (`prior_strength`, in pseudo-rollouts) and s_x, f_x the prompt's own forgetful
+successes and failures (`gamma` per visit: s <- γ s + successes). An unseen prompt is its
+distribution's prior; one visit of G rollouts already outweighs κ = 4.
+
+Score (what "informative" means): p(1 - p), the Bernoulli reward variance that a GRPO
+group turns into signal (LILO), or with `band = [lo, hi]` 1 inside the band plus
+`band_floor` · 4 p(1 - p) (Online Difficulty Filtering; verl #2791).
+
+Sampling in O(B log N) (ours): Thompson draws for all N prompts are O(N), so
+1. a sum-tree over the *seen* prompts holds each one's expected score under its
+   posterior (E[p(1-p)] = ab / ((a+b)(a+b+1)) exactly; the band mass by a moment-matched
+   Gaussian), refreshed when the prompt is reported (with μ_d of that moment); unseen
+   prompts are not in the tree: each distribution adds (unseen count) × (its prior's
+   expected score), so a change of μ_d costs O(1), not O(n_d);
+2. `candidates` · B candidates are drawn: per distribution ∝ its mass (or, with an
+   `allocation`, ⌈c · slots⌉ inside each distribution, its slots decided by `dump_ucb`
+   or `learning_progress`, whose code and state are reused as is), inside it from the
+   tree's range of that distribution ∝ expected score or uniformly among unseen prompts;
+3. each candidate gets a Thompson draw p̃ from its posterior with the *current* μ_d (a
+   moment-matched Gaussian clipped to [0, 1]: ten times cheaper than a Beta draw; ours),
+   and the B best scores are kept (per distribution with an allocation).
+Tree leaves are ordered by distribution (the layout's member order), so each
+distribution is one contiguous range of leaves for label layouts too.
+
+Continuous rewards: the primary objective mapped to [0, 1] (signals.py) counts as a
+fractional success, or, with `success_threshold`, a rollout succeeds when its mapped
+reward reaches the threshold.
+
+Zero-variance skipping (the curriculum's `zero_variance` option) predicts agreement from
+this posterior (`agreement`), not from the engine's flat table: candidates it rejects go
+to the back of the ranking, so a batch is never short, and `skipped` counts the prompts
+that would have been in the batch without it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from paceline_server.domain.layout import DatasetLayout
+from paceline_server.domain.spec import ObjectiveSpec
+from paceline_server.strategies.base import Proposal, ProposeContext, Sampler, UpdateContext
+from paceline_server.strategies.distribution import allocate
+from paceline_server.strategies.dump_ucb import DumpUcbParams, DumpUcbSampler, DumpUcbState
+from paceline_server.strategies.learning_progress import (
+    LearningProgressParams,
+    LearningProgressSampler,
+    LearningProgressState,
+)
+from paceline_server.strategies.params import parse_params, require
+from paceline_server.strategies.posteriors import occurrence_rounds
+from paceline_server.strategies.signals import ReportSignals
+from paceline_server.strategies.sumtree import (
+    SumTreeState,
+    build_tree,
+    descend,
+    prefix_sums,
+    set_leaves,
+    uniform_excluding,
+)
+
+Allocation = Literal["none", "dump_ucb", "learning_progress"]
+UNSEEN_FILL_TRIES = 4  # uniform draws per wanted unseen candidate (rejection of seen ones)
+
+
+@dataclass(frozen=True)
+class LearnabilityParams:
+    """See the module docstring; every value is checked here (InvalidParams on error)."""
+
+    prior_strength: float = 4.0
+    gamma: float = 0.5
+    pool_gamma: float = 0.9
+    band: tuple[float, ...] | None = None
+    band_floor: float = 0.05
+    candidates: float = 2.0
+    success_threshold: float | None = None
+    allocation: Allocation = "none"
+    allocation_params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(0.0 < self.prior_strength <= 1e6,
+                f"prior_strength must be in (0, 1e6]; got {self.prior_strength!r}",
+                "prior_strength")
+        require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1]; got {self.gamma!r}",
+                "gamma")
+        require(0.0 <= self.pool_gamma <= 1.0,
+                f"pool_gamma must be in [0, 1]; got {self.pool_gamma!r}", "pool_gamma")
+        if self.band is not None:
+            require(len(self.band) == 2, f"band must be [lo, hi]; got {list(self.band)!r}",
+                    "band")
+            lo, hi = self.band
+            require(0.0 <= lo <= 1.0 and 0.0 <= hi <= 1.0,
+                    f"band bounds must lie in [0, 1]; got {list(self.band)!r}", "band")
+            require(lo < hi, f"band needs lo < hi; got {list(self.band)!r}", "band")
+        require(0.0 <= self.band_floor <= 1.0,
+                f"band_floor must be in [0, 1]; got {self.band_floor!r}", "band_floor")
+        require(1.0 <= self.candidates <= 64.0,
+                f"candidates must be in [1, 64]; got {self.candidates!r}", "candidates")
+        if self.success_threshold is not None:
+            require(0.0 <= self.success_threshold <= 1.0,
+                    f"success_threshold must be in [0, 1]; got {self.success_threshold!r}",
+                    "success_threshold")
+        require(self.allocation != "none" or not self.allocation_params,
+                "allocation_params need an allocation (dump_ucb or learning_progress)",
+                "allocation_params")
+
+
+@dataclass
+class LearnabilityState:
+    tree: SumTreeState  # one channel: expected score of seen prompts, leaves in layout order
+    successes: np.ndarray  # float32 [N]: forgetful own successes s_x
+    failures: np.ndarray  # float32 [N]: forgetful own failures f_x
+    unseen: np.ndarray  # int64 [D]: prompts never reported
+    pool_successes: np.ndarray  # float64 [D]: forgetful pooled successes
+    pool_trials: np.ndarray  # float64 [D]: forgetful pooled trials
+    dump: DumpUcbState | None  # allocator state (allocation = dump_ucb)
+    progress: LearningProgressState | None  # allocator state (learning_progress)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7): numpy has no erf and the server
+    does not depend on scipy."""
+    sign = np.sign(x)
+    x = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741
+                + t * (-1.453152027 + t * 1.061405429))))
+    return np.asarray(sign * (1.0 - poly * np.exp(-x * x)))
+
+
+def beta_moments(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    total = a + b
+    return a / total, np.sqrt(a * b / (total * total * (total + 1.0)))
+
+
+class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
+    name = "learnability"
+    params_type = LearnabilityParams
+    state_type = LearnabilityState
+
+    def __init__(self, layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...],
+                 params: LearnabilityParams) -> None:
+        super().__init__(layout, objectives, params)
+        self.allocator: DumpUcbSampler | LearningProgressSampler | None = None
+        owner = f"allocation {params.allocation}"
+        if params.allocation == "dump_ucb":
+            self.allocator = DumpUcbSampler(
+                layout, objectives,
+                parse_params(DumpUcbParams, params.allocation_params, owner))
+        elif params.allocation == "learning_progress":
+            self.allocator = LearningProgressSampler(
+                layout, objectives,
+                parse_params(LearningProgressParams, params.allocation_params, owner))
+        self._offsets = np.r_[0, np.cumsum(layout.sizes)].astype(np.int64)
+        self._leaf_of: np.ndarray | None = None  # global index -> leaf (label layouts)
+
+    # ----------------------------------------------------------------- leaf order
+    def _to_global(self, leaves: np.ndarray) -> np.ndarray:
+        """Leaf position -> dataset index. Leaves follow the layout's member order
+        (distribution by distribution), and `members(0, p)` is that order's p-th entry."""
+        if self.layout.is_contiguous:
+            return leaves.astype(np.int64)
+        return self.layout.members(0, leaves)
+
+    def _to_leaf(self, indices: np.ndarray) -> np.ndarray:
+        if self.layout.is_contiguous:
+            return indices.astype(np.int64)
+        if self._leaf_of is None:  # O(N) once per sampler object (derived, not state)
+            n = self.layout.num_samples
+            leaf_of = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+            leaf_of[self.layout.members(0, np.arange(n))] = np.arange(n)
+            self._leaf_of = leaf_of
+        return self._leaf_of[indices].astype(np.int64)
+
+    # ----------------------------------------------------------------- posterior
+    def pooled_mean(self, state: LearnabilityState) -> np.ndarray:
+        """μ_d: the posterior mean of each distribution's pooled pass rate."""
+        return np.asarray((state.pool_successes + 1.0) / (state.pool_trials + 2.0))
+
+    def posterior(self, state: LearnabilityState,
+                  indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(a, b) of each index's Beta posterior with the current pooled prior."""
+        mu = self.pooled_mean(state)[self.layout.distribution_of(indices)]
+        kappa = self.params.prior_strength
+        return (kappa * mu + state.successes[indices].astype(np.float64),
+                kappa * (1.0 - mu) + state.failures[indices].astype(np.float64))
+
+    def expected_score(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """E[score(p)] under Beta(a, b): the tree's deterministic priority."""
+        total = a + b
+        variance_score = a * b / (total * (total + 1.0))  # E[p(1-p)], exact
+        if self.params.band is None:
+            return np.asarray(variance_score)
+        lo, hi = self.params.band
+        mean, sd = beta_moments(a, b)
+        scale = np.maximum(sd, 1e-12) * math.sqrt(2.0)
+        mass = 0.5 * (_erf((hi - mean) / scale) - _erf((lo - mean) / scale))
+        return np.asarray(mass + self.params.band_floor * 4.0 * variance_score)
+
+    def thompson_score(self, a: np.ndarray, b: np.ndarray,
+                       rng: np.random.Generator) -> np.ndarray:
+        mean, sd = beta_moments(a, b)
+        p = np.clip(mean + sd * rng.standard_normal(a.size), 0.0, 1.0)
+        variance = p * (1.0 - p)
+        if self.params.band is None:
+            return np.asarray(variance)
+        lo, hi = self.params.band
+        inside = (p >= lo) & (p <= hi)
+        return np.asarray(inside + self.params.band_floor * 4.0 * variance)
+
+    def agreement(self, state: LearnabilityState, indices: np.ndarray,
+                  group_size: int) -> np.ndarray:
+        """P(all G rollouts agree) under the hierarchical posterior (Beta-Binomial), for
+        predicted zero-variance skipping."""
+        a, b = self.posterior(state, indices)
+        all_pass = np.ones_like(a)
+        all_fail = np.ones_like(a)
+        for j in range(group_size):
+            all_pass *= (a + j) / (a + b + j)
+            all_fail *= (b + j) / (a + b + j)
+        return np.asarray(all_pass + all_fail)
+
+    def agreement_predictor(self, state: LearnabilityState, group_size: int
+                            ) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda indices: self.agreement(state, indices, group_size)
+
+    # ----------------------------------------------------------------- state
+    def init_state(self, rng: np.random.Generator) -> LearnabilityState:
+        n, d = self.layout.num_samples, self.layout.num_distributions
+        return LearnabilityState(
+            tree=build_tree(np.zeros(n, dtype=np.float32)),
+            successes=np.zeros(n, dtype=np.float32), failures=np.zeros(n, dtype=np.float32),
+            unseen=self.layout.sizes.astype(np.int64).copy(),
+            pool_successes=np.zeros(d), pool_trials=np.zeros(d),
+            dump=(self.allocator.init_state(rng)
+                  if isinstance(self.allocator, DumpUcbSampler) else None),
+            progress=(self.allocator.init_state(rng)
+                      if isinstance(self.allocator, LearningProgressSampler) else None),
+        )
+
+    def _allocator_state(self, state: LearnabilityState) -> Any:
+        return state.dump if isinstance(self.allocator, DumpUcbSampler) else state.progress
+
+    def update(self, state: LearnabilityState, signals: ReportSignals,
+               ctx: UpdateContext) -> None:
+        rewards = signals.primary_rewards
+        if self.params.success_threshold is not None:
+            rewards = (rewards >= self.params.success_threshold).astype(np.float64)
+        succ = signals.group_sum(rewards)
+        fail = signals.group_size - succ
+        indices = signals.indices
+        num = self.layout.num_distributions
+        gamma = np.float32(self.params.gamma)
+        fresh = np.unique(indices[(state.successes[indices] + state.failures[indices]) == 0])
+        for positions in occurrence_rounds(indices):
+            idx = indices[positions]
+            state.successes[idx] = gamma * state.successes[idx] + succ[positions]
+            state.failures[idx] = gamma * state.failures[idx] + fail[positions]
+        state.unseen -= np.bincount(self.layout.distribution_of(fresh),
+                                    minlength=num).astype(np.int64)
+        touched = np.bincount(signals.distribution, minlength=num) > 0
+        decay = np.where(touched, self.params.pool_gamma, 1.0)
+        state.pool_successes = decay * state.pool_successes + np.bincount(
+            signals.distribution, weights=succ, minlength=num)
+        state.pool_trials = decay * state.pool_trials + np.bincount(
+            signals.distribution, weights=signals.group_size, minlength=num)
+        unique = np.unique(indices)
+        a, b = self.posterior(state, unique)
+        set_leaves(state.tree, self._to_leaf(unique), self.expected_score(a, b))
+        if self.allocator is not None:
+            self.allocator.update(self._allocator_state(state), signals, ctx)
+
+    # ----------------------------------------------------------------- propose
+    def _masses(self, state: LearnabilityState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(prefix sums at distribution boundaries, seen mass, unseen mass) per
+        distribution: O(D log N)."""
+        prefix = prefix_sums(state.tree, self._offsets)
+        seen = np.maximum(np.diff(prefix), 0.0)
+        mu = self.pooled_mean(state)
+        kappa = self.params.prior_strength
+        prior = self.expected_score(kappa * mu, kappa * (1.0 - mu))
+        return prefix, seen, state.unseen * prior
+
+    def probabilities(self, state: LearnabilityState, ctx: ProposeContext) -> np.ndarray:
+        if self.allocator is not None:
+            return self.allocator.probabilities(self._allocator_state(state), ctx)
+        _, seen, unseen = self._masses(state)
+        return _shares(seen + unseen, self.layout.sizes)
+
+    def _candidates(self, state: LearnabilityState, counts: np.ndarray, prefix: np.ndarray,
+                    seen: np.ndarray, unseen: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
+        """Distinct candidate indices: counts[d] draws in d, split between seen prompts
+        (the tree's range of d, ∝ expected score) and unseen ones (uniform)."""
+        mass = seen + unseen
+        share = np.divide(seen, mass, out=np.zeros_like(seen), where=mass > 0)
+        from_tree = rng.binomial(counts, share)
+        from_unseen = counts - from_tree
+        owner = np.repeat(np.arange(counts.size), from_tree)
+        u = prefix[owner] + rng.random(owner.size) * seen[owner]
+        leaves = descend(state.tree, u)
+        leaves = np.clip(leaves, self._offsets[owner], self._offsets[owner + 1] - 1)
+        # Enough uniform draws that about 1.25x the wanted number are unseen (at most
+        # UNSEEN_FILL_TRIES per wanted one): one draw each while nearly all is unseen.
+        fraction = np.maximum(state.unseen, 0) / self.layout.sizes
+        tries = np.where(from_unseen > 0, np.minimum(
+            from_unseen * UNSEEN_FILL_TRIES,
+            np.ceil(1.25 * from_unseen / np.maximum(fraction, 1e-12)) + 2), 0)
+        want = np.repeat(np.arange(counts.size), tries.astype(np.int64))
+        sizes = self.layout.sizes[want]
+        positions = self._offsets[want] + (rng.random(want.size) * sizes).astype(np.int64)
+        drawn = self._to_global(positions)
+        is_unseen = (state.successes[drawn] + state.failures[drawn]) == 0
+        kept = []
+        if drawn.size:
+            # The first from_unseen[d] unseen draws of each distribution.
+            picks = drawn[is_unseen]
+            picks_owner = want[is_unseen]
+            rank = np.arange(picks.size) - np.searchsorted(picks_owner, picks_owner)
+            kept.append(picks[rank < from_unseen[picks_owner]])
+        pool = np.concatenate([self._to_global(leaves), *kept])
+        _, first = np.unique(pool, return_index=True)
+        return pool[np.sort(first)]
+
+    def propose(self, state: LearnabilityState, size: int, rng: np.random.Generator,
+                ctx: ProposeContext) -> Proposal:
+        params = self.params
+        prefix, seen, unseen = self._masses(state)
+        if self.allocator is not None:
+            probabilities = self.allocator.probabilities(self._allocator_state(state), ctx)
+            slots = allocate(probabilities, size, rng, self.allocator.params.allocation)
+            counts = np.ceil(slots * params.candidates).astype(np.int64)
+        else:
+            slots = None
+            probabilities = _shares(seen + unseen, self.layout.sizes)
+            counts = rng.multinomial(math.ceil(size * params.candidates), probabilities)
+        candidates = self._candidates(state, counts, prefix, seen, unseen, rng)
+        a, b = self.posterior(state, candidates)
+        score = self.thompson_score(a, b, rng)
+        # Best first; ties (band mode) broken at random by a jitter far below any gap.
+        order = np.argsort(-(score + 1e-9 * rng.random(candidates.size)), kind="stable")
+        # Uniform extras rank after every scored candidate: they only matter when the
+        # tree's draws repeat (few prompts hold the mass) or skipping rejects many.
+        unfiltered = np.concatenate([candidates[order],
+                                     self._extras(candidates, counts, slots, rng)])
+        ranked = unfiltered
+        skipped = 0
+        if ctx.accept is not None and ctx.max_redraws > 0 and ranked.size:
+            ok = np.asarray(ctx.accept(ranked), dtype=bool)
+            ranked = np.concatenate([ranked[ok], ranked[~ok]])  # stable: best first
+        owners = self.layout.distribution_of(ranked)
+        if slots is None:
+            chosen = ranked[:size]
+            plain = unfiltered[:size]
+        else:
+            chosen = self._per_distribution(ranked, owners, slots)
+            plain = self._per_distribution(
+                unfiltered, self.layout.distribution_of(unfiltered), slots)
+        if ctx.accept is not None:
+            skipped = int(np.count_nonzero(~np.isin(plain, chosen)))
+        chosen = self._fill(chosen, size, slots, rng)
+        return Proposal(indices=chosen[rng.permutation(chosen.size)],
+                        probabilities=probabilities, skipped=skipped)
+
+    def _extras(self, candidates: np.ndarray, counts: np.ndarray,
+                slots: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        """Distinct uniform indices (not among the candidates) topping the candidate
+        set up to the number of draws asked for, over all indices or per distribution."""
+        if slots is None:
+            want = min(int(counts.sum()), self.layout.num_samples)
+            if candidates.size >= want:
+                return np.zeros(0, dtype=np.int64)
+            return uniform_excluding(self.layout.num_samples, want - candidates.size,
+                                     candidates, rng)
+        owners = self.layout.distribution_of(candidates)
+        have = np.bincount(owners, minlength=slots.size)
+        short = np.minimum(counts, self.layout.sizes) - have
+        parts = [np.zeros(0, dtype=np.int64)]
+        for d in np.flatnonzero(short > 0):
+            local = self._to_leaf(candidates[owners == d]) - self._offsets[d]
+            extra = uniform_excluding(int(self.layout.sizes[d]), int(short[d]), local, rng)
+            parts.append(self._to_global(self._offsets[d] + extra))
+        return np.concatenate(parts)
+
+    @staticmethod
+    def _per_distribution(ranked: np.ndarray, owners: np.ndarray,
+                          slots: np.ndarray) -> np.ndarray:
+        """The first slots[d] of each distribution's ranked candidates."""
+        order = np.argsort(owners, kind="stable")
+        sorted_owner = owners[order]
+        rank = np.arange(order.size) - np.searchsorted(sorted_owner, sorted_owner)
+        keep = np.zeros(ranked.size, dtype=bool)
+        keep[order] = rank < slots[sorted_owner]
+        return ranked[keep]
+
+    def _fill(self, chosen: np.ndarray, size: int, slots: np.ndarray | None,
+              rng: np.random.Generator) -> np.ndarray:
+        """Top the batch up uniformly when the candidates ran short (tiny datasets or
+        distributions): inside each distribution short of its slots, or over all
+        indices. Distinct unless a distribution is smaller than its slots."""
+        if chosen.size >= size:
+            return chosen
+        parts = [chosen]
+        if slots is None:
+            parts.append(uniform_excluding(self.layout.num_samples, size - chosen.size,
+                                           chosen, rng))
+        else:
+            have = np.bincount(self.layout.distribution_of(chosen),
+                               minlength=slots.size)
+            for d in np.flatnonzero(have < slots):
+                n_d = int(self.layout.sizes[d])
+                need = int(slots[d] - have[d])
+                mine = self._to_leaf(chosen[self.layout.distribution_of(chosen) == d])
+                local = mine - self._offsets[d]
+                if need + local.size > n_d:  # smaller than its slots: with replacement
+                    extra = rng.integers(0, n_d, size=need)
+                else:
+                    extra = uniform_excluding(n_d, need, local, rng)
+                parts.append(self._to_global(self._offsets[d] + extra))
+        return np.concatenate(parts).astype(np.int64)
+
+    def describe(self, state: LearnabilityState) -> dict[str, Any]:
+        _, seen, unseen = self._masses(state)
+        details: dict[str, Any] = {
+            "pooled_pass_rate": self.pooled_mean(state).tolist(),
+            "unseen": state.unseen.tolist(),
+            "seen_mass": seen.tolist(),
+            "unseen_mass": unseen.tolist(),
+        }
+        if self.allocator is not None:
+            details["allocation"] = self.allocator.describe(self._allocator_state(state))
+        return details
+
+
+
+def _shares(mass: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Mass normalised to probabilities (proportional to size while there is none)."""
+    total = float(mass.sum())
+    if total <= 0:
+        return np.asarray(sizes / sizes.sum(), dtype=np.float64)
+    return np.asarray(mass / total)

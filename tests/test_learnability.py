@@ -1,0 +1,218 @@
+"""The `learnability` sampler: hierarchical pass-rate posterior, Thompson selection toward
+the informative middle, allocation modes, continuous rewards, state and parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from paceline_server.domain import InvalidParams
+from paceline_server.engine import CurriculumEngine
+from paceline_server.strategies.learnability import LearnabilitySampler, LearnabilityState
+from paceline_server.strategies.registry import available_samplers
+from paceline_server.strategies.state_codec import decode_state, encode_state
+from support import report, spec
+
+
+def engine(sizes: tuple[int, ...] = (40, 60), batch_size: int = 8, seed: int = 0,
+           zero_variance: Any = None, objective_names: tuple[str, ...] = ("acc",),
+           **params: Any) -> CurriculumEngine:
+    return CurriculumEngine(spec(sizes, objective_names=objective_names,
+                                 sampler={"kind": "learnability", "params": params},
+                                 batch_size=batch_size, seed=seed,
+                                 zero_variance=zero_variance))
+
+
+def sampler_of(e: CurriculumEngine) -> LearnabilitySampler:
+    assert isinstance(e.sampler, LearnabilitySampler)
+    return e.sampler
+
+
+def posterior_mean(e: CurriculumEngine, indices: list[int]) -> np.ndarray:
+    a, b = sampler_of(e).posterior(e.state.sampler, np.asarray(indices))
+    return np.asarray(a / (a + b))
+
+
+def test_registered() -> None:
+    assert "learnability" in available_samplers()
+
+
+def test_prior_pooling_by_hand() -> None:
+    e = engine(prior_strength=4.0, gamma=0.5, pool_gamma=0.9)
+    # Index 3 solved 1 of 8 times, index 5 never: d0 pools 1/8 -> mu = 2/10.
+    e.apply(report(e.spec, [3], np.array([[1, 0, 0, 0, 0, 0, 0, 0.0]])))
+    mu = (1 + 1) / (8 + 2)
+    np.testing.assert_allclose(sampler_of(e).pooled_mean(e.state.sampler), [mu, 0.5])
+    # Seen: Beta(4 mu + 1, 4 (1 - mu) + 7); unseen of d0 inherits Beta(4 mu, 4 (1 - mu)).
+    np.testing.assert_allclose(posterior_mean(e, [3, 5, 50]),
+                               [(4 * mu + 1) / 12, mu, 0.5], rtol=1e-6)
+    # A second visit forgets half the first (gamma = 0.5 per visit).
+    e.apply(report(e.spec, [3], np.ones((1, 8)), step=1))
+    state = e.state.sampler
+    assert state.successes[3] == pytest.approx(0.5 * 1 + 8)
+    assert state.failures[3] == pytest.approx(0.5 * 7)
+    assert state.pool_trials[0] == pytest.approx(0.9 * 8 + 8)
+
+
+def test_one_visit_moves_the_estimate_far_more_than_a_flat_prior() -> None:
+    e = engine()
+    e.apply(report(e.spec, [0], np.zeros((1, 8))))
+    # Flat Beta(1, 1) per prompt would give 1/10 = 0.1 after 0/8; the pooled prior pulls
+    # both the visited prompt and every unseen prompt of d0 down.
+    seen, unseen, other = posterior_mean(e, [0, 1, 50])
+    assert seen < 0.1
+    assert unseen < 0.15
+    assert other == pytest.approx(0.5)
+
+
+def test_solved_and_hopeless_prompts_fall_out_after_one_visit() -> None:
+    e = engine(sizes=(100,), batch_size=20)
+    solved, hopeless = np.arange(0, 30), np.arange(30, 60)
+    e.apply(report(e.spec, solved, np.ones((30, 8))))
+    e.apply(report(e.spec, hopeless, np.zeros((30, 8)), step=1))
+    picked = np.concatenate([e.next_batch("r", s).indices for s in range(2, 12)])
+    # 40 unseen prompts (p ~ 0.5 prior) against 60 visited all-equal ones: uniform
+    # would give the unseen 40 %.
+    assert (picked >= 60).mean() > 0.75
+
+
+def test_band_prefers_prompts_inside_it() -> None:
+    e = engine(sizes=(60,), batch_size=10, band=[0.6, 0.9], prior_strength=1.0)
+    rewards = np.zeros((60, 8))
+    for x in range(60):
+        rewards[x, : x % 9] = 1.0  # pass rates 0/8 .. 8/8
+    for step in range(3):
+        e.apply(report(e.spec, np.arange(60), rewards, step=step))
+    picked = np.concatenate([e.next_batch("r", s).indices for s in range(3, 13)])
+    rate = (picked % 9) / 8
+    assert ((rate >= 0.5) & (rate <= 1.0 - 1e-9)).mean() > 0.8
+    # p(1-p) instead: the middle (0.375-0.625) dominates.
+    v = engine(sizes=(60,), batch_size=10, prior_strength=1.0)
+    for step in range(3):
+        v.apply(report(v.spec, np.arange(60), rewards, step=step))
+    picked = np.concatenate([v.next_batch("r", s).indices for s in range(3, 13)])
+    rate = (picked % 9) / 8
+    assert ((rate >= 0.25) & (rate <= 0.75)).mean() > 0.8
+
+
+def test_continuous_rewards_fractional_and_thresholded() -> None:
+    cur_obj = ({"name": "score", "bounds": [0.0, 10.0]},)
+    fractional = CurriculumEngine(spec((10,), objective_names=cur_obj,  # type: ignore[arg-type]
+                                       sampler="learnability"))
+    rewards = np.full((1, 4), 7.0)
+    fractional.apply(report(fractional.spec, [2], rewards))
+    assert fractional.state.sampler.successes[2] == pytest.approx(4 * 0.7)
+    threshold = CurriculumEngine(spec((10,), objective_names=cur_obj,  # type: ignore[arg-type]
+                                      sampler={"kind": "learnability",
+                                               "params": {"success_threshold": 0.6}}))
+    threshold.apply(report(threshold.spec, [2], np.array([[7.0, 5.0, 9.0, 1.0]])))
+    assert threshold.state.sampler.successes[2] == pytest.approx(2.0)
+    assert threshold.state.sampler.failures[2] == pytest.approx(2.0)
+
+
+def test_deterministic_given_seed_and_differs_across_seeds() -> None:
+    def run(seed: int) -> list[list[int]]:
+        e = engine(sizes=(200, 300), batch_size=16, seed=seed)
+        rng = np.random.default_rng(1)
+        out = []
+        for step in range(5):
+            batch = e.next_batch("r", step)
+            out.append(batch.indices.tolist())
+            e.apply(report(e.spec, batch.indices,
+                           (rng.random((16, 4)) < 0.5).astype(float), step=step))
+        return out
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+@pytest.mark.parametrize("params", [{}, {"allocation": "dump_ucb"},
+                                    {"allocation": "learning_progress",
+                                     "allocation_params": {"epsilon": 0.2}}])
+def test_state_round_trip_exact(params: dict[str, Any]) -> None:
+    e = engine(sizes=(30, 50), batch_size=12, **params)
+    rng = np.random.default_rng(0)
+    for step in range(4):
+        batch = e.next_batch("r", step)
+        e.apply(report(e.spec, batch.indices, (rng.random((12, 4)) < 0.3).astype(float),
+                       step=step))
+    data = encode_state(e.state.sampler)
+    back = decode_state(LearnabilityState, data)
+    assert encode_state(back) == data
+    resumed = CurriculumEngine.from_bytes(e.spec, e.to_bytes())
+    assert np.array_equal(resumed.next_batch("r", 9).indices, e.next_batch("r", 9).indices)
+
+
+@pytest.mark.parametrize(("params", "fragment"), [
+    ({"band": [0.8, 0.2]}, "lo < hi"),
+    ({"band": [0.5, 0.5]}, "lo < hi"),
+    ({"band": [0.1, 1.5]}, r"\[0, 1\]"),
+    ({"band": [0.1]}, r"\[lo, hi\]"),
+    ({"success_threshold": 1.2}, "success_threshold"),
+    ({"success_threshold": -0.1}, "success_threshold"),
+    ({"gamma": 1.5}, "gamma"),
+    ({"pool_gamma": -0.5}, "pool_gamma"),
+    ({"prior_strength": 0}, "prior_strength"),
+    ({"candidates": 0.5}, "candidates"),
+    ({"band_floor": 2.0}, "band_floor"),
+    ({"allocation": "spard"}, "allocation"),
+    ({"allocation_params": {"tau": 0.2}}, "need an allocation"),
+    ({"allocation": "dump_ucb", "allocation_params": {"nope": 1}}, "unknown"),
+    ({"allocation": "dump_ucb", "allocation_params": {"tau": -1}}, "tau"),
+    ({"temperature": 1.0}, "unknown"),
+])
+def test_bad_params_are_invalid_params(params: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InvalidParams, match=fragment):
+        engine(**params)
+
+
+@pytest.mark.parametrize("allocation", ["dump_ucb", "learning_progress"])
+def test_allocation_decides_the_shares_and_the_posterior_the_prompts(allocation: str) -> None:
+    e = engine(sizes=(50, 50), batch_size=10, allocation=allocation,
+               allocation_params={"allocation": "largest_remainder"})
+    probabilities = e.next_batch("r", 0).probabilities
+    np.testing.assert_allclose(probabilities, [0.5, 0.5])
+    # Inside d0: prompts 0-24 solved, 25-49 half solved; d1 all failed (no signal).
+    rewards = np.zeros((100, 8))
+    rewards[:25] = 1.0
+    rewards[25:50, :4] = 1.0
+    e.apply(report(e.spec, np.arange(100), rewards))
+    batch = e.next_batch("r", 1)
+    shares = np.bincount(batch.indices // 50, minlength=2)
+    expected = np.floor(batch.probabilities * 10 + 1e-9)
+    assert (shares >= expected).all() and shares.sum() == 10
+    d0 = batch.indices[batch.indices < 50]
+    assert (d0 >= 25).mean() >= 0.75
+    assert "allocation" in e.inspect().sampler
+
+
+def test_label_layout_ranges_follow_the_member_order() -> None:
+    labels = np.tile([1, 0, 1], 30)  # d0 = 30 scattered indices, d1 = 60
+    from paceline_server.domain import CurriculumSpec
+
+    cur = CurriculumSpec.from_dict({
+        "name": "labels", "layout": {"names": ["d0", "d1"], "labels": labels.tolist()},
+        "objectives": ["acc"], "sampler": {"kind": "learnability",
+                                           "params": {"allocation": "dump_ucb"}},
+        "batch_size": 12})
+    e = CurriculumEngine(cur)
+    d0 = np.flatnonzero(labels == 0)
+    e.apply(report(cur, d0[:10], np.ones((10, 4))))
+    for step in range(1, 6):
+        batch = e.next_batch("r", step)
+        assert np.unique(batch.indices).size == 12
+        owners = cur.layout.distribution_of(batch.indices)
+        assert np.bincount(owners, minlength=2).sum() == 12
+    s = sampler_of(e)
+    np.testing.assert_array_equal(s._to_global(s._to_leaf(np.arange(90))), np.arange(90))
+
+
+def test_tiny_dataset_batches_are_full_and_distinct() -> None:
+    e = engine(sizes=(3, 4), batch_size=7)
+    e.apply(report(e.spec, np.arange(7), np.ones((7, 4))))
+    assert sorted(e.next_batch("r", 1).indices.tolist()) == list(range(7))
+    alloc = engine(sizes=(2, 20), batch_size=10, allocation="dump_ucb")
+    batch = alloc.next_batch("r", 0)
+    assert batch.indices.size == 10
