@@ -17,9 +17,13 @@ from paceline_server.strategies.learning_progress import LearningProgressState, 
 from paceline_server.strategies.state_codec import decode_state, encode_state
 from support import report, spec
 
+#: The parameters the hand computations below use (the first defaults); the shipped
+#: defaults are checked in `test_defaults_are_the_learner_suite_choice`.
+HAND = {"alpha_fast": 0.1, "alpha_slow": 0.01, "temperature": 0.25}
+
 
 def lp(**params: Any) -> dict[str, Any]:
-    return {"kind": "learning_progress", **params}
+    return {"kind": "learning_progress", **HAND, **params}
 
 
 def state_of(engine: CurriculumEngine) -> LearningProgressState:
@@ -204,3 +208,25 @@ def test_property_simplex_floor_and_determinism(num: int, rounds: list[list[floa
     assert p.sum() == pytest.approx(1.0, abs=1e-12)
     assert np.all(p >= epsilon / num * (1 - 1e-12))
     assert np.all(p <= 1.0 + 1e-15)
+
+
+def test_defaults_are_the_learner_suite_choice() -> None:
+    """α 0.2 / 0.05, rank, temperature 1.0, ε 0.1: chosen on the learner suite
+    (docs/benchmarks.md, "Learner suite")."""
+    engine = CurriculumEngine(spec((100, 100), sampler="learning_progress"))
+    assert engine.spec.sampler.params == {"alpha_fast": 0.2, "alpha_slow": 0.05,
+                                          "normalization": "rank", "temperature": 1.0,
+                                          "epsilon": 0.1, "allocation": "multinomial"}
+
+
+def test_default_emas_and_mild_softmax_by_hand() -> None:
+    # d0: 0.5 then 1.0 -> fast 0.5 + 0.2·0.5 = 0.6, slow 0.5 + 0.05·0.5 = 0.525, LP 0.075;
+    # d1 seen once, LP 0. Rank scores (1, 0), softmax at 1.0: e / (e + 1), then 10 % uniform.
+    engine = two_reports(spec((100, 100), sampler="learning_progress"))
+    state = state_of(engine)
+    np.testing.assert_allclose(state.ema_fast, [0.6, 1.0], rtol=1e-15)
+    np.testing.assert_allclose(state.ema_slow, [0.525, 1.0], rtol=1e-15)
+    p = engine.next_batch("r", 2).probabilities
+    e = math.e
+    np.testing.assert_allclose(p, [0.9 * e / (e + 1) + 0.05, 0.9 / (e + 1) + 0.05],
+                               rtol=1e-14)

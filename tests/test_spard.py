@@ -237,7 +237,7 @@ def test_admission_reads_the_pace_as_admitted_difficulty() -> None:
 def test_pace_and_floor_through_the_engine() -> None:
     # d0 solved (difficulty 0), d1 failed (difficulty 1). λ at clock 1 = 0.2 + 0.8/10:
     # d1 capped at 0.02. Once the pace reaches 1 (clock 10) everything is admitted.
-    cur = spec((100, 100), sampler=sampler(every_steps=1, pace_steps=10))
+    cur = spec((100, 100), sampler=sampler(every_steps=1, pace_steps=10, pace_start=0.2))
     engine = CurriculumEngine(cur)
     engine.apply(report(cur, [0, 150], [[1.0, 1.0], [0.0, 0.0]]))
     state = sampler_state(engine)
@@ -536,3 +536,14 @@ def test_pawa_does_not_run_away_under_a_trade_off() -> None:
     history = trade_off_run()
     assert max(history) < 0.75  # the signed rule: 0.966 from the 10th window on
     assert float(np.mean(history[len(history) // 2:])) < 0.55
+
+
+def test_default_pace_admits_all_but_near_hopeless_data_from_the_start() -> None:
+    """pace_start 0.8 (chosen on the learner suite): at the start a distribution with
+    success 0.3 is admitted (it has GRPO signal), one with success 0 is capped."""
+    cur = spec((100, 100, 100), sampler=sampler(every_steps=1))
+    assert CurriculumEngine(cur).spec.sampler.params["pace_start"] == 0.8
+    engine = CurriculumEngine(cur)
+    engine.apply(report(cur, [0, 100, 200], [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]))
+    # successes 1.0, 0.5, 0.0 at λ = 0.8 + 0.2/1000: d2's difficulty 1 > λ.
+    assert sampler_state(engine).admitted.tolist() == [True, True, False]

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # learner
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # simulate
 
-from learner import NUM_SAMPLES, OFFSETS, SIZES, Rollouts, distribution_of
+from learner import NUM_SAMPLES, SIZES, Rollouts, distribution_of
 
 from local_service import local_service
 from paceline_server.domain import Report
@@ -54,10 +54,13 @@ class Strategy(Protocol):
     def close(self) -> None: ...
 
 
-def draw_within(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def draw_within(counts: np.ndarray, rng: np.random.Generator,
+                 sizes: np.ndarray = SIZES) -> np.ndarray:
     """Global indices for `counts[d]` slots of each distribution: uniform inside it, without
-    replacement within the batch (as Paceline's distribution-level samplers draw)."""
-    parts = [OFFSETS[d] + rng.choice(SIZES[d], int(c), replace=bool(c > SIZES[d]))
+    replacement within the batch (as Paceline's distribution-level samplers draw).
+    `sizes`: the distributions' sizes, laid out in order (simulate.py's by default)."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    parts = [offsets[d] + rng.choice(sizes[d], int(c), replace=bool(c > sizes[d]))
              for d, c in enumerate(counts) if c > 0]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
@@ -128,7 +131,8 @@ class PacelineLoopback:
 
 
 # ---------------------------------------------------------------- peers
-def syllabus_curriculum(seed: int, episodes_per_update: int) -> Any:
+def syllabus_curriculum(seed: int, episodes_per_update: int,
+                        num_tasks: int = len(DISTRIBUTIONS)) -> Any:
     """Syllabus's `OnlineLearningProgress` over a discrete task space whose tasks are the
     simulator's distributions, updated once per `episodes_per_update` reported episodes.
 
@@ -148,7 +152,7 @@ def syllabus_curriculum(seed: int, episodes_per_update: int) -> Any:
                 list(range(self.num_tasks)), size=k, p=task_dist))
 
     np.random.seed(seed)  # noqa: NPY002
-    return Numpy2OnlineLearningProgress(DiscreteTaskSpace(len(DISTRIBUTIONS)),
+    return Numpy2OnlineLearningProgress(DiscreteTaskSpace(num_tasks),
                                         update_interval=episodes_per_update)
 
 
@@ -160,28 +164,36 @@ class SyllabusLearningProgress:
     correctness (0/1: `update_task_progress` floors progress, so a group's pass rate
     cannot be sent as one progress value) and whose return is the scalarised reward; the
     curriculum recomputes its EMAs once per step (`update_interval` = rollouts per step).
-    Library defaults otherwise: ema_alpha 0.1, p_theta 0.1, uniform_prob 0.25."""
+    Library defaults otherwise: ema_alpha 0.1, p_theta 0.1, uniform_prob 0.25.
+    `sizes` and `episodes_per_update` default to simulate.py's layout and batch; the
+    learner suite passes its own."""
 
-    def __init__(self, seed: int) -> None:
-        self.curriculum = syllabus_curriculum(seed, BATCH * G)
+    def __init__(self, seed: int, sizes: np.ndarray = SIZES,
+                 episodes_per_update: int = BATCH * G) -> None:
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.curriculum = syllabus_curriculum(seed, episodes_per_update, self.sizes.size)
         self.rng = np.random.default_rng([seed, 1])
 
     def propose(self, step: int, size: int) -> Plan:
         tasks = np.asarray(self.curriculum.sample(k=size), dtype=np.int64)
-        counts = np.bincount(tasks, minlength=len(DISTRIBUTIONS))
-        return Plan(draw_within(counts, self.rng))
+        counts = np.bincount(tasks, minlength=self.sizes.size)
+        return Plan(draw_within(counts, self.rng, self.sizes))
 
     def observe(self, step: int, roll: Rollouts, advantages: np.ndarray,
                 eval_objectives: list[float]) -> None:
-        returns = (roll.rewards @ EQUAL_WEIGHTS).tolist()
+        self.observe_episodes(distribution_of(roll.indices), roll.correct,
+                              roll.rewards @ EQUAL_WEIGHTS)
+
+    def observe_episodes(self, tasks: np.ndarray, progress: np.ndarray,
+                         returns: np.ndarray) -> None:
+        """One episode per rollout: task [n], progress and return [n, G]."""
         curriculum = self.curriculum
-        tasks = distribution_of(roll.indices).tolist()
-        for task, group, group_returns in zip(tasks, roll.correct.tolist(), returns,
-                                              strict=True):
+        for task, group, group_returns in zip(tasks.tolist(), progress.tolist(),
+                                              returns.tolist(), strict=True):
             for correct, episode_return in zip(group, group_returns, strict=True):
-                progress = float(correct)
-                curriculum.update_task_progress(task, progress)
-                curriculum.update_on_episode(episode_return, 1, task, progress)
+                value = float(correct)
+                curriculum.update_task_progress(task, value)
+                curriculum.update_on_episode(episode_return, 1, task, value)
 
     def close(self) -> None:
         pass
@@ -191,9 +203,10 @@ class UniformEpochs:
     """Uniform over prompts as a shuffled data loader serves them (epoch by epoch): the
     sampling of verl / TRL before DAPO's filter."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, num_samples: int = NUM_SAMPLES) -> None:
+        self.num_samples = num_samples
         self.rng = np.random.default_rng([seed, 2])
-        self.order = self.rng.permutation(NUM_SAMPLES)
+        self.order = self.rng.permutation(num_samples)
         self.position = 0
 
     def propose(self, step: int, size: int) -> Plan:
@@ -201,7 +214,7 @@ class UniformEpochs:
         need = size
         while need > 0:
             if self.position == self.order.size:
-                self.order, self.position = self.rng.permutation(NUM_SAMPLES), 0
+                self.order, self.position = self.rng.permutation(self.num_samples), 0
             chunk = self.order[self.position:self.position + need]
             self.position += chunk.size
             need -= chunk.size

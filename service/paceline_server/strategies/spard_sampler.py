@@ -35,9 +35,18 @@ Self-paced floor. The pace λ_t = pace_start + (pace_end − pace_start)·min(1,
 pace_steps) with t the clock (reports folded). **(ours)** λ is read as the *admitted
 difficulty*: distribution d is capped when its difficulty 1 − succ_d exceeds λ_t. The
 doc's "success below the pace" cannot be read literally with λ rising to 1.0 (every
-distribution would end up capped, hard-to-easy); with this reading only easy
-distributions (succ ≥ 0.8) are admitted at first and all of them by the end, which is
-the doc's easy-to-hard pacing. Distributions never reported are admitted: they must be
+distribution would end up capped, hard-to-easy); with this reading distributions with
+succ ≥ 1 − pace_start are admitted at first and all of them by the end, which is the
+doc's easy-to-hard pacing.
+
+**(ours)** pace_start = 0.8 by default (ALGORITHMS.md says 0.2), chosen on the learner
+suite as a whole (`benchmarks/suite.py`; docs/benchmarks.md, "Learner suite"). At 0.2
+only distributions with succ ≥ 0.8 are admitted early, and under GRPO near-solved data
+is zero-variance data: the first part of a run learned almost nothing (docs/benchmarks.md,
+simulator problem 2) and spard missed the target on learners where uniform reached it.
+At 0.8 the pace starts by holding back only distributions whose success is below 0.2
+(mostly all-wrong groups, no gradient either) and still opens everything by
+`pace_steps`. Distributions never reported are admitted: they must be
 sampled to be measured. A capped distribution gets min(P_d, floor); the mass taken away
 goes to the admitted ones in proportion to their P, so admitted distributions never
 lose. **(ours)** When every distribution is capped (all too hard for the pace), the
@@ -118,7 +127,7 @@ class SpardSamplerParams(DistributionParams):
 
     tau: float = 0.2
     floor: float = 0.02
-    pace_start: float = 0.2
+    pace_start: float = 0.8
     pace_end: float = 1.0
     pace_steps: int = 1000
     utility_decay: float = 0.5

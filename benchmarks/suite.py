@@ -1,0 +1,485 @@
+"""Every sampler and peer on every learner of the suite (issue 14; learners in
+`benchmarks/learners/`).
+
+Rows:
+- Paceline's samplers through the in-process `CurriculumEngine` (the engine the service
+  runs), one objective `correctness`, `fixed` weighting, schedules set to the planned
+  steps; each adaptive one also with predicted zero-variance skipping at its defaults
+  (`zero_variance: true`). The `default` row names no sampler: what a curriculum created
+  without one gets.
+- peers in this process: Syllabus's `OnlineLearningProgress` over the distributions (fed
+  every rollout: progress = correctness, or reward ≥ 0.5 for partial credit); DAPO
+  dynamic sampling (uniform shuffled epochs, roll out, drop groups whose rewards are all
+  equal, roll out more until a batch remains, at most 10 rounds) and the same filter
+  without refill; uniform shuffled epochs (a plain data loader);
+- the oracle, the limit to aim at: it knows every prompt's true pass rate and samples
+  uniformly among prompts with pass rate in [0.2, 0.8] (the nearest to 0.5 fill the
+  batch when the band has too few).
+
+Per (learner, row), mean ± std over seeds: steps and generated rollouts until the mean
+held-out accuracy over distributions reaches the learner's target (a run that never
+does counts steps + 1 and every rollout it generated), final minimum and mean accuracy,
+share of generated rollouts in zero-variance groups, candidates skipped before rollout.
+
+Prints one JSON object per (learner, row) and the markdown tables; with --out writes
+`learner_suite.md` and `learner_suite.png` there.
+
+    nice -n 10 python benchmarks/suite.py [--seeds 3] [--jobs 2] [--steps-scale 1.0]
+        [--learners NAME ...] [--only ROW ...] [--quick] [--out docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # learners, simulate
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))  # peer strategies
+
+from strategies import SyllabusLearningProgress, UniformEpochs  # benchmarks/peers
+
+from learners import LEARNERS, Groups, GrpoLearner
+from paceline_server.domain import CurriculumSpec, Report
+from paceline_server.domain.errors import PacelineError
+from paceline_server.engine import CurriculumEngine
+from paceline_server.strategies.registry import available_samplers
+
+RUN_ID = "suite"
+#: DAPO's cap on generation rounds per step (verl's `max_num_gen_batches`).
+MAX_GEN_ROUNDS = 10
+BAND = (0.2, 0.8)
+SUCCESS_THRESHOLD = 0.5  # continuous rewards: what counts as a success for Syllabus
+SYLLABUS = "Syllabus OnlineLearningProgress"
+DAPO = "DAPO filter + refill"
+DAPO_NO_REFILL = "DAPO filter, no refill"
+UNIFORM_EPOCHS = "uniform epochs (data loader)"
+ORACLE = "oracle (true p in [0.2, 0.8])"
+DEFAULT = "default (no sampler named)"
+
+
+class Chooser(Protocol):
+    def propose(self, step: int, size: int) -> tuple[np.ndarray, int]: ...
+
+    def observe(self, step: int, groups: Groups, advantages: np.ndarray) -> None: ...
+
+
+# ---------------------------------------------------------------- Paceline
+class PacelineEngine:
+    """A curriculum over the learner's distributions in Paceline's engine."""
+
+    def __init__(self, learner: GrpoLearner, seed: int, sampler: Any,
+                 zero_variance: Any) -> None:
+        spec: dict[str, Any] = {
+            "name": "suite", "batch_size": learner.batch, "seed": seed,
+            "weighting": "fixed", "objectives": ["correctness"],
+            "layout": {"distributions": [{"name": d.name, "size": d.size}
+                                         for d in learner.dists]},
+            "zero_variance": zero_variance,
+        }
+        if sampler is not None:
+            spec["sampler"] = sampler
+        self.spec = CurriculumSpec.from_dict(spec)
+        self.engine = CurriculumEngine(self.spec)
+
+    def propose(self, step: int, size: int) -> tuple[np.ndarray, int]:
+        batch = self.engine.next_batch(RUN_ID, step, size)
+        return batch.indices, batch.skipped_zero_variance
+
+    def observe(self, step: int, groups: Groups, advantages: np.ndarray) -> None:
+        self.engine.apply(Report.dense(
+            run_id=RUN_ID, step=step, indices=groups.indices, rewards=groups.rewards,
+            advantages=advantages, layout=self.spec.layout, num_objectives=1))
+
+
+# ---------------------------------------------------------------- peers
+class Syllabus:
+    """`benchmarks/peers`' Syllabus wrapper on the learner's layout."""
+
+    def __init__(self, learner: GrpoLearner, seed: int) -> None:
+        self.learner = learner
+        self.peer = SyllabusLearningProgress(seed, learner.sizes,
+                                             learner.batch * learner.group)
+
+    def propose(self, step: int, size: int) -> tuple[np.ndarray, int]:
+        return self.peer.propose(step, size).indices, 0
+
+    def observe(self, step: int, groups: Groups, advantages: np.ndarray) -> None:
+        rewards = groups.rewards
+        progress = rewards if self.learner.binary else rewards >= SUCCESS_THRESHOLD
+        self.peer.observe_episodes(self.learner.dist_of[groups.indices], progress, rewards)
+
+
+class Epochs:
+    """Shuffled epochs over every prompt (`benchmarks/peers`' UniformEpochs)."""
+
+    def __init__(self, learner: GrpoLearner, seed: int) -> None:
+        self.peer = UniformEpochs(seed, learner.num_samples)
+
+    def propose(self, step: int, size: int) -> tuple[np.ndarray, int]:
+        return self.peer.propose(step, size).indices, 0
+
+    def observe(self, step: int, groups: Groups, advantages: np.ndarray) -> None:
+        pass
+
+
+class Oracle:
+    """Knows every prompt's true pass rate; samples uniformly inside the band."""
+
+    def __init__(self, learner: GrpoLearner, seed: int) -> None:
+        self.learner = learner
+        self.rng = np.random.default_rng([seed, 5])
+
+    def propose(self, step: int, size: int) -> tuple[np.ndarray, int]:
+        p = self.learner.pass_rate()
+        inside = np.flatnonzero((p >= BAND[0]) & (p <= BAND[1]))
+        if inside.size >= size:
+            return self.rng.choice(inside, size, replace=False), 0
+        # Too few in the band: all of it, then the nearest to 0.5 (random among ties).
+        distance = np.abs(p - 0.5) + 1e-9 * self.rng.random(p.size)
+        distance[inside] = -1.0
+        return np.argpartition(distance, size - 1)[:size].astype(np.int64), 0
+
+    def observe(self, step: int, groups: Groups, advantages: np.ndarray) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- rows
+@dataclass(frozen=True)
+class Row:
+    """One strategy of the table; `make(learner, seed)` builds a fresh one per run.
+    `filter_rounds` > 0 applies DAPO's filter after rollout (1 = no refill)."""
+
+    name: str
+    who: str  # "Paceline", "peer" or "limit"
+    make: Callable[[GrpoLearner, int], Chooser]
+    filter_rounds: int = 0
+    needs: str | None = None  # a sampler that must be registered for the row to run
+
+
+def paceline(sampler: Any, zero_variance: Any = None
+             ) -> Callable[[GrpoLearner, int], Chooser]:
+    def make(learner: GrpoLearner, seed: int) -> Chooser:
+        spec = sampler(learner) if callable(sampler) else sampler
+        return PacelineEngine(learner, seed, spec, zero_variance)
+    return make
+
+
+def equal_mix(learner: GrpoLearner) -> dict[str, Any]:
+    d = learner.num_distributions
+    return {"kind": "fixed_mix", "probabilities": [1.0 / d] * d}
+
+
+def rows() -> list[Row]:
+    """Paceline's samplers (adaptive ones with and without skipping), the default, then
+    peers and the oracle."""
+    zv = True  # `zero_variance: true`: the shipped defaults of the skipping
+    adaptive: list[tuple[str, Any]] = [
+        ("dump_ucb", "dump_ucb"),
+        ("learning_progress", "learning_progress"),
+        ("prioritized", "prioritized"),
+        ("spard", lambda lr: {"kind": "spard", "pace_steps": max(1, lr.steps // 2)}),
+        ("learnability", "learnability"),
+        ("learnability + dump_ucb allocation",
+         {"kind": "learnability", "allocation": "dump_ucb"}),
+        ("learnability + learning_progress allocation",
+         {"kind": "learnability", "allocation": "learning_progress"}),
+    ]
+    ours = [
+        Row("uniform", "Paceline", paceline("uniform")),
+        Row("uniform + zero_variance", "Paceline", paceline("uniform", zv)),
+        Row("fixed_mix (equal)", "Paceline", paceline(equal_mix)),
+        Row("temperature", "Paceline",
+            paceline(lambda lr: {"kind": "temperature", "steps": lr.steps})),
+    ]
+    for name, sampler in adaptive:
+        needs = "learnability" if name.startswith("learnability") else None
+        ours.append(Row(name, "Paceline", paceline(sampler), needs=needs))
+        ours.append(Row(f"{name} + zero_variance", "Paceline", paceline(sampler, zv),
+                        needs=needs))
+    ours.append(Row(DEFAULT, "Paceline", paceline(None)))
+    peers = [
+        Row(SYLLABUS, "peer", Syllabus),
+        Row(DAPO, "peer", Epochs, MAX_GEN_ROUNDS),
+        Row(DAPO_NO_REFILL, "peer", Epochs, 1),
+        Row(UNIFORM_EPOCHS, "peer", Epochs),
+        Row(ORACLE, "limit", Oracle),
+    ]
+    return ours + peers
+
+
+# ---------------------------------------------------------------- one run
+def run(row: Row, learner_name: str, seed: int, steps_scale: float = 1.0
+        ) -> dict[str, Any]:
+    """One training run of `learner_name` with `row` choosing the batches."""
+    learner = LEARNERS[learner_name](seed)
+    steps = max(1, round(learner.steps * steps_scale))
+    batch, group = learner.batch, learner.group
+    chooser = row.make(learner, seed)
+    generated = wasted = skipped = 0
+    curve: list[float] = []
+    spent: list[float] = []
+    reached: int | None = None
+    reached_rollouts: int | None = None
+    accuracy = learner.accuracy()
+    for step in range(steps):
+        indices, skip = chooser.propose(step, batch)
+        skipped += skip
+        parts = [learner.rollout(indices)]
+        while (row.filter_rounds > len(parts)
+               and sum(int((~g.constant).sum()) for g in parts) < batch):
+            parts.append(learner.rollout(chooser.propose(step, batch)[0]))
+        roll = Groups.concat(parts) if len(parts) > 1 else parts[0]
+        generated += roll.n * group
+        wasted += int(roll.constant.sum()) * group
+        trained = roll
+        if row.filter_rounds:
+            trained = roll.take(np.flatnonzero(~roll.constant)[:batch])
+        learner.train(trained)
+        start = time.perf_counter()
+        chooser.observe(step, roll, learner.advantages(roll))
+        spent.append(time.perf_counter() - start)
+        accuracy = learner.accuracy()
+        curve.append(float(accuracy.mean()))
+        if reached is None and accuracy.mean() >= learner.target:
+            reached, reached_rollouts = step + 1, generated
+    return {"steps": steps, "steps_to_target": reached, "rollouts_to_target": reached_rollouts,
+            "generated": generated, "min_accuracy": float(accuracy.min()),
+            "mean_accuracy": float(accuracy.mean()),
+            "per_distribution": accuracy.round(3).tolist(),
+            "zero_variance_share": wasted / max(generated, 1), "skipped": skipped,
+            "curve": curve}
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over seeds; a run that never reaches the target counts steps + 1 and
+    all the rollouts it generated (a lower bound)."""
+    def stat(values: list[float]) -> list[float]:
+        return [float(np.mean(values)), float(np.std(values))]
+
+    return {
+        "seeds": len(results),
+        "steps_to_target": stat([r["steps_to_target"] or r["steps"] + 1 for r in results]),
+        "rollouts_to_target": stat([r["rollouts_to_target"] or r["generated"]
+                                    for r in results]),
+        "never_reached": sum(r["steps_to_target"] is None for r in results),
+        "min_accuracy": stat([r["min_accuracy"] for r in results]),
+        "mean_accuracy": stat([r["mean_accuracy"] for r in results]),
+        "zero_variance_share": stat([r["zero_variance_share"] for r in results]),
+        "skipped": float(np.mean([r["skipped"] for r in results])),
+        "per_distribution": np.mean([r["per_distribution"] for r in results],
+                                    axis=0).round(3).tolist(),
+        "curve": np.mean([r["curve"] for r in results], axis=0).round(4).tolist(),
+    }
+
+
+def _job(args: tuple[str, str, int, float]) -> tuple[str, str, int, dict[str, Any]]:
+    """One run in a worker process (rows are named: their builders do not pickle)."""
+    name, learner_name, seed, scale = args
+    row = next(r for r in rows() if r.name == name)
+    try:
+        return row.name, learner_name, seed, run(row, learner_name, seed, scale)
+    except PacelineError as exc:  # a sampler still being written must not hide the rest
+        return row.name, learner_name, seed, {"error": f"{type(exc).__name__}: {exc}"}
+
+
+# ---------------------------------------------------------------- output
+def cell_steps(s: dict[str, Any], steps: int) -> str:
+    text = f"{s['steps_to_target'][0]:.0f} ± {s['steps_to_target'][1]:.0f}"
+    return text + (f" ({s['never_reached']}× never)" if s["never_reached"] else "")
+
+
+def cell_rollouts(s: dict[str, Any]) -> str:
+    text = f"{s['rollouts_to_target'][0] / 1e3:.1f} ± {s['rollouts_to_target'][1] / 1e3:.1f}"
+    return text + (" (≥)" if s["never_reached"] else "")
+
+
+def table(summaries: dict[str, dict[str, dict[str, Any]]], who: dict[str, str]) -> str:
+    """One table per learner: every row, mean ± std."""
+    out = []
+    for name, by_row in summaries.items():
+        cls = LEARNERS[name]
+        out.append(f"#### {name} (target: mean accuracy {cls.target:.2f} within "
+                   f"{cls.steps} steps; {cls.summary})\n")
+        out.append("| strategy | | steps to target | rollouts to target (k) "
+                   "| final min acc. | final mean acc. | zero-variance rollouts "
+                   "| skipped |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for row, s in by_row.items():
+            out.append(
+                f"| {row} | {who[row]} | {cell_steps(s, cls.steps)} | {cell_rollouts(s)} "
+                f"| {s['min_accuracy'][0]:.3f} ± {s['min_accuracy'][1]:.3f} "
+                f"| {s['mean_accuracy'][0]:.3f} ± {s['mean_accuracy'][1]:.3f} "
+                f"| {s['zero_variance_share'][0]:.1%} | {s['skipped']:.0f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def compact_table(summaries: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Rollouts to target (k) per row and learner, in one table ('—': never, 'n/3'
+    when only n of the seeds reached it)."""
+    learners = list(summaries)
+    rows_ = list(dict.fromkeys(r for by_row in summaries.values() for r in by_row))
+    out = ["| strategy | " + " | ".join(f"{n} rollouts k (steps) · min acc."
+                                       for n in learners) + " |",
+           "|---|" + "---|" * len(learners)]
+    for row in rows_:
+        cells = []
+        for name in learners:
+            s = summaries[name].get(row)
+            if s is None:
+                cells.append("n/a")
+                continue
+            done = s["seeds"] - s["never_reached"]
+            if done == 0:
+                reach = "—"
+            else:
+                reach = (f"{s['rollouts_to_target'][0] / 1e3:.0f} "
+                         f"({s['steps_to_target'][0]:.0f})")
+                if done < s["seeds"]:
+                    reach += f" {done}/{s['seeds']}"
+            cells.append(f"{reach} · {s['min_accuracy'][0]:.2f}")
+        out.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def targets(summaries: dict[str, dict[str, dict[str, Any]]], row: str) -> dict[str, Any]:
+    """The issue's targets for `row`: its rollouts to target over the oracle's, Syllabus's
+    and DAPO-with-refill's, per learner (None where `row` never reached the target)."""
+    result: dict[str, Any] = {}
+    for name, by_row in summaries.items():
+        mine = by_row.get(row)
+        if mine is None:
+            continue
+        ratios: dict[str, Any] = {"reached": mine["seeds"] - mine["never_reached"]}
+        for peer, limit in ((ORACLE, 1.5), (SYLLABUS, 0.5), (DAPO, 0.25)):
+            other = by_row.get(peer)
+            if other is None:
+                continue
+            ratio = mine["rollouts_to_target"][0] / other["rollouts_to_target"][0]
+            ratios[peer] = {"ratio": round(ratio, 3), "limit": limit,
+                            "met": bool(ratio <= limit and not mine["never_reached"]),
+                            "peer_never_reached": other["never_reached"]}
+        result[name] = ratios
+    return result
+
+
+PLOTTED = ["uniform", "dump_ucb", "learning_progress", "prioritized", "spard",
+           "learnability", "learnability + zero_variance", DEFAULT, SYLLABUS, DAPO, ORACLE]
+
+
+def plot(summaries: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
+    """Mean accuracy against generated rollouts, one panel per learner."""
+    try:
+        import matplotlib
+    except ImportError:  # the `bench` extra is not installed: tables only
+        print(f"matplotlib is not installed: {path.name} not written", file=sys.stderr)
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summaries), figsize=(5 * len(summaries), 4.6),
+                             squeeze=False)
+    palette = [plt.get_cmap("tab20")(i) for i in range(20)]
+    for ax, (name, by_row) in zip(axes[0], summaries.items(), strict=True):
+        cls = LEARNERS[name]
+        for i, row in enumerate(r for r in PLOTTED if r in by_row):
+            curve = np.asarray(by_row[row]["curve"])
+            style = "--" if row in (SYLLABUS, DAPO, ORACLE) else "-"
+            width = 2.2 if row in (DEFAULT, ORACLE) else 1.2
+            ax.plot(np.arange(1, curve.size + 1), curve, style, color=palette[i % 20],
+                    linewidth=width, label=row)
+        ax.axhline(cls.target, color="grey", linewidth=0.8)
+        ax.set_title(f"{name} (G={cls.group}, B={cls.batch})")
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean held-out accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    parser.add_argument("--steps-scale", type=float, default=1.0,
+                        help="multiply every learner's step budget")
+    parser.add_argument("--learners", nargs="+", default=list(LEARNERS),
+                        choices=list(LEARNERS))
+    parser.add_argument("--only", nargs="+", default=None, help="run only these rows")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 seed, 5 %% of the steps, one process")
+    parser.add_argument("--out", default=None, help="folder for learner_suite.md/.png")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.steps_scale, args.jobs = 1, 0.05, 1
+    registered = set(available_samplers())
+    selected = [r for r in rows() if (args.only is None or r.name in args.only)]
+    for r in selected:
+        if r.needs is not None and r.needs not in registered:
+            print(json.dumps({"row": r.name, "skipped": f"sampler {r.needs!r} is not "
+                              "registered"}), flush=True)
+    selected = [r for r in selected if r.needs is None or r.needs in registered]
+    jobs = [(r.name, name, seed, args.steps_scale) for name in args.learners for r in selected
+            for seed in range(args.seeds)]
+    start = time.perf_counter()
+    if args.jobs > 1:
+        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+            done = pool.map(_job, jobs, chunksize=1)
+    else:
+        done = [_job(j) for j in jobs]
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row_name, learner_name, _, result in done:
+        results.setdefault((learner_name, row_name), []).append(result)
+    who = {r.name: r.who for r in selected}
+    summaries: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in args.learners:
+        for r in selected:
+            runs = results[(name, r.name)]
+            errors = [x["error"] for x in runs if "error" in x]
+            if errors:
+                print(json.dumps({"learner": name, "row": r.name, "error": errors[0]}),
+                      flush=True)
+                continue
+            s = summarize(runs)
+            summaries.setdefault(name, {})[r.name] = s
+            print(json.dumps({"learner": name, "row": r.name, "who": r.who,
+                              **{k: v for k, v in s.items() if k != "curve"}}), flush=True)
+    wall = time.perf_counter() - start
+    goals = targets(summaries, DEFAULT)
+    print(json.dumps({"targets": {"row": DEFAULT, "learners": goals},
+                      "wall_seconds": round(wall, 1)}), flush=True)
+    text = compact_table(summaries) + "\n\n" + table(summaries, who)
+    print(text, flush=True)
+    if args.out is None or not summaries:
+        return
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    command = (f"nice -n 10 python benchmarks/suite.py --seeds {args.seeds} "
+               f"--jobs {args.jobs}" + (f" --steps-scale {args.steps_scale}"
+                                         if args.steps_scale != 1.0 else ""))
+    (folder / "learner_suite.md").write_text(
+        f"# Learner suite\n\n`{command}`: {args.seeds} seeds, {wall / 60:.1f} min wall. "
+        "Written by the script; the analysis is in docs/benchmarks.md (\"Learner "
+        "suite\"). Mean ± std over seeds; a run that never reaches the target counts "
+        "its step budget + 1 and every rollout it generated.\n\n"
+        f"Rollouts to target in thousands (mean steps), final minimum accuracy:\n\n{text}\n\n"
+        f"Targets of the default row:\n\n```\n{json.dumps(goals, indent=1)}\n```\n\n"
+        "![learner suite](learner_suite.png)\n")
+    plot(summaries, folder / "learner_suite.png")
+
+
+if __name__ == "__main__":
+    main()
