@@ -35,6 +35,7 @@ _BUILTIN_SAMPLERS = {
     "dump_ucb": "paceline_server.strategies.dump_ucb:DumpUcbSampler",
     "learning_progress": "paceline_server.strategies.learning_progress:LearningProgressSampler",
     "prioritized": "paceline_server.strategies.prioritized:PrioritizedSampler",
+    "learnability": "paceline_server.strategies.learnability:LearnabilitySampler",
     "spard": "paceline_server.strategies.spard_sampler:SpardSampler",
 }
 _BUILTIN_WEIGHTINGS = {
