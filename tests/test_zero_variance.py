@@ -178,3 +178,40 @@ def test_bad_explore_is_refused(explore: Any) -> None:
 
     with pytest.raises(InvalidSpec, match="explore"):
         spec((10,), zero_variance={"explore": explore})
+
+
+def test_rollouts_saved_over_rest_and_from_a_stored_batch(tmp_path: Any) -> None:
+    from api_support import make_client
+
+    body = {"name": "zv", "layout": {"distributions": [{"name": "d0", "size": 300}]},
+            "objectives": ["acc"], "sampler": "uniform", "batch_size": 20,
+            "zero_variance": True}
+    with make_client(f"sqlite:///{tmp_path / 'zv.db'}") as client:
+        assert client.post("/v1/curricula", json=body).status_code == 201
+        assert client.post("/v1/curricula/zv/runs", json={"run_id": "r"}).status_code == 201
+        for step in range(3):
+            report_body = {"run_id": "r", "step": step, "indices": list(range(150)),
+                           "rewards": np.ones((150, 8)).tolist(), "unserved": "accept"}
+            assert client.post("/v1/curricula/zv/reports",
+                               json=report_body).status_code == 200
+        first = client.post("/v1/curricula/zv/batches", json={"run_id": "r", "step": 3})
+        assert first.status_code == 200
+        batch = first.json()
+        assert batch["skipped_zero_variance"] > 0
+        assert batch["rollouts_saved"] == 8 * batch["skipped_zero_variance"]
+        again = client.post("/v1/curricula/zv/batches", json={"run_id": "r", "step": 3})
+        assert again.json() == batch  # the stored batch keeps the figure
+
+
+def test_a_batch_stored_before_rollouts_saved_decodes_with_zero() -> None:
+    import msgpack
+
+    from paceline_server.app.codec import MAGIC, decode_batch, encode_batch
+
+    cur = spec((50,), zero_variance=True, batch_size=5)
+    batch = CurriculumEngine(cur).next_batch("r", 0)
+    fields = msgpack.unpackb(encode_batch(batch)[len(MAGIC):], raw=False)
+    assert "rollouts_saved" in fields
+    del fields["rollouts_saved"]
+    old = decode_batch(MAGIC + msgpack.packb(fields, use_bin_type=True))
+    assert old.rollouts_saved == 0 and np.array_equal(old.indices, batch.indices)

@@ -81,7 +81,11 @@ class Batch(_Model):
     loss_weights: list[float] | None = None
     probabilities: dict[str, float] = Field(default_factory=dict)
     skipped_zero_variance: int = 0
+    #: Rollouts that predicted zero-variance skipping saved (skipped prompts x group size).
+    rollouts_saved: int = 0
     seq: int = 0
+    #: 0, or the refill part of the step this is (`Run.refill`, dynamic sampling).
+    part: int = 0
     #: Objectives whose direction is "minimize" (filled in from the curriculum's spec by
     #: `Run.next_batch`): `scalarize` counts them negatively.
     minimize: list[str] = Field(default_factory=list)

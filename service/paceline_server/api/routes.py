@@ -219,7 +219,8 @@ def _batch_out(service: PacelineService, name: str, batch: Batch) -> dict[str, A
         "loss_weights": None if batch.loss_weights is None
         else np.ascontiguousarray(batch.loss_weights, dtype=np.float64),
         "probabilities": dict(zip(distributions, batch.probabilities.tolist(), strict=True)),
-        "skipped_zero_variance": int(batch.skipped_zero_variance), "seq": int(batch.clock)}
+        "skipped_zero_variance": int(batch.skipped_zero_variance),
+        "rollouts_saved": int(batch.rollouts_saved), "seq": int(batch.clock)}
 
 
 def _json(out: dict[str, Any]) -> Response:

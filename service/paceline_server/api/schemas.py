@@ -95,6 +95,8 @@ class BatchOut(BaseModel):
     loss_weights: list[float] | None
     probabilities: dict[str, float]
     skipped_zero_variance: int
+    rollouts_saved: int = Field(0, description="rollouts zero-variance skipping saved: "
+                                "skipped prompts x the group size it predicted for")
     seq: int = Field(description="sequence number of the state the batch was computed at")
 
 

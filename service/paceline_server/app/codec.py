@@ -161,7 +161,7 @@ def encode_batch(batch: Batch) -> bytes:
     fields: dict[str, Any] = {
         "run_id": batch.run_id, "step": int(batch.step),
         "skipped": int(batch.skipped_zero_variance), "clock": int(batch.clock),
-        "reward_scale": float(batch.reward_scale)}
+        "reward_scale": float(batch.reward_scale), "rollouts_saved": int(batch.rollouts_saved)}
     for name in _BATCH_ARRAYS:
         value = getattr(batch, name)
         if value is not None:
@@ -178,6 +178,8 @@ def decode_batch(data: bytes) -> Batch:
             reward_scale=float(fields["reward_scale"]),
             loss_weights=fields.get("loss_weights"),
             probabilities=fields["probabilities"],
-            skipped_zero_variance=int(fields["skipped"]), clock=int(fields["clock"]))
+            skipped_zero_variance=int(fields["skipped"]), clock=int(fields["clock"]),
+            # Batches stored before the figure existed saved nothing they could report.
+            rollouts_saved=int(fields.get("rollouts_saved", 0)))
     except KeyError as exc:
         raise StateCorrupt(f"stored batch lacks {exc}") from exc
