@@ -218,3 +218,51 @@ def test_property_ring_matches_a_naive_window(reports: list[tuple[list[int], int
     assert np.all(p >= 0.0) and p.sum() == pytest.approx(1.0, abs=1e-12)
     again = CurriculumEngine.from_bytes(cur, engine.to_bytes())
     assert again.next_batch("r", 1).same_as(engine.next_batch("r", 1))
+
+
+def hopeless_share(source: str | None) -> float:
+    """d0 hopeless (accuracy always 0), d1 half solved; a length term to minimise varies
+    in every group. Mean probability of d0 over steps 20-39 of a closed loop."""
+    params = {} if source is None else {"advantage_source": source}
+    length: Any = {"name": "len", "direction": "minimize", "bounds": [0, 100]}
+    cur = spec((100, 100), objective_names=("acc", length), sampler=dump(params=params),
+               batch_size=16, weighting={"kind": "fixed", "weights": [0.5, 0.5]})
+    e = CurriculumEngine(cur)
+    rng = np.random.default_rng(0)
+    shares = []
+    for step in range(40):
+        batch = e.next_batch("r", step)
+        if step >= 20:
+            shares.append(float(batch.probabilities[0]))
+        solvable = batch.indices >= 100
+        acc = (rng.random((16, 8)) < 0.5) & solvable[:, None]
+        length = rng.uniform(10, 90, (16, 8))
+        e.apply(report(cur, batch.indices, np.stack([acc.astype(float), length], axis=-1),
+                       step=step))
+    return float(np.mean(shares))
+
+
+def test_primary_advantages_drop_a_hopeless_distribution_under_a_length_term() -> None:
+    paper = hopeless_share(None)
+    assert paper == hopeless_share("scalarized")  # the default is the paper's rule
+    assert paper > 0.25  # the length term alone keeps d0's learnability up
+    assert hopeless_share("primary") < 0.05
+
+
+def test_primary_advantages_by_hand() -> None:
+    cur = spec((10, 10), objective_names=("acc", "fmt"),
+               sampler=dump(params={"advantage_source": "primary"}))
+    e = CurriculumEngine(cur)
+    rewards = np.zeros((2, 4, 2))
+    rewards[0, :, 0] = [1, 0, 0, 0]  # index 0: primary varies
+    rewards[1, :, 1] = [1, 0, 1, 0]  # index 10: only the secondary varies
+    e.apply(report(cur, [0, 10], rewards))
+    state = state_of(e)
+    one = np.array([1, 0, 0, 0.0])
+    expected = np.abs((one - one.mean()) / one.std()).mean()
+    np.testing.assert_allclose(state.learnability, [expected, 0.0])
+
+
+def test_unknown_advantage_source_is_refused() -> None:
+    with pytest.raises(InvalidParams, match="advantage_source"):
+        CurriculumEngine(spec((10,), sampler=dump(params={"advantage_source": "mean"})))

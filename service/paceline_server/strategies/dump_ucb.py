@@ -19,6 +19,15 @@ vectorised scatter: a report is folded in report order, and when it holds more t
 reference's "extend, then keep the tail". L_d is recomputed only for the distributions a
 report touches and kept in the state, so `probabilities` is O(D).
 
+Several objectives **(ours)**: the advantages fed to the window are, by default
+(`advantage_source: "scalarized"`), the trainer's (or GRPO's advantages of the scalarised
+reward), exactly as the paper. With a secondary objective such as length, a group whose
+primary reward is all 0 still has advantages from the length term, so a hopeless
+distribution keeps a large L_d. `advantage_source: "primary"` feeds the primary
+objective's group-normalised advantages instead ((r - mean) / std within the group, 0
+for a constant group; signals.objective_advantages): L_d then measures what the
+curriculum is about, and a distribution the policy cannot solve gets L_d = 0.
+
 Beta(α, β) per distribution is kept for logging only (the reference does the same; it
 does not enter P). **(ours)** The reference counts a rollout as a success when its raw
 reward passes a hard-coded threshold; we add the fractional success of each rollout (the
@@ -30,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -46,11 +55,13 @@ MAX_WINDOW = 100_000  # bounds the [D, window] ring
 @dataclass(frozen=True)
 class DumpUcbParams(DistributionParams):
     """`window`: recent rollout advantages kept per distribution; `c`: exploration
-    weight (>= 0); `tau`: softmax temperature (> 0)."""
+    weight (>= 0); `tau`: softmax temperature (> 0); `advantage_source`: the
+    scalarised reward's advantages (the paper) or the primary objective's."""
 
     window: int = 300
     c: float = 1.0
     tau: float = 0.1
+    advantage_source: Literal["scalarized", "primary"] = "scalarized"
 
     def __post_init__(self) -> None:
         require(1 <= self.window <= MAX_WINDOW,
@@ -100,7 +111,11 @@ class DumpUcbSampler(DistributionSampler[DumpUcbState, DumpUcbParams]):
         num = self.layout.num_distributions
         window = self.params.window
         owner = signals.distribution[signals.group_of]  # distribution of every rollout
-        values = np.asarray(signals.advantages, dtype=np.float64)
+        if self.params.advantage_source == "primary":
+            values = np.asarray(signals.objective_advantages[:, signals.primary],
+                                dtype=np.float64)
+        else:
+            values = np.asarray(signals.advantages, dtype=np.float64)
         count = np.bincount(owner, minlength=num).astype(np.int64)
         # Rank of each rollout among its distribution's rollouts, in report order.
         order = np.argsort(owner, kind="stable")
