@@ -66,6 +66,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add("--dim", type=int, default=d.dim, help="tiny model width")
     add("--layers", type=int, default=d.layers, help="tiny model depth")
     add("--no-progress", action="store_true", help="no progress bar")
+    add("--grad-every", type=int, default=d.grad_every,
+        help="send per-objective gradient products (grad_products) every N steps; 0: never")
+    add("--grad-layers", default=d.grad_layers,
+        help="parameters the gradients are taken on: last (default), all, or name prefixes")
 
 
 def _config(args: argparse.Namespace, **overrides: Any) -> Config:

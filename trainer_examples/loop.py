@@ -31,6 +31,15 @@ import numpy as np
 import torch
 
 import paceline
+from trainer_examples.gradients import (
+    compare,
+    gram,
+    objective_advantages,
+    objective_gradients,
+    proxy_gram,
+    select_parameters,
+    unit_rewards,
+)
 from trainer_examples.grpo import (
     completion_logprobs,
     generate,
@@ -78,6 +87,10 @@ class Config:
     dim: int = 128
     layers: int = 3
     progress: bool = True
+    # Per-objective policy gradients every `grad_every` steps (0: never), on `grad_layers`
+    # ("last": the last block and after, "all", or name prefixes), sent as grad_products.
+    grad_every: int = 0
+    grad_layers: str = "last"
 
     def __post_init__(self) -> None:
         checks = {"steps >= 1": self.steps >= 1, "group_size >= 2": self.group_size >= 2,
@@ -86,6 +99,7 @@ class Config:
                   "eval_every >= 1": self.eval_every >= 1,
                   "max_new_tokens >= 1": self.max_new_tokens >= 1,
                   "temperature > 0": self.temperature > 0,
+                  "grad_every >= 0": self.grad_every >= 0,
                   f"one preference weight per objective {OBJECTIVES}":
                       len(self.preference) == len(OBJECTIVES)}
         failed = [rule for rule, ok in checks.items() if not ok]
@@ -277,6 +291,7 @@ def train(config: Config) -> dict[str, Any]:
                 ack = run.report(step, indices=record.pop("_indices"),
                                  rewards=record.pop("_rewards"),
                                  advantages=record.pop("_advantages"),
+                                 grad_products=record.pop("_grad_products"),
                                  eval_objectives=evaluation.objectives if evaluation else None)
                 record["seq"] = ack.seq
                 state = cur.state()
@@ -342,13 +357,20 @@ def grpo_step(model: LanguageModel, optimizer: torch.optim.Optimizer,
     rewards = torch.tensor([
         score(rollouts.texts[r], rollouts.finished[r], problems[r // g].answer)
         for r in range(n * g)], dtype=torch.float32).view(n, g, len(OBJECTIVES))
-    scalar = batch.scalarize(rewards)  # reward_scale * sum_k w_k r_k, [n, g]
+    scalar = batch.scalarize(rewards)  # reward_scale * sum_k w_k u_k, [n, g]
     advantages = group_advantages(scalar)
     loss_weights = (torch.tensor(batch.loss_weights, dtype=torch.float32,
                                  device=model.device)
                     if batch.loss_weights is not None else None)
 
     model.module.train()
+    products: Record = {}
+    grad_products = None
+    if config.grad_every and step % config.grad_every == 0:
+        grad_products, products = objective_gram(model, rollouts, rewards, batch, config)
+    elif config.grad_every:  # the same columns on every step (the CSV header is fixed)
+        products = {key: math.nan for key in _gram_columns()}
+        products["grad_products_computed"] = 0.0
     with torch.no_grad():
         old_logp = completion_logprobs(model, rollouts, config.temperature)
         ref_logp = (completion_logprobs(reference, rollouts, config.temperature)
@@ -387,10 +409,36 @@ def grpo_step(model: LanguageModel, optimizer: torch.optim.Optimizer,
         record[f"n_{name}"] = int(chosen.sum())
         record[f"acc_{name}"] = float(correct[chosen].mean()) if chosen.any() else math.nan
         record[f"p_{name}"] = batch.probabilities.get(name, math.nan)
+    record.update(products)
     record["_indices"] = batch.indices
     record["_rewards"] = rewards
     record["_advantages"] = advantages
+    record["_grad_products"] = grad_products
     return record
+
+
+def objective_gram(model: LanguageModel, rollouts: Any, rewards: torch.Tensor,
+                   batch: paceline.Batch, config: Config) -> tuple[np.ndarray, Record]:
+    """The Gram matrix of per-objective policy gradients at the current policy (before
+    this step's update), and how the service's rollout proxy compares with it."""
+    advantages = objective_advantages(unit_rewards(rewards, batch))
+    parameters = select_parameters(model.module, config.grad_layers)
+    gradients = objective_gradients(model, rollouts, advantages, parameters,
+                                    config.temperature)
+    real = gram(gradients)
+    agreement = compare(real, proxy_gram(advantages))
+    record: Record = {"grad_products_computed": 1.0, **agreement.to_record()}
+    pairs = [(i, j) for i in range(len(OBJECTIVES)) for j in range(i, len(OBJECTIVES))]
+    for key, (i, j) in zip(_gram_columns()[4:], pairs, strict=True):
+        record[key] = float(real[i, j])
+    return real, record
+
+
+def _gram_columns() -> list[str]:
+    """The metrics columns of `objective_gram` (after `grad_products_computed`)."""
+    return ["proxy_gram_cosine", "proxy_gram_correlation", "proxy_move_cosine",
+            "proxy_conflict_agrees",
+            *[f"gram_{a}_{b}" for i, a in enumerate(OBJECTIVES) for b in OBJECTIVES[i:]]]
 
 
 def _eval_columns(names: list[str], evaluation: Evaluation | None,

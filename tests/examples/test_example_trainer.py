@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from api_support import running_service
@@ -118,3 +119,22 @@ def test_served_loss_weights_are_used(service: str, tmp_path: Path) -> None:
     assert all(low is not None and high is not None for low, high in zip(lows, highs,
                                                                          strict=True))
     assert max(highs) > 1.0 > min(lows)  # upweighting: small distributions weigh more
+
+
+def test_real_gradient_products_reach_the_gradient_weighting(service: str,
+                                                             tmp_path: Path) -> None:
+    """`--grad-every 1`: every report carries the Gram matrix of per-objective policy
+    gradients, and the service's gradient weighting uses it (its last influence is the
+    row sums of the last logged matrix, not the proxy's)."""
+    out = tmp_path / "grads"
+    _trainer("train", "--sampler", "uniform", "--weighting", "gradient", "--grad-every", "1",
+             "--url", service, "--out", str(out), *SMALL)
+    records = _check_run(out, service, "tiny-grpo-uniform-gradient-s0")
+    steps = records[:-1]
+    assert all(r["grad_products_computed"] == 1.0 for r in steps)
+    last = steps[-1]
+    gram = np.array([[last["gram_correct_correct"], last["gram_correct_format"]],
+                     [last["gram_correct_format"], last["gram_format_format"]]])
+    assert np.all(np.diag(gram) >= 0)
+    influence = _state(service, "tiny-grpo-uniform-gradient-s0")["weighting"]["influence"]
+    np.testing.assert_allclose(influence, gram.sum(axis=1), rtol=1e-9, atol=1e-15)
