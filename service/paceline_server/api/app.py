@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paceline_server import __version__
 from paceline_server.api import errors, metrics
-from paceline_server.api.body import BodyLimitMiddleware
+from paceline_server.api.body import BodyLimitMiddleware, JsonBodyMiddleware
 from paceline_server.api.errors import error_body
 from paceline_server.api.health import StorageHealth, StorageHealthMiddleware
 from paceline_server.api.ratelimit import RateLimitMiddleware
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     errors.install(app)
     # Innermost first; metrics (installed last, so outermost) also counts the refusals.
     app.add_middleware(StorageHealthMiddleware, health=app.state.storage_health)
+    app.add_middleware(JsonBodyMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if settings.rate_limit_per_s is not None:
         app.add_middleware(RateLimitMiddleware, settings=settings)

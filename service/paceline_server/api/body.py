@@ -5,6 +5,7 @@ and the same limit on every other route's body (`BodyLimitMiddleware`)."""
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from typing import Any
 
@@ -12,7 +13,12 @@ from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paceline_server.api.errors import render
-from paceline_server.domain.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from paceline_server.domain.errors import (
+    MalformedBody,
+    PacelineError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 JSON_TYPES = ("application/json", "")
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
@@ -141,3 +147,91 @@ class BodyLimitMiddleware:
         error = PayloadTooLarge(f"request body exceeds {self.limit} bytes",
                                 {"limit": self.limit})
         await render(error)(scope, receive, send)
+
+
+#: Routes that read and decode their own body (`read_body` / `read_bytes`: msgpack, JSON
+#: lines, gzip); every other route's body is JSON parsed by FastAPI.
+OWN_BODY_ROUTES = re.compile(r"^/v1/curricula/(?:import|[^/]+/reports)$")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class JsonBodyMiddleware:
+    """The routes whose body FastAPI parses as JSON take what the report route takes:
+    a gzip-encoded body is inflated (within the size limit) before FastAPI reads it, and
+    a body that is not JSON is refused with 415 UNSUPPORTED_MEDIA_TYPE (rather than 400
+    for gzip bytes read as JSON or 422 for text/plain read as a string)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS \
+                or OWN_BODY_ROUTES.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        declared = headers.get(b"content-length", b"")
+        has_body = (declared.isdigit() and int(declared) > 0) \
+            or b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        if not has_body:
+            await self.app(scope, receive, send)
+            return
+        media = headers.get(b"content-type", b"").decode("latin-1").split(";")[0]
+        media = media.strip().lower()
+        encoding = headers.get(b"content-encoding", b"identity").decode("latin-1")
+        encoding = encoding.strip().lower()
+        error: PacelineError | None = None
+        if media not in JSON_TYPES and not media.endswith("+json"):
+            error = UnsupportedMediaType(
+                f"unsupported content-type {media!r}; this route takes application/json")
+        elif encoding not in ("identity", "", "gzip"):
+            error = UnsupportedMediaType(
+                f"unsupported content-encoding {encoding!r}; use gzip")
+        if error is not None:
+            await render(error)(scope, receive, send)
+            return
+        if encoding != "gzip":
+            await self.app(scope, receive, send)
+            return
+        body = await self._inflated(receive)
+        if not isinstance(body, bytes):
+            if body is not None:
+                await render(body)(scope, receive, send)
+            return
+        scope = dict(scope)
+        scope["headers"] = [(k, v) for k, v in scope.get("headers", ())
+                            if k not in (b"content-encoding", b"content-length",
+                                         b"transfer-encoding")]
+        scope["headers"].append((b"content-length", str(len(body)).encode()))
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _inflated(self, receive: Receive) -> bytes | PacelineError | None:
+        """The inflated body, the error to answer, or None when the client went away."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return PayloadTooLarge(f"request body exceeds {self.limit} bytes",
+                                       {"limit": self.limit})
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        try:
+            return _gunzip(b"".join(chunks), self.limit)
+        except PacelineError as exc:
+            return exc

@@ -34,7 +34,7 @@ class CurriculumCreate(BaseModel):
         "seed": 0, "exist_ok": True,
     }]})
 
-    exist_ok: bool = False
+    exist_ok: bool = Field(default=False, strict=True)  # "yes" or 1 is refused, not read
 
 
 class CurriculumOut(BaseModel):
@@ -82,8 +82,9 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_id: str = Field(min_length=1, max_length=128, pattern=TEXT_PATTERN)
-    step: int = Field(ge=0, le=MAX_INT)
-    size: int | None = Field(default=None, ge=1)
+    # Strict, as in the report route: true, "100" or 101.0 is refused, not read as a step.
+    step: int = Field(ge=0, le=MAX_INT, strict=True)
+    size: int | None = Field(default=None, ge=1, le=MAX_INT, strict=True)
 
 
 class BatchOut(BaseModel):

@@ -27,6 +27,7 @@ import numpy as np
 from paceline_server.domain.errors import InvalidReport
 from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec
+from paceline_server.domain.validation import check_shape
 
 TYPED_DTYPES = {"<f8", "<f4", "<f2", "<i8", "<i4", "<i2", "|i1", "<u8", "<u4", "<u2", "|u1",
                 "|b1"}
@@ -85,13 +86,12 @@ def _typed(value: Any, field: str) -> Any:
     if not isinstance(value, Mapping) or set(value) != TYPED_KEYS:
         return value
     dtype, shape, data = value["dtype"], value["shape"], value["data"]
-    if dtype not in TYPED_DTYPES:
+    if not isinstance(dtype, str) or dtype not in TYPED_DTYPES:
         raise InvalidReport(f"{field}: dtype must be one of {sorted(TYPED_DTYPES)}",
                             {"field": field})
-    if not isinstance(shape, list) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-        raise InvalidReport(f"{field}: shape must be a list of non-negative integers",
-                            {"field": field})
+    if not isinstance(shape, list):
+        raise InvalidReport(f"{field}: shape must be a list", {"field": field})
+    shape = check_shape(shape, field, InvalidReport)
     if isinstance(data, str):
         try:
             data = base64.b64decode(data, validate=True)

@@ -54,6 +54,8 @@ from paceline_server.domain.history import CurriculumHistory
 from paceline_server.domain.inspection import CurriculumInspection
 from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec
+from paceline_server.domain.validation import MAX_KEY as MAX_KEY  # the transports' limit
+from paceline_server.domain.validation import check_document, check_identifier
 from paceline_server.engine import CurriculumEngine
 from paceline_server.settings import Settings
 from paceline_server.store.base import (
@@ -66,7 +68,6 @@ from paceline_server.store.base import (
     Store,
 )
 
-MAX_KEY = 200
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
@@ -204,10 +205,12 @@ class PacelineService:
     # ---------------------------------------------------------------- runs
     def attach_run(self, name: str, metadata: Mapping[str, Any] | None = None,
                    run_id: str | None = None) -> RunRecord:
+        if run_id is not None:
+            check_identifier(run_id, "run_id", InvalidRequest)
+        metadata = dict(metadata or {})
+        check_document(metadata, "metadata", InvalidRequest)
         self.store.get_curriculum(name)
-        if run_id is not None and (not run_id or len(run_id) > 128):
-            raise InvalidRequest("run_id must be 1 to 128 characters", {"field": "run_id"})
-        return self.store.add_run(name, run_id or uuid.uuid4().hex, dict(metadata or {}),
+        return self.store.add_run(name, run_id or uuid.uuid4().hex, metadata,
                                   self.clock())
 
     def heartbeat(self, name: str, run_id: str) -> RunStatus:
@@ -344,9 +347,9 @@ class PacelineService:
                 _finish(group, error=exc)
 
     def _check_key(self, idempotency_key: str | None) -> None:
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY:
-            raise InvalidRequest(f"idempotency key must be 1 to {MAX_KEY} characters",
-                                 {"field": "idempotency_key"})
+        if idempotency_key is not None:
+            check_identifier(idempotency_key, "idempotency_key", InvalidRequest,
+                             max_length=MAX_KEY)
 
     def _prepare(self, cached: CachedEngine, body: Mapping[str, Any],
                  idempotency_key: str | None, next_batch: NextBatch | None,

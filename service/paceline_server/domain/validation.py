@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -14,8 +15,13 @@ from paceline_server.domain.errors import PacelineError
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 #: Free-text identifiers (run ids, idempotency keys) may hold any character but these:
 #: PostgreSQL text cannot store NUL, and control characters have no business in logs.
+#: (The OpenAPI form; `check_identifier` also refuses lone surrogates, which are not
+#: valid UTF-8 and which no database driver can encode.)
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+#: Longest run id (the database column is VARCHAR(128)) and idempotency key.
+MAX_RUN_ID = 128
+MAX_KEY = 200
 #: The largest step (or list offset) accepted: every JSON parser reads it exactly (it is
 #: below 2**53, an IEEE double's integer range) and it fits the 64-bit database columns.
 MAX_INT = 2**53 - 1
@@ -32,8 +38,26 @@ def check_name(value: object, what: str, error: type[PacelineError]) -> str:
 
 
 def has_control_characters(value: str) -> bool:
-    """Whether `value` breaks `TEXT_PATTERN`."""
+    """Whether `value` breaks `TEXT_PATTERN` or holds a lone surrogate (a string decoded
+    from JSON `"\\ud800"`, not valid UTF-8): text no backend can store as it is."""
     return _CONTROL.search(value) is not None
+
+
+def check_identifier(value: object, what: str, error: type[PacelineError], *,
+                     max_length: int = MAX_RUN_ID) -> str:
+    """The one rule for free-text identifiers (run ids, idempotency keys, names looked
+    up), on every transport: a string of 1 to `max_length` characters, valid UTF-8,
+    without control characters. Checked before anything is queued or stored, so a row
+    that no backend can store or render never reaches the database."""
+    if not isinstance(value, str):
+        raise error(f"{what} must be a string; got {type(value).__name__}", {"field": what})
+    if not 0 < len(value) <= max_length:
+        raise error(f"{what} must be 1 to {max_length} characters; got {len(value)}",
+                    {"field": what})
+    if has_control_characters(value):
+        raise error(f"{what} must be valid UTF-8 without control characters; got "
+                    f"{value[:200]!r}", {"field": what})
+    return value
 
 
 #: Free-form documents (run metadata) may nest this deep: every serialiser that touches
@@ -54,6 +78,78 @@ def check_nesting(value: object, what: str, error: type[PacelineError],
         if depth > limit:
             raise error(f"{what} is nested deeper than {limit} levels", {"field": what})
         stack.extend((child, depth + 1) for child in children)
+
+
+#: Largest run metadata document (compact JSON, UTF-8): it is stored with the run and
+#: sent back with every listing of the curriculum's runs.
+MAX_DOCUMENT_BYTES = 64 * 1024
+_INT64 = 2**63
+
+
+def check_document(value: object, what: str, error: type[PacelineError], *,
+                   max_bytes: int = MAX_DOCUMENT_BYTES) -> None:
+    """A free-form JSON document (run metadata) that every backend stores and every
+    transport renders back: objects with string keys, arrays, strings without NUL or
+    lone surrogates (PostgreSQL's jsonb refuses NUL, no encoder takes a lone surrogate),
+    finite numbers, integers within 64 bits, at most `MAX_NESTING` levels and
+    `max_bytes` of JSON."""
+    check_nesting(value, what, error)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise error(f"{what}: object keys must be strings", {"field": what})
+                _check_document_text(key, what, error)
+                stack.append(child)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, str):
+            _check_document_text(item, what, error)
+        elif item is None or isinstance(item, bool):
+            continue
+        elif isinstance(item, int):
+            if not -_INT64 <= item < _INT64:
+                raise error(f"{what}: integers must fit in 64 bits", {"field": what})
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise error(f"{what}: numbers must be finite; got {item}", {"field": what})
+        else:
+            raise error(f"{what}: {type(item).__name__} is not a JSON value", {"field": what})
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > max_bytes:
+        raise error(f"{what} is {size} bytes of JSON; at most {max_bytes} are accepted",
+                    {"field": what, "bytes": size, "limit": max_bytes})
+
+
+def _check_document_text(value: str, what: str, error: type[PacelineError]) -> None:
+    if "\x00" in value or _SURROGATE.search(value) is not None:
+        raise error(f"{what}: strings must be valid UTF-8 without NUL; got "
+                    f"{value[:200]!r}", {"field": what})
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+#: A report's arrays have at most 3 dimensions ([n, g, k]); a few more are left to the
+#: report's own shape checks, far more (numpy stops at 64) never reach numpy.
+MAX_DIMS = 8
+
+
+def check_shape(shape: object, what: str, error: type[PacelineError]) -> list[int]:
+    """An array shape sent by a client: at most `MAX_DIMS` non-negative integers whose
+    product (zeros aside, which would hide an overflow) is at most `MAX_INT`, so numpy
+    can build it without overflowing."""
+    if not isinstance(shape, list | tuple) or len(shape) > MAX_DIMS or not all(
+            isinstance(s, int | np.integer) and not isinstance(s, bool) and 0 <= s <= MAX_INT
+            for s in shape):
+        raise error(f"{what}: shape must be a list of at most {MAX_DIMS} integers in "
+                    f"[0, {MAX_INT}]", {"field": what})
+    dims = [int(s) for s in shape]
+    if math.prod(s for s in dims if s) > MAX_INT:
+        raise error(f"{what}: shape {dims} holds too many elements", {"field": what})
+    return dims
 
 
 def check_unique(names: Sequence[str], what: str, error: type[PacelineError]) -> None:

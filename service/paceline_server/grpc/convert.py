@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from paceline_server.app.service import RunStatus
@@ -21,10 +22,15 @@ from paceline_server.app.strategies import StrategyCatalog, StrategyInfo
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import InvalidReport, InvalidRequest, MalformedBody
 from paceline_server.domain.inspection import CurriculumInspection
+from paceline_server.domain.validation import (
+    MAX_INT,
+    MAX_KEY,
+    MAX_RUN_ID,
+    check_identifier,
+    check_shape,
+)
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.store.base import CurriculumRecord
-
-MAX_ID = 128
 
 
 # ------------------------------------------------------------------ JSON fields
@@ -67,13 +73,28 @@ def timestamp(value: datetime) -> Timestamp:
 
 # ------------------------------------------------------------------ validation
 def check_id(value: str, field: str) -> str:
-    """The REST schemas' 1..128 characters rule for run ids."""
-    if not 0 < len(value) <= MAX_ID:
-        raise InvalidRequest(f"{field}: must be 1 to {MAX_ID} characters", {"field": field})
-    return value
+    """The identifier rule every transport applies (`check_identifier`)."""
+    return check_identifier(value, field, InvalidRequest)
 
 
-def check_range(value: int, field: str, minimum: int, maximum: int | None = None) -> int:
+#: Identifier fields of any request, checked once before its handler runs (so no RPC can
+#: skip them): curriculum names looked up, run ids, idempotency keys. Empty means unset.
+IDENTIFIER_FIELDS = {"name": MAX_RUN_ID, "curriculum": MAX_RUN_ID, "run_id": MAX_RUN_ID,
+                     "idempotency_key": MAX_KEY, "confirm": MAX_RUN_ID}
+
+
+def check_identifiers(request: Message) -> None:
+    """Refuse a request whose identifier fields break the identifier rule, with the
+    code REST gives (INVALID_REQUEST), before it reaches a use case or the database."""
+    for descriptor, value in request.ListFields():
+        limit = IDENTIFIER_FIELDS.get(descriptor.name)
+        if limit is not None and isinstance(value, str) and value:
+            check_identifier(value, descriptor.name, InvalidRequest, max_length=limit)
+
+
+def check_range(value: int, field: str, minimum: int, maximum: int | None = MAX_INT) -> int:
+    """An integer argument within bounds; by default at most `MAX_INT` (2**53 - 1), as
+    REST and the JSON clients read integers."""
     if value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise InvalidRequest(f"{field}: must be {bound}; got {value}", {"field": field})
@@ -139,10 +160,10 @@ def array(message: pb.Array, field: str) -> np.ndarray:
                             {"field": field})
     values = np.array(message.f32, dtype=np.float32) if message.f32 \
         else np.array(message.f64, dtype=np.float64)
-    shape = list(message.shape)
-    if not shape:
+    if not message.shape:
         return values
-    if any(s < 0 for s in shape) or math.prod(shape) != values.size:
+    shape = check_shape(list(message.shape), field, InvalidReport)
+    if math.prod(shape) != values.size:
         raise InvalidReport(f"{field}: {values.size} values do not fit shape {shape}",
                             {"field": field, "shape": shape})
     return values.reshape(shape)

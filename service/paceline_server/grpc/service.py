@@ -124,6 +124,7 @@ class PacelineHandlers:
                 scope = bearer_scope(context.invocation_metadata(), self.settings)
                 if method.scope == "write" and scope != "write":
                     raise Forbidden("this token is read-only", {"scope": scope})
+                convert.check_identifiers(request)
                 return method.handler(request, context)
             except PacelineError as exc:
                 error = exc
@@ -138,7 +139,10 @@ class PacelineHandlers:
     def create_curriculum(self, request: pb.CreateCurriculumRequest,
                           context: grpc.ServicerContext) -> pb.CreateCurriculumResponse:
         data = convert.load_object(request.spec_json, "spec_json")
-        exist_ok = request.exist_ok or bool(data.pop("exist_ok", False))
+        exist_ok = data.pop("exist_ok", False)
+        if not isinstance(exist_ok, bool):  # as REST: "yes" or 1 is refused, not read
+            raise InvalidRequest("exist_ok must be a boolean", {"field": "exist_ok"})
+        exist_ok = request.exist_ok or exist_ok
         result = self.service.create_curriculum(data, exist_ok=exist_ok)
         return pb.CreateCurriculumResponse(curriculum=convert.curriculum(result.record),
                                            created=result.created)
