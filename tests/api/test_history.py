@@ -4,6 +4,7 @@ input; and the explanations /state carries."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api_support import make_client
+from paceline_server.app import history as history_module
 from paceline_server.app.codec import decode_report
 from paceline_server.app.history import MAX_POINTS, HistoryService, auto_every
 from paceline_server.domain import CurriculumSpec
@@ -212,3 +214,42 @@ def test_explanation_names_the_health_flag(sqlite_client: TestClient) -> None:
     assert "success is 0.00" in hard["sentence"] and "30 of the 100 indices" in hard["sentence"]
     assert hard["terms"]["data_share"] == pytest.approx(0.3)
     assert state["explanations"][0]["flags"] == []
+
+
+class _HeldStore:
+    """A store whose event reads wait until released: a replay that takes long."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.release = threading.Event()
+
+    def events(self, *args: Any, **kwargs: Any) -> Any:
+        self.release.wait(10)
+        return self._store.events(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_long_replay_answers_with_what_it_has(sqlite_client: TestClient,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    client = sqlite_client
+    setup(client)
+    drive(client, 9)
+    monkeypatch.setattr(history_module, "INLINE_FOLDS", 2)  # 9 reports: a background replay
+    monkeypatch.setattr(history_module, "CHUNK", 4)
+    service = client.app.state.service  # type: ignore[attr-defined]
+    held = _HeldStore(service.store)
+    histories = HistoryService(held)  # type: ignore[arg-type]
+    partial = histories.history("hist", wait_s=0.05)
+    assert not partial.complete and partial.replayed_seq == 0 and partial.head_seq == 9
+    assert partial.seq.tolist() == [0]
+    assert histories.history("hist", since=5, wait_s=0.0).seq.tolist() == []
+    held.release.set()
+    done = histories.history("hist", wait_s=None)
+    assert done.complete and done.replayed_seq == 9 and done.seq.tolist() == list(range(10))
+    inline = HistoryService(service.store).history("hist")
+    assert np.array_equal(done.series["probability"], inline.series["probability"])
+    assert np.array_equal(done.reward_weights, inline.reward_weights)
+    body = client.get("/v1/curricula/hist/history").json()
+    assert body["complete"] is True and body["replayed_seq"] == 9

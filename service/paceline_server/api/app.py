@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paceline_server import __version__
-from paceline_server.api import errors, metrics
+from paceline_server.api import errors, metrics, ui
 from paceline_server.api.body import BodyLimitMiddleware, JsonBodyMiddleware
 from paceline_server.api.errors import error_body
 from paceline_server.api.health import StorageHealth, StorageHealthMiddleware
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.add_middleware(RateLimitMiddleware, settings=settings)
     metrics.install(app, app.state.metrics)
     app.include_router(router)
+    app.include_router(ui.router)  # the dashboard at /ui (api/ui.py)
 
     @app.get("/healthz", tags=["ops"], summary="The process is up")
     def healthz() -> dict[str, str]:

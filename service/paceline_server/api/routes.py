@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from paceline_server.api import schemas
 from paceline_server.api.body import read_body
 from paceline_server.api.deps import ReadScope, Service, WriteScope, write_scope
-from paceline_server.app.history import MAX_POINTS
+from paceline_server.app.history import HISTORY_WAIT_S, MAX_POINTS
 from paceline_server.app.service import MAX_KEY, NextBatch, PacelineService, RunStatus
 from paceline_server.app.strategies import StrategyInfo, strategy_catalog
 from paceline_server.domain.batch import Batch
@@ -271,7 +271,7 @@ def get_history(name: NamePath, service: Service, _: ReadScope,
                 since: Annotated[int | None, Query(
                     description="first sequence number wanted (0 = from the start)")] = None,
                 ) -> Response:
-    return _json(history_out(service.history(name, every, since)))
+    return _json(history_out(service.history(name, every, since, HISTORY_WAIT_S)))
 
 
 def history_out(view: CurriculumHistory) -> dict[str, Any]:
@@ -279,7 +279,8 @@ def history_out(view: CurriculumHistory) -> dict[str, Any]:
     directly: orjson writes the numpy columns as they are."""
     return {
         "name": view.name, "head_seq": view.head_seq, "first_seq": view.first_seq,
-        "every": view.every, "objectives": list(view.objectives),
+        "every": view.every, "complete": view.complete, "replayed_seq": view.replayed_seq,
+        "objectives": list(view.objectives),
         "distributions": list(view.distributions), "seq": view.seq, "step": view.step,
         "time": view.time,
         "per_distribution": {

@@ -167,7 +167,10 @@ class HistoryOut(BaseModel):
     head_seq: int = Field(description="the curriculum's last report")
     first_seq: int = Field(description="the earliest row the store can give (0 unless "
                            "events were pruned)")
-    every: int = Field(description="rows are at multiples of `every`, plus the head")
+    every: int = Field(description="rows are at multiples of `every`, plus the last")
+    complete: bool = Field(description="false while the service is still replaying a long "
+                           "log: the rows end at `replayed_seq`; ask again for the rest")
+    replayed_seq: int = Field(description="the last report the rows reach")
     objectives: list[str]
     distributions: list[str]
     seq: list[int] = Field(description="row i is the state after report seq[i]")

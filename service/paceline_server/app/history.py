@@ -10,7 +10,11 @@ Cost (see docs/benchmarks.md, "History"):
 - first request: one engine fold per stored report (the same work as `replay`), plus
   O(D + k) per report for the row; kept in memory: 8·(5·D + k + 4) bytes per report
   (about 0.3 MB per 10 000 reports with 4 distributions and 2 objectives) and one engine.
-- later requests: the new reports' folds, then O(rows returned) to select and encode.
+  A long replay runs in a background thread: a request given `wait_s` answers after at
+  most that long with the rows replayed so far (`complete` false) and the replay goes
+  on, so a dashboard shows a long curriculum filling in instead of waiting for it.
+- later requests: the new reports' folds (inline when fewer than `INLINE_FOLDS`), then
+  O(rows returned) to select and encode.
 - `every` downsamples to the rows at multiples of `every` plus the head; left out, it is
   chosen so that at most `MAX_POINTS` rows come back, so a 100 000-report curriculum
   answers with 1 000 rows, not 100 000.
@@ -20,7 +24,9 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -35,12 +41,18 @@ from paceline_server.domain.history import (
 )
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.engine import CurriculumEngine
-from paceline_server.store.base import Store
+from paceline_server.store.base import EventRecord, Store
 
 #: rows a history returns when the request names no `every`
 MAX_POINTS = 1000
 #: curricula whose replayed history (and engine) are kept in memory
 CACHE_SIZE = 4
+#: a request folds at most this many new reports itself; more go to a background replay
+INLINE_FOLDS = 200
+#: events a background replay folds per turn of the trace's lock
+CHUNK = 100
+#: how long a transport's request waits for a long replay before answering with part
+HISTORY_WAIT_S = 0.5
 _FLAGS = ("stalled", "saturated", "hopeless")
 
 
@@ -83,11 +95,11 @@ class _Columns:
         for name, array in old_series.items():
             self.series[name][:n] = array[:n]
 
-    def append(self, seq: int, step: int, time: float, point: ProgressPoint) -> None:
+    def append(self, seq: int, step: int, stamp: float, point: ProgressPoint) -> None:
         if self.size == self.seq.size:
             self._allocate(2 * self.seq.size)
         i = self.size
-        self.seq[i], self.step[i], self.time[i] = seq, step, time
+        self.seq[i], self.step[i], self.time[i] = seq, step, stamp
         series = self.series
         series["probability"][i] = point.probabilities
         series["success"][i] = point.success
@@ -112,7 +124,10 @@ class _Trace:
     seq: int
     first_seq: int
     columns: _Columns
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    target: int = 0  # the head a background replay works towards
+    replaying: bool = False  # a background replay thread is running
+    failure: BaseException | None = None  # what stopped the last background replay
 
 
 class HistoryService:
@@ -124,10 +139,12 @@ class HistoryService:
         self._traces: OrderedDict[str, _Trace] = OrderedDict()
         self._guard = threading.Lock()
 
-    def history(self, name: str, every: int | None = None,
-                since: int | None = None) -> CurriculumHistory:
-        """Rows (seq >= `since`, at multiples of `every`, plus the head) of `name`.
+    def history(self, name: str, every: int | None = None, since: int | None = None,
+                wait_s: float | None = None) -> CurriculumHistory:
+        """Rows (seq >= `since`, at multiples of `every`, plus the last) of `name`.
 
+        With `wait_s`, answers after at most that long with the rows replayed so far
+        (`complete` false while a long replay goes on); None waits until it is done.
         Raises CurriculumNotFound, InvalidDownsampling (`every` < 1) and
         HistoryOutOfRange (`since` beyond the head or negative); nothing is changed."""
         if every is not None and (isinstance(every, bool) or not isinstance(every, int)
@@ -143,16 +160,65 @@ class HistoryService:
                 {"field": "since", "head_seq": head.head_seq})
         for attempt in range(2):
             trace = self._trace(name, head.created_at, head.head_seq)
+            try:
+                upto = self._advance(name, trace, head.head_seq, wait_s)
+            except _Gap:
+                if attempt:
+                    raise
+                self.forget(name)  # pruned under us: rebuild from a snapshot
+                continue
             with trace.lock:
-                try:
-                    self._extend(name, trace, head.head_seq)
-                except _Gap:
-                    if attempt:
-                        raise
-                    self.forget(name)  # pruned under us: rebuild from a snapshot
-                    continue
-                return _select(name, trace, head.head_seq, every, since or 0)
+                return _select(name, trace, head.head_seq, upto, every, since or 0)
         raise AssertionError("unreachable")
+
+    def _advance(self, name: str, trace: _Trace, head_seq: int,
+                 wait_s: float | None) -> int:
+        """Bring `trace` towards `head_seq`: inline for a few reports, else in a
+        background replay waited for up to `wait_s` (None: until done). Returns the seq
+        the rows reach."""
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        with trace.lock:
+            if not trace.replaying and head_seq - trace.seq <= INLINE_FOLDS:
+                self._extend(name, trace, head_seq)
+                return trace.seq
+            trace.target = max(trace.target, head_seq)
+            if not trace.replaying:
+                trace.replaying, trace.failure = True, None
+                threading.Thread(target=self._replay, args=(name, trace), daemon=True,
+                                 name=f"paceline-history-{name}").start()
+            while trace.replaying and trace.seq < head_seq:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                trace.lock.wait(left)
+            if trace.failure is not None and trace.seq < head_seq:
+                failure, trace.failure = trace.failure, None
+                raise failure
+            return min(trace.seq, head_seq)
+
+    def _replay(self, name: str, trace: _Trace) -> None:
+        """Background replay: fold `CHUNK` events per turn of the lock (the store is read
+        outside it), so requests can take what is there in between."""
+        try:
+            while True:
+                with trace.lock:
+                    seq, target = trace.seq, trace.target
+                    if seq >= target:
+                        break
+                events = list(self.store.events(name, after_seq=seq,
+                                                limit=min(CHUNK, target - seq)))
+                with trace.lock:
+                    if not events:
+                        raise _Gap(f"event log of {name!r} ends at seq {seq}")
+                    self._fold(name, trace, events)
+                    trace.lock.notify_all()
+        except BaseException as exc:  # handed to the waiting requests
+            with trace.lock:
+                trace.failure = exc
+        finally:
+            with trace.lock:
+                trace.replaying = False
+                trace.lock.notify_all()
 
     # ------------------------------------------------------------------ cache
     def _trace(self, name: str, created_at: datetime, head_seq: int) -> _Trace:
@@ -181,22 +247,27 @@ class HistoryService:
         record = self.store.get_curriculum(name)
         spec = CurriculumSpec.from_dict(record.spec)
         first = next(iter(self.store.events(name, after_seq=0, limit=1)), None)
-        engine, seq, time = CurriculumEngine(spec), 0, record.created_at
+        engine, seq, stamp = CurriculumEngine(spec), 0, record.created_at
         if first is not None and first.seq > 1:
             snapshot = (self.store.latest_snapshot(name, at_most=first.seq - 1)
                         or self.store.latest_snapshot(name, at_most=head_seq))
             if snapshot is not None:
                 engine = CurriculumEngine.from_bytes(spec, snapshot.state)
-                seq, time = snapshot.seq, snapshot.created_at
+                seq, stamp = snapshot.seq, snapshot.created_at
         columns = _Columns(spec.layout.num_distributions, len(spec.objectives))
-        columns.append(seq, -1, time.timestamp(), engine.progress())
+        columns.append(seq, -1, stamp.timestamp(), engine.progress())
         return _Trace(created_at, spec, engine, seq, seq, columns)
 
     def _extend(self, name: str, trace: _Trace, head_seq: int) -> None:
-        """Fold the reports committed after the trace, recording a row after each."""
-        if trace.seq >= head_seq:
-            return
-        for event in self.store.events(name, after_seq=trace.seq, limit=head_seq - trace.seq):
+        """Fold the reports committed after the trace (caller holds its lock)."""
+        if trace.seq < head_seq:
+            self._fold(name, trace, self.store.events(name, after_seq=trace.seq,
+                                                      limit=head_seq - trace.seq))
+
+    @staticmethod
+    def _fold(name: str, trace: _Trace, events: Iterable[EventRecord]) -> None:
+        """Fold events in order, recording a row after each (caller holds the lock)."""
+        for event in events:
             if event.seq != trace.seq + 1:
                 raise _Gap(f"event log of {name!r} has a gap after seq {trace.seq}")
             trace.engine.apply(decode_report(event.payload))
@@ -214,21 +285,21 @@ def auto_every(rows: int, limit: int = MAX_POINTS) -> int:
     return max(1, math.ceil(rows / limit))
 
 
-def _select(name: str, trace: _Trace, head_seq: int, every: int | None,
+def _select(name: str, trace: _Trace, head_seq: int, upto: int, every: int | None,
             since: int) -> CurriculumHistory:
+    """Rows with since <= seq <= upto at multiples of `every`, plus the row at `upto`."""
     columns = trace.columns
-    # Another request may have folded further than the head this one read.
-    n = int(np.searchsorted(columns.seq[:columns.size], head_seq, side="right"))
+    n = int(np.searchsorted(columns.seq[:columns.size], upto, side="right"))
     seq = columns.seq[:n]
     start = int(np.searchsorted(seq, since, side="left"))
     first_seq = int(seq[start]) if start < n else head_seq
-    step_every = every if every is not None else auto_every(head_seq - first_seq)
-    window = seq[start:n]
-    keep = np.flatnonzero(window % step_every == 0) + start
-    if keep.size == 0 or keep[-1] != n - 1:
-        keep = np.append(keep, n - 1)  # the head is always there
+    step_every = every if every is not None else auto_every(head_seq - min(first_seq, head_seq))
+    keep = np.flatnonzero(seq[start:n] % step_every == 0) + start
+    if start < n and (keep.size == 0 or keep[-1] != n - 1):
+        keep = np.append(keep, n - 1)  # the last row is always there
     return CurriculumHistory(
         name=name, head_seq=head_seq, first_seq=trace.first_seq, every=step_every,
+        complete=upto >= head_seq, replayed_seq=upto,
         objectives=trace.spec.objective_names, distributions=trace.spec.layout.names,
         seq=seq[keep], step=columns.step[keep], time=columns.time[keep],
         series={key: values[keep] for key, values in columns.series.items()},

@@ -567,10 +567,10 @@ class PacelineService:
             self.engines.catch_up(cached, name, record.head_seq)
             return record, cached.engine.inspect()
 
-    def history(self, name: str, every: int | None = None,
-                since: int | None = None) -> CurriculumHistory:
+    def history(self, name: str, every: int | None = None, since: int | None = None,
+                wait_s: float | None = None) -> CurriculumHistory:
         """Per-report series of `name` (see app/history.py for what it costs)."""
-        return self.histories.history(name, every, since)
+        return self.histories.history(name, every, since, wait_s)
 
     def state(self, name: str) -> CurriculumInspection:
         """The inspection without reading the spec (cheap for polling and metrics)."""

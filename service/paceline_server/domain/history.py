@@ -37,7 +37,9 @@ class CurriculumHistory:
     name: str
     head_seq: int  # the curriculum's last report
     first_seq: int  # the earliest row the store can give (0, or a snapshot's seq when pruned)
-    every: int  # downsampling used: rows at multiples of `every`, plus the head
+    every: int  # downsampling used: rows at multiples of `every`, plus the last
+    complete: bool  # False while a long replay is still under way (rows end earlier)
+    replayed_seq: int  # the last report the rows reach (the head when complete)
     objectives: tuple[str, ...]
     distributions: tuple[str, ...]
     seq: np.ndarray  # int64 [T]

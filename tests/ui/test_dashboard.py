@@ -1,0 +1,159 @@
+"""The dashboard in a real browser (Chromium via Playwright) against a real service
+process after a short run: pages load without console errors, the charts hold the
+expected series and points, the page follows new reports, errors are shown, and nothing
+the UI does can change state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from ui_support import Page, Trainer, spec
+
+from api_support import ServiceProcess, running_service
+
+DISTRIBUTIONS = ["easy", "medium", "hard"]
+
+
+def charts(page: Page) -> dict[str, dict[str, Any]]:
+    """What each uPlot chart holds: series labels (without x) and points per series."""
+    return page.page.evaluate("""() => Object.fromEntries(
+        Object.entries(window.__paceline.charts).map(([id, u]) => [id, {
+            series: u.series.slice(1).map((s) => s.label),
+            points: u.data[0].length,
+            x: Array.from(u.data[0]),
+            columns: u.data.slice(1).map((c) => Array.from(c)),
+        }]))""")
+
+
+def test_list_page_shows_every_curriculum(service: ServiceProcess, page: Page) -> None:
+    page.open(f"{service.url}/ui/")
+    rows = page.page.locator("#curricula tbody tr")
+    assert rows.count() == 2
+    math = page.page.locator("tr[data-curriculum=math]")
+    cells = [c.strip() for c in math.locator("td").all_inner_texts()]
+    assert cells[:5] == ["math", "dump_ucb", "hypervolume", "14", "3"]
+    assert cells[5].startswith("2 runs")
+    assert "hopeless" in cells[7]  # `hard` never passes
+    code = [c.strip() for c in page.page.locator("tr[data-curriculum=code] td").all_inner_texts()]
+    assert code[:4] == ["code", "spard", "gradient", "6"]
+    assert page.console_errors == []
+
+
+def test_curriculum_page_charts(service: ServiceProcess, page: Page) -> None:
+    page.open(f"{service.url}/ui/c/math")
+    history = httpx.get(f"{service.url}/v1/curricula/math/history").json()
+    held = charts(page)
+    assert set(held) == {"probability", "success", "zero_variance", "advantage", "weights"}
+    rows = len(history["seq"])
+    assert rows == 15  # seq 0 and 14 reports
+    for chart in held.values():
+        assert chart["points"] == rows and chart["x"] == history["seq"]
+    # stacked probabilities: drawn top first; the top of the stack is 1 everywhere
+    assert held["probability"]["series"] == DISTRIBUTIONS[::-1]
+    assert held["probability"]["columns"][0] == pytest.approx([1.0] * rows)
+    easy = history["per_distribution"]["easy"]["probability"]
+    assert held["probability"]["columns"][-1] == pytest.approx(easy)
+    assert held["success"]["series"] == DISTRIBUTIONS
+    assert held["success"]["columns"][2][1:] == pytest.approx(
+        history["per_distribution"]["hard"]["success"][1:])
+    assert held["zero_variance"]["series"] == DISTRIBUTIONS
+    assert held["weights"]["series"] == ["w accuracy", "w length", "reward scale",
+                                         "hypervolume"]
+    assert held["weights"]["columns"][0] == pytest.approx(history["reward_weights"]["accuracy"])
+    # explanations: one sentence per distribution, from /state
+    items = page.page.locator("#explanations li")
+    assert items.count() == 3
+    state = httpx.get(f"{service.url}/v1/curricula/math/state").json()
+    for i, explanation in enumerate(state["explanations"]):
+        assert explanation["sentence"] in items.nth(i).inner_text()
+    assert "flagged hopeless" in items.nth(2).inner_text()
+    # runs with heartbeats and staleness
+    runs = page.page.locator("#runs-table tbody tr")
+    assert runs.count() == 2
+    quiet = page.page.locator("tr[data-run=quiet]").inner_text()
+    assert "ago" in quiet and ("stale" in quiet or "live" in quiet)
+    assert page.console_errors == []
+
+
+def test_page_follows_new_reports(service: ServiceProcess, page: Page) -> None:
+    page.open(f"{service.url}/ui/c/code?refresh=200")
+    before = int(page.page.evaluate("document.body.dataset.seq"))
+    points = charts(page)["success"]["points"]
+    with httpx.Client(base_url=service.url) as http:
+        trainer = Trainer(http, "code", f"late-{before}")
+        trainer.train(3)
+    page.page.wait_for_function(f"() => Number(document.body.dataset.seq) === {before + 3}",
+                                timeout=15_000)
+    after = charts(page)
+    assert after["success"]["points"] == points + 3
+    assert after["probability"]["x"][-1] == before + 3
+    assert page.page.locator(f"tr[data-run=late-{before}]").count() == 1
+    assert page.console_errors == []
+
+
+def test_runs_go_stale_on_the_page(service: ServiceProcess, page: Page) -> None:
+    page.open(f"{service.url}/ui/c/math?refresh=250")
+    page.page.wait_for_function(
+        "() => document.querySelector('tr[data-run=quiet] .badge').textContent === 'stale'",
+        timeout=15_000)
+
+
+@pytest.mark.parametrize(("path", "code"), [
+    ("/ui/c/nope", "CURRICULUM_NOT_FOUND"),
+    ("/ui/c/bad%00name", "INVALID_REQUEST"),
+    ("/ui/no/such/page", "NOT_FOUND"),
+])
+def test_errors_are_shown_not_blank(service: ServiceProcess, page: Page, path: str,
+                                    code: str) -> None:
+    page.open(service.url + path)
+    error = page.page.locator(".error")
+    assert error.count() == 1 and error.get_attribute("data-error-code") == code
+    assert code in error.inner_text()
+    assert not [e for e in page.console_errors if e.startswith("uncaught")]
+
+
+def test_the_ui_only_reads(service: ServiceProcess, page: Page) -> None:
+    before = httpx.get(f"{service.url}/v1/curricula/math").json()
+    runs = httpx.get(f"{service.url}/v1/curricula/math/runs").json()
+    page.open(f"{service.url}/ui/?refresh=150")
+    page.page.wait_for_function("() => window.__paceline.renders >= 3", timeout=15_000)
+    page.page.click("a[href='c/math']")
+    page.page.wait_for_selector("#explanations li")
+    page.page.wait_for_timeout(600)  # a few refreshes
+    assert page.requests, "the page made no request"
+    assert {method for method, _ in page.requests} == {"GET"}
+    assert all(url.startswith(service.url) for _, url in page.requests)  # nothing external
+    assert httpx.get(f"{service.url}/v1/curricula/math").json() == before
+    assert httpx.get(f"{service.url}/v1/curricula/math/runs").json() == runs
+    # and the server offers nothing else under /ui
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        for path in ("/ui/", "/ui/api/overview", "/ui/c/math", "/ui/static/app.js"):
+            assert httpx.request(method, service.url + path).status_code == 405
+
+
+def test_read_token_when_auth_is_on(browser: Any, tmp_path: Any) -> None:
+    tokens = '{"w-token": "write", "r-token": "read"}'
+    with running_service(f"sqlite:///{tmp_path / 'auth.db'}", log=tmp_path / "s.log",
+                         env={"PACELINE_API_TOKENS": tokens}) as process:
+        with httpx.Client(base_url=process.url,
+                          headers={"Authorization": "Bearer w-token"}) as http:
+            assert http.post("/v1/curricula", json=spec("secret")).status_code == 201
+            Trainer(http, "secret", "r1").train(2)
+        context = browser.new_context()
+        try:
+            page = Page(context.new_page())
+            page.open(f"{process.url}/ui/c/secret")
+            assert page.page.locator(".error").get_attribute("data-error-code") \
+                == "UNAUTHENTICATED"
+            page.page.fill("form.token input", "r-token")
+            page.page.click("form.token button")
+            page.page.wait_for_selector("#explanations li")
+            assert charts(page)["success"]["points"] == 3
+            assert {method for method, _ in page.requests} == {"GET"}
+            other = Page(context.new_page())  # the token in the fragment works too
+            other.open(f"{process.url}/ui/#token=r-token")
+            assert other.page.locator("tr[data-curriculum=secret]").count() == 1
+        finally:
+            context.close()
