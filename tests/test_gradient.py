@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paceline_server.domain import CurriculumSpec, InvalidParams, InvalidReport
+from paceline_server.domain.validation import MAX_GRAD_PRODUCT
 from paceline_server.engine import CurriculumEngine
 from paceline_server.strategies.gradient import GradientState, apply_floor, proxy_gram
 from support import report, signals, spec
@@ -178,7 +179,8 @@ def test_trainer_and_proxy_reports_accumulate_together() -> None:
 
 def test_huge_gram_entries_saturate_without_nan() -> None:
     e = engine(w_min=0.05)
-    step(e, [[1e308, 1e308], [1e308, -1e308]])  # row sums: overflow, then 0
+    big = MAX_GRAD_PRODUCT  # the largest accepted magnitude (1e308 is refused)
+    step(e, [[big, big], [big, -big]])
     w = e.weights().weights
     assert np.all(np.isfinite(w))
     np.testing.assert_allclose(w, [0.95, 0.05])

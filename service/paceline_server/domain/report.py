@@ -13,7 +13,13 @@ import numpy as np
 
 from paceline_server.domain.errors import InvalidReport
 from paceline_server.domain.layout import DatasetLayout
-from paceline_server.domain.validation import MAX_INT, has_control_characters
+from paceline_server.domain.validation import (
+    MAX_GRAD_PRODUCT,
+    MAX_INT,
+    MAX_VALUE,
+    check_bounded,
+    has_control_characters,
+)
 
 MAX_ROLLOUTS = 10_000_000
 
@@ -47,11 +53,10 @@ def _indices(value: object, what: str) -> np.ndarray:
     return raw.astype(np.int64)
 
 
-def _finite(array: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(array)):
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise InvalidReport(f"{what} must be finite; found {bad} NaN/inf value(s)",
-                            {"field": what, "non_finite": bad})
+def _finite(array: np.ndarray, what: str, limit: float = MAX_VALUE) -> None:
+    """Finite and bounded (`MAX_VALUE`): what a strategy folds must keep its state
+    finite, and a report is the one place such numbers enter."""
+    check_bounded(array, what, InvalidReport, limit=limit)
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,7 +215,7 @@ class Report:
                     f"got shape {list(self.grad_products.shape)}",
                     {"field": "grad_products"},
                 )
-            _finite(self.grad_products, "grad_products")
+            _finite(self.grad_products, "grad_products", MAX_GRAD_PRODUCT)
             _symmetric(self.grad_products, "grad_products")
         if self.eval_objectives is not None:
             if self.eval_objectives.shape != (num_objectives,):

@@ -171,13 +171,53 @@ def check_int(value: object, what: str, error: type[PacelineError], *, minimum: 
     return result
 
 
-def check_finite_float(value: object, what: str, error: type[PacelineError]) -> float:
+#: The largest magnitude of a number a client sends into the arithmetic: a reward, an
+#: advantage, an evaluation mean, an objective bound or reference, a strategy parameter.
+#: Far beyond any real reward scale, and small enough that every strategy's sums,
+#: squares and products of such numbers stay finite in float64 (see docs/reliability.md).
+MAX_VALUE = 1e6
+#: Per-objective gradient inner products are products of two such magnitudes.
+MAX_GRAD_PRODUCT = MAX_VALUE**2
+#: A strategy parameter (a temperature, an exploration constant, an initial utility):
+#: wider, so that "practically infinite" settings such as a temperature of 1e9 stay
+#: expressible, and still far from float64's overflow in the strategies' formulas.
+MAX_PARAM = 1e9
+
+
+def check_finite_float(value: object, what: str, error: type[PacelineError], *,
+                       limit: float = MAX_VALUE) -> float:
+    """A finite number of magnitude at most `limit`."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise error(f"{what} must be a number; got {value!r}", {"field": what})
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an int beyond float64
+        result = math.inf
     if not math.isfinite(result):
         raise error(f"{what} must be finite; got {result}", {"field": what})
+    if abs(result) > limit:
+        raise error(f"{what} must be within [-{limit:g}, {limit:g}]; got {result:g}",
+                    {"field": what, "limit": limit})
     return result
+
+
+def check_bounded(array: np.ndarray, what: str, error: type[PacelineError], *,
+                  limit: float = MAX_VALUE) -> None:
+    """Every value of `array` finite and of magnitude at most `limit` (one pass: NaN
+    fails the comparison)."""
+    if array.size == 0:
+        return
+    with np.errstate(invalid="ignore"):
+        peak = float(np.max(np.abs(array)))
+    if peak <= limit:
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        raise error(f"{what} must be finite; found {bad} NaN/inf value(s)",
+                    {"field": what, "non_finite": bad})
+    raise error(f"{what} must be within [-{limit:g}, {limit:g}]; largest magnitude is "
+                f"{peak:g}", {"field": what, "limit": limit})
 
 
 def check_simplex(values: Sequence[float] | np.ndarray, what: str, error: type[PacelineError],

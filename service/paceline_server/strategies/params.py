@@ -9,13 +9,13 @@ when they mean the same.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from paceline_server.domain.errors import InvalidParams
+from paceline_server.domain.validation import MAX_INT, MAX_PARAM, check_finite_float
 
 P = TypeVar("P")
 
@@ -86,13 +86,14 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidParams(f"{name} must be an integer; got {value!r}", {"field": name})
+        if abs(value) > MAX_INT:
+            raise InvalidParams(f"{name} must be within +-{MAX_INT}; got {value}",
+                                {"field": name})
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidParams(f"{name} must be a number; got {value!r}", {"field": name})
-        if not math.isfinite(float(value)):
-            raise InvalidParams(f"{name} must be finite; got {value!r}", {"field": name})
-        return float(value)
+        return check_finite_float(value, name, InvalidParams, limit=MAX_PARAM)
     if hint is str:
         if not isinstance(value, str):
             raise InvalidParams(f"{name} must be a string; got {value!r}", {"field": name})
