@@ -1,42 +1,21 @@
-"""The `paceline-server` command line: migrate, inspect, export/import, what-if replay."""
+"""The `paceline-server` command line on a database: migrate, inspect, export/import,
+what-if replay; no database created by a command that only reads; one-line errors."""
 
 from __future__ import annotations
 
-import io
 import json
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from api_support import SPEC
+from cli_support import fail, populated, run
 from paceline_server.app.service import PacelineService
 from paceline_server.cli import main
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
-
-
-def populated(url: str, reports: int = 12) -> PacelineService:
-    service = PacelineService(open_store(url, auto_migrate=True),
-                              Settings(database_url=url, snapshot_every=5))
-    service.create_curriculum(SPEC)
-    service.attach_run("math", run_id="run-1")
-    rng = np.random.default_rng(0)
-    for step in range(reports):
-        batch = service.next_batch("math", "run-1", step)
-        hard = batch.indices >= 60
-        correct = rng.random((batch.indices.size, 4)) < np.where(hard, 0.1, 0.9)[:, None]
-        rewards = np.stack([correct, np.full(correct.shape, 30.0)], axis=-1).astype(float)
-        service.report("math", {"run_id": "run-1", "step": step,
-                                "indices": batch.indices.tolist(),
-                                "rewards": rewards.tolist()}, f"k{step}")
-    return service
-
-
-def run(*argv: str) -> str:
-    out = io.StringIO()
-    assert main(list(argv), out=out) == 0
-    return out.getvalue()
 
 
 def test_migrate_then_inspect(tmp_path: Path) -> None:
@@ -51,24 +30,51 @@ def test_migrate_then_inspect(tmp_path: Path) -> None:
     assert lines["easy"].split()[2] == "0.600"
 
 
-def test_export_import_round_trip(tmp_path: Path) -> None:
+def test_export_import_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     service = populated(url)
     exported = run("--database-url", url, "export", "math")
     lines = [json.loads(line) for line in exported.splitlines()]
-    assert lines[0]["type"] == "curriculum"
+    assert lines[0]["type"] == "curriculum" and lines[0]["seq"] == 12
     assert [x["type"] for x in lines[1:]] == ["run"] + ["report"] * 12
+    assert [x["seq"] for x in lines[2:]] == list(range(1, 13))
     path = tmp_path / "math.jsonl"
     path.write_text(exported)
     other = f"sqlite:///{tmp_path / 'other.db'}"
-    assert "imported 12 reports into copy" in run("--database-url", other, "import",
-                                                  str(path), "--name", "copy")
-    # Importing twice is a no-op: every report carries its idempotency key.
-    run("--database-url", other, "import", str(path), "--name", "copy")
+    assert run("--database-url", other, "import", str(path), "--name", "copy") == (
+        "created curriculum copy (seq 12): 12 new reports, 0 already present; "
+        "1 new runs, 0 already present\n")
+    # An existing curriculum is refused unless the import is told to merge ...
+    status, err = fail(capsys, "--database-url", other, "import", str(path), "--name", "copy")
+    assert status == 2 and err.startswith("error CURRICULUM_EXISTS: ") and "--merge" in err
+    # ... and a merge of the same export says that nothing was new.
+    assert run("--database-url", other, "import", str(path), "--name", "copy",
+               "--merge") == ("merged into curriculum copy (seq 12): 0 new reports, "
+                              "12 already present; 0 new runs, 1 already present\n")
     copy = PacelineService(open_store(other), Settings(database_url=other)).engine("copy")
     assert copy.seq == 12
     original = service.engine("math").engine
     assert copy.engine.inspect().distributions == original.inspect().distributions
+    # The copy exports as the original did, but for its name and the runs' times.
+    again = [json.loads(line) for line in
+             run("--database-url", other, "export", "copy").splitlines()]
+    assert again[2:] == lines[2:]
+    assert again[1] == lines[1]
+    assert again[0]["spec"] == {**lines[0]["spec"], "name": "copy"}
+
+
+def test_import_from_stdin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    populated(url, reports=3)
+    exported = run("--database-url", url, "export", "math")
+
+    class Stdin:
+        buffer = __import__("io").BytesIO(exported.encode())
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert "created curriculum math (seq 3): 3 new reports" in run(
+        "--database-url", other, "import", "-")
 
 
 def test_replay_what_if(tmp_path: Path) -> None:
@@ -76,18 +82,160 @@ def test_replay_what_if(tmp_path: Path) -> None:
     populated(url)
     text = run("--database-url", url, "replay", "math", "--sampler",
                '{"kind": "fixed_mix", "probabilities": [0.2, 0.8]}', "--every", "4")
-    rows = [line.split() for line in text.splitlines()[2:]]
+    notes = [line for line in text.splitlines() if line.startswith("#")]
+    assert notes[0] == ("# what-if replay of math (12 reports): sampler uniform -> "
+                        "fixed_mix, weighting fixed -> (the same)")
+    assert "Off-policy" in notes[1]
+    assert any("TV: total variation" in line for line in notes)
+    table = [line.split() for line in text.splitlines() if not line.startswith("#")]
+    assert table[0][:4] == ["seq", "TV", "easy", "hard"]
+    rows = table[1:]
     assert [row[0] for row in rows] == ["0", "4", "8", "12"]
     assert all(float(row[1]) == pytest.approx(0.4) for row in rows)  # TV of .6/.4 vs .2/.8
     assert "0.600->0.200" in text
+
+
+def test_replay_help_explains_columns_and_off_policy(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Off-policy" in text and "total variation" in text
+    assert "not what it would have produced online" in text
 
 
 def test_errors_are_reported_with_their_code(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     run("--database-url", url, "migrate")
-    assert main(["--database-url", url, "inspect", "nope"], out=io.StringIO()) == 2
-    assert "CURRICULUM_NOT_FOUND" in capsys.readouterr().err
+    status, err = fail(capsys, "--database-url", url, "inspect", "nope")
+    assert status == 2 and err == "error CURRICULUM_NOT_FOUND: curriculum 'nope' not found"
+    assert fail(capsys, "--database-url", url, "export", "nope")[0] == 2
+    assert fail(capsys, "--database-url", url, "replay", "nope")[0] == 2
+
+
+@pytest.mark.parametrize("command", [["inspect", "math"], ["export", "math"],
+                                     ["replay", "math", "--sampler", "uniform"]])
+def test_reading_commands_never_create_a_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    """Run from a directory without ./paceline.db (the default), or pointed at a missing
+    file: one line naming the file, and no file left behind."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PACELINE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("PACELINE_URL", raising=False)
+    status, err = fail(capsys, *command)
+    assert status == 1
+    assert err == (f"error: database {tmp_path / 'paceline.db'} does not exist (choose one "
+                   "with --database-url or PACELINE_DATABASE_URL, or a running service "
+                   "with --url)")
+    missing = tmp_path / "elsewhere" / "c.db"
+    status, err = fail(capsys, "--database-url", f"sqlite:///{missing}", *command)
+    assert status == 1 and f"database {missing} does not exist" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reading_commands_do_not_migrate(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """An existing file without the schema (not a Paceline database, or one never
+    migrated) is reported, not migrated behind the user's back."""
+    path = tmp_path / "empty.db"
+    path.touch()
+    status, err = fail(capsys, "--database-url", f"sqlite:///{path}", "inspect", "math")
+    assert status == 2 and err.startswith("error SCHEMA_OUTDATED: ")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
+
+
+def test_import_of_a_missing_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PACELINE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("PACELINE_URL", raising=False)
+    status, err = fail(capsys, "import", "/nonexistent.jsonl")
+    assert (status, err) == (1, "error: cannot read /nonexistent.jsonl: No such file or "
+                                "directory")
+    assert list(tmp_path.iterdir()) == []  # nor did it create a database to import into
+
+
+def test_import_errors_name_the_line(tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    populated(url, reports=4)
+    lines = run("--database-url", url, "export", "math").splitlines()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join([*lines[:4], lines[4][:40]]) + "\n")
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    status, err = fail(capsys, "--database-url", other, "import", str(broken))
+    assert status == 2 and err.startswith("error MALFORMED_BODY: line 5: not valid JSON")
+    truncated = tmp_path / "truncated.jsonl"
+    truncated.write_text("\n".join(lines[:4]) + "\n")
+    status, err = fail(capsys, "--database-url", other, "import", str(truncated))
+    assert err == ("error INVALID_REQUEST: the export announces 4 reports but holds 2: it "
+                   "is truncated or was edited")
+    assert not (tmp_path / "other.db").exists()  # refused before any database was opened
+
+
+def test_bad_arguments_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    populated(url, reports=2)
+    status, err = fail(capsys, "--database-url", url, "replay", "math", "--every", "0")
+    assert status == 2 and err == "error INVALID_REQUEST: every must be a positive integer; got 0"
+    status, err = fail(capsys, "--database-url", url, "replay", "math", "--sampler", "{oops")
+    assert status == 1 and err.startswith("error: not a JSON strategy spec: ")
+    status, err = fail(capsys, "--database-url", url, "replay", "math", "--sampler", "nope")
+    assert status == 2 and err.startswith("error UNKNOWN_STRATEGY: ")
+
+
+def test_an_unexpected_error_is_one_line_unless_debugging(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    populated(url, reports=1)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(PacelineService, "inspect", broken)
+    status, err = fail(capsys, "--database-url", url, "inspect", "math")
+    assert (status, err) == (1, "error: RuntimeError: disk on fire (--debug shows the "
+                                "traceback)")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        main(["--database-url", url, "--debug", "inspect", "math"])
+
+
+def test_pruned_log_is_neither_exported_nor_replayed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    service = populated(url, reports=7)
+    assert service.store.prune_events("math", 5) == 5
+    status, err = fail(capsys, "--database-url", url, "export", "math")
+    assert (status, err) == (2, "error CONFLICT: reports 1..5 of curriculum 'math' were "
+                                "pruned (PACELINE_PRUNE_EVENTS): an export would not "
+                                "rebuild it")
+    status, err = fail(capsys, "--database-url", url, "replay", "math")
+    assert status == 2 and err.startswith("error CONFLICT: the log holds seq 6 where 1 "
+                                          "was due")
+
+
+def test_url_and_database_url_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--database-url", "sqlite:///x.db", "inspect", "math", "--url",
+              "http://127.0.0.1:9"])
+    assert exited.value.code == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
+    """The real process: exit status and stderr as a shell sees them."""
+    result = subprocess.run(
+        [sys.executable, "-m", "paceline_server", "import", str(tmp_path / "nope.jsonl")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert result.stderr == f"error: cannot read {tmp_path / 'nope.jsonl'}: No such file " \
+                            "or directory\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_postgres_without_schema_refuses_to_start() -> None:
@@ -97,3 +245,14 @@ def test_postgres_without_schema_refuses_to_start() -> None:
 
     with fresh_pg_schema() as url, pytest.raises(SchemaOutdated, match="paceline-server migrate"):
         create_app(Settings(database_url=url))
+
+
+def test_postgres_without_schema_is_not_migrated_by_inspect(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from api_support import fresh_pg_schema
+
+    with fresh_pg_schema() as url:
+        status, err = fail(capsys, "--database-url", url, "inspect", "math")
+        assert status == 2 and err.startswith("error SCHEMA_OUTDATED: ")
+        status, err = fail(capsys, "--database-url", url, "inspect", "math")
+        assert err.startswith("error SCHEMA_OUTDATED: ")  # still not migrated

@@ -1,13 +1,22 @@
-"""`paceline-server`: serve, migrate, inspect, export/import, what-if replay."""
+"""`paceline-server`: serve, migrate, inspect, export/import, what-if replay.
+
+`inspect`, `export`, `import` and `replay` work on a database (`--database-url`, else
+PACELINE_DATABASE_URL, else ./paceline.db) or on a running service over its REST API
+(`--url`, else PACELINE_URL; `--token`, else PACELINE_TOKEN). Only `serve`, `migrate` and
+`import` create a missing SQLite database; the others say which one is missing. Errors
+are one line on stderr: exit status 2 for an error Paceline answered (with its code),
+1 for anything else (a missing file or database, an unreachable service).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
 
@@ -15,7 +24,6 @@ from paceline_server.app.codec import decode_report
 from paceline_server.app.replay import replay
 from paceline_server.app.service import PacelineService
 from paceline_server.domain.errors import PacelineError
-from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.settings import Settings
 
@@ -98,14 +106,102 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_inspect(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    record, view = _service(settings).inspect(args.name)
-    print(f"curriculum {record.name}  seq {view.clock}  sampler "
-          f"{record.spec['sampler']['kind']}  weighting {record.spec['weighting']['kind']}",
-          file=out)
-    weights = ", ".join(f"{o}={w:.3f}" for o, w in
-                        zip(view.objectives, view.reward_weights, strict=True))
-    print(f"reward weights: {weights}  scale {view.reward_scale:.3f}", file=out)
+class CliError(Exception):
+    """A problem the CLI reports as one line and exit status 1 (not a Paceline error)."""
+
+
+# ---------------------------------------------------------------------------- where
+def sqlite_file(database_url: str) -> Path | None:
+    """The file of a SQLite URL (None for another backend or an in-memory database)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") \
+            or url.query.get("mode") == "memory":
+        return None
+    return Path(url.database)
+
+
+@contextmanager
+def local_service(settings: Settings, *, create: bool) -> Iterator[PacelineService]:
+    """A service on the configured database. Unless `create`, a missing SQLite file is
+    an error naming it, and the schema is checked, never migrated: a read-only command
+    run from the wrong directory must not leave a fresh database behind."""
+    from paceline_server.store import open_store
+
+    options = settings.store_options()
+    path = sqlite_file(settings.database_url)
+    if not create:
+        if path is not None and not path.is_file():
+            raise CliError(
+                f"database {path.resolve()} does not exist (choose one with --database-url "
+                "or PACELINE_DATABASE_URL, or a running service with --url)")
+        options["auto_migrate"] = False
+    elif path is not None and not path.exists() and settings.migrate_on_start:
+        print(f"creating database {path.resolve()}", file=sys.stderr)
+    store = open_store(settings.database_url, **options)
+    service: PacelineService | None = None
+    try:
+        service = PacelineService(store, settings)
+        yield service
+    finally:
+        if service is not None:
+            service.close()
+        store.close()
+
+
+@contextmanager
+def remote_service(url: str, token: str | None) -> Iterator[Any]:
+    from paceline_server.remote import RemoteService
+
+    try:
+        remote = RemoteService(url, token)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    with remote:
+        yield remote
+
+
+# ---------------------------------------------------------------------------- inspect
+class _Health(Protocol):
+    @property
+    def stalled(self) -> bool: ...
+    @property
+    def saturated(self) -> bool: ...
+    @property
+    def hopeless(self) -> bool: ...
+
+
+class _Stats(Protocol):
+    """A distribution's row: the server's `DistributionStats` or the client's."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def probability(self) -> float: ...
+    @property
+    def success(self) -> float | None: ...
+    @property
+    def mean_abs_advantage(self) -> float | None: ...
+    @property
+    def learning_progress(self) -> float: ...
+    @property
+    def zero_variance_fraction(self) -> float | None: ...
+    @property
+    def sampled(self) -> int: ...
+    @property
+    def health(self) -> _Health: ...
+
+
+def print_inspection(out: TextIO, name: str, seq: int, spec: dict[str, Any],
+                     weights: Iterable[tuple[str, float]], scale: float,
+                     distributions: Iterable[_Stats]) -> None:
+    print(f"curriculum {name}  seq {seq}  sampler {spec['sampler']['kind']}  "
+          f"weighting {spec['weighting']['kind']}", file=out)
+    text = ", ".join(f"{o}={w:.3f}" for o, w in weights)
+    print(f"reward weights: {text}  scale {scale:.3f}", file=out)
     header = (f"{'distribution':<20} {'size':>9} {'P':>7} {'success':>8} {'|A|':>7} "
               f"{'LP':>7} {'zero-var':>8} {'sampled':>9}  flags")
     print(header, file=out)
@@ -114,88 +210,146 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
     def fmt(value: float | None, width: int) -> str:
         return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
 
-    for d in view.distributions:
+    for d in distributions:
         flags = ",".join(f for f in ("stalled", "saturated", "hopeless")
                          if getattr(d.health, f))
         print(f"{d.name:<20} {d.size:>9} {d.probability:>7.3f} {fmt(d.success, 8)} "
               f"{fmt(d.mean_abs_advantage, 7)} {d.learning_progress:>7.3f} "
               f"{fmt(d.zero_variance_fraction, 8)} {d.sampled:>9}  {flags}", file=out)
+
+
+def cmd_inspect(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    if args.url:
+        with remote_service(args.url, args.token) as remote:
+            info = remote.curriculum(args.name)
+            state = remote.state(args.name)
+        print_inspection(out, info.name, state.seq, info.spec,
+                         state.reward_weights.items(), state.reward_scale,
+                         state.distributions)
+        return 0
+    with local_service(settings, create=False) as service:
+        record, view = service.inspect(args.name)
+    print_inspection(out, record.name, view.clock, record.spec,
+                     zip(view.objectives, view.reward_weights, strict=True),
+                     view.reward_scale, view.distributions)
     return 0
 
 
-def report_to_json(report: Report) -> dict[str, Any]:
-    """A report in the API's flat form, so an export can be re-imported or posted."""
-    data: dict[str, Any] = {
-        "run_id": report.run_id, "step": report.step,
-        "rollout_indices": report.indices[report.group_of].tolist(),
-        "group_ids": report.group_of.tolist(), "rewards": report.rewards.tolist(),
-    }
-    for name in ("advantages", "grad_products", "eval_objectives"):
-        value = getattr(report, name)
-        if value is not None:
-            data[name] = value.tolist()
-    return data
+# ---------------------------------------------------------------------------- export
+def _binary(out: TextIO) -> Callable[[bytes], object]:
+    """Write UTF-8 bytes to `out` (straight to its buffer when it has one, so the
+    terminal's encoding cannot refuse a run id)."""
+    buffer = getattr(out, "buffer", None)
+    if buffer is None:
+        return lambda data: out.write(data.decode("utf-8"))
+    out.flush()
+    return buffer.write
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    service = _service(settings)
-    record = service.get_curriculum(args.name)
-    print(json.dumps({"type": "curriculum", "spec": record.spec}), file=out)
-    for run in service.list_runs(args.name):
-        print(json.dumps({"type": "run", "run_id": run.record.run_id,
-                          "metadata": run.record.metadata}), file=out)
-    for event in service.store.events(args.name):
-        line = {"type": event.kind, "seq": event.seq, "idempotency_key": event.idempotency_key,
-                "report": report_to_json(decode_report(event.payload))}
-        print(json.dumps(line), file=out)
+    from paceline_server.app.transfer import export_curriculum
+
+    write = _binary(out)
+    if args.url:
+        with remote_service(args.url, args.token) as remote:
+            response = remote.export(args.name)
+            try:
+                for chunk in response.iter_bytes():
+                    write(chunk)
+            finally:
+                response.close()
+    else:
+        with local_service(settings, create=False) as service:
+            for line in export_curriculum(service, args.name):
+                write(line)
+    out.flush()
     return 0
 
 
-def _lines(stream: TextIO) -> Iterator[dict[str, Any]]:
-    for number, line in enumerate(stream, 1):
-        if line.strip():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SystemExit(f"line {number}: not JSON: {exc}") from exc
+# ---------------------------------------------------------------------------- import
+def _read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def describe_import(result: dict[str, Any]) -> str:
+    """One line saying what an import changed, from `ImportResult`'s fields."""
+    verb = "created" if result["created"] else "merged into"
+    return (f"{verb} curriculum {result['name']} (seq {result['seq']}): "
+            f"{result['reports_added']} new reports, {result['reports_present']} already "
+            f"present; {result['runs_added']} new runs, {result['runs_present']} already "
+            "present")
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    service = _service(settings)
-    name = None
-    count = 0
-    with open(args.file, encoding="utf-8") if args.file != "-" else sys.stdin as stream:
-        for item in _lines(stream):
-            if item["type"] == "curriculum":
-                spec = dict(item["spec"])
-                if args.name:
-                    spec["name"] = args.name
-                name = service.create_curriculum(spec, exist_ok=True).record.name
-            elif name is None:
-                raise SystemExit("the export must start with its curriculum line")
-            elif item["type"] == "run":
-                service.attach_run(name, item.get("metadata"), item["run_id"])
-            elif item["type"] == "report":
-                key = item.get("idempotency_key") or f"import:{item['seq']}"
-                service.report(name, item["report"], key)
-                count += 1
-    print(f"imported {count} reports into {name}", file=out)
+    from dataclasses import asdict
+
+    from paceline_server.app.transfer import import_curriculum, read_export, read_lines
+
+    data = _read_input(args.file)
+    if args.url:
+        with remote_service(args.url, args.token) as remote:
+            result = remote.import_export(data, args.name, args.merge)
+    else:
+        export = read_export(read_lines(data.splitlines()), args.name)  # before any database
+        del data
+        with local_service(settings, create=True) as service:
+            result = asdict(import_curriculum(service, export, merge=args.merge))
+    print(describe_import(result), file=out)
     return 0
 
 
+# ---------------------------------------------------------------------------- replay
+REPLAY_NOTE = """\
+# Off-policy: the stored reports came from batches the original strategies chose. The
+# alternative is shown the same evidence; it is not what it would have produced online
+# (its own batches would have drawn other samples and seen other rewards).
+# seq: reports folded so far. TV: total variation distance between the two sampling
+# mixes (0 = the same mix, 1 = disjoint). Then, per distribution, its sampling
+# probability original->alternative, and the reward weights (objective order)
+# original -> alternative."""
+
+
+def _strategy(value: str | None) -> Any:
+    """A strategy given as a name or as a JSON spec."""
+    if value is None or not value.lstrip().startswith("{"):
+        return value
+    import json
+
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"not a JSON strategy spec: {exc}") from None
+
+
 def cmd_replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    service = _service(settings)
-    record = service.get_curriculum(args.name)
-    spec = CurriculumSpec.from_dict(record.spec)
-    sampler = json.loads(args.sampler) if args.sampler and args.sampler.startswith("{") \
-        else args.sampler
-    weighting = json.loads(args.weighting) if args.weighting and \
-        args.weighting.startswith("{") else args.weighting
-    events = ((e.seq, decode_report(e.payload)) for e in service.store.events(args.name))
-    points = replay(spec, events, sampler, weighting, every=args.every)
+    sampler, weighting = _strategy(args.sampler), _strategy(args.weighting)
+    if args.url:
+        from paceline_server.app.transfer import read_header, read_lines, read_reports
+        from paceline_server.remote import lines
+
+        with remote_service(args.url, args.token) as remote:
+            items = read_lines(lines(remote.export(args.name)))
+            header = read_header(items)
+            reports = ((seq, report) for _, seq, _, report in read_reports(items, header))
+            spec = header.spec
+            points = replay(spec, reports, sampler, weighting, every=args.every)
+    else:
+        with local_service(settings, create=False) as service:
+            spec = CurriculumSpec.from_dict(service.get_curriculum(args.name).spec)
+            events = ((e.seq, decode_report(e.payload))
+                      for e in service.store.events(args.name))
+            points = replay(spec, events, sampler, weighting, every=args.every)
+    data = spec.to_dict()
+    print(f"# what-if replay of {spec.name} ({points[-1].seq} reports): sampler "
+          f"{data['sampler']['kind']} -> {_kind(sampler)}, weighting "
+          f"{data['weighting']['kind']} -> {_kind(weighting)}", file=out)
+    print(REPLAY_NOTE, file=out)
     names = spec.layout.names
-    print(f"what-if: {record.spec['sampler']['kind']} -> {sampler or 'same sampler'}, "
-          f"{record.spec['weighting']['kind']} -> {weighting or 'same weighting'}", file=out)
     print(f"{'seq':>6} {'TV':>6}  " + "  ".join(f"{n[:14]:>14}" for n in names)
           + "  weights (original -> alternative)", file=out)
     for p in points:
@@ -208,9 +362,27 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     return 0
 
 
+def _kind(strategy: Any) -> str:
+    if strategy is None:
+        return "(the same)"
+    return str(strategy.get("kind", strategy) if isinstance(strategy, dict) else strategy)
+
+
+# ---------------------------------------------------------------------------- parser
+def _add_remote(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="a running service's URL (else PACELINE_URL): work "
+                        "through its REST API instead of a database")
+    parser.add_argument("--token", help="bearer token for --url (else PACELINE_TOKEN); "
+                        "read scope, write scope for import")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="paceline-server", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="paceline-server", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", help="overrides PACELINE_DATABASE_URL")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the HTTP (and gRPC) service (default command)")
     serve.add_argument("--host")
@@ -218,30 +390,55 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int)
     serve.add_argument("--grpc-port", type=int, metavar="PORT",
                        help="also serve the gRPC API on this port (off when not given)")
-    sub.add_parser("migrate", help="bring the database schema to the current revision")
+    sub.add_parser("migrate", help="bring the database schema to the current revision "
+                   "(creates a missing SQLite database)")
     inspect = sub.add_parser("inspect", help="print a curriculum's state as a table")
     inspect.add_argument("name")
-    export = sub.add_parser("export", help="write a curriculum's events as JSON lines")
+    export = sub.add_parser(
+        "export", help="write a curriculum (spec, runs, reports) as JSON lines to stdout")
     export.add_argument("name")
-    load = sub.add_parser("import", help="load an export (creates the curriculum)")
+    load = sub.add_parser(
+        "import", help="load an export in one transaction (all or nothing); creates the "
+        "curriculum, and a missing SQLite database")
     load.add_argument("file", help="path or - for stdin")
     load.add_argument("--name", help="import under another name")
-    what_if = sub.add_parser("replay", help="what-if: re-run another strategy offline")
+    load.add_argument("--merge", action="store_true",
+                      help="add to an existing curriculum of the same spec the reports it "
+                      "lacks (by idempotency key); without it an existing one is refused")
+    what_if = sub.add_parser(
+        "replay", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="what-if: fold the stored reports into other strategies (off-policy)",
+        description="Fold a curriculum's stored reports, in log order, into the original "
+        "strategies and into the alternative ones, and print both sampling mixes and "
+        "reward weights every N reports.\n\n" + REPLAY_NOTE.replace("# ", "").replace("#", ""))
     what_if.add_argument("name")
-    what_if.add_argument("--sampler", help="name or JSON spec")
-    what_if.add_argument("--weighting", help="name or JSON spec")
+    what_if.add_argument("--sampler", help="name or JSON spec (default: the same sampler)")
+    what_if.add_argument("--weighting", help="name or JSON spec (default: the same weighting)")
     what_if.add_argument("--every", type=int, default=10, help="print every N reports")
+    for command in (inspect, export, load, what_if):
+        _add_remote(command)
     return parser
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command or "serve"
+    if command in ("inspect", "export", "import", "replay"):
+        if args.url and args.database_url:
+            parser.error("give --url (a running service) or --database-url (a database), "
+                         "not both")
+        if not args.url and not args.database_url:
+            args.url = os.environ.get("PACELINE_URL") or None
     try:
         settings = Settings()
         if args.database_url:
             settings = settings.model_copy(update={"database_url": args.database_url})
-        command = args.command or "serve"
         if command == "serve":
             if not hasattr(args, "host"):
                 args.host = args.port = args.workers = args.grpc_port = None
@@ -251,9 +448,42 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         handlers = {"inspect": cmd_inspect, "export": cmd_export, "import": cmd_import,
                     "replay": cmd_replay}
         return handlers[command](args, settings, out)
-    except PacelineError as exc:
-        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `export | head`: the reader has what it wanted
+        return 1
+    except Exception as exc:
+        status, line = _describe(exc, args)
+        if status == 1 and args.debug:
+            raise
+        print(line, file=sys.stderr)
+        return status
+
+
+def _describe(exc: Exception, args: argparse.Namespace) -> tuple[int, str]:
+    """(exit status, one line) for an error: 2 with its code for an error Paceline
+    answered (in this process, or a service's response), 1 for anything else."""
+    import httpx
+    from pydantic import ValidationError
+
+    from paceline.errors import PacelineError as ServiceError
+    from paceline.errors import TransportError
+
+    if isinstance(exc, PacelineError | ServiceError) and not isinstance(exc, TransportError):
+        return 2, f"error {exc.code}: {_one_line(exc.message)}"
+    if isinstance(exc, TransportError | httpx.HTTPError):
+        text = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        return 1, "error: " + _one_line(f"cannot reach {args.url}: {text}")
+    if isinstance(exc, CliError):
+        return 1, "error: " + _one_line(str(exc))
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return 1, "error: " + _one_line(f"invalid setting {where}: {first.get('msg')}")
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    return 1, "error: " + _one_line(
+        f"{type(exc).__name__}: {text} (--debug shows the traceback)")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ equal to the path's name.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ from paceline_server.settings import Settings  # noqa: E402
 #: Examples per operation (and phase); `PACELINE_FUZZ_EXAMPLES=300` for a longer hunt.
 EXAMPLES = int(os.environ.get("PACELINE_FUZZ_EXAMPLES", "12"))
 SEMANTIC = {"POST /v1/curricula", "DELETE /v1/curricula/{name}",
-            "POST /v1/curricula/{name}/reports"}
+            "POST /v1/curricula/{name}/reports", "POST /v1/imports"}
 
 
 def _openapi() -> dict[str, Any]:
@@ -78,6 +79,13 @@ def _msgpack(context: Any, value: Any) -> bytes:
     """Reports may come as msgpack: fuzz that decoder too."""
     packed: bytes = msgpack.packb(_packable(value))
     return packed
+
+
+@schemathesis.serializer("application/x-ndjson")
+def _ndjson(context: Any, value: Any) -> bytes:
+    """An import body: each item of a generated array as a line (anything else as one)."""
+    items = value if isinstance(value, list) else [value]
+    return b"".join(json.dumps(item).encode() + b"\n" for item in items)
 
 
 def call_and_check(case: Any, app: FastAPI) -> None:

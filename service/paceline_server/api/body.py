@@ -25,22 +25,7 @@ MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
 
 
 async def read_body(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body exceeds {limit} bytes", {"limit": limit})
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes", {"limit": limit})
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding == "gzip":
-        raw = _gunzip(raw, limit)
-    elif encoding not in ("identity", ""):
-        raise UnsupportedMediaType(f"unsupported content-encoding {encoding!r}; use gzip")
+    raw = await read_bytes(request, limit)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media in JSON_TYPES:
         try:
@@ -59,6 +44,27 @@ async def read_body(request: Request, limit: int) -> Any:
             raise MalformedBody(f"request body is not valid msgpack: {exc}") from exc
     raise UnsupportedMediaType(
         f"unsupported content-type {media!r}; use application/json or application/msgpack")
+
+
+async def read_bytes(request: Request, limit: int) -> bytes:
+    """The request body, inflated when gzip-encoded, refused beyond `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body exceeds {limit} bytes", {"limit": limit})
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes", {"limit": limit})
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding == "gzip":
+        return _gunzip(raw, limit)
+    if encoding not in ("identity", ""):
+        raise UnsupportedMediaType(f"unsupported content-encoding {encoding!r}; use gzip")
+    return raw
 
 
 def _string_keyed(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
@@ -151,7 +157,7 @@ class BodyLimitMiddleware:
 
 #: Routes that read and decode their own body (`read_body` / `read_bytes`: msgpack, JSON
 #: lines, gzip); every other route's body is JSON parsed by FastAPI.
-OWN_BODY_ROUTES = re.compile(r"^/v1/curricula/(?:import|[^/]+/reports)$")
+OWN_BODY_ROUTES = re.compile(r"^/v1/(?:imports|curricula/[^/]+/reports)$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 

@@ -8,15 +8,23 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from paceline_server.api import schemas
-from paceline_server.api.body import read_body
+from paceline_server.api.body import read_body, read_bytes
 from paceline_server.api.deps import ReadScope, Service, WriteScope, write_scope
 from paceline_server.app.history import HISTORY_WAIT_S, MAX_POINTS
 from paceline_server.app.service import MAX_KEY, NextBatch, PacelineService, RunStatus
 from paceline_server.app.strategies import StrategyInfo, strategy_catalog
+from paceline_server.app.transfer import (
+    MEDIA_TYPE,
+    export_curriculum,
+    import_curriculum,
+    read_lines,
+)
 from paceline_server.domain.batch import Batch
-from paceline_server.domain.errors import InvalidRequest
+from paceline_server.domain.errors import InvalidRequest, UnsupportedMediaType
 from paceline_server.domain.history import CurriculumHistory
 from paceline_server.domain.inspection import CurriculumInspection
 from paceline_server.domain.validation import MAX_INT, TEXT_PATTERN, has_control_characters
@@ -110,6 +118,48 @@ def get_run(name: NamePath, run_id: RunPath, service: Service, _: ReadScope) -> 
 def heartbeat(name: NamePath, run_id: RunPath, service: Service,
               _: WriteScope) -> schemas.RunOut:
     return _run(service.heartbeat(name, run_id))
+
+
+@router.get("/curricula/{name}/export", response_class=StreamingResponse,
+            responses={200: {"content": {MEDIA_TYPE: {}}, "description": (
+                "JSON lines: the curriculum (spec, head seq), its runs, then its reports "
+                "in log order (what `POST /v1/imports` reads)")}},
+            summary="Export a curriculum as JSON lines, streamed")
+def export(name: NamePath, service: Service, _: ReadScope) -> StreamingResponse:
+    return StreamingResponse(export_curriculum(service, name), media_type=MEDIA_TYPE)
+
+
+#: Media types an import body may be sent as (JSON lines; plain JSON names work too).
+#: (The route is /v1/imports: /v1/curricula/import would also be the curriculum named
+#: "import", whose GET and DELETE would then share a path with it.)
+IMPORT_TYPES = (MEDIA_TYPE, "application/jsonl", "application/json", "")
+
+
+@router.post("/imports", status_code=201, response_model=schemas.ImportOut,
+             responses={200: {"model": schemas.ImportOut,
+                              "description": "merged into an existing curriculum"}},
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 MEDIA_TYPE: {"schema": {"type": "array", "items": {"type": "object"},
+                                         "description": "one JSON object per line"}}},
+                 "description": "an export (`GET /v1/curricula/{name}/export`), "
+                                "optionally gzip (Content-Encoding)"}},
+             summary="Import an export in one transaction (all or nothing)")
+async def import_export(
+        request: Request, _: WriteScope,
+        name: Annotated[str | None, Query(description="import under this name")] = None,
+        merge: Annotated[bool, Query(description=(
+            "add to an existing curriculum of the same spec the reports it lacks; "
+            "without it an existing curriculum is refused (409)"))] = False,
+) -> JSONResponse:
+    service: PacelineService = request.app.state.service
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in IMPORT_TYPES:
+        raise UnsupportedMediaType(f"unsupported content-type {media!r}; send {MEDIA_TYPE}")
+    data = await read_bytes(request, service.settings.max_body_bytes)
+    result = await run_in_threadpool(import_curriculum, service, read_lines(data.splitlines()),
+                                     name=name, merge=merge)
+    return JSONResponse(schemas.ImportOut(**vars(result)).model_dump(),
+                        status_code=201 if result.created else 200)
 
 
 #: The report route's header and query parameters, documented here and read by

@@ -109,6 +109,19 @@ class ReportAckOut(BaseModel):
         "asked for it")
 
 
+class ImportOut(BaseModel):
+    """What an import changed (all of it committed in one transaction)."""
+
+    name: str
+    created: bool = Field(description="false when merged into an existing curriculum")
+    seq: int = Field(description="the curriculum's head after the import")
+    reports_added: int
+    reports_present: int = Field(
+        description="reports already in the curriculum (same idempotency key and content)")
+    runs_added: int
+    runs_present: int
+
+
 class HealthOut(BaseModel):
     stalled: bool
     saturated: bool

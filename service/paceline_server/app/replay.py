@@ -1,7 +1,11 @@
 """What-if replay: fold a curriculum's stored reports into another strategy, offline, and
-compare the choices each would have made. The stored reports were produced by batches the
-original strategy chose, so this answers "what would X have asked for given the same
-evidence", not "what would have happened under X" (that needs new rollouts)."""
+compare the choices each would have made.
+
+It is off-policy: the stored reports were produced by batches the original strategy
+chose, so this answers "what would X have asked for given the same evidence", not "what
+would have happened under X" — X would have drawn other samples, seen other rewards and
+drifted elsewhere (that needs new rollouts). Where the two mixes part, the alternative's
+later choices rest on evidence it would not have collected itself."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from paceline_server.domain.errors import Conflict, InvalidRequest
 from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec, StrategySpec
 from paceline_server.engine import CurriculumEngine
@@ -44,8 +49,14 @@ def alternative_spec(spec: CurriculumSpec, sampler: Any = None,
 
 def replay(spec: CurriculumSpec, reports: Iterable[tuple[int, Report]], sampler: Any = None,
            weighting: Any = None, every: int = 1) -> list[ReplayPoint]:
-    """Fold `(seq, report)` pairs into the original and the alternative engines and
-    record both choices every `every` reports (and after the last one)."""
+    """Fold `(seq, report)` pairs — the log from its first report on — into the
+    original and the alternative engines and record both choices every `every` reports
+    (and after the last one). A log that does not start at seq 1 or skips one (events
+    pruned with PACELINE_PRUNE_EVENTS) is refused: a replay from the start would fold
+    another history than the curriculum's."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise InvalidRequest(f"every must be a positive integer; got {every!r}",
+                             {"field": "every"})
     original = CurriculumEngine(spec)
     alternative = CurriculumEngine(alternative_spec(spec, sampler, weighting))
     points: list[ReplayPoint] = []
@@ -61,6 +72,11 @@ def replay(spec: CurriculumSpec, reports: Iterable[tuple[int, Report]], sampler:
     record(0)
     last = 0
     for seq, report in reports:
+        if seq != last + 1:
+            raise Conflict(
+                f"the log holds seq {seq} where {last + 1} was due (reports pruned with "
+                "PACELINE_PRUNE_EVENTS?): a replay from the start cannot rebuild it",
+                {"seq": seq, "expected": last + 1})
         original.apply(report)
         alternative.apply(report)
         last = seq

@@ -151,6 +151,17 @@ class CurriculumWriter(ABC):
         wins, as `Store.put_batch`)."""
 
 
+class CurriculumImporter(CurriculumWriter):
+    """Handle valid only inside `Store.importer(...)`: a writer that can also attach runs
+    in its transaction, so an import is committed whole or not at all."""
+
+    @abstractmethod
+    def add_run(self, run_id: str, metadata: Mapping[str, Any], created_at: datetime,
+                last_heartbeat: datetime) -> bool:
+        """Attach a run unless one of that id is attached; True when it was added (a
+        present run is left exactly as it is)."""
+
+
 class Store(ABC):
     """Persistence for curricula, runs, events, snapshots and issued batches."""
 
@@ -203,6 +214,13 @@ class Store(ABC):
     @abstractmethod
     def writer(self, name: str) -> AbstractContextManager[CurriculumWriter]:
         """Lock the curriculum for writing (see the module docstring)."""
+
+    @abstractmethod
+    def importer(self, name: str, spec: Mapping[str, Any] | None = None,
+                 ) -> AbstractContextManager[CurriculumImporter]:
+        """Lock a curriculum for an import, as `writer` does; with `spec`, create it in the
+        same transaction first (CurriculumExists when the name is taken). Everything done
+        through the handle commits at the end of the block or not at all."""
 
     @abstractmethod
     def events(self, name: str, after_seq: int = 0,

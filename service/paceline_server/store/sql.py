@@ -69,6 +69,7 @@ from paceline_server.store import tables as t
 from paceline_server.store.base import (
     BatchRecord,
     CurriculumHead,
+    CurriculumImporter,
     CurriculumRecord,
     CurriculumWriter,
     EventRecord,
@@ -578,6 +579,28 @@ class SqlStore(Store):
             finally:
                 handle._active = False
 
+    @contextmanager
+    def importer(self, name: str, spec: Mapping[str, Any] | None = None,
+                 ) -> Iterator[CurriculumImporter]:
+        """`writer` on a transaction that may also create the curriculum (with `spec`)
+        and attach runs: the caller's whole import commits at the end or not at all."""
+        with self._write(name) as conn:
+            if spec is not None:
+                created = conn.execute(
+                    self._insert(t.curricula).values(
+                        name=name, spec=dict(spec), created_at=_now(), head_seq=0)
+                    .on_conflict_do_nothing(index_elements=["name"])
+                    .returning(t.curricula.c.id)).first()
+                if created is None:
+                    raise CurriculumExists(f"curriculum {name!r} already exists",
+                                           {"curriculum": name})
+            handle = _SqlImporter(self, conn, *self._curriculum_row(conn, name, lock=True))
+            try:
+                yield handle
+                handle._finish()
+            finally:
+                handle._active = False
+
     @staticmethod
     def _event_record(row: _Row) -> EventRecord:
         """From a row (or tuple) of `_EVENT_COLUMNS`."""
@@ -800,3 +823,20 @@ class _SqlWriter(CurriculumWriter):
             with translated_errors():
                 self._store._sql_set_head.execute(
                     self._conn, {"cid": self._cid, "new_head": self._head})
+
+class _SqlImporter(_SqlWriter, CurriculumImporter):
+    """The handle yielded by `SqlStore.importer`: a writer that also attaches runs."""
+
+    def add_run(self, run_id: str, metadata: Mapping[str, Any], created_at: datetime,
+                last_heartbeat: datetime) -> bool:
+        self._check()
+        _aware(created_at, "created_at")
+        _aware(last_heartbeat, "last_heartbeat")
+        with translated_errors():
+            inserted = self._conn.execute(
+                self._store._insert(t.runs).values(
+                    curriculum_id=self._cid, run_id=run_id, metadata=dict(metadata),
+                    created_at=created_at, last_heartbeat=last_heartbeat)
+                .on_conflict_do_nothing(index_elements=["curriculum_id", "run_id"])
+                .returning(t.runs.c.run_id)).first()
+        return inserted is not None

@@ -1,0 +1,458 @@
+"""A curriculum as JSON lines: export, and an import that is all or nothing.
+
+An export holds what rebuilds a curriculum exactly — its spec, its runs and its reports
+in log order (the state is a fold of them) — one JSON object per line:
+
+    {"type": "curriculum", "format": 1, "seq": S, "spec": {...}}           first
+    {"type": "run", "run_id": ..., "metadata": {...},
+     "created_at": ..., "last_heartbeat": ...}                              each run
+    {"type": "report", "seq": n, "idempotency_key": k, "report": {...}}     n = 1..S
+
+Each report is in the API's flat form (`rollout_indices`, `group_ids`, `rewards`, ...),
+so it can also be posted as it is. Issued batches and snapshots are not exported: the
+import folds the reports again and writes its own snapshots.
+
+An import is one transaction: the curriculum (created, unless it is merged into), its
+runs and every report commit together or, at the first bad line, not at all. It refuses
+to touch an existing curriculum unless told to merge; a merge appends, after the
+curriculum's head and in export order, the reports whose idempotency key it does not
+hold yet, and counts the others as already present (the same key with other content
+fails the whole import). The CLI and `POST /v1/imports` both call
+`import_curriculum`; the CLI and `GET /v1/curricula/{name}/export` both call
+`export_curriculum`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from paceline_server.app.codec import decode_report, encode_report, same_report
+from paceline_server.app.reports import parse_report
+from paceline_server.app.service import PacelineService
+from paceline_server.domain.errors import (
+    Conflict,
+    CurriculumExists,
+    CurriculumNotFound,
+    IdempotencyConflict,
+    InvalidRequest,
+    MalformedBody,
+    PacelineError,
+    ReportConflict,
+    RunNotFound,
+)
+from paceline_server.domain.report import Report
+from paceline_server.domain.spec import CurriculumSpec
+from paceline_server.domain.validation import (
+    MAX_INT,
+    MAX_KEY,
+    MAX_RUN_ID,
+    check_document,
+    check_identifier,
+    check_int,
+)
+from paceline_server.engine import CurriculumEngine
+from paceline_server.store.base import (
+    CurriculumImporter,
+    CurriculumRecord,
+    EventRecord,
+    RunRecord,
+)
+
+#: The export format written here; an import refuses a newer one rather than guess.
+FORMAT = 1
+#: What an export is sent as over HTTP (one JSON document per line).
+MEDIA_TYPE = "application/x-ndjson"
+#: A parsed line of an export: (line number, object).
+Line = tuple[int, dict[str, Any]]
+
+
+# ---------------------------------------------------------------------------- export
+def export_curriculum(service: PacelineService, name: str) -> Iterator[bytes]:
+    """The export of `name`, line by line (each ending in a newline).
+
+    The curriculum, its runs and the first event are read by this call, so a missing
+    curriculum or a pruned log raises here, before a caller starts streaming; the events
+    are then read lazily, a page at a time, up to the head read first (runs are listed
+    after it, so every exported report's run is in the export)."""
+    store = service.store
+    record = store.get_curriculum(name)
+    runs = store.list_runs(name)
+    events = store.events(name, limit=record.head_seq)
+    first = next(events, None)
+    if record.head_seq and (first is None or first.seq != 1):
+        start = record.head_seq + 1 if first is None else first.seq
+        raise Conflict(
+            f"reports 1..{start - 1} of curriculum {name!r} were pruned "
+            "(PACELINE_PRUNE_EVENTS): an export would not rebuild it",
+            {"curriculum": name, "first_seq": start})
+    return _lines(record, runs, first, events)
+
+
+def _lines(record: CurriculumRecord, runs: list[RunRecord], first: EventRecord | None,
+           events: Iterator[EventRecord]) -> Iterator[bytes]:
+    yield _dump({"type": "curriculum", "format": FORMAT, "seq": record.head_seq,
+                 "spec": record.spec})
+    for run in runs:
+        yield _dump({"type": "run", "run_id": run.run_id, "metadata": run.metadata,
+                     "created_at": run.created_at.isoformat(),
+                     "last_heartbeat": run.last_heartbeat.isoformat()})
+    if first is None:
+        return
+    yield _event_line(first)
+    for event in events:
+        yield _event_line(event)
+
+
+def _event_line(event: EventRecord) -> bytes:
+    return _dump({"type": event.kind, "seq": event.seq,
+                  "idempotency_key": event.idempotency_key,
+                  "report": report_to_json(decode_report(event.payload))})
+
+
+def _dump(item: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
+
+
+def report_to_json(report: Report) -> dict[str, Any]:
+    """A report in the API's flat form (numpy arrays, which `orjson` writes as lists)."""
+    data: dict[str, Any] = {
+        "run_id": report.run_id, "step": report.step,
+        "rollout_indices": np.ascontiguousarray(report.indices[report.group_of]),
+        "group_ids": np.ascontiguousarray(report.group_of),
+        "rewards": np.ascontiguousarray(report.rewards),
+    }
+    for field in ("advantages", "grad_products", "eval_objectives"):
+        value = getattr(report, field)
+        if value is not None:
+            data[field] = np.ascontiguousarray(value)
+    return data
+
+
+# ---------------------------------------------------------------------------- reading
+def read_lines(lines: Iterable[bytes | str]) -> Iterator[Line]:
+    """(line number, object) of each non-blank line. Parsed strictly (`orjson`): NaN,
+    infinities and lone surrogates, which no JSON answer could carry later, are refused
+    here with the rest of malformed JSON."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedBody(f"line {number}: not valid JSON: {exc}",
+                                {"line": number}) from None
+        if not isinstance(item, dict):
+            raise MalformedBody(f"line {number}: each line of an export is a JSON object",
+                                {"line": number})
+        yield number, item
+
+
+@dataclass(frozen=True)
+class ExportHeader:
+    """The first line of an export: the spec (validated) and the head it announces."""
+
+    spec: CurriculumSpec
+    seq: int | None  # None in exports of the first release, which did not write it
+
+
+def read_header(items: Iterator[Line],
+                rename: str | None = None) -> ExportHeader:
+    """Consume the curriculum line (the first) and validate its spec, renamed if asked."""
+    found = next(items, None)
+    if found is None:
+        raise InvalidRequest("the export is empty", {"line": 1})
+    line, item = found
+    with _at(line):
+        if item.get("type") != "curriculum":
+            raise InvalidRequest("an export starts with its curriculum line "
+                                 '({"type": "curriculum", ...})')
+        version = item.get("format", FORMAT)
+        if version != FORMAT:
+            raise InvalidRequest(f"export format {version!r} is not supported (this "
+                                 f"release reads format {FORMAT})", {"field": "format"})
+        spec = item.get("spec")
+        if not isinstance(spec, dict):
+            raise InvalidRequest("the curriculum line needs its spec", {"field": "spec"})
+        if rename is not None:
+            spec = {**spec, "name": rename}
+        seq = item.get("seq")
+        if seq is not None:
+            seq = check_int(seq, "seq", InvalidRequest, maximum=MAX_INT)
+        return ExportHeader(CurriculumSpec.from_dict(spec), seq)
+
+
+def read_reports(items: Iterator[Line], header: ExportHeader,
+                 ) -> Iterator[tuple[int, int, dict[str, Any], Report]]:
+    """(line, seq, line object, parsed report) of the report lines, checking that they
+    are the log's reports 1, 2, ... in order and, at the end, that none is missing. Run
+    lines are skipped (a caller that needs them reads them with `read_runs`)."""
+    expected = 1
+    for line, item in items:
+        with _at(line):
+            kind = item.get("type")
+            if kind == "run":
+                continue
+            if kind != "report":
+                raise InvalidRequest(f"unknown line type {kind!r} (curriculum, run or "
+                                     "report)", {"field": "type"})
+            seq = check_int(item.get("seq"), "seq", InvalidRequest, minimum=1,
+                            maximum=MAX_INT)
+            if seq != expected:
+                raise InvalidRequest(
+                    f"report seq {seq} where {expected} was due: an export holds the "
+                    "log's reports 1, 2, ... in order (reports missing or out of order "
+                    "cannot rebuild the curriculum)", {"field": "seq", "expected": expected})
+            body = item.get("report")
+            if not isinstance(body, dict):
+                raise InvalidRequest("a report line needs its report", {"field": "report"})
+            report = parse_report(body, header.spec)
+            check_int(report.step, "step", InvalidRequest, maximum=MAX_INT)
+        yield line, seq, item, report
+        expected += 1
+    if header.seq is not None and expected - 1 != header.seq:
+        raise InvalidRequest(
+            f"the export announces {header.seq} reports but holds {expected - 1}: it is "
+            "truncated or was edited", {"expected": header.seq, "found": expected - 1})
+
+
+# ---------------------------------------------------------------------------- import
+@dataclass(frozen=True)
+class ImportResult:
+    name: str
+    created: bool  # False: merged into an existing curriculum
+    seq: int  # the curriculum's head after the import
+    reports_added: int
+    reports_present: int  # already in the curriculum (same idempotency key and content)
+    runs_added: int
+    runs_present: int
+
+
+@dataclass(frozen=True)
+class _Run:
+    run_id: str
+    metadata: dict[str, Any]
+    created_at: datetime | None
+    last_heartbeat: datetime | None
+
+
+@dataclass(frozen=True)
+class _Report:
+    line: int
+    key: str
+    run_id: str
+    step: int
+    payload: bytes  # the encoded report: compact, decoded again when folded
+
+
+@dataclass(frozen=True)
+class ExportContents:
+    """An export read and validated, ready to import (`read_export`)."""
+
+    engine: CurriculumEngine  # a fresh engine of the (renamed) spec
+    runs: tuple[_Run, ...]
+    reports: tuple[_Report, ...]
+
+
+def read_export(items: Iterable[Line], name: str | None = None) -> ExportContents:
+    """Read and validate every line of an export (the lines of `read_lines`), renamed
+    to `name` if given, without touching any database: a broken file is refused before
+    anything is opened."""
+    lines = iter(items)
+    header = read_header(lines, name)
+    engine = CurriculumEngine(header.spec)  # validates the spec as a create does
+    runs: dict[str, _Run] = {}
+    reports: list[_Report] = []
+
+    def on_run(line: int, item: dict[str, Any]) -> None:
+        with _at(line):
+            run = _read_run(item)
+            if run.run_id in runs:
+                raise InvalidRequest(f"run {run.run_id!r} appears twice",
+                                     {"field": "run_id"})
+            runs[run.run_id] = run
+
+    for line, seq, item, report in read_reports(_runs_aside(lines, on_run), header):
+        with _at(line):
+            key = item.get("idempotency_key")
+            key = f"import:{seq}" if key is None else check_identifier(
+                key, "idempotency_key", InvalidRequest, max_length=MAX_KEY)
+            reports.append(_Report(line, key, report.run_id, report.step,
+                                   encode_report(report)))
+    return ExportContents(engine, tuple(runs.values()), tuple(reports))
+
+
+def import_curriculum(service: PacelineService, export: ExportContents | Iterable[Line], *,
+                      name: str | None = None, merge: bool = False) -> ImportResult:
+    """Import an export (`read_export`'s result, or the lines of `read_lines`, read
+    here under `name` if given).
+
+    One transaction creates the curriculum (or, with `merge`, locks the existing one of
+    an equal spec), attaches the runs it lacks and folds and appends the reports it
+    lacks, writing snapshots as the service does. Any error leaves the database as it
+    was. Without `merge` an existing curriculum of that name is refused
+    (CURRICULUM_EXISTS)."""
+    if not isinstance(export, ExportContents):
+        export = read_export(export, name)
+    engine, reports = export.engine, export.reports
+    spec = engine.spec
+    target = spec.name
+    existing = _existing(service, target)
+    if existing is not None:
+        if not merge:
+            raise CurriculumExists(
+                f"curriculum {target!r} exists: an import adds to an existing curriculum "
+                "only when told to merge (CLI --merge, API ?merge=true); nothing was "
+                "imported", {"curriculum": target, "merge": False})
+        if existing.spec != spec.to_dict():
+            raise CurriculumExists(
+                f"curriculum {target!r} exists with a different spec: the export cannot "
+                "be merged into it; nothing was imported",
+                {"curriculum": target, "same_spec": False})
+    known = {r.run_id for r in export.runs} | ({r.run_id for r in service.store.list_runs(target)}
+                         if existing is not None else set())
+    for entry in reports:
+        if entry.run_id not in known:
+            raise RunNotFound(f"line {entry.line}: run {entry.run_id!r} of this report is "
+                              "neither in the export nor in the curriculum",
+                              {"line": entry.line, "run_id": entry.run_id})
+    every = service.settings.snapshot_every
+    now = datetime.now(UTC)
+    if existing is None:
+        with service.store.importer(target, spec.to_dict()) as writer:
+            counts = _write(writer, engine, export.runs, reports, every, now,
+                            merging=False)
+            head = writer.head_seq
+        return ImportResult(target, True, head, *counts)
+    cached = service.engines.entry(existing)
+    with cached.lock:
+        try:
+            with service.store.importer(target) as writer:
+                if writer.created_at != cached.created_at:
+                    raise Conflict(f"curriculum {target!r} was deleted and created again "
+                                   "during the import; nothing was imported",
+                                   {"curriculum": target})
+                service.engines.catch_up(cached, target, writer.head_seq)
+                counts = _write(writer, cached.engine, export.runs, reports, every, now,
+                                merging=True)
+                head = writer.head_seq
+        except BaseException:
+            service.engines.invalidate(cached)  # it may hold folds that were rolled back
+            raise
+        cached.seq = head
+    return ImportResult(target, False, head, *counts)
+
+
+def _write(writer: CurriculumImporter, engine: CurriculumEngine, runs: Iterable[_Run],
+           reports: Iterable[_Report], snapshot_every: int, now: datetime, *,
+           merging: bool) -> tuple[int, int, int, int]:
+    """Attach the runs and fold and append the reports the curriculum lacks (inside the
+    import's transaction); (reports added, present, runs added, present).
+
+    A report is present when its idempotency key is; when merging, also when its
+    (run, step) is, as the service answers a repeated step. A new curriculum takes the
+    export's log as it is: one written before steps were folded once may hold a step
+    twice, and it is rebuilt exactly."""
+    runs_added = runs_present = 0
+    for run in runs:
+        if writer.add_run(run.run_id, run.metadata, run.created_at or now,
+                          run.last_heartbeat or now):
+            runs_added += 1
+        else:
+            runs_present += 1
+    added = present = 0
+    for item in reports:
+        earlier = writer.find_by_key(item.key)
+        if earlier is not None:
+            if not _same(earlier, item):
+                raise IdempotencyConflict(
+                    f"line {item.line}: idempotency key {item.key!r} is held by a different "
+                    f"report (seq {earlier.seq}); nothing was imported",
+                    {"line": item.line, "idempotency_key": item.key, "seq": earlier.seq})
+            present += 1
+            continue
+        earlier = writer.find_report(item.run_id, item.step) if merging else None
+        if earlier is not None:  # a step is folded once, as the service does
+            if not _same(earlier, item):
+                raise ReportConflict(
+                    f"line {item.line}: step {item.step} of run {item.run_id!r} is already "
+                    f"in the curriculum (seq {earlier.seq}) with different content; nothing "
+                    "was imported", {"line": item.line, "run_id": item.run_id,
+                                     "step": item.step, "seq": earlier.seq})
+            present += 1
+            continue
+        with _at(item.line):
+            engine.apply(decode_report(item.payload))
+        seq = writer.append("report", item.run_id, item.step, item.key, item.payload,
+                            checked=True)
+        if seq % snapshot_every == 0:
+            writer.put_snapshot(seq, engine.to_bytes())
+        added += 1
+    return added, present, runs_added, runs_present
+
+
+def _same(earlier: EventRecord, item: _Report) -> bool:
+    """Whether a stored report holds the item's (equal content encodes to equal bytes,
+    unless an earlier release wrote it)."""
+    return earlier.payload == item.payload \
+        or same_report(earlier.payload, decode_report(item.payload))
+
+
+def _runs_aside(items: Iterator[Line],
+                on_run: Callable[[int, dict[str, Any]], None]) -> Iterator[Line]:
+    """`items`, with each run line handed to `on_run(line, item)` on the way."""
+    for line, item in items:
+        if item.get("type") == "run":
+            on_run(line, item)
+        yield line, item
+
+
+def _read_run(item: Mapping[str, Any]) -> _Run:
+    run_id = check_identifier(item.get("run_id"), "run_id", InvalidRequest,
+                              max_length=MAX_RUN_ID)
+    metadata = item.get("metadata")
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise InvalidRequest("run metadata must be a JSON object", {"field": "metadata"})
+    check_document(metadata, "metadata", InvalidRequest)
+    return _Run(run_id, metadata, _timestamp(item.get("created_at"), "created_at"),
+                _timestamp(item.get("last_heartbeat"), "last_heartbeat"))
+
+
+def _timestamp(value: object, what: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        stamp = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        stamp = None
+    if stamp is None or stamp.tzinfo is None:
+        raise InvalidRequest(f"{what} must be an ISO 8601 time with its UTC offset",
+                             {"field": what})
+    return stamp
+
+
+def _existing(service: PacelineService, name: str) -> CurriculumRecord | None:
+    try:
+        return service.store.get_curriculum(name)
+    except CurriculumNotFound:
+        return None
+
+
+@contextmanager
+def _at(line: int) -> Iterator[None]:
+    """Prefix the message of a Paceline error raised in the block with its line number
+    (same class and code, `line` added to the details)."""
+    try:
+        yield
+    except PacelineError as exc:
+        if "line" in exc.details:
+            raise
+        raise type(exc)(f"line {line}: {exc.message}", {**exc.details, "line": line}) \
+            from exc

@@ -1,0 +1,101 @@
+"""The CLI against a running service (`--url`, `--token`), on SQLite and PostgreSQL: the
+same output as on the database, import through the API, scopes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from api_support import free_port, fresh_pg_schema, running_service
+from cli_support import fail, populated, run
+from paceline_server import remote
+
+TOKENS = {"reader": "read", "writer": "write"}
+
+
+@dataclass
+class Served:
+    database_url: str
+    url: str
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A service process with auth on, over a database holding `math` (12 reports)."""
+    def serve(database_url: str) -> Iterator[Served]:
+        populated(database_url)
+        with running_service(database_url,
+                             env={"PACELINE_API_TOKENS": json.dumps(TOKENS)}) as service:
+            yield Served(database_url, service.url)
+
+    if request.param == "sqlite":
+        yield from serve(f"sqlite:///{tmp_path_factory.mktemp('remote') / 'paceline.db'}")
+    else:
+        with fresh_pg_schema() as url:
+            yield from serve(url)
+
+
+def test_inspect_export_and_replay_match_the_local_commands(served: Served) -> None:
+    local = ["--database-url", served.database_url]
+    far = ["--url", served.url, "--token", "reader"]
+    for command in (["inspect", "math"], ["export", "math"],
+                    ["replay", "math", "--sampler", "dump_ucb", "--weighting",
+                     '{"kind": "fixed", "weights": [1, 1]}', "--every", "5"]):
+        assert run(*command, *far) == run(*local, *command), command
+
+
+def test_url_and_token_from_the_environment(served: Served,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PACELINE_URL", served.url + "/v1")
+    monkeypatch.setenv("PACELINE_TOKEN", "reader")
+    assert run("inspect", "math").startswith("curriculum math  seq 12")
+    # An explicit database wins over PACELINE_URL.
+    assert run("--database-url", served.database_url, "inspect", "math").startswith(
+        "curriculum math  seq 12")
+
+
+def test_import_through_the_api(served: Served, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "math.jsonl"
+    path.write_text(run("export", "math", "--url", served.url, "--token", "reader"))
+    name = f"copy-{tmp_path.name[-12:].replace('_', '-')}"
+    writer = ["--url", served.url, "--token", "writer"]
+    monkeypatch.setattr(remote, "COMPRESS_OVER", 1000)  # sent gzip-compressed
+    assert run("import", str(path), "--name", name, *writer) == (
+        f"created curriculum {name} (seq 12): 12 new reports, 0 already present; 1 new "
+        "runs, 0 already present\n")
+    status, err = fail(capsys, "import", str(path), "--name", name, *writer)
+    assert status == 2 and err.startswith("error CURRICULUM_EXISTS: ")
+    assert run("import", str(path), "--name", name, "--merge", *writer) == (
+        f"merged into curriculum {name} (seq 12): 0 new reports, 12 already present; 0 "
+        "new runs, 1 already present\n")
+    copied = run("export", name, "--url", served.url, "--token", "reader").splitlines()
+    assert copied[2:] == path.read_text().splitlines()[2:]
+    # Scopes: import writes, the rest reads.
+    status, err = fail(capsys, "import", str(path), "--name", "x", "--url", served.url,
+                       "--token", "reader")
+    assert (status, err) == (2, "error FORBIDDEN: this token is read-only")
+    status, err = fail(capsys, "inspect", "math", "--url", served.url)
+    assert status == 2 and err.startswith("error UNAUTHENTICATED: ")
+
+
+def test_remote_errors_are_one_line(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    far = ["--url", served.url, "--token", "reader"]
+    for command in (["inspect", "nope"], ["export", "nope"], ["replay", "nope"]):
+        status, err = fail(capsys, *command, *far)
+        assert (status, err) == (2, "error CURRICULUM_NOT_FOUND: curriculum 'nope' not "
+                                    "found"), command
+    status, err = fail(capsys, "inspect", "math", "--url", "grpc://127.0.0.1:50051")
+    assert status == 1 and "the CLI speaks REST" in err
+
+
+def test_an_unreachable_service_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    status, err = fail(capsys, "inspect", "math", "--url", url)
+    assert status == 1 and err.startswith(f"error: cannot reach {url}: ConnectError")
