@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     storage_failure_hold_s: float = Field(default=10.0, ge=0)
     #: Curricula whose engines stay in memory per process.
     engine_cache_size: int = Field(default=64, ge=1)
+    #: Largest estimated state of one curriculum (bytes; see docs/reliability.md for
+    #: the bytes per sample of each strategy): create refuses a bigger one with 422
+    #: STATE_TOO_LARGE naming the estimate. 2 GiB holds 10^7 samples with any strategy.
+    max_state_bytes: int = Field(default=2 * 1024**3, ge=1024**2)
+    #: Estimated state bytes of the engines cached per process, all together: the least
+    #: recently used are dropped beyond it (the most recent one is always kept).
+    engine_cache_bytes: int = Field(default=4 * 1024**3, ge=1024**2)
     #: Distributions exported per curriculum on /metrics (bounded label sets).
     metrics_max_distributions: int = Field(default=64, ge=0)
     #: Redis shared by the replicas (`redis://host:6379/0`): head notifications, the

@@ -40,6 +40,7 @@ TABLE: dict[type[errors.PacelineError], Status] = {
     errors.InvalidSpec: Status(422, "INVALID_ARGUMENT"),
     errors.UnknownStrategy: Status(422, "INVALID_ARGUMENT"),
     errors.InvalidParams: Status(422, "INVALID_ARGUMENT"),
+    errors.StateTooLarge: Status(422, "INVALID_ARGUMENT"),
     errors.InvalidReport: Status(422, "INVALID_ARGUMENT"),
     errors.IndexOutOfRange: Status(422, "INVALID_ARGUMENT"),
     errors.InvalidRequest: Status(422, "INVALID_ARGUMENT"),

@@ -16,9 +16,13 @@ from datetime import datetime
 from typing import Any
 
 from paceline_server.app.codec import decode_report
+from paceline_server.domain.errors import StateTooLarge
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.engine import CurriculumEngine
+from paceline_server.engine.engine import HISTORY
+from paceline_server.engine.health import WINDOW as HEALTH_WINDOW
 from paceline_server.store.base import CurriculumHead, CurriculumRecord, Store
+from paceline_server.strategies.registry import build_sampler, build_weighting
 
 
 @dataclass
@@ -42,12 +46,60 @@ class CachedEngine:
     commit_lock: threading.Lock = field(default_factory=threading.Lock)
     #: A worker thread is committing what `report_async` queued (under `pending_guard`).
     draining: bool = False
+    #: Estimated bytes of the engine's state (`estimate_state_bytes`): the cache's budget
+    #: counts these, not entries.
+    nbytes: int = 0
+
+
+#: The engine's pass-rate table, kept per sample when the sampler reads it or
+#: zero-variance skipping is on: alpha, beta (float32), last visit (int32), streak (int8).
+POSTERIOR_BYTES_PER_SAMPLE = 13
+
+
+def estimate_state_bytes(spec: CurriculumSpec) -> int:
+    """The in-memory state a curriculum of `spec` holds, estimated from the spec alone
+    (nothing is allocated, so a hostile spec is measured in microseconds): the sampler's
+    and the weighting's own estimates, the engine's pass-rate table when kept, its
+    per-distribution health windows and weight history, and the layout's arrays."""
+    sampler = build_sampler(spec.sampler, spec.layout, spec.objectives)
+    weighting = build_weighting(spec.weighting, spec.objectives)
+    n, d, k = spec.layout.num_samples, spec.layout.num_distributions, len(spec.objectives)
+    total = sampler.state_bytes() + weighting.state_bytes() + spec.layout.state_bytes()
+    if sampler.uses_posteriors or spec.zero_variance is not None:
+        total += POSTERIOR_BYTES_PER_SAMPLE * n
+    total += 8 * d * (3 * HEALTH_WINDOW + 8) + 8 * HISTORY * (k + 2)
+    return total
+
+
+def check_state_budget(spec: CurriculumSpec, budget: int) -> int:
+    """The estimate of `spec`'s state, or StateTooLarge when it is over `budget`."""
+    estimate = estimate_state_bytes(spec)
+    if estimate > budget:
+        raise StateTooLarge(
+            f"curriculum {spec.name!r} would hold about {_size(estimate)} of state, over "
+            f"this service's budget of {_size(budget)} (PACELINE_MAX_STATE_BYTES): use "
+            "fewer samples, a per-distribution sampler or a smaller window",
+            {"estimate_bytes": estimate, "budget_bytes": budget,
+             "num_samples": spec.layout.num_samples, "sampler": spec.sampler.kind})
+    return estimate
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
 
 
 class EngineCache:
-    def __init__(self, store: Store, capacity: int) -> None:
+    """At most `capacity` engines and `max_bytes` of estimated state, least recently
+    used dropped first; the engine just loaded always stays (a request is using it)."""
+
+    def __init__(self, store: Store, capacity: int, max_bytes: int | None = None) -> None:
         self.store = store
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.nbytes = 0  # estimated state bytes of the cached engines
         self._entries: OrderedDict[str, CachedEngine] = OrderedDict()
         self._guard = threading.Lock()
 
@@ -66,10 +118,18 @@ class EngineCache:
                 raise RuntimeError(f"curriculum {head.name!r} was recreated; retry")
             spec = CurriculumSpec.from_dict(record.spec)
             engine, seq = self._load(record.name, spec, record.head_seq)
-            cached = CachedEngine(record.created_at, spec, engine, seq, threading.RLock())
+            cached = CachedEngine(record.created_at, spec, engine, seq, threading.RLock(),
+                                  nbytes=estimate_state_bytes(spec))
+            previous = self._entries.pop(record.name, None)
+            if previous is not None:
+                self.nbytes -= previous.nbytes
             self._entries[record.name] = cached
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+            self.nbytes += cached.nbytes
+            while len(self._entries) > 1 and (
+                    len(self._entries) > self.capacity
+                    or (self.max_bytes is not None and self.nbytes > self.max_bytes)):
+                _, dropped = self._entries.popitem(last=False)
+                self.nbytes -= dropped.nbytes
             return cached
 
     def _load(self, name: str, spec: CurriculumSpec,
@@ -129,7 +189,9 @@ class EngineCache:
         thread that found its entry outdated must not drop the fresh one another built)."""
         with self._guard:
             if entry is None or self._entries.get(name) is entry:
-                self._entries.pop(name, None)
+                dropped = self._entries.pop(name, None)
+                if dropped is not None:
+                    self.nbytes -= dropped.nbytes
 
     def engines(self) -> list[tuple[str, CachedEngine]]:
         with self._guard:

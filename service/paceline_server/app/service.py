@@ -36,7 +36,7 @@ from paceline_server.app.coordination import (
     coordinator_from_settings,
     curriculum_stamp,
 )
-from paceline_server.app.engines import CachedEngine, EngineCache
+from paceline_server.app.engines import CachedEngine, EngineCache, check_state_budget
 from paceline_server.app.history import HistoryService
 from paceline_server.app.reports import accepts_unserved, parse_report
 from paceline_server.domain.batch import Batch
@@ -119,7 +119,8 @@ class PacelineService:
         self.store = store
         self.settings = settings
         self.clock = clock
-        self.engines = EngineCache(store, settings.engine_cache_size)
+        self.engines = EngineCache(store, settings.engine_cache_size,
+                                   settings.engine_cache_bytes)
         self.histories = HistoryService(store)  # GET /history (app/history.py)
         self.coordinator = coordinator or coordinator_from_settings(settings)
         self.coordinator.start(self._fold_announced)
@@ -178,7 +179,11 @@ class PacelineService:
 
         With `exist_ok` an equal spec returns the stored curriculum; a different spec of
         the same name is always a conflict."""
-        spec = CurriculumEngine(CurriculumSpec.from_dict(spec_data)).spec
+        parsed = CurriculumSpec.from_dict(spec_data)
+        # Estimated from the spec before anything is allocated: an oversized one is
+        # refused in microseconds instead of taking the process's memory.
+        check_state_budget(parsed, self.settings.max_state_bytes)
+        spec = CurriculumEngine(parsed).spec
         canonical = spec.to_dict()
         try:
             return CreateResult(self.store.create_curriculum(spec.name, canonical), True)

@@ -177,3 +177,10 @@ class InvalidDownsampling(InvalidRequest):
     """A history's `every` is not a positive integer."""
 
     code = "INVALID_DOWNSAMPLING"
+
+
+class StateTooLarge(InvalidSpec):
+    """The curriculum's estimated in-memory state is over the service's memory budget
+    (`PACELINE_MAX_STATE_BYTES`); `details.estimate_bytes` says how much it would need."""
+
+    code = "STATE_TOO_LARGE"

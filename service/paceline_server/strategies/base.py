@@ -37,6 +37,10 @@ from paceline_server.strategies.signals import ReportSignals
 
 S = TypeVar("S")
 P = TypeVar("P")
+#: Fixed bytes counted per state (scalars, array headers), on top of its arrays.
+STATE_OVERHEAD = 4096
+#: Records of history a weighting may keep (hypervolume's front history, for instance).
+WEIGHTING_HISTORY = 1024
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,14 @@ class Sampler(ABC, Generic[S, P]):
         for zero-variance skipping; None (the default) uses the engine's table."""
         return None
 
+    def state_bytes(self) -> int:
+        """Estimated bytes of `init_state`'s arrays for this layout and these parameters,
+        computed without building them: create refuses a curriculum whose estimate is
+        over the memory budget (`PACELINE_MAX_STATE_BYTES`), and the engine cache counts
+        it. The default fits per-distribution samplers (a few float64 per distribution);
+        samplers keeping per-sample or windowed arrays override it."""
+        return STATE_OVERHEAD + 16 * 8 * self.layout.num_distributions
+
     @abstractmethod
     def init_state(self, rng: np.random.Generator) -> S: ...
 
@@ -159,6 +171,13 @@ class Weighting(ABC, Generic[S, P]):
     @property
     def num_objectives(self) -> int:
         return len(self.objectives)
+
+    def state_bytes(self) -> int:
+        """Estimated bytes of `init_state`'s arrays (see `Sampler.state_bytes`). The
+        default covers vectors and k x k matrices over the objectives and a history of
+        `WEIGHTING_HISTORY` records of k + 2 numbers."""
+        k = self.num_objectives
+        return STATE_OVERHEAD + 8 * (WEIGHTING_HISTORY * (k + 2) + 16 * k * k)
 
     @abstractmethod
     def init_state(self, rng: np.random.Generator) -> S: ...

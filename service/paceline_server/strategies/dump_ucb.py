@@ -44,7 +44,7 @@ from typing import Any, Literal
 import numpy as np
 
 from paceline_server.domain.explanation import Reason, number
-from paceline_server.strategies.base import ProposeContext, UpdateContext
+from paceline_server.strategies.base import STATE_OVERHEAD, ProposeContext, UpdateContext
 from paceline_server.strategies.distribution import DistributionParams, DistributionSampler
 from paceline_server.strategies.params import require
 from paceline_server.strategies.signals import ReportSignals
@@ -96,6 +96,10 @@ class DumpUcbSampler(DistributionSampler[DumpUcbState, DumpUcbParams]):
     name = "dump_ucb"
     params_type = DumpUcbParams
     state_type = DumpUcbState
+
+    def state_bytes(self) -> int:
+        """The advantage ring (window float64 per distribution) and six vectors over D."""
+        return STATE_OVERHEAD + 8 * self.layout.num_distributions * (self.params.window + 6)
 
     def init_state(self, rng: np.random.Generator) -> DumpUcbState:
         d = self.layout.num_distributions

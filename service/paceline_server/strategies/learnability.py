@@ -55,7 +55,13 @@ import numpy as np
 
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
-from paceline_server.strategies.base import Proposal, ProposeContext, Sampler, UpdateContext
+from paceline_server.strategies.base import (
+    STATE_OVERHEAD,
+    Proposal,
+    ProposeContext,
+    Sampler,
+    UpdateContext,
+)
 from paceline_server.strategies.distribution import allocate
 from paceline_server.strategies.dump_ucb import DumpUcbParams, DumpUcbSampler, DumpUcbState
 from paceline_server.strategies.learning_progress import (
@@ -72,6 +78,7 @@ from paceline_server.strategies.sumtree import (
     descend,
     prefix_sums,
     set_leaves,
+    tree_bytes,
     uniform_excluding,
 )
 
@@ -241,6 +248,13 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         return lambda indices: self.agreement(state, indices, group_size)
 
     # ----------------------------------------------------------------- state
+    def state_bytes(self) -> int:
+        """A sum tree over N learnabilities, N float32 successes and failures, pooled
+        vectors over D, and the allocator's own state."""
+        n, d = self.layout.num_samples, self.layout.num_distributions
+        allocator = 0 if self.allocator is None else self.allocator.state_bytes()
+        return STATE_OVERHEAD + tree_bytes(n) + 8 * n + 40 * d + allocator
+
     def init_state(self, rng: np.random.Generator) -> LearnabilityState:
         n, d = self.layout.num_samples, self.layout.num_distributions
         return LearnabilityState(

@@ -30,6 +30,7 @@ import numpy as np
 
 from paceline_server.domain.explanation import Reason, number
 from paceline_server.strategies.base import (
+    STATE_OVERHEAD,
     Proposal,
     ProposeContext,
     Sampler,
@@ -45,6 +46,7 @@ from paceline_server.strategies.sumtree import (
     sample_filtered,
     set_leaves,
     total_weight,
+    tree_bytes,
 )
 
 UNSEEN_PRIORITY = 0.25
@@ -94,6 +96,13 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
     def posterior_config(self) -> PosteriorConfig:
         return PosteriorConfig(self.params.prior_alpha, self.params.prior_beta,
                                self.params.gamma)
+
+    def state_bytes(self) -> int:
+        """The sum tree over N priorities (two channels in linear mode, else one) and the
+        per-distribution channel sums."""
+        channels = 2 if self._linear else 1
+        return (STATE_OVERHEAD + tree_bytes(self.layout.num_samples, channels)
+                + 8 * channels * self.layout.num_distributions)
 
     def init_state(self, rng: np.random.Generator) -> PrioritizedState:
         n = self.layout.num_samples

@@ -93,7 +93,12 @@ from typing import Any
 import numpy as np
 
 from paceline_server.domain.explanation import Reason, number
-from paceline_server.strategies.base import Proposal, ProposeContext, UpdateContext
+from paceline_server.strategies.base import (
+    STATE_OVERHEAD,
+    Proposal,
+    ProposeContext,
+    UpdateContext,
+)
 from paceline_server.strategies.distribution import (
     DistributionParams,
     DistributionSampler,
@@ -108,6 +113,7 @@ from paceline_server.strategies.sumtree import (
     leaf_weights,
     sample_unique,
     set_leaves,
+    tree_bytes,
 )
 
 MAX_WINDOW = 4096  # bounds the [D, window] rings
@@ -238,6 +244,14 @@ class SpardSampler(DistributionSampler[SpardSamplerState, SpardSamplerParams]):
     state_type = SpardSamplerState
 
     # ------------------------------------------------------------------ state
+    def state_bytes(self) -> int:
+        """Per-sample mode: a sum tree over N utilities; distribution mode: N float32
+        utilities. Both: the success rings (int32 + float64 per slot) and vectors over D."""
+        n, num = self.layout.num_samples, self.layout.num_distributions
+        samples = tree_bytes(n) + 8 * num if self.params.per_sample else 4 * n
+        return (STATE_OVERHEAD + samples + 12 * num * self.params.window + 48 * num
+                + 8 * len(self.objectives))
+
     def init_state(self, rng: np.random.Generator) -> SpardSamplerState:
         params = self.params
         num = self.layout.num_distributions

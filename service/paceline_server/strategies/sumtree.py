@@ -52,6 +52,13 @@ def _layout(size: int) -> tuple[tuple[int, int], ...]:
     return tuple(zip(offsets, rows, strict=True))  # cached: computed once per size
 
 
+def tree_bytes(size: int, channels: int = 1) -> int:
+    """Bytes of `build_tree` over `size` leaves of `channels` channels, without building
+    it (float32 leaves, float64 internal levels): the per-sample samplers' memory
+    estimate."""
+    return channels * (4 * _padded(size) + 8 * sum(rows for _, rows in _layout(size)))
+
+
 def _padded(count: int) -> int:
     return max(FANOUT, -(-count // FANOUT) * FANOUT)
 
