@@ -181,7 +181,8 @@ def report_message(*, run_id: str, step: SupportsIndex, indices: Any, rewards: A
                    grad_products: Any = None, eval_objectives: Any = None,
                    idempotency_key: str, curriculum: str,
                    next_step: SupportsIndex | None = None,
-                   next_size: SupportsIndex | None = None) -> pb.ReportRequest:
+                   next_size: SupportsIndex | None = None,
+                   unserved: str | None = None) -> pb.ReportRequest:
     """`_payloads.report_body` as a `ReportRequest` (dense, or flat with `group_ids`),
     keeping numpy/torch arrays as arrays all the way to the wire."""
     message = pb.ReportRequest(curriculum=curriculum, run_id=run_id,
@@ -190,6 +191,8 @@ def report_message(*, run_id: str, step: SupportsIndex, indices: Any, rewards: A
         message.next_step = operator.index(next_step)
     if next_size is not None:
         message.next_size = operator.index(next_size)
+    if unserved is not None:
+        message.unserved = unserved
     if group_ids is None:
         message.indices.extend(_ints(indices, "indices"))
     else:
@@ -240,7 +243,8 @@ def _report(request: Request, name: str) -> pb.ReportRequest:
         rewards=body.get("rewards", []), objectives=[], advantages=body.get("advantages"),
         group_ids=body.get("group_ids", [] if rollouts is not None else None),
         grad_products=body.get("grad_products"),
-        eval_objectives=body.get("eval_objectives"), idempotency_key=key)
+        eval_objectives=body.get("eval_objectives"), idempotency_key=key,
+        unserved=body.get("unserved"))
 
 
 def strategies(message: pb.ListStrategiesResponse) -> dict[str, Any]:

@@ -143,7 +143,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, curriculum: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("curriculum", "run_id", "step", "indices", "rollout_indices", "group_ids", "rewards", "advantages", "grad_products", "eval_objectives", "eval_objectives_by_name", "idempotency_key", "next_step", "next_size")
+    __slots__ = ("curriculum", "run_id", "step", "indices", "rollout_indices", "group_ids", "rewards", "advantages", "grad_products", "eval_objectives", "eval_objectives_by_name", "idempotency_key", "next_step", "next_size", "unserved")
     class EvalObjectivesByNameEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,7 @@ class ReportRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     NEXT_STEP_FIELD_NUMBER: _ClassVar[int]
     NEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    UNSERVED_FIELD_NUMBER: _ClassVar[int]
     curriculum: str
     run_id: str
     step: int
@@ -179,7 +180,8 @@ class ReportRequest(_message.Message):
     idempotency_key: str
     next_step: int
     next_size: int
-    def __init__(self, curriculum: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ..., rollout_indices: _Optional[_Iterable[int]] = ..., group_ids: _Optional[_Iterable[int]] = ..., rewards: _Optional[_Union[Array, _Mapping]] = ..., advantages: _Optional[_Union[Array, _Mapping]] = ..., grad_products: _Optional[_Union[Array, _Mapping]] = ..., eval_objectives: _Optional[_Union[Array, _Mapping]] = ..., eval_objectives_by_name: _Optional[_Mapping[str, float]] = ..., idempotency_key: _Optional[str] = ..., next_step: _Optional[int] = ..., next_size: _Optional[int] = ...) -> None: ...
+    unserved: str
+    def __init__(self, curriculum: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ..., rollout_indices: _Optional[_Iterable[int]] = ..., group_ids: _Optional[_Iterable[int]] = ..., rewards: _Optional[_Union[Array, _Mapping]] = ..., advantages: _Optional[_Union[Array, _Mapping]] = ..., grad_products: _Optional[_Union[Array, _Mapping]] = ..., eval_objectives: _Optional[_Union[Array, _Mapping]] = ..., eval_objectives_by_name: _Optional[_Mapping[str, float]] = ..., idempotency_key: _Optional[str] = ..., next_step: _Optional[int] = ..., next_size: _Optional[int] = ..., unserved: _Optional[str] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ("seq", "replayed", "batch")

@@ -162,7 +162,8 @@ def _rewards(rewards: Any, objectives: Sequence[str]) -> Any:
 
 def report_body(*, run_id: str, step: SupportsIndex, indices: Any, rewards: Any,
                 objectives: Sequence[str], advantages: Any = None, group_ids: Any = None,
-                grad_products: Any = None, eval_objectives: Any = None) -> dict[str, Any]:
+                grad_products: Any = None, eval_objectives: Any = None,
+                unserved: str | None = None) -> dict[str, Any]:
     """The report in the dense form (`indices` [n], `rewards` [n, g, k]) or, when
     `group_ids` is given, the flat form (one row per rollout: `rollout_indices` [m],
     `rewards` [m, k], `group_ids` [m]) that allows groups of different sizes. Arrays and
@@ -180,6 +181,8 @@ def report_body(*, run_id: str, step: SupportsIndex, indices: Any, rewards: Any,
         body["grad_products"] = _array(grad_products)
     if eval_objectives is not None:
         body["eval_objectives"] = plain(eval_objectives)  # k numbers or a mapping
+    if unserved is not None:
+        body["unserved"] = unserved
     return body
 
 

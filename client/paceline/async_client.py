@@ -11,7 +11,7 @@ import os
 import weakref
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 import httpx
 
@@ -282,13 +282,15 @@ class AsyncRun:
                      group_ids: Any = None, grad_products: Any = None,
                      eval_objectives: Any = None, *, idempotency_key: str | None = None,
                      next_step: SupportsIndex | None = None,
-                     next_size: SupportsIndex | None = None) -> ReportAck:
+                     next_size: SupportsIndex | None = None,
+                     unserved: Literal["refuse", "accept"] | None = None) -> ReportAck:
         """See `Run.report`."""
         step = operator.index(step)
         arrays: dict[str, Any] = dict(
             run_id=self.run_id, step=step, indices=indices, rewards=rewards,
             objectives=self.curriculum.objectives, advantages=advantages,
-            group_ids=group_ids, grad_products=grad_products, eval_objectives=eval_objectives)
+            group_ids=group_ids, grad_products=grad_products, eval_objectives=eval_objectives,
+            unserved=unserved)
         key = idempotency_key or report_key(self.run_id, step)
         transport = self.client._transport
         if not isinstance(transport, AsyncTransport):  # gRPC: packed arrays, no JSON

@@ -16,7 +16,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 import httpx
 
@@ -360,7 +360,8 @@ class Run:
     def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
                group_ids: Any = None, grad_products: Any = None,
                eval_objectives: Any = None, *, idempotency_key: str | None = None,
-               next_step: SupportsIndex | None = None, next_size: SupportsIndex | None = None
+               next_step: SupportsIndex | None = None, next_size: SupportsIndex | None = None,
+               unserved: Literal["refuse", "accept"] | None = None
                ) -> ReportAck:
         """Report one step's rollouts.
 
@@ -376,12 +377,19 @@ class Run:
 
         With `next_step` the ack's `batch` is the batch for that step (of size
         `next_size`, default the curriculum's): one round trip per training step instead
-        of `report` + `next_batch`, and the same batch `next_batch(next_step)` returns."""
+        of `report` + `next_batch`, and the same batch `next_batch(next_step)` returns.
+
+        A step is folded once: reporting it again returns the first acknowledgement
+        when the content is the same (whatever the key) and raises `Conflict`
+        (REPORT_CONFLICT) when it differs. A step Paceline never served, or indices it did
+        not serve, raise `Conflict` (NOT_SERVED / INDICES_NOT_SERVED) unless
+        `unserved="accept"` (for a trainer that samples its own prompts)."""
         step = operator.index(step)
         arrays: dict[str, Any] = dict(
             run_id=self.run_id, step=step, indices=indices, rewards=rewards,
             objectives=self.curriculum.objectives, advantages=advantages,
-            group_ids=group_ids, grad_products=grad_products, eval_objectives=eval_objectives)
+            group_ids=group_ids, grad_products=grad_products, eval_objectives=eval_objectives,
+            unserved=unserved)
         key = idempotency_key or report_key(self.run_id, step)
         transport = self.client._transport
         if not isinstance(transport, SyncTransport):  # gRPC: packed arrays, no JSON

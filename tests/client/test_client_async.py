@@ -43,7 +43,7 @@ def test_full_cycle(tmp_path: Path) -> None:
                                            advantages=np.zeros((8, 4)))
                     assert (ack.seq, ack.replayed) == (step + 1, False)
                 ack = await run.report(3, [1, 1, 2], rewards=[[1, 1], [0, 2], [1, 3]],
-                                       group_ids=[0, 0, 1])
+                                       group_ids=[0, 0, 1], unserved="accept")
                 assert ack.seq == 4
             state = await cur.state()
             assert state.seq == 4
@@ -76,7 +76,8 @@ def test_report_with_next_step(tmp_path: Path) -> None:
                                                                     step + 1)
                 assert ack.batch == await run.next_batch(step + 1)
                 batch = ack.batch
-            sized = await run.report(3, [1], [[[1.0, 1.0]]], next_step=4, next_size=2)
+            sized = await run.report(3, batch.indices[:1], [[[1.0, 1.0]]], next_step=4,
+                                     next_size=2)
             assert sized.batch is not None and len(sized.batch.indices) == 2
 
     run_async(body)

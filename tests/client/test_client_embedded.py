@@ -126,12 +126,13 @@ def test_ragged_groups_in_the_flat_form(embedded: paceline.Client) -> None:
     # Sample 3 got three rollouts, sample 70 (a "hard" one) a single one.
     ack = run.report(0, indices=[3, 70, 3, 3], group_ids=[0, 1, 0, 0],
                      rewards={"acc": [1, 0, 0, 1], "len": [10, 50, 20, 30]},
-                     advantages=[0.5, 0.0, -0.5, 0.5])
+                     advantages=[0.5, 0.0, -0.5, 0.5], unserved="accept")
     assert ack.seq == 1
     state = cur.state()
     assert state.distribution("easy").rollouts == 3
     assert state.distribution("hard").rollouts == 1
-    run.report(1, indices=[5, 5], group_ids=[0, 0], rewards=[[1, 1], [0, 2]])
+    run.report(1, indices=[5, 5], group_ids=[0, 0], rewards=[[1, 1], [0, 2]],
+               unserved="accept")
     assert cur.state().distribution("easy").rollouts == 5
 
 
@@ -198,7 +199,7 @@ def test_embedded_persists_on_its_path(tmp_path: Path) -> None:
     with paceline.Client.embedded(path) as client:
         cur = client.create_curriculum("math", **SPEC)
         run = cur.start_run(run_id="r", heartbeat_interval=None)
-        run.report(0, [1, 2], rewards_for([1, 2]))
+        run.report(0, [1, 2], rewards_for([1, 2]), unserved="accept")
         state = cur.state()
     with paceline.Client.embedded(path) as client:
         assert client.curriculum("math").state() == state

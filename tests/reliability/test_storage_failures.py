@@ -40,7 +40,7 @@ def report(step: int, prompts: int = 8, rollouts: int = 64) -> dict[str, Any]:
     rewards = np.stack([rng.integers(0, 2, (prompts, rollouts)),
                         rng.random((prompts, rollouts)) * 100], axis=-1)
     return {"run_id": "run-1", "step": step, "indices": list(range(step, step + prompts)),
-            "rewards": rewards.astype(float).tolist()}
+            "rewards": rewards.astype(float).tolist(), "unserved": "accept"}
 
 
 def setup(client: TestClient, reports: int = 2) -> None:

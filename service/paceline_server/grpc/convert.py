@@ -206,4 +206,6 @@ def report_body(request: pb.ReportRequest) -> Mapping[str, Any]:
             raise InvalidReport("give eval_objectives or eval_objectives_by_name, not both",
                                 {"field": "eval_objectives"})
         body["eval_objectives"] = dict(request.eval_objectives_by_name)
+    if request.unserved:
+        body["unserved"] = request.unserved
     return body
