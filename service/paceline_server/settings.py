@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     prune_events: bool = False
     #: A run without heartbeat for this long is reported as stale.
     run_stale_after_s: float = Field(default=300.0, gt=0)
+    #: Serve the API's description (/openapi.json, /docs, /redoc). It is public even with
+    #: authentication on, by design: it holds no data, only what the source says, and
+    #: Swagger UI cannot send a token to fetch it; false removes the three routes.
+    api_docs: bool = True
     #: Bearer tokens: token -> scope. Empty = authentication off.
     api_tokens: dict[str, Scope] = Field(default_factory=dict)
     #: Largest accepted request body (after decompression).

@@ -40,8 +40,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if owns_store:
             store.close()
 
+    docs: dict[str, Any] = {} if settings.api_docs else {
+        "openapi_url": None, "docs_url": None, "redoc_url": None}
     app = FastAPI(title="Paceline", version=__version__, lifespan=lifespan,
-                  description="Curriculum and reward-weighting service for RL post-training.")
+                  description="Curriculum and reward-weighting service for RL post-training.",
+                  **docs)
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics.Metrics(service, settings.metrics_max_distributions)

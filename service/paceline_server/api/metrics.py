@@ -33,6 +33,16 @@ class Metrics:
         self.registry.register(CurriculumCollector(service, max_distributions))
         self.registry.register(CoordinationCollector(service.coordinator))
 
+    def forget(self, curriculum: str) -> None:
+        """Drop every counter series of a deleted curriculum, so create/delete cycles
+        leave no stale series (a recreated curriculum counts from zero). The gauges need
+        nothing: they are read from the cached engines, which delete drops."""
+        for counter in vars(self).values():
+            if isinstance(counter, Counter) and counter._labelnames[:1] == ("curriculum",):
+                for labels in [key for key in list(counter._metrics) if key[0] == curriculum]:
+                    counter.remove(*labels)
+
+
 
 class CurriculumCollector(Collector):
     """Gauges per curriculum and distribution, read from the cached engines."""

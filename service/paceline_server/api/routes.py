@@ -86,13 +86,14 @@ def get_curriculum(name: NamePath, service: Service, _: ReadScope) -> schemas.Cu
 
 @router.delete("/curricula/{name}", status_code=204,
                summary="Delete a curriculum and its history; pass ?confirm=<name>")
-def delete_curriculum(name: NamePath, service: Service, _: WriteScope,
+def delete_curriculum(name: NamePath, service: Service, _: WriteScope, request: Request,
                       confirm: Annotated[str, Query(
                           description="the curriculum's name again")]) -> Response:
     if confirm != name:
         raise InvalidRequest("deleting a curriculum needs ?confirm=<its name>",
                              {"field": "confirm"})
     service.delete_curriculum(name)
+    request.app.state.metrics.forget(name)
     return Response(status_code=204)
 
 

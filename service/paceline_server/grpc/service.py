@@ -164,6 +164,8 @@ class PacelineHandlers:
             raise InvalidRequest("deleting a curriculum needs confirm=<its name>",
                                  {"field": "confirm"})
         self.service.delete_curriculum(request.name)
+        if self.metrics is not None:
+            self.metrics.forget(request.name)
         return pb.DeleteCurriculumResponse()
 
     # ------------------------------------------------------------ runs
