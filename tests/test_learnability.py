@@ -158,7 +158,7 @@ def test_state_round_trip_exact(params: dict[str, Any]) -> None:
     ({"candidates": 0.5}, "candidates"),
     ({"band_floor": 2.0}, "band_floor"),
     ({"allocation": "spard"}, "allocation"),
-    ({"allocation_params": {"tau": 0.2}}, "need an allocation"),
+    ({"allocation": "none", "allocation_params": {"tau": 0.2}}, "need an allocation"),
     ({"allocation": "dump_ucb", "allocation_params": {"nope": 1}}, "unknown"),
     ({"allocation": "dump_ucb", "allocation_params": {"tau": -1}}, "tau"),
     ({"temperature": 1.0}, "unknown"),
@@ -210,9 +210,32 @@ def test_label_layout_ranges_follow_the_member_order() -> None:
 
 
 def test_tiny_dataset_batches_are_full_and_distinct() -> None:
-    e = engine(sizes=(3, 4), batch_size=7)
+    e = engine(sizes=(3, 4), batch_size=7, allocation="none")
     e.apply(report(e.spec, np.arange(7), np.ones((7, 4))))
     assert sorted(e.next_batch("r", 1).indices.tolist()) == list(range(7))
-    alloc = engine(sizes=(2, 20), batch_size=10, allocation="dump_ucb")
+    # With an allocation, a distribution smaller than its slots repeats its prompts (the
+    # rule of every distribution-level sampler); the others stay distinct.
+    alloc = engine(sizes=(2, 20), batch_size=10, allocation="dump_ucb",
+                   allocation_params={"allocation": "largest_remainder"})
     batch = alloc.next_batch("r", 0)
     assert batch.indices.size == 10
+    big = batch.indices[batch.indices >= 2]
+    assert np.unique(big).size == big.size == 5
+    assert set(batch.indices[batch.indices < 2].tolist()) == {0, 1}
+
+
+def test_prior_strength_is_estimated_by_moments() -> None:
+    e = engine(sizes=(10, 10), gamma=1.0, pool_gamma=1.0)
+    rewards = np.zeros((4, 8))
+    rewards[0] = 1.0  # d0: one solved, one hopeless prompt -> no signal in either group
+    rewards[2:, :4] = 1.0  # d1: two prompts at 4/8 -> s (G - s) / (G (G - 1)) = 16/56
+    e.apply(report(e.spec, [0, 1, 10, 11], rewards))
+    kappa = sampler_of(e).prior_strength(e.state.sampler)
+    # d0: mu = 9/18, V = (0 + 0 + 1/6) / 3; d1: mu = 9/18, V = (2 * 16/56 + 1/6) / 3.
+    for d, signal in enumerate([(1 / 6) / 3, (2 * 16 / 56 + 1 / 6) / 3]):
+        ratio = signal / 0.25
+        assert kappa[d] == pytest.approx(ratio / (1 - ratio))
+    assert kappa[0] < 0.5 < 50 < kappa[1]  # heterogeneous: weak prior; homogeneous: strong
+    fixed = engine(sizes=(10, 10), prior_strength=4.0)
+    np.testing.assert_allclose(sampler_of(fixed).prior_strength(fixed.state.sampler), 4.0)
+    assert "prior_strength" in e.inspect().sampler

@@ -296,31 +296,30 @@ def uniform_excluding(n: int, count: int, exclude: np.ndarray,
     probability >= 3/8, and the rounds are capped); otherwise, or if the cap is reached,
     from the explicit complement (O(n), only for small or nearly exhausted trees). Raises
     ValueError when fewer than `count` indices are free, instead of looping forever."""
-    excluded_set = set(np.asarray(exclude, dtype=np.int64).tolist())
-    free = n - len(excluded_set)
+    excluded = np.unique(np.asarray(exclude, dtype=np.int64))
+    free = n - excluded.size
     if count > free:
         raise ValueError(f"cannot draw {count} distinct indices: only {free} of {n} free")
     if count == 0:
         return np.zeros(0, dtype=np.int64)
-    if 2 * len(excluded_set) < n and 4 * count < free:
-        result: list[int] = []
-        seen: set[int] = set()
+    if 2 * excluded.size < n and 4 * count < free:
+        result = np.zeros(0, dtype=np.int64)
         for _ in range(MAX_ROUNDS):
-            for value in rng.integers(0, n, size=2 * (count - len(result)) + 8).tolist():
-                if value not in excluded_set and value not in seen:
-                    seen.add(value)
-                    result.append(value)
-                    if len(result) == count:
-                        return np.asarray(result, dtype=np.int64)
-        excluded_set |= seen
-        count -= len(result)
-        rest = _complement_choice(n, count, excluded_set, rng)
-        return np.concatenate([np.asarray(result, dtype=np.int64), rest])
-    return _complement_choice(n, count, excluded_set, rng)
+            draws = rng.integers(0, n, size=2 * (count - result.size) + 8)
+            draws = draws[~np.isin(draws, excluded)]
+            _, first = np.unique(draws, return_index=True)
+            draws = draws[np.sort(first)]  # distinct, in draw order
+            draws = draws[~np.isin(draws, result)]
+            result = np.concatenate([result, draws[: count - result.size]])
+            if result.size == count:
+                return result
+        rest = _complement_choice(n, count - result.size,
+                                  np.union1d(excluded, result), rng)
+        return np.concatenate([result, rest])
+    return _complement_choice(n, count, excluded, rng)
 
 
-def _complement_choice(n: int, count: int, excluded: set[int],
+def _complement_choice(n: int, count: int, excluded: np.ndarray,
                        rng: np.random.Generator) -> np.ndarray:
-    pool = np.setdiff1d(np.arange(n, dtype=np.int64),
-                        np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+    pool = np.setdiff1d(np.arange(n, dtype=np.int64), excluded)
     return np.asarray(rng.choice(pool, size=count, replace=False), dtype=np.int64)

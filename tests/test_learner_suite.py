@@ -1,0 +1,143 @@
+"""The learner suite (`benchmarks/learners/`, `benchmarks/suite.py`, issue 14): each
+learner carries the structures docs/benchmarks.md says it does, a zero-variance group
+teaches nothing, and the runner still runs every row on every learner (tiny settings),
+so it cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from learners import LEARNERS, Groups, GrpoLearner  # noqa: E402
+from learners.forgetting import ForgettingLearner  # noqa: E402
+from learners.prerequisite import PrerequisiteLearner  # noqa: E402
+
+
+def constant_groups(learner: GrpoLearner, indices: np.ndarray, value: float) -> Groups:
+    shape = (indices.size, learner.group)
+    outcomes = np.full(shape, value)
+    return Groups(indices, outcomes, outcomes.copy(), learner.pass_rate(indices))
+
+
+@pytest.mark.parametrize("name", list(LEARNERS))
+def test_pass_rates_span_trivial_and_never_solvable(name: str) -> None:
+    learner = LEARNERS[name](0)
+    p = learner.pass_rate()
+    assert p.shape == (learner.num_samples,)
+    assert np.all((p >= 0.0) & (p <= 1.0))
+    for d in range(learner.num_distributions):  # both ends inside every distribution
+        mine = p[learner.dist_of == d]
+        assert (mine == 1.0).any() and (mine == 0.0).any()
+    assert 4 <= learner.group <= 16
+    accuracy = learner.accuracy()
+    assert accuracy.shape == (learner.num_distributions,)
+    assert accuracy.mean() < learner.target  # the target is not met at the start
+
+
+@pytest.mark.parametrize("name", list(LEARNERS))
+def test_zero_variance_groups_teach_nothing(name: str) -> None:
+    learner = LEARNERS[name](0)
+    reference = LEARNERS[name](0)
+    idx = np.arange(0, learner.num_samples, max(1, learner.num_samples // learner.batch))
+    learner.train(constant_groups(learner, idx, 1.0))
+    learner.train(constant_groups(learner, idx, 0.0))
+    # Only what happens without any gradient (forgetting) may move the skills.
+    reference.train(constant_groups(reference, idx[:0], 0.0))
+    reference.train(constant_groups(reference, idx[:0], 0.0))
+    if name != ForgettingLearner.name:
+        np.testing.assert_array_equal(learner.skill, reference.skill)
+    else:  # decay toward the start is no learning: never above the start
+        assert np.all(learner.skill <= reference.skill + 1e-12)
+
+
+@pytest.mark.parametrize("name", list(LEARNERS))
+def test_informative_groups_raise_the_skill(name: str) -> None:
+    learner = LEARNERS[name](0)
+    before = learner.accuracy().mean()
+    for _ in range(30):
+        p = learner.pass_rate()
+        band = np.flatnonzero((p > 0.2) & (p < 0.8))
+        learner.train(learner.rollout(band[:learner.batch]))
+    assert learner.accuracy().mean() > before
+
+
+def test_suite_structures() -> None:
+    ratios = {n: cls(0).sizes.max() / cls(0).sizes.min() for n, cls in LEARNERS.items()}
+    assert max(ratios.values()) >= 30
+    assert {cls.binary for cls in LEARNERS.values()} == {True, False}
+    assert {cls.group for cls in LEARNERS.values()} >= {4, 16}
+    tight = LEARNERS["tight_budget"]
+    assert tight.steps * tight.batch <= 2 * tight(0).num_samples  # about two visits
+
+
+def test_prerequisite_blocks_until_learned() -> None:
+    learner = PrerequisiteLearner(0)
+    proofs = np.flatnonzero((learner.dist_of == 3) & np.isfinite(learner.difficulty))
+    assert learner.pass_rate(proofs).max() < 0.05  # before `algebra` is learned
+    learner.skill[1] = 5.0  # algebra mastered
+    assert learner.pass_rate(proofs).mean() > 0.3
+
+
+def test_noisy_rewards_differ_from_outcomes() -> None:
+    learner = PrerequisiteLearner(0)
+    groups = learner.rollout(np.arange(400))
+    flipped = float(np.mean(groups.rewards != groups.outcomes))
+    assert 0.05 < flipped < 0.15
+
+
+def test_forgetting_fades_unvisited_skills() -> None:
+    learner = ForgettingLearner(0)
+    learner.skill[:] = 3.0
+    visited = np.flatnonzero(learner.dist_of == 0)[:20]
+    learner.train(constant_groups(learner, visited, 1.0))
+    assert learner.skill[0] > learner.skill[5]  # 20 visits vs none
+    assert learner.skill[5] == pytest.approx(3.0 * (1 - 0.02))
+    partial = learner.rollout(np.arange(50)).rewards
+    assert set(np.unique(partial)) <= {0.0, 0.25, 0.5, 0.75, 1.0}
+
+
+def test_oracle_samples_the_band() -> None:
+    import suite
+
+    learner = LEARNERS["imbalanced"](0)
+    indices, _ = suite.Oracle(learner, 0).propose(0, learner.batch)
+    p = learner.pass_rate(indices)
+    assert indices.size == len(set(indices.tolist())) == learner.batch
+    assert np.all((p >= 0.2) & (p <= 0.8))
+
+
+def test_suite_quick(tmp_path: Path) -> None:
+    pytest.importorskip("syllabus")  # the `peers` extra
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--quick",
+                           "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    objects = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert not [o for o in objects if "error" in o]
+    rows = [o for o in objects if "row" in o and "learner" in o]
+    assert {o["learner"] for o in rows} == set(LEARNERS)
+    names = {o["row"] for o in rows}
+    assert {"uniform", "learning_progress", "spard", "dump_ucb", "prioritized",
+            "Syllabus OnlineLearningProgress", "DAPO filter + refill",
+            "DAPO filter, no refill", "oracle (true p in [0.2, 0.8])",
+            "default (no sampler named)"} <= names
+    for o in rows:
+        assert o["seeds"] == 1
+        assert 0.0 <= o["min_accuracy"][0] <= o["mean_accuracy"][0] <= 1.0
+        assert 0.0 <= o["zero_variance_share"][0] <= 1.0
+        assert o["rollouts_to_target"][0] > 0
+    targets = next(o for o in objects if "targets" in o)["targets"]
+    assert set(targets["learners"]) == set(LEARNERS)
+    text = (tmp_path / "learner_suite.md").read_text()
+    assert "| uniform |" in text and "#### tight_budget" in text
+    if importlib.util.find_spec("matplotlib") is not None:  # the `bench` extra
+        assert (tmp_path / "learner_suite.png").stat().st_size > 10_000
