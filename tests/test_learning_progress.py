@@ -13,13 +13,17 @@ from hypothesis import strategies as st
 
 from paceline_server.domain import InvalidParams, Report
 from paceline_server.engine import CurriculumEngine
-from paceline_server.strategies.learning_progress import LearningProgressState, rank_scores
+from paceline_server.strategies.learning_progress import (
+    LearningProgressState,
+    rank_scores,
+    reweight,
+)
 from paceline_server.strategies.state_codec import decode_state, encode_state
 from support import report, spec
 
 #: The parameters the hand computations below use (the first defaults); the shipped
 #: defaults are checked in `test_defaults_are_the_learner_suite_choice`.
-HAND = {"alpha_fast": 0.1, "alpha_slow": 0.01, "temperature": 0.25}
+HAND = {"alpha_fast": 0.1, "alpha_slow": 0.01, "temperature": 0.25, "p_theta": 0.5}
 
 
 def lp(**params: Any) -> dict[str, Any]:
@@ -178,6 +182,7 @@ def test_end_to_end_batches_are_valid_and_do_not_mutate_state() -> None:
      ({"alpha_fast": 0.05, "alpha_slow": 0.05}, "must be smaller"),
      ({"temperature": 0.0}, "temperature must be positive"),
      ({"epsilon": 1.5}, "epsilon must be in"), ({"epsilon": -0.1}, "epsilon must be in"),
+     ({"p_theta": 0.0}, "p_theta must be in"), ({"p_theta": 0.6}, "p_theta must be in"),
      ({"normalization": "zscore"}, "must be one of")],
 )
 def test_bad_params_are_rejected(params: dict[str, Any], fragment: str) -> None:
@@ -216,17 +221,32 @@ def test_defaults_are_the_learner_suite_choice() -> None:
     engine = CurriculumEngine(spec((100, 100), sampler="learning_progress"))
     assert engine.spec.sampler.params == {"alpha_fast": 0.2, "alpha_slow": 0.05,
                                           "normalization": "rank", "temperature": 1.0,
-                                          "epsilon": 0.1, "allocation": "multinomial"}
+                                          "epsilon": 0.1, "p_theta": 0.1,
+                                          "allocation": "multinomial"}
 
 
 def test_default_emas_and_mild_softmax_by_hand() -> None:
-    # d0: 0.5 then 1.0 -> fast 0.5 + 0.2·0.5 = 0.6, slow 0.5 + 0.05·0.5 = 0.525, LP 0.075;
+    # d0: 0.5 then 1.0 -> fast 0.5 + 0.2·0.5 = 0.6, slow 0.5 + 0.05·0.5 = 0.525;
+    # r(p) = 0.9p / (p + 0.1(1 − 2p)): r(0.6) = 0.54/0.58, r(0.525) = 0.4725/0.52.
     # d1 seen once, LP 0. Rank scores (1, 0), softmax at 1.0: e / (e + 1), then 10 % uniform.
     engine = two_reports(spec((100, 100), sampler="learning_progress"))
     state = state_of(engine)
     np.testing.assert_allclose(state.ema_fast, [0.6, 1.0], rtol=1e-15)
     np.testing.assert_allclose(state.ema_slow, [0.525, 1.0], rtol=1e-15)
+    np.testing.assert_allclose(engine.inspect().sampler["learning_progress"],
+                               [0.54 / 0.58 - 0.4725 / 0.52, 0.0], rtol=1e-12)
     p = engine.next_batch("r", 2).probabilities
     e = math.e
     np.testing.assert_allclose(p, [0.9 * e / (e + 1) + 0.05, 0.9 / (e + 1) + 0.05],
                                rtol=1e-14)
+
+
+def test_reweighting_favours_progress_near_zero_success() -> None:
+    """The same +0.1 of success counts more leaving 0 than near 1 (θ = 0.1); θ = 0.5 is
+    the identity."""
+    low = reweight(np.array([0.15]), 0.1) - reweight(np.array([0.05]), 0.1)
+    high = reweight(np.array([0.95]), 0.1) - reweight(np.array([0.85]), 0.1)
+    assert low[0] > 3 * high[0]
+    p = np.linspace(0.0, 1.0, 11)
+    np.testing.assert_allclose(reweight(p, 0.5), p, atol=1e-15)
+    np.testing.assert_allclose(reweight(np.array([0.0, 1.0]), 0.1), [0.0, 1.0])

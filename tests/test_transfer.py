@@ -174,6 +174,12 @@ def broken_exports(lines: list[dict[str, Any]]) -> list[tuple[str, bytes, type[P
         ("no-header", data(lines[1:]), InvalidRequest, "line 1: an export starts"),
         ("bad-metadata", data([lines[0], {**lines[1], "metadata": {"x": "a\x00b"}},
                                *lines[2:]]), InvalidRequest, "line 2: metadata"),
+        # NUL, which PostgreSQL cannot store, in a run id and an idempotency key
+        ("nul-run-id", data([lines[0], {**lines[1], "run_id": "run\x00-1"}, *lines[2:]]),
+         InvalidRequest, "line 2: run_id"),
+        ("nul-key", data([*lines[:middle], {**report, "idempotency_key": "k\x00"},
+                          *lines[middle + 1:]]), InvalidRequest, f"line {line}: "
+         "idempotency_key"),
     ]
 
 
@@ -232,3 +238,15 @@ def test_read_export_touches_no_database() -> None:
         read_export(read_lines([orjson.dumps(header)]))
     contents = read_export(read_lines([orjson.dumps({**header, "format": 1})]), "renamed")
     assert contents.engine.spec.name == "renamed" and contents.reports == ()
+
+
+def test_a_curriculum_without_reports_round_trips(url: str) -> None:
+    service = service_on(url)
+    service.create_curriculum(SPEC)
+    service.attach_run("math", {"note": "idle"}, "run-1")
+    lines = export_of(service)
+    assert [x["type"] for x in lines] == ["curriculum", "run"] and lines[0]["seq"] == 0
+    result = load(service, lines, name="empty-copy")
+    assert (result.created, result.seq, result.reports_added, result.runs_added) == (
+        True, 0, 0, 1)
+    assert service.store.get_run("empty-copy", "run-1").metadata == {"note": "idle"}

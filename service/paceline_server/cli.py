@@ -30,6 +30,7 @@ from paceline_server.settings import Settings
 if TYPE_CHECKING:  # imported lazily: gRPC is loaded only when serving it
     from paceline_server.api.metrics import Metrics
     from paceline_server.grpc.server import GrpcServer
+    from paceline_server.remote import RemoteService
 
 
 def _service(settings: Settings) -> PacelineService:
@@ -151,7 +152,8 @@ def local_service(settings: Settings, *, create: bool) -> Iterator[PacelineServi
 
 
 @contextmanager
-def remote_service(url: str, token: str | None) -> Iterator[Any]:
+def remote_service(url: str, token: str | None) -> Iterator[RemoteService]:
+    """The service at `url` (the client package is imported only for remote commands)."""
     from paceline_server.remote import RemoteService
 
     try:

@@ -4,8 +4,14 @@
 Per distribution d, every report that touches d gives one observation s̄_d, the mean
 success of d's reported indices (each index counts once, whatever its group size). A fast
 and a slow exponential moving average of s̄_d (α_fast = 0.2, α_slow = 0.05) are
-updated; learning progress LP_d = |EMA_fast − EMA_slow| is large while success moves in
-either direction (learning, or forgetting) and fades once it settles.
+updated; learning progress LP_d = |r(EMA_fast) − r(EMA_slow)| is large while success
+moves in either direction (learning, or forgetting) and fades once it settles.
+
+Reweighting r (Kanitscheider et al. 2021, as Syllabus applies it; `p_theta` θ = 0.1):
+r(p) = p(1 − θ) / (p + θ(1 − 2p)) maps [0, 1] onto itself with slope (1 − θ)/θ = 9 at 0,
+so progress on a distribution that is just leaving zero success counts several times
+what the same change counts near the top: hard distributions that start to move are
+found early. θ = 0.5 is the identity (no reweighting).
 
 **(ours)** Defaults chosen on the learner suite as a whole (`benchmarks/suite.py`, four
 structurally different simulated GRPO learners; docs/benchmarks.md, "Learner suite"),
@@ -15,7 +21,9 @@ slow EMA hardly moves in a few hundred reports, so LP measures the total gain si
 the start and keeps favouring distributions that are already learned, and a softmax at
 0.25 on ranks puts most of the batch on one or two distributions picked from noisy
 per-report success. α 0.2 / 0.05 gives time constants of 5 and 20 reports; temperature
-1.0 keeps every distribution within a factor e of the best before mixing.
+1.0 keeps every distribution within a factor e of the best before mixing; the
+reweighting (θ = 0.1) made the remaining learner (many distributions, most prompts
+zero-variance, hard ones that move late) reach the target in every seed.
 
 **(ours)** Both EMAs start at the first observation of d (not at 0), so a distribution's
 first report does not look like progress from 0 to its success rate; LP needs a second
@@ -61,13 +69,14 @@ Normalization = Literal["rank", "minmax"]
 @dataclass(frozen=True)
 class LearningProgressParams(DistributionParams):
     """`alpha_fast` > `alpha_slow`, both in (0, 1]; `temperature` > 0; `epsilon` in
-    [0, 1]."""
+    [0, 1]; `p_theta` in (0, 0.5] (0.5: no reweighting)."""
 
     alpha_fast: float = 0.2
     alpha_slow: float = 0.05
     normalization: Normalization = "rank"
     temperature: float = 1.0
     epsilon: float = 0.1
+    p_theta: float = 0.1
 
     def __post_init__(self) -> None:
         require(0.0 < self.alpha_fast <= 1.0,
@@ -81,6 +90,8 @@ class LearningProgressParams(DistributionParams):
                 f"temperature must be positive; got {self.temperature!r}", "temperature")
         require(0.0 <= self.epsilon <= 1.0,
                 f"epsilon must be in [0, 1]; got {self.epsilon!r}", "epsilon")
+        require(0.0 < self.p_theta <= 0.5,
+                f"p_theta must be in (0, 0.5]; got {self.p_theta!r}", "p_theta")
 
 
 @dataclass
@@ -99,6 +110,11 @@ def rank_scores(values: np.ndarray) -> np.ndarray:
     first = np.cumsum(counts) - counts
     average = first + (counts - 1) / 2.0
     return np.asarray(average[inverse] / (n - 1), dtype=np.float64)
+
+
+def reweight(p: np.ndarray, theta: float) -> np.ndarray:
+    """r(p) = p(1 − θ) / (p + θ(1 − 2p)): steep near 0, identity at θ = 0.5."""
+    return np.asarray(p * (1.0 - theta) / (p + theta * (1.0 - 2.0 * p)))
 
 
 def normalized_scores(progress: np.ndarray, seen: np.ndarray,
@@ -141,7 +157,8 @@ class LearningProgressSampler(DistributionSampler[LearningProgressState,
         state.reports[touched] += 1
 
     def progress(self, state: LearningProgressState) -> np.ndarray:
-        return np.abs(state.ema_fast - state.ema_slow)
+        theta = self.params.p_theta
+        return np.abs(reweight(state.ema_fast, theta) - reweight(state.ema_slow, theta))
 
     def probabilities(self, state: LearningProgressState, ctx: ProposeContext) -> np.ndarray:
         params = self.params
