@@ -1,6 +1,12 @@
 """`prioritized`: per-sample sampling from each sample's own history (ours, built on
 prioritized experience replay and PLR).
 
+The earlier per-sample sampler. `learnability` (strategies/learnability.py) does its job
+better for new curricula: its posterior pools each distribution's evidence, so a prompt
+seen once already moves, where a flat Beta(1, 1) here barely does. `prioritized` stays
+for the curricula that use it and for its two features `learnability` lacks: the
+staleness bonus in reports and importance-sampling loss weights.
+
 priority_x = p̂_x (1 - p̂_x) + β · (1 - exp(-(t - last_x) / h)), with p̂ the mean of the
 sample's Beta pass-rate posterior (the shared table the engine keeps): p(1-p) is the
 Bernoulli reward variance, largest where a GRPO group has the most signal and zero where
