@@ -187,7 +187,7 @@ def rows() -> list[Row]:
         ("learning_progress", "learning_progress"),
         ("prioritized", "prioritized"),
         ("spard", lambda lr: {"kind": "spard", "pace_steps": max(1, lr.steps // 2)}),
-        ("learnability, no allocation", {"kind": "learnability", "allocation": "none"}),
+        ("learnability", "learnability"),
         ("learnability + dump_ucb allocation",
          {"kind": "learnability", "allocation": "dump_ucb"}),
         ("learnability + learning_progress allocation",
@@ -373,8 +373,7 @@ def targets(summaries: dict[str, dict[str, dict[str, Any]]], row: str) -> dict[s
 
 
 PLOTTED = ["uniform", "dump_ucb", "learning_progress", "prioritized", "spard",
-           "learnability, no allocation", "learnability + dump_ucb allocation + zero_variance",
-           DEFAULT, SYLLABUS, DAPO, DAPO_NO_REFILL, ORACLE]
+           "learnability", "learnability + zero_variance", DEFAULT, SYLLABUS, DAPO, ORACLE]
 
 
 def plot(summaries: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:

@@ -25,6 +25,7 @@ from paceline.errors import (
     TransportError,
     Unavailable,
 )
+from paceline.history import DistributionHistory, History
 from paceline.models import (
     Batch,
     CurriculumInfo,
@@ -49,8 +50,10 @@ __all__ = [
     "Conflict",
     "Curriculum",
     "CurriculumInfo",
+    "DistributionHistory",
     "DistributionStats",
     "Health",
+    "History",
     "InvalidInput",
     "NotFound",
     "PacelineError",

@@ -110,5 +110,14 @@ def state(name: str) -> Request:
     return Request("GET", _path(name, "state"))
 
 
+def history(name: str, every: SupportsIndex | None, since: SupportsIndex | None) -> Request:
+    params = {}
+    if every is not None:
+        params["every"] = str(operator.index(every))
+    if since is not None:
+        params["since"] = str(operator.index(since))
+    return Request("GET", _path(name, "history"), params=params)
+
+
 def strategies() -> Request:
     return Request("GET", STRATEGIES)

@@ -10,6 +10,7 @@ straight into the protobuf wire format instead of value by value.
 from __future__ import annotations
 
 import json
+import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,6 +109,38 @@ def state(message: pb.State) -> dict[str, Any]:
         "hypervolume_history": [{"seq": r.seq, "hypervolume": r.hypervolume,
                                  "point": list(r.point)} for r in message.hypervolume_history],
         "sampler": _object(message.sampler_json), "weighting": _object(message.weighting_json),
+        "explanations": [{
+            "name": e.name, "probability": e.probability,
+            "terms": {k: _finite(v) for k, v in e.terms.items()}, "sentence": e.sentence,
+            "flags": list(e.flags)} for e in message.explanations],
+    }
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _finite_list(values: Sequence[float]) -> list[float | None]:
+    return [None if math.isnan(v) else v for v in values]
+
+
+def history(message: pb.History) -> dict[str, Any]:
+    """A history as the REST body (NaN as None)."""
+    return {
+        "name": message.name, "head_seq": message.head_seq, "first_seq": message.first_seq,
+        "every": message.every, "complete": message.complete,
+        "replayed_seq": message.replayed_seq, "objectives": list(message.objectives),
+        "distributions": list(message.distributions), "seq": list(message.seq),
+        "step": list(message.step), "time": list(message.time),
+        "per_distribution": {d.name: {
+            "probability": list(d.probability), "success": _finite_list(d.success),
+            "mean_abs_advantage": _finite_list(d.mean_abs_advantage),
+            "zero_variance_fraction": _finite_list(d.zero_variance_fraction),
+            "stalled": list(d.stalled), "saturated": list(d.saturated),
+            "hopeless": list(d.hopeless)} for d in message.per_distribution},
+        "reward_weights": {s.name: list(s.values) for s in message.reward_weights},
+        "reward_scale": list(message.reward_scale),
+        "hypervolume": _finite_list(message.hypervolume),
     }
 
 
@@ -309,6 +342,12 @@ def route(request: Request) -> Call:
             return Call("Report", _report(request, name), 200, report_ack)
         case "GET", [name, "state"]:
             return Call("GetState", pb.GetStateRequest(curriculum=name), 200, state)
+        case "GET", [name, "history"]:
+            wanted = pb.GetHistoryRequest(curriculum=name)
+            for key in ("every", "since"):
+                if key in request.params:
+                    setattr(wanted, key, int(request.params[key]))
+            return Call("GetHistory", wanted, 200, history)
     raise ValueError(f"no gRPC call for {method} {request.path}")
 
 

@@ -33,6 +33,7 @@ from paceline.client import (
     new_run_id,
     report_key,
 )
+from paceline.history import POLL_S, History
 from paceline.models import (
     Batch,
     CurriculumInfo,
@@ -223,6 +224,17 @@ class AsyncCurriculum:
 
     async def state(self) -> State:
         return State.model_validate(await self.client._call(_api.state(self.name)))
+
+    async def history(self, every: SupportsIndex | None = None,
+                      since: SupportsIndex | None = None, wait: bool = True) -> History:
+        """As `Curriculum.history`: per-report series, asked again until complete unless
+        `wait` is False."""
+        while True:
+            history = History.model_validate(
+                await self.client._call(_api.history(self.name, every, since)))
+            if history.complete or not wait:
+                return history
+            await asyncio.sleep(POLL_S)
 
     async def delete(self) -> None:
         reply = await self.client._send(_api.delete_curriculum(self.name))

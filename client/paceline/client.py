@@ -12,6 +12,7 @@ import logging
 import operator
 import os
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,7 @@ from paceline._payloads import (
     report_body,
 )
 from paceline._transport import Reply, Request, RetryPolicy, SyncTransport
+from paceline.history import POLL_S, History
 from paceline.models import (
     Batch,
     CurriculumInfo,
@@ -279,6 +281,23 @@ class Curriculum:
     def state(self) -> State:
         """Per-distribution statistics, reward weights and their history, health."""
         return State.model_validate(self.client._call(_api.state(self.name)))
+
+    def history(self, every: SupportsIndex | None = None, since: SupportsIndex | None = None,
+                wait: bool = True) -> History:
+        """Per-report series: probabilities, success, mean |advantage|, zero-variance share
+        and health flags per distribution; reward weights, scale and hypervolume.
+
+        `every`: keep rows at multiples of it (and the last; the service's default keeps
+        at most 1000 rows); `since`: from that sequence number. The first call on a long
+        curriculum makes the service replay its log; with `wait` (the default) this asks
+        again until the history is complete, without it you get what is replayed so far
+        (`complete` False). `pandas.DataFrame(cur.history().records())` gives a table."""
+        while True:
+            history = History.model_validate(
+                self.client._call(_api.history(self.name, every, since)))
+            if history.complete or not wait:
+                return history
+            time.sleep(POLL_S)
 
     def delete(self) -> None:
         """Delete the curriculum and all its history (irreversible)."""

@@ -175,6 +175,16 @@ class HypervolumeRecord(_Model):
     point: list[float]
 
 
+class Explanation(_Model):
+    """Why a distribution gets its probability: the strategy's numbers and a sentence."""
+
+    name: str
+    probability: float
+    terms: dict[str, float | None] = Field(default_factory=dict)
+    sentence: str
+    flags: list[str] = Field(default_factory=list)
+
+
 class State(_Model):
     """A curriculum's current state: per-distribution stats, weights, their history."""
 
@@ -188,6 +198,7 @@ class State(_Model):
     hypervolume_history: list[HypervolumeRecord] = Field(default_factory=list)
     sampler: dict[str, Any] = Field(default_factory=dict)
     weighting: dict[str, Any] = Field(default_factory=dict)
+    explanations: list[Explanation] = Field(default_factory=list)
 
     def distribution(self, name: str) -> DistributionStats:
         """The stats of one distribution by name."""

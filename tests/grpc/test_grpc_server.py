@@ -112,7 +112,8 @@ def test_every_rpc_has_a_handler(tmp_path: Path) -> None:
     names = [m.name for m in pb.DESCRIPTOR.services_by_name["Paceline"].methods]
     assert [m.name for m in methods] == names
     assert {m.name for m in methods if m.scope == "read"} == {
-        "ListCurricula", "GetCurriculum", "ListRuns", "GetRun", "GetState"}
+        "ListCurricula", "GetCurriculum", "ListRuns", "GetRun", "GetState",
+        "ListStrategies", "GetHistory"}
     service.store.close()
 
 

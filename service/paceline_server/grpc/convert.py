@@ -21,6 +21,7 @@ from paceline_server.app.service import RunStatus
 from paceline_server.app.strategies import StrategyCatalog, StrategyInfo
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import InvalidReport, InvalidRequest, MalformedBody
+from paceline_server.domain.history import CurriculumHistory
 from paceline_server.domain.inspection import CurriculumInspection
 from paceline_server.domain.validation import (
     MAX_INT,
@@ -148,7 +149,26 @@ def state(name: str, view: CurriculumInspection) -> pb.State:
         hypervolume_history=[pb.HypervolumeRecord(seq=r.clock, hypervolume=r.hypervolume,
                                                   point=r.point)
                              for r in view.hypervolume_history],
-        sampler_json=dump_json(view.sampler), weighting_json=dump_json(view.weighting))
+        sampler_json=dump_json(view.sampler), weighting_json=dump_json(view.weighting),
+        explanations=[pb.Explanation(
+            name=e.name, probability=e.probability,
+            terms={k: math.nan if v is None else v for k, v in e.terms.items()},
+            sentence=e.sentence, flags=e.flags) for e in view.explanations])
+
+
+def history(view: CurriculumHistory) -> pb.History:
+    """A history as columns (NaN stays NaN: protobuf doubles carry it)."""
+    return pb.History(
+        name=view.name, head_seq=view.head_seq, first_seq=view.first_seq, every=view.every,
+        complete=view.complete, replayed_seq=view.replayed_seq, objectives=view.objectives,
+        distributions=view.distributions, seq=view.seq.tolist(), step=view.step.tolist(),
+        time=view.time.tolist(),
+        per_distribution=[pb.DistributionHistory(
+            name=name, **{key: values[:, d].tolist() for key, values in view.series.items()})
+            for d, name in enumerate(view.distributions)],
+        reward_weights=[pb.ObjectiveSeries(name=o, values=view.reward_weights[:, i].tolist())
+                        for i, o in enumerate(view.objectives)],
+        reward_scale=view.reward_scale.tolist(), hypervolume=view.hypervolume.tolist())
 
 
 # ------------------------------------------------------------------ reports

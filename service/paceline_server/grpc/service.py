@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 
 from paceline_server.api.errors import grpc_status_of, retryable, status_of
 from paceline_server.api.metrics import Metrics
+from paceline_server.app.history import HISTORY_WAIT_S
 from paceline_server.app.service import NextBatch, PacelineService, RunStatus
 from paceline_server.app.strategies import strategy_catalog
 from paceline_server.domain.errors import (
@@ -96,7 +97,7 @@ class PacelineHandlers:
     """The use cases behind each RPC; shares `PacelineService` with the REST app."""
 
     READS = frozenset({"ListCurricula", "GetCurriculum", "ListRuns", "GetRun", "GetState",
-                       "ListStrategies"})
+                       "ListStrategies", "GetHistory"})
 
     def __init__(self, service: PacelineService, settings: Settings,
                  metrics: Metrics | None = None) -> None:
@@ -224,6 +225,13 @@ class PacelineHandlers:
     def get_state(self, request: pb.GetStateRequest, context: grpc.ServicerContext
                   ) -> pb.State:
         return convert.state(request.curriculum, self.service.state(request.curriculum))
+
+    def get_history(self, request: pb.GetHistoryRequest, context: grpc.ServicerContext
+                    ) -> pb.History:
+        every = request.every if request.HasField("every") else None
+        since = request.since if request.HasField("since") else None
+        return convert.history(self.service.history(request.curriculum, every, since,
+                                                    HISTORY_WAIT_S))
 
     def list_strategies(self, request: pb.ListStrategiesRequest,
                         context: grpc.ServicerContext) -> pb.ListStrategiesResponse:

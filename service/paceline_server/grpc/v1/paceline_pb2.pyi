@@ -294,7 +294,7 @@ class HypervolumeRecord(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., hypervolume: _Optional[float] = ..., point: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class State(_message.Message):
-    __slots__ = ("name", "seq", "objectives", "reward_weights", "reward_scale", "distributions", "weight_history", "hypervolume_history", "sampler_json", "weighting_json")
+    __slots__ = ("name", "seq", "objectives", "reward_weights", "reward_scale", "distributions", "weight_history", "hypervolume_history", "sampler_json", "weighting_json", "explanations")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
@@ -305,6 +305,7 @@ class State(_message.Message):
     HYPERVOLUME_HISTORY_FIELD_NUMBER: _ClassVar[int]
     SAMPLER_JSON_FIELD_NUMBER: _ClassVar[int]
     WEIGHTING_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     seq: int
     objectives: _containers.RepeatedScalarFieldContainer[str]
@@ -315,7 +316,101 @@ class State(_message.Message):
     hypervolume_history: _containers.RepeatedCompositeFieldContainer[HypervolumeRecord]
     sampler_json: str
     weighting_json: str
-    def __init__(self, name: _Optional[str] = ..., seq: _Optional[int] = ..., objectives: _Optional[_Iterable[str]] = ..., reward_weights: _Optional[_Iterable[float]] = ..., reward_scale: _Optional[float] = ..., distributions: _Optional[_Iterable[_Union[DistributionStats, _Mapping]]] = ..., weight_history: _Optional[_Iterable[_Union[WeightRecord, _Mapping]]] = ..., hypervolume_history: _Optional[_Iterable[_Union[HypervolumeRecord, _Mapping]]] = ..., sampler_json: _Optional[str] = ..., weighting_json: _Optional[str] = ...) -> None: ...
+    explanations: _containers.RepeatedCompositeFieldContainer[Explanation]
+    def __init__(self, name: _Optional[str] = ..., seq: _Optional[int] = ..., objectives: _Optional[_Iterable[str]] = ..., reward_weights: _Optional[_Iterable[float]] = ..., reward_scale: _Optional[float] = ..., distributions: _Optional[_Iterable[_Union[DistributionStats, _Mapping]]] = ..., weight_history: _Optional[_Iterable[_Union[WeightRecord, _Mapping]]] = ..., hypervolume_history: _Optional[_Iterable[_Union[HypervolumeRecord, _Mapping]]] = ..., sampler_json: _Optional[str] = ..., weighting_json: _Optional[str] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("name", "probability", "terms", "sentence", "flags")
+    class TermsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    TERMS_FIELD_NUMBER: _ClassVar[int]
+    SENTENCE_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    probability: float
+    terms: _containers.ScalarMap[str, float]
+    sentence: str
+    flags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., probability: _Optional[float] = ..., terms: _Optional[_Mapping[str, float]] = ..., sentence: _Optional[str] = ..., flags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetHistoryRequest(_message.Message):
+    __slots__ = ("curriculum", "every", "since")
+    CURRICULUM_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    curriculum: str
+    every: int
+    since: int
+    def __init__(self, curriculum: _Optional[str] = ..., every: _Optional[int] = ..., since: _Optional[int] = ...) -> None: ...
+
+class DistributionHistory(_message.Message):
+    __slots__ = ("name", "probability", "success", "mean_abs_advantage", "zero_variance_fraction", "stalled", "saturated", "hopeless")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_ABS_ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
+    ZERO_VARIANCE_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    STALLED_FIELD_NUMBER: _ClassVar[int]
+    SATURATED_FIELD_NUMBER: _ClassVar[int]
+    HOPELESS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    probability: _containers.RepeatedScalarFieldContainer[float]
+    success: _containers.RepeatedScalarFieldContainer[float]
+    mean_abs_advantage: _containers.RepeatedScalarFieldContainer[float]
+    zero_variance_fraction: _containers.RepeatedScalarFieldContainer[float]
+    stalled: _containers.RepeatedScalarFieldContainer[bool]
+    saturated: _containers.RepeatedScalarFieldContainer[bool]
+    hopeless: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, name: _Optional[str] = ..., probability: _Optional[_Iterable[float]] = ..., success: _Optional[_Iterable[float]] = ..., mean_abs_advantage: _Optional[_Iterable[float]] = ..., zero_variance_fraction: _Optional[_Iterable[float]] = ..., stalled: _Optional[_Iterable[bool]] = ..., saturated: _Optional[_Iterable[bool]] = ..., hopeless: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class ObjectiveSeries(_message.Message):
+    __slots__ = ("name", "values")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class History(_message.Message):
+    __slots__ = ("name", "head_seq", "first_seq", "every", "complete", "replayed_seq", "objectives", "distributions", "seq", "step", "time", "per_distribution", "reward_weights", "reward_scale", "hypervolume")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    PER_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    REWARD_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    REWARD_SCALE_FIELD_NUMBER: _ClassVar[int]
+    HYPERVOLUME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    head_seq: int
+    first_seq: int
+    every: int
+    complete: bool
+    replayed_seq: int
+    objectives: _containers.RepeatedScalarFieldContainer[str]
+    distributions: _containers.RepeatedScalarFieldContainer[str]
+    seq: _containers.RepeatedScalarFieldContainer[int]
+    step: _containers.RepeatedScalarFieldContainer[int]
+    time: _containers.RepeatedScalarFieldContainer[float]
+    per_distribution: _containers.RepeatedCompositeFieldContainer[DistributionHistory]
+    reward_weights: _containers.RepeatedCompositeFieldContainer[ObjectiveSeries]
+    reward_scale: _containers.RepeatedScalarFieldContainer[float]
+    hypervolume: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., head_seq: _Optional[int] = ..., first_seq: _Optional[int] = ..., every: _Optional[int] = ..., complete: _Optional[bool] = ..., replayed_seq: _Optional[int] = ..., objectives: _Optional[_Iterable[str]] = ..., distributions: _Optional[_Iterable[str]] = ..., seq: _Optional[_Iterable[int]] = ..., step: _Optional[_Iterable[int]] = ..., time: _Optional[_Iterable[float]] = ..., per_distribution: _Optional[_Iterable[_Union[DistributionHistory, _Mapping]]] = ..., reward_weights: _Optional[_Iterable[_Union[ObjectiveSeries, _Mapping]]] = ..., reward_scale: _Optional[_Iterable[float]] = ..., hypervolume: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ListStrategiesRequest(_message.Message):
     __slots__ = ()
