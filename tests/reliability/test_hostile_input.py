@@ -168,7 +168,7 @@ CASES = [
     Bad("multipart-report", "POST", REPORTS, 415, "UNSUPPORTED_MEDIA_TYPE",
         raw=b"--b\r\n\r\n{}\r\n--b--\r\n",
         headers={"Content-Type": "multipart/form-data; boundary=b"}),
-    Bad("text-plain-spec", "POST", "/v1/curricula", 422, "INVALID_REQUEST",
+    Bad("text-plain-spec", "POST", "/v1/curricula", 415, "UNSUPPORTED_MEDIA_TYPE",
         raw=json.dumps({**SPEC, "name": "plain"}).encode(),
         headers={"Content-Type": "text/plain"}),
     # -- unicode and SQL metacharacters in names and ids
@@ -224,7 +224,9 @@ def seeded(request: pytest.FixtureRequest,
             assert client.post("/v1/curricula", json=SPEC).status_code == 201
             assert client.post(f"{CUR}/runs", json={"run_id": "run-1"}).status_code == 201
             for step in range(3):
-                ack = client.post(REPORTS, json=report(step=step, idempotency_key=f"k{step}"))
+                # Steps Paceline did not serve: accepted on request (`unserved`).
+                ack = client.post(REPORTS, json=report(step=step, idempotency_key=f"k{step}",
+                                                       unserved="accept"))
                 assert ack.status_code == 200
             assert client.post(f"{CUR}/batches", json={"run_id": "run-1", "step": 3}
                                ).status_code == 200
@@ -283,4 +285,4 @@ def test_sql_metacharacters_and_unicode_in_run_ids_are_stored_literally(
         fetched = client.get(f"{CUR}/runs/{quoted}")
         assert fetched.status_code == 200 and fetched.json()["run_id"] == run_id
     assert client.get(CUR).json()["seq"] == seq
-    assert client.post(REPORTS, json=report(step=50)).json()["seq"] == seq + 1
+    assert client.post(REPORTS, json=report(step=50, unserved="accept")).json()["seq"] == seq + 1
