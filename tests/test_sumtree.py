@@ -150,3 +150,21 @@ def test_uniform_fill_is_bounded_and_refuses_the_impossible() -> None:
     assert np.unique(sparse).size == 50 and sparse.min() >= 10
     with pytest.raises(ValueError, match="only 4 of 10 free"):
         uniform_excluding(10, 5, np.arange(6), rng)
+
+
+def test_sibling_draws_are_each_proportional_to_weight() -> None:
+    from paceline_server.strategies.sumtree import descend
+
+    weights = np.random.default_rng(3).random(64) ** 2
+    tree = build_tree(weights)
+    rng = np.random.default_rng(4)
+    count = 200_000
+    leaves = descend(tree, rng.random(count) * total_weight(tree), siblings=rng.random(
+        (count, 2)))
+    assert leaves.shape == (count, 3)
+    expected = weights / weights.sum()
+    for column in range(3):
+        frequency = np.bincount(leaves[:, column], minlength=64) / count
+        np.testing.assert_allclose(frequency, expected, atol=0.004)
+    # Siblings share the first draw's block of 16.
+    assert (leaves // 16 == leaves[:, :1] // 16).all()

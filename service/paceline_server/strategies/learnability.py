@@ -97,6 +97,7 @@ Allocation = Literal["none", "dump_ucb", "learning_progress"]
 PRIOR_SIGNAL = 1.0 / 6.0  # E[p(1-p)] under Beta(1, 1): one pseudo-group before any data
 MIN_KAPPA, MAX_KAPPA = 0.25, 100.0  # bounds of the estimated prior strength
 UNSEEN_FILL_TRIES = 4  # uniform draws per wanted unseen candidate (rejection of seen ones)
+TREE_DRAWS_PER_DESCENT = 2  # candidates per tree descent (see `_candidates`)
 
 
 @dataclass(frozen=True)
@@ -372,9 +373,14 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         share = np.divide(seen, mass, out=np.zeros_like(seen), where=mass > 0)
         from_tree = rng.binomial(counts, share)
         from_unseen = counts - from_tree
-        owner = np.repeat(np.arange(counts.size), from_tree)
+        # One descent per TREE_DRAWS_PER_DESCENT candidates: the extra ones come from the
+        # block of 16 leaves the descent reached (still ∝ weight each, see `descend`).
+        descents = -(-from_tree // TREE_DRAWS_PER_DESCENT)
+        owner = np.repeat(np.arange(counts.size), descents)
         u = prefix[owner] + rng.random(owner.size) * seen[owner]
-        leaves = descend(state.tree, u)
+        leaves = descend(state.tree, u, siblings=rng.random(
+            (owner.size, TREE_DRAWS_PER_DESCENT - 1))).ravel()
+        owner = np.repeat(owner, TREE_DRAWS_PER_DESCENT)
         leaves = np.clip(leaves, self._offsets[owner], self._offsets[owner + 1] - 1)
         # Enough uniform draws that about 1.25x the wanted number are unseen (at most
         # UNSEEN_FILL_TRIES per wanted one): one draw each while nearly all is unseen.

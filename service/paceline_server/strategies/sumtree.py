@@ -184,10 +184,16 @@ def prefix_sums(tree: SumTreeState, positions: np.ndarray,
     return out
 
 
-def descend(tree: SumTreeState, u: np.ndarray, coef: np.ndarray | None = None) -> np.ndarray:
+def descend(tree: SumTreeState, u: np.ndarray, coef: np.ndarray | None = None,
+            siblings: np.ndarray | None = None) -> np.ndarray:
     """The leaf at cumulative weight `u` for each u (all descending together); u is
     clipped into the tree's mass, so a leaf with weight is always returned while the
-    tree has any."""
+    tree has any.
+
+    `siblings` (uniform [0, 1) values, shape [len(u), k]) asks for k more leaves per
+    descent, drawn ∝ weight among the 16 leaves of the block the descent reached: each
+    is still marginally a draw ∝ weight over the whole range (the block was reached ∝ its
+    mass), for one descent instead of k + 1. Returns [len(u), k + 1] leaves then."""
     coef = _coef(tree, coef)
     layout = _layout(tree.size)
     u = np.asarray(u, dtype=np.float64).copy()
@@ -208,6 +214,12 @@ def descend(tree: SumTreeState, u: np.ndarray, coef: np.ndarray | None = None) -
         pick = (cumulative <= u[:, None]).sum(axis=1)
         before = cumulative[rows, pick] - weights[rows, pick]
         u = np.maximum(u - before, 0.0)
+        if siblings is not None and depth == len(layout):
+            extra = np.asarray(siblings) * cumulative[:, -1:]
+            more = (cumulative[:, None, :] <= extra[:, :, None]).sum(axis=2)
+            more = np.minimum(more, FANOUT - 1)
+            return np.concatenate([(node * FANOUT + pick)[:, None], node[:, None] * FANOUT
+                                   + more], axis=1)
         node = node * FANOUT + pick
     return node
 
