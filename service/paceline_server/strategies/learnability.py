@@ -38,7 +38,9 @@ Sampling in O(B log N) (ours): Thompson draws for all N prompts are O(N), so
    (∝ expected score) or uniformly among its unseen prompts, in proportion to their
    masses. The allocation is the default because per-prompt mass alone follows the
    distribution sizes: on the learner suite `none` left the smallest distributions
-   untrained (final minimum accuracy 0.2-0.5) and needed about twice the rollouts;
+   untrained (final minimum accuracy 0.2-0.5) and needed about twice the rollouts.
+   Each tree descent gives two candidates (the leaf reached and one more ∝ weight from
+   its block of 16; `sumtree.descend`), halving the tree work;
 3. each candidate gets a Thompson draw p̃ from its posterior with the *current* μ_d (a
    moment-matched Gaussian clipped to [0, 1]: ten times cheaper than a Beta draw; ours),
    and the B best scores are kept (per distribution with an allocation).
