@@ -250,3 +250,25 @@ def test_a_curriculum_without_reports_round_trips(url: str) -> None:
     assert (result.created, result.seq, result.reports_added, result.runs_added) == (
         True, 0, 0, 1)
     assert service.store.get_run("empty-copy", "run-1").metadata == {"note": "idle"}
+
+
+def test_a_new_curriculum_is_rolled_back_whole(url: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database fails at the last write of a new curriculum's transaction (its
+    snapshot, after the curriculum row, the run and every report): none of it stays."""
+    from paceline_server.store import sql
+
+    lines = export_of(populated(f"sqlite:///{tmp_path / 'source.db'}", reports=7))
+    target = service_on(url)
+
+    def failing(self: object, seq: int, state: bytes) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sql._SqlImporter, "put_snapshot", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        load(target, lines)
+    with pytest.raises(CurriculumNotFound):
+        target.get_curriculum("math")
+    monkeypatch.undo()
+    assert load(target, lines).reports_added == 7  # nothing left behind in the way
+    assert target.store.latest_snapshot("math").seq == 5

@@ -24,6 +24,7 @@ fails the whole import). The CLI and `POST /v1/imports` both call
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -294,10 +295,12 @@ def import_curriculum(service: PacelineService, export: ExportContents | Iterabl
     here under `name` if given).
 
     One transaction creates the curriculum (or, with `merge`, locks the existing one of
-    an equal spec), attaches the runs it lacks and folds and appends the reports it
-    lacks, writing snapshots as the service does. Any error leaves the database as it
-    was. Without `merge` an existing curriculum of that name is refused
-    (CURRICULUM_EXISTS)."""
+    an equal spec), attaches the runs it lacks and appends the reports it lacks, with
+    snapshots as the service writes them. A new curriculum's reports are folded before
+    that transaction, a merge's inside it (on the curriculum's state). Any error leaves
+    the database as it was. Without `merge` an existing curriculum of that name is
+    refused (CURRICULUM_EXISTS). `export.engine` is folded: an `ExportContents` is
+    imported once."""
     if not isinstance(export, ExportContents):
         export = read_export(export, name)
     engine, reports = export.engine, export.reports
@@ -325,11 +328,19 @@ def import_curriculum(service: PacelineService, export: ExportContents | Iterabl
     every = service.settings.snapshot_every
     now = datetime.now(UTC)
     if existing is None:
+        # Folded before the transaction, which then only inserts: on SQLite it holds
+        # the database's write lock, so every other curriculum's writers wait on it.
+        fold = _fold_new(engine, reports, every, service.settings.snapshot_keep)
         with service.store.importer(target, spec.to_dict()) as writer:
-            counts = _write(writer, engine, export.runs, reports, every, now,
-                            merging=False)
+            runs_added, runs_present = _add_runs(writer, export.runs, now)
+            for item in fold.new:
+                writer.append("report", item.run_id, item.step, item.key, item.payload,
+                              checked=True)
+            for seq, state in fold.snapshots:
+                writer.put_snapshot(seq, state)
             head = writer.head_seq
-        return ImportResult(target, True, head, *counts)
+        return ImportResult(target, True, head, len(fold.new), fold.present, runs_added,
+                            runs_present)
     cached = service.engines.entry(existing)
     with cached.lock:
         try:
@@ -339,8 +350,7 @@ def import_curriculum(service: PacelineService, export: ExportContents | Iterabl
                                    "during the import; nothing was imported",
                                    {"curriculum": target})
                 service.engines.catch_up(cached, target, writer.head_seq)
-                counts = _write(writer, cached.engine, export.runs, reports, every, now,
-                                merging=True)
+                counts = _merge(writer, cached.engine, export.runs, reports, every, now)
                 head = writer.head_seq
         except BaseException:
             service.engines.invalidate(cached)  # it may hold folds that were rolled back
@@ -349,23 +359,65 @@ def import_curriculum(service: PacelineService, export: ExportContents | Iterabl
     return ImportResult(target, False, head, *counts)
 
 
-def _write(writer: CurriculumImporter, engine: CurriculumEngine, runs: Iterable[_Run],
-           reports: Iterable[_Report], snapshot_every: int, now: datetime, *,
-           merging: bool) -> tuple[int, int, int, int]:
-    """Attach the runs and fold and append the reports the curriculum lacks (inside the
-    import's transaction); (reports added, present, runs added, present).
+@dataclass(frozen=True)
+class _NewLog:
+    """A new curriculum's log, folded before its transaction."""
 
-    A report is present when its idempotency key is; when merging, also when its
-    (run, step) is, as the service answers a repeated step. A new curriculum takes the
-    export's log as it is: one written before steps were folded once may hold a step
-    twice, and it is rebuilt exactly."""
-    runs_added = runs_present = 0
+    new: list[_Report]  # to append, in order (seq = position + 1)
+    present: int  # lines repeating an earlier line's key and content
+    snapshots: list[tuple[int, bytes]]  # the newest `snapshot_keep` due, by seq
+
+
+def _fold_new(engine: CurriculumEngine, reports: Iterable[_Report], snapshot_every: int,
+              snapshot_keep: int) -> _NewLog:
+    """Fold an export into a fresh engine. The log is taken as it is: one written before
+    steps were folded once may hold a step twice, and it is rebuilt exactly; only a key
+    repeated within the file is a repeat (same content) or a conflict."""
+    seen: dict[str, _Report] = {}
+    new: list[_Report] = []
+    present = 0
+    snapshots: deque[tuple[int, bytes]] = deque(maxlen=snapshot_keep)
+    for item in reports:
+        earlier = seen.get(item.key)
+        if earlier is not None:
+            if earlier.payload != item.payload and not same_report(
+                    earlier.payload, decode_report(item.payload)):
+                raise IdempotencyConflict(
+                    f"line {item.line}: idempotency key {item.key!r} is held by a different "
+                    f"report (line {earlier.line}); nothing was imported",
+                    {"line": item.line, "idempotency_key": item.key})
+            present += 1
+            continue
+        seen[item.key] = item
+        with _at(item.line):
+            engine.apply(decode_report(item.payload))
+        new.append(item)
+        if len(new) % snapshot_every == 0:
+            snapshots.append((len(new), engine.to_bytes()))
+    return _NewLog(new, present, list(snapshots))
+
+
+def _add_runs(writer: CurriculumImporter, runs: Iterable[_Run],
+              now: datetime) -> tuple[int, int]:
+    """(runs added, runs already present)."""
+    added = present = 0
     for run in runs:
         if writer.add_run(run.run_id, run.metadata, run.created_at or now,
                           run.last_heartbeat or now):
-            runs_added += 1
+            added += 1
         else:
-            runs_present += 1
+            present += 1
+    return added, present
+
+
+def _merge(writer: CurriculumImporter, engine: CurriculumEngine, runs: Iterable[_Run],
+           reports: Iterable[_Report], snapshot_every: int,
+           now: datetime) -> tuple[int, int, int, int]:
+    """Attach the runs and fold and append the reports an existing curriculum lacks
+    (inside the import's transaction; `engine` is at the writer's head); (reports added,
+    present, runs added, present). A report is present when its idempotency key is, or
+    its (run, step) is, as the service answers a repeated step."""
+    runs_added, runs_present = _add_runs(writer, runs, now)
     added = present = 0
     for item in reports:
         earlier = writer.find_by_key(item.key)
@@ -377,7 +429,7 @@ def _write(writer: CurriculumImporter, engine: CurriculumEngine, runs: Iterable[
                     {"line": item.line, "idempotency_key": item.key, "seq": earlier.seq})
             present += 1
             continue
-        earlier = writer.find_report(item.run_id, item.step) if merging else None
+        earlier = writer.find_report(item.run_id, item.step)
         if earlier is not None:  # a step is folded once, as the service does
             if not _same(earlier, item):
                 raise ReportConflict(
