@@ -79,6 +79,12 @@ def test_round_trip_rebuilds_the_state_with_snapshots(url: str, tmp_path: Path) 
     # replays a short tail, and the copy folds to the same state.
     assert target.store.latest_snapshot("copy").seq == 10
     assert target.state("copy").distributions == source.state("math").distributions
+    # The log itself is copied bit for bit: same payloads, keys, runs and steps in order.
+    def log(service: PacelineService, name: str) -> list[tuple[Any, ...]]:
+        return [(e.seq, e.kind, e.run_id, e.step, e.idempotency_key, e.payload)
+                for e in service.store.events(name)]
+
+    assert log(target, "copy") == log(source, "math")
     # Runs keep their metadata and times.
     (run,) = target.store.list_runs("copy")
     (original,) = source.store.list_runs("math")

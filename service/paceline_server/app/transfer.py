@@ -15,11 +15,11 @@ import folds the reports again and writes its own snapshots.
 An import is one transaction: the curriculum (created, unless it is merged into), its
 runs and every report commit together or, at the first bad line, not at all. It refuses
 to touch an existing curriculum unless told to merge; a merge appends, after the
-curriculum's head and in export order, the reports whose idempotency key it does not
-hold yet, and counts the others as already present (the same key with other content
-fails the whole import). The CLI and `POST /v1/imports` both call
-`import_curriculum`; the CLI and `GET /v1/curricula/{name}/export` both call
-`export_curriculum`.
+curriculum's head and in export order, the reports it does not hold yet (by idempotency
+key, and by run and step as the service counts a step once), and counts the others as
+already present (the same key or step with other content fails the whole import).
+The CLI and `POST /v1/imports` both call `import_curriculum`; the CLI and
+`GET /v1/curricula/{name}/export` both call `export_curriculum`.
 """
 
 from __future__ import annotations
