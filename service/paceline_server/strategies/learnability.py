@@ -432,7 +432,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         chosen = plain = self._select(unfiltered, unfiltered_owners, size, slots)
         skipped = 0
         if ctx.accept is not None and ctx.max_redraws > 0 and unfiltered.size:
-            ok = np.asarray(ctx.accept(unfiltered), dtype=bool)
+            ok = self._screen(unfiltered, unfiltered_owners, size, slots, ctx)
             if not ok.all():
                 # Rejected candidates go after all the others (stable: best first).
                 order = np.r_[np.flatnonzero(ok), np.flatnonzero(~ok)]
@@ -444,6 +444,40 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         chosen = self._fill(chosen, size, slots, rng)
         return Proposal(indices=chosen[rng.permutation(chosen.size)],
                         probabilities=probabilities, skipped=skipped)
+
+    @staticmethod
+    def _screen(ranked: np.ndarray, owners: np.ndarray | None, size: int,
+                slots: np.ndarray | None, ctx: ProposeContext) -> np.ndarray:
+        """Zero-variance verdicts, asked only where they can matter: first for the
+        candidates the batch would take, then for as many more as were rejected, at most
+        `max_redraws` more rounds. Candidates never asked count as accepted: they rank
+        after every asked one, so they enter only once those are exhausted."""
+        assert ctx.accept is not None
+        ok = np.ones(ranked.size, dtype=bool)
+        asked = np.zeros(ranked.size, dtype=bool)
+        if slots is None or owners is None:
+            rank = np.arange(ranked.size)
+            group = np.zeros(ranked.size, dtype=np.int64)
+            window = np.array([size], dtype=np.int64)
+        else:
+            order = np.argsort(owners, kind="stable")
+            rank = np.empty(ranked.size, dtype=np.int64)
+            sorted_owner = owners[order]
+            rank[order] = np.arange(order.size) - np.searchsorted(sorted_owner, sorted_owner)
+            group = owners
+            window = slots.astype(np.int64).copy()
+        for _ in range(ctx.max_redraws + 1):
+            new = np.flatnonzero(~asked & (rank < window[group]))
+            if new.size == 0:
+                break
+            asked[new] = True
+            verdict = np.asarray(ctx.accept(ranked[new]), dtype=bool)
+            ok[new] = verdict
+            rejected = np.bincount(group[new[~verdict]], minlength=window.size)
+            if not rejected.any():
+                break
+            window += rejected
+        return ok
 
     def _select(self, ranked: np.ndarray, owners: np.ndarray | None, size: int,
                 slots: np.ndarray | None) -> np.ndarray:
