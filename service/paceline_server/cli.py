@@ -410,9 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     what_if = sub.add_parser(
         "replay", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="what-if: fold the stored reports into other strategies (off-policy)",
-        description="Fold a curriculum's stored reports, in log order, into the original "
-        "strategies and into the alternative ones, and print both sampling mixes and "
-        "reward weights every N reports.\n\n" + REPLAY_NOTE.replace("# ", "").replace("#", ""))
+        description="Fold a curriculum's stored reports, in log order, into its own\n"
+        "strategies and into the alternative ones, and print both sampling mixes and\n"
+        "reward weights every N reports.\n\n"
+        + REPLAY_NOTE.replace("# ", "").replace("#", ""))
     what_if.add_argument("name")
     what_if.add_argument("--sampler", help="name or JSON spec (default: the same sampler)")
     what_if.add_argument("--weighting", help="name or JSON spec (default: the same weighting)")
