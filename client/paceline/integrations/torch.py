@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Sampler
 
 from paceline.client import Run
-from paceline.integrations._ledger import BatchLedger
+from paceline.integrations._ledger import BatchLedger, step_key
 from paceline.integrations._steps import StepStream
 from paceline.models import Batch, ReportAck
 
@@ -198,7 +198,8 @@ class Step:
         ack = self.run.report(self.step, indices=self.batch.indices, rewards=rewards,
                               advantages=advantages, next_step=self.next_step,
                               next_size=self.next_size if self.next_step is not None
-                              else None, **extra)
+                              else None, idempotency_key=step_key(self.run.run_id, self.step),
+                              **extra)
         if ack.batch is not None:
             self._next[:] = [ack.batch]
         return ack
