@@ -142,7 +142,15 @@ def main(argv: list[str] | None = None) -> int:
                 path = f"/v1/curricula/{NAME}/history"
                 times, answer = timed(lambda: http.get(path))
                 answer.raise_for_status()
-                rows["http_cold"] = summary("http cold (server's first request)", times)
+                rows["http_cold"] = summary("http first answer (partial while replaying)",
+                                            times, complete=answer.json()["complete"],
+                                            replayed_seq=answer.json()["replayed_seq"])
+                began = time.perf_counter()
+                while not http.get(path).json()["complete"]:
+                    time.sleep(0.2)
+                rows["http_replayed"] = summary(
+                    "http until complete (the server's replay)",
+                    [(time.perf_counter() - began) * 1000 + times[0]])
                 times, answer = timed(lambda: http.get(path), args.repeat)
                 rows["http_warm"] = summary("http warm, default every", times,
                                             bytes=len(answer.content))

@@ -25,7 +25,8 @@ def test_migrate_then_inspect(tmp_path: Path) -> None:
     table = run("--database-url", url, "inspect", "math")
     assert "curriculum math  seq 12  sampler uniform  weighting fixed" in table
     assert "reward weights: acc=0.750, len=0.250" in table
-    lines = {line.split()[0]: line for line in table.splitlines()[4:]}
+    rows = table.partition("\nwhy:")[0]  # the explanations follow the table
+    lines = {line.split()[0]: line for line in rows.splitlines()[4:]}
     assert set(lines) == {"easy", "hard"}
     assert lines["easy"].split()[2] == "0.600"
 

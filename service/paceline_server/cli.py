@@ -220,6 +220,19 @@ def print_inspection(out: TextIO, name: str, seq: int, spec: dict[str, Any],
               f"{fmt(d.zero_variance_fraction, 8)} {d.sampled:>9}  {flags}", file=out)
 
 
+def print_explanations(out: TextIO, explanations: Iterable[Any]) -> None:
+    """Why each distribution gets its probability: the sentence, then the numbers."""
+    shown = list(explanations)
+    if not shown:
+        return
+    print("\nwhy:", file=out)
+    for e in shown:
+        print(f"  {e.sentence}", file=out)
+        terms = "  ".join(f"{k}={'-' if v is None else f'{v:.4g}'}" for k, v in e.terms.items())
+        if terms:
+            print(f"      {terms}", file=out)
+
+
 def cmd_inspect(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if args.url:
         with remote_service(args.url, args.token) as remote:
@@ -228,12 +241,14 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
         print_inspection(out, info.name, state.seq, info.spec,
                          state.reward_weights.items(), state.reward_scale,
                          state.distributions)
+        print_explanations(out, state.explanations)
         return 0
     with local_service(settings, create=False) as service:
         record, view = service.inspect(args.name)
     print_inspection(out, record.name, view.clock, record.spec,
                      zip(view.objectives, view.reward_weights, strict=True),
                      view.reward_scale, view.distributions)
+    print_explanations(out, view.explanations)
     return 0
 
 
