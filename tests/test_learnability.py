@@ -239,3 +239,42 @@ def test_prior_strength_is_estimated_by_moments() -> None:
     fixed = engine(sizes=(10, 10), prior_strength=4.0)
     np.testing.assert_allclose(sampler_of(fixed).prior_strength(fixed.state.sampler), 4.0)
     assert "prior_strength" in e.inspect().sampler
+
+
+def test_zero_variance_prediction_uses_the_hierarchical_posterior() -> None:
+    zv = {"threshold": 0.5, "explore": 1.0}
+    e = engine(sizes=(20, 20), batch_size=4, prior_strength=4.0, zero_variance=zv)
+    e.apply(report(e.spec, np.arange(10), np.ones((10, 8))))
+    mu = 81 / 82  # d0: 80 of 80 rollouts solved, Beta(1, 1) pooled
+    a, b = 4 * mu, 4 * (1 - mu)
+    all_pass = np.prod([(a + j) / (a + b + j) for j in range(8)])
+    all_fail = np.prod([(b + j) / (a + b + j) for j in range(8)])
+    q = sampler_of(e).agreement(e.state.sampler, np.array([15, 25]), 8)
+    assert q[0] == pytest.approx(all_pass + all_fail)
+    # d1 has no data: Beta(2, 2), q = 2 P(8 of 8) ~ 0.04, far below the threshold.
+    assert q[1] == pytest.approx(2 * np.prod([(2 + j) / (4 + j) for j in range(8)]))
+    # An unseen prompt of the solved distribution is predicted solved and skipped; under
+    # a flat per-prompt table (uniform sampler) it is a coin flip and kept.
+    ctx = e._propose_context(1, np.ones(1))
+    assert ctx.accept is not None
+    assert ctx.accept(np.array([15, 25])).tolist() == [False, True]
+    flat = CurriculumEngine(spec((20, 20), sampler="uniform", batch_size=4,
+                                 zero_variance=zv))
+    flat.apply(report(flat.spec, np.arange(10), np.ones((10, 8))))
+    flat_ctx = flat._propose_context(1, np.ones(1))
+    assert flat_ctx.accept is not None
+    assert flat_ctx.accept(np.array([15, 25])).tolist() == [True, True]
+
+
+@pytest.mark.parametrize("allocation", ["none", "dump_ucb"])
+def test_explanations_name_the_allocation_and_the_posterior(allocation: str) -> None:
+    e = engine(sizes=(30, 50), batch_size=8, allocation=allocation)
+    e.apply(report(e.spec, np.arange(10), np.ones((10, 4))))
+    reasons = sampler_of(e).explain(e.state.sampler, e._propose_context(1, np.ones(1)))
+    assert len(reasons) == 2
+    assert all("Thompson" in r.clause for r in reasons)
+    assert reasons[0].terms["unseen"] == 20.0 and reasons[1].terms["unseen"] == 50.0
+    if allocation == "dump_ucb":
+        assert "ucb" in " ".join(reasons[0].terms).lower()
+    else:
+        assert "expected-score mass" in reasons[0].clause

@@ -113,10 +113,11 @@ class Config:
         return {"kind": self.sampler, **self.sampler_params}
 
     def weighting_spec(self) -> dict[str, Any]:
-        """The served weighting; the adaptive one steers w (`mode: steer`) from the
-        evaluation points, because its reward scale alone cancels under GRPO."""
+        """The served weighting, starting from the preference; the hypervolume one steers
+        w (`mode: steer`) from the evaluation points, because its reward scale alone
+        cancels under GRPO."""
         params: dict[str, Any] = {}
-        if self.weighting in ("fixed", "hypervolume"):
+        if self.weighting in ("fixed", "hypervolume", "gradient", "spard"):
             params["weights"] = list(self.preference)
         if self.weighting == "hypervolume":
             params.update(mode="steer", points="eval")

@@ -72,11 +72,14 @@ def heartbeat(name: str, run_id: str) -> Request:
     return Request("POST", _path(name, "runs", run_id, "heartbeat"), policy=HEARTBEAT_POLICY)
 
 
-def next_batch(name: str, run_id: str, step: SupportsIndex, size: SupportsIndex | None
-               ) -> Request:
+def next_batch(name: str, run_id: str, step: SupportsIndex, size: SupportsIndex | None,
+               part: SupportsIndex = 0) -> Request:
+    """The batch of (run, step); with `part` >= 1 a refill of that step."""
     body: dict[str, Any] = {"run_id": run_id, "step": operator.index(step)}
     if size is not None:
         body["size"] = operator.index(size)
+    if operator.index(part):
+        body["part"] = operator.index(part)
     return Request("POST", _path(name, "batches"), json=body)
 
 
@@ -103,7 +106,10 @@ def report_ack(answer: Mapping[str, Any], spec: Mapping[str, Any]) -> ReportAck:
     """The ack, with the batch it carries when the report asked for one."""
     served = answer.get("batch")
     return ReportAck(seq=answer["seq"], replayed=answer["replayed"],
-                     batch=None if served is None else batch(served, spec))
+                     batch=None if served is None else batch(served, spec),
+                     rollouts_generated=answer.get("rollouts_generated"),
+                     rollouts_trained=answer.get("rollouts_trained"),
+                     groups_dropped=answer.get("groups_dropped"))
 
 
 def state(name: str) -> Request:

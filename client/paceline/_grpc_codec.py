@@ -75,12 +75,18 @@ def batch(message: pb.Batch) -> dict[str, Any]:
             if message.HasField("loss_weights") else None,
             "probabilities": dict(zip(message.distributions, message.probabilities,
                                       strict=True)),
-            "skipped_zero_variance": message.skipped_zero_variance, "seq": message.seq}
+            "skipped_zero_variance": message.skipped_zero_variance, "seq": message.seq,
+            "part": message.part}
 
 
 def report_ack(message: pb.ReportAck) -> dict[str, Any]:
-    return {"seq": message.seq, "replayed": message.replayed,
-            "batch": batch(message.batch) if message.HasField("batch") else None}
+    answer = {"seq": message.seq, "replayed": message.replayed,
+              "batch": batch(message.batch) if message.HasField("batch") else None}
+    if message.rollouts_generated:  # the service counts every report; REST shows only
+        answer.update(rollouts_generated=message.rollouts_generated,  # dynamic ones
+                      rollouts_trained=message.rollouts_trained,
+                      groups_dropped=message.groups_dropped)
+    return answer
 
 
 def _optional(message: Message, field: str) -> float | None:
@@ -212,7 +218,7 @@ def _ints(value: Any, field: str) -> list[int]:
 def report_message(*, run_id: str, step: SupportsIndex, indices: Any, rewards: Any,
                    objectives: Sequence[str], advantages: Any = None, group_ids: Any = None,
                    grad_products: Any = None, eval_objectives: Any = None,
-                   idempotency_key: str, curriculum: str,
+                   dropped: Any = None, idempotency_key: str, curriculum: str,
                    next_step: SupportsIndex | None = None,
                    next_size: SupportsIndex | None = None,
                    unserved: str | None = None) -> pb.ReportRequest:
@@ -237,6 +243,8 @@ def report_message(*, run_id: str, step: SupportsIndex, indices: Any, rewards: A
     for field, value in (("advantages", advantages), ("grad_products", grad_products)):
         if value is not None:
             getattr(message, field).MergeFromString(pack(_floats(value, field)))
+    if dropped is not None:
+        message.dropped.extend(_ints(dropped, "dropped"))
     if isinstance(eval_objectives, Mapping):
         message.eval_objectives_by_name.update(
             {str(k): float(v) for k, v in eval_objectives.items()})
@@ -276,7 +284,8 @@ def _report(request: Request, name: str) -> pb.ReportRequest:
         rewards=body.get("rewards", []), objectives=[], advantages=body.get("advantages"),
         group_ids=body.get("group_ids", [] if rollouts is not None else None),
         grad_products=body.get("grad_products"),
-        eval_objectives=body.get("eval_objectives"), idempotency_key=key,
+        eval_objectives=body.get("eval_objectives"), dropped=body.get("dropped"),
+        idempotency_key=key,
         unserved=body.get("unserved"))
 
 
@@ -337,6 +346,8 @@ def route(request: Request) -> Call:
                                       step=int(body.get("step", 0)))
             if body.get("size") is not None:
                 ask.size = int(body["size"])
+            if body.get("part"):
+                ask.part = int(body["part"])
             return Call("NextBatch", ask, 200, batch)
         case "POST", [name, "reports"]:
             return Call("Report", _report(request, name), 200, report_ack)

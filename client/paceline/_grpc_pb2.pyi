@@ -143,7 +143,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, curriculum: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("curriculum", "run_id", "step", "indices", "rollout_indices", "group_ids", "rewards", "advantages", "grad_products", "eval_objectives", "eval_objectives_by_name", "idempotency_key", "next_step", "next_size", "unserved")
+    __slots__ = ("curriculum", "run_id", "step", "indices", "rollout_indices", "group_ids", "rewards", "advantages", "grad_products", "eval_objectives", "eval_objectives_by_name", "idempotency_key", "next_step", "next_size", "dropped", "unserved")
     class EvalObjectivesByNameEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,7 @@ class ReportRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     NEXT_STEP_FIELD_NUMBER: _ClassVar[int]
     NEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     UNSERVED_FIELD_NUMBER: _ClassVar[int]
     curriculum: str
     run_id: str
@@ -180,33 +181,42 @@ class ReportRequest(_message.Message):
     idempotency_key: str
     next_step: int
     next_size: int
+    dropped: _containers.RepeatedScalarFieldContainer[int]
     unserved: str
-    def __init__(self, curriculum: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ..., rollout_indices: _Optional[_Iterable[int]] = ..., group_ids: _Optional[_Iterable[int]] = ..., rewards: _Optional[_Union[Array, _Mapping]] = ..., advantages: _Optional[_Union[Array, _Mapping]] = ..., grad_products: _Optional[_Union[Array, _Mapping]] = ..., eval_objectives: _Optional[_Union[Array, _Mapping]] = ..., eval_objectives_by_name: _Optional[_Mapping[str, float]] = ..., idempotency_key: _Optional[str] = ..., next_step: _Optional[int] = ..., next_size: _Optional[int] = ..., unserved: _Optional[str] = ...) -> None: ...
+    def __init__(self, curriculum: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ..., rollout_indices: _Optional[_Iterable[int]] = ..., group_ids: _Optional[_Iterable[int]] = ..., rewards: _Optional[_Union[Array, _Mapping]] = ..., advantages: _Optional[_Union[Array, _Mapping]] = ..., grad_products: _Optional[_Union[Array, _Mapping]] = ..., eval_objectives: _Optional[_Union[Array, _Mapping]] = ..., eval_objectives_by_name: _Optional[_Mapping[str, float]] = ..., idempotency_key: _Optional[str] = ..., next_step: _Optional[int] = ..., next_size: _Optional[int] = ..., dropped: _Optional[_Iterable[int]] = ..., unserved: _Optional[str] = ...) -> None: ...
 
 class ReportAck(_message.Message):
-    __slots__ = ("seq", "replayed", "batch")
+    __slots__ = ("seq", "replayed", "batch", "rollouts_generated", "rollouts_trained", "groups_dropped")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_TRAINED_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     replayed: bool
     batch: Batch
-    def __init__(self, seq: _Optional[int] = ..., replayed: _Optional[bool] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
+    rollouts_generated: int
+    rollouts_trained: int
+    groups_dropped: int
+    def __init__(self, seq: _Optional[int] = ..., replayed: _Optional[bool] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., rollouts_generated: _Optional[int] = ..., rollouts_trained: _Optional[int] = ..., groups_dropped: _Optional[int] = ...) -> None: ...
 
 class NextBatchRequest(_message.Message):
-    __slots__ = ("curriculum", "run_id", "step", "size")
+    __slots__ = ("curriculum", "run_id", "step", "size", "part")
     CURRICULUM_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     curriculum: str
     run_id: str
     step: int
     size: int
-    def __init__(self, curriculum: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+    part: int
+    def __init__(self, curriculum: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., size: _Optional[int] = ..., part: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("run_id", "step", "indices", "objectives", "reward_weights", "reward_scale", "loss_weights", "distributions", "probabilities", "skipped_zero_variance", "seq")
+    __slots__ = ("run_id", "step", "indices", "objectives", "reward_weights", "reward_scale", "loss_weights", "distributions", "probabilities", "skipped_zero_variance", "seq", "part")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +228,7 @@ class Batch(_message.Message):
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_ZERO_VARIANCE_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     step: int
     indices: _containers.RepeatedScalarFieldContainer[int]
@@ -229,7 +240,8 @@ class Batch(_message.Message):
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     skipped_zero_variance: int
     seq: int
-    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ..., objectives: _Optional[_Iterable[str]] = ..., reward_weights: _Optional[_Iterable[float]] = ..., reward_scale: _Optional[float] = ..., loss_weights: _Optional[_Union[Array, _Mapping]] = ..., distributions: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Iterable[float]] = ..., skipped_zero_variance: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+    part: int
+    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ..., objectives: _Optional[_Iterable[str]] = ..., reward_weights: _Optional[_Iterable[float]] = ..., reward_scale: _Optional[float] = ..., loss_weights: _Optional[_Union[Array, _Mapping]] = ..., distributions: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Iterable[float]] = ..., skipped_zero_variance: _Optional[int] = ..., seq: _Optional[int] = ..., part: _Optional[int] = ...) -> None: ...
 
 class GetStateRequest(_message.Message):
     __slots__ = ("curriculum",)

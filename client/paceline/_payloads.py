@@ -162,6 +162,7 @@ def _rewards(rewards: Any, objectives: Sequence[str]) -> Any:
 
 def report_body(*, run_id: str, step: SupportsIndex, indices: Any, rewards: Any,
                 objectives: Sequence[str], advantages: Any = None, group_ids: Any = None,
+                dropped: Any = None,
                 grad_products: Any = None, eval_objectives: Any = None,
                 unserved: str | None = None) -> dict[str, Any]:
     """The report in the dense form (`indices` [n], `rewards` [n, g, k]) or, when
@@ -181,6 +182,8 @@ def report_body(*, run_id: str, step: SupportsIndex, indices: Any, rewards: Any,
         body["grad_products"] = _array(grad_products)
     if eval_objectives is not None:
         body["eval_objectives"] = plain(eval_objectives)  # k numbers or a mapping
+    if dropped is not None:
+        body["dropped"] = plain(dropped)  # sample indices of groups not trained on
     if unserved is not None:
         body["unserved"] = unserved
     return body

@@ -290,9 +290,17 @@ class AsyncRun:
             _api.next_batch(self.curriculum.name, self.run_id, step, size))
         return _api.batch(served, self.curriculum.spec)
 
+    async def refill(self, step: SupportsIndex, part: SupportsIndex,
+                     size: SupportsIndex | None = None) -> Batch:
+        """See `Run.refill`."""
+        served = await self.client._call(
+            _api.next_batch(self.curriculum.name, self.run_id, step, size, part))
+        return _api.batch(served, self.curriculum.spec)
+
     async def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
                      group_ids: Any = None, grad_products: Any = None,
                      eval_objectives: Any = None, *, idempotency_key: str | None = None,
+                     dropped: Any = None,
                      next_step: SupportsIndex | None = None,
                      next_size: SupportsIndex | None = None,
                      unserved: Literal["refuse", "accept"] | None = None) -> ReportAck:
@@ -304,6 +312,8 @@ class AsyncRun:
             group_ids=group_ids, grad_products=grad_products, eval_objectives=eval_objectives,
             unserved=unserved)
         key = idempotency_key or report_key(self.run_id, step)
+        if dropped is not None:
+            arrays["dropped"] = dropped
         transport = self.client._transport
         if not isinstance(transport, AsyncTransport):  # gRPC: packed arrays, no JSON
             return _api.report_ack(await self.client._call(transport.report_request(

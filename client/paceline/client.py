@@ -376,9 +376,24 @@ class Run:
             _api.next_batch(self.curriculum.name, self.run_id, step, size))
         return _api.batch(served, self.curriculum.spec)
 
+    def refill(self, step: SupportsIndex, part: SupportsIndex,
+               size: SupportsIndex | None = None) -> Batch:
+        """Dynamic sampling: refill part `part` (1, 2, ...) of `step`, i.e. `size` more
+        prompts (default: the curriculum's batch size) that no earlier part of the step
+        served, chosen by the curriculum's sampler. Ask for part 1 after `next_batch(step)`,
+        part 2 after part 1, and so on, before reporting the step; then report every
+        group you generated, naming those you did not train on in `dropped`. The same
+        (step, part) again returns the same prompts. Refused with `Conflict`
+        (REFILL_OUT_OF_ORDER, STEP_ALREADY_REPORTED) or `InvalidInput`
+        (REFILL_TOO_LARGE: fewer prompts left unserved in the step)."""
+        served = self.client._call(
+            _api.next_batch(self.curriculum.name, self.run_id, step, size, part))
+        return _api.batch(served, self.curriculum.spec)
+
     def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
                group_ids: Any = None, grad_products: Any = None,
                eval_objectives: Any = None, *, idempotency_key: str | None = None,
+               dropped: Any = None,
                next_step: SupportsIndex | None = None, next_size: SupportsIndex | None = None,
                unserved: Literal["refuse", "accept"] | None = None
                ) -> ReportAck:
@@ -398,6 +413,11 @@ class Run:
         `next_size`, default the curriculum's): one round trip per training step instead
         of `report` + `next_batch`, and the same batch `next_batch(next_step)` returns.
 
+        Dynamic sampling (see `refill`): report every group generated in the step, and
+        name in `dropped` the sample indices of those you did not train on (e.g. all
+        rewards equal). They are folded all the same; the ack then counts
+        `rollouts_generated`, `rollouts_trained` and `groups_dropped`.
+
         A step is folded once: reporting it again returns the first acknowledgement
         when the content is the same (whatever the key) and raises `Conflict`
         (REPORT_CONFLICT) when it differs. A step Paceline never served, or indices it did
@@ -410,6 +430,8 @@ class Run:
             group_ids=group_ids, grad_products=grad_products, eval_objectives=eval_objectives,
             unserved=unserved)
         key = idempotency_key or report_key(self.run_id, step)
+        if dropped is not None:
+            arrays["dropped"] = dropped
         transport = self.client._transport
         if not isinstance(transport, SyncTransport):  # gRPC: packed arrays, no JSON
             return _api.report_ack(self.client._call(transport.report_request(

@@ -139,6 +139,11 @@ class ReportAck(_Model):
     seq: int
     replayed: bool = Field(description="true when a retry of an already applied report")
     batch: Batch | None = None
+    #: Dynamic sampling (a report that named its `dropped` groups): every rollout of the
+    #: report was generated and folded; `rollouts_trained` leaves out the dropped groups.
+    rollouts_generated: int | None = None
+    rollouts_trained: int | None = None
+    groups_dropped: int | None = None
 
 
 class Health(_Model):

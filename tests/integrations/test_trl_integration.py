@@ -18,7 +18,12 @@ import torch
 from datasets import Dataset
 from integration_support import grpo_advantages, reports, served_indices
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    TrainerCallback,
+)
 from trl import GRPOConfig
 
 import paceline
@@ -190,3 +195,162 @@ def test_reward_function_rejects_rows_that_were_not_served(curriculum_db: Path) 
             assert scored == pytest.approx([0.75 * 1 + 0.25 * 0.5, 0.25 * 0.25])
             assert reward(prompts=["a"], completions=["a"]) == pytest.approx([0.875])
             assert not math.isnan(scored[0])
+
+
+# ------------------------------------------------------------------ resume and bad input
+class PromptRewards:
+    """Rewards that depend on the prompt and the rollout's place in its group only, not on
+    the completion: a resumed run then reports exactly what an uninterrupted one does."""
+
+    @staticmethod
+    def _values(indices: list[int], salt: float) -> list[float]:
+        seen: dict[int, int] = {}
+        values = []
+        for index in indices:
+            seen[index] = seen.get(index, 0) + 1
+            values.append(((index * 7 + salt) % 5) / 5 + 0.1 * seen[index])
+        return values
+
+    def correct(self, completions: list[str], paceline_index: list[int] | None = None,
+                **kwargs: Any) -> list[float]:
+        return self._values(list(paceline_index or [0] * len(completions)), 1.0)
+
+    def short(self, completions: list[str], paceline_index: list[int] | None = None,
+              **kwargs: Any) -> list[float]:
+        return self._values(list(paceline_index or [0] * len(completions)), 3.0)
+
+
+class CrashAfter(TrainerCallback):  # type: ignore[misc]
+    """Stands in for a killed trainer: raises once step `step` has ended (and reported)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"killed after step {self.step}")
+
+
+RESUME_STEPS = 6
+
+
+def resume_trainer(tmp_path: Path, run: paceline.Run, out: str,
+                   **overrides: Any) -> PacelineGRPOTrainer:
+    tokenizer = tiny_tokenizer()
+    rewards = PromptRewards()
+    args = grpo_args(tmp_path, **({"max_steps": RESUME_STEPS, "save_strategy": "steps",
+                                    "save_steps": 2, "output_dir": str(tmp_path / out)}
+                                   | overrides))
+    return PacelineGRPOTrainer(run, model=tiny_model(len(tokenizer)), processing_class=tokenizer,
+                               args=args, train_dataset=dataset(),
+                               reward_funcs={"correct": rewards.correct,
+                                             "short": rewards.short})
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    sampler = "dump_ucb"  # its batches depend on the reports folded so far
+    with paceline.Client.embedded(tmp_path / "straight.db") as client:
+        cur = make_curriculum(client, sampler=sampler)
+        with cur.start_run(run_id="trl", heartbeat_interval=None) as run:
+            resume_trainer(tmp_path, run, "straight").train()
+            straight = cur.state()
+    with paceline.Client.embedded(tmp_path / "resumed.db") as client:
+        cur = make_curriculum(client, sampler=sampler)
+        with cur.start_run(run_id="trl", heartbeat_interval=None) as run:
+            trainer = resume_trainer(tmp_path, run, "resumed")
+            trainer.add_callback(CrashAfter(3))  # runs after PacelineCallback's report
+            with pytest.raises(KeyboardInterrupt):
+                trainer.train()
+            assert cur.state().seq == 3  # steps 0-2 were reported before the crash
+        with cur.start_run(run_id="trl", heartbeat_interval=None) as run:
+            trainer = resume_trainer(tmp_path, run, "resumed")
+            trainer.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
+            assert trainer.paceline.skip_before == 2
+            resumed = cur.state()
+    assert resumed.seq == straight.seq == RESUME_STEPS  # step 2 was not folded twice
+    assert resumed.model_dump(exclude={"name"}) == straight.model_dump(exclude={"name"})
+    got = reports(tmp_path / "resumed.db", "trl")
+    want = reports(tmp_path / "straight.db", "trl")
+    assert [r.step for r in got] == [r.step for r in want] == list(range(RESUME_STEPS))
+    for a, b in zip(got, want, strict=True):
+        assert a.indices == b.indices
+        np.testing.assert_array_equal(a.rewards, b.rewards)
+        np.testing.assert_array_equal(a.advantages, b.advantages)
+
+
+def test_resume_refuses_a_checkpoint_of_another_run_or_curriculum(tmp_path: Path) -> None:
+    with paceline.Client.embedded(tmp_path / "p.db") as client:
+        cur = make_curriculum(client)
+        with cur.start_run(run_id="first", heartbeat_interval=None) as run:
+            trainer = resume_trainer(tmp_path, run, "out", max_steps=2)
+            trainer.train()
+        checkpoint = str(tmp_path / "out" / "checkpoint-2")
+        seq = cur.state().seq
+        with cur.start_run(run_id="second", heartbeat_interval=None) as run:
+            other = resume_trainer(tmp_path, run, "out", max_steps=4)
+            with pytest.raises(ValueError, match=r"run 'first'.*run 'second'"):
+                other.train(resume_from_checkpoint=checkpoint)
+        other_cur = client.create_curriculum(
+            "trl-other", distributions=[{"name": "easy", "size": 12}, {"name": "hard", "size": 4}],
+            objectives=list(WEIGHTS), sampler="uniform", batch_size=PROMPTS_PER_STEP)
+        with other_cur.start_run(run_id="first", heartbeat_interval=None) as run:
+            elsewhere = resume_trainer(tmp_path, run, "out", max_steps=4)
+            with pytest.raises(ValueError, match=r"curriculum 'trl'.*curriculum 'trl-other'"):
+                elsewhere.train(resume_from_checkpoint=checkpoint)
+        (tmp_path / "out" / "checkpoint-2" / "paceline.json").unlink()
+        with cur.start_run(run_id="first", heartbeat_interval=None) as run:
+            unmarked = resume_trainer(tmp_path, run, "out", max_steps=4)
+            with pytest.raises(ValueError, match=r"no paceline\.json"):
+                unmarked.train(resume_from_checkpoint=checkpoint)
+        assert cur.state().seq == seq and other_cur.state().seq == 0  # nothing reported
+
+
+def test_a_dataset_that_does_not_match_the_layout_is_refused(tmp_path: Path) -> None:
+    tokenizer = tiny_tokenizer()
+    objectives = Objectives()
+    with paceline.Client.embedded(tmp_path / "p.db") as client:
+        cur = make_curriculum(client)
+        with cur.start_run(heartbeat_interval=None) as run, pytest.raises(
+                ValueError, match="has 12 rows but curriculum 'trl' lays out 16"):
+            PacelineGRPOTrainer(
+                run, model=tiny_model(len(tokenizer)), processing_class=tokenizer,
+                args=grpo_args(tmp_path), train_dataset=dataset().select(range(12)),
+                reward_funcs={"correct": objectives.correct, "short": objectives.short})
+        assert cur.state().seq == 0
+
+
+def test_a_batch_size_mismatch_is_warned_about_once(tmp_path: Path) -> None:
+    tokenizer = tiny_tokenizer()
+    objectives = Objectives()
+    with paceline.Client.embedded(tmp_path / "p.db") as client:
+        cur = make_curriculum(client)  # batch_size 4 prompts
+        with cur.start_run(heartbeat_interval=None) as run:
+            with pytest.warns(UserWarning, match="generates for 2 prompts per step") as caught:
+                trainer = PacelineGRPOTrainer(
+                    run, model=tiny_model(len(tokenizer)), processing_class=tokenizer,
+                    args=grpo_args(tmp_path, per_device_train_batch_size=4),
+                    train_dataset=dataset(),
+                    reward_funcs={"correct": objectives.correct, "short": objectives.short})
+            ours = [str(w.message) for w in caught if "prompts per step" in str(w.message)]
+            assert len(ours) == 1 and "per_device_train_batch_size" in ours[0]
+            assert trainer.prompts_per_step == 2
+
+
+def test_each_objective_gets_its_reward_curve(tmp_path: Path) -> None:
+    tokenizer = tiny_tokenizer()
+    objectives = Objectives()
+    db = tmp_path / "p.db"
+    with paceline.Client.embedded(db) as client:
+        cur = make_curriculum(client)
+        with cur.start_run(run_id="curves", heartbeat_interval=None) as run:
+            trainer = PacelineGRPOTrainer(
+                run, model=tiny_model(len(tokenizer)), processing_class=tokenizer,
+                args=grpo_args(tmp_path), train_dataset=dataset(),
+                reward_funcs={"correct": objectives.correct, "short": objectives.short})
+            trainer.train()
+    stored = reports(db, "trl")
+    for k, name in enumerate(["correct", "short"]):
+        logged = [entry[f"rewards/paceline/{name}"] for entry in trainer.state.log_history
+                  if f"rewards/paceline/{name}" in entry]
+        np.testing.assert_allclose(logged, [r.rewards[:, k].mean() for r in stored],
+                                   rtol=1e-6)

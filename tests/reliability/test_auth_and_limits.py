@@ -59,7 +59,8 @@ def authed(tmp_path: Path) -> Iterator[TestClient]:
         assert client.post("/v1/curricula", json=SPEC, headers=bearer(WRITER)).status_code == 201
         assert client.post(f"{CUR}/runs", json={"run_id": "run-1"},
                            headers=bearer(WRITER)).status_code == 201
-        report = {"run_id": "run-1", "step": 0, "indices": [1], "rewards": [[[1.0, 2.0]]]}
+        report = {"run_id": "run-1", "step": 0, "indices": [1], "rewards": [[[1.0, 2.0]]],
+                  "unserved": "accept"}  # a step Paceline did not serve, on request
         assert client.post(f"{CUR}/reports", json=report,
                            headers=bearer(WRITER)).status_code == 200
         yield client

@@ -10,6 +10,7 @@ weights and which report — they belong to. Pure Python: shared by every integr
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import OrderedDict
@@ -17,9 +18,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from paceline.client import Run
+from paceline.errors import Conflict
 from paceline.models import Batch, ReportAck, weights_view
 
-__all__ = ["BatchLedger", "Rollouts", "StepRecord"]
+__all__ = ["BatchLedger", "Rollouts", "StepRecord", "step_key"]
+
+def step_key(run_id: str, step: int, part: int = 0) -> str:
+    """The idempotency key of a step's report: the same for every attempt, in this
+    process or in the one that resumes it, so a report the service already applied is
+    answered with its first ack instead of being counted twice. (`part` numbers the
+    reports of one step, for trainers that report a step in pieces.)"""
+    return f"paceline/{run_id}/{step}/{part}"
+
+
+_log = logging.getLogger(__name__)
 
 #: Steps kept after they were served and not reported (a trainer that reports on its own
 #: never pops them); far more than any loader prefetches.
@@ -84,12 +96,19 @@ class BatchLedger:
         self._open: OrderedDict[int, StepRecord] = OrderedDict()
         self._lock = threading.Lock()
         self.latest: Batch | None = None
+        #: Steps below this one are drawn only to be skipped (a resumed trainer fast-
+        #: forwarding its data loader): they are not kept for scoring.
+        self.skip_before = 0
+        #: Steps whose report the service refused as already reported with other content.
+        self.already_reported: list[int] = []
 
     def fetch(self, step: int, size: int | None = None) -> Batch:
         batch = self.run.next_batch(step, size)
         if size is not None and len(batch.indices) != size:
             raise RuntimeError(f"paceline served {len(batch.indices)} indices for step {step}; "
                                f"the trainer needs exactly {size}")
+        if step < self.skip_before:
+            return batch
         with self._lock:
             if step not in self._open:
                 self._open[step] = StepRecord(step, batch)
@@ -145,5 +164,18 @@ class BatchLedger:
         rollouts = record.rollouts.without_unscored()
         if not rollouts.indices:
             return None
-        return self.run.report(record.step, indices=rollouts.indices, rewards=rollouts.rewards,
-                               advantages=rollouts.advantages, group_ids=rollouts.group_ids)
+        try:
+            return self.run.report(record.step, indices=rollouts.indices,
+                                   rewards=rollouts.rewards, advantages=rollouts.advantages,
+                                   group_ids=rollouts.group_ids,
+                                   idempotency_key=step_key(self.run.run_id, record.step))
+        except Conflict as exc:
+            if exc.code != "REPORT_CONFLICT":
+                raise
+            # A resumed trainer redoing a step it reported before its checkpoint was
+            # restored: the curriculum counted the first rollouts; these are not counted.
+            _log.warning("paceline: step %d of run %r was reported before (the trainer "
+                         "resumed from an earlier checkpoint); the first report stands",
+                         record.step, self.run.run_id)
+            self.already_reported.append(record.step)
+            return None

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from paceline.integrations._ledger import BatchLedger
+from paceline.integrations._resume import Fingerprint
 from paceline.models import Batch
 
 __all__ = ["StepStream"]
@@ -22,7 +23,8 @@ class StepStream:
     `set_epoch(e)` (called by transformers/accelerate before each epoch) jumps to the first
     step of epoch e; without it each pass simply continues where the last one stopped.
     `state_dict` / `load_state_dict` follow torchdata's stateful-sampler protocol so a
-    checkpointed data loader resumes at the right step."""
+    checkpointed data loader resumes at the right step; the state names its curriculum
+    and run, and loading it into another (or a recreated one) raises ValueError."""
 
     def __init__(self, ledger: BatchLedger, *, batch_size: int, steps_per_epoch: int,
                  start_step: int = 0) -> None:
@@ -49,7 +51,10 @@ class StepStream:
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"next_step": self.next_step}
+        return {"next_step": self.next_step, **Fingerprint.of(self.ledger.run).to_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = Fingerprint.from_dict(state)
+        if saved is not None:  # state saved before fingerprints is taken as it is
+            saved.check(self.ledger.run, "loading the paceline sampler state")
         self.next_step = int(state["next_step"])

@@ -11,6 +11,10 @@ for step in train_steps(run, num_steps=100):
     step.report(R, A)
 ```
 
+`dynamic_step(run, step, generate)` is DAPO-style dynamic sampling: drop the groups whose
+rewards all agree and ask Paceline to refill the step until the batch is full again
+(`DynamicStep.report` reports every group generated, naming the dropped ones).
+
 `PacelineSampler` / `PacelineBatchSampler` plug the same batches into a
 `torch.utils.data.DataLoader`. Importing this module imports torch; `import paceline`
 does not.
@@ -18,7 +22,8 @@ does not.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,14 +31,17 @@ import torch
 from torch.utils.data import Sampler
 
 from paceline.client import Run
-from paceline.integrations._ledger import BatchLedger
+from paceline.integrations._ledger import BatchLedger, step_key
 from paceline.integrations._steps import StepStream
 from paceline.models import Batch, ReportAck
 
 __all__ = [
+    "DynamicStep",
     "PacelineBatchSampler",
     "PacelineSampler",
     "Step",
+    "all_equal_groups",
+    "dynamic_step",
     "group_advantages",
     "loss_weights",
     "train_steps",
@@ -190,7 +198,8 @@ class Step:
         ack = self.run.report(self.step, indices=self.batch.indices, rewards=rewards,
                               advantages=advantages, next_step=self.next_step,
                               next_size=self.next_size if self.next_step is not None
-                              else None, **extra)
+                              else None, idempotency_key=step_key(self.run.run_id, self.step),
+                              **extra)
         if ack.batch is not None:
             self._next[:] = [ack.batch]
         return ack
@@ -209,3 +218,112 @@ def train_steps(run: Run, num_steps: int, *, start_step: int = 0,
         current = Step(run, step, batch, None if step == last else step + 1, size)
         yield current
         batch = current._next[0] if current._next else None
+
+
+def all_equal_groups(scalar: torch.Tensor, *, tol: float = 1e-9) -> torch.Tensor:
+    """`[n]` True where every rollout of a group has the same scalar reward (`[n, g]`):
+    such a group has zero GRPO advantage everywhere and teaches nothing."""
+    if scalar.dim() != 2:
+        raise ValueError(f"rewards must have shape [n, g]; got {list(scalar.shape)}")
+    return (scalar.amax(dim=1) - scalar.amin(dim=1)) <= tol
+
+
+@dataclass(frozen=True)
+class DynamicStep:
+    """One step of dynamic sampling: every part served (`batches`: the step's batch, then
+    its refills), the rewards of every group generated `[N, g, k]` in that order, and
+    which groups are trained on (`kept`). `report` sends all of them, naming the others
+    in `dropped`: they were generated, so they count for learning progress too."""
+
+    run: Run
+    step: int
+    batches: tuple[Batch, ...]
+    rewards: torch.Tensor  # [N, g, k] (or [N, g]): every group generated, parts in order
+    kept: torch.Tensor  # bool [N]
+
+    @property
+    def indices(self) -> list[int]:
+        """Every sample index generated, in the order of `rewards`."""
+        return [i for batch in self.batches for i in batch.indices]
+
+    @property
+    def trained_indices(self) -> list[int]:
+        return [i for i, keep in zip(self.indices, self.kept.tolist(), strict=True) if keep]
+
+    @property
+    def dropped_indices(self) -> list[int]:
+        return [i for i, keep in zip(self.indices, self.kept.tolist(), strict=True)
+                if not keep]
+
+    @property
+    def trained_rewards(self) -> torch.Tensor:
+        return self.rewards[self.kept]
+
+    @property
+    def rollouts_generated(self) -> int:
+        return int(self.rewards.shape[0] * self.rewards.shape[1])
+
+    def advantages(self, *, scale: bool = True) -> torch.Tensor:
+        """GRPO advantages `[n_kept, g]` of the kept groups' scalarised rewards."""
+        return group_advantages(_scalar(self.batches[0], self.trained_rewards), scale=scale)
+
+    def loss_weights(self) -> torch.Tensor:
+        """The kept groups' loss weights `[n_kept]` (each part's, ones where none)."""
+        return torch.cat([loss_weights(b) for b in self.batches])[self.kept]
+
+    def report(self, advantages: Any = None, **extra: Any) -> ReportAck:
+        """Report every generated group (`advantages`, when given, `[N, g]` for all of
+        them), the dropped ones named; the ack counts rollouts generated and trained.
+        A resumed trainer that reports the step again gets the first ack (a step is
+        folded once)."""
+        return self.run.report(self.step, indices=self.indices, rewards=self.rewards,
+                               advantages=advantages, dropped=self.dropped_indices, **extra)
+
+
+def _scalar(batch: Batch, rewards: torch.Tensor) -> torch.Tensor:
+    """Scalar rewards `[n, g]` of rewards `[n, g, k]` (or already `[n, g]`)."""
+    if rewards.dim() == 2:
+        return rewards
+    return torch.as_tensor(batch.scalarize(rewards.to(torch.float32)))
+
+
+def dynamic_step(run: Run, step: int, generate: Callable[[Batch], Any], *,
+                 size: int | None = None, target: int | None = None,
+                 max_parts: int = 8, drop: Callable[[torch.Tensor], torch.Tensor]
+                 = all_equal_groups) -> DynamicStep:
+    """DAPO-style dynamic sampling for one step, with Paceline choosing the prompts.
+
+    Serves the step's batch (`size`, default the curriculum's), calls `generate(batch)`
+    for rewards `[n, g, k]`, drops the groups `drop` flags (scalar rewards `[n, g]` in,
+    bool `[n]` out; default: all rollouts equal) and asks for refills — parts 1, 2, ...,
+    over-provisioned by the keep rate seen so far — until `target` groups (default: the
+    first batch's size) are kept or `max_parts` refills were asked for. Kept groups
+    beyond `target` are dropped too, as DAPO truncates. Every group generated is
+    reported by `DynamicStep.report`.
+
+    Deterministic and resumable: the parts are fixed per (run, step, part), so a
+    restarted trainer that redoes the step is served the same prompts."""
+    first = run.next_batch(step, size)
+    target = len(first.indices) if target is None else target
+    if target < 1:
+        raise ValueError("target must be at least 1")
+    batches = [first]
+    rewards = [torch.as_tensor(generate(first))]
+    keep = [~drop(_scalar(first, rewards[0])).to(torch.bool)]
+    left = run.curriculum.info.num_samples - len(first.indices)
+    for part in range(1, max_parts + 1):
+        kept = int(sum(int(k.sum()) for k in keep))
+        if kept >= target or left <= 0:
+            break
+        generated = sum(len(b.indices) for b in batches)
+        rate = max(kept / generated, 0.1)
+        ask = min(left, math.ceil((target - kept) / rate))
+        batch = run.refill(step, part, ask)
+        batches.append(batch)
+        rewards.append(torch.as_tensor(generate(batch)))
+        keep.append(~drop(_scalar(batch, rewards[-1])).to(torch.bool))
+        left -= len(batch.indices)
+    kept_mask = torch.cat(keep)
+    beyond = torch.cumsum(kept_mask.to(torch.long), 0) > target
+    return DynamicStep(run, step, tuple(batches), torch.cat(rewards),
+                       kept_mask & ~beyond)

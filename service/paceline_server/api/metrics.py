@@ -30,6 +30,12 @@ class Metrics:
                                ["curriculum"], registry=self.registry)
         self.batches = Counter("paceline_batches", "batches served",
                                ["curriculum"], registry=self.registry)
+        self.rollouts = Counter(
+            "paceline_rollouts", "rollouts reported: kind=generated counts every one, "
+            "kind=trained those not in groups the trainer dropped (dynamic sampling)",
+            ["curriculum", "kind"], registry=self.registry)
+        self.refills = Counter("paceline_refills", "refill parts served (dynamic sampling)",
+                               ["curriculum"], registry=self.registry)
         self.registry.register(CurriculumCollector(service, max_distributions))
         self.registry.register(CoordinationCollector(service.coordinator))
 
@@ -132,3 +138,9 @@ class RequestMetrics:
 
 def install(app: FastAPI, metrics: Metrics) -> None:
     app.add_middleware(RequestMetrics, metrics=metrics)
+
+
+def count_rollouts(metrics: Metrics, name: str, generated: int, trained: int) -> None:
+    """A report's rollouts in `paceline_rollouts_total` (both transports)."""
+    metrics.rollouts.labels(name, "generated").inc(generated)
+    metrics.rollouts.labels(name, "trained").inc(trained)

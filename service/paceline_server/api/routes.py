@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from paceline_server.api import schemas
 from paceline_server.api.body import read_body, read_bytes
 from paceline_server.api.deps import ReadScope, Service, WriteScope, write_scope
+from paceline_server.api.metrics import count_rollouts
 from paceline_server.app.history import HISTORY_WAIT_S, MAX_POINTS
 from paceline_server.app.service import MAX_KEY, NextBatch, PacelineService, RunStatus
 from paceline_server.app.strategies import StrategyInfo, strategy_catalog
@@ -189,7 +190,9 @@ REPORT_OPERATION = {
             "Dense form: `indices` [n], `rewards` [n][g][k], optional `advantages` [n][g]. "
             "Flat form: `rollout_indices` [m], `rewards` [m][k], optional `group_ids` [m] "
             "and `advantages` [m]. Both: `run_id`, `step`, optional `grad_products` [k][k], "
-            "`eval_objectives` [k] or {objective: value}, `idempotency_key`. JSON or "
+            "`eval_objectives` [k] or {objective: value}, `idempotency_key`, `dropped` (sample "
+            "indices whose groups the trainer generated but did not train on: folded all "
+            "the same, counted apart in the ack). JSON or "
             "msgpack, optionally gzip (Content-Encoding)."),
         "content": {
             "application/json": {"schema": {"type": "object"}, "example": {
@@ -240,23 +243,34 @@ async def report(name: NamePath, request: Request) -> Response:
     ack = await service.report_async(name, body, idempotency_key, ask)
     metrics = request.app.state.metrics
     metrics.reports.labels(name).inc()
+    count_rollouts(metrics, name, ack.rollouts_generated, ack.rollouts_trained)
     out: dict[str, Any] = {"seq": ack.seq, "replayed": ack.replayed}
     if ack.batch is not None:  # only when asked for: the plain ack keeps its shape
         metrics.batches.labels(name).inc()
         out["batch"] = _batch_out(service, name, ack.batch)
+    if ack.dynamic:  # the report named its dropped groups: count generated vs trained
+        out.update(rollouts_generated=ack.rollouts_generated,
+                   rollouts_trained=ack.rollouts_trained, groups_dropped=ack.groups_dropped)
     return _json(out)
 
 
 @router.post("/curricula/{name}/batches", response_model=schemas.BatchOut,
-             summary="The batch of (run, step): the same request returns the same batch")
+             summary="The batch of (run, step), or with part >= 1 a refill of that step "
+                     "(dynamic sampling); the same request returns the same batch")
 def next_batch(name: NamePath, body: schemas.BatchRequest, request: Request, service: Service,
                _: WriteScope) -> Response:
-    batch = service.next_batch(name, body.run_id, body.step, body.size)
-    request.app.state.metrics.batches.labels(name).inc()
-    return _json(_batch_out(service, name, batch))
+    metrics = request.app.state.metrics
+    if body.part:
+        batch = service.refill(name, body.run_id, body.step, body.part, body.size)
+        metrics.refills.labels(name).inc()
+    else:
+        batch = service.next_batch(name, body.run_id, body.step, body.size)
+    metrics.batches.labels(name).inc()
+    return _json(_batch_out(service, name, batch, body.part))
 
 
-def _batch_out(service: PacelineService, name: str, batch: Batch) -> dict[str, Any]:
+def _batch_out(service: PacelineService, name: str, batch: Batch,
+               part: int = 0) -> dict[str, Any]:
     """A batch in the `BatchOut` shape, built directly rather than through the response
     model: validating and serialising a thousand indices one by one costs more than
     proposing them (orjson writes the numpy arrays as they are). `BatchOut` stays the
@@ -271,7 +285,8 @@ def _batch_out(service: PacelineService, name: str, batch: Batch) -> dict[str, A
         else np.ascontiguousarray(batch.loss_weights, dtype=np.float64),
         "probabilities": dict(zip(distributions, batch.probabilities.tolist(), strict=True)),
         "skipped_zero_variance": int(batch.skipped_zero_variance),
-        "rollouts_saved": int(batch.rollouts_saved), "seq": int(batch.clock)}
+        "rollouts_saved": int(batch.rollouts_saved), "seq": int(batch.clock),
+        "part": part}
 
 
 def _json(out: dict[str, Any]) -> Response:

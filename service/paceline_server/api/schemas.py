@@ -85,6 +85,9 @@ class BatchRequest(BaseModel):
     # Strict, as in the report route: true, "100" or 101.0 is refused, not read as a step.
     step: int = Field(ge=0, le=MAX_INT, strict=True)
     size: int | None = Field(default=None, ge=1, le=MAX_INT, strict=True)
+    part: int = Field(default=0, ge=0, le=MAX_INT, strict=True, description=(
+        "0: the step's batch; 1, 2, ...: a refill of the step (dynamic sampling): `size` "
+        "more prompts none of the step's earlier parts served, chosen by the sampler"))
 
 
 class BatchOut(BaseModel):
@@ -99,6 +102,7 @@ class BatchOut(BaseModel):
     rollouts_saved: int = Field(0, description="rollouts zero-variance skipping saved: "
                                 "skipped prompts x the group size it predicted for")
     seq: int = Field(description="sequence number of the state the batch was computed at")
+    part: int = Field(0, description="0, or the refill part this is (dynamic sampling)")
 
 
 class ReportAckOut(BaseModel):
@@ -107,6 +111,12 @@ class ReportAckOut(BaseModel):
     batch: BatchOut | None = Field(
         None, description="the batch of (run_id, next_step); present only when the report "
         "asked for it")
+    rollouts_generated: int | None = Field(
+        None, description="every rollout of the report (all are folded); present when the "
+        "report named its `dropped` groups")
+    rollouts_trained: int | None = Field(
+        None, description="those not in a dropped group; present with rollouts_generated")
+    groups_dropped: int | None = Field(None, description="groups the report named dropped")
 
 
 class ImportOut(BaseModel):

@@ -35,7 +35,10 @@ TYPED_KEYS = {"dtype", "shape", "data"}
 DENSE = {"indices", "rewards", "advantages"}
 FLAT = {"rollout_indices", "rewards", "group_ids", "advantages"}
 COMMON = {"run_id", "step", "grad_products", "eval_objectives", "idempotency_key",
-          "unserved"}
+          "unserved", "dropped"}
+#: `dropped`: sample indices whose groups the trainer generated but dropped before
+#: training (dynamic sampling's filter, e.g. all-equal rewards). They are folded like any
+#: other (they were generated); the ack counts rollouts generated and trained apart.
 #: `unserved`: what to do with a report for a (run, step) Paceline did not serve, or with
 #: indices that step was not served. "refuse" (the default) answers 409 NOT_SERVED /
 #: INDICES_NOT_SERVED; "accept" folds it, for trainers that sample prompts themselves.
@@ -116,3 +119,27 @@ def _eval_objectives(value: Any, spec: CurriculumSpec) -> Any:
         raise InvalidReport(f"eval_objectives must name every objective: {list(names)}",
                             {"field": "eval_objectives"})
     return [value[name] for name in names]
+
+
+def dropped_groups(body: Mapping[str, Any], report: Report) -> np.ndarray:
+    """The report's groups (positions in `report.indices`) named by `dropped`: every
+    group of each dropped sample index. Each named index must be one the report covers."""
+    value = body.get("dropped") if isinstance(body, Mapping) else None
+    if value is None:
+        return np.empty(0, dtype=np.int64)
+    value = _typed(value, "dropped")
+    try:
+        named = np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidReport("dropped must be a list of sample indices",
+                            {"field": "dropped"}) from exc
+    if named.ndim != 1 or (named.size and named.dtype.kind not in "iu"):
+        raise InvalidReport("dropped must be a list of sample indices (integers)",
+                            {"field": "dropped"})
+    named = named.astype(np.int64)
+    unknown = np.setdiff1d(named, report.indices)
+    if unknown.size:
+        raise InvalidReport(f"dropped names indices the report does not cover: "
+                            f"{unknown[:8].tolist()}", {"field": "dropped",
+                                                        "unknown": unknown[:64].tolist()})
+    return np.flatnonzero(np.isin(report.indices, named))

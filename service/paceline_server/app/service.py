@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -38,7 +39,13 @@ from paceline_server.app.coordination import (
 )
 from paceline_server.app.engines import CachedEngine, EngineCache, check_state_budget
 from paceline_server.app.history import HistoryService
-from paceline_server.app.reports import accepts_unserved, parse_report
+from paceline_server.app.refill import (
+    check_part,
+    check_refill_size,
+    propose_refill,
+    served_union,
+)
+from paceline_server.app.reports import accepts_unserved, dropped_groups, parse_report
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import (
     CurriculumExists,
@@ -46,8 +53,10 @@ from paceline_server.domain.errors import (
     IndicesNotServed,
     InvalidRequest,
     NotServed,
+    RefillOutOfOrder,
     ReportConflict,
     SchemaOutdated,
+    StepAlreadyReported,
     Unavailable,
 )
 from paceline_server.domain.history import CurriculumHistory
@@ -77,6 +86,12 @@ class ReportAck:
     seq: int
     replayed: bool  # True when this answers a retry of an already applied report
     batch: Batch | None = None  # the next batch, when the report asked for it
+    #: Every rollout of the report was generated and is folded; those of groups the
+    #: trainer's filter dropped (the report's `dropped`) were not trained on.
+    rollouts_generated: int = 0
+    rollouts_trained: int = 0
+    groups_dropped: int = 0
+    dynamic: bool = False  # the report said which groups it dropped (`dropped`, maybe [])
 
 
 @dataclass(frozen=True)
@@ -371,14 +386,19 @@ class PacelineService:
                 return None
         else:
             self._check_run(record, report.run_id)
+        dropped = dropped_groups(body, report)
+        trained = report.num_rollouts - int(np.count_nonzero(np.isin(report.group_of,
+                                                                     dropped)))
         return _PendingReport(report, encode_report(report), idempotency_key, next_batch,
-                              accept_unserved=accepts_unserved(body))
+                              accept_unserved=accepts_unserved(body),
+                              counts=(report.num_rollouts, trained, int(dropped.size)),
+                              dynamic=isinstance(body, Mapping) and "dropped" in body)
 
     def _acked(self, item: _PendingReport) -> ReportAck:
         if item.error is not None:
             raise item.error
         assert item.ack is not None
-        return item.ack
+        return _counted(item.ack, item)
 
     def _prunes(self, ack: ReportAck) -> bool:
         return (not ack.replayed and self.settings.prune_events
@@ -397,7 +417,7 @@ class PacelineService:
             if hit is not None and hit[1] == item.digest:  # else the log decides
                 batch = None if next_batch is None else self.next_batch(
                     name, item.report.run_id, next_batch.step, next_batch.size)
-                return ReportAck(hit[0], replayed=True, batch=batch)
+                return _counted(ReportAck(hit[0], replayed=True, batch=batch), item)
         with cached.pending_guard:
             cached.pending.append(item)
         with cached.commit_lock:
@@ -564,6 +584,54 @@ class PacelineService:
         _check_size(batch, size)
         return batch
 
+    def refill(self, name: str, run_id: str, step: int, part: int,
+               size: int | None = None) -> Batch:
+        """Refill part `part` (1, 2, ...) of (run, step): `size` more prompts (default:
+        the curriculum's batch size) that no earlier part of the step served, chosen by
+        the curriculum's sampler (dynamic sampling; see `app/refill.py`).
+
+        Deterministic and idempotent per (run, step, part): asking again returns the
+        stored part (another size is a conflict). Refused, with nothing stored, for a
+        step not served yet or a part that skips one (REFILL_OUT_OF_ORDER), a step
+        already reported (STEP_ALREADY_REPORTED) and more prompts than the step has
+        left unserved (REFILL_TOO_LARGE). Taken under the curriculum's write lock, so a
+        report of the step and its refill cannot interleave."""
+        part = check_part(part)
+        head = self.store.head(name)
+        self._check_run(head, run_id)
+        cached = self.engines.entry(head)
+        with cached.lock, self.store.writer(name) as writer:
+            if writer.created_at != cached.created_at:
+                raise Unavailable(f"curriculum {name!r} was recreated meanwhile; retry",
+                                  {"curriculum": name})
+            size = check_refill_size(cached.engine, run_id, step, size)
+            parts = writer.get_parts(run_id, step)
+            for record in parts:
+                if record.part == part:  # served before: the same part again
+                    batch = decode_batch(record.payload)
+                    _check_size(batch, size)
+                    return batch
+            first = writer.get_batch(run_id, step)
+            if first is None or part != len(parts) + 1:
+                raise RefillOutOfOrder(
+                    f"refill part {part} of step {step} of run {run_id!r} needs parts "
+                    f"0..{part - 1} first; {'none' if first is None else len(parts) + 1}"
+                    " served", {"step": step, "part": part,
+                                "served_parts": 0 if first is None else len(parts) + 1})
+            if writer.find_report(run_id, step) is not None:
+                raise StepAlreadyReported(
+                    f"step {step} of run {run_id!r} was already reported: a refill "
+                    "must come before the step's report", {"step": step})
+            served = served_union([decode_batch(first.payload),
+                                   *(decode_batch(p.payload) for p in parts)])
+            self.engines.catch_up(cached, name, writer.head_seq)
+            batch = propose_refill(cached.engine, run_id, step, part, size, served)
+            payload = encode_batch(batch)
+            stored = writer.put_part(BatchRecord(run_id=run_id, step=step,
+                                                 seq=cached.seq, payload=payload,
+                                                 part=part))
+        return batch if stored.payload == payload else decode_batch(stored.payload)
+
     # ---------------------------------------------------------------- inspection
     def inspect(self, name: str) -> tuple[CurriculumRecord, CurriculumInspection]:
         record = self.store.get_curriculum(name)
@@ -619,6 +687,8 @@ class _PendingReport:
     error: BaseException | None = None
     notify: Callable[[], object] | None = None  # called once done (`report_async`)
     accept_unserved: bool = False  # the report opted out of the served-step check
+    counts: tuple[int, int, int] = (0, 0, 0)  # rollouts generated, trained; groups dropped
+    dynamic: bool = False  # the report named its dropped groups
 
 
 def _report_failure(exc: BaseException) -> bool:
@@ -637,7 +707,10 @@ def served_indices(writer: CurriculumWriter, run_id: str, step: int) -> np.ndarr
     record = writer.get_batch(run_id, step)
     if record is None:
         return None
-    return decode_batch(record.payload).indices
+    parts = [decode_batch(p.payload) for p in writer.get_parts(run_id, step)]
+    if not parts:
+        return decode_batch(record.payload).indices
+    return served_union([decode_batch(record.payload), *parts])
 
 
 def _check_served(writer: CurriculumWriter, report: Report) -> None:
@@ -673,6 +746,12 @@ def _reported_before(writer: CurriculumWriter, item: _PendingReport) -> EventRec
             f"{earlier.seq}) with different content: a step is folded once",
             {"run_id": report.run_id, "step": report.step, "seq": earlier.seq})
     return earlier
+
+
+def _counted(ack: ReportAck, item: _PendingReport) -> ReportAck:
+    generated, trained, dropped = item.counts
+    return dataclasses.replace(ack, rollouts_generated=generated, rollouts_trained=trained,
+                               groups_dropped=dropped, dynamic=item.dynamic)
 
 
 def _finish(group: list[_PendingReport], error: BaseException | None = None) -> None:

@@ -184,3 +184,23 @@ class StateTooLarge(InvalidSpec):
     (`PACELINE_MAX_STATE_BYTES`); `details.estimate_bytes` says how much it would need."""
 
     code = "STATE_TOO_LARGE"
+
+
+class StepAlreadyReported(Conflict):
+    """A refill (dynamic sampling) for a (run, step) that was already reported: the step
+    is over, so more prompts for it could never be reported."""
+
+    code = "STEP_ALREADY_REPORTED"
+
+
+class RefillOutOfOrder(Conflict):
+    """A refill part that does not follow the step's served parts: part 0 (the step's
+    batch) must be served first, and part p needs parts 0..p-1."""
+
+    code = "REFILL_OUT_OF_ORDER"
+
+
+class RefillTooLarge(InvalidRequest):
+    """A refill asking for more prompts than the dataset has left unserved in the step."""
+
+    code = "REFILL_TOO_LARGE"

@@ -87,12 +87,14 @@ class _Parts:
     health: HealthState
 
 
-def run_stream(seed: int, run_id: str, step: int) -> np.random.Generator:
+def run_stream(seed: int, run_id: str, step: int, part: int = 0) -> np.random.Generator:
     """The RNG of one (run, step) batch: independent streams per run and step, stable
-    across processes (blake2b, not Python's salted hash)."""
+    across processes (blake2b, not Python's salted hash). Refill part p >= 1 of a step
+    (dynamic sampling) has a stream of its own; part 0 is the step's batch."""
     digest = hashlib.blake2b(run_id.encode(), digest_size=16).digest()
     words = np.frombuffer(digest, dtype=np.uint32).tolist()
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, *words, step])))
+    entropy = [seed, *words, step] if part == 0 else [seed, *words, step, part]
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
 
 
 class CurriculumEngine:
@@ -198,14 +200,16 @@ class CurriculumEngine:
         engine.history_count += 1
 
     # ------------------------------------------------------------------ propose
-    def next_batch(self, run_id: str, step: int, size: int | None = None) -> Batch:
-        """The batch run `run_id` should train on at `step` (does not change state)."""
+    def next_batch(self, run_id: str, step: int, size: int | None = None,
+                   part: int = 0) -> Batch:
+        """The batch run `run_id` should train on at `step` (does not change state);
+        `part` >= 1 draws from that refill part's own stream (see `app/refill.py`)."""
         size = self.check_batch_request(run_id, step, size)
         parts = self._parts
         decision = self.weighting.current(parts.weighting)
         ctx = self._propose_context(step, decision.weights)
         proposal = self.sampler.propose(parts.sampler, size,
-                                        run_stream(self.spec.seed, run_id, step), ctx)
+                                        run_stream(self.spec.seed, run_id, step, part), ctx)
         return Batch(
             run_id=run_id, step=step, indices=proposal.indices.astype(np.int64),
             reward_weights=np.asarray(decision.weights, dtype=np.float64),

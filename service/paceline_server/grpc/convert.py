@@ -119,14 +119,14 @@ def run(status: RunStatus) -> pb.Run:
                   metadata_json=dump_json(record.metadata))
 
 
-def batch(value: Batch, objectives: tuple[str, ...], distributions: tuple[str, ...]
-          ) -> pb.Batch:
+def batch(value: Batch, objectives: tuple[str, ...], distributions: tuple[str, ...],
+          part: int = 0) -> pb.Batch:
     message = pb.Batch(
         run_id=value.run_id, step=value.step, indices=value.indices.tolist(),
         objectives=objectives, reward_weights=value.reward_weights.tolist(),
         reward_scale=value.reward_scale, distributions=distributions,
         probabilities=value.probabilities.tolist(),
-        skipped_zero_variance=value.skipped_zero_variance, seq=value.clock)
+        skipped_zero_variance=value.skipped_zero_variance, seq=value.clock, part=part)
     if value.loss_weights is not None:
         message.loss_weights.f64.extend(value.loss_weights.tolist())
     return message
@@ -226,6 +226,8 @@ def report_body(request: pb.ReportRequest) -> Mapping[str, Any]:
             raise InvalidReport("give eval_objectives or eval_objectives_by_name, not both",
                                 {"field": "eval_objectives"})
         body["eval_objectives"] = dict(request.eval_objectives_by_name)
+    if request.dropped:
+        body["dropped"] = np.array(request.dropped, dtype=np.int64)
     if request.unserved:
         body["unserved"] = request.unserved
     return body

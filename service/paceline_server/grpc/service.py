@@ -18,7 +18,7 @@ import grpc
 from google.protobuf.message import Message
 
 from paceline_server.api.errors import grpc_status_of, retryable, status_of
-from paceline_server.api.metrics import Metrics
+from paceline_server.api.metrics import Metrics, count_rollouts
 from paceline_server.app.history import HISTORY_WAIT_S
 from paceline_server.app.service import NextBatch, PacelineService, RunStatus
 from paceline_server.app.strategies import strategy_catalog
@@ -200,12 +200,17 @@ class PacelineHandlers:
             if request.HasField("next_size") else None)
         ack = self.service.report(request.curriculum, convert.report_body(request),
                                   request.idempotency_key or None, ask)
-        answer = pb.ReportAck(seq=ack.seq, replayed=ack.replayed)
+        answer = pb.ReportAck(seq=ack.seq, replayed=ack.replayed,
+                              rollouts_generated=ack.rollouts_generated,
+                              rollouts_trained=ack.rollouts_trained,
+                              groups_dropped=ack.groups_dropped)
         if ack.batch is not None:
             objectives, distributions = self.service.names(request.curriculum)
             answer.batch.CopyFrom(convert.batch(ack.batch, objectives, distributions))
         if self.metrics is not None:
             self.metrics.reports.labels(request.curriculum).inc()
+            count_rollouts(self.metrics, request.curriculum, ack.rollouts_generated,
+                           ack.rollouts_trained)
             if ack.batch is not None:
                 self.metrics.batches.labels(request.curriculum).inc()
         return answer
@@ -216,11 +221,17 @@ class PacelineHandlers:
         step = convert.check_range(request.step, "step", 0)
         size = convert.check_range(request.size, "size", 1) \
             if request.HasField("size") else None
-        batch = self.service.next_batch(request.curriculum, run_id, step, size)
+        if request.part:
+            batch = self.service.refill(request.curriculum, run_id, step,
+                                        convert.check_range(request.part, "part", 0), size)
+        else:
+            batch = self.service.next_batch(request.curriculum, run_id, step, size)
         objectives, distributions = self.service.names(request.curriculum)
         if self.metrics is not None:
             self.metrics.batches.labels(request.curriculum).inc()
-        return convert.batch(batch, objectives, distributions)
+            if request.part:
+                self.metrics.refills.labels(request.curriculum).inc()
+        return convert.batch(batch, objectives, distributions, request.part)
 
     def get_state(self, request: pb.GetStateRequest, context: grpc.ServicerContext
                   ) -> pb.State:

@@ -101,6 +101,7 @@ class BatchRecord:
     step: int
     seq: int  # head sequence number the batch was computed at
     payload: bytes
+    part: int = 0  # 0: the step's batch; 1, 2, ...: its refills (dynamic sampling)
 
 
 class CurriculumWriter(ABC):
@@ -149,6 +150,15 @@ class CurriculumWriter(ABC):
         """Store an issued batch in this transaction (it commits, durably, with the
         block); when (run, step) is stored already, return the stored one (first writer
         wins, as `Store.put_batch`)."""
+
+    @abstractmethod
+    def get_parts(self, run_id: str, step: int) -> list[BatchRecord]:
+        """The refill parts (part >= 1) stored for (run, step), in part order."""
+
+    @abstractmethod
+    def put_part(self, record: BatchRecord) -> BatchRecord:
+        """Store refill part `record.part` (>= 1) of (run, step) in this transaction; when
+        it is stored already, return the stored one (first writer wins)."""
 
 
 class CurriculumImporter(CurriculumWriter):

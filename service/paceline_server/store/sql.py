@@ -817,6 +817,37 @@ class _SqlWriter(CurriculumWriter):
         with translated_errors():
             return self._store._store_batch(self._conn, self._cid, record)
 
+    def get_parts(self, run_id: str, step: int) -> list[BatchRecord]:
+        self._check()
+        parts = t.batch_parts
+        with translated_errors():
+            rows = self._conn.execute(
+                select(parts.c.part, parts.c.seq, parts.c.payload)
+                .where(parts.c.curriculum_id == self._cid, parts.c.run_id == run_id,
+                       parts.c.step == step).order_by(parts.c.part)).all()
+        return [BatchRecord(run_id=run_id, step=step, seq=int(seq), payload=bytes(payload),
+                            part=int(part)) for part, seq, payload in rows]
+
+    def put_part(self, record: BatchRecord) -> BatchRecord:
+        self._check()
+        if record.part < 1:
+            raise ValueError("refill parts are numbered from 1 (part 0 is put_batch)")
+        parts = t.batch_parts
+        with translated_errors():
+            inserted = self._conn.execute(
+                self._store._insert(parts).values(
+                    curriculum_id=self._cid, run_id=record.run_id, step=record.step,
+                    part=record.part, seq=record.seq, payload=bytes(record.payload),
+                    created_at=_now())
+                .on_conflict_do_nothing(
+                    index_elements=["curriculum_id", "run_id", "step", "part"])
+                .returning(parts.c.part)).first()
+        if inserted is not None:
+            return record
+        stored = [p for p in self.get_parts(record.run_id, record.step)
+                  if p.part == record.part]
+        return stored[0]
+
     def _finish(self) -> None:
         """Publish the new head with the events (same transaction, just before commit)."""
         if self._head != self._start_seq:

@@ -163,3 +163,16 @@ batches = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     PrimaryKeyConstraint("curriculum_id", "run_id", "step"),
 )
+
+#: Refill parts 1, 2, ... of a served step (dynamic sampling); part 0 is `batches`.
+batch_parts = Table(
+    "batch_parts", metadata,
+    Column("curriculum_id", _Id, _curriculum_fk(), nullable=False),
+    Column("run_id", String(128), nullable=False),
+    Column("step", BigInteger(), nullable=False),
+    Column("part", Integer(), nullable=False),
+    Column("seq", BigInteger(), nullable=False),
+    Column("payload", LargeBinary(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("curriculum_id", "run_id", "step", "part"),
+)

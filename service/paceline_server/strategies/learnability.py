@@ -66,6 +66,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.base import (
@@ -542,6 +543,36 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
                     extra = uniform_excluding(n_d, need, local, rng)
                 parts.append(self._to_global(self._offsets[d] + extra))
         return np.concatenate(parts).astype(np.int64)
+
+    def explain(self, state: LearnabilityState, ctx: ProposeContext) -> list[Reason]:
+        """With an allocation, the allocator's reasons (it sets the shares) plus what the
+        posterior says inside; without, the distribution's share of the score mass."""
+        _, seen, unseen = self._masses(state)
+        mu = self.pooled_mean(state)
+        kappa = self.prior_strength(state)
+        total = float((seen + unseen).sum())
+        base = (self.allocator.explain(self._allocator_state(state), ctx)
+                if self.allocator is not None else None)
+        reasons = []
+        for d in range(self.layout.num_distributions):
+            mass = float(seen[d] + unseen[d])
+            terms: dict[str, float | None] = {
+                "pooled_pass_rate": float(mu[d]), "prior_strength": float(kappa[d]),
+                "unseen": float(state.unseen[d]), "score_mass": mass,
+                "mass_share": mass / total if total > 0 else None}
+            inside = (f"inside it, prompts are picked by a Thompson draw of p(1-p) from each "
+                      f"prompt's posterior (pooled pass rate {number(float(mu[d]))}, prior "
+                      f"strength {number(float(kappa[d]))}, {int(state.unseen[d])} prompts "
+                      f"unseen)")
+            if base is not None:
+                reason = base[d]
+                reasons.append(Reason(f"{reason.clause}; {inside}",
+                                      {**reason.terms, **terms}))
+            else:
+                share = number(mass / total) if total > 0 else "none"
+                reasons.append(Reason(f"it holds {share} of the expected-score mass; "
+                                      f"{inside}", terms))
+        return reasons
 
     def describe(self, state: LearnabilityState) -> dict[str, Any]:
         _, seen, unseen = self._masses(state)

@@ -1,0 +1,85 @@
+"""`dynamic_step`: DAPO-style drop-all-equal + refill through Paceline, in a torch loop
+on the embedded service; what it reports is read back from the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+import torch
+from integration_support import reports
+
+import paceline
+from paceline.integrations.torch import all_equal_groups, dynamic_step
+
+GROUP = 4
+#: index -> pass rate: the first 40 are always solved, the last 20 never, the rest 50 %.
+SOLVED, HOPELESS = range(0, 40), range(80, 100)
+
+
+def generate(batch: paceline.Batch) -> torch.Tensor:
+    """Rewards [n, g, 1]: all-equal for solved and hopeless prompts, mixed otherwise."""
+    rows = []
+    for index in batch.indices:
+        if index in SOLVED:
+            rows.append([1.0] * GROUP)
+        elif index in HOPELESS:
+            rows.append([0.0] * GROUP)
+        else:
+            rows.append([float(j % 2) for j in range(GROUP)])
+    return torch.tensor(rows).unsqueeze(-1)
+
+
+def test_all_equal_groups() -> None:
+    scalar = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.5, 0.5]])
+    assert all_equal_groups(scalar).tolist() == [True, False, True]
+    with pytest.raises(ValueError, match="shape"):
+        all_equal_groups(torch.zeros(3))
+
+
+def test_dynamic_step_refills_until_the_batch_is_full(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    with paceline.Client.embedded(db) as client:
+        cur = client.create_curriculum("dyn", distributions={"all": 100},
+                                       objectives=["correct"], sampler="uniform",
+                                       batch_size=8, seed=5)
+        with cur.start_run(run_id="r", heartbeat_interval=None) as run:
+            for step in range(3):
+                result = dynamic_step(run, step, generate)
+                assert len(result.trained_indices) == 8  # the batch is full again
+                assert result.kept.sum() == 8
+                assert all(40 <= i < 80 for i in result.trained_indices)
+                assert len(result.batches) >= 2  # part 0 alone cannot fill it here
+                assert [b.part for b in result.batches] == list(range(len(result.batches)))
+                assert len(set(result.indices)) == len(result.indices)
+                assert result.advantages().shape == (8, GROUP)
+                assert result.loss_weights().shape == (8,)
+                ack = result.report()
+                assert ack.rollouts_generated == result.rollouts_generated
+                assert ack.rollouts_trained == 8 * GROUP
+                assert ack.groups_dropped == len(result.dropped_indices)
+            # a restarted trainer redoing a served step gets the same prompts
+            again = dynamic_step(run, 2, generate)
+            assert again.indices == result.indices
+            assert run.report(2, again.indices, again.rewards,
+                              dropped=again.dropped_indices).replayed
+    stored = reports(db, "dyn")
+    assert [r.step for r in stored] == [0, 1, 2]
+    assert stored[-1].indices == result.indices  # every generated group was reported
+
+
+def test_dynamic_step_stops_at_max_parts(tmp_path: Path) -> None:
+    with paceline.Client.embedded(tmp_path / "p.db") as client:
+        cur = client.create_curriculum("dyn", distributions={"all": 100},
+                                       objectives=["correct"], sampler="uniform",
+                                       batch_size=8, seed=5)
+        with cur.start_run(run_id="r", heartbeat_interval=None) as run:
+            hopeless = dynamic_step(run, 0, lambda b: torch.zeros(len(b.indices), GROUP, 1),
+                                    max_parts=2)
+            assert len(hopeless.batches) == 3 and hopeless.kept.sum() == 0
+            assert hopeless.report().rollouts_trained == 0
+            with pytest.raises(ValueError, match="target"):
+                dynamic_step(run, 1, generate, target=0)
