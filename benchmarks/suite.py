@@ -187,7 +187,7 @@ def rows() -> list[Row]:
         ("learning_progress", "learning_progress"),
         ("prioritized", "prioritized"),
         ("spard", lambda lr: {"kind": "spard", "pace_steps": max(1, lr.steps // 2)}),
-        ("learnability", "learnability"),
+        ("learnability, no allocation", {"kind": "learnability", "allocation": "none"}),
         ("learnability + dump_ucb allocation",
          {"kind": "learnability", "allocation": "dump_ucb"}),
         ("learnability + learning_progress allocation",
@@ -373,7 +373,8 @@ def targets(summaries: dict[str, dict[str, dict[str, Any]]], row: str) -> dict[s
 
 
 PLOTTED = ["uniform", "dump_ucb", "learning_progress", "prioritized", "spard",
-           "learnability", "learnability + zero_variance", DEFAULT, SYLLABUS, DAPO, ORACLE]
+           "learnability, no allocation", "learnability + dump_ucb allocation + zero_variance",
+           DEFAULT, SYLLABUS, DAPO, DAPO_NO_REFILL, ORACLE]
 
 
 def plot(summaries: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:

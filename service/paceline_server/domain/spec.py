@@ -115,7 +115,7 @@ class StrategySpec:
 #: The sampler of a curriculum whose spec names none: the configuration that measured
 #: best across the learner suite (docs/benchmarks.md), not `uniform`. Defined here once;
 #: REST, gRPC, the client and `GET /v1/strategies` all follow it.
-DEFAULT_SAMPLER = StrategySpec("dump_ucb")
+DEFAULT_SAMPLER = StrategySpec("learnability", {"allocation": "dump_ucb"})
 #: The weighting of a curriculum whose spec names none.
 DEFAULT_WEIGHTING = StrategySpec("fixed")
 
