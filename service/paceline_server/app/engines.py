@@ -5,10 +5,15 @@ An engine cached at sequence number s is brought to the log's head by folding ev
 So any process (replica) serves any curriculum exactly, and the cache is only a speed-up:
 dropping it never changes an answer. With Redis, other replicas' commits are announced
 and folded in the background (`PacelineService._fold_announced`), off the request path.
+
+A snapshot whose strategy state is of a version this code cannot migrate
+(`StateVersionError`) is set aside: the engine is rebuilt by replaying the log from the
+first event, as long as the log still holds it (pruned logs cannot be replayed).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,6 +28,9 @@ from paceline_server.engine.engine import HISTORY
 from paceline_server.engine.health import WINDOW as HEALTH_WINDOW
 from paceline_server.store.base import CurriculumHead, CurriculumRecord, Store
 from paceline_server.strategies.registry import build_sampler, build_weighting
+from paceline_server.strategies.state_codec import StateVersionError
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -137,7 +145,31 @@ class EngineCache:
         snapshot = self.store.latest_snapshot(name, at_most=head_seq)
         if snapshot is None:
             return CurriculumEngine(spec), 0
-        return CurriculumEngine.from_bytes(spec, snapshot.state), snapshot.seq
+        try:
+            return CurriculumEngine.from_bytes(spec, snapshot.state), snapshot.seq
+        except StateVersionError as exc:
+            return self._replay(name, spec, snapshot.seq, exc), snapshot.seq
+
+    def _replay(self, name: str, spec: CurriculumSpec, seq: int,
+                cause: StateVersionError) -> CurriculumEngine:
+        """The engine at `seq` rebuilt from the event log alone, for a snapshot this code
+        cannot read; the cause is raised again when the log no longer starts at seq 1."""
+        _log.warning("curriculum %r: snapshot at seq %d not readable (%s); rebuilding from "
+                     "the event log", name, seq, cause)
+        engine = CurriculumEngine(spec)
+        folded = 0
+        for event in self.store.events(name, after_seq=0, limit=seq):
+            if event.seq != folded + 1:
+                break
+            engine.apply(decode_report(event.payload))
+            folded = event.seq
+        if folded != seq:
+            raise StateVersionError(
+                f"{cause} and the event log of {name!r} no longer holds seq {folded + 1} "
+                "(pruned), so the curriculum cannot be rebuilt by replay",
+                {**cause.details, "replayed_to": folded, "snapshot_seq": seq}) from cause
+        _log.warning("curriculum %r: rebuilt from %d events", name, folded)
+        return engine
 
     def catch_up(self, cached: CachedEngine, name: str, head_seq: int) -> None:
         """Fold committed events (cached.seq, head_seq] (caller holds the entry lock).

@@ -56,7 +56,12 @@ from paceline_server.strategies.registry import (
     canonical,
 )
 from paceline_server.strategies.signals import ReportSignals
-from paceline_server.strategies.state_codec import decode_state, encode_state, state_nbytes
+from paceline_server.strategies.state_codec import (
+    StateVersionError,
+    decode_state,
+    encode_state,
+    state_nbytes,
+)
 from paceline_server.strategies.zero_variance import ZeroVarianceFilter, filter_salt
 
 FORMAT_VERSION = 1
@@ -126,7 +131,8 @@ class CurriculumEngine:
     @classmethod
     def from_bytes(cls, spec: CurriculumSpec, data: bytes) -> CurriculumEngine:
         """Resume from `to_bytes` output; raises StateCorrupt when the bytes are not a
-        state of this spec's strategies."""
+        state of this spec's strategies, and its subclass StateVersionError when they are
+        but of a state version the strategies cannot migrate (replay the log instead)."""
         return cls(spec, data)
 
     def _fresh(self) -> _Parts:
@@ -404,14 +410,17 @@ class CurriculumEngine:
         for key, value in expected.items():
             got = sections[key].item() if key in sections else None
             if got != value:
-                raise StateCorrupt(f"state {key} is {got!r}; this curriculum needs {value!r}",
-                                   {"field": key})
+                error = StateVersionError if key == "format" else StateCorrupt
+                raise error(f"state {key} is {got!r}; this curriculum needs {value!r}",
+                            {"field": key})
         if self.keeps_posteriors != ("posteriors" in sections):
             raise StateCorrupt("state and spec disagree on keeping the pass-rate table")
         parts = _Parts(
             engine=decode_state(EngineState, _unblob(sections, "engine")),
-            sampler=decode_state(self.sampler.state_type, _unblob(sections, "sampler")),
-            weighting=decode_state(self.weighting.state_type, _unblob(sections, "weighting")),
+            sampler=decode_state(self.sampler.state_type, _unblob(sections, "sampler"),
+                                 self.sampler.migrate_state),
+            weighting=decode_state(self.weighting.state_type, _unblob(sections, "weighting"),
+                                   self.weighting.migrate_state),
             posteriors=(decode_state(PassRateState, _unblob(sections, "posteriors"))
                         if self.keeps_posteriors else None),
             health=decode_state(HealthState, _unblob(sections, "health")),

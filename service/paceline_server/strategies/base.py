@@ -17,6 +17,10 @@ Contract for implementers:
 - `propose(state, size, rng, ctx)` returns `size` indices in [0, N), unique unless the
   sampler documents otherwise, and the per-distribution probabilities it used.
 - State dataclasses round-trip exactly through `encode_state`/`decode_state`.
+- A state class that changes shape (a field added, renamed or retyped) raises its
+  `state_version: ClassVar[int]` (1 when absent) and, where the old bytes still carry what
+  the new state needs, overrides `migrate_state`; without a migration the app rebuilds
+  the curriculum by replaying its event log (see `state_codec`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.posteriors import PassRateState, PosteriorConfig
 from paceline_server.strategies.signals import ReportSignals
+from paceline_server.strategies.state_codec import StateVersionError, state_version
 
 S = TypeVar("S")
 P = TypeVar("P")
@@ -83,6 +88,15 @@ class WeightDecision:
     scale: float = 1.0
 
 
+def no_migration(state_type: type[Any], old_version: int) -> dict[str, np.ndarray]:
+    """What `migrate_state` does by default: refuse, so the curriculum is replayed."""
+    raise StateVersionError(
+        f"{state_type.__name__} has no migration from version {old_version} to "
+        f"{state_version(state_type)}",
+        {"state": state_type.__name__, "stored_version": old_version,
+         "version": state_version(state_type)})
+
+
 class Sampler(ABC, Generic[S, P]):
     """Chooses which indices go into the next batch."""
 
@@ -116,6 +130,13 @@ class Sampler(ABC, Generic[S, P]):
         it. The default fits per-distribution samplers (a few float64 per distribution);
         samplers keeping per-sample or windowed arrays override it."""
         return STATE_OVERHEAD + 16 * 8 * self.layout.num_distributions
+
+    def migrate_state(self, old_version: int, arrays: dict[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+        """The flattened arrays (dotted keys, as `state_codec` writes them) of a state
+        written as `old_version`, turned into those of `state_type`'s current version.
+        The default knows no migration: the app then replays the curriculum's event log."""
+        return no_migration(self.state_type, old_version)
 
     @abstractmethod
     def init_state(self, rng: np.random.Generator) -> S: ...
@@ -178,6 +199,13 @@ class Weighting(ABC, Generic[S, P]):
         `WEIGHTING_HISTORY` records of k + 2 numbers."""
         k = self.num_objectives
         return STATE_OVERHEAD + 8 * (WEIGHTING_HISTORY * (k + 2) + 16 * k * k)
+
+    def migrate_state(self, old_version: int, arrays: dict[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+        """The flattened arrays (dotted keys, as `state_codec` writes them) of a state
+        written as `old_version`, turned into those of `state_type`'s current version.
+        The default knows no migration: the app then replays the curriculum's event log."""
+        return no_migration(self.state_type, old_version)
 
     @abstractmethod
     def init_state(self, rng: np.random.Generator) -> S: ...

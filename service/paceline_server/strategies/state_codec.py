@@ -5,6 +5,15 @@ str), nested state dataclasses, or `None` for an optional nested state. It is fl
 to dotted keys and written as an uncompressed, deterministic `.npz` with `allow_pickle=False`, so a
 snapshot can be read by any numpy and never executes code. Round trips are exact: arrays
 keep dtype and shape, floats keep every bit.
+
+Versions: a state class may declare `state_version: ClassVar[int]` (1 when it does not).
+The version of every dataclass in the tree is written beside its fields under
+`__state_version__`; bytes without that key (written before versions existed) read as
+version 1. Decoding bytes of another version than the class's calls the `migrate` hook
+given for the root (the owning strategy's `migrate_state`) or raises `StateVersionError`,
+upon which the app rebuilds the curriculum by replaying its event log (see
+`app/engines.py`). A state that nests another class's state bumps its own version when
+the nested one changes: only the root's old bytes are handed to the hook.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, TypeVar, Union, get_args, get_origin
 
 import numpy as np
@@ -21,31 +31,78 @@ from paceline_server.domain.npz import load_npz, save_npz
 
 T = TypeVar("T")
 _NONE_MARK = "__none__"
+VERSION_KEY = "__state_version__"
+#: Turns the flattened arrays of an older version into those of the class's version.
+Migration = Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class StateVersionError(StateCorrupt):
+    """State bytes of a version this code cannot read: newer than the code, or older
+    with no migration. A StateCorrupt, so callers that do not fall back still refuse."""
+
+
+def state_version(cls: type) -> int:
+    """The schema version a state class declares (`state_version`, default 1)."""
+    version = getattr(cls, "state_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise TypeError(f"{cls.__name__}.state_version must be an integer >= 1")
+    return version
 
 
 def encode_state(state: Any) -> bytes:
-    """Serialise a state dataclass to `.npz` bytes."""
+    """Serialise a state dataclass to `.npz` bytes (with its version)."""
     arrays: dict[str, np.ndarray] = {}
     _flatten(state, "", arrays)
     return save_npz(arrays)
 
 
-def decode_state(cls: type[T], data: bytes) -> T:
-    """Rebuild a state of dataclass type `cls` from `encode_state` bytes."""
+def decode_state(cls: type[T], data: bytes, migrate: Migration | None = None) -> T:
+    """Rebuild a state of dataclass type `cls` from `encode_state` bytes. Bytes of an
+    older version go through `migrate(old_version, arrays)` when given; otherwise, or
+    when they are newer than `cls`, StateVersionError."""
     arrays = load_npz(data, "state bytes")
+    stored, current = stored_version(arrays, ""), state_version(cls)
+    if stored != current:
+        if stored > current or migrate is None:
+            raise _version_error(cls, "", stored, current)
+        arrays = migrate(stored, arrays)
+        arrays[VERSION_KEY] = np.asarray(current, dtype=np.int64)
     return _build(cls, "", arrays)
+
+
+def stored_version(arrays: dict[str, np.ndarray], prefix: str = "") -> int:
+    """The version written for the dataclass at `prefix` (1 when none was written)."""
+    key = prefix + VERSION_KEY
+    if key not in arrays:
+        return 1
+    array = arrays[key]
+    if array.ndim != 0 or array.dtype.kind not in "iu" or int(array) < 1:
+        raise StateCorrupt(f"state key {key!r} is not a version number", {"field": key})
+    return int(array)
+
+
+def _version_error(cls: type, prefix: str, stored: int, current: int) -> StateVersionError:
+    where = f"state field {prefix[:-1]!r}" if prefix else "state"
+    how = ("newer than this code" if stored > current
+           else "older, and its strategy has no migration for it")
+    return StateVersionError(
+        f"{where} ({cls.__name__}) was written as version {stored}; this code has version "
+        f"{current} ({how})",
+        {"state": cls.__name__, "stored_version": stored, "version": current})
 
 
 def state_nbytes(state: Any) -> int:
     """Bytes held by the arrays of a state (its in-memory footprint)."""
     arrays: dict[str, np.ndarray] = {}
     _flatten(state, "", arrays)
-    return sum(a.nbytes for a in arrays.values())
+    return sum(a.nbytes for key, a in arrays.items()
+               if key.rpartition(".")[2] != VERSION_KEY)
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
     if not dataclasses.is_dataclass(value) or isinstance(value, type):
         raise TypeError(f"state at {prefix or '<root>'} must be a dataclass instance")
+    out[prefix + VERSION_KEY] = np.asarray(state_version(type(value)), dtype=np.int64)
     for f in dataclasses.fields(value):
         key = f"{prefix}{f.name}"
         item = getattr(value, f.name)
@@ -64,6 +121,10 @@ def _flatten(value: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
 
 
 def _build(cls: type, prefix: str, arrays: dict[str, np.ndarray]) -> Any:
+    if prefix:  # the root's version was settled by `decode_state`
+        stored, current = stored_version(arrays, prefix), state_version(cls)
+        if stored != current:
+            raise _version_error(cls, prefix, stored, current)
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
