@@ -33,7 +33,7 @@ def test_engine_bench_quick() -> None:
         if "error" in r:  # a strategy that cannot be built is reported, not fatal
             assert isinstance(r["error"], str)
             continue
-        assert r["n"] == 5000 and r["batch"] == 64
+        assert r["n"] == 20000 and r["batch"] == 64
         for key in ("propose_ms", "propose_back_to_back_ms", "update_ms",
                     "report_build_ms", "naive_choice_ms"):
             assert 0 < r[key]["p50"] <= r[key]["p99"]

@@ -91,18 +91,34 @@ def test_streak_counts_consecutive_all_equal_groups() -> None:
     assert table.streak.tolist() == [-1, 1, 2, 1]
 
 
-def test_a_table_saved_before_streaks_decodes_and_starts_one() -> None:
+def test_a_snapshot_saved_before_streaks_resumes_with_fresh_streaks() -> None:
     from paceline_server.domain.npz import load_npz, save_npz
-    from paceline_server.strategies.posteriors import PassRateState, update_posteriors
-    from paceline_server.strategies.state_codec import decode_state, encode_state
 
-    arrays = load_npz(encode_state(init_posteriors(3, PosteriorConfig())), "test")
-    old = {k: v for k, v in arrays.items() if not k.startswith("streak")}
-    table = decode_state(PassRateState, save_npz(old))
-    assert table.streak is None
-    update_posteriors(table, PosteriorConfig(), np.array([1]), np.array([4.0]),
-                      np.array([4]), 0)
-    assert table.streak is not None and table.streak.tolist() == [0, 1, 0]
+    cur = spec((20,), sampler="prioritized", zero_variance=True, batch_size=4)
+    e = CurriculumEngine(cur)
+    e.apply(report(cur, [1], np.ones((1, 4))))
+    sections = load_npz(e.to_bytes(), "test")
+    table = load_npz(sections["posteriors"].tobytes(), "test")
+    assert "streak" in table
+    del table["streak"]  # as written before the streak existed
+    sections["posteriors"] = np.frombuffer(save_npz(table), dtype=np.uint8)
+    old = CurriculumEngine.from_bytes(e.spec, save_npz(sections))
+    assert old.state.posteriors is not None and old.state.posteriors.streak is not None
+    assert old.state.posteriors.streak.tolist() == [0] * 20
+    np.testing.assert_array_equal(old.state.posteriors.alpha, e.state.posteriors.alpha)
+
+
+def test_the_table_keeps_only_what_is_read() -> None:
+    # prioritized without skipping: rates, no streak.
+    plain = CurriculumEngine(spec((20,), sampler="prioritized")).state.posteriors
+    assert plain is not None and plain.alpha.size == 20 and plain.streak is None
+    # learnability predicts agreement itself: streaks only (1 byte per sample).
+    own = CurriculumEngine(spec((20,), sampler="learnability", zero_variance=True))
+    table = own.state.posteriors
+    assert table is not None and table.alpha.size == 0 and table.streak is not None
+    own.apply(report(own.spec, [3], np.ones((1, 4))))
+    assert table.streak[3] == 1
+    assert own.next_batch("r", 1).indices.size == 16
 
 
 def test_coins_are_uniform_and_fixed_per_salt() -> None:

@@ -48,6 +48,7 @@ from paceline_server.strategies.base import (
 from paceline_server.strategies.posteriors import (
     PassRateState,
     init_posteriors,
+    table_keeps_rates,
     update_posteriors,
 )
 from paceline_server.strategies.registry import (
@@ -148,7 +149,9 @@ class CurriculumEngine:
             history_scale=np.zeros(HISTORY),
             history_count=0,
         )
-        posteriors = (init_posteriors(self.layout.num_samples, self.sampler.posterior_config())
+        posteriors = (init_posteriors(self.layout.num_samples, self.sampler.posterior_config(),
+                                      rates=table_keeps_rates(self.sampler),
+                                      streak=spec.zero_variance is not None)
                       if self.keeps_posteriors else None)
         return _Parts(engine, sampler_state, weighting_state, posteriors,
                       init_health(self.layout.num_distributions))
@@ -425,6 +428,9 @@ class CurriculumEngine:
                         if self.keeps_posteriors else None),
             health=decode_state(HealthState, _unblob(sections, "health")),
         )
+        if (parts.posteriors is not None and parts.posteriors.streak is None
+                and self.spec.zero_variance is not None):  # written before streaks existed
+            parts.posteriors.streak = np.zeros(self.layout.num_samples, dtype=np.int8)
         if parts.engine.history_weights.shape != (HISTORY, len(self.spec.objectives)) \
                 or parts.health.filled.shape != (self.layout.num_distributions,):
             raise StateCorrupt("state shapes do not match this curriculum's spec")

@@ -179,6 +179,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
     name = "learnability"
     params_type = LearnabilityParams
     state_type = LearnabilityState
+    predicts_agreement = True
 
     def __init__(self, layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...],
                  params: LearnabilityParams) -> None:

@@ -11,16 +11,23 @@ the policy changes while the posterior never becomes sharper than the prior allo
 The table also keeps each index's all-equal streak (int8, 1 byte per sample): +z after z
 consecutive groups whose primary reward was all 1 (every rollout a full success), -z
 after z all-0 groups, 0 after a mixed one. GRESO's observation is that a prompt without
-variance in its last visits most likely stays so; zero-variance skipping reads it. A
-table written before the streak existed decodes with `streak = None` and starts one at
-its next update.
+variance in its last visits most likely stays so; zero-variance skipping reads it.
+
+The engine keeps only what is read (`table_bytes`): the rates (alpha, beta, last seen;
+12 bytes) when the sampler reads them or zero-variance skipping predicts from them, the
+streak (1 byte) when skipping is on. A part not kept is an empty array (rates) or None
+(streak); a table written before streaks existed decodes with `streak = None`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from paceline_server.strategies.base import Sampler
 
 NEVER = -1
 MAX_STREAK = 127  # int8
@@ -42,13 +49,20 @@ class PassRateState:
     streak: np.ndarray | None = None  # int8 [N]: signed all-equal streak (see above)
 
 
-def init_posteriors(num_samples: int, config: PosteriorConfig) -> PassRateState:
+def init_posteriors(num_samples: int, config: PosteriorConfig, rates: bool = True,
+                    streak: bool = True) -> PassRateState:
+    kept = num_samples if rates else 0
     return PassRateState(
-        alpha=np.full(num_samples, config.prior_alpha, dtype=np.float32),
-        beta=np.full(num_samples, config.prior_beta, dtype=np.float32),
-        last_seen=np.full(num_samples, NEVER, dtype=np.int32),
-        streak=np.zeros(num_samples, dtype=np.int8),
+        alpha=np.full(kept, config.prior_alpha, dtype=np.float32),
+        beta=np.full(kept, config.prior_beta, dtype=np.float32),
+        last_seen=np.full(kept, NEVER, dtype=np.int32),
+        streak=np.zeros(num_samples, dtype=np.int8) if streak else None,
     )
+
+
+def table_bytes(num_samples: int, rates: bool, streak: bool) -> int:
+    """Bytes of a table keeping the given parts (see the module docstring)."""
+    return num_samples * (12 * int(rates) + int(streak))
 
 
 def occurrence_rounds(indices: np.ndarray) -> list[np.ndarray]:
@@ -74,15 +88,17 @@ def update_posteriors(state: PassRateState, config: PosteriorConfig, indices: np
     b0 = np.float32(config.prior_beta)
     succ = successes.astype(np.float32)
     fail = (trials - successes).astype(np.float32)
-    if state.streak is None:
-        state.streak = np.zeros(state.alpha.size, dtype=np.int8)
+    rates = state.alpha.size > 0
     all_pass = np.asarray(successes) >= np.asarray(trials) - STREAK_TOLERANCE
     all_fail = np.asarray(successes) <= STREAK_TOLERANCE
     for positions in occurrence_rounds(indices):
         idx = indices[positions]
-        state.alpha[idx] = a0 + gamma * (state.alpha[idx] - a0) + succ[positions]
-        state.beta[idx] = b0 + gamma * (state.beta[idx] - b0) + fail[positions]
-        state.last_seen[idx] = clock
+        if rates:
+            state.alpha[idx] = a0 + gamma * (state.alpha[idx] - a0) + succ[positions]
+            state.beta[idx] = b0 + gamma * (state.beta[idx] - b0) + fail[positions]
+            state.last_seen[idx] = clock
+        if state.streak is None:
+            continue
         old = state.streak[idx].astype(np.int16)
         state.streak[idx] = np.where(
             all_pass[positions], np.minimum(np.maximum(old, 0) + 1, MAX_STREAK),
@@ -94,3 +110,9 @@ def posterior_mean(state: PassRateState, indices: np.ndarray) -> np.ndarray:
     a = state.alpha[indices].astype(np.float64)
     b = state.beta[indices].astype(np.float64)
     return a / (a + b)
+
+
+def table_keeps_rates(sampler: Sampler[Any, Any]) -> bool:
+    """Whether the engine's table keeps pass rates for this sampler: it reads them, or
+    zero-variance skipping predicts from them (the sampler has no predictor of its own)."""
+    return sampler.uses_posteriors or not sampler.predicts_agreement
