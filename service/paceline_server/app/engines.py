@@ -27,6 +27,7 @@ from paceline_server.engine import CurriculumEngine
 from paceline_server.engine.engine import HISTORY
 from paceline_server.engine.health import WINDOW as HEALTH_WINDOW
 from paceline_server.store.base import CurriculumHead, CurriculumRecord, Store
+from paceline_server.strategies.posteriors import table_bytes, table_keeps_rates
 from paceline_server.strategies.registry import build_sampler, build_weighting
 from paceline_server.strategies.state_codec import StateVersionError
 
@@ -59,22 +60,21 @@ class CachedEngine:
     nbytes: int = 0
 
 
-#: The engine's pass-rate table, kept per sample when the sampler reads it or
-#: zero-variance skipping is on: alpha, beta (float32), last visit (int32), streak (int8).
-POSTERIOR_BYTES_PER_SAMPLE = 13
 
 
 def estimate_state_bytes(spec: CurriculumSpec) -> int:
     """The in-memory state a curriculum of `spec` holds, estimated from the spec alone
     (nothing is allocated, so a hostile spec is measured in microseconds): the sampler's
-    and the weighting's own estimates, the engine's pass-rate table when kept, its
+    and the weighting's own estimates, the engine's pass-rate table when kept (the parts
+    it keeps: `posteriors.table_bytes`), its
     per-distribution health windows and weight history, and the layout's arrays."""
     sampler = build_sampler(spec.sampler, spec.layout, spec.objectives)
     weighting = build_weighting(spec.weighting, spec.objectives)
     n, d, k = spec.layout.num_samples, spec.layout.num_distributions, len(spec.objectives)
     total = sampler.state_bytes() + weighting.state_bytes() + spec.layout.state_bytes()
     if sampler.uses_posteriors or spec.zero_variance is not None:
-        total += POSTERIOR_BYTES_PER_SAMPLE * n
+        total += table_bytes(n, rates=table_keeps_rates(sampler),
+                             streak=spec.zero_variance is not None)
     total += 8 * d * (3 * HEALTH_WINDOW + 8) + 8 * HISTORY * (k + 2)
     return total
 

@@ -105,6 +105,9 @@ class Sampler(ABC, Generic[S, P]):
     state_type: ClassVar[type[Any]]
     #: True when the sampler reads `ctx.posteriors` (the engine then keeps the table).
     uses_posteriors: ClassVar[bool] = False
+    #: True when `agreement_predictor` answers for zero-variance skipping, so the engine's
+    #: table need not keep pass rates for it (only the all-equal streaks).
+    predicts_agreement: ClassVar[bool] = False
 
     def __init__(self, layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...],
                  params: P) -> None:
