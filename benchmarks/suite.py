@@ -49,7 +49,6 @@ from strategies import SyllabusLearningProgress, UniformEpochs  # benchmarks/pee
 
 from learners import LEARNERS, Groups, GrpoLearner
 from paceline_server.domain import CurriculumSpec, Report
-from paceline_server.domain.errors import PacelineError
 from paceline_server.engine import CurriculumEngine
 from paceline_server.strategies.registry import available_samplers
 
@@ -287,7 +286,7 @@ def _job(args: tuple[str, str, int, float]) -> tuple[str, str, int, dict[str, An
     row = next(r for r in rows() if r.name == name)
     try:
         return row.name, learner_name, seed, run(row, learner_name, seed, scale)
-    except PacelineError as exc:  # a sampler still being written must not hide the rest
+    except Exception as exc:  # a sampler still being written must not hide the rest
         return row.name, learner_name, seed, {"error": f"{type(exc).__name__}: {exc}"}
 
 
