@@ -547,3 +547,46 @@ def test_default_pace_admits_all_but_near_hopeless_data_from_the_start() -> None
     engine.apply(report(cur, [0, 100, 200], [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]))
     # successes 1.0, 0.5, 0.0 at λ = 0.8 + 0.2/1000: d2's difficulty 1 > λ.
     assert sampler_state(engine).admitted.tolist() == [True, True, False]
+
+
+def test_pawa_gains_on_evaluation_points() -> None:
+    # gains: auto. Reports before the first evaluation point fill rollout windows; the
+    # first point drops them; then every point is one observation and a window closes
+    # after every_steps (2) points, whatever the clock. b is minimised (bounds 0..10).
+    cur = two_objective_spec()
+    engine = CurriculumEngine(cur)
+    rewards = constant_groups([[0.2, 4.0], [0.4, 6.0]])
+    engine.apply(report(cur, [0, 1], rewards))
+    assert weighting_state(engine).cur_count == 2 and not weighting_state(engine).on_eval
+    points = [[0.2, 5.0], [0.3, 5.0], [0.5, 4.0], [0.6, 3.0]]
+    for step, point in enumerate(points[:2], start=1):
+        engine.apply(report(cur, [0, 1], rewards, step=step, eval_objectives=point))
+    state = weighting_state(engine)
+    assert state.on_eval and state.prev_count == 2 and state.cur_count == 0
+    np.testing.assert_allclose(state.prev_mean, [0.25, 0.5])
+    engine.apply(report(cur, [2], rewards[:1], step=3))  # no point: nothing added
+    assert weighting_state(engine).cur_count == 0
+    for step, point in enumerate(points[2:], start=4):
+        engine.apply(report(cur, [0, 1], rewards, step=step, eval_objectives=point))
+    state = weighting_state(engine)
+    assert state.updates == 1
+    # a: 0.25 -> 0.55, b (unit 1 - b/10): 0.5 -> 0.65; variances 0.005 and 0 / 0.005.
+    np.testing.assert_allclose(state.last_gain, [0.3, 0.15], rtol=1e-12)
+    np.testing.assert_allclose(state.last_se, [math.sqrt(0.005), math.sqrt(0.005 / 2)],
+                               rtol=1e-12)
+    np.testing.assert_allclose(state.last_saturation, [0.55, 0.65], rtol=1e-12)
+    assert engine.inspect().weighting["gains_from"] == "eval"
+    # gains: rollouts ignores the points.
+    rollouts = CurriculumEngine(two_objective_spec(gains="rollouts"))
+    rollouts.apply(report(cur, [0, 1], rewards, eval_objectives=points[0]))
+    assert weighting_state(rollouts).cur_count == 2
+    assert not weighting_state(rollouts).on_eval
+
+
+def test_pawa_eval_only_waits_for_points() -> None:
+    cur = two_objective_spec(gains="eval")
+    engine = CurriculumEngine(cur)
+    engine.apply(report(cur, [0, 1], constant_groups([[0.2, 4.0], [0.4, 6.0]])))
+    assert weighting_state(engine).cur_count == 0
+    with pytest.raises(InvalidParams):
+        CurriculumEngine(two_objective_spec(gains="validation"))

@@ -44,13 +44,13 @@ lr / regularization), then
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.base import UpdateContext, WeightDecision, Weighting
-from paceline_server.strategies.fixed import preference_vector
+from paceline_server.strategies.kernels import preference_vector, softmax
 from paceline_server.strategies.params import require
 from paceline_server.strategies.signals import ReportSignals
 
@@ -89,16 +89,14 @@ class GradientParams:
 
 @dataclass
 class GradientState:
+    #: 2: the proxy is built from unit rewards (a minimised objective counts negatively).
+    state_version: ClassVar[int] = 2
+
     weights: np.ndarray  # float64 [k]: on the simplex, each >= w_min
     accumulated: np.ndarray  # float64 [k]: Σ η·I over the pending reports
     pending: int  # reports accumulated since the last update
     updates: int  # weight updates made
     last_influence: np.ndarray  # float64 [k]: I of the last counted report (inspection)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max())
-    return np.asarray(shifted / shifted.sum())
 
 
 def apply_floor(weights: np.ndarray, w_min: float) -> np.ndarray:

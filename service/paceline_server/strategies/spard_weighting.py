@@ -35,6 +35,14 @@ considered: it stops the acceleration but not the drift (the progressing objecti
 gains, the regressing one loses relatively, window after window).
 
 Choices that are ours:
+- *Gains on evaluation points* (`gains: auto`, the default): once the trainer sends
+  `eval_objectives`, the windows hold those points instead (one observation per point,
+  a window closes after `every_steps` points, reports without a point add nothing, and
+  the rollout windows collected before are dropped). A training batch's mean mixes
+  whichever prompts the sampler drew, so an objective learned across easy and hard
+  prompts looks noisy there (small |z|) next to one learned as a global rate; held-out
+  evaluation measures both on the same prompts every time. `gains: rollouts` never uses
+  the points, `gains: eval` only them.
 - *Observations* are per reported index: each index's group-mean reward is one sample
   of the window mean. Rollouts of one prompt are correlated and windows differ mostly in
   which prompts were drawn, so treating rollouts as independent would understate se_i
@@ -61,12 +69,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from paceline_server.domain.scalarize import unit_rewards
 from paceline_server.strategies.base import UpdateContext, WeightDecision, Weighting
-from paceline_server.strategies.fixed import preference_vector
+from paceline_server.strategies.kernels import preference_vector
 from paceline_server.strategies.params import require
 from paceline_server.strategies.signals import ReportSignals
 
@@ -78,13 +87,16 @@ LOG_FLOOR = math.log(1e-12)
 class SpardWeightingParams:
     """`weights`: initial preference (None = equal); `every_steps`: reports per window
     (>= 1); `eta`: step size (>= 0); `epsilon_w`: uniform mixture in [0, 1); `eps`: added
-    to the standard error (> 0) so identical windows give z = 0, not 0/0."""
+    to the standard error (> 0) so identical windows give z = 0, not 0/0; `gains`: what
+    the windows average — "auto" (the trainer's evaluation points once a report carries
+    `eval_objectives`, the rollouts before), "rollouts" or "eval"."""
 
     weights: tuple[float, ...] | None = None
     every_steps: int = 4
     eta: float = 0.5
     epsilon_w: float = 0.05
     eps: float = 1e-8
+    gains: Literal["auto", "rollouts", "eval"] = "auto"
 
     def __post_init__(self) -> None:
         if self.weights is not None:
@@ -101,6 +113,9 @@ class SpardWeightingParams:
 
 @dataclass
 class SpardWeightingState:
+    #: 2: windows hold unit rewards (or evaluation points), PAWA moves by |z|, `on_eval`.
+    state_version: ClassVar[int] = 2
+
     log_weights: np.ndarray  # float64 [k], max 0 after every update
     cur_count: int  # observations (reported indices) in the open window
     cur_mean: np.ndarray  # float64 [k] group-mean unit reward, open window
@@ -114,6 +129,7 @@ class SpardWeightingState:
     last_se: np.ndarray  # float64 [k]
     last_z: np.ndarray  # float64 [k]
     last_saturation: np.ndarray  # float64 [k]
+    on_eval: bool  # the windows hold evaluation points (one observation per point)
 
 
 def mix(log_weights: np.ndarray, epsilon_w: float) -> np.ndarray:
@@ -167,12 +183,28 @@ class SpardWeighting(Weighting[SpardWeightingState, SpardWeightingParams]):
             cur_count=0, cur_mean=zeros(), cur_m2=zeros(), cur_norm_sum=zeros(),
             prev_count=0, prev_mean=zeros(), prev_m2=zeros(), updates=0,
             last_gain=zeros(), last_se=zeros(), last_z=zeros(), last_saturation=zeros(),
+            on_eval=False,
         )
 
     def update(self, state: SpardWeightingState, signals: ReportSignals,
                ctx: UpdateContext) -> None:
         """Fold the report into the open window (O(report)); close it, and move the
-        weights, when this report completes `every_steps` reports of the clock."""
+        weights, when this report completes `every_steps` reports of the clock (rollout
+        windows) or the window holds `every_steps` evaluation points (eval windows)."""
+        evals = signals.report.eval_objectives
+        if self.params.gains != "rollouts" and evals is not None:
+            if not state.on_eval:  # rollout means and evaluation points do not compare
+                self._reset_windows(state)
+                state.on_eval = True
+            point = unit_rewards(evals[None, :], self.objectives)
+            state.cur_count, state.cur_mean, state.cur_m2 = merge_window(
+                state.cur_count, state.cur_mean, state.cur_m2, point)
+            state.cur_norm_sum = state.cur_norm_sum + np.clip(point[0], 0.0, 1.0)
+            if state.cur_count >= self.params.every_steps:
+                self._close_window(state)
+            return
+        if state.on_eval or self.params.gains == "eval":
+            return  # eval windows: a report without a point adds nothing
         unit = signals.group_mean(signals.unit_rewards)
         state.cur_count, state.cur_mean, state.cur_m2 = merge_window(
             state.cur_count, state.cur_mean, state.cur_m2, unit)
@@ -203,6 +235,13 @@ class SpardWeighting(Weighting[SpardWeightingState, SpardWeightingParams]):
         state.cur_mean, state.cur_m2 = np.zeros(k), np.zeros(k)
         state.cur_norm_sum = np.zeros(k)
 
+    def _reset_windows(self, state: SpardWeightingState) -> None:
+        k = self.num_objectives
+        state.cur_count = state.prev_count = 0
+        state.cur_mean, state.cur_m2 = np.zeros(k), np.zeros(k)
+        state.prev_mean, state.prev_m2 = np.zeros(k), np.zeros(k)
+        state.cur_norm_sum = np.zeros(k)
+
     def current(self, state: SpardWeightingState) -> WeightDecision:
         return WeightDecision(weights=mix(state.log_weights, self.params.epsilon_w))
 
@@ -217,4 +256,5 @@ class SpardWeighting(Weighting[SpardWeightingState, SpardWeightingParams]):
             "last_standard_error": state.last_se.tolist(),
             "last_z": state.last_z.tolist(),
             "last_saturation": state.last_saturation.tolist(),
+            "gains_from": "eval" if state.on_eval else "rollouts",
         }
