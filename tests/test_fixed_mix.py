@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from paceline_server.domain import InvalidParams
 from paceline_server.engine import CurriculumEngine
+from paceline_server.strategies.base import StatelessState
 from paceline_server.strategies.state_codec import decode_state, encode_state
-from paceline_server.strategies.uniform import StatelessState
 from support import report, spec
 
 

@@ -88,6 +88,11 @@ class WeightDecision:
     scale: float = 1.0
 
 
+@dataclass
+class StatelessState:
+    """A strategy without learning-progress state still has a (empty) state."""
+
+
 def no_migration(state_type: type[Any], old_version: int) -> dict[str, np.ndarray]:
     """What `migrate_state` does by default: refuse, so the curriculum is replayed."""
     raise StateVersionError(

@@ -46,6 +46,7 @@ import numpy as np
 from paceline_server.domain.explanation import Reason, number
 from paceline_server.strategies.base import STATE_OVERHEAD, ProposeContext, UpdateContext
 from paceline_server.strategies.distribution import DistributionParams, DistributionSampler
+from paceline_server.strategies.kernels import softmax
 from paceline_server.strategies.params import require
 from paceline_server.strategies.signals import ReportSignals
 
@@ -85,11 +86,6 @@ def ucb_scores(state: DumpUcbState, c: float) -> np.ndarray:
     n = state.rollouts.astype(np.float64)
     total = float(n.sum())
     return np.asarray(state.learnability + c * np.sqrt(2.0 * math.log(total + 1.0) / (n + 1.0)))
-
-
-def softmax(scores: np.ndarray, tau: float) -> np.ndarray:
-    z = np.exp((scores - scores.max()) / tau)
-    return np.asarray(z / z.sum())
 
 
 class DumpUcbSampler(DistributionSampler[DumpUcbState, DumpUcbParams]):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from paceline_server.strategies.base import UpdateContext, WeightDecision, Weighting
+from paceline_server.strategies.base import (
+    StatelessState,
+    UpdateContext,
+    WeightDecision,
+    Weighting,
+)
+from paceline_server.strategies.kernels import preference_vector
 from paceline_server.strategies.params import require
 from paceline_server.strategies.signals import ReportSignals
-from paceline_server.strategies.uniform import StatelessState
 
 
 @dataclass(frozen=True)
@@ -26,22 +30,6 @@ class FixedParams:
             require(all(w >= 0 for w in self.weights), "weights must be non-negative",
                     "weights")
             require(sum(self.weights) > 0, "weights must not all be zero", "weights")
-
-
-def preference_vector(weights: tuple[float, ...] | None, k: int, owner: str) -> np.ndarray:
-    """The user's preference on the simplex: equal weights when None; shared by every
-    weighting that starts from a preference."""
-    if weights is None:
-        return np.full(k, 1.0 / k)
-    require(len(weights) == k,
-            f"{owner}: weights needs one entry per objective ({k}); got {len(weights)}",
-            "weights")
-    vector = np.asarray(weights, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        total = float(vector.sum())
-    require(bool(np.isfinite(vector).all()) and math.isfinite(total),
-            f"{owner}: weights must be finite (and sum to a finite number)", "weights")
-    return np.asarray(vector / total)
 
 
 class FixedWeighting(Weighting[StatelessState, FixedParams]):

@@ -18,11 +18,10 @@ import numpy as np
 from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
-from paceline_server.strategies.base import ProposeContext, UpdateContext
+from paceline_server.strategies.base import ProposeContext, StatelessState, UpdateContext
 from paceline_server.strategies.distribution import DistributionParams, DistributionSampler
 from paceline_server.strategies.params import require
 from paceline_server.strategies.signals import ReportSignals
-from paceline_server.strategies.uniform import StatelessState
 
 SUM_TOLERANCE = 1e-6
 _OWNER = "sampler fixed_mix"

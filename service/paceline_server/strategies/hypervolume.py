@@ -46,7 +46,7 @@ import numpy as np
 from paceline_server.domain.inspection import HypervolumeRecord
 from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.base import UpdateContext, WeightDecision, Weighting
-from paceline_server.strategies.fixed import preference_vector
+from paceline_server.strategies.kernels import preference_vector
 from paceline_server.strategies.params import require
 from paceline_server.strategies.pareto import ParetoBuffer, hypervolume, normalize
 from paceline_server.strategies.signals import ReportSignals

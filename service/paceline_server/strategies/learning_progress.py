@@ -60,6 +60,7 @@ import numpy as np
 from paceline_server.domain.explanation import Reason, number
 from paceline_server.strategies.base import ProposeContext, UpdateContext
 from paceline_server.strategies.distribution import DistributionParams, DistributionSampler
+from paceline_server.strategies.kernels import softmax
 from paceline_server.strategies.params import require
 from paceline_server.strategies.signals import ReportSignals
 
@@ -164,8 +165,7 @@ class LearningProgressSampler(DistributionSampler[LearningProgressState,
         params = self.params
         scores = normalized_scores(self.progress(state), state.reports > 0,
                                    params.normalization)
-        z = np.exp((scores - scores.max()) / params.temperature)
-        sharpened = z / z.sum()
+        sharpened = softmax(scores, params.temperature)
         return np.asarray((1.0 - params.epsilon) * sharpened + params.epsilon / scores.size)
 
     def describe(self, state: LearningProgressState) -> dict[str, Any]:

@@ -104,6 +104,7 @@ from paceline_server.strategies.distribution import (
     DistributionSampler,
     allocate,
 )
+from paceline_server.strategies.kernels import softmax
 from paceline_server.strategies.params import require
 from paceline_server.strategies.posteriors import occurrence_rounds
 from paceline_server.strategies.signals import ReportSignals
@@ -231,11 +232,6 @@ def within_group_rank(groups: np.ndarray, num: int) -> np.ndarray:
     rank = np.empty(groups.size, dtype=np.int64)
     rank[order] = np.arange(groups.size, dtype=np.int64) - first[groups[order]]
     return rank
-
-
-def softmax(scores: np.ndarray, tau: float) -> np.ndarray:
-    z = np.exp((scores - scores.max()) / tau)
-    return np.asarray(z / z.sum())
 
 
 class SpardSampler(DistributionSampler[SpardSamplerState, SpardSamplerParams]):

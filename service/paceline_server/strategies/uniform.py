@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from paceline_server.domain.explanation import Reason
-from paceline_server.strategies.base import ProposeContext, UpdateContext
+from paceline_server.strategies.base import ProposeContext, StatelessState, UpdateContext
 from paceline_server.strategies.distribution import DistributionParams, DistributionSampler
 from paceline_server.strategies.signals import ReportSignals
 
@@ -16,11 +16,6 @@ from paceline_server.strategies.signals import ReportSignals
 @dataclass(frozen=True)
 class UniformParams(DistributionParams):
     pass
-
-
-@dataclass
-class StatelessState:
-    """A strategy without learning-progress state still has a (empty) state."""
 
 
 class UniformSampler(DistributionSampler[StatelessState, UniformParams]):
