@@ -699,25 +699,31 @@ def _report_failure(exc: BaseException) -> bool:
         exc, Unavailable | SchemaOutdated | _Recreated)
 
 
-def served_indices(writer: CurriculumWriter, run_id: str, step: int) -> np.ndarray | None:
+def served_indices(writer: CurriculumWriter, run_id: str, step: int,
+                   covering: np.ndarray | None = None) -> np.ndarray | None:
     """Every sample index served to (run, step), or None when the step was never served.
 
     The one place that knows how a step's served batch is stored: a step served in
-    several parts (dynamic sampling) serves the union of its parts."""
+    several parts (dynamic sampling) serves the union of its parts. With `covering`, the
+    refill parts are read only when the step's batch does not contain all of those
+    indices (so a report of a step never refilled costs no extra query)."""
     record = writer.get_batch(run_id, step)
     if record is None:
         return None
+    first = decode_batch(record.payload)
+    if covering is not None and np.isin(covering, first.indices).all():
+        return first.indices
     parts = [decode_batch(p.payload) for p in writer.get_parts(run_id, step)]
     if not parts:
-        return decode_batch(record.payload).indices
-    return served_union([decode_batch(record.payload), *parts])
+        return first.indices
+    return served_union([first, *parts])
 
 
 def _check_served(writer: CurriculumWriter, report: Report) -> None:
     """Refuse a report for a step Paceline never served, or naming indices outside what
     it served: such rows were matched to the wrong step or addressed by other indices
     than Paceline's, and folding them would corrupt the curriculum silently."""
-    served = served_indices(writer, report.run_id, report.step)
+    served = served_indices(writer, report.run_id, report.step, covering=report.indices)
     if served is None:
         raise NotServed(
             f"step {report.step} of run {report.run_id!r} was never served a batch: report "
