@@ -231,3 +231,21 @@ def test_a_batch_stored_before_rollouts_saved_decodes_with_zero() -> None:
     del fields["rollouts_saved"]
     old = decode_batch(MAGIC + msgpack.packb(fields, use_bin_type=True))
     assert old.rollouts_saved == 0 and np.array_equal(old.indices, batch.indices)
+
+
+def test_rollouts_saved_crosses_grpc_into_the_client_model() -> None:
+    from paceline import Batch as ClientBatch
+    from paceline import _grpc_codec
+    from paceline_server.grpc import convert
+
+    cur = spec((300,), batch_size=20, zero_variance=True)
+    e = CurriculumEngine(cur)
+    for step in range(3):
+        e.apply(report(cur, np.arange(150), np.ones((150, 8)), step=step))
+    batch = e.next_batch("r", 3)
+    assert batch.rollouts_saved == 8 * batch.skipped_zero_variance > 0
+    message = convert.batch(batch, cur.objective_names, cur.layout.names)
+    wire = type(message).FromString(message.SerializeToString())
+    received = ClientBatch(**_grpc_codec.batch(wire))  # type: ignore[arg-type]
+    assert received.rollouts_saved == batch.rollouts_saved
+    assert received.skipped_zero_variance == batch.skipped_zero_variance

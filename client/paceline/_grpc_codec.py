@@ -75,7 +75,8 @@ def batch(message: pb.Batch) -> dict[str, Any]:
             if message.HasField("loss_weights") else None,
             "probabilities": dict(zip(message.distributions, message.probabilities,
                                       strict=True)),
-            "skipped_zero_variance": message.skipped_zero_variance, "seq": message.seq,
+            "skipped_zero_variance": message.skipped_zero_variance,
+            "rollouts_saved": message.rollouts_saved, "seq": message.seq,
             "part": message.part}
 
 

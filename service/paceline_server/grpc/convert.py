@@ -126,7 +126,8 @@ def batch(value: Batch, objectives: tuple[str, ...], distributions: tuple[str, .
         objectives=objectives, reward_weights=value.reward_weights.tolist(),
         reward_scale=value.reward_scale, distributions=distributions,
         probabilities=value.probabilities.tolist(),
-        skipped_zero_variance=value.skipped_zero_variance, seq=value.clock, part=part)
+        skipped_zero_variance=value.skipped_zero_variance, seq=value.clock, part=part,
+        rollouts_saved=value.rollouts_saved)
     if value.loss_weights is not None:
         message.loss_weights.f64.extend(value.loss_weights.tolist())
     return message

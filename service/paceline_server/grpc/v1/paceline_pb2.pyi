@@ -216,7 +216,7 @@ class NextBatchRequest(_message.Message):
     def __init__(self, curriculum: _Optional[str] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., size: _Optional[int] = ..., part: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("run_id", "step", "indices", "objectives", "reward_weights", "reward_scale", "loss_weights", "distributions", "probabilities", "skipped_zero_variance", "seq", "part")
+    __slots__ = ("run_id", "step", "indices", "objectives", "reward_weights", "reward_scale", "loss_weights", "distributions", "probabilities", "skipped_zero_variance", "seq", "part", "rollouts_saved")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +229,7 @@ class Batch(_message.Message):
     SKIPPED_ZERO_VARIANCE_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_SAVED_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     step: int
     indices: _containers.RepeatedScalarFieldContainer[int]
@@ -241,7 +242,8 @@ class Batch(_message.Message):
     skipped_zero_variance: int
     seq: int
     part: int
-    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ..., objectives: _Optional[_Iterable[str]] = ..., reward_weights: _Optional[_Iterable[float]] = ..., reward_scale: _Optional[float] = ..., loss_weights: _Optional[_Union[Array, _Mapping]] = ..., distributions: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Iterable[float]] = ..., skipped_zero_variance: _Optional[int] = ..., seq: _Optional[int] = ..., part: _Optional[int] = ...) -> None: ...
+    rollouts_saved: int
+    def __init__(self, run_id: _Optional[str] = ..., step: _Optional[int] = ..., indices: _Optional[_Iterable[int]] = ..., objectives: _Optional[_Iterable[str]] = ..., reward_weights: _Optional[_Iterable[float]] = ..., reward_scale: _Optional[float] = ..., loss_weights: _Optional[_Union[Array, _Mapping]] = ..., distributions: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Iterable[float]] = ..., skipped_zero_variance: _Optional[int] = ..., seq: _Optional[int] = ..., part: _Optional[int] = ..., rollouts_saved: _Optional[int] = ...) -> None: ...
 
 class GetStateRequest(_message.Message):
     __slots__ = ("curriculum",)
