@@ -218,3 +218,42 @@ def test_verls_checkpointed_loader_resumes_at_the_next_served_step(tmp_path: Pat
     batch_dict = next(iter(after))
     assert list(batch_dict["index"]) == served_indices(db, "verl", "resume", 2)
     resumed.close()
+
+
+def test_crash_and_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    """verl 0.7's loop killed after step 5 and resumed from its checkpoint after step 2
+    (a new sampler, the loader state restored): steps 3-5 are redone, the service keeps
+    their first reports, and the curriculum ends as an uninterrupted run's."""
+    steps = 8  # two epochs
+
+    def trained(db: Path, first: int, last: int, checkpoint: Any = None,
+                save_after: int | None = None) -> tuple[Any, Any]:
+        config = data_config(tmp_path, db, run_id="crash")
+        config.sampler.paceline.create.sampler = "dump_ucb"  # batches follow the reports
+        dataset = create_rl_dataset(config.train_files, config, None, None)
+        sampler = create_rl_sampler(config, dataset)
+        loader = StatefulDataLoader(dataset=dataset, batch_size=BATCH, num_workers=0,
+                                    drop_last=True, collate_fn=collate_fn, sampler=sampler)
+        if checkpoint is not None:
+            loader.load_state_dict(checkpoint)
+        weights = ServedWeights(sampler.curriculum, ttl=0.0)
+        saved, batches = None, iter(loader)
+        for step in range(first, last):
+            try:
+                batch_dict = next(batches)
+            except StopIteration:  # the next epoch, as verl's fit loop does
+                batches = iter(loader)
+                batch_dict = next(batches)
+            assert sampler.batch is not None and sampler.batch.step == step
+            sampler.update(batch=rollout(batch_dict, weights, seed=step))
+            if step == save_after:
+                saved = loader.state_dict()
+        state = sampler.curriculum.state()
+        sampler.close()
+        return saved, state
+
+    _, straight = trained(tmp_path / "straight.db", 0, steps)
+    checkpoint, _ = trained(tmp_path / "resumed.db", 0, 6, save_after=2)
+    _, resumed = trained(tmp_path / "resumed.db", 3, steps, checkpoint=checkpoint)
+    assert resumed.seq == straight.seq == steps
+    assert resumed == straight

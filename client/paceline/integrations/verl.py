@@ -40,10 +40,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from verl import DataProto
-from verl.experimental.dataset.sampler import AbstractCurriculumSampler
+
+try:  # verl 0.5 to 0.7: the curriculum-sampler interface (data.sampler.class_path)
+    from verl.experimental.dataset.sampler import AbstractCurriculumSampler as _SamplerBase
+except ImportError:  # verl 0.8+: a plain sampler, given to RayPPOTrainer as train_sampler
+    from torch.utils.data import Sampler as _SamplerBase
 
 from paceline.client import Client, Curriculum
 from paceline.integrations._ledger import BatchLedger, Rollouts
+from paceline.integrations._resume import check_dataset_size
 from paceline.integrations._steps import StepStream
 from paceline.models import Batch, weights_view
 
@@ -67,8 +72,9 @@ def _client(options: Mapping[str, Any]) -> Client:
     return Client(options.get("url"), token=options.get("token"))
 
 
-class PacelineCurriculumSampler(AbstractCurriculumSampler):  # type: ignore[misc]
-    """verl's `AbstractCurriculumSampler` backed by a Paceline run.
+class PacelineCurriculumSampler(_SamplerBase):  # type: ignore[misc]
+    """verl's `AbstractCurriculumSampler` backed by a Paceline run (on verl 0.8+, where
+    that interface is gone, a plain sampler: see `paceline.integrations.verl09`).
 
     Each training step is one Paceline step: the sampler yields the served batch's
     indices (`data.gen_batch_size`, or `data.train_batch_size`, of them), and `update`
@@ -86,6 +92,7 @@ class PacelineCurriculumSampler(AbstractCurriculumSampler):  # type: ignore[misc
         curriculum = (self.client.create_curriculum(options["curriculum"], **create,
                                                     exist_ok=True)
                       if create else self.client.curriculum(options["curriculum"]))
+        check_dataset_size(len(data_source), curriculum, "PacelineCurriculumSampler")
         self.run = curriculum.start_run(run_id=options.get("run_id"),
                                         metadata={"trainer": "verl"},
                                         heartbeat_interval=options.get("heartbeat_interval",
