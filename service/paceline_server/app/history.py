@@ -48,7 +48,7 @@ MAX_POINTS = 1000
 #: curricula whose replayed history (and engine) are kept in memory
 CACHE_SIZE = 4
 #: a request folds at most this many new reports itself; more go to a background replay
-INLINE_FOLDS = 200
+INLINE_FOLDS = 50
 #: events a background replay folds per turn of the trace's lock
 CHUNK = 100
 #: how long a transport's request waits for a long replay before answering with part

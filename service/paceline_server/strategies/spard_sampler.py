@@ -453,7 +453,7 @@ class SpardSampler(DistributionSampler[SpardSamplerState, SpardSamplerParams]):
             success = float(state.dist_success[d]) if seen else None
             terms: dict[str, float | None] = {
                 "utility": float(state.dist_utility[d]), "unpaced_share": float(raw[d]),
-                "pace": float(state.pace), "success": success,
+                "pace": float(state.pace), "paced_success": success,
                 "admitted": 1.0 if state.admitted[d] else 0.0, "floor": params.floor}
             if not state.admitted[d]:
                 clause = (f"its difficulty 1 - success = {number(1.0 - (success or 0.0))} is "

@@ -19,6 +19,11 @@
   const state = { charts: {}, seq: null, renders: 0, errors: [] };
   window.__paceline = state;
   let timer = null;
+  // Charts need uPlot, loaded after this script so the data requests start first.
+  const parsed = new Promise((resolve) => {
+    if (document.readyState !== "loading") resolve();
+    else document.addEventListener("DOMContentLoaded", resolve);
+  });
 
   // ------------------------------------------------------------------ helpers
   function el(tag, attrs, ...children) {
@@ -207,7 +212,7 @@
   // ------------------------------------------------------------------ list view
   async function showList() {
     crumbs.replaceChildren(el("span", { text: "Curricula" }));
-    const data = await get("ui/api/overview");
+    const [data] = await Promise.all([get("ui/api/overview"), parsed]);
     const rows = data.curricula.map((c) => {
       const flagged = FLAGS.filter((f) => c.flagged[f].length);
       return el("tr", { "data-curriculum": c.name },
@@ -311,7 +316,7 @@
     // Everything the first render needs, in parallel (one round trip of latency).
     const [info, view, runs, history] = await Promise.all([
       get(curriculumPath(name)), get(curriculumPath(name, "state")),
-      get(curriculumPath(name, "runs")), get(curriculumPath(name, "history"))]);
+      get(curriculumPath(name, "runs")), get(curriculumPath(name, "history")), parsed]);
     layoutCurriculum(info);
     state.charts = {};
     window.__paceline.charts = state.charts;
