@@ -278,3 +278,19 @@ def test_explanations_name_the_allocation_and_the_posterior(allocation: str) -> 
         assert "ucb" in " ".join(reasons[0].terms).lower()
     else:
         assert "expected-score mass" in reasons[0].clause
+
+
+@pytest.mark.parametrize("params", [{"band": [0.8, 0.2]}, {"success_threshold": 2.0},
+                                    {"no_such_param": 1}])
+def test_bad_params_over_rest_are_422_and_create_nothing(tmp_path: Any,
+                                                         params: dict[str, Any]) -> None:
+    from api_support import make_client
+
+    body = {"name": "lrn", "layout": {"distributions": [{"name": "d0", "size": 10}]},
+            "objectives": ["acc"], "batch_size": 4,
+            "sampler": {"kind": "learnability", "params": params}}
+    with make_client(f"sqlite:///{tmp_path / 'l.db'}") as client:
+        response = client.post("/v1/curricula", json=body)
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "INVALID_PARAMS"
+        assert client.get("/v1/curricula/lrn").status_code == 404
