@@ -426,7 +426,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         order = np.argsort(-(score + 1e-9 * rng.random(candidates.size)), kind="stable")
         # Uniform extras rank after every scored candidate: they only matter when the
         # tree's draws repeat (few prompts hold the mass) or skipping rejects many.
-        spare = 2 if ctx.accept is not None else 1  # room for rejected candidates
+        spare = 1.5 if ctx.accept is not None else 1.0  # room for rejected candidates
         extras = self._extras(candidates, owners, size, spare, slots, rng)
         unfiltered = np.concatenate([candidates[order], extras])
         unfiltered_owners = (None if slots is None else np.concatenate(
@@ -488,19 +488,19 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
             return ranked[:size]
         return self._per_distribution(ranked, owners, slots)
 
-    def _extras(self, candidates: np.ndarray, owners: np.ndarray, size: int, spare: int,
+    def _extras(self, candidates: np.ndarray, owners: np.ndarray, size: int, spare: float,
                 slots: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
         """Distinct uniform indices (not among the candidates) topping the candidate
         set up to `spare` times the batch (or each distribution's slots), when the
         tree's draws repeated so much that fewer candidates than that are left."""
         if slots is None:
-            want = min(spare * size, self.layout.num_samples)
+            want = min(math.ceil(spare * size), self.layout.num_samples)
             if candidates.size >= want:
                 return np.zeros(0, dtype=np.int64)
             return uniform_excluding(self.layout.num_samples, want - candidates.size,
                                      candidates, rng)
         have = np.bincount(owners, minlength=slots.size)
-        short = np.minimum(spare * slots, self.layout.sizes) - have
+        short = np.minimum(np.ceil(spare * slots).astype(np.int64), self.layout.sizes) - have
         parts = [np.zeros(0, dtype=np.int64)]
         for d in np.flatnonzero(short > 0):
             local = self._to_leaf(candidates[owners == d]) - self._offsets[d]
