@@ -10,16 +10,21 @@ transports' refusal end to end.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
+from fastapi.testclient import TestClient
 
-from api_support import SPEC
+from api_support import SPEC, make_client
 from paceline_server.app.codec import decode_report
 from paceline_server.app.service import PacelineService
 from paceline_server.domain.errors import Unavailable
+from paceline_server.grpc.server import create_server
+from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
 
@@ -148,3 +153,75 @@ def test_a_database_failure_still_fails_the_whole_group(service: PacelineService
     assert len(calls) == 2
     assert all(isinstance(item.error, Unavailable) for item in items)
     assert logged_keys(service) == []
+
+
+def test_poisoned_requests_over_rest_and_grpc_fail_no_honest_trainer(database_url: str) -> None:
+    """The issue's scenario end to end: 4 trainers report concurrently over REST while
+    another sends a lone-surrogate idempotency key over REST and a NUL one over gRPC, to
+    the same service: every poisoned request is a 4xx / INVALID_ARGUMENT of its own, and
+    0 of the 4 x 15 honest reports fail."""
+    client: TestClient = make_client(database_url)
+    with client:
+        service: PacelineService = client.app.state.service  # type: ignore[attr-defined]
+        server = create_server(service, service.settings, port=0, host="127.0.0.1")
+        server.start()
+        assert client.post("/v1/curricula", json=SPEC).status_code == 201
+        runs = ["r0", "r1", "r2", "r3", "bad"]
+        for run in runs:
+            assert client.post("/v1/curricula/math/runs", json={"run_id": run}).status_code == 201
+        honest_failures: list[str] = []
+        poisoned: list[str] = []
+        start = threading.Barrier(5)
+
+        def honest(run: str) -> None:
+            start.wait()
+            for step in range(15):
+                batch = client.post("/v1/curricula/math/batches",
+                                    json={"run_id": run, "step": step}).json()
+                answer = client.post("/v1/curricula/math/reports", json={
+                    "run_id": run, "step": step, "indices": batch["indices"],
+                    "rewards": [[[1.0, 4.0], [0.0, 2.0]] for _ in batch["indices"]],
+                    "idempotency_key": f"{run}-{step}"})
+                if answer.status_code != 200:
+                    honest_failures.append(answer.text)
+
+        def hostile() -> None:
+            start.wait()
+            with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                report = channel.unary_unary(
+                    "/paceline.v1.Paceline/Report",
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=pb.ReportAck.FromString)
+                for step in range(15):
+                    batch = client.post("/v1/curricula/math/batches",
+                                        json={"run_id": "bad", "step": step}).json()
+                    body = {"run_id": "bad", "step": step, "indices": batch["indices"],
+                            "rewards": [[[1.0, 4.0]] for _ in batch["indices"]],
+                            "idempotency_key": "KEY"}
+                    raw = json.dumps(body).replace('"KEY"', '"\\ud800"')
+                    answer = client.post("/v1/curricula/math/reports", content=raw,
+                                         headers={"Content-Type": "application/json"})
+                    poisoned.append(answer.json()["error"]["code"])
+                    try:
+                        report(pb.ReportRequest(
+                            curriculum="math", run_id="bad", step=step,
+                            indices=batch["indices"], idempotency_key=f"nul\x00{step}",
+                            rewards=pb.Array(shape=[len(batch["indices"]), 1, 2],
+                                             f64=[1.0, 4.0] * len(batch["indices"]))),
+                               timeout=10)
+                        poisoned.append("accepted")
+                    except grpc.RpcError as exc:
+                        poisoned.append(exc.code().name)  # type: ignore[attr-defined]
+
+        threads = [threading.Thread(target=honest, args=(run,)) for run in runs[:4]]
+        threads.append(threading.Thread(target=hostile))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(180)
+        server.stop(0)
+        assert honest_failures == []
+        assert sorted(set(poisoned)) == ["INVALID_ARGUMENT", "INVALID_REQUEST"]
+        keys = logged_keys(service)
+        assert sorted(k for k in keys if k is not None) == sorted(
+            f"r{i}-{s}" for i in range(4) for s in range(15))
