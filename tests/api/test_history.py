@@ -253,3 +253,17 @@ def test_a_long_replay_answers_with_what_it_has(sqlite_client: TestClient,
     assert np.array_equal(done.reward_weights, inline.reward_weights)
     body = client.get("/v1/curricula/hist/history").json()
     assert body["complete"] is True and body["replayed_seq"] == 9
+
+
+def test_a_deleted_curriculum_leaves_no_history(sqlite_client: TestClient) -> None:
+    client = sqlite_client
+    setup(client)
+    drive(client, 3)
+    assert client.get("/v1/curricula/hist/history").json()["seq"] == [0, 1, 2, 3]
+    service = client.app.state.service  # type: ignore[attr-defined]
+    assert "hist" in service.histories._traces
+    assert client.delete("/v1/curricula/hist", params={"confirm": "hist"}).status_code == 204
+    assert "hist" not in service.histories._traces
+    assert client.get("/v1/curricula/hist/history").status_code == 404
+    setup(client)  # the same name again: a new curriculum, a new history
+    assert client.get("/v1/curricula/hist/history").json()["seq"] == [0]

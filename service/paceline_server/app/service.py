@@ -221,6 +221,7 @@ class PacelineService:
     def delete_curriculum(self, name: str) -> None:
         self.store.delete_curriculum(name)
         self.engines.forget(name)
+        self.histories.forget(name)
 
     # ---------------------------------------------------------------- runs
     def attach_run(self, name: str, metadata: Mapping[str, Any] | None = None,
