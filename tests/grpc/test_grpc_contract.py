@@ -127,7 +127,7 @@ def test_report_with_next_step_carries_the_batch(client: paceline.Client) -> Non
     sized = run.report(1, ack.batch.indices, rewards_for(ack.batch.indices, 1),
                        next_step=2, next_size=3)
     assert sized.batch is not None and len(sized.batch.indices) == 3
-    assert run.report(2, [1], [[[1.0, 1.0]]]).batch is None  # not asked for
+    assert run.report(2, [1], [[[1.0, 1.0]]], unserved="accept").batch is None  # not asked
     with pytest.raises(paceline.InvalidInput) as too_big:
         run.report(3, [1], [[[1.0, 1.0]]], next_step=4, next_size=101)
     assert (too_big.value.code, too_big.value.status) == ("INVALID_REQUEST", 422)
@@ -182,7 +182,7 @@ def test_ragged_groups_and_rewards_by_objective(client: paceline.Client) -> None
     assert ack.seq == 1
     flat = [indices[0]] * 3 + [indices[1]] * 2
     ack = run.report(1, flat, [[1.0, 5.0]] * 5, group_ids=[0, 0, 0, 1, 1],
-                     advantages=[0.1, -0.1, 0.0, 0.2, -0.2])
+                     advantages=[0.1, -0.1, 0.0, 0.2, -0.2], unserved="accept")
     assert ack.seq == 2
     with pytest.raises(paceline.InvalidInput, match="missing"):
         run.report(9, [1], {"acc": [[1.0]]})
@@ -242,9 +242,9 @@ def test_errors_are_mapped(client: paceline.Client, faults: HttpFaults | GrpcFau
     with pytest.raises(paceline.NotFound) as no_run:
         ghost.next_batch(0)
     assert no_run.value.code == "RUN_NOT_FOUND"
-    run.report(1, [1], [[[1.0, 1.0]]], idempotency_key="same-key")
+    run.report(1, [1], [[[1.0, 1.0]]], idempotency_key="same-key", unserved="accept")
     with pytest.raises(paceline.Conflict) as reused:
-        run.report(1, [1], [[[0.0, 1.0]]], idempotency_key="same-key")
+        run.report(1, [1], [[[0.0, 1.0]]], idempotency_key="same-key", unserved="accept")
     assert reused.value.code == "IDEMPOTENCY_CONFLICT"
     assert cur.state().seq == 1  # only the first same-key report was applied
 
