@@ -197,7 +197,8 @@ def markdown(lines: list[dict[str, Any]]) -> str:
             f"| {cpu} | {r['propose_back_to_back_ms']['p50']:.3f} "
             f"| {r['update_ms']['p50']:.3f} / {r['update_ms']['p99']:.3f} "
             f"| {r['report_build_ms']['p50']:.3f} | {r['naive_choice_ms']['p50']:.2f} "
-            f"| {r['speedup_vs_naive']:.1f}× | {r['bytes_per_sample']:.2f} "
+            f"| {r['speedup_vs_naive']:.{1 if r['speedup_vs_naive'] >= 1 else 2}f}× "
+            f"| {r['bytes_per_sample']:.2f} "
             f"| {r['serialized_bytes'] / 1e6:.2f} |")
     return "\n".join(out)
 
