@@ -147,7 +147,7 @@ def test_a_lone_surrogate_idempotency_key_is_refused_before_it_is_queued(both: B
 NUL = "a\x00b"
 
 
-@pytest.mark.parametrize("method,request_", [
+@pytest.mark.parametrize(("method", "request_"), [
     ("GetCurriculum", pb.GetCurriculumRequest(name=NUL)),
     ("AttachRun", pb.AttachRunRequest(curriculum=NUL, run_id="x")),
     ("AttachRun", pb.AttachRunRequest(curriculum="math", run_id=NUL)),
@@ -233,7 +233,7 @@ def test_exist_ok_is_a_boolean(both: Both, value: Any) -> None:
         "INVALID_REQUEST")
 
 
-@pytest.mark.parametrize("path,body", [
+@pytest.mark.parametrize(("path", "body"), [
     ("/v1/curricula", {**SPEC, "name": "zipped"}),
     (f"{CUR}/runs", {"run_id": "zipped"}),
     (f"{CUR}/batches", {"run_id": "r", "step": 3}),
@@ -251,7 +251,7 @@ def test_gzip_bodies_are_read_on_every_route(both: Both, path: str, body: Any) -
 
 @pytest.mark.parametrize("path", ["/v1/curricula", f"{CUR}/runs", f"{CUR}/batches"],
                          ids=["create", "attach", "batch"])
-@pytest.mark.parametrize("headers,raw", [
+@pytest.mark.parametrize(("headers", "raw"), [
     ({"Content-Type": "text/plain"}, b'{"run_id": "r", "step": 1}'),
     ({"Content-Type": "application/xml"}, b"<run/>"),
     ({"Content-Type": "application/json", "Content-Encoding": "br"}, b"{}"),
