@@ -323,8 +323,9 @@ def table(summaries: dict[str, dict[str, dict[str, Any]]], who: dict[str, str]) 
 
 
 def compact_table(summaries: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """Rollouts to target (k) per row and learner, in one table ('—': never, 'n/3'
-    when only n of the seeds reached it)."""
+    """Rollouts to target (k, mean ± std; mean steps) and final minimum accuracy per
+    row and learner, in one table ('—': never, 'n/3' when only n of the seeds reached
+    it; the mean then counts a missing seed with every rollout it generated)."""
     learners = list(summaries)
     rows_ = list(dict.fromkeys(r for by_row in summaries.values() for r in by_row))
     out = ["| strategy | " + " | ".join(f"{n} rollouts k (steps) · min acc."
@@ -341,7 +342,8 @@ def compact_table(summaries: dict[str, dict[str, dict[str, Any]]]) -> str:
             if done == 0:
                 reach = "—"
             else:
-                reach = (f"{s['rollouts_to_target'][0] / 1e3:.0f} "
+                reach = (f"{s['rollouts_to_target'][0] / 1e3:.0f} ± "
+                         f"{s['rollouts_to_target'][1] / 1e3:.0f} "
                          f"({s['steps_to_target'][0]:.0f})")
                 if done < s["seeds"]:
                     reach += f" {done}/{s['seeds']}"
@@ -409,6 +411,20 @@ def plot(summaries: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     plt.close(fig)
 
 
+def render(path: Path) -> str:
+    """The tables again from the JSON lines a run printed (no curves, so no plot)."""
+    summaries: dict[str, dict[str, dict[str, Any]]] = {}
+    who: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        o = json.loads(line)
+        if "learner" in o and "row" in o and "error" not in o:
+            summaries.setdefault(o["learner"], {})[o["row"]] = o
+            who[o["row"]] = o["who"]
+    return compact_table(summaries) + "\n\n" + table(summaries, who)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -422,7 +438,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="1 seed, 5 %% of the steps, one process")
     parser.add_argument("--out", default=None, help="folder for learner_suite.md/.png")
+    parser.add_argument("--table", default=None, metavar="JSONL",
+                        help="print the tables of a saved run's output and exit")
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(render(Path(args.table)))
+        return
     if args.quick:
         args.seeds, args.steps_scale, args.jobs = 1, 0.05, 1
     registered = set(available_samplers())

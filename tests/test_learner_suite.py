@@ -139,5 +139,10 @@ def test_suite_quick(tmp_path: Path) -> None:
     assert set(targets["learners"]) == set(LEARNERS)
     text = (tmp_path / "learner_suite.md").read_text()
     assert "| uniform |" in text and "#### tight_budget" in text
+    saved = tmp_path / "run.jsonl"  # the tables again from the printed JSON lines
+    saved.write_text(done.stdout)
+    import suite
+
+    assert suite.render(saved) in text
     if importlib.util.find_spec("matplotlib") is not None:  # the `bench` extra
         assert (tmp_path / "learner_suite.png").stat().st_size > 10_000
