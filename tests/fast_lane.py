@@ -1,0 +1,49 @@
+"""The fast lane's choice: `pytest -m "not slow"` leaves out what starts processes or
+servers, drives whole trainers, benchmarks, fuzzes, or repeats a test on PostgreSQL that
+also runs on SQLite. CI runs everything (plain `pytest`); the marks only choose what a
+developer runs between edits. `conftest.py` applies `is_slow` to every collected test; a
+test file can still mark itself (`pytestmark = pytest.mark.slow`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+#: Folders whose tests are all slow: server processes (grpc, replicas, client
+#: processes), whole trainers (examples, integrations), fault injection and fuzzing
+#: (reliability), image and chart builds (deploy), a browser (ui).
+SLOW_FOLDERS = {"deploy", "examples", "grpc", "integrations", "reliability", "replicas", "ui"}
+#: Files elsewhere that are slow for the same reasons.
+SLOW_FILES = {
+    "test_benchmarks_smoke.py", "test_history_bench_smoke.py", "test_peers_smoke.py",
+    "test_weighting_bench.py", "test_learner_suite.py",  # benchmark scripts, tiny runs
+    "test_cli_remote.py", "test_process.py", "test_client_process.py",  # servers
+    "test_concurrency.py", "test_store_concurrency.py",  # threads against PostgreSQL
+}
+#: Single slow tests in otherwise fast files (file name :: test name, any parameters):
+#: trainer libraries driven end to end, a statistical test of many draws, a subprocess.
+SLOW_TESTS = {
+    "test_scalarize.py::test_verl_served_weights_score",
+    "test_scalarize.py::test_trl_reward_function",
+    "test_scalarize.py::test_domain_engine_and_client_agree",
+    "test_sumtree.py::test_single_draw_frequencies",
+    "test_cli.py::test_the_installed_command_prints_no_traceback",
+}
+
+
+def is_slow(item: pytest.Item) -> bool:
+    """Whether the fast lane leaves `item` out (see the module docstring)."""
+    path = Path(str(item.fspath)).resolve()
+    try:
+        parts = path.relative_to(TESTS).parts
+    except ValueError:
+        return False
+    if (len(parts) > 1 and parts[0] in SLOW_FOLDERS) or parts[-1] in SLOW_FILES:
+        return True
+    if f"{parts[-1]}::{getattr(item, 'originalname', item.name)}" in SLOW_TESTS:
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and any(
+        isinstance(value, str) and value == "postgresql" for value in callspec.params.values())

@@ -1,0 +1,35 @@
+"""The fast lane's choice (tests/fast_lane.py): which tests `-m "not slow"` leaves out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from fast_lane import TESTS, is_slow
+
+
+def item(path: str, name: str = "test_x", **params: Any) -> Any:
+    callspec = SimpleNamespace(params=params) if params else None
+    return SimpleNamespace(fspath=TESTS / path, callspec=callspec, originalname=name,
+                           name=f"{name}[p]" if params else name)
+
+
+def test_unit_tests_and_sqlite_runs_stay_in_the_fast_lane() -> None:
+    assert not is_slow(item("test_engine.py"))
+    assert not is_slow(item("api/test_api.py", database_url="sqlite"))
+    assert not is_slow(item("store/test_store_contract.py", migrated="sqlite", n=3))
+
+
+def test_processes_trainers_benchmarks_and_postgresql_twins_are_slow() -> None:
+    assert is_slow(item("grpc/test_grpc_server.py"))
+    assert is_slow(item("examples/test_example_grpo_math.py"))
+    assert is_slow(item("test_benchmarks_smoke.py"))
+    assert is_slow(item("store/test_store_concurrency.py"))
+    assert is_slow(item("api/test_api.py", database_url="postgresql"))
+    assert is_slow(item("test_sumtree.py", "test_single_draw_frequencies"))
+    assert not is_slow(item("test_sumtree.py", "test_draws_are_unique_in_range"))
+
+
+def test_files_outside_the_tests_folder_are_left_alone() -> None:
+    assert not is_slow(item(str(Path("/") / "elsewhere" / "test_x.py")))
