@@ -140,6 +140,8 @@ def test_default_every_caps_the_rows() -> None:
     ({"since": -1}, 422, "HISTORY_OUT_OF_RANGE"),
     ({"every": 0}, 422, "INVALID_DOWNSAMPLING"),
     ({"every": -2}, 422, "INVALID_DOWNSAMPLING"),
+    ({"every": 2**53 + 1}, 422, "INVALID_DOWNSAMPLING"),
+    ({"every": 2**70}, 422, "INVALID_DOWNSAMPLING"),
 ])
 def test_bad_history_requests(sqlite_client: TestClient, params: dict[str, int], status: int,
                               code: str) -> None:

@@ -9,8 +9,8 @@ and run that exist, so that generated bodies reach the report, batch and run use
 
 `positive_data_acceptance` (a schema-valid request must succeed) is waived where the
 schema cannot say what makes a request acceptable: a curriculum spec is validated by its
-strategies, a report against the curriculum's layout, and a delete needs `?confirm=`
-equal to the path's name.
+strategies, a report against the curriculum's layout, a delete needs `?confirm=`
+equal to the path's name, and a history's `since` must not pass the curriculum's head.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from paceline_server.settings import Settings  # noqa: E402
 #: Examples per operation (and phase); `PACELINE_FUZZ_EXAMPLES=300` for a longer hunt.
 EXAMPLES = int(os.environ.get("PACELINE_FUZZ_EXAMPLES", "12"))
 SEMANTIC = {"POST /v1/curricula", "DELETE /v1/curricula/{name}",
-            "POST /v1/curricula/{name}/reports", "POST /v1/imports"}
+            "POST /v1/curricula/{name}/reports", "POST /v1/imports",
+            "GET /v1/curricula/{name}/history"}
 
 
 def _openapi() -> dict[str, Any]:

@@ -332,10 +332,13 @@ def get_state(name: NamePath, service: Service, _: ReadScope) -> schemas.StateOu
                     "health flags, reward weights, scale and hypervolume")
 def get_history(name: NamePath, service: Service, _: ReadScope,
                 every: Annotated[int | None, Query(
-                    description="keep rows at multiples of `every` (and the head); "
-                    f"default: at most {MAX_POINTS} rows")] = None,
+                    description="keep rows at multiples of `every` (and the last); "
+                    f"default: at most {MAX_POINTS} rows",
+                    json_schema_extra={"minimum": 1, "maximum": MAX_INT})] = None,
                 since: Annotated[int | None, Query(
-                    description="first sequence number wanted (0 = from the start)")] = None,
+                    description="first sequence number wanted (0 = from the start; at "
+                    "most the curriculum's last report)",
+                    json_schema_extra={"minimum": 0, "maximum": MAX_INT})] = None,
                 ) -> Response:
     return _json(history_out(service.history(name, every, since, HISTORY_WAIT_S)))
 

@@ -40,6 +40,7 @@ from paceline_server.domain.history import (
     ProgressPoint,
 )
 from paceline_server.domain.spec import CurriculumSpec
+from paceline_server.domain.validation import MAX_INT
 from paceline_server.engine import CurriculumEngine
 from paceline_server.store.base import EventRecord, Store
 
@@ -50,7 +51,7 @@ CACHE_SIZE = 4
 #: a request folds at most this many new reports itself; more go to a background replay
 INLINE_FOLDS = 50
 #: events a background replay folds per turn of the trace's lock
-CHUNK = 100
+CHUNK = 25
 #: how long a transport's request waits for a long replay before answering with part
 HISTORY_WAIT_S = 0.5
 _FLAGS = ("stalled", "saturated", "hopeless")
@@ -148,9 +149,10 @@ class HistoryService:
         Raises CurriculumNotFound, InvalidDownsampling (`every` < 1) and
         HistoryOutOfRange (`since` beyond the head or negative); nothing is changed."""
         if every is not None and (isinstance(every, bool) or not isinstance(every, int)
-                                  or every < 1):
-            raise InvalidDownsampling(f"every must be a positive integer; got {every!r}",
-                                      {"field": "every", "minimum": 1})
+                                  or not 1 <= every <= MAX_INT):
+            raise InvalidDownsampling(
+                f"every must be an integer in [1, {MAX_INT}]; got {every!r}",
+                {"field": "every", "minimum": 1, "maximum": MAX_INT})
         head = self.store.head(name)
         if since is not None and (isinstance(since, bool) or not isinstance(since, int)
                                   or not 0 <= since <= head.head_seq):
