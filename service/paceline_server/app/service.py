@@ -712,12 +712,23 @@ def served_indices(writer: CurriculumWriter, run_id: str, step: int,
     if record is None:
         return None
     first = decode_batch(record.payload)
-    if covering is not None and np.isin(covering, first.indices).all():
+    if covering is not None and _members(covering, first.indices).all():
         return first.indices
     parts = [decode_batch(p.payload) for p in writer.get_parts(run_id, step)]
     if not parts:
         return first.indices
     return served_union([first, *parts])
+
+
+def _members(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Which of `values` are in `pool`, by binary search in the sorted pool: tens of
+    microseconds for a 1024-prompt step (np.isin builds a table over the index range or
+    uniquifies both sides, milliseconds on the report path)."""
+    ordered = np.sort(pool)
+    if ordered.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
+    return ordered[at] == values
 
 
 def _check_served(writer: CurriculumWriter, report: Report) -> None:
@@ -730,7 +741,7 @@ def _check_served(writer: CurriculumWriter, report: Report) -> None:
             f"step {report.step} of run {report.run_id!r} was never served a batch: report "
             "the steps Paceline served, or send unserved: \"accept\" for a trainer that "
             "samples its own prompts", {"run_id": report.run_id, "step": report.step})
-    foreign = np.setdiff1d(report.indices, served)
+    foreign = np.unique(report.indices[~_members(report.indices, served)])
     if foreign.size:
         raise IndicesNotServed(
             f"sample indices {foreign[:8].tolist()}{'...' if foreign.size > 8 else ''} "

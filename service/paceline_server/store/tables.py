@@ -140,8 +140,9 @@ events = Table(
     PrimaryKeyConstraint("curriculum_id", "seq"),
     UniqueConstraint("curriculum_id", "idempotency_key",
                      name="uq_events_curriculum_id_idempotency_key"),
-    # A (run, step) is reported once: the writer looks earlier reports up by it.
-    Index("ix_events_curriculum_id_run_id_step", "curriculum_id", "run_id", "step"),
+    # A (run, step) is reported once: the writer looks its first report up by it (seq
+    # last, so "the first" is read off the index, not found by scanning the log).
+    Index("ix_events_curriculum_id_run_id_step", "curriculum_id", "run_id", "step", "seq"),
 )
 
 snapshots = Table(

@@ -21,7 +21,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_index("ix_events_curriculum_id_run_id_step", "events",
-                    ["curriculum_id", "run_id", "step"])
+                    ["curriculum_id", "run_id", "step", "seq"])
 
 
 def downgrade() -> None:
