@@ -9,13 +9,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paceline_server.domain import InvalidParams
+from paceline_server.domain import CurriculumSpec, InvalidParams
+from paceline_server.domain.npz import load_npz, save_npz
 from paceline_server.engine import CurriculumEngine
-from paceline_server.strategies.prioritized import PrioritizedSampler
+from paceline_server.strategies.prioritized import PrioritizedSampler, PrioritizedState
+from paceline_server.strategies.state_codec import (
+    VERSION_KEY,
+    StateVersionError,
+    decode_state,
+    encode_state,
+)
+from paceline_server.strategies.sumtree import build_tree
 from support import report, spec
 
 
 def engine(**params: object) -> CurriculumEngine:
+    """Without a distribution-level allocation unless asked: the hand computations below
+    are of the priority mass alone (the default allocation is dump_ucb)."""
+    params.setdefault("allocation", "none")
     return CurriculumEngine(spec((40, 60), sampler={"kind": "prioritized", **params},
                                  batch_size=8))
 
@@ -108,7 +119,11 @@ def test_alpha_and_importance_weights() -> None:
     assert np.all(np.diff(batch.loss_weights[order]) <= 1e-12)
 
 
-@pytest.mark.parametrize("params", [{"h": 0}, {"beta": -1}, {"gamma": 0}, {"is_beta": 2}])
+@pytest.mark.parametrize("params", [{"h": 0}, {"beta": -1}, {"gamma": 0}, {"is_beta": 2},
+                                    {"allocation": "bogus"},
+                                    {"allocation": "dump_ucb",
+                                     "allocation_params": {"bogus": 1}},
+                                    {"allocation_params": {"c": 1.0}}])
 def test_bad_params(params: dict[str, float]) -> None:
     with pytest.raises(InvalidParams):
         engine(**params)
@@ -134,3 +149,99 @@ def test_batches_unique_in_range_and_deterministic(seed: int, size: int) -> None
     assert np.unique(x.indices).size == size
     assert x.indices.max() < 100
     assert x.probabilities.sum() == pytest.approx(1.0)
+
+
+def test_default_allocation_gives_small_distributions_their_share() -> None:
+    """The default lets dump_ucb set each distribution's slots: a 20-sample distribution
+    beside 2 000 gets the allocator's share, not 1 % (what the priority mass gives)."""
+    cur = spec((2000, 20), sampler="prioritized", batch_size=32)
+    flat = spec((2000, 20), sampler={"kind": "prioritized", "allocation": "none"},
+                batch_size=32)
+    allocated, plain = CurriculumEngine(cur), CurriculumEngine(flat)
+    assert sampler_of(allocated).params.allocation == "dump_ucb"
+    dump = CurriculumEngine(spec((2000, 20), sampler="dump_ucb", batch_size=32))
+    small = [np.mean([(e.next_batch("r", s).indices >= 2000).mean() for s in range(20)])
+             for e in (allocated, plain)]
+    share = dump.next_batch("r", 0).probabilities[1]
+    assert small[0] == pytest.approx(share, abs=0.1)
+    assert small[1] < 0.05
+    np.testing.assert_allclose(allocated.next_batch("r", 0).probabilities,
+                               dump.next_batch("r", 0).probabilities)
+    assert "allocation" in allocated.inspect().sampler
+
+
+def test_allocated_draws_follow_priority_inside_a_distribution() -> None:
+    """Inside its slots, a distribution's solved samples are drawn less than its other
+    ones (one distribution, so the allocator gives it every slot); the allocator learns
+    from the same reports."""
+    cur = spec((100,), sampler={"kind": "prioritized", "beta": 0.0}, batch_size=16)
+    e = CurriculumEngine(cur)
+    mixed = np.tile([1.0, 0.0], (10, 4))  # 50-59: half solved
+    for step in range(3):
+        e.apply(report(cur, np.arange(60), np.concatenate([np.ones((50, 8)), mixed]),
+                       step=step))
+    solved = []
+    for step in range(3, 40):
+        batch = e.next_batch("r", step)
+        assert np.unique(batch.indices).size == 16
+        solved.append((batch.indices < 50).mean())
+    # 50 solved samples hold ~0.024 each against ~0.25 for each of the 50 others.
+    assert np.mean(solved) < 0.2
+    assert e.state.sampler.dump is not None
+    assert e.inspect().sampler["allocation"]["rollouts"] == [3 * 60 * 8]
+
+
+def test_allocated_skipping_terminates_and_fills_the_batch() -> None:
+    """The skipping hang of issue 14 (N = 10, batch 9, five indices predicted
+    all-correct), with the allocation on: the batch is full, distinct, and the predicted
+    ones are taken only as far as needed."""
+    cur = spec((5, 5), sampler={"kind": "prioritized", "beta": 0.0}, batch_size=9,
+               zero_variance={"threshold": 0.3, "max_redraws": 3})
+    e = CurriculumEngine(cur)
+    for step in range(3):
+        e.apply(report(cur, np.arange(5), np.ones((5, 4)), step=step))
+    for step in range(3, 8):
+        batch = e.next_batch("r", step)
+        assert np.unique(batch.indices).size == 9
+        assert batch.indices.max() < 10
+
+
+def _as_version_1(sampler: PrioritizedSampler, state: PrioritizedState) -> dict[str, object]:
+    """The arrays a version-1 state (leaves in index order, no allocator) would have."""
+    n = sampler.layout.num_samples
+    by_index = state.tree.leaves[:, :n][:, sampler._to_leaf(np.arange(n))].T
+    arrays = load_npz(encode_state(PrioritizedState(
+        tree=build_tree(by_index.astype(np.float64)), t0=state.t0, mass=state.mass,
+        dump=None, progress=None)))
+    old = {k: v for k, v in arrays.items()
+           if not k.startswith(("dump.", "progress."))}
+    old[VERSION_KEY] = np.asarray(1, dtype=np.int64)
+    return old
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_version_1_state_migrates(labelled: bool) -> None:
+    """A curriculum stored before the allocation existed loads: priorities are kept
+    (leaves reordered for a label layout) and the allocator starts fresh."""
+    labels = np.tile([1, 0, 1], 30)
+    layout = ({"names": ["d0", "d1"], "labels": labels.tolist()} if labelled
+              else {"distributions": [{"name": "d0", "size": 30}, {"name": "d1", "size": 60}]})
+    cur = CurriculumSpec.from_dict({"name": "m", "layout": layout, "objectives": ["acc"],
+                                    "sampler": "prioritized", "batch_size": 8})
+    e = CurriculumEngine(cur)
+    e.apply(report(cur, [1, 2, 50, 77], np.array([[1, 0], [1, 1], [0, 0], [1, 0.0]])))
+    s = sampler_of(e)
+    old = _as_version_1(s, e.state.sampler)
+    with pytest.raises(StateVersionError):  # a v1 blob does not read as v2 directly
+        decode_state(PrioritizedState, save_npz(old))
+    migrated = decode_state(PrioritizedState, save_npz(old), s.migrate_state)
+    idx = np.arange(90)
+    np.testing.assert_allclose(s.priorities(migrated, idx, 1),
+                               s.priorities(e.state.sampler, idx, 1), rtol=1e-6)
+    assert migrated.dump is not None
+    np.testing.assert_allclose(migrated.mass, e.state.sampler.mass)
+    e.state.sampler = migrated
+    batch = e.next_batch("r", 1)
+    assert np.unique(batch.indices).size == 8
+    with pytest.raises(StateVersionError):  # unknown versions are replayed instead
+        s.migrate_state(7, old)

@@ -7,6 +7,18 @@ seen once already moves, where a flat Beta(1, 1) here barely does. `prioritized`
 for the curricula that use it and for its two features `learnability` lacks: the
 staleness bonus in reports and importance-sampling loss weights.
 
+Distribution-level allocation (`allocation`, default `dump_ucb`, as in `learnability`):
+per-sample priority mass alone follows the distribution sizes, so on the learner suite
+the small distributions of a 30-60:1 dataset stayed untrained (final minimum accuracy
+0.07-0.37, the same as uniform). With an allocation, that sampler (its code and state
+reused as is) decides how many of the batch each distribution gets, and the priorities
+pick the samples inside it: draws restricted to the distribution's range of leaves
+(O(log N) each, `prefix_sums` + `descend`). `allocation: none` is the earlier behaviour.
+Leaves follow the layout's member order, so a distribution is one contiguous range for
+label layouts too (for contiguous layouts that is the index order). State version 2 adds
+the allocator's state; version-1 states migrate (a fresh allocator; label layouts get
+their leaves reordered once).
+
 priority_x = p̂_x (1 - p̂_x) + β · (1 - exp(-(t - last_x) / h)), with p̂ the mean of the
 sample's Beta pass-rate posterior (the shared table the engine keeps): p(1-p) is the
 Bernoulli reward variance, largest where a GRPO group has the most signal and zero where
@@ -29,12 +41,16 @@ normalised by the batch maximum, with P(x) the single-draw probability.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
 from paceline_server.domain.explanation import Reason, number
+from paceline_server.domain.layout import DatasetLayout
+from paceline_server.domain.npz import load_npz
+from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
     Proposal,
@@ -42,21 +58,34 @@ from paceline_server.strategies.base import (
     Sampler,
     UpdateContext,
 )
-from paceline_server.strategies.params import require
+from paceline_server.strategies.distribution import allocate
+from paceline_server.strategies.dump_ucb import DumpUcbParams, DumpUcbSampler, DumpUcbState
+from paceline_server.strategies.learnability import Allocation
+from paceline_server.strategies.learning_progress import (
+    LearningProgressParams,
+    LearningProgressSampler,
+    LearningProgressState,
+)
+from paceline_server.strategies.params import parse_params, require
 from paceline_server.strategies.posteriors import PassRateState, PosteriorConfig, posterior_mean
 from paceline_server.strategies.signals import ReportSignals
+from paceline_server.strategies.state_codec import encode_state
 from paceline_server.strategies.sumtree import (
     SumTreeState,
     build_tree,
+    descend,
     leaf_weights,
+    prefix_sums,
     sample_filtered,
     set_leaves,
     total_weight,
     tree_bytes,
+    uniform_excluding,
 )
 
 UNSEEN_PRIORITY = 0.25
 REBASE_AFTER = 20.0  # rebase t0 when (t - t0) / h exceeds this
+ALLOCATED_ROUNDS = 8  # tree rounds of per-distribution draws before the uniform fill
 
 
 @dataclass(frozen=True)
@@ -69,6 +98,8 @@ class PrioritizedParams:
     gamma: float = 0.99
     is_correction: bool = False
     is_beta: float = 0.4
+    allocation: Allocation = "dump_ucb"
+    allocation_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         require(self.beta >= 0, "beta must be >= 0", "beta")
@@ -80,13 +111,22 @@ class PrioritizedParams:
                 "prior_alpha")
         require(0 < self.gamma <= 1, "gamma must be in (0, 1]", "gamma")
         require(0 <= self.is_beta <= 1, "is_beta must be in [0, 1]", "is_beta")
+        require(self.allocation in ("none", "dump_ucb", "learning_progress"),
+                f"allocation must be none, dump_ucb or learning_progress; got "
+                f"{self.allocation!r}", "allocation")
+        require(self.allocation != "none" or not self.allocation_params,
+                "allocation_params need an allocation (dump_ucb or learning_progress)",
+                "allocation_params")
 
 
 @dataclass
 class PrioritizedState:
+    state_version: ClassVar[int] = 2  # 2: leaves in layout order, allocator state
     tree: SumTreeState  # channels (A, B) when alpha == 1, else (priority^alpha,)
     t0: int  # reference clock of the B channel
     mass: np.ndarray  # float64 [D, C] per-distribution channel sums (for probabilities)
+    dump: DumpUcbState | None  # allocator state (allocation = dump_ucb)
+    progress: LearningProgressState | None  # allocator state (learning_progress)
 
 
 class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
@@ -94,6 +134,41 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
     params_type = PrioritizedParams
     state_type = PrioritizedState
     uses_posteriors = True
+
+    def __init__(self, layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...],
+                 params: PrioritizedParams) -> None:
+        super().__init__(layout, objectives, params)
+        self.allocator: DumpUcbSampler | LearningProgressSampler | None = None
+        owner = f"allocation {params.allocation}"
+        if params.allocation == "dump_ucb":
+            self.allocator = DumpUcbSampler(
+                layout, objectives,
+                parse_params(DumpUcbParams, params.allocation_params, owner))
+        elif params.allocation == "learning_progress":
+            self.allocator = LearningProgressSampler(
+                layout, objectives,
+                parse_params(LearningProgressParams, params.allocation_params, owner))
+        self._offsets = np.r_[0, np.cumsum(layout.sizes)].astype(np.int64)
+        self._leaf_of: np.ndarray | None = None  # global index -> leaf (label layouts)
+
+    def _to_global(self, leaves: np.ndarray) -> np.ndarray:
+        """Leaf position -> dataset index (leaves follow the layout's member order)."""
+        if self.layout.is_contiguous:
+            return np.asarray(leaves, dtype=np.int64)
+        return self.layout.members(0, np.asarray(leaves, dtype=np.int64))
+
+    def _to_leaf(self, indices: np.ndarray) -> np.ndarray:
+        if self.layout.is_contiguous:
+            return np.asarray(indices, dtype=np.int64)
+        if self._leaf_of is None:  # O(N) once per sampler object (derived, not state)
+            n = self.layout.num_samples
+            leaf_of = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+            leaf_of[self.layout.members(0, np.arange(n))] = np.arange(n)
+            self._leaf_of = leaf_of
+        return self._leaf_of[indices].astype(np.int64)
+
+    def _allocator_state(self, state: PrioritizedState) -> Any:
+        return state.dump if isinstance(self.allocator, DumpUcbSampler) else state.progress
 
     @property
     def _linear(self) -> bool:
@@ -107,8 +182,9 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
         """The sum tree over N priorities (two channels in linear mode, else one) and the
         per-distribution channel sums."""
         channels = 2 if self._linear else 1
+        allocator = 0 if self.allocator is None else self.allocator.state_bytes()
         return (STATE_OVERHEAD + tree_bytes(self.layout.num_samples, channels)
-                + 8 * channels * self.layout.num_distributions)
+                + 8 * channels * self.layout.num_distributions + allocator)
 
     def init_state(self, rng: np.random.Generator) -> PrioritizedState:
         n = self.layout.num_samples
@@ -118,12 +194,39 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
         else:
             values = np.full((n, 1), UNSEEN_PRIORITY ** self.params.alpha, dtype=np.float32)
         tree = build_tree(values)
-        return PrioritizedState(tree=tree, t0=0, mass=self._distribution_mass(tree))
+        return PrioritizedState(
+            tree=tree, t0=0, mass=self._distribution_mass(tree),
+            dump=(self.allocator.init_state(rng)
+                  if isinstance(self.allocator, DumpUcbSampler) else None),
+            progress=(self.allocator.init_state(rng)
+                      if isinstance(self.allocator, LearningProgressSampler) else None))
+
+    def migrate_state(self, old_version: int, arrays: dict[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+        """Version 1 (leaves in index order, no allocator) -> 2: the tree, clock and
+        masses are kept (leaves reordered for label layouts, O(N) once), the allocator
+        starts fresh. Other versions: replay (the default)."""
+        if old_version != 1:
+            return super().migrate_state(old_version, arrays)
+        try:
+            tree = SumTreeState(size=int(arrays["tree.size"]), leaves=arrays["tree.leaves"],
+                                nodes=arrays["tree.nodes"])
+            t0, mass = int(arrays["t0"]), arrays["mass"]
+        except KeyError:
+            return super().migrate_state(old_version, arrays)
+        if not self.layout.is_contiguous:
+            n = self.layout.num_samples
+            by_index = tree.leaves[:, :n].T.astype(np.float64)
+            tree = build_tree(by_index[self._to_global(np.arange(n))])
+        fresh = self.init_state(np.random.default_rng(0))
+        fresh.tree, fresh.t0, fresh.mass = tree, t0, mass
+        return load_npz(encode_state(fresh), "migrated state")
 
     def _distribution_mass(self, tree: SumTreeState) -> np.ndarray:
         """Exact per-distribution channel sums (O(N); at init and rebase only)."""
         leaves = tree.leaves[:, : self.layout.num_samples].astype(np.float64)
-        labels = self.layout.distribution_of(np.arange(self.layout.num_samples))
+        labels = self.layout.distribution_of(self._to_global(
+            np.arange(self.layout.num_samples)))
         return np.stack([np.bincount(labels, weights=plane,
                                      minlength=self.layout.num_distributions)
                          for plane in leaves], axis=1)
@@ -136,7 +239,8 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
     def priorities(self, state: PrioritizedState, indices: np.ndarray,
                    clock: int) -> np.ndarray:
         """Current sampling weights of `indices` (priority^α)."""
-        return leaf_weights(state.tree, indices, self.coefficients(state, clock))
+        return leaf_weights(state.tree, self._to_leaf(np.asarray(indices)),
+                            self.coefficients(state, clock))
 
     def _leaf_values(self, posteriors: PassRateState, indices: np.ndarray,
                      state: PrioritizedState) -> np.ndarray:
@@ -156,14 +260,17 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
         if self._linear and (ctx.clock - state.t0) / self.params.h > REBASE_AFTER:
             self._rebase(state, ctx.clock)
         indices = np.unique(signals.indices)
-        old = state.tree.leaves[:, indices].T.astype(np.float64)
+        leaves = self._to_leaf(indices)
+        old = state.tree.leaves[:, leaves].T.astype(np.float64)
         new = self._leaf_values(ctx.posteriors, indices, state)
-        set_leaves(state.tree, indices, new)
-        stored = state.tree.leaves[:, indices].T.astype(np.float64)  # float32-rounded
+        set_leaves(state.tree, leaves, new)
+        stored = state.tree.leaves[:, leaves].T.astype(np.float64)  # float32-rounded
         labels = self.layout.distribution_of(indices)
         for c in range(stored.shape[1]):
             state.mass[:, c] += np.bincount(labels, weights=stored[:, c] - old[:, c],
                                             minlength=self.layout.num_distributions)
+        if self.allocator is not None:
+            self.allocator.update(self._allocator_state(state), signals, ctx)
 
     def _rebase(self, state: PrioritizedState, clock: int) -> None:
         """Move t0 to `clock`: B_x scales by exp(-(clock - t0)/h); O(N), rare."""
@@ -175,6 +282,8 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
         state.mass = self._distribution_mass(state.tree)
 
     def probabilities(self, state: PrioritizedState, ctx: ProposeContext) -> np.ndarray:
+        if self.allocator is not None:
+            return self.allocator.probabilities(self._allocator_state(state), ctx)
         mass = np.maximum(state.mass @ self.coefficients(state, ctx.clock), 0.0)
         total = mass.sum()
         if total <= 0:
@@ -185,28 +294,112 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
     def propose(self, state: PrioritizedState, size: int, rng: np.random.Generator,
                 ctx: ProposeContext) -> Proposal:
         coef = self.coefficients(state, ctx.clock)
-        indices, skipped = sample_filtered(state.tree, size, rng, coef, ctx.accept,
-                                           ctx.max_redraws)
+        accept = ctx.accept
+        leaf_accept = (None if accept is None
+                       else lambda leaves: accept(self._to_global(leaves)))
+        probabilities = self.probabilities(state, ctx)
+        if self.allocator is None:
+            leaves, skipped = sample_filtered(state.tree, size, rng, coef, leaf_accept,
+                                              ctx.max_redraws)
+        else:
+            slots = _fit(allocate(probabilities, min(size, self.layout.num_samples), rng,
+                                  self.allocator.params.allocation),
+                         self.layout.sizes, probabilities)
+            leaves, skipped = self._sample_allocated(state.tree, slots, rng, coef,
+                                                     leaf_accept, ctx.max_redraws)
+        indices = self._to_global(leaves)
         loss_weights = None
         if self.params.is_correction:
             total = total_weight(state.tree, coef)
-            p = leaf_weights(state.tree, indices, coef) / total if total > 0 else None
+            p = leaf_weights(state.tree, leaves, coef) / total if total > 0 else None
             if p is not None and np.all(p > 0):
                 w = (self.layout.num_samples * p) ** (-self.params.is_beta)
                 loss_weights = w / w.max()
             else:
                 loss_weights = np.ones(indices.size)
-        return Proposal(indices=indices, probabilities=self.probabilities(state, ctx),
+        return Proposal(indices=indices, probabilities=probabilities,
                         loss_weights=loss_weights, skipped=skipped)
 
+    def _sample_allocated(self, tree: SumTreeState, slots: np.ndarray,
+                          rng: np.random.Generator, coef: np.ndarray,
+                          accept: Callable[[np.ndarray], np.ndarray] | None,
+                          max_redraws: int) -> tuple[np.ndarray, int]:
+        """slots[d] distinct leaves of each distribution d, ∝ priority inside its range
+        of leaves, and how many were rejected by `accept`. Rounds of draws (twice the
+        missing number, the first new distinct ones kept), at most `max_redraws` rounds
+        of rejection, then per distribution the rejected leaves back and a uniform fill
+        (with replacement only where a distribution is smaller than its slots), so a
+        batch is never short and no loop is unbounded."""
+        offsets = self._offsets
+        num = slots.size
+        prefix = prefix_sums(tree, offsets, coef)
+        mass = np.maximum(np.diff(prefix), 0.0)
+        room = np.minimum(slots, self.layout.sizes).astype(np.int64)
+        have = np.zeros(num, dtype=np.int64)
+        chosen: list[np.ndarray] = []
+        excluded = np.zeros(0, dtype=np.int64)
+        rejected = np.zeros(0, dtype=np.int64)
+        skipped = rejection_rounds = 0
+        for _ in range(ALLOCATED_ROUNDS):
+            need = np.where(mass > 0, room - have, 0)
+            if not need.any():
+                break
+            owner = np.repeat(np.arange(num), 2 * need)
+            u = prefix[owner] + rng.random(owner.size) * mass[owner]
+            drawn = np.clip(descend(tree, u, coef), offsets[owner], offsets[owner + 1] - 1)
+            _, first = np.unique(drawn, return_index=True)
+            first.sort()
+            fresh, fresh_owner = drawn[first], owner[first]
+            keep = ~np.isin(fresh, excluded) & (leaf_weights(tree, fresh, coef) > 0)
+            fresh, fresh_owner = fresh[keep], fresh_owner[keep]
+            rank = np.arange(fresh.size) - np.searchsorted(fresh_owner, fresh_owner)
+            keep = rank < need[fresh_owner]  # owner is sorted: draws were grouped by d
+            fresh, fresh_owner = fresh[keep], fresh_owner[keep]
+            if accept is not None and rejection_rounds < max_redraws and fresh.size:
+                ok = np.asarray(accept(fresh), dtype=bool)
+                if not ok.all():
+                    rejection_rounds += 1
+                    skipped += int((~ok).sum())
+                    excluded = np.concatenate([excluded, fresh[~ok]])
+                    rejected = np.concatenate([rejected, fresh[~ok]])
+                    fresh, fresh_owner = fresh[ok], fresh_owner[ok]
+            chosen.append(fresh)
+            excluded = np.concatenate([excluded, fresh])
+            have += np.bincount(fresh_owner, minlength=num)
+        batch = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+        if (have < slots).any():
+            parts = [batch]
+            rejected_owner = np.searchsorted(offsets, rejected, side="right") - 1
+            for d in np.flatnonzero(have < slots):
+                short = int(slots[d] - have[d])
+                back = rejected[rejected_owner == d][:short]
+                skipped -= int(back.size)
+                short -= int(back.size)
+                n_d, start = int(self.layout.sizes[d]), int(offsets[d])
+                taken = np.concatenate([batch[(batch >= start) & (batch < start + n_d)],
+                                        back]) - start
+                if short + taken.size > n_d:  # smaller than its slots: with replacement
+                    extra = rng.integers(0, n_d, size=short)
+                else:
+                    extra = uniform_excluding(n_d, short, taken, rng)
+                parts += [back, start + extra]
+            batch = np.concatenate(parts)
+        return batch.astype(np.int64), skipped
+
     def describe(self, state: PrioritizedState) -> dict[str, Any]:
-        return {"t0": state.t0, "channels": int(state.tree.leaves.shape[0])}
+        details: dict[str, Any] = {"t0": state.t0,
+                                   "channels": int(state.tree.leaves.shape[0])}
+        if self.allocator is not None:
+            details["allocation"] = self.allocator.describe(self._allocator_state(state))
+        return details
 
     def explain(self, state: PrioritizedState, ctx: ProposeContext) -> list[Reason]:
         """The distribution's share of the sum-tree's priority mass, and the mean
         priority per index behind it (O(D): the per-distribution sums are kept)."""
         mass = np.maximum(state.mass @ self.coefficients(state, ctx.clock), 0.0)
         total = float(mass.sum())
+        base = (self.allocator.explain(self._allocator_state(state), ctx)
+                if self.allocator is not None else None)
         reasons = []
         for d, size in enumerate(self.layout.sizes):
             mean = float(mass[d]) / float(size)
@@ -219,5 +412,25 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
             clause = (f"its {int(size)} indices hold {number(share)} of the priority mass "
                       f"(mean priority {rule} = {number(mean)} per index; 0.25 for an "
                       f"unseen index)")
+            if base is not None:
+                clause = (f"{base[d].clause}; inside it, samples are drawn ∝ priority "
+                          f"{rule} (mean {number(mean)} per index; 0.25 for an unseen "
+                          f"index)")
+                terms = {**base[d].terms, **terms}
             reasons.append(Reason(clause, terms))
         return reasons
+
+
+def _fit(slots: np.ndarray, sizes: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Slots capped at each distribution's size, the excess moved to the most probable
+    distributions with room, so a batch no larger than the dataset stays distinct."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    fitted = np.minimum(slots, sizes).astype(np.int64)
+    excess = int(slots.sum() - fitted.sum())
+    for d in np.argsort(-np.asarray(probabilities), kind="stable"):
+        if excess <= 0:
+            break
+        give = min(excess, int(sizes[d] - fitted[d]))
+        fitted[d] += give
+        excess -= give
+    return fitted
