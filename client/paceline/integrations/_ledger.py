@@ -21,7 +21,10 @@ from paceline.client import Run
 from paceline.errors import Conflict
 from paceline.models import Batch, ReportAck, weights_view
 
-__all__ = ["BatchLedger", "Rollouts", "StepRecord", "step_key"]
+__all__ = ["GRAD_PRODUCTS", "BatchLedger", "Rollouts", "StepRecord", "step_key"]
+
+#: StepRecord.scratch key of a step's k×k gradient products, sent with its report.
+GRAD_PRODUCTS = "paceline.grad_products"
 
 def step_key(run_id: str, step: int, part: int = 0) -> str:
     """The idempotency key of a step's report: the same for every attempt, in this
@@ -168,6 +171,7 @@ class BatchLedger:
             return self.run.report(record.step, indices=rollouts.indices,
                                    rewards=rollouts.rewards, advantages=rollouts.advantages,
                                    group_ids=rollouts.group_ids,
+                                   grad_products=record.scratch.get(GRAD_PRODUCTS),
                                    idempotency_key=step_key(self.run.run_id, record.step))
         except Conflict as exc:
             if exc.code != "REPORT_CONFLICT":
