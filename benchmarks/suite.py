@@ -6,7 +6,12 @@ Rows:
   runs), one objective `correctness`, `fixed` weighting, schedules set to the planned
   steps; each adaptive one also with predicted zero-variance skipping at its defaults
   (`zero_variance: true`). The `default` row names no sampler: what a curriculum created
-  without one gets.
+  without one gets. The `dynamic sampling` rows use Paceline's refill protocol with the
+  default sampler, as `paceline.integrations.torch.dynamic_step` does: serve the step's
+  batch, drop groups whose rewards all agree, ask for refill parts 1, 2, ... (Paceline
+  picks them, never an index already served to the step) over-provisioned by the keep
+  rate seen so far, until a batch of kept groups exists or 8 refills were asked for;
+  every generated group is reported (the dropped ones too).
 - peers in this process: Syllabus's `OnlineLearningProgress` over the distributions (fed
   every rollout: progress = correctness, or reward ≥ 0.5 for partial credit); DAPO
   dynamic sampling (uniform shuffled epochs, roll out, drop groups whose rewards are all
@@ -48,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))  # peer strat
 from strategies import SyllabusLearningProgress, UniformEpochs  # benchmarks/peers
 
 from learners import LEARNERS, Groups, GrpoLearner
+from paceline_server.app.refill import propose_refill
 from paceline_server.domain import CurriculumSpec, Report
 from paceline_server.engine import CurriculumEngine
 from paceline_server.strategies.registry import available_samplers
@@ -55,6 +61,8 @@ from paceline_server.strategies.registry import available_samplers
 RUN_ID = "suite"
 #: DAPO's cap on generation rounds per step (verl's `max_num_gen_batches`).
 MAX_GEN_ROUNDS = 10
+#: Refill parts per step of the dynamic-sampling rows (`dynamic_step`'s default).
+MAX_REFILL_PARTS = 8
 BAND = (0.2, 0.8)
 SUCCESS_THRESHOLD = 0.5  # continuous rewards: what counts as a success for Syllabus
 SYLLABUS = "Syllabus OnlineLearningProgress"
@@ -63,6 +71,7 @@ DAPO_NO_REFILL = "DAPO filter, no refill"
 UNIFORM_EPOCHS = "uniform epochs (data loader)"
 ORACLE = "oracle (true p in [0.2, 0.8])"
 DEFAULT = "default (no sampler named)"
+DYNAMIC = "default + dynamic sampling (refill)"
 
 
 class Chooser(Protocol):
@@ -92,6 +101,10 @@ class PacelineEngine:
     def propose(self, step: int, size: int) -> tuple[np.ndarray, int]:
         batch = self.engine.next_batch(RUN_ID, step, size)
         return batch.indices, batch.skipped_zero_variance
+
+    def refill(self, step: int, part: int, size: int, served: np.ndarray) -> np.ndarray:
+        """Refill part `part` of the step (`app/refill.py`, what the service serves)."""
+        return propose_refill(self.engine, RUN_ID, step, part, size, served).indices
 
     def observe(self, step: int, groups: Groups, advantages: np.ndarray) -> None:
         self.engine.apply(Report.dense(
@@ -155,13 +168,15 @@ class Oracle:
 @dataclass(frozen=True)
 class Row:
     """One strategy of the table; `make(learner, seed)` builds a fresh one per run.
-    `filter_rounds` > 0 applies DAPO's filter after rollout (1 = no refill)."""
+    `filter_rounds` > 0 applies DAPO's filter after rollout (1 = no refill); `dynamic`
+    refills through Paceline's protocol (the chooser's `refill`) instead."""
 
     name: str
     who: str  # "Paceline", "peer" or "limit"
     make: Callable[[GrpoLearner, int], Chooser]
     filter_rounds: int = 0
     needs: str | None = None  # a sampler that must be registered for the row to run
+    dynamic: bool = False
 
 
 def paceline(sampler: Any, zero_variance: Any = None
@@ -205,6 +220,9 @@ def rows() -> list[Row]:
         ours.append(Row(f"{name} + zero_variance", "Paceline", paceline(sampler, zv),
                         needs=needs))
     ours.append(Row(DEFAULT, "Paceline", paceline(None)))
+    ours.append(Row(DYNAMIC, "Paceline", paceline(None), dynamic=True))
+    ours.append(Row(f"{DYNAMIC} + zero_variance", "Paceline", paceline(None, zv),
+                    dynamic=True))
     peers = [
         Row(SYLLABUS, "peer", Syllabus),
         Row(DAPO, "peer", Epochs, MAX_GEN_ROUNDS),
@@ -216,6 +234,27 @@ def rows() -> list[Row]:
 
 
 # ---------------------------------------------------------------- one run
+def dynamic_parts(chooser: Chooser, learner: GrpoLearner, step: int, batch: int,
+                  first: Groups, served: np.ndarray) -> list[Groups]:
+    """The refill loop of `dynamic_step`: refills over-provisioned by the keep rate so
+    far (at least 0.1) until `batch` groups with signal exist, at most MAX_REFILL_PARTS
+    parts or the whole dataset served."""
+    assert isinstance(chooser, PacelineEngine)
+    parts = [first]
+    served = np.asarray(served, dtype=np.int64)
+    for part in range(1, MAX_REFILL_PARTS + 1):
+        kept = sum(int((~g.constant).sum()) for g in parts)
+        left = learner.num_samples - served.size
+        if kept >= batch or left <= 0:
+            break
+        rate = max(kept / served.size, 0.1)
+        ask = min(left, int(np.ceil((batch - kept) / rate)))
+        indices = chooser.refill(step, part, ask, served)
+        parts.append(learner.rollout(indices))
+        served = np.concatenate([served, indices])
+    return parts
+
+
 def run(row: Row, learner_name: str, seed: int, steps_scale: float = 1.0
         ) -> dict[str, Any]:
     """One training run of `learner_name` with `row` choosing the batches."""
@@ -236,11 +275,13 @@ def run(row: Row, learner_name: str, seed: int, steps_scale: float = 1.0
         while (row.filter_rounds > len(parts)
                and sum(int((~g.constant).sum()) for g in parts) < batch):
             parts.append(learner.rollout(chooser.propose(step, batch)[0]))
+        if row.dynamic:
+            parts = dynamic_parts(chooser, learner, step, batch, parts[0], indices)
         roll = Groups.concat(parts) if len(parts) > 1 else parts[0]
         generated += roll.n * group
         wasted += int(roll.constant.sum()) * group
         trained = roll
-        if row.filter_rounds:
+        if row.filter_rounds or row.dynamic:
             trained = roll.take(np.flatnonzero(~roll.constant)[:batch])
         learner.train(trained)
         start = time.perf_counter()

@@ -115,6 +115,33 @@ def test_oracle_samples_the_band() -> None:
     assert np.all((p >= 0.2) & (p <= 0.8))
 
 
+def test_dynamic_rows_refill_through_paceline_without_repeats() -> None:
+    """The dynamic-sampling row: refill parts never serve an index twice in a step,
+    stop once a batch of groups with signal exists (or after MAX_REFILL_PARTS), and the
+    engine folds every generated group."""
+    import suite
+
+    row = next(r for r in suite.rows() if r.name == suite.DYNAMIC)
+    assert row.dynamic and row.filter_rounds == 0
+    learner = LEARNERS["tight_budget"](0)
+    chooser = row.make(learner, 0)
+    assert isinstance(chooser, suite.PacelineEngine)
+    indices, _ = chooser.propose(0, learner.batch)
+    first = learner.rollout(indices)
+    parts = suite.dynamic_parts(chooser, learner, 0, learner.batch, first, indices)
+    served = np.concatenate([g.indices for g in parts])
+    assert np.unique(served).size == served.size
+    kept = sum(int((~g.constant).sum()) for g in parts)
+    assert len(parts) > 1  # a third of tight_budget is solved: the first batch is short
+    assert kept >= learner.batch or len(parts) == suite.MAX_REFILL_PARTS + 1
+    roll = suite.Groups.concat(parts)
+    chooser.observe(0, roll, learner.advantages(roll))
+    assert chooser.engine.clock == 1
+    # The next step's parts are fresh again (a step's exclusion is per step).
+    again = chooser.refill(1, 1, 8, np.zeros(0, dtype=np.int64))
+    assert again.size == 8
+
+
 def test_suite_quick(tmp_path: Path) -> None:
     pytest.importorskip("syllabus")  # the `peers` extra
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--quick",
@@ -129,7 +156,7 @@ def test_suite_quick(tmp_path: Path) -> None:
     assert {"uniform", "learning_progress", "spard", "dump_ucb", "prioritized",
             "Syllabus OnlineLearningProgress", "DAPO filter + refill",
             "DAPO filter, no refill", "oracle (true p in [0.2, 0.8])",
-            "default (no sampler named)"} <= names
+            "default (no sampler named)", "default + dynamic sampling (refill)"} <= names
     for o in rows:
         assert o["seeds"] == 1
         assert 0.0 <= o["min_accuracy"][0] <= o["mean_accuracy"][0] <= 1.0
