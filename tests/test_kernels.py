@@ -14,9 +14,11 @@ from paceline_server.strategies import kernels, registry
 from paceline_server.strategies.kernels import preference_vector, softmax
 
 STRATEGIES = Path(kernels.__file__).parent
-#: A sampler built out of others (learnability allocates with dump_ucb and ranks with
-#: learning progress) is the one sanctioned exception.
-COMPOSITES = {"learnability": {"dump_ucb", "learning_progress"}}
+#: Samplers built out of others are the sanctioned exceptions: learnability allocates
+#: across distributions with dump_ucb or learning progress, and prioritized reuses
+#: learnability's allocator.
+COMPOSITES = {"learnability": {"dump_ucb", "learning_progress"},
+              "prioritized": {"dump_ucb", "learnability", "learning_progress"}}
 
 
 def test_softmax_sums_to_one_and_follows_the_temperature() -> None:
