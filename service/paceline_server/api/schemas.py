@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from paceline_server.domain.errors import InvalidRequest
-from paceline_server.domain.validation import MAX_INT, TEXT_PATTERN, check_nesting
+from paceline_server.domain.validation import MAX_INT, MAX_RUN_ID, TEXT_PATTERN, check_nesting
 
 
 class ErrorDetail(BaseModel):
@@ -54,7 +54,8 @@ class CurriculumList(BaseModel):
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=TEXT_PATTERN,
+    run_id: str | None = Field(default=None, min_length=1, max_length=MAX_RUN_ID,
+                               pattern=TEXT_PATTERN,
                                description="choose your own id, or let the server pick one")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -81,7 +82,7 @@ class RunList(BaseModel):
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_id: str = Field(min_length=1, max_length=128, pattern=TEXT_PATTERN)
+    run_id: str = Field(min_length=1, max_length=MAX_RUN_ID, pattern=TEXT_PATTERN)
     # Strict, as in the report route: true, "100" or 101.0 is refused, not read as a step.
     step: int = Field(ge=0, le=MAX_INT, strict=True)
     size: int | None = Field(default=None, ge=1, le=MAX_INT, strict=True)

@@ -18,7 +18,7 @@ from paceline_server.domain.validation import (
     MAX_INT,
     MAX_VALUE,
     check_bounded,
-    has_control_characters,
+    check_identifier,
 )
 
 MAX_ROLLOUTS = 10_000_000
@@ -173,10 +173,7 @@ class Report:
     # ----------------------------------------------------------------- validation
     def validate(self, layout: DatasetLayout, num_objectives: int) -> None:
         """Raise InvalidReport unless the report is consistent and finite."""
-        if not isinstance(self.run_id, str) or not self.run_id or len(self.run_id) > 128 \
-                or has_control_characters(self.run_id):
-            raise InvalidReport("run_id must be 1 to 128 characters, none of them a control "
-                                "character", {"field": "run_id"})
+        check_identifier(self.run_id, "run_id", InvalidReport)
         if isinstance(self.step, bool) or not isinstance(self.step, int | np.integer) \
                 or not 0 <= self.step <= MAX_INT:
             raise InvalidReport(f"step must be an integer in [0, {MAX_INT}]; got {self.step!r}",

@@ -28,6 +28,7 @@ from paceline_server.domain.inspection import (
 from paceline_server.domain.npz import load_npz, save_npz
 from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec
+from paceline_server.domain.validation import check_identifier
 from paceline_server.engine.health import (
     WINDOW,
     HealthState,
@@ -68,7 +69,6 @@ from paceline_server.strategies.zero_variance import ZeroVarianceFilter, filter_
 FORMAT_VERSION = 1
 HISTORY = 1024  # weight changes kept for inspection
 _INIT_STREAM = 0x5EED  # separates the strategies' init stream from batch streams
-MAX_RUN_ID = 128
 
 
 @dataclass
@@ -261,9 +261,7 @@ class CurriculumEngine:
         batch size when None). Lets a report that asks for its next batch be refused
         before it is applied."""
         size = self.spec.batch_size if size is None else size
-        if not isinstance(run_id, str) or not run_id or len(run_id) > MAX_RUN_ID:
-            raise InvalidRequest(f"run_id must be a non-empty string of at most {MAX_RUN_ID} "
-                                 "characters", {"field": "run_id"})
+        check_identifier(run_id, "run_id", InvalidRequest)
         if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
             raise InvalidRequest(f"step must be a non-negative integer; got {step!r}",
                                  {"field": "step"})
