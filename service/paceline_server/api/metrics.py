@@ -49,7 +49,6 @@ class Metrics:
                     counter.remove(*labels)
 
 
-
 class CurriculumCollector(Collector):
     """Gauges per curriculum and distribution, read from the cached engines."""
 
