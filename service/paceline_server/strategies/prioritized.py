@@ -85,7 +85,7 @@ from paceline_server.strategies.sumtree import (
 
 UNSEEN_PRIORITY = 0.25
 REBASE_AFTER = 20.0  # rebase t0 when (t - t0) / h exceeds this
-ALLOCATED_ROUNDS = 8  # tree rounds of per-distribution draws before the uniform fill
+ALLOCATED_ROUNDS = 16  # tree rounds of per-distribution draws before the uniform fill
 
 
 @dataclass(frozen=True)
@@ -325,8 +325,8 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
                           accept: Callable[[np.ndarray], np.ndarray] | None,
                           max_redraws: int) -> tuple[np.ndarray, int]:
         """slots[d] distinct leaves of each distribution d, ∝ priority inside its range
-        of leaves, and how many were rejected by `accept`. Rounds of draws (twice the
-        missing number, the first new distinct ones kept), at most `max_redraws` rounds
+        of leaves, and how many were rejected by `accept`. Rounds of draws (the missing
+        number, the new distinct ones kept), at most `max_redraws` rounds
         of rejection, then per distribution the rejected leaves back and a uniform fill
         (with replacement only where a distribution is smaller than its slots), so a
         batch is never short and no loop is unbounded."""
@@ -344,7 +344,7 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
             need = np.where(mass > 0, room - have, 0)
             if not need.any():
                 break
-            owner = np.repeat(np.arange(num), 2 * need)
+            owner = np.repeat(np.arange(num), need)
             u = prefix[owner] + rng.random(owner.size) * mass[owner]
             drawn = np.clip(descend(tree, u, coef), offsets[owner], offsets[owner + 1] - 1)
             _, first = np.unique(drawn, return_index=True)
