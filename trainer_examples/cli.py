@@ -31,6 +31,10 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(","))
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     d = Config()
     add = parser.add_argument
@@ -41,7 +45,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add("--sampler-param", action="append", type=_param, default=[], metavar="K=V")
     add("--weighting-param", action="append", type=_param, default=[], metavar="K=V")
     add("--preference", type=_floats, default=d.preference,
-        help="preference weights over (correct, format), e.g. 0.7,0.3")
+        help="preference weights over the objectives, e.g. 0.7,0.3")
+    add("--objectives", type=_names, default=d.objectives,
+        help="reward vector: correct,format (default) or correct,format,brevity")
     add("--steps", type=int, default=d.steps)
     add("--batch-size", type=int, default=d.batch_size, help="prompts per step")
     add("--group-size", type=int, default=d.group_size, help="rollouts per prompt")

@@ -49,7 +49,7 @@ from trainer_examples.grpo import (
 )
 from trainer_examples.metrics import MetricsWriter, Record, hypervolume
 from trainer_examples.model import LanguageModel, build_model, count_parameters, resolve_device
-from trainer_examples.tasks import FORMAT_RATE, OBJECTIVES, TaskSet, score
+from trainer_examples.tasks import FORMAT_RATE, OBJECTIVES, TaskSet, check_objectives, score
 
 
 @dataclass
@@ -64,7 +64,9 @@ class Config:
     weighting: str = "hypervolume"
     sampler_params: dict[str, Any] = field(default_factory=dict)
     weighting_params: dict[str, Any] = field(default_factory=dict)
-    preference: tuple[float, ...] = (0.7, 0.3)  # the user's weights over OBJECTIVES
+    preference: tuple[float, ...] = (0.7, 0.3)  # the user's weights over `objectives`
+    # The reward vector: (correct, format) by default; add "brevity" for the 3-objective task.
+    objectives: tuple[str, ...] = OBJECTIVES
     steps: int = 150
     batch_size: int = 32  # prompts per step
     group_size: int = 8  # rollouts per prompt
@@ -100,8 +102,9 @@ class Config:
                   "max_new_tokens >= 1": self.max_new_tokens >= 1,
                   "temperature > 0": self.temperature > 0,
                   "grad_every >= 0": self.grad_every >= 0,
-                  f"one preference weight per objective {OBJECTIVES}":
-                      len(self.preference) == len(OBJECTIVES)}
+                  f"one preference weight per objective {self.objectives}":
+                      len(self.preference) == len(self.objectives)}
+        self.objectives = check_objectives(self.objectives)
         failed = [rule for rule, ok in checks.items() if not ok]
         if failed:
             raise ValueError(f"invalid config: need {', '.join(failed)}")
@@ -130,16 +133,17 @@ class Evaluation:
     objectives: list[float]  # mean of each objective over all evaluation problems
 
 
-def evaluate(model: LanguageModel, tasks: TaskSet, max_new_tokens: int) -> Evaluation:
+def evaluate(model: LanguageModel, tasks: TaskSet, max_new_tokens: int,
+             objectives: tuple[str, ...] = OBJECTIVES) -> Evaluation:
     """Greedy decoding on every distribution's held-out problems."""
     accuracy: dict[str, float] = {}
-    totals = np.zeros(len(OBJECTIVES))
+    totals = np.zeros(len(objectives))
     count = 0
     for dist in tasks.distributions:
         rollouts = generate(model, [p.prompt for p in dist.eval], 1, max_new_tokens,
                             greedy=True)
         scores = np.array([
-            score(text, done, p.answer)
+            score(text, done, p.answer, objectives, max_new_tokens)
             for p, text, done in zip(dist.eval, rollouts.texts, rollouts.finished,
                                      strict=True)])
         accuracy[dist.name] = float(scores[:, 0].mean())
@@ -204,7 +208,7 @@ def open_curriculum(client: paceline.Client, config: Config,
             client.curriculum(name).delete()
     try:
         cur = client.create_curriculum(
-            name, distributions=tasks.layout(), objectives=list(OBJECTIVES),
+            name, distributions=tasks.layout(), objectives=list(config.objectives),
             sampler=config.sampler_spec(), weighting=config.weighting_spec(),
             batch_size=config.batch_size, seed=config.seed, exist_ok=True)
     except paceline.Conflict as exc:
@@ -284,7 +288,8 @@ def train(config: Config) -> dict[str, Any]:
             for step in range(config.steps):
                 evaluation = None
                 if step % config.eval_every == 0:
-                    evaluation = last_eval = evaluate(model, tasks, config.max_new_tokens)
+                    evaluation = last_eval = evaluate(model, tasks, config.max_new_tokens,
+                                                      config.objectives)
                     first_eval = first_eval or evaluation
                     eval_points.append(evaluation.objectives)
                 record = grpo_step(model, optimizer, reference, run, tasks, config, step)
@@ -296,7 +301,7 @@ def train(config: Config) -> dict[str, Any]:
                                  eval_objectives=evaluation.objectives if evaluation else None)
                 record["seq"] = ack.seq
                 state = cur.state()
-                record.update(_eval_columns(names, evaluation, eval_points))
+                record.update(_eval_columns(names, evaluation, eval_points, config.objectives))
                 history = state.hypervolume_history
                 record["service_hypervolume"] = (history[-1].hypervolume if history
                                                  else math.nan)
@@ -308,10 +313,10 @@ def train(config: Config) -> dict[str, Any]:
                                 acc=(float(np.mean(list(last_eval.accuracy.values())))
                                      if last_eval else math.nan))
         progress.close()
-        final = evaluate(model, tasks, config.max_new_tokens)
+        final = evaluate(model, tasks, config.max_new_tokens, config.objectives)
         eval_points.append(final.objectives)
         writer.write({"step": config.steps, "final": True,
-                      **_eval_columns(names, final, eval_points)})
+                      **_eval_columns(names, final, eval_points, config.objectives)})
         state = cur.state()
 
     summary = {
@@ -330,7 +335,7 @@ def train(config: Config) -> dict[str, Any]:
         "sft_loss_last": sft_losses[-1] if sft_losses else None,
         "initial_eval": first_eval.accuracy if first_eval else None,
         "final_eval": final.accuracy,
-        "final_objectives": dict(zip(OBJECTIVES, final.objectives, strict=True)),
+        "final_objectives": dict(zip(config.objectives, final.objectives, strict=True)),
         "final_hypervolume": hypervolume(eval_points, eval_points[0]),
         "service": {"seq": state.seq, "reward_weights": state.reward_weights,
                     "reward_scale": state.reward_scale,
@@ -356,8 +361,9 @@ def grpo_step(model: LanguageModel, optimizer: torch.optim.Optimizer,
     rollouts = generate(model, [p.prompt for p in problems], g, config.max_new_tokens,
                         temperature=config.temperature)
     rewards = torch.tensor([
-        score(rollouts.texts[r], rollouts.finished[r], problems[r // g].answer)
-        for r in range(n * g)], dtype=torch.float32).view(n, g, len(OBJECTIVES))
+        score(rollouts.texts[r], rollouts.finished[r], problems[r // g].answer,
+              config.objectives, config.max_new_tokens)
+        for r in range(n * g)], dtype=torch.float32).view(n, g, len(config.objectives))
     scalar = batch.scalarize(rewards)  # reward_scale * sum_k w_k u_k, [n, g]
     advantages = group_advantages(scalar)
     loss_weights = (torch.tensor(batch.loss_weights, dtype=torch.float32,
@@ -370,7 +376,7 @@ def grpo_step(model: LanguageModel, optimizer: torch.optim.Optimizer,
     if config.grad_every and step % config.grad_every == 0:
         grad_products, products = objective_gram(model, rollouts, rewards, batch, config)
     elif config.grad_every:  # the same columns on every step (the CSV header is fixed)
-        products = {key: math.nan for key in _gram_columns()}
+        products = {key: math.nan for key in _gram_columns(config.objectives)}
         products["grad_products_computed"] = 0.0
     with torch.no_grad():
         old_logp = completion_logprobs(model, rollouts, config.temperature)
@@ -397,7 +403,8 @@ def grpo_step(model: LanguageModel, optimizer: torch.optim.Optimizer,
         "loss": float(parts.loss.detach()), "grad_norm": grad_norm, "nll": nll,
         "clip_fraction": parts.clip_fraction, "kl": parts.kl,
         "reward": float(scalar.mean()),
-        **{f"reward_{o}": float(rewards[..., k].mean()) for k, o in enumerate(OBJECTIVES)},
+        **{f"reward_{o}": float(rewards[..., k].mean())
+           for k, o in enumerate(config.objectives)},
         "zero_variance_fraction": float((scalar.std(-1) == 0).float().mean()),
         "mean_length": float(np.mean(rollouts.lengths)),
         "reward_scale": batch.reward_scale,
@@ -429,21 +436,23 @@ def objective_gram(model: LanguageModel, rollouts: Any, rewards: torch.Tensor,
     real = gram(gradients)
     agreement = compare(real, proxy_gram(advantages))
     record: Record = {"grad_products_computed": 1.0, **agreement.to_record()}
-    pairs = [(i, j) for i in range(len(OBJECTIVES)) for j in range(i, len(OBJECTIVES))]
-    for key, (i, j) in zip(_gram_columns()[4:], pairs, strict=True):
+    k = len(config.objectives)
+    pairs = [(i, j) for i in range(k) for j in range(i, k)]
+    for key, (i, j) in zip(_gram_columns(config.objectives)[4:], pairs, strict=True):
         record[key] = float(real[i, j])
     return real, record
 
 
-def _gram_columns() -> list[str]:
+def _gram_columns(objectives: tuple[str, ...]) -> list[str]:
     """The metrics columns of `objective_gram` (after `grad_products_computed`)."""
     return ["proxy_gram_cosine", "proxy_gram_correlation", "proxy_move_cosine",
             "proxy_conflict_agrees",
-            *[f"gram_{a}_{b}" for i, a in enumerate(OBJECTIVES) for b in OBJECTIVES[i:]]]
+            *[f"gram_{a}_{b}" for i, a in enumerate(objectives) for b in objectives[i:]]]
 
 
 def _eval_columns(names: list[str], evaluation: Evaluation | None,
-                  points: list[list[float]]) -> Record:
+                  points: list[list[float]],
+                  objectives: tuple[str, ...] = OBJECTIVES) -> Record:
     """Evaluation columns (NaN on steps without an evaluation) and the hypervolume of
     the evaluation points so far against the first one — the same quantity for every
     run, whichever weighting it uses."""
@@ -452,7 +461,7 @@ def _eval_columns(names: list[str], evaluation: Evaluation | None,
         record[f"eval_{name}"] = evaluation.accuracy[name] if evaluation else math.nan
     record["eval_mean"] = (float(np.mean(list(evaluation.accuracy.values())))
                            if evaluation else math.nan)
-    for k, objective in enumerate(OBJECTIVES):
+    for k, objective in enumerate(objectives):
         record[f"eval_{objective}"] = evaluation.objectives[k] if evaluation else math.nan
     record["hypervolume"] = hypervolume(points, points[0]) if points else math.nan
     return record

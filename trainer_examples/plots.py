@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
 from trainer_examples.metrics import Record, column, read_metrics
-from trainer_examples.tasks import OBJECTIVES
+from trainer_examples.tasks import ALL_OBJECTIVES, OBJECTIVES
 
 DPI = 80  # modest files: they are committed to docs/
 
@@ -76,7 +76,8 @@ def plot_run(out: Path) -> list[Path]:
     _save(fig, paths[-1])
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for objective in OBJECTIVES:
+    objectives = [o for o in ALL_OBJECTIVES if steps and f"w_{o}" in steps[0]] or OBJECTIVES
+    for objective in objectives:
         ax.plot(*_series(steps, f"w_{objective}"), label=f"w[{objective}]")
     ax.plot(*_series(steps, "reward_scale"), ls="--", color="gray", label="reward scale")
     _finish(ax, f"reward weights served — {title}", "weight")
@@ -98,7 +99,7 @@ def plot_run(out: Path) -> list[Path]:
                  label="zero-variance groups")
     _finish(axes[0], "policy sharpness and wasted groups", "per token / fraction")
     axes[1].plot(*_series(steps, "reward"), lw=0.8, label="scalarised reward")
-    for objective in OBJECTIVES:
+    for objective in objectives:
         axes[1].plot(*_series(steps, f"reward_{objective}"), lw=0.8, label=objective)
     _finish(axes[1], "rollout rewards (training batches)", "mean")
     paths.append(out / "training.png")

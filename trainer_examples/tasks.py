@@ -28,10 +28,14 @@ is meaningful without sign conventions):
   formats put the digits at the same positions (a wrapping `(7)` slowed the warm
   start's arithmetic several-fold).
 
-Why not a length objective: with "1 − tokens / max_new_tokens" the policy found that an
-immediate EOS maximises it whenever correctness gives no signal (a batch dominated by the
-hard `add3`), and arithmetic accuracy collapsed to 0 within 60 steps; see
-docs/example_trainer.md.
+Why no length objective by default: with "1 − tokens / max_new_tokens" the policy found
+that an immediate EOS maximises it whenever correctness gives no signal (a batch dominated
+by the hard `add3`), and arithmetic accuracy collapsed to 0 within 60 steps; see
+docs/example_trainer.md. That is exactly a trade-off a reward weighting has to manage, so
+it is available as an opt-in third objective (`--objectives correct,format,brevity`):
+- `brevity`: 1 − characters / max_new_tokens of a finished completion (0 without EOS),
+  in [0, 1] and maximised. An immediate EOS earns 1 here and nothing elsewhere — the
+  "say nothing" hack — while the best completion (`7.`) still earns most of it.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OBJECTIVES: tuple[str, ...] = ("correct", "format")
+OBJECTIVES: tuple[str, ...] = ("correct", "format")  # the default task's objectives
+ALL_OBJECTIVES: tuple[str, ...] = ("correct", "format", "brevity")
 FORMAT_RATE = 0.25  # share of warm-start targets written in the requested format
 MARK = "."  # the closing mark the format objective asks for
 
@@ -175,14 +180,29 @@ class TaskSet:
 _WELL_FORMED = {True: re.compile(r"[0-9]{1,3}"), False: re.compile(r"[TF]")}
 
 
-def score(completion: str, finished: bool, answer: str) -> tuple[float, float]:
-    """The reward vector (correct, format) of one completion: `completion` is the decoded
-    text before EOS, `finished` whether EOS was produced."""
+def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
+    """The objectives of a run: `correct` first, then any of the others, each once."""
+    chosen = tuple(objectives)
+    unknown = [o for o in chosen if o not in ALL_OBJECTIVES]
+    if unknown or not chosen or chosen[0] != "correct" or len(set(chosen)) != len(chosen):
+        raise ValueError(f"objectives must start with 'correct' and name each of "
+                         f"{list(ALL_OBJECTIVES)} at most once, got {list(chosen)}")
+    return chosen
+
+
+def score(completion: str, finished: bool, answer: str,
+          objectives: Sequence[str] = OBJECTIVES,
+          max_length: int = 6) -> tuple[float, ...]:
+    """The reward vector of one completion over `objectives` (default (correct, format)):
+    `completion` is the decoded text before EOS, `finished` whether EOS was produced,
+    `max_length` the generation budget `brevity` is measured against."""
     if not finished:
-        return 0.0, 0.0
+        return tuple(0.0 for _ in objectives)
     text = completion.strip()
     closed = text.endswith(MARK)
     inner = text[: -len(MARK)] if closed else text
-    correct = 1.0 if inner == answer else 0.0
     well_formed = closed and _WELL_FORMED[answer.isdigit()].fullmatch(inner) is not None
-    return correct, 1.0 if well_formed else 0.0
+    values = {"correct": 1.0 if inner == answer else 0.0,
+              "format": 1.0 if well_formed else 0.0,
+              "brevity": max(0.0, 1.0 - len(text) / max_length)}
+    return tuple(values[o] for o in objectives)

@@ -174,3 +174,24 @@ def test_hypervolume_of_a_two_point_front() -> None:
     assert hypervolume([[0.5, 0.2], [0.2, 0.6]], [0.0, 0.0]) == pytest.approx(0.18)
     assert hypervolume([[0.1, 0.1]], [0.2, 0.0]) == 0.0
     assert hypervolume([[1, 1, 1], [2, 0.5, 0.5]], [0, 0, 0]) == pytest.approx(1.25)
+
+
+def test_brevity_objective_and_objective_choice() -> None:
+    """The opt-in third objective: the closed answer keeps most of it, an immediate EOS
+    (the "say nothing" hack) gets all of it and nothing else, no EOS gets nothing."""
+    from trainer_examples.loop import Config
+
+    three = ("correct", "format", "brevity")
+    assert score("7.", True, "7", three, 6) == pytest.approx((1.0, 1.0, 1 - 2 / 6))
+    assert score("7", True, "7", three, 6) == pytest.approx((1.0, 0.0, 1 - 1 / 6))
+    assert score("", True, "7", three, 6) == (0.0, 0.0, 1.0)
+    assert score("7.", False, "7", three, 6) == (0.0, 0.0, 0.0)
+    assert score("123456789", True, "7", three, 6) == (0.0, 0.0, 0.0)  # clipped at 0
+    assert score("7.", True, "7", ("correct", "brevity"), 4) == (1.0, 0.5)
+    assert Config(objectives=three, preference=(0.6, 0.2, 0.2)).objectives == three
+    with pytest.raises(ValueError, match="one preference weight per objective"):
+        Config(objectives=three)  # the default preference has two weights
+    with pytest.raises(ValueError, match="must start with 'correct'"):
+        Config(objectives=("format", "correct"))
+    with pytest.raises(ValueError, match="must start with 'correct'"):
+        Config(objectives=("correct", "length"))
