@@ -230,3 +230,26 @@ def test_sampler_state_of_another_run_or_curriculum_is_refused(tmp_path: Path) -
         with recreated.start_run(run_id="a", heartbeat_interval=None) as run, \
                 pytest.raises(ValueError, match="recreated"):
             PacelineSampler(run, batch_size=4, num_samples=SAMPLES).load_state_dict(saved)
+
+
+def test_redone_steps_with_other_rollouts_keep_their_first_reports(tmp_path: Path) -> None:
+    """A real resume regenerates: steps 3-5 come back with other rewards. Their reports
+    are refused (Step.report gives None, logged) and the state is the uninterrupted run's."""
+    with paceline.Client.embedded(tmp_path / "straight.db") as client:
+        cur = curriculum(client, "dump_ucb")
+        with cur.start_run(run_id="loop", heartbeat_interval=None) as run:
+            loop(run, 0, 8)
+        straight = cur.state()
+    with paceline.Client.embedded(tmp_path / "resumed.db") as client:
+        cur = curriculum(client, "dump_ucb")
+        with cur.start_run(run_id="loop", heartbeat_interval=None) as run:
+            loop(run, 0, 6)
+        answers = []
+        with cur.start_run(run_id="loop", heartbeat_interval=None) as run:
+            for step in train_steps(run, num_steps=5, start_step=3):
+                R = prompt_rewards(step.batch.indices)
+                if step.step <= 5:
+                    R = 1.0 - R  # regenerated rollouts
+                answers.append(step.report(R, step.advantages(R)))
+        assert answers[:3] == [None, None, None] and all(a is not None for a in answers[3:])
+        assert cur.state() == straight

@@ -36,6 +36,11 @@ def step_key(run_id: str, step: int, part: int = 0) -> str:
 
 _log = logging.getLogger(__name__)
 
+#: How the service refuses a step reported before with other rollouts (a trainer resumed
+#: from an earlier checkpoint redid it): REPORT_CONFLICT, or IDEMPOTENCY_CONFLICT when the
+#: report carries the step's own key (`step_key`), which the first report used.
+REDONE = ("REPORT_CONFLICT", "IDEMPOTENCY_CONFLICT")
+
 #: Steps kept after they were served and not reported (a trainer that reports on its own
 #: never pops them); far more than any loader prefetches.
 DEFAULT_WINDOW = 64
@@ -174,7 +179,7 @@ class BatchLedger:
                                    grad_products=record.scratch.get(GRAD_PRODUCTS),
                                    idempotency_key=step_key(self.run.run_id, record.step))
         except Conflict as exc:
-            if exc.code != "REPORT_CONFLICT":
+            if exc.code not in REDONE:
                 raise
             # A resumed trainer redoing a step it reported before its checkpoint was
             # restored: the curriculum counted the first rollouts; these are not counted.

@@ -22,6 +22,7 @@ does not.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -31,9 +32,12 @@ import torch
 from torch.utils.data import Sampler
 
 from paceline.client import Run
-from paceline.integrations._ledger import BatchLedger, step_key
+from paceline.errors import Conflict
+from paceline.integrations._ledger import REDONE, BatchLedger, step_key
 from paceline.integrations._steps import StepStream
 from paceline.models import Batch, ReportAck
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "DynamicStep",
@@ -191,15 +195,25 @@ class Step:
     def weighted_loss(self, per_sample: torch.Tensor) -> torch.Tensor:
         return weighted_loss(per_sample, self.batch)
 
-    def report(self, rewards: Any, advantages: Any = None, **extra: Any) -> ReportAck:
+    def report(self, rewards: Any, advantages: Any = None, **extra: Any) -> ReportAck | None:
         """Report rewards `[n, g, k]` (and the advantages trained on) for this step; `extra`
         passes `grad_products` / `eval_objectives` through. The ack brings the next
-        step's batch along (one round trip per step)."""
-        ack = self.run.report(self.step, indices=self.batch.indices, rewards=rewards,
-                              advantages=advantages, next_step=self.next_step,
-                              next_size=self.next_size if self.next_step is not None
-                              else None, idempotency_key=step_key(self.run.run_id, self.step),
-                              **extra)
+        step's batch along (one round trip per step). None when the step was reported
+        before with other rollouts (a loop resumed from an earlier checkpoint redid it):
+        the first report stands, and the next step's batch is asked for on its own."""
+        try:
+            ack = self.run.report(
+                self.step, indices=self.batch.indices, rewards=rewards,
+                advantages=advantages, next_step=self.next_step,
+                next_size=self.next_size if self.next_step is not None else None,
+                idempotency_key=step_key(self.run.run_id, self.step), **extra)
+        except Conflict as exc:
+            if exc.code not in REDONE:
+                raise
+            _log.warning("paceline: step %d of run %r was reported before (the loop resumed "
+                         "from an earlier checkpoint); the first report stands", self.step,
+                         self.run.run_id)
+            return None
         if ack.batch is not None:
             self._next[:] = [ack.batch]
         return ack
