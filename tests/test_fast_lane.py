@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from fast_lane import TESTS, is_slow
+from fast_lane import TESTS, is_slow, path_is_slow
 
 
 def item(path: str, name: str = "test_x", **params: Any) -> Any:
@@ -33,3 +33,12 @@ def test_processes_trainers_benchmarks_and_postgresql_twins_are_slow() -> None:
 
 def test_files_outside_the_tests_folder_are_left_alone() -> None:
     assert not is_slow(item(str(Path("/") / "elsewhere" / "test_x.py")))
+
+
+def test_folders_and_files_of_slow_tests_are_not_collected() -> None:
+    assert path_is_slow(TESTS / "integrations")
+    assert path_is_slow(TESTS / "grpc" / "test_grpc_server.py")
+    assert path_is_slow(TESTS / "test_docs.py")
+    assert not path_is_slow(TESTS / "api")
+    assert not path_is_slow(TESTS / "test_sumtree.py")  # one slow test among fast ones
+    assert not path_is_slow(TESTS)
