@@ -590,3 +590,27 @@ def test_pawa_eval_only_waits_for_points() -> None:
     assert weighting_state(engine).cur_count == 0
     with pytest.raises(InvalidParams):
         CurriculumEngine(two_objective_spec(gains="validation"))
+
+
+@pytest.mark.parametrize("skipping", [False, True])
+def test_spent_indices_are_passed_over_by_default(skipping: bool) -> None:
+    """Distribution mode: an index whose visits gave no spread (u ≤ u0 · decay) is passed
+    over for an unseen or useful one (`pass_spent`, default on), alone or together with
+    the curriculum's zero-variance skipping; off, draws stay uniform inside."""
+    extra: dict[str, Any] = {"zero_variance": True} if skipping else {}
+    on = spec((40,), sampler=sampler(), batch_size=8, **extra)
+    off = spec((40,), sampler=sampler(pass_spent=False), batch_size=8, **extra)
+    spent = np.arange(20)
+    shares = []
+    for cur in (on, off):
+        e = CurriculumEngine(cur)
+        e.apply(report(cur, spent, np.ones((20, 4))))  # all-equal groups: no spread
+        assert sampler_state(e).utility[:20].max() <= 0.5
+        batches = [e.next_batch("r", s).indices for s in range(1, 30)]
+        assert all(np.unique(b).size == 8 for b in batches)
+        shares.append(np.mean([(b < 20).mean() for b in batches]))
+    # On: a pool of 3 candidates per slot, spent ones replaced twice (about 1/8 left);
+    # off: half the distribution, drawn uniformly.
+    assert shares[0] < 0.25
+    if not skipping:  # with skipping the curriculum's predictor passes them over too
+        assert shares[1] > 0.35

@@ -367,23 +367,37 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
             excluded = np.concatenate([excluded, fresh])
             have += np.bincount(fresh_owner, minlength=num)
         batch = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
-        if (have < slots).any():
-            parts = [batch]
-            rejected_owner = np.searchsorted(offsets, rejected, side="right") - 1
-            for d in np.flatnonzero(have < slots):
-                short = int(slots[d] - have[d])
-                back = rejected[rejected_owner == d][:short]
-                skipped -= int(back.size)
-                short -= int(back.size)
-                n_d, start = int(self.layout.sizes[d]), int(offsets[d])
-                taken = np.concatenate([batch[(batch >= start) & (batch < start + n_d)],
-                                        back]) - start
-                if short + taken.size > n_d:  # smaller than its slots: with replacement
-                    extra = rng.integers(0, n_d, size=short)
-                else:
-                    extra = uniform_excluding(n_d, short, taken, rng)
-                parts += [back, start + extra]
-            batch = np.concatenate(parts)
+        if not (have < slots).any():
+            return batch.astype(np.int64), skipped
+        parts = [batch]
+        rejected_owner = np.searchsorted(offsets, rejected, side="right") - 1
+        for d in np.flatnonzero(have < slots):
+            short = int(slots[d] - have[d])
+            n_d, start = int(self.layout.sizes[d]), int(offsets[d])
+            taken = batch[(batch >= start) & (batch < start + n_d)] - start
+            refused = rejected[rejected_owner == d] - start
+            # Uniform candidates never drawn, screened while rejection rounds remain;
+            # then the rejected ones back; with replacement only when d is too small.
+            free = n_d - taken.size - refused.size
+            if free > 0:
+                cand = uniform_excluding(n_d, min(2 * short, free),
+                                         np.concatenate([taken, refused]), rng)
+                ok = np.ones(cand.size, dtype=bool)
+                if accept is not None and rejection_rounds < max_redraws:
+                    ok = np.asarray(accept(start + cand), dtype=bool)
+                    skipped += int((~ok).sum())
+                    refused = np.concatenate([refused, cand[~ok]])
+                fill = cand[ok][:short]
+                parts.append(start + fill)
+                taken = np.concatenate([taken, fill])
+                short -= int(fill.size)
+            back = refused[:short]
+            skipped -= int(back.size)
+            short -= int(back.size)
+            parts.append(start + back)
+            if short > 0:  # smaller than its slots: with replacement
+                parts.append(start + rng.integers(0, n_d, size=short))
+        batch = np.concatenate(parts)
         return batch.astype(np.int64), skipped
 
     def describe(self, state: PrioritizedState) -> dict[str, Any]:

@@ -119,6 +119,7 @@ from paceline_server.strategies.sumtree import (
 
 MAX_WINDOW = 4096  # bounds the [D, window] rings
 MIN_UTILITY = 1e-6  # per-sample leaves stay positive (ours)
+SPENT_REDRAWS = 2  # rounds of passing over spent indices (distribution mode)
 MAX_POOL_FACTOR = 64  # per-sample candidate pool is at most this many times the batch
 POOL_MARGIN = 1.25  # per-sample pool over its expected need
 
@@ -143,6 +144,7 @@ class SpardSamplerParams(DistributionParams):
     window: int = 64
     per_sample: bool = False
     loss_weights: bool = False
+    pass_spent: bool = True
 
     def __post_init__(self) -> None:
         require(self.tau > 0.0, f"tau must be positive; got {self.tau!r}", "tau")
@@ -370,13 +372,31 @@ class SpardSampler(DistributionSampler[SpardSamplerState, SpardSamplerParams]):
     def propose(self, state: SpardSamplerState, size: int, rng: np.random.Generator,
                 ctx: ProposeContext) -> Proposal:
         if state.tree is None:
-            proposal = super().propose(state, size, rng, ctx)
+            proposal = super().propose(state, size, rng, self._spent_context(state, ctx))
         else:
             proposal = self._propose_per_sample(state, state.tree, size, rng, ctx)
         if not self.params.loss_weights:
             return proposal
         return dataclasses.replace(
             proposal, loss_weights=self.batch_loss_weights(state, proposal.indices))
+
+    def _spent_context(self, state: SpardSamplerState, ctx: ProposeContext) -> ProposeContext:
+        """With `pass_spent` (distribution mode): also pass over indices whose utility
+        says every visit so far gave no spread (u_x ≤ u0 · decay: at most the blend of u0
+        with one zero observation), at least SPENT_REDRAWS rounds, together with the
+        curriculum's zero-variance predicate when skipping is on."""
+        if not self.params.pass_spent:
+            return ctx
+        cutoff = np.float32(self.params.initial_utility * self.params.utility_decay)
+        utility = state.utility
+        outer = ctx.accept
+
+        def accept(indices: np.ndarray) -> np.ndarray:
+            fresh = utility[indices] > cutoff * np.float32(1.0 + 1e-6)
+            return fresh if outer is None else fresh & np.asarray(outer(indices), dtype=bool)
+
+        return dataclasses.replace(ctx, accept=accept,
+                                   max_redraws=max(ctx.max_redraws, SPENT_REDRAWS))
 
     def _propose_per_sample(self, state: SpardSamplerState, tree: SumTreeState, size: int,
                             rng: np.random.Generator, ctx: ProposeContext) -> Proposal:
