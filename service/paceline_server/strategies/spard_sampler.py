@@ -78,6 +78,17 @@ first) so it always has its full size. Predicted zero-variance indices (`ctx.acc
 are passed over the same way, the pool holding (1 + `ctx.max_redraws`) candidates per
 slot, and are reported as skipped. With nothing to pass over, the pool is the batch.
 
+Spent indices (`pass_spent`, default on; **ours**). In distribution mode an index is
+drawn uniformly inside its distribution, and u_x, kept for every index anyway, would
+otherwise only feed U_d. With `pass_spent` an index whose visits so far gave no spread
+(u_x ≤ u0 · decay, the blend of u0 with one zero observation) is passed over for another
+candidate of the same distribution, at least `SPENT_REDRAWS` rounds (as the
+curriculum's zero-variance skipping does, and together with it when that is on; the
+batch keeps its size). Why: on the learner suite's tight-budget learner (each prompt
+seen about twice, a third solved and a fifth hopeless) spard reached the target in 1 of
+3 seeds; a revisit of a spent prompt is a wasted group. With it, 3 of 3 and fewer
+rollouts on every suite learner (docs/benchmarks.md, "Learner suite").
+
 Loss weights (`loss_weights: true`). u_x of the batch divided by the batch mean, so the
 mean is 1: the data importance applied as a weight. With `per_sample` the importance is
 then counted twice (sampled ∝ u and weighted by u); this is allowed but rarely wanted.
