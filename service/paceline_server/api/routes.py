@@ -321,7 +321,6 @@ def state_out(name: str, view: CurriculumInspection) -> schemas.StateOut:
             flags=list(e.flags)) for e in view.explanations])
 
 
-
 @router.get("/curricula/{name}/state", response_model=schemas.StateOut)
 def get_state(name: NamePath, service: Service, _: ReadScope) -> schemas.StateOut:
     return state_out(name, service.state(name))

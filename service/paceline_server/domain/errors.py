@@ -179,13 +179,6 @@ class InvalidDownsampling(InvalidRequest):
     code = "INVALID_DOWNSAMPLING"
 
 
-class StateTooLarge(InvalidSpec):
-    """The curriculum's estimated in-memory state is over the service's memory budget
-    (`PACELINE_MAX_STATE_BYTES`); `details.estimate_bytes` says how much it would need."""
-
-    code = "STATE_TOO_LARGE"
-
-
 class StepAlreadyReported(Conflict):
     """A refill (dynamic sampling) for a (run, step) that was already reported: the step
     is over, so more prompts for it could never be reported."""
@@ -204,3 +197,10 @@ class RefillTooLarge(InvalidRequest):
     """A refill asking for more prompts than the dataset has left unserved in the step."""
 
     code = "REFILL_TOO_LARGE"
+
+
+class StateTooLarge(InvalidSpec):
+    """The curriculum's estimated in-memory state is over the service's memory budget
+    (`PACELINE_MAX_STATE_BYTES`); `details.estimate_bytes` says how much it would need."""
+
+    code = "STATE_TOO_LARGE"

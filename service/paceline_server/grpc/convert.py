@@ -172,23 +172,6 @@ def history(view: CurriculumHistory) -> pb.History:
         reward_scale=view.reward_scale.tolist(), hypervolume=view.hypervolume.tolist())
 
 
-# ------------------------------------------------------------------ reports
-def array(message: pb.Array, field: str) -> np.ndarray:
-    """A packed array as numpy (a buffer copy, not a per-value loop), checked against
-    its shape."""
-    if message.f64 and message.f32:
-        raise InvalidReport(f"{field}: give the values in f64 or f32, not both",
-                            {"field": field})
-    values = np.array(message.f32, dtype=np.float32) if message.f32 \
-        else np.array(message.f64, dtype=np.float64)
-    if not message.shape:
-        return values
-    shape = check_shape(list(message.shape), field, InvalidReport)
-    if math.prod(shape) != values.size:
-        raise InvalidReport(f"{field}: {values.size} values do not fit shape {shape}",
-                            {"field": field, "shape": shape})
-    return values.reshape(shape)
-
 def _strategy(info: StrategyInfo) -> pb.Strategy:
     return pb.Strategy(
         name=info.name, origin=info.origin, is_default=info.is_default,
@@ -206,6 +189,23 @@ def strategies(catalog: StrategyCatalog) -> pb.ListStrategiesResponse:
         default_sampler_json=dump_json(catalog.default_sampler),
         default_weighting_json=dump_json(catalog.default_weighting))
 
+
+# ------------------------------------------------------------------ reports
+def array(message: pb.Array, field: str) -> np.ndarray:
+    """A packed array as numpy (a buffer copy, not a per-value loop), checked against
+    its shape."""
+    if message.f64 and message.f32:
+        raise InvalidReport(f"{field}: give the values in f64 or f32, not both",
+                            {"field": field})
+    values = np.array(message.f32, dtype=np.float32) if message.f32 \
+        else np.array(message.f64, dtype=np.float64)
+    if not message.shape:
+        return values
+    shape = check_shape(list(message.shape), field, InvalidReport)
+    if math.prod(shape) != values.size:
+        raise InvalidReport(f"{field}: {values.size} values do not fit shape {shape}",
+                            {"field": field, "shape": shape})
+    return values.reshape(shape)
 
 
 def report_body(request: pb.ReportRequest) -> Mapping[str, Any]:

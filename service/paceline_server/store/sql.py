@@ -855,6 +855,7 @@ class _SqlWriter(CurriculumWriter):
                 self._store._sql_set_head.execute(
                     self._conn, {"cid": self._cid, "new_head": self._head})
 
+
 class _SqlImporter(_SqlWriter, CurriculumImporter):
     """The handle yielded by `SqlStore.importer`: a writer that also attaches runs."""
 
