@@ -54,6 +54,8 @@ class Rollouts:
     group_ids: list[int]
     rewards: list[list[float]]  # [m, k], k in objective order
     advantages: list[float] | None = None
+    #: Sample indices of groups generated but not trained on (dynamic sampling).
+    dropped: list[int] | None = None
 
     def without_unscored(self) -> Rollouts:
         """Drop rollouts with a NaN reward (a reward function that returned None): the
@@ -62,10 +64,15 @@ class Rollouts:
         if len(keep) == len(self.rewards):
             return self
         advantages = self.advantages
-        return Rollouts(indices=[self.indices[i] for i in keep],
+        indices = [self.indices[i] for i in keep]
+        present = set(indices)
+        dropped = None if self.dropped is None else [i for i in self.dropped
+                                                     if i in present]
+        return Rollouts(indices=indices,
                         group_ids=[self.group_ids[i] for i in keep],
                         rewards=[self.rewards[i] for i in keep],
-                        advantages=None if advantages is None else [advantages[i] for i in keep])
+                        advantages=None if advantages is None else [advantages[i] for i in keep],
+                        dropped=dropped)
 
 
 @dataclass
@@ -77,10 +84,12 @@ class StepRecord:
     rollouts: Rollouts | None = None
     scratch: dict[str, object] = field(default_factory=dict)  # integration-private state
 
-    def check_indices(self, indices: Sequence[int], where: str) -> None:
-        """Fail loudly when rows do not come from this step's batch: the dataset is not
-        in Paceline's index order, or the index column is not the global index."""
-        served = set(self.batch.indices)
+    def check_indices(self, indices: Sequence[int], where: str,
+                      also: Sequence[int] = ()) -> None:
+        """Fail loudly when rows do not come from this step's batch (or `also`: the
+        step's refill parts): the dataset is not in Paceline's index order, or the index
+        column is not the global index."""
+        served = set(self.batch.indices) | {int(i) for i in also}
         stray = sorted({int(i) for i in indices} - served)
         if stray:
             raise ValueError(
@@ -177,6 +186,7 @@ class BatchLedger:
                                    rewards=rollouts.rewards, advantages=rollouts.advantages,
                                    group_ids=rollouts.group_ids,
                                    grad_products=record.scratch.get(GRAD_PRODUCTS),
+                                   dropped=rollouts.dropped,
                                    idempotency_key=step_key(self.run.run_id, record.step))
         except Conflict as exc:
             if exc.code not in REDONE:

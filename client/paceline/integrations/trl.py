@@ -50,9 +50,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl import GRPOTrainer
 
 from paceline.client import Run
+from paceline.errors import Conflict
 from paceline.integrations._ledger import BatchLedger, Rollouts, StepRecord
 from paceline.integrations._resume import Fingerprint, check_dataset_size
-from paceline.integrations.torch import PacelineSampler
+from paceline.integrations.torch import PacelineSampler, all_equal_groups
+from paceline.models import Batch, ReportAck
 
 __all__ = [
     "INDEX_COLUMN",
@@ -69,6 +71,13 @@ RewardFunc = Callable[..., Sequence[float | None]]
 
 #: Where the reward function leaves a step's rows for the trainer (StepRecord.scratch).
 LOCAL = "paceline.trl.local"
+#: The sample indices of a step's refill parts so far (dynamic sampling; StepRecord.scratch).
+REFILLS = "paceline.trl.refills"
+#: What TRL's generation output may hold for dynamic sampling to merge parts: the rest
+#: (vision inputs, tool masks, vLLM importance ratios) is refused rather than mis-merged.
+MERGEABLE = frozenset({"prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
+                       "advantages", "num_items_in_batch", "old_per_token_logps",
+                       "ref_per_token_logps", "sampling_per_token_logps"})
 #: The file in each checkpoint that says which curriculum and run it belongs to.
 CHECKPOINT_FILE = "paceline.json"
 
@@ -129,7 +138,9 @@ class ScalarizedReward:
             batch = self.ledger.weights()
             return [batch.scalarize(row) for row in rows]
         record = self.ledger.next_unscored(without=LOCAL)
-        record.check_indices(indices, "the paceline reward function")
+        refills = record.scratch.get(REFILLS, [])
+        assert isinstance(refills, list)
+        record.check_indices(indices, "the paceline reward function", also=refills)
         record.scratch[LOCAL] = LocalRows([int(i) for i in indices], rows)
         return [record.batch.scalarize(row) for row in rows]
 
@@ -144,10 +155,12 @@ class PacelineCallback(TrainerCallback):  # type: ignore[misc]
 
     def __init__(self, ledger: BatchLedger) -> None:
         self.ledger = ledger
+        #: The acknowledgements of the reports sent, oldest first.
+        self.acks: list[ReportAck] = []
 
     def _flush(self, state: TrainerState) -> None:
         if state.is_world_process_zero:
-            self.ledger.report_scored()
+            self.acks.extend(self.ledger.report_scored())
         else:
             self.ledger.pop_scored()
 
@@ -184,11 +197,19 @@ class PacelineGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
     Paceline step the checkpoint stopped at: the steps the Trainer fast-forwards over are
     not scored again, and a step redone after the checkpoint keeps the report the service
     already has (the first one stands). The checkpoint's `paceline.json` must name this
-    curriculum, spec and run, or training refuses to start."""
+    curriculum, spec and run, or training refuses to start.
+
+    `dynamic_sampling=True` is DAPO's dynamic sampling inside each generation round: the
+    groups whose scalarised rewards all agree are dropped, and Paceline is asked for
+    refill parts (`Run.refill`) whose prompts are generated and scored in the same round,
+    until the round holds as many kept groups as it was served prompts or
+    `max_refill_parts` refills were asked for. The report names the dropped groups. Off
+    by default; one process only (see docs/integrations.md)."""
 
     def __init__(self, run: Run, *, reward_funcs: Mapping[str, RewardFunc],
                  train_dataset: Dataset, callbacks: list[TrainerCallback] | None = None,
-                 apply_loss_weights: bool = True, **kwargs: Any) -> None:
+                 apply_loss_weights: bool = True, dynamic_sampling: bool = False,
+                 max_refill_parts: int = 8, **kwargs: Any) -> None:
         args = kwargs.get("args")
         if args is not None and args.reward_weights not in (None, [1.0]):
             raise ValueError("Paceline serves the reward weights; leave "
@@ -197,10 +218,17 @@ class PacelineGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
         self.paceline = BatchLedger(run)
         self.paceline_reward = ScalarizedReward(reward_funcs, self.paceline)
         self.apply_loss_weights = apply_loss_weights
+        if max_refill_parts < 0:
+            raise ValueError(f"max_refill_parts must be >= 0; got {max_refill_parts}")
+        self.dynamic_sampling = dynamic_sampling
+        self.max_refill_parts = max_refill_parts
+        self.paceline_callback = PacelineCallback(self.paceline)
         super().__init__(reward_funcs=[self.paceline_reward],
                          train_dataset=with_sample_index(train_dataset),
-                         callbacks=[*(callbacks or []), PacelineCallback(self.paceline)],
-                         **kwargs)
+                         callbacks=[*(callbacks or []), self.paceline_callback], **kwargs)
+        if dynamic_sampling and self.accelerator.num_processes > 1:
+            raise ValueError("PacelineGRPOTrainer: dynamic_sampling runs on one process "
+                             f"only; this one has {self.accelerator.num_processes}")
         self._warn_batch_size()
 
     @property
@@ -276,6 +304,8 @@ class PacelineGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
                                         ) -> dict[str, Any]:
         output: dict[str, Any] = super()._generate_and_score_completions(inputs)
         if self.model.training:
+            if self.dynamic_sampling:
+                return self._dynamic_sampling(output)
             self._record_rollouts(output)
         return output
 
@@ -290,11 +320,7 @@ class PacelineGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
         rewards = [list(r) for r in gather_object(local.rewards)]
         all_advantages = self.accelerator.gather(advantages.detach()).tolist()
         group = self.num_generations
-        served = record.batch.indices
-        if len(indices) != len(served) * group or any(
-                index != served[pos // group] for pos, index in enumerate(indices)):
-            raise RuntimeError(f"step {record.step}: the generated rows do not follow the "
-                               "served batch's order; paceline needs its own sampler")
+        self._check_order(record.step, indices, record.batch)
         record.rollouts = Rollouts(indices=indices,
                                    group_ids=[pos // group for pos in range(len(indices))],
                                    rewards=rewards, advantages=all_advantages)
@@ -306,6 +332,124 @@ class PacelineGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
                                   for pos in range(len(local.indices))],
                                  dtype=advantages.dtype, device=advantages.device)
             output["advantages"] = advantages * scale
+
+    def _check_order(self, step: int, indices: list[int], batch: Batch) -> None:
+        group = self.num_generations
+        served = batch.indices
+        if len(indices) != len(served) * group or any(
+                index != served[pos // group] for pos, index in enumerate(indices)):
+            raise RuntimeError(f"step {step}: the generated rows do not follow the "
+                               "served batch's order; paceline needs its own sampler")
+
+    def _dynamic_sampling(self, output: dict[str, Any]) -> dict[str, Any]:
+        """DAPO dynamic sampling for one generation round (one process).
+
+        Part 0 is the served batch, already generated and scored in `output`. While fewer
+        groups than the batch had prompts are kept (not all rewards equal), ask Paceline
+        for refill part 1, 2, ... (over-provisioned by the keep rate so far, as
+        `dynamic_step` does), generate and score it with TRL's own code, and stop at
+        `max_refill_parts`. The round trains on the first `target` kept groups; when
+        fewer were kept, dropped groups fill the round up (their advantages are all 0,
+        so they add no policy gradient) to keep TRL's batch shape. Every group is in the
+        step's record; the ones not kept are named `dropped`."""
+        record = self._scored_record()
+        group = self.num_generations
+        batches = [record.batch]
+        outputs = [output]
+        rows = [self._take_local(record, record.batch)]
+        keep = [self._kept_groups(record.batch, rows[0])]
+        target = len(record.batch.indices)
+        left = self.paceline.run.curriculum.info.num_samples - target
+        refilled: list[int] = []
+        for part in range(1, self.max_refill_parts + 1):
+            kept = sum(sum(k) for k in keep)
+            if kept >= target or left <= 0:
+                break
+            generated = sum(len(b.indices) for b in batches)
+            ask = min(left, math.ceil((target - kept) / max(kept / generated, 0.1)))
+            try:
+                batch = self.paceline.run.refill(record.step, part, ask)
+            except Conflict as exc:  # a resumed trainer redoing a reported step
+                if exc.code != "STEP_ALREADY_REPORTED":
+                    raise
+                break
+            refilled.extend(batch.indices)
+            record.scratch[REFILLS] = refilled
+            inputs = [self.train_dataset[int(i)] for i in batch.indices for _ in range(group)]
+            outputs.append(super()._generate_and_score_completions(inputs))
+            batches.append(batch)
+            rows.append(self._take_local(record, batch))
+            keep.append(self._kept_groups(batch, rows[-1]))
+            left -= len(batch.indices)
+        record.scratch.pop(REFILLS, None)
+        kept_flat = [k for part_keep in keep for k in part_keep]
+        trained = [g for g, k in enumerate(kept_flat) if k][:target]
+        fill = [g for g, k in enumerate(kept_flat) if not k][:target - len(trained)]
+        chosen = sorted(trained + fill)
+        indices = [i for part_rows in rows for i in part_rows.indices]
+        trained_set = set(trained)
+        record.rollouts = Rollouts(
+            indices=indices, group_ids=[pos // group for pos in range(len(indices))],
+            rewards=[list(r) for part_rows in rows for r in part_rows.rewards],
+            advantages=[a for o in outputs for a in o["advantages"].detach().tolist()],
+            dropped=[indices[g * group] for g in range(len(kept_flat))
+                     if g not in trained_set])
+        self._log_objectives(record.rollouts.rewards)
+        metrics = self._metrics["train"]
+        metrics["paceline/groups_dropped"].append(float(len(kept_flat) - len(trained)))
+        metrics["paceline/refill_parts"].append(float(len(batches) - 1))
+        merged = self._merge(outputs, [r for g in chosen
+                                       for r in range(g * group, (g + 1) * group)])
+        weights = [w for b in batches
+                   for w in (b.loss_weights or [1.0] * len(b.indices))]
+        if self.apply_loss_weights and any(b.loss_weights is not None for b in batches):
+            advantages = merged["advantages"]
+            scale = torch.tensor([weights[g] for g in chosen for _ in range(group)],
+                                 dtype=advantages.dtype, device=advantages.device)
+            merged["advantages"] = advantages * scale
+        return merged
+
+    def _take_local(self, record: StepRecord, batch: Batch) -> LocalRows:
+        """The rows the reward function just scored for `batch` (a part of `record`)."""
+        if LOCAL not in record.scratch:
+            raise RuntimeError("the paceline reward function did not score this round; "
+                               "pass the objectives' functions as reward_funcs")
+        local = record.scratch.pop(LOCAL)
+        assert isinstance(local, LocalRows)
+        self._check_order(record.step, local.indices, batch)
+        return local
+
+    def _kept_groups(self, batch: Batch, local: LocalRows) -> list[bool]:
+        """Per group of `batch`: False when its scalarised rewards all agree (DAPO)."""
+        scalar = torch.tensor([batch.scalarize(row) for row in local.rewards],
+                              dtype=torch.float64).reshape(-1, self.num_generations)
+        return [not flat for flat in all_equal_groups(scalar).tolist()]
+
+    def _merge(self, outputs: list[dict[str, Any]], rows: list[int]) -> dict[str, Any]:
+        """TRL's generation outputs of several parts as one, keeping `rows` (positions in
+        the parts' concatenation): prompts re-padded on the left, completions and their
+        per-token values on the right, as TRL pads them."""
+        keys = set().union(*outputs)
+        unknown = sorted(keys - MERGEABLE)
+        if unknown:
+            raise RuntimeError(f"dynamic_sampling cannot merge TRL's {unknown} (vision "
+                               "inputs, tools or vLLM importance sampling)")
+        pad_id = self.processing_class.pad_token_id
+        merged: dict[str, Any] = {}
+        for key in keys - {"num_items_in_batch"}:
+            parts = [o[key] for o in outputs]
+            if parts[0].dim() == 1:
+                merged[key] = torch.cat(parts)[rows]
+                continue
+            width = max(p.shape[1] for p in parts)
+            value = pad_id if key in ("prompt_ids", "completion_ids") else 0
+            left = key.startswith("prompt")
+            padded = [torch.nn.functional.pad(
+                p, (width - p.shape[1], 0) if left else (0, width - p.shape[1]), value=value)
+                for p in parts]
+            merged[key] = torch.cat(padded)[rows]
+        merged["num_items_in_batch"] = merged["completion_mask"].sum()
+        return merged
 
     def _log_objectives(self, rewards: list[list[float]]) -> None:
         """Each objective's mean raw reward this round, logged as
