@@ -32,7 +32,6 @@ imports verl, omegaconf and torch; `import paceline` does not.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping, Sized
 from typing import Any
 
@@ -49,8 +48,9 @@ except ImportError:  # verl 0.8+: a plain sampler, given to RayPPOTrainer as tra
 from paceline.client import Client, Curriculum
 from paceline.integrations._ledger import BatchLedger, Rollouts
 from paceline.integrations._resume import check_dataset_size
+from paceline.integrations._served import ServedWeights
 from paceline.integrations._steps import StepStream
-from paceline.models import Batch, weights_view
+from paceline.models import Batch
 
 __all__ = ["PacelineCurriculumSampler", "ServedWeights", "sequence_advantages"]
 
@@ -176,47 +176,3 @@ def sequence_advantages(batch: DataProto) -> np.ndarray:
         total = (advantages * mask).sum(dim=-1)
         return (total / mask.sum(dim=-1).clamp(min=1)).cpu().numpy()
     return advantages.mean(dim=-1).cpu().numpy()
-
-
-class ServedWeights:
-    """The curriculum's current reward weights, for reward functions that run in another
-    process than the sampler (verl's reward workers): fetched from the service and cached
-    for `ttl` seconds. They are the weights the sampler's batch was served with unless
-    another run reported in between.
-
-    ```python
-    weights = ServedWeights.connect("math")          # once per worker process
-    def compute_score(data_source, solution_str, ground_truth, extra_info=None):
-        return weights.score({"correctness": ..., "length": ...})
-    ```
-    """
-
-    def __init__(self, curriculum: Curriculum, ttl: float = 10.0) -> None:
-        self.curriculum = curriculum
-        self.ttl = ttl
-        self._fetched = -float("inf")
-        self._weights: dict[str, float] = {}
-        self._scale = 1.0
-
-    @classmethod
-    def connect(cls, curriculum: str, url: str | None = None, token: str | None = None,
-                ttl: float = 10.0) -> ServedWeights:
-        return cls(Client(url, token=token).curriculum(curriculum), ttl)
-
-    def get(self) -> tuple[dict[str, float], float]:
-        """(weights by objective, reward scale), at most `ttl` seconds old."""
-        now = time.monotonic()
-        if now - self._fetched >= self.ttl:
-            state = self.curriculum.state()
-            self._weights, self._scale = dict(state.reward_weights), state.reward_scale
-            self._fetched = now
-        return self._weights, self._scale
-
-    def score(self, rewards: Mapping[str, float]) -> dict[str, float]:
-        """verl's reward-result dict: `score` = reward_scale * Σ_k w_k u_k (u_k: objective
-        k by its bounds and direction, as `Batch.scalarize`), plus each objective's raw
-        reward under its own name (verl passes those to `update`)."""
-        weights, scale = self.get()
-        view = weights_view(weights, scale, self.curriculum.spec)
-        total = float(view.scalarize(rewards))
-        return {"score": total, **{o: float(rewards[o]) for o in weights}}

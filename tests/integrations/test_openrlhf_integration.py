@@ -1,0 +1,277 @@
+"""OpenRLHF (0.11.2) through `paceline.integrations.openrlhf`.
+
+OpenRLHF's `PromptDataset`, `Experience` and `SingleTurnAgentExecutor` (which loads the
+`reward_func` of a `--remote_rm_url` Python file and calls it) are the real classes. Its
+`PPOTrainer` and `RemoteExperienceMaker` import flash-attn and vLLM and cannot be imported
+on CPU: the loop below follows their source (`SamplesGenerator` draws `rollout.batch_size`
+prompts from the prompts loader one at a time; `make_experience_batch` computes the
+`group_norm` advantages; `fit` checkpoints `prompts_dataloader.state_dict()`), and the
+trainer `attach` patches is a stand-in with their attribute names.
+
+OpenRLHF is installed apart (`pip install --no-deps --target DIR openrlhf==0.11.2
+pylatexenc`, as .ci/run does), named by `PACELINE_OPENRLHF_PATH`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("torchdata")
+if os.environ.get("PACELINE_OPENRLHF_PATH"):
+    sys.path.insert(0, os.environ["PACELINE_OPENRLHF_PATH"])
+pytest.importorskip("openrlhf", reason="set PACELINE_OPENRLHF_PATH to openrlhf 0.11.2")
+
+import torch
+from integration_support import grpo_advantages, reports, served_indices
+from openrlhf.datasets import PromptDataset
+from openrlhf.trainer.ppo_utils.experience import Experience
+from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+import paceline
+from paceline.integrations.openrlhf import (
+    PacelinePromptSampler,
+    attach,
+    objective_key,
+)
+
+ROWS = 16
+BATCH = 4
+N = 4  # rollout.n_samples_per_prompt
+REWARD_FILE = '''
+import paceline
+from paceline.integrations._served import ServedWeights
+from paceline.integrations.openrlhf import ScalarizedRewardFunc
+
+def answer(query):
+    return int(query.rsplit(" ", 1)[1])
+
+reward_func = ScalarizedRewardFunc(
+    ServedWeights(paceline.Client.embedded({db!r}).curriculum("orlhf"), ttl=0.0),
+    {{"correct": lambda q, p, label: float(answer(q) == int(label) % 4),
+      "length": lambda q, p, label: 5.0 * answer(q)}})
+'''
+
+
+def curriculum(client: paceline.Client, sampler: object = "uniform") -> paceline.Curriculum:
+    return client.create_curriculum(
+        "orlhf", distributions=[{"name": "easy", "size": 12}, {"name": "hard", "size": 4}],
+        objectives=["correct", {"name": "length", "direction": "minimize",
+                                "bounds": [0, 20]}],
+        sampler=sampler, weighting={"kind": "fixed", "weights": [1, 3]}, batch_size=BATCH,
+        seed=5, exist_ok=True)
+
+
+def prompt_dataset(rows: int = ROWS) -> PromptDataset:
+    data = SimpleNamespace(input_key="input", label_key="label", apply_chat_template=False,
+                           image_key="images")
+    strategy = SimpleNamespace(args=SimpleNamespace(data=data), is_rank_0=lambda: True)
+    return PromptDataset([{"input": f"question {i}?", "label": str(i)} for i in range(rows)],
+                         None, strategy)
+
+
+def expected_score(correct: float, length: float) -> float:
+    """0.25 · correct + 0.75 · (20 - length) / 20: weights 1:3, length minimised in [0, 20]."""
+    return 0.25 * correct + 0.75 * (20.0 - length) / 20.0
+
+
+class Trainer:
+    """The attributes of OpenRLHF's PPOTrainer that `attach` uses, with its
+    `make_experience_batch` reduced to the `group_norm` advantages (no KL, no critic)."""
+
+    def __init__(self, batch_size: int = BATCH, dynamic: bool = False) -> None:
+        self.args = SimpleNamespace(
+            rollout=SimpleNamespace(batch_size=batch_size, n_samples_per_prompt=N,
+                                    vllm_generate_batch_size=None),
+            algo=SimpleNamespace(dynamic_filtering_enable=dynamic))
+        self.prompts_dataloader: Any = None
+        self.samples_generator = SimpleNamespace(prompts_dataloader=None)
+        self.experience_maker = SimpleNamespace(make_experience_batch=self._make)
+
+    def _make(self, samples: list[Experience]) -> list[Experience]:
+        rewards = torch.cat([s.rewards for s in samples]).reshape(-1, N)
+        adv = ((rewards - rewards.mean(-1, keepdim=True))
+               / (rewards.std(-1, keepdim=True) + 1e-9)).reshape(-1)
+        for sample, a in zip(samples, adv, strict=True):
+            sample.advantages = a * sample.action_mask.float()
+        return samples
+
+
+def generate(executor: SingleTurnAgentExecutor, prompts: list[str], labels: list[str],
+             step: int) -> list[Experience]:
+    """N rollouts per prompt (a seeded 'policy' answering 0..3), scored by the real
+    executor's call of the reward file, turned into Experiences as OpenRLHF's
+    `_process_response_into_experience` does."""
+    rng = np.random.default_rng(step)
+    out = []
+    for prompt, label in zip(prompts, labels, strict=True):
+        for _ in range(N):
+            query = f"{prompt} {int(rng.integers(0, 4))}"
+            [info] = asyncio.run(executor._fetch_rewards_via_func([query], [prompt], [label]))
+            logs = {k: torch.tensor([v.flatten()[0].item()])
+                    for k, v in info["extra_logs"].items()}
+            reward = float(info["rewards"][0])
+            out.append(Experience(
+                action_mask=torch.tensor([[1, 1, 0]]), prompts=[prompt], labels=[label],
+                rewards=torch.tensor([reward]), scores=torch.tensor([float(info["scores"][0])]),
+                info={"reward": torch.tensor([reward]), **logs}))
+    return out
+
+
+def train(db: Path, tmp_path: Path, first: int, last: int, *, sampler_kind: object = "uniform",
+          checkpoint: Any = None, save_after: int | None = None,
+          keys: list[str] | None = None,
+          redo: range = range(0)) -> tuple[Any, Any, list[list[Experience]]]:
+    """OpenRLHF's fit loop, steps first..last-1: a checkpoint restores the loader state."""
+    reward_file = tmp_path / f"reward_{db.stem}.py"
+    reward_file.write_text(REWARD_FILE.format(db=str(db)))
+    dataset = prompt_dataset()
+    trained: list[list[Experience]] = []
+    with paceline.Client.embedded(db) as client:
+        cur = curriculum(client, sampler_kind)
+        with cur.start_run(run_id="orlhf", heartbeat_interval=None) as run:
+            if keys is not None:
+                report = run.report
+
+                def spy(*args: Any, **kwargs: Any) -> Any:
+                    keys.append(kwargs["idempotency_key"])
+                    return report(*args, **kwargs)
+                run.report = spy  # type: ignore[method-assign]
+            sampler = PacelinePromptSampler(run, dataset, rollout_batch_size=BATCH)
+            trainer = Trainer()
+            attach(trainer, sampler)
+            assert trainer.samples_generator.prompts_dataloader is trainer.prompts_dataloader
+            loader = trainer.prompts_dataloader
+            if checkpoint is not None:
+                loader.load_state_dict(checkpoint)
+            executor = SingleTurnAgentExecutor(str(reward_file))
+            saved, items = None, iter(loader)
+            for step in range(first, last):
+                prompts, labels = [], []
+                while len(prompts) < BATCH:  # SamplesGenerator's _collect_prompt_batch
+                    try:
+                        _, p, lab, _ = next(items)
+                    except StopIteration:  # the next epoch
+                        items = iter(loader)
+                        continue
+                    prompts += p
+                    labels += lab
+                assert sampler.ledger.latest is not None
+                assert sampler.ledger.latest.step == step
+                seed = 1000 + step if step in redo else step  # a redo samples anew
+                experiences = trainer.experience_maker.make_experience_batch(
+                    generate(executor, prompts, labels, seed))
+                trained.append(experiences)
+                if step == save_after:
+                    saved = loader.state_dict()
+            state = cur.state()
+    return saved, state, trained
+
+
+def test_the_sampler_serves_paceline_batches_and_each_step_is_reported_once(
+        tmp_path: Path) -> None:
+    db = tmp_path / "paceline.db"
+    keys: list[str] = []
+    _, state, trained = train(db, tmp_path, 0, 6, keys=keys)
+    assert keys == [f"paceline/orlhf/{s}/0" for s in range(6)]
+    stored = reports(db, "orlhf")
+    assert [r.step for r in stored] == list(range(6)) and state.seq == 6
+    for report, experiences in zip(stored, trained, strict=True):
+        served = served_indices(db, "orlhf", "orlhf", report.step)
+        assert report.indices == served  # one group per served prompt, in order
+        assert [f"question {i}?" for i in report.rollout_indices] == [
+            e.prompts[0] for e in experiences]
+        # Raw rewards reported; the trained reward is their scalarisation (length minimised).
+        raw = report.rewards
+        assert set(np.unique(raw[:, 0])) <= {0.0, 1.0}
+        assert set(np.unique(raw[:, 1])) <= {0.0, 5.0, 10.0, 15.0}
+        scalar = np.array([expected_score(c, length) for c, length in raw])
+        np.testing.assert_allclose([float(e.rewards[0]) for e in experiences], scalar,
+                                   rtol=1e-6)
+        assert report.advantages is not None
+        np.testing.assert_allclose(report.advantages, grpo_advantages(scalar, report.group_of,
+                                                                      eps=1e-9),
+                                   rtol=1e-4, atol=1e-5)
+        logged = [float(e.info[objective_key("length")][0]) for e in experiences]
+        np.testing.assert_allclose(logged, raw[:, 1])
+
+
+def test_the_reward_function_scalarises_with_minimised_objectives(tmp_path: Path) -> None:
+    db = tmp_path / "paceline.db"
+    with paceline.Client.embedded(db) as client:
+        curriculum(client)
+    reward_file = tmp_path / "reward.py"
+    reward_file.write_text(REWARD_FILE.format(db=str(db)))
+    executor = SingleTurnAgentExecutor(str(reward_file))  # OpenRLHF loads reward_func
+    queries = ["q 0", "q 1", "q 3"]
+    out = executor.reward_func(queries, ["q", "q", "q"], ["1", "1", "1"])
+    # correct: 0, 1, 0; length 0, 5, 15 (minimised: shorter is better)
+    expected = [expected_score(0, 0), expected_score(1, 5), expected_score(0, 15)]
+    np.testing.assert_allclose(out["rewards"].tolist(), expected, rtol=1e-6)
+    assert expected[0] > expected[2]  # a longer answer scores lower
+    np.testing.assert_allclose(out["scores"].tolist(), expected, rtol=1e-6)
+    np.testing.assert_allclose(out["extra_logs"][objective_key("length")].tolist(),
+                               [0, 5, 15])
+
+
+def test_crash_and_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Killed after step 5, resumed from the loader state checkpointed after step 2: steps
+    3-5 are redone (new rollouts), the service keeps their first reports, and the
+    curriculum (dump_ucb: batches follow the reports) ends as an uninterrupted run's."""
+    steps = 8  # two epochs
+    _, straight, _ = train(tmp_path / "straight.db", tmp_path, 0, steps,
+                           sampler_kind="dump_ucb")
+    checkpoint, _, _ = train(tmp_path / "resumed.db", tmp_path, 0, 6,
+                             sampler_kind="dump_ucb", save_after=2)
+    _, resumed, _ = train(tmp_path / "resumed.db", tmp_path, 3, steps,
+                          sampler_kind="dump_ucb", checkpoint=checkpoint, redo=range(3, 6))
+    assert resumed.seq == straight.seq == steps
+    assert resumed == straight
+    assert [r.step for r in reports(tmp_path / "resumed.db", "orlhf")] == list(range(steps))
+
+
+def test_a_dataset_not_matching_the_layout_is_refused_at_start_up(tmp_path: Path) -> None:
+    db = tmp_path / "paceline.db"
+    with paceline.Client.embedded(db) as client:
+        cur = curriculum(client)
+        with (cur.start_run(run_id="orlhf", heartbeat_interval=None) as run,
+              pytest.raises(ValueError, match="the dataset has 15 rows but curriculum "
+                                              "'orlhf' lays out 16 samples")):
+            PacelinePromptSampler(run, prompt_dataset(15), rollout_batch_size=BATCH)
+        assert cur.state().seq == 0
+
+
+def test_a_checkpoint_of_another_run_and_unsupported_settings_are_refused(
+        tmp_path: Path) -> None:
+    db = tmp_path / "paceline.db"
+    with paceline.Client.embedded(db) as client:
+        cur = curriculum(client)
+        with cur.start_run(run_id="first", heartbeat_interval=None) as run:
+            state = PacelinePromptSampler(run, prompt_dataset(),
+                                          rollout_batch_size=BATCH).state_dict()
+        with cur.start_run(run_id="other", heartbeat_interval=None) as run:
+            sampler = PacelinePromptSampler(run, prompt_dataset(), rollout_batch_size=BATCH)
+            with pytest.raises(ValueError, match="pass run_id='first' to resume it"):
+                sampler.load_state_dict(state)
+            with pytest.raises(ValueError, match="dynamic_filtering_enable"):
+                attach(Trainer(dynamic=True), sampler)
+            with pytest.raises(ValueError, match=r"rollout\.batch_size is 8"):
+                attach(Trainer(batch_size=8), sampler)
+            # Rollouts of a prompt that was not served for the step are refused.
+            trainer = Trainer()
+            attach(trainer, sampler)
+            next(iter(trainer.prompts_dataloader))
+            stray = Experience(action_mask=torch.ones(1, 2), prompts=["not served"],
+                               labels=["0"], rewards=torch.tensor([1.0]),
+                               info={objective_key("correct"): torch.tensor([1.0]),
+                                     objective_key("length"): torch.tensor([0.0])})
+            with pytest.raises(ValueError, match="not served for step 0"):
+                trainer.experience_maker.make_experience_batch([stray] * N)
+        assert cur.state().seq == 0
