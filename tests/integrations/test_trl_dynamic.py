@@ -144,6 +144,43 @@ def test_dynamic_sampling_drops_flat_groups_refills_and_reports_them(
     assert sorted(set(scored)) == sorted({i for r in stored for i in r.indices})
 
 
+def test_merged_rounds_feed_several_optimiser_steps(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two optimiser steps per generation round, the round used twice: the merged round
+    (with its per-token old log-probabilities) is split by TRL, and the Paceline step is
+    reported once."""
+    rewards = FlatRewards()
+    rounds: list[dict[str, Any]] = []
+    tokenizer = tiny_tokenizer()
+    with paceline.Client.embedded(tmp_path / "p.db") as client:
+        cur = make_curriculum(client)
+        with cur.start_run(run_id="dapo", heartbeat_interval=None) as run:
+            args = grpo_args(tmp_path, max_steps=4, per_device_train_batch_size=PROMPTS_PER_STEP,
+                             steps_per_generation=2, num_iterations=2)
+            trainer = PacelineGRPOTrainer(
+                run, model=tiny_model(len(tokenizer)), processing_class=tokenizer, args=args,
+                train_dataset=dataset(), dynamic_sampling=True,
+                reward_funcs={"correct": rewards.correct, "short": rewards.short})
+            original = trainer._generate_and_score_completions
+
+            def spy(inputs: Any) -> Any:
+                output = original(inputs)
+                rounds.append(output)
+                return output
+
+            monkeypatch.setattr(trainer, "_generate_and_score_completions", spy)
+            trainer.train()
+            acks = trainer.paceline_callback.acks
+    assert trainer.prompts_per_step == PROMPTS_PER_STEP
+    # One round (Paceline step 0) serves 2 slices x 2 iterations = the 4 optimiser steps.
+    assert len(rounds) == 1 and [a.rollouts_trained for a in acks] == [PROMPTS_PER_STEP * GROUP]
+    for output in rounds:
+        logps = output["old_per_token_logps"]
+        assert logps.shape == output["completion_mask"].shape
+        assert output["prompt_ids"].shape[0] == PROMPTS_PER_STEP * GROUP
+        assert bool(torch.isfinite(logps).all())
+
+
 def test_the_report_names_the_dropped_groups(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """What the ledger sends: every group, with the all-equal and the surplus ones in
