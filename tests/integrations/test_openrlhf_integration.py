@@ -47,8 +47,7 @@ BATCH = 4
 N = 4  # rollout.n_samples_per_prompt
 REWARD_FILE = '''
 import paceline
-from paceline.integrations._served import ServedWeights
-from paceline.integrations.openrlhf import ScalarizedRewardFunc
+from paceline.integrations.openrlhf import ScalarizedRewardFunc, ServedWeights
 
 def answer(query):
     return int(query.rsplit(" ", 1)[1])

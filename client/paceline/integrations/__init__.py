@@ -1,6 +1,6 @@
 """Trainer integrations: TRL (`paceline.integrations.trl`), verl
-(`paceline.integrations.verl`) and hand-written torch loops
-(`paceline.integrations.torch`).
+(`paceline.integrations.verl`, `.verl09`), OpenRLHF (`paceline.integrations.openrlhf`)
+and hand-written torch loops (`paceline.integrations.torch`).
 
 Each module imports its framework when it is imported, and only then: `import paceline`
 (and this package) needs nothing beyond httpx and pydantic. Install the frameworks with

@@ -51,6 +51,7 @@ __all__ = [
     "ExperienceReporter",
     "PacelinePromptSampler",
     "ScalarizedRewardFunc",
+    "ServedWeights",
     "attach",
     "objective_key",
     "prompts_dataloader",
