@@ -40,6 +40,7 @@ from paceline.integrations.openrlhf import (
     PacelinePromptSampler,
     attach,
     objective_key,
+    prompts_dataloader,
 )
 
 ROWS = 16
@@ -253,12 +254,19 @@ def test_a_checkpoint_of_another_run_and_unsupported_settings_are_refused(
     with paceline.Client.embedded(db) as client:
         cur = curriculum(client)
         with cur.start_run(run_id="first", heartbeat_interval=None) as run:
-            state = PacelinePromptSampler(run, prompt_dataset(),
-                                          rollout_batch_size=BATCH).state_dict()
+            first = PacelinePromptSampler(run, prompt_dataset(), rollout_batch_size=BATCH)
+            state = first.state_dict()
+            loader = prompts_dataloader(first.dataset, first)
+            next(iter(loader))
+            loader_state = loader.state_dict()  # what OpenRLHF's fit checkpoints
         with cur.start_run(run_id="other", heartbeat_interval=None) as run:
             sampler = PacelinePromptSampler(run, prompt_dataset(), rollout_batch_size=BATCH)
             with pytest.raises(ValueError, match="pass run_id='first' to resume it"):
                 sampler.load_state_dict(state)
+            resumed = prompts_dataloader(sampler.dataset, sampler)
+            resumed.load_state_dict(loader_state)
+            with pytest.raises(ValueError, match="the checkpoint is run 'first'"):
+                next(iter(resumed))
             with pytest.raises(ValueError, match="dynamic_filtering_enable"):
                 attach(Trainer(dynamic=True), sampler)
             with pytest.raises(ValueError, match=r"rollout\.batch_size is 8"):
