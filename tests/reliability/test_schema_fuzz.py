@@ -38,7 +38,11 @@ from paceline_server.settings import Settings  # noqa: E402
 
 #: Examples per operation (and phase); `PACELINE_FUZZ_EXAMPLES=300` for a longer hunt.
 EXAMPLES = int(os.environ.get("PACELINE_FUZZ_EXAMPLES", "12"))
+# Rules JSON Schema cannot state (valid UTF-8 text, finite numbers, what a curriculum
+# allows, a step written as 1.0, which JSON Schema counts as an integer) are checked by
+# the service and answered 422 on schema-valid bodies.
 SEMANTIC = {"POST /v1/curricula", "DELETE /v1/curricula/{name}",
+            "POST /v1/curricula/{name}/runs", "POST /v1/curricula/{name}/batches",
             "POST /v1/curricula/{name}/reports", "POST /v1/imports",
             "GET /v1/curricula/{name}/history"}
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from paceline_server.app.refill import MAX_PARTS
 from paceline_server.domain.errors import InvalidRequest
 from paceline_server.domain.validation import MAX_INT, MAX_RUN_ID, TEXT_PATTERN, check_nesting
 
@@ -86,7 +87,7 @@ class BatchRequest(BaseModel):
     # Strict, as in the report route: true, "100" or 101.0 is refused, not read as a step.
     step: int = Field(ge=0, le=MAX_INT, strict=True)
     size: int | None = Field(default=None, ge=1, le=MAX_INT, strict=True)
-    part: int = Field(default=0, ge=0, le=MAX_INT, strict=True, description=(
+    part: int = Field(default=0, ge=0, le=MAX_PARTS, strict=True, description=(
         "0: the step's batch; 1, 2, ...: a refill of the step (dynamic sampling): `size` "
         "more prompts none of the step's earlier parts served, chosen by the sampler"))
 
