@@ -14,11 +14,11 @@ from paceline_server.strategies import kernels, registry
 from paceline_server.strategies.kernels import preference_vector, softmax
 
 STRATEGIES = Path(kernels.__file__).parent
-#: Samplers built out of others are the sanctioned exceptions: learnability allocates
-#: across distributions with dump_ucb or learning progress, and prioritized reuses
-#: learnability's allocator.
+#: Samplers built out of others are the sanctioned exceptions: learnability and
+#: prioritized let dump_ucb or learning progress allocate across distributions (built in
+#: strategies/allocation.py, whose states they hold); neither imports the other.
 COMPOSITES = {"learnability": {"dump_ucb", "learning_progress"},
-              "prioritized": {"dump_ucb", "learnability", "learning_progress"}}
+              "prioritized": {"dump_ucb", "learning_progress"}}
 
 
 def test_softmax_sums_to_one_and_follows_the_temperature() -> None:

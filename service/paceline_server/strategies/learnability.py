@@ -62,13 +62,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
+from paceline_server.strategies.allocation import Allocation, Allocator, LeafOrder, build_allocator
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
     Proposal,
@@ -77,13 +78,12 @@ from paceline_server.strategies.base import (
     UpdateContext,
 )
 from paceline_server.strategies.distribution import allocate
-from paceline_server.strategies.dump_ucb import DumpUcbParams, DumpUcbSampler, DumpUcbState
+from paceline_server.strategies.dump_ucb import DumpUcbSampler, DumpUcbState
 from paceline_server.strategies.learning_progress import (
-    LearningProgressParams,
     LearningProgressSampler,
     LearningProgressState,
 )
-from paceline_server.strategies.params import parse_params, require
+from paceline_server.strategies.params import require
 from paceline_server.strategies.posteriors import occurrence_rounds
 from paceline_server.strategies.signals import ReportSignals
 from paceline_server.strategies.sumtree import (
@@ -96,7 +96,6 @@ from paceline_server.strategies.sumtree import (
     uniform_excluding,
 )
 
-Allocation = Literal["none", "dump_ucb", "learning_progress"]
 PRIOR_SIGNAL = 1.0 / 6.0  # E[p(1-p)] under Beta(1, 1): one pseudo-group before any data
 MIN_KAPPA, MAX_KAPPA = 0.25, 100.0  # bounds of the estimated prior strength
 UNSEEN_FILL_TRIES = 4  # uniform draws per wanted unseen candidate (rejection of seen ones)
@@ -184,36 +183,19 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
     def __init__(self, layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...],
                  params: LearnabilityParams) -> None:
         super().__init__(layout, objectives, params)
-        self.allocator: DumpUcbSampler | LearningProgressSampler | None = None
-        owner = f"allocation {params.allocation}"
-        if params.allocation == "dump_ucb":
-            self.allocator = DumpUcbSampler(
-                layout, objectives,
-                parse_params(DumpUcbParams, params.allocation_params, owner))
-        elif params.allocation == "learning_progress":
-            self.allocator = LearningProgressSampler(
-                layout, objectives,
-                parse_params(LearningProgressParams, params.allocation_params, owner))
+        self.allocator: Allocator | None = build_allocator(
+            layout, objectives, params.allocation, params.allocation_params)
         self._offsets = np.r_[0, np.cumsum(layout.sizes)].astype(np.int64)
-        self._leaf_of: np.ndarray | None = None  # global index -> leaf (label layouts)
+        self._leaves = LeafOrder(layout)
 
     # ----------------------------------------------------------------- leaf order
     def _to_global(self, leaves: np.ndarray) -> np.ndarray:
         """Leaf position -> dataset index. Leaves follow the layout's member order
         (distribution by distribution), and `members(0, p)` is that order's p-th entry."""
-        if self.layout.is_contiguous:
-            return leaves.astype(np.int64)
-        return self.layout.members(0, leaves)
+        return self._leaves.to_global(leaves)
 
     def _to_leaf(self, indices: np.ndarray) -> np.ndarray:
-        if self.layout.is_contiguous:
-            return indices.astype(np.int64)
-        if self._leaf_of is None:  # O(N) once per sampler object (derived, not state)
-            n = self.layout.num_samples
-            leaf_of = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
-            leaf_of[self.layout.members(0, np.arange(n))] = np.arange(n)
-            self._leaf_of = leaf_of
-        return self._leaf_of[indices].astype(np.int64)
+        return self._leaves.to_leaf(indices)
 
     # ----------------------------------------------------------------- posterior
     def pooled_mean(self, state: LearnabilityState) -> np.ndarray:

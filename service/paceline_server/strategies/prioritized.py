@@ -51,6 +51,7 @@ from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.npz import load_npz
 from paceline_server.domain.spec import ObjectiveSpec
+from paceline_server.strategies.allocation import Allocation, Allocator, LeafOrder, build_allocator
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
     Proposal,
@@ -59,14 +60,12 @@ from paceline_server.strategies.base import (
     UpdateContext,
 )
 from paceline_server.strategies.distribution import allocate
-from paceline_server.strategies.dump_ucb import DumpUcbParams, DumpUcbSampler, DumpUcbState
-from paceline_server.strategies.learnability import Allocation
+from paceline_server.strategies.dump_ucb import DumpUcbSampler, DumpUcbState
 from paceline_server.strategies.learning_progress import (
-    LearningProgressParams,
     LearningProgressSampler,
     LearningProgressState,
 )
-from paceline_server.strategies.params import parse_params, require
+from paceline_server.strategies.params import require
 from paceline_server.strategies.posteriors import PassRateState, PosteriorConfig, posterior_mean
 from paceline_server.strategies.signals import ReportSignals
 from paceline_server.strategies.state_codec import encode_state
@@ -138,34 +137,17 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
     def __init__(self, layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...],
                  params: PrioritizedParams) -> None:
         super().__init__(layout, objectives, params)
-        self.allocator: DumpUcbSampler | LearningProgressSampler | None = None
-        owner = f"allocation {params.allocation}"
-        if params.allocation == "dump_ucb":
-            self.allocator = DumpUcbSampler(
-                layout, objectives,
-                parse_params(DumpUcbParams, params.allocation_params, owner))
-        elif params.allocation == "learning_progress":
-            self.allocator = LearningProgressSampler(
-                layout, objectives,
-                parse_params(LearningProgressParams, params.allocation_params, owner))
+        self.allocator: Allocator | None = build_allocator(
+            layout, objectives, params.allocation, params.allocation_params)
         self._offsets = np.r_[0, np.cumsum(layout.sizes)].astype(np.int64)
-        self._leaf_of: np.ndarray | None = None  # global index -> leaf (label layouts)
+        self._leaves = LeafOrder(layout)
 
     def _to_global(self, leaves: np.ndarray) -> np.ndarray:
         """Leaf position -> dataset index (leaves follow the layout's member order)."""
-        if self.layout.is_contiguous:
-            return np.asarray(leaves, dtype=np.int64)
-        return self.layout.members(0, np.asarray(leaves, dtype=np.int64))
+        return self._leaves.to_global(leaves)
 
     def _to_leaf(self, indices: np.ndarray) -> np.ndarray:
-        if self.layout.is_contiguous:
-            return np.asarray(indices, dtype=np.int64)
-        if self._leaf_of is None:  # O(N) once per sampler object (derived, not state)
-            n = self.layout.num_samples
-            leaf_of = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
-            leaf_of[self.layout.members(0, np.arange(n))] = np.arange(n)
-            self._leaf_of = leaf_of
-        return self._leaf_of[indices].astype(np.int64)
+        return self._leaves.to_leaf(indices)
 
     def _allocator_state(self, state: PrioritizedState) -> Any:
         return state.dump if isinstance(self.allocator, DumpUcbSampler) else state.progress
