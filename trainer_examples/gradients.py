@@ -19,7 +19,6 @@ far that assumption is from the real gradients.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,30 +29,6 @@ from torch import Tensor, nn
 import paceline
 from trainer_examples.grpo import Rollouts, completion_logprobs
 from trainer_examples.model import LanguageModel
-
-_NUMBERED = re.compile(r"(?:^|\.)(\d+)\.")
-
-
-def select_parameters(module: nn.Module, which: str = "last") -> list[nn.Parameter]:
-    """The parameters the gradients are taken on: "last" = the last numbered block (e.g.
-    `blocks.2.` or `model.layers.23.`) and every parameter registered after it (final
-    norm, head); "all"; or comma-separated name prefixes."""
-    named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
-    if which == "all":
-        return [p for _, p in named]
-    if which == "last":
-        numbered = [(i, int(m.group(1))) for i, (name, _) in enumerate(named)
-                    if (m := _NUMBERED.search(name))]
-        if not numbered:
-            return [p for _, p in named]
-        last = max(index for _, index in numbered)
-        first = min(i for i, index in numbered if index == last)
-        return [p for _, p in named[first:]]
-    prefixes = tuple(part.strip() for part in which.split(",") if part.strip())
-    chosen = [p for name, p in named if name.startswith(prefixes)]
-    if not chosen:
-        raise ValueError(f"no parameter name starts with any of {list(prefixes)}")
-    return chosen
 
 
 def objective_advantages(unit_rewards: Tensor) -> Tensor:
@@ -91,12 +66,6 @@ def objective_gradients(model: LanguageModel, rollouts: Rollouts, advantages: Te
             (grad if grad is not None else torch.zeros_like(p)).reshape(-1).double()
             for grad, p in zip(grads, parameters, strict=True)]))
     return torch.stack(rows)
-
-
-def gram(gradients: Tensor) -> np.ndarray:
-    """G = [⟨g_i, g_j⟩], exactly symmetric."""
-    matrix = (gradients @ gradients.T).cpu().numpy()
-    return np.asarray((matrix + matrix.T) / 2)
 
 
 def proxy_gram(advantages: Tensor) -> np.ndarray:

@@ -31,13 +31,12 @@ import numpy as np
 import torch
 
 import paceline
+from paceline.integrations._gradients import gram_matrix, select_parameters
 from trainer_examples.gradients import (
     compare,
-    gram,
     objective_advantages,
     objective_gradients,
     proxy_gram,
-    select_parameters,
     unit_rewards,
 )
 from trainer_examples.grpo import (
@@ -433,7 +432,7 @@ def objective_gram(model: LanguageModel, rollouts: Any, rewards: torch.Tensor,
     parameters = select_parameters(model.module, config.grad_layers)
     gradients = objective_gradients(model, rollouts, advantages, parameters,
                                     config.temperature)
-    real = gram(gradients)
+    real = gram_matrix(gradients)
     agreement = compare(real, proxy_gram(advantages))
     record: Record = {"grad_products_computed": 1.0, **agreement.to_record()}
     k = len(config.objectives)

@@ -15,17 +15,16 @@ torch = pytest.importorskip("torch", reason="the example trainer needs the `exam
 
 from trainer_examples.gradients import (  # noqa: E402
     compare,
-    gram,
     objective_advantages,
     objective_gradients,
     proxy_gram,
-    select_parameters,
     unit_rewards,
 )
 from trainer_examples.grpo import completion_logprobs, generate, grpo_loss  # noqa: E402
 from trainer_examples.model import TinyModel  # noqa: E402
 
 import paceline  # noqa: E402
+from paceline.integrations._gradients import gram_matrix, select_parameters  # noqa: E402
 
 N, G = 3, 4
 
@@ -80,7 +79,7 @@ def test_minimised_objective_flips_its_row_and_column() -> None:
     grams = []
     for minimize in ([], ["length"]):
         adv = objective_advantages(unit_rewards(rewards, batch(minimize)))
-        grams.append(gram(objective_gradients(model, rollouts, adv, parameters)))
+        grams.append(gram_matrix(objective_gradients(model, rollouts, adv, parameters)))
     maximised, minimised = grams
     assert maximised[0, 1] != 0
     np.testing.assert_allclose(minimised[0, 1], -maximised[0, 1], rtol=1e-9)

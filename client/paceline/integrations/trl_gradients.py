@@ -38,7 +38,6 @@ processes each computes its rows' gradients and they are averaged across process
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +47,7 @@ import torch
 from torch import Tensor, nn
 from transformers import TrainerCallback
 
+from paceline.integrations._gradients import gram_matrix, select_parameters
 from paceline.integrations._ledger import GRAD_PRODUCTS, StepRecord
 from paceline.models import Batch
 
@@ -58,35 +58,6 @@ __all__ = [
     "select_parameters",
     "unit_rewards",
 ]
-
-_NUMBERED = re.compile(r"(?:^|\.)(\d+)\.")
-
-
-def select_parameters(module: nn.Module, layers: str | Sequence[str] = "last"
-                      ) -> list[nn.Parameter]:
-    """The trainable parameters the gradients are taken on: "last" = the last numbered
-    block (`model.layers.23.`, `h.11.`) and every parameter registered after it (final
-    norm, head); "all"; or name prefixes (a sequence or comma-separated)."""
-    named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("the model has no trainable parameters")
-    if layers == "all":
-        return [p for _, p in named]
-    if layers == "last":
-        numbered = [(i, int(m.group(1))) for i, (name, _) in enumerate(named)
-                    if (m := _NUMBERED.search(name))]
-        if not numbered:
-            return [p for _, p in named]
-        last = max(index for _, index in numbered)
-        first = min(i for i, index in numbered if index == last)
-        return [p for _, p in named[first:]]
-    parts = layers.split(",") if isinstance(layers, str) else list(layers)
-    prefixes = tuple(part.strip() for part in parts if part.strip())
-    chosen = [p for name, p in named if prefixes and name.startswith(prefixes)]
-    if not chosen:
-        raise ValueError(f"no trainable parameter name starts with any of {list(prefixes)}")
-    return chosen
-
 
 def unit_rewards(rewards: Sequence[Sequence[float]], batch: Batch) -> np.ndarray:
     """Raw reward rows [m, k] -> unit rewards (bounds and direction applied); NaN stays."""
@@ -114,12 +85,6 @@ def objective_advantages(units: np.ndarray, group: int) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         advantages = np.where(std > 1e-12, centred / std, 0.0)
     return advantages.reshape(m, k)
-
-
-def gram_matrix(gradients: Tensor) -> np.ndarray:
-    """G = [⟨g_i, g_j⟩] of the rows of `gradients` [k, P], exactly symmetric."""
-    matrix = (gradients @ gradients.T).detach().cpu().double().numpy()
-    return np.asarray((matrix + matrix.T) / 2)
 
 
 def sequence_logprobs(model: nn.Module, output: dict[str, Any],
