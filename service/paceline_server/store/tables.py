@@ -28,6 +28,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -176,4 +177,17 @@ batch_parts = Table(
     Column("payload", LargeBinary(), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     PrimaryKeyConstraint("curriculum_id", "run_id", "step", "part"),
+)
+
+#: A snapshot's bytes in bounded parts (revision 0004): the snapshot is its row's `state`
+#: followed by these chunks in part order (older rows: all in `state`, no chunks).
+snapshot_chunks = Table(
+    "snapshot_chunks", metadata,
+    Column("curriculum_id", _Id, nullable=False),
+    Column("seq", BigInteger(), nullable=False),
+    Column("part", Integer(), nullable=False),
+    Column("data", LargeBinary(), nullable=False),
+    ForeignKeyConstraint(["curriculum_id", "seq"],
+                         ["snapshots.curriculum_id", "snapshots.seq"], ondelete="CASCADE"),
+    PrimaryKeyConstraint("curriculum_id", "seq", "part"),
 )
