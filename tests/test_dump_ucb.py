@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from paceline_server.domain import InvalidParams
 from paceline_server.engine import CurriculumEngine
-from paceline_server.strategies.dump_ucb import DumpUcbState
+from paceline_server.strategies.allocation import DumpUcbState
 from paceline_server.strategies.state_codec import decode_state, encode_state
 from support import report, spec
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from paceline_server.domain import CurriculumSpec, InvalidParams, InvalidReport
 from paceline_server.domain.validation import MAX_GRAD_PRODUCT
 from paceline_server.engine import CurriculumEngine
-from paceline_server.strategies.gradient import GradientState, apply_floor, proxy_gram
+from paceline_server.strategies.weightings.gradient import GradientState, apply_floor, proxy_gram
 from support import report, signals, spec
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from paceline_server.domain import InvalidParams
 from paceline_server.engine import CurriculumEngine
-from paceline_server.strategies.learnability import LearnabilitySampler, LearnabilityState
+from paceline_server.strategies.samplers.learnability import LearnabilitySampler, LearnabilityState
 from paceline_server.strategies.registry import available_samplers
 from paceline_server.strategies.state_codec import decode_state, encode_state
 from support import report, spec

@@ -13,11 +13,8 @@ from hypothesis import strategies as st
 
 from paceline_server.domain import InvalidParams, Report
 from paceline_server.engine import CurriculumEngine
-from paceline_server.strategies.learning_progress import (
-    LearningProgressState,
-    rank_scores,
-    reweight,
-)
+from paceline_server.strategies.allocation import LearningProgressState
+from paceline_server.strategies.samplers.learning_progress import rank_scores, reweight
 from paceline_server.strategies.state_codec import decode_state, encode_state
 from support import report, spec
 

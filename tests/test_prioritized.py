@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from paceline_server.domain import CurriculumSpec, InvalidParams
 from paceline_server.domain.npz import load_npz, save_npz
 from paceline_server.engine import CurriculumEngine
-from paceline_server.strategies.prioritized import PrioritizedSampler, PrioritizedState
+from paceline_server.strategies.samplers.prioritized import PrioritizedSampler, PrioritizedState
 from paceline_server.strategies.state_codec import (
     VERSION_KEY,
     StateVersionError,

@@ -15,7 +15,7 @@ from paceline_server.domain import InvalidParams, UnknownStrategy
 from paceline_server.engine import CurriculumEngine
 from paceline_server.strategies import registry
 from paceline_server.strategies.params import params_to_dict, parse_params, require
-from paceline_server.strategies.uniform import UniformSampler
+from paceline_server.strategies.samplers.uniform import UniformSampler
 from support import spec
 
 BUILTIN_SAMPLERS = {"uniform", "fixed_mix", "temperature", "dump_ucb", "learning_progress",
@@ -101,7 +101,7 @@ def test_runtime_registration() -> None:
 def test_entry_point_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A distribution that declares `paceline.samplers` is usable by name."""
     (tmp_path / "my_plugin.py").write_text(
-        "from paceline_server.strategies.uniform import UniformSampler\n"
+        "from paceline_server.strategies.samplers.uniform import UniformSampler\n"
         "class PluginSampler(UniformSampler):\n"
         "    name = 'plugin_sampler'\n"
     )

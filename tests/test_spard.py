@@ -1,7 +1,7 @@
 """`spard` (SPARD): PAWA reward weights and RADR data importance with a self-paced floor.
 
 Hand computations follow ALGORITHMS.md, "spard", and the (ours) choices documented in
-`strategies/spard_weighting.py` and `strategies/spard_sampler.py`.
+`strategies/weightings/spard.py` and `strategies/samplers/spard.py`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from paceline_server.domain import CurriculumSpec, InvalidParams
 from paceline_server.engine import CurriculumEngine
 from paceline_server.strategies.base import ProposeContext
-from paceline_server.strategies.spard_sampler import (
+from paceline_server.strategies.samplers.spard import (
     SpardSamplerState,
     admitted_set,
     apply_floor,
     pace_at,
 )
-from paceline_server.strategies.spard_weighting import SpardWeightingState
+from paceline_server.strategies.weightings.spard import SpardWeightingState
 from paceline_server.strategies.sumtree import leaf_weights
 from support import report, spec
 

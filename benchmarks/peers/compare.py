@@ -65,7 +65,7 @@ from strategies import (
 )
 
 import simulate
-from paceline_server.strategies.temperature import log_temperature_probabilities
+from paceline_server.strategies.samplers.temperature import log_temperature_probabilities
 from simulate import BATCH, DISTRIBUTIONS, LEARNABLE, TARGET, G
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from api_support import SPEC, make_client
 from paceline_server.domain.spec import DEFAULT_SAMPLER, DEFAULT_WEIGHTING
 from paceline_server.strategies import registry
 from paceline_server.strategies.params import require
-from paceline_server.strategies.uniform import UniformSampler
+from paceline_server.strategies.samplers.uniform import UniformSampler
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def test_runtime_registered_plugin_appears(sqlite_client: TestClient,
 def test_entry_point_plugin_appears(sqlite_client: TestClient, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "listed_plugin.py").write_text(
-        "from paceline_server.strategies.uniform import UniformSampler\n"
+        "from paceline_server.strategies.samplers.uniform import UniformSampler\n"
         "class ListedSampler(UniformSampler):\n"
         "    '''Listed through an entry point.'''\n"
         "    name = 'listed_plugin'\n")

@@ -15,7 +15,7 @@ import paceline
 from paceline._payloads import curriculum_spec
 from paceline_server.domain.spec import DEFAULT_SAMPLER
 from paceline_server.strategies import registry
-from paceline_server.strategies.uniform import UniformSampler
+from paceline_server.strategies.samplers.uniform import UniformSampler
 
 NO_SAMPLER: dict[str, Any] = {k: v for k, v in SPEC.items() if k != "sampler"}
 

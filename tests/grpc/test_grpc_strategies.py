@@ -13,7 +13,7 @@ from test_grpc_server import Raw, error_of, spec, start
 from paceline_server.domain.spec import DEFAULT_SAMPLER
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.strategies import registry
-from paceline_server.strategies.uniform import UniformSampler
+from paceline_server.strategies.samplers.uniform import UniformSampler
 
 
 class GrpcListedSampler(UniformSampler):

@@ -7,40 +7,64 @@ suite's imbalanced learners showed it); letting `dump_ucb` or `learning_progress
 the slots and the per-sample scores pick prompts inside each distribution keeps both
 signals. The leaves of a per-sample tree follow the layout's member order, distribution by
 distribution, so one distribution is one contiguous range of leaves.
+
+The allocator is looked up by name among the built-in samplers (samplers never import one
+another); its state classes live here rather than in the sampler modules because the
+per-sample samplers nest them in their own states, whose type hints the state codec reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
-from paceline_server.strategies.dump_ucb import DumpUcbParams, DumpUcbSampler
-from paceline_server.strategies.learning_progress import (
-    LearningProgressParams,
-    LearningProgressSampler,
-)
+from paceline_server.strategies.base import Sampler
 from paceline_server.strategies.params import parse_params
+from paceline_server.strategies.registry import SAMPLERS
 
 Allocation = Literal["none", "dump_ucb", "learning_progress"]
-Allocator = DumpUcbSampler | LearningProgressSampler
+Allocator = Sampler[Any, Any]
+
+
+@dataclass
+class DumpUcbState:
+    """`dump_ucb`'s per-distribution state (strategies/samplers/dump_ucb.py)."""
+
+    advantages: np.ndarray  # float64 [D, window] ring of recent per-rollout advantages
+    filled: np.ndarray  # int64 [D]: valid entries in the ring (<= window)
+    cursor: np.ndarray  # int64 [D]: next ring slot to write
+    learnability: np.ndarray  # float64 [D]: mean |A| over the ring (0 when empty)
+    rollouts: np.ndarray  # int64 [D]: n_d, rollouts reported in total
+    alpha: np.ndarray  # float64 [D]: Beta posterior (logging only)
+    beta: np.ndarray  # float64 [D]
+
+
+@dataclass
+class LearningProgressState:
+    """`learning_progress`'s per-distribution state
+    (strategies/samplers/learning_progress.py)."""
+
+    ema_fast: np.ndarray  # float64 [D]
+    ema_slow: np.ndarray  # float64 [D]
+    reports: np.ndarray  # int64 [D]: reports that touched d (0 = unseen)
 
 
 def build_allocator(layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...],
                     allocation: Allocation,
                     params: Mapping[str, Any]) -> Allocator | None:
-    """The distribution-level sampler named by `allocation` (None for "none"), its
-    parameter errors prefixed with "allocation <name>"."""
-    owner = f"allocation {allocation}"
-    if allocation == "dump_ucb":
-        return DumpUcbSampler(layout, objectives, parse_params(DumpUcbParams, params, owner))
-    if allocation == "learning_progress":
-        return LearningProgressSampler(
-            layout, objectives, parse_params(LearningProgressParams, params, owner))
-    return None
+    """The built-in distribution-level sampler named by `allocation` (None for "none"),
+    its parameter errors prefixed with "allocation <name>". A sampler registered at run
+    time under the same name never replaces it: the stored state must stay its own."""
+    if allocation == "none":
+        return None
+    cls = SAMPLERS.builtin(allocation)
+    return cls(layout, objectives,
+               parse_params(cls.params_type, params, f"allocation {allocation}"))
 
 
 class LeafOrder:

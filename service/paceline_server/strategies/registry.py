@@ -14,10 +14,10 @@ any curriculum spec. `register_sampler` / `register_weighting` do the same at ru
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from paceline_server.domain.errors import InvalidParams, UnknownStrategy
 from paceline_server.domain.layout import DatasetLayout
@@ -28,106 +28,125 @@ from paceline_server.strategies.params import params_to_dict, parse_params
 SAMPLER_GROUP = "paceline.samplers"
 WEIGHTING_GROUP = "paceline.weightings"
 
-_BUILTIN_SAMPLERS = {
-    "uniform": "paceline_server.strategies.uniform:UniformSampler",
-    "fixed_mix": "paceline_server.strategies.fixed_mix:FixedMixSampler",
-    "temperature": "paceline_server.strategies.temperature:TemperatureSampler",
-    "dump_ucb": "paceline_server.strategies.dump_ucb:DumpUcbSampler",
-    "learning_progress": "paceline_server.strategies.learning_progress:LearningProgressSampler",
-    "prioritized": "paceline_server.strategies.prioritized:PrioritizedSampler",
-    "learnability": "paceline_server.strategies.learnability:LearnabilitySampler",
-    "spard": "paceline_server.strategies.spard_sampler:SpardSampler",
-}
-_BUILTIN_WEIGHTINGS = {
-    "fixed": "paceline_server.strategies.fixed:FixedWeighting",
-    "hypervolume": "paceline_server.strategies.hypervolume:HypervolumeWeighting",
-    "gradient": "paceline_server.strategies.gradient:GradientWeighting",
-    "spard": "paceline_server.strategies.spard_weighting:SpardWeighting",
-}
-_registered_samplers: dict[str, type[Sampler[Any, Any]]] = {}
-_registered_weightings: dict[str, type[Weighting[Any, Any]]] = {}
+T = TypeVar("T", bound="Sampler[Any, Any] | Weighting[Any, Any]")
 
 
-def _load(path: str) -> Any:
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
+class Registry(Generic[T]):
+    """Names -> classes of one kind (samplers or weightings), from three sources looked
+    up in this order: classes registered at run time, the built-ins (dotted paths,
+    imported on first use so that listing names imports no strategy), and entry points of
+    `group`. One instance per kind; both kinds share this code."""
+
+    def __init__(self, kind: str, group: str, builtins: Mapping[str, str]) -> None:
+        self.kind = kind  # "sampler" or "weighting", as error messages name it
+        self.group = group
+        self.builtins = dict(builtins)
+        self.registered: dict[str, type[T]] = {}
+
+    def register(self, cls: type[T]) -> type[T]:
+        self.registered[cls.name] = cls
+        return cls
+
+    def names(self) -> list[str]:
+        return sorted(set(self.builtins) | set(self.registered) | set(self._plugins()))
+
+    def origin(self, name: str) -> str:
+        """Where `name` comes from: "registered" at run time, "builtin", or "plugin" (an
+        entry point); run-time registration wins, as in `get`."""
+        if name in self.registered:
+            return "registered"
+        if name in self.builtins:
+            return "builtin"
+        if name in self._plugins():
+            return "plugin"
+        raise UnknownStrategy(f"unknown {self.kind} {name!r}", {"kind": name})
+
+    def get(self, name: str) -> type[T]:
+        if name in self.registered:
+            return self.registered[name]
+        if name in self.builtins:
+            return self.builtin(name)
+        plugins = self._plugins()
+        if name in plugins:
+            return self._load_plugin(name, plugins[name])
+        raise UnknownStrategy(
+            f"unknown {self.kind} {name!r}; available: {self.names()}",
+            {"kind": name, "available": self.names()},
+        )
+
+    def builtin(self, name: str) -> type[T]:
+        """The built-in class of `name`, even when a class registered at run time shadows
+        it (strategies composed of built-ins rely on their state classes)."""
+        module, _, attr = self.builtins[name].partition(":")
+        cls: type[T] = getattr(importlib.import_module(module), attr)
+        return cls
+
+    def _plugins(self) -> dict[str, Any]:
+        return {ep.name: ep for ep in entry_points(group=self.group)}
+
+    def _load_plugin(self, name: str, entry: Any) -> type[T]:
+        """Load an entry point; a broken plug-in is a clear spec error, not a crash."""
+        try:
+            cls: type[T] = entry.load()
+        except Exception as exc:
+            raise UnknownStrategy(f"{self.kind} {name!r} is registered by a plug-in that "
+                                  f"failed to load: {exc}", {"kind": name}) from exc
+        return cls
 
 
-def _load_plugin(kind: str, name: str, entry: Any) -> Any:
-    """Load an entry point; a broken plug-in is a clear spec error, not a crash."""
-    try:
-        return entry.load()
-    except Exception as exc:
-        raise UnknownStrategy(f"{kind} {name!r} is registered by a plug-in that failed to "
-                              f"load: {exc}", {"kind": name}) from exc
-
-
-def _plugins(group: str) -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=group)}
+SAMPLERS: Registry[Sampler[Any, Any]] = Registry("sampler", SAMPLER_GROUP, {
+    "uniform": "paceline_server.strategies.samplers.uniform:UniformSampler",
+    "fixed_mix": "paceline_server.strategies.samplers.fixed_mix:FixedMixSampler",
+    "temperature": "paceline_server.strategies.samplers.temperature:TemperatureSampler",
+    "dump_ucb": "paceline_server.strategies.samplers.dump_ucb:DumpUcbSampler",
+    "learning_progress":
+        "paceline_server.strategies.samplers.learning_progress:LearningProgressSampler",
+    "prioritized": "paceline_server.strategies.samplers.prioritized:PrioritizedSampler",
+    "learnability": "paceline_server.strategies.samplers.learnability:LearnabilitySampler",
+    "spard": "paceline_server.strategies.samplers.spard:SpardSampler",
+})
+WEIGHTINGS: Registry[Weighting[Any, Any]] = Registry("weighting", WEIGHTING_GROUP, {
+    "fixed": "paceline_server.strategies.weightings.fixed:FixedWeighting",
+    "hypervolume": "paceline_server.strategies.weightings.hypervolume:HypervolumeWeighting",
+    "gradient": "paceline_server.strategies.weightings.gradient:GradientWeighting",
+    "spard": "paceline_server.strategies.weightings.spard:SpardWeighting",
+})
+_REGISTRIES: dict[str, Registry[Any]] = {"sampler": SAMPLERS, "weighting": WEIGHTINGS}
+# The tables under their earlier names (tests clean up run-time registrations through them).
+_BUILTIN_SAMPLERS = SAMPLERS.builtins
+_BUILTIN_WEIGHTINGS = WEIGHTINGS.builtins
+_registered_samplers = SAMPLERS.registered
+_registered_weightings = WEIGHTINGS.registered
 
 
 def register_sampler(cls: type[Sampler[Any, Any]]) -> type[Sampler[Any, Any]]:
-    _registered_samplers[cls.name] = cls
-    return cls
+    return SAMPLERS.register(cls)
 
 
 def register_weighting(cls: type[Weighting[Any, Any]]) -> type[Weighting[Any, Any]]:
-    _registered_weightings[cls.name] = cls
-    return cls
+    return WEIGHTINGS.register(cls)
 
 
 def available_samplers() -> list[str]:
-    return sorted(set(_BUILTIN_SAMPLERS) | set(_registered_samplers) | set(_plugins(SAMPLER_GROUP)))
+    return SAMPLERS.names()
 
 
 def available_weightings() -> list[str]:
-    return sorted(
-        set(_BUILTIN_WEIGHTINGS) | set(_registered_weightings) | set(_plugins(WEIGHTING_GROUP))
-    )
+    return WEIGHTINGS.names()
 
 
 def origin(group: str, name: str) -> str:
-    """Where a strategy comes from: "registered" at run time, "builtin", or "plugin" (an
-    entry point); `group` is "sampler" or "weighting". Run-time registration wins, as in
-    `sampler_class`."""
-    registered, builtins, entry_group = (
-        (_registered_samplers, _BUILTIN_SAMPLERS, SAMPLER_GROUP) if group == "sampler"
-        else (_registered_weightings, _BUILTIN_WEIGHTINGS, WEIGHTING_GROUP))
-    if name in registered:
-        return "registered"
-    if name in builtins:
-        return "builtin"
-    if name in _plugins(entry_group):
-        return "plugin"
-    raise UnknownStrategy(f"unknown {group} {name!r}", {"kind": name})
+    """Where a strategy comes from (see `Registry.origin`); `group` is "sampler" or
+    "weighting"."""
+    return _REGISTRIES[group].origin(name)
 
 
 def sampler_class(name: str) -> type[Sampler[Any, Any]]:
-    if name in _registered_samplers:
-        return _registered_samplers[name]
-    if name in _BUILTIN_SAMPLERS:
-        return _load(_BUILTIN_SAMPLERS[name])
-    plugins = _plugins(SAMPLER_GROUP)
-    if name in plugins:
-        return _load_plugin("sampler", name, plugins[name])
-    raise UnknownStrategy(
-        f"unknown sampler {name!r}; available: {available_samplers()}",
-        {"kind": name, "available": available_samplers()},
-    )
+    return SAMPLERS.get(name)
 
 
 def weighting_class(name: str) -> type[Weighting[Any, Any]]:
-    if name in _registered_weightings:
-        return _registered_weightings[name]
-    if name in _BUILTIN_WEIGHTINGS:
-        return _load(_BUILTIN_WEIGHTINGS[name])
-    plugins = _plugins(WEIGHTING_GROUP)
-    if name in plugins:
-        return _load_plugin("weighting", name, plugins[name])
-    raise UnknownStrategy(
-        f"unknown weighting {name!r}; available: {available_weightings()}",
-        {"kind": name, "available": available_weightings()},
-    )
+    return WEIGHTINGS.get(name)
 
 
 def build_sampler(spec: StrategySpec, layout: DatasetLayout,

@@ -44,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 
 from paceline_server.domain.explanation import Reason, number
+from paceline_server.strategies.allocation import DumpUcbState
 from paceline_server.strategies.base import STATE_OVERHEAD, ProposeContext, UpdateContext
 from paceline_server.strategies.distribution import DistributionParams, DistributionSampler
 from paceline_server.strategies.kernels import softmax
@@ -69,17 +70,6 @@ class DumpUcbParams(DistributionParams):
                 f"window must be in [1, {MAX_WINDOW}]; got {self.window!r}", "window")
         require(self.c >= 0.0, f"c must be non-negative; got {self.c!r}", "c")
         require(self.tau > 0.0, f"tau must be positive; got {self.tau!r}", "tau")
-
-
-@dataclass
-class DumpUcbState:
-    advantages: np.ndarray  # float64 [D, window] ring of recent per-rollout advantages
-    filled: np.ndarray  # int64 [D]: valid entries in the ring (<= window)
-    cursor: np.ndarray  # int64 [D]: next ring slot to write
-    learnability: np.ndarray  # float64 [D]: mean |A| over the ring (0 when empty)
-    rollouts: np.ndarray  # int64 [D]: n_d, rollouts reported in total
-    alpha: np.ndarray  # float64 [D]: Beta posterior (logging only)
-    beta: np.ndarray  # float64 [D]
 
 
 def ucb_scores(state: DumpUcbState, c: float) -> np.ndarray:

@@ -1,7 +1,7 @@
 """`prioritized`: per-sample sampling from each sample's own history (ours, built on
 prioritized experience replay and PLR).
 
-The earlier per-sample sampler. `learnability` (strategies/learnability.py) does its job
+The earlier per-sample sampler. `learnability` (strategies/samplers/learnability.py) does its job
 better for new curricula: its posterior pools each distribution's evidence, so a prompt
 seen once already moves, where a flat Beta(1, 1) here barely does. `prioritized` stays
 for the curricula that use it and for its two features `learnability` lacks: the
@@ -51,7 +51,14 @@ from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.npz import load_npz
 from paceline_server.domain.spec import ObjectiveSpec
-from paceline_server.strategies.allocation import Allocation, Allocator, LeafOrder, build_allocator
+from paceline_server.strategies.allocation import (
+    Allocation,
+    Allocator,
+    DumpUcbState,
+    LeafOrder,
+    LearningProgressState,
+    build_allocator,
+)
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
     Proposal,
@@ -60,11 +67,6 @@ from paceline_server.strategies.base import (
     UpdateContext,
 )
 from paceline_server.strategies.distribution import allocate
-from paceline_server.strategies.dump_ucb import DumpUcbSampler, DumpUcbState
-from paceline_server.strategies.learning_progress import (
-    LearningProgressSampler,
-    LearningProgressState,
-)
 from paceline_server.strategies.params import require
 from paceline_server.strategies.posteriors import PassRateState, PosteriorConfig, posterior_mean
 from paceline_server.strategies.signals import ReportSignals
@@ -149,8 +151,14 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
     def _to_leaf(self, indices: np.ndarray) -> np.ndarray:
         return self._leaves.to_leaf(indices)
 
+    def _initial_allocator_state(self, rng: np.random.Generator, allocation: str) -> Any:
+        """A fresh allocator state for the field of `allocation` (None for the other)."""
+        if self.allocator is None or self.params.allocation != allocation:
+            return None
+        return self.allocator.init_state(rng)
+
     def _allocator_state(self, state: PrioritizedState) -> Any:
-        return state.dump if isinstance(self.allocator, DumpUcbSampler) else state.progress
+        return state.dump if self.params.allocation == "dump_ucb" else state.progress
 
     @property
     def _linear(self) -> bool:
@@ -178,10 +186,8 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
         tree = build_tree(values)
         return PrioritizedState(
             tree=tree, t0=0, mass=self._distribution_mass(tree),
-            dump=(self.allocator.init_state(rng)
-                  if isinstance(self.allocator, DumpUcbSampler) else None),
-            progress=(self.allocator.init_state(rng)
-                      if isinstance(self.allocator, LearningProgressSampler) else None))
+            dump=self._initial_allocator_state(rng, "dump_ucb"),
+            progress=self._initial_allocator_state(rng, "learning_progress"))
 
     def migrate_state(self, old_version: int, arrays: dict[str, np.ndarray]
                       ) -> dict[str, np.ndarray]:

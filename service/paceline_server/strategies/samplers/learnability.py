@@ -69,7 +69,14 @@ import numpy as np
 from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
-from paceline_server.strategies.allocation import Allocation, Allocator, LeafOrder, build_allocator
+from paceline_server.strategies.allocation import (
+    Allocation,
+    Allocator,
+    DumpUcbState,
+    LeafOrder,
+    LearningProgressState,
+    build_allocator,
+)
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
     Proposal,
@@ -78,11 +85,6 @@ from paceline_server.strategies.base import (
     UpdateContext,
 )
 from paceline_server.strategies.distribution import allocate
-from paceline_server.strategies.dump_ucb import DumpUcbSampler, DumpUcbState
-from paceline_server.strategies.learning_progress import (
-    LearningProgressSampler,
-    LearningProgressState,
-)
 from paceline_server.strategies.params import require
 from paceline_server.strategies.posteriors import occurrence_rounds
 from paceline_server.strategies.signals import ReportSignals
@@ -283,14 +285,18 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
             unseen=self.layout.sizes.astype(np.int64).copy(),
             pool_successes=np.zeros(d), pool_trials=np.zeros(d),
             pool_signal=np.zeros(d), pool_groups=np.zeros(d),
-            dump=(self.allocator.init_state(rng)
-                  if isinstance(self.allocator, DumpUcbSampler) else None),
-            progress=(self.allocator.init_state(rng)
-                      if isinstance(self.allocator, LearningProgressSampler) else None),
+            dump=self._initial_allocator_state(rng, "dump_ucb"),
+            progress=self._initial_allocator_state(rng, "learning_progress"),
         )
 
+    def _initial_allocator_state(self, rng: np.random.Generator, allocation: str) -> Any:
+        """A fresh allocator state for the field of `allocation` (None for the other)."""
+        if self.allocator is None or self.params.allocation != allocation:
+            return None
+        return self.allocator.init_state(rng)
+
     def _allocator_state(self, state: LearnabilityState) -> Any:
-        return state.dump if isinstance(self.allocator, DumpUcbSampler) else state.progress
+        return state.dump if self.params.allocation == "dump_ucb" else state.progress
 
     def update(self, state: LearnabilityState, signals: ReportSignals,
                ctx: UpdateContext) -> None:

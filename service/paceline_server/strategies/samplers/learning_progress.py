@@ -58,6 +58,7 @@ from typing import Any, Literal
 import numpy as np
 
 from paceline_server.domain.explanation import Reason, number
+from paceline_server.strategies.allocation import LearningProgressState
 from paceline_server.strategies.base import ProposeContext, UpdateContext
 from paceline_server.strategies.distribution import DistributionParams, DistributionSampler
 from paceline_server.strategies.kernels import softmax
@@ -93,13 +94,6 @@ class LearningProgressParams(DistributionParams):
                 f"epsilon must be in [0, 1]; got {self.epsilon!r}", "epsilon")
         require(0.0 < self.p_theta <= 0.5,
                 f"p_theta must be in (0, 0.5]; got {self.p_theta!r}", "p_theta")
-
-
-@dataclass
-class LearningProgressState:
-    ema_fast: np.ndarray  # float64 [D]
-    ema_slow: np.ndarray  # float64 [D]
-    reports: np.ndarray  # int64 [D]: reports that touched d (0 = unseen)
 
 
 def rank_scores(values: np.ndarray) -> np.ndarray:
