@@ -75,7 +75,7 @@ def test_a_poisoned_report_fails_alone_inside_one_group(service: PacelineService
                               ("r3", "k3")]]
     cached.pending.extend(items)  # one group, the poison in the middle
     with cached.commit_lock:
-        service._commit_pending("math", cached)
+        service.commits.commit_pending("math", cached)
     assert all(item.done for item in items)
     honest = [items[i] for i in (0, 1, 3, 4)]
     assert [item.error for item in honest] == [None] * 4
@@ -138,7 +138,7 @@ def test_a_database_failure_still_fails_the_whole_group(service: PacelineService
     items = [service._prepare(cached, body(service, f"r{i}", 1), f"k{i}", None)
              for i in range(3)]
     cached.pending.extend(items)
-    real_append = service._append
+    real_append = service.commits._append
     calls: list[int] = []
 
     def failing_append(writer: Any, entry: Any, item: Any) -> Any:
@@ -147,9 +147,9 @@ def test_a_database_failure_still_fails_the_whole_group(service: PacelineService
             raise Unavailable("database unavailable: injected", {})
         return real_append(writer, entry, item)
 
-    monkeypatch.setattr(service, "_append", failing_append)
+    monkeypatch.setattr(service.commits, "_append", failing_append)
     with cached.commit_lock:
-        service._commit_pending("math", cached)
+        service.commits.commit_pending("math", cached)
     assert len(calls) == 2
     assert all(isinstance(item.error, Unavailable) for item in items)
     assert logged_keys(service) == []

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import hashlib
 import logging
 import threading
 import uuid
@@ -31,13 +29,23 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from paceline_server.app.codec import decode_batch, encode_batch, encode_report, same_report
+from paceline_server.app.codec import decode_batch, encode_batch, encode_report
 from paceline_server.app.coordination import (
     Coordinator,
     coordinator_from_settings,
     curriculum_stamp,
 )
 from paceline_server.app.engines import CachedEngine, EngineCache, check_state_budget
+from paceline_server.app.group_commit import (
+    GroupCommitter,
+    PendingReport,
+    Recreated,
+    check_size,
+    report_digest,
+    with_counts,
+)
+from paceline_server.app.group_commit import NextBatch as NextBatch  # the transports' types
+from paceline_server.app.group_commit import ReportAck as ReportAck
 from paceline_server.app.history import HistoryService
 from paceline_server.app.refill import (
     check_part,
@@ -49,19 +57,13 @@ from paceline_server.app.reports import accepts_unserved, dropped_groups, parse_
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import (
     CurriculumExists,
-    IdempotencyConflict,
-    IndicesNotServed,
     InvalidRequest,
-    NotServed,
     RefillOutOfOrder,
-    ReportConflict,
-    SchemaOutdated,
     StepAlreadyReported,
     Unavailable,
 )
 from paceline_server.domain.history import CurriculumHistory
 from paceline_server.domain.inspection import CurriculumInspection
-from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.domain.validation import MAX_KEY as MAX_KEY  # the transports' limit
 from paceline_server.domain.validation import check_document, check_identifier
@@ -71,44 +73,12 @@ from paceline_server.store.base import (
     BatchRecord,
     CurriculumHead,
     CurriculumRecord,
-    CurriculumWriter,
-    EventRecord,
     RunRecord,
     Store,
 )
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReportAck:
-    seq: int
-    replayed: bool  # True when this answers a retry of an already applied report
-    batch: Batch | None = None  # the next batch, when the report asked for it
-    #: Every rollout of the report was generated and is folded; those of groups the
-    #: trainer's filter dropped (the report's `dropped`) were not trained on.
-    rollouts_generated: int = 0
-    rollouts_trained: int = 0
-    groups_dropped: int = 0
-    dynamic: bool = False  # the report said which groups it dropped (`dropped`, maybe [])
-
-
-@dataclass(frozen=True)
-class NextBatch:
-    """A report's request for the batch of (its run, `step`), served with the ack."""
-
-    step: int
-    size: int | None = None
-
-    @classmethod
-    def asked(cls, step: int | None, size: int | None) -> NextBatch | None:
-        """From a transport's optional step and size (a size alone is refused)."""
-        if step is None:
-            if size is not None:
-                raise InvalidRequest("next_size needs next_step", {"field": "next_size"})
-            return None
-        return cls(step, size)
 
 
 @dataclass(frozen=True)
@@ -139,6 +109,7 @@ class PacelineService:
         self.histories = HistoryService(store)  # GET /history (app/history.py)
         self.coordinator = coordinator or coordinator_from_settings(settings)
         self.coordinator.start(self._fold_announced)
+        self.commits = GroupCommitter(store, self.engines, self.coordinator, settings)
         # Runs are only ever removed with their curriculum, so a run once seen exists for
         # as long as that curriculum (told apart from a recreated one by created_at).
         self._known_runs: set[tuple[str, datetime, str]] = set()
@@ -259,7 +230,8 @@ class PacelineService:
         exactly the batch a separate `next_batch` call would then return (and returns
         later); a retried report returns the batch stored by its first attempt.
 
-        Concurrent reports to one curriculum are committed together (group commit): each
+        Concurrent reports to one curriculum are committed together (group commit,
+        `app/group_commit.py`): each
         request queues its validated report on the cached engine, and whichever request
         holds the engine lock next commits everything queued in one transaction, in
         queue order. Requests that find their report committed by another return its
@@ -280,7 +252,7 @@ class PacelineService:
         cached = self.engines.recent(name)
         try:
             return self._report(name, body, idempotency_key, next_batch, cached)
-        except _Recreated:
+        except Recreated:
             self.engines.forget(name, cached)
             return self._report(name, body, idempotency_key, next_batch, None)
 
@@ -324,7 +296,7 @@ class PacelineService:
             cached.draining = True
         if drain:
             try:
-                self._in_thread(self._drain, name, cached)
+                self._in_thread(self.commits.drain, name, cached)
             except Unavailable:  # closing: take the report back unless one was taken
                 with cached.pending_guard:
                     cached.draining = False
@@ -334,7 +306,7 @@ class PacelineService:
                 if queued:
                     raise
         await done
-        if isinstance(item.error, _Recreated):
+        if isinstance(item.error, Recreated):
             self.engines.forget(name, cached)
             return await self._in_thread(self.report, name, body, idempotency_key,
                                          next_batch)
@@ -350,23 +322,6 @@ class PacelineService:
         except RuntimeError as exc:  # the executor was shut down by `close`
             raise Unavailable("the service is shutting down", {}) from exc
 
-    def _drain(self, name: str, cached: CachedEngine) -> None:
-        """Commit what `report_async` queued on `cached`, group by group (worker thread).
-        Reports queued by `report` may ride along, and `report` threads may commit queued
-        async reports: every item is answered by whoever commits it."""
-        while True:
-            with cached.pending_guard:
-                if not cached.pending:
-                    cached.draining = False
-                    return
-            try:
-                with cached.commit_lock:  # a `report` thread may have taken them all
-                    self._commit_pending(name, cached)
-            except BaseException as exc:  # e.g. no write lease: fail what is queued
-                with cached.pending_guard:
-                    group, cached.pending = cached.pending, []
-                _finish(group, error=exc)
-
     def _check_key(self, idempotency_key: str | None) -> None:
         if idempotency_key is not None:
             check_identifier(idempotency_key, "idempotency_key", InvalidRequest,
@@ -374,7 +329,7 @@ class PacelineService:
 
     def _prepare(self, cached: CachedEngine, body: Mapping[str, Any],
                  idempotency_key: str | None, next_batch: NextBatch | None,
-                 known_runs_only: bool = False) -> _PendingReport | None:
+                 known_runs_only: bool = False) -> PendingReport | None:
         """Parse and validate a report against `cached`'s spec (nothing is applied yet);
         None when `known_runs_only` and its run is not known to this process."""
         report = parse_report(body, cached.spec)
@@ -390,16 +345,16 @@ class PacelineService:
         dropped = dropped_groups(body, report)
         trained = report.num_rollouts - int(np.count_nonzero(np.isin(report.group_of,
                                                                      dropped)))
-        return _PendingReport(report, encode_report(report), idempotency_key, next_batch,
+        return PendingReport(report, encode_report(report), idempotency_key, next_batch,
                               accept_unserved=accepts_unserved(body),
                               counts=(report.num_rollouts, trained, int(dropped.size)),
                               dynamic=isinstance(body, Mapping) and "dropped" in body)
 
-    def _acked(self, item: _PendingReport) -> ReportAck:
+    def _acked(self, item: PendingReport) -> ReportAck:
         if item.error is not None:
             raise item.error
         assert item.ack is not None
-        return _counted(item.ack, item)
+        return with_counts(item.ack, item)
 
     def _prunes(self, ack: ReportAck) -> bool:
         return (not ack.replayed and self.settings.prune_events
@@ -413,151 +368,21 @@ class PacelineService:
         assert item is not None
         stamp = curriculum_stamp(cached.created_at)
         if item.key is not None and self.coordinator.caches_acks:
-            item.digest = _digest(item.payload)
+            item.digest = report_digest(item.payload)
             hit = self.coordinator.cached_ack(name, stamp, item.key)
             if hit is not None and hit[1] == item.digest:  # else the log decides
                 batch = None if next_batch is None else self.next_batch(
                     name, item.report.run_id, next_batch.step, next_batch.size)
-                return _counted(ReportAck(hit[0], replayed=True, batch=batch), item)
+                return with_counts(ReportAck(hit[0], replayed=True, batch=batch), item)
         with cached.pending_guard:
             cached.pending.append(item)
         with cached.commit_lock:
             if not item.done:
-                self._commit_pending(name, cached)
+                self.commits.commit_pending(name, cached)
         ack = self._acked(item)
         if self._prunes(ack):
             self.store.prune_events(name, ack.seq)
         return ack
-
-    def _commit_pending(self, name: str, cached: CachedEngine) -> None:
-        """Commit everything queued on `cached` as one group (caller holds its
-        commit_lock); with a coordinator, under the cross-replica write lease."""
-        with self.coordinator.exclusive(name) as notice:
-            with cached.lock:
-                with cached.pending_guard:
-                    group, cached.pending = cached.pending, []
-                if not group:
-                    return
-                self._commit_group(name, cached, group)
-                head = cached.seq
-            if any(i.ack is not None for i in group):  # the transaction committed
-                notice.record(curriculum_stamp(cached.created_at), head, [
-                    (i.key, i.ack.seq, i.digest) for i in group
-                    if i.key is not None and i.ack is not None and i.digest])
-
-    def _commit_group(self, name: str, cached: CachedEngine,
-                      group: list[_PendingReport]) -> None:
-        """Fold and append `group` in one transaction (caller holds the engine lock).
-
-        A retried key is answered from the log (or from earlier in the group) without a
-        fold. A report that fails inside the transaction is answered with its own error
-        and the others are committed without it, in a new transaction (one bad report
-        never fails its neighbours); a failure that belongs to no single report (the
-        database, the lease, a recreated curriculum, the commit itself) fails the whole
-        group and none is acknowledged. Whenever a transaction fails, the engine, which
-        may have folded some of it, is reloaded."""
-        remaining = group
-        while remaining:
-            culprit = self._commit_once(name, cached, remaining)
-            if culprit is None:
-                return
-            remaining = [item for item in remaining if item is not culprit]
-
-    def _commit_once(self, name: str, cached: CachedEngine,
-                     group: list[_PendingReport]) -> _PendingReport | None:
-        """One transaction for `group`: every report is then done, except the one
-        returned, which failed alone and which the caller retries the others without."""
-        current: _PendingReport | None = None
-        for item in group:  # a retry starts afresh
-            item.ack, item.error = None, None
-        try:
-            with self.store.writer(name) as writer:
-                if writer.created_at != cached.created_at:
-                    raise _Recreated(name)
-                self.engines.catch_up(cached, name, writer.head_seq)
-                for item in group:
-                    current = item
-                    try:
-                        item.ack = self._append(writer, cached, item)
-                    except (IdempotencyConflict, ReportConflict,
-                            NotServed) as exc:  # refused before any write
-                        item.error = exc
-                current = None  # from here on a failure is the commit's, not a report's
-                seq = writer.head_seq
-        except BaseException as exc:
-            self.engines.invalidate(cached)
-            if current is None or len(group) == 1 or not _report_failure(exc):
-                _finish(group, error=exc)
-                return None
-            _log.warning("a report failed inside a group commit of %r; committing the "
-                         "other %d without it: %r", name, len(group) - 1, exc)
-            _finish([current], error=exc)
-            return current
-        cached.seq = seq
-        _finish(group)
-        return None
-
-    def _append(self, writer: CurriculumWriter, cached: CachedEngine,
-                item: _PendingReport) -> ReportAck:
-        served = None
-        if item.next is not None:  # a conflicting stored batch refuses the whole report
-            record = writer.get_batch(item.report.run_id, item.next.step)
-            if record is not None:
-                served = decode_batch(record.payload)
-                _check_size(served, item.next.size)
-        if item.key is not None:
-            previous = writer.find_by_key(item.key)
-            if previous is not None:
-                # Equal content encodes to equal bytes (unless an older release wrote it).
-                if previous.payload != item.payload \
-                        and not same_report(previous.payload, item.report):
-                    raise IdempotencyConflict(
-                        "idempotency key was used for a different report",
-                        {"idempotency_key": item.key, "seq": previous.seq})
-                return ReportAck(previous.seq, replayed=True,
-                                 batch=self._batch_in(writer, cached, item, served))
-        earlier = _reported_before(writer, item)
-        if earlier is not None:  # the same report under another key: answered, not folded
-            return ReportAck(earlier.seq, replayed=True,
-                             batch=self._batch_in(writer, cached, item, served))
-        if not item.accept_unserved:
-            _check_served(writer, item.report)
-        cached.engine.apply(item.report)
-        seq = writer.append("report", item.report.run_id, item.report.step, item.key,
-                            item.payload, checked=True)
-        if seq % self.settings.snapshot_every == 0:
-            self._snapshot(writer, cached, seq)
-        return ReportAck(seq, replayed=False,
-                         batch=self._batch_in(writer, cached, item, served))
-
-    @staticmethod
-    def _snapshot(writer: CurriculumWriter, cached: CachedEngine, seq: int) -> None:
-        """A snapshot only shortens loading: one that cannot be encoded (no memory for
-        its bytes) is skipped, never failing the report it is due at; the next is due
-        `snapshot_every` events later, and the log alone keeps the state exact."""
-        try:
-            state = cached.engine.to_bytes()
-        except MemoryError:
-            _log.warning("snapshot of %r at seq %d skipped: out of memory",
-                         cached.spec.name, seq)
-            return
-        writer.put_snapshot(seq, state)
-
-    @staticmethod
-    def _batch_in(writer: CurriculumWriter, cached: CachedEngine, item: _PendingReport,
-                  served: Batch | None) -> Batch | None:
-        """The batch the report asked for: the one served before, or proposed now (the
-        engine has folded through `writer.head_seq`) and stored with the report."""
-        if item.next is None:
-            return None
-        if served is not None:
-            return served
-        run_id, step = item.report.run_id, item.next.step
-        batch = cached.engine.next_batch(run_id, step, item.next.size)
-        payload = encode_batch(batch)
-        stored = writer.put_batch(BatchRecord(run_id=run_id, step=step,
-                                              seq=writer.head_seq, payload=payload))
-        return batch if stored.payload == payload else decode_batch(stored.payload)
 
     # ---------------------------------------------------------------- batches
     def next_batch(self, name: str, run_id: str, step: int,
@@ -582,7 +407,7 @@ class PacelineService:
                 batch = decode_batch(stored.payload)  # another request stored it first
         else:
             batch = decode_batch(stored.payload)
-        _check_size(batch, size)
+        check_size(batch, size)
         return batch
 
     def refill(self, name: str, run_id: str, step: int, part: int,
@@ -610,7 +435,7 @@ class PacelineService:
             for record in parts:
                 if record.part == part:  # served before: the same part again
                     batch = decode_batch(record.payload)
-                    _check_size(batch, size)
+                    check_size(batch, size)
                     return batch
             first = writer.get_batch(run_id, step)
             if first is None or part != len(parts) + 1:
@@ -669,126 +494,3 @@ class PacelineService:
         return cached
 
 
-class _Recreated(Exception):
-    """The cached engine belongs to an earlier curriculum of this name (found under the
-    write lock, so nothing was written): the report is redone on a fresh engine."""
-
-
-@dataclass(eq=False)
-class _PendingReport:
-    """A validated report waiting in a curriculum's group-commit queue."""
-
-    report: Report
-    payload: bytes
-    key: str | None
-    next: NextBatch | None = None
-    digest: bytes = b""  # sha-256 of payload, computed only for the ack cache
-    done: bool = False
-    ack: ReportAck | None = None
-    error: BaseException | None = None
-    notify: Callable[[], object] | None = None  # called once done (`report_async`)
-    accept_unserved: bool = False  # the report opted out of the served-step check
-    counts: tuple[int, int, int] = (0, 0, 0)  # rollouts generated, trained; groups dropped
-    dynamic: bool = False  # the report named its dropped groups
-
-
-def _report_failure(exc: BaseException) -> bool:
-    """Whether `exc`, raised while one report was appended, is that report's own: not an
-    unavailable or outdated database, a recreated curriculum or an interrupt, which any
-    report would have met."""
-    return isinstance(exc, Exception) and not isinstance(
-        exc, Unavailable | SchemaOutdated | _Recreated)
-
-
-def served_indices(writer: CurriculumWriter, run_id: str, step: int,
-                   covering: np.ndarray | None = None) -> np.ndarray | None:
-    """Every sample index served to (run, step), or None when the step was never served.
-
-    The one place that knows how a step's served batch is stored: a step served in
-    several parts (dynamic sampling) serves the union of its parts. With `covering`, the
-    refill parts are read only when the step's batch does not contain all of those
-    indices (so a report of a step never refilled costs no extra query)."""
-    record = writer.get_batch(run_id, step)
-    if record is None:
-        return None
-    first = decode_batch(record.payload)
-    if covering is not None and _members(covering, first.indices).all():
-        return first.indices
-    parts = [decode_batch(p.payload) for p in writer.get_parts(run_id, step)]
-    if not parts:
-        return first.indices
-    return served_union([first, *parts])
-
-
-def _members(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Which of `values` are in `pool`, by binary search in the sorted pool: tens of
-    microseconds for a 1024-prompt step (np.isin builds a table over the index range or
-    uniquifies both sides, milliseconds on the report path)."""
-    ordered = np.sort(pool)
-    if ordered.size == 0:
-        return np.zeros(values.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
-    return ordered[at] == values
-
-
-def _check_served(writer: CurriculumWriter, report: Report) -> None:
-    """Refuse a report for a step Paceline never served, or naming indices outside what
-    it served: such rows were matched to the wrong step or addressed by other indices
-    than Paceline's, and folding them would corrupt the curriculum silently."""
-    served = served_indices(writer, report.run_id, report.step, covering=report.indices)
-    if served is None:
-        raise NotServed(
-            f"step {report.step} of run {report.run_id!r} was never served a batch: report "
-            "the steps Paceline served, or send unserved: \"accept\" for a trainer that "
-            "samples its own prompts", {"run_id": report.run_id, "step": report.step})
-    foreign = np.unique(report.indices[~_members(report.indices, served)])
-    if foreign.size:
-        raise IndicesNotServed(
-            f"sample indices {foreign[:8].tolist()}{'...' if foreign.size > 8 else ''} "
-            f"were not served to step {report.step} of run {report.run_id!r}",
-            {"run_id": report.run_id, "step": report.step,
-             "not_served": foreign[:64].tolist(), "count": int(foreign.size)})
-
-
-def _reported_before(writer: CurriculumWriter, item: _PendingReport) -> EventRecord | None:
-    """The report already folded for the item's (run, step): the same content (under any
-    idempotency key) is answered with it; other content is a conflict, never a second
-    fold (a resumed trainer replaying a step must not count it twice)."""
-    report = item.report
-    earlier = writer.find_report(report.run_id, report.step)
-    if earlier is None:
-        return None
-    if earlier.payload != item.payload and not same_report(earlier.payload, report):
-        raise ReportConflict(
-            f"step {report.step} of run {report.run_id!r} was already reported (seq "
-            f"{earlier.seq}) with different content: a step is folded once",
-            {"run_id": report.run_id, "step": report.step, "seq": earlier.seq})
-    return earlier
-
-
-def _counted(ack: ReportAck, item: _PendingReport) -> ReportAck:
-    generated, trained, dropped = item.counts
-    return dataclasses.replace(ack, rollouts_generated=generated, rollouts_trained=trained,
-                               groups_dropped=dropped, dynamic=item.dynamic)
-
-
-def _finish(group: list[_PendingReport], error: BaseException | None = None) -> None:
-    """Mark a group's reports done (failed with `error`, if given) and tell waiters."""
-    for item in group:
-        if error is not None:
-            item.ack, item.error = None, error
-        item.done = True
-        if item.notify is not None:
-            item.notify()
-
-
-def _check_size(batch: Batch, size: int | None) -> None:
-    """A step is served once: asking again with another size is a conflict."""
-    if size is not None and size != batch.indices.size:
-        raise IdempotencyConflict(
-            f"step {batch.step} of run {batch.run_id!r} was already served with size "
-            f"{batch.indices.size}", {"step": batch.step, "size": int(batch.indices.size)})
-
-
-def _digest(payload: bytes) -> bytes:
-    return hashlib.sha256(payload).digest()
