@@ -110,6 +110,7 @@ class PacelineService:
         self.coordinator = coordinator or coordinator_from_settings(settings)
         self.coordinator.start(self._fold_announced)
         self.commits = GroupCommitter(store, self.engines, self.coordinator, settings)
+        self.commits.on_fold = self.histories.record  # history checkpoints
         # Runs are only ever removed with their curriculum, so a run once seen exists for
         # as long as that curriculum (told apart from a recreated one by created_at).
         self._known_runs: set[tuple[str, datetime, str]] = set()
