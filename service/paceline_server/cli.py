@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
 
+from paceline_server.adapters.redis_coordination import coordinator_from_settings
 from paceline_server.app.codec import decode_report
 from paceline_server.app.replay import replay
 from paceline_server.app.service import PacelineService
@@ -37,7 +38,8 @@ def _service(settings: Settings) -> PacelineService:
     from paceline_server.store import open_store
 
     store = open_store(settings.database_url, **settings.store_options())
-    return PacelineService(store, settings)
+    return PacelineService(store, settings,
+                           coordinator=coordinator_from_settings(settings))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -143,7 +145,8 @@ def local_service(settings: Settings, *, create: bool) -> Iterator[PacelineServi
     store = open_store(settings.database_url, **options)
     service: PacelineService | None = None
     try:
-        service = PacelineService(store, settings)
+        service = PacelineService(store, settings,
+                                  coordinator=coordinator_from_settings(settings))
         yield service
     finally:
         if service is not None:

@@ -15,6 +15,7 @@ import pytest
 from replica_support import NAME, REDIS_URL, SPEC, redis_prefix, wait_for
 
 from api_support import fresh_pg_schema
+from paceline_server.adapters.redis_coordination import coordinator_from_settings
 from paceline_server.app.service import NextBatch, PacelineService
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
@@ -29,7 +30,8 @@ def pair() -> Iterator[Pair]:
                             snapshot_every=4)
         services = []
         for _ in range(2):
-            services.append(PacelineService(open_store(url, auto_migrate=True), settings))
+            services.append(PacelineService(open_store(url, auto_migrate=True), settings,
+                                            coordinator=coordinator_from_settings(settings)))
         try:
             services[0].create_curriculum(SPEC)
             services[0].attach_run(NAME, run_id="r")

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paceline_server import __version__
+from paceline_server.adapters.redis_coordination import coordinator_from_settings
 from paceline_server.api import errors, metrics, ui
 from paceline_server.api.body import BodyLimitMiddleware, JsonBodyMiddleware
 from paceline_server.api.errors import error_body
@@ -31,7 +32,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     settings = settings or Settings()
     owns_store = store is None
     store = store or open_store(settings.database_url, **settings.store_options())
-    service = PacelineService(store, settings)
+    service = PacelineService(store, settings,
+                              coordinator=coordinator_from_settings(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -11,7 +11,8 @@ Read path (a batch): bring the engine to the head, propose, and store the batch 
 
 Replicas: the database alone keeps any number of processes correct; a `Coordinator`
 (Redis) only speeds them up (announced heads folded in the background, cached acks,
-write leases), see `app/coordination.py`.
+write leases), see `app/coordination.py`. It is handed in at start-up (the Redis one
+is an adapter, `adapters/redis_coordination.py`); without one, the database alone.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 from paceline_server.app.codec import decode_batch, encode_batch, encode_report
 from paceline_server.app.coordination import (
     Coordinator,
-    coordinator_from_settings,
+    LocalCoordinator,
     curriculum_stamp,
 )
 from paceline_server.app.engines import CachedEngine, EngineCache, check_state_budget
@@ -107,7 +108,11 @@ class PacelineService:
         self.engines = EngineCache(store, settings.engine_cache_size,
                                    settings.engine_cache_bytes)
         self.histories = HistoryService(store)  # GET /history (app/history.py)
-        self.coordinator = coordinator or coordinator_from_settings(settings)
+        if coordinator is None and settings.redis_url:
+            _log.warning("PACELINE_REDIS_URL is set but no coordinator was handed to this "
+                         "service (see adapters/redis_coordination.py): coordinating "
+                         "through the database alone")
+        self.coordinator: Coordinator = coordinator or LocalCoordinator()
         self.coordinator.start(self._fold_announced)
         self.commits = GroupCommitter(store, self.engines, self.coordinator, settings)
         self.commits.on_fold = self.histories.record  # history checkpoints
