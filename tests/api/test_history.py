@@ -13,10 +13,23 @@ from fastapi.testclient import TestClient
 
 from api_support import make_client
 from paceline_server.app import history as history_module
-from paceline_server.app.codec import decode_report
+from paceline_server.app.codec import decode_report, encode_report
 from paceline_server.app.history import MAX_POINTS, HistoryService, auto_every
-from paceline_server.domain import CurriculumSpec
+from paceline_server.domain import CurriculumSpec, Report
+from paceline_server.domain.history import (
+    DISTRIBUTION_SERIES,
+    RowChunk,
+    pack_rows,
+    unpack_rows,
+)
 from paceline_server.engine import CurriculumEngine
+from paceline_server.strategies import registry
+from paceline_server.strategies.state_codec import StateVersionError
+from test_state_versions import (  # noqa: F401  (evolving: the fixture)
+    EvolvingV2Unmigrated,
+    evolving,
+    stored_curriculum,
+)
 
 SPEC: dict[str, Any] = {
     "name": "hist",
@@ -161,19 +174,159 @@ def test_unknown_curriculum_history(sqlite_client: TestClient) -> None:
     assert answer.json()["error"]["code"] == "CURRICULUM_NOT_FOUND"
 
 
-def test_history_of_a_pruned_log_starts_at_a_snapshot(tmp_path: Any) -> None:
+class _Replayed(HistoryService):
+    """The history as a full replay of the log computes it (stored checkpoints unread)."""
+
+    def _load_checkpoints(self, *args: Any) -> int:
+        return 0
+
+
+def assert_same_history(cold: Any, warm: Any) -> None:
+    """Every column of two histories equal, bit for bit (NaN equal to NaN)."""
+    for column in ("seq", "step", "time", "reward_weights", "reward_scale", "hypervolume"):
+        np.testing.assert_array_equal(getattr(cold, column), getattr(warm, column),
+                                      err_msg=column, strict=True)
+    assert cold.series.keys() == warm.series.keys()
+    for key in cold.series:
+        np.testing.assert_array_equal(cold.series[key], warm.series[key], err_msg=key,
+                                      strict=True)
+    assert (cold.head_seq, cold.first_seq, cold.complete) == (
+        warm.head_seq, warm.first_seq, warm.complete)
+
+
+def test_checkpoints_answer_a_cold_history_exactly(client: TestClient) -> None:
+    """snapshot_every=3: the report path stores rows 1..3, 4..6, ... with the snapshots;
+    a fresh HistoryService reads them and folds only the reports after the last one, and
+    its answer equals a full replay of the log in every column."""
+    setup(client)
+    drive(client, 14)
+    service = client.app.state.service  # type: ignore[attr-defined]
+    stored = service.store.history_checkpoints("hist")
+    assert [(c.first_seq, c.last_seq) for c in stored] == [
+        (1, 3), (4, 6), (7, 9), (10, 12)]
+    cold_service = HistoryService(service.store)
+    cold = cold_service.history("hist", every=1)
+    assert cold.seq.tolist() == list(range(15)) and cold.complete
+    trace = cold_service._traces["hist"]
+    assert trace.engine is not None and trace.engine_seq == 14  # from the snapshot at 12
+    assert_same_history(cold, _Replayed(service.store).history("hist", every=1))
+    # at a checkpoint no fold at all: the rows are read, the engine is never built
+    drive(client, 1, start=14)
+    at_checkpoint = HistoryService(service.store)
+    view = at_checkpoint.history("hist", every=1)
+    assert at_checkpoint._traces["hist"].engine is None and view.head_seq == 15
+    assert_same_history(view, _Replayed(service.store).history("hist", every=1))
+    # and it goes on from there like a replayed one
+    drive(client, 4, start=15)
+    assert_same_history(at_checkpoint.history("hist", every=1),
+                        _Replayed(service.store).history("hist", every=1))
+
+
+def test_a_pruned_log_is_answered_from_checkpoints(tmp_path: Any) -> None:
     with make_client(f"sqlite:///{tmp_path / 'p.db'}", snapshot_every=4,
-                     prune_events=True) as client:
-        setup(client)
-        drive(client, 10)
-        body = client.get("/v1/curricula/hist/history").json()
-        assert body["first_seq"] == 8 and body["seq"] == [8, 9, 10]
-        state = client.get("/v1/curricula/hist/state").json()
+                     prune_events=True) as pruned, \
+            make_client(f"sqlite:///{tmp_path / 'q.db'}", snapshot_every=4) as kept:
+        for client in (pruned, kept):
+            setup(client)
+            drive(client, 10)
+        store = pruned.app.state.service.store  # type: ignore[attr-defined]
+        assert next(iter(store.events("hist"))).seq == 9  # 1..8 pruned
+        body = pruned.get("/v1/curricula/hist/history").json()
+        assert body["first_seq"] == 0 and body["seq"] == list(range(11))
+        twin = kept.get("/v1/curricula/hist/history").json()
+        assert body["per_distribution"] == twin["per_distribution"]
+        assert body["reward_weights"] == twin["reward_weights"]
+        assert body["step"] == twin["step"]
+        state = pruned.get("/v1/curricula/hist/state").json()
         for d in state["distributions"]:
             assert body["per_distribution"][d["name"]]["probability"][-1] == pytest.approx(
                 d["probability"])
+
+
+def test_a_pruned_log_without_checkpoints_starts_at_a_snapshot(tmp_path: Any) -> None:
+    """A log written before checkpoints existed (straight through the store), then
+    pruned: the history starts at the snapshot the log continues from."""
+    with make_client(f"sqlite:///{tmp_path / 'p.db'}") as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        write_log(service.store, 10, snapshot_at=(4, 8))
+        assert service.store.prune_events("hist", 8) == 8
+        body = client.get("/v1/curricula/hist/history").json()
+        assert body["first_seq"] == 8 and body["seq"] == [8, 9, 10]
         answer = client.get("/v1/curricula/hist/history", params={"since": 2})
         assert answer.json()["seq"] == [8, 9, 10]  # what the store still holds
+
+
+def write_log(store: Any, reports: int, snapshot_at: tuple[int, ...] = (),
+              spec: dict[str, Any] | None = None) -> CurriculumEngine:
+    """`reports` reports appended straight to the log (no service, so no checkpoints)."""
+    engine = CurriculumEngine(CurriculumSpec.from_dict(spec or SPEC))
+    store.create_curriculum(engine.spec.name, engine.spec.to_dict())
+    rng = np.random.default_rng(7)
+    with store.writer(engine.spec.name) as writer:
+        for step in range(reports):
+            batch = engine.next_batch("r1", step)
+            rewards = rng.random((batch.indices.size, 4, len(engine.spec.objectives)))
+            item = Report.dense(run_id="r1", step=step, indices=batch.indices,
+                                rewards=rewards.round(2), layout=engine.layout,
+                                num_objectives=len(engine.spec.objectives))
+            engine.apply(item)
+            seq = writer.append("report", "r1", step, None, encode_report(item))
+            if seq in snapshot_at:
+                writer.put_snapshot(seq, engine.to_bytes())
+    return engine
+
+
+def wait_for_fills(histories: HistoryService) -> None:
+    for thread in list(histories.fills):
+        thread.join(30)
+
+
+def test_rows_lost_in_a_restart_are_filled(client: TestClient, database_url: str) -> None:
+    """Rows kept in memory when the process stops are gone: the next checkpoint notices
+    the gap and a background fill stores them, so the chain from seq 1 is whole again."""
+    setup(client)
+    drive(client, 7)  # rows 1..6 stored (snapshot_every=3); 7 only in memory
+    with make_client(database_url, snapshot_every=3) as restarted:
+        drive(restarted, 5, start=7)  # checkpoint at 9 holds 8..9; 10..12 stored
+        service = restarted.app.state.service  # type: ignore[attr-defined]
+        wait_for_fills(service.histories)
+        assert [(c.first_seq, c.last_seq) for c in service.store.history_checkpoints(
+            "hist")] == [(1, 3), (4, 6), (7, 7), (8, 9), (10, 12)]
+        assert_same_history(HistoryService(service.store).history("hist", every=1),
+                            _Replayed(service.store).history("hist", every=1))
+
+
+def test_a_log_from_before_checkpoints_is_backfilled(sqlite_client: TestClient) -> None:
+    service = sqlite_client.app.state.service  # type: ignore[attr-defined]
+    write_log(service.store, 10)
+    assert sqlite_client.post("/v1/curricula/hist/runs", json={"run_id": "r1"}
+                              ).status_code in (200, 201)
+    drive(sqlite_client, 2, start=10)  # seq 11, 12: a checkpoint of 11..12 and a fill
+    wait_for_fills(service.histories)
+    assert [(c.first_seq, c.last_seq) for c in service.store.history_checkpoints("hist")
+            ] == [(1, 10), (11, 12)]
+    assert_same_history(HistoryService(service.store).history("hist", every=1),
+                        _Replayed(service.store).history("hist", every=1))
+
+
+def test_a_retried_transaction_replaces_its_rows(sqlite_client: TestClient) -> None:
+    """`record` of a seq already kept (a group commit retried without a failed report)
+    drops the rows from there on: what is stored is what committed."""
+    setup(sqlite_client)
+    drive(sqlite_client, 2)
+    service = sqlite_client.app.state.service  # type: ignore[attr-defined]
+    cached = service.engines.entry(service.store.head("hist"))
+    histories = HistoryService(service.store)
+    with cached.lock, service.store.writer("hist") as writer:
+        histories.record(writer, cached, 1, 0, every=100)
+        histories.record(writer, cached, 2, 1, every=100)
+        histories.record(writer, cached, 3, 7, every=100)
+        histories.record(writer, cached, 2, 5, every=100)  # the retry
+        pending = histories._pending["hist"]
+        assert (pending.first_seq, pending.steps) == (1, [0, 5])
+        histories.record(writer, cached, 9, 9, every=100)  # a gap: starts afresh
+        assert (histories._pending["hist"].first_seq, histories._pending["hist"].steps) \
+            == (9, [9])
 
 
 def test_history_needs_a_read_token(tmp_path: Any) -> None:
@@ -219,7 +372,8 @@ def test_explanation_names_the_health_flag(sqlite_client: TestClient) -> None:
 
 
 class _HeldStore:
-    """A store whose event reads wait until released: a replay that takes long."""
+    """A store without history checkpoints whose event reads wait until released: a
+    replay that takes long."""
 
     def __init__(self, store: Any) -> None:
         self._store = store
@@ -228,6 +382,9 @@ class _HeldStore:
     def events(self, *args: Any, **kwargs: Any) -> Any:
         self.release.wait(10)
         return self._store.events(*args, **kwargs)
+
+    def history_checkpoints(self, *args: Any, **kwargs: Any) -> Any:
+        return []  # as a log from before checkpoints: everything is replayed
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -269,3 +426,54 @@ def test_a_deleted_curriculum_leaves_no_history(sqlite_client: TestClient) -> No
     assert client.get("/v1/curricula/hist/history").status_code == 404
     setup(client)  # the same name again: a new curriculum, a new history
     assert client.get("/v1/curricula/hist/history").json()["seq"] == [0]
+
+
+@pytest.mark.usefixtures("evolving")
+def test_an_unreadable_snapshot_is_replayed_from_the_log(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A snapshot whose strategy state no longer migrates: the history's tail is folded
+    by an engine replayed from the first event, and the rows are those of a replay."""
+    store, _, _ = stored_curriculum(tmp_path, steps=6, snapshot_at=4)
+    histories = HistoryService(store)
+    histories._fill("c", store.head("c").created_at, 0, 4)  # rows 1..4, written by V1
+    expected = _Replayed(store).history("c", every=1)
+    registry.register_sampler(EvolvingV2Unmigrated)
+    with caplog.at_level("WARNING", logger="paceline_server.app.history"):
+        view = HistoryService(store).history("c", every=1)
+    assert "snapshot at seq 4 not readable" in caplog.text
+    assert view.seq.tolist() == list(range(7))
+    assert_same_history(view, expected)
+    store.close()
+
+
+@pytest.mark.usefixtures("evolving")
+def test_an_unreadable_snapshot_of_a_pruned_log_is_a_clear_error(tmp_path: Any) -> None:
+    store, _, _ = stored_curriculum(tmp_path, steps=6, snapshot_at=4)
+    assert store.prune_events("c", 4) == 4
+    registry.register_sampler(EvolvingV2Unmigrated)
+    with pytest.raises(StateVersionError, match="cannot be rebuilt by replay") as info:
+        HistoryService(store).history("c")
+    assert info.value.details["snapshot_seq"] == 4
+    store.close()
+
+
+def test_rows_pack_and_unpack() -> None:
+    rng = np.random.default_rng(0)
+    n, d, k = 5, 3, 2
+    chunk = RowChunk(first_seq=11, step=np.arange(n), time=rng.random(n),
+                     series={name: (rng.random((n, d)) > 0.5 if name in (
+                         "stalled", "saturated", "hopeless") else rng.random((n, d)))
+                         for name in DISTRIBUTION_SERIES},
+                     reward_weights=rng.random((n, k)), reward_scale=rng.random(n),
+                     hypervolume=np.full(n, np.nan))
+    data = pack_rows(chunk)
+    assert len(data) == 40 + n * (8 * (4 * d + k + 4) + 3 * d)
+    back = unpack_rows(data)
+    assert (back.first_seq, back.last_seq) == (11, 15)
+    for name in DISTRIBUTION_SERIES:
+        np.testing.assert_array_equal(back.series[name], chunk.series[name], strict=True)
+    np.testing.assert_array_equal(back.hypervolume, chunk.hypervolume)
+    np.testing.assert_array_equal(back.reward_weights, chunk.reward_weights)
+    for bad in (b"", data[:-1], b"\x02" + data[1:], data + b"\x00"):
+        with pytest.raises(ValueError, match="packed history rows"):
+            unpack_rows(bad)

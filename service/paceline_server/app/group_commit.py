@@ -80,6 +80,9 @@ class GroupCommitter:
         self.engines = engines
         self.coordinator = coordinator
         self.settings = settings
+        #: Called after each report is folded and appended (writer, cached, seq, step,
+        #: snapshot_every): the history's rows (`HistoryService.record`).
+        self.on_fold: Callable[[CurriculumWriter, CachedEngine, int, int, int], None] | None = None
 
     def drain(self, name: str, cached: CachedEngine) -> None:
         """Commit what `report_async` queued on `cached`, group by group (worker thread).
@@ -194,6 +197,8 @@ class GroupCommitter:
         cached.engine.apply(item.report)
         seq = writer.append("report", item.report.run_id, item.report.step, item.key,
                             item.payload, checked=True)
+        if self.on_fold is not None:
+            self.on_fold(writer, cached, seq, item.report.step, self.settings.snapshot_every)
         if seq % self.settings.snapshot_every == 0:
             self._snapshot(writer, cached, seq)
         return ReportAck(seq, replayed=False,

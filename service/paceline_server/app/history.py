@@ -1,27 +1,41 @@
-"""A curriculum's history, rebuilt from what the store keeps (events and snapshots).
+"""A curriculum's history: the per-report rows the store keeps, plus a replay of the tail.
 
-Nothing extra is written on the report path: the history is the fold of the event log
-observed after every report. The first request for a curriculum replays its log through a
-fresh engine (from seq 0; from the oldest usable snapshot when events were pruned) and
-records one `ProgressPoint` per report; later requests fold only the reports committed
-since, so a dashboard polling every few seconds pays for the new reports alone.
+The rows are `ProgressPoint`s, the engine's state observed after every report. The
+service's report path computes one after each fold (`record`, O(D + k), the engine is at
+hand) and keeps them in memory until a snapshot is due; then they are packed and stored
+as a checkpoint chunk in the same transaction (`CurriculumWriter.put_history`). A
+history request chains the stored chunks from seq 1 and replays only the reports after
+the last one, from the snapshot written with it, so a freshly started server answers a
+long curriculum without replaying its log; chunks outlive pruned events. A range no
+process recorded (reports folded before a restart but after the last checkpoint, another
+replica's reports, a curriculum older than checkpoints) is filled in the background from
+the snapshot before it, and until then a request replays it. Rows are exact: a chunk
+holds the same numbers a replay of the log from seq 0 computes (tested).
 
-Cost (see docs/benchmarks.md, "History"):
-- first request: one engine fold per stored report (the same work as `replay`), plus
-  O(D + k) per report for the row; kept in memory: 8·(5·D + k + 4) bytes per report
-  (about 0.3 MB per 10 000 reports with 4 distributions and 2 objectives) and one engine.
-  A long replay runs in a background thread: a request given `wait_s` answers after at
-  most that long with the rows replayed so far (`complete` false) and the replay goes
-  on, so a dashboard shows a long curriculum filling in instead of waiting for it.
+Cost (see docs/benchmarks.md, "History", and docs/dashboard.md):
+- report path: one `progress()` per report and, every `snapshot_every` reports, one
+  INSERT of the packed chunk plus a read of its events' times; stored: 8·(4D + k + 4) + 3D
+  bytes per report (about 170 bytes with 4 distributions and 2 objectives).
+- first request of a process: read and unpack the chunks (O(reports) bytes, no fold),
+  then fold the reports after the last chunk (fewer than `snapshot_every` normally);
+  without chunks, one fold per stored report as before. Kept in memory: 8·(5·D + k + 4)
+  bytes per report and one engine, for `CACHE_SIZE` curricula. A long replay runs in a
+  background thread: a request given `wait_s` answers after at most that long with the
+  rows so far (`complete` false) while the replay goes on.
 - later requests: the new reports' folds (inline when fewer than `INLINE_FOLDS`), then
   O(rows returned) to select and encode.
 - `every` downsamples to the rows at multiples of `every` plus the head; left out, it is
   chosen so that at most `MAX_POINTS` rows come back, so a 100 000-report curriculum
   answers with 1 000 rows, not 100 000.
+
+A snapshot this code cannot read (`StateVersionError`: a strategy state version that no
+longer migrates) is set aside as the engine cache does: the engine is rebuilt by folding
+the log from its first event, when the log still holds it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -29,6 +43,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,11 +53,20 @@ from paceline_server.domain.history import (
     DISTRIBUTION_SERIES,
     CurriculumHistory,
     ProgressPoint,
+    RowChunk,
+    pack_rows,
+    unpack_rows,
 )
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.domain.validation import MAX_INT
 from paceline_server.engine import CurriculumEngine
-from paceline_server.store.base import EventRecord, Store
+from paceline_server.store.base import CurriculumWriter, EventRecord, Store
+from paceline_server.strategies.state_codec import StateVersionError
+
+if TYPE_CHECKING:
+    from paceline_server.app.engines import CachedEngine
+
+_log = logging.getLogger(__name__)
 
 #: rows a history returns when the request names no `every`
 MAX_POINTS = 1000
@@ -54,6 +78,8 @@ INLINE_FOLDS = 50
 CHUNK = 25
 #: how long a transport's request waits for a long replay before answering with part
 HISTORY_WAIT_S = 0.5
+#: rows the report path keeps in memory before it stores them, snapshot due or not
+MAX_PENDING_ROWS = 1000
 _FLAGS = ("stalled", "saturated", "hopeless")
 
 
@@ -96,9 +122,12 @@ class _Columns:
         for name, array in old_series.items():
             self.series[name][:n] = array[:n]
 
+    def _reserve(self, rows: int) -> None:
+        if self.size + rows > self.seq.size:
+            self._allocate(max(2 * self.seq.size, self.size + rows))
+
     def append(self, seq: int, step: int, stamp: float, point: ProgressPoint) -> None:
-        if self.size == self.seq.size:
-            self._allocate(2 * self.seq.size)
+        self._reserve(1)
         i = self.size
         self.seq[i], self.step[i], self.time[i] = seq, step, stamp
         series = self.series
@@ -114,14 +143,46 @@ class _Columns:
         self.hypervolume[i] = point.hypervolume
         self.size += 1
 
+    def extend(self, chunk: RowChunk, skip: int = 0) -> None:
+        """Append the chunk's rows from its `skip`-th on (one copy per column)."""
+        n = int(chunk.step.size) - skip
+        self._reserve(n)
+        i, j = self.size, self.size + n
+        self.seq[i:j] = np.arange(chunk.first_seq + skip, chunk.first_seq + skip + n)
+        self.step[i:j] = chunk.step[skip:]
+        self.time[i:j] = chunk.time[skip:]
+        for name in DISTRIBUTION_SERIES:
+            self.series[name][i:j] = chunk.series[name][skip:]
+        self.reward_weights[i:j] = chunk.reward_weights[skip:]
+        self.reward_scale[i:j] = chunk.reward_scale[skip:]
+        self.hypervolume[i:j] = chunk.hypervolume[skip:]
+        self.size = j
+
+    def tail(self, after_seq: int) -> RowChunk:
+        """The rows after `after_seq` (consecutive seqs) as a chunk to store."""
+        start = int(np.searchsorted(self.seq[:self.size], after_seq, side="right"))
+        return _chunk_of(self, start, self.size)
+
+
+def _chunk_of(columns: _Columns, start: int, stop: int) -> RowChunk:
+    return RowChunk(first_seq=int(columns.seq[start]), step=columns.step[start:stop],
+                    time=columns.time[start:stop],
+                    series={k: v[start:stop] for k, v in columns.series.items()},
+                    reward_weights=columns.reward_weights[start:stop],
+                    reward_scale=columns.reward_scale[start:stop],
+                    hypervolume=columns.hypervolume[start:stop])
+
 
 @dataclass
 class _Trace:
-    """One curriculum's replayed history: the engine at `seq` and a row per report."""
+    """One curriculum's history in memory: rows through `seq` and an engine that has
+    folded the log through `engine_seq` (None until a fold needs it: rows read from
+    checkpoints need no engine)."""
 
     created_at: datetime
     spec: CurriculumSpec
-    engine: CurriculumEngine
+    engine: CurriculumEngine | None
+    engine_seq: int
     seq: int
     first_seq: int
     columns: _Columns
@@ -131,15 +192,108 @@ class _Trace:
     failure: BaseException | None = None  # what stopped the last background replay
 
 
+@dataclass
+class _Pending:
+    """Rows the report path computed since its last checkpoint (seqs first_seq, ...)."""
+
+    created_at: datetime
+    first_seq: int
+    steps: list[int] = field(default_factory=list)
+    points: list[ProgressPoint] = field(default_factory=list)
+
+
 class HistoryService:
-    """Builds and caches histories; thread-safe (one lock per curriculum)."""
+    """Builds and caches histories; records the report path's rows and stores them as
+    checkpoints. Thread-safe (one lock per curriculum)."""
 
     def __init__(self, store: Store, capacity: int = CACHE_SIZE) -> None:
         self.store = store
         self.capacity = capacity
         self._traces: OrderedDict[str, _Trace] = OrderedDict()
         self._guard = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._filling: set[tuple[str, int]] = set()
+        #: background fills started (for tests and the benchmark to wait on)
+        self.fills: list[threading.Thread] = []
 
+    # ------------------------------------------------------------ report path
+    def record(self, writer: CurriculumWriter, cached: CachedEngine, seq: int, step: int,
+               every: int) -> None:
+        """The report at `seq` was just folded into `cached.engine` and appended through
+        `writer`: keep its row, and store the rows kept so far when a snapshot is due
+        (`seq % every == 0`) or `MAX_PENDING_ROWS` are waiting. Called by the report path
+        under the curriculum's engine lock; a retried transaction records its seqs again
+        and replaces them. Rows lost with a failed transaction leave a gap that the
+        next checkpoint notices and fills in the background."""
+        point = cached.engine.progress()
+        name = cached.spec.name
+        with self._guard:
+            pending = self._pending.get(name)
+            if (pending is None or pending.created_at != cached.created_at
+                    or not pending.first_seq <= seq <= pending.first_seq + len(pending.steps)):
+                pending = self._pending[name] = _Pending(cached.created_at, seq)
+            keep = seq - pending.first_seq
+            del pending.steps[keep:], pending.points[keep:]
+            pending.steps.append(step)
+            pending.points.append(point)
+            if seq % every != 0 and len(pending.steps) < MAX_PENDING_ROWS:
+                return
+            del self._pending[name]
+        self._checkpoint(writer, name, cached.spec, pending)
+
+    def _checkpoint(self, writer: CurriculumWriter, name: str, spec: CurriculumSpec,
+                    pending: _Pending) -> None:
+        first, last = pending.first_seq, pending.first_seq + len(pending.steps) - 1
+        times = writer.event_times(first, last)
+        if [seq for seq, _ in times] != list(range(first, last + 1)):
+            _log.warning("history rows %d..%d of %r not stored: their events are not all in "
+                         "the log", first, last, name)
+            return
+        columns = _Columns(spec.layout.num_distributions, len(spec.objectives))
+        for (seq, stamp), step, point in zip(times, pending.steps, pending.points,
+                                             strict=True):
+            columns.append(seq, step, stamp.timestamp(), point)
+        writer.put_history(first, last, pack_rows(_chunk_of(columns, 0, columns.size)))
+        before = writer.last_history_seq(first)
+        if before < first - 1:
+            self._start_fill(name, pending.created_at, before, first - 1)
+
+    # ------------------------------------------------------------ filling gaps
+    def _start_fill(self, name: str, created_at: datetime, after: int, upto: int) -> None:
+        """Compute and store rows after..upto in a background thread (once at a time per
+        range): a restart lost the rows kept in memory, another replica folded them, or
+        the curriculum predates checkpoints."""
+        key = (name, upto)
+        with self._guard:
+            if key in self._filling:
+                return
+            self._filling.add(key)
+        thread = threading.Thread(target=self._fill, args=(name, created_at, after, upto),
+                                  daemon=True, name=f"paceline-history-fill-{name}")
+        self.fills.append(thread)
+        thread.start()
+
+    def _fill(self, name: str, created_at: datetime, after: int, upto: int) -> None:
+        try:
+            record = self.store.get_curriculum(name)
+            if record.created_at != created_at:
+                return
+            spec = CurriculumSpec.from_dict(record.spec)
+            engine, seq = self._engine_at(name, spec, after)
+            columns = _Columns(spec.layout.num_distributions, len(spec.objectives))
+            trace = _Trace(created_at, spec, engine, seq, after, after, columns)
+            self._fold(name, trace, self.store.events(name, after_seq=seq, limit=upto - seq))
+            if trace.seq != upto:
+                raise _Gap(f"event log of {name!r} ends at seq {trace.seq}")
+            self.store.put_history(name, after + 1, upto, pack_rows(columns.tail(after)))
+        except Exception as exc:  # a request replays what a fill could not store
+            _log.warning("history rows %d..%d of %r not filled: %r", after + 1, upto, name,
+                         exc)
+        finally:
+            with self._guard:
+                self._filling.discard((name, upto))
+
+    # ------------------------------------------------------------ requests
     def history(self, name: str, every: int | None = None, since: int | None = None,
                 wait_s: float | None = None) -> CurriculumHistory:
         """Rows (seq >= `since`, at multiples of `every`, plus the last) of `name`.
@@ -180,7 +334,12 @@ class HistoryService:
         the rows reach."""
         deadline = None if wait_s is None else time.monotonic() + wait_s
         with trace.lock:
-            if not trace.replaying and head_seq - trace.seq <= INLINE_FOLDS:
+            if trace.seq >= head_seq and not trace.replaying:
+                return head_seq
+            if trace.engine is None:
+                trace.engine, trace.engine_seq = self._engine_at(name, trace.spec, trace.seq,
+                                                                  head_seq)
+            if not trace.replaying and head_seq - trace.engine_seq <= INLINE_FOLDS:
                 self._extend(name, trace, head_seq)
                 return trace.seq
             trace.target = max(trace.target, head_seq)
@@ -204,7 +363,7 @@ class HistoryService:
         try:
             while True:
                 with trace.lock:
-                    seq, target = trace.seq, trace.target
+                    seq, target = trace.engine_seq, trace.target
                     if seq >= target:
                         break
                 events = list(self.store.events(name, after_seq=seq,
@@ -244,42 +403,120 @@ class HistoryService:
             self._traces.pop(name, None)
 
     def _build(self, name: str, created_at: datetime, head_seq: int) -> _Trace:
-        """A trace at the start of what the store holds: seq 0 with a fresh engine, or,
-        when the first events were pruned, the newest snapshot the log continues from."""
+        """A trace holding the stored checkpoints' rows: chained from seq 1 up to the
+        first gap, after the row of a fresh engine at seq 0. Without any, the start of
+        what the log holds: seq 0 with a fresh engine, or, when the first events were
+        pruned, the newest snapshot the log continues from."""
         record = self.store.get_curriculum(name)
         spec = CurriculumSpec.from_dict(record.spec)
-        first = next(iter(self.store.events(name, after_seq=0, limit=1)), None)
-        engine, seq, stamp = CurriculumEngine(spec), 0, record.created_at
-        if first is not None and first.seq > 1:
-            snapshot = (self.store.latest_snapshot(name, at_most=first.seq - 1)
-                        or self.store.latest_snapshot(name, at_most=head_seq))
-            if snapshot is not None:
-                engine = CurriculumEngine.from_bytes(spec, snapshot.state)
-                seq, stamp = snapshot.seq, snapshot.created_at
         columns = _Columns(spec.layout.num_distributions, len(spec.objectives))
-        columns.append(seq, -1, stamp.timestamp(), engine.progress())
-        return _Trace(created_at, spec, engine, seq, seq, columns)
+        engine = CurriculumEngine(spec)
+        columns.append(0, -1, record.created_at.timestamp(), engine.progress())
+        covered = self._load_checkpoints(name, spec, columns)
+        if covered:
+            return _Trace(created_at, spec, None, 0, covered, 0, columns)
+        first = next(iter(self.store.events(name, after_seq=0, limit=1)), None)
+        if first is None or first.seq == 1 or head_seq == 0:
+            return _Trace(created_at, spec, engine, 0, 0, 0, columns)
+        snapshot = (self.store.latest_snapshot(name, at_most=first.seq - 1)
+                    or self.store.latest_snapshot(name, at_most=head_seq))
+        if snapshot is None:
+            raise _Gap(f"event log of {name!r} starts at seq {first.seq} with no snapshot")
+        try:
+            engine = CurriculumEngine.from_bytes(spec, snapshot.state)
+        except StateVersionError as exc:
+            raise _unreplayable(name, snapshot.seq, exc, 0) from exc
+        columns = _Columns(spec.layout.num_distributions, len(spec.objectives))
+        columns.append(snapshot.seq, -1, snapshot.created_at.timestamp(), engine.progress())
+        return _Trace(created_at, spec, engine, snapshot.seq, snapshot.seq, snapshot.seq,
+                      columns)
+
+    def _load_checkpoints(self, name: str, spec: CurriculumSpec, columns: _Columns) -> int:
+        """Append the stored rows chained from seq 1; returns the last seq they reach."""
+        covered = 0
+        d, k = spec.layout.num_distributions, len(spec.objectives)
+        for stored in self.store.history_checkpoints(name):
+            if stored.first_seq > covered + 1:
+                break  # a gap: the rest is replayed (and filled in the background)
+            if stored.last_seq <= covered:
+                continue
+            chunk = unpack_rows(stored.rows)
+            if (chunk.first_seq, chunk.last_seq) != (stored.first_seq, stored.last_seq) \
+                    or chunk.series["probability"].shape[1] != d \
+                    or chunk.reward_weights.shape[1] != k:
+                _log.warning("history checkpoint %d..%d of %r does not fit its curriculum; "
+                             "replaying from there", stored.first_seq, stored.last_seq, name)
+                break
+            columns.extend(chunk, skip=covered + 1 - chunk.first_seq)
+            covered = chunk.last_seq
+        return covered
+
+    def _engine_at(self, name: str, spec: CurriculumSpec, seq: int,
+                   head_seq: int | None = None) -> tuple[CurriculumEngine, int]:
+        """An engine at a position the log continues from: the newest snapshot at or
+        before `seq`, else a fresh engine at 0 when the log starts at seq 1. A snapshot
+        this code cannot read (StateVersionError) is replayed from the first event, as the
+        engine cache does. When the log was pruned and nothing at or before `seq` is
+        usable, the newest snapshot up to `head_seq` (the rows then skip to it)."""
+        snapshot = self.store.latest_snapshot(name, at_most=seq) if seq else None
+        cause: StateVersionError | None = None
+        if snapshot is not None:
+            try:
+                return CurriculumEngine.from_bytes(spec, snapshot.state), snapshot.seq
+            except StateVersionError as exc:
+                cause = exc
+        first = next(iter(self.store.events(name, after_seq=0, limit=1)), None)
+        if first is None or first.seq == 1:
+            if cause is not None and snapshot is not None:
+                _log.warning("curriculum %r: snapshot at seq %d not readable (%s); the "
+                             "history replays the event log from its first event", name,
+                             snapshot.seq, cause)
+            return CurriculumEngine(spec), 0
+        newest = (None if head_seq is None
+                  else self.store.latest_snapshot(name, at_most=head_seq))
+        if cause is None and newest is not None and newest.seq > seq:
+            try:
+                return CurriculumEngine.from_bytes(spec, newest.state), newest.seq
+            except StateVersionError as exc:
+                snapshot, cause = newest, exc
+        if cause is not None and snapshot is not None:
+            raise _unreplayable(name, snapshot.seq, cause, 0) from cause
+        raise _Gap(f"event log of {name!r} starts at seq {first.seq} and no snapshot "
+                   f"continues the history after seq {seq}")
 
     def _extend(self, name: str, trace: _Trace, head_seq: int) -> None:
         """Fold the reports committed after the trace (caller holds its lock)."""
-        if trace.seq < head_seq:
-            self._fold(name, trace, self.store.events(name, after_seq=trace.seq,
-                                                      limit=head_seq - trace.seq))
+        if trace.engine_seq < head_seq:
+            self._fold(name, trace, self.store.events(name, after_seq=trace.engine_seq,
+                                                      limit=head_seq - trace.engine_seq))
 
     @staticmethod
     def _fold(name: str, trace: _Trace, events: Iterable[EventRecord]) -> None:
-        """Fold events in order, recording a row after each (caller holds the lock)."""
+        """Fold events in order, recording a row after each one beyond the rows the
+        trace holds (caller holds the lock)."""
+        engine = trace.engine
+        assert engine is not None
         for event in events:
-            if event.seq != trace.seq + 1:
-                raise _Gap(f"event log of {name!r} has a gap after seq {trace.seq}")
-            trace.engine.apply(decode_report(event.payload))
-            trace.seq = event.seq
-            trace.columns.append(event.seq, event.step, event.created_at.timestamp(),
-                                 trace.engine.progress())
+            if event.seq != trace.engine_seq + 1:
+                raise _Gap(f"event log of {name!r} has a gap after seq {trace.engine_seq}")
+            engine.apply(decode_report(event.payload))
+            trace.engine_seq = event.seq
+            if event.seq > trace.seq:
+                trace.seq = event.seq
+                trace.columns.append(event.seq, event.step, event.created_at.timestamp(),
+                                     engine.progress())
 
 
 class _Gap(RuntimeError):
     """The events after a trace were pruned (a snapshot covers them)."""
+
+
+def _unreplayable(name: str, seq: int, cause: StateVersionError,
+                  replayed_to: int) -> StateVersionError:
+    return StateVersionError(
+        f"{cause} and the event log of {name!r} no longer starts at seq 1 (pruned), so its "
+        "history cannot be rebuilt by replay",
+        {**cause.details, "replayed_to": replayed_to, "snapshot_seq": seq})
 
 
 def auto_every(rows: int, limit: int = MAX_POINTS) -> int:

@@ -49,3 +49,75 @@ class CurriculumHistory:
     reward_weights: np.ndarray  # float64 [T, k]
     reward_scale: np.ndarray  # float64 [T]
     hypervolume: np.ndarray  # float64 [T]
+
+
+@dataclass(frozen=True)
+class RowChunk:
+    """Consecutive history rows, seq first_seq, first_seq + 1, ..., as columns: what a
+    history checkpoint stores (the store keeps the packed bytes, `pack_rows`)."""
+
+    first_seq: int
+    step: np.ndarray  # int64 [n]
+    time: np.ndarray  # float64 [n]
+    series: dict[str, np.ndarray]  # DISTRIBUTION_SERIES -> [n, D]
+    reward_weights: np.ndarray  # float64 [n, k]
+    reward_scale: np.ndarray  # float64 [n]
+    hypervolume: np.ndarray  # float64 [n]
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + int(self.step.size) - 1
+
+
+#: leads packed rows: format version, first_seq, n, D, k (int64 each)
+_HEADER = np.dtype("<i8")
+_ROWS_FORMAT = 1
+_FLAG_SERIES = frozenset({"stalled", "saturated", "hopeless"})
+
+
+def _layout(n: int, d: int, k: int) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+    float64, int64, flag = np.dtype("<f8"), np.dtype("<i8"), np.dtype("u1")
+    return [("step", int64, (n,)), ("time", float64, (n,)),
+            *[(name, flag if name in _FLAG_SERIES else float64, (n, d))
+              for name in DISTRIBUTION_SERIES],
+            ("reward_weights", float64, (n, k)), ("reward_scale", float64, (n,)),
+            ("hypervolume", float64, (n,))]
+
+
+def pack_rows(chunk: RowChunk) -> bytes:
+    """Rows as raw little-endian arrays behind a 40-byte header: 8·(4D + k + 4) + 3D
+    bytes per row, decoded by `unpack_rows` without copying (np.frombuffer)."""
+    n = int(chunk.step.size)
+    d = int(chunk.series["probability"].shape[1])
+    k = int(chunk.reward_weights.shape[1])
+    columns = {"step": chunk.step, "time": chunk.time, **chunk.series,
+               "reward_weights": chunk.reward_weights, "reward_scale": chunk.reward_scale,
+               "hypervolume": chunk.hypervolume}
+    parts = [np.asarray([_ROWS_FORMAT, chunk.first_seq, n, d, k], dtype=_HEADER).tobytes()]
+    for name, dtype, shape in _layout(n, d, k):
+        parts.append(np.ascontiguousarray(columns[name], dtype=dtype).reshape(shape).tobytes())
+    return b"".join(parts)
+
+
+def unpack_rows(data: bytes) -> RowChunk:
+    """The chunk `pack_rows` wrote; ValueError when the bytes are not one."""
+    header = np.frombuffer(data, dtype=_HEADER, count=5) if len(data) >= 40 else None
+    if header is None or int(header[0]) != _ROWS_FORMAT:
+        raise ValueError("not packed history rows (or of an unknown format)")
+    first_seq, n, d, k = (int(v) for v in header[1:])
+    layout = _layout(n, d, k)
+    size = 40 + sum(dtype.itemsize * int(np.prod(shape)) for _, dtype, shape in layout)
+    if min(n, d, k) < 0 or len(data) != size:
+        raise ValueError(f"packed history rows of {len(data)} bytes, expected {size}")
+    columns: dict[str, np.ndarray] = {}
+    offset = 40
+    for name, dtype, shape in layout:
+        count = int(np.prod(shape))
+        array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+        columns[name] = array.astype(bool) if name in _FLAG_SERIES else array
+        offset += count * dtype.itemsize
+    return RowChunk(first_seq=first_seq, step=columns.pop("step"), time=columns.pop("time"),
+                    series={name: columns.pop(name) for name in DISTRIBUTION_SERIES},
+                    reward_weights=columns.pop("reward_weights"),
+                    reward_scale=columns.pop("reward_scale"),
+                    hypervolume=columns.pop("hypervolume"))

@@ -96,6 +96,16 @@ class SnapshotRecord:
 
 
 @dataclass(frozen=True)
+class HistoryCheckpoint:
+    """A chunk of a curriculum's per-report history rows (first_seq..last_seq)."""
+
+    first_seq: int
+    last_seq: int
+    rows: bytes  # opaque to the store (the app packs them: `domain.history.pack_rows`)
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class BatchRecord:
     run_id: str
     step: int
@@ -159,6 +169,22 @@ class CurriculumWriter(ABC):
     def put_part(self, record: BatchRecord) -> BatchRecord:
         """Store refill part `record.part` (>= 1) of (run, step) in this transaction; when
         it is stored already, return the stored one (first writer wins)."""
+
+    @abstractmethod
+    def put_history(self, first_seq: int, last_seq: int, rows: bytes) -> None:
+        """Store the history rows of reports first_seq..last_seq in this transaction
+        (1 <= first_seq <= last_seq <= head_seq, else ValueError), replacing a chunk that
+        ends at the same `last_seq`. Chunks are kept when events are pruned."""
+
+    @abstractmethod
+    def last_history_seq(self, before: int) -> int:
+        """The last_seq of the newest history chunk ending before `before` (0: none), so
+        a writer can tell whether its chunk continues the stored ones."""
+
+    @abstractmethod
+    def event_times(self, first_seq: int, last_seq: int) -> list[tuple[int, datetime]]:
+        """(seq, created_at) of the events first_seq..last_seq still in the log (this
+        block's appends included), in order: the times a history row carries."""
 
 
 class CurriculumImporter(CurriculumWriter):
@@ -266,3 +292,14 @@ class Store(ABC):
         survives a crash of the process but not necessarily of the machine or database
         server (SQLite `synchronous=NORMAL` for this commit, PostgreSQL
         `synchronous_commit=off`); a later durable commit makes it durable too."""
+
+    # ---------------------------------------------------------------- history
+    @abstractmethod
+    def put_history(self, name: str, first_seq: int, last_seq: int, rows: bytes) -> None:
+        """`CurriculumWriter.put_history` in a transaction of its own, for rows computed
+        outside a writer (filling a range no writer recorded); committed reports only."""
+
+    @abstractmethod
+    def history_checkpoints(self, name: str, after_seq: int = 0) -> list[HistoryCheckpoint]:
+        """The history chunks ending after `after_seq`, in last_seq order (they may
+        overlap or leave gaps: the reader chains them); raises CurriculumNotFound."""

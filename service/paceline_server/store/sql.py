@@ -65,6 +65,7 @@ from paceline_server.domain.errors import (
     SchemaOutdated,
     Unavailable,
 )
+from paceline_server.store import history_rows
 from paceline_server.store import tables as t
 from paceline_server.store.base import (
     BatchRecord,
@@ -73,6 +74,7 @@ from paceline_server.store.base import (
     CurriculumRecord,
     CurriculumWriter,
     EventRecord,
+    HistoryCheckpoint,
     RunRecord,
     SnapshotRecord,
     Store,
@@ -726,6 +728,17 @@ class SqlStore(Store):
             raise RuntimeError("batch vanished right after it was stored")
         return stored
 
+    # ---------------------------------------------------------------- history
+    def put_history(self, name: str, first_seq: int, last_seq: int, rows: bytes) -> None:
+        with self._write(name) as conn:
+            cid, head_seq, _ = self._curriculum_row(conn, name, lock=True)
+            history_rows.check_range(first_seq, last_seq, head_seq)
+            history_rows.put_checkpoint(conn, self._insert, cid, first_seq, last_seq, rows)
+
+    def history_checkpoints(self, name: str, after_seq: int = 0) -> list[HistoryCheckpoint]:
+        with self._read() as conn:
+            return history_rows.checkpoints(conn, self._curriculum_id(conn, name), after_seq)
+
 
 class _SqlWriter(CurriculumWriter):
     """The handle yielded by `SqlStore.writer`: every call runs on the locked transaction."""
@@ -847,6 +860,23 @@ class _SqlWriter(CurriculumWriter):
         stored = [p for p in self.get_parts(record.run_id, record.step)
                   if p.part == record.part]
         return stored[0]
+
+    def put_history(self, first_seq: int, last_seq: int, rows: bytes) -> None:
+        self._check()
+        history_rows.check_range(first_seq, last_seq, self._head)
+        with translated_errors():
+            history_rows.put_checkpoint(self._conn, self._store._insert, self._cid,
+                                        first_seq, last_seq, rows)
+
+    def last_history_seq(self, before: int) -> int:
+        self._check()
+        with translated_errors():
+            return history_rows.last_before(self._conn, self._cid, before)
+
+    def event_times(self, first_seq: int, last_seq: int) -> list[tuple[int, datetime]]:
+        self._check()
+        with translated_errors():
+            return history_rows.event_times(self._conn, self._cid, first_seq, last_seq)
 
     def _finish(self) -> None:
         """Publish the new head with the events (same transaction, just before commit)."""

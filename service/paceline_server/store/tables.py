@@ -191,3 +191,16 @@ snapshot_chunks = Table(
                          ["snapshots.curriculum_id", "snapshots.seq"], ondelete="CASCADE"),
     PrimaryKeyConstraint("curriculum_id", "seq", "part"),
 )
+
+#: Per-report history rows in compact chunks (revision 0005): rows first_seq..last_seq of
+#: the curriculum's history, bytes opaque to the store (`domain.history.pack_rows`). They
+#: outlive pruned events, so a history needs no replay for the range they cover.
+history_checkpoints = Table(
+    "history_checkpoints", metadata,
+    Column("curriculum_id", _Id, _curriculum_fk(), nullable=False),
+    Column("last_seq", BigInteger(), nullable=False),
+    Column("first_seq", BigInteger(), nullable=False),
+    Column("rows", LargeBinary(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("curriculum_id", "last_seq"),
+)

@@ -1,0 +1,93 @@
+"""The history-checkpoint part of the `Store` contract (store/base.py: `put_history`,
+`last_history_seq`, `event_times`, `history_checkpoints`), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from paceline_server.domain.errors import CurriculumNotFound
+from paceline_server.store.sql import SqlStore
+
+SPEC = {"name": "c", "layout": {"distributions": [{"name": "d0", "size": 10}]},
+        "objectives": ["acc"], "seed": 3}
+
+
+def appended(store: SqlStore, n: int, name: str = "c") -> None:
+    with store.writer(name) as writer:
+        for i in range(n):
+            writer.append("report", "r", writer.head_seq, None, f"r:{i}".encode())
+
+
+def spans(store: SqlStore, name: str = "c", after_seq: int = 0) -> list[tuple[int, int, bytes]]:
+    return [(c.first_seq, c.last_seq, c.rows)
+            for c in store.history_checkpoints(name, after_seq)]
+
+
+def test_chunks_commit_with_the_writer_in_last_seq_order(store: SqlStore) -> None:
+    store.create_curriculum("c", SPEC)
+    assert store.history_checkpoints("c") == []
+    with store.writer("c") as writer:
+        for _ in range(6):
+            writer.append("report", "r", writer.head_seq, None, b"x")
+        writer.put_history(4, 6, b"b")
+        writer.put_history(1, 3, b"a")
+        assert writer.last_history_seq(4) == 3 and writer.last_history_seq(7) == 6
+        assert writer.last_history_seq(3) == 0
+        times = writer.event_times(2, 4)  # this block's appends are visible
+        assert [seq for seq, _ in times] == [2, 3, 4]
+        assert all(stamp.tzinfo is not None for _, stamp in times)
+    assert spans(store) == [(1, 3, b"a"), (4, 6, b"b")]
+    assert spans(store, after_seq=3) == [(4, 6, b"b")]
+    stored = store.history_checkpoints("c")[0]
+    assert stored.created_at.tzinfo is not None
+
+
+def test_an_equal_last_seq_is_replaced_and_the_range_checked(store: SqlStore) -> None:
+    store.create_curriculum("c", SPEC)
+    appended(store, 5)
+    store.put_history("c", 1, 5, b"old")
+    store.put_history("c", 3, 5, b"new")
+    assert spans(store) == [(3, 5, b"new")]
+    for first, last in ((0, 2), (3, 2), (4, 6)):
+        with pytest.raises(ValueError, match=r"outside 1\.\.head_seq"):
+            store.put_history("c", first, last, b"x")
+        with pytest.raises(ValueError, match=r"outside 1\.\.head_seq"), \
+                store.writer("c") as writer:
+            writer.put_history(first, last, b"x")
+    assert spans(store) == [(3, 5, b"new")]
+
+
+def test_a_failed_block_stores_no_chunk(store: SqlStore) -> None:
+    store.create_curriculum("c", SPEC)
+    def failing() -> None:
+        with store.writer("c") as writer:
+            writer.append("report", "r", 0, None, b"x")
+            writer.put_history(1, 1, b"a")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        failing()
+    assert store.history_checkpoints("c") == []
+
+
+def test_chunks_outlive_pruned_events_and_go_with_the_curriculum(store: SqlStore) -> None:
+    store.create_curriculum("c", SPEC)
+    with store.writer("c") as writer:
+        for _ in range(4):
+            writer.append("report", "r", writer.head_seq, None, b"x")
+        writer.put_snapshot(4, b"state")
+        writer.put_history(1, 4, b"rows")
+    assert store.prune_events("c", 4) == 4
+    assert spans(store) == [(1, 4, b"rows")]
+    with store.writer("c") as writer:
+        assert writer.event_times(1, 4) == []  # pruned: no times to read
+    store.delete_curriculum("c")
+    store.create_curriculum("c", SPEC)
+    assert store.history_checkpoints("c") == []
+
+
+def test_unknown_curriculum(store: SqlStore) -> None:
+    with pytest.raises(CurriculumNotFound):
+        store.history_checkpoints("nope")
+    with pytest.raises(CurriculumNotFound):
+        store.put_history("nope", 1, 1, b"x")
