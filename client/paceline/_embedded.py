@@ -1,135 +1,501 @@
-"""The embedded mode: the service's ASGI app in this process, on a SQLite file, reached
-through httpx's in-process ASGI transport — the same code path as a remote service, with
-no server to start. The server package is imported only here, only when asked for.
+"""The embedded mode: the service's application layer (`PacelineService`) in this
+process, on a SQLite file, called directly — no ASGI app, no HTTP, no JSON.
 
-The async client drives the app on the caller's event loop; the sync client drives it on
-a private event loop in a daemon thread (rather than through Starlette's TestClient, whose
-httpx base is deprecated and which is a testing tool, not a runtime)."""
+Each operation is checked the way the REST routes check their arguments, handed to the
+same use case the routes call, and answered as the `Reply` REST would give (status and
+JSON-shaped body); a domain error becomes the error body of its stable code, so the
+client raises the same exception, with the same code and status, as over HTTP. What
+makes a report durable and idempotent lives in the use case, so it holds here too; there
+is nothing to retry in-process.
+
+The server package is imported only here, only when asked for: the client installs and
+imports without it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib.util
+import json
+import math
 import os
 import shutil
 import tempfile
-import threading
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+from paceline import _operations as op
+from paceline._payloads import COMPRESS_OVER, ReportEncoding, _rewards, plain
+from paceline._transport import Reply
+from paceline.errors import PacelineError as ClientError
+from paceline.errors import Unavailable, status_for
 
-BASE_URL = "http://paceline.embedded"
+if TYPE_CHECKING:
+    import numpy as np
+
+    from paceline_server.app.service import PacelineService
+    from paceline_server.store.base import Store
+
+__all__ = ["AsyncEmbeddedTransport", "EmbeddedService", "EmbeddedTransport"]
 
 
-def build_app(path: str | os.PathLike[str] | None, settings: dict[str, Any]
-              ) -> tuple[Any, Callable[[], None]]:
-    """The app on `path` (a temporary file, removed at close, when None) and the cleanup
-    to run after the app has shut down."""
+def _require_server() -> None:
     if importlib.util.find_spec("paceline_server") is None:
         raise ImportError(
             "Client.embedded() runs the Paceline service in this process and needs the "
             "server package `paceline_server` (pip install paceline); to talk to a running "
             "service use Client(url) instead")
-    from paceline_server.api.app import create_app
-    from paceline_server.settings import Settings
 
+
+@dataclass
+class EmbeddedService:
+    """The use cases and the store they run on, opened as the server opens them
+    (`Settings`, `open_store` with the settings' options), and what to remove at close."""
+
+    service: PacelineService
+    store: Store
     tmpdir: str | None = None
-    if path is None:
-        tmpdir = tempfile.mkdtemp(prefix="paceline-")
-        path = Path(tmpdir) / "paceline.db"
-    db = Path(path).expanduser().resolve()
-    # Hermetic about authentication: a token configured for some remote service in the
-    # environment must not lock the caller out of their own in-process one.
-    options: dict[str, Any] = {"database_url": f"sqlite:///{db}", "auto_migrate": True,
-                               "api_tokens": {}, **settings}
-    try:
-        app = create_app(Settings(**options))
-    except BaseException:
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-        raise
+    closed: bool = False
 
-    def cleanup() -> None:
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None,
+             settings: Mapping[str, Any]) -> EmbeddedService:
+        """The service on `path` (a temporary file, removed at close, when None);
+        `settings` override `paceline_server.settings.Settings` fields."""
+        _require_server()
+        from paceline_server.app.service import PacelineService
+        from paceline_server.settings import Settings
+        from paceline_server.store import open_store
 
-    return app, cleanup
-
-
-class LifespanASGITransport(httpx.AsyncBaseTransport):
-    """`httpx.ASGITransport` that also runs the app's lifespan: started before the first
-    request, shut down (closing the store) at `aclose`."""
-
-    def __init__(self, app: Any) -> None:
-        self._app = app
-        self._inner = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        self._stack = AsyncExitStack()
-        self._started = False
-        self._lock = asyncio.Lock()
-
-    async def _start(self) -> None:
-        if self._started:
-            return
-        async with self._lock:
-            if not self._started:
-                await self._stack.enter_async_context(
-                    self._app.router.lifespan_context(self._app))
-                self._started = True
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self._start()
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self._start()  # a never-used app still owns an open store
+        tmpdir: str | None = None
+        if path is None:
+            tmpdir = tempfile.mkdtemp(prefix="paceline-")
+            path = Path(tmpdir) / "paceline.db"
+        db = Path(path).expanduser().resolve()
+        # Hermetic about authentication: a token configured for some remote service in
+        # the environment must not lock the caller out of their own in-process one.
+        options: dict[str, Any] = {"database_url": f"sqlite:///{db}", "auto_migrate": True,
+                                   "api_tokens": {}, **settings}
         try:
-            await self._stack.aclose()
-        finally:
-            await self._inner.aclose()
-
-
-class ThreadedASGITransport(httpx.BaseTransport):
-    """A sync httpx transport for an ASGI app: each request runs as a coroutine on an
-    event loop owned by a daemon thread, so sync callers (and the heartbeat thread) can
-    share one in-process app."""
-
-    def __init__(self, app: Any) -> None:
-        self._inner = LifespanASGITransport(app)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="paceline-embedded")
-        self._thread.start()
-        self._closed = False
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self._closed:
-            raise httpx.ConnectError("the embedded service is closed", request=request)
-        body = request.read()
-
-        async def call() -> tuple[int, httpx.Headers, bytes]:
-            inner = httpx.Request(request.method, request.url, headers=request.headers,
-                                  content=body)
-            response = await self._inner.handle_async_request(inner)
-            content = await response.aread()
-            return response.status_code, response.headers, content
-
-        status, headers, content = asyncio.run_coroutine_threadsafe(
-            call(), self._loop).result()
-        # The content is already decoded; drop headers that would make httpx decode again.
-        headers = httpx.Headers({k: v for k, v in headers.items()
-                                 if k.lower() not in ("content-encoding", "content-length")})
-        return httpx.Response(status, headers=headers, content=content, request=request)
+            resolved = Settings(**options)
+            store = open_store(resolved.database_url, **resolved.store_options())
+            try:
+                service = PacelineService(store, resolved)
+            except BaseException:
+                store.close()
+                raise
+        except BaseException:
+            if tmpdir is not None:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+        return cls(service, store, tmpdir)
 
     def close(self) -> None:
-        if self._closed:
+        """Finish the reports in flight, close the store, remove a temporary database."""
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         try:
-            asyncio.run_coroutine_threadsafe(self._inner.aclose(), self._loop).result()
+            self.service.close()
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+            try:
+                self.store.close()
+            finally:
+                if self.tmpdir is not None:
+                    shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    # ------------------------------------------------------------ calls
+    def execute(self, operation: op.Operation) -> Reply:
+        """Perform `operation` in the calling thread."""
+        try:
+            status, body = HANDLERS[type(operation)](self, operation)
+        except _NotJson as exc:  # over HTTP the client's JSON encoder refuses it
+            raise exc.__cause__ from None  # type: ignore[misc]
+        except Exception as exc:
+            return self._failed(exc)
+        return Reply(status, body, "", 1)
+
+    async def execute_async(self, operation: op.Operation) -> Reply:
+        """Perform `operation` for an event loop: a report is queued from the loop
+        (`report_async`, as the server's loop does), anything else runs in a worker
+        thread so that the loop never waits on the database."""
+        if not isinstance(operation, op.Report):
+            return await asyncio.to_thread(self.execute, operation)
+        try:
+            name, body, key, ask = self._report_arguments(operation)
+            ack = await self.service.report_async(name, body, key, ask)
+            return Reply(200, self._ack(name, ack), "", 1)
+        except Exception as exc:
+            return self._failed(exc)
+
+    def _failed(self, exc: Exception) -> Reply:
+        """A domain error as REST's error body, with the status of its code; anything
+        else is a bug: raised as INTERNAL (as REST answers it), with the cause chained."""
+        from paceline_server.domain.errors import PacelineError
+
+        if isinstance(exc, ClientError):  # refused while shaping it, as over HTTP
+            raise exc
+        if not isinstance(exc, PacelineError):
+            raise Unavailable("INTERNAL", f"internal error: {type(exc).__name__}: {exc}",
+                              status=500) from exc
+        body = {"error": {"code": exc.code, "message": exc.message,
+                          "details": _plain(exc.details)}}
+        return Reply(status_for(exc.code), body, "", 1)
+
+    # ------------------------------------------------------------ curricula
+    def _create(self, o: op.CreateCurriculum) -> tuple[int, Any]:
+        from paceline_server.domain.errors import InvalidRequest
+
+        if not isinstance(o.exist_ok, bool):  # REST: "yes" or 1 is refused, not read
+            raise InvalidRequest("exist_ok must be a boolean", {"field": "exist_ok"})
+        result = self.service.create_curriculum(_as_json(o.spec), exist_ok=o.exist_ok)
+        return (201 if result.created else 200), _curriculum(result.record)
+
+    def _get(self, o: op.GetCurriculum) -> tuple[int, Any]:
+        return 200, _curriculum(self.service.get_curriculum(_path(o.curriculum)))
+
+    def _list(self, o: op.ListCurricula) -> tuple[int, Any]:
+        from paceline_server.domain.errors import InvalidRequest
+        from paceline_server.domain.validation import MAX_INT, check_int
+
+        limit = check_int(o.limit, "limit", InvalidRequest, minimum=1, maximum=1000)
+        offset = check_int(o.offset, "offset", InvalidRequest, maximum=MAX_INT)
+        return 200, {"curricula": [_curriculum(r) for r in
+                                   self.service.list_curricula(limit, offset)]}
+
+    def _delete(self, o: op.DeleteCurriculum) -> tuple[int, Any]:
+        self.service.delete_curriculum(_path(o.curriculum))
+        return 204, None
+
+    def _strategies(self, o: op.ListStrategies) -> tuple[int, Any]:
+        from paceline_server.app.strategies import strategy_catalog
+
+        catalog = strategy_catalog()
+        return 200, _plain({
+            "samplers": [_strategy(i) for i in catalog.samplers],
+            "weightings": [_strategy(i) for i in catalog.weightings],
+            "default_sampler": catalog.default_sampler,
+            "default_weighting": catalog.default_weighting})
+
+    def _state(self, o: op.GetState) -> tuple[int, Any]:
+        name = _path(o.curriculum)
+        return 200, _state(name, self.service.state(name))
+
+    def _history(self, o: op.GetHistory) -> tuple[int, Any]:
+        from paceline_server.app.history import HISTORY_WAIT_S
+
+        view = self.service.history(_path(o.curriculum), o.every, o.since, HISTORY_WAIT_S)
+        return 200, _history(view)
+
+    # ------------------------------------------------------------ runs
+    def _attach(self, o: op.AttachRun) -> tuple[int, Any]:
+        from paceline_server.app.service import RunStatus
+        from paceline_server.domain.errors import InvalidRequest
+        from paceline_server.domain.validation import check_nesting
+
+        name = _path(o.curriculum)
+        _run_id(o.run_id)
+        metadata = _as_json(o.metadata)
+        if not isinstance(metadata, dict):
+            raise InvalidRequest("metadata must be a JSON object", {"field": "metadata"})
+        check_nesting(metadata, "metadata", InvalidRequest)
+        record = self.service.attach_run(name, metadata, o.run_id)
+        return 201, _run(RunStatus(record, stale=False))
+
+    def _get_run(self, o: op.GetRun) -> tuple[int, Any]:
+        return 200, _run(self.service.get_run(_path(o.curriculum), _path(o.run_id)))
+
+    def _runs(self, o: op.ListRuns) -> tuple[int, Any]:
+        return 200, {"runs": [_run(s) for s in self.service.list_runs(_path(o.curriculum))]}
+
+    def _heartbeat(self, o: op.Heartbeat) -> tuple[int, Any]:
+        return 200, _run(self.service.heartbeat(_path(o.curriculum), _path(o.run_id)))
+
+    # ------------------------------------------------------------ batches and reports
+    def _next_batch(self, o: op.NextBatch) -> tuple[int, Any]:
+        from paceline_server.app.refill import MAX_PARTS
+        from paceline_server.domain.errors import InvalidRequest
+        from paceline_server.domain.validation import MAX_INT, check_int
+
+        name = _path(o.curriculum)
+        _run_id(o.run_id)
+        step = check_int(o.step, "step", InvalidRequest, maximum=MAX_INT)
+        size = None if o.size is None else check_int(o.size, "size", InvalidRequest,
+                                                     minimum=1, maximum=MAX_INT)
+        part = check_int(o.part, "part", InvalidRequest, maximum=MAX_PARTS)
+        if part:
+            batch = self.service.refill(name, o.run_id, step, part, size)
+        else:
+            batch = self.service.next_batch(name, o.run_id, step, size)
+        return 200, self._batch(name, batch, part)
+
+    def _report(self, o: op.Report) -> tuple[int, Any]:
+        name, body, key, ask = self._report_arguments(o)
+        return 200, self._ack(name, self.service.report(name, body, key, ask))
+
+    def _report_arguments(self, o: op.Report) -> tuple[str, dict[str, Any], str, Any]:
+        """What the report route hands the use case: the name, the body (numpy arrays
+        where the caller gave arrays, as a typed array decodes), the idempotency key and
+        the asked-for next batch."""
+        from paceline_server.app.service import NextBatch
+        from paceline_server.domain.errors import InvalidRequest
+        from paceline_server.domain.validation import MAX_INT, check_int, has_control_characters
+
+        name = _path(o.curriculum)
+        ask = NextBatch.asked(
+            None if o.next_step is None else check_int(o.next_step, "next_step",
+                                                       InvalidRequest, maximum=MAX_INT),
+            None if o.next_size is None else check_int(o.next_size, "next_size",
+                                                       InvalidRequest, minimum=1,
+                                                       maximum=MAX_INT))
+        if has_control_characters(o.idempotency_key):
+            raise InvalidRequest("the idempotency key must not contain control characters",
+                                 {"field": "idempotency_key"})
+        return name, report_body(o), o.idempotency_key, ask
+
+    def _ack(self, name: str, ack: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"seq": ack.seq, "replayed": ack.replayed}
+        if ack.batch is not None:
+            out["batch"] = self._batch(name, ack.batch)
+        if ack.dynamic:
+            out.update(rollouts_generated=ack.rollouts_generated,
+                       rollouts_trained=ack.rollouts_trained,
+                       groups_dropped=ack.groups_dropped)
+        return out
+
+    def _batch(self, name: str, batch: Any, part: int = 0) -> dict[str, Any]:
+        """A batch in REST's shape, straight from the domain's arrays."""
+        objectives, distributions = self.service.names(name)
+        loss = batch.loss_weights
+        return {
+            "run_id": batch.run_id, "step": int(batch.step),
+            "indices": batch.indices.tolist(),
+            "reward_weights": dict(zip(objectives, batch.reward_weights.tolist(),
+                                       strict=True)),
+            "reward_scale": float(batch.reward_scale),
+            "loss_weights": None if loss is None else loss.tolist(),
+            "probabilities": dict(zip(distributions, batch.probabilities.tolist(),
+                                      strict=True)),
+            "skipped_zero_variance": int(batch.skipped_zero_variance),
+            "rollouts_saved": int(batch.rollouts_saved), "seq": int(batch.clock),
+            "part": part}
+
+
+Handler = Callable[[EmbeddedService, Any], tuple[int, Any]]
+HANDLERS: dict[type[op.Operation], Handler] = {
+    op.CreateCurriculum: EmbeddedService._create,
+    op.GetCurriculum: EmbeddedService._get,
+    op.ListCurricula: EmbeddedService._list,
+    op.DeleteCurriculum: EmbeddedService._delete,
+    op.ListStrategies: EmbeddedService._strategies,
+    op.GetState: EmbeddedService._state,
+    op.GetHistory: EmbeddedService._history,
+    op.AttachRun: EmbeddedService._attach,
+    op.GetRun: EmbeddedService._get_run,
+    op.ListRuns: EmbeddedService._runs,
+    op.Heartbeat: EmbeddedService._heartbeat,
+    op.NextBatch: EmbeddedService._next_batch,
+    op.Report: EmbeddedService._report,
+}
+
+
+class _Transport:
+    """What the sync and async embedded transports share."""
+
+    def __init__(self, service: EmbeddedService,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.service = service
+        self._on_close = on_close
+        #: HTTP's report encoding, kept for the clients' properties: unused here.
+        self.report_encoding: ReportEncoding = "json"
+        self.compress_over: int | None = COMPRESS_OVER
+
+    def _closed(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
+        else:
+            self.service.close()
+
+
+class EmbeddedTransport(_Transport):
+    """Operations performed by the in-process service in the calling thread (the
+    heartbeat thread included: the service is thread-safe, as it is under a server)."""
+
+    def send(self, operation: op.Operation) -> Reply:
+        return self.service.execute(operation)
+
+    def close(self) -> None:
+        self._closed()
+
+
+class AsyncEmbeddedTransport(_Transport):
+    """The asyncio twin (see `EmbeddedService.execute_async`)."""
+
+    async def send(self, operation: op.Operation) -> Reply:
+        return await self.service.execute_async(operation)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._closed)  # waits for reports in flight
+
+
+# ------------------------------------------------------------------ arguments
+def _path(value: str) -> str:
+    """A name or run id REST reads from the path: text without control characters
+    (422 INVALID_REQUEST), as the routes' path pattern refuses."""
+    from paceline_server.domain.errors import InvalidRequest
+    from paceline_server.domain.validation import has_control_characters
+
+    if not isinstance(value, str) or has_control_characters(value):
+        raise InvalidRequest("a path segment must be text without control characters",
+                             {"field": "path"})
+    return value
+
+
+def _run_id(value: object) -> str:
+    """A run id in a request body: REST's schema rule (1-128 characters, no control
+    characters), the identifier rule of every transport."""
+    from paceline_server.domain.errors import InvalidRequest
+    from paceline_server.domain.validation import check_identifier
+
+    return check_identifier(value, "run_id", InvalidRequest)
+
+
+class _NotJson(Exception):
+    """A document HTTP could not send (raised to the caller as its cause)."""
+
+
+def _as_json(value: Any) -> Any:
+    """A small document as the service would read it from a JSON body (tuples as lists,
+    keys as text, a private copy; NaN refused as httpx refuses it): specs and run
+    metadata, never on a hot path."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise _NotJson from exc
+
+
+def _native(value: Any) -> Any:
+    """An array argument as the service reads it: a numpy array or torch tensor of a
+    type the wire takes becomes its own numpy copy (what a typed array decodes to),
+    anything else its plain lists, as JSON would carry it."""
+    import numpy as np
+
+    from paceline._payloads import TYPED_DTYPES
+
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+        try:
+            value = value.detach().cpu().numpy()
+        except (TypeError, RuntimeError):  # e.g. bfloat16: as lists, as over HTTP
+            return plain(value)
+    if isinstance(value, np.ndarray) and value.dtype.str in TYPED_DTYPES and value.ndim:
+        copied: np.ndarray = np.array(value, copy=True)
+        return copied
+    return plain(value)
+
+
+def report_body(o: op.Report) -> dict[str, Any]:
+    """`_payloads.report_body` without the encoding: the mapping the use case parses."""
+    body: dict[str, Any] = {"run_id": o.run_id, "step": o.step}
+    if o.group_ids is None:
+        body["indices"] = _native(o.indices)
+    else:
+        body["rollout_indices"] = _native(o.indices)
+        body["group_ids"] = _native(o.group_ids)
+    body["rewards"] = _rewards(o.rewards, o.objectives) if isinstance(o.rewards, Mapping) \
+        else _native(o.rewards)
+    for field in ("advantages", "grad_products"):
+        value = getattr(o, field)
+        if value is not None:
+            body[field] = _native(value)
+    if o.eval_objectives is not None:
+        body["eval_objectives"] = plain(o.eval_objectives)
+    if o.dropped is not None:
+        body["dropped"] = plain(o.dropped)
+    if o.unserved is not None:
+        body["unserved"] = o.unserved
+    return body
+
+
+# ------------------------------------------------------------------ answers
+def _plain(value: Any) -> Any:
+    """Data as REST's JSON would give it back: numpy values as Python ones, tuples as
+    lists, non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return _plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _finite(values: np.ndarray) -> list[Any]:
+    return [None if v != v else v for v in values.tolist()]  # NaN as None
+
+
+def _curriculum(record: Any) -> dict[str, Any]:
+    return {"name": record.name, "spec": copy.deepcopy(record.spec),
+            "created_at": record.created_at, "seq": record.head_seq,
+            "num_samples": record.num_samples, "distributions": list(record.distributions),
+            "objectives": list(record.objectives)}
+
+
+def _run(status: Any) -> dict[str, Any]:
+    run = status.record
+    return {"run_id": run.run_id, "curriculum": run.curriculum,
+            "created_at": run.created_at, "last_heartbeat": run.last_heartbeat,
+            "stale": status.stale, "metadata": copy.deepcopy(run.metadata)}
+
+
+def _strategy(info: Any) -> dict[str, Any]:
+    return {"name": info.name, "origin": info.origin, "default": info.is_default,
+            "description": info.description, "error": info.error,
+            "params": [{"name": p.name, "type": p.type, "default": p.default,
+                        "required": p.required,
+                        "choices": None if p.choices is None else list(p.choices)}
+                       for p in info.params]}
+
+
+def _state(name: str, view: Any) -> dict[str, Any]:
+    objectives = list(view.objectives)
+    return _plain({
+        "name": name, "seq": view.clock, "objectives": objectives,
+        "reward_weights": dict(zip(objectives, view.reward_weights, strict=True)),
+        "reward_scale": view.reward_scale,
+        "distributions": [{
+            "name": d.name, "size": d.size, "probability": d.probability,
+            "success": d.success, "mean_abs_advantage": d.mean_abs_advantage,
+            "learning_progress": d.learning_progress,
+            "zero_variance_fraction": d.zero_variance_fraction, "reports": d.reports,
+            "sampled": d.sampled, "rollouts": d.rollouts,
+            "health": {"stalled": d.health.stalled, "saturated": d.health.saturated,
+                       "hopeless": d.health.hopeless}} for d in view.distributions],
+        "weight_history": [{"seq": r.clock,
+                            "weights": dict(zip(objectives, r.weights, strict=True)),
+                            "scale": r.scale} for r in view.weight_history],
+        "hypervolume_history": [{"seq": r.clock, "hypervolume": r.hypervolume,
+                                 "point": list(r.point)} for r in view.hypervolume_history],
+        "sampler": view.sampler, "weighting": view.weighting,
+        "explanations": [{"name": e.name, "probability": e.probability,
+                          "terms": dict(e.terms), "sentence": e.sentence,
+                          "flags": list(e.flags)} for e in view.explanations]})
+
+
+def _history(view: Any) -> dict[str, Any]:
+    """A history in REST's column shape (NaN as None)."""
+    return {
+        "name": view.name, "head_seq": view.head_seq, "first_seq": view.first_seq,
+        "every": view.every, "complete": view.complete, "replayed_seq": view.replayed_seq,
+        "objectives": list(view.objectives), "distributions": list(view.distributions),
+        "seq": view.seq.tolist(), "step": view.step.tolist(), "time": _finite(view.time),
+        "per_distribution": {
+            name: {key: _finite(values[:, d]) for key, values in view.series.items()}
+            for d, name in enumerate(view.distributions)},
+        "reward_weights": {objective: _finite(view.reward_weights[:, i])
+                           for i, objective in enumerate(view.objectives)},
+        "reward_scale": _finite(view.reward_scale), "hypervolume": _finite(view.hypervolume)}

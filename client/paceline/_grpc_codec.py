@@ -1,10 +1,11 @@
-"""The REST calls of `_api` as gRPC calls, and gRPC answers as the REST bodies.
+"""The client's operations as calls of `paceline.v1.Paceline`, and its answers in the
+shape REST gives them.
 
-The gRPC transport takes the very `Request`s the HTTP transport takes and answers the
-same `Reply`s (JSON-shaped bodies, HTTP-equivalent statuses), so the clients, their
-models and their retry/idempotency logic are shared word for word between transports.
-Only reports are built differently: arrays go as packed floats with shapes, written
-straight into the protobuf wire format instead of value by value.
+Each operation (`_operations`) is encoded directly as the request message of its RPC (no
+REST path in between); the answer comes back as the same `Reply` the other transports
+give (JSON-shaped body, HTTP-equivalent status), so the clients read every transport's
+answers alike. Report arrays go as packed floats with shapes, written straight into the
+protobuf wire format instead of value by value.
 """
 
 from __future__ import annotations
@@ -15,26 +16,24 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, SupportsIndex
-from urllib.parse import unquote
 
 import numpy as np
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from paceline import _grpc_pb2 as pb
-from paceline._api import PREFIX, STRATEGIES
+from paceline import _operations as op
 from paceline._payloads import _rewards, plain
-from paceline._transport import Request
 from paceline.errors import InvalidInput
 
-__all__ = ["Call", "pack", "report_message", "route", "unpack"]
+__all__ = ["Call", "encode", "pack", "report_message", "unpack"]
 
 SERVICE = "paceline.v1.Paceline"
 
 
 @dataclass(frozen=True)
 class Call:
-    """One RPC for one `Request`: what to send, and how to read the answer as REST would
+    """One RPC for one operation: what to send, and how to read the answer as REST would
     (its success status and JSON-shaped body)."""
 
     method: str
@@ -255,41 +254,6 @@ def report_message(*, run_id: str, step: SupportsIndex, indices: Any, rewards: A
     return message
 
 
-# ------------------------------------------------------------------ requests
-def _segments(path: str) -> list[str]:
-    if not path.startswith(PREFIX):
-        raise ValueError(f"no gRPC call for path {path!r}")
-    return [unquote(s) for s in path[len(PREFIX):].split("/") if s]
-
-
-def _json(request: Request) -> dict[str, Any]:
-    body = request.json
-    return dict(body) if isinstance(body, Mapping) else {}
-
-
-def _report(request: Request, name: str) -> pb.ReportRequest:
-    """A report request built by `report_message` (the clients do), or a REST body."""
-    if isinstance(request.json, pb.ReportRequest):
-        return request.json
-    if request.content is not None:
-        raise ValueError("the gRPC transport takes reports as objects, not encoded bodies")
-    body = _json(request)
-    key = request.headers.get("Idempotency-Key") or body.pop("idempotency_key", "")
-    rollouts = body.pop("rollout_indices", None)
-    params = request.params
-    return report_message(
-        next_step=int(params["next_step"]) if "next_step" in params else None,
-        next_size=int(params["next_size"]) if "next_size" in params else None,
-        curriculum=name, run_id=body.get("run_id", ""), step=body.get("step", 0),
-        indices=rollouts if rollouts is not None else body.get("indices", []),
-        rewards=body.get("rewards", []), objectives=[], advantages=body.get("advantages"),
-        group_ids=body.get("group_ids", [] if rollouts is not None else None),
-        grad_products=body.get("grad_products"),
-        eval_objectives=body.get("eval_objectives"), dropped=body.get("dropped"),
-        idempotency_key=key,
-        unserved=body.get("unserved"))
-
-
 def strategies(message: pb.ListStrategiesResponse) -> dict[str, Any]:
     def one(item: pb.Strategy) -> dict[str, Any]:
         return {"name": item.name, "origin": item.origin, "default": item.is_default,
@@ -306,61 +270,76 @@ def strategies(message: pb.ListStrategiesResponse) -> dict[str, Any]:
             "default_weighting": _object(message.default_weighting_json)}
 
 
-def route(request: Request) -> Call:
-    """The RPC that does what `request` does over REST."""
-    if request.path == STRATEGIES and request.method.upper() == "GET":
-        return Call("ListStrategies", pb.ListStrategiesRequest(), 200, strategies)
-    parts = _segments(request.path)
-    method = request.method.upper()
-    body = _json(request)
-    match method, parts:
-        case "POST", []:
-            exist_ok = bool(body.pop("exist_ok", False))
-            create = pb.CreateCurriculumRequest(spec_json=json.dumps(body), exist_ok=exist_ok)
-            return Call("CreateCurriculum", create, 201, lambda r: curriculum(r.curriculum))
-        case "GET", []:
-            params = request.params
-            listing = pb.ListCurriculaRequest(limit=int(params.get("limit", 100)),
-                                              offset=int(params.get("offset", 0)))
-            return Call("ListCurricula", listing, 200,
-                        lambda r: {"curricula": [curriculum(c) for c in r.curricula]})
-        case "GET", [name]:
-            return Call("GetCurriculum", pb.GetCurriculumRequest(name=name), 200, curriculum)
-        case "DELETE", [name]:
-            delete = pb.DeleteCurriculumRequest(name=name,
-                                                confirm=request.params.get("confirm", ""))
-            return Call("DeleteCurriculum", delete, 204, lambda r: None)
-        case "POST", [name, "runs"]:
-            attach = pb.AttachRunRequest(curriculum=name, run_id=body.get("run_id") or "",
-                                         metadata_json=json.dumps(body.get("metadata") or {}))
-            return Call("AttachRun", attach, 201, run)
-        case "GET", [name, "runs"]:
-            return Call("ListRuns", pb.ListRunsRequest(curriculum=name), 200,
-                        lambda r: {"runs": [run(x) for x in r.runs]})
-        case "GET", [name, "runs", run_id]:
-            return Call("GetRun", pb.GetRunRequest(curriculum=name, run_id=run_id), 200, run)
-        case "POST", [name, "runs", run_id, "heartbeat"]:
-            return Call("Heartbeat", pb.HeartbeatRequest(curriculum=name, run_id=run_id), 200,
-                        run)
-        case "POST", [name, "batches"]:
-            ask = pb.NextBatchRequest(curriculum=name, run_id=body.get("run_id", ""),
-                                      step=int(body.get("step", 0)))
-            if body.get("size") is not None:
-                ask.size = int(body["size"])
-            if body.get("part"):
-                ask.part = int(body["part"])
-            return Call("NextBatch", ask, 200, batch)
-        case "POST", [name, "reports"]:
-            return Call("Report", _report(request, name), 200, report_ack)
-        case "GET", [name, "state"]:
-            return Call("GetState", pb.GetStateRequest(curriculum=name), 200, state)
-        case "GET", [name, "history"]:
-            wanted = pb.GetHistoryRequest(curriculum=name)
-            for key in ("every", "since"):
-                if key in request.params:
-                    setattr(wanted, key, int(request.params[key]))
-            return Call("GetHistory", wanted, 200, history)
-    raise ValueError(f"no gRPC call for {method} {request.path}")
+# ------------------------------------------------------------------ operations
+def _create(o: op.CreateCurriculum) -> Call:
+    message = pb.CreateCurriculumRequest(spec_json=json.dumps(dict(o.spec)),
+                                         exist_ok=bool(o.exist_ok))
+    return Call("CreateCurriculum", message, 201, lambda r: curriculum(r.curriculum))
+
+
+def _delete(o: op.DeleteCurriculum) -> Call:
+    message = pb.DeleteCurriculumRequest(name=o.curriculum, confirm=o.curriculum)
+    return Call("DeleteCurriculum", message, 204, lambda r: None)
+
+
+def _attach(o: op.AttachRun) -> Call:
+    message = pb.AttachRunRequest(curriculum=o.curriculum, run_id=o.run_id,
+                                  metadata_json=json.dumps(dict(o.metadata or {})))
+    return Call("AttachRun", message, 201, run)
+
+
+def _next_batch(o: op.NextBatch) -> Call:
+    message = pb.NextBatchRequest(curriculum=o.curriculum, run_id=o.run_id, step=o.step)
+    if o.size is not None:
+        message.size = o.size
+    if o.part:
+        message.part = o.part
+    return Call("NextBatch", message, 200, batch)
+
+
+def _report(o: op.Report) -> Call:
+    message = report_message(curriculum=o.curriculum, idempotency_key=o.idempotency_key,
+                             next_step=o.next_step, next_size=o.next_size, **o.arrays())
+    return Call("Report", message, 200, report_ack)
+
+
+def _history(o: op.GetHistory) -> Call:
+    message = pb.GetHistoryRequest(curriculum=o.curriculum)
+    if o.every is not None:
+        message.every = o.every
+    if o.since is not None:
+        message.since = o.since
+    return Call("GetHistory", message, 200, history)
+
+
+ENCODERS: dict[type[op.Operation], Callable[[Any], Call]] = {
+    op.CreateCurriculum: _create,
+    op.GetCurriculum: lambda o: Call("GetCurriculum", pb.GetCurriculumRequest(
+        name=o.curriculum), 200, curriculum),
+    op.ListCurricula: lambda o: Call(
+        "ListCurricula", pb.ListCurriculaRequest(limit=o.limit, offset=o.offset), 200,
+        lambda r: {"curricula": [curriculum(c) for c in r.curricula]}),
+    op.DeleteCurriculum: _delete,
+    op.ListStrategies: lambda o: Call("ListStrategies", pb.ListStrategiesRequest(), 200,
+                                      strategies),
+    op.GetState: lambda o: Call("GetState", pb.GetStateRequest(curriculum=o.curriculum),
+                                200, state),
+    op.GetHistory: _history,
+    op.AttachRun: _attach,
+    op.GetRun: lambda o: Call("GetRun", pb.GetRunRequest(
+        curriculum=o.curriculum, run_id=o.run_id), 200, run),
+    op.ListRuns: lambda o: Call("ListRuns", pb.ListRunsRequest(curriculum=o.curriculum),
+                                200, lambda r: {"runs": [run(x) for x in r.runs]}),
+    op.Heartbeat: lambda o: Call("Heartbeat", pb.HeartbeatRequest(
+        curriculum=o.curriculum, run_id=o.run_id), 200, run),
+    op.NextBatch: _next_batch,
+    op.Report: _report,
+}
+
+
+def encode(operation: op.Operation) -> Call:
+    """The RPC that performs `operation`."""
+    return ENCODERS[type(operation)](operation)
 
 
 def response_class(method: str) -> type[Message]:

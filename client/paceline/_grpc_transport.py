@@ -1,14 +1,14 @@
 """gRPC transports (`grpc://host:port`, or `grpcs://` over TLS) with the HTTP transport's
 retry policy, so `paceline.Client("grpc://...")` behaves like the HTTP client.
 
-Each `Request` of `_api` is sent as the matching RPC of `paceline.v1.Paceline` and the
-answer comes back as the same `Reply` the HTTP transport gives (see `_grpc_codec`).
+Each operation (`_operations`) is sent as the matching RPC of `paceline.v1.Paceline` and
+the answer comes back as the same `Reply` the HTTP transport gives (see `_grpc_codec`).
 What is retried: a call that got no answer from the service (UNAVAILABLE or
 DEADLINE_EXCEEDED without a Paceline error: connection refused, reset, timed out — like
 httpx's transport errors), and errors the service marks retryable (UNAVAILABLE,
 RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED whose REST status is in the policy's statuses,
 except an outdated schema). The `retry-after` trailing metadata is honoured, else
-backoff with full jitter. A request is built once and re-sent as is, so a report's
+backoff with full jitter. A message is built once and re-sent as is, so a report's
 idempotency key is the same on every attempt.
 """
 
@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, SupportsIndex
-from urllib.parse import quote
+from typing import Any
 
 try:
     import grpc
@@ -31,9 +30,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from paceline import _grpc_pb2 as pb
 from paceline import _transport
-from paceline._api import PREFIX
-from paceline._grpc_codec import SERVICE, Call, report_message, response_class, route
-from paceline._transport import NOT_RETRIED_CODES, Reply, Request, RetryPolicy, RetryState
+from paceline._grpc_codec import SERVICE, Call, encode, response_class
+from paceline._operations import Operation
+from paceline._payloads import COMPRESS_OVER, ReportEncoding
+from paceline._transport import NOT_RETRIED_CODES, Reply, RetryPolicy, RetryState
 from paceline.errors import TransportError
 
 __all__ = ["GrpcAsyncTransport", "GrpcSyncTransport", "grpc_target", "is_grpc_url"]
@@ -184,24 +184,17 @@ class _Base:
         agent = next((v for k, v in headers.items() if k.lower() == "user-agent"), None)
         self.options = [*CHANNEL_OPTIONS,
                         *([("grpc.primary_user_agent", agent)] if agent else [])]
-
-    @staticmethod
-    def report_request(curriculum: str, idempotency_key: str, *,
-                       next_step: SupportsIndex | None = None,
-                       next_size: SupportsIndex | None = None, **arrays: Any) -> Request:
-        """A report as a `Request` whose body is the `ReportRequest` itself (the clients
-        call this instead of encoding JSON)."""
-        message = report_message(curriculum=curriculum, idempotency_key=idempotency_key,
-                                 next_step=next_step, next_size=next_size, **arrays)
-        return Request("POST", f"{PREFIX}/{quote(curriculum, safe='')}/reports", json=message,
-                       headers={"Idempotency-Key": idempotency_key})
+        #: HTTP's report encoding, kept for the clients' properties: unused here
+        #: (reports go as protobuf with packed arrays).
+        self.report_encoding: ReportEncoding = "json"
+        self.compress_over: int | None = COMPRESS_OVER
 
     def _answer(self, call: Call, answer: Any, attempts: int) -> Reply:
         return Reply(call.status, call.body(answer), "", attempts)
 
 
 class GrpcSyncTransport(_Base):
-    """Sends `Request`s as blocking gRPC calls on one channel, with retries."""
+    """Sends operations as blocking gRPC calls on one channel, with retries."""
 
     def __init__(self, url: str, policy: RetryPolicy, *, timeout: Any = 30.0,
                  headers: Mapping[str, str] | None = None,
@@ -223,10 +216,10 @@ class GrpcSyncTransport(_Base):
                 response_deserializer=response_class(method).FromString)
         return stub
 
-    def send(self, request: Request) -> Reply:
-        call = route(request)
+    def send(self, operation: Operation) -> Reply:
+        call = encode(operation)
         stub = self._stub(call.method)
-        state = (request.policy or self.policy).start()
+        state = self.policy.for_operation(operation).start()
         while True:
             try:
                 answer = stub(call.message, timeout=self.timeout, metadata=self.metadata)
@@ -235,7 +228,7 @@ class GrpcSyncTransport(_Base):
                 delay = after_failure(state, failed)
                 if delay is None:
                     return failed.reply(state.attempts)
-                _transport._log_retry(request, delay, state, f"gRPC {failed.code.name}")
+                _transport._log_retry(call.method, delay, state, f"gRPC {failed.code.name}")
                 _transport._sleep(delay)
             else:
                 state.attempts += 1
@@ -270,10 +263,10 @@ class GrpcAsyncTransport(_Base):
                 response_deserializer=response_class(method).FromString)
         return stub
 
-    async def send(self, request: Request) -> Reply:
-        call = route(request)
+    async def send(self, operation: Operation) -> Reply:
+        call = encode(operation)
         stub = self._stub(call.method)
-        state = (request.policy or self.policy).start()
+        state = self.policy.for_operation(operation).start()
         while True:
             try:
                 answer = await stub(call.message, timeout=self.timeout,
@@ -283,7 +276,7 @@ class GrpcAsyncTransport(_Base):
                 delay = after_failure(state, failed)
                 if delay is None:
                     return failed.reply(state.attempts)
-                _transport._log_retry(request, delay, state, f"gRPC {failed.code.name}")
+                _transport._log_retry(call.method, delay, state, f"gRPC {failed.code.name}")
                 await _transport._asleep(delay)
             else:
                 state.attempts += 1

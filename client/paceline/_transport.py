@@ -5,8 +5,10 @@ What is retried: connection failures and timeouts, and the statuses that mean "t
 later" (408, 429, 502, 503, 504) — except a 503 that says the database schema is outdated,
 which no retry fixes. Waits use exponential backoff with full jitter (AWS architecture
 blog, "Exponential Backoff and Jitter") unless the response names a `Retry-After`, which
-is honoured (seconds or HTTP-date, capped). A request is built once and re-sent as is, so
-its body and idempotency key are identical on every attempt.
+is honoured (seconds or HTTP-date, capped). An operation is encoded once (`_http`) and
+re-sent as is, so its body and idempotency key are identical on every attempt.
+
+`RetryPolicy`, `Reply` and the retry bookkeeping are shared with the gRPC transport.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
+from paceline._http import Request, request
+from paceline._operations import Operation
+from paceline._payloads import COMPRESS_OVER, ReportEncoding
 from paceline.errors import PacelineError, TransportError, error_from_response
 
 __all__ = [
@@ -84,6 +89,13 @@ class RetryPolicy:
 
     def start(self, rng: random.Random | None = None) -> RetryState:
         return RetryState(self, rng)
+
+    def for_operation(self, operation: Operation) -> RetryPolicy:
+        """This policy, or a single attempt for an operation never retried."""
+        return SINGLE_ATTEMPT if operation.single_attempt else self
+
+
+SINGLE_ATTEMPT = RetryPolicy(max_attempts=1)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -154,23 +166,10 @@ def _error_code(response: httpx.Response) -> str | None:
 
 
 @dataclass(frozen=True)
-class Request:
-    """One API call, built by the client and sent (maybe several times) by a transport."""
-
-    method: str
-    path: str
-    json: Any = None
-    content: bytes | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    params: Mapping[str, str] = field(default_factory=dict)
-    #: Override of the client's policy (heartbeats use a single attempt).
-    policy: RetryPolicy | None = None
-
-
-@dataclass(frozen=True)
 class Reply:
-    """A response read to the end: status, decoded JSON body, and how many attempts it
-    took (callers use that to recognise their own earlier, lost attempt)."""
+    """An answer, whatever the transport: the HTTP status (or its equivalent), the body
+    in REST's JSON shape, and how many attempts it took (callers use that to recognise
+    their own earlier, lost attempt)."""
 
     status: int
     body: Any
@@ -207,9 +206,13 @@ def _build(http: httpx.Client | httpx.AsyncClient, request: Request) -> httpx.Re
                               params=dict(request.params) or None)
 
 
-def _log_retry(request: Request, delay: float, state: RetryState, why: str) -> None:
-    logger.info("paceline: %s %s failed (%s); retry %d/%d in %.2fs", request.method,
-                request.path, why, state.attempts, state.policy.max_attempts - 1, delay)
+def _what(request: Request) -> str:
+    return f"{request.method} {request.path}"
+
+
+def _log_retry(what: str, delay: float, state: RetryState, why: str) -> None:
+    logger.info("paceline: %s failed (%s); retry %d/%d in %.2fs", what, why,
+                state.attempts, state.policy.max_attempts - 1, delay)
 
 
 def _sleep(seconds: float) -> None:
@@ -220,31 +223,45 @@ async def _asleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-class SyncTransport:
-    """Sends `Request`s through an `httpx.Client` (a real connection pool, or an
-    in-process ASGI test client for the embedded mode) with retries."""
+class _Encoding:
+    """How reports go out over HTTP (the client's `report_encoding` and
+    `compress_over`, which it forwards here)."""
+
+    def __init__(self) -> None:
+        self.report_encoding: ReportEncoding = "json"
+        self.compress_over: int | None = COMPRESS_OVER
+
+    def request(self, operation: Operation) -> Request:
+        return request(operation, self.report_encoding, self.compress_over)
+
+
+class SyncTransport(_Encoding):
+    """Sends operations as REST requests through an `httpx.Client` (a connection pool,
+    or any `httpx.BaseTransport` a caller plugs in) with retries."""
 
     def __init__(self, http: httpx.Client, policy: RetryPolicy,
                  on_close: Callable[[], None] | None = None) -> None:
+        super().__init__()
         self.http = http
         self.policy = policy
         self._on_close = on_close
 
-    def send(self, request: Request) -> Reply:
+    def send(self, operation: Operation) -> Reply:
+        request = self.request(operation)
         built = _build(self.http, request)
-        state = (request.policy or self.policy).start()
+        state = self.policy.for_operation(operation).start()
         while True:
             try:
                 response = self.http.send(built)
             except httpx.TransportError as exc:
                 delay = state.after_error(exc)
-                _log_retry(request, delay, state, type(exc).__name__)
+                _log_retry(_what(request), delay, state, type(exc).__name__)
             else:
                 wait = state.after_response(response)
                 if wait is None:
                     return _reply(response, state.attempts)
                 delay = wait
-                _log_retry(request, delay, state, f"HTTP {response.status_code}")
+                _log_retry(_what(request), delay, state, f"HTTP {response.status_code}")
             _sleep(delay)
 
     def close(self) -> None:
@@ -255,30 +272,32 @@ class SyncTransport:
                 self._on_close()
 
 
-class AsyncTransport:
+class AsyncTransport(_Encoding):
     """The asyncio twin of `SyncTransport` (same policy, `asyncio.sleep` between tries)."""
 
     def __init__(self, http: httpx.AsyncClient, policy: RetryPolicy,
                  on_close: Callable[[], None] | None = None) -> None:
+        super().__init__()
         self.http = http
         self.policy = policy
         self._on_close = on_close
 
-    async def send(self, request: Request) -> Reply:
+    async def send(self, operation: Operation) -> Reply:
+        request = self.request(operation)
         built = _build(self.http, request)
-        state = (request.policy or self.policy).start()
+        state = self.policy.for_operation(operation).start()
         while True:
             try:
                 response = await self.http.send(built)
             except httpx.TransportError as exc:
                 delay = state.after_error(exc)
-                _log_retry(request, delay, state, type(exc).__name__)
+                _log_retry(_what(request), delay, state, type(exc).__name__)
             else:
                 wait = state.after_response(response)
                 if wait is None:
                     return _reply(response, state.attempts)
                 delay = wait
-                _log_retry(request, delay, state, f"HTTP {response.status_code}")
+                _log_retry(_what(request), delay, state, f"HTTP {response.status_code}")
             await _asleep(delay)
 
     async def aclose(self) -> None:

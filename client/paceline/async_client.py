@@ -1,6 +1,6 @@
 """The asyncio client: the same API as `paceline.client`, every call awaited. Runs
-heartbeat in an asyncio task instead of a thread. Shares requests, payload shaping and the
-retry policy with the sync client."""
+heartbeat in an asyncio task instead of a thread. Shares the operations, payload shaping,
+answer reading and the retry policy with the sync client."""
 
 from __future__ import annotations
 
@@ -15,16 +15,11 @@ from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 import httpx
 
-from paceline import _api, _embedded
-from paceline._payloads import (
-    COMPRESS_OVER,
-    ReportEncoding,
-    curriculum_spec,
-    encode_body,
-    import_msgpack,
-    report_body,
-)
-from paceline._transport import AsyncTransport, Reply, Request, RetryPolicy
+from paceline import _api
+from paceline import _operations as op
+from paceline._operations import index_or_none
+from paceline._payloads import COMPRESS_OVER, ReportEncoding, curriculum_spec, import_msgpack
+from paceline._transport import AsyncTransport, Reply, RetryPolicy
 from paceline.client import (
     PAGE,
     base_url,
@@ -43,7 +38,8 @@ from paceline.models import (
     StrategyCatalog,
 )
 
-if TYPE_CHECKING:  # gRPC is optional: imported only for grpc:// URLs
+if TYPE_CHECKING:  # gRPC and the server are optional: imported only when asked for
+    from paceline._embedded import AsyncEmbeddedTransport
     from paceline._grpc_transport import GrpcAsyncTransport
 
 __all__ = ["AsyncClient", "AsyncCurriculum", "AsyncRun"]
@@ -76,7 +72,7 @@ class AsyncClient:
         self._setup(AsyncTransport(http, RetryPolicy.of(retries)), report_encoding,
                     compress_over)
 
-    def _setup(self, transport: AsyncTransport | GrpcAsyncTransport,
+    def _setup(self, transport: AsyncTransport | GrpcAsyncTransport | AsyncEmbeddedTransport,
                report_encoding: ReportEncoding,
                compress_over: int | None) -> None:
         if report_encoding == "msgpack":
@@ -85,35 +81,54 @@ class AsyncClient:
             raise ValueError(f"report_encoding must be 'json' or 'msgpack'; "
                              f"got {report_encoding!r}")
         self._transport = transport
-        self.report_encoding: ReportEncoding = report_encoding
+        self.report_encoding = report_encoding
         self.compress_over = compress_over
         self._runs: weakref.WeakSet[AsyncRun] = weakref.WeakSet()
         self._closed = False
+
+    @property
+    def report_encoding(self) -> ReportEncoding:
+        """See `Client.report_encoding`."""
+        return self._transport.report_encoding
+
+    @report_encoding.setter
+    def report_encoding(self, value: ReportEncoding) -> None:
+        self._transport.report_encoding = value
+
+    @property
+    def compress_over(self) -> int | None:
+        """See `Client.compress_over`."""
+        return self._transport.compress_over
+
+    @compress_over.setter
+    def compress_over(self, value: int | None) -> None:
+        self._transport.compress_over = value
 
     @classmethod
     def embedded(cls, path: str | os.PathLike[str] | None = None, *,
                  retries: int | RetryPolicy | None = 4,
                  report_encoding: ReportEncoding = "json",
                  **settings: Any) -> AsyncClient:
-        """The service in this process on SQLite (see `Client.embedded`), driven through
-        `httpx.ASGITransport` on the caller's event loop."""
-        app, cleanup = _embedded.build_app(path, settings)
-        http = httpx.AsyncClient(transport=_embedded.LifespanASGITransport(app),
-                                 base_url=_embedded.BASE_URL,
-                                 headers=default_headers(None, None))
+        """The service in this process on SQLite (see `Client.embedded`): reports are
+        queued from the caller's event loop as the server's own loop does, other calls
+        run in a worker thread so that database I/O does not hold the loop."""
+        from paceline._embedded import AsyncEmbeddedTransport, EmbeddedService
+
+        del retries  # nothing to retry in-process
         self = cls.__new__(cls)
-        finalizer = weakref.finalize(self, cleanup)
-        self._setup(AsyncTransport(http, RetryPolicy.of(retries), on_close=finalizer),
-                    report_encoding, COMPRESS_OVER)
+        service = EmbeddedService.open(path, settings)
+        finalizer = weakref.finalize(self, service.close)
+        self._setup(AsyncEmbeddedTransport(service, on_close=finalizer), report_encoding,
+                    COMPRESS_OVER)
         return self
 
-    async def _send(self, request: Request) -> Reply:
+    async def _send(self, operation: op.Operation) -> Reply:
         if self._closed:
             raise RuntimeError("this paceline.AsyncClient is closed")
-        return await self._transport.send(request)
+        return await self._transport.send(operation)
 
-    async def _call(self, request: Request) -> Any:
-        return (await self._send(request)).json()
+    async def _call(self, operation: op.Operation) -> Any:
+        return (await self._send(operation)).json()
 
     async def aclose(self) -> None:
         """Stop the heartbeats of this client's runs and release connections."""
@@ -152,7 +167,7 @@ class AsyncClient:
             objectives=objectives, sampler=sampler, weighting=weighting,
             batch_size=batch_size, seed=seed, zero_variance=zero_variance,
             primary_objective=primary_objective)
-        reply = await self._send(_api.create_curriculum(spec, exist_ok))
+        reply = await self._send(op.CreateCurriculum(spec, exist_ok))
         if _api.created_elsewhere(reply):
             return await self.curriculum(name)
         return AsyncCurriculum(self, CurriculumInfo.model_validate(reply.json()))
@@ -160,12 +175,12 @@ class AsyncClient:
     async def curriculum(self, name: str) -> AsyncCurriculum:
         """An existing curriculum; raises `NotFound`."""
         return AsyncCurriculum(self, CurriculumInfo.model_validate(
-            await self._call(_api.get_curriculum(name))))
+            await self._call(op.GetCurriculum(name))))
 
     async def list_curricula(self) -> list[CurriculumInfo]:
         found: list[CurriculumInfo] = []
         while True:
-            page = (await self._call(_api.list_curricula(PAGE, len(found))))["curricula"]
+            page = (await self._call(op.ListCurricula(PAGE, len(found))))["curricula"]
             found.extend(CurriculumInfo.model_validate(c) for c in page)
             if len(page) < PAGE:
                 return found
@@ -173,7 +188,7 @@ class AsyncClient:
     async def strategies(self) -> StrategyCatalog:
         """Every sampler and weighting the service can run (plug-ins included), with
         their parameters and defaults, and what a curriculum that names none gets."""
-        return StrategyCatalog.model_validate(await self._call(_api.strategies()))
+        return StrategyCatalog.model_validate(await self._call(op.ListStrategies()))
 
 
 class AsyncCurriculum:
@@ -182,6 +197,7 @@ class AsyncCurriculum:
     def __init__(self, client: AsyncClient, info: CurriculumInfo) -> None:
         self.client = client
         self.info = info
+        self._served: _api.Served | None = None
 
     @property
     def name(self) -> str:
@@ -204,7 +220,7 @@ class AsyncCurriculum:
 
     async def refresh(self) -> CurriculumInfo:
         self.info = CurriculumInfo.model_validate(
-            await self.client._call(_api.get_curriculum(self.name)))
+            await self.client._call(op.GetCurriculum(self.name)))
         return self.info
 
     async def start_run(self, run_id: str | None = None,
@@ -213,17 +229,17 @@ class AsyncCurriculum:
         """Attach a run and heartbeat it from an asyncio task until it is closed."""
         run_id = run_id if run_id is not None else new_run_id()
         info = RunInfo.model_validate(
-            await self.client._call(_api.attach_run(self.name, run_id, metadata)))
+            await self.client._call(op.AttachRun(self.name, run_id, dict(metadata or {}))))
         run = AsyncRun(self, info, heartbeat_interval)
         self.client._runs.add(run)
         return run
 
     async def runs(self) -> list[RunInfo]:
         return [RunInfo.model_validate(r)
-                for r in (await self.client._call(_api.list_runs(self.name)))["runs"]]
+                for r in (await self.client._call(op.ListRuns(self.name)))["runs"]]
 
     async def state(self) -> State:
-        return State.model_validate(await self.client._call(_api.state(self.name)))
+        return State.model_validate(await self.client._call(op.GetState(self.name)))
 
     async def history(self, every: SupportsIndex | None = None,
                       since: SupportsIndex | None = None, wait: bool = True) -> History:
@@ -231,13 +247,14 @@ class AsyncCurriculum:
         `wait` is False."""
         while True:
             history = History.model_validate(
-                await self.client._call(_api.history(self.name, every, since)))
+                await self.client._call(op.GetHistory(self.name, index_or_none(every),
+                                                      index_or_none(since))))
             if history.complete or not wait:
                 return history
             await asyncio.sleep(POLL_S)
 
     async def delete(self) -> None:
-        reply = await self.client._send(_api.delete_curriculum(self.name))
+        reply = await self.client._send(op.DeleteCurriculum(self.name))
         if not _api.deleted(reply):
             raise reply.error()
 
@@ -286,16 +303,17 @@ class AsyncRun:
 
     async def next_batch(self, step: SupportsIndex, size: SupportsIndex | None = None) -> Batch:
         """See `Run.next_batch`."""
-        served = await self.client._call(
-            _api.next_batch(self.curriculum.name, self.run_id, step, size))
-        return _api.batch(served, self.curriculum.spec)
+        served = await self.client._call(op.NextBatch(
+            self.curriculum.name, self.run_id, operator.index(step), index_or_none(size)))
+        return _api.served(self.curriculum).batch(served)
 
     async def refill(self, step: SupportsIndex, part: SupportsIndex,
                      size: SupportsIndex | None = None) -> Batch:
         """See `Run.refill`."""
-        served = await self.client._call(
-            _api.next_batch(self.curriculum.name, self.run_id, step, size, part))
-        return _api.batch(served, self.curriculum.spec)
+        served = await self.client._call(op.NextBatch(
+            self.curriculum.name, self.run_id, operator.index(step), index_or_none(size),
+            operator.index(part)))
+        return _api.served(self.curriculum).batch(served)
 
     async def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
                      group_ids: Any = None, grad_products: Any = None,
@@ -306,34 +324,23 @@ class AsyncRun:
                      unserved: Literal["refuse", "accept"] | None = None) -> ReportAck:
         """See `Run.report`."""
         step = operator.index(step)
-        arrays: dict[str, Any] = dict(
+        report = op.Report(
+            self.curriculum.name, idempotency_key or report_key(self.run_id, step),
             run_id=self.run_id, step=step, indices=indices, rewards=rewards,
-            objectives=self.curriculum.objectives, advantages=advantages,
-            group_ids=group_ids, grad_products=grad_products, eval_objectives=eval_objectives,
-            unserved=unserved)
-        key = idempotency_key or report_key(self.run_id, step)
-        if dropped is not None:
-            arrays["dropped"] = dropped
-        transport = self.client._transport
-        if not isinstance(transport, AsyncTransport):  # gRPC: packed arrays, no JSON
-            return _api.report_ack(await self.client._call(transport.report_request(
-                self.curriculum.name, key, next_step=next_step, next_size=next_size, **arrays)),
-                self.curriculum.spec)
-        content, headers = encode_body(report_body(**arrays),
-                                       encoding=self.client.report_encoding,
-                                       compress_over=self.client.compress_over)
-        return _api.report_ack(await self.client._call(
-            _api.report(self.curriculum.name, content, headers, key, next_step, next_size)),
-            self.curriculum.spec)
+            objectives=tuple(self.curriculum.info.objectives), advantages=advantages,
+            group_ids=group_ids, grad_products=grad_products,
+            eval_objectives=eval_objectives, dropped=dropped, unserved=unserved,
+            next_step=index_or_none(next_step), next_size=index_or_none(next_size))
+        return _api.served(self.curriculum).report_ack(await self.client._call(report))
 
     async def heartbeat(self) -> RunInfo:
         self.info = RunInfo.model_validate(
-            await self.client._call(_api.heartbeat(self.curriculum.name, self.run_id)))
+            await self.client._call(op.Heartbeat(self.curriculum.name, self.run_id)))
         return self.info
 
     async def refresh(self) -> RunInfo:
         self.info = RunInfo.model_validate(
-            await self.client._call(_api.get_run(self.curriculum.name, self.run_id)))
+            await self.client._call(op.GetRun(self.curriculum.name, self.run_id)))
         return self.info
 
     async def aclose(self) -> None:

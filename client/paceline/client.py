@@ -1,9 +1,10 @@
 """The synchronous client: `Client` -> `Curriculum` -> `Run`.
 
 A trainer creates (or gets) a curriculum, attaches a run, and then per step asks for a
-batch and reports what happened. Every call goes through the retrying transport; reports
-carry an idempotency key generated once per call, so a retry after a lost answer is
-recognised by the service and never applied twice.
+batch and reports what happened. Every call is an operation (`_operations`) handed to the
+client's transport: HTTP or gRPC with retries, or the service's application layer in this
+process (`Client.embedded`). Reports carry an idempotency key generated once per call, so
+a retry after a lost answer is recognised by the service and never applied twice.
 """
 
 from __future__ import annotations
@@ -21,16 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
 
 import httpx
 
-from paceline import _api, _embedded
-from paceline._payloads import (
-    COMPRESS_OVER,
-    ReportEncoding,
-    curriculum_spec,
-    encode_body,
-    import_msgpack,
-    report_body,
-)
-from paceline._transport import Reply, Request, RetryPolicy, SyncTransport
+from paceline import _api
+from paceline import _operations as op
+from paceline._operations import index_or_none
+from paceline._payloads import COMPRESS_OVER, ReportEncoding, curriculum_spec, import_msgpack
+from paceline._transport import Reply, RetryPolicy, SyncTransport
 from paceline.history import POLL_S, History
 from paceline.models import (
     Batch,
@@ -41,7 +37,8 @@ from paceline.models import (
     StrategyCatalog,
 )
 
-if TYPE_CHECKING:  # gRPC is optional: imported only for grpc:// URLs
+if TYPE_CHECKING:  # gRPC and the server are optional: imported only when asked for
+    from paceline._embedded import EmbeddedTransport
     from paceline._grpc_transport import GrpcSyncTransport
 
 __all__ = ["DEFAULT_URL", "Client", "Curriculum", "Run", "new_run_id", "report_key"]
@@ -118,7 +115,7 @@ class Client:
         self._setup(SyncTransport(http, RetryPolicy.of(retries)), report_encoding,
                     compress_over)
 
-    def _setup(self, transport: SyncTransport | GrpcSyncTransport,
+    def _setup(self, transport: SyncTransport | GrpcSyncTransport | EmbeddedTransport,
                report_encoding: ReportEncoding,
                compress_over: int | None) -> None:
         if report_encoding == "msgpack":
@@ -127,10 +124,29 @@ class Client:
             raise ValueError(f"report_encoding must be 'json' or 'msgpack'; "
                              f"got {report_encoding!r}")
         self._transport = transport
-        self.report_encoding: ReportEncoding = report_encoding
+        self.report_encoding = report_encoding
         self.compress_over = compress_over
         self._runs: weakref.WeakSet[Run] = weakref.WeakSet()
         self._closed = False
+
+    @property
+    def report_encoding(self) -> ReportEncoding:
+        """How HTTP reports are encoded ("json" or "msgpack"; gRPC sends protobuf and the
+        embedded mode encodes nothing)."""
+        return self._transport.report_encoding
+
+    @report_encoding.setter
+    def report_encoding(self, value: ReportEncoding) -> None:
+        self._transport.report_encoding = value
+
+    @property
+    def compress_over(self) -> int | None:
+        """HTTP report bodies larger than this many bytes are gzipped (None: never)."""
+        return self._transport.compress_over
+
+    @compress_over.setter
+    def compress_over(self, value: int | None) -> None:
+        self._transport.compress_over = value
 
     @classmethod
     def embedded(cls, path: str | os.PathLike[str] | None = None, *,
@@ -139,25 +155,31 @@ class Client:
                  **settings: Any) -> Client:
         """Run the service in this process on a SQLite file (a temporary one, deleted at
         `close`, when `path` is None) — for notebooks and tests. Needs the server package.
-        `settings` override `paceline_server.settings.Settings` fields."""
-        app, cleanup = _embedded.build_app(path, settings)
-        http = httpx.Client(transport=_embedded.ThreadedASGITransport(app),
-                            base_url=_embedded.BASE_URL, headers=default_headers(None, None))
+        `settings` override `paceline_server.settings.Settings` fields.
+
+        Calls go straight to the service's application layer, in the calling thread: no
+        HTTP, no encoding, no retries (`retries` is accepted and unused), the same
+        answers, errors, idempotency and durability as the service over HTTP."""
+        from paceline._embedded import EmbeddedService, EmbeddedTransport
+
+        del retries  # nothing to retry in-process
         self = cls.__new__(cls)
-        # Also remove a temporary database when a notebook never closes the client.
-        finalizer = weakref.finalize(self, cleanup)
-        self._setup(SyncTransport(http, RetryPolicy.of(retries), on_close=finalizer),
-                    report_encoding, COMPRESS_OVER)
+        service = EmbeddedService.open(path, settings)
+        # Also close it (and remove a temporary database) when a notebook never closes
+        # the client.
+        finalizer = weakref.finalize(self, service.close)
+        self._setup(EmbeddedTransport(service, on_close=finalizer), report_encoding,
+                    COMPRESS_OVER)
         return self
 
     # ---------------------------------------------------------------- plumbing
-    def _send(self, request: Request) -> Reply:
+    def _send(self, operation: op.Operation) -> Reply:
         if self._closed:
             raise RuntimeError("this paceline.Client is closed")
-        return self._transport.send(request)
+        return self._transport.send(operation)
 
-    def _call(self, request: Request) -> Any:
-        return self._send(request).json()
+    def _call(self, operation: op.Operation) -> Any:
+        return self._send(operation).json()
 
     def close(self) -> None:
         """Stop the heartbeats of this client's runs and release connections (and, when
@@ -202,7 +224,7 @@ class Client:
             objectives=objectives, sampler=sampler, weighting=weighting,
             batch_size=batch_size, seed=seed, zero_variance=zero_variance,
             primary_objective=primary_objective)
-        reply = self._send(_api.create_curriculum(spec, exist_ok))
+        reply = self._send(op.CreateCurriculum(spec, exist_ok))
         if _api.created_elsewhere(reply):
             return self.curriculum(name)
         return Curriculum(self, CurriculumInfo.model_validate(reply.json()))
@@ -210,13 +232,13 @@ class Client:
     def curriculum(self, name: str) -> Curriculum:
         """An existing curriculum; raises `NotFound`."""
         return Curriculum(self, CurriculumInfo.model_validate(
-            self._call(_api.get_curriculum(name))))
+            self._call(op.GetCurriculum(name))))
 
     def list_curricula(self) -> list[CurriculumInfo]:
         """Every curriculum, by name."""
         found: list[CurriculumInfo] = []
         while True:
-            page = self._call(_api.list_curricula(PAGE, len(found)))["curricula"]
+            page = self._call(op.ListCurricula(PAGE, len(found)))["curricula"]
             found.extend(CurriculumInfo.model_validate(c) for c in page)
             if len(page) < PAGE:
                 return found
@@ -224,7 +246,7 @@ class Client:
     def strategies(self) -> StrategyCatalog:
         """Every sampler and weighting the service can run (plug-ins included), with
         their parameters and defaults, and what a curriculum that names none gets."""
-        return StrategyCatalog.model_validate(self._call(_api.strategies()))
+        return StrategyCatalog.model_validate(self._call(op.ListStrategies()))
 
 
 class Curriculum:
@@ -233,6 +255,7 @@ class Curriculum:
     def __init__(self, client: Client, info: CurriculumInfo) -> None:
         self.client = client
         self.info = info
+        self._served: _api.Served | None = None
 
     @property
     def name(self) -> str:
@@ -258,7 +281,7 @@ class Curriculum:
     def refresh(self) -> CurriculumInfo:
         """Fetch the curriculum again (its `seq` moves with every report)."""
         self.info = CurriculumInfo.model_validate(
-            self.client._call(_api.get_curriculum(self.name)))
+            self.client._call(op.GetCurriculum(self.name)))
         return self.info
 
     def start_run(self, run_id: str | None = None, metadata: Mapping[str, Any] | None = None,
@@ -268,7 +291,7 @@ class Curriculum:
         run is closed. Use it as a context manager."""
         run_id = run_id if run_id is not None else new_run_id()
         info = RunInfo.model_validate(
-            self.client._call(_api.attach_run(self.name, run_id, metadata)))
+            self.client._call(op.AttachRun(self.name, run_id, dict(metadata or {}))))
         run = Run(self, info, heartbeat_interval)
         self.client._runs.add(run)
         return run
@@ -276,11 +299,11 @@ class Curriculum:
     def runs(self) -> list[RunInfo]:
         """The runs attached to this curriculum, with their last heartbeat."""
         return [RunInfo.model_validate(r)
-                for r in self.client._call(_api.list_runs(self.name))["runs"]]
+                for r in self.client._call(op.ListRuns(self.name))["runs"]]
 
     def state(self) -> State:
         """Per-distribution statistics, reward weights and their history, health."""
-        return State.model_validate(self.client._call(_api.state(self.name)))
+        return State.model_validate(self.client._call(op.GetState(self.name)))
 
     def history(self, every: SupportsIndex | None = None, since: SupportsIndex | None = None,
                 wait: bool = True) -> History:
@@ -294,14 +317,15 @@ class Curriculum:
         (`complete` False). `pandas.DataFrame(cur.history().records())` gives a table."""
         while True:
             history = History.model_validate(
-                self.client._call(_api.history(self.name, every, since)))
+                self.client._call(op.GetHistory(self.name, index_or_none(every),
+                                                index_or_none(since))))
             if history.complete or not wait:
                 return history
             time.sleep(POLL_S)
 
     def delete(self) -> None:
         """Delete the curriculum and all its history (irreversible)."""
-        reply = self.client._send(_api.delete_curriculum(self.name))
+        reply = self.client._send(op.DeleteCurriculum(self.name))
         if not _api.deleted(reply):
             raise reply.error()
 
@@ -372,9 +396,9 @@ class Run:
     def next_batch(self, step: SupportsIndex, size: SupportsIndex | None = None) -> Batch:
         """The batch for `step` (the curriculum's batch size unless `size`). Asking again
         for the same step returns the same batch."""
-        served = self.client._call(
-            _api.next_batch(self.curriculum.name, self.run_id, step, size))
-        return _api.batch(served, self.curriculum.spec)
+        served = self.client._call(op.NextBatch(
+            self.curriculum.name, self.run_id, operator.index(step), index_or_none(size)))
+        return _api.served(self.curriculum).batch(served)
 
     def refill(self, step: SupportsIndex, part: SupportsIndex,
                size: SupportsIndex | None = None) -> Batch:
@@ -386,9 +410,10 @@ class Run:
         (step, part) again returns the same prompts. Refused with `Conflict`
         (REFILL_OUT_OF_ORDER, STEP_ALREADY_REPORTED) or `InvalidInput`
         (REFILL_TOO_LARGE: fewer prompts left unserved in the step)."""
-        served = self.client._call(
-            _api.next_batch(self.curriculum.name, self.run_id, step, size, part))
-        return _api.batch(served, self.curriculum.spec)
+        served = self.client._call(op.NextBatch(
+            self.curriculum.name, self.run_id, operator.index(step), index_or_none(size),
+            operator.index(part)))
+        return _api.served(self.curriculum).batch(served)
 
     def report(self, step: SupportsIndex, indices: Any, rewards: Any, advantages: Any = None,
                group_ids: Any = None, grad_products: Any = None,
@@ -424,35 +449,24 @@ class Run:
         not serve, raise `Conflict` (NOT_SERVED / INDICES_NOT_SERVED) unless
         `unserved="accept"` (for a trainer that samples its own prompts)."""
         step = operator.index(step)
-        arrays: dict[str, Any] = dict(
+        report = op.Report(
+            self.curriculum.name, idempotency_key or report_key(self.run_id, step),
             run_id=self.run_id, step=step, indices=indices, rewards=rewards,
-            objectives=self.curriculum.objectives, advantages=advantages,
-            group_ids=group_ids, grad_products=grad_products, eval_objectives=eval_objectives,
-            unserved=unserved)
-        key = idempotency_key or report_key(self.run_id, step)
-        if dropped is not None:
-            arrays["dropped"] = dropped
-        transport = self.client._transport
-        if not isinstance(transport, SyncTransport):  # gRPC: packed arrays, no JSON
-            return _api.report_ack(self.client._call(transport.report_request(
-                self.curriculum.name, key, next_step=next_step, next_size=next_size, **arrays)),
-                self.curriculum.spec)
-        content, headers = encode_body(report_body(**arrays),
-                                       encoding=self.client.report_encoding,
-                                       compress_over=self.client.compress_over)
-        return _api.report_ack(self.client._call(
-            _api.report(self.curriculum.name, content, headers, key, next_step, next_size)),
-            self.curriculum.spec)
+            objectives=tuple(self.curriculum.info.objectives), advantages=advantages,
+            group_ids=group_ids, grad_products=grad_products,
+            eval_objectives=eval_objectives, dropped=dropped, unserved=unserved,
+            next_step=index_or_none(next_step), next_size=index_or_none(next_size))
+        return _api.served(self.curriculum).report_ack(self.client._call(report))
 
     def heartbeat(self) -> RunInfo:
         """Tell the service this run is alive (done in the background by `start_run`)."""
         self.info = RunInfo.model_validate(
-            self.client._call(_api.heartbeat(self.curriculum.name, self.run_id)))
+            self.client._call(op.Heartbeat(self.curriculum.name, self.run_id)))
         return self.info
 
     def refresh(self) -> RunInfo:
         self.info = RunInfo.model_validate(
-            self.client._call(_api.get_run(self.curriculum.name, self.run_id)))
+            self.client._call(op.GetRun(self.curriculum.name, self.run_id)))
         return self.info
 
     def close(self) -> None:

@@ -3,8 +3,8 @@ httpx transports that sit between the client and a real service."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,24 @@ def start_service(db: Path, **env: str) -> Iterator[ServiceProcess]:
     /readyz answers; shut down gracefully on exit."""
     with running_service(f"sqlite:///{db}", env=env, graceful=True) as service:
         yield service
+
+
+@asynccontextmanager
+async def asgi_service(db: Path) -> AsyncIterator[httpx.AsyncBaseTransport]:
+    """The service's ASGI app on a SQLite file, reached through httpx's in-process ASGI
+    transport (its lifespan run around it): HTTP requests without a process, for tests
+    of the HTTP client's own behaviour (retries) on the event loop."""
+    from paceline_server.api.app import create_app
+    from paceline_server.settings import Settings
+
+    app = create_app(Settings(database_url=f"sqlite:///{db}", auto_migrate=True,
+                              api_tokens={}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        try:
+            yield transport
+        finally:
+            await transport.aclose()
 
 
 # ----------------------------------------------------------------- fault injection

@@ -1,6 +1,6 @@
 """AsyncClient: the full cycle on the embedded service, the heartbeat task, and retries
-through a fault-injecting transport in front of the real ASGI app. Plain `asyncio.run`,
-no pytest plugin."""
+through a fault-injecting transport in front of the real ASGI app (in this process).
+Plain `asyncio.run`, no pytest plugin."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from client_support import SPEC, AsyncFaultInjector, lost, status
+from client_support import SPEC, AsyncFaultInjector, asgi_service, lost, status
 
 import paceline
-from paceline import _embedded
 
 FAST = paceline.RetryPolicy(max_attempts=4, backoff_initial=0.01, backoff_max=0.05)
 
@@ -107,10 +106,9 @@ def test_heartbeat_task(tmp_path: Path) -> None:
 
 def test_retries_apply_a_report_once(tmp_path: Path) -> None:
     async def body() -> None:
-        app, cleanup = _embedded.build_app(tmp_path / "r.db", {})
-        faults = AsyncFaultInjector(_embedded.LifespanASGITransport(app))
-        async with paceline.AsyncClient("http://paceline.test", transport=faults,
-                                        retries=FAST) as client:
+        async with asgi_service(tmp_path / "r.db") as app, \
+                paceline.AsyncClient("http://paceline.test", retries=FAST,
+                                     transport=(faults := AsyncFaultInjector(app))) as client:
             cur = await client.create_curriculum("math", **SPEC)
             run = await cur.start_run(heartbeat_interval=None)
             faults.inject(status("/batches", 503, retry_after="0"))
@@ -124,6 +122,5 @@ def test_retries_apply_a_report_once(tmp_path: Path) -> None:
             faults.inject(*[status("/state", 504)] * 4)
             with pytest.raises(paceline.Unavailable):
                 await cur.state()
-        cleanup()
 
     run_async(body)

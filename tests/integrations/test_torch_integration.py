@@ -87,7 +87,7 @@ def test_train_steps_take_one_round_trip_per_step(tmp_path: Path) -> None:
             send = client._send
 
             def counting(request: Any) -> Any:
-                calls.append(request.path.rsplit("/", 1)[-1])
+                calls.append(request.operation)
                 return send(request)
 
             client._send = counting  # type: ignore[method-assign]
@@ -100,8 +100,8 @@ def test_train_steps_take_one_round_trip_per_step(tmp_path: Path) -> None:
                     assert step.report(R).batch is not None or step.step == 4
                 steps.append(step)
             client._send = send  # type: ignore[method-assign]
-            assert calls == ["batches", "reports", "reports", "reports", "batches",
-                             "reports", "reports"]
+            assert calls == ["next_batch", "report", "report", "report", "next_batch",
+                             "report", "report"]
             for step in steps:
                 assert step.batch == run.next_batch(step.step, 3)
 
