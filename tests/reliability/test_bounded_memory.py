@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +186,17 @@ def test_a_snapshot_out_of_memory_never_fails_its_report(tmp_path: Path,
         service.attach_run("m", run_id="r")
         cached = service.engine("m")
 
-        def no_memory() -> bytes:
+        real_pieces = cached.engine.snapshot_pieces
+
+        def no_memory() -> Iterator[memoryview]:
+            """Runs out half-way: the pieces already stored must be rolled back."""
+            pieces = real_pieces()
+            yield next(pieces)
+            yield next(pieces)
             raise MemoryError
 
-        monkeypatch.setattr(cached.engine, "to_bytes", no_memory)
+        monkeypatch.setattr(cached.engine, "snapshot_pieces", no_memory)
+        monkeypatch.setattr(store, "snapshot_chunk_bytes", 16)
         acks = []
         for step in range(2):
             batch = service.next_batch("m", "r", step)
@@ -197,6 +205,8 @@ def test_a_snapshot_out_of_memory_never_fails_its_report(tmp_path: Path,
                 "rewards": [[[1.0, 3.0]]] * batch.indices.size}).seq)
         assert acks == [1, 2]  # seq 2 was due a snapshot, which was skipped
         assert store.latest_snapshot("m") is None
+        with store.engine.connect() as conn:  # no orphaned chunk of the skipped snapshot
+            assert conn.exec_driver_sql("SELECT count(*) FROM snapshot_chunks").scalar() == 0
         monkeypatch.undo()
         for step in (2, 3):
             batch = service.next_batch("m", "r", step)

@@ -142,13 +142,14 @@ class EngineCache:
 
     def _load(self, name: str, spec: CurriculumSpec,
               head_seq: int) -> tuple[CurriculumEngine, int]:
-        snapshot = self.store.latest_snapshot(name, at_most=head_seq)
-        if snapshot is None:
-            return CurriculumEngine(spec), 0
-        try:
-            return CurriculumEngine.from_bytes(spec, snapshot.state), snapshot.seq
-        except StateVersionError as exc:
-            return self._replay(name, spec, snapshot.seq, exc), snapshot.seq
+        with self.store.snapshot_stream(name, at_most=head_seq) as snapshot:
+            if snapshot is None:
+                return CurriculumEngine(spec), 0
+            try:  # decoded chunk by chunk: never the state and its bytes whole at once
+                return CurriculumEngine.from_chunks(spec, snapshot.chunks), snapshot.seq
+            except StateVersionError as exc:
+                seq, cause = snapshot.seq, exc
+        return self._replay(name, spec, seq, cause), seq
 
     def _replay(self, name: str, spec: CurriculumSpec, seq: int,
                 cause: StateVersionError) -> CurriculumEngine:

@@ -206,16 +206,17 @@ class GroupCommitter:
 
     @staticmethod
     def _snapshot(writer: CurriculumWriter, cached: CachedEngine, seq: int) -> None:
-        """A snapshot only shortens loading: one that cannot be encoded (no memory for
-        its bytes) is skipped, never failing the report it is due at; the next is due
-        `snapshot_every` events later, and the log alone keeps the state exact."""
+        """A snapshot only shortens loading. It is streamed: the store takes the state's
+        arrays piece by piece into bounded chunks, so writing it needs one chunk beside
+        the state, not a second copy. One that still cannot be written for want of
+        memory is skipped (the store rolls the partial snapshot back), never failing the
+        report it is due at; the next is due `snapshot_every` events later, and the log
+        alone keeps the state exact."""
         try:
-            state = cached.engine.to_bytes()
+            writer.put_snapshot(seq, cached.engine.snapshot_pieces())
         except MemoryError:
             _log.warning("snapshot of %r at seq %d skipped: out of memory",
                          cached.spec.name, seq)
-            return
-        writer.put_snapshot(seq, state)
 
     @staticmethod
     def _batch_in(writer: CurriculumWriter, cached: CachedEngine, item: PendingReport,

@@ -10,11 +10,19 @@ parts, never pickle) and round-trips exactly.
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from paceline_server.domain.array_stream import (
+    MAGIC,
+    decode_arrays,
+    encode_arrays,
+    is_array_stream,
+)
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import InvalidRequest, StateCorrupt
 from paceline_server.domain.explanation import Explanation, percent
@@ -60,8 +68,9 @@ from paceline_server.strategies.registry import (
 from paceline_server.strategies.signals import ReportSignals
 from paceline_server.strategies.state_codec import (
     StateVersionError,
-    decode_state,
     encode_state,
+    state_arrays,
+    state_from_arrays,
     state_nbytes,
 )
 from paceline_server.strategies.zero_variance import ZeroVarianceFilter, filter_salt
@@ -110,7 +119,8 @@ class CurriculumEngine:
     resume; `spec` is stored canonically (every strategy parameter spelled out).
     """
 
-    def __init__(self, spec: CurriculumSpec, state: bytes | None = None) -> None:
+    def __init__(self, spec: CurriculumSpec,
+                 state: bytes | Iterable[bytes | memoryview] | None = None) -> None:
         self.sampler: Sampler[Any, Any] = build_sampler(spec.sampler, spec.layout,
                                                         spec.objectives)
         self.weighting: Weighting[Any, Any] = build_weighting(spec.weighting, spec.objectives)
@@ -126,8 +136,10 @@ class CurriculumEngine:
         if state is None:
             self._parts = self._fresh()
             self._record_weights(self.weighting.current(self._parts.weighting))
-        else:
+        elif isinstance(state, bytes):
             self._parts = self._decode(state)
+        else:
+            self._parts = self._decode_chunks(state)
 
     @classmethod
     def from_bytes(cls, spec: CurriculumSpec, data: bytes) -> CurriculumEngine:
@@ -387,13 +399,41 @@ class CurriculumEngine:
             total += state_nbytes(parts.posteriors)
         return total / self.layout.num_samples
 
-    def to_bytes(self) -> bytes:
-        parts = self._parts
-        sections = {
+    def _header(self) -> dict[str, np.ndarray]:
+        return {
             "format": np.asarray(FORMAT_VERSION),
             "sampler_kind": np.asarray(self.spec.sampler.kind),
             "weighting_kind": np.asarray(self.spec.weighting.kind),
             "num_samples": np.asarray(self.layout.num_samples),
+        }
+
+    def snapshot_pieces(self) -> Iterator[memoryview]:
+        """The state as an array stream (`domain/array_stream`): views of the live arrays,
+        so a snapshot written piece by piece never holds a second copy of the state.
+        `from_bytes` reads it back (joined), `from_chunks` without joining."""
+        parts = self._parts
+        arrays = self._header()
+        sections = {"engine": parts.engine, "sampler": parts.sampler,
+                    "weighting": parts.weighting, "health": parts.health,
+                    "posteriors": parts.posteriors}
+        for section, state in sections.items():
+            if state is not None:
+                for key, array in state_arrays(state).items():
+                    arrays[f"{section}/{key}"] = array
+        return encode_arrays(arrays)
+
+    @classmethod
+    def from_chunks(cls, spec: CurriculumSpec,
+                    chunks: Iterable[bytes | memoryview]) -> CurriculumEngine:
+        """Resume from a snapshot read in chunks: an array stream is decoded chunk by
+        chunk into the state's arrays; `to_bytes` output (older snapshots) is joined
+        first. Errors as `from_bytes`."""
+        return cls(spec, chunks)
+
+    def to_bytes(self) -> bytes:
+        parts = self._parts
+        sections = {
+            **self._header(),
             "engine": _blob(encode_state(parts.engine)),
             "sampler": _blob(encode_state(parts.sampler)),
             "weighting": _blob(encode_state(parts.weighting)),
@@ -404,7 +444,45 @@ class CurriculumEngine:
         return save_npz(sections)
 
     def _decode(self, data: bytes) -> _Parts:
+        if is_array_stream(data):
+            return self._decode_stream([data])
         sections = load_npz(data, "engine state")
+        return self._parts_from(sections, lambda key: load_npz(_unblob(sections, key),
+                                                               "state bytes"))
+
+    def _decode_chunks(self, chunks: Iterable[bytes | memoryview]) -> _Parts:
+        stream = iter(chunks)
+        head: list[bytes | memoryview] = []
+        seen = b""
+        while len(seen) < len(MAGIC):  # enough bytes to tell the format
+            piece = next(stream, None)
+            if piece is None:
+                break
+            head.append(piece)
+            seen += bytes(piece[:len(MAGIC) - len(seen)])
+        if is_array_stream(seen):
+            return self._decode_stream(itertools.chain(head, stream))
+        return self._decode(b"".join([*map(bytes, head), *map(bytes, stream)]))
+
+    def _decode_stream(self, chunks: Iterable[bytes | memoryview]) -> _Parts:
+        arrays = decode_arrays(chunks, "engine state")
+        states: dict[str, dict[str, np.ndarray]] = {}
+        for key in list(arrays):
+            section, slash, field = key.partition("/")
+            if slash:
+                states.setdefault(section, {})[field] = arrays.pop(key)
+
+        def state(key: str) -> dict[str, np.ndarray]:
+            if key not in states:
+                raise StateCorrupt(f"state is missing section {key!r}", {"field": key})
+            return states[key]
+
+        if "posteriors" in states:
+            arrays["posteriors"] = np.zeros(0, dtype=np.uint8)  # presence, as in to_bytes
+        return self._parts_from(arrays, state)
+
+    def _parts_from(self, sections: dict[str, np.ndarray],
+                    state: Callable[[str], dict[str, np.ndarray]]) -> _Parts:
         expected = {"format": FORMAT_VERSION, "sampler_kind": self.spec.sampler.kind,
                     "weighting_kind": self.spec.weighting.kind,
                     "num_samples": self.layout.num_samples}
@@ -417,14 +495,14 @@ class CurriculumEngine:
         if self.keeps_posteriors != ("posteriors" in sections):
             raise StateCorrupt("state and spec disagree on keeping the pass-rate table")
         parts = _Parts(
-            engine=decode_state(EngineState, _unblob(sections, "engine")),
-            sampler=decode_state(self.sampler.state_type, _unblob(sections, "sampler"),
-                                 self.sampler.migrate_state),
-            weighting=decode_state(self.weighting.state_type, _unblob(sections, "weighting"),
-                                   self.weighting.migrate_state),
-            posteriors=(decode_state(PassRateState, _unblob(sections, "posteriors"))
+            engine=state_from_arrays(EngineState, state("engine")),
+            sampler=state_from_arrays(self.sampler.state_type, state("sampler"),
+                                      self.sampler.migrate_state),
+            weighting=state_from_arrays(self.weighting.state_type, state("weighting"),
+                                        self.weighting.migrate_state),
+            posteriors=(state_from_arrays(PassRateState, state("posteriors"))
                         if self.keeps_posteriors else None),
-            health=decode_state(HealthState, _unblob(sections, "health")),
+            health=state_from_arrays(HealthState, state("health")),
         )
         if (parts.posteriors is not None and parts.posteriors.streak is None
                 and self.spec.zero_variance is not None):  # written before streaks existed

@@ -25,8 +25,8 @@ backend:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -96,6 +96,16 @@ class SnapshotRecord:
 
 
 @dataclass(frozen=True)
+class SnapshotStream:
+    """A snapshot read piece by piece: `chunks` yields its bytes in order (concatenated,
+    they are `SnapshotRecord.state`) and is valid only inside `Store.snapshot_stream`."""
+
+    seq: int
+    created_at: datetime
+    chunks: Iterator[bytes]
+
+
+@dataclass(frozen=True)
 class HistoryCheckpoint:
     """A chunk of a curriculum's per-report history rows (first_seq..last_seq)."""
 
@@ -147,9 +157,13 @@ class CurriculumWriter(ABC):
         the second lookup."""
 
     @abstractmethod
-    def put_snapshot(self, seq: int, state: bytes) -> None:
+    def put_snapshot(self, seq: int, state: bytes | Iterable[bytes | memoryview]) -> None:
         """Store engine state after event `seq` (replacing older snapshots beyond the
-        configured number kept)."""
+        configured number kept). `state` is the snapshot's bytes, whole or as pieces of
+        any sizes: pieces are consumed one at a time and stored in bounded chunks, so the
+        encoded whole is never in memory (the snapshot memory bound). A failure while
+        consuming them (MemoryError, say) leaves no partial snapshot and leaves the
+        block's other writes intact; the caller may carry on and commit."""
 
     @abstractmethod
     def get_batch(self, run_id: str, step: int) -> BatchRecord | None:
@@ -265,7 +279,19 @@ class Store(ABC):
 
     @abstractmethod
     def latest_snapshot(self, name: str, at_most: int | None = None) -> SnapshotRecord | None:
-        """The newest snapshot (with seq <= at_most when given)."""
+        """The newest snapshot (with seq <= at_most when given), its bytes joined whole;
+        `snapshot_stream` reads a large one without that copy."""
+
+    @contextmanager
+    def snapshot_stream(self, name: str,
+                        at_most: int | None = None) -> Iterator[SnapshotStream | None]:
+        """The newest snapshot (seq <= at_most when given) as a stream of chunks read
+        within the block, from one consistent read (a snapshot pruned meanwhile is still
+        read whole); None when there is none. Backends override this default, which
+        reads the whole snapshot first."""
+        record = self.latest_snapshot(name, at_most)
+        yield (None if record is None
+               else SnapshotStream(record.seq, record.created_at, iter([record.state])))
 
     @abstractmethod
     def prune_events(self, name: str, up_to_seq: int) -> int:

@@ -23,28 +23,23 @@ How the guarantees of `store.base` are met:
 pysqlite's own transaction handling is switched off (it does not BEGIN before SELECT or
 DDL, which breaks isolation and transactional migrations): the store issues `BEGIN` /
 `BEGIN IMMEDIATE` itself from SQLAlchemy's `begin` event, as SQLAlchemy's SQLite
-documentation recommends for Python < 3.12.
+documentation recommends for Python < 3.12. Engines, pragmas, URLs and the mapping of
+database errors live in `store/connection.py` (shared with the migrations).
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import sqlite3
 import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Engine,
     bindparam,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     select,
@@ -53,19 +48,15 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import ConnectionPoolEntry
 
 from paceline_server.domain.errors import (
     CurriculumExists,
     CurriculumNotFound,
     IdempotencyConflict,
-    PacelineError,
     RunNotFound,
-    SchemaOutdated,
     Unavailable,
 )
-from paceline_server.store import history_rows
+from paceline_server.store import history_rows, snapshot_rows
 from paceline_server.store import tables as t
 from paceline_server.store.base import (
     BatchRecord,
@@ -77,8 +68,16 @@ from paceline_server.store.base import (
     HistoryCheckpoint,
     RunRecord,
     SnapshotRecord,
+    SnapshotStream,
     Store,
 )
+from paceline_server.store.connection import (
+    begin_write,
+    create_sql_engine,
+    normalize_url,
+    translated_errors,
+)
+from paceline_server.store.migrate import check_schema, upgrade
 from paceline_server.store.prepared import Prepared
 
 _log = logging.getLogger(__name__)
@@ -86,12 +85,8 @@ _log = logging.getLogger(__name__)
 #: A result row. (Row's type parameters differ between SQLAlchemy 2.0 and 2.1; the
 #: columns are read by name, so nothing is gained by spelling them out.)
 _Row = Any
-#: Connection execution option read by the SQLite `begin` hook: "DEFERRED" | "IMMEDIATE".
-_SQLITE_BEGIN = "paceline_sqlite_begin"
 #: Events fetched per read transaction when iterating the log.
 EVENT_PAGE_SIZE = 128
-_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_SQLITE_SYNC = {"OFF", "NORMAL", "FULL", "EXTRA"}
 
 # The statements of the report/batch hot path, built once with bound parameters: building
 # an expression per call (and deriving its cache key) cost more than running it.
@@ -129,169 +124,6 @@ def _aware(value: datetime, what: str) -> datetime:
     return value
 
 
-def normalize_url(url: str | URL) -> URL:
-    """Parse a database URL; plain `postgresql://` (and `postgres://`) mean psycopg 3, the
-    only PostgreSQL driver Paceline depends on."""
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    backend = parsed.get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
-        raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}: use "
-                         "sqlite:///path/to/file.db or postgresql+psycopg://...")
-    if backend == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:") or "mode=memory" in database \
-                or parsed.query.get("mode") == "memory":
-            raise ValueError("in-memory SQLite is not supported (every pooled connection "
-                             "would see its own empty database): use a file, e.g. "
-                             "sqlite:///./paceline.db")
-    return parsed
-
-
-def create_sql_engine(url: str | URL, *, schema: str | None = None, pool_size: int = 5,
-                      max_overflow: int = 10, pool_timeout: float = 30.0,
-                      lock_timeout: float = 30.0, connect_timeout: float = 10.0,
-                      sqlite_synchronous: str = "FULL", echo: bool = False) -> Engine:
-    """An engine configured the way the store (and the migrations) rely on.
-
-    SQLite: WAL, `busy_timeout = lock_timeout`, foreign keys on, pysqlite's implicit
-    transactions off and BEGIN issued by SQLAlchemy's `begin` event (IMMEDIATE when the
-    connection carries the `paceline_sqlite_begin="IMMEDIATE"` execution option).
-
-    PostgreSQL: psycopg 3, `lock_timeout` on every session (a writer that cannot get the
-    curriculum lock fails with Unavailable instead of hanging forever), pre-ping so a
-    restarted server costs no failed request, and `schema` as the search_path (the schema
-    must exist; Alembic's version table lives there too).
-    """
-    parsed = normalize_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if schema is not None:
-            raise ValueError("the schema option applies to PostgreSQL only")
-        sync = sqlite_synchronous.upper()
-        if sync not in _SQLITE_SYNC:
-            raise ValueError(f"sqlite_synchronous must be one of {sorted(_SQLITE_SYNC)}")
-        engine = create_engine(
-            parsed, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
-            pool_timeout=pool_timeout,
-            connect_args={"timeout": lock_timeout, "check_same_thread": False})
-        _install_sqlite_hooks(engine, busy_timeout_ms=int(lock_timeout * 1000),
-                              synchronous=sync)
-        return engine
-
-    options = [f"-c lock_timeout={int(lock_timeout * 1000)}"]
-    if schema is not None:
-        if not _SCHEMA_RE.match(schema):
-            raise ValueError(f"schema must be a lower-case SQL identifier, got {schema!r}")
-        options.append(f"-c search_path={schema}")
-    existing = parsed.query.get("options")
-    if existing:
-        # URL options come first; ours are appended (a later -c wins, so an explicit
-        # schema option overrides a search_path in the URL).
-        given = existing if isinstance(existing, str) else " ".join(existing)
-        options.insert(0, given)
-    parsed = parsed.update_query_dict({"options": " ".join(options)})
-    return create_engine(
-        parsed, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
-        pool_timeout=pool_timeout, pool_pre_ping=True,
-        connect_args={"connect_timeout": max(1, int(connect_timeout))})
-
-
-def _ensure_wal(cursor: Any, timeout: float) -> None:
-    """Put the database file in WAL mode (persistent: a no-op once any connection did).
-
-    WAL lets readers run alongside the single writer. Switching *into* WAL needs an
-    exclusive lock and SQLite answers "database is locked" at once instead of calling the
-    busy handler, which several processes opening a fresh file together do hit; so the
-    switch is retried here until `timeout`.
-    """
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        try:
-            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
-                return
-            mode = str(cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
-            if mode != "wal":
-                # Not a lock: this file system (or file) cannot do WAL. Still correct,
-                # only readers and the writer now take turns.
-                _log.warning("SQLite stays in journal mode %r (WAL unavailable)", mode)
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-        if time.monotonic() >= deadline:
-            raise sqlite3.OperationalError("database is locked (could not switch to WAL)")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
-def _install_sqlite_hooks(engine: Engine, *, busy_timeout_ms: int, synchronous: str) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        # Autocommit at the driver level: no implicit BEGIN; we issue it ourselves.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-            cursor.execute("PRAGMA foreign_keys = ON")
-            _ensure_wal(cursor, busy_timeout_ms / 1000)
-            cursor.execute(f"PRAGMA synchronous = {synchronous}")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
-        if mode not in ("DEFERRED", "IMMEDIATE"):
-            raise ValueError(f"bad {_SQLITE_BEGIN} option {mode!r}")
-        connection.exec_driver_sql(f"BEGIN {mode}")
-
-
-def begin_write(connection: Connection) -> None:
-    """Make the next transaction on `connection` a write transaction (`BEGIN IMMEDIATE` on
-    SQLite; no effect on PostgreSQL, which locks rows instead)."""
-    connection.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
-
-
-def translate_errors(exc: sa_exc.SQLAlchemyError) -> PacelineError | None:
-    """The domain error for a database error, or None when it is a bug to surface as is.
-
-    Connection failures, timeouts and lock timeouts become `Unavailable` (retryable); a
-    missing table becomes `SchemaOutdated` (someone dropped it, or the schema was never
-    created and the check at open was skipped).
-    """
-    text = str(getattr(exc, "orig", None) or exc)
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
-    if "no such table" in text or sqlstate == "42P01":
-        return SchemaOutdated(
-            f"the database has no Paceline schema ({text.splitlines()[0]}); "
-            "run `paceline-server migrate`")
-    if sqlstate == "25006":  # read_only_sql_transaction: a standby after a failover
-        return Unavailable(f"database is read-only: {text.strip().splitlines()[0]}",
-                           {"reason": "ReadOnlySqlTransaction"})
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError,
-                        sa_exc.DisconnectionError, sa_exc.TimeoutError)):
-        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-            reason = "connection lost"
-        else:
-            reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        return Unavailable(f"database unavailable: {reason}",
-                           {"reason": type(getattr(exc, "orig", exc)).__name__})
-    return None
-
-
-@contextmanager
-def translated_errors() -> Iterator[None]:
-    try:
-        yield
-    except sa_exc.SQLAlchemyError as exc:
-        mapped = translate_errors(exc)
-        if mapped is None:
-            raise
-        raise mapped from exc
-
-
 class _KeyedLocks:
     """Process-local reentrant locks by key, dropped when nobody holds or waits on them."""
 
@@ -327,6 +159,8 @@ class SqlStore(Store):
     """`Store` on SQLite or PostgreSQL.
 
     Options: `snapshot_keep` (snapshots kept per curriculum, newest by seq);
+    `snapshot_chunk_bytes` (largest chunk a snapshot given as pieces is stored in: the
+    memory a snapshot write needs beyond the state);
     `auto_migrate` (bring the schema to head on open — the embedded SQLite default;
     otherwise the schema is checked and `SchemaOutdated` raised when it is behind);
     `schema` (PostgreSQL search_path, e.g. to isolate tests); `pool_size`,
@@ -334,7 +168,8 @@ class SqlStore(Store):
     before `Unavailable`); `sqlite_synchronous` ("FULL" = durable against power loss).
     """
 
-    def __init__(self, url: str, *, snapshot_keep: int = 2, auto_migrate: bool = False,
+    def __init__(self, url: str, *, snapshot_keep: int = 2,
+                 snapshot_chunk_bytes: int = 4 << 20, auto_migrate: bool = False,
                  schema: str | None = None, pool_size: int = 5, max_overflow: int = 10,
                  pool_timeout: float = 30.0, lock_timeout: float = 30.0,
                  connect_timeout: float = 10.0, sqlite_synchronous: str = "FULL",
@@ -343,6 +178,9 @@ class SqlStore(Store):
             raise ValueError("snapshot_keep must be at least 1")
         self.url = normalize_url(url)
         self.snapshot_keep = snapshot_keep
+        if snapshot_chunk_bytes < 1:
+            raise ValueError("snapshot_chunk_bytes must be at least 1")
+        self.snapshot_chunk_bytes = snapshot_chunk_bytes
         self.lock_timeout = lock_timeout
         self._sqlite_synchronous = sqlite_synchronous.upper()
         self.engine = create_sql_engine(
@@ -367,9 +205,6 @@ class SqlStore(Store):
         self._sql_insert_event = Prepared(_INSERT_EVENT, dialect)
         self._sql_set_head = Prepared(_SET_HEAD, dialect)
         try:
-            # Imported here: migrate builds engines with this module's create_sql_engine.
-            from paceline_server.store.migrate import check_schema, upgrade
-
             if auto_migrate:
                 upgrade(self.engine)
             else:
@@ -647,15 +482,24 @@ class SqlStore(Store):
     def latest_snapshot(self, name: str, at_most: int | None = None) -> SnapshotRecord | None:
         with self._read() as conn:
             cid = self._curriculum_id(conn, name)
-            query = select(t.snapshots.c.seq, t.snapshots.c.state, t.snapshots.c.created_at) \
-                .where(t.snapshots.c.curriculum_id == cid)
-            if at_most is not None:
-                query = query.where(t.snapshots.c.seq <= at_most)
-            row = conn.execute(query.order_by(t.snapshots.c.seq.desc()).limit(1)).one_or_none()
-        if row is None:
-            return None
-        return SnapshotRecord(seq=int(row.seq), state=bytes(row.state),
-                              created_at=row.created_at)
+            found = snapshot_rows.newest(conn, cid, at_most)
+            if found is None:
+                return None
+            seq, head, created_at = found
+            state = b"".join(snapshot_rows.chunks(conn, cid, seq, head))
+        return SnapshotRecord(seq=seq, state=state, created_at=created_at)
+
+    @contextmanager
+    def snapshot_stream(self, name: str,
+                        at_most: int | None = None) -> Iterator[SnapshotStream | None]:
+        with self._read() as conn:
+            cid = self._curriculum_id(conn, name)
+            found = snapshot_rows.newest(conn, cid, at_most)
+            if found is None:
+                yield None
+                return
+            seq, head, created_at = found
+            yield SnapshotStream(seq, created_at, snapshot_rows.chunks(conn, cid, seq, head))
 
     def prune_events(self, name: str, up_to_seq: int) -> int:
         """Delete events with seq <= up_to_seq that the newest snapshot covers.
@@ -800,25 +644,16 @@ class _SqlWriter(CurriculumWriter):
         self._head = seq
         return seq
 
-    def put_snapshot(self, seq: int, state: bytes) -> None:
+    def put_snapshot(self, seq: int, state: bytes | Iterable[bytes | memoryview]) -> None:
         """Upsert the snapshot at `seq` (0 < seq <= head_seq), then drop all but the newest
-        `snapshot_keep` of this curriculum."""
+        `snapshot_keep` of this curriculum (see `store.snapshot_rows`)."""
         self._check()
         if not 0 < seq <= self._head:
             raise ValueError(f"snapshot seq {seq} outside 1..head_seq ({self._head})")
-        snapshots = t.snapshots
-        stmt = self._store._insert(snapshots).values(
-            curriculum_id=self._cid, seq=seq, state=bytes(state), created_at=_now())
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["curriculum_id", "seq"],
-            set_={"state": stmt.excluded.state, "created_at": stmt.excluded.created_at})
-        oldest_kept = (select(snapshots.c.seq).where(snapshots.c.curriculum_id == self._cid)
-                       .order_by(snapshots.c.seq.desc())
-                       .limit(1).offset(self._store.snapshot_keep - 1)).scalar_subquery()
         with translated_errors():
-            self._conn.execute(stmt)
-            self._conn.execute(delete(snapshots).where(snapshots.c.curriculum_id == self._cid,
-                                                       snapshots.c.seq < oldest_kept))
+            snapshot_rows.put(self._conn, self._store._insert, self._cid, seq, state,
+                              chunk_bytes=self._store.snapshot_chunk_bytes,
+                              keep=self._store.snapshot_keep)
 
     def get_batch(self, run_id: str, step: int) -> BatchRecord | None:
         self._check()

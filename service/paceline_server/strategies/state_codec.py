@@ -51,16 +51,28 @@ def state_version(cls: type) -> int:
 
 def encode_state(state: Any) -> bytes:
     """Serialise a state dataclass to `.npz` bytes (with its version)."""
+    return save_npz(state_arrays(state))
+
+
+def state_arrays(state: Any) -> dict[str, np.ndarray]:
+    """The flattened arrays of a state dataclass (with its versions), not copied: what
+    `encode_state` writes, for encoders that stream them instead (snapshots)."""
     arrays: dict[str, np.ndarray] = {}
     _flatten(state, "", arrays)
-    return save_npz(arrays)
+    return arrays
 
 
 def decode_state(cls: type[T], data: bytes, migrate: Migration | None = None) -> T:
     """Rebuild a state of dataclass type `cls` from `encode_state` bytes. Bytes of an
     older version go through `migrate(old_version, arrays)` when given; otherwise, or
     when they are newer than `cls`, StateVersionError."""
-    arrays = load_npz(data, "state bytes")
+    return state_from_arrays(cls, load_npz(data, "state bytes"), migrate)
+
+
+def state_from_arrays(cls: type[T], arrays: dict[str, np.ndarray],
+                      migrate: Migration | None = None) -> T:
+    """Rebuild a state of dataclass type `cls` from `state_arrays` output (the arrays are
+    used as they are, not copied); versions are handled as in `decode_state`."""
     stored, current = stored_version(arrays, ""), state_version(cls)
     if stored != current:
         if stored > current or migrate is None:
