@@ -12,8 +12,9 @@ from sqlalchemy import exc as sa_exc
 
 from paceline_server.domain.errors import Unavailable
 from paceline_server.store import tables as t
+from paceline_server.store.connection import begin_write, translated_errors
 from paceline_server.store.prepared import Prepared
-from paceline_server.store.sql import SqlStore, begin_write, translated_errors
+from paceline_server.store.sql import SqlStore
 
 SPEC = {"name": "c", "layout": {"distributions": [{"name": "d0", "size": 10}]},
         "objectives": ["acc"], "seed": 3}

@@ -31,12 +31,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, text
 
 from paceline_server.domain.errors import SchemaOutdated
-from paceline_server.store.sql import (
-    SqlStore,
-    begin_write,
-    create_sql_engine,
-    translated_errors,
-)
+from paceline_server.store.connection import begin_write, create_sql_engine, translated_errors
 from paceline_server.store.tables import VERSION_TABLE
 
 if TYPE_CHECKING:
@@ -128,8 +123,9 @@ def check_schema(target: Target, store: Store | None = None, *,
     `store`, when it is a `SqlStore`, lends its engine (so a readiness probe does not
     build a connection pool each time); otherwise `target` is used. Returns the revision.
     """
-    if isinstance(store, SqlStore):
-        target = store.engine
+    engine = getattr(store, "engine", None)  # a SqlStore's (not imported: sql imports us)
+    if isinstance(engine, Engine):
+        target = engine
     head = head_revision()
     current = current_revision(target, schema=schema)
     details = {"current": current, "head": head, "command": MIGRATE_COMMAND}
