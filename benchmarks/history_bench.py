@@ -1,15 +1,23 @@
-"""The history endpoint on a long curriculum: what the first request (a replay of the log)
-and later ones (cached, only new reports folded) cost, in-process and over HTTP.
+"""The history endpoint on a long curriculum: what a process's first request costs (the
+stored checkpoints read, plus the tail after the last one folded), what later ones cost
+(cached, only new reports folded), what the report path pays for the rows, in-process
+and over HTTP.
 
 Builds a SQLite database with `--reports` reports of a toy trainer (dump_ucb +
-hypervolume, 4 distributions, 2 objectives, batch 32 x group 4, a snapshot every 100),
-written straight into the event log by the engine (no service round trips), then:
-- app: `HistoryService.history` cold (replay), warm (default `every`: <= 1000 rows),
-  warm with every=1, `since` near the head, and after 10 new reports (incremental);
-- http: GET /v1/curricula/{name}/history against a `paceline-server serve` process.
+hypervolume, 4 distributions, 2 objectives, batch 32 x group 4, a snapshot and a history
+checkpoint every 100), written straight into the event log by the engine with the rows
+the service's report path records (no service round trips), then:
+- app: `HistoryService.history` cold at a checkpoint (no fold), warm (default `every`:
+  <= 1000 rows), warm with every=1, `since` near the head, after 10 new reports, cold
+  with a tail of 99 reports after the last checkpoint; with `--replay`, cold by a replay
+  of the whole log (what a log without checkpoints costs) and a check that both agree;
+- report path: reports through `PacelineService.report` with and without the history's
+  per-report row (`--ab-reports`, interleaved blocks of 50);
+- http: GET /v1/curricula/{name}/history, the first request of a fresh
+  `paceline-server serve` process and later ones.
 Prints one JSON object per measurement (milliseconds) and a summary line.
 
-    python benchmarks/history_bench.py --reports 10000
+    python benchmarks/history_bench.py --reports 10000 [--replay]
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,9 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_service import local_service
 from paceline_server.api.routes import history_out
 from paceline_server.app.codec import encode_report
+from paceline_server.app.engines import CachedEngine
+from paceline_server.app.group_commit import NextBatch
 from paceline_server.app.history import HistoryService
+from paceline_server.app.service import PacelineService
 from paceline_server.domain import CurriculumSpec, Report
 from paceline_server.engine import CurriculumEngine
+from paceline_server.settings import Settings
 from paceline_server.store import open_store
 from paceline_server.store.base import Store
 
@@ -51,32 +64,84 @@ EDGES = np.cumsum([4000, 3000, 2000, 1000])
 
 
 def build_log(store: Store, reports: int, start: int = 0, engine: CurriculumEngine | None = None,
-              snapshot_every: int = 100, chunk: int = 500) -> CurriculumEngine:
+              snapshot_every: int = 100, chunk: int = 500,
+              history: HistoryService | None = None) -> CurriculumEngine:
     """Append `reports` toy reports to the curriculum's log (creating it when `start` is 0)
-    in transactions of `chunk`, with snapshots as the service writes them."""
+    in transactions of `chunk`, with snapshots as the service writes them and, given
+    `history`, the rows its report path records (`HistoryService.record`)."""
     if start == 0:
         engine = CurriculumEngine(CurriculumSpec.from_dict(SPEC))
         store.create_curriculum(NAME, engine.spec.to_dict())
     assert engine is not None
+    head = store.head(NAME)
+    cached = CachedEngine(head.created_at, engine.spec, engine, head.head_seq,
+                          threading.RLock())
     rng = np.random.default_rng(start)
     step = start
     while step < start + reports:
         with store.writer(NAME) as writer:
             for _ in range(min(chunk, start + reports - step)):
-                batch = engine.next_batch("run-0", step)
-                owner = np.searchsorted(EDGES, batch.indices, side="right")
-                accuracy = (rng.random((owner.size, 4)) < PASS[owner][:, None]).astype(float)
-                length = rng.random((owner.size, 4)).round(2)
-                report = Report.dense(run_id="run-0", step=step, indices=batch.indices,
-                                      rewards=np.stack([accuracy, length], axis=-1),
-                                      layout=engine.layout, num_objectives=2)
+                report = toy_report(engine, rng, step)
                 engine.apply(report)
                 seq = writer.append("report", "run-0", step, f"run-0/{step}",
                                     encode_report(report), checked=True)
+                if history is not None:
+                    history.record(writer, cached, seq, step, snapshot_every)
                 if seq % snapshot_every == 0:
                     writer.put_snapshot(seq, engine.to_bytes())
                 step += 1
     return engine
+
+
+def toy_report(engine: CurriculumEngine, rng: np.random.Generator, step: int) -> Report:
+    batch = engine.next_batch("run-0", step)
+    owner = np.searchsorted(EDGES, batch.indices, side="right")
+    accuracy = (rng.random((owner.size, 4)) < PASS[owner][:, None]).astype(float)
+    length = rng.random((owner.size, 4)).round(2)
+    return Report.dense(run_id="run-0", step=step, indices=batch.indices,
+                        rewards=np.stack([accuracy, length], axis=-1),
+                        layout=engine.layout, num_objectives=2)
+
+
+class Replayed(HistoryService):
+    """The history as a log without checkpoints gives it: a replay from seq 0."""
+
+    def _load_checkpoints(self, *args: Any) -> int:
+        return 0
+
+
+def report_path_ab(tmp: str, reports: int, block: int = 50) -> dict[str, float]:
+    """Per-report milliseconds of `PacelineService.report` (with the next batch, one
+    call per step) with and without the history's row, in interleaved blocks."""
+    url = f"sqlite:///{Path(tmp) / 'ab.db'}"
+    service = PacelineService(open_store(url, auto_migrate=True),
+                              Settings(database_url=url, snapshot_every=100))
+    service.create_curriculum(SPEC)
+    service.attach_run(NAME, run_id="run-0")
+    rng = np.random.default_rng(1)
+    batch = service.next_batch(NAME, "run-0", 0)
+    record = service.commits.on_fold
+    times: dict[bool, list[float]] = {True: [], False: []}
+    step = 0
+    for turn in range(2 * (reports // (2 * block))):
+        with_rows = turn % 4 in (0, 3)  # ABBA: drift cancels
+        service.commits.on_fold = record if with_rows else None
+        began = time.perf_counter()
+        for _ in range(block):
+            owner = np.searchsorted(EDGES, batch.indices, side="right")
+            accuracy = (rng.random((owner.size, 4)) < PASS[owner][:, None]).astype(float)
+            length = rng.random((owner.size, 4)).round(2)
+            ack = service.report(NAME, {"run_id": "run-0", "step": step,
+                                        "indices": batch.indices.tolist(),
+                                        "rewards": np.stack([accuracy, length], -1).tolist()},
+                                 f"run-0/{step}", NextBatch(step + 1))
+            assert ack.batch is not None
+            batch, step = ack.batch, step + 1
+        times[with_rows].append((time.perf_counter() - began) * 1000 / block)
+    service.close()
+    service.store.close()
+    return {"with_rows_ms": statistics.median(times[True]),
+            "without_rows_ms": statistics.median(times[False]), "blocks": len(times[True])}
 
 
 def timed(function: Callable[[], Any], repeat: int = 1) -> tuple[list[float], Any]:
@@ -102,23 +167,33 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reports", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--replay", action="store_true",
+                        help="also time a replay of the whole log (slow: ~1 ms per report)")
+    parser.add_argument("--ab-reports", type=int, default=1000,
+                        help="reports per arm of the report-path A/B (0: skip it)")
     parser.add_argument("--quick", action="store_true", help="300 reports, 3 repeats")
     parser.add_argument("--no-http", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
-        args.reports, args.repeat = 300, 3
+        args.reports, args.repeat, args.ab_reports = 300, 3, 200
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'history.db'}"
         store = open_store(url, auto_migrate=True)
         began = time.perf_counter()
-        engine = build_log(store, args.reports)
+        recorder = HistoryService(store)
+        engine = build_log(store, args.reports, history=recorder)
         print(json.dumps({"case": "build", "reports": args.reports,
-                          "seconds": round(time.perf_counter() - began, 1)}), flush=True)
+                          "seconds": round(time.perf_counter() - began, 1),
+                          "checkpoints": len(store.history_checkpoints(NAME))}), flush=True)
         rows: dict[str, dict[str, Any]] = {}
-        history = HistoryService(store)
-        times, view = timed(lambda: history.history(NAME))
-        rows["cold"] = summary("app cold (replay the log)", times, rows=int(view.seq.size),
-                               per_report_ms=round(times[0] / args.reports, 4))
+        times, view = [], None
+        for _ in range(args.repeat):  # a new service each time: every request is cold
+            history = HistoryService(store)
+            more, view = timed(lambda h=history: h.history(NAME))  # type: ignore[misc]
+            times += more
+        assert view is not None and view.complete
+        rows["cold"] = summary("app cold, at a checkpoint (rows read, no fold)", times,
+                               rows=int(view.seq.size))
         times, view = timed(lambda: history.history(NAME), args.repeat)
         rows["warm"] = summary("app warm, default every", times, rows=int(view.seq.size),
                                every=view.every)
@@ -131,26 +206,48 @@ def main(argv: list[str] | None = None) -> int:
         since = max(0, args.reports - 100)
         times, view = timed(lambda: history.history(NAME, since=since), args.repeat)
         rows["since"] = summary("app warm, since=head-100", times, rows=int(view.seq.size))
-        build_log(store, 10, start=args.reports, engine=engine)
+        build_log(store, 10, start=args.reports, engine=engine, history=recorder)
         times, view = timed(lambda: history.history(NAME))
         rows["incremental"] = summary("app after 10 new reports", times,
                                       head=int(view.head_seq))
+        build_log(store, 89, start=args.reports + 10, engine=engine, history=recorder)
+        times = []
+        for _ in range(max(1, args.repeat // 4)):
+            history = HistoryService(store)
+            more, view = timed(lambda h=history: h.history(NAME))  # type: ignore[misc]
+            times += more
+        assert view.complete
+        rows["cold_tail"] = summary("app cold, 99 reports after the last checkpoint", times,
+                                    rows=int(view.seq.size), head=int(view.head_seq))
+        if args.replay:
+            replayed = Replayed(store)
+            times, full = timed(lambda: replayed.history(NAME, every=1))
+            exact = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(
+                [full.seq, full.step, full.time, full.reward_weights, full.reward_scale,
+                 full.hypervolume, *full.series.values()],
+                [*(lambda v: [v.seq, v.step, v.time, v.reward_weights, v.reward_scale,
+                              v.hypervolume, *v.series.values()])(
+                    HistoryService(store).history(NAME, every=1))], strict=True))
+            rows["replay"] = summary("app cold, replay of the whole log (no checkpoints)",
+                                     times, rows=int(full.seq.size), exact=exact,
+                                     per_report_ms=round(times[0] / full.head_seq, 4))
         store.close()
+        if args.ab_reports:
+            ab = report_path_ab(tmp, args.ab_reports)
+            print(json.dumps({"case": "report path A/B (ms per report, median of blocks)",
+                              **{k: round(v, 3) for k, v in ab.items()},
+                              "overhead_pct": round(100 * (ab["with_rows_ms"]
+                                                           / ab["without_rows_ms"] - 1), 1)}),
+                  flush=True)
         if not args.no_http:
             with local_service(url) as service, httpx.Client(base_url=service.url,
                                                              timeout=120) as http:
                 path = f"/v1/curricula/{NAME}/history"
                 times, answer = timed(lambda: http.get(path))
                 answer.raise_for_status()
-                rows["http_cold"] = summary("http first answer (partial while replaying)",
-                                            times, complete=answer.json()["complete"],
-                                            replayed_seq=answer.json()["replayed_seq"])
-                began = time.perf_counter()
-                while not http.get(path).json()["complete"]:
-                    time.sleep(0.2)
-                rows["http_replayed"] = summary(
-                    "http until complete (the server's replay)",
-                    [(time.perf_counter() - began) * 1000 + times[0]])
+                rows["http_cold"] = summary("http, a fresh server's first request", times,
+                                            complete=answer.json()["complete"],
+                                            bytes=len(answer.content))
                 times, answer = timed(lambda: http.get(path), args.repeat)
                 rows["http_warm"] = summary("http warm, default every", times,
                                             bytes=len(answer.content))
@@ -158,10 +255,11 @@ def main(argv: list[str] | None = None) -> int:
                                       args.repeat)
                 rows["http_every1"] = summary("http warm, every=1", times,
                                               bytes=len(answer.content))
-    target = rows.get("http_warm", rows["warm_json"])["p50_ms"]
+    target = rows.get("http_cold", rows["cold_tail"])["p50_ms"]
     print(json.dumps({"summary": True, "reports": args.reports,
-                      "warm_p50_ms": target, "target_100ms": target <= 100,
-                      "cold_ms": rows["cold"]["p50_ms"]}), flush=True)
+                      "cold_p50_ms": target, "target_100ms": target <= 100,
+                      "warm_p50_ms": rows.get("http_warm", rows["warm_json"])["p50_ms"],
+                      "cold_tail_p50_ms": rows["cold_tail"]["p50_ms"]}), flush=True)
     return 0
 
 

@@ -17,12 +17,15 @@ def test_history_bench_quick() -> None:
                           timeout=300, check=True)
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     cases = {row["case"]: row for row in rows if "case" in row}
-    assert cases["build"]["reports"] == 300
-    cold = cases["app cold (replay the log)"]
-    assert cold["rows"] == 301 and cold["per_report_ms"] > 0
+    assert cases["build"]["reports"] == 300 and cases["build"]["checkpoints"] == 3
+    assert cases["app cold, at a checkpoint (rows read, no fold)"]["rows"] == 301
     assert cases["app warm, default every"]["every"] == 1
     assert cases["app warm, since=head-100"]["rows"] == 101
     assert cases["app after 10 new reports"]["head"] == 310
+    tail = cases["app cold, 99 reports after the last checkpoint"]
+    assert tail["rows"] == 400 and tail["head"] == 399
+    ab = cases["report path A/B (ms per report, median of blocks)"]
+    assert ab["with_rows_ms"] > 0 and ab["without_rows_ms"] > 0
     summary = rows[-1]
     assert summary["summary"] is True and summary["reports"] == 300
     assert isinstance(summary["target_100ms"], bool)
