@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     #: Write an engine snapshot every this many events (loading replays at most this many).
     snapshot_every: int = Field(default=100, ge=1, le=1_000_000)
     snapshot_keep: int = Field(default=2, ge=1, le=100)
+    #: Snapshots are written and read in chunks of at most this many bytes: the memory a
+    #: snapshot needs beyond the state itself (docs/reliability.md, memory model).
+    snapshot_chunk_bytes: int = Field(default=4 << 20, ge=4096, le=1 << 30)
     #: Delete events covered by a snapshot (the state stays exact; export loses history).
     prune_events: bool = False
     #: A run without heartbeat for this long is reported as stale.
@@ -88,6 +91,7 @@ class Settings(BaseSettings):
 
     def store_options(self) -> dict[str, object]:
         options: dict[str, object] = {"snapshot_keep": self.snapshot_keep,
+                                      "snapshot_chunk_bytes": self.snapshot_chunk_bytes,
                                       "auto_migrate": self.migrate_on_start}
         if self.database_url.startswith("sqlite"):
             options["sqlite_synchronous"] = self.sqlite_synchronous
