@@ -310,8 +310,8 @@ def test_a_log_from_before_checkpoints_is_backfilled(sqlite_client: TestClient) 
 
 
 def test_a_retried_transaction_replaces_its_rows(sqlite_client: TestClient) -> None:
-    """`record` of a seq already kept (a group commit retried without a failed report)
-    drops the rows from there on: what is stored is what committed."""
+    """`record` of a seq already kept drops the rows from there on; a seq that does not
+    follow, or an engine reloaded after a failed commit, starts the rows afresh."""
     setup(sqlite_client)
     drive(sqlite_client, 2)
     service = sqlite_client.app.state.service  # type: ignore[attr-defined]
@@ -327,6 +327,10 @@ def test_a_retried_transaction_replaces_its_rows(sqlite_client: TestClient) -> N
         histories.record(writer, cached, 9, 9, every=100)  # a gap: starts afresh
         assert (histories._pending["hist"].first_seq, histories._pending["hist"].steps) \
             == (9, [9])
+        cached.engine = CurriculumEngine(cached.spec)  # reloaded after a failed commit
+        histories.record(writer, cached, 10, 10, every=100)
+        assert (histories._pending["hist"].first_seq, histories._pending["hist"].steps) \
+            == (10, [10])
 
 
 def test_history_needs_a_read_token(tmp_path: Any) -> None:

@@ -197,6 +197,7 @@ class _Pending:
     """Rows the report path computed since its last checkpoint (seqs first_seq, ...)."""
 
     created_at: datetime
+    engine: CurriculumEngine  # the rows' engine: a reloaded one starts afresh
     first_seq: int
     steps: list[int] = field(default_factory=list)
     points: list[ProgressPoint] = field(default_factory=list)
@@ -222,16 +223,20 @@ class HistoryService:
         """The report at `seq` was just folded into `cached.engine` and appended through
         `writer`: keep its row, and store the rows kept so far when a snapshot is due
         (`seq % every == 0`) or `MAX_PENDING_ROWS` are waiting. Called by the report path
-        under the curriculum's engine lock; a retried transaction records its seqs again
-        and replaces them. Rows lost with a failed transaction leave a gap that the
-        next checkpoint notices and fills in the background."""
+        under the curriculum's engine lock. Rows start afresh when the seq does not follow
+        (another replica's reports were folded in between) or the engine is not the one
+        they came from (a failed transaction reloads it: its folds may not have
+        committed); the rows left out are a gap, which the next checkpoint notices and
+        fills in the background."""
         point = cached.engine.progress()
         name = cached.spec.name
         with self._guard:
             pending = self._pending.get(name)
             if (pending is None or pending.created_at != cached.created_at
+                    or pending.engine is not cached.engine
                     or not pending.first_seq <= seq <= pending.first_seq + len(pending.steps)):
-                pending = self._pending[name] = _Pending(cached.created_at, seq)
+                pending = self._pending[name] = _Pending(cached.created_at, cached.engine,
+                                                         seq)
             keep = seq - pending.first_seq
             del pending.steps[keep:], pending.points[keep:]
             pending.steps.append(step)
@@ -321,7 +326,8 @@ class HistoryService:
             except _Gap:
                 if attempt:
                     raise
-                self.forget(name)  # pruned under us: rebuild from a snapshot
+                with self._guard:  # pruned under us: rebuild from a snapshot
+                    self._traces.pop(name, None)
                 continue
             with trace.lock:
                 return _select(name, trace, head.head_seq, upto, every, since or 0)
@@ -399,8 +405,10 @@ class HistoryService:
         return trace
 
     def forget(self, name: str) -> None:
+        """Drop what is kept of `name` (its curriculum was deleted)."""
         with self._guard:
             self._traces.pop(name, None)
+            self._pending.pop(name, None)
 
     def _build(self, name: str, created_at: datetime, head_seq: int) -> _Trace:
         """A trace holding the stored checkpoints' rows: chained from seq 1 up to the
