@@ -98,14 +98,17 @@ def paceline_server() -> Iterator[str]:
         yield service.url
 
 
-class PacelineLoopback:
-    """The same curriculum driven over HTTP with `paceline.Client`, as a trainer would:
-    `report` + `next_batch` per step (JSON bodies, the client's defaults)."""
+class PacelineClient:
+    """The same curriculum driven with a `paceline.Client` (HTTP, gRPC or embedded), as a
+    trainer would. With `one_call` each step is one call: the report asks for the next
+    step's batch (`next_step`), which the next `propose` takes; otherwise `report` +
+    `next_batch` per step. JSON bodies over HTTP (the client's defaults)."""
 
-    def __init__(self, url: str, config: Config, seed: int, label: str) -> None:
-        import paceline
-
-        self.client = paceline.Client(url)
+    def __init__(self, client: Any, config: Config, seed: int, label: str,
+                 one_call: bool = False) -> None:
+        self.client = client
+        self.one_call = one_call
+        self.ahead: Any = None  # the batch the last report brought back
         curriculum = self.client.create_curriculum(
             f"peers-{label}-{seed}",
             distributions=[{"name": d.name, "size": d.size} for d in DISTRIBUTIONS],
@@ -115,7 +118,9 @@ class PacelineLoopback:
         self.run = curriculum.start_run(run_id=RUN_ID, heartbeat_interval=None)
 
     def propose(self, step: int, size: int) -> Plan:
-        batch = self.run.next_batch(step)
+        ahead, self.ahead = self.ahead, None
+        batch = ahead if ahead is not None and ahead.step == step \
+            else self.run.next_batch(step)
         loss = None if batch.loss_weights is None else np.asarray(batch.loss_weights)
         return Plan(np.asarray(batch.indices, dtype=np.int64),
                     np.asarray(batch.weight_vector, dtype=np.float64), batch.reward_scale,
@@ -123,11 +128,23 @@ class PacelineLoopback:
 
     def observe(self, step: int, roll: Rollouts, advantages: np.ndarray,
                 eval_objectives: list[float]) -> None:
-        self.run.report(step, indices=roll.indices, rewards=roll.rewards,
-                        advantages=advantages, eval_objectives=eval_objectives)
+        ack = self.run.report(step, indices=roll.indices, rewards=roll.rewards,
+                              advantages=advantages, eval_objectives=eval_objectives,
+                              next_step=step + 1 if self.one_call else None)
+        self.ahead = ack.batch
 
     def close(self) -> None:
         self.client.close()
+
+
+class PacelineLoopback(PacelineClient):
+    """`PacelineClient` over HTTP to the server at `url`."""
+
+    def __init__(self, url: str, config: Config, seed: int, label: str,
+                 one_call: bool = False) -> None:
+        import paceline
+
+        super().__init__(paceline.Client(url), config, seed, label, one_call)
 
 
 # ---------------------------------------------------------------- peers
