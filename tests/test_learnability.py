@@ -10,8 +10,8 @@ import pytest
 
 from paceline_server.domain import InvalidParams
 from paceline_server.engine import CurriculumEngine
-from paceline_server.strategies.samplers.learnability import LearnabilitySampler, LearnabilityState
 from paceline_server.strategies.registry import available_samplers
+from paceline_server.strategies.samplers.learnability import LearnabilitySampler, LearnabilityState
 from paceline_server.strategies.state_codec import decode_state, encode_state
 from support import report, spec
 
@@ -48,12 +48,50 @@ def test_prior_pooling_by_hand() -> None:
     # Seen: Beta(4 mu + 1, 4 (1 - mu) + 7); unseen of d0 inherits Beta(4 mu, 4 (1 - mu)).
     np.testing.assert_allclose(posterior_mean(e, [3, 5, 50]),
                                [(4 * mu + 1) / 12, mu, 0.5], rtol=1e-6)
-    # A second visit forgets half the first (gamma = 0.5 per visit).
-    e.apply(report(e.spec, [3], np.ones((1, 8)), step=1))
+    # A second visit forgets half the first (gamma = 0.5 per visit); the pool counts
+    # first visits only: index 5's group (0/8) does, index 3's revisit does not.
+    e.apply(report(e.spec, [3, 5], np.r_[np.ones((1, 8)), np.zeros((1, 8))], step=1))
     state = e.state.sampler
     assert state.successes[3] == pytest.approx(0.5 * 1 + 8)
     assert state.failures[3] == pytest.approx(0.5 * 7)
     assert state.pool_trials[0] == pytest.approx(0.9 * 8 + 8)
+    assert state.pool_successes[0] == pytest.approx(0.9 * 1)
+
+
+def test_pool_ignores_revisits_until_a_distribution_is_exhausted() -> None:
+    e = engine(sizes=(4, 60), prior_strength=4.0, pool_gamma=0.5)
+    e.apply(report(e.spec, [0, 1, 2], np.zeros((3, 8))))
+    state = e.state.sampler
+    # Revisits only: nothing changes while index 3 of d0 is still unseen.
+    e.apply(report(e.spec, [0, 1], np.ones((2, 8)), step=1))
+    assert state.pool_trials[0] == pytest.approx(24.0)
+    assert state.pool_successes[0] == pytest.approx(0.0)
+    # Index 3's first visit counts (it was unseen when reported).
+    e.apply(report(e.spec, [3], np.ones((1, 8)), step=2))
+    assert state.pool_trials[0] == pytest.approx(0.5 * 24 + 8)
+    assert int(state.unseen[0]) == 0
+    # d0 exhausted: every group counts from now on.
+    e.apply(report(e.spec, [0], np.ones((1, 8)), step=3))
+    assert state.pool_trials[0] == pytest.approx(0.5 * (0.5 * 24 + 8) + 8)
+
+
+def test_informative_revisits_beat_unseen_prompts() -> None:
+    # d0: 8 prompts seen, half of them 4/8 (informative), half all-correct; 992 unseen.
+    # Ranked by expected score, the informative revisits fill the batch before any
+    # unseen prompt (whose value is the prior's expected score); Thompson ranking lets
+    # unseen prompts in by the luck of their draw.
+    rewards = np.zeros((8, 8))
+    rewards[:4, :4] = 1.0
+    rewards[4:] = 1.0
+
+    def share_informative(ranking: str) -> float:
+        e = engine(sizes=(1000,), batch_size=2, ranking=ranking, allocation="none")
+        e.apply(report(e.spec, np.arange(8), rewards))
+        picked = np.concatenate([e.next_batch("r", s).indices for s in range(1, 21)])
+        return float((picked < 4).mean())
+
+    assert share_informative("expected") > 0.85
+    assert share_informative("thompson") < 0.85
 
 
 def test_one_visit_moves_the_estimate_far_more_than_a_flat_prior() -> None:
@@ -156,6 +194,7 @@ def test_state_round_trip_exact(params: dict[str, Any]) -> None:
     ({"pool_gamma": -0.5}, "pool_gamma"),
     ({"prior_strength": 0}, "prior_strength"),
     ({"candidates": 0.5}, "candidates"),
+    ({"ranking": "greedy"}, "ranking"),
     ({"band_floor": 2.0}, "band_floor"),
     ({"allocation": "spard"}, "allocation"),
     ({"allocation": "none", "allocation_params": {"tau": 0.2}}, "need an allocation"),

@@ -9,10 +9,18 @@ posterior
     Beta(κ μ_d + s_x, κ (1 - μ_d) + f_x)
 
 with μ_d the distribution's pooled pass rate (Beta(1, 1) over the distribution's
-forgetful success/trial sums, decay `pool_gamma` per report that touches d), κ_d the prior
+forgetful success/trial sums, decay `pool_gamma` per report that adds to them), κ_d the prior
 strength in pseudo-rollouts and s_x, f_x the prompt's own forgetful successes and
 failures (`gamma` per visit: s <- γ s + successes). An unseen prompt is its
 distribution's prior.
+
+The pooled sums count *first visits* only (ours): an unseen prompt is drawn uniformly
+from its distribution, so its first group is an unbiased sample of what an unseen prompt
+is worth; revisits are the ones the sampler chose for being informative, and counting
+them made unseen prompts look better than they are (on the learner suite the default's
+unseen picks had E[p(1-p)] 0.08-0.13 against 0.15-0.21 for its revisits). Once a
+distribution has no unseen prompt left, every group counts (the prior then only shrinks
+revisits).
 
 κ_d (ours, empirical Bayes): `prior_strength`, or by default the method-of-moments value
 for which the prior's E[p(1-p)] = μ(1-μ) κ/(κ+1) equals V_d, the distribution's pooled
@@ -31,19 +39,30 @@ Sampling in O(B log N) (ours): Thompson draws for all N prompts are O(N), so
    Gaussian), refreshed when the prompt is reported (with μ_d of that moment); unseen
    prompts are not in the tree: each distribution adds (unseen count) × (its prior's
    expected score), so a change of μ_d costs O(1), not O(n_d);
-2. `candidates` · B candidates are drawn (c = 2): with the default `allocation` =
-   `dump_ucb` (or `learning_progress`), ⌈c · slots_d⌉ inside each distribution, its
-   slots decided by that sampler, whose code and state are reused as is; with `none`,
-   per distribution ∝ its mass. Inside d a draw comes from the tree's range of d
-   (∝ expected score) or uniformly among its unseen prompts, in proportion to their
-   masses. The allocation is the default because per-prompt mass alone follows the
+2. candidates are drawn per distribution: with the default `allocation` = `dump_ucb`
+   (or `learning_progress`) d gets slots_d of the batch, decided by that sampler, whose
+   code and state are reused as is; with `none`, the c · B draws go to distributions ∝
+   their mass. Inside d, c · slots_d candidates come from the tree's range of d (∝
+   expected score; `candidates` c = 2) and slots_d more uniformly from its unseen
+   prompts: every unseen prompt has the same value (its prior's expected score), so
+   slots_d of them are all the batch could take (ours; drawing the two sources in
+   proportion to their masses made most candidates unseen, since unseen prompts are
+   many). The allocation is the default because per-prompt mass alone follows the
    distribution sizes: on the learner suite `none` left the smallest distributions
    untrained (final minimum accuracy 0.2-0.5) and needed about twice the rollouts.
    Each tree descent gives two candidates (the leaf reached and one more ∝ weight from
    its block of 16; `sumtree.descend`), halving the tree work;
-3. each candidate gets a Thompson draw p̃ from its posterior with the *current* μ_d (a
-   moment-matched Gaussian clipped to [0, 1]: ten times cheaper than a Beta draw; ours),
-   and the B best scores are kept (per distribution with an allocation).
+3. candidates are ranked by their expected score under the posterior with the
+   *current* μ_d (`ranking: expected`, the default) or by a Thompson draw p̃ from it
+   (`ranking: thompson`, as MoPPS: a moment-matched Gaussian clipped to [0, 1], ten
+   times cheaper than a Beta draw; ours), and the B best are kept (per distribution
+   with an allocation): a revisit is taken when its posterior promises more signal than
+   an unseen prompt of its distribution, else an unseen one. On the learner suite
+   ranking by the expectation needed fewer rollouts than Thompson on every learner
+   (docs/benchmarks.md, "Learner suite"): for the top B of many candidates a random
+   draw favours the uncertain (unseen, once-seen) ones, which is optimism, not
+   information, when most prompts are visited once or twice. c = 4 saved another 3-8 %
+   of the rollouts there but doubled the proposal time at N = 10^7.
 Tree leaves are ordered by distribution (the layout's member order), so each
 distribution is one contiguous range of leaves for label layouts too.
 
@@ -62,7 +81,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -102,6 +121,11 @@ PRIOR_SIGNAL = 1.0 / 6.0  # E[p(1-p)] under Beta(1, 1): one pseudo-group before 
 MIN_KAPPA, MAX_KAPPA = 0.25, 100.0  # bounds of the estimated prior strength
 UNSEEN_FILL_TRIES = 4  # uniform draws per wanted unseen candidate (rejection of seen ones)
 TREE_DRAWS_PER_DESCENT = 2  # candidates per tree descent (see `_candidates`)
+# Descents per `descend` call: its [k, 16] x [16, 16] product goes multi-threaded in
+# OpenBLAS from about 2 000 rows, which on a busy machine cost 7-50x (measured at
+# N = 10^7: 2 048 descents 7.6 ms CPU in one call, 2 x 1.0 ms in two).
+DESCENT_CHUNK = 1024
+Ranking = Literal["expected", "thompson"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,7 @@ class LearnabilityParams:
     band: tuple[float, ...] | None = None
     band_floor: float = 0.05
     candidates: float = 2.0
+    ranking: Ranking = "expected"
     success_threshold: float | None = None
     allocation: Allocation = "dump_ucb"
     allocation_params: dict[str, Any] = field(default_factory=dict)
@@ -308,19 +333,24 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         indices = signals.indices
         num = self.layout.num_distributions
         gamma = np.float32(self.params.gamma)
-        fresh = np.unique(indices[(state.successes[indices] + state.failures[indices]) == 0])
+        first_visit = (state.successes[indices] + state.failures[indices]) == 0
+        fresh = np.unique(indices[first_visit])
+        # Pooled sums from first visits (see the module docstring); every group of a
+        # distribution that had no unseen prompt before this report.
+        exhausted = (state.unseen == 0)[signals.distribution]
+        weight = (first_visit | exhausted).astype(np.float64)
         for positions in occurrence_rounds(indices):
             idx = indices[positions]
             state.successes[idx] = gamma * state.successes[idx] + succ[positions]
             state.failures[idx] = gamma * state.failures[idx] + fail[positions]
         state.unseen -= np.bincount(self.layout.distribution_of(fresh),
                                     minlength=num).astype(np.int64)
-        touched = np.bincount(signals.distribution, minlength=num) > 0
+        touched = np.bincount(signals.distribution, weights=weight, minlength=num) > 0
         decay = np.where(touched, self.params.pool_gamma, 1.0)
         state.pool_successes = decay * state.pool_successes + np.bincount(
-            signals.distribution, weights=succ, minlength=num)
+            signals.distribution, weights=succ * weight, minlength=num)
         state.pool_trials = decay * state.pool_trials + np.bincount(
-            signals.distribution, weights=signals.group_size, minlength=num)
+            signals.distribution, weights=signals.group_size * weight, minlength=num)
         # s (G - s) / (G (G - 1)) is an unbiased estimate of a prompt's p(1 - p) from one
         # group of G >= 2 Bernoulli rollouts (fractional s: an approximation). One group
         # may exceed 0.25 (4/8 gives 2/7); clipping it would bias V_d down.
@@ -329,9 +359,9 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         estimate = np.where(usable, np.clip(succ * (size - succ), 0.0, None)
                             / np.maximum(size * (size - 1.0), 1.0), 0.0)
         state.pool_signal = decay * state.pool_signal + np.bincount(
-            signals.distribution, weights=estimate, minlength=num)
+            signals.distribution, weights=estimate * weight, minlength=num)
         state.pool_groups = decay * state.pool_groups + np.bincount(
-            signals.distribution, weights=usable.astype(np.float64), minlength=num)
+            signals.distribution, weights=usable * weight, minlength=num)
         unique = np.unique(indices)
         a, b = self.posterior(state, unique)
         set_leaves(state.tree, self._to_leaf(unique), self.expected_score(a, b))
@@ -356,22 +386,24 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         return _shares(seen + unseen, self.layout.sizes)
 
     def _candidates(self, state: LearnabilityState, counts: np.ndarray, prefix: np.ndarray,
-                    seen: np.ndarray, unseen: np.ndarray,
+                    seen: np.ndarray,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct candidate indices and their distributions: counts[d] draws in d,
-        split between seen prompts (the tree's range of d, ∝ expected score) and unseen
-        ones (uniform; a leaf without weight is unseen)."""
-        mass = seen + unseen
-        share = np.divide(seen, mass, out=np.zeros_like(seen), where=mass > 0)
-        from_tree = rng.binomial(counts, share)
-        from_unseen = counts - from_tree
+        """Distinct candidate indices and their distributions: counts[d] draws from the
+        seen prompts of d (the tree's range of d, ∝ expected score) and counts[d] / c
+        uniform ones among its unseen prompts (a leaf without weight is unseen)."""
+        from_tree = np.where(seen > 0, counts, 0)
+        from_unseen = np.where(state.unseen > 0,
+                               np.ceil(counts / self.params.candidates), 0).astype(np.int64)
         # One descent per TREE_DRAWS_PER_DESCENT candidates: the extra ones come from the
         # block of 16 leaves the descent reached (still ∝ weight each, see `descend`).
         descents = -(-from_tree // TREE_DRAWS_PER_DESCENT)
         owner = np.repeat(np.arange(counts.size), descents)
         u = prefix[owner] + rng.random(owner.size) * seen[owner]
-        leaves = descend(state.tree, u, siblings=rng.random(
-            (owner.size, TREE_DRAWS_PER_DESCENT - 1))).ravel()
+        siblings = rng.random((owner.size, TREE_DRAWS_PER_DESCENT - 1))
+        leaves = np.concatenate([np.zeros(0, dtype=np.int64)] + [
+            descend(state.tree, u[i:i + DESCENT_CHUNK],
+                    siblings=siblings[i:i + DESCENT_CHUNK]).ravel()
+            for i in range(0, owner.size, DESCENT_CHUNK)])
         owner = np.repeat(owner, TREE_DRAWS_PER_DESCENT)
         leaves = np.clip(leaves, self._offsets[owner], self._offsets[owner + 1] - 1)
         # Enough uniform draws that about 1.25x the wanted number are unseen (at most
@@ -407,10 +439,12 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
             slots = None
             probabilities = _shares(seen + unseen, self.layout.sizes)
             counts = rng.multinomial(math.ceil(size * params.candidates), probabilities)
-        candidates, owners = self._candidates(state, counts, prefix, seen, unseen, rng)
+        candidates, owners = self._candidates(state, counts, prefix, seen, rng)
         a, b = self.posterior(state, candidates, owners)
-        score = self.thompson_score(a, b, rng)
-        # Best first; ties (band mode) broken at random by a jitter far below any gap.
+        score = (self.thompson_score(a, b, rng) if params.ranking == "thompson"
+                 else self.expected_score(a, b))
+        # Best first; ties (unseen prompts, band mode) broken at random by a jitter far
+        # below any gap.
         order = np.argsort(-(score + 1e-9 * rng.random(candidates.size)), kind="stable")
         # Uniform extras rank after every scored candidate: they only matter when the
         # tree's draws repeat (few prompts hold the mass) or skipping rejects many.
