@@ -29,9 +29,9 @@ from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.settings import Settings
 
 if TYPE_CHECKING:  # imported lazily: gRPC is loaded only when serving it
-    from paceline_server.api.metrics import Metrics
     from paceline_server.grpc.server import GrpcServer
     from paceline_server.remote import RemoteService
+    from paceline_server.transport.metrics import Metrics
 
 
 def _service(settings: Settings) -> PacelineService:

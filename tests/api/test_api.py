@@ -374,7 +374,7 @@ class TestOps:
         assert client.get("/readyz").json() == {"status": "ready"}
         metrics = client.get("/metrics").text
         assert 'paceline_http_requests_total{method="POST",route="/v1/curricula/{name}/reports"' \
-            ',status="200"} 1.0' in metrics
+            ',status="200",transport="rest"} 1.0' in metrics
         assert 'paceline_distribution_probability{curriculum="math",distribution="easy"} 0.6' \
             in metrics
         assert 'paceline_reward_weight{curriculum="math",objective="acc"} 0.75' in metrics

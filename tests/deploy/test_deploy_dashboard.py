@@ -5,6 +5,7 @@ report), it shows what operators need, and the Helm chart ships the same file.""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,12 @@ REQUIRED = {
     "zero-variance fraction": "paceline_distribution_zero_variance_fraction",
     "health flags": "paceline_distribution_health",
     "request latency": "paceline_http_request_seconds_bucket",
+    "requests": "paceline_http_requests_total",
+    "errors by code": "paceline_request_errors_total",
 }
+#: Series every transport (REST, gRPC) writes, told apart by the `transport` label.
+REQUEST_SERIES = ("paceline_http_request", "paceline_request_errors")
+_BY = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         assert report.status_code == 200, report.text
         assert client.post("/v1/curricula/dash/batches",
                            json={"run_id": "r1", "step": 1}).status_code == 200
+        # a refused request: errors are counted by code only once one happened
+        assert client.get("/v1/curricula/absent").status_code == 404
         scrape = client.get("/metrics", headers={})
         assert scrape.status_code == 200
     return {sample.name for family in text_string_to_metric_families(scrape.text)
@@ -110,6 +118,26 @@ def test_metric_names_are_read_from_the_syntax_tree() -> None:
         metric_names('{__name__=~"paceline_.*"}')
     with pytest.raises(ValueError, match="Grafana variable"):
         metric_names("a{x=\"$unknown\"}")
+
+
+def test_request_panels_show_each_transport(dashboard: dict[str, Any]) -> None:
+    """Request, latency and error panels split by transport (rest, grpc): every
+    aggregation over a request series keeps the `transport` label, and the legend names
+    it."""
+    checked = 0
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            if not any(series in expr for series in REQUEST_SERIES):
+                continue
+            checked += 1
+            groupings = _BY.findall(expr)
+            assert groupings, f"{panel['title']}: {expr}"
+            for grouping in groupings:
+                labels = {label.strip() for label in grouping.split(",")}
+                assert "transport" in labels, f"{panel['title']}: {expr}"
+            assert "{{transport}}" in target["legendFormat"], panel["title"]
+    assert checked >= 6  # rate, 3 quantiles, mean, error ratio, errors by code
 
 
 def test_panels_use_the_datasource_variable(dashboard: dict[str, Any]) -> None:

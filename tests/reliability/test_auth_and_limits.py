@@ -231,5 +231,5 @@ def test_client_sdk_rides_out_the_rate_limit(tmp_path: Path,
     assert [info.name for info in infos] == ["rl"] * 4
     assert waits and all(wait == 1.0 for wait in waits)  # Retry-After: 1, honoured
     assert elapsed >= 1.0
-    limited = re.findall(r'paceline_http_requests_total\{[^}]*status="429"\} (\d+)', metrics)
+    limited = re.findall(r'paceline_http_requests_total\{[^}]*status="429"[^}]*\} (\d+)', metrics)
     assert sum(float(n) for n in limited) == len(waits)

@@ -19,11 +19,13 @@ from paceline_server.api.health import StorageHealth, StorageHealthMiddleware
 from paceline_server.api.ratelimit import RateLimitMiddleware
 from paceline_server.api.routes import router
 from paceline_server.api.schemas import ErrorResponse
+from paceline_server.app.operations import Operations
 from paceline_server.app.service import PacelineService
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
 from paceline_server.store.base import Store
 from paceline_server.store.migrate import check_schema
+from paceline_server.transport.metrics import Metrics
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -49,7 +51,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                   **docs)
     app.state.settings = settings
     app.state.service = service
-    app.state.metrics = metrics.Metrics(service, settings.metrics_max_distributions)
+    app.state.operations = Operations(service)
+    app.state.metrics = Metrics(service, settings.metrics_max_distributions)
     app.state.storage_health = StorageHealth(settings.storage_failure_hold_s)
     errors.install(app)
     # Innermost first; metrics (installed last, so outermost) also counts the refusals.

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the service object and bearer-token scopes.
+"""FastAPI dependencies: the operation layer, the service object and bearer-token
+scopes (transport/auth.py).
 
 All are `async def` although none awaits: FastAPI runs a plain `def` dependency in the
 threadpool, and three thread hand-offs per request cost more CPU than the work itself.
@@ -6,14 +7,14 @@ threadpool, and three thread hand-offs per request cost more CPU than the work i
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from paceline_server.app.operations import Operations
 from paceline_server.app.service import PacelineService
-from paceline_server.domain.errors import Forbidden, Unauthenticated
 from paceline_server.settings import Settings
+from paceline_server.transport.auth import Scope, require, scope_of
 
 
 async def get_service(request: Request) -> PacelineService:
@@ -21,22 +22,18 @@ async def get_service(request: Request) -> PacelineService:
     return service
 
 
+async def get_operations(request: Request) -> Operations:
+    operations: Operations = request.app.state.operations
+    return operations
+
+
 async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _scope(request: Request, settings: Settings) -> str:
-    if not settings.auth_enabled:
-        return "write"
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)")
-    for known, scope in settings.api_tokens.items():
-        if hmac.compare_digest(known.encode(), token.strip().encode()):
-            return scope
-    raise Unauthenticated("unknown bearer token")
+def _scope(request: Request, settings: Settings) -> Scope:
+    return scope_of(request.headers.get("authorization"), settings)
 
 
 async def require_read(request: Request,
@@ -52,12 +49,10 @@ def write_scope(request: Request) -> str:
     """The `WriteScope` check, also called by a route that solves no dependencies (the
     report route)."""
     settings: Settings = request.app.state.settings
-    scope = _scope(request, settings)
-    if scope != "write":
-        raise Forbidden("this token is read-only", {"scope": scope})
-    return scope
+    return require("write", _scope(request, settings))
 
 
 Service = Annotated[PacelineService, Depends(get_service)]
+Ops = Annotated[Operations, Depends(get_operations)]
 ReadScope = Annotated[str, Depends(require_read)]
 WriteScope = Annotated[str, Depends(require_write)]

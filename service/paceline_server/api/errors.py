@@ -1,9 +1,6 @@
-"""One table from stable error codes to HTTP and gRPC status (as MLflow does), and the
-handlers that render every REST error as `{"error": {"code", "message", "details"}}`.
-
-The gRPC transport reads the same table (`grpc_status_of`), so both transports always
-agree on what an error means. gRPC codes are kept as `grpc.StatusCode` names so this
-module needs no gRPC import.
+"""REST's rendering of errors: every error answers `{"error": {"code", "message",
+"details"}}` with the HTTP status of the shared error table (transport/errors.py, which
+gRPC reads too, so both transports always agree on what an error means).
 """
 
 from __future__ import annotations
@@ -11,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import Literal, NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,81 +16,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from paceline_server.domain import errors
+from paceline_server.transport.errors import (
+    STATUS,
+    TABLE,
+    UNLISTED,
+    GrpcCode,
+    Status,
+    grpc_status_of,
+    retryable,
+    status_of,
+)
 
-GrpcCode = Literal["INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "ABORTED",
-                   "FAILED_PRECONDITION", "UNAUTHENTICATED", "PERMISSION_DENIED",
-                   "RESOURCE_EXHAUSTED", "DATA_LOSS", "UNAVAILABLE", "INTERNAL"]
+__all__ = ["STATUS", "TABLE", "UNLISTED", "GrpcCode", "Status", "error_body",
+           "grpc_status_of", "install", "render", "retryable", "status_of"]
 
 logger = logging.getLogger("paceline_server.api")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-
-class Status(NamedTuple):
-    http: int
-    grpc: GrpcCode
-
-
-#: The one table. A gRPC code that generic clients retry (UNAVAILABLE) is used only where
-#: a retry can help; an outdated schema is FAILED_PRECONDITION although REST says 503.
-TABLE: dict[type[errors.PacelineError], Status] = {
-    errors.InvalidSpec: Status(422, "INVALID_ARGUMENT"),
-    errors.UnknownStrategy: Status(422, "INVALID_ARGUMENT"),
-    errors.InvalidParams: Status(422, "INVALID_ARGUMENT"),
-    errors.StateTooLarge: Status(422, "INVALID_ARGUMENT"),
-    errors.InvalidReport: Status(422, "INVALID_ARGUMENT"),
-    errors.IndexOutOfRange: Status(422, "INVALID_ARGUMENT"),
-    errors.InvalidRequest: Status(422, "INVALID_ARGUMENT"),
-    errors.HistoryOutOfRange: Status(422, "INVALID_ARGUMENT"),
-    errors.InvalidDownsampling: Status(422, "INVALID_ARGUMENT"),
-    errors.MalformedBody: Status(400, "INVALID_ARGUMENT"),
-    errors.PayloadTooLarge: Status(413, "INVALID_ARGUMENT"),
-    errors.UnsupportedMediaType: Status(415, "INVALID_ARGUMENT"),
-    errors.NotFound: Status(404, "NOT_FOUND"),
-    errors.CurriculumNotFound: Status(404, "NOT_FOUND"),
-    errors.RunNotFound: Status(404, "NOT_FOUND"),
-    errors.Conflict: Status(409, "ABORTED"),
-    errors.CurriculumExists: Status(409, "ALREADY_EXISTS"),
-    errors.IdempotencyConflict: Status(409, "FAILED_PRECONDITION"),
-    errors.ReportConflict: Status(409, "FAILED_PRECONDITION"),
-    errors.NotServed: Status(409, "FAILED_PRECONDITION"),
-    errors.IndicesNotServed: Status(409, "FAILED_PRECONDITION"),
-    errors.StepAlreadyReported: Status(409, "FAILED_PRECONDITION"),
-    errors.RefillOutOfOrder: Status(409, "FAILED_PRECONDITION"),
-    errors.RefillTooLarge: Status(422, "INVALID_ARGUMENT"),
-    errors.Unauthenticated: Status(401, "UNAUTHENTICATED"),
-    errors.Forbidden: Status(403, "PERMISSION_DENIED"),
-    errors.RateLimited: Status(429, "RESOURCE_EXHAUSTED"),
-    errors.StateCorrupt: Status(500, "DATA_LOSS"),
-    errors.SchemaOutdated: Status(503, "FAILED_PRECONDITION"),
-    errors.Unavailable: Status(503, "UNAVAILABLE"),
-}
-UNLISTED = Status(500, "INTERNAL")
-
-#: code -> HTTP status (the REST view of `TABLE`).
-STATUS: dict[type[errors.PacelineError], int] = {cls: s.http for cls, s in TABLE.items()}
-
-
-def _lookup(error: errors.PacelineError) -> Status:
-    for cls in type(error).__mro__:
-        if cls in TABLE:
-            return TABLE[cls]
-    return UNLISTED
-
-
-def status_of(error: errors.PacelineError) -> int:
-    """The HTTP status of the most specific class in the table (500 when unlisted)."""
-    return _lookup(error).http
-
-
-def grpc_status_of(error: errors.PacelineError) -> GrpcCode:
-    """The gRPC status name of the most specific class in the table (INTERNAL when
-    unlisted)."""
-    return _lookup(error).grpc
-
-
-def retryable(error: errors.PacelineError) -> bool:
-    """Whether the same request may succeed later (both transports add a retry-after)."""
-    return status_of(error) == 503 and not isinstance(error, errors.SchemaOutdated)
 
 
 def error_body(code: str, message: str, details: dict[str, object] | None = None

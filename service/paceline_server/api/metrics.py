@@ -1,112 +1,28 @@
-"""Prometheus metrics: request counts/latency by route template (bounded labels) and
-curriculum gauges computed at scrape time from the engines this process holds."""
+"""REST's side of the request metrics (transport/metrics.py): an ASGI middleware that
+counts and times every request by route template, with `transport="rest"`, and counts a
+failed one by the stable error code of its answer."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
+import orjson
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from paceline_server.api.coordination_metrics import CoordinationCollector
-from paceline_server.app.service import PacelineService
-
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
-
-
-class Metrics:
-    def __init__(self, service: PacelineService, max_distributions: int) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("paceline_http_requests", "HTTP requests",
-                                ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("paceline_http_request_seconds", "HTTP request latency",
-                                 ["method", "route"], buckets=LATENCY_BUCKETS,
-                                 registry=self.registry)
-        self.reports = Counter("paceline_reports", "reports applied",
-                               ["curriculum"], registry=self.registry)
-        self.batches = Counter("paceline_batches", "batches served",
-                               ["curriculum"], registry=self.registry)
-        self.rollouts = Counter(
-            "paceline_rollouts", "rollouts reported: kind=generated counts every one, "
-            "kind=trained those not in groups the trainer dropped (dynamic sampling)",
-            ["curriculum", "kind"], registry=self.registry)
-        self.refills = Counter("paceline_refills", "refill parts served (dynamic sampling)",
-                               ["curriculum"], registry=self.registry)
-        self.registry.register(CurriculumCollector(service, max_distributions))
-        self.registry.register(CoordinationCollector(service.coordinator))
-
-    def forget(self, curriculum: str) -> None:
-        """Drop every counter series of a deleted curriculum, so create/delete cycles
-        leave no stale series (a recreated curriculum counts from zero). The gauges need
-        nothing: they are read from the cached engines, which delete drops."""
-        for counter in vars(self).values():
-            if isinstance(counter, Counter) and counter._labelnames[:1] == ("curriculum",):
-                for labels in [key for key in list(counter._metrics) if key[0] == curriculum]:
-                    counter.remove(*labels)
-
-
-class CurriculumCollector(Collector):
-    """Gauges per curriculum and distribution, read from the cached engines."""
-
-    def __init__(self, service: PacelineService, max_distributions: int) -> None:
-        self.service = service
-        self.max_distributions = max_distributions
-
-    def collect(self) -> Iterator[Metric]:
-        cur = ["curriculum"]
-        dist = ["curriculum", "distribution"]
-        families = {
-            "seq": GaugeMetricFamily("paceline_curriculum_seq", "reports folded", labels=cur),
-            "scale": GaugeMetricFamily("paceline_reward_scale", "reward scale", labels=cur),
-            "weight": GaugeMetricFamily("paceline_reward_weight", "reward weight",
-                                        labels=["curriculum", "objective"]),
-            "hv": GaugeMetricFamily("paceline_hypervolume", "latest hypervolume", labels=cur),
-            "p": GaugeMetricFamily("paceline_distribution_probability",
-                                   "sampling probability", labels=dist),
-            "adv": GaugeMetricFamily("paceline_distribution_mean_abs_advantage",
-                                     "mean |advantage| over the health window", labels=dist),
-            "acc": GaugeMetricFamily("paceline_distribution_success",
-                                     "mean success over the health window", labels=dist),
-            "zv": GaugeMetricFamily("paceline_distribution_zero_variance_fraction",
-                                    "share of zero-variance groups", labels=dist),
-            "lp": GaugeMetricFamily("paceline_distribution_learning_progress",
-                                    "|fast - slow| EMA of success", labels=dist),
-            "health": GaugeMetricFamily("paceline_distribution_health",
-                                        "1 when the health flag is raised",
-                                        labels=["curriculum", "distribution", "flag"]),
-        }
-        for name, cached in self.service.engines.engines():
-            with cached.lock:
-                view = cached.engine.inspect()
-            families["seq"].add_metric([name], cached.seq)
-            families["scale"].add_metric([name], view.reward_scale)
-            for objective, weight in zip(view.objectives, view.reward_weights, strict=True):
-                families["weight"].add_metric([name, objective], weight)
-            if view.hypervolume_history:
-                families["hv"].add_metric([name], view.hypervolume_history[-1].hypervolume)
-            for d in view.distributions[: self.max_distributions]:
-                labels = [name, d.name]
-                families["p"].add_metric(labels, d.probability)
-                families["lp"].add_metric(labels, d.learning_progress)
-                for key, value in (("adv", d.mean_abs_advantage), ("acc", d.success),
-                                   ("zv", d.zero_variance_fraction)):
-                    if value is not None:
-                        families[key].add_metric(labels, value)
-                for flag in ("stalled", "saturated", "hopeless"):
-                    families["health"].add_metric([*labels, flag],
-                                                  float(getattr(d.health, flag)))
-        yield from families.values()
+from paceline_server.transport.metrics import Metrics
 
 
 class RequestMetrics:
     """Pure ASGI middleware counting requests and timing them by route template.
 
     Not `@app.middleware("http")`: Starlette's BaseHTTPMiddleware wraps every response
-    in a stream and a task, which cost more than the report handler's own work."""
+    in a stream and a task, which cost more than the report handler's own work.
+
+    The error code is read from the answer's error envelope: errors are rendered by
+    exception handlers, by middlewares (size limit, rate limit, storage health) and by
+    Starlette itself (404, 405), and the envelope is the one thing they all share. Only
+    error answers are read, so a successful request costs nothing more."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -118,28 +34,36 @@ class RequestMetrics:
             return
         start = time.perf_counter()
         status = 500
+        code: str | None = None
 
         async def send_observed(message: Message) -> None:
-            nonlocal status
+            nonlocal status, code
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+            elif status >= 400 and code is None:
+                code = error_code(message.get("body", b""))
             await send(message)
 
         try:
             await self.app(scope, receive, send_observed)
         finally:
             template = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"]
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(
-                time.perf_counter() - start)
+            if status >= 400 and code is None:
+                code = "INTERNAL" if status >= 500 else f"HTTP_{status}"
+            self.metrics.observe("rest", scope["method"], template, status,
+                                 time.perf_counter() - start, code)
+
+
+def error_code(body: bytes) -> str | None:
+    """The `error.code` of an error envelope, or None for any other body."""
+    try:
+        envelope = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = envelope.get("error") if isinstance(envelope, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def install(app: FastAPI, metrics: Metrics) -> None:
     app.add_middleware(RequestMetrics, metrics=metrics)
-
-
-def count_rollouts(metrics: Metrics, name: str, generated: int, trained: int) -> None:
-    """A report's rollouts in `paceline_rollouts_total` (both transports)."""
-    metrics.rollouts.labels(name, "generated").inc(generated)
-    metrics.rollouts.labels(name, "trained").inc(trained)

@@ -14,7 +14,6 @@ The probes, /metrics and the docs are not limited.
 
 from __future__ import annotations
 
-import hmac
 import math
 import time
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from paceline_server.api.errors import render
 from paceline_server.domain.errors import RateLimited
 from paceline_server.settings import Settings
+from paceline_server.transport.auth import bearer_token, known_token
 
 #: Clients (tokens and addresses) whose buckets are kept; the least recently seen go first.
 MAX_CLIENTS = 10_000
@@ -90,12 +90,10 @@ class RateLimitMiddleware:
         constant time, as in authentication), else the client address."""
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                token = token.strip()
-                if scheme.lower() == "bearer" and token:
-                    for known in self.tokens:
-                        if hmac.compare_digest(known.encode(), token.encode()):
-                            return f"token:{known}"
+                token = bearer_token(value)
+                known = None if token is None else known_token(token, self.tokens)
+                if known is not None:
+                    return f"token:{known}"
                 break
         client = scope.get("client")
         return f"addr:{client[0] if client else 'unknown'}"

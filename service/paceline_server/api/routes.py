@@ -1,4 +1,8 @@
-"""The /v1 routes: thin adapters from HTTP to `PacelineService` use cases."""
+"""The /v1 routes: codecs from HTTP to the operation layer (app/operations.py) and
+back. They decode what a request carries and encode what an operation returns; every
+rule about the values themselves (identifiers, integer ranges, confirmations) is the
+operation layer's, so gRPC refuses exactly what REST refuses. Constraints in the OpenAPI
+description document those rules; FastAPI does not enforce them a second time."""
 
 from __future__ import annotations
 
@@ -13,22 +17,28 @@ from starlette.concurrency import run_in_threadpool
 
 from paceline_server.api import schemas
 from paceline_server.api.body import read_body, read_bytes
-from paceline_server.api.deps import ReadScope, Service, WriteScope, write_scope
-from paceline_server.api.metrics import count_rollouts
-from paceline_server.app.history import HISTORY_WAIT_S, MAX_POINTS
-from paceline_server.app.service import MAX_KEY, NextBatch, PacelineService, RunStatus
-from paceline_server.app.strategies import StrategyInfo, strategy_catalog
-from paceline_server.app.transfer import (
-    MEDIA_TYPE,
-    export_curriculum,
-    import_curriculum,
-    read_lines,
+from paceline_server.api.deps import Ops, ReadScope, WriteScope, write_scope
+from paceline_server.app.history import MAX_POINTS
+from paceline_server.app.operations import (
+    MAX_LIST,
+    AckView,
+    AttachRun,
+    BatchView,
+    CreateCurriculum,
+    DeleteCurriculum,
+    GetHistory,
+    ListCurricula,
+    Operations,
+    RequestBatch,
+    SubmitReport,
 )
-from paceline_server.domain.batch import Batch
+from paceline_server.app.service import PacelineService, RunStatus
+from paceline_server.app.strategies import StrategyInfo
+from paceline_server.app.transfer import MEDIA_TYPE, import_curriculum, read_lines
 from paceline_server.domain.errors import InvalidRequest, UnsupportedMediaType
 from paceline_server.domain.history import CurriculumHistory
 from paceline_server.domain.inspection import CurriculumInspection
-from paceline_server.domain.validation import MAX_INT, TEXT_PATTERN, has_control_characters
+from paceline_server.domain.validation import MAX_INT, MAX_KEY, MAX_RUN_ID, TEXT_PATTERN
 from paceline_server.store.base import CurriculumRecord
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -37,10 +47,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
-#: Path segments are looked up in the database: one PostgreSQL cannot store (NUL) would
-#: fail there, so control characters are refused up front (422) on every backend.
-NamePath = Annotated[str, Path(pattern=TEXT_PATTERN)]
-RunPath = Annotated[str, Path(pattern=TEXT_PATTERN)]
+#: Path segments are looked up in the database; the operation layer refuses what no
+#: backend can hold (control characters, more than 128 characters) with 422.
+_IDENTIFIER = {"pattern": TEXT_PATTERN, "maxLength": MAX_RUN_ID}
+NamePath = Annotated[str, Path(json_schema_extra=_IDENTIFIER)]
+RunPath = Annotated[str, Path(json_schema_extra=_IDENTIFIER)]
 
 
 def _curriculum(record: CurriculumRecord) -> schemas.CurriculumOut:
@@ -62,64 +73,59 @@ def _run(status: RunStatus) -> schemas.RunOut:
                               "description": "exist_ok: an equal curriculum exists"}},
              summary="Create a curriculum (or return the equal existing one with exist_ok)")
 def create_curriculum(body: schemas.CurriculumCreate, response: Response,
-                      service: Service, _: WriteScope) -> schemas.CurriculumOut:
-    data = body.model_dump()
-    exist_ok = data.pop("exist_ok")
-    result = service.create_curriculum(data, exist_ok=exist_ok)
+                      ops: Ops, _: WriteScope) -> schemas.CurriculumOut:
+    result = ops.create_curriculum(CreateCurriculum(body.model_dump()))
     if not result.created:
         response.status_code = 200
     return _curriculum(result.record)
 
 
 @router.get("/curricula", response_model=schemas.CurriculumList)
-def list_curricula(service: Service, _: ReadScope,
-                   limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                   offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+def list_curricula(ops: Ops, _: ReadScope,
+                   limit: Annotated[int, Query(json_schema_extra={
+                       "minimum": 1, "maximum": MAX_LIST})] = 100,
+                   offset: Annotated[int, Query(json_schema_extra={
+                       "minimum": 0, "maximum": MAX_INT})] = 0,
                    ) -> schemas.CurriculumList:
-    return schemas.CurriculumList(
-        curricula=[_curriculum(r) for r in service.list_curricula(limit, offset)])
+    return schemas.CurriculumList(curricula=[
+        _curriculum(r) for r in ops.list_curricula(ListCurricula(limit, offset))])
 
 
 @router.get("/curricula/{name}", response_model=schemas.CurriculumOut)
-def get_curriculum(name: NamePath, service: Service, _: ReadScope) -> schemas.CurriculumOut:
-    return _curriculum(service.get_curriculum(name))
+def get_curriculum(name: NamePath, ops: Ops, _: ReadScope) -> schemas.CurriculumOut:
+    return _curriculum(ops.get_curriculum(name))
 
 
 @router.delete("/curricula/{name}", status_code=204,
                summary="Delete a curriculum and its history; pass ?confirm=<name>")
-def delete_curriculum(name: NamePath, service: Service, _: WriteScope, request: Request,
+def delete_curriculum(name: NamePath, ops: Ops, _: WriteScope, request: Request,
                       confirm: Annotated[str, Query(
                           description="the curriculum's name again")]) -> Response:
-    if confirm != name:
-        raise InvalidRequest("deleting a curriculum needs ?confirm=<its name>",
-                             {"field": "confirm"})
-    service.delete_curriculum(name)
+    ops.delete_curriculum(DeleteCurriculum(name, confirm))
     request.app.state.metrics.forget(name)
     return Response(status_code=204)
 
 
 @router.post("/curricula/{name}/runs", status_code=201, response_model=schemas.RunOut)
-def attach_run(name: NamePath, service: Service, _: WriteScope,
+def attach_run(name: NamePath, ops: Ops, _: WriteScope,
                body: schemas.RunCreate | None = None) -> schemas.RunOut:
     body = body or schemas.RunCreate()
-    record = service.attach_run(name, body.metadata, body.run_id)
-    return _run(RunStatus(record, stale=False))
+    return _run(ops.attach_run(AttachRun(name, body.run_id, body.metadata)))
 
 
 @router.get("/curricula/{name}/runs", response_model=schemas.RunList)
-def list_runs(name: NamePath, service: Service, _: ReadScope) -> schemas.RunList:
-    return schemas.RunList(runs=[_run(s) for s in service.list_runs(name)])
+def list_runs(name: NamePath, ops: Ops, _: ReadScope) -> schemas.RunList:
+    return schemas.RunList(runs=[_run(s) for s in ops.list_runs(name)])
 
 
 @router.get("/curricula/{name}/runs/{run_id}", response_model=schemas.RunOut)
-def get_run(name: NamePath, run_id: RunPath, service: Service, _: ReadScope) -> schemas.RunOut:
-    return _run(service.get_run(name, run_id))
+def get_run(name: NamePath, run_id: RunPath, ops: Ops, _: ReadScope) -> schemas.RunOut:
+    return _run(ops.get_run(name, run_id))
 
 
 @router.post("/curricula/{name}/runs/{run_id}/heartbeat", response_model=schemas.RunOut)
-def heartbeat(name: NamePath, run_id: RunPath, service: Service,
-              _: WriteScope) -> schemas.RunOut:
-    return _run(service.heartbeat(name, run_id))
+def heartbeat(name: NamePath, run_id: RunPath, ops: Ops, _: WriteScope) -> schemas.RunOut:
+    return _run(ops.heartbeat(name, run_id))
 
 
 @router.get("/curricula/{name}/export", response_class=StreamingResponse,
@@ -127,8 +133,8 @@ def heartbeat(name: NamePath, run_id: RunPath, service: Service,
                 "JSON lines: the curriculum (spec, head seq), its runs, then its reports "
                 "in log order (what `POST /v1/imports` reads)")}},
             summary="Export a curriculum as JSON lines, streamed")
-def export(name: NamePath, service: Service, _: ReadScope) -> StreamingResponse:
-    return StreamingResponse(export_curriculum(service, name), media_type=MEDIA_TYPE)
+def export(name: NamePath, ops: Ops, _: ReadScope) -> StreamingResponse:
+    return StreamingResponse(ops.export(name), media_type=MEDIA_TYPE)
 
 
 #: Media types an import body may be sent as (JSON lines; plain JSON names work too).
@@ -205,49 +211,34 @@ REPORT_OPERATION = {
 }
 
 
-def _query_int(request: Request, name: str, low: int) -> int | None:
+def _query_int(request: Request, name: str) -> int | None:
+    """An integer query parameter as written (its range is the operation's to check)."""
     raw = request.query_params.get(name)
     if raw is None:
         return None
-    value = int(raw) if _DIGITS.fullmatch(raw) else None
-    if value is None or not low <= value <= MAX_INT:
-        raise InvalidRequest(f"{name} must be an integer in [{low}, {MAX_INT}]; got {raw!r}",
-                             {"field": name})
-    return value
-
-
-def _report_options(request: Request) -> tuple[str | None, NextBatch | None]:
-    """The Idempotency-Key header and the asked-for next batch (REPORT_PARAMETERS)."""
-    key = request.headers.get("idempotency-key")
-    return key, NextBatch.asked(_query_int(request, "next_step", 0),
-                                _query_int(request, "next_size", 1))
+    if not _DIGITS.fullmatch(raw):
+        raise InvalidRequest(f"{name} must be an integer; got {raw!r}", {"field": name})
+    return int(raw)
 
 
 @router.post("/curricula/{name}/reports", response_model=schemas.ReportAckOut,
              openapi_extra=REPORT_OPERATION,
              summary="Report one step's rollouts; retried keys are applied once")
 async def report(name: NamePath, request: Request) -> Response:
-    service: PacelineService = request.app.state.service
+    ops: Operations = request.app.state.operations
     write_scope(request)
-    idempotency_key, ask = _report_options(request)
-    body = await read_body(request, service.settings.max_body_bytes)
-    if isinstance(body, dict) and idempotency_key is None:
-        idempotency_key = body.get("idempotency_key")
-        if idempotency_key is not None and not isinstance(idempotency_key, str):
-            # Ignoring it would apply a retried report twice.
-            raise InvalidRequest("idempotency_key must be a string",
-                                 {"field": "idempotency_key"})
-    if idempotency_key is not None and has_control_characters(idempotency_key):
-        raise InvalidRequest("the idempotency key must not contain control characters",
-                             {"field": "idempotency_key"})
-    ack = await service.report_async(name, body, idempotency_key, ask)
-    metrics = request.app.state.metrics
-    metrics.reports.labels(name).inc()
-    count_rollouts(metrics, name, ack.rollouts_generated, ack.rollouts_trained)
+    next_step, next_size = _query_int(request, "next_step"), _query_int(request, "next_size")
+    body = await read_body(request, ops.service.settings.max_body_bytes)
+    key = request.headers.get("idempotency-key")
+    if key is None and isinstance(body, dict):
+        key = body.get("idempotency_key")  # checked by the operation, as the header is
+    view: AckView = await ops.report_async(SubmitReport(name, body, key, next_step,
+                                                        next_size))
+    ack = view.ack
+    request.app.state.metrics.reported(name, ack)
     out: dict[str, Any] = {"seq": ack.seq, "replayed": ack.replayed}
-    if ack.batch is not None:  # only when asked for: the plain ack keeps its shape
-        metrics.batches.labels(name).inc()
-        out["batch"] = _batch_out(service, name, ack.batch)
+    if view.batch is not None:  # only when asked for: the plain ack keeps its shape
+        out["batch"] = _batch_out(view.batch)
     if ack.dynamic:  # the report named its dropped groups: count generated vs trained
         out.update(rollouts_generated=ack.rollouts_generated,
                    rollouts_trained=ack.rollouts_trained, groups_dropped=ack.groups_dropped)
@@ -257,25 +248,19 @@ async def report(name: NamePath, request: Request) -> Response:
 @router.post("/curricula/{name}/batches", response_model=schemas.BatchOut,
              summary="The batch of (run, step), or with part >= 1 a refill of that step "
                      "(dynamic sampling); the same request returns the same batch")
-def next_batch(name: NamePath, body: schemas.BatchRequest, request: Request, service: Service,
+def next_batch(name: NamePath, body: schemas.BatchRequest, request: Request, ops: Ops,
                _: WriteScope) -> Response:
-    metrics = request.app.state.metrics
-    if body.part:
-        batch = service.refill(name, body.run_id, body.step, body.part, body.size)
-        metrics.refills.labels(name).inc()
-    else:
-        batch = service.next_batch(name, body.run_id, body.step, body.size)
-    metrics.batches.labels(name).inc()
-    return _json(_batch_out(service, name, batch, body.part))
+    view = ops.batch(RequestBatch(name, body.run_id, body.step, body.size, body.part))
+    request.app.state.metrics.served(name, view.part)
+    return _json(_batch_out(view))
 
 
-def _batch_out(service: PacelineService, name: str, batch: Batch,
-               part: int = 0) -> dict[str, Any]:
+def _batch_out(view: BatchView) -> dict[str, Any]:
     """A batch in the `BatchOut` shape, built directly rather than through the response
     model: validating and serialising a thousand indices one by one costs more than
     proposing them (orjson writes the numpy arrays as they are). `BatchOut` stays the
     OpenAPI contract; tests check responses against it."""
-    objectives, distributions = service.names(name)
+    batch, objectives, distributions = view.batch, view.objectives, view.distributions
     return {
         "run_id": batch.run_id, "step": batch.step,
         "indices": np.ascontiguousarray(batch.indices, dtype=np.int64),
@@ -286,7 +271,7 @@ def _batch_out(service: PacelineService, name: str, batch: Batch,
         "probabilities": dict(zip(distributions, batch.probabilities.tolist(), strict=True)),
         "skipped_zero_variance": int(batch.skipped_zero_variance),
         "rollouts_saved": int(batch.rollouts_saved), "seq": int(batch.clock),
-        "part": part}
+        "part": view.part}
 
 
 def _json(out: dict[str, Any]) -> Response:
@@ -322,14 +307,14 @@ def state_out(name: str, view: CurriculumInspection) -> schemas.StateOut:
 
 
 @router.get("/curricula/{name}/state", response_model=schemas.StateOut)
-def get_state(name: NamePath, service: Service, _: ReadScope) -> schemas.StateOut:
-    return state_out(name, service.state(name))
+def get_state(name: NamePath, ops: Ops, _: ReadScope) -> schemas.StateOut:
+    return state_out(name, ops.state(name))
 
 
 @router.get("/curricula/{name}/history", response_model=schemas.HistoryOut,
             summary="Per-report series: probabilities, success, |A|, zero-variance share, "
                     "health flags, reward weights, scale and hypervolume")
-def get_history(name: NamePath, service: Service, _: ReadScope,
+def get_history(name: NamePath, ops: Ops, _: ReadScope,
                 every: Annotated[int | None, Query(
                     description="keep rows at multiples of `every` (and the last); "
                     f"default: at most {MAX_POINTS} rows",
@@ -339,7 +324,7 @@ def get_history(name: NamePath, service: Service, _: ReadScope,
                     "most the curriculum's last report)",
                     json_schema_extra={"minimum": 0, "maximum": MAX_INT})] = None,
                 ) -> Response:
-    return _json(history_out(service.history(name, every, since, HISTORY_WAIT_S)))
+    return _json(history_out(ops.history(GetHistory(name, every, since))))
 
 
 def history_out(view: CurriculumHistory) -> dict[str, Any]:
@@ -372,7 +357,7 @@ def _strategy(info: StrategyInfo) -> schemas.StrategyOut:
 @router.get("/strategies", response_model=schemas.StrategiesOut,
             summary="Every registered sampler and weighting, its parameters and defaults")
 def list_strategies(_: ReadScope) -> schemas.StrategiesOut:
-    catalog = strategy_catalog()
+    catalog = Operations.strategies()
     return schemas.StrategiesOut(
         samplers=[_strategy(i) for i in catalog.samplers],
         weightings=[_strategy(i) for i in catalog.weightings],

@@ -1,15 +1,26 @@
-"""Wire models of the REST API (server side; the client keeps its own)."""
+"""Wire models of the REST API (server side; the client keeps its own).
+
+They decode types (a step is an integer, `true` is not); the rules about values are the
+operation layer's (app/operations.py), written here as JSON Schema only to document them
+(`json_schema_extra`), so that REST and gRPC refuse the same requests the same way."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from paceline_server.app.refill import MAX_PARTS
-from paceline_server.domain.errors import InvalidRequest
-from paceline_server.domain.validation import MAX_INT, MAX_RUN_ID, TEXT_PATTERN, check_nesting
+from paceline_server.domain.validation import MAX_INT, MAX_RUN_ID, TEXT_PATTERN
+
+#: What the operation layer accepts as an identifier (run ids), documented.
+IDENTIFIER: dict[str, Any] = {"minLength": 1, "maxLength": MAX_RUN_ID, "pattern": TEXT_PATTERN}
+
+
+def integer(minimum: int, maximum: int = MAX_INT) -> dict[str, Any]:
+    """An integer range the operation layer checks, documented."""
+    return {"minimum": minimum, "maximum": maximum}
 
 
 class ErrorDetail(BaseModel):
@@ -55,16 +66,10 @@ class CurriculumList(BaseModel):
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_id: str | None = Field(default=None, min_length=1, max_length=MAX_RUN_ID,
-                               pattern=TEXT_PATTERN,
+    run_id: str | None = Field(default=None, json_schema_extra=IDENTIFIER,
                                description="choose your own id, or let the server pick one")
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("metadata")
-    @classmethod
-    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
-        check_nesting(value, "metadata", InvalidRequest)
-        return value
+    metadata: dict[str, Any] = Field(default_factory=dict, description=(
+        "any JSON object of at most 64 KiB and 32 levels, stored with the run"))
 
 
 class RunOut(BaseModel):
@@ -83,11 +88,12 @@ class RunList(BaseModel):
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_id: str = Field(min_length=1, max_length=MAX_RUN_ID, pattern=TEXT_PATTERN)
+    run_id: str = Field(json_schema_extra=IDENTIFIER)
     # Strict, as in the report route: true, "100" or 101.0 is refused, not read as a step.
-    step: int = Field(ge=0, le=MAX_INT, strict=True)
-    size: int | None = Field(default=None, ge=1, le=MAX_INT, strict=True)
-    part: int = Field(default=0, ge=0, le=MAX_PARTS, strict=True, description=(
+    step: int = Field(strict=True, json_schema_extra=integer(0))
+    size: int | None = Field(default=None, strict=True, json_schema_extra=integer(1))
+    part: int = Field(default=0, strict=True, json_schema_extra=integer(0, MAX_PARTS),
+                      description=(
         "0: the step's batch; 1, 2, ...: a refill of the step (dynamic sampling): `size` "
         "more prompts none of the step's earlier parts served, chosen by the sampler"))
 

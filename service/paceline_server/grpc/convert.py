@@ -1,8 +1,10 @@
-"""Between protobuf messages and the use cases' arguments and results.
+"""Between protobuf messages and the operation layer's commands and views.
 
-Mirrors the REST schemas one to one (routes.py), so a client sees the same values over
-both transports. Report arrays arrive as packed floats with shapes and are handed to
-`parse_report` as numpy arrays: the same validation as REST, without a per-value loop.
+Mirrors the REST schemas one to one (api/routes.py), so a client sees the same values
+over both transports. Nothing here judges a value (the operations do, for every
+transport); it only decodes: JSON text fields, and report arrays, which arrive as packed
+floats with shapes and are handed to `parse_report` as numpy arrays, without a per-value
+loop.
 """
 
 from __future__ import annotations
@@ -14,22 +16,16 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from paceline_server.app.operations import BatchView
 from paceline_server.app.service import RunStatus
 from paceline_server.app.strategies import StrategyCatalog, StrategyInfo
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import InvalidReport, InvalidRequest, MalformedBody
 from paceline_server.domain.history import CurriculumHistory
 from paceline_server.domain.inspection import CurriculumInspection
-from paceline_server.domain.validation import (
-    MAX_INT,
-    MAX_KEY,
-    MAX_RUN_ID,
-    check_identifier,
-    check_shape,
-)
+from paceline_server.domain.validation import check_shape
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.store.base import CurriculumRecord
 
@@ -72,36 +68,6 @@ def timestamp(value: datetime) -> Timestamp:
     return stamp
 
 
-# ------------------------------------------------------------------ validation
-def check_id(value: str, field: str) -> str:
-    """The identifier rule every transport applies (`check_identifier`)."""
-    return check_identifier(value, field, InvalidRequest)
-
-
-#: Identifier fields of any request, checked once before its handler runs (so no RPC can
-#: skip them): curriculum names looked up, run ids, idempotency keys. Empty means unset.
-IDENTIFIER_FIELDS = {"name": MAX_RUN_ID, "curriculum": MAX_RUN_ID, "run_id": MAX_RUN_ID,
-                     "idempotency_key": MAX_KEY, "confirm": MAX_RUN_ID}
-
-
-def check_identifiers(request: Message) -> None:
-    """Refuse a request whose identifier fields break the identifier rule, with the
-    code REST gives (INVALID_REQUEST), before it reaches a use case or the database."""
-    for descriptor, value in request.ListFields():
-        limit = IDENTIFIER_FIELDS.get(descriptor.name)
-        if limit is not None and isinstance(value, str) and value:
-            check_identifier(value, descriptor.name, InvalidRequest, max_length=limit)
-
-
-def check_range(value: int, field: str, minimum: int, maximum: int | None = MAX_INT) -> int:
-    """An integer argument within bounds; by default at most `MAX_INT` (2**53 - 1), as
-    REST and the JSON clients read integers."""
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise InvalidRequest(f"{field}: must be {bound}; got {value}", {"field": field})
-    return value
-
-
 # ------------------------------------------------------------------ responses
 def curriculum(record: CurriculumRecord) -> pb.Curriculum:
     return pb.Curriculum(
@@ -131,6 +97,10 @@ def batch(value: Batch, objectives: tuple[str, ...], distributions: tuple[str, .
     if value.loss_weights is not None:
         message.loss_weights.f64.extend(value.loss_weights.tolist())
     return message
+
+
+def batch_view(view: BatchView) -> pb.Batch:
+    return batch(view.batch, view.objectives, view.distributions, view.part)
 
 
 def state(name: str, view: CurriculumInspection) -> pb.State:

@@ -14,10 +14,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from paceline_server.api.metrics import Metrics
 from paceline_server.app.service import PacelineService
 from paceline_server.grpc.service import SERVICE_NAME, PacelineHandlers
 from paceline_server.settings import Settings
+from paceline_server.transport.metrics import Metrics
 
 __all__ = ["SERVICE_NAME", "GrpcServer", "create_server"]
 

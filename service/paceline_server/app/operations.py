@@ -1,0 +1,245 @@
+"""The operation layer: typed commands in, typed views out, every argument validated
+here and nowhere else.
+
+Transports are codecs over it: REST decodes JSON, msgpack and query strings, gRPC decodes
+protobuf, and both hand the values they found to an operation, unchecked. So a value is
+refused by the same rule with the same stable code whichever transport carried it (a
+curriculum name with a NUL, a step beyond 2**53 - 1, a read-only confirm), and a new
+transport, or a client calling in-process, gets every rule without writing one.
+
+The use cases themselves are `PacelineService`'s (app/service.py); this layer adds the
+checks of what callers send and the views transports encode (a batch with the names its
+columns are in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from paceline_server.app.history import HISTORY_WAIT_S
+from paceline_server.app.refill import MAX_PARTS
+from paceline_server.app.service import (
+    CreateResult,
+    NextBatch,
+    PacelineService,
+    ReportAck,
+    RunStatus,
+)
+from paceline_server.app.strategies import StrategyCatalog, strategy_catalog
+from paceline_server.app.transfer import export_curriculum
+from paceline_server.domain.batch import Batch
+from paceline_server.domain.errors import InvalidRequest
+from paceline_server.domain.history import CurriculumHistory
+from paceline_server.domain.inspection import CurriculumInspection
+from paceline_server.domain.validation import (
+    MAX_INT,
+    MAX_KEY,
+    check_identifier,
+    check_int,
+)
+from paceline_server.store.base import CurriculumRecord
+
+#: Most curricula one listing returns.
+MAX_LIST = 1000
+
+
+# ------------------------------------------------------------------ commands
+@dataclass(frozen=True)
+class CreateCurriculum:
+    """A spec document; `exist_ok` may also be given inside it (REST's body holds it)."""
+
+    spec: Mapping[str, Any]
+    exist_ok: bool = False
+
+
+@dataclass(frozen=True)
+class ListCurricula:
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class DeleteCurriculum:
+    """`confirm` repeats the name: a delete cannot happen by a wrong path alone."""
+
+    name: str
+    confirm: str
+
+
+@dataclass(frozen=True)
+class AttachRun:
+    curriculum: str
+    run_id: str | None = None  # None: the service picks one
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SubmitReport:
+    """A report body as decoded (JSON, msgpack or protobuf arrays), parsed against the
+    curriculum's spec by the service; with `next_step` the ack carries that batch."""
+
+    curriculum: str
+    body: Mapping[str, Any]
+    idempotency_key: str | None = None
+    next_step: int | None = None
+    next_size: int | None = None
+
+
+@dataclass(frozen=True)
+class RequestBatch:
+    """The batch of (run, step); with `part` >= 1 a refill of the step."""
+
+    curriculum: str
+    run_id: str
+    step: int
+    size: int | None = None
+    part: int = 0
+
+
+@dataclass(frozen=True)
+class GetHistory:
+    curriculum: str
+    every: int | None = None
+    since: int | None = None
+
+
+# ------------------------------------------------------------------ views
+@dataclass(frozen=True)
+class BatchView:
+    """A batch with the names of its columns (reward weights by objective,
+    probabilities by distribution), which every encoding needs."""
+
+    batch: Batch
+    objectives: tuple[str, ...]
+    distributions: tuple[str, ...]
+    part: int = 0
+
+
+@dataclass(frozen=True)
+class AckView:
+    ack: ReportAck
+    batch: BatchView | None  # the batch the report asked for
+
+
+# ------------------------------------------------------------------ checks
+def check_name(value: object, field: str = "name") -> str:
+    """A curriculum name looked up: any text a database can hold (the spec's own rule
+    applies when one is created), so a lookup never fails in the driver."""
+    return check_identifier(value, field, InvalidRequest)
+
+
+def check_count(value: object, field: str, minimum: int, maximum: int = MAX_INT) -> int:
+    """An integer argument in [minimum, maximum]; by default at most 2**53 - 1, which
+    every JSON reader reads exactly."""
+    return check_int(value, field, InvalidRequest, minimum=minimum, maximum=maximum)
+
+
+def _optional(value: object, field: str, minimum: int) -> int | None:
+    return None if value is None else check_count(value, field, minimum)
+
+
+class Operations:
+    """What a transport may ask of the service, one method per operation."""
+
+    def __init__(self, service: PacelineService) -> None:
+        self.service = service
+
+    # ------------------------------------------------------------ curricula
+    def create_curriculum(self, command: CreateCurriculum) -> CreateResult:
+        spec = dict(command.spec)
+        inside = spec.pop("exist_ok", False)
+        if not isinstance(inside, bool):  # "yes" or 1 is refused, not read
+            raise InvalidRequest("exist_ok must be a boolean", {"field": "exist_ok"})
+        return self.service.create_curriculum(spec, exist_ok=command.exist_ok or inside)
+
+    def list_curricula(self, command: ListCurricula) -> list[CurriculumRecord]:
+        return self.service.list_curricula(check_count(command.limit, "limit", 1, MAX_LIST),
+                                           check_count(command.offset, "offset", 0))
+
+    def get_curriculum(self, name: str) -> CurriculumRecord:
+        return self.service.get_curriculum(check_name(name))
+
+    def delete_curriculum(self, command: DeleteCurriculum) -> None:
+        name = check_name(command.name)
+        if command.confirm != name:
+            raise InvalidRequest("deleting a curriculum needs confirm=<its name>",
+                                 {"field": "confirm"})
+        self.service.delete_curriculum(name)
+
+    def export(self, name: str) -> Iterator[bytes]:
+        """The curriculum as JSON lines (app/transfer.py), read lazily."""
+        return export_curriculum(self.service, check_name(name))
+
+    # ------------------------------------------------------------ runs
+    def attach_run(self, command: AttachRun) -> RunStatus:
+        """A new run (its id and metadata are checked by the service, which stores them)."""
+        record = self.service.attach_run(check_name(command.curriculum, "curriculum"),
+                                         command.metadata, command.run_id)
+        return RunStatus(record, stale=False)
+
+    def list_runs(self, curriculum: str) -> list[RunStatus]:
+        return self.service.list_runs(check_name(curriculum, "curriculum"))
+
+    def get_run(self, curriculum: str, run_id: str) -> RunStatus:
+        return self.service.get_run(check_name(curriculum, "curriculum"),
+                                    check_identifier(run_id, "run_id", InvalidRequest))
+
+    def heartbeat(self, curriculum: str, run_id: str) -> RunStatus:
+        return self.service.heartbeat(check_name(curriculum, "curriculum"),
+                                      check_identifier(run_id, "run_id", InvalidRequest))
+
+    # ------------------------------------------------------------ reports and batches
+    def _report_args(self, command: SubmitReport) -> tuple[str, str | None, NextBatch | None]:
+        name = check_name(command.curriculum, "curriculum")
+        key = command.idempotency_key
+        if key is not None:
+            check_identifier(key, "idempotency_key", InvalidRequest, max_length=MAX_KEY)
+        ask = NextBatch.asked(_optional(command.next_step, "next_step", 0),
+                              _optional(command.next_size, "next_size", 1))
+        return name, key, ask
+
+    def report(self, command: SubmitReport) -> AckView:
+        """Validate, fold and commit a report (`PacelineService.report`)."""
+        name, key, ask = self._report_args(command)
+        return self._acked(name, self.service.report(name, command.body, key, ask))
+
+    async def report_async(self, command: SubmitReport) -> AckView:
+        """`report` for an event loop (`PacelineService.report_async`)."""
+        name, key, ask = self._report_args(command)
+        return self._acked(name, await self.service.report_async(name, command.body, key,
+                                                                 ask))
+
+    def _acked(self, name: str, ack: ReportAck) -> AckView:
+        return AckView(ack, None if ack.batch is None else self._view(name, ack.batch))
+
+    def batch(self, command: RequestBatch) -> BatchView:
+        """The batch of (run, step), or a refill part of it (dynamic sampling)."""
+        name = check_name(command.curriculum, "curriculum")
+        run_id = check_identifier(command.run_id, "run_id", InvalidRequest)
+        step = check_count(command.step, "step", 0)
+        size = _optional(command.size, "size", 1)
+        part = check_count(command.part, "part", 0, MAX_PARTS)
+        if part:
+            batch = self.service.refill(name, run_id, step, part, size)
+        else:
+            batch = self.service.next_batch(name, run_id, step, size)
+        return self._view(name, batch, part)
+
+    def _view(self, name: str, batch: Batch, part: int = 0) -> BatchView:
+        objectives, distributions = self.service.names(name)
+        return BatchView(batch, objectives, distributions, part)
+
+    # ------------------------------------------------------------ inspection
+    def state(self, curriculum: str) -> CurriculumInspection:
+        return self.service.state(check_name(curriculum, "curriculum"))
+
+    def history(self, command: GetHistory) -> CurriculumHistory:
+        """Per-report series (the history service checks `every` and `since`)."""
+        return self.service.history(check_name(command.curriculum, "curriculum"),
+                                    command.every, command.since, HISTORY_WAIT_S)
+
+    @staticmethod
+    def strategies() -> StrategyCatalog:
+        return strategy_catalog()

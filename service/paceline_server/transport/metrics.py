@@ -1,0 +1,138 @@
+"""Prometheus metrics of every transport: requests, latency and errors labelled by
+`transport` (`rest` or `grpc`), the use cases' counters (reports, batches, rollouts,
+refills) and curriculum gauges computed at scrape time from the engines this process
+holds. One registry per process, served by REST's /metrics, so a gRPC call shows in the
+same series as a REST one.
+
+Labels stay bounded: `route` is a REST route template or a gRPC method, `status` the HTTP
+status (for gRPC, the one the shared error table gives the error: what REST would have
+answered), `code` a stable error code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from paceline_server.app.service import PacelineService, ReportAck
+from paceline_server.transport.coordination_metrics import CoordinationCollector
+
+Transport = Literal["rest", "grpc"]
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class Metrics:
+    def __init__(self, service: PacelineService, max_distributions: int) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "paceline_http_requests", "requests by transport (rest, grpc), method, route "
+            "and HTTP status (gRPC: the status REST would answer)",
+            ["transport", "method", "route", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "paceline_http_request_seconds", "request latency by transport, method, route",
+            ["transport", "method", "route"], buckets=LATENCY_BUCKETS,
+            registry=self.registry)
+        self.errors = Counter(
+            "paceline_request_errors", "requests answered with an error, by transport, "
+            "route and stable error code", ["transport", "route", "code"],
+            registry=self.registry)
+        self.reports = Counter("paceline_reports", "reports applied",
+                               ["curriculum"], registry=self.registry)
+        self.batches = Counter("paceline_batches", "batches served",
+                               ["curriculum"], registry=self.registry)
+        self.rollouts = Counter(
+            "paceline_rollouts", "rollouts reported: kind=generated counts every one, "
+            "kind=trained those not in groups the trainer dropped (dynamic sampling)",
+            ["curriculum", "kind"], registry=self.registry)
+        self.refills = Counter("paceline_refills", "refill parts served (dynamic sampling)",
+                               ["curriculum"], registry=self.registry)
+        self.registry.register(CurriculumCollector(service, max_distributions))
+        self.registry.register(CoordinationCollector(service.coordinator))
+
+    def observe(self, transport: Transport, method: str, route: str, status: int,
+                seconds: float, error_code: str | None = None) -> None:
+        """One request: counted, timed and, when it failed, counted by its error code."""
+        self.requests.labels(transport, method, route, str(status)).inc()
+        self.latency.labels(transport, method, route).observe(seconds)
+        if error_code is not None:
+            self.errors.labels(transport, route, error_code).inc()
+
+    def reported(self, name: str, ack: ReportAck) -> None:
+        """A report applied (or answered as a retry), with the batch it asked for."""
+        self.reports.labels(name).inc()
+        self.rollouts.labels(name, "generated").inc(ack.rollouts_generated)
+        self.rollouts.labels(name, "trained").inc(ack.rollouts_trained)
+        if ack.batch is not None:
+            self.batches.labels(name).inc()
+
+    def served(self, name: str, part: int = 0) -> None:
+        """A batch served: a step's batch (part 0) or a refill part."""
+        self.batches.labels(name).inc()
+        if part:
+            self.refills.labels(name).inc()
+
+    def forget(self, curriculum: str) -> None:
+        """Drop every counter series of a deleted curriculum, so create/delete cycles
+        leave no stale series (a recreated curriculum counts from zero). The gauges need
+        nothing: they are read from the cached engines, which delete drops."""
+        for counter in vars(self).values():
+            if isinstance(counter, Counter) and counter._labelnames[:1] == ("curriculum",):
+                for labels in [key for key in list(counter._metrics) if key[0] == curriculum]:
+                    counter.remove(*labels)
+
+
+class CurriculumCollector(Collector):
+    """Gauges per curriculum and distribution, read from the cached engines."""
+
+    def __init__(self, service: PacelineService, max_distributions: int) -> None:
+        self.service = service
+        self.max_distributions = max_distributions
+
+    def collect(self) -> Iterator[Metric]:
+        cur = ["curriculum"]
+        dist = ["curriculum", "distribution"]
+        families = {
+            "seq": GaugeMetricFamily("paceline_curriculum_seq", "reports folded", labels=cur),
+            "scale": GaugeMetricFamily("paceline_reward_scale", "reward scale", labels=cur),
+            "weight": GaugeMetricFamily("paceline_reward_weight", "reward weight",
+                                        labels=["curriculum", "objective"]),
+            "hv": GaugeMetricFamily("paceline_hypervolume", "latest hypervolume", labels=cur),
+            "p": GaugeMetricFamily("paceline_distribution_probability",
+                                   "sampling probability", labels=dist),
+            "adv": GaugeMetricFamily("paceline_distribution_mean_abs_advantage",
+                                     "mean |advantage| over the health window", labels=dist),
+            "acc": GaugeMetricFamily("paceline_distribution_success",
+                                     "mean success over the health window", labels=dist),
+            "zv": GaugeMetricFamily("paceline_distribution_zero_variance_fraction",
+                                    "share of zero-variance groups", labels=dist),
+            "lp": GaugeMetricFamily("paceline_distribution_learning_progress",
+                                    "|fast - slow| EMA of success", labels=dist),
+            "health": GaugeMetricFamily("paceline_distribution_health",
+                                        "1 when the health flag is raised",
+                                        labels=["curriculum", "distribution", "flag"]),
+        }
+        for name, cached in self.service.engines.engines():
+            with cached.lock:
+                view = cached.engine.inspect()
+            families["seq"].add_metric([name], cached.seq)
+            families["scale"].add_metric([name], view.reward_scale)
+            for objective, weight in zip(view.objectives, view.reward_weights, strict=True):
+                families["weight"].add_metric([name, objective], weight)
+            if view.hypervolume_history:
+                families["hv"].add_metric([name], view.hypervolume_history[-1].hypervolume)
+            for d in view.distributions[: self.max_distributions]:
+                labels = [name, d.name]
+                families["p"].add_metric(labels, d.probability)
+                families["lp"].add_metric(labels, d.learning_progress)
+                for key, value in (("adv", d.mean_abs_advantage), ("acc", d.success),
+                                   ("zv", d.zero_variance_fraction)):
+                    if value is not None:
+                        families[key].add_metric(labels, value)
+                for flag in ("stalled", "saturated", "hopeless"):
+                    families["health"].add_metric([*labels, flag],
+                                                  float(getattr(d.health, flag)))
+        yield from families.values()

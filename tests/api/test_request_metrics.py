@@ -1,0 +1,43 @@
+"""REST requests in the shared request metrics: `transport="rest"`, and every error
+answer counted by its stable code, whoever rendered it (a route, a middleware, the
+router)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from api_support import make_client
+from support import SPEC
+
+
+def errors_by_code(client: TestClient) -> dict[tuple[str, str], float]:
+    text = client.get("/metrics").text
+    return {(s.labels["route"], s.labels["code"]): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == "paceline_request_errors_total"}
+
+
+def test_every_error_answer_is_counted_by_its_code(tmp_path: Path) -> None:
+    with make_client(f"sqlite:///{tmp_path / 'r.db'}", max_body_bytes=4096) as client:
+        assert client.post("/v1/curricula", json=SPEC).status_code == 201
+        assert client.get("/v1/curricula").status_code == 200
+        answers = [
+            client.get("/v1/curricula/absent"),  # raised by the use case
+            client.get("/v1/curricula", params={"limit": 0}),  # request validation
+            client.post("/v1/curricula/math/reports", content=b"x" * 5000,
+                        headers={"Content-Type": "application/json"}),  # size middleware
+            client.get("/nowhere"),  # the router
+            client.put("/v1/curricula"),  # the router, another status
+        ]
+        assert [a.status_code for a in answers] == [404, 422, 413, 404, 405]
+        counted = errors_by_code(client)
+    assert counted == {
+        ("/v1/curricula/{name}", "CURRICULUM_NOT_FOUND"): 1.0,
+        ("/v1/curricula", "INVALID_REQUEST"): 1.0,
+        ("unmatched", "PAYLOAD_TOO_LARGE"): 1.0,
+        ("unmatched", "NOT_FOUND"): 1.0,
+        ("/v1/curricula", "METHOD_NOT_ALLOWED"): 1.0,
+    }

@@ -1,0 +1,173 @@
+"""REST and gRPC are codecs over one operation layer (app/operations.py): a value is
+refused by the same rule with the same stable code whichever transport carried it, and
+the operations refuse it as well when called in-process (as the embedded client does)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from fastapi.testclient import TestClient
+
+from paceline_server.api.app import create_app
+from paceline_server.app.operations import (
+    AttachRun,
+    DeleteCurriculum,
+    ListCurricula,
+    Operations,
+    RequestBatch,
+    SubmitReport,
+)
+from paceline_server.app.refill import MAX_PARTS
+from paceline_server.domain.errors import InvalidReport, InvalidRequest, PacelineError
+from paceline_server.domain.validation import MAX_INT
+from paceline_server.grpc.server import create_server
+from paceline_server.grpc.v1 import paceline_pb2 as pb
+from paceline_server.settings import Settings
+from support import SPEC
+
+SERVICE = "paceline.v1.Paceline"
+CUR = "/v1/curricula/math"
+LONG = "x" * 129
+
+
+@dataclass
+class Both:
+    rest: TestClient
+    channel: grpc.Channel
+    ops: Operations
+
+    def call(self, method: str, request: Any) -> Any:
+        output = getattr(pb, pb.DESCRIPTOR.services_by_name["Paceline"]
+                         .methods_by_name[method].output_type.name)
+        stub = self.channel.unary_unary(f"/{SERVICE}/{method}",
+                                        request_serializer=lambda m: m.SerializeToString(),
+                                        response_deserializer=output.FromString)
+        return stub(request, timeout=10)
+
+    def grpc_code(self, method: str, request: Any) -> str:
+        with pytest.raises(grpc.RpcError) as info:
+            self.call(method, request)
+        error: Any = info.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        trailer = dict(error.trailing_metadata())
+        return str(pb.ErrorInfo.FromString(trailer["paceline-error-bin"]).code)
+
+    def rest_code(self, method: str, path: str, **kwargs: Any) -> str:
+        answer = self.rest.request(method, path, **kwargs)
+        assert answer.status_code == 422, answer.text
+        return str(answer.json()["error"]["code"])
+
+
+@pytest.fixture
+def both(tmp_path: Path) -> Iterator[Both]:
+    config = Settings(database_url=f"sqlite:///{tmp_path / 'p.db'}", auto_migrate=True)
+    app = create_app(config)
+    server = create_server(app.state.service, config, port=0, host="127.0.0.1")
+    server.start()
+    try:
+        with TestClient(app) as rest, \
+                grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            assert rest.post("/v1/curricula", json=SPEC).status_code == 201
+            assert rest.post(f"{CUR}/runs", json={"run_id": "r"}).status_code == 201
+            yield Both(rest, channel, app.state.operations)
+    finally:
+        server.stop(0)
+
+
+def report(**change: Any) -> dict[str, Any]:
+    return {"run_id": "r", "step": 0, "indices": [0], "rewards": [[[1.0, 2.0]]],
+            "unserved": "accept", **change}
+
+
+def test_a_long_curriculum_name_is_refused_alike(both: Both) -> None:
+    """REST used to look it up (404), gRPC refused it (422): now both refuse it."""
+    assert both.rest_code("GET", f"/v1/curricula/{LONG}") == "INVALID_REQUEST"
+    assert both.grpc_code("GetCurriculum", pb.GetCurriculumRequest(name=LONG)) \
+        == "INVALID_REQUEST"
+    assert both.rest_code("GET", f"{CUR}/runs/{LONG}") == "INVALID_REQUEST"
+    assert both.grpc_code("GetRun", pb.GetRunRequest(curriculum="math", run_id=LONG)) \
+        == "INVALID_REQUEST"
+
+
+def test_a_report_run_id_with_a_nul_is_an_invalid_report_on_both(both: Both) -> None:
+    """gRPC answered INVALID_REQUEST from its own pre-check, REST INVALID_REPORT."""
+    assert both.rest_code("POST", f"{CUR}/reports", json=report(run_id="r\x00")) \
+        == "INVALID_REPORT"
+    assert both.grpc_code("Report", pb.ReportRequest(
+        curriculum="math", run_id="r\x00", step=0, indices=[0], unserved="accept",
+        rewards=pb.Array(shape=[1, 1, 2], f64=[1, 2]))) == "INVALID_REPORT"
+
+
+def test_list_bounds_alike(both: Both) -> None:
+    assert both.rest_code("GET", "/v1/curricula", params={"limit": 1001}) \
+        == "INVALID_REQUEST"
+    assert both.grpc_code("ListCurricula", pb.ListCurriculaRequest(limit=1001)) \
+        == "INVALID_REQUEST"
+    assert both.rest_code("GET", "/v1/curricula", params={"offset": MAX_INT + 1}) \
+        == "INVALID_REQUEST"
+
+
+def test_batch_arguments_alike(both: Both) -> None:
+    for body in ({"run_id": "", "step": 0}, {"run_id": "r", "step": MAX_INT + 1},
+                 {"run_id": "r", "step": 0, "size": 0},
+                 {"run_id": "r", "step": 0, "part": MAX_PARTS + 1}):
+        assert both.rest_code("POST", f"{CUR}/batches", json=body) == "INVALID_REQUEST", body
+        assert both.grpc_code("NextBatch", pb.NextBatchRequest(curriculum="math", **body)) \
+            == "INVALID_REQUEST", body
+
+
+def test_next_batch_asked_with_a_report_alike(both: Both) -> None:
+    assert both.rest_code("POST", f"{CUR}/reports", json=report(),
+                          params={"next_step": MAX_INT + 1}) == "INVALID_REQUEST"
+    assert both.rest_code("POST", f"{CUR}/reports", json=report(),
+                          params={"next_step": 1, "next_size": 0}) == "INVALID_REQUEST"
+    assert both.grpc_code("Report", pb.ReportRequest(
+        curriculum="math", run_id="r", step=0, indices=[0], unserved="accept",
+        rewards=pb.Array(shape=[1, 1, 2], f64=[1, 2]), next_step=1, next_size=0)) \
+        == "INVALID_REQUEST"
+    assert both.rest.get(CUR).json()["seq"] == 0  # nothing was folded
+
+
+def test_exist_ok_must_be_a_boolean_alike(both: Both) -> None:
+    spec = {**SPEC, "exist_ok": "yes"}
+    assert both.rest_code("POST", "/v1/curricula", json=spec) == "INVALID_REQUEST"
+    assert both.grpc_code("CreateCurriculum", pb.CreateCurriculumRequest(
+        spec_json=json.dumps(spec))) == "INVALID_REQUEST"
+
+
+def test_the_operations_refuse_in_process(both: Both) -> None:
+    """What a transport passes on unchecked is checked here, before the store is read."""
+    ops = both.ops
+    refused: list[tuple[Any, type[PacelineError]]] = [
+        (lambda: ops.get_curriculum("ma\x00th"), InvalidRequest),
+        (lambda: ops.state(LONG), InvalidRequest),
+        (lambda: ops.list_runs(""), InvalidRequest),
+        (lambda: ops.heartbeat("math", "r\ud800"), InvalidRequest),
+        (lambda: ops.list_curricula(ListCurricula(limit=0)), InvalidRequest),
+        (lambda: ops.list_curricula(ListCurricula(offset=True)), InvalidRequest),  # type: ignore[arg-type]
+        (lambda: ops.delete_curriculum(DeleteCurriculum("math", "MATH")), InvalidRequest),
+        (lambda: ops.attach_run(AttachRun("math", "r\x00")), InvalidRequest),
+        (lambda: ops.attach_run(AttachRun("math", "n", {"a": float("nan")})), InvalidRequest),
+        (lambda: ops.batch(RequestBatch("math", "r", -1)), InvalidRequest),
+        (lambda: ops.batch(RequestBatch("math", "r", 0, part=-1)), InvalidRequest),
+        (lambda: ops.report(SubmitReport("math", report(), idempotency_key=7)),  # type: ignore[arg-type]
+         InvalidRequest),
+        (lambda: ops.report(SubmitReport("math", report(), next_size=4)), InvalidRequest),
+        (lambda: ops.report(SubmitReport("math", report(step="0"))), InvalidReport),
+    ]
+    for call, error in refused:
+        with pytest.raises(error):
+            call()
+    assert both.rest.get(CUR).json()["seq"] == 0
+    assert [r["run_id"] for r in both.rest.get(f"{CUR}/runs").json()["runs"]] == ["r"]
+    # and what is valid goes through
+    view = ops.report(SubmitReport("math", report(), "k", next_step=1))
+    assert view.ack.seq == 1 and view.batch is not None
+    assert view.batch.objectives == ("acc", "len")
+    assert view.batch.distributions == ("easy", "hard")
