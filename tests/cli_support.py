@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from api_support import SPEC
 from paceline_server.app.service import PacelineService
 from paceline_server.cli import main
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
+from support import SPEC
 
 
 def populated(url: str, reports: int = 12, spec: Mapping[str, Any] = SPEC,

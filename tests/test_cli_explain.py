@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from api_support import SPEC
 from cli_support import populated, run
+from support import SPEC
 
 
 def test_inspect_prints_the_explanations(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from api_support import free_port, fresh_pg_schema, running_service
 from cli_support import fail, populated, run
 from paceline_server import remote
+from support import free_port, fresh_pg_schema, running_service
 
 TOKENS = {"reader": "read", "writer": "write"}
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from api_support import free_port, running_service
+from support import free_port, running_service
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 import pytest
 
-from api_support import SPEC, fresh_pg_schema
 from cli_support import populated
 from paceline_server.app.service import PacelineService
 from paceline_server.app.transfer import (
@@ -33,6 +32,7 @@ from paceline_server.domain.errors import (
 )
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
+from support import SPEC, fresh_pg_schema
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

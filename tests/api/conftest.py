@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api_support import fresh_pg_schema, make_client
+from api_support import make_client
+from support import fresh_pg_schema
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from api_support import SPEC, make_client
+from api_support import make_client
+from support import SPEC
 
 
 def setup(client: TestClient, spec: dict[str, Any] | None = None) -> str:

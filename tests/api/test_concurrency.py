@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from api_support import SPEC
 from paceline_server.app.codec import decode_report
 from paceline_server.app.service import PacelineService
 from paceline_server.engine import CurriculumEngine
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
+from support import SPEC
 
 
 def test_eight_threads_equal_sequential_replay(database_url: str) -> None:

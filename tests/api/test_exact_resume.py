@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from api_support import SPEC
 from paceline_server.app.service import PacelineService
 from paceline_server.domain.errors import ReportConflict
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
+from support import SPEC
 
 URL = "/v1/curricula/math"
 

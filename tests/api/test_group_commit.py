@@ -15,7 +15,6 @@ import msgpack
 import numpy as np
 import pytest
 
-from api_support import SPEC
 from paceline_server.app.codec import MAGIC, decode_report
 from paceline_server.app.reports import parse_report
 from paceline_server.app.service import NextBatch, PacelineService
@@ -30,6 +29,7 @@ from paceline_server.engine import CurriculumEngine
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
 from paceline_server.store.base import CurriculumWriter, Store
+from support import SPEC
 
 
 class FailingStore:
@@ -420,7 +420,6 @@ def test_async_falls_back_to_a_thread_for_what_it_does_not_know(
     with pytest.raises(RunNotFound):
         asyncio.run(service.report_async("math", body(indices, 0, seed=2, run="nobody"), "c"))
     assert service.engine("math").engine.to_bytes() == replayed(service)
-
 
 
 def test_async_report_while_closing_is_refused_and_not_queued(

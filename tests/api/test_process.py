@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api_support import SPEC, free_port, service_process
 from paceline_server.domain import CurriculumSpec, Report
 from paceline_server.engine import CurriculumEngine
+from support import SPEC, free_port, service_process
 
 
 @pytest.mark.slow

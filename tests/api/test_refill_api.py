@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api_support import SPEC
+from support import SPEC
 
 URL = "/v1/curricula/math"
 

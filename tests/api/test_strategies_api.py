@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api_support import SPEC, make_client
+from api_support import make_client
 from paceline_server.domain.spec import DEFAULT_SAMPLER, DEFAULT_WEIGHTING
 from paceline_server.strategies import registry
 from paceline_server.strategies.params import require
 from paceline_server.strategies.samplers.uniform import UniformSampler
+from support import SPEC
 
 
 @dataclass(frozen=True)

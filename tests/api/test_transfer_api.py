@@ -8,7 +8,8 @@ import gzip
 import orjson
 from fastapi.testclient import TestClient
 
-from api_support import SPEC, make_client
+from api_support import make_client
+from support import SPEC
 
 CUR = "/v1/curricula/math"
 NDJSON = {"Content-Type": "application/x-ndjson"}

@@ -11,8 +11,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from api_support import SPEC, make_client
+from api_support import make_client
 from paceline_server.api.ui import ASSETS, UI_DIR
+from support import SPEC
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api_support import SPEC
+from support import SPEC
 
 CUR = "/v1/curricula/math"
 GRADIENT_SPEC = {**SPEC, "weighting": {"kind": "gradient"}}

@@ -13,9 +13,9 @@ import pytest
 if importlib.util.find_spec("paceline") is None:  # the client is not installed: use the tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "client"))
 
-from client_support import ServiceProcess, start_service
 
 import paceline
+from support import ServiceProcess, start_service
 
 
 @pytest.fixture

@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from client_support import SPEC, AsyncFaultInjector, asgi_service, lost, status
+from client_support import asgi_service
 
 import paceline
+from support import CLIENT_SPEC as SPEC
+from support import AsyncFaultInjector, lost, status
 
 FAST = paceline.RetryPolicy(max_attempts=4, backoff_initial=0.01, backoff_max=0.05)
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from client_support import SPEC
 
 import paceline
+from support import CLIENT_SPEC as SPEC
 
 
 def rewards_for(indices: list[int], group: int = 4, seed: int = 0) -> np.ndarray:

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from client_support import SPEC, ServiceProcess
 
 import paceline
 from paceline.errors import error_class, status_for
+from support import CLIENT_SPEC as SPEC
+from support import ServiceProcess
 
 #: Codes whose HTTP message is written by the web framework's schema check, not by the
 #: service; the embedded mode says the same thing in its own words.

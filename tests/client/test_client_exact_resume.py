@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_support import SPEC
 
 import paceline
-from api_support import running_service
+from support import CLIENT_SPEC as SPEC
+from support import running_service
 
 _names = itertools.count()
 

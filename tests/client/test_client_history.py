@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from client_support import SPEC
 
 import paceline
+from support import CLIENT_SPEC as SPEC
 
 SERIES = {"probability", "success", "mean_abs_advantage", "zero_variance_fraction",
           "stalled", "saturated", "hopeless"}

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_support import (
-    SPEC,
+
+import paceline
+from paceline import _transport
+from support import CLIENT_SPEC as SPEC
+from support import (
     FaultInjector,
     ServiceProcess,
     connect_error,
@@ -20,9 +23,6 @@ from client_support import (
     start_service,
     status,
 )
-
-import paceline
-from paceline import _transport
 
 pytestmark = pytest.mark.slow
 

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_support import SPEC
 
 import paceline
 from paceline._payloads import curriculum_spec
 from paceline_server.domain.spec import DEFAULT_SAMPLER
 from paceline_server.strategies import registry
 from paceline_server.strategies.samplers.uniform import UniformSampler
+from support import CLIENT_SPEC as SPEC
 
 NO_SAMPLER: dict[str, Any] = {k: v for k, v in SPEC.items() if k != "sampler"}
 

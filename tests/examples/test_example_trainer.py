@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from api_support import running_service
+from support import running_service
 
 pytest.importorskip("torch", reason="the example trainer needs the `examples` extra")
 pytest.importorskip("matplotlib", reason="the example trainer needs the `examples` extra")

@@ -1,103 +1,33 @@
-"""Helpers for the gRPC tests: a `paceline-server serve` process with both APIs, and
-fault injection in front of either transport, keyed by RPC name so one test can plan
-"lose the answer of the next Report" over HTTP and over gRPC alike."""
+"""Helpers for the gRPC tests: a service with both APIs (`support.start_service` with
+`grpc=True`), and fault injection in front of either transport, keyed by RPC name so one
+test can plan "lose the answer of the next Report" over HTTP and over gRPC alike (the
+faults themselves are `support`'s)."""
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+import operator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
 import grpc
 import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import paceline
-from api_support import free_port as free_port  # re-exported for the gRPC tests
-from api_support import running_service
 from paceline import _grpc_pb2 as pb
 from paceline._grpc_transport import GrpcSyncTransport
+from support import Fault, FaultInjector, FaultPlan, status
 
-SPEC: dict[str, Any] = {
-    "distributions": [{"name": "easy", "size": 60}, {"name": "hard", "size": 40}],
-    "objectives": ["acc", {"name": "len", "direction": "minimize", "bounds": [0, 100]}],
-    "sampler": "uniform",
-    "weighting": {"kind": "fixed", "weights": [3, 1]},
-    "batch_size": 8,
-    "seed": 1,
-}
 FAST = paceline.RetryPolicy(max_attempts=4, backoff_initial=0.01, backoff_max=0.05)
 
 
-@dataclass
-class Service:
-    http: str
-    grpc: str
-    process: subprocess.Popen[bytes]
-
-    def url(self, transport: str) -> str:
-        return self.http if transport == "http" else self.grpc
-
-
-def serving(target: str) -> bool:
-    """The standard health check answers SERVING for the Paceline service."""
-    with grpc.insecure_channel(target) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="paceline.v1.Paceline"), timeout=1)
-        except grpc.RpcError:
-            return False
-    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-@contextmanager
-def start_service(db: Path, **env: str) -> Iterator[Service]:
-    """`python -m paceline_server serve --port P --grpc-port G`, ready when /readyz and
-    the gRPC health check both answer; shut down gracefully on exit."""
-    with running_service(f"sqlite:///{db}", env={"PACELINE_LOG_LEVEL": "warning", **env},
-                         grpc=True, graceful=True,
-                         ready=lambda s: serving(f"127.0.0.1:{s.grpc_port}")) as service:
-        yield Service(service.url, service.grpc, service.process)
+def refuse(rpc: str, retry_after: str | None = None, throttle: bool = False) -> Fault:
+    """"Try again later" without forwarding: 503 / UNAVAILABLE, or with `throttle` a
+    proxy's 429 / RESOURCE_EXHAUSTED, with an optional retry-after."""
+    return status(rpc, 429 if throttle else 503, retry_after)
 
 
 # ----------------------------------------------------------------- fault injection
-@dataclass(frozen=True)
-class Fault:
-    """What to do to the next call of `rpc` (a method name of paceline.v1.Paceline):
-    - "refuse": answer "try again later" without forwarding (503 / UNAVAILABLE, or
-      `throttle`: 429 / RESOURCE_EXHAUSTED from a proxy) with an optional retry-after;
-    - "lost": forward it (the service applies it), then lose the answer;
-    - "connect": fail to connect without forwarding."""
-
-    rpc: str
-    kind: str
-    retry_after: str | None = None
-    throttle: bool = False
-
-
-@dataclass
-class Plan:
-    faults: list[Fault] = field(default_factory=list)
-    seen: list[str] = field(default_factory=list)
-
-    def inject(self, *faults: Fault) -> None:
-        self.faults.extend(faults)
-
-    def take(self, rpc: str) -> Fault | None:
-        self.seen.append(rpc)
-        for i, fault in enumerate(self.faults):
-            if fault.rpc == rpc:
-                return self.faults.pop(i)
-        return None
-
-    def count(self, rpc: str) -> int:
-        return self.seen.count(rpc)
-
-
 def http_rpc(method: str, path: str) -> str:
     """The RPC name of a REST route (the one-to-one mapping of the API)."""
     parts = [unquote(p) for p in path.removeprefix("/v1/curricula").split("/") if p]
@@ -111,31 +41,13 @@ def http_rpc(method: str, path: str) -> str:
     return table.get((method, len(parts), parts[1] if len(parts) > 1 else ""), path)
 
 
-class HttpFaults(httpx.BaseTransport):
-    """An httpx transport that misbehaves as planned, then passes through."""
+def _rpc_of(request: httpx.Request) -> str:
+    return http_rpc(request.method, request.url.path)
 
-    def __init__(self) -> None:
-        self.inner = httpx.HTTPTransport()
-        self.plan = Plan()
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        fault = self.plan.take(http_rpc(request.method, request.url.path))
-        if fault is None:
-            return self.inner.handle_request(request)
-        if fault.kind == "connect":
-            raise httpx.ConnectError("injected connection failure", request=request)
-        if fault.kind == "lost":
-            response = self.inner.handle_request(request)
-            response.read()
-            response.close()
-            raise httpx.ReadTimeout("injected: answer lost", request=request)
-        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-        return httpx.Response(429 if fault.throttle else 503, headers=headers,
-                              request=request, json={"error": {
-                                  "code": "UNAVAILABLE", "message": "injected", "details": {}}})
-
-    def close(self) -> None:
-        self.inner.close()
+def http_faults() -> FaultInjector:
+    """An httpx transport that misbehaves as planned (faults keyed by RPC name)."""
+    return FaultInjector(key=_rpc_of, match=operator.eq)
 
 
 class InjectedError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
@@ -175,7 +87,7 @@ class GrpcFaults(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     """A client interceptor that misbehaves as planned, then passes through."""
 
     def __init__(self) -> None:
-        self.plan = Plan()
+        self.plan = FaultPlan(operator.eq)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         fault = self.plan.take(details.method.rsplit("/", 1)[-1])
@@ -188,20 +100,20 @@ class GrpcFaults(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             raise InjectedError(grpc.StatusCode.DEADLINE_EXCEEDED, "injected: answer lost")
         trailer: tuple[tuple[str, str | bytes], ...] = (
             () if fault.retry_after is None else (("retry-after", fault.retry_after),))
-        if fault.throttle:  # a proxy's rate limit: no Paceline error attached
+        if fault.status == 429:  # a proxy's rate limit: no Paceline error attached
             raise InjectedError(grpc.StatusCode.RESOURCE_EXHAUSTED, "injected", trailer)
         info = pb.ErrorInfo(code="UNAVAILABLE", message="injected", details_json="{}",
-                            http_status=503)
+                            http_status=fault.status or 503)
         raise InjectedError(grpc.StatusCode.UNAVAILABLE, "injected",
                             (("paceline-error-bin", info.SerializeToString()), *trailer))
 
 
 def client_with_faults(transport: str, url: str, **kwargs: Any
-                       ) -> tuple[paceline.Client, HttpFaults | GrpcFaults]:
+                       ) -> tuple[paceline.Client, FaultInjector | GrpcFaults]:
     """A client on `url` whose calls pass through a fault injector."""
     retries = kwargs.pop("retries", FAST)
     if transport == "http":
-        faults = HttpFaults()
+        faults = http_faults()
         return paceline.Client(url, transport=faults, retries=retries, **kwargs), faults
     interceptor = GrpcFaults()
     client = paceline.Client.__new__(paceline.Client)

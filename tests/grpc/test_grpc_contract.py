@@ -13,28 +13,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-from grpc_support import (
-    FAST,
-    SPEC,
-    Fault,
-    GrpcFaults,
-    HttpFaults,
-    Service,
-    client_with_faults,
-    free_port,
-    start_service,
-)
+from grpc_support import FAST, FaultInjector, GrpcFaults, client_with_faults, refuse
 
 import paceline
 from paceline import _transport
+from support import CLIENT_SPEC as SPEC
+from support import ServiceProcess, connect_error, free_port, lost, start_service
 
 pytestmark = pytest.mark.slow
 _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with start_service(tmp_path_factory.mktemp("grpc") / "paceline.db") as process:
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    with start_service(tmp_path_factory.mktemp("grpc") / "paceline.db", grpc=True,
+                       PACELINE_LOG_LEVEL="warning") as process:
         yield process
 
 
@@ -44,20 +37,20 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def wired(service: Service, transport: str
-          ) -> Iterator[tuple[paceline.Client, HttpFaults | GrpcFaults]]:
-    client, faults = client_with_faults(transport, service.url(transport), timeout=10)
+def wired(service: ServiceProcess, transport: str
+          ) -> Iterator[tuple[paceline.Client, FaultInjector | GrpcFaults]]:
+    client, faults = client_with_faults(transport, service.endpoint(transport), timeout=10)
     with client:
         yield client, faults
 
 
 @pytest.fixture
-def client(wired: tuple[paceline.Client, HttpFaults | GrpcFaults]) -> paceline.Client:
+def client(wired: tuple[paceline.Client, FaultInjector | GrpcFaults]) -> paceline.Client:
     return wired[0]
 
 
 @pytest.fixture
-def faults(wired: tuple[paceline.Client, HttpFaults | GrpcFaults]) -> HttpFaults | GrpcFaults:
+def faults(wired: tuple[paceline.Client, FaultInjector | GrpcFaults]) -> FaultInjector | GrpcFaults:
     return wired[1]
 
 
@@ -136,7 +129,7 @@ def test_report_with_next_step_carries_the_batch(client: paceline.Client) -> Non
     assert cur.state().seq == 3  # neither refused report was applied
 
 
-def test_both_transports_give_equal_objects(service: Service) -> None:
+def test_both_transports_give_equal_objects(service: ServiceProcess) -> None:
     """One curriculum driven half over REST, half over gRPC: every read is equal."""
     with paceline.Client(service.http) as http, paceline.Client(service.grpc) as grpc:
         name = f"parity-{next(_names)}"
@@ -158,7 +151,7 @@ def test_both_transports_give_equal_objects(service: Service) -> None:
         assert http.list_curricula() == grpc.list_curricula()
 
 
-def test_same_reports_give_the_same_state_over_either_transport(service: Service) -> None:
+def test_same_reports_give_the_same_state_over_either_transport(service: ServiceProcess) -> None:
     """Packed floats carry exactly what JSON carries: the learning state is identical."""
     states = []
     for url in (service.http, service.grpc):
@@ -213,7 +206,7 @@ def test_bad_specs(client: paceline.Client, change: dict[str, Any], code: str) -
     assert (info.value.code, info.value.status) == (code, 422)
 
 
-def test_errors_are_mapped(client: paceline.Client, faults: HttpFaults | GrpcFaults) -> None:
+def test_errors_are_mapped(client: paceline.Client, faults: FaultInjector | GrpcFaults) -> None:
     with pytest.raises(paceline.NotFound) as missing:
         client.curriculum("nope")
     assert (missing.value.code, missing.value.status) == ("CURRICULUM_NOT_FOUND", 404)
@@ -251,8 +244,8 @@ def test_errors_are_mapped(client: paceline.Client, faults: HttpFaults | GrpcFau
 
 # ------------------------------------------------------------------ retries
 def test_refused_then_success_applies_the_report_once(
-        run: paceline.Run, faults: HttpFaults | GrpcFaults) -> None:
-    faults.plan.inject(Fault("Report", "refuse", retry_after="0"))
+        run: paceline.Run, faults: FaultInjector | GrpcFaults) -> None:
+    faults.plan.inject(refuse("Report", retry_after="0"))
     ack = report(run, 0)
     assert (ack.seq, ack.replayed) == (1, False)
     assert faults.plan.count("Report") == 2
@@ -260,8 +253,8 @@ def test_refused_then_success_applies_the_report_once(
 
 
 def test_lost_answers_are_replayed_not_reapplied(
-        run: paceline.Run, faults: HttpFaults | GrpcFaults) -> None:
-    faults.plan.inject(Fault("Report", "lost"), Fault("Report", "lost"))
+        run: paceline.Run, faults: FaultInjector | GrpcFaults) -> None:
+    faults.plan.inject(lost("Report"), lost("Report"))
     ack = report(run, 0)
     assert (ack.seq, ack.replayed) == (1, True)
     assert faults.plan.count("Report") == 3
@@ -272,9 +265,9 @@ def test_lost_answers_are_replayed_not_reapplied(
 
 
 def test_lost_answer_of_a_report_with_next_step(
-        run: paceline.Run, faults: HttpFaults | GrpcFaults) -> None:
+        run: paceline.Run, faults: FaultInjector | GrpcFaults) -> None:
     indices = run.next_batch(0).indices
-    faults.plan.inject(Fault("Report", "lost"))
+    faults.plan.inject(lost("Report"))
     ack = run.report(0, indices, rewards_for(indices), next_step=1)
     assert (ack.seq, ack.replayed) == (1, True)
     assert ack.batch is not None and ack.batch == run.next_batch(1)
@@ -282,25 +275,25 @@ def test_lost_answer_of_a_report_with_next_step(
 
 
 def test_connection_error_then_success(run: paceline.Run,
-                                       faults: HttpFaults | GrpcFaults) -> None:
-    faults.plan.inject(Fault("NextBatch", "connect"), Fault("NextBatch", "connect"))
+                                       faults: FaultInjector | GrpcFaults) -> None:
+    faults.plan.inject(connect_error("NextBatch"), connect_error("NextBatch"))
     assert len(run.next_batch(0).indices) == 8
     assert faults.plan.count("NextBatch") == 3
 
 
-def test_retry_after_is_honoured(run: paceline.Run, faults: HttpFaults | GrpcFaults,
+def test_retry_after_is_honoured(run: paceline.Run, faults: FaultInjector | GrpcFaults,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
     monkeypatch.setattr(_transport, "_sleep", slept.append)
-    faults.plan.inject(Fault("NextBatch", "refuse", retry_after="2", throttle=True),
-                       Fault("NextBatch", "refuse"))
+    faults.plan.inject(refuse("NextBatch", retry_after="2", throttle=True),
+                       refuse("NextBatch"))
     run.next_batch(0)
     assert slept[0] == 2.0
     assert 0.0 <= slept[1] <= 0.02  # no retry-after: jittered backoff, second retry
 
 
-def test_retries_run_out(run: paceline.Run, faults: HttpFaults | GrpcFaults) -> None:
-    faults.plan.inject(*[Fault("GetState", "refuse", retry_after="0")] * 4)
+def test_retries_run_out(run: paceline.Run, faults: FaultInjector | GrpcFaults) -> None:
+    faults.plan.inject(*[refuse("GetState", retry_after="0")] * 4)
     with pytest.raises(paceline.Unavailable) as info:
         run.curriculum.state()
     assert (info.value.code, info.value.status) == ("UNAVAILABLE", 503)
@@ -308,21 +301,21 @@ def test_retries_run_out(run: paceline.Run, faults: HttpFaults | GrpcFaults) -> 
 
 
 def test_heartbeats_are_not_retried(run: paceline.Run,
-                                    faults: HttpFaults | GrpcFaults) -> None:
-    faults.plan.inject(Fault("Heartbeat", "refuse", retry_after="0"))
+                                    faults: FaultInjector | GrpcFaults) -> None:
+    faults.plan.inject(refuse("Heartbeat", retry_after="0"))
     with pytest.raises(paceline.Unavailable):
         run.heartbeat()
     assert faults.plan.count("Heartbeat") == 1
 
 
 def test_lost_create_and_delete_answers(client: paceline.Client,
-                                        faults: HttpFaults | GrpcFaults) -> None:
+                                        faults: FaultInjector | GrpcFaults) -> None:
     name = f"lost-{next(_names)}"
-    faults.plan.inject(Fault("CreateCurriculum", "lost"))
+    faults.plan.inject(lost("CreateCurriculum"))
     cur = client.create_curriculum(name, **SPEC)  # the retry sees a conflict, same spec
     assert cur.name == name
     assert faults.plan.count("CreateCurriculum") == 2
-    faults.plan.inject(Fault("DeleteCurriculum", "lost"))
+    faults.plan.inject(lost("DeleteCurriculum"))
     cur.delete()  # the retry sees not found: the lost attempt deleted it
     with pytest.raises(paceline.NotFound):
         client.curriculum(name)
@@ -349,7 +342,8 @@ def test_no_service(scheme: str) -> None:
 # ------------------------------------------------------------------ auth, asyncio
 def test_authentication(tmp_path: Path) -> None:
     tokens = '{"reader": "read", "writer": "write"}'
-    with start_service(tmp_path / "auth.db", PACELINE_API_TOKENS=tokens) as service:
+    with start_service(tmp_path / "auth.db", grpc=True, PACELINE_LOG_LEVEL="warning",
+                       PACELINE_API_TOKENS=tokens) as service:
         for url in (service.http, service.grpc):
             with paceline.Client(url, retries=FAST) as anonymous, \
                     pytest.raises(paceline.AuthError) as missing:
@@ -369,9 +363,9 @@ def test_authentication(tmp_path: Path) -> None:
                 assert reader.curriculum("math").state().seq == 0
 
 
-def test_async_client(service: Service, transport: str) -> None:
+def test_async_client(service: ServiceProcess, transport: str) -> None:
     async def body() -> None:
-        async with paceline.AsyncClient(service.url(transport), retries=FAST) as client:
+        async with paceline.AsyncClient(service.endpoint(transport), retries=FAST) as client:
             cur = await client.create_curriculum(f"async-{next(_names)}", **SPEC)
             async with await cur.start_run(run_id="r", heartbeat_interval=0.05) as run:
                 for step in range(3):

@@ -16,7 +16,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from grpc_support import SPEC
 
 import paceline
 from paceline import _grpc_codec
@@ -28,6 +27,7 @@ from paceline_server.grpc.service import PacelineHandlers
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
+from support import CLIENT_SPEC as SPEC
 
 SERVICE = "paceline.v1.Paceline"
 

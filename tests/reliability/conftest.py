@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 from reliability_support import load_generator
 
-from api_support import fresh_pg_schema
+from support import fresh_pg_schema
 
 
 @pytest.fixture(scope="session")

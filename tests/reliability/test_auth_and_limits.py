@@ -21,9 +21,10 @@ from fastapi.testclient import TestClient
 from reliability_support import tcp_proxy
 
 import paceline
-from api_support import PG_ADMIN, SPEC, make_client, service_process
+from api_support import make_client
 from paceline import _transport
 from paceline_server.api.ratelimit import TokenBuckets
+from support import PG_PORT, SPEC, postgres_url, service_process
 
 READER, WRITER = "rd-3f9c1e77d2a04b55", "wr-8b2d6a1f0c9e4d37"
 STRANGER = "xx-51e0c7a2b94f4d68"
@@ -133,8 +134,8 @@ def test_tokens_never_reach_the_logs(tmp_path: Path, pg_url: str,
     SDK's own logs (retries) and httpx's, captured here."""
     schema = pg_url.split("search_path%3D", 1)[1]
     log = tmp_path / "service.log"
-    with tcp_proxy(5432) as proxy:
-        url = PG_ADMIN.replace(":5432/", f":{proxy.port}/") + f"?options=-csearch_path%3D{schema}"
+    with tcp_proxy(PG_PORT) as proxy:
+        url = postgres_url(schema, port=proxy.port)
         env = {"PACELINE_API_TOKENS": json.dumps(TOKENS), "PACELINE_LOG_LEVEL": "debug"}
         with service_process(url, env=env, log=log) as service:
             caplog.set_level(logging.DEBUG)

@@ -15,7 +15,7 @@ import pytest
 from reliability_support import Background, check_exactly_once, wait_for_seq
 from sqlalchemy import create_engine, text
 
-from api_support import PG_ADMIN, free_port, service_process
+from support import PG_URL, free_port, service_process
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def test_postgresql_connections_terminated_under_load(pg_url: str, load: ModuleT
     replaces them)."""
     name = f"paceline-rel-{uuid.uuid4().hex[:8]}"
     database_url = f"{pg_url}&application_name={name}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     terminated = 0
     try:
         with service_process(database_url) as service:

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from api_support import SPEC, make_client
+from api_support import make_client
 from paceline_server.app.codec import decode_report
 from paceline_server.app.service import PacelineService
 from paceline_server.domain.errors import Unavailable
@@ -27,6 +27,7 @@ from paceline_server.grpc.server import create_server
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
+from support import SPEC
 
 #: A lone surrogate cannot be encoded by either driver; PostgreSQL text cannot hold NUL
 #: (SQLite stores it, so there it is no poison).

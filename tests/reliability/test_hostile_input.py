@@ -21,8 +21,9 @@ import msgpack
 import pytest
 from fastapi.testclient import TestClient
 
-from api_support import SPEC, fresh_pg_schema, make_client
+from api_support import make_client
 from paceline_server import cli
+from support import SPEC, fresh_pg_schema
 
 CUR = "/v1/curricula/math"
 REPORTS = f"{CUR}/reports"

@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 from reliability_support import LostResponseProxy, check_exactly_once
 
-from api_support import service_process
+from support import service_process
 
 pytestmark = pytest.mark.slow
 

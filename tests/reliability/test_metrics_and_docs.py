@@ -11,11 +11,12 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from api_support import SPEC, make_client
+from api_support import make_client
 from paceline_server.api.app import create_app
 from paceline_server.grpc.server import create_server
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.settings import Settings
+from support import SPEC
 
 WRITER = {"Authorization": "Bearer w"}
 

@@ -32,9 +32,9 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import positive_data_acceptance  # noqa: E402
 from schemathesis.config import SchemathesisConfig  # noqa: E402
 
-from api_support import SPEC, fresh_pg_schema  # noqa: E402
 from paceline_server.api.app import create_app  # noqa: E402
 from paceline_server.settings import Settings  # noqa: E402
+from support import SPEC, fresh_pg_schema  # noqa: E402
 
 #: Examples per operation (and phase); `PACELINE_FUZZ_EXAMPLES=300` for a longer hunt.
 EXAMPLES = int(os.environ.get("PACELINE_FUZZ_EXAMPLES", "12"))

@@ -24,11 +24,11 @@ from fastapi.testclient import TestClient
 from reliability_support import tcp_proxy
 from sqlalchemy import event
 
-from api_support import PG_ADMIN, SPEC
 from paceline_server.api.app import create_app
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
 from paceline_server.store.sql import SqlStore
+from support import PG_PORT, SPEC, postgres_url
 
 URL = "/v1/curricula/math"
 
@@ -120,9 +120,8 @@ def test_read_only_postgresql(pg_url: str) -> None:
 
 @pytest.fixture
 def proxied_pg(pg_schema: str) -> Iterator[tuple[Any, str]]:
-    with tcp_proxy(5432) as proxy:
-        host = PG_ADMIN.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-        yield proxy, f"{host}?options=-csearch_path%3D{pg_schema}"
+    with tcp_proxy(PG_PORT) as proxy:
+        yield proxy, postgres_url(pg_schema, port=proxy.port)
 
 
 def test_postgresql_unreachable(proxied_pg: tuple[Any, str], pg_url: str) -> None:

@@ -18,12 +18,13 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from api_support import SPEC, make_client
+from api_support import make_client
 from paceline_server.app.service import PacelineService
 from paceline_server.grpc.server import GrpcServer, create_server
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
+from support import SPEC
 
 CUR = "/v1/curricula/math"
 SERVICE = "paceline.v1.Paceline"

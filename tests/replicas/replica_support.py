@@ -21,7 +21,6 @@ import httpx
 import numpy as np
 import redis
 
-from api_support import ServiceProcess, launch_service, stop_service, wait_ready
 from paceline_server.app.codec import decode_batch, decode_report
 from paceline_server.app.service import PacelineService
 from paceline_server.domain import CurriculumSpec
@@ -29,8 +28,8 @@ from paceline_server.engine import CurriculumEngine
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
 from paceline_server.store.sql import SqlStore
+from support import REDIS_URL, ServiceProcess, launch_service, stop_service, wait_ready
 
-REDIS_URL = os.environ.get("PACELINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 NAME = "shared"
 #: A state-dependent sampler, so a batch proposed from a wrong state would differ.
 SPEC: dict[str, Any] = {

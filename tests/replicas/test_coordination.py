@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import redis
-from replica_support import REDIS_URL, RedisServer, redis_prefix, wait_for
+from replica_support import RedisServer, redis_prefix, wait_for
 
-from api_support import free_port
 from paceline_server.adapters.redis_coordination import (
     RedisCoordinator,
     coordinator_from_settings,
 )
 from paceline_server.app.coordination import LocalCoordinator
 from paceline_server.settings import Settings
+from support import REDIS_URL, free_port
 
 Factory = Callable[..., RedisCoordinator]
 

@@ -14,7 +14,6 @@ import httpx
 import pytest
 from replica_support import (
     NAME,
-    REDIS_URL,
     SPEC,
     Load,
     RedisServer,
@@ -25,7 +24,7 @@ from replica_support import (
     wait_for,
 )
 
-from api_support import free_port, fresh_pg_schema
+from support import REDIS_URL, free_port, fresh_pg_schema
 
 pytestmark = pytest.mark.slow
 

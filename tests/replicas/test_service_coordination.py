@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from replica_support import NAME, REDIS_URL, SPEC, redis_prefix, wait_for
+from replica_support import NAME, SPEC, redis_prefix, wait_for
 
-from api_support import fresh_pg_schema
 from paceline_server.adapters.redis_coordination import coordinator_from_settings
 from paceline_server.app.service import NextBatch, PacelineService
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
+from support import REDIS_URL, fresh_pg_schema
 
 Pair = tuple[PacelineService, PacelineService]
 

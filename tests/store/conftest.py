@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
-from store_support import PG_URL, Database
+from store_support import Database
 
 from paceline_server.store.sql import SqlStore
+from support import PG_URL
 
 
 @pytest.fixture(scope="session")

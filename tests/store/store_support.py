@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,9 +9,6 @@ from sqlalchemy import Engine, create_engine
 
 from paceline_server.store.migrate import upgrade
 from paceline_server.store.sql import SqlStore
-
-PG_URL = os.environ.get("PACELINE_TEST_PG_URL",
-                        "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @dataclass(frozen=True)

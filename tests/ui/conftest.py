@@ -10,7 +10,7 @@ import httpx
 import pytest
 from ui_support import CHROMIUM_ARGS, Page, Trainer, find_chromium, spec
 
-from api_support import ServiceProcess, running_service
+from support import ServiceProcess, running_service
 
 playwright_api = pytest.importorskip(
     "playwright.sync_api",

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from ui_support import Page, Trainer, spec
 
-from api_support import ServiceProcess, running_service
+from support import ServiceProcess, running_service
 
 DISTRIBUTIONS = ["easy", "medium", "hard"]
 
