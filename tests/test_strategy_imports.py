@@ -123,3 +123,13 @@ def test_allocators_keep_the_state_classes_the_composites_nest() -> None:
     classes in `allocation`; the built-in allocators must keep exactly those."""
     assert registry.SAMPLERS.builtin("dump_ucb").state_type is DumpUcbState
     assert registry.SAMPLERS.builtin("learning_progress").state_type is LearningProgressState
+
+
+def test_shared_kernels_are_written_once() -> None:
+    """`softmax` and `preference_vector` are defined in `kernels` only; a strategy that
+    needs one imports it instead of carrying its own copy."""
+    shared = {"softmax", "preference_vector"}
+    defined = {(node.name, name) for name, (source, _) in all_modules().items()
+               for node in ast.walk(ast.parse(source))
+               if isinstance(node, ast.FunctionDef) and node.name in shared}
+    assert defined == {(n, f"{PACKAGE}.kernels") for n in shared}

@@ -75,7 +75,7 @@ import numpy as np
 
 from paceline_server.domain.scalarize import unit_rewards
 from paceline_server.strategies.base import UpdateContext, WeightDecision, Weighting
-from paceline_server.strategies.kernels import preference_vector
+from paceline_server.strategies.kernels import preference_vector, softmax
 from paceline_server.strategies.params import require
 from paceline_server.strategies.signals import ReportSignals
 
@@ -134,8 +134,7 @@ class SpardWeightingState:
 
 def mix(log_weights: np.ndarray, epsilon_w: float) -> np.ndarray:
     """(1 − ε_w)·softmax(log w) + ε_w/k: the served weights."""
-    z = np.exp(log_weights - log_weights.max())
-    return np.asarray((1.0 - epsilon_w) * z / z.sum() + epsilon_w / log_weights.size)
+    return np.asarray((1.0 - epsilon_w) * softmax(log_weights) + epsilon_w / log_weights.size)
 
 
 def initial_log_weights(preference: np.ndarray, epsilon_w: float) -> np.ndarray:
