@@ -240,9 +240,9 @@ def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
 
 
 def test_postgres_without_schema_refuses_to_start() -> None:
-    from api_support import fresh_pg_schema
     from paceline_server.api.app import create_app
     from paceline_server.domain.errors import SchemaOutdated
+    from support import fresh_pg_schema
 
     with fresh_pg_schema() as url, pytest.raises(SchemaOutdated, match="paceline-server migrate"):
         create_app(Settings(database_url=url))
@@ -250,7 +250,7 @@ def test_postgres_without_schema_refuses_to_start() -> None:
 
 def test_postgres_without_schema_is_not_migrated_by_inspect(
         capsys: pytest.CaptureFixture[str]) -> None:
-    from api_support import fresh_pg_schema
+    from support import fresh_pg_schema
 
     with fresh_pg_schema() as url:
         status, err = fail(capsys, "--database-url", url, "inspect", "math")
