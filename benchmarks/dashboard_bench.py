@@ -7,7 +7,12 @@ spard + gradient), then opens the pages in a fresh browser context each time and
 the page's own figure: milliseconds from the start of navigation to the first complete
 render (`document.body.dataset.readyMs`). Prints one JSON object per case.
 
-    python benchmarks/dashboard_bench.py [--reports 150] [--screenshots docs]
+With `--long N`, a curriculum `long` of N reports (history_bench's toy trainer, its rows
+recorded as the service's report path records them) is written before the server starts,
+and its page is opened first on the cold server; the page's resource timings say where
+the time went (the history request, the scripts, the charts after them).
+
+    python benchmarks/dashboard_bench.py [--reports 150] [--long 10000] [--screenshots docs]
 """
 
 from __future__ import annotations
@@ -57,6 +62,35 @@ def train(http: httpx.Client, name: str, run_id: str, steps: int, start: int = 0
                   ).raise_for_status()
 
 
+#: the page's own timings, read once it is ready (milliseconds from navigation start)
+TIMINGS = """() => {
+  const entries = performance.getEntriesByType("resource");
+  const end = (part) => Math.max(0, ...entries.filter((e) => e.name.includes(part))
+                                            .map((e) => e.responseEnd));
+  const took = (part) => Math.max(0, ...entries.filter((e) => e.name.includes(part))
+                                             .map((e) => e.responseEnd - e.requestStart));
+  const nav = performance.getEntriesByType("navigation")[0];
+  return {ready: Number(document.body.dataset.readyMs),
+          html_done: nav.responseEnd, dom_content_loaded: nav.domContentLoadedEventEnd,
+          app_js_done: end("app.js"), uplot_done: end("uPlot.iife"),
+          history_request: took("/history"), history_done: end("/history"),
+          history_bytes: Math.max(0, ...entries.filter((e) => e.name.includes("/history"))
+                                               .map((e) => e.encodedBodySize))};
+}"""
+
+
+def timings(browser: Any, url: str, viewport: dict[str, int]) -> dict[str, float]:
+    """The page's ready time and where it went, in a fresh browser context."""
+    context = browser.new_context(viewport=viewport)
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("body[data-ready]", timeout=60_000)
+        return {k: round(float(v), 1) for k, v in page.evaluate(TIMINGS).items()}
+    finally:
+        context.close()
+
+
 def ready_ms(browser: Any, url: str, viewport: dict[str, int],
              screenshot: Path | None = None) -> float:
     context = browser.new_context(viewport=viewport)
@@ -89,13 +123,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", type=int, default=150, help="reports of run-a on math")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--screenshots", type=Path, help="write the PNGs here (docs/)")
+    parser.add_argument("--long", type=int, default=0,
+                        help="also a curriculum of this many reports, written before the "
+                             "server starts and opened first (cold)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
-    with tempfile.TemporaryDirectory() as tmp, local_service(
-            f"sqlite:///{Path(tmp) / 'ui.db'}",
-            env={"PACELINE_RUN_STALE_AFTER_S": "20"}) as service, \
+    tmp = tempfile.mkdtemp()
+    url = f"sqlite:///{Path(tmp) / 'ui.db'}"
+    if args.long:
+        from history_bench import build_log
+        from paceline_server.app.history import HistoryService
+        from paceline_server.store import open_store
+
+        began = time.perf_counter()
+        store = open_store(url, auto_migrate=True)
+        build_log(store, args.long, history=HistoryService(store))
+        store.close()
+        print(json.dumps({"case": "long curriculum written", "reports": args.long,
+                          "seconds": round(time.perf_counter() - began, 1)}), flush=True)
+    with local_service(url, env={"PACELINE_RUN_STALE_AFTER_S": "20"}) as service, \
             httpx.Client(base_url=service.url, timeout=60) as http:
         began = time.perf_counter()
         for name, sampler, weighting in (("math", "dump_ucb", "hypervolume"),
@@ -113,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         with sync_playwright() as play:
             browser = play.chromium.launch(executable_path=args.chromium, args=ARGS)
             wide = {"width": 1400, "height": 900}
+            if args.long:
+                page = f"{service.url}/ui/c/long"
+                print(json.dumps({"case": f"long ({args.long} reports), first load, "
+                                          "server cold", **timings(browser, page, wide)}),
+                      flush=True)
+                for _ in range(args.repeat):
+                    print(json.dumps({"case": f"long ({args.long} reports)",
+                                      **timings(browser, page, wide)}), flush=True)
             http.post("/v1/curricula/math/runs/run-a/heartbeat")  # run-a live, run-old stale
             first = ready_ms(browser, f"{service.url}/ui/", wide,
                              shots / "dashboard-list.png" if shots else None)
@@ -130,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 ready_ms(browser, f"{service.url}/ui/c/no-such-curriculum",
                          {"width": 1000, "height": 300}, shots / "dashboard-error.png")
             browser.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

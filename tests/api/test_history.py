@@ -481,3 +481,44 @@ def test_rows_pack_and_unpack() -> None:
     for bad in (b"", data[:-1], b"\x02" + data[1:], data + b"\x00"):
         with pytest.raises(ValueError, match="packed history rows"):
             unpack_rows(bad)
+
+
+class _CountingHistory(HistoryService):
+    builds = 0
+
+    def _build(self, *args: Any) -> Any:
+        type(self).builds += 1
+        return super()._build(*args)
+
+
+def test_a_prefetch_builds_the_history_once(sqlite_client: TestClient) -> None:
+    setup(sqlite_client)
+    drive(sqlite_client, 4)
+    service = sqlite_client.app.state.service  # type: ignore[attr-defined]
+    histories = _CountingHistory(service.store)
+    histories.prefetch("hist")
+    histories.prefetch("hist")  # one at a time per curriculum
+    view = histories.history("hist", every=1)  # waits for the prefetch, builds nothing
+    assert view.seq.tolist() == list(range(5)) and _CountingHistory.builds == 1
+    histories.prefetch("hist")  # cached: nothing to do
+    histories.prefetch("no-such-curriculum")  # the request that follows reports it
+    for _ in range(100):
+        if not histories._building:
+            break
+        threading.Event().wait(0.05)
+    assert _CountingHistory.builds == 1 and not histories._building
+    assert list(histories._traces) == ["hist"]
+
+
+def test_the_dashboard_shell_prefetches_the_history(sqlite_client: TestClient) -> None:
+    setup(sqlite_client)
+    drive(sqlite_client, 2)
+    service = sqlite_client.app.state.service  # type: ignore[attr-defined]
+    assert "hist" not in service.histories._traces
+    assert sqlite_client.get("/ui/c/hist").status_code == 200
+    for _ in range(100):
+        if "hist" in service.histories._traces and not service.histories._building:
+            break
+        threading.Event().wait(0.05)
+    assert "hist" in service.histories._traces
+    assert sqlite_client.get("/ui/c/nope").status_code == 200  # the page reports it

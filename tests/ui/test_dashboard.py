@@ -157,3 +157,14 @@ def test_read_token_when_auth_is_on(browser: Any, tmp_path: Any) -> None:
             assert other.page.locator("tr[data-curriculum=secret]").count() == 1
         finally:
             context.close()
+
+
+def test_the_page_reports_its_render_time(service: ServiceProcess, page: Page) -> None:
+    """The curriculum page says when its first complete render was (ms from navigation
+    start): what benchmarks/dashboard_bench.py reads. No timing is asserted here."""
+    page.open(f"{service.url}/ui/c/math")
+    ready = page.page.evaluate("Number(document.body.dataset.readyMs)")
+    navigation = page.page.evaluate(
+        "performance.getEntriesByType('navigation')[0].responseEnd")
+    assert ready > 0 and ready >= navigation
+    assert page.console_errors == []

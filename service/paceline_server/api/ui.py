@@ -61,8 +61,12 @@ def ui_list(request: Request) -> Response:
 
 
 @router.get("/c/{name:path}")
-def ui_curriculum(name: str, request: Request) -> Response:
-    return _shell(request)  # an unknown name is reported by the page (from the API)
+def ui_curriculum(name: str, request: Request, service: Service) -> Response:
+    # The history is read while the browser loads the scripts that will ask for it (a
+    # cold server's first request reads the stored rows; nothing is sent back here, and
+    # an unknown name is reported by the page, from the API).
+    service.histories.prefetch(name)
+    return _shell(request)
 
 
 @router.get("/static/{path:path}")

@@ -78,6 +78,8 @@ INLINE_FOLDS = 50
 CHUNK = 25
 #: how long a transport's request waits for a long replay before answering with part
 HISTORY_WAIT_S = 0.5
+#: how long a request waits for a prefetch of the same history before building its own
+PREFETCH_WAIT_S = 5.0
 #: rows the report path keeps in memory before it stores them, snapshot due or not
 MAX_PENDING_ROWS = 1000
 _FLAGS = ("stalled", "saturated", "hopeless")
@@ -214,6 +216,7 @@ class HistoryService:
         self._guard = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._filling: set[tuple[str, int]] = set()
+        self._building: dict[str, threading.Event] = {}  # prefetches under way
         #: background fills started (for tests and the benchmark to wait on)
         self.fills: list[threading.Thread] = []
 
@@ -394,15 +397,49 @@ class HistoryService:
             if trace is not None and trace.created_at == created_at:
                 self._traces.move_to_end(name)
                 return trace
-        trace = self._build(name, created_at, head_seq)
+            building = self._building.get(name)
+        if building is not None and building.wait(PREFETCH_WAIT_S):  # a prefetch's
+            with self._guard:
+                trace = self._traces.get(name)
+                if trace is not None and trace.created_at == created_at:
+                    return trace
+        return self._keep(name, self._build(name, created_at, head_seq))
+
+    def _keep(self, name: str, trace: _Trace) -> _Trace:
         with self._guard:
             current = self._traces.get(name)
-            if current is not None and current.created_at == created_at:
+            if current is not None and current.created_at == trace.created_at:
                 return current  # built concurrently: keep the first
             self._traces[name] = trace
             while len(self._traces) > self.capacity:
                 self._traces.popitem(last=False)
         return trace
+
+    def prefetch(self, name: str) -> None:
+        """Build `name`'s history in a background thread unless it is cached or being
+        built: the dashboard asks for it when its page shell is requested, so the rows are
+        read while the browser loads the scripts that will ask for them. Errors (an
+        unknown name) are left to the request that follows."""
+        with self._guard:
+            if (name in self._traces or name in self._building
+                    or len(self._building) >= self.capacity):  # a bounded number at once
+                return
+            done = self._building[name] = threading.Event()
+
+        def build() -> None:
+            try:
+                head = self.store.head(name)
+                trace = self._keep(name, self._build(name, head.created_at, head.head_seq))
+                self._advance(name, trace, head.head_seq, None)
+            except Exception as exc:  # the request that follows says what is wrong
+                _log.debug("history prefetch of %r: %r", name, exc)
+            finally:
+                with self._guard:
+                    self._building.pop(name, None)
+                done.set()
+
+        threading.Thread(target=build, daemon=True, name=f"paceline-history-prefetch-{name}"
+                         ).start()
 
     def forget(self, name: str) -> None:
         """Drop what is kept of `name` (its curriculum was deleted)."""
@@ -443,7 +480,10 @@ class HistoryService:
         """Append the stored rows chained from seq 1; returns the last seq they reach."""
         covered = 0
         d, k = spec.layout.num_distributions, len(spec.objectives)
-        for stored in self.store.history_checkpoints(name):
+        stored_chunks = self.store.history_checkpoints(name)
+        if stored_chunks:
+            columns._reserve(stored_chunks[-1].last_seq + 1)  # one allocation, not log2(n)
+        for stored in stored_chunks:
             if stored.first_seq > covered + 1:
                 break  # a gap: the rest is replayed (and filled in the background)
             if stored.last_seq <= covered:

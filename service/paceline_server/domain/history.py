@@ -8,6 +8,7 @@ NaN where a value is unknown (a distribution not yet reported, no hypervolume ke
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,13 +107,13 @@ def unpack_rows(data: bytes) -> RowChunk:
         raise ValueError("not packed history rows (or of an unknown format)")
     first_seq, n, d, k = (int(v) for v in header[1:])
     layout = _layout(n, d, k)
-    size = 40 + sum(dtype.itemsize * int(np.prod(shape)) for _, dtype, shape in layout)
+    size = 40 + sum(dtype.itemsize * math.prod(shape) for _, dtype, shape in layout)
     if min(n, d, k) < 0 or len(data) != size:
         raise ValueError(f"packed history rows of {len(data)} bytes, expected {size}")
     columns: dict[str, np.ndarray] = {}
     offset = 40
     for name, dtype, shape in layout:
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
         columns[name] = array.astype(bool) if name in _FLAG_SERIES else array
         offset += count * dtype.itemsize
