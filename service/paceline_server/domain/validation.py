@@ -11,8 +11,10 @@ import numpy as np
 
 from paceline_server.domain.errors import PacelineError
 
-# Names end up in URLs and metric labels: keep them short and printable.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+#: Longest name (curricula, distributions, objectives): names end up in URLs and metric
+#: labels, so they are short and printable.
+MAX_NAME = 128
+NAME_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_NAME - 1}}}$")
 #: Free-text identifiers (run ids, idempotency keys) may hold any character but these:
 #: PostgreSQL text cannot store NUL, and control characters have no business in logs.
 #: (The OpenAPI form; `check_identifier` also refuses lone surrogates, which are not
@@ -30,7 +32,7 @@ MAX_INT = 2**53 - 1
 def check_name(value: object, what: str, error: type[PacelineError]) -> str:
     if not isinstance(value, str) or not NAME_PATTERN.match(value):
         raise error(
-            f"{what} must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
+            f"{what} must be 1-{MAX_NAME} characters of letters, digits, '.', '_', ':' or '-', "
             f"starting with a letter or digit; got {value!r}",
             {"field": what, "value": repr(value)[:200]},
         )
@@ -162,9 +164,12 @@ def check_unique(names: Sequence[str], what: str, error: type[PacelineError]) ->
 
 def check_int(value: object, what: str, error: type[PacelineError], *, minimum: int = 0,
               maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    if type(value) is int:  # the common case, first: checked on every report
+        result = value
+    elif isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise error(f"{what} must be an integer; got {value!r}", {"field": what})
-    result = int(value)
+    else:
+        result = int(value)
     if result < minimum or (maximum is not None and result > maximum):
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise error(f"{what} must be {bound}; got {result}", {"field": what, "value": result})
