@@ -333,3 +333,22 @@ def test_bad_params_over_rest_are_422_and_create_nothing(tmp_path: Any,
         assert response.status_code == 422
         assert response.json()["error"]["code"] == "INVALID_PARAMS"
         assert client.get("/v1/curricula/lrn").status_code == 404
+
+
+def test_descents_in_chunks_give_the_same_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import paceline_server.strategies.samplers.learnability as module
+
+    def batches() -> list[list[int]]:
+        e = engine(sizes=(300, 500), batch_size=32, seed=5)
+        rng = np.random.default_rng(2)
+        out = []
+        for step in range(4):
+            batch = e.next_batch("r", step)
+            out.append(batch.indices.tolist())
+            e.apply(report(e.spec, batch.indices,
+                           (rng.random((32, 4)) < 0.4).astype(float), step=step))
+        return out
+
+    whole = batches()
+    monkeypatch.setattr(module, "DESCENT_CHUNK", 3)
+    assert batches() == whole
