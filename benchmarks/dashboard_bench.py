@@ -71,6 +71,8 @@ TIMINGS = """() => {
                                              .map((e) => e.responseEnd - e.requestStart));
   const nav = performance.getEntriesByType("navigation")[0];
   return {ready: Number(document.body.dataset.readyMs),
+          data_and_scripts: Number(document.body.dataset.dataMs || 0),
+          state_done: end("/state"), runs_done: end("/runs"),
           html_done: nav.responseEnd, dom_content_loaded: nav.domContentLoadedEventEnd,
           app_js_done: end("app.js"), uplot_done: end("uPlot.iife"),
           history_request: took("/history"), history_done: end("/history"),
@@ -89,6 +91,20 @@ def timings(browser: Any, url: str, viewport: dict[str, int]) -> dict[str, float
         return {k: round(float(v), 1) for k, v in page.evaluate(TIMINGS).items()}
     finally:
         context.close()
+
+
+def cold_loads(url: str, reports: int, times: int, chromium: str) -> None:
+    """The long curriculum's page, each time the first request of a new server process."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as play:
+        browser = play.chromium.launch(executable_path=chromium, args=ARGS)
+        for _ in range(times):
+            with local_service(url) as service:
+                print(json.dumps({"case": f"long ({reports} reports), server cold",
+                                  **timings(browser, f"{service.url}/ui/c/long",
+                                            {"width": 1400, "height": 900})}), flush=True)
+        browser.close()
 
 
 def ready_ms(browser: Any, url: str, viewport: dict[str, int],
@@ -126,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long", type=int, default=0,
                         help="also a curriculum of this many reports, written before the "
                              "server starts and opened first (cold)")
+    parser.add_argument("--cold", type=int, default=0,
+                        help="with --long: open its page this many more times, each on a "
+                             "freshly started server")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
@@ -176,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             row("list page", [ready_ms(browser, f"{service.url}/ui/", wide)
                               for _ in range(args.repeat)])
             cold = ready_ms(browser, f"{service.url}/ui/c/math", wide)
-            row("curriculum page, first load (history replayed)", [cold])
+            row("curriculum page, first load (its history not yet read)", [cold])
             row("curriculum page", [ready_ms(browser, f"{service.url}/ui/c/math", wide)
                                     for _ in range(args.repeat)])
             if shots:
@@ -186,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 ready_ms(browser, f"{service.url}/ui/c/no-such-curriculum",
                          {"width": 1000, "height": 300}, shots / "dashboard-error.png")
             browser.close()
+    if args.long and args.cold:
+        cold_loads(url, args.long, args.cold, args.chromium)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
