@@ -1,4 +1,4 @@
-"""`paceline-server`: serve, migrate, inspect, export/import, what-if replay.
+"""`paceline-server`: serve, migrate, repair, inspect, export/import, what-if replay.
 
 `inspect`, `export`, `import` and `replay` work on a database (`--database-url`, else
 PACELINE_DATABASE_URL, else ./paceline.db) or on a running service over its REST API
@@ -165,6 +165,56 @@ def remote_service(url: str, token: str | None) -> Iterator[RemoteService]:
         raise CliError(str(exc)) from None
     with remote:
         yield remote
+
+
+# ---------------------------------------------------------------------------- repair
+#: Exit status of `repair` when rows still need attention (listed, not errors).
+REPAIR_LEFT = 3
+
+
+def _spec_problem(spec: dict[str, Any]) -> str | None:
+    """Why a stored spec cannot be loaded: parsed, and its strategies built (their
+    parameter checks), without allocating any state."""
+    from paceline_server.strategies.registry import build_sampler, build_weighting
+
+    try:
+        parsed = CurriculumSpec.from_dict(spec)
+        build_sampler(parsed.sampler, parsed.layout, parsed.objectives)
+        build_weighting(parsed.weighting, parsed.objectives)
+    except PacelineError as exc:
+        return exc.message
+    except (ValueError, TypeError, KeyError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def cmd_repair(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """Rows older versions stored that cannot be rendered or reached (store/repair.py):
+    fixed in one transaction, or with --dry-run only listed. Exit status 0 when nothing
+    is left to do, REPAIR_LEFT when something is (to repair, or to decide by hand)."""
+    from paceline_server.store.migrate import check_schema, migration_connection
+    from paceline_server.store.repair import repair
+
+    path = sqlite_file(settings.database_url)
+    if path is not None and not path.is_file():
+        raise CliError(f"database {path.resolve()} does not exist (choose one with "
+                       "--database-url or PACELINE_DATABASE_URL)")
+    check_schema(settings.database_url)
+    apply = not args.dry_run
+    with migration_connection(settings.database_url) as conn:
+        findings = repair(conn, apply=apply, spec_problem=_spec_problem)
+    for finding in findings:
+        print(finding.line(apply), file=out)
+    left = [f for f in findings if f.action is None or not apply]
+    fixed = len(findings) - len([f for f in findings if f.action is None])
+    if not findings:
+        print("nothing to repair: every stored row renders", file=out)
+    elif apply:
+        print(f"{fixed} repaired, {len(left)} cannot be repaired", file=out)
+    else:
+        print(f"dry run: {fixed} would be repaired, {len(findings) - fixed} cannot be; "
+              "nothing was changed", file=out)
+    return REPAIR_LEFT if left else 0
 
 
 # ---------------------------------------------------------------------------- inspect
@@ -412,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also serve the gRPC API on this port (off when not given)")
     sub.add_parser("migrate", help="bring the database schema to the current revision "
                    "(creates a missing SQLite database)")
+    fix = sub.add_parser(
+        "repair", help="fix stored rows older versions wrote that cannot be rendered "
+        "(run metadata, specs, names, idempotency keys); lists what it cannot fix")
+    fix.add_argument("--dry-run", action="store_true",
+                     help="only list what would change; change nothing")
     inspect = sub.add_parser("inspect", help="print a curriculum's state as a table")
     inspect.add_argument("name")
     export = sub.add_parser(
@@ -466,6 +521,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return cmd_serve(args, settings)
         if command == "migrate":
             return cmd_migrate(args, settings)
+        if command == "repair":
+            return cmd_repair(args, settings, out)
         handlers = {"inspect": cmd_inspect, "export": cmd_export, "import": cmd_import,
                     "replay": cmd_replay}
         return handlers[command](args, settings, out)

@@ -32,6 +32,10 @@ from datetime import datetime
 from typing import Any
 
 
+#: What reading a field off a spec stored unreadable raises.
+_UNREADABLE = (KeyError, TypeError, ValueError)
+
+
 @dataclass(frozen=True)
 class CurriculumRecord:
     name: str
@@ -42,21 +46,30 @@ class CurriculumRecord:
     @property
     def distributions(self) -> list[str]:
         """Distribution names in layout order (read off the stored spec, no engine)."""
-        layout = self.spec["layout"]
-        if "distributions" in layout:
-            return [d["name"] for d in layout["distributions"]]
-        return list(layout["names"])
+        try:
+            layout = self.spec["layout"]
+            if "distributions" in layout:
+                return [str(d["name"]) for d in layout["distributions"]]
+            return [str(n) for n in layout["names"]]
+        except _UNREADABLE:  # a spec stored unreadable (see domain/stored_json.py)
+            return []
 
     @property
     def num_samples(self) -> int:
-        layout = self.spec["layout"]
-        if "distributions" in layout:
-            return sum(int(d["size"]) for d in layout["distributions"])
-        return len(layout["labels"])
+        try:
+            layout = self.spec["layout"]
+            if "distributions" in layout:
+                return sum(int(d["size"]) for d in layout["distributions"])
+            return len(layout["labels"])
+        except _UNREADABLE:
+            return 0
 
     @property
     def objectives(self) -> list[str]:
-        return [o["name"] for o in self.spec["objectives"]]
+        try:
+            return [str(o["name"]) for o in self.spec["objectives"]]
+        except _UNREADABLE:
+            return []
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ def put(conn: Connection, insert: Insert, cid: int, seq: int,
     drop all but the newest `keep` of the curriculum (their chunks cascade)."""
     with conn.begin_nested():
         conn.execute(delete(_k).where(_k.c.curriculum_id == cid, _k.c.seq == seq))
-        whole = isinstance(state, bytes | bytearray)
+        whole = bytes(state) if isinstance(state, bytes | bytearray) else None
         stmt = insert(_s).values(curriculum_id=cid, seq=seq,
-                                 state=bytes(state) if whole else b"",
+                                 state=b"" if whole is None else whole,
                                  created_at=datetime.now(UTC))
         conn.execute(stmt.on_conflict_do_update(
             index_elements=["curriculum_id", "seq"],

@@ -41,6 +41,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from paceline_server.domain.stored_json import readable_document
+
 #: Constraint names are deterministic so migrations can refer to them on every backend.
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(column_0_label)s",
@@ -87,7 +89,11 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 class JsonText(TypeDecorator[Any]):
-    """A JSON document stored as TEXT (same representation on every backend)."""
+    """A JSON document stored as TEXT (same representation on every backend).
+
+    Read back through `readable_document`: a document an older version stored with
+    what JSON output cannot carry (lone surrogates, NaN, not an object) comes back
+    sanitised, never breaking the answer that includes it (`paceline-server repair`)."""
 
     impl = Text
     cache_ok = True
@@ -98,7 +104,7 @@ class JsonText(TypeDecorator[Any]):
         return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
-        return None if value is None else json.loads(value)
+        return None if value is None else readable_document(value)[0]
 
 
 def _curriculum_fk() -> ForeignKey:
