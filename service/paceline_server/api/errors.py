@@ -27,6 +27,7 @@ from paceline_server.transport.errors import (
     status_of,
 )
 
+# The table's names stay importable from here, where REST code has always read them.
 __all__ = ["STATUS", "TABLE", "UNLISTED", "GrpcCode", "Status", "error_body",
            "grpc_status_of", "install", "render", "retryable", "status_of"]
 

@@ -32,9 +32,9 @@ from paceline_server.app.operations import (
     RequestBatch,
     SubmitReport,
 )
-from paceline_server.app.service import PacelineService, RunStatus
+from paceline_server.app.service import RunStatus
 from paceline_server.app.strategies import StrategyInfo
-from paceline_server.app.transfer import MEDIA_TYPE, import_curriculum, read_lines
+from paceline_server.app.transfer import MEDIA_TYPE
 from paceline_server.domain.errors import InvalidRequest, UnsupportedMediaType
 from paceline_server.domain.history import CurriculumHistory
 from paceline_server.domain.inspection import CurriculumInspection
@@ -159,19 +159,18 @@ async def import_export(
             "add to an existing curriculum of the same spec the reports it lacks; "
             "without it an existing curriculum is refused (409)"))] = False,
 ) -> JSONResponse:
-    service: PacelineService = request.app.state.service
+    ops: Operations = request.app.state.operations
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in IMPORT_TYPES:
         raise UnsupportedMediaType(f"unsupported content-type {media!r}; send {MEDIA_TYPE}")
-    data = await read_bytes(request, service.settings.max_body_bytes)
-    result = await run_in_threadpool(import_curriculum, service, read_lines(data.splitlines()),
-                                     name=name, merge=merge)
+    data = await read_bytes(request, ops.service.settings.max_body_bytes)
+    result = await run_in_threadpool(ops.import_export, data.splitlines(), name, merge)
     return JSONResponse(schemas.ImportOut(**vars(result)).model_dump(),
                         status_code=201 if result.created else 200)
 
 
-#: The report route's header and query parameters, documented here and read by
-#: `_report_options`: FastAPI's per-request parameter solving was a third of the route's
+#: The report route's header and query parameters, documented here and read by the
+#: route itself: FastAPI's per-request parameter solving was a third of the route's
 #: own time on the busiest request there is (the service's cycle benchmark).
 REPORT_PARAMETERS: list[dict[str, Any]] = [
     {"name": "Idempotency-Key", "in": "header", "required": False,

@@ -14,7 +14,7 @@ columns are in).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,12 @@ from paceline_server.app.service import (
     RunStatus,
 )
 from paceline_server.app.strategies import StrategyCatalog, strategy_catalog
-from paceline_server.app.transfer import export_curriculum
+from paceline_server.app.transfer import (
+    ImportResult,
+    export_curriculum,
+    import_curriculum,
+    read_lines,
+)
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import InvalidRequest
 from paceline_server.domain.history import CurriculumHistory
@@ -173,6 +178,12 @@ class Operations:
     def export(self, name: str) -> Iterator[bytes]:
         """The curriculum as JSON lines (app/transfer.py), read lazily."""
         return export_curriculum(self.service, check_name(name))
+
+    def import_export(self, lines: Iterable[bytes | str], name: str | None = None,
+                      merge: bool = False) -> ImportResult:
+        """An export's JSON lines, imported in one transaction (app/transfer.py checks
+        every line as it reads it)."""
+        return import_curriculum(self.service, read_lines(lines), name=name, merge=merge)
 
     # ------------------------------------------------------------ runs
     def attach_run(self, command: AttachRun) -> RunStatus:
