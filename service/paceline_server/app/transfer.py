@@ -444,7 +444,7 @@ def _merge(writer: CurriculumImporter, engine: CurriculumEngine, runs: Iterable[
         seq = writer.append("report", item.run_id, item.step, item.key, item.payload,
                             checked=True)
         if seq % snapshot_every == 0:
-            writer.put_snapshot(seq, engine.to_bytes())
+            writer.put_snapshot(seq, engine.snapshot_pieces())
         added += 1
     return added, present, runs_added, runs_present
 

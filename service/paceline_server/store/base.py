@@ -17,6 +17,11 @@ backend:
 - An idempotency key is unique per curriculum: `find_by_key` inside the writer sees
   every committed event's key.
 - Readers never block writers for long and always see a prefix of the log.
+- A snapshot given as pieces is stored in chunks of bounded size and read back as a
+  stream (`snapshot_stream`) from one consistent read, so neither side holds its encoded
+  whole (the memory bound of docs/reliability.md); one given as `bytes`, and one written
+  by a version before chunks existed, reads back the same way. A snapshot whose pieces
+  fail is rolled back alone, never the rest of its writer block.
 - Errors raised are domain errors (`paceline_server.domain.errors`):
   `CurriculumNotFound`, `CurriculumExists` (name taken), `RunNotFound`; a database that
   cannot be reached raises `Unavailable`.
