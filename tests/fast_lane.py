@@ -35,6 +35,8 @@ SLOW_FILES = {
 SLOW_TESTS = {
     "test_scalarize.py::test_verl_served_weights_score",
     "test_scalarize.py::test_trl_reward_function",
+    "test_scalarize.py::test_torch_step_scalarize",  # loads torch; Step.scalarize is the
+    # client's scalarize, which the ledger and issue-example tests cover in the fast lane
     "test_scalarize.py::test_domain_engine_and_client_agree",
     "test_sumtree.py::test_single_draw_frequencies",
     "test_cli.py::test_the_installed_command_prints_no_traceback",

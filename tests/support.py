@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -237,6 +238,35 @@ def service_process(database_url: str, port: int | None = None,
                                                        **(env or {})},
                          log=log, ready_within=ready_within) as service:
         yield service
+
+
+@contextmanager
+def threaded_service(database_url: str, ready_within: float = 30.0,
+                     **settings: Any) -> Iterator[str]:
+    """The REST service (uvicorn, the same app `serve` runs) on a thread of this process,
+    yielding its URL: real HTTP without a process start, for tests that compare what a
+    client sees over HTTP with something in process. Stopped on exit."""
+    import uvicorn
+
+    from paceline_server.api.app import create_app
+    from paceline_server.settings import Settings
+
+    app = create_app(Settings(database_url=database_url, auto_migrate=True, **settings))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, name="threaded-service", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + ready_within
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the threaded service did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def grpc_serving(target: str) -> bool:

@@ -9,6 +9,7 @@ Every import counts, at module level or inside a function; only imports under
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def imports_of(name: str, *, runtime: bool) -> set[str]:
     return {t for t in found if t is not None and t != name}
 
 
+@functools.cache  # every test reads the same source: parse it once per session
 def graph(*, runtime: bool) -> dict[str, set[str]]:
     return {name: imports_of(name, runtime=runtime) for name in MODULES}
 
