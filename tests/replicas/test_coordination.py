@@ -15,12 +15,15 @@ import pytest
 import redis
 from replica_support import RedisServer, redis_prefix, wait_for
 
+from api_support import make_client
 from paceline_server.adapters.redis_coordination import (
     RedisCoordinator,
     coordinator_from_settings,
 )
 from paceline_server.app.coordination import LocalCoordinator
+from paceline_server.app.service import PacelineService
 from paceline_server.settings import Settings
+from paceline_server.store import open_store
 from support import REDIS_URL, free_port
 
 Factory = Callable[..., RedisCoordinator]
@@ -71,6 +74,30 @@ def test_settings_choose_the_coordinator() -> None:
         assert isinstance(chosen, RedisCoordinator) and chosen.lease_ttl_ms == 0
     finally:
         chosen.close()
+
+
+def test_the_app_is_handed_the_redis_adapter_at_start_up(prefix: str, tmp_path: Path) -> None:
+    """The use cases only know the Coordinator protocol: the REST app's start-up picks
+    the Redis adapter from the settings and hands it to the service."""
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    with make_client(url, redis_url=REDIS_URL, redis_prefix=prefix) as client:
+        coordinator = client.app.state.service.coordinator  # type: ignore[attr-defined]
+        assert isinstance(coordinator, RedisCoordinator)
+        assert coordinator.prefix == prefix
+
+
+def test_a_service_handed_no_coordinator_uses_the_database_and_says_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    store = open_store(url, auto_migrate=True)
+    with caplog.at_level(logging.WARNING, logger="paceline_server.app.service"):
+        service = PacelineService(store, Settings(database_url=url, redis_url=REDIS_URL))
+    try:
+        assert isinstance(service.coordinator, LocalCoordinator)
+        assert "no coordinator was handed to this service" in caplog.text
+    finally:
+        service.close()
+        store.close()
 
 
 def test_lease_is_exclusive_and_first_come_first_served(make: Factory) -> None:
