@@ -1,10 +1,11 @@
-"""The embedded mode: the service's application layer (`PacelineService`) in this
-process, on a SQLite file, called directly — no ASGI app, no HTTP, no JSON.
+"""The embedded mode: the service's operation layer (`paceline_server.app.operations`,
+the one place that checks what callers send, over the `PacelineService` use cases) in
+this process, on a SQLite file, called directly — no ASGI app, no HTTP, no JSON.
 
-Each operation is checked the way the REST routes check their arguments, handed to the
-same use case the routes call, and answered as the `Reply` REST would give (status and
-JSON-shaped body); a domain error becomes the error body of its stable code, so the
-client raises the same exception, with the same code and status, as over HTTP. What
+Each client operation becomes the layer's command, and its view the `Reply` REST would
+give (status and JSON-shaped body); a domain error becomes the error body of its stable
+code with the status of the service's one error table (`paceline_server.transport`), so
+the client raises the same exception, with the same code and status, as over HTTP. What
 makes a report durable and idempotent lives in the use case, so it holds here too; there
 is nothing to retry in-process.
 
@@ -31,11 +32,12 @@ from paceline import _operations as op
 from paceline._payloads import COMPRESS_OVER, ReportEncoding, _rewards, plain
 from paceline._transport import Reply
 from paceline.errors import PacelineError as ClientError
-from paceline.errors import Unavailable, status_for
+from paceline.errors import Unavailable
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from paceline_server.app.operations import Operations
     from paceline_server.app.service import PacelineService
     from paceline_server.store.base import Store
 
@@ -56,6 +58,7 @@ class EmbeddedService:
     (`Settings`, `open_store` with the settings' options), and what to remove at close."""
 
     service: PacelineService
+    operations: Operations
     store: Store
     tmpdir: str | None = None
     closed: bool = False
@@ -66,6 +69,7 @@ class EmbeddedService:
         """The service on `path` (a temporary file, removed at close, when None);
         `settings` override `paceline_server.settings.Settings` fields."""
         _require_server()
+        from paceline_server.app.operations import Operations
         from paceline_server.app.service import PacelineService
         from paceline_server.settings import Settings
         from paceline_server.store import open_store
@@ -91,7 +95,7 @@ class EmbeddedService:
             if tmpdir is not None:
                 shutil.rmtree(tmpdir, ignore_errors=True)
             raise
-        return cls(service, store, tmpdir)
+        return cls(service, Operations(service), store, tmpdir)
 
     def close(self) -> None:
         """Finish the reports in flight, close the store, remove a temporary database."""
@@ -125,16 +129,16 @@ class EmbeddedService:
         if not isinstance(operation, op.Report):
             return await asyncio.to_thread(self.execute, operation)
         try:
-            name, body, key, ask = self._report_arguments(operation)
-            ack = await self.service.report_async(name, body, key, ask)
-            return Reply(200, self._ack(name, ack), "", 1)
+            view = await self.operations.report_async(_report(operation))
         except Exception as exc:
             return self._failed(exc)
+        return Reply(200, _ack(view), "", 1)
 
     def _failed(self, exc: Exception) -> Reply:
         """A domain error as REST's error body, with the status of its code; anything
         else is a bug: raised as INTERNAL (as REST answers it), with the cause chained."""
         from paceline_server.domain.errors import PacelineError
+        from paceline_server.transport.errors import status_of
 
         if isinstance(exc, ClientError):  # refused while shaping it, as over HTTP
             raise exc
@@ -143,37 +147,34 @@ class EmbeddedService:
                               status=500) from exc
         body = {"error": {"code": exc.code, "message": exc.message,
                           "details": _plain(exc.details)}}
-        return Reply(status_for(exc.code), body, "", 1)
+        return Reply(status_of(exc), body, "", 1)
 
-    # ------------------------------------------------------------ curricula
+    # ------------------------------------------------------------ operations
     def _create(self, o: op.CreateCurriculum) -> tuple[int, Any]:
-        from paceline_server.domain.errors import InvalidRequest
+        from paceline_server.app.operations import CreateCurriculum
 
-        if not isinstance(o.exist_ok, bool):  # REST: "yes" or 1 is refused, not read
-            raise InvalidRequest("exist_ok must be a boolean", {"field": "exist_ok"})
-        result = self.service.create_curriculum(_as_json(o.spec), exist_ok=o.exist_ok)
+        # exist_ok inside the document, as REST's body carries it (and the layer checks)
+        result = self.operations.create_curriculum(
+            CreateCurriculum(_as_json({**o.spec, "exist_ok": o.exist_ok})))
         return (201 if result.created else 200), _curriculum(result.record)
 
     def _get(self, o: op.GetCurriculum) -> tuple[int, Any]:
-        return 200, _curriculum(self.service.get_curriculum(_path(o.curriculum)))
+        return 200, _curriculum(self.operations.get_curriculum(o.curriculum))
 
     def _list(self, o: op.ListCurricula) -> tuple[int, Any]:
-        from paceline_server.domain.errors import InvalidRequest
-        from paceline_server.domain.validation import MAX_INT, check_int
+        from paceline_server.app.operations import ListCurricula
 
-        limit = check_int(o.limit, "limit", InvalidRequest, minimum=1, maximum=1000)
-        offset = check_int(o.offset, "offset", InvalidRequest, maximum=MAX_INT)
-        return 200, {"curricula": [_curriculum(r) for r in
-                                   self.service.list_curricula(limit, offset)]}
+        found = self.operations.list_curricula(ListCurricula(o.limit, o.offset))
+        return 200, {"curricula": [_curriculum(r) for r in found]}
 
     def _delete(self, o: op.DeleteCurriculum) -> tuple[int, Any]:
-        self.service.delete_curriculum(_path(o.curriculum))
+        from paceline_server.app.operations import DeleteCurriculum
+
+        self.operations.delete_curriculum(DeleteCurriculum(o.curriculum, o.curriculum))
         return 204, None
 
     def _strategies(self, o: op.ListStrategies) -> tuple[int, Any]:
-        from paceline_server.app.strategies import strategy_catalog
-
-        catalog = strategy_catalog()
+        catalog = self.operations.strategies()
         return 200, _plain({
             "samplers": [_strategy(i) for i in catalog.samplers],
             "weightings": [_strategy(i) for i in catalog.weightings],
@@ -181,107 +182,39 @@ class EmbeddedService:
             "default_weighting": catalog.default_weighting})
 
     def _state(self, o: op.GetState) -> tuple[int, Any]:
-        name = _path(o.curriculum)
-        return 200, _state(name, self.service.state(name))
+        return 200, _state(o.curriculum, self.operations.state(o.curriculum))
 
     def _history(self, o: op.GetHistory) -> tuple[int, Any]:
-        from paceline_server.app.history import HISTORY_WAIT_S
+        from paceline_server.app.operations import GetHistory
 
-        view = self.service.history(_path(o.curriculum), o.every, o.since, HISTORY_WAIT_S)
+        view = self.operations.history(GetHistory(o.curriculum, o.every, o.since))
         return 200, _history(view)
 
-    # ------------------------------------------------------------ runs
     def _attach(self, o: op.AttachRun) -> tuple[int, Any]:
-        from paceline_server.app.service import RunStatus
-        from paceline_server.domain.errors import InvalidRequest
-        from paceline_server.domain.validation import check_nesting
+        from paceline_server.app.operations import AttachRun
 
-        name = _path(o.curriculum)
-        _run_id(o.run_id)
-        metadata = _as_json(o.metadata)
-        if not isinstance(metadata, dict):
-            raise InvalidRequest("metadata must be a JSON object", {"field": "metadata"})
-        check_nesting(metadata, "metadata", InvalidRequest)
-        record = self.service.attach_run(name, metadata, o.run_id)
-        return 201, _run(RunStatus(record, stale=False))
+        status = self.operations.attach_run(
+            AttachRun(o.curriculum, o.run_id, _as_json(o.metadata)))
+        return 201, _run(status)
 
     def _get_run(self, o: op.GetRun) -> tuple[int, Any]:
-        return 200, _run(self.service.get_run(_path(o.curriculum), _path(o.run_id)))
+        return 200, _run(self.operations.get_run(o.curriculum, o.run_id))
 
     def _runs(self, o: op.ListRuns) -> tuple[int, Any]:
-        return 200, {"runs": [_run(s) for s in self.service.list_runs(_path(o.curriculum))]}
+        return 200, {"runs": [_run(s) for s in self.operations.list_runs(o.curriculum)]}
 
     def _heartbeat(self, o: op.Heartbeat) -> tuple[int, Any]:
-        return 200, _run(self.service.heartbeat(_path(o.curriculum), _path(o.run_id)))
+        return 200, _run(self.operations.heartbeat(o.curriculum, o.run_id))
 
-    # ------------------------------------------------------------ batches and reports
     def _next_batch(self, o: op.NextBatch) -> tuple[int, Any]:
-        from paceline_server.app.refill import MAX_PARTS
-        from paceline_server.domain.errors import InvalidRequest
-        from paceline_server.domain.validation import MAX_INT, check_int
+        from paceline_server.app.operations import RequestBatch
 
-        name = _path(o.curriculum)
-        _run_id(o.run_id)
-        step = check_int(o.step, "step", InvalidRequest, maximum=MAX_INT)
-        size = None if o.size is None else check_int(o.size, "size", InvalidRequest,
-                                                     minimum=1, maximum=MAX_INT)
-        part = check_int(o.part, "part", InvalidRequest, maximum=MAX_PARTS)
-        if part:
-            batch = self.service.refill(name, o.run_id, step, part, size)
-        else:
-            batch = self.service.next_batch(name, o.run_id, step, size)
-        return 200, self._batch(name, batch, part)
+        view = self.operations.batch(RequestBatch(o.curriculum, o.run_id, o.step, o.size,
+                                                  o.part))
+        return 200, _batch(view)
 
     def _report(self, o: op.Report) -> tuple[int, Any]:
-        name, body, key, ask = self._report_arguments(o)
-        return 200, self._ack(name, self.service.report(name, body, key, ask))
-
-    def _report_arguments(self, o: op.Report) -> tuple[str, dict[str, Any], str, Any]:
-        """What the report route hands the use case: the name, the body (numpy arrays
-        where the caller gave arrays, as a typed array decodes), the idempotency key and
-        the asked-for next batch."""
-        from paceline_server.app.service import NextBatch
-        from paceline_server.domain.errors import InvalidRequest
-        from paceline_server.domain.validation import MAX_INT, check_int, has_control_characters
-
-        name = _path(o.curriculum)
-        ask = NextBatch.asked(
-            None if o.next_step is None else check_int(o.next_step, "next_step",
-                                                       InvalidRequest, maximum=MAX_INT),
-            None if o.next_size is None else check_int(o.next_size, "next_size",
-                                                       InvalidRequest, minimum=1,
-                                                       maximum=MAX_INT))
-        if has_control_characters(o.idempotency_key):
-            raise InvalidRequest("the idempotency key must not contain control characters",
-                                 {"field": "idempotency_key"})
-        return name, report_body(o), o.idempotency_key, ask
-
-    def _ack(self, name: str, ack: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"seq": ack.seq, "replayed": ack.replayed}
-        if ack.batch is not None:
-            out["batch"] = self._batch(name, ack.batch)
-        if ack.dynamic:
-            out.update(rollouts_generated=ack.rollouts_generated,
-                       rollouts_trained=ack.rollouts_trained,
-                       groups_dropped=ack.groups_dropped)
-        return out
-
-    def _batch(self, name: str, batch: Any, part: int = 0) -> dict[str, Any]:
-        """A batch in REST's shape, straight from the domain's arrays."""
-        objectives, distributions = self.service.names(name)
-        loss = batch.loss_weights
-        return {
-            "run_id": batch.run_id, "step": int(batch.step),
-            "indices": batch.indices.tolist(),
-            "reward_weights": dict(zip(objectives, batch.reward_weights.tolist(),
-                                       strict=True)),
-            "reward_scale": float(batch.reward_scale),
-            "loss_weights": None if loss is None else loss.tolist(),
-            "probabilities": dict(zip(distributions, batch.probabilities.tolist(),
-                                      strict=True)),
-            "skipped_zero_variance": int(batch.skipped_zero_variance),
-            "rollouts_saved": int(batch.rollouts_saved), "seq": int(batch.clock),
-            "part": part}
+        return 200, _ack(self.operations.report(_report(o)))
 
 
 Handler = Callable[[EmbeddedService, Any], tuple[int, Any]]
@@ -313,7 +246,7 @@ class _Transport:
         self.report_encoding: ReportEncoding = "json"
         self.compress_over: int | None = COMPRESS_OVER
 
-    def _closed(self) -> None:
+    def _shut(self) -> None:
         if self._on_close is not None:
             self._on_close()
         else:
@@ -328,7 +261,7 @@ class EmbeddedTransport(_Transport):
         return self.service.execute(operation)
 
     def close(self) -> None:
-        self._closed()
+        self._shut()
 
 
 class AsyncEmbeddedTransport(_Transport):
@@ -338,31 +271,10 @@ class AsyncEmbeddedTransport(_Transport):
         return await self.service.execute_async(operation)
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self._closed)  # waits for reports in flight
+        await asyncio.to_thread(self._shut)  # waits for reports in flight
 
 
 # ------------------------------------------------------------------ arguments
-def _path(value: str) -> str:
-    """A name or run id REST reads from the path: text without control characters
-    (422 INVALID_REQUEST), as the routes' path pattern refuses."""
-    from paceline_server.domain.errors import InvalidRequest
-    from paceline_server.domain.validation import has_control_characters
-
-    if not isinstance(value, str) or has_control_characters(value):
-        raise InvalidRequest("a path segment must be text without control characters",
-                             {"field": "path"})
-    return value
-
-
-def _run_id(value: object) -> str:
-    """A run id in a request body: REST's schema rule (1-128 characters, no control
-    characters), the identifier rule of every transport."""
-    from paceline_server.domain.errors import InvalidRequest
-    from paceline_server.domain.validation import check_identifier
-
-    return check_identifier(value, "run_id", InvalidRequest)
-
-
 class _NotJson(Exception):
     """A document HTTP could not send (raised to the caller as its cause)."""
 
@@ -396,8 +308,18 @@ def _native(value: Any) -> Any:
     return plain(value)
 
 
+def _report(o: op.Report) -> Any:
+    """The operation layer's report command: the body as `report_body` shapes it, the
+    idempotency key and the asked-for next batch."""
+    from paceline_server.app.operations import SubmitReport
+
+    return SubmitReport(o.curriculum, report_body(o), o.idempotency_key, o.next_step,
+                        o.next_size)
+
+
 def report_body(o: op.Report) -> dict[str, Any]:
-    """`_payloads.report_body` without the encoding: the mapping the use case parses."""
+    """`_payloads.report_body` without the encoding: the mapping the use case parses
+    (numpy arrays where the caller gave arrays, as a typed array decodes)."""
     body: dict[str, Any] = {"run_id": o.run_id, "step": o.step}
     if o.group_ids is None:
         body["indices"] = _native(o.indices)
@@ -432,6 +354,35 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _batch(view: Any) -> dict[str, Any]:
+    """A batch in REST's shape, straight from the domain's arrays."""
+    batch, loss = view.batch, view.batch.loss_weights
+    return {
+        "run_id": batch.run_id, "step": int(batch.step), "indices": batch.indices.tolist(),
+        "reward_weights": dict(zip(view.objectives, batch.reward_weights.tolist(),
+                                   strict=True)),
+        "reward_scale": float(batch.reward_scale),
+        "loss_weights": None if loss is None else loss.tolist(),
+        "probabilities": dict(zip(view.distributions, batch.probabilities.tolist(),
+                                  strict=True)),
+        "skipped_zero_variance": int(batch.skipped_zero_variance),
+        "rollouts_saved": int(batch.rollouts_saved), "seq": int(batch.clock),
+        "part": view.part}
+
+
+def _ack(view: Any) -> dict[str, Any]:
+    """An ack in REST's shape: the rollout counts only for a report that named its
+    dropped groups, the batch only when one was asked for."""
+    ack = view.ack
+    out: dict[str, Any] = {"seq": ack.seq, "replayed": ack.replayed}
+    if view.batch is not None:
+        out["batch"] = _batch(view.batch)
+    if ack.dynamic:
+        out.update(rollouts_generated=ack.rollouts_generated,
+                   rollouts_trained=ack.rollouts_trained, groups_dropped=ack.groups_dropped)
+    return out
 
 
 def _finite(values: np.ndarray) -> list[Any]:

@@ -60,7 +60,7 @@ def _report(o: op.Report, encoding: ReportEncoding, compress_over: int | None) -
                    headers={**headers, "Idempotency-Key": o.idempotency_key})
 
 
-Encoder = Callable[[Any, ReportEncoding, "int | None"], Request]
+Encoder = Callable[[Any, ReportEncoding, int | None], Request]
 ENCODERS: dict[type[op.Operation], Encoder] = {
     op.CreateCurriculum: _create,
     op.GetCurriculum: lambda o, *_: Request("GET", _path(o.curriculum)),

@@ -59,28 +59,20 @@ class TransportError(PacelineError):
     """No HTTP response: the connection failed or timed out (after the retries)."""
 
 
-#: The one table of the service's stable codes: the exception each raises and the HTTP
-#: status the service answers it with (the embedded mode, which has no HTTP answer to
-#: read, takes the status from here; a test checks it against the service's own table).
-_CODES: dict[str, tuple[type[PacelineError], int]] = {
-    "NOT_FOUND": (NotFound, 404), "CURRICULUM_NOT_FOUND": (NotFound, 404),
-    "RUN_NOT_FOUND": (NotFound, 404),
-    "CONFLICT": (Conflict, 409), "CURRICULUM_EXISTS": (Conflict, 409),
-    "IDEMPOTENCY_CONFLICT": (Conflict, 409), "REPORT_CONFLICT": (Conflict, 409),
-    "NOT_SERVED": (Conflict, 409), "INDICES_NOT_SERVED": (Conflict, 409),
-    "STEP_ALREADY_REPORTED": (Conflict, 409), "REFILL_OUT_OF_ORDER": (Conflict, 409),
-    "INVALID_SPEC": (InvalidInput, 422), "UNKNOWN_STRATEGY": (InvalidInput, 422),
-    "INVALID_PARAMS": (InvalidInput, 422), "STATE_TOO_LARGE": (InvalidInput, 422),
-    "INVALID_REPORT": (InvalidInput, 422), "INDEX_OUT_OF_RANGE": (InvalidInput, 422),
-    "INVALID_REQUEST": (InvalidInput, 422), "HISTORY_OUT_OF_RANGE": (InvalidInput, 422),
-    "INVALID_DOWNSAMPLING": (InvalidInput, 422), "REFILL_TOO_LARGE": (InvalidInput, 422),
-    "MALFORMED_BODY": (InvalidInput, 400), "PAYLOAD_TOO_LARGE": (InvalidInput, 413),
-    "UNSUPPORTED_MEDIA_TYPE": (InvalidInput, 415),
-    "METHOD_NOT_ALLOWED": (InvalidInput, 405),
-    "UNAUTHENTICATED": (AuthError, 401), "FORBIDDEN": (AuthError, 403),
-    "RATE_LIMITED": (Unavailable, 429), "STATE_CORRUPT": (Unavailable, 500),
-    "INTERNAL": (Unavailable, 500), "SCHEMA_OUTDATED": (Unavailable, 503),
-    "UNAVAILABLE": (Unavailable, 503),
+#: Each stable code of the service, and the exception it raises.
+_BY_CODE: dict[str, type[PacelineError]] = {
+    **dict.fromkeys(("CURRICULUM_NOT_FOUND", "RUN_NOT_FOUND", "NOT_FOUND"), NotFound),
+    **dict.fromkeys(("CONFLICT", "CURRICULUM_EXISTS", "IDEMPOTENCY_CONFLICT",
+                     "REPORT_CONFLICT", "NOT_SERVED", "INDICES_NOT_SERVED",
+                     "STEP_ALREADY_REPORTED", "REFILL_OUT_OF_ORDER"), Conflict),
+    **dict.fromkeys(("INVALID_SPEC", "UNKNOWN_STRATEGY", "INVALID_PARAMS", "STATE_TOO_LARGE",
+                     "INVALID_REPORT", "INDEX_OUT_OF_RANGE", "INVALID_REQUEST",
+                     "MALFORMED_BODY", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE",
+                     "METHOD_NOT_ALLOWED", "HISTORY_OUT_OF_RANGE", "INVALID_DOWNSAMPLING",
+                     "REFILL_TOO_LARGE"), InvalidInput),
+    **dict.fromkeys(("UNAUTHENTICATED", "FORBIDDEN"), AuthError),
+    **dict.fromkeys(("UNAVAILABLE", "SCHEMA_OUTDATED", "STATE_CORRUPT", "INTERNAL",
+                     "RATE_LIMITED"), Unavailable),
 }
 
 _BY_STATUS: dict[int, type[PacelineError]] = {
@@ -90,18 +82,11 @@ _BY_STATUS: dict[int, type[PacelineError]] = {
 }
 
 
-def status_for(code: str) -> int:
-    """The HTTP status the service answers an error code with (500 for a code this
-    client does not know)."""
-    known = _CODES.get(code)
-    return 500 if known is None else known[1]
-
-
 def error_class(code: str, status: int | None) -> type[PacelineError]:
     """The class for a code; unknown codes (a newer server, a proxy) fall back on the
     status so that callers still get the right family."""
-    if code in _CODES:
-        return _CODES[code][0]
+    if code in _BY_CODE:
+        return _BY_CODE[code]
     if status is not None:
         if status in _BY_STATUS:
             return _BY_STATUS[status]
