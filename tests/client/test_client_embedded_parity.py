@@ -19,7 +19,7 @@ import pytest
 import paceline
 from paceline.errors import error_class
 from support import CLIENT_SPEC as SPEC
-from support import ServiceProcess
+from support import threaded_service
 
 #: Codes whose HTTP message is written by the web framework's schema check, not by the
 #: service; the embedded mode says the same thing in its own words.
@@ -57,6 +57,11 @@ def _reported(client: paceline.Client, name: str) -> paceline.Run:
     return run
 
 
+def _report_unserved_index(client: paceline.Client, name: str) -> paceline.ReportAck:
+    run, indices = served(client, name)
+    return run.report(0, [i for i in range(100) if i not in indices][:1], rewards(1))
+
+
 #: name -> what to do with a client (names are curriculum names: unique per case).
 BAD: dict[str, Callable[[paceline.Client, str], Any]] = {
     "missing_curriculum": lambda c, n: c.curriculum(n),
@@ -90,8 +95,7 @@ BAD: dict[str, Callable[[paceline.Client, str], Any]] = {
     "groups_mismatch": lambda c, n: served(c, n)[0].report(0, served(c, n)[1][:2],
                                                            rewards(1)),
     "not_served": lambda c, n: served(c, n)[0].report(5, [1], rewards(1)),
-    "indices_not_served": lambda c, n: served(c, n)[0].report(
-        0, [i for i in range(100) if i not in served(c, n)[1]][:1], rewards(1)),
+    "indices_not_served": lambda c, n: _report_unserved_index(c, n),
     "report_conflict": lambda c, n: _reported(c, n).report(
         0, served(c, n)[1], rewards(8, 0.0)),
     "key_reused": lambda c, n: (_reported(c, n).next_batch(1), served(c, n)[0].report(
@@ -122,11 +126,14 @@ def outcome(client: paceline.Client, case: str, name: str) -> tuple[Any, ...]:
 
 
 @pytest.fixture(scope="module")
-def pair(service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
+def pair(tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[tuple[paceline.Client, paceline.Client]]:
-    path = tmp_path_factory.mktemp("embedded") / "paceline.db"
-    with paceline.Client(service.url, retries=0) as http, \
-            paceline.Client.embedded(path) as embedded:
+    """A client of the service over HTTP (served on a thread: the same app and HTTP stack
+    as a `serve` process, without its start-up) and an embedded one."""
+    root = tmp_path_factory.mktemp("parity")
+    with threaded_service(f"sqlite:///{root / 'http.db'}") as url, \
+            paceline.Client(url, retries=0) as http, \
+            paceline.Client.embedded(root / "embedded.db") as embedded:
         yield http, embedded
 
 
