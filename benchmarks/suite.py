@@ -19,7 +19,8 @@ Rows:
   without refill; uniform shuffled epochs (a plain data loader);
 - the oracle, the limit to aim at: it knows every prompt's true pass rate and samples
   uniformly among prompts with pass rate in [0.2, 0.8] (the nearest to 0.5 fill the
-  batch when the band has too few).
+  batch when the band has too few); and a greedy oracle that takes the B prompts with
+  the largest true p(1 - p).
 
 Per (learner, row), mean ± std over seeds: steps and generated rollouts until the mean
 held-out accuracy over distributions reaches the learner's target (a run that never
@@ -52,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))  # peer strat
 
 from strategies import SyllabusLearningProgress, UniformEpochs  # benchmarks/peers
 
-from learners import LEARNERS, Groups, GrpoLearner
+from learners import LEARNERS, REAL_LEARNERS, Groups, GrpoLearner, learner_class
 from paceline_server.app.refill import propose_refill
 from paceline_server.domain import CurriculumSpec, Report
 from paceline_server.engine import CurriculumEngine
@@ -70,6 +71,8 @@ DAPO = "DAPO filter + refill"
 DAPO_NO_REFILL = "DAPO filter, no refill"
 UNIFORM_EPOCHS = "uniform epochs (data loader)"
 ORACLE = "oracle (true p in [0.2, 0.8])"
+GREEDY_ORACLE = "oracle, greedy (top B by true p(1-p))"
+THOMPSON = "learnability + dump_ucb allocation, Thompson ranking"
 DEFAULT = "default (no sampler named)"
 DYNAMIC = "default + dynamic sampling (refill)"
 
@@ -164,6 +167,17 @@ class Oracle:
         pass
 
 
+class GreedyOracle(Oracle):
+    """Knows every prompt's true pass rate; takes the B prompts with the largest
+    p(1 - p), the most signal a batch can carry (no allocation): a second limit, to
+    show what per-prompt knowledge alone is worth."""
+
+    def propose(self, step: int, size: int) -> tuple[np.ndarray, int]:
+        p = self.learner.pass_rate()
+        value = p * (1.0 - p) + 1e-12 * self.rng.random(p.size)
+        return np.argpartition(-value, size - 1)[:size].astype(np.int64), 0
+
+
 # ---------------------------------------------------------------- rows
 @dataclass(frozen=True)
 class Row:
@@ -219,6 +233,9 @@ def rows() -> list[Row]:
         ours.append(Row(name, "Paceline", paceline(sampler), needs=needs))
         ours.append(Row(f"{name} + zero_variance", "Paceline", paceline(sampler, zv),
                         needs=needs))
+    ours.append(Row(THOMPSON, "Paceline",
+                    paceline({"kind": "learnability", "allocation": "dump_ucb",
+                              "ranking": "thompson"}), needs="learnability"))
     ours.append(Row(DEFAULT, "Paceline", paceline(None)))
     ours.append(Row(DYNAMIC, "Paceline", paceline(None), dynamic=True))
     ours.append(Row(f"{DYNAMIC} + zero_variance", "Paceline", paceline(None, zv),
@@ -229,6 +246,7 @@ def rows() -> list[Row]:
         Row(DAPO_NO_REFILL, "peer", Epochs, 1),
         Row(UNIFORM_EPOCHS, "peer", Epochs),
         Row(ORACLE, "limit", Oracle),
+        Row(GREEDY_ORACLE, "limit", GreedyOracle),
     ]
     return ours + peers
 
@@ -258,7 +276,7 @@ def dynamic_parts(chooser: Chooser, learner: GrpoLearner, step: int, batch: int,
 def run(row: Row, learner_name: str, seed: int, steps_scale: float = 1.0
         ) -> dict[str, Any]:
     """One training run of `learner_name` with `row` choosing the batches."""
-    learner = LEARNERS[learner_name](seed)
+    learner = learner_class(learner_name)(seed)
     steps = max(1, round(learner.steps * steps_scale))
     batch, group = learner.batch, learner.group
     chooser = row.make(learner, seed)
@@ -297,6 +315,15 @@ def run(row: Row, learner_name: str, seed: int, steps_scale: float = 1.0
             "per_distribution": accuracy.round(3).tolist(),
             "zero_variance_share": wasted / max(generated, 1), "skipped": skipped,
             "curve": curve}
+
+
+def runs_on(row: Row, learner_name: str) -> bool:
+    """Whether `row` can run on the learner: a `plain_only` learner (the example
+    trainer) has no true pass rates for the oracle and trains only on the one rollout
+    round it generated (no DAPO filter, no dynamic sampling)."""
+    if not getattr(learner_class(learner_name), "plain_only", False):
+        return True
+    return row.who != "limit" and not row.filter_rounds and not row.dynamic
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -346,7 +373,7 @@ def table(summaries: dict[str, dict[str, dict[str, Any]]], who: dict[str, str]) 
     """One table per learner: every row, mean ± std."""
     out = []
     for name, by_row in summaries.items():
-        cls = LEARNERS[name]
+        cls = learner_class(name)
         out.append(f"#### {name} (target: mean accuracy {cls.target:.2f} within "
                    f"{cls.steps} steps; {cls.summary})\n")
         out.append("| strategy | | steps to target | rollouts to target (k) "
@@ -416,7 +443,7 @@ def targets(summaries: dict[str, dict[str, dict[str, Any]]], row: str) -> dict[s
 
 PLOTTED = ["uniform", "dump_ucb", "learning_progress", "prioritized", "spard",
            "learnability, no allocation", "learnability + dump_ucb allocation + zero_variance",
-           DEFAULT, SYLLABUS, DAPO, DAPO_NO_REFILL, ORACLE]
+           DEFAULT, SYLLABUS, DAPO, DAPO_NO_REFILL, ORACLE, GREEDY_ORACLE]
 
 
 def plot(summaries: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
@@ -433,10 +460,10 @@ def plot(summaries: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
                              squeeze=False)
     palette = [plt.get_cmap("tab20")(i) for i in range(20)]
     for ax, (name, by_row) in zip(axes[0], summaries.items(), strict=True):
-        cls = LEARNERS[name]
+        cls = learner_class(name)
         for i, row in enumerate(r for r in PLOTTED if r in by_row):
             curve = np.asarray(by_row[row]["curve"])
-            style = "--" if row in (SYLLABUS, DAPO, ORACLE) else "-"
+            style = "--" if row in (SYLLABUS, DAPO, ORACLE, GREEDY_ORACLE) else "-"
             width = 2.2 if row in (DEFAULT, ORACLE) else 1.2
             ax.plot(np.arange(1, curve.size + 1), curve, style, color=palette[i % 20],
                     linewidth=width, label=row)
@@ -474,7 +501,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps-scale", type=float, default=1.0,
                         help="multiply every learner's step budget")
     parser.add_argument("--learners", nargs="+", default=list(LEARNERS),
-                        choices=list(LEARNERS))
+                        choices=[*LEARNERS, *REAL_LEARNERS],
+                        help="the simulated learners by default; example_trainer "
+                             "(torch, ~1 min a run) only when named")
     parser.add_argument("--only", nargs="+", default=None, help="run only these rows")
     parser.add_argument("--quick", action="store_true",
                         help="1 seed, 5 %% of the steps, one process")
@@ -495,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
                               "registered"}), flush=True)
     selected = [r for r in selected if r.needs is None or r.needs in registered]
     jobs = [(r.name, name, seed, args.steps_scale) for name in args.learners for r in selected
-            for seed in range(args.seeds)]
+            if runs_on(r, name) for seed in range(args.seeds)]
     start = time.perf_counter()
     if args.jobs > 1:
         with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
@@ -509,6 +538,8 @@ def main(argv: list[str] | None = None) -> None:
     summaries: dict[str, dict[str, dict[str, Any]]] = {}
     for name in args.learners:
         for r in selected:
+            if not runs_on(r, name):
+                continue
             runs = results[(name, r.name)]
             errors = [x["error"] for x in runs if "error" in x]
             if errors:

@@ -115,6 +115,63 @@ def test_oracle_samples_the_band() -> None:
     assert np.all((p >= 0.2) & (p <= 0.8))
 
 
+def test_greedy_oracle_takes_the_largest_signal() -> None:
+    import suite
+
+    learner = LEARNERS["tight_budget"](0)
+    indices, _ = suite.GreedyOracle(learner, 0).propose(0, learner.batch)
+    p = learner.pass_rate()
+    value = p * (1 - p)
+    assert indices.size == len(set(indices.tolist())) == learner.batch
+    assert value[indices].min() >= np.sort(value)[-learner.batch] - 1e-12
+
+
+def test_plain_only_learner_skips_oracle_and_merged_rounds() -> None:
+    import suite
+
+    class Plain:
+        plain_only = True
+
+    real = suite.learner_class
+    try:
+        suite.learner_class = lambda name: Plain if name == "plain" else real(name)
+        allowed = {r.name for r in suite.rows() if suite.runs_on(r, "plain")}
+        everything = {r.name for r in suite.rows() if suite.runs_on(r, "imbalanced")}
+    finally:
+        suite.learner_class = real
+    assert everything == {r.name for r in suite.rows()}
+    assert suite.DEFAULT in allowed and "uniform" in allowed and suite.SYLLABUS in allowed
+    assert not allowed & {suite.ORACLE, suite.GREEDY_ORACLE, suite.DAPO, suite.DAPO_NO_REFILL,
+                          suite.DYNAMIC}
+
+
+def test_example_trainer_learner_runs_a_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real learner: rollouts of the tiny model, a GRPO step, held-out accuracy."""
+    pytest.importorskip("torch")
+    import learners.example_trainer as module
+
+    for name, value in (("SFT_STEPS", 2), ("DIM", 16), ("LAYERS", 1), ("EVAL_SIZE", 4)):
+        monkeypatch.setattr(module, name, value)
+    learner = module.ExampleTrainerLearner(0)
+    assert learner.num_samples == int(learner.sizes.sum()) == learner.dist_of.size
+    indices = np.array([0, 150, 3000])
+    groups = learner.rollout(indices)
+    assert groups.rewards.shape == (3, learner.group)
+    assert set(np.unique(groups.rewards)) <= {0.0, 1.0}
+    before = [p.detach().clone() for p in learner.model.module.parameters()]
+    advantages = learner.train(groups)
+    assert advantages.shape == (3, learner.group)
+    after = list(learner.model.module.parameters())
+    assert any(not np.allclose(b.numpy(), a.detach().numpy()) for b, a in zip(before, after,
+                                                                             strict=True)) \
+        or np.allclose(advantages, 0.0)
+    accuracy = learner.accuracy()
+    assert accuracy.shape == (learner.num_distributions,)
+    assert np.all((accuracy >= 0) & (accuracy <= 1))
+    with pytest.raises(ValueError, match="last rollout"):
+        learner.train(groups)  # already trained on
+
+
 def test_dynamic_rows_refill_through_paceline_without_repeats() -> None:
     """The dynamic-sampling row: refill parts never serve an index twice in a step,
     stop once a batch of groups with signal exists (or after MAX_REFILL_PARTS), and the
@@ -156,7 +213,9 @@ def test_suite_quick(tmp_path: Path) -> None:
     assert {"uniform", "learning_progress", "spard", "dump_ucb", "prioritized",
             "Syllabus OnlineLearningProgress", "DAPO filter + refill",
             "DAPO filter, no refill", "oracle (true p in [0.2, 0.8])",
-            "default (no sampler named)", "default + dynamic sampling (refill)"} <= names
+            "default (no sampler named)", "default + dynamic sampling (refill)",
+            "oracle, greedy (top B by true p(1-p))",
+            "learnability + dump_ucb allocation, Thompson ranking"} <= names
     for o in rows:
         assert o["seeds"] == 1
         assert 0.0 <= o["min_accuracy"][0] <= o["mean_accuracy"][0] <= 1.0

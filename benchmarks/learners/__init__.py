@@ -3,6 +3,8 @@ was tuned on (issue 14). One module per learner; `benchmarks/suite.py` runs them
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Dist, Groups, GrpoLearner
 from .forgetting import ForgettingLearner
 from .imbalanced import ImbalancedLearner
@@ -13,9 +15,22 @@ LEARNERS: dict[str, type[GrpoLearner]] = {
     cls.name: cls for cls in (ImbalancedLearner, PrerequisiteLearner, ForgettingLearner,
                               TightBudgetLearner)
 }
+#: Learners run only when named (`--learners`): the example trainer needs torch and
+#: about a minute per run.
+REAL_LEARNERS = ("example_trainer",)
+
+
+def learner_class(name: str) -> Any:
+    """The learner class of `name`; the example trainer is imported only when asked for
+    (it needs torch)."""
+    if name == "example_trainer":
+        from .example_trainer import ExampleTrainerLearner
+        return ExampleTrainerLearner
+    return LEARNERS[name]
 
 __all__ = [
     "LEARNERS",
+    "REAL_LEARNERS",
     "Dist",
     "ForgettingLearner",
     "Groups",
@@ -23,4 +38,5 @@ __all__ = [
     "ImbalancedLearner",
     "PrerequisiteLearner",
     "TightBudgetLearner",
+    "learner_class",
 ]
