@@ -188,6 +188,20 @@ def _spec_problem(spec: dict[str, Any]) -> str | None:
     return None
 
 
+def _report_check(spec: dict[str, Any]) -> Callable[[bytes], str | None]:
+    """For a loadable spec: why a stored report would be refused when folded today."""
+    parsed = CurriculumSpec.from_dict(spec)
+
+    def problem(payload: bytes) -> str | None:
+        try:
+            decode_report(payload).validate(parsed.layout, len(parsed.objectives))
+        except PacelineError as exc:
+            return exc.message
+        return None
+
+    return problem
+
+
 def cmd_repair(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """Rows older versions stored that cannot be rendered or reached (store/repair.py):
     fixed in one transaction, or with --dry-run only listed. Exit status 0 when nothing
@@ -202,7 +216,8 @@ def cmd_repair(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     check_schema(settings.database_url)
     apply = not args.dry_run
     with migration_connection(settings.database_url) as conn:
-        findings = repair(conn, apply=apply, spec_problem=_spec_problem)
+        findings = repair(conn, apply=apply, spec_problem=_spec_problem,
+                          report_check=_report_check)
     for finding in findings:
         print(finding.line(apply), file=out)
     left = [f for f in findings if f.action is None or not apply]

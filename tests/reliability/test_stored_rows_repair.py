@@ -4,10 +4,11 @@ no longer be rendered must never exist"), on SQLite and PostgreSQL.
 The rows are written with raw SQL, as those versions did: run metadata with a lone
 surrogate, NaN, infinities, text that is no JSON object; a spec with an infinite
 parameter; control characters in a curriculum name, a run id and an idempotency key (NUL
-too on SQLite; PostgreSQL text cannot hold it). Before any repair, every route that
-shows them answers without a 5xx (reads render them sanitised); `paceline-server repair
---dry-run` lists and changes nothing; `repair` fixes what it can, says what it cannot,
-and a repaired curriculum exports and imports into a fresh database.
+too on SQLite; PostgreSQL text cannot hold it); a report past today's limits. Before any
+repair, every route that shows them answers without a 5xx (reads render them
+sanitised); `paceline-server repair --dry-run` lists and changes nothing; `repair` fixes
+what it can, says what it cannot, and a repaired curriculum exports and imports into a
+fresh database.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 
 from paceline_server.api.app import create_app
+from paceline_server.app.codec import encode_report
 from paceline_server.cli import REPAIR_LEFT, main
+from paceline_server.domain.report import Report
 from paceline_server.domain.stored_json import ORIGINAL_KEY, readable_document
 from paceline_server.settings import Settings
 
@@ -39,6 +43,10 @@ METADATA = {  # run id -> metadata text as an old version stored it
     "fine": '{"lr":0.1}',
 }
 WHEN = datetime(2026, 1, 1, tzinfo=UTC)
+#: A report an older version accepted: advantages far past today's limit (1e6).
+PAST = encode_report(Report(run_id="r", step=0, indices=np.array([0, 1]),
+                            group_of=np.array([0, 0, 1, 1]), rewards=np.ones((4, 1)),
+                            advantages=np.array([1e308, -1e308, 1e308, -1e308])))
 
 
 def client(url: str) -> TestClient:
@@ -87,6 +95,10 @@ def seed(url: str, backend: str) -> dict[str, Any]:
             infinite = infinite.replace(f'"c":{json.dumps(sampler["params"]["c"])}',
                                         '"c":Infinity', 1)
             assert "Infinity" in infinite
+            # In `odd`'s log, a report past today's limits (F3): accepted then, refused now.
+            conn.execute(text("INSERT INTO events VALUES (:cid, 1, 'report', 'r', 0, NULL, "
+                              ":payload, :t)"), {"cid": ids["odd"], "payload": PAST, "t": WHEN})
+            conn.execute(text("UPDATE curricula SET head_seq = 1 WHERE name = 'odd'"))
             conn.execute(text("INSERT INTO curricula (name, spec, created_at, head_seq) "
                               "VALUES (:name, :spec, :t, 0)"),
                          {"name": f"n{bad}me", "spec": infinite, "t": WHEN})
@@ -107,7 +119,7 @@ def stored(url: str, query: str) -> list[Any]:
 ROUTES = ("/v1/curricula", "/v1/curricula/c", "/v1/curricula/c/runs",
           "/v1/curricula/c/runs/surrogate", "/v1/curricula/c/runs/nan",
           "/v1/curricula/c/state", "/v1/curricula/c/history", "/v1/curricula/c/export",
-          "/v1/curricula/odd/runs", "/v1/curricula/odd/export")
+          "/v1/curricula/odd/runs", "/v1/curricula/odd/export", "/v1/curricula/odd/state")
 
 
 def check_routes(url: str) -> dict[str, Any]:
@@ -146,6 +158,8 @@ def test_old_rows_render_before_repair_and_are_repaired(database_url: str) -> No
     assert any(line.startswith("would repair  idempotency key") for line in lines)
     assert any(line.startswith("would repair  curriculum name") for line in lines)
     assert any(line.startswith("cannot repair  run id") for line in lines)
+    assert any(line.startswith("cannot repair  report 1 of 'odd'") and "1e+06" in line
+               for line in lines), out
     assert any(line.startswith("cannot repair  spec") and "finite" in line
                for line in lines), out
     assert lines[-1].startswith("dry run:") and "nothing was changed" in lines[-1]
@@ -153,14 +167,15 @@ def test_old_rows_render_before_repair_and_are_repaired(database_url: str) -> No
         == before
 
     status, out = cli(database_url)
-    assert status == REPAIR_LEFT  # the odd run id and the infinite spec are left
-    assert out.splitlines()[-1] == "8 repaired, 2 cannot be repaired", out
+    assert status == REPAIR_LEFT  # the odd run id and report, the infinite spec are left
+    assert out.splitlines()[-1] == "8 repaired, 3 cannot be repaired", out
     for run_id, metadata in stored(database_url, "SELECT run_id, metadata FROM runs"):
         document, sanitised = readable_document(metadata)
         assert not sanitised, (run_id, metadata)  # the stored text now renders as is
         if run_id in METADATA and run_id != "fine":
             assert document[ORIGINAL_KEY] == METADATA[run_id]
-    keys = [key for (key,) in stored(database_url, "SELECT idempotency_key FROM events")]
+    keys = [key for (key,) in stored(database_url, "SELECT idempotency_key FROM events "
+                                     "WHERE idempotency_key IS NOT NULL")]
     assert keys == [f"k\\x{ord(bad):02x}ey"]
     names = sorted(name for (name,) in stored(database_url, "SELECT name FROM curricula"))
     assert names == ["c", "n_me-repaired", "odd"]
@@ -175,7 +190,7 @@ def test_old_rows_render_before_repair_and_are_repaired(database_url: str) -> No
 
     status, out = cli(database_url)  # idempotent: only what needs a decision is left
     assert status == REPAIR_LEFT
-    assert out.splitlines()[-1] == "0 repaired, 2 cannot be repaired"
+    assert out.splitlines()[-1] == "0 repaired, 3 cannot be repaired"
 
 
 def test_a_repaired_curriculum_moves_to_a_fresh_database(database_url: str,

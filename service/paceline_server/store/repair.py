@@ -88,19 +88,50 @@ def parses(spec: dict[str, Any]) -> str | None:
     return None
 
 
+#: For a loadable spec, the check of one stored report payload: why today's code would
+#: refuse to fold it (None: it folds). Decoding reports is the app's business, so the
+#: caller passes it (the CLI does); without it reports are not looked at.
+ReportCheck = Callable[[dict[str, Any]], Callable[[bytes], str | None]]
+
+
 def repair(conn: Connection, *, apply: bool, spec_problem: SpecCheck = parses,
-           ) -> list[Finding]:
+           report_check: ReportCheck | None = None) -> list[Finding]:
     """Every finding, in table order; with `apply`, the fixable ones are fixed on `conn`
     (the caller's transaction, committed by the caller)."""
     findings: list[Finding] = []
     names = _curriculum_names(conn)
+    loadable: list[tuple[int, str, dict[str, Any]]] = []
     for cid, name, spec_text in conn.execute(
             select(t.curricula.c.id, t.curricula.c.name,
-                   type_coerce(t.curricula.c.spec, Text)).order_by(t.curricula.c.id)):
-        findings += _curriculum(conn, int(cid), name, spec_text, names, apply, spec_problem)
+                   type_coerce(t.curricula.c.spec, Text)).order_by(t.curricula.c.id)).all():
+        found = _curriculum(conn, int(cid), name, spec_text, names, apply, spec_problem)
+        findings += found
+        if not any(f.what == "spec" and f.action is None for f in found):
+            loadable.append((int(cid), name, readable_document(spec_text)[0]))
     findings += _runs(conn, apply)
     findings += _keys(conn, apply)
+    if report_check is not None:
+        for cid, name, spec in loadable:
+            findings += _reports(conn, cid, name, report_check(spec))
     return findings
+
+
+def _reports(conn: Connection, cid: int, name: str,
+             problem_of: Callable[[bytes], str | None]) -> list[Finding]:
+    """Reports today's code refuses to fold: the curriculum answers that refusal (4xx)
+    on every route that needs its engine until the report leaves the log, which only
+    its owner can decide (export, drop the line, import under a new name)."""
+    found: list[Finding] = []
+    events = t.events
+    rows = conn.execution_options(stream_results=True, yield_per=256).execute(
+        select(events.c.seq, events.c.payload).where(events.c.curriculum_id == cid)
+        .order_by(events.c.seq))
+    for seq, payload in rows:
+        problem = problem_of(bytes(payload))
+        if problem is not None:
+            found.append(Finding("report", f"{seq} of {printable(name)}",
+                                 f"cannot be folded today ({problem})", None))
+    return found
 
 
 def _curriculum_names(conn: Connection) -> set[str]:
