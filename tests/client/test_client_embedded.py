@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -268,3 +270,37 @@ def test_arrays_and_lists_give_the_same_state(tmp_path: Path, encoding: str) -> 
                 run.report(step, sent[0], sent[1], advantages=sent[2])
             states.append((run.next_batch(3), cur.state().model_dump(exclude={"name"})))
     assert states[0] == states[1] == states[2]
+
+
+KILLED_AFTER_ACK = """
+import os, sys
+import numpy as np
+import paceline
+
+client = paceline.Client.embedded(sys.argv[1])
+cur = client.create_curriculum("math", distributions={"a": 10}, objectives=["acc"],
+                               batch_size=4)
+run = cur.start_run(run_id="r", heartbeat_interval=None)
+acks = [run.report(step, run.next_batch(step).indices, np.ones((4, 2)) * step,
+                   idempotency_key=f"r/{step}").seq for step in range(3)]
+print(acks, flush=True)
+os._exit(0)  # no close, no clean shutdown: what was acknowledged must be on disk
+"""
+
+
+def test_an_acknowledged_report_survives_the_process(tmp_path: Path) -> None:
+    """Durability and idempotency of the in-process service: reports acknowledged by a
+    process that then dies without closing anything are there when the file is opened
+    again, and retrying one with its key is answered as the first time (replayed)."""
+    path = tmp_path / "crash.db"
+    done = subprocess.run([sys.executable, "-c", KILLED_AFTER_ACK, str(path)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[1, 2, 3]"
+    with paceline.Client.embedded(path) as client:
+        cur = client.curriculum("math")
+        assert cur.info.seq == 3
+        run = cur.start_run(run_id="r", heartbeat_interval=None)
+        again = run.report(1, run.next_batch(1).indices, np.ones((4, 2)),
+                           idempotency_key="r/1")
+        assert (again.seq, again.replayed) == (2, True)
+        assert cur.state().distribution("a").rollouts == 3 * 4 * 2
