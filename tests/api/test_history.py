@@ -496,18 +496,19 @@ def test_a_prefetch_builds_the_history_once(sqlite_client: TestClient) -> None:
     drive(sqlite_client, 4)
     service = sqlite_client.app.state.service  # type: ignore[attr-defined]
     histories = _CountingHistory(service.store)
-    histories.prefetch("hist")
+    then: list[str] = []
+    histories.prefetch("hist", then=lambda: then.append("called"))
     histories.prefetch("hist")  # one at a time per curriculum
     view = histories.history("hist", every=1)  # waits for the prefetch, builds nothing
     assert view.seq.tolist() == list(range(5)) and _CountingHistory.builds == 1
     histories.prefetch("hist")  # cached: nothing to do
     histories.prefetch("no-such-curriculum")  # the request that follows reports it
     for _ in range(100):
-        if not histories._building:
+        if not histories._building and then:
             break
         threading.Event().wait(0.05)
     assert _CountingHistory.builds == 1 and not histories._building
-    assert list(histories._traces) == ["hist"]
+    assert list(histories._traces) == ["hist"] and then == ["called"]
 
 
 def test_the_dashboard_shell_prefetches_the_history(sqlite_client: TestClient) -> None:
@@ -515,10 +516,12 @@ def test_the_dashboard_shell_prefetches_the_history(sqlite_client: TestClient) -
     drive(sqlite_client, 2)
     service = sqlite_client.app.state.service  # type: ignore[attr-defined]
     assert "hist" not in service.histories._traces
+    service.engines.forget("hist")
     assert sqlite_client.get("/ui/c/hist").status_code == 200
     for _ in range(100):
-        if "hist" in service.histories._traces and not service.histories._building:
+        if "hist" in service.histories._traces and service.engines.peek("hist") is not None:
             break
         threading.Event().wait(0.05)
     assert "hist" in service.histories._traces
+    assert service.engines.peek("hist") is not None  # loaded for /state as well
     assert sqlite_client.get("/ui/c/nope").status_code == 200  # the page reports it

@@ -62,10 +62,10 @@ def ui_list(request: Request) -> Response:
 
 @router.get("/c/{name:path}")
 def ui_curriculum(name: str, request: Request, service: Service) -> Response:
-    # The history is read while the browser loads the scripts that will ask for it (a
-    # cold server's first request reads the stored rows; nothing is sent back here, and
-    # an unknown name is reported by the page, from the API).
-    service.histories.prefetch(name)
+    # The history is read, and the engine /state needs loaded, while the browser loads
+    # the scripts that will ask for them (on a cold server these are the page's slowest
+    # requests; nothing is sent back here, and an unknown name is reported by the page).
+    service.histories.prefetch(name, then=lambda: service.state(name))
     return _shell(request)
 
 

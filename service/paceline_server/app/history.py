@@ -40,7 +40,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -415,11 +415,12 @@ class HistoryService:
                 self._traces.popitem(last=False)
         return trace
 
-    def prefetch(self, name: str) -> None:
+    def prefetch(self, name: str, then: Callable[[], object] | None = None) -> None:
         """Build `name`'s history in a background thread unless it is cached or being
-        built: the dashboard asks for it when its page shell is requested, so the rows are
-        read while the browser loads the scripts that will ask for them. Errors (an
-        unknown name) are left to the request that follows."""
+        built, then call `then` (the dashboard loads the curriculum's engine with it): the
+        dashboard asks for this when its page shell is requested, so the rows are read
+        while the browser loads the scripts that will ask for them. Errors (an unknown
+        name) are left to the request that follows."""
         with self._guard:
             if (name in self._traces or name in self._building
                     or len(self._building) >= self.capacity):  # a bounded number at once
@@ -433,10 +434,16 @@ class HistoryService:
                 self._advance(name, trace, head.head_seq, None)
             except Exception as exc:  # the request that follows says what is wrong
                 _log.debug("history prefetch of %r: %r", name, exc)
+                return
             finally:
                 with self._guard:
                     self._building.pop(name, None)
-                done.set()
+                done.set()  # a waiting history request goes on; `then` is not waited for
+            try:
+                if then is not None:
+                    then()
+            except Exception as exc:
+                _log.debug("after the history prefetch of %r: %r", name, exc)
 
         threading.Thread(target=build, daemon=True, name=f"paceline-history-prefetch-{name}"
                          ).start()
