@@ -171,3 +171,16 @@ def test_the_operations_refuse_in_process(both: Both) -> None:
     assert view.ack.seq == 1 and view.batch is not None
     assert view.batch.objectives == ("acc", "len")
     assert view.batch.distributions == ("easy", "hard")
+
+
+def test_a_dashboard_page_prefetches_only_names_a_curriculum_can_have(
+        both: Both, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard's page shell (public) warms the curriculum's history; a path no
+    curriculum can have is not looked up, in the background or anywhere."""
+    seen: list[str] = []
+    monkeypatch.setattr(both.ops.service.histories, "prefetch",
+                        lambda name, then=None: seen.append(name))
+    for path in ("math", "ma%00th", "x" * 129):
+        page = both.rest.get(f"/ui/c/{path}")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    assert seen == ["math"]

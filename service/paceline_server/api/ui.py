@@ -18,7 +18,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
-from paceline_server.api.deps import ReadScope, Service
+from paceline_server.api.deps import Ops, ReadScope, Service
 from paceline_server.app.overview import overview
 from paceline_server.domain.errors import NotFound
 
@@ -61,11 +61,11 @@ def ui_list(request: Request) -> Response:
 
 
 @router.get("/c/{name:path}")
-def ui_curriculum(name: str, request: Request, service: Service) -> Response:
+def ui_curriculum(name: str, request: Request, ops: Ops) -> Response:
     # The history is read, and the engine /state needs loaded, while the browser loads
     # the scripts that will ask for them (on a cold server these are the page's slowest
     # requests; nothing is sent back here, and an unknown name is reported by the page).
-    service.histories.prefetch(name, then=lambda: service.state(name))
+    ops.prefetch(name)
     return _shell(request)
 
 

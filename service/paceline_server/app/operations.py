@@ -253,6 +253,17 @@ class Operations:
         return self.service.history(check_name(command.curriculum, "curriculum"),
                                     command.every, command.since, HISTORY_WAIT_S)
 
+    def prefetch(self, curriculum: str) -> None:
+        """Start reading a curriculum's history and loading its engine, ahead of the
+        requests a dashboard page is about to make. A name no curriculum can have is not
+        looked up (the page's own requests report it)."""
+        try:
+            name = check_name(curriculum, "curriculum")
+        except InvalidRequest:
+            return
+        service = self.service
+        service.histories.prefetch(name, then=lambda: service.state(name))
+
     @staticmethod
     def strategies() -> StrategyCatalog:
         return strategy_catalog()
