@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -200,10 +201,27 @@ def _reply(response: httpx.Response, attempts: int) -> Reply:
     return Reply(response.status_code, body, response.text if body is None else "", attempts)
 
 
-def _build(http: httpx.Client | httpx.AsyncClient, request: Request) -> httpx.Request:
-    return http.build_request(request.method, request.path, json=request.json,
+#: Absolute URLs kept per transport (a client's curricula and runs: a few paths).
+MAX_URLS = 1024
+
+
+def _build(http: httpx.Client | httpx.AsyncClient, request: Request,
+           urls: dict[str, httpx.URL]) -> httpx.Request:
+    """The httpx request. The absolute URL of each path is worked out once (by httpx's
+    own joining with the base URL) and integer query parameters are appended as text:
+    parsing URLs was a third of the client's own time per report."""
+    url = urls.get(request.path)
+    if url is None:
+        if len(urls) >= MAX_URLS:
+            urls.clear()
+        url = urls[request.path] = http.build_request("GET", request.path).url
+    params: dict[str, str] | None = dict(request.params) or None
+    if params is not None and all(v.isdigit() for v in params.values()):
+        url = httpx.URL(f"{url}?{urlencode(params)}")
+        params = None
+    return http.build_request(request.method, url, json=request.json,
                               content=request.content, headers=dict(request.headers),
-                              params=dict(request.params) or None)
+                              params=params)
 
 
 def _what(request: Request) -> str:
@@ -245,10 +263,11 @@ class SyncTransport(_Encoding):
         self.http = http
         self.policy = policy
         self._on_close = on_close
+        self._urls: dict[str, httpx.URL] = {}
 
     def send(self, operation: Operation) -> Reply:
         request = self.request(operation)
-        built = _build(self.http, request)
+        built = _build(self.http, request, self._urls)
         state = self.policy.for_operation(operation).start()
         while True:
             try:
@@ -281,10 +300,11 @@ class AsyncTransport(_Encoding):
         self.http = http
         self.policy = policy
         self._on_close = on_close
+        self._urls: dict[str, httpx.URL] = {}
 
     async def send(self, operation: Operation) -> Reply:
         request = self.request(operation)
-        built = _build(self.http, request)
+        built = _build(self.http, request, self._urls)
         state = self.policy.for_operation(operation).start()
         while True:
             try:

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import msgpack
+import pydantic
 import pytest
 
 import paceline
@@ -262,3 +263,40 @@ def test_sleeps_between_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
         recorder.script = [502, 503]
         client.curriculum("math")
     assert slept == [0.0, 0.0]  # Retry-After: 0 wins over the backoff
+
+
+@pytest.mark.parametrize("base", ["http://paceline.test", "http://paceline.test/prefix/"])
+def test_urls_are_httpx_own(base: str) -> None:
+    """The HTTP transport works each path's absolute URL out once and appends integer
+    query parameters itself: every URL is the one httpx builds from base URL, path and
+    parameters (a base path kept, a name quoted, text parameters encoded by httpx)."""
+    recorder = Recorder()
+    name = "a b/ç?"
+    with paceline.Client(base, transport=httpx.MockTransport(recorder), retries=0) as client:
+        info = client.curriculum(name).info  # the fake answers "math"
+        cur = paceline.Curriculum(client, info.model_copy(update={"name": name}))
+        run = cur.start_run("r", heartbeat_interval=None)
+        run.report(3, [1], [[[1.0, 2.0]]], next_step=4, next_size=2)
+        run.report(5, [1], [[[1.0, 2.0]]])
+        with pytest.raises(pydantic.ValidationError):  # the fake answers no history
+            cur.history(every=10, since=0)
+        cur.delete()
+        with pytest.raises(KeyError):  # ... nor a listing
+            client.list_curricula()
+    reference = httpx.Client(base_url=base)
+    quoted = "a%20b%2F%C3%A7%3F"
+    expected = [
+        reference.build_request("GET", f"/v1/curricula/{quoted}"),
+        reference.build_request("POST", f"/v1/curricula/{quoted}/runs"),
+        reference.build_request("POST", f"/v1/curricula/{quoted}/reports",
+                                params={"next_step": "4", "next_size": "2"}),
+        reference.build_request("POST", f"/v1/curricula/{quoted}/reports"),
+        reference.build_request("GET", f"/v1/curricula/{quoted}/history",
+                                params={"every": "10", "since": "0"}),
+        reference.build_request("DELETE", f"/v1/curricula/{quoted}",
+                                params={"confirm": name}),
+        reference.build_request("GET", "/v1/curricula", params={"limit": "100",
+                                                               "offset": "0"}),
+    ]
+    assert [(r.method, str(r.url)) for r in recorder.requests] == \
+        [(r.method, str(r.url)) for r in expected]
