@@ -25,8 +25,9 @@ or against another curriculum raises ValueError before the first step. Steps the
 trainer redoes were reported before the crash: the service keeps those first reports
 (the redone ones are logged and not counted).
 
-verl's v1 trainer (`trainer.v1`, TransferQueue) draws prompts with its built-in sampler
-and has no hook for another; it is not covered here (see docs/integrations/verl.md).
+verl's v1 trainer (`trainer.use_v1=True`, TransferQueue) has no `train_sampler`; its hook
+is a custom replay buffer, `paceline.integrations.verl_v1.PacelineReplayBuffer` (see
+docs/integrations/verl.md).
 Importing this module imports verl's trainer (ray, torch); `import paceline` does not.
 """
 
