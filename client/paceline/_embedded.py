@@ -55,7 +55,8 @@ def _require_server() -> None:
 @dataclass
 class EmbeddedService:
     """The use cases and the store they run on, opened as the server opens them
-    (`Settings`, `open_store` with the settings' options), and what to remove at close."""
+    (`Settings`, `open_store` with the settings' options, the coordinator the settings
+    name), the operation layer over them, and what to remove at close."""
 
     service: PacelineService
     operations: Operations
@@ -69,6 +70,7 @@ class EmbeddedService:
         """The service on `path` (a temporary file, removed at close, when None);
         `settings` override `paceline_server.settings.Settings` fields."""
         _require_server()
+        from paceline_server.adapters.redis_coordination import coordinator_from_settings
         from paceline_server.app.operations import Operations
         from paceline_server.app.service import PacelineService
         from paceline_server.settings import Settings
@@ -87,7 +89,8 @@ class EmbeddedService:
             resolved = Settings(**options)
             store = open_store(resolved.database_url, **resolved.store_options())
             try:
-                service = PacelineService(store, resolved)
+                service = PacelineService(store, resolved,
+                                          coordinator=coordinator_from_settings(resolved))
             except BaseException:
                 store.close()
                 raise

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +305,24 @@ def test_an_acknowledged_report_survives_the_process(tmp_path: Path) -> None:
                            idempotency_key="r/1")
         assert (again.seq, again.replayed) == (2, True)
         assert cur.state().distribution("a").rollouts == 3 * 4 * 2
+
+
+def test_embedded_coordinates_as_the_server_does(tmp_path: Path) -> None:
+    """Settings name the coordinator as for a server: with a Redis URL the embedded
+    service leases and caches acks through Redis (here a retried report is answered from
+    the cache), without one it coordinates through the database alone."""
+    from support import REDIS_URL
+
+    with paceline.Client.embedded(tmp_path / "local.db") as client:
+        assert type(client._transport.service.service.coordinator).__name__ \
+            == "LocalCoordinator"
+    prefix = f"paceline-embedded-{uuid.uuid4().hex[:8]}"
+    with paceline.Client.embedded(tmp_path / "redis.db", redis_url=REDIS_URL,
+                                  redis_prefix=prefix) as client:
+        assert type(client._transport.service.service.coordinator).__name__ \
+            == "RedisCoordinator"
+        run = client.create_curriculum("math", **SPEC).start_run("r", heartbeat_interval=None)
+        indices = run.next_batch(0).indices
+        first = run.report(0, indices, rewards_for(indices), idempotency_key="k")
+        again = run.report(0, indices, rewards_for(indices), idempotency_key="k")
+        assert (first.seq, first.replayed, again.seq, again.replayed) == (1, False, 1, True)
