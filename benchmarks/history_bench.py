@@ -112,20 +112,25 @@ class Replayed(HistoryService):
 
 def report_path_ab(tmp: str, reports: int, block: int = 50) -> dict[str, float]:
     """Per-report milliseconds of `PacelineService.report` (with the next batch, one
-    call per step) with and without the history's row, in interleaved blocks."""
-    url = f"sqlite:///{Path(tmp) / 'ab.db'}"
-    service = PacelineService(open_store(url, auto_migrate=True),
-                              Settings(database_url=url, snapshot_every=100))
-    service.create_curriculum(SPEC)
-    service.attach_run(NAME, run_id="run-0")
-    rng = np.random.default_rng(1)
-    batch = service.next_batch(NAME, "run-0", 0)
-    record = service.commits.on_fold
+    call per step) with and without the history's rows: two services on two databases,
+    the same reports, in interleaved blocks (ABBA), so load drift hits both alike (one
+    service switching its rows off and on would leave gaps, filled by background
+    replays that would be timed too)."""
+    arms = {}
+    for with_rows in (True, False):
+        url = f"sqlite:///{Path(tmp) / f'ab-{with_rows}.db'}"
+        service = PacelineService(open_store(url, auto_migrate=True),
+                                  Settings(database_url=url, snapshot_every=100))
+        if not with_rows:
+            service.commits.on_fold = None
+        service.create_curriculum(SPEC)
+        service.attach_run(NAME, run_id="run-0")
+        arms[with_rows] = [service, service.next_batch(NAME, "run-0", 0), 0,
+                           np.random.default_rng(1)]
     times: dict[bool, list[float]] = {True: [], False: []}
-    step = 0
     for turn in range(2 * (reports // (2 * block))):
-        with_rows = turn % 4 in (0, 3)  # ABBA: drift cancels
-        service.commits.on_fold = record if with_rows else None
+        with_rows = turn % 4 in (0, 3)
+        service, batch, step, rng = arms[with_rows]
         began = time.perf_counter()
         for _ in range(block):
             owner = np.searchsorted(EDGES, batch.indices, side="right")
@@ -138,8 +143,10 @@ def report_path_ab(tmp: str, reports: int, block: int = 50) -> dict[str, float]:
             assert ack.batch is not None
             batch, step = ack.batch, step + 1
         times[with_rows].append((time.perf_counter() - began) * 1000 / block)
-    service.close()
-    service.store.close()
+        arms[with_rows][1:3] = [batch, step]
+    for service, *_ in arms.values():
+        service.close()
+        service.store.close()
     return {"with_rows_ms": statistics.median(times[True]),
             "without_rows_ms": statistics.median(times[False]), "blocks": len(times[True])}
 
