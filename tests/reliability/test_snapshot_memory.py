@@ -8,11 +8,15 @@ traced allocations, not times, so the test holds on a loaded machine.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from paceline_server.app.service import PacelineService
 from paceline_server.settings import Settings
@@ -80,3 +84,18 @@ def test_snapshot_write_and_load_hold_no_second_copy(database_url: str) -> None:
     finally:
         service.close()
         store.close()
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_and_shows_the_bound() -> None:
+    """`benchmarks/snapshot_memory.py` at a small size: four phases, the streamed write
+    below the blob write (its figures in docs/benchmarks.md come from this script)."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "snapshot_memory.py"
+    out = subprocess.run([sys.executable, str(script), "--samples", "200000",
+                          "--chunk-bytes", "65536"], capture_output=True, text=True,
+                         check=True, timeout=300).stdout
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert set(rows) == {"blob-write", "stream-write", "blob-read", "stream-read"}
+    traced = {phase: float(row[4].rstrip("x")) for phase, row in rows.items()}
+    assert traced["stream-write"] < 0.5 < 2.0 < traced["blob-write"], out
+    assert traced["stream-read"] < 1.5 < 3.0 < traced["blob-read"], out
