@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-
 #: What reading a field off a spec stored unreadable raises.
 _UNREADABLE = (KeyError, TypeError, ValueError)
 
