@@ -16,12 +16,14 @@ Cost (see docs/benchmarks.md, "History", and docs/dashboard.md):
 - report path: one `progress()` per report and, every `snapshot_every` reports, one
   INSERT of the packed chunk plus a read of its events' times; stored: 8·(4D + k + 4) + 3D
   bytes per report (about 170 bytes with 4 distributions and 2 objectives).
-- first request of a process: read and unpack the chunks (O(reports) bytes, no fold),
-  then fold the reports after the last chunk (fewer than `snapshot_every` normally);
+- first request of a process: read and unpack the chunks (O(reports) bytes, no fold:
+  36-62 ms for 10 000 reports), then fold the reports after the last chunk (fewer than
+  `snapshot_every` normally; one engine fold each, about 1 ms on a quiet machine);
   without chunks, one fold per stored report as before. Kept in memory: 8·(5·D + k + 4)
-  bytes per report and one engine, for `CACHE_SIZE` curricula. A long replay runs in a
-  background thread: a request given `wait_s` answers after at most that long with the
-  rows so far (`complete` false) while the replay goes on.
+  bytes per report and one engine, for `CACHE_SIZE` curricula. The dashboard starts
+  this in the background when its page shell is requested (`prefetch`). A long replay
+  runs in a background thread: a request given `wait_s` answers after at most that long
+  with the rows so far (`complete` false) while the replay goes on.
 - later requests: the new reports' folds (inline when fewer than `INLINE_FOLDS`), then
   O(rows returned) to select and encode.
 - `every` downsamples to the rows at multiples of `every` plus the head; left out, it is
