@@ -1,4 +1,4 @@
-"""The code in README.md and docs/*.md runs: every ```python block is executed unless the
+"""The code in README.md and docs/ (docs/integrations/ included) runs: every ```python block is executed unless the
 line before its fence says otherwise, so the examples cannot drift from the code.
 
 The convention (also in docs/integrations.md, "Docs that run"): an HTML comment on the line
@@ -31,7 +31,7 @@ import pytest
 from support import free_port, running_service
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]  # trainer pages too
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
 MARK = re.compile(r"<!--\s*doc-test:\s*(skip|prelude=(\w+))\b[^>]*-->")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -114,3 +114,5 @@ def test_every_python_block_is_run_or_marked() -> None:
         if block.mark is not None and block.mark.startswith("prelude="):
             assert block.mark.split("=", 1)[1] in PRELUDES, block.id
     assert any(b.doc.name == "README.md" for b in RUN)
+    pages = {b.doc.name for b in RUN if b.doc.parent.name == "integrations"}
+    assert pages >= {"verl.md", "openrlhf.md", "torch.md"}, pages
