@@ -2,8 +2,12 @@
 (issue 17's targets), on the peer comparison's learner and protocol.
 
 One process drives the same `learning_progress` curriculum (simulate.py's learner, batch
-128 prompts x 8 rollouts, 2 objectives) through each case, seed by seed in turn so that
-load from other processes on the machine hits every case alike:
+128 prompts x 8 rollouts, 2 objectives) through each case, seed by seed in turn as
+compare.py does (load from other processes hits the cases alike over a run). With
+`--lockstep` every case has its own learner and all advance step by step in turn (step t
+of every case before step t + 1 of any): load that comes and goes over seconds then hits
+them alike, and the server idles between a case's calls as it does between a trainer's
+steps. The cases:
 
 - `syllabus_in_process`: Syllabus's `OnlineLearningProgress` (update + sample);
 - `paceline_in_process`: Paceline's engine, no service (no storage, no durability);
@@ -17,15 +21,15 @@ load from other processes on the machine hits every case alike:
 Timed per step: the strategy's calls only (propose + observe), as `compare.py` times
 them. By default a step is one call (the report asks for the next batch, `next_step`);
 `--two-calls` sends `report` + `next_batch`. Every client case must give the in-process
-engine's learning curve (checked). Also prints the server process's CPU time per step
-(what the client waits for over gRPC and HTTP) and the calling thread's CPU time per
-step (the client's own work over gRPC and HTTP; everything but disk waits embedded).
+engine's learning curve (checked). Also prints the calling thread's CPU time per step
+(the client's own work over gRPC and HTTP; everything but disk waits embedded) and,
+without `--lockstep`, the server process's (what the client waits for over gRPC, HTTP).
 
 `--profile CASE` runs that case once more under cProfile and prints the functions with
 the most own time: in this process only (for gRPC and HTTP, the client side).
 
     python benchmarks/peers/overhead.py [--seeds 3] [--steps 200] [--two-calls]
-                                        [--profile embedded]
+                                        [--lockstep] [--profile embedded]
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # compare, learner, strategies
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # simulate, local_service
 
-from compare import LOOPBACK_CONFIG, SYLLABUS, Row, paceline, paceline_config, run
+from compare import BATCH, LOOPBACK_CONFIG, SYLLABUS, Row, paceline, paceline_config, run
+from learner import Learner
 from strategies import PacelineClient, Strategy, SyllabusLearningProgress
 
 import paceline as client_package
@@ -137,6 +142,39 @@ GROUPS = (("learner (not timed)", ("benchmarks/",)),
           ("pydantic", ("pydantic",)))
 
 
+def lockstep(made: dict[str, Callable[[int, int], Strategy]], seed: int, steps: int
+             ) -> dict[str, dict[str, Any]]:
+    """One learner per case, all advanced step by step in turn (case after case within
+    each step), so that the machine's load, which comes and goes over seconds, hits
+    every case alike. Each case's loop is `compare.run`'s without a filter: propose,
+    roll out, train, observe; the strategy's calls are timed. Returns per case the step
+    times and the mean-accuracy curve."""
+    learners = {name: Learner(seed) for name in made}
+    strategies = {name: make(seed, steps) for name, make in made.items()}
+    out: dict[str, dict[str, Any]] = {name: {"step_seconds": [], "curves": {"mean": []}}
+                                      for name in made}
+    try:
+        for step in range(steps):
+            for name, strategy in strategies.items():
+                learner = learners[name]
+                start = time.perf_counter()
+                plan = strategy.propose(step, BATCH)
+                spent = time.perf_counter() - start
+                roll = learner.rollout(plan.indices)
+                learner.train(roll, plan.weights, plan.scale, plan.loss_weights)
+                advantages = learner.advantages(roll, plan.weights, plan.scale)
+                accuracy = learner.accuracy()
+                start = time.perf_counter()
+                strategy.observe(step, roll, advantages,
+                                 [float(accuracy.mean()), learner.brevity_rate()])
+                out[name]["step_seconds"].append(spent + time.perf_counter() - start)
+                out[name]["curves"]["mean"].append(float(accuracy.mean()))
+    finally:
+        for strategy in strategies.values():
+            strategy.close()
+    return out
+
+
 def profile(make: Callable[[int, int], Strategy], steps: int, top: int = 25) -> str:
     """Own time per function over one seed of `make`'s strategy (this process only),
     and its sum by group (client, service, storage, waiting, encoding) in ms per step."""
@@ -191,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--two-calls", action="store_true",
                         help="report + next_batch per step (default: one report that "
                              "asks for the next batch)")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="advance every case step by step in turn instead of running "
+                             "each case's whole seed in turn (compare.py's protocol)")
     parser.add_argument("--only", nargs="+", default=None, help="run only these cases")
     parser.add_argument("--profile", nargs="+", default=[], choices=[*CLIENTS,
                                                                       "paceline_in_process",
@@ -207,6 +248,10 @@ def main(argv: list[str] | None = None) -> None:
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in made}
         server_cpu = {"grpc": 0.0, "http": 0.0}
         for seed in range(args.seeds):
+            if args.lockstep:
+                for name, one in lockstep(made, seed, args.steps).items():
+                    results[name].append(one)
+                continue
             for name, make in made.items():
                 before = cpu_seconds(server.process.pid) if name in ("grpc", "http") else None
                 results[name].append(run(Row(name, "Paceline", make), seed, args.steps))
@@ -236,7 +281,9 @@ def main(argv: list[str] | None = None) -> None:
               "calling_thread_cpu_ms_per_step": thread_cpu,
               "server_cpu_ms_per_step": {
                   name: round(1e3 * cpu / (args.steps * args.seeds), 3)
-                  for name, cpu in server_cpu.items() if name in results},
+                  for name, cpu in server_cpu.items() if name in results}
+              if not args.lockstep else None,
+              "protocol": "lockstep" if args.lockstep else "by seed",
               "load_average_1m": [round(load_before[0], 2), round(load_after[0], 2)],
               "cpus": os.cpu_count()}
     print(json.dumps({"overhead": result}), flush=True)
