@@ -20,6 +20,7 @@ rewards from `ServedWeights.score`.
 
 from __future__ import annotations
 
+import logging
 import sys
 import uuid
 from importlib import resources
@@ -81,8 +82,9 @@ class Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
 
 def correct(index: int, session: int, variant: int) -> float:
-    """Every third prompt is answered the same in both sessions (DAPO drops its group)."""
-    if index % 3 == 0:
+    """Every third prompt is answered the same in both sessions (DAPO drops its group);
+    in the variant (a resumed trainer's new rollouts) every even one too."""
+    if index % 3 == 0 or (variant and index % 2 == 0):
         return 1.0
     return float((index + session + variant) % 2 == 0)
 
@@ -137,6 +139,15 @@ class Workers:
 
     def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+
+class Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 class Replicas:
@@ -308,7 +319,13 @@ def check_crash_and_resume(work: Path) -> None:
     first.replay_buffer.close()
     resumed = trainer(work, work / "resumed.db", "r", redo=5)  # a new process
     assert resumed.global_steps == 2  # verl's _load_checkpoint found global_step_2
+    warnings = Warnings()
+    logging.getLogger("paceline.integrations.verl_v1").addHandler(warnings)
     train(resumed, STEPS)
+    # a redone step whose new rollouts needed a refill part it never had was refilled
+    # from unserved samples, trained, and not reported again
+    assert any("needs a refill it never had" in m for m in warnings.messages), \
+        warnings.messages
     buffer = resumed.replay_buffer
     assert isinstance(buffer, PacelineReplayBuffer)
     assert set(buffer.ledger.already_reported) == {2, 3, 4}, buffer.ledger.already_reported

@@ -71,6 +71,8 @@ _log = logging.getLogger(__name__)
 REFILLS = "paceline.verl_v1.refills"
 #: StepRecord.scratch flag: the service refused a refill because the step is reported.
 ALREADY_REPORTED = "paceline.verl_v1.already_reported"
+#: StepRecord.scratch: where a redone, already reported step's next refill prompt starts.
+REDO_CURSOR = "paceline.verl_v1.redo_cursor"
 
 
 def _options(sampler_kwargs: Any) -> dict[str, Any]:
@@ -140,6 +142,9 @@ class PacelinePromptSource(torch.utils.data.Sampler):  # type: ignore[misc]
                     f"paceline step {record.step} needs {size} more prompts but only {left} "
                     f"samples of the layout were not served to it yet: DAPO's filter dropped "
                     "nearly every group (every reward equal); check the reward function")
+            if record.scratch.get(ALREADY_REPORTED):
+                self._redo_refill(record, size)
+                continue
             try:
                 batch = self.ledger.run.refill(record.step, self.parts + 1, ask)
             except Conflict as exc:
@@ -157,15 +162,26 @@ class PacelinePromptSource(torch.utils.data.Sampler):  # type: ignore[misc]
     def _redo_refill(self, record: StepRecord, size: int) -> None:
         """A resumed trainer redoing a step reported before the crash needs a refill part
         the step never had: Paceline serves no new part to a reported step, and the
-        redone step's report would not count, so its own served prompts are generated
-        again (the step is not reported a second time)."""
-        _log.warning("paceline: step %d of run %r was reported before the trainer resumed; "
-                     "its extra refill reuses the step's prompts and it is not reported again",
-                     record.step, self.ledger.run.run_id)
-        record.scratch[ALREADY_REPORTED] = True
-        served = [*record.batch.indices, *record.scratch.get(REFILLS, [])]  # type: ignore[misc]
+        redone step's report would not count (the first one stands), so the step is not
+        reported again and its refills are samples it was not served, in index order
+        (then, when none is left, its own served ones), taken round-robin so that the
+        trainer's filter always gets prompts it has not judged yet."""
+        if not record.scratch.get(ALREADY_REPORTED):
+            _log.warning("paceline: step %d of run %r was reported before the trainer "
+                         "resumed and needs a refill it never had; it is refilled with "
+                         "unserved samples and not reported again", record.step,
+                         self.ledger.run.run_id)
+            record.scratch[ALREADY_REPORTED] = True
+        refills = record.scratch.get(REFILLS, [])
+        assert isinstance(refills, list)
+        served = [*record.batch.indices, *refills]
+        taken = set(served)
+        order = [i for i in range(self.num_samples) if i not in taken] + served
+        cursor = int(record.scratch.get(REDO_CURSOR, 0))  # type: ignore[call-overload]
         while len(self._reserve) < size:
-            self._reserve.extend(served[:size - len(self._reserve)])
+            self._reserve.append(order[cursor % len(order)])
+            cursor += 1
+        record.scratch[REDO_CURSOR] = cursor
 
     def state_dict(self) -> dict[str, Any]:
         return {"next_step": self.next_step, **Fingerprint.of(self.ledger.run).to_dict()}
