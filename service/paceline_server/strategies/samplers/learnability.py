@@ -63,7 +63,7 @@ Sampling in O(B log N) (ours): Thompson draws for all N prompts are O(N), so
    (docs/benchmarks.md, "Learner suite"): for the top B of many candidates a random
    draw favours the uncertain (unseen, once-seen) ones, which is optimism, not
    information, when most prompts are visited once or twice. c = 3 (4) saved another
-   ~5 % (~8 %) of the rollouts there for ~1.15x (~2x) the proposal time at N = 10^7.
+   ~5 % (~10 %) of the rollouts there for ~1.15x (~2x) the proposal time at N = 10^7.
 Tree leaves are ordered by distribution (the layout's member order), so each
 distribution is one contiguous range of leaves for label layouts too.
 
