@@ -525,3 +525,22 @@ def test_the_dashboard_shell_prefetches_the_history(sqlite_client: TestClient) -
     assert "hist" in service.histories._traces
     assert service.engines.peek("hist") is not None  # loaded for /state as well
     assert sqlite_client.get("/ui/c/nope").status_code == 200  # the page reports it
+
+
+def test_many_small_chunks_are_merged(sqlite_client: TestClient,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first request that reads many chunks stores them again as fewer, larger ones
+    (in the background); the next process reads the same rows from those."""
+    monkeypatch.setattr(history_module, "MERGE_CHUNKS", 2)
+    monkeypatch.setattr(history_module, "MERGED_ROWS", 6)
+    setup(sqlite_client)
+    drive(sqlite_client, 16)  # chunks 1..3, 4..6, ..., 13..15 (snapshot_every=3)
+    service = sqlite_client.app.state.service  # type: ignore[attr-defined]
+    histories = HistoryService(service.store)
+    before = histories.history("hist", every=1)
+    wait_for_fills(histories)
+    assert [(c.first_seq, c.last_seq) for c in service.store.history_checkpoints("hist")
+            ] == [(1, 6), (7, 12), (13, 15)]
+    again = HistoryService(service.store).history("hist", every=1)
+    assert_same_history(again, before)
+    assert_same_history(again, _Replayed(service.store).history("hist", every=1))

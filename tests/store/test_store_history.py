@@ -91,3 +91,15 @@ def test_unknown_curriculum(store: SqlStore) -> None:
         store.history_checkpoints("nope")
     with pytest.raises(CurriculumNotFound):
         store.put_history("nope", 1, 1, b"x")
+
+
+def test_a_chunk_drops_the_chunks_inside_its_range(store: SqlStore) -> None:
+    store.create_curriculum("c", SPEC)
+    appended(store, 9)
+    for first, last in ((1, 3), (4, 6), (7, 9)):
+        store.put_history("c", first, last, f"{first}".encode())
+    store.put_history("c", 1, 6, b"merged")  # replaces 4..6, drops 1..3
+    assert spans(store) == [(1, 6, b"merged"), (7, 9, b"7")]
+    with store.writer("c") as writer:
+        writer.put_history(2, 9, b"all")  # 1..6 starts before 2: kept
+    assert spans(store) == [(1, 6, b"merged"), (2, 9, b"all")]

@@ -82,6 +82,10 @@ CHUNK = 25
 HISTORY_WAIT_S = 0.5
 #: how long a request waits for a prefetch of the same history before building its own
 PREFETCH_WAIT_S = 5.0
+#: a first request that reads more chunks than this merges them, in the background, into
+#: chunks of about `MERGED_ROWS` rows (fewer, larger chunks unpack faster next time)
+MERGE_CHUNKS = 20
+MERGED_ROWS = 10_000
 #: rows the report path keeps in memory before it stores them, snapshot due or not
 MAX_PENDING_ROWS = 1000
 _FLAGS = ("stalled", "saturated", "hopeless")
@@ -466,9 +470,12 @@ class HistoryService:
         columns = _Columns(spec.layout.num_distributions, len(spec.objectives))
         engine = CurriculumEngine(spec)
         columns.append(0, -1, record.created_at.timestamp(), engine.progress())
-        covered = self._load_checkpoints(name, spec, columns)
-        if covered:
-            return _Trace(created_at, spec, None, 0, covered, 0, columns)
+        ranges = self._load_checkpoints(name, spec, columns)
+        if ranges:
+            trace = _Trace(created_at, spec, None, 0, ranges[-1][1], 0, columns)
+            if len(ranges) > MERGE_CHUNKS:
+                self._start_merge(name, trace, ranges)
+            return trace
         first = next(iter(self.store.events(name, after_seq=0, limit=1)), None)
         if first is None or first.seq == 1 or head_seq == 0:
             return _Trace(created_at, spec, engine, 0, 0, 0, columns)
@@ -485,9 +492,12 @@ class HistoryService:
         return _Trace(created_at, spec, engine, snapshot.seq, snapshot.seq, snapshot.seq,
                       columns)
 
-    def _load_checkpoints(self, name: str, spec: CurriculumSpec, columns: _Columns) -> int:
-        """Append the stored rows chained from seq 1; returns the last seq they reach."""
+    def _load_checkpoints(self, name: str, spec: CurriculumSpec,
+                          columns: _Columns) -> list[tuple[int, int]]:
+        """Append the stored rows chained from seq 1; returns the (first_seq, last_seq)
+        of the chunks used (the last one's last_seq is where the rows end)."""
         covered = 0
+        ranges: list[tuple[int, int]] = []
         d, k = spec.layout.num_distributions, len(spec.objectives)
         stored_chunks = self.store.history_checkpoints(name)
         if stored_chunks:
@@ -505,8 +515,37 @@ class HistoryService:
                              "replaying from there", stored.first_seq, stored.last_seq, name)
                 break
             columns.extend(chunk, skip=covered + 1 - chunk.first_seq)
+            ranges.append((covered + 1, chunk.last_seq))
             covered = chunk.last_seq
-        return covered
+        return ranges
+
+    def _start_merge(self, name: str, trace: _Trace, ranges: list[tuple[int, int]]) -> None:
+        """Store the rows just read as chunks of about `MERGED_ROWS` rows (each replaces
+        the chunks inside its range), in a background thread: the same bytes, fewer chunks
+        for the next process to read."""
+        groups: list[tuple[int, int]] = []
+        start, count = ranges[0][0], 0
+        for first, last in ranges:
+            count += 1
+            if last - start + 1 >= MERGED_ROWS or (first, last) == ranges[-1]:
+                if count > 1:
+                    groups.append((start, last))
+                start, count = last + 1, 0
+
+        def merge() -> None:
+            try:
+                for first, last in groups:
+                    with trace.lock:  # rows 0..trace.seq sit at their seq's index
+                        rows = pack_rows(_chunk_of(trace.columns, first, last + 1))
+                    self.store.put_history(name, first, last, rows)
+            except Exception as exc:  # only a speed-up: the small chunks stay
+                _log.warning("history chunks of %r not merged: %r", name, exc)
+
+        if groups:
+            thread = threading.Thread(target=merge, daemon=True,
+                                      name=f"paceline-history-merge-{name}")
+            self.fills.append(thread)
+            thread.start()
 
     def _engine_at(self, name: str, spec: CurriculumSpec, seq: int,
                    head_seq: int | None = None) -> tuple[CurriculumEngine, int]:

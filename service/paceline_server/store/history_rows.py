@@ -3,9 +3,10 @@
 A checkpoint is one chunk of a curriculum's per-report history rows (first_seq..last_seq,
 bytes the app packs) stored under (curriculum, last_seq). Chunks are written in the
 transaction of the report they end at (so they commit with it or not at all) or, to fill
-a range no writer recorded, in a transaction of their own; an equal `last_seq` is
-replaced. They hang off the curriculum (ON DELETE CASCADE) and are never pruned with the
-events, which is what lets a history answer for a pruned range without a replay.
+a range no writer recorded or merge small chunks into one, in a transaction of their own;
+an equal `last_seq` is replaced and chunks inside the new one's range are dropped. They
+hang off the curriculum (ON DELETE CASCADE) and are never pruned with the events, which
+is what lets a history answer for a pruned range without a replay.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, delete, func, select
 
 from paceline_server.store import tables as t
 from paceline_server.store.base import HistoryCheckpoint
@@ -31,7 +32,9 @@ def check_range(first_seq: int, last_seq: int, head_seq: int) -> None:
 
 def put_checkpoint(conn: Connection, insert: Callable[[Any], Any], cid: int,
                    first_seq: int, last_seq: int, rows: bytes) -> None:
-    """Upsert the chunk ending at `last_seq`."""
+    """Upsert the chunk ending at `last_seq` and drop the chunks inside its range."""
+    conn.execute(delete(_h).where(_h.c.curriculum_id == cid, _h.c.first_seq >= first_seq,
+                                  _h.c.last_seq < last_seq))
     stmt = insert(_h).values(curriculum_id=cid, last_seq=last_seq, first_seq=first_seq,
                              rows=bytes(rows), created_at=datetime.now(UTC))
     conn.execute(stmt.on_conflict_do_update(
