@@ -205,7 +205,8 @@ class CurriculumWriter(ABC):
     def put_history(self, first_seq: int, last_seq: int, rows: bytes) -> None:
         """Store the history rows of reports first_seq..last_seq in this transaction
         (1 <= first_seq <= last_seq <= head_seq, else ValueError), replacing a chunk that
-        ends at the same `last_seq`. Chunks are kept when events are pruned."""
+        ends at the same `last_seq` and dropping those that lie inside first..last (so
+        smaller chunks can be merged into one). Chunks are kept when events are pruned."""
 
     @abstractmethod
     def last_history_seq(self, before: int) -> int:
