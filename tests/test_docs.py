@@ -1,5 +1,6 @@
-"""The code in README.md and docs/ (docs/integrations/ included) runs: every ```python block is executed unless the
-line before its fence says otherwise, so the examples cannot drift from the code.
+"""The code in README.md and docs/ (docs/integrations/ included) runs: every ```python block
+is executed unless the line before its fence says otherwise,
+so the examples cannot drift from the code.
 
 The convention (also in docs/integrations.md, "Docs that run"): an HTML comment on the line
 right before the opening fence,

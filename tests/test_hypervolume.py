@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from paceline_server.domain import InvalidParams, InvalidReport
 from paceline_server.engine import CurriculumEngine
+from paceline_server.strategies.state_codec import encode_state
 from paceline_server.strategies.weightings import hypervolume as hv_module
 from paceline_server.strategies.weightings.hypervolume import HISTORY, HypervolumeState, meta_reward
-from paceline_server.strategies.state_codec import encode_state
 from support import report, spec
 
 

@@ -24,8 +24,8 @@ from paceline_server.strategies.samplers.spard import (
     apply_floor,
     pace_at,
 )
-from paceline_server.strategies.weightings.spard import SpardWeightingState
 from paceline_server.strategies.sumtree import leaf_weights
+from paceline_server.strategies.weightings.spard import SpardWeightingState
 from support import report, spec
 
 

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from paceline_server.domain import InvalidParams
 from paceline_server.engine import CurriculumEngine
 from paceline_server.strategies.base import ProposeContext
-from paceline_server.strategies.state_codec import decode_state, encode_state
 from paceline_server.strategies.samplers.temperature import (
     TemperatureParams,
     TemperatureState,
     temperature_at,
 )
+from paceline_server.strategies.state_codec import decode_state, encode_state
 from support import report, spec
 
 

@@ -29,8 +29,8 @@ from paceline.integrations.trl_gradients import (
 from paceline.models import weights_view
 from paceline_server.app.codec import decode_report
 from paceline_server.store import open_store
-from paceline_server.strategies.weightings.gradient import GradientParams, apply_floor
 from paceline_server.strategies.kernels import softmax
+from paceline_server.strategies.weightings.gradient import GradientParams, apply_floor
 
 ETA = 2000.0
 PREFERENCE = (0.75, 0.25)
