@@ -17,7 +17,7 @@ Cost (see docs/benchmarks.md, "History", and docs/dashboard.md):
   INSERT of the packed chunk plus a read of its events' times; stored: 8·(4D + k + 4) + 3D
   bytes per report (about 170 bytes with 4 distributions and 2 objectives).
 - first request of a process: read and unpack the chunks (O(reports) bytes, no fold:
-  36-62 ms for 10 000 reports), then fold the reports after the last chunk (fewer than
+  3-20 ms for 10 000 reports), then fold the reports after the last chunk (fewer than
   `snapshot_every` normally; one engine fold each, about 1 ms on a quiet machine);
   without chunks, one fold per stored report as before. Kept in memory: 8·(5·D + k + 4)
   bytes per report and one engine, for `CACHE_SIZE` curricula. The dashboard starts
