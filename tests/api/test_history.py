@@ -19,7 +19,9 @@ from paceline_server.domain import CurriculumSpec, Report
 from paceline_server.domain.history import (
     DISTRIBUTION_SERIES,
     RowChunk,
+    pack_point,
     pack_rows,
+    unpack_points,
     unpack_rows,
 )
 from paceline_server.engine import CurriculumEngine
@@ -175,10 +177,15 @@ def test_unknown_curriculum_history(sqlite_client: TestClient) -> None:
 
 
 class _Replayed(HistoryService):
-    """The history as a full replay of the log computes it (stored checkpoints unread)."""
+    """The history as a full replay of the log computes it (stored checkpoints and the
+    rows stored with the events unread)."""
 
     def _load_checkpoints(self, *args: Any) -> int:
         return 0
+
+    def _stored_rows(self, name: str, spec: Any, columns: Any, after: int,
+                     head_seq: int) -> int:
+        return after
 
 
 def assert_same_history(cold: Any, warm: Any) -> None:
@@ -195,9 +202,10 @@ def assert_same_history(cold: Any, warm: Any) -> None:
 
 
 def test_checkpoints_answer_a_cold_history_exactly(client: TestClient) -> None:
-    """snapshot_every=3: the report path stores rows 1..3, 4..6, ... with the snapshots;
-    a fresh HistoryService reads them and folds only the reports after the last one, and
-    its answer equals a full replay of the log in every column."""
+    """snapshot_every=3: the report path stores rows 1..3, 4..6, ... with the snapshots
+    and each report's row in its event; a fresh HistoryService reads the chunks and the
+    rows of the events after the last one, folds nothing, and its answer equals a full
+    replay of the log in every column."""
     setup(client)
     drive(client, 14)
     service = client.app.state.service  # type: ignore[attr-defined]
@@ -207,19 +215,94 @@ def test_checkpoints_answer_a_cold_history_exactly(client: TestClient) -> None:
     cold_service = HistoryService(service.store)
     cold = cold_service.history("hist", every=1)
     assert cold.seq.tolist() == list(range(15)) and cold.complete
-    trace = cold_service._traces["hist"]
-    assert trace.engine is not None and trace.engine_seq == 14  # from the snapshot at 12
-    assert_same_history(cold, _Replayed(service.store).history("hist", every=1))
-    # at a checkpoint no fold at all: the rows are read, the engine is never built
+    assert cold_service.folds == 0 and cold_service._traces["hist"].engine is None
+    replay = _Replayed(service.store)
+    assert_same_history(cold, replay.history("hist", every=1))
+    assert replay.folds == 14  # the reference really is a replay
+    # at a checkpoint: the chunks alone
     drive(client, 1, start=14)
     at_checkpoint = HistoryService(service.store)
     view = at_checkpoint.history("hist", every=1)
-    assert at_checkpoint._traces["hist"].engine is None and view.head_seq == 15
+    assert at_checkpoint.folds == 0 and view.head_seq == 15
     assert_same_history(view, _Replayed(service.store).history("hist", every=1))
-    # and it goes on from there like a replayed one
+    # and later requests read the new reports' rows too
     drive(client, 4, start=15)
     assert_same_history(at_checkpoint.history("hist", every=1),
                         _Replayed(service.store).history("hist", every=1))
+    assert at_checkpoint.folds == 0 and at_checkpoint._traces["hist"].engine is None
+
+
+def test_every_head_position_is_answered_without_a_fold(tmp_path: Any) -> None:
+    """snapshot_every=100: a cold history with the head 1, 50 and 99 reports past the
+    checkpoint folds no report and equals the full replay."""
+    with make_client(f"sqlite:///{tmp_path / 'h.db'}", snapshot_every=100) as client:
+        setup(client)
+        store = client.app.state.service.store  # type: ignore[attr-defined]
+        done = 0
+        for head in (101, 150, 199):
+            drive(client, head - done, start=done)
+            done = head
+            assert [c.last_seq for c in store.history_checkpoints("hist")] == [100]
+            cold = HistoryService(store)
+            view = cold.history("hist", every=1)
+            assert view.seq.tolist() == list(range(head + 1)) and view.complete
+            assert cold.folds == 0, head
+            assert_same_history(view, _Replayed(store).history("hist", every=1))
+
+
+def null_progress(store: Any, where: str, value: bytes | None = None) -> None:
+    """Set the rows stored with some events of `hist` (as an older version left them:
+    NULL, or damaged bytes)."""
+    from sqlalchemy import text
+
+    with store.engine.begin() as conn:
+        conn.execute(text(f"UPDATE events SET progress = :value WHERE {where}"),
+                     {"value": value})
+
+
+def test_events_without_rows_are_replayed(client: TestClient) -> None:
+    """Events whose row is missing (written before rows were stored with them, or not
+    readable) are folded from the snapshot before them, as before: same answer."""
+    setup(client)
+    drive(client, 14)
+    service = client.app.state.service  # type: ignore[attr-defined]
+    store = service.store
+    reference = _Replayed(store).history("hist", every=1)
+    null_progress(store, "seq > 12")  # the tail after the last chunk (1..12)
+    cold = HistoryService(store)
+    assert_same_history(cold.history("hist", every=1), reference)
+    trace = cold._traces["hist"]
+    assert cold.folds == 2 and trace.engine is not None and trace.engine_seq == 14
+    null_progress(store, "seq = 14")  # rows up to 13 read, 14 folded from the snapshot
+    cold = HistoryService(store)
+    assert_same_history(cold.history("hist", every=1), reference)
+    assert cold.folds == 2  # 13 folded again on the way, its row not taken twice
+    null_progress(store, "seq >= 13", b"\x01damaged")
+    cold = HistoryService(store)
+    assert_same_history(cold.history("hist", every=1), reference)
+    assert cold.folds == 2
+
+
+def test_points_pack_and_unpack() -> None:
+    engine = CurriculumEngine(CurriculumSpec.from_dict(SPEC))
+    point = engine.progress()
+    packed = pack_point(point)
+    assert len(packed) == 1 + 8 * (4 * 3 + 2 + 2) + 3 * 3
+    chunk = unpack_points(5, np.array([4, 9]), np.array([1.0, 2.0]), [packed, packed], 3, 2)
+    assert (chunk.first_seq, chunk.last_seq) == (5, 6)
+    np.testing.assert_array_equal(chunk.series["probability"][1], point.probabilities)
+    np.testing.assert_array_equal(chunk.series["success"][0], point.success)  # NaN kept
+    np.testing.assert_array_equal(chunk.series["stalled"][0], point.stalled)
+    assert chunk.series["stalled"].dtype == bool
+    np.testing.assert_array_equal(chunk.reward_weights[0], point.reward_weights)
+    np.testing.assert_array_equal(chunk.hypervolume, [point.hypervolume] * 2)
+    assert chunk.step.tolist() == [4, 9] and chunk.time.tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match="expected"):
+        unpack_points(1, np.array([1]), np.array([1.0]), [packed[:-1]], 3, 2)
+    with pytest.raises(ValueError, match="expected"):
+        unpack_points(1, np.array([1]), np.array([1.0]), [packed], 2, 2)  # another D
+    with pytest.raises(ValueError, match="unknown format"):
+        unpack_points(1, np.array([1]), np.array([1.0]), [b"\x02" + packed[1:]], 3, 2)
 
 
 def test_a_pruned_log_is_answered_from_checkpoints(tmp_path: Any) -> None:
@@ -318,17 +401,18 @@ def test_a_retried_transaction_replaces_its_rows(sqlite_client: TestClient) -> N
     cached = service.engines.entry(service.store.head("hist"))
     histories = HistoryService(service.store)
     with cached.lock, service.store.writer("hist") as writer:
-        histories.record(writer, cached, 1, 0, every=100)
-        histories.record(writer, cached, 2, 1, every=100)
-        histories.record(writer, cached, 3, 7, every=100)
-        histories.record(writer, cached, 2, 5, every=100)  # the retry
+        point = cached.engine.progress()
+        histories.record(writer, cached, 1, 0, 100, point)
+        histories.record(writer, cached, 2, 1, 100, point)
+        histories.record(writer, cached, 3, 7, 100, point)
+        histories.record(writer, cached, 2, 5, 100, point)  # the retry
         pending = histories._pending["hist"]
         assert (pending.first_seq, pending.steps) == (1, [0, 5])
-        histories.record(writer, cached, 9, 9, every=100)  # a gap: starts afresh
+        histories.record(writer, cached, 9, 9, 100, point)  # a gap: starts afresh
         assert (histories._pending["hist"].first_seq, histories._pending["hist"].steps) \
             == (9, [9])
         cached.engine = CurriculumEngine(cached.spec)  # reloaded after a failed commit
-        histories.record(writer, cached, 10, 10, every=100)
+        histories.record(writer, cached, 10, 10, 100, point)
         assert (histories._pending["hist"].first_seq, histories._pending["hist"].steps) \
             == (10, [10])
 
@@ -389,6 +473,9 @@ class _HeldStore:
 
     def history_checkpoints(self, *args: Any, **kwargs: Any) -> Any:
         return []  # as a log from before checkpoints: everything is replayed
+
+    def event_progress(self, *args: Any, **kwargs: Any) -> Any:
+        return []  # nor rows stored with the events
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)

@@ -25,7 +25,8 @@ _EVENT = (t.events.c.seq, t.events.c.run_id, t.events.c.payload, t.events.c.crea
 
 def _event_values(cid: int) -> dict[str, object]:
     return {"curriculum_id": cid, "seq": 1, "kind": "report", "run_id": "r", "step": 0,
-            "idempotency_key": "k", "payload": b"\x00\xffpayload", "created_at": WHEN}
+            "idempotency_key": "k", "payload": b"\x00\xffpayload", "created_at": WHEN,
+            "progress": None}
 
 
 def test_round_trip_matches_sqlalchemy(store: SqlStore) -> None:

@@ -1,5 +1,6 @@
-"""The history-checkpoint part of the `Store` contract (store/base.py: `put_history`,
-`last_history_seq`, `event_times`, `history_checkpoints`), on SQLite and PostgreSQL."""
+"""The history part of the `Store` contract (store/base.py: `put_history`,
+`last_history_seq`, `event_times`, `history_checkpoints`, and the rows stored with the
+events: `append(progress=)`, `event_progress`), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -90,6 +91,8 @@ def test_unknown_curriculum(store: SqlStore) -> None:
     with pytest.raises(CurriculumNotFound):
         store.history_checkpoints("nope")
     with pytest.raises(CurriculumNotFound):
+        store.event_progress("nope", 0)
+    with pytest.raises(CurriculumNotFound):
         store.put_history("nope", 1, 1, b"x")
 
 
@@ -103,3 +106,48 @@ def test_a_chunk_drops_the_chunks_inside_its_range(store: SqlStore) -> None:
     with store.writer("c") as writer:
         writer.put_history(2, 9, b"all")  # 1..6 starts before 2: kept
     assert spans(store) == [(1, 6, b"merged"), (2, 9, b"all")]
+
+
+def test_rows_stored_with_the_events(store: SqlStore) -> None:
+    """`append(progress=)` stores the row in the event's INSERT; `event_progress` reads
+    them back in seq order (None where none was given), after `after_seq`, at most
+    `limit`, and only what committed."""
+    store.create_curriculum("c", SPEC)
+    with store.writer("c") as writer:
+        for i in range(4):
+            writer.append("report", "r", 10 + i, None, b"payload",
+                          progress=None if i == 2 else f"row{i}".encode())
+    rows = store.event_progress("c", 0)
+    assert [(r.seq, r.step, r.progress) for r in rows] == [
+        (1, 10, b"row0"), (2, 11, b"row1"), (3, 12, None), (4, 13, b"row3")]
+    assert all(r.created_at.tzinfo is not None for r in rows)
+    events = list(store.events("c"))
+    assert [r.created_at for r in rows] == [e.created_at for e in events]
+    assert [r.seq for r in store.event_progress("c", 1, limit=2)] == [2, 3]
+    assert store.event_progress("c", 4) == [] and store.event_progress("c", 0, limit=0) == []
+    with pytest.raises(ValueError, match="non-negative"):
+        store.event_progress("c", 0, limit=-1)
+
+    def failing() -> None:
+        with store.writer("c") as writer:
+            writer.append("report", "r", 20, None, b"x", progress=b"lost")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        failing()
+    assert [r.seq for r in store.event_progress("c", 0)] == [1, 2, 3, 4]
+
+
+def test_rows_go_with_pruned_events(store: SqlStore) -> None:
+    """Pruning drops an event's row with it: what remains starts after the snapshot,
+    whose chunk covers the pruned range."""
+    store.create_curriculum("c", SPEC)
+    with store.writer("c") as writer:
+        for i in range(6):
+            writer.append("report", "r", i, None, b"x", progress=bytes([i]))
+        writer.put_snapshot(4, b"state")
+        writer.put_history(1, 4, b"rows")
+    assert store.prune_events("c", 6) == 4
+    assert [(r.seq, r.progress) for r in store.event_progress("c", 0)] == [
+        (5, b"\x04"), (6, b"\x05")]
+    assert spans(store) == [(1, 4, b"rows")]

@@ -33,6 +33,7 @@ from paceline_server.domain.errors import (
     SchemaOutdated,
     Unavailable,
 )
+from paceline_server.domain.history import ProgressPoint, pack_point
 from paceline_server.domain.report import Report
 from paceline_server.settings import Settings
 from paceline_server.store.base import BatchRecord, CurriculumWriter, EventRecord, Store
@@ -81,8 +82,11 @@ class GroupCommitter:
         self.coordinator = coordinator
         self.settings = settings
         #: Called after each report is folded and appended (writer, cached, seq, step,
-        #: snapshot_every): the history's rows (`HistoryService.record`).
-        self.on_fold: Callable[[CurriculumWriter, CachedEngine, int, int, int], None] | None = None
+        #: snapshot_every, the row appended with it): the history's rows
+        #: (`HistoryService.record`). When set, each report's `progress()` is computed
+        #: between the fold and the append and stored in the event's own row.
+        self.on_fold: Callable[[CurriculumWriter, CachedEngine, int, int, int,
+                                ProgressPoint], None] | None = None
 
     def drain(self, name: str, cached: CachedEngine) -> None:
         """Commit what `report_async` queued on `cached`, group by group (worker thread).
@@ -195,10 +199,13 @@ class GroupCommitter:
         if not item.accept_unserved:
             _check_served(writer, item.report)
         cached.engine.apply(item.report)
+        point = None if self.on_fold is None else cached.engine.progress()
         seq = writer.append("report", item.report.run_id, item.report.step, item.key,
-                            item.payload, checked=True)
-        if self.on_fold is not None:
-            self.on_fold(writer, cached, seq, item.report.step, self.settings.snapshot_every)
+                            item.payload, checked=True,
+                            progress=None if point is None else pack_point(point))
+        if self.on_fold is not None and point is not None:
+            self.on_fold(writer, cached, seq, item.report.step, self.settings.snapshot_every,
+                         point)
         if seq % self.settings.snapshot_every == 0:
             self._snapshot(writer, cached, seq)
         return ReportAck(seq, replayed=False,

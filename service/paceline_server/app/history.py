@@ -57,6 +57,7 @@ from paceline_server.domain.history import (
     ProgressPoint,
     RowChunk,
     pack_rows,
+    unpack_points,
     unpack_rows,
 )
 from paceline_server.domain.spec import CurriculumSpec
@@ -225,19 +226,22 @@ class HistoryService:
         self._building: dict[str, threading.Event] = {}  # prefetches under way
         #: background fills started (for tests and the benchmark to wait on)
         self.fills: list[threading.Thread] = []
+        #: reports folded to compute rows (the rows stored with the events need none):
+        #: how tests and the benchmark tell a stored answer from a replayed one
+        self.folds = 0
 
     # ------------------------------------------------------------ report path
     def record(self, writer: CurriculumWriter, cached: CachedEngine, seq: int, step: int,
-               every: int) -> None:
+               every: int, point: ProgressPoint) -> None:
         """The report at `seq` was just folded into `cached.engine` and appended through
-        `writer`: keep its row, and store the rows kept so far when a snapshot is due
-        (`seq % every == 0`) or `MAX_PENDING_ROWS` are waiting. Called by the report path
-        under the curriculum's engine lock. Rows start afresh when the seq does not follow
-        (another replica's reports were folded in between) or the engine is not the one
-        they came from (a failed transaction reloads it: its folds may not have
-        committed); the rows left out are a gap, which the next checkpoint notices and
-        fills in the background."""
-        point = cached.engine.progress()
+        `writer` with `point`, its row (`cached.engine.progress()`, also stored in the event's
+        own row): keep the row, and store the rows kept so far as a checkpoint chunk when a
+        snapshot is due (`seq % every == 0`) or `MAX_PENDING_ROWS` are waiting. Called by
+        the report path under the curriculum's engine lock. Rows start afresh when the seq
+        does not follow (another replica's reports were folded in between) or the engine
+        is not the one they came from (a failed transaction reloads it: its folds may not
+        have committed); the rows left out are a gap, which the next checkpoint notices
+        and fills in the background."""
         name = cached.spec.name
         with self._guard:
             pending = self._pending.get(name)
@@ -351,6 +355,11 @@ class HistoryService:
         with trace.lock:
             if trace.seq >= head_seq and not trace.replaying:
                 return head_seq
+            if not trace.replaying:  # rows stored with the events: no fold
+                trace.seq = self._stored_rows(name, trace.spec, trace.columns, trace.seq,
+                                              head_seq)
+                if trace.seq >= head_seq:
+                    return head_seq
             if trace.engine is None:
                 trace.engine, trace.engine_seq = self._engine_at(name, trace.spec, trace.seq,
                                                                   head_seq)
@@ -472,13 +481,15 @@ class HistoryService:
         columns.append(0, -1, record.created_at.timestamp(), engine.progress())
         ranges = self._load_checkpoints(name, spec, columns)
         if ranges:
-            trace = _Trace(created_at, spec, None, 0, ranges[-1][1], 0, columns)
+            seq = self._stored_rows(name, spec, columns, ranges[-1][1], head_seq)
+            trace = _Trace(created_at, spec, None, 0, seq, 0, columns)
             if len(ranges) > MERGE_CHUNKS:
                 self._start_merge(name, trace, ranges)
             return trace
         first = next(iter(self.store.events(name, after_seq=0, limit=1)), None)
         if first is None or first.seq == 1 or head_seq == 0:
-            return _Trace(created_at, spec, engine, 0, 0, 0, columns)
+            seq = self._stored_rows(name, spec, columns, 0, head_seq)
+            return _Trace(created_at, spec, None if seq else engine, 0, seq, 0, columns)
         snapshot = (self.store.latest_snapshot(name, at_most=first.seq - 1)
                     or self.store.latest_snapshot(name, at_most=head_seq))
         if snapshot is None:
@@ -489,8 +500,40 @@ class HistoryService:
             raise _unreplayable(name, snapshot.seq, exc, 0) from exc
         columns = _Columns(spec.layout.num_distributions, len(spec.objectives))
         columns.append(snapshot.seq, -1, snapshot.created_at.timestamp(), engine.progress())
+        seq = self._stored_rows(name, spec, columns, snapshot.seq, head_seq)
+        if seq > snapshot.seq:  # a later fold starts from the snapshot nearest the rows
+            return _Trace(created_at, spec, None, 0, seq, snapshot.seq, columns)
         return _Trace(created_at, spec, engine, snapshot.seq, snapshot.seq, snapshot.seq,
                       columns)
+
+    def _stored_rows(self, name: str, spec: CurriculumSpec, columns: _Columns, after: int,
+                     head_seq: int) -> int:
+        """Append the rows stored with the events after `after` (through `head_seq`), as
+        far as they run unbroken from `after + 1`; returns the seq they reach (`after`
+        when none: an event written before rows were stored with it, or pruned, is
+        replayed from there)."""
+        if head_seq <= after:
+            return after
+        stored = self.store.event_progress(name, after, limit=head_seq - after)
+        n = 0
+        while n < len(stored) and stored[n].seq == after + 1 + n \
+                and stored[n].progress is not None:
+            n += 1
+        if n == 0:
+            return after
+        run = stored[:n]
+        try:
+            chunk = unpack_points(
+                after + 1, np.fromiter((e.step for e in run), np.int64, n),
+                np.fromiter((e.created_at.timestamp() for e in run), np.float64, n),
+                [e.progress for e in run if e.progress is not None],
+                spec.layout.num_distributions, len(spec.objectives))
+        except ValueError as exc:
+            _log.warning("history rows stored with events %d..%d of %r not readable (%s); "
+                         "replaying them", after + 1, after + n, name, exc)
+            return after
+        columns.extend(chunk)
+        return after + n
 
     def _load_checkpoints(self, name: str, spec: CurriculumSpec,
                           columns: _Columns) -> list[tuple[int, int]]:
@@ -586,8 +629,7 @@ class HistoryService:
             self._fold(name, trace, self.store.events(name, after_seq=trace.engine_seq,
                                                       limit=head_seq - trace.engine_seq))
 
-    @staticmethod
-    def _fold(name: str, trace: _Trace, events: Iterable[EventRecord]) -> None:
+    def _fold(self, name: str, trace: _Trace, events: Iterable[EventRecord]) -> None:
         """Fold events in order, recording a row after each one beyond the rows the
         trace holds (caller holds the lock)."""
         engine = trace.engine
@@ -596,6 +638,7 @@ class HistoryService:
             if event.seq != trace.engine_seq + 1:
                 raise _Gap(f"event log of {name!r} has a gap after seq {trace.engine_seq}")
             engine.apply(decode_report(event.payload))
+            self.folds += 1
             trace.engine_seq = event.seq
             if event.seq > trace.seq:
                 trace.seq = event.seq

@@ -122,3 +122,48 @@ def unpack_rows(data: bytes) -> RowChunk:
                     reward_weights=columns.pop("reward_weights"),
                     reward_scale=columns.pop("reward_scale"),
                     hypervolume=columns.pop("hypervolume"))
+
+
+#: leads a packed point: its format version (one byte)
+_POINT_FORMAT = 1
+
+
+def _point_dtype(d: int, k: int) -> np.dtype:
+    """One packed point: format byte, float64 [4D + k + 2] (the four float series, the
+    reward weights, scale and hypervolume), flag bytes [3D]; no padding."""
+    return np.dtype([("format", "u1"), ("values", "<f8", (4 * d + k + 2,)),
+                     ("flags", "u1", (3 * d,))])
+
+
+def pack_point(point: ProgressPoint) -> bytes:
+    """One row for the event it follows (`events.progress`): 1 + 8·(4D + k + 2) + 3D
+    bytes; its seq, step and time are the event's own columns."""
+    values = np.concatenate([point.probabilities, point.success, point.mean_abs_advantage,
+                             point.zero_variance, point.reward_weights,
+                             [point.reward_scale, point.hypervolume]]).astype("<f8")
+    flags = np.concatenate([point.stalled, point.saturated, point.hopeless]).astype("u1")
+    return bytes([_POINT_FORMAT]) + values.tobytes() + flags.tobytes()
+
+
+def unpack_points(first_seq: int, step: np.ndarray, time: np.ndarray,
+                  points: list[bytes], d: int, k: int) -> RowChunk:
+    """The rows of consecutive events from their packed points (one copy per column);
+    ValueError when one is not a point of this D and k."""
+    dtype = _point_dtype(d, k)
+    if any(len(p) != dtype.itemsize for p in points):
+        raise ValueError(f"packed points of {sorted({len(p) for p in points})} bytes, "
+                         f"expected {dtype.itemsize}")
+    rows = np.frombuffer(b"".join(points), dtype=dtype)
+    if rows.size and not (rows["format"] == _POINT_FORMAT).all():
+        raise ValueError("a packed point of an unknown format")
+    values, flags = rows["values"], rows["flags"].astype(bool)
+    floats = ("probability", "success", "mean_abs_advantage", "zero_variance_fraction")
+    series = {name: np.ascontiguousarray(values[:, i * d:(i + 1) * d])
+              for i, name in enumerate(floats)}
+    for i, name in enumerate(("stalled", "saturated", "hopeless")):
+        series[name] = flags[:, i * d:(i + 1) * d]
+    return RowChunk(first_seq=first_seq, step=np.asarray(step, dtype=np.int64),
+                    time=np.asarray(time, dtype=np.float64), series=series,
+                    reward_weights=np.ascontiguousarray(values[:, 4 * d:4 * d + k]),
+                    reward_scale=values[:, 4 * d + k].copy(),
+                    hypervolume=values[:, 4 * d + k + 1].copy())

@@ -106,6 +106,16 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
+class EventProgress:
+    """An event's position and the history row stored with it (None: none stored)."""
+
+    seq: int
+    step: int
+    created_at: datetime
+    progress: bytes | None
+
+
+@dataclass(frozen=True)
 class SnapshotRecord:
     seq: int  # state after folding events 1..seq
     state: bytes
@@ -166,12 +176,14 @@ class CurriculumWriter(ABC):
 
     @abstractmethod
     def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,
-               payload: bytes, *, checked: bool = False) -> int:
+               payload: bytes, *, checked: bool = False, progress: bytes | None = None) -> int:
         """Append an event at head_seq + 1 and return its sequence number.
 
         A key already in the log raises IdempotencyConflict; `checked=True` says the
         caller has just looked the key up with `find_by_key` in this block, which spares
-        the second lookup."""
+        the second lookup. `progress` is the history row of the state after this event
+        (bytes the app packs, opaque to the store), stored in the same row and read back
+        by `Store.event_progress`; None stores none (a history then replays the event)."""
 
     @abstractmethod
     def put_snapshot(self, seq: int, state: bytes | Iterable[bytes | memoryview]) -> None:
@@ -342,6 +354,14 @@ class Store(ABC):
     def put_history(self, name: str, first_seq: int, last_seq: int, rows: bytes) -> None:
         """`CurriculumWriter.put_history` in a transaction of its own, for rows computed
         outside a writer (filling a range no writer recorded); committed reports only."""
+
+    @abstractmethod
+    def event_progress(self, name: str, after_seq: int,
+                       limit: int | None = None) -> list[EventProgress]:
+        """The history rows stored with the events (`CurriculumWriter.append(progress=)`)
+        of seq > after_seq, in seq order, at most `limit` (progress None where an event
+        has none); without the events' payloads, so reading a tail costs O(rows). Raises
+        CurriculumNotFound."""
 
     @abstractmethod
     def history_checkpoints(self, name: str, after_seq: int = 0) -> list[HistoryCheckpoint]:

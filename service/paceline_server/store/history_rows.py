@@ -6,7 +6,8 @@ transaction of the report they end at (so they commit with it or not at all) or,
 a range no writer recorded or merge small chunks into one, in a transaction of their own;
 an equal `last_seq` is replaced and chunks inside the new one's range are dropped. They
 hang off the curriculum (ON DELETE CASCADE) and are never pruned with the events, which
-is what lets a history answer for a pruned range without a replay.
+is what lets a history answer for a pruned range without a replay. The rows after the
+last chunk are read from the events themselves (`events.progress`, `event_progress`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, select
 
 from paceline_server.store import tables as t
-from paceline_server.store.base import HistoryCheckpoint
+from paceline_server.store.base import EventProgress, HistoryCheckpoint
 
 _h, _e = t.history_checkpoints, t.events
 
@@ -69,3 +70,16 @@ def event_times(conn: Connection, cid: int, first_seq: int,
         .where(_e.c.curriculum_id == cid, _e.c.seq >= first_seq, _e.c.seq <= last_seq)
         .order_by(_e.c.seq))
     return [(int(seq), created_at) for seq, created_at in result]
+
+
+def event_progress(conn: Connection, cid: int, after_seq: int,
+                   limit: int | None) -> list[EventProgress]:
+    """The events after `after_seq` as (seq, step, created_at, progress), in seq order:
+    the history rows stored with them, their payloads left unread."""
+    query = (select(_e.c.seq, _e.c.step, _e.c.created_at, _e.c.progress)
+             .where(_e.c.curriculum_id == cid, _e.c.seq > after_seq).order_by(_e.c.seq))
+    if limit is not None:
+        query = query.limit(limit)
+    return [EventProgress(seq=int(seq), step=int(step), created_at=created_at,
+                          progress=None if progress is None else bytes(progress))
+            for seq, step, created_at, progress in conn.execute(query)]

@@ -64,6 +64,7 @@ from paceline_server.store.base import (
     CurriculumImporter,
     CurriculumRecord,
     CurriculumWriter,
+    EventProgress,
     EventRecord,
     HistoryCheckpoint,
     RunRecord,
@@ -583,6 +584,14 @@ class SqlStore(Store):
         with self._read() as conn:
             return history_rows.checkpoints(conn, self._curriculum_id(conn, name), after_seq)
 
+    def event_progress(self, name: str, after_seq: int,
+                       limit: int | None = None) -> list[EventProgress]:
+        if limit is not None and limit < 0:
+            raise ValueError("limit must be non-negative")
+        with self._read() as conn:
+            return history_rows.event_progress(conn, self._curriculum_id(conn, name),
+                                               after_seq, limit)
+
 
 class _SqlWriter(CurriculumWriter):
     """The handle yielded by `SqlStore.writer`: every call runs on the locked transaction."""
@@ -625,9 +634,10 @@ class _SqlWriter(CurriculumWriter):
         return None if row is None else SqlStore._event_record(row)
 
     def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,
-               payload: bytes, *, checked: bool = False) -> int:
-        """Insert at head_seq + 1. A key already in the log raises IdempotencyConflict
-        (checked first, so the transaction stays usable on PostgreSQL)."""
+               payload: bytes, *, checked: bool = False, progress: bytes | None = None) -> int:
+        """Insert at head_seq + 1, its history row (`progress`) in the same INSERT. A key
+        already in the log raises IdempotencyConflict (checked first, so the transaction
+        stays usable on PostgreSQL)."""
         self._check()
         if idempotency_key is not None and not checked:
             previous = self.find_by_key(idempotency_key)
@@ -640,7 +650,8 @@ class _SqlWriter(CurriculumWriter):
             self._store._sql_insert_event.execute(self._conn, {
                 "curriculum_id": self._cid, "seq": seq, "kind": kind, "run_id": run_id,
                 "step": step, "idempotency_key": idempotency_key, "payload": bytes(payload),
-                "created_at": _now()})
+                "created_at": _now(),
+                "progress": None if progress is None else bytes(progress)})
         self._head = seq
         return seq
 

@@ -144,6 +144,10 @@ events = Table(
     Column("idempotency_key", String(256), nullable=True),
     Column("payload", LargeBinary(), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    # The history row of the state after this report (revision 0006), written by the
+    # same INSERT: a history reads it instead of folding the report again. NULL for
+    # events written before it existed, or by a writer that computed none (an import).
+    Column("progress", LargeBinary(), nullable=True),
     PrimaryKeyConstraint("curriculum_id", "seq"),
     UniqueConstraint("curriculum_id", "idempotency_key",
                      name="uq_events_curriculum_id_idempotency_key"),
