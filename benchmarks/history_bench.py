@@ -15,7 +15,8 @@ trips), then:
   with `--replay`, cold by a replay of the whole log (what a log without checkpoints
   costs) and a check that both agree;
 - report path: reports through `PacelineService.report` with and without the history's
-  per-report row (`--ab-reports`, interleaved blocks of 50);
+  per-report row (`--ab-reports`, interleaved blocks of 50), and what storing the row in
+  its event adds alone (`pack_point`, an append with and without the row);
 - http: GET /v1/curricula/{name}/history, the first request of fresh `paceline-server
   serve` processes (three each, head at a checkpoint, 1 and 99 reports after one) and
   later ones.
@@ -193,6 +194,40 @@ def report_path_ab(tmp: str, reports: int, block: int = 50) -> dict[str, float]:
             "without_rows_ms": statistics.median(times[False]), "blocks": len(times[True])}
 
 
+def append_ab(tmp: str, reports: int, block: int = 50) -> dict[str, float]:
+    """What storing a report's row in its event adds to the report path, isolated: the
+    microseconds of `pack_point`, and of `CurriculumWriter.append` with and without the
+    row (two databases, the same report payload, transactions of `block` appends in
+    interleaved ABBA order, so the commit's fsync is shared out and load drift hits both
+    alike)."""
+    engine = CurriculumEngine(CurriculumSpec.from_dict(SPEC))
+    report = toy_report(engine, np.random.default_rng(2), 0)
+    engine.apply(report)
+    payload, point = encode_report(report), engine.progress()
+    packs, _ = timed(lambda: pack_point(point), 2000)
+    stores = {}
+    for with_row in (True, False):
+        store = open_store(f"sqlite:///{Path(tmp) / f'append-{with_row}.db'}",
+                           auto_migrate=True)
+        store.create_curriculum(NAME, engine.spec.to_dict())
+        stores[with_row] = store
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for turn in range(2 * (reports // (2 * block))):
+        with_row = turn % 4 in (0, 3)
+        began = time.perf_counter()
+        with stores[with_row].writer(NAME) as writer:
+            for _ in range(block):
+                writer.append("report", "run-0", writer.head_seq, None, payload,
+                              progress=pack_point(point) if with_row else None)
+        times[with_row].append((time.perf_counter() - began) * 1000 / block)
+    for store in stores.values():
+        store.close()
+    return {"pack_point_us": 1000 * statistics.median(packs),
+            "append_with_row_us": 1000 * statistics.median(times[True]),
+            "append_without_row_us": 1000 * statistics.median(times[False]),
+            "row_bytes": len(pack_point(point)), "payload_bytes": len(payload)}
+
+
 def timed(function: Callable[[], Any], repeat: int = 1) -> tuple[list[float], Any]:
     times, result = [], None
     for _ in range(repeat):
@@ -296,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
                               **{k: round(v, 3) for k, v in ab.items()},
                               "overhead_pct": round(100 * (ab["with_rows_ms"]
                                                            / ab["without_rows_ms"] - 1), 1)}),
+                  flush=True)
+            rows_in_events = append_ab(tmp, 4 * args.ab_reports)
+            print(json.dumps({"case": "row in the event: pack_point and the append with and "
+                                      "without it (us, median of blocks)",
+                              **{k: round(v, 2) for k, v in rows_in_events.items()}}),
                   flush=True)
         if not args.no_http:
             rows["http_cold"] = summary("http, a fresh server's first request, 99 "

@@ -1,31 +1,36 @@
-"""A curriculum's history: the per-report rows the store keeps, plus a replay of the tail.
+"""A curriculum's history: the per-report rows the store keeps, read back without a fold.
 
 The rows are `ProgressPoint`s, the engine's state observed after every report. The
-service's report path computes one after each fold (`record`, O(D + k), the engine is at
-hand) and keeps them in memory until a snapshot is due; then they are packed and stored
-as a checkpoint chunk in the same transaction (`CurriculumWriter.put_history`). A
-history request chains the stored chunks from seq 1 and replays only the reports after
-the last one, from the snapshot written with it, so a freshly started server answers a
-long curriculum without replaying its log; chunks outlive pruned events. A range no
-process recorded (reports folded before a restart but after the last checkpoint, another
-replica's reports, a curriculum older than checkpoints) is filled in the background from
-the snapshot before it, and until then a request replays it. Rows are exact: a chunk
-holds the same numbers a replay of the log from seq 0 computes (tested).
+service's report path computes one after each fold and before the append (O(D + k), the
+engine is at hand): the INSERT that appends the report stores it in the event's own row
+(`events.progress`), and the rows are kept in memory until a snapshot is due, then packed
+and stored as a checkpoint chunk in the same transaction (`CurriculumWriter.put_history`).
+A history request chains the stored chunks from seq 1 and reads the rows stored with the
+events after the last one, so a freshly started server answers a long curriculum at any
+head position without folding a report; chunks outlive pruned events. Events without a
+row (written by a version before `events.progress`, or imported) are folded from the
+snapshot before them, as is a range no chunk covers (reports folded before a restart but
+after the last checkpoint, another replica's reports, a curriculum older than
+checkpoints), which is also filled in the background. Rows are exact: a stored row holds
+the same numbers a replay of the log from seq 0 computes (tested).
 
 Cost (see docs/benchmarks.md, "History", and docs/dashboard.md):
-- report path: one `progress()` per report and, every `snapshot_every` reports, one
-  INSERT of the packed chunk plus a read of its events' times; stored: 8·(4D + k + 4) + 3D
-  bytes per report (about 170 bytes with 4 distributions and 2 objectives).
+- report path: one `progress()` per report, packed into its event's INSERT (one column
+  more, no statement more: 1 + 8·(4D + k + 2) + 3D bytes, 173 with 4 distributions and 2
+  objectives) and, every `snapshot_every` reports, one INSERT of the packed chunk plus a
+  read of its events' times (8·(4D + k + 4) + 3D bytes per report, about 170).
 - first request of a process: read and unpack the chunks (O(reports) bytes, no fold:
-  3-20 ms for 10 000 reports), then fold the reports after the last chunk (fewer than
-  `snapshot_every` normally; one engine fold each, about 1 ms on a quiet machine);
-  without chunks, one fold per stored report as before. Kept in memory: 8·(5·D + k + 4)
-  bytes per report and one engine, for `CACHE_SIZE` curricula. The dashboard starts
-  this in the background when its page shell is requested (`prefetch`). A long replay
-  runs in a background thread: a request given `wait_s` answers after at most that long
-  with the rows so far (`complete` false) while the replay goes on.
-- later requests: the new reports' folds (inline when fewer than `INLINE_FOLDS`), then
-  O(rows returned) to select and encode.
+  3-20 ms for 10 000 reports) and the rows of the events after the last chunk (fewer than
+  `snapshot_every`, one SELECT without the reports' payloads); a fold per report only for
+  events without a row (about 1 ms each on a quiet machine), and without chunks one fold
+  per such stored report as before. Kept in memory: 8·(5·D + k + 4) bytes per report
+  and, once a fold needed one, an engine, for `CACHE_SIZE` curricula. The dashboard
+  starts this in the background when its page shell is requested (`prefetch`). A long
+  replay runs in a background thread: a request given `wait_s` answers after at most
+  that long with the rows so far (`complete` false) while the replay goes on.
+- later requests: the new reports' stored rows (one SELECT; folds only where an event
+  has none: inline when fewer than `INLINE_FOLDS`), then O(rows returned) to select and
+  encode.
 - `every` downsamples to the rows at multiples of `every` plus the head; left out, it is
   chosen so that at most `MAX_POINTS` rows come back, so a 100 000-report curriculum
   answers with 1 000 rows, not 100 000.
