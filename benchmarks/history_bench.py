@@ -18,8 +18,8 @@ trips), then:
   per-report row (`--ab-reports`, interleaved blocks of 50), and what storing the row in
   its event adds alone (`pack_point`, an append with and without the row);
 - http: GET /v1/curricula/{name}/history, the first request of fresh `paceline-server
-  serve` processes (three each, head at a checkpoint, 1 and 99 reports after one) and
-  later ones.
+  serve` processes (`--servers`, three by default, for each of: head at a checkpoint, 1
+  and 99 reports after one) and later ones.
 Prints one JSON object per measurement (milliseconds) and a summary line.
 
     python benchmarks/history_bench.py --reports 10000 [--replay]
@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="reports per arm of the report-path A/B (0: skip it)")
     parser.add_argument("--quick", action="store_true", help="300 reports, 3 repeats")
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--servers", type=int, default=3,
+                        help="fresh servers whose first request each cold HTTP case times")
     args = parser.parse_args(argv)
     if args.quick:
         args.reports, args.repeat, args.ab_reports = 300, 3, 200
@@ -289,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         rows["since"] = summary("app warm, since=head-100", times, rows=int(view.seq.size))
         if not args.no_http:  # fresh servers, the head at a checkpoint
             rows["http_cold_checkpoint"] = summary(
-                "http, a fresh server's first request, head at a checkpoint", cold_http(url))
+                "http, a fresh server's first request, head at a checkpoint",
+                cold_http(url, args.servers))
         build_log(store, 1, start=args.reports, engine=engine, history=recorder)
         times, view, folds = cold_app(store, args.repeat)
         rows["cold_one"] = summary("app cold, 1 report after the last checkpoint", times,
@@ -297,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_http:
             rows["http_cold_one"] = summary(
                 "http, a fresh server's first request, 1 report after a checkpoint",
-                cold_http(url))
+                cold_http(url, args.servers))
         build_log(store, 9, start=args.reports + 1, engine=engine, history=recorder)
         folds = history.folds
         times, view = timed(lambda: history.history(NAME))
@@ -339,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         if not args.no_http:
             rows["http_cold"] = summary("http, a fresh server's first request, 99 "
-                                        "reports after a checkpoint", cold_http(url))
+                                        "reports after a checkpoint", cold_http(url, args.servers))
             with local_service(url) as service, httpx.Client(base_url=service.url,
                                                              timeout=120) as http:
                 path = f"/v1/curricula/{NAME}/history"

@@ -25,6 +25,7 @@ from paceline_server.domain.history import (
     unpack_rows,
 )
 from paceline_server.engine import CurriculumEngine
+from paceline_server.store import open_store
 from paceline_server.strategies import registry
 from paceline_server.strategies.state_codec import StateVersionError
 from test_state_versions import (  # noqa: F401  (evolving: the fixture)
@@ -316,6 +317,8 @@ def test_a_pruned_log_is_answered_from_checkpoints(tmp_path: Any) -> None:
         assert next(iter(store.events("hist"))).seq == 9  # 1..8 pruned
         body = pruned.get("/v1/curricula/hist/history").json()
         assert body["first_seq"] == 0 and body["seq"] == list(range(11))
+        # chunks 1..8, then the rows stored with events 9 and 10: nothing folded
+        assert pruned.app.state.service.histories.folds == 0  # type: ignore[attr-defined]
         twin = kept.get("/v1/curricula/hist/history").json()
         assert body["per_distribution"] == twin["per_distribution"]
         assert body["reward_weights"] == twin["reward_weights"]
@@ -339,9 +342,34 @@ def test_a_pruned_log_without_checkpoints_starts_at_a_snapshot(tmp_path: Any) ->
         assert answer.json()["seq"] == [8, 9, 10]  # what the store still holds
 
 
+def test_a_pruned_log_without_checkpoints_reads_the_rows_after_its_snapshot(
+        tmp_path: Any) -> None:
+    """The same log with each report's row in its event: the rows after the snapshot
+    are read, not folded, and equal the replayed ones."""
+    stores = []
+    for rows in (True, False):
+        store = open_store(f"sqlite:///{tmp_path / f'{rows}.db'}", auto_migrate=True)
+        write_log(store, 10, snapshot_at=(4, 8), rows=rows)
+        assert store.prune_events("hist", 8) == 8
+        stores.append(store)
+    read, replayed = HistoryService(stores[0]), HistoryService(stores[1])
+    view = read.history("hist", every=1)
+    assert view.seq.tolist() == [8, 9, 10] and view.first_seq == 8
+    assert read.folds == 0 and read._traces["hist"].engine is None
+    reference = replayed.history("hist", every=1)
+    assert replayed.folds == 2
+    for column in ("reward_weights", "reward_scale", "hypervolume"):
+        np.testing.assert_array_equal(getattr(view, column), getattr(reference, column))
+    for key in view.series:
+        np.testing.assert_array_equal(view.series[key], reference.series[key], err_msg=key)
+    for store in stores:
+        store.close()
+
+
 def write_log(store: Any, reports: int, snapshot_at: tuple[int, ...] = (),
-              spec: dict[str, Any] | None = None) -> CurriculumEngine:
-    """`reports` reports appended straight to the log (no service, so no checkpoints)."""
+              spec: dict[str, Any] | None = None, rows: bool = False) -> CurriculumEngine:
+    """`reports` reports appended straight to the log (no service, so no checkpoints;
+    with `rows`, each report's history row in its event, as the report path stores it)."""
     engine = CurriculumEngine(CurriculumSpec.from_dict(spec or SPEC))
     store.create_curriculum(engine.spec.name, engine.spec.to_dict())
     rng = np.random.default_rng(7)
@@ -353,7 +381,8 @@ def write_log(store: Any, reports: int, snapshot_at: tuple[int, ...] = (),
                                 rewards=rewards.round(2), layout=engine.layout,
                                 num_objectives=len(engine.spec.objectives))
             engine.apply(item)
-            seq = writer.append("report", "r1", step, None, encode_report(item))
+            seq = writer.append("report", "r1", step, None, encode_report(item),
+                                progress=pack_point(engine.progress()) if rows else None)
             if seq in snapshot_at:
                 writer.put_snapshot(seq, engine.to_bytes())
     return engine
