@@ -284,6 +284,40 @@ def test_events_without_rows_are_replayed(client: TestClient) -> None:
     assert cold.folds == 2
 
 
+def test_rows_stored_with_the_events_are_read_in_pages(
+        sqlite_client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of `STORED_PAGE` rows: a long run is read whole across pages, and the read
+    stops at the first event without a row (from there on, folds)."""
+    setup(sqlite_client)
+    drive(sqlite_client, 11)
+    store = sqlite_client.app.state.service.store  # type: ignore[attr-defined]
+    reference = _Replayed(store).history("hist", every=1)
+    monkeypatch.setattr(history_module, "STORED_PAGE", 2)
+    reads: list[int] = []
+    original = store.event_progress
+
+    def counted(name: str, after_seq: int, limit: int | None = None) -> Any:
+        reads.append(after_seq)
+        return original(name, after_seq, limit)
+
+    monkeypatch.setattr(store, "event_progress", counted)
+
+    class NoChunks(HistoryService):
+        def _load_checkpoints(self, *args: Any) -> Any:
+            return []
+
+    paged = NoChunks(store)
+    assert_same_history(paged.history("hist", every=1), reference)
+    assert paged.folds == 0 and reads == [0, 2, 4, 6, 8, 10]  # 11 rows, pages of 2
+    null_progress(store, "seq = 6")
+    reads.clear()
+    stopped = NoChunks(store)
+    assert_same_history(stopped.history("hist", every=1), reference)
+    # rows 1..5 read; at 5 the request looks once more, then folds from a fresh engine
+    # (no snapshot at or before 5 is kept: 6 and 9 are), its rows taken from 6 on
+    assert reads == [0, 2, 4, 5] and stopped.folds == 11
+
+
 def test_points_pack_and_unpack() -> None:
     engine = CurriculumEngine(CurriculumSpec.from_dict(SPEC))
     point = engine.progress()

@@ -92,6 +92,8 @@ PREFETCH_WAIT_S = 5.0
 #: chunks of about `MERGED_ROWS` rows (fewer, larger chunks unpack faster next time)
 MERGE_CHUNKS = 20
 MERGED_ROWS = 10_000
+#: rows stored with the events read per query (a log whose events hold none stops early)
+STORED_PAGE = 2000
 #: rows the report path keeps in memory before it stores them, snapshot due or not
 MAX_PENDING_ROWS = 1000
 _FLAGS = ("stalled", "saturated", "hopeless")
@@ -516,29 +518,34 @@ class HistoryService:
         """Append the rows stored with the events after `after` (through `head_seq`), as
         far as they run unbroken from `after + 1`; returns the seq they reach (`after`
         when none: an event written before rows were stored with it, or pruned, is
-        replayed from there)."""
-        if head_seq <= after:
-            return after
-        stored = self.store.event_progress(name, after, limit=head_seq - after)
-        n = 0
-        while n < len(stored) and stored[n].seq == after + 1 + n \
-                and stored[n].progress is not None:
-            n += 1
-        if n == 0:
-            return after
-        run = stored[:n]
-        try:
-            chunk = unpack_points(
-                after + 1, np.fromiter((e.step for e in run), np.int64, n),
-                np.fromiter((e.created_at.timestamp() for e in run), np.float64, n),
-                [e.progress for e in run if e.progress is not None],
-                spec.layout.num_distributions, len(spec.objectives))
-        except ValueError as exc:
-            _log.warning("history rows stored with events %d..%d of %r not readable (%s); "
-                         "replaying them", after + 1, after + n, name, exc)
-            return after
-        columns.extend(chunk)
-        return after + n
+        replayed from there). Read in pages of `STORED_PAGE`, so a long log whose events
+        hold no rows costs one short read, not the whole log."""
+        d, k = spec.layout.num_distributions, len(spec.objectives)
+        seq = after
+        while seq < head_seq:
+            limit = min(STORED_PAGE, head_seq - seq)
+            page = self.store.event_progress(name, seq, limit=limit)
+            n = 0
+            while n < len(page) and page[n].seq == seq + 1 + n \
+                    and page[n].progress is not None:
+                n += 1
+            if n == 0:
+                break
+            run = page[:n]
+            try:
+                chunk = unpack_points(
+                    seq + 1, np.fromiter((e.step for e in run), np.int64, n),
+                    np.fromiter((e.created_at.timestamp() for e in run), np.float64, n),
+                    [e.progress for e in run if e.progress is not None], d, k)
+            except ValueError as exc:
+                _log.warning("history rows stored with events %d..%d of %r not readable "
+                             "(%s); replaying them", seq + 1, seq + n, name, exc)
+                break
+            columns.extend(chunk)
+            seq += n
+            if n < limit:
+                break
+        return seq
 
     def _load_checkpoints(self, name: str, spec: CurriculumSpec,
                           columns: _Columns) -> list[tuple[int, int]]:
