@@ -116,3 +116,31 @@ def test_entry_point_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert type(engine.sampler).__name__ == "PluginSampler"
     sys.modules.pop("my_plugin", None)
     assert np.unique(engine.next_batch("r", 0).indices).size == 16
+
+
+def test_a_service_imports_every_builtin_at_start(tmp_path: Path) -> None:
+    """The first engine of a fresh server must not pay for strategy imports (moocore alone
+    is ~20 ms): building the service imports them all. Run in a fresh interpreter, where
+    nothing is imported yet."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from paceline_server.app.service import PacelineService\n"
+        "from paceline_server.settings import Settings\n"
+        "from paceline_server.store import open_store\n"
+        "from paceline_server.strategies import registry\n"
+        "paths = [p.partition(':')[0] for r in (registry.SAMPLERS, registry.WEIGHTINGS)"
+        " for p in r.builtins.values()]\n"
+        "before = [p for p in paths if p in sys.modules]\n"
+        f"store = open_store('sqlite:///{tmp_path / 'p.db'}', auto_migrate=True)\n"
+        "service = PacelineService(store, Settings())\n"
+        "missing = [p for p in paths if p not in sys.modules]\n"
+        "service.close(); store.close()\n"
+        "print(len(paths), len(before), missing)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split(maxsplit=2)
+    assert int(out[0]) == len(registry.SAMPLERS.builtins) + len(registry.WEIGHTINGS.builtins)
+    assert int(out[1]) < int(out[0])  # importing the service alone does not import them all
+    assert out[2].strip() == "[]"

@@ -77,6 +77,7 @@ from paceline_server.store.base import (
     RunRecord,
     Store,
 )
+from paceline_server.strategies.registry import preload_builtins
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class PacelineService:
         self.store = store
         self.settings = settings
         self.clock = clock
+        preload_builtins()  # a curriculum's first engine then costs no strategy import
         self.engines = EngineCache(store, settings.engine_cache_size,
                                    settings.engine_cache_bytes)
         self.histories = HistoryService(store)  # GET /history (app/history.py)
