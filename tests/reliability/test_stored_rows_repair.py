@@ -96,8 +96,10 @@ def seed(url: str, backend: str) -> dict[str, Any]:
                                         '"c":Infinity', 1)
             assert "Infinity" in infinite
             # In `odd`'s log, a report past today's limits (F3): accepted then, refused now.
-            conn.execute(text("INSERT INTO events VALUES (:cid, 1, 'report', 'r', 0, NULL, "
-                              ":payload, :t)"), {"cid": ids["odd"], "payload": PAST, "t": WHEN})
+            conn.execute(text("INSERT INTO events (curriculum_id, seq, kind, run_id, step, "
+                              "idempotency_key, payload, created_at) VALUES (:cid, 1, 'report',"
+                              " 'r', 0, NULL, :payload, :t)"),
+                         {"cid": ids["odd"], "payload": PAST, "t": WHEN})
             conn.execute(text("UPDATE curricula SET head_seq = 1 WHERE name = 'odd'"))
             conn.execute(text("INSERT INTO curricula (name, spec, created_at, head_seq) "
                               "VALUES (:name, :spec, :t, 0)"),
