@@ -46,6 +46,7 @@ from paceline_server.engine.health import (
     learning_progress,
     update_health,
     window_mean,
+    window_means,
 )
 from paceline_server.strategies.base import (
     ProposeContext,
@@ -291,9 +292,8 @@ class CurriculumEngine:
         decision = self.weighting.current(parts.weighting)
         ctx = self._propose_context(parts.engine.last_step, decision.weights)
         probabilities = self.sampler.probabilities(parts.sampler, ctx)
-        success = window_mean(health, health.success)
-        advantage = window_mean(health, health.abs_advantage)
-        zero_variance = window_mean(health, health.zero_variance)
+        success, advantage, zero_variance = window_means(
+            health, health.success, health.abs_advantage, health.zero_variance)
         progress = learning_progress(health)
         flags = health_flags(health)
 
@@ -331,14 +331,16 @@ class CurriculumEngine:
         health = parts.health
         decision = self.weighting.current(parts.weighting)
         ctx = self._propose_context(parts.engine.last_step, decision.weights)
-        stalled, saturated, hopeless = flag_arrays(health)
+        success, advantage, zero_variance = window_means(
+            health, health.success, health.abs_advantage, health.zero_variance)
+        stalled, saturated, hopeless = flag_arrays(health, success)
         hypervolume = self.weighting.latest_hypervolume(parts.weighting)
         return ProgressPoint(
             probabilities=np.asarray(self.sampler.probabilities(parts.sampler, ctx),
                                      dtype=np.float64),
-            success=window_mean(health, health.success),
-            mean_abs_advantage=window_mean(health, health.abs_advantage),
-            zero_variance=window_mean(health, health.zero_variance),
+            success=success,
+            mean_abs_advantage=advantage,
+            zero_variance=zero_variance,
             stalled=stalled, saturated=saturated, hopeless=hopeless,
             reward_weights=np.asarray(decision.weights, dtype=np.float64),
             reward_scale=float(decision.scale),

@@ -83,20 +83,35 @@ def update_health(state: HealthState, distribution: np.ndarray, success: np.ndar
 
 def window_mean(state: HealthState, values: np.ndarray) -> np.ndarray:
     """Mean of a [D, W] ring over its filled entries (NaN where empty)."""
+    return window_means(state, values)[0]
+
+
+def window_means(state: HealthState, *rings: np.ndarray) -> list[np.ndarray]:
+    """`window_mean` of several rings with one mask: the history takes three after every
+    report, so the mask and the divisor are built once."""
     filled = state.filled
-    total = np.where(np.arange(WINDOW)[None, :] < filled[:, None], values, 0.0).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(filled > 0, total / np.maximum(filled, 1), np.nan)
+    mask = np.arange(WINDOW)[None, :] < filled[:, None]
+    empty = filled == 0
+    divisor = np.maximum(filled, 1)
+    out = []
+    for values in rings:
+        mean = np.where(mask, values, 0.0).sum(axis=1) / divisor
+        mean[empty] = np.nan
+        out.append(mean)
+    return out
 
 
 def learning_progress(state: HealthState) -> np.ndarray:
     return np.abs(state.ema_fast - state.ema_slow)
 
 
-def flag_arrays(state: HealthState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def flag_arrays(state: HealthState, success: np.ndarray | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(stalled, saturated, hopeless) as bool arrays [D]: the flags of every distribution
-    at once (the history computes them after every report)."""
-    success = window_mean(state, state.success)
+    at once (the history computes them after every report). `success` is the window mean
+    of `state.success` when the caller has it already."""
+    if success is None:
+        success = window_mean(state, state.success)
     progress = learning_progress(state)
     seen = state.filled > 0
     with np.errstate(invalid="ignore"):
