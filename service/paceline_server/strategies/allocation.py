@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -65,6 +65,28 @@ def build_allocator(layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...]
     cls = SAMPLERS.builtin(allocation)
     return cls(layout, objectives,
                parse_params(cls.params_type, params, f"allocation {allocation}"))
+
+
+def initial_allocator_states(allocator: Allocator | None, allocation: Allocation,
+                             rng: np.random.Generator) -> tuple[Any, Any]:
+    """The (dump, progress) fields of a fresh per-sample state: the allocator's initial
+    state in the field of `allocation`, None in the other (and in both without one)."""
+    if allocator is None:
+        return None, None
+    state = allocator.init_state(rng)
+    return (state, None) if allocation == "dump_ucb" else (None, state)
+
+
+class HoldsAllocatorStates(Protocol):
+    """A per-sample state that nests both allocators' state fields (one of them used)."""
+
+    dump: DumpUcbState | None
+    progress: LearningProgressState | None
+
+
+def allocator_state(allocation: Allocation, state: HoldsAllocatorStates) -> Any:
+    """The nested state of the allocator `allocation` names."""
+    return state.dump if allocation == "dump_ucb" else state.progress
 
 
 class LeafOrder:

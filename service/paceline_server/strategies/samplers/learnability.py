@@ -95,7 +95,9 @@ from paceline_server.strategies.allocation import (
     DumpUcbState,
     LeafOrder,
     LearningProgressState,
+    allocator_state,
     build_allocator,
+    initial_allocator_states,
 )
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
@@ -305,24 +307,18 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
 
     def init_state(self, rng: np.random.Generator) -> LearnabilityState:
         n, d = self.layout.num_samples, self.layout.num_distributions
+        dump, progress = initial_allocator_states(self.allocator, self.params.allocation, rng)
         return LearnabilityState(
             tree=build_tree(np.zeros(n, dtype=np.float32)),
             successes=np.zeros(n, dtype=np.float32), failures=np.zeros(n, dtype=np.float32),
             unseen=self.layout.sizes.astype(np.int64).copy(),
             pool_successes=np.zeros(d), pool_trials=np.zeros(d),
             pool_signal=np.zeros(d), pool_groups=np.zeros(d),
-            dump=self._initial_allocator_state(rng, "dump_ucb"),
-            progress=self._initial_allocator_state(rng, "learning_progress"),
+            dump=dump, progress=progress,
         )
 
-    def _initial_allocator_state(self, rng: np.random.Generator, allocation: str) -> Any:
-        """A fresh allocator state for the field of `allocation` (None for the other)."""
-        if self.allocator is None or self.params.allocation != allocation:
-            return None
-        return self.allocator.init_state(rng)
-
     def _allocator_state(self, state: LearnabilityState) -> Any:
-        return state.dump if self.params.allocation == "dump_ucb" else state.progress
+        return allocator_state(self.params.allocation, state)
 
     def update(self, state: LearnabilityState, signals: ReportSignals,
                ctx: UpdateContext) -> None:

@@ -57,7 +57,9 @@ from paceline_server.strategies.allocation import (
     DumpUcbState,
     LeafOrder,
     LearningProgressState,
+    allocator_state,
     build_allocator,
+    initial_allocator_states,
 )
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
@@ -151,14 +153,8 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
     def _to_leaf(self, indices: np.ndarray) -> np.ndarray:
         return self._leaves.to_leaf(indices)
 
-    def _initial_allocator_state(self, rng: np.random.Generator, allocation: str) -> Any:
-        """A fresh allocator state for the field of `allocation` (None for the other)."""
-        if self.allocator is None or self.params.allocation != allocation:
-            return None
-        return self.allocator.init_state(rng)
-
     def _allocator_state(self, state: PrioritizedState) -> Any:
-        return state.dump if self.params.allocation == "dump_ucb" else state.progress
+        return allocator_state(self.params.allocation, state)
 
     @property
     def _linear(self) -> bool:
@@ -184,10 +180,9 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
         else:
             values = np.full((n, 1), UNSEEN_PRIORITY ** self.params.alpha, dtype=np.float32)
         tree = build_tree(values)
-        return PrioritizedState(
-            tree=tree, t0=0, mass=self._distribution_mass(tree),
-            dump=self._initial_allocator_state(rng, "dump_ucb"),
-            progress=self._initial_allocator_state(rng, "learning_progress"))
+        dump, progress = initial_allocator_states(self.allocator, self.params.allocation, rng)
+        return PrioritizedState(tree=tree, t0=0, mass=self._distribution_mass(tree),
+                                dump=dump, progress=progress)
 
     def migrate_state(self, old_version: int, arrays: dict[str, np.ndarray]
                       ) -> dict[str, np.ndarray]:
