@@ -40,7 +40,6 @@ from paceline_server.domain.history import CurriculumHistory
 from paceline_server.domain.inspection import CurriculumInspection
 from paceline_server.domain.validation import (
     MAX_INT,
-    MAX_KEY,
     check_identifier,
     check_int,
 )
@@ -205,13 +204,12 @@ class Operations:
 
     # ------------------------------------------------------------ reports and batches
     def _report_args(self, command: SubmitReport) -> tuple[str, str | None, NextBatch | None]:
+        """The curriculum name and the next-batch request, checked; the idempotency key is
+        checked by the service, which every report goes through (as a run's id is)."""
         name = check_name(command.curriculum, "curriculum")
-        key = command.idempotency_key
-        if key is not None:
-            check_identifier(key, "idempotency_key", InvalidRequest, max_length=MAX_KEY)
         ask = NextBatch.asked(_optional(command.next_step, "next_step", 0),
                               _optional(command.next_size, "next_size", 1))
-        return name, key, ask
+        return name, command.idempotency_key, ask
 
     def report(self, command: SubmitReport) -> AckView:
         """Validate, fold and commit a report (`PacelineService.report`)."""
