@@ -12,16 +12,20 @@ PostgreSQL.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from paceline_server.app.engines import SERVED_RUNS
+from paceline_server.app.group_commit import NextBatch
 from paceline_server.app.service import PacelineService
-from paceline_server.domain.errors import ReportConflict
+from paceline_server.domain.errors import IndicesNotServed, ReportConflict, Unavailable
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
+from paceline_server.store.sql import _SqlWriter
 from support import SPEC
 
 URL = "/v1/curricula/math"
@@ -175,3 +179,71 @@ def test_concurrent_repeats_of_one_step_fold_it_once(tmp_path: Any) -> None:
     finally:
         service.close()
         store.close()
+
+
+@pytest.fixture
+def service(tmp_path: Any) -> Iterator[PacelineService]:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    store = open_store(url, auto_migrate=True)
+    made = PacelineService(store, Settings(database_url=url))
+    made.create_curriculum(SPEC)
+    made.attach_run("math", run_id="r")
+    try:
+        yield made
+    finally:
+        made.close()
+        store.close()
+
+
+def remembered(service: PacelineService, step: int) -> list[int] | None:
+    cached = service.engines.recent("math")
+    assert cached is not None
+    known = cached.served_batch("r", step)
+    return None if known is None else known.tolist()
+
+
+def test_a_committed_batch_is_remembered_and_reports_are_still_checked(
+        service: PacelineService) -> None:
+    """The served check reads a batch this process stored from memory (no query on
+    the report path); what it answers must be exactly what the store would."""
+    first = service.next_batch("math", "r", 0).indices.tolist()
+    assert remembered(service, 0) == sorted(first)
+    ack = service.report("math", {**report(first, 0), "run_id": "r"},
+                         next_batch=NextBatch(1))
+    assert ack.batch is not None
+    second = ack.batch.indices.tolist()
+    assert remembered(service, 1) == sorted(second) and remembered(service, 0) is None
+    outside = next(i for i in range(100) if i not in second)
+    with pytest.raises(IndicesNotServed):
+        service.report("math", {**report([*second[:-1], outside], 1), "run_id": "r"})
+    # A refill part's indices are not in the remembered batch: the store answers.
+    part = service.refill("math", "r", 1, 1, size=2).indices.tolist()
+    ack = service.report("math", {**report([*second, *part], 1), "run_id": "r"})
+    assert not ack.replayed and service.store.head("math").head_seq == 2
+
+
+def test_a_batch_is_not_remembered_when_its_transaction_fails(
+        service: PacelineService, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = service.next_batch("math", "r", 0).indices.tolist()
+
+    def failing_commit(self: Any) -> None:
+        raise Unavailable("database unavailable: injected", {})
+
+    monkeypatch.setattr(_SqlWriter, "_finish", failing_commit)
+    with pytest.raises(Unavailable):
+        service.report("math", {**report(first, 0), "run_id": "r"}, next_batch=NextBatch(1))
+    assert remembered(service, 1) is None and remembered(service, 0) == sorted(first)
+    monkeypatch.undo()
+    ack = service.report("math", {**report(first, 0), "run_id": "r"}, next_batch=NextBatch(1))
+    assert ack.batch is not None and remembered(service, 1) == sorted(ack.batch.indices.tolist())
+
+
+def test_remembered_batches_are_bounded_by_run(service: PacelineService) -> None:
+    service.next_batch("math", "r", 0)
+    cached = service.engines.recent("math")
+    assert cached is not None
+    for n in range(SERVED_RUNS):
+        cached.remember_served(f"other-{n}", 0, np.arange(3))
+    assert len(cached.served) == SERVED_RUNS and remembered(service, 0) is None
+    assert cached.served_batch(f"other-{SERVED_RUNS - 1}", 0) is not None
+    assert cached.served_batch(f"other-{SERVED_RUNS - 1}", 1) is None

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from paceline_server.app.codec import decode_report
 from paceline_server.domain.errors import StateTooLarge
 from paceline_server.domain.spec import CurriculumSpec
@@ -58,7 +60,32 @@ class CachedEngine:
     #: Estimated bytes of the engine's state (`estimate_state_bytes`): the cache's budget
     #: counts these, not entries.
     nbytes: int = 0
+    #: The batch last stored for each run of this process's requests (run_id -> (step,
+    #: its indices, sorted)), so that the report of that step is checked against what
+    #: was served without reading the batch back: a stored batch never changes, and a
+    #: recreated curriculum gets a new entry. Set only once the batch is committed.
+    served: OrderedDict[str, tuple[int, np.ndarray]] = field(default_factory=OrderedDict)
+    served_guard: threading.Lock = field(default_factory=threading.Lock)
 
+    def remember_served(self, run_id: str, step: int, indices: np.ndarray) -> None:
+        """Keep (run_id, step)'s stored batch (part 0); at most `SERVED_RUNS` runs."""
+        ordered = np.sort(indices)
+        with self.served_guard:
+            self.served[run_id] = (step, ordered)
+            self.served.move_to_end(run_id)
+            while len(self.served) > SERVED_RUNS:
+                self.served.popitem(last=False)
+
+    def served_batch(self, run_id: str, step: int) -> np.ndarray | None:
+        """The sorted indices of (run_id, step)'s stored batch when remembered, else None
+        (then the store answers)."""
+        with self.served_guard:
+            found = self.served.get(run_id)
+        return found[1] if found is not None and found[0] == step else None
+
+
+#: Runs whose last served batch a cached engine remembers (`CachedEngine.served`).
+SERVED_RUNS = 256
 
 
 

@@ -170,6 +170,10 @@ class GroupCommitter:
             _finish([current], error=exc)
             return current
         cached.seq = seq
+        for item in group:  # committed: a report of the batch's step checks against it
+            if item.ack is not None and item.ack.batch is not None:
+                batch = item.ack.batch
+                cached.remember_served(batch.run_id, batch.step, batch.indices)
         _finish(group)
         return None
 
@@ -197,8 +201,9 @@ class GroupCommitter:
             return ReportAck(earlier.seq, replayed=True,
                              batch=self._batch_in(writer, cached, item, served))
         if not item.accept_unserved:
-            _check_served(writer, item.report)
-        cached.engine.apply(item.report)
+            _check_served(writer, item.report,
+                          cached.served_batch(item.report.run_id, item.report.step))
+        cached.engine.apply(item.report, validated=True)  # parsed against cached.spec
         point = None if self.on_fold is None else cached.engine.progress()
         seq = writer.append("report", item.report.run_id, item.report.step, item.key,
                             item.payload, checked=True,
@@ -293,21 +298,27 @@ def served_indices(writer: CurriculumWriter, run_id: str, step: int,
     return served_union([first, *parts])
 
 
-def _members(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Which of `values` are in `pool`, by binary search in the sorted pool: tens of
-    microseconds for a 1024-prompt step (np.isin builds a table over the index range or
-    uniquifies both sides, milliseconds on the report path)."""
-    ordered = np.sort(pool)
+def _members(values: np.ndarray, pool: np.ndarray, ordered: bool = False) -> np.ndarray:
+    """Which of `values` are in `pool`, by binary search in the sorted pool (`ordered`:
+    it is sorted already): tens of microseconds for a 1024-prompt step (np.isin builds a
+    table over the index range or uniquifies both sides, milliseconds on the report
+    path)."""
+    ordered = pool if ordered else np.sort(pool)
     if ordered.size == 0:
         return np.zeros(values.shape, dtype=bool)
     at = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
     return ordered[at] == values
 
 
-def _check_served(writer: CurriculumWriter, report: Report) -> None:
+def _check_served(writer: CurriculumWriter, report: Report,
+                  known: np.ndarray | None = None) -> None:
     """Refuse a report for a step Paceline never served, or naming indices outside what
     it served: such rows were matched to the wrong step or addressed by other indices
-    than Paceline's, and folding them would corrupt the curriculum silently."""
+    than Paceline's, and folding them would corrupt the curriculum silently. `known`:
+    the step's batch as this process stored it (sorted, `CachedEngine.served_batch`); a
+    report within it needs no read of the store."""
+    if known is not None and _members(report.indices, known, ordered=True).all():
+        return
     served = served_indices(writer, report.run_id, report.step, covering=report.indices)
     if served is None:
         raise NotServed(

@@ -413,6 +413,7 @@ class PacelineService:
                 durable=False)
             if stored.payload != payload:
                 batch = decode_batch(stored.payload)  # another request stored it first
+            cached.remember_served(run_id, step, batch.indices)
         else:
             batch = decode_batch(stored.payload)
         check_size(batch, size)

@@ -183,10 +183,13 @@ class CurriculumEngine:
         return self.weighting.current(self._parts.weighting)
 
     # ------------------------------------------------------------------ apply
-    def apply(self, report: Report) -> None:
+    def apply(self, report: Report, *, validated: bool = False) -> None:
         """Fold one report into state. Raises InvalidReport (state untouched) when the
-        report does not fit the curriculum."""
-        report.validate(self.layout, len(self.spec.objectives))
+        report does not fit the curriculum. `validated`: the caller built `report`
+        against this engine's spec (`Report.dense` / `Report.flat` validate what they
+        build), so the check is not run a second time on the report path."""
+        if not validated:
+            report.validate(self.layout, len(self.spec.objectives))
         parts = self._parts
         engine = parts.engine
         in_force = self.weighting.current(parts.weighting).weights

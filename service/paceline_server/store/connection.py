@@ -148,7 +148,17 @@ def _install_sqlite_hooks(engine: Engine, *, busy_timeout_ms: int, synchronous: 
         mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
         if mode not in ("DEFERRED", "IMMEDIATE"):
             raise ValueError(f"bad {_SQLITE_BEGIN} option {mode!r}")
-        connection.exec_driver_sql(f"BEGIN {mode}")
+        # On the driver: BEGIN is on every transaction's path, and SQLAlchemy's execute
+        # machinery costs several times what SQLite takes to run it. A driver error
+        # is raised wrapped, as `exec_driver_sql` would, so the store translates it.
+        dbapi = connection.connection.dbapi_connection
+        assert dbapi is not None
+        statement = f"BEGIN {mode}"
+        try:
+            dbapi.execute(statement)
+        except sqlite3.Error as exc:
+            raise sa_exc.DBAPIError.instance(statement, (), exc, sqlite3.Error,
+                                             dialect=connection.dialect) from exc
 
 
 def begin_write(connection: Connection) -> None:
