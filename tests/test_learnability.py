@@ -336,7 +336,7 @@ def test_bad_params_over_rest_are_422_and_create_nothing(tmp_path: Any,
 
 
 def test_descents_in_chunks_give_the_same_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    import paceline_server.strategies.samplers.learnability as module
+    import paceline_server.strategies.sumtree as module
 
     def batches() -> list[list[int]]:
         e = engine(sizes=(300, 500), batch_size=32, seed=5)

@@ -168,3 +168,22 @@ def test_sibling_draws_are_each_proportional_to_weight() -> None:
         np.testing.assert_allclose(frequency, expected, atol=0.004)
     # Siblings share the first draw's block of 16.
     assert (leaves // 16 == leaves[:, :1] // 16).all()
+
+
+@pytest.mark.parametrize("with_siblings", [False, True])
+def test_descents_in_blocks_equal_one_descent(monkeypatch: pytest.MonkeyPatch,
+                                              with_siblings: bool) -> None:
+    """`descend` works in blocks (large BLAS products go multi-threaded and slow down on
+    a busy machine); the leaves do not depend on the block size, for every caller
+    (`prioritized` and `learnability` alike)."""
+    import paceline_server.strategies.sumtree as module
+
+    tree = build_tree(np.random.default_rng(5).random((5000, 2)))
+    rng = np.random.default_rng(6)
+    u = rng.random(2500) * total_weight(tree, np.array([1.0, -0.5]))
+    siblings = rng.random((2500, 3)) if with_siblings else None
+    whole = module.descend(tree, u, np.array([1.0, -0.5]), siblings)
+    monkeypatch.setattr(module, "DESCENT_CHUNK", 7)
+    blocks = module.descend(tree, u, np.array([1.0, -0.5]), siblings)
+    assert blocks.shape == whole.shape == ((2500, 4) if with_siblings else (2500,))
+    np.testing.assert_array_equal(blocks, whole)

@@ -184,19 +184,37 @@ def prefix_sums(tree: SumTreeState, positions: np.ndarray,
     return out
 
 
+#: Descents per block of `descend`: its [k, 16] x [16, 16] product goes multi-threaded
+#: in OpenBLAS from about 2 000 rows, which on a busy machine cost 7-50x (measured at
+#: N = 10^7: 2 048 descents 7.6 ms of CPU in one product, 2 x 1.0 ms in two).
+DESCENT_CHUNK = 1024
+
+
 def descend(tree: SumTreeState, u: np.ndarray, coef: np.ndarray | None = None,
             siblings: np.ndarray | None = None) -> np.ndarray:
-    """The leaf at cumulative weight `u` for each u (all descending together); u is
-    clipped into the tree's mass, so a leaf with weight is always returned while the
-    tree has any.
+    """The leaf at cumulative weight `u` for each u (all descending together, in blocks
+    of `DESCENT_CHUNK`); u is clipped into the tree's mass, so a leaf with weight is
+    always returned while the tree has any.
 
     `siblings` (uniform [0, 1) values, shape [len(u), k]) asks for k more leaves per
     descent, drawn ∝ weight among the 16 leaves of the block the descent reached: each
     is still marginally a draw ∝ weight over the whole range (the block was reached ∝ its
     mass), for one descent instead of k + 1. Returns [len(u), k + 1] leaves then."""
     coef = _coef(tree, coef)
+    u = np.asarray(u, dtype=np.float64)
+    if u.size <= DESCENT_CHUNK:
+        return _descend_block(tree, u, coef, siblings)
+    extra = None if siblings is None else np.asarray(siblings)
+    return np.concatenate([
+        _descend_block(tree, u[i:i + DESCENT_CHUNK], coef,
+                       None if extra is None else extra[i:i + DESCENT_CHUNK])
+        for i in range(0, u.size, DESCENT_CHUNK)])
+
+
+def _descend_block(tree: SumTreeState, u: np.ndarray, coef: np.ndarray,
+                   siblings: np.ndarray | None) -> np.ndarray:
     layout = _layout(tree.size)
-    u = np.asarray(u, dtype=np.float64).copy()
+    u = u.copy()
     count = u.size
     node = np.zeros(count, dtype=np.int64)
     rows = np.arange(count)

@@ -124,10 +124,6 @@ PRIOR_SIGNAL = 1.0 / 6.0  # E[p(1-p)] under Beta(1, 1): one pseudo-group before 
 MIN_KAPPA, MAX_KAPPA = 0.25, 100.0  # bounds of the estimated prior strength
 UNSEEN_FILL_TRIES = 4  # uniform draws per wanted unseen candidate (rejection of seen ones)
 TREE_DRAWS_PER_DESCENT = 4  # candidates per tree descent (see `_candidates`)
-# Descents per `descend` call: its [k, 16] x [16, 16] product goes multi-threaded in
-# OpenBLAS from about 2 000 rows, which on a busy machine cost 7-50x (measured at
-# N = 10^7: 2 048 descents 7.6 ms CPU in one call, 2 x 1.0 ms in two).
-DESCENT_CHUNK = 1024
 Ranking = Literal["expected", "thompson"]
 
 
@@ -398,10 +394,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         owner = np.repeat(np.arange(counts.size), descents)
         u = prefix[owner] + rng.random(owner.size) * seen[owner]
         siblings = rng.random((owner.size, TREE_DRAWS_PER_DESCENT - 1))
-        leaves = np.concatenate([np.zeros(0, dtype=np.int64)] + [
-            descend(state.tree, u[i:i + DESCENT_CHUNK],
-                    siblings=siblings[i:i + DESCENT_CHUNK]).ravel()
-            for i in range(0, owner.size, DESCENT_CHUNK)])
+        leaves = descend(state.tree, u, siblings=siblings).ravel()
         owner = np.repeat(owner, TREE_DRAWS_PER_DESCENT)
         leaves = np.clip(leaves, self._offsets[owner], self._offsets[owner + 1] - 1)
         # Enough uniform draws that about 1.25x the wanted number are unseen (at most
