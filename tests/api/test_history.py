@@ -4,6 +4,7 @@ input; and the explanations /state carries."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
@@ -694,3 +695,40 @@ def test_many_small_chunks_are_merged(sqlite_client: TestClient,
     again = HistoryService(service.store).history("hist", every=1)
     assert_same_history(again, before)
     assert_same_history(again, _Replayed(service.store).history("hist", every=1))
+
+
+def test_an_imported_curriculum_answers_its_history_without_a_fold(
+        client: TestClient) -> None:
+    """An import stores each report's row with its event and the rows as checkpoint
+    chunks (snapshot_every=3, the rest in a last chunk), a merge through the report
+    path's `record`: a fresh server folds nothing, its answer equals a replay of the
+    imported log, and the series equal the original curriculum's."""
+    setup(client)
+    drive(client, 14)
+    service = client.app.state.service  # type: ignore[attr-defined]
+    ndjson = {"Content-Type": "application/x-ndjson"}
+    created = client.post("/v1/imports?name=copy", headers=ndjson,
+                          content=client.get("/v1/curricula/hist/export").content)
+    assert created.status_code == 201, created.text
+    assert [(c.first_seq, c.last_seq) for c in service.store.history_checkpoints("copy")] \
+        == [(1, 3), (4, 6), (7, 9), (10, 12), (13, 14)]
+    cold = HistoryService(service.store)
+    view = cold.history("copy", every=1)
+    assert cold.folds == 0 and view.complete and view.head_seq == 14
+    assert_same_history(view, _Replayed(service.store).history("copy", every=1))
+    original = HistoryService(service.store).history("hist", every=1)
+    for key in view.series:
+        np.testing.assert_array_equal(view.series[key], original.series[key], err_msg=key)
+    np.testing.assert_array_equal(view.reward_weights, original.reward_weights)
+
+    drive(client, 5, start=14)
+    merged = client.post("/v1/imports?name=copy&merge=true", headers=ndjson,
+                         content=client.get("/v1/curricula/hist/export").content)
+    assert merged.status_code == 200 and merged.json()["reports_added"] == 5, merged.text
+    cold = HistoryService(service.store)
+    view = cold.history("copy", every=1)
+    assert cold.folds == 0 and view.head_seq == 19
+    assert_same_history(view, _Replayed(service.store).history("copy", every=1))
+    chunks = [(c.first_seq, c.last_seq) for c in service.store.history_checkpoints("copy")]
+    assert all(last + 1 == first for (_, last), (first, _) in itertools.pairwise(chunks))
+    assert chunks[0][0] == 1 and chunks[-1][1] == 18  # no gap to fill; 19 is in its event

@@ -41,6 +41,11 @@ from paceline_server.store.base import BatchRecord, CurriculumWriter, EventRecor
 _log = logging.getLogger(__name__)
 
 
+#: A hook told of each report folded and appended: (writer, cached engine, seq, step,
+#: snapshot_every, the report's history row); `HistoryService.record`.
+OnFold = Callable[[CurriculumWriter, CachedEngine, int, int, int, ProgressPoint], None]
+
+
 @dataclass(frozen=True)
 class ReportAck:
     seq: int
@@ -85,8 +90,7 @@ class GroupCommitter:
         #: snapshot_every, the row appended with it): the history's rows
         #: (`HistoryService.record`). When set, each report's `progress()` is computed
         #: between the fold and the append and stored in the event's own row.
-        self.on_fold: Callable[[CurriculumWriter, CachedEngine, int, int, int,
-                                ProgressPoint], None] | None = None
+        self.on_fold: OnFold | None = None
 
     def drain(self, name: str, cached: CachedEngine) -> None:
         """Commit what `report_async` queued on `cached`, group by group (worker thread).

@@ -8,11 +8,13 @@ and stored as a checkpoint chunk in the same transaction (`CurriculumWriter.put_
 A history request chains the stored chunks from seq 1 and reads the rows stored with the
 events after the last one, so a freshly started server answers a long curriculum at any
 head position without folding a report; chunks outlive pruned events. Events without a
-row (written by a version before `events.progress`, or imported) are folded from the
+row (written or imported by a version before `events.progress`) are folded from the
 snapshot before them, as is a range no chunk covers (reports folded before a restart but
 after the last checkpoint, another replica's reports, a curriculum older than
-checkpoints), which is also filled in the background. Rows are exact: a stored row holds
-the same numbers a replay of the log from seq 0 computes (tested).
+checkpoints), which is also filled in the background. An import stores the rows of the
+reports it folds the same way (`store_imported_rows`; a merge goes through `record`).
+Rows are exact: a stored row holds the same numbers a replay of the log from seq 0
+computes (tested).
 
 Cost (see docs/benchmarks.md, "History", and docs/dashboard.md):
 - report path: one `progress()` per report, packed into its event's INSERT (one column
@@ -219,6 +221,28 @@ class _Pending:
     points: list[ProgressPoint] = field(default_factory=list)
 
 
+def checkpoint_due(seq: int, rows: int, every: int) -> bool:
+    """Whether the `rows` kept up to the report at `seq` are stored as a checkpoint chunk
+    now: with the snapshot (`seq % every == 0`) or once `MAX_PENDING_ROWS` wait."""
+    return seq % every == 0 or rows >= MAX_PENDING_ROWS
+
+
+def store_imported_rows(writer: CurriculumWriter, spec: CurriculumSpec, first_seq: int,
+                        steps: list[int], rows: list[bytes]) -> None:
+    """Store the packed rows (`pack_point`) of events `first_seq`.. that an import just
+    appended through `writer` as one checkpoint chunk, as `HistoryService.record` does
+    for the report path: a fresh server then answers an imported curriculum's history
+    without folding it, and no gap is left for a background fill."""
+    if not rows:
+        return
+    last = first_seq + len(rows) - 1
+    times = writer.event_times(first_seq, last)
+    chunk = unpack_points(first_seq, np.asarray(steps, dtype=np.int64),
+                          np.asarray([stamp.timestamp() for _, stamp in times]), rows,
+                          spec.layout.num_distributions, len(spec.objectives))
+    writer.put_history(first_seq, last, pack_rows(chunk))
+
+
 class HistoryService:
     """Builds and caches histories; records the report path's rows and stores them as
     checkpoints. Thread-safe (one lock per curriculum)."""
@@ -261,7 +285,7 @@ class HistoryService:
             del pending.steps[keep:], pending.points[keep:]
             pending.steps.append(step)
             pending.points.append(point)
-            if seq % every != 0 and len(pending.steps) < MAX_PENDING_ROWS:
+            if not checkpoint_due(seq, len(pending.steps), every):
                 return
             del self._pending[name]
         self._checkpoint(writer, name, cached.spec, pending)

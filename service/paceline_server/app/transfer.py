@@ -10,7 +10,7 @@ in log order (the state is a fold of them) — one JSON object per line:
 
 Each report is in the API's flat form (`rollout_indices`, `group_ids`, `rewards`, ...),
 so it can also be posted as it is. Issued batches and snapshots are not exported: the
-import folds the reports again and writes its own snapshots.
+import folds the reports again and writes its own snapshots and history rows.
 
 An import is one transaction: the curriculum (created, unless it is merged into), its
 runs and every report commit together or, at the first bad line, not at all. It refuses
@@ -35,6 +35,9 @@ import numpy as np
 import orjson
 
 from paceline_server.app.codec import decode_report, encode_report, same_report
+from paceline_server.app.engines import CachedEngine
+from paceline_server.app.group_commit import OnFold
+from paceline_server.app.history import checkpoint_due, store_imported_rows
 from paceline_server.app.reports import parse_report
 from paceline_server.app.service import PacelineService
 from paceline_server.domain.errors import (
@@ -48,6 +51,7 @@ from paceline_server.domain.errors import (
     ReportConflict,
     RunNotFound,
 )
+from paceline_server.domain.history import pack_point
 from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.domain.validation import (
@@ -333,9 +337,14 @@ def import_curriculum(service: PacelineService, export: ExportContents | Iterabl
         fold = _fold_new(engine, reports, every, service.settings.snapshot_keep)
         with service.store.importer(target, spec.to_dict()) as writer:
             runs_added, runs_present = _add_runs(writer, export.runs, now)
-            for item in fold.new:
-                writer.append("report", item.run_id, item.step, item.key, item.payload,
-                              checked=True)
+            first = 1  # of the history rows not yet stored as a checkpoint chunk
+            for item, row in zip(fold.new, fold.rows, strict=True):
+                seq = writer.append("report", item.run_id, item.step, item.key,
+                                    item.payload, checked=True, progress=row)
+                if checkpoint_due(seq, seq - first + 1, every):
+                    _store_rows(writer, spec, fold, first, seq)
+                    first = seq + 1
+            _store_rows(writer, spec, fold, first, writer.head_seq)
             for seq, state in fold.snapshots:
                 writer.put_snapshot(seq, state)
             head = writer.head_seq
@@ -350,7 +359,8 @@ def import_curriculum(service: PacelineService, export: ExportContents | Iterabl
                                    "during the import; nothing was imported",
                                    {"curriculum": target})
                 service.engines.catch_up(cached, target, writer.head_seq)
-                counts = _merge(writer, cached.engine, export.runs, reports, every, now)
+                counts = _merge(writer, cached, export.runs, reports, every, now,
+                                service.histories.record)
                 head = writer.head_seq
         except BaseException:
             service.engines.invalidate(cached)  # it may hold folds that were rolled back
@@ -364,6 +374,7 @@ class _NewLog:
     """A new curriculum's log, folded before its transaction."""
 
     new: list[_Report]  # to append, in order (seq = position + 1)
+    rows: list[bytes]  # each one's history row (`pack_point` after its fold)
     present: int  # lines repeating an earlier line's key and content
     snapshots: list[tuple[int, bytes]]  # the newest `snapshot_keep` due, by seq
 
@@ -375,6 +386,7 @@ def _fold_new(engine: CurriculumEngine, reports: Iterable[_Report], snapshot_eve
     repeated within the file is a repeat (same content) or a conflict."""
     seen: dict[str, _Report] = {}
     new: list[_Report] = []
+    rows: list[bytes] = []
     present = 0
     snapshots: deque[tuple[int, bytes]] = deque(maxlen=snapshot_keep)
     for item in reports:
@@ -392,9 +404,17 @@ def _fold_new(engine: CurriculumEngine, reports: Iterable[_Report], snapshot_eve
         with _at(item.line):
             engine.apply(decode_report(item.payload))
         new.append(item)
+        rows.append(pack_point(engine.progress()))
         if len(new) % snapshot_every == 0:
             snapshots.append((len(new), engine.to_bytes()))
-    return _NewLog(new, present, list(snapshots))
+    return _NewLog(new, rows, present, list(snapshots))
+
+
+def _store_rows(writer: CurriculumImporter, spec: CurriculumSpec, fold: _NewLog,
+                first: int, last: int) -> None:
+    """Store rows first..last of a new curriculum's import as a checkpoint chunk."""
+    store_imported_rows(writer, spec, first, [item.step for item in fold.new[first - 1:last]],
+                        fold.rows[first - 1:last])
 
 
 def _add_runs(writer: CurriculumImporter, runs: Iterable[_Run],
@@ -410,13 +430,15 @@ def _add_runs(writer: CurriculumImporter, runs: Iterable[_Run],
     return added, present
 
 
-def _merge(writer: CurriculumImporter, engine: CurriculumEngine, runs: Iterable[_Run],
-           reports: Iterable[_Report], snapshot_every: int,
-           now: datetime) -> tuple[int, int, int, int]:
+def _merge(writer: CurriculumImporter, cached: CachedEngine, runs: Iterable[_Run],
+           reports: Iterable[_Report], snapshot_every: int, now: datetime,
+           record: OnFold) -> tuple[int, int, int, int]:
     """Attach the runs and fold and append the reports an existing curriculum lacks
-    (inside the import's transaction; `engine` is at the writer's head); (reports added,
-    present, runs added, present). A report is present when its idempotency key is, or
-    its (run, step) is, as the service answers a repeated step."""
+    (inside the import's transaction; `cached.engine` is at the writer's head); (reports
+    added, present, runs added, present). A report is present when its idempotency key
+    is, or its (run, step) is, as the service answers a repeated step. Each appended
+    report's history row goes through `record`, as on the report path."""
+    engine = cached.engine
     runs_added, runs_present = _add_runs(writer, runs, now)
     added = present = 0
     for item in reports:
@@ -441,8 +463,10 @@ def _merge(writer: CurriculumImporter, engine: CurriculumEngine, runs: Iterable[
             continue
         with _at(item.line):
             engine.apply(decode_report(item.payload))
+        point = engine.progress()
         seq = writer.append("report", item.run_id, item.step, item.key, item.payload,
-                            checked=True)
+                            checked=True, progress=pack_point(point))
+        record(writer, cached, seq, item.step, snapshot_every, point)
         if seq % snapshot_every == 0:
             writer.put_snapshot(seq, engine.snapshot_pieces())
         added += 1
