@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 import paceline
-from paceline._payloads import curriculum_spec, encode_body, plain, report_body, typed_array
+from paceline._payloads import (
+    curriculum_spec,
+    encode_body,
+    json_bytes,
+    plain,
+    report_body,
+    typed_array,
+)
 
 OBJECTIVES = ["acc", "len"]
 
@@ -89,6 +96,24 @@ class TestReports:
                                    encoding="json")
         assert headers["Content-Encoding"] == "gzip"
         assert json.loads(gzip.decompress(big))["rewards"]["shape"] == [1, 2, 20_000]
+
+    @pytest.mark.parametrize("body", [
+        {"run_id": "r\u00e9\n\"x", "step": 3, "indices": typed_array(np.arange(4)),
+         "rewards": typed_array(np.full((4, 2, 2), 0.5, dtype=np.float32)),
+         "advantages": [[float("nan"), float("inf")], [-0.0, 1e300]],
+         "eval_objectives": {"acc": 0.5, "l\u00e4nge": np.float64(1.0).item()},
+         "dropped": [], "unserved": "accept", "nested": {"b": b"\x00\xff", "l": [b"a"]}},
+        {"mixed keys": {1: "a", "b": None}, "empty": {}, "bytes": b""},
+        [b"top", {"x": True}], "text", 7, None,
+    ])
+    def test_json_bytes_writes_what_json_dumps_writes(self, body: Any) -> None:
+        """Writing typed arrays' base64 directly changes no byte of the body."""
+        def default(value: Any) -> Any:
+            assert isinstance(value, bytes)
+            return base64.b64encode(value).decode("ascii")
+
+        assert json_bytes(body) == json.dumps(body, separators=(",", ":"),
+                                              default=default).encode()
 
     def test_rewards_by_objective_follow_the_objective_order(self) -> None:
         acc = np.array([[1.0, 0.0], [0.0, 0.0]])

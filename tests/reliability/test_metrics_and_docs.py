@@ -54,6 +54,21 @@ def test_create_delete_cycles_leave_no_stale_series(tmp_path: Path) -> None:
         assert 'paceline_reports_total{curriculum="kept"} 1.0' in text  # counts from zero
 
 
+def test_a_recreated_curriculum_counts_in_new_series(tmp_path: Path) -> None:
+    """The series the metrics keep at hand are dropped with the curriculum: the same name
+    created again counts from zero, in series /metrics shows."""
+    with make_client(f"sqlite:///{tmp_path / 'r.db'}") as client:
+        cycle(client, "again")
+        assert 'paceline_reports_total{curriculum="again"} 1.0' in client.get("/metrics").text
+        assert client.delete("/v1/curricula/again", params={"confirm": "again"}
+                             ).status_code == 204
+        cycle(client, "again")
+        text = client.get("/metrics").text
+        assert 'paceline_reports_total{curriculum="again"} 1.0' in text
+        assert 'paceline_batches_total{curriculum="again"} 1.0' in text
+        assert 'paceline_rollouts_total{curriculum="again",kind="generated"}' in text
+
+
 def test_a_grpc_delete_removes_the_series_too(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'g.db'}"
     config = Settings(database_url=url, auto_migrate=True)
