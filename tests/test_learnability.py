@@ -79,13 +79,15 @@ def test_informative_revisits_beat_unseen_prompts() -> None:
     # d0: 8 prompts seen, half of them 4/8 (informative), half all-correct; 992 unseen.
     # Ranked by expected score, the informative revisits fill the batch before any
     # unseen prompt (whose value is the prior's expected score); Thompson ranking lets
-    # unseen prompts in by the luck of their draw.
+    # unseen prompts in by the luck of their draw (shown with c = 2 candidates per slot:
+    # the more candidates, the likelier an informative revisit is among them either way).
     rewards = np.zeros((8, 8))
     rewards[:4, :4] = 1.0
     rewards[4:] = 1.0
 
     def share_informative(ranking: str) -> float:
-        e = engine(sizes=(1000,), batch_size=2, ranking=ranking, allocation="none")
+        e = engine(sizes=(1000,), batch_size=2, ranking=ranking, allocation="none",
+                   candidates=2.0)
         e.apply(report(e.spec, np.arange(8), rewards))
         picked = np.concatenate([e.next_batch("r", s).indices for s in range(1, 21)])
         return float((picked < 4).mean())

@@ -43,7 +43,7 @@ Sampling in O(B log N) (ours): Thompson draws for all N prompts are O(N), so
    (or `learning_progress`) d gets slots_d of the batch, decided by that sampler, whose
    code and state are reused as is; with `none`, the c · B draws go to distributions ∝
    their mass. Inside d, c · slots_d candidates come from the tree's range of d (∝
-   expected score; `candidates` c = 2) and slots_d more uniformly from its unseen
+   expected score; `candidates` c = 4) and slots_d more uniformly from its unseen
    prompts: every unseen prompt has the same value (its prior's expected score), so
    slots_d of them are all the batch could take (ours; drawing the two sources in
    proportion to their masses made most candidates unseen, since unseen prompts are
@@ -62,8 +62,10 @@ Sampling in O(B log N) (ours): Thompson draws for all N prompts are O(N), so
    ranking by the expectation needed fewer rollouts than Thompson on every learner
    (docs/benchmarks.md, "Learner suite"): for the top B of many candidates a random
    draw favours the uncertain (unseen, once-seen) ones, which is optimism, not
-   information, when most prompts are visited once or twice. c = 3 (4) saved another
-   ~5 % (~10 %) of the rollouts there for ~1.15x (~2x) the proposal time at N = 10^7.
+   information, when most prompts are visited once or twice. The default c = 4 needs
+   6-9 % fewer rollouts on the suite than c = 2 (the gain stops around c = 6-8) and
+   proposes in ~1.7 ms at N = 10^7, B = 1 024 (c = 2: ~1.1 ms; c = 6 would exceed the
+   2 ms budget there): docs/benchmarks.md, "Learner suite".
 Tree leaves are ordered by distribution (the layout's member order), so each
 distribution is one contiguous range of leaves for label layouts too.
 
@@ -136,7 +138,7 @@ class LearnabilityParams:
     pool_gamma: float = 0.9
     band: tuple[float, ...] | None = None
     band_floor: float = 0.05
-    candidates: float = 2.0
+    candidates: float = 4.0
     ranking: Ranking = "expected"
     success_threshold: float | None = None
     allocation: Allocation = "dump_ucb"
