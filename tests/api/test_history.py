@@ -439,19 +439,27 @@ def test_rows_lost_in_a_restart_are_filled(client: TestClient, database_url: str
         wait_for_fills(service.histories)
         assert [(c.first_seq, c.last_seq) for c in service.store.history_checkpoints(
             "hist")] == [(1, 3), (4, 6), (7, 7), (8, 9), (10, 12)]
+        assert service.histories.folds == 0  # row 7 was read from its event
         assert_same_history(HistoryService(service.store).history("hist", every=1),
                             _Replayed(service.store).history("hist", every=1))
 
 
-def test_a_log_from_before_checkpoints_is_backfilled(sqlite_client: TestClient) -> None:
+@pytest.mark.parametrize("rows", ["none", "all", "first four"])
+def test_a_log_from_before_checkpoints_is_backfilled(sqlite_client: TestClient,
+                                                     rows: str) -> None:
+    """A fill reads the rows stored with the events and folds from the first event
+    without one (from the snapshot before it: here the log's start)."""
     service = sqlite_client.app.state.service  # type: ignore[attr-defined]
-    write_log(service.store, 10)
+    write_log(service.store, 10, rows=rows != "none")
+    if rows == "first four":
+        null_progress(service.store, "seq > 4")
     assert sqlite_client.post("/v1/curricula/hist/runs", json={"run_id": "r1"}
                               ).status_code in (200, 201)
     drive(sqlite_client, 2, start=10)  # seq 11, 12: a checkpoint of 11..12 and a fill
     wait_for_fills(service.histories)
     assert [(c.first_seq, c.last_seq) for c in service.store.history_checkpoints("hist")
             ] == [(1, 10), (11, 12)]
+    assert service.histories.folds == {"none": 10, "all": 0, "first four": 10}[rows]
     assert_same_history(HistoryService(service.store).history("hist", every=1),
                         _Replayed(service.store).history("hist", every=1))
 

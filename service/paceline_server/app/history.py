@@ -309,9 +309,10 @@ class HistoryService:
 
     # ------------------------------------------------------------ filling gaps
     def _start_fill(self, name: str, created_at: datetime, after: int, upto: int) -> None:
-        """Compute and store rows after..upto in a background thread (once at a time per
-        range): a restart lost the rows kept in memory, another replica folded them, or
-        the curriculum predates checkpoints."""
+        """Store rows after..upto as a checkpoint chunk in a background thread (once at a
+        time per range): a restart lost the rows kept in memory, another replica folded
+        them, or the curriculum predates checkpoints. The rows stored with the events are
+        read, not recomputed; only events without one are folded."""
         key = (name, upto)
         with self._guard:
             if key in self._filling:
@@ -328,12 +329,16 @@ class HistoryService:
             if record.created_at != created_at:
                 return
             spec = CurriculumSpec.from_dict(record.spec)
-            engine, seq = self._engine_at(name, spec, after)
             columns = _Columns(spec.layout.num_distributions, len(spec.objectives))
-            trace = _Trace(created_at, spec, engine, seq, after, after, columns)
-            self._fold(name, trace, self.store.events(name, after_seq=seq, limit=upto - seq))
-            if trace.seq != upto:
-                raise _Gap(f"event log of {name!r} ends at seq {trace.seq}")
+            reached = self._stored_rows(name, spec, columns, after, upto)
+            if reached < upto:  # events without a row from `reached + 1` on: fold them
+                engine, seq = self._engine_at(name, spec, reached)
+                trace = _Trace(created_at, spec, engine, seq, reached, after, columns)
+                self._fold(name, trace, self.store.events(name, after_seq=seq,
+                                                          limit=upto - seq))
+                reached = trace.seq
+            if reached != upto:
+                raise _Gap(f"event log of {name!r} ends at seq {reached}")
             self.store.put_history(name, after + 1, upto, pack_rows(columns.tail(after)))
         except Exception as exc:  # a request replays what a fill could not store
             _log.warning("history rows %d..%d of %r not filled: %r", after + 1, upto, name,
