@@ -278,3 +278,34 @@ def test_a_new_curriculum_is_rolled_back_whole(url: str, tmp_path: Path,
     monkeypatch.undo()
     assert load(target, lines).reports_added == 7  # nothing left behind in the way
     assert target.store.latest_snapshot("math").seq == 5
+
+
+@pytest.mark.parametrize(("reports", "expected"), [(12, [5, 10]), (15, [10, 15]), (4, [])])
+def test_a_new_import_serialises_only_the_snapshots_it_keeps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reports: int,
+        expected: list[int]) -> None:
+    """snapshot_every=5 and the default snapshot_keep=2: the store keeps the newest two
+    snapshots due, so only those are serialised (one state copy each), not one every
+    five reports; the kept snapshots are the service's own."""
+    from sqlalchemy import text
+
+    from paceline_server.engine import CurriculumEngine
+    from paceline_server.store.sql import SqlStore
+
+    lines = export_of(populated(f"sqlite:///{tmp_path / 'source.db'}", reports=reports))
+    target = service_on(f"sqlite:///{tmp_path / 'target.db'}")
+    serialised: list[int] = []
+    original = CurriculumEngine.to_bytes
+
+    def counting(self: CurriculumEngine) -> bytes:
+        serialised.append(self.clock)
+        return original(self)
+
+    monkeypatch.setattr(CurriculumEngine, "to_bytes", counting)
+    assert load(target, lines).reports_added == reports
+    assert serialised == expected
+    store = target.store
+    assert isinstance(store, SqlStore)
+    with store.engine.connect() as conn:
+        seqs = [row[0] for row in conn.execute(text("SELECT seq FROM snapshots ORDER BY seq"))]
+    assert seqs == expected

@@ -24,8 +24,7 @@ The CLI and `POST /v1/imports` both call `import_curriculum`; the CLI and
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -379,16 +378,23 @@ class _NewLog:
     snapshots: list[tuple[int, bytes]]  # the newest `snapshot_keep` due, by seq
 
 
-def _fold_new(engine: CurriculumEngine, reports: Iterable[_Report], snapshot_every: int,
+def _fold_new(engine: CurriculumEngine, reports: Sequence[_Report], snapshot_every: int,
               snapshot_keep: int) -> _NewLog:
     """Fold an export into a fresh engine. The log is taken as it is: one written before
     steps were folded once may hold a step twice, and it is rebuilt exactly; only a key
-    repeated within the file is a repeat (same content) or a conflict."""
+    repeated within the file is a repeat (same content) or a conflict. Of the snapshots
+    due every `snapshot_every` reports only the newest `snapshot_keep` are serialised
+    (the store would drop the others): the count of new reports is the count of
+    distinct keys."""
     seen: dict[str, _Report] = {}
     new: list[_Report] = []
     rows: list[bytes] = []
     present = 0
-    snapshots: deque[tuple[int, bytes]] = deque(maxlen=snapshot_keep)
+    snapshots: list[tuple[int, bytes]] = []
+    total = len({item.key for item in reports})
+    last = total - total % snapshot_every
+    kept = {last - i * snapshot_every for i in range(snapshot_keep)
+            if last - i * snapshot_every > 0}
     for item in reports:
         earlier = seen.get(item.key)
         if earlier is not None:
@@ -405,9 +411,9 @@ def _fold_new(engine: CurriculumEngine, reports: Iterable[_Report], snapshot_eve
             engine.apply(decode_report(item.payload))
         new.append(item)
         rows.append(pack_point(engine.progress()))
-        if len(new) % snapshot_every == 0:
+        if len(new) in kept:
             snapshots.append((len(new), engine.to_bytes()))
-    return _NewLog(new, rows, present, list(snapshots))
+    return _NewLog(new, rows, present, snapshots)
 
 
 def _store_rows(writer: CurriculumImporter, spec: CurriculumSpec, fold: _NewLog,
