@@ -232,3 +232,22 @@ def test_suite_quick(tmp_path: Path) -> None:
     assert suite.render(saved) in text
     if importlib.util.find_spec("matplotlib") is not None:  # the `bench` extra
         assert (tmp_path / "learner_suite.png").stat().st_size > 10_000
+
+
+def test_paired_comparison_runs_and_pairs_seeds() -> None:
+    """`benchmarks/paired.py` on a simulated learner (tiny budget): one line per seed
+    with both rows, then the paired summaries; the arithmetic on known pairs."""
+    import paired
+
+    lines = paired.main(["--learner", "imbalanced", "--seeds", "2", "--jobs", "1",
+                         "--steps-scale", "0.05", "--rows", "uniform", "dump_ucb"])
+    assert [line["seed"] for line in lines[:2]] == [0, 1]
+    assert set(lines[0]) == {"seed", "uniform", "dump_ucb"}
+    assert [line["metric"] for line in lines[2:]] == ["final mean accuracy",
+                                                      "steps to target"]
+    summary = paired.paired([(0.5, 0.6), (0.4, 0.6), (0.7, 0.6)], higher_is_better=True)
+    assert summary["diff"] == pytest.approx(0.2 / 3)
+    assert (summary["b_ahead"], summary["b_behind"], summary["seeds"]) == (2, 1, 3)
+    assert paired.paired([(10, 5), (10, 20)], higher_is_better=False)["b_ahead"] == 1
+    with pytest.raises(SystemExit):
+        paired.main(["--rows", "uniform", "no such row"])
