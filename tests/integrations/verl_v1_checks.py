@@ -43,7 +43,7 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 import paceline
 from paceline.integrations.verl import ServedWeights
-from paceline.integrations.verl_v1 import PacelinePromptSource, PacelineReplayBuffer
+from paceline.integrations.verl_v1 import PacelinePromptSource, PacelineReplayBuffer, redo_order
 
 ROWS, BATCH, N, STEPS = 24, 4, 2, 6
 SPEC = {"distributions": [{"name": "easy", "size": 16}, {"name": "hard", "size": 8}],
@@ -260,6 +260,24 @@ def check_interfaces() -> None:
     assert list(inspect.signature(ReplayBuffer.sample).parameters) == [
         "self", "global_steps", "partition_id", "batch_size"]
     assert issubclass(PacelinePromptSource, torch.utils.data.Sampler)
+    check_redo_order()
+
+
+def check_redo_order() -> None:
+    """A redone step's refill order (unserved samples ascending, then the served ones,
+    round-robin) computed without listing the layout equals the listed definition."""
+    import random
+
+    rng = random.Random(3)
+    for _ in range(200):
+        n = rng.randint(1, 60)
+        served = rng.sample(range(n), rng.randint(0, n))
+        order = [i for i in range(n) if i not in set(served)] + served
+        start, count = rng.randint(0, 3 * n), rng.randint(0, 2 * n)
+        want = [order[p % len(order)] for p in range(start, start + count)]
+        assert redo_order(n, served, start, count) == want, (n, served, start, count)
+    assert redo_order(10_000_000, [5, 0, 9_999_999], 9_999_996, 4) == [9_999_998, 5, 0,
+                                                                      9_999_999]
 
 
 def check_steps(work: Path) -> None:

@@ -50,6 +50,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf
@@ -73,6 +74,28 @@ REFILLS = "paceline.verl_v1.refills"
 ALREADY_REPORTED = "paceline.verl_v1.already_reported"
 #: StepRecord.scratch: where a redone, already reported step's next refill prompt starts.
 REDO_CURSOR = "paceline.verl_v1.redo_cursor"
+
+
+def redo_order(num_samples: int, served: Sequence[int], start: int,
+               count: int) -> list[int]:
+    """Positions start .. start + count - 1 (round-robin) of the order a redone step's
+    refills follow: the samples not in `served`, ascending, then `served` as given.
+    Computed from the served indices alone (O(|served| log) per call), not by listing
+    every sample of the layout."""
+    if count <= 0:
+        return []
+    taken = np.unique(np.asarray(served, dtype=np.int64))
+    unserved = num_samples - taken.size
+    # The k-th unserved sample v has v - k samples of `taken` below it, so it is k plus
+    # the number of taken t_j (j-th, ascending) with t_j - j <= k.
+    below = taken - np.arange(taken.size)
+    length = unserved + len(served)
+    out = []
+    for position in range(start, start + count):
+        p = position % length
+        out.append(p + int(np.searchsorted(below, p, side="right")) if p < unserved
+                   else int(served[p - unserved]))
+    return out
 
 
 def _options(sampler_kwargs: Any) -> dict[str, Any]:
@@ -175,13 +198,10 @@ class PacelinePromptSource(torch.utils.data.Sampler):  # type: ignore[misc]
         refills = record.scratch.get(REFILLS, [])
         assert isinstance(refills, list)
         served = [*record.batch.indices, *refills]
-        taken = set(served)
-        order = [i for i in range(self.num_samples) if i not in taken] + served
         cursor = int(record.scratch.get(REDO_CURSOR, 0))  # type: ignore[call-overload]
-        while len(self._reserve) < size:
-            self._reserve.append(order[cursor % len(order)])
-            cursor += 1
-        record.scratch[REDO_CURSOR] = cursor
+        picked = redo_order(self.num_samples, served, cursor, size - len(self._reserve))
+        self._reserve.extend(picked)
+        record.scratch[REDO_CURSOR] = cursor + len(picked)
 
     def state_dict(self) -> dict[str, Any]:
         return {"next_step": self.next_step, **Fingerprint.of(self.ledger.run).to_dict()}
