@@ -10,6 +10,9 @@ right before the opening fence,
 - `<!-- doc-test: prelude=NAME -->`: executed after `PRELUDES[NAME]` below, which stands
   in for the trainer's own parts the example leaves to the reader (a dataset, a
   generate-and-score function);
+- `<!-- doc-test: needs=MODULE -->`: executed where MODULE imports (a trainer framework
+  `.ci/run` installs beside the extras, as verl), skipped with that reason elsewhere,
+  as the suite's other tests of that framework are;
 - nothing: executed as it is.
 
 Shell blocks (```bash) are installation and operation commands: never executed here.
@@ -34,7 +37,7 @@ from support import free_port, running_service
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]  # trainer pages too
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
-MARK = re.compile(r"<!--\s*doc-test:\s*(skip|prelude=(\w+))\b[^>]*-->")
+MARK = re.compile(r"<!--\s*doc-test:\s*(skip|prelude=\w+|needs=[\w.]+)\b[^>]*-->")
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 PRELUDES = {
@@ -62,7 +65,7 @@ class Block:
     doc: Path
     line: int
     code: str
-    mark: str | None  # "skip", "prelude=NAME" or None
+    mark: str | None  # "skip", "prelude=NAME", "needs=MODULE" or None
 
     @property
     def id(self) -> str:
@@ -96,6 +99,9 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.mark.parametrize("block", RUN, ids=[b.id for b in RUN])
 def test_doc_block_runs(block: Block, service_url: str, tmp_path: Path) -> None:
     code = block.code
+    if block.mark is not None and block.mark.startswith("needs="):
+        module = block.mark.split("=", 1)[1]
+        pytest.importorskip(module, reason=f"{block.id} needs {module} (.ci/run installs it)")
     if block.mark is not None and block.mark.startswith("prelude="):
         name = block.mark.split("=", 1)[1]
         assert name in PRELUDES, f"{block.id}: unknown prelude {name!r}"
