@@ -62,17 +62,39 @@ def test_pool_ignores_revisits_until_a_distribution_is_exhausted() -> None:
     e = engine(sizes=(4, 60), prior_strength=4.0, pool_gamma=0.5)
     e.apply(report(e.spec, [0, 1, 2], np.zeros((3, 8))))
     state = e.state.sampler
-    # Revisits only: nothing changes while index 3 of d0 is still unseen.
+    # Revisits only: they add nothing while index 3 of d0 is still unseen (the report
+    # still fades the pool, as every report does).
     e.apply(report(e.spec, [0, 1], np.ones((2, 8)), step=1))
-    assert state.pool_trials[0] == pytest.approx(24.0)
+    assert state.pool_trials[0] == pytest.approx(0.5 * 24)
     assert state.pool_successes[0] == pytest.approx(0.0)
     # Index 3's first visit counts (it was unseen when reported).
     e.apply(report(e.spec, [3], np.ones((1, 8)), step=2))
-    assert state.pool_trials[0] == pytest.approx(0.5 * 24 + 8)
+    assert state.pool_trials[0] == pytest.approx(0.25 * 24 + 8)
     assert int(state.unseen[0]) == 0
     # d0 exhausted: every group counts from now on.
     e.apply(report(e.spec, [0], np.ones((1, 8)), step=3))
-    assert state.pool_trials[0] == pytest.approx(0.5 * (0.5 * 24 + 8) + 8)
+    assert state.pool_trials[0] == pytest.approx(0.5 * (0.25 * 24 + 8) + 8)
+
+
+def test_a_distribution_left_alone_drifts_back_to_the_flat_prior() -> None:
+    # d1 looks hopeless (0 of 8 on each first visit); afterwards only d0 is reported.
+    # Its pooled evidence fades at every report all the same, so its unseen prompts'
+    # prior returns toward Beta(1, 1) (expected score 1/6) and they are worth a try
+    # again: a verdict on a policy that has since changed does not stand forever.
+    e = engine(sizes=(40, 60), pool_gamma=0.8, allocation="none")
+    e.apply(report(e.spec, np.arange(40, 48), np.zeros((8, 8))))
+    lr = sampler_of(e)
+    state = e.state.sampler
+    after_visit = lr.pooled_mean(state)[1]
+    _, _, unseen_mass = lr._masses(state)
+    hopeless_worth = unseen_mass[1] / state.unseen[1]
+    assert after_visit < 0.05
+    for step in range(1, 31):
+        e.apply(report(e.spec, [step % 40], np.full((1, 8), 0.5), step=step))
+    assert state.pool_trials[1] == pytest.approx(64 * 0.8 ** 30)
+    assert lr.pooled_mean(state)[1] == pytest.approx(0.5, abs=0.03)
+    _, _, unseen_mass = lr._masses(state)
+    assert unseen_mass[1] / state.unseen[1] > max(5 * hopeless_worth, 0.15)
 
 
 def test_informative_revisits_beat_unseen_prompts() -> None:

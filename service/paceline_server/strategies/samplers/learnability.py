@@ -9,10 +9,10 @@ posterior
     Beta(κ μ_d + s_x, κ (1 - μ_d) + f_x)
 
 with μ_d the distribution's pooled pass rate (Beta(1, 1) over the distribution's
-forgetful success/trial sums, decay `pool_gamma` per report that adds to them), κ_d the prior
-strength in pseudo-rollouts and s_x, f_x the prompt's own forgetful successes and
-failures (`gamma` per visit: s <- γ s + successes). An unseen prompt is its
-distribution's prior.
+forgetful success/trial sums, decay `pool_gamma` per report for every distribution,
+reported on or not), κ_d the prior strength in pseudo-rollouts and s_x, f_x the
+prompt's own forgetful successes and failures (`gamma` per visit: s <- γ s +
+successes). An unseen prompt is its distribution's prior.
 
 The pooled sums count *first visits* only (ours): an unseen prompt is drawn uniformly
 from its distribution, so its first group is an unbiased sample of what an unseen prompt
@@ -340,8 +340,13 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
             state.failures[idx] = gamma * state.failures[idx] + fail[positions]
         state.unseen -= np.bincount(self.layout.distribution_of(fresh),
                                     minlength=num).astype(np.int64)
-        touched = np.bincount(signals.distribution, weights=weight, minlength=num) > 0
-        decay = np.where(touched, self.params.pool_gamma, 1.0)
+        # Every distribution's pooled evidence fades at every report, reported on or not:
+        # it describes the policy as it was, and a distribution left alone (judged
+        # hopeless, or crowded out) drifts back toward the Beta(1, 1) prior, whose
+        # expected score (1/6) gets it tried again. Fading only the distributions a
+        # report added to froze a hopeless verdict: on the prerequisite learner
+        # `allocation: none` never came back to the distributions that opened later.
+        decay = self.params.pool_gamma
         state.pool_successes = decay * state.pool_successes + np.bincount(
             signals.distribution, weights=succ * weight, minlength=num)
         state.pool_trials = decay * state.pool_trials + np.bincount(
