@@ -9,13 +9,20 @@ Report arrays given as numpy arrays or torch tensors go out as *typed arrays*
 from __future__ import annotations
 
 import binascii
+import functools
 import gzip
 import json
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, SupportsIndex
 
 from paceline.errors import InvalidInput
+
+_b64encode: Callable[[bytes], bytes]
+try:  # SIMD base64 (libbase64): a report's 16 KB of arrays in 1 us instead of 26 us
+    from pybase64 import b64encode as _b64encode
+except ImportError:  # the client alone installs without it (extras "numpy", "all")
+    _b64encode = functools.partial(binascii.b2a_base64, newline=False)
 
 __all__ = [
     "COMPRESS_OVER",
@@ -72,7 +79,7 @@ def _array(value: Any) -> Any:
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):  # a typed array's data
-        return binascii.b2a_base64(value, newline=False).decode("ascii")
+        return _b64encode(value).decode("ascii")
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
@@ -86,7 +93,7 @@ def json_bytes(value: Any) -> bytes:
     base64 needs no escaping, and running a report's tens of KB of it through json's
     string escaper took about as long as the rest of the encoding."""
     if isinstance(value, bytes):
-        return b'"' + binascii.b2a_base64(value, newline=False) + b'"'
+        return b'"' + _b64encode(value) + b'"'
     if isinstance(value, dict) and all(isinstance(key, str) for key in value):
         return b"{" + b",".join([_ENCODER.encode(key).encode() + b":" + json_bytes(item)
                                  for key, item in value.items()]) + b"}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -114,6 +116,24 @@ class TestReports:
 
         assert json_bytes(body) == json.dumps(body, separators=(",", ":"),
                                               default=default).encode()
+
+    def test_base64_is_the_same_without_pybase64(self) -> None:
+        """The client alone installs without pybase64: its fallback writes the same
+        bytes (checked in a fresh interpreter where the import fails)."""
+        body = {"rewards": typed_array(np.linspace(-1, 1, 999, dtype=np.float32)),
+                "indices": typed_array(np.arange(7)), "empty": b"", "one": b"\xff"}
+        script = (
+            "import sys, json; sys.modules['pybase64'] = None\n"
+            "import numpy as np\n"
+            "import functools\n"
+            "from paceline._payloads import json_bytes, typed_array, _b64encode\n"
+            "assert isinstance(_b64encode, functools.partial)\n"
+            "body = {'rewards': typed_array(np.linspace(-1, 1, 999, dtype=np.float32)),"
+            " 'indices': typed_array(np.arange(7)), 'empty': b'', 'one': b'\\xff'}\n"
+            "sys.stdout.buffer.write(json_bytes(body))\n")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                              check=True)
+        assert done.stdout == json_bytes(body)
 
     def test_rewards_by_objective_follow_the_objective_order(self) -> None:
         acc = np.array([[1.0, 0.0], [0.0, 0.0]])

@@ -197,6 +197,10 @@ BAD_TYPED = {
     "negative": typed("<f8", [-1]),
     "bool-dim": typed("<f8", [True]),
     "shape-not-list": typed("<f8", "1"),
+    "data-not-base64": typed("<f8", [1, 1, 2], "AAAA!AAA8D8AAAAAAADwPw=="),
+    "data-non-ascii": typed("<f8", [1, 1, 2], "AAAAAAAA8D8AAAAAAADwP\u00e9=="),
+    "data-padding-inside": typed("<f8", [1, 1, 2], "AAAAAAAA8D8=AAAAAADwPw=="),
+    "data-too-short": typed("<f8", [1, 1, 2], "AAAAAAAA8D8AAAAAAADwPw"),
 }
 
 

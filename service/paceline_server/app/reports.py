@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pybase64
 
 from paceline_server.domain.errors import InvalidReport
 from paceline_server.domain.report import Report
@@ -84,6 +85,18 @@ def accepts_unserved(body: Mapping[str, Any]) -> bool:
     return value == "accept"
 
 
+def decode_base64(text: str) -> bytes:
+    """Strict base64, accepting exactly what the standard library's
+    `b64decode(validate=True)` accepts. pybase64 (SIMD libbase64) decodes a report's
+    arrays ~40x faster (22 KB: 2 us against 92 us, a tenth of an HTTP report's server
+    time); it also refuses padding after a complete quantum ("QUJD="), which the
+    standard library takes, so whatever it refuses is decided by the standard library."""
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return base64.b64decode(text, validate=True)
+
+
 def _typed(value: Any, field: str) -> Any:
     """Decode a typed array; anything else passes through unchanged."""
     if not isinstance(value, Mapping) or set(value) != TYPED_KEYS:
@@ -97,7 +110,7 @@ def _typed(value: Any, field: str) -> Any:
     shape = check_shape(shape, field, InvalidReport)
     if isinstance(data, str):
         try:
-            data = base64.b64decode(data, validate=True)
+            data = decode_base64(data)
         except (binascii.Error, ValueError) as exc:
             raise InvalidReport(f"{field}: data is not valid base64",
                                 {"field": field}) from exc
