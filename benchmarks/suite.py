@@ -27,11 +27,20 @@ held-out accuracy over distributions reaches the learner's target (a run that ne
 does counts steps + 1 and every rollout it generated), final minimum and mean accuracy,
 share of generated rollouts in zero-variance groups, candidates skipped before rollout.
 
+With `--secondary W` Paceline's rows are told about a second objective: every rollout
+also gets a `brevity` score drawn uniformly in [0, 1], independent of correctness (a
+length term), the curriculum has the objectives [correctness, brevity] with `fixed`
+weights [W, 1 - W], and the advantages it is sent are those of that scalarised reward
+(normalised as the learner normalises its own). The learner still trains on correctness
+and the peers see correctness only: only what Paceline is told changes, so a sampler
+that lets the secondary term steer it shows up as more rollouts to the same target.
+
 Prints one JSON object per (learner, row) and the markdown tables; with --out writes
-`learner_suite.md` and `learner_suite.png` there.
+`learner_suite.md` and `learner_suite.png` there (`learner_suite_secondary.*` with
+`--secondary`).
 
     nice -n 10 python benchmarks/suite.py [--seeds 3] [--jobs 2] [--steps-scale 1.0]
-        [--learners NAME ...] [--only ROW ...] [--quick] [--out docs]
+        [--learners NAME ...] [--only ROW ...] [--secondary W] [--quick] [--out docs]
 """
 
 from __future__ import annotations
@@ -75,6 +84,7 @@ GREEDY_ORACLE = "oracle, greedy (top B by true p(1-p))"
 THOMPSON = "learnability + dump_ucb allocation, Thompson ranking"
 DEFAULT = "default (no sampler named)"
 DYNAMIC = "default + dynamic sampling (refill)"
+SECONDARY = "brevity"  # `--secondary`: the second objective Paceline's rows are told about
 
 
 class Chooser(Protocol):
@@ -100,6 +110,19 @@ class PacelineEngine:
             spec["sampler"] = sampler
         self.spec = CurriculumSpec.from_dict(spec)
         self.engine = CurriculumEngine(self.spec)
+        self.learner = learner
+        self.secondary: tuple[float, np.random.Generator] | None = None
+        self.seed = seed
+
+    def add_secondary(self, weight: float) -> None:
+        """Report a second objective with `fixed` weights [weight, 1 - weight] (see the
+        module docstring): the curriculum is rebuilt before its first batch."""
+        spec = self.spec.to_dict()
+        spec["objectives"] = ["correctness", SECONDARY]
+        spec["weighting"] = {"kind": "fixed", "weights": [weight, 1.0 - weight]}
+        self.spec = CurriculumSpec.from_dict(spec)
+        self.engine = CurriculumEngine(self.spec)
+        self.secondary = (weight, np.random.default_rng([self.seed, 99]))
 
     def propose(self, step: int, size: int) -> tuple[np.ndarray, int]:
         batch = self.engine.next_batch(RUN_ID, step, size)
@@ -110,9 +133,18 @@ class PacelineEngine:
         return propose_refill(self.engine, RUN_ID, step, part, size, served).indices
 
     def observe(self, step: int, groups: Groups, advantages: np.ndarray) -> None:
+        rewards = groups.rewards
+        if self.secondary is not None:
+            weight, rng = self.secondary
+            brevity = rng.random(rewards.shape)
+            scalar = weight * rewards + (1.0 - weight) * brevity
+            advantages = self.learner.advantages(
+                Groups(groups.indices, groups.outcomes, scalar, groups.p))
+            rewards = np.stack([rewards, brevity], axis=-1)
         self.engine.apply(Report.dense(
-            run_id=RUN_ID, step=step, indices=groups.indices, rewards=groups.rewards,
-            advantages=advantages, layout=self.spec.layout, num_objectives=1))
+            run_id=RUN_ID, step=step, indices=groups.indices, rewards=rewards,
+            advantages=advantages, layout=self.spec.layout,
+            num_objectives=len(self.spec.objectives)))
 
 
 # ---------------------------------------------------------------- peers
@@ -273,13 +305,16 @@ def dynamic_parts(chooser: Chooser, learner: GrpoLearner, step: int, batch: int,
     return parts
 
 
-def run(row: Row, learner_name: str, seed: int, steps_scale: float = 1.0
-        ) -> dict[str, Any]:
-    """One training run of `learner_name` with `row` choosing the batches."""
+def run(row: Row, learner_name: str, seed: int, steps_scale: float = 1.0,
+        secondary: float | None = None) -> dict[str, Any]:
+    """One training run of `learner_name` with `row` choosing the batches (Paceline's
+    rows told about a second objective of weight 1 - `secondary` when given)."""
     learner = learner_class(learner_name)(seed)
     steps = max(1, round(learner.steps * steps_scale))
     batch, group = learner.batch, learner.group
     chooser = row.make(learner, seed)
+    if secondary is not None and isinstance(chooser, PacelineEngine):
+        chooser.add_secondary(secondary)
     generated = wasted = skipped = 0
     curve: list[float] = []
     spent: list[float] = []
@@ -348,12 +383,13 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _job(args: tuple[str, str, int, float]) -> tuple[str, str, int, dict[str, Any]]:
+def _job(args: tuple[str, str, int, float, float | None]
+         ) -> tuple[str, str, int, dict[str, Any]]:
     """One run in a worker process (rows are named: their builders do not pickle)."""
-    name, learner_name, seed, scale = args
+    name, learner_name, seed, scale, secondary = args
     row = next(r for r in rows() if r.name == name)
     try:
-        return row.name, learner_name, seed, run(row, learner_name, seed, scale)
+        return row.name, learner_name, seed, run(row, learner_name, seed, scale, secondary)
     except Exception as exc:  # a sampler still being written must not hide the rest
         return row.name, learner_name, seed, {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -505,12 +541,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="the simulated learners by default; example_trainer "
                              "(torch, ~1 min a run) only when named")
     parser.add_argument("--only", nargs="+", default=None, help="run only these rows")
+    parser.add_argument("--secondary", type=float, default=None, metavar="W",
+                        help="Paceline's rows also report a brevity objective, weights "
+                             "[W, 1 - W] (see above)")
     parser.add_argument("--quick", action="store_true",
                         help="1 seed, 5 %% of the steps, one process")
     parser.add_argument("--out", default=None, help="folder for learner_suite.md/.png")
     parser.add_argument("--table", default=None, metavar="JSONL",
                         help="print the tables of a saved run's output and exit")
     args = parser.parse_args(argv)
+    if args.secondary is not None and not 0.0 < args.secondary < 1.0:
+        parser.error("--secondary W needs 0 < W < 1")
     if args.table is not None:
         print(render(Path(args.table)))
         return
@@ -523,8 +564,8 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({"row": r.name, "skipped": f"sampler {r.needs!r} is not "
                               "registered"}), flush=True)
     selected = [r for r in selected if r.needs is None or r.needs in registered]
-    jobs = [(r.name, name, seed, args.steps_scale) for name in args.learners for r in selected
-            if runs_on(r, name) for seed in range(args.seeds)]
+    jobs = [(r.name, name, seed, args.steps_scale, args.secondary) for name in args.learners
+            for r in selected if runs_on(r, name) for seed in range(args.seeds)]
     start = time.perf_counter()
     if args.jobs > 1:
         with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
@@ -562,16 +603,21 @@ def main(argv: list[str] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     command = (f"nice -n 10 python benchmarks/suite.py --seeds {args.seeds} "
                f"--jobs {args.jobs}" + (f" --steps-scale {args.steps_scale}"
-                                         if args.steps_scale != 1.0 else ""))
-    (folder / "learner_suite.md").write_text(
-        f"# Learner suite\n\n`{command}`: {args.seeds} seeds, {wall / 60:.1f} min wall. "
-        "Written by the script; the analysis is in docs/benchmarks.md (\"Learner "
+                                         if args.steps_scale != 1.0 else "")
+               + (f" --secondary {args.secondary}" if args.secondary is not None else ""))
+    stem = "learner_suite" if args.secondary is None else "learner_suite_secondary"
+    told = ("" if args.secondary is None else
+            f" Paceline's rows also report a `{SECONDARY}` objective, `fixed` weights "
+            f"[{args.secondary}, {1 - args.secondary:.2g}] (see the script's docstring).")
+    (folder / f"{stem}.md").write_text(
+        f"# Learner suite\n\n`{command}`: {args.seeds} seeds, {wall / 60:.1f} min wall."
+        f"{told} Written by the script; the analysis is in docs/benchmarks.md (\"Learner "
         "suite\"). Mean ± std over seeds; a run that never reaches the target counts "
         "its step budget + 1 and every rollout it generated.\n\n"
         f"Rollouts to target in thousands (mean steps), final minimum accuracy:\n\n{text}\n\n"
         f"Targets of the default row:\n\n```\n{json.dumps(goals, indent=1)}\n```\n\n"
-        "![learner suite](learner_suite.png)\n")
-    plot(summaries, folder / "learner_suite.png")
+        f"![learner suite]({stem}.png)\n")
+    plot(summaries, folder / f"{stem}.png")
 
 
 if __name__ == "__main__":

@@ -249,6 +249,22 @@ def test_primary_advantages_drop_a_hopeless_distribution_under_a_length_term() -
     assert hopeless_share("primary") < 0.05
 
 
+def test_auto_is_the_paper_with_one_objective_and_primary_with_several() -> None:
+    assert hopeless_share("auto") == hopeless_share("primary")
+    one = spec((10, 10), objective_names=("acc",),
+               sampler=dump(params={"advantage_source": "auto"}))
+    paper = spec((10, 10), objective_names=("acc",), sampler=dump())
+    rewards = np.array([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    advantages = np.array([[2.0, -1.0, -0.5, -0.5], [0.3, 0.3, -0.3, -0.3]])
+    states = []
+    for cur in (one, paper):
+        e = CurriculumEngine(cur)
+        e.apply(report(cur, [0, 10], rewards, advantages=advantages))
+        states.append(state_of(e))
+    np.testing.assert_array_equal(states[0].advantages, states[1].advantages)
+    assert states[0].learnability[0] == pytest.approx(1.0)  # the trainer's |A|, not primary
+
+
 def test_primary_advantages_by_hand() -> None:
     cur = spec((10, 10), objective_names=("acc", "fmt"),
                sampler=dump(params={"advantage_source": "primary"}))

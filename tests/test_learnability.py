@@ -251,6 +251,52 @@ def test_allocation_decides_the_shares_and_the_posterior_the_prompts(allocation:
     assert "allocation" in e.inspect().sampler
 
 
+@pytest.mark.parametrize("kind", ["learnability", "prioritized"])
+def test_allocation_reads_the_primary_objective_when_there_are_several(kind: str) -> None:
+    """Per-sample samplers give `dump_ucb` `advantage_source: auto` unless told: with a
+    length term beside correctness, a distribution nobody solves gets almost nothing
+    (the scalarised advantages kept it near half the batch)."""
+    length: Any = {"name": "len", "direction": "minimize", "bounds": [0, 100]}
+
+    def hopeless_share(allocation_params: dict[str, Any]) -> float:
+        cur = spec((100, 100), objective_names=("acc", length), batch_size=16,
+                   weighting={"kind": "fixed", "weights": [0.5, 0.5]},
+                   sampler={"kind": kind, "params": {
+                       "allocation": "dump_ucb", "allocation_params": allocation_params}})
+        e = CurriculumEngine(cur)
+        rng = np.random.default_rng(0)
+        shares = []
+        for step in range(40):
+            batch = e.next_batch("r", step)
+            if step >= 20:
+                shares.append(float(batch.probabilities[0]))
+            solvable = batch.indices >= 100
+            acc = (rng.random((16, 8)) < 0.5) & solvable[:, None]
+            lengths = rng.uniform(10, 90, (16, 8))
+            e.apply(report(cur, batch.indices,
+                           np.stack([acc.astype(float), lengths], axis=-1), step=step))
+        return float(np.mean(shares))
+
+    default = hopeless_share({})
+    assert default == hopeless_share({"advantage_source": "primary"})
+    assert default < 0.05
+    assert hopeless_share({"advantage_source": "scalarized"}) > 0.25
+
+
+def test_allocation_keeps_the_papers_rule_with_one_objective() -> None:
+    def ring(allocation_params: dict[str, Any]) -> np.ndarray:
+        e = engine(allocation_params=allocation_params)
+        rewards = np.array([[1.0, 0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]])
+        advantages = np.linspace(-1.0, 1.0, 16).reshape(2, 8)
+        e.apply(report(e.spec, [0, 50], rewards, advantages=advantages))
+        dump = e.state.sampler.dump
+        assert dump is not None
+        return np.asarray(dump.advantages)
+
+    np.testing.assert_array_equal(ring({}), ring({"advantage_source": "scalarized"}))
+    assert not np.array_equal(ring({}), ring({"advantage_source": "primary"}))
+
+
 def test_label_layout_ranges_follow_the_member_order() -> None:
     labels = np.tile([1, 0, 1], 30)  # d0 = 30 scattered indices, d1 = 60
     from paceline_server.domain import CurriculumSpec

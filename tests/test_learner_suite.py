@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -251,3 +252,44 @@ def test_paired_comparison_runs_and_pairs_seeds() -> None:
     assert paired.paired([(10, 5), (10, 20)], higher_is_better=False)["b_ahead"] == 1
     with pytest.raises(SystemExit):
         paired.main(["--rows", "uniform", "no such row"])
+
+
+def test_secondary_objective_reaches_paceline_only() -> None:
+    """`--secondary W`: Paceline's curriculum gets [correctness, brevity] with fixed
+    weights [W, 1 - W] and the advantages of that scalarised reward; the learner's
+    groups are left as they were, and a run is still deterministic per seed."""
+    import suite
+
+    row = next(r for r in suite.rows() if r.name == suite.DEFAULT)
+    learner = LEARNERS["prerequisite"](0)
+    chooser = row.make(learner, 0)
+    assert isinstance(chooser, suite.PacelineEngine)
+    chooser.add_secondary(0.7)
+    assert chooser.spec.objective_names == ("correctness", suite.SECONDARY)
+    assert chooser.spec.weighting.to_dict()["params"]["weights"] == [0.7, pytest.approx(0.3)]
+    folded: list[Any] = []
+    apply = chooser.engine.apply
+    chooser.engine.apply = lambda report: folded.append(report) or apply(report)  # type: ignore[method-assign]
+    indices, _ = chooser.propose(0, learner.batch)
+    groups = learner.rollout(indices)
+    told = groups.rewards.copy()
+    chooser.observe(0, groups, learner.advantages(groups))
+    assert np.array_equal(groups.rewards, told)
+    (report,) = folded
+    rewards = report.rewards.reshape(groups.n, learner.group, 2)
+    assert np.array_equal(rewards[..., 0], told)
+    brevity = rewards[..., 1]
+    assert brevity.min() >= 0.0 and brevity.max() < 1.0 and brevity.std() > 0.2
+    scalar = 0.7 * told + 0.3 * brevity
+    expected = learner.advantages(suite.Groups(groups.indices, groups.outcomes, scalar,
+                                               groups.p))
+    np.testing.assert_allclose(report.advantages.reshape(groups.n, -1), expected)
+    once = suite.run(row, "prerequisite", 0, 0.05, secondary=0.7)
+    assert once == suite.run(row, "prerequisite", 0, 0.05, secondary=0.7)
+
+
+def test_secondary_weight_is_checked() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"),
+                           "--secondary", "1.5", "--quick"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "0 < W < 1" in done.stderr

@@ -27,6 +27,9 @@ distribution keeps a large L_d. `advantage_source: "primary"` feeds the primary
 objective's group-normalised advantages instead ((r - mean) / std within the group, 0
 for a constant group; signals.objective_advantages): L_d then measures what the
 curriculum is about, and a distribution the policy cannot solve gets L_d = 0.
+`advantage_source: "auto"` is the paper's rule when the curriculum has one objective and
+`primary` when it has several: what the per-sample samplers' allocation uses by default
+(strategies/allocation.py), since they pick prompts by the primary objective too.
 
 Beta(α, β) per distribution is kept for logging only (the reference does the same; it
 does not enter P). **(ours)** The reference counts a rollout as a success when its raw
@@ -58,12 +61,13 @@ MAX_WINDOW = 100_000  # bounds the [D, window] ring
 class DumpUcbParams(DistributionParams):
     """`window`: recent rollout advantages kept per distribution; `c`: exploration
     weight (>= 0); `tau`: softmax temperature (> 0); `advantage_source`: the
-    scalarised reward's advantages (the paper) or the primary objective's."""
+    scalarised reward's advantages (the paper), the primary objective's, or `auto`
+    (the paper's with one objective, the primary objective's with several)."""
 
     window: int = 300
     c: float = 1.0
     tau: float = 0.1
-    advantage_source: Literal["scalarized", "primary"] = "scalarized"
+    advantage_source: Literal["scalarized", "primary", "auto"] = "scalarized"
 
     def __post_init__(self) -> None:
         require(1 <= self.window <= MAX_WINDOW,
@@ -83,6 +87,14 @@ class DumpUcbSampler(DistributionSampler[DumpUcbState, DumpUcbParams]):
     params_type = DumpUcbParams
     state_type = DumpUcbState
 
+    @property
+    def _source(self) -> Literal["scalarized", "primary"]:
+        """The advantages that fill the ring, `auto` resolved by the objective count."""
+        source = self.params.advantage_source
+        if source == "auto":
+            return "primary" if len(self.objectives) > 1 else "scalarized"
+        return source
+
     def state_bytes(self) -> int:
         """The advantage ring (window float64 per distribution) and six vectors over D."""
         return STATE_OVERHEAD + 8 * self.layout.num_distributions * (self.params.window + 6)
@@ -101,7 +113,7 @@ class DumpUcbSampler(DistributionSampler[DumpUcbState, DumpUcbParams]):
         num = self.layout.num_distributions
         window = self.params.window
         owner = signals.distribution[signals.group_of]  # distribution of every rollout
-        if self.params.advantage_source == "primary":
+        if self._source == "primary":
             values = np.asarray(signals.objective_advantages[:, signals.primary],
                                 dtype=np.float64)
         else:
