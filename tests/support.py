@@ -29,6 +29,7 @@ import numpy as np
 from sqlalchemy import create_engine, make_url, text
 
 from paceline_server.domain import CurriculumSpec, DatasetLayout, ObjectiveSpec, Report
+from paceline_server.engine import CurriculumEngine
 from paceline_server.strategies.signals import ReportSignals
 
 # ------------------------------------------------------------------ servers
@@ -126,6 +127,28 @@ def report(curriculum: CurriculumSpec, indices: Sequence[int] | np.ndarray,
     return Report.dense(run_id=run_id, step=step, indices=indices, rewards=rewards,
                         advantages=advantages, layout=curriculum.layout,
                         num_objectives=len(curriculum.objectives), **extra)
+
+
+def hopeless_share_under_a_length_term(sampler: Any) -> float:
+    """A closed loop of 40 steps, batch 16 x 8: d0 (indices 0-99) is hopeless (accuracy
+    always 0), d1 half solved, and a length term to minimise varies in every group;
+    weights [0.5, 0.5]. The mean probability `sampler` gives d0 over steps 20-39."""
+    length: Any = {"name": "len", "direction": "minimize", "bounds": [0, 100]}
+    cur = spec((100, 100), objective_names=("acc", length), sampler=sampler, batch_size=16,
+               weighting={"kind": "fixed", "weights": [0.5, 0.5]})
+    e = CurriculumEngine(cur)
+    rng = np.random.default_rng(0)
+    shares = []
+    for step in range(40):
+        batch = e.next_batch("r", step)
+        if step >= 20:
+            shares.append(float(batch.probabilities[0]))
+        solvable = batch.indices >= 100
+        acc = (rng.random((16, 8)) < 0.5) & solvable[:, None]
+        lengths = rng.uniform(10, 90, (16, 8))
+        e.apply(report(cur, batch.indices, np.stack([acc.astype(float), lengths], axis=-1),
+                       step=step))
+    return float(np.mean(shares))
 
 
 def signals(curriculum: CurriculumSpec, indices: Sequence[int] | np.ndarray, rewards: Any,

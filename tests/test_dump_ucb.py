@@ -16,7 +16,7 @@ from paceline_server.domain import InvalidParams
 from paceline_server.engine import CurriculumEngine
 from paceline_server.strategies.allocation import DumpUcbState
 from paceline_server.strategies.state_codec import decode_state, encode_state
-from support import report, spec
+from support import hopeless_share_under_a_length_term, report, spec
 
 
 def dump(**params: Any) -> dict[str, Any]:
@@ -221,25 +221,9 @@ def test_property_ring_matches_a_naive_window(reports: list[tuple[list[int], int
 
 
 def hopeless_share(source: str | None) -> float:
-    """d0 hopeless (accuracy always 0), d1 half solved; a length term to minimise varies
-    in every group. Mean probability of d0 over steps 20-39 of a closed loop."""
+    """d0's mean probability under a length term (support.py), by advantage source."""
     params = {} if source is None else {"advantage_source": source}
-    length: Any = {"name": "len", "direction": "minimize", "bounds": [0, 100]}
-    cur = spec((100, 100), objective_names=("acc", length), sampler=dump(params=params),
-               batch_size=16, weighting={"kind": "fixed", "weights": [0.5, 0.5]})
-    e = CurriculumEngine(cur)
-    rng = np.random.default_rng(0)
-    shares = []
-    for step in range(40):
-        batch = e.next_batch("r", step)
-        if step >= 20:
-            shares.append(float(batch.probabilities[0]))
-        solvable = batch.indices >= 100
-        acc = (rng.random((16, 8)) < 0.5) & solvable[:, None]
-        length = rng.uniform(10, 90, (16, 8))
-        e.apply(report(cur, batch.indices, np.stack([acc.astype(float), length], axis=-1),
-                       step=step))
-    return float(np.mean(shares))
+    return hopeless_share_under_a_length_term(dump(params=params))
 
 
 def test_primary_advantages_drop_a_hopeless_distribution_under_a_length_term() -> None:

@@ -13,7 +13,7 @@ from paceline_server.engine import CurriculumEngine
 from paceline_server.strategies.registry import available_samplers
 from paceline_server.strategies.samplers.learnability import LearnabilitySampler, LearnabilityState
 from paceline_server.strategies.state_codec import decode_state, encode_state
-from support import report, spec
+from support import hopeless_share_under_a_length_term, report, spec
 
 
 def engine(sizes: tuple[int, ...] = (40, 60), batch_size: int = 8, seed: int = 0,
@@ -256,26 +256,9 @@ def test_allocation_reads_the_primary_objective_when_there_are_several(kind: str
     """Per-sample samplers give `dump_ucb` `advantage_source: auto` unless told: with a
     length term beside correctness, a distribution nobody solves gets almost nothing
     (the scalarised advantages kept it near half the batch)."""
-    length: Any = {"name": "len", "direction": "minimize", "bounds": [0, 100]}
-
     def hopeless_share(allocation_params: dict[str, Any]) -> float:
-        cur = spec((100, 100), objective_names=("acc", length), batch_size=16,
-                   weighting={"kind": "fixed", "weights": [0.5, 0.5]},
-                   sampler={"kind": kind, "params": {
-                       "allocation": "dump_ucb", "allocation_params": allocation_params}})
-        e = CurriculumEngine(cur)
-        rng = np.random.default_rng(0)
-        shares = []
-        for step in range(40):
-            batch = e.next_batch("r", step)
-            if step >= 20:
-                shares.append(float(batch.probabilities[0]))
-            solvable = batch.indices >= 100
-            acc = (rng.random((16, 8)) < 0.5) & solvable[:, None]
-            lengths = rng.uniform(10, 90, (16, 8))
-            e.apply(report(cur, batch.indices,
-                           np.stack([acc.astype(float), lengths], axis=-1), step=step))
-        return float(np.mean(shares))
+        return hopeless_share_under_a_length_term({"kind": kind, "params": {
+            "allocation": "dump_ucb", "allocation_params": allocation_params}})
 
     default = hopeless_share({})
     assert default == hopeless_share({"advantage_source": "primary"})
