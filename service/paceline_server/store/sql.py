@@ -205,6 +205,8 @@ class SqlStore(Store):
         self._sql_find_report = Prepared(_FIND_REPORT, dialect)
         self._sql_insert_event = Prepared(_INSERT_EVENT, dialect)
         self._sql_set_head = Prepared(_SET_HEAD, dialect)
+        self._sqlite_writer: Connection | None = None
+        self._sqlite_writer_pool: object = None  # the pool it came from (see dispose)
         try:
             if auto_migrate:
                 upgrade(self.engine)
@@ -240,7 +242,7 @@ class SqlStore(Store):
         else:
             key = None if curriculum is None else f"curriculum:{curriculum}"
         with translated_errors(), self._local_locks.hold(key, self.lock_timeout), \
-                self.engine.connect() as conn:
+                self._writer_connection() as conn:
             begin_write(conn)
             if durable or self.dialect != "sqlite" or self._sqlite_synchronous != "FULL":
                 with conn.begin():
@@ -261,6 +263,34 @@ class SqlStore(Store):
             finally:
                 raw.execute(f"PRAGMA synchronous = {self._sqlite_synchronous}")
 
+    @contextmanager
+    def _writer_connection(self) -> Iterator[Connection]:
+        """The connection a write transaction runs on. SQLite has one writer at a time
+        (every write holds the process-local lock first), so it keeps one connection
+        for all of them instead of taking one from the pool and handing it back per
+        transaction (the check-in resets and queues it: ~17 us in a hot loop, several
+        times that between a trainer's steps). A write that raises closes it; the next
+        one opens a fresh one, and so does the first after `engine.dispose()` (which
+        replaces the pool). PostgreSQL writers run in parallel on pooled connections.
+        (Block-interleaved embedded loop, 128 x 8 x 2 reports: 1.47-1.52 -> 1.41 ms p50.)"""
+        if self.dialect != "sqlite":
+            with self.engine.connect() as pooled:
+                yield pooled
+            return
+        kept = self._sqlite_writer
+        if kept is not None and self._sqlite_writer_pool is not self.engine.pool:
+            kept.close()  # the engine was disposed: its connections are to be replaced
+            kept = None
+        if kept is None or kept.closed or kept.invalidated:
+            kept = self._sqlite_writer = self.engine.connect()
+            self._sqlite_writer_pool = self.engine.pool
+        try:
+            yield kept
+        except BaseException:
+            self._sqlite_writer = None
+            kept.close()
+            raise
+
     def _insert(self, table: Any) -> Any:
         """The dialect's INSERT, which has `on_conflict_do_nothing/update`."""
         return pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
@@ -280,6 +310,9 @@ class SqlStore(Store):
 
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
+        writer, self._sqlite_writer = self._sqlite_writer, None
+        if writer is not None:
+            writer.close()
         self.engine.dispose()
 
     def ping(self) -> None:
