@@ -3,6 +3,8 @@ per transaction, a write that raises replaces it, `close` releases it."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,3 +84,30 @@ def test_dispose_replaces_the_kept_connection(sqlite_store: SqlStore) -> None:
     append(sqlite_store, 1)
     assert kept is not None and kept.closed
     assert len(seen) == 1 and sqlite_store._sqlite_writer is not kept
+
+
+def test_close_waits_for_a_running_write(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    store = SqlStore(url, auto_migrate=True)
+    store.create_curriculum("math", {})
+    appended = threading.Event()
+    errors: list[BaseException] = []
+
+    def slow_write() -> None:
+        try:
+            with store.writer("math") as handle:
+                handle.append("report", "r", 0, "r/0", b"x")
+                appended.set()
+                time.sleep(0.3)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    writer = threading.Thread(target=slow_write)
+    writer.start()
+    assert appended.wait(5)
+    store.close()  # waits for the write lock: the write commits first
+    writer.join(5)
+    assert errors == []
+    again = SqlStore(url)
+    assert [e.step for e in again.events("math")] == [0]
+    again.close()

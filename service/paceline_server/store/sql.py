@@ -310,9 +310,17 @@ class SqlStore(Store):
 
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        writer, self._sqlite_writer = self._sqlite_writer, None
-        if writer is not None:
-            writer.close()
+        """Release the connections. SQLite's kept writer connection is closed under the
+        write lock, so a write still running commits (or fails) first."""
+        if self._sqlite_writer is not None:
+            try:
+                with self._local_locks.hold("", self.lock_timeout):
+                    writer, self._sqlite_writer = self._sqlite_writer, None
+                    if writer is not None:
+                        writer.close()
+            except Unavailable:
+                _log.warning("a write held the lock past %g s at close; its connection "
+                             "is left to it", self.lock_timeout)
         self.engine.dispose()
 
     def ping(self) -> None:
