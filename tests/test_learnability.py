@@ -364,7 +364,14 @@ def test_explanations_name_the_allocation_and_the_posterior(allocation: str) -> 
     e.apply(report(e.spec, np.arange(10), np.ones((10, 4))))
     reasons = sampler_of(e).explain(e.state.sampler, e._propose_context(1, np.ones(1)))
     assert len(reasons) == 2
-    assert all("Thompson" in r.clause for r in reasons)
+    # The default ranks by the posterior's expectation; `thompson` says so instead.
+    assert all("the expected p(1-p)" in r.clause and "Thompson" not in r.clause
+               for r in reasons)
+    thompson = engine(sizes=(30, 50), batch_size=8, allocation=allocation,
+                      ranking="thompson", band=[0.2, 0.8])
+    drawn = sampler_of(thompson).explain(thompson.state.sampler,
+                                         thompson._propose_context(0, np.ones(1)))
+    assert all("a Thompson draw of the band score" in r.clause for r in drawn)
     assert reasons[0].terms["unseen"] == 20.0 and reasons[1].terms["unseen"] == 50.0
     if allocation == "dump_ucb":
         assert "ucb" in " ".join(reasons[0].terms).lower()

@@ -590,6 +590,9 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         total = float((seen + unseen).sum())
         base = (self.allocator.explain(self._allocator_state(state), ctx)
                 if self.allocator is not None else None)
+        score = "p(1-p)" if self.params.band is None else "the band score"
+        how = (f"a Thompson draw of {score}" if self.params.ranking == "thompson"
+               else f"the expected {score}")
         reasons = []
         for d in range(self.layout.num_distributions):
             mass = float(seen[d] + unseen[d])
@@ -597,8 +600,8 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
                 "pooled_pass_rate": float(mu[d]), "prior_strength": float(kappa[d]),
                 "unseen": float(state.unseen[d]), "score_mass": mass,
                 "mass_share": mass / total if total > 0 else None}
-            inside = (f"inside it, prompts are picked by a Thompson draw of p(1-p) from each "
-                      f"prompt's posterior (pooled pass rate {number(float(mu[d]))}, prior "
+            inside = (f"inside it, prompts are picked by {how} from each prompt's "
+                      f"posterior (pooled pass rate {number(float(mu[d]))}, prior "
                       f"strength {number(float(kappa[d]))}, {int(state.unseen[d])} prompts "
                       f"unseen)")
             if base is not None:
