@@ -246,7 +246,8 @@ class RedisCoordinator:
             if pause > 0:
                 self._closed.wait(pause)
                 continue
-            pubsub = self._redis.pubsub(  # type: ignore[no-untyped-call]
+            # redis < 8.2 leaves pubsub() untyped, 8.2 types it: the ignore fits both.
+            pubsub = self._redis.pubsub(  # type: ignore[no-untyped-call, unused-ignore]
                 ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.channel)
