@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any, Protocol
 
 import torch
-from torchdata.stateful_dataloader import StatefulDataLoader  # type: ignore[import-untyped]
+from torchdata.stateful_dataloader import StatefulDataLoader  # type: ignore[import-untyped, unused-ignore]
 
 from paceline.client import Client, Curriculum, Run
 from paceline.integrations._ledger import BatchLedger, Rollouts

@@ -45,7 +45,7 @@ class Prepared:
         # A query's columns, or a DML statement's RETURNING columns (none without).
         self._results: list[_Processor | None] = [
             column.type.dialect_impl(dialect).result_processor(dialect, None)
-            for column in statement.exported_columns]  # type: ignore[attr-defined]
+            for column in statement.exported_columns]  # type: ignore[attr-defined, unused-ignore]
 
     def _arguments(self, params: Mapping[str, Any]) -> Any:
         binds = self._binds
