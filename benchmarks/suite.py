@@ -19,8 +19,10 @@ Rows:
   without refill; uniform shuffled epochs (a plain data loader);
 - the oracle, the limit to aim at: it knows every prompt's true pass rate and samples
   uniformly among prompts with pass rate in [0.2, 0.8] (the nearest to 0.5 fill the
-  batch when the band has too few); and a greedy oracle that takes the B prompts with
-  the largest true p(1 - p).
+  batch when the band has too few); a greedy oracle that takes the B prompts with
+  the largest true p(1 - p); and a visited-prompts oracle, the greedy one restricted to
+  what a sampler could know from its own visits (true p of the prompts it trained on,
+  its distribution's mean for an unseen prompt).
 
 Per (learner, row), mean ± std over seeds: steps and generated rollouts until the mean
 held-out accuracy over distributions reaches the learner's target (a run that never
@@ -81,6 +83,7 @@ DAPO_NO_REFILL = "DAPO filter, no refill"
 UNIFORM_EPOCHS = "uniform epochs (data loader)"
 ORACLE = "oracle (true p in [0.2, 0.8])"
 GREEDY_ORACLE = "oracle, greedy (top B by true p(1-p))"
+VISITED_ORACLE = "oracle, visited prompts only (true p once trained on)"
 THOMPSON = "learnability + dump_ucb allocation, Thompson ranking"
 DEFAULT = "default (no sampler named)"
 DYNAMIC = "default + dynamic sampling (refill)"
@@ -210,6 +213,34 @@ class GreedyOracle(Oracle):
         return np.argpartition(-value, size - 1)[:size].astype(np.int64), 0
 
 
+class VisitedOracle(Oracle):
+    """The limit of any sampler that learns pass rates from its own visits: it knows the
+    true current p of every prompt it has already trained on, and of an unseen prompt
+    only its distribution's mean true p(1 - p) over the unseen ones (a generous prior:
+    better than any estimate from visits). It takes the B best by that value, unseen
+    prompts at random among equals. What it misses against `GreedyOracle` is the price
+    of having to find the informative prompts by visiting them."""
+
+    def __init__(self, learner: GrpoLearner, seed: int) -> None:
+        super().__init__(learner, seed)
+        self.visited = np.zeros(learner.num_samples, dtype=bool)
+
+    def propose(self, step: int, size: int) -> tuple[np.ndarray, int]:
+        learner = self.learner
+        p = learner.pass_rate()
+        signal = p * (1.0 - p)
+        unseen = ~self.visited
+        d = learner.num_distributions
+        count = np.bincount(learner.dist_of[unseen], minlength=d)
+        total = np.bincount(learner.dist_of[unseen], weights=signal[unseen], minlength=d)
+        prior = total / np.maximum(count, 1)
+        value = np.where(self.visited, signal, prior[learner.dist_of])
+        value = value + 1e-9 * self.rng.random(p.size)
+        chosen = np.argpartition(-value, size - 1)[:size].astype(np.int64)
+        self.visited[chosen] = True
+        return chosen, 0
+
+
 # ---------------------------------------------------------------- rows
 @dataclass(frozen=True)
 class Row:
@@ -279,6 +310,7 @@ def rows() -> list[Row]:
         Row(UNIFORM_EPOCHS, "peer", Epochs),
         Row(ORACLE, "limit", Oracle),
         Row(GREEDY_ORACLE, "limit", GreedyOracle),
+        Row(VISITED_ORACLE, "limit", VisitedOracle),
     ]
     return ours + peers
 

@@ -127,6 +127,32 @@ def test_greedy_oracle_takes_the_largest_signal() -> None:
     assert value[indices].min() >= np.sort(value)[-learner.batch] - 1e-12
 
 
+def test_visited_oracle_knows_only_what_it_trained_on() -> None:
+    """First step: every prompt unseen, so it picks inside the distribution whose unseen
+    prompts have the largest mean p(1 - p); later it takes a visited prompt by its true
+    p(1 - p) only when that beats the best unseen distribution's mean."""
+    import suite
+
+    learner = LEARNERS["prerequisite"](0)
+    oracle = suite.VisitedOracle(learner, 0)
+    p = learner.pass_rate()
+    signal = p * (1 - p)
+    means = np.array([signal[learner.dist_of == d].mean()
+                      for d in range(learner.num_distributions)])
+    first, _ = oracle.propose(0, learner.batch)
+    assert first.size == len(set(first.tolist())) == learner.batch
+    assert set(learner.dist_of[first].tolist()) == {int(np.argmax(means))}
+    assert oracle.visited.sum() == learner.batch
+    second, _ = oracle.propose(1, learner.batch)
+    revisits = second[np.isin(second, first)]
+    best_unseen = max(signal[(learner.dist_of == d) & ~np.isin(np.arange(p.size), first)].mean()
+                      for d in range(learner.num_distributions))
+    assert revisits.size > 0  # the informative half of the first batch comes back
+    assert signal[revisits].min() >= best_unseen - 1e-6
+    skipped = np.setdiff1d(first, second)
+    assert signal[skipped].max() <= best_unseen + 1e-6
+
+
 def test_plain_only_learner_skips_oracle_and_merged_rounds() -> None:
     import suite
 
@@ -142,8 +168,8 @@ def test_plain_only_learner_skips_oracle_and_merged_rounds() -> None:
         suite.learner_class = real
     assert everything == {r.name for r in suite.rows()}
     assert suite.DEFAULT in allowed and "uniform" in allowed and suite.SYLLABUS in allowed
-    assert not allowed & {suite.ORACLE, suite.GREEDY_ORACLE, suite.DAPO, suite.DAPO_NO_REFILL,
-                          suite.DYNAMIC}
+    assert not allowed & {suite.ORACLE, suite.GREEDY_ORACLE, suite.VISITED_ORACLE, suite.DAPO,
+                          suite.DAPO_NO_REFILL, suite.DYNAMIC}
 
 
 def test_example_trainer_learner_runs_a_step(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -216,6 +242,7 @@ def test_suite_quick(tmp_path: Path) -> None:
             "DAPO filter, no refill", "oracle (true p in [0.2, 0.8])",
             "default (no sampler named)", "default + dynamic sampling (refill)",
             "oracle, greedy (top B by true p(1-p))",
+            "oracle, visited prompts only (true p once trained on)",
             "learnability + dump_ucb allocation, Thompson ranking"} <= names
     for o in rows:
         assert o["seeds"] == 1
