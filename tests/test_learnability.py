@@ -97,6 +97,90 @@ def test_a_distribution_left_alone_drifts_back_to_the_flat_prior() -> None:
     assert unseen_mass[1] / state.unseen[1] > max(5 * hopeless_worth, 0.15)
 
 
+def climb(e: CurriculumEngine, first: int, count: int, step: int = 1) -> None:
+    """First visits of d0 prompts `first`..`first + count - 1`, all solved: d0's pooled
+    pass rate (its level) rises."""
+    e.apply(report(e.spec, np.arange(first, first + count), np.ones((count, 8)), step=step))
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_level_shift_moves_a_seen_prompt_with_its_distribution(shift: bool) -> None:
+    # Index 0 went 2 of 8 while d0 stood at its flat prior (level 0.5 -> after the visit
+    # the pool says 3/10); then 16 first visits of d0 all pass and the level climbs.
+    e = engine(sizes=(40, 60), prior_strength=4.0, gamma=0.5, pool_gamma=1.0,
+               level_shift=shift)
+    lr, state = sampler_of(e), e.state.sampler
+    e.apply(report(e.spec, [0], np.r_[np.ones(2), np.zeros(6)][None, :]))
+    before = float(posterior_mean(e, [0])[0])
+    level_then = lr.pooled_mean(state)[0]
+    assert level_then == pytest.approx(3 / 10)
+    climb(e, 1, 16)
+    mu = lr.pooled_mean(state)[0]
+    assert mu == pytest.approx((3 + 128) / (8 + 128 + 2))
+    a, b = lr.posterior(state, np.array([0, 30]))
+    # Unseen index 30 is the current prior whatever the rule.
+    assert a[1] / (a[1] + b[1]) == pytest.approx(mu)
+    on_current_prior = (4.0 * mu + 2) / 12  # the counts on today's prior, no shift
+    if shift:
+        # The counts on the prior of their report, then moved by the level's logit step,
+        # keeping the total (a + b = 12).
+        def logit(p: float) -> float:
+            return float(np.log(p / (1 - p)))
+        then_mean = (4.0 * level_then + 2) / 12
+        expected = 1 / (1 + np.exp(-(logit(then_mean) + logit(mu) - logit(level_then))))
+        assert a[0] / (a[0] + b[0]) == pytest.approx(expected, rel=1e-5)
+        assert a[0] + b[0] == pytest.approx(12.0)
+        assert expected > on_current_prior + 0.2  # 2/8 at level 0.3 ~ 0.75 at level 0.95
+    else:
+        assert a[0] / (a[0] + b[0]) == pytest.approx(on_current_prior, rel=1e-6)
+    assert before == pytest.approx((4.0 * level_then + 2) / 12, rel=1e-6)
+
+
+def test_level_shift_changes_nothing_right_after_a_report() -> None:
+    # Just reported, a prompt's anchor is its distribution's level now: the posterior is
+    # the counts on the current prior, as without the shift.
+    shifted, plain = (engine(sizes=(40, 60), level_shift=flag) for flag in (True, False))
+    rng = np.random.default_rng(3)
+    for step in range(5):
+        indices = rng.choice(100, 12, replace=False)
+        rewards = (rng.random((12, 8)) < 0.4).astype(float)
+        for e in (shifted, plain):
+            e.apply(report(e.spec, indices, rewards, step=step))
+    last = np.unique(indices)
+    np.testing.assert_allclose(posterior_mean(shifted, list(last)),
+                               posterior_mean(plain, list(last)), rtol=1e-5)
+    # Prompts reported earlier have moved with their distribution's level since.
+    earlier = np.setdiff1d(np.flatnonzero(shifted.state.sampler.successes
+                                          + shifted.state.sampler.failures), last)
+    assert not np.allclose(posterior_mean(shifted, list(earlier)),
+                           posterior_mean(plain, list(earlier)), rtol=1e-4)
+
+
+def test_the_expected_ranking_reads_the_shifted_posterior() -> None:
+    # Index 0 went 4 of 8 at d0's flat level; after d0 climbs it is expected to pass
+    # ~0.9 and no longer promises the most signal. A fresh 4-of-8 prompt does.
+    e = engine(sizes=(40,), prior_strength=4.0, pool_gamma=1.0, allocation="none")
+    e.apply(report(e.spec, [0], np.r_[np.ones(4), np.zeros(4)][None, :]))
+    climb(e, 1, 16)
+    e.apply(report(e.spec, [20], np.r_[np.ones(4), np.zeros(4)][None, :], step=2))
+    lr, state = sampler_of(e), e.state.sampler
+    rng = np.random.default_rng(0)
+    candidates = np.array([0, 20])
+    scores = lr._scores(state, candidates, np.zeros(2, dtype=np.int64),
+                        np.ones(2, dtype=bool), rng)
+    np.testing.assert_allclose(scores, lr.expected_score(*lr.posterior(state, candidates)))
+    assert scores[1] > scores[0]
+    # Without the shift the stale leaf is read: index 0 still looks as good as when seen.
+    plain = engine(sizes=(40,), prior_strength=4.0, pool_gamma=1.0, allocation="none",
+                   level_shift=False)
+    plain.apply(report(plain.spec, [0], np.r_[np.ones(4), np.zeros(4)][None, :]))
+    leaf_then = float(plain.state.sampler.tree.leaves[0, 0])
+    climb(plain, 1, 16)
+    stale = sampler_of(plain)._scores(plain.state.sampler, np.array([0]),
+                                      np.zeros(1, dtype=np.int64), np.ones(1, dtype=bool), rng)
+    assert stale[0] == pytest.approx(leaf_then)
+
+
 def test_informative_revisits_beat_unseen_prompts() -> None:
     # d0: 8 prompts seen, half of them 4/8 (informative), half all-correct; 992 unseen.
     # Ranked by expected score, the informative revisits fill the batch before any
@@ -225,6 +309,7 @@ def test_state_round_trip_exact(params: dict[str, Any]) -> None:
     ({"allocation": "dump_ucb", "allocation_params": {"nope": 1}}, "unknown"),
     ({"allocation": "dump_ucb", "allocation_params": {"tau": -1}}, "tau"),
     ({"temperature": 1.0}, "unknown"),
+    ({"level_shift": "yes"}, "level_shift"),
 ])
 def test_bad_params_are_invalid_params(params: dict[str, Any], fragment: str) -> None:
     with pytest.raises(InvalidParams, match=fragment):

@@ -174,6 +174,42 @@ def test_snapshots_of_the_previous_release_load(name: str) -> None:
     assert engine.clock == meta["clock"] + 1
 
 
+def test_a_learnability_snapshot_of_the_previous_release_migrates() -> None:
+    """Version 1 (no `anchor`) -> 2: every array the old release wrote is kept bit for
+    bit, each prompt's anchor is its distribution's level as stored (so no estimate
+    moves until the prompt is reported again), and the curriculum goes on."""
+    folder = FIXTURES.parent / "snapshots_learnability_v1"
+    data = (folder / "learnability.npz").read_bytes()
+    meta = json.loads((folder / "learnability.json").read_text())
+    curriculum = CurriculumSpec.from_dict(meta["spec"])
+    old = load_npz(load_npz(data)["sampler"].tobytes())
+    assert int(old[VERSION_KEY]) == 1 and "anchor" not in old
+    engine = CurriculumEngine.from_bytes(curriculum, data)
+    new = load_npz(load_npz(engine.to_bytes())["sampler"].tobytes())
+    assert int(new[VERSION_KEY]) == 2
+    assert new.keys() - old.keys() == {"anchor"}
+    for field, array in old.items():
+        if field != VERSION_KEY:
+            assert new[field].dtype == array.dtype and new[field].tobytes() == array.tobytes()
+    sampler = engine.sampler
+    state = engine.state.sampler
+    level = np.log(sampler.pooled_mean(state) / (1 - sampler.pooled_mean(state)))
+    labels = curriculum.layout.distribution_of(np.arange(curriculum.layout.num_samples))
+    np.testing.assert_allclose(state.anchor, level[labels], rtol=1e-6)
+    # What the old release ranked by: the counts on the current prior.
+    seen = np.flatnonzero(state.successes + state.failures)
+    a, b = sampler.posterior(state, seen)
+    mu, kappa = sampler.pooled_mean(state)[labels[seen]], sampler.prior_strength(state)[
+        labels[seen]]
+    np.testing.assert_allclose(a / (a + b), (kappa * mu + state.successes[seen])
+                               / (kappa + state.successes[seen] + state.failures[seen]),
+                               rtol=1e-5)
+    batch = engine.next_batch("run", meta["clock"])
+    rewards = np.ones((batch.indices.size, 4, 1))
+    engine.apply(report(engine.spec, batch.indices, rewards, step=meta["clock"]))
+    assert engine.clock == meta["clock"] + 1
+
+
 # ---------------------------------------------------------------- a state that gains a field
 @dataclass(frozen=True)
 class EvolvingParams(DistributionParams):

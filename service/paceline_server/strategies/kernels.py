@@ -32,3 +32,20 @@ def preference_vector(weights: tuple[float, ...] | None, k: int, owner: str) -> 
     require(bool(np.isfinite(vector).all()) and math.isfinite(total),
             f"{owner}: weights must be finite (and sum to a finite number)", "weights")
     return np.asarray(vector / total)
+
+
+#: Pass rates are clipped this far from 0 and 1 before a logit: pooled means never reach
+#: either, and a float32 logit stays exact enough at this distance.
+LOGIT_EPS = 1e-6
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), p clipped to [LOGIT_EPS, 1 - LOGIT_EPS]."""
+    q = np.clip(p, LOGIT_EPS, 1.0 - LOGIT_EPS)
+    return np.asarray(np.log(q / (1.0 - q)))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)); exp overflows to inf for x < -709, which gives the right 0."""
+    with np.errstate(over="ignore"):
+        return np.asarray(1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64))))

@@ -84,7 +84,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -109,6 +109,7 @@ from paceline_server.strategies.base import (
     UpdateContext,
 )
 from paceline_server.strategies.distribution import allocate
+from paceline_server.strategies.kernels import logit, sigmoid
 from paceline_server.strategies.params import require
 from paceline_server.strategies.posteriors import occurrence_rounds
 from paceline_server.strategies.signals import ReportSignals
@@ -143,6 +144,7 @@ class LearnabilityParams:
     success_threshold: float | None = None
     allocation: Allocation = "dump_ucb"
     allocation_params: dict[str, Any] = field(default_factory=dict)
+    level_shift: bool = True
 
     def __post_init__(self) -> None:
         require(self.prior_strength is None or 0.0 < self.prior_strength <= 1e6,
@@ -174,6 +176,7 @@ class LearnabilityParams:
 
 @dataclass
 class LearnabilityState:
+    state_version: ClassVar[int] = 2  # 2: `anchor` (the level behind each prompt's evidence)
     tree: SumTreeState  # one channel: expected score of seen prompts, leaves in layout order
     successes: np.ndarray  # float32 [N]: forgetful own successes s_x
     failures: np.ndarray  # float32 [N]: forgetful own failures f_x
@@ -182,6 +185,7 @@ class LearnabilityState:
     pool_trials: np.ndarray  # float64 [D]: forgetful pooled trials
     pool_signal: np.ndarray  # float64 [D]: forgetful sum of per-group p(1-p) estimates
     pool_groups: np.ndarray  # float64 [D]: forgetful count of groups behind pool_signal
+    anchor: np.ndarray  # float32 [N]: logit(μ_d) when the prompt was last reported
     dump: DumpUcbState | None  # allocator state (allocation = dump_ucb)
     progress: LearningProgressState | None  # allocator state (learning_progress)
 
@@ -247,14 +251,37 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
 
     def posterior(self, state: LearnabilityState, indices: np.ndarray,
                   owner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(a, b) of each index's Beta posterior with the current pooled prior (`owner`:
-        the indices' distributions, when the caller knows them)."""
+        """(a, b) of each index's Beta posterior (`owner`: the indices' distributions,
+        when the caller knows them). Without `level_shift`, the prompt's forgetful
+        counts on the current pooled prior. With it (the default), the counts on the
+        prior of their last report, whose mean is then moved on the logit scale by what
+        the distribution's level logit(μ_d) moved since (the total a + b is kept): a
+        prompt seen at 2/4 when its distribution stood at 0.3 is expected to pass more
+        often once the distribution stands at 0.6. An unseen prompt is the current prior
+        either way."""
         if owner is None:
             owner = self.layout.distribution_of(indices)
-        mu = self.pooled_mean(state)[owner]
-        kappa = self.prior_strength(state)[owner]
-        return (kappa * mu + state.successes[indices].astype(np.float64),
-                kappa * (1.0 - mu) + state.failures[indices].astype(np.float64))
+        return self._posterior(state, indices, owner, self.pooled_mean(state),
+                               self.prior_strength(state))
+
+    def _posterior(self, state: LearnabilityState, indices: np.ndarray, owner: np.ndarray,
+                   mu: np.ndarray, kappa_d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`posterior` with μ_d and κ_d [D] computed by the caller (the ranking's hot
+        path computes them once)."""
+        kappa = kappa_d[owner]
+        successes = state.successes[indices].astype(np.float64)
+        failures = state.failures[indices].astype(np.float64)
+        if not self.params.level_shift:
+            return kappa * mu[owner] + successes, kappa * (1.0 - mu[owner]) + failures
+        anchor = state.anchor[indices].astype(np.float64)
+        then = sigmoid(anchor)
+        a = kappa * then + successes
+        b = kappa * (1.0 - then) + failures
+        total = a + b
+        # a, b > 0 (κ >= MIN_KAPPA, 0 < then < 1, counts >= 0): log(a / b) is the logit.
+        mean = sigmoid(np.log(a / b) + logit(mu)[owner] - anchor)
+        a = mean * total
+        return a, total - a
 
     def expected_score(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """E[score(p)] under Beta(a, b): the tree's deterministic priority."""
@@ -297,11 +324,11 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
 
     # ----------------------------------------------------------------- state
     def state_bytes(self) -> int:
-        """A sum tree over N learnabilities, N float32 successes and failures, pooled
-        vectors over D, and the allocator's own state."""
+        """A sum tree over N learnabilities, N float32 successes, failures and anchors,
+        pooled vectors over D, and the allocator's own state."""
         n, d = self.layout.num_samples, self.layout.num_distributions
         allocator = 0 if self.allocator is None else self.allocator.state_bytes()
-        return STATE_OVERHEAD + tree_bytes(n) + 8 * n + 40 * d + allocator
+        return STATE_OVERHEAD + tree_bytes(n) + 12 * n + 40 * d + allocator
 
     def init_state(self, rng: np.random.Generator) -> LearnabilityState:
         n, d = self.layout.num_samples, self.layout.num_distributions
@@ -312,8 +339,23 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
             unseen=self.layout.sizes.astype(np.int64).copy(),
             pool_successes=np.zeros(d), pool_trials=np.zeros(d),
             pool_signal=np.zeros(d), pool_groups=np.zeros(d),
+            anchor=np.zeros(n, dtype=np.float32),
             dump=dump, progress=progress,
         )
+
+    def migrate_state(self, old_version: int, arrays: dict[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+        """Version 1 (no `anchor`) -> 2: every prompt's evidence is taken to stand at its
+        distribution's current level, so nothing moves until the prompt is reported
+        again (the estimates it had before the upgrade). O(N) once. Other versions:
+        replay (the default)."""
+        if old_version != 1 or "pool_successes" not in arrays or "pool_trials" not in arrays:
+            return super().migrate_state(old_version, arrays)
+        mu = (arrays["pool_successes"] + 1.0) / (arrays["pool_trials"] + 2.0)
+        labels = self.layout.distribution_of(np.arange(self.layout.num_samples))
+        migrated = dict(arrays)
+        migrated["anchor"] = logit(mu)[labels].astype(np.float32)
+        return migrated
 
     def _allocator_state(self, state: LearnabilityState) -> Any:
         return allocator_state(self.params.allocation, state)
@@ -363,6 +405,8 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         state.pool_groups = decay * state.pool_groups + np.bincount(
             signals.distribution, weights=usable * weight, minlength=num)
         unique = np.unique(indices)
+        state.anchor[unique] = logit(self.pooled_mean(state))[
+            self.layout.distribution_of(unique)]
         a, b = self.posterior(state, unique)
         set_leaves(state.tree, self._to_leaf(unique), self.expected_score(a, b))
         if self.allocator is not None:
@@ -480,7 +524,11 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         kappa = self.prior_strength(state)
         score = self.expected_score(kappa * mu, kappa * (1.0 - mu))[owners]
         seen = np.flatnonzero(was_seen)
-        score[seen] = state.tree.leaves[0, self._to_leaf(candidates[seen])]
+        if self.params.level_shift:  # the leaf holds the level of the last report
+            a, b = self._posterior(state, candidates[seen], owners[seen], mu, kappa)
+            score[seen] = self.expected_score(a, b)
+        else:
+            score[seen] = state.tree.leaves[0, self._to_leaf(candidates[seen])]
         return np.asarray(score)
 
     @staticmethod
