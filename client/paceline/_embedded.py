@@ -116,9 +116,13 @@ class EmbeddedService:
 
     # ------------------------------------------------------------ calls
     def execute(self, operation: op.Operation) -> Reply:
-        """Perform `operation` in the calling thread."""
+        """Perform `operation` in the calling thread (under numpy's default error
+        handling, whatever the host process set: `domain/numerics.py`)."""
+        from paceline_server.domain.numerics import numpy_defaults
+
         try:
-            status, body = HANDLERS[type(operation)](self, operation)
+            with numpy_defaults():
+                status, body = HANDLERS[type(operation)](self, operation)
         except _NotJson as exc:  # over HTTP the client's JSON encoder refuses it
             raise exc.__cause__ from None  # type: ignore[misc]
         except Exception as exc:
@@ -131,8 +135,11 @@ class EmbeddedService:
         thread so that the loop never waits on the database."""
         if not isinstance(operation, op.Report):
             return await asyncio.to_thread(self.execute, operation)
+        from paceline_server.domain.numerics import numpy_defaults
+
         try:
-            view = await self.operations.report_async(_report(operation))
+            with numpy_defaults():
+                view = await self.operations.report_async(_report(operation))
         except Exception as exc:
             return self._failed(exc)
         return Reply(200, _ack(view), "", 1)

@@ -34,6 +34,7 @@ from paceline_server.domain.inspection import (
     WeightRecord,
 )
 from paceline_server.domain.npz import load_npz, save_npz
+from paceline_server.domain.numerics import with_numpy_defaults
 from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.domain.validation import check_identifier
@@ -120,6 +121,7 @@ class CurriculumEngine:
     resume; `spec` is stored canonically (every strategy parameter spelled out).
     """
 
+    @with_numpy_defaults
     def __init__(self, spec: CurriculumSpec,
                  state: bytes | Iterable[bytes | memoryview] | None = None) -> None:
         self.sampler: Sampler[Any, Any] = build_sampler(spec.sampler, spec.layout,
@@ -179,10 +181,12 @@ class CurriculumEngine:
         """The live state (read-only by convention; for tests and benchmarks)."""
         return self._parts
 
+    @with_numpy_defaults
     def weights(self) -> WeightDecision:
         return self.weighting.current(self._parts.weighting)
 
     # ------------------------------------------------------------------ apply
+    @with_numpy_defaults
     def apply(self, report: Report, *, validated: bool = False) -> None:
         """Fold one report into state. Raises InvalidReport (state untouched) when the
         report does not fit the curriculum. `validated`: the caller built `report`
@@ -225,6 +229,7 @@ class CurriculumEngine:
         engine.history_count += 1
 
     # ------------------------------------------------------------------ propose
+    @with_numpy_defaults
     def next_batch(self, run_id: str, step: int, size: int | None = None,
                    part: int = 0) -> Batch:
         """The batch run `run_id` should train on at `step` (does not change state);
@@ -289,6 +294,7 @@ class CurriculumEngine:
         return int(size)
 
     # ------------------------------------------------------------------ inspect
+    @with_numpy_defaults
     def inspect(self) -> CurriculumInspection:
         parts = self._parts
         health = parts.health
@@ -327,6 +333,7 @@ class CurriculumEngine:
             explanations=self._explain(ctx, probabilities, success, flags),
         )
 
+    @with_numpy_defaults
     def progress(self) -> ProgressPoint:
         """The numbers the history keeps after each report: `inspect` without the
         per-distribution objects, weight history or strategy details (O(D + k))."""
@@ -349,6 +356,7 @@ class CurriculumEngine:
             reward_scale=float(decision.scale),
             hypervolume=np.nan if hypervolume is None else float(hypervolume))
 
+    @with_numpy_defaults
     def explain(self) -> tuple[Explanation, ...]:
         """Why each distribution gets its current probability (as in `inspect`)."""
         parts = self._parts
