@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from learners import LEARNERS, Groups, GrpoLearner  # noqa: E402
 from learners.forgetting import ForgettingLearner  # noqa: E402
+from learners.memorization import GAP, MemorizationLearner  # noqa: E402
 from learners.prerequisite import PrerequisiteLearner  # noqa: E402
 
 
@@ -104,6 +105,39 @@ def test_forgetting_fades_unvisited_skills() -> None:
     assert learner.skill[5] == pytest.approx(3.0 * (1 - 0.02))
     partial = learner.rollout(np.arange(50)).rewards
     assert set(np.unique(partial)) <= {0.0, 0.25, 0.5, 0.75, 1.0}
+
+
+def test_memorization_makes_trained_prompts_easier_than_their_distribution() -> None:
+    learner = MemorizationLearner(0)
+    d1 = np.flatnonzero((learner.dist_of == 1) & np.isfinite(learner.difficulty))
+    trained, untouched = d1[:32], d1[32:]
+    informative = trained[np.abs(learner.pass_rate(trained) - 0.5) < 0.4]
+    assert informative.size >= 8
+    skill = learner.skill.copy()
+    for _ in range(3):
+        learner.train(learner.rollout(trained))
+    level_step = learner.skill[1] - skill[1]
+    assert level_step > 0
+    # Each trained prompt's logit moved by the level's step plus its own memory; the
+    # untrained ones by the level's step alone.
+    assert np.all(learner.memory[untouched] == 0.0)
+    assert np.all(learner.memory[informative] != 0.0)
+    assert learner.memory[trained].mean() > 0.5 * level_step
+    # Held-out prompts have no memory: accuracy is what the skills alone give.
+    fresh = MemorizationLearner(0)
+    fresh.skill = learner.skill.copy()
+    np.testing.assert_allclose(learner.accuracy(), fresh.accuracy())
+    assert not np.allclose(learner.pass_rate(trained), fresh.pass_rate(trained))
+
+
+def test_memorization_difficulty_is_bimodal() -> None:
+    learner = MemorizationLearner(0)
+    for d, dist in enumerate(learner.dists):
+        values = learner.difficulty[(learner.dist_of == d) & np.isfinite(learner.difficulty)]
+        offset = values - dist.mean
+        assert abs(np.mean(offset < 0) - 0.5) < 0.1  # two modes, half each
+        assert np.mean(np.abs(np.abs(offset) - GAP) < 2 * dist.spread) > 0.9
+        assert np.mean(np.abs(offset) < 0.5) < 0.1  # little mass at the centre
 
 
 def test_oracle_samples_the_band() -> None:

@@ -8,12 +8,13 @@ from typing import Any
 from .base import Dist, Groups, GrpoLearner
 from .forgetting import ForgettingLearner
 from .imbalanced import ImbalancedLearner
+from .memorization import MemorizationLearner
 from .prerequisite import PrerequisiteLearner
 from .tight_budget import TightBudgetLearner
 
 LEARNERS: dict[str, type[GrpoLearner]] = {
     cls.name: cls for cls in (ImbalancedLearner, PrerequisiteLearner, ForgettingLearner,
-                              TightBudgetLearner)
+                              TightBudgetLearner, MemorizationLearner)
 }
 #: Learners run only when named (`--learners`): the example trainer needs torch and
 #: about a minute per run.
@@ -36,6 +37,7 @@ __all__ = [
     "Groups",
     "GrpoLearner",
     "ImbalancedLearner",
+    "MemorizationLearner",
     "PrerequisiteLearner",
     "TightBudgetLearner",
     "learner_class",

@@ -177,12 +177,18 @@ class GrpoLearner:
             a = a / (r.std(axis=1, keepdims=True) + STD_EPS)
         return np.asarray(a)
 
+    def prompt_gradients(self, groups: Groups) -> np.ndarray:
+        """g_x = mean_j A_j (y_j − p_x) of each group: the policy-gradient signal one
+        prompt gives its correctness logit."""
+        a = self.advantages(groups)
+        return np.asarray((a * (groups.outcomes - groups.p[:, None])).mean(axis=1))
+
     def train(self, groups: Groups) -> np.ndarray:
         """One policy-gradient step on `groups` (mean over its prompts); returns the
         advantages used."""
         a = self.advantages(groups)
         if groups.n:
-            g = (a * (groups.outcomes - groups.p[:, None])).mean(axis=1)
+            g = self.prompt_gradients(groups)
             per_dist = np.bincount(self.dist_of[groups.indices], weights=g,
                                    minlength=self.num_distributions) / groups.n
             self.skill += self.lr * self.transfer @ per_dist
