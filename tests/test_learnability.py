@@ -108,7 +108,7 @@ def test_level_shift_moves_a_seen_prompt_with_its_distribution(shift: bool) -> N
     # Index 0 went 2 of 8 while d0 stood at its flat prior (level 0.5 -> after the visit
     # the pool says 3/10); then 16 first visits of d0 all pass and the level climbs.
     e = engine(sizes=(40, 60), prior_strength=4.0, gamma=0.5, pool_gamma=1.0,
-               level_shift=shift)
+               level_shift=shift, revisit_drift=False)
     lr, state = sampler_of(e), e.state.sampler
     e.apply(report(e.spec, [0], np.r_[np.ones(2), np.zeros(6)][None, :]))
     before = float(posterior_mean(e, [0])[0])
@@ -139,7 +139,8 @@ def test_level_shift_moves_a_seen_prompt_with_its_distribution(shift: bool) -> N
 def test_level_shift_changes_nothing_right_after_a_report() -> None:
     # Just reported, a prompt's anchor is its distribution's level now: the posterior is
     # the counts on the current prior, as without the shift.
-    shifted, plain = (engine(sizes=(40, 60), level_shift=flag) for flag in (True, False))
+    shifted, plain = (engine(sizes=(40, 60), level_shift=flag, revisit_drift=False)
+                      for flag in (True, False))
     rng = np.random.default_rng(3)
     for step in range(5):
         indices = rng.choice(100, 12, replace=False)
@@ -159,7 +160,8 @@ def test_level_shift_changes_nothing_right_after_a_report() -> None:
 def test_the_expected_ranking_reads_the_shifted_posterior() -> None:
     # Index 0 went 4 of 8 at d0's flat level; after d0 climbs it is expected to pass
     # ~0.9 and no longer promises the most signal. A fresh 4-of-8 prompt does.
-    e = engine(sizes=(40,), prior_strength=4.0, pool_gamma=1.0, allocation="none")
+    e = engine(sizes=(40,), prior_strength=4.0, pool_gamma=1.0, allocation="none",
+               revisit_drift=False)
     e.apply(report(e.spec, [0], np.r_[np.ones(4), np.zeros(4)][None, :]))
     climb(e, 1, 16)
     e.apply(report(e.spec, [20], np.r_[np.ones(4), np.zeros(4)][None, :], step=2))
@@ -172,13 +174,73 @@ def test_the_expected_ranking_reads_the_shifted_posterior() -> None:
     assert scores[1] > scores[0]
     # Without the shift the stale leaf is read: index 0 still looks as good as when seen.
     plain = engine(sizes=(40,), prior_strength=4.0, pool_gamma=1.0, allocation="none",
-                   level_shift=False)
+                   level_shift=False, revisit_drift=False)
     plain.apply(report(plain.spec, [0], np.r_[np.ones(4), np.zeros(4)][None, :]))
     leaf_then = float(plain.state.sampler.tree.leaves[0, 0])
     climb(plain, 1, 16)
     stale = sampler_of(plain)._scores(plain.state.sampler, np.array([0]),
                                       np.zeros(1, dtype=np.int64), np.ones(1, dtype=bool), rng)
     assert stale[0] == pytest.approx(leaf_then)
+
+
+def test_revisit_drift_by_hand() -> None:
+    # d0: prompts 0-7 go 4 of 8 on their first visit, then pass 8 of 8 on a revisit
+    # (trained, they got easier than their distribution); prompt 8 went 4 of 8 once and
+    # is not revisited. The drift is one Newton step from the revisits' residuals; it
+    # moves every seen prompt of d0 (8 too) and no unseen one, and nothing in d1.
+    e = engine(sizes=(40, 60), prior_strength=4.0, pool_gamma=0.5)
+    lr, state = sampler_of(e), e.state.sampler
+    half = np.r_[np.ones(4), np.zeros(4)]
+    e.apply(report(e.spec, np.arange(9), np.tile(half, (9, 1))))
+    assert not state.drift_information.any()  # first visits teach the drift nothing
+    a, b = lr._posterior(state, np.arange(8), np.zeros(8, dtype=np.int64),
+                         lr.pooled_mean(state), lr.prior_strength(state), drift=False)
+    predicted = a / (a + b)
+    before_8 = posterior_mean(e, [8])[0]
+    e.apply(report(e.spec, np.arange(8), np.ones((8, 8)), step=1))
+    residual = np.sum(8 - 8 * predicted)
+    information = np.sum(8 * predicted * (1 - predicted))
+    assert state.drift_residual[0] == pytest.approx(residual)
+    assert state.drift_information[0] == pytest.approx(information)
+    delta = residual / (information + 4.0)
+    np.testing.assert_allclose(lr.drift(state), [delta, 0.0])
+    assert delta > 1.0
+    # Prompt 8: its own counts and level shift, then δ on the logit (total kept).
+    a8, b8 = lr._posterior(state, np.array([8]), np.array([0]), lr.pooled_mean(state),
+                           lr.prior_strength(state), drift=False)
+    undrifted = float(a8[0] / (a8[0] + b8[0]))
+    expected = 1 / (1 + np.exp(-(np.log(undrifted / (1 - undrifted)) + delta)))
+    drifted, unseen_after = posterior_mean(e, [8, 20])
+    assert drifted == pytest.approx(expected, rel=1e-6)
+    assert drifted > before_8 + 0.2
+    # An unseen prompt is its distribution's prior, drift or not.
+    mu = lr.pooled_mean(state)[0]
+    assert unseen_after == pytest.approx(mu)
+    # The sums fade by pool_gamma at every report, revisits or not.
+    e.apply(report(e.spec, [50], np.tile(half, (1, 1)), step=2))
+    assert state.drift_residual[0] == pytest.approx(0.5 * residual)
+
+
+def test_revisit_drift_off_keeps_the_estimates_still() -> None:
+    runs = {}
+    for flag in (True, False):
+        e = engine(sizes=(40, 60), prior_strength=4.0, revisit_drift=flag)
+        half = np.r_[np.ones(4), np.zeros(4)]
+        e.apply(report(e.spec, np.arange(9), np.tile(half, (9, 1))))
+        e.apply(report(e.spec, np.arange(8), np.ones((8, 8)), step=1))
+        runs[flag] = e
+    off = runs[False].state.sampler
+    assert not off.drift_residual.any() and not off.drift_information.any()
+    assert posterior_mean(runs[True], [8])[0] > posterior_mean(runs[False], [8])[0] + 0.2
+    assert "revisit_drift" in sampler_of(runs[True]).describe(runs[True].state.sampler)
+
+
+def test_a_revisit_that_fails_more_than_predicted_drifts_down() -> None:
+    e = engine(sizes=(40,), prior_strength=4.0)
+    half = np.r_[np.ones(4), np.zeros(4)]
+    e.apply(report(e.spec, np.arange(8), np.tile(half, (8, 1))))
+    e.apply(report(e.spec, np.arange(8), np.zeros((8, 8)), step=1))
+    assert sampler_of(e).drift(e.state.sampler)[0] < -1.0
 
 
 def test_informative_revisits_beat_unseen_prompts() -> None:
@@ -310,6 +372,7 @@ def test_state_round_trip_exact(params: dict[str, Any]) -> None:
     ({"allocation": "dump_ucb", "allocation_params": {"tau": -1}}, "tau"),
     ({"temperature": 1.0}, "unknown"),
     ({"level_shift": "yes"}, "level_shift"),
+    ({"revisit_drift": 1}, "revisit_drift"),
 ])
 def test_bad_params_are_invalid_params(params: dict[str, Any], fragment: str) -> None:
     with pytest.raises(InvalidParams, match=fragment):

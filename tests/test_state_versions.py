@@ -175,9 +175,10 @@ def test_snapshots_of_the_previous_release_load(name: str) -> None:
 
 
 def test_a_learnability_snapshot_of_the_previous_release_migrates() -> None:
-    """Version 1 (no `anchor`) -> 2: every array the old release wrote is kept bit for
-    bit, each prompt's anchor is its distribution's level as stored (so no estimate
-    moves until the prompt is reported again), and the curriculum goes on."""
+    """Version 1 (no `anchor`, no drift sums) -> 2: every array the old release wrote is
+    kept bit for bit, each prompt's anchor is its distribution's level as stored and the
+    drift starts at zero (so no estimate moves until the prompt is reported again), and
+    the curriculum goes on."""
     folder = FIXTURES.parent / "snapshots_learnability_v1"
     data = (folder / "learnability.npz").read_bytes()
     meta = json.loads((folder / "learnability.json").read_text())
@@ -187,7 +188,8 @@ def test_a_learnability_snapshot_of_the_previous_release_migrates() -> None:
     engine = CurriculumEngine.from_bytes(curriculum, data)
     new = load_npz(load_npz(engine.to_bytes())["sampler"].tobytes())
     assert int(new[VERSION_KEY]) == 2
-    assert new.keys() - old.keys() == {"anchor"}
+    assert new.keys() - old.keys() == {"anchor", "drift_residual", "drift_information"}
+    assert not new["drift_residual"].any() and not new["drift_information"].any()
     for field, array in old.items():
         if field != VERSION_KEY:
             assert new[field].dtype == array.dtype and new[field].tobytes() == array.tobytes()

@@ -125,6 +125,10 @@ from paceline_server.strategies.sumtree import (
 
 PRIOR_SIGNAL = 1.0 / 6.0  # E[p(1-p)] under Beta(1, 1): one pseudo-group before any data
 MIN_KAPPA, MAX_KAPPA = 0.25, 100.0  # bounds of the estimated prior strength
+#: Pseudo-information behind the revisit drift before any revisit (in units of
+#: G p(1-p): 4 is sixteen rollouts at p = 0.5): a few revisits do not move it far.
+DRIFT_PRIOR_INFORMATION = 4.0
+MAX_DRIFT = 3.0  # bound of the revisit drift, in logits
 UNSEEN_FILL_TRIES = 4  # uniform draws per wanted unseen candidate (rejection of seen ones)
 TREE_DRAWS_PER_DESCENT = 4  # candidates per tree descent (see `_candidates`)
 Ranking = Literal["expected", "thompson"]
@@ -145,6 +149,7 @@ class LearnabilityParams:
     allocation: Allocation = "dump_ucb"
     allocation_params: dict[str, Any] = field(default_factory=dict)
     level_shift: bool = True
+    revisit_drift: bool = True
 
     def __post_init__(self) -> None:
         require(self.prior_strength is None or 0.0 < self.prior_strength <= 1e6,
@@ -176,7 +181,7 @@ class LearnabilityParams:
 
 @dataclass
 class LearnabilityState:
-    state_version: ClassVar[int] = 2  # 2: `anchor` (the level behind each prompt's evidence)
+    state_version: ClassVar[int] = 2  # 2: `anchor`, `drift_residual`, `drift_information`
     tree: SumTreeState  # one channel: expected score of seen prompts, leaves in layout order
     successes: np.ndarray  # float32 [N]: forgetful own successes s_x
     failures: np.ndarray  # float32 [N]: forgetful own failures f_x
@@ -186,6 +191,8 @@ class LearnabilityState:
     pool_signal: np.ndarray  # float64 [D]: forgetful sum of per-group p(1-p) estimates
     pool_groups: np.ndarray  # float64 [D]: forgetful count of groups behind pool_signal
     anchor: np.ndarray  # float32 [N]: logit(μ_d) when the prompt was last reported
+    drift_residual: np.ndarray  # float64 [D]: forgetful Σ (s - G p̂) over revisits
+    drift_information: np.ndarray  # float64 [D]: forgetful Σ G p̂ (1 - p̂) over revisits
     dump: DumpUcbState | None  # allocator state (allocation = dump_ucb)
     progress: LearningProgressState | None  # allocator state (learning_progress)
 
@@ -257,31 +264,79 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         prior of their last report, whose mean is then moved on the logit scale by what
         the distribution's level logit(μ_d) moved since (the total a + b is kept): a
         prompt seen at 2/4 when its distribution stood at 0.3 is expected to pass more
-        often once the distribution stands at 0.6. An unseen prompt is the current prior
-        either way."""
+        often once the distribution stands at 0.6. With `revisit_drift` (the default) a
+        seen prompt's logit also moves by its distribution's revisit drift (`drift`). An
+        unseen prompt is the current prior either way."""
         if owner is None:
             owner = self.layout.distribution_of(indices)
         return self._posterior(state, indices, owner, self.pooled_mean(state),
                                self.prior_strength(state))
 
     def _posterior(self, state: LearnabilityState, indices: np.ndarray, owner: np.ndarray,
-                   mu: np.ndarray, kappa_d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                   mu: np.ndarray, kappa_d: np.ndarray, *, drift: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
         """`posterior` with μ_d and κ_d [D] computed by the caller (the ranking's hot
-        path computes them once)."""
+        path computes them once); `drift=False` leaves the revisit drift out (what the
+        drift is measured against)."""
+        params = self.params
         kappa = kappa_d[owner]
         successes = state.successes[indices].astype(np.float64)
         failures = state.failures[indices].astype(np.float64)
-        if not self.params.level_shift:
+        drift = drift and params.revisit_drift
+        if not params.level_shift and not drift:
             return kappa * mu[owner] + successes, kappa * (1.0 - mu[owner]) + failures
-        anchor = state.anchor[indices].astype(np.float64)
-        then = sigmoid(anchor)
-        a = kappa * then + successes
-        b = kappa * (1.0 - then) + failures
+        if params.level_shift:
+            anchor = state.anchor[indices].astype(np.float64)
+            then = sigmoid(anchor)
+            a = kappa * then + successes
+            b = kappa * (1.0 - then) + failures
+            shift = logit(mu)[owner] - anchor
+        else:
+            a = kappa * mu[owner] + successes
+            b = kappa * (1.0 - mu[owner]) + failures
+            shift = np.zeros(a.size)
+        if drift:
+            shift = shift + np.where(successes + failures > 0, self.drift(state)[owner], 0.0)
         total = a + b
         # a, b > 0 (κ >= MIN_KAPPA, 0 < then < 1, counts >= 0): log(a / b) is the logit.
-        mean = sigmoid(np.log(a / b) + logit(mu)[owner] - anchor)
+        mean = sigmoid(np.log(a / b) + shift)
         a = mean * total
         return a, total - a
+
+    def drift(self, state: LearnabilityState) -> np.ndarray:
+        """δ_d: how far, in logits, a revisited prompt of d passed more (or less) often
+        than its posterior predicted (level shift included), over the forgetful sums of
+        the revisits: one Newton step of the logit offset from 0, Σ (s - G p̂) /
+        (Σ G p̂ (1 - p̂) + DRIFT_PRIOR_INFORMATION), bounded to ±MAX_DRIFT. Zero on the
+        learners whose prompts keep their place relative to their distribution; positive
+        where training on a prompt makes that prompt easier than its distribution
+        (memorisation), negative where a revisit finds it harder."""
+        ratio = state.drift_residual / (state.drift_information + DRIFT_PRIOR_INFORMATION)
+        return np.asarray(np.clip(ratio, -MAX_DRIFT, MAX_DRIFT))
+
+    def _learn_drift(self, state: LearnabilityState, signals: ReportSignals,
+                     successes: np.ndarray, first_visit: np.ndarray) -> None:
+        """Fold this report's revisits into the drift sums (before their counts change:
+        the prediction is what the posterior said when the batch was chosen). The sums
+        fade by `pool_gamma` at every report, as the pooled prior does."""
+        num = self.layout.num_distributions
+        decay = self.params.pool_gamma
+        residual: np.ndarray = np.zeros(num)
+        information: np.ndarray = np.zeros(num)
+        revisit = np.flatnonzero(~first_visit)
+        if revisit.size:
+            owner = signals.distribution[revisit]
+            a, b = self._posterior(state, signals.indices[revisit], owner,
+                                   self.pooled_mean(state), self.prior_strength(state),
+                                   drift=False)
+            predicted = a / (a + b)
+            size = signals.group_size[revisit].astype(np.float64)
+            residual = np.bincount(owner, weights=successes[revisit] - size * predicted,
+                                   minlength=num)
+            information = np.bincount(owner, weights=size * predicted * (1.0 - predicted),
+                                      minlength=num)
+        state.drift_residual = decay * state.drift_residual + residual
+        state.drift_information = decay * state.drift_information + information
 
     def expected_score(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """E[score(p)] under Beta(a, b): the tree's deterministic priority."""
@@ -328,7 +383,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         pooled vectors over D, and the allocator's own state."""
         n, d = self.layout.num_samples, self.layout.num_distributions
         allocator = 0 if self.allocator is None else self.allocator.state_bytes()
-        return STATE_OVERHEAD + tree_bytes(n) + 12 * n + 40 * d + allocator
+        return STATE_OVERHEAD + tree_bytes(n) + 12 * n + 56 * d + allocator
 
     def init_state(self, rng: np.random.Generator) -> LearnabilityState:
         n, d = self.layout.num_samples, self.layout.num_distributions
@@ -340,21 +395,24 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
             pool_successes=np.zeros(d), pool_trials=np.zeros(d),
             pool_signal=np.zeros(d), pool_groups=np.zeros(d),
             anchor=np.zeros(n, dtype=np.float32),
+            drift_residual=np.zeros(d), drift_information=np.zeros(d),
             dump=dump, progress=progress,
         )
 
     def migrate_state(self, old_version: int, arrays: dict[str, np.ndarray]
                       ) -> dict[str, np.ndarray]:
-        """Version 1 (no `anchor`) -> 2: every prompt's evidence is taken to stand at its
-        distribution's current level, so nothing moves until the prompt is reported
-        again (the estimates it had before the upgrade). O(N) once. Other versions:
-        replay (the default)."""
+        """Version 1 (no `anchor`, no drift sums) -> 2: every prompt's evidence is taken
+        to stand at its distribution's current level, so nothing moves until the prompt
+        is reported again (the estimates it had before the upgrade), and the drift
+        starts at zero. O(N) once. Other versions: replay (the default)."""
         if old_version != 1 or "pool_successes" not in arrays or "pool_trials" not in arrays:
             return super().migrate_state(old_version, arrays)
         mu = (arrays["pool_successes"] + 1.0) / (arrays["pool_trials"] + 2.0)
         labels = self.layout.distribution_of(np.arange(self.layout.num_samples))
         migrated = dict(arrays)
         migrated["anchor"] = logit(mu)[labels].astype(np.float32)
+        migrated["drift_residual"] = np.zeros(mu.size)
+        migrated["drift_information"] = np.zeros(mu.size)
         return migrated
 
     def _allocator_state(self, state: LearnabilityState) -> Any:
@@ -371,6 +429,8 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         num = self.layout.num_distributions
         gamma = np.float32(self.params.gamma)
         first_visit = (state.successes[indices] + state.failures[indices]) == 0
+        if self.params.revisit_drift:
+            self._learn_drift(state, signals, succ, first_visit)
         fresh = np.unique(indices[first_visit])
         # Pooled sums from first visits (see the module docstring); every group of a
         # distribution that had no unseen prompt before this report.
@@ -513,10 +573,10 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
     def _scores(self, state: LearnabilityState, candidates: np.ndarray, owners: np.ndarray,
                 was_seen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Each candidate's ranking score. Expected ranking: an unseen prompt is worth
-        its distribution's current prior expectation, a seen one what its tree leaf
-        holds (its posterior's expected score when last reported; reading the leaf the
-        descent just reached avoids two random reads per candidate in the N-sized
-        count arrays, half the proposal time at N = 10^7)."""
+        its distribution's current prior expectation, a seen one its posterior's
+        expected score now (level shift and revisit drift included); with both of them
+        off, what its tree leaf holds (the expected score when it was last reported:
+        the leaf the descent just reached, no random reads in the N-sized arrays)."""
         if self.params.ranking == "thompson":
             a, b = self.posterior(state, candidates, owners)
             return self.thompson_score(a, b, rng)
@@ -524,7 +584,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         kappa = self.prior_strength(state)
         score = self.expected_score(kappa * mu, kappa * (1.0 - mu))[owners]
         seen = np.flatnonzero(was_seen)
-        if self.params.level_shift:  # the leaf holds the level of the last report
+        if self.params.level_shift or self.params.revisit_drift:  # the leaf is stale
             a, b = self._posterior(state, candidates[seen], owners[seen], mu, kappa)
             score[seen] = self.expected_score(a, b)
         else:
@@ -670,6 +730,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
             "unseen": state.unseen.tolist(),
             "seen_mass": seen.tolist(),
             "unseen_mass": unseen.tolist(),
+            "revisit_drift": self.drift(state).tolist(),
         }
         if self.allocator is not None:
             details["allocation"] = self.allocator.describe(self._allocator_state(state))
