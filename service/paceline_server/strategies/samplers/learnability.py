@@ -128,7 +128,7 @@ MIN_KAPPA, MAX_KAPPA = 0.25, 100.0  # bounds of the estimated prior strength
 #: Pseudo-information behind the revisit drift before any revisit (in units of
 #: G p(1-p): 4 is sixteen rollouts at p = 0.5): a few revisits do not move it far.
 DRIFT_PRIOR_INFORMATION = 4.0
-MAX_DRIFT = 3.0  # bound of the revisit drift, in logits
+MAX_DRIFT = 3.0  # upper bound of the revisit drift, in logits (the lower bound is 0)
 UNSEEN_FILL_TRIES = 4  # uniform draws per wanted unseen candidate (rejection of seen ones)
 TREE_DRAWS_PER_DESCENT = 4  # candidates per tree descent (see `_candidates`)
 Ranking = Literal["expected", "thompson"]
@@ -304,15 +304,18 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         return a, total - a
 
     def drift(self, state: LearnabilityState) -> np.ndarray:
-        """δ_d: how far, in logits, a revisited prompt of d passed more (or less) often
-        than its posterior predicted (level shift included), over the forgetful sums of
-        the revisits: one Newton step of the logit offset from 0, Σ (s - G p̂) /
-        (Σ G p̂ (1 - p̂) + DRIFT_PRIOR_INFORMATION), bounded to ±MAX_DRIFT. Zero on the
-        learners whose prompts keep their place relative to their distribution; positive
-        where training on a prompt makes that prompt easier than its distribution
-        (memorisation), negative where a revisit finds it harder."""
+        """δ_d: how far, in logits, a revisited prompt of d passed more often than its
+        posterior predicted (level shift included), over the forgetful sums of the
+        revisits: one Newton step of the logit offset from 0, Σ (s - G p̂) /
+        (Σ G p̂ (1 - p̂) + DRIFT_PRIOR_INFORMATION), bounded to [0, MAX_DRIFT]. Near zero
+        where prompts keep their place relative to their distribution; positive where
+        training on a prompt makes that prompt easier than its distribution
+        (memorisation). Only upward: that is the way training moves the prompts it
+        trains on, while a revisit that fails more than predicted is forgetting or
+        reward noise, which the level already follows (two-sided, the downward half made
+        `allocation: none` miss a target of the learner suite and helped nowhere)."""
         ratio = state.drift_residual / (state.drift_information + DRIFT_PRIOR_INFORMATION)
-        return np.asarray(np.clip(ratio, -MAX_DRIFT, MAX_DRIFT))
+        return np.asarray(np.clip(ratio, 0.0, MAX_DRIFT))
 
     def _learn_drift(self, state: LearnabilityState, signals: ReportSignals,
                      successes: np.ndarray, first_visit: np.ndarray) -> None:
