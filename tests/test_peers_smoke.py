@@ -81,3 +81,22 @@ def test_peer_comparison_quick(tmp_path: Path) -> None:
     assert any(line.startswith("| Paceline server over loopback") for line in tables)
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "peers.png").stat().st_size > 10_000
+
+
+def test_the_syllabus_peer_leaves_numpys_error_state_alone() -> None:
+    """Importing Syllabus runs `np.seterr(all="raise")`; building the peer puts the
+    process's state back (checked in a fresh interpreter, where the import is real)."""
+    pytest.importorskip("syllabus")
+    code = (
+        "import sys, numpy as np\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks' / 'peers')!r})\n"
+        "from strategies import syllabus_curriculum\n"
+        "before = np.geterr()\n"
+        "syllabus_curriculum(0, 10)\n"
+        "assert 'syllabus' in sys.modules\n"
+        "print(before == np.geterr())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True"

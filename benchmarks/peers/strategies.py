@@ -156,9 +156,15 @@ def syllabus_curriculum(seed: int, episodes_per_update: int,
     Syllabus 0.7's `Curriculum.sample` tests `task_dist != []`, which numpy >= 2 rejects
     for an array ("operands could not be broadcast"); the subclass below makes the same
     draw without that test and changes nothing else. `sample` draws with numpy's global
-    RNG, hence the seeding."""
-    from syllabus.curricula import OnlineLearningProgress
-    from syllabus.task_space import DiscreteTaskSpace
+    RNG, hence the seeding. Importing Syllabus runs `np.seterr(all="raise")` (in its
+    PLR module) for the whole process; the error state is put back, so the rows run
+    after a Syllabus row in the same process see numpy's usual handling."""
+    errors = np.geterr()
+    try:
+        from syllabus.curricula import OnlineLearningProgress
+        from syllabus.task_space import DiscreteTaskSpace
+    finally:
+        np.seterr(**errors)
 
     class Numpy2OnlineLearningProgress(OnlineLearningProgress):  # type: ignore[misc]
         def sample(self, k: int = 1) -> list[Any]:
