@@ -22,6 +22,15 @@ unseen picks had E[p(1-p)] 0.08-0.13 against 0.15-0.21 for its revisits). Once a
 distribution has no unseen prompt left, every group counts (the prior then only shrinks
 revisits).
 
+Estimates that move (ours): a prompt's counts were gathered when its distribution stood
+at some level, and training has moved it since. With `level_shift` (default) the counts
+sit on the prior of their last report and the mean moves, on the logit scale, by what
+logit(μ_d) moved since; with `revisit_drift` (default) it also moves up by δ_d, how far
+d's revisits have been passing above their prediction (training on a prompt can make
+it easier than its distribution: memorisation). On the learner suite the two took the
+default from 26.8 / 27.0 / 43.0 / 80.1 / 26.7 k rollouts to 26.1 / 26.0 / 42.7 / 79.9 /
+22.0 k (16 seeds; docs/benchmarks.md).
+
 κ_d (ours, empirical Bayes): `prior_strength`, or by default the method-of-moments value
 for which the prior's E[p(1-p)] = μ(1-μ) κ/(κ+1) equals V_d, the distribution's pooled
 mean of s(G-s)/(G(G-1)) (an unbiased per-group estimate of p(1-p)). A distribution mixing
@@ -53,8 +62,8 @@ Sampling in O(B log N) (ours): Thompson draws for all N prompts are O(N), so
    Each tree descent gives four candidates (the leaf reached and three more ∝ weight
    from its block of 16; `sumtree.descend`), a quarter of the tree work (two per
    descent saved ~4 % of the suite's rollouts for ~1.3x the proposal time at 10^7);
-3. candidates are ranked by their expected score under the posterior with the
-   *current* μ_d (`ranking: expected`, the default) or by a Thompson draw p̃ from it
+3. candidates are ranked by their expected score under the posterior now (level shift
+   and drift included; `ranking: expected`, the default) or by a Thompson draw p̃ from it
    (`ranking: thompson`, as MoPPS: a moment-matched Gaussian clipped to [0, 1], ten
    times cheaper than a Beta draw; ours), and the B best are kept (per distribution
    with an allocation): a revisit is taken when its posterior promises more signal than
