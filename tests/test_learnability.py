@@ -232,7 +232,16 @@ def test_revisit_drift_off_keeps_the_estimates_still() -> None:
     off = runs[False].state.sampler
     assert not off.drift_residual.any() and not off.drift_information.any()
     assert posterior_mean(runs[True], [8])[0] > posterior_mean(runs[False], [8])[0] + 0.2
-    assert "revisit_drift" in sampler_of(runs[True]).describe(runs[True].state.sampler)
+    on = runs[True]
+    assert sampler_of(on).describe(on.state.sampler)["revisit_drift"][0] > 1.0
+    # The explanation says so for d0 (drift > 0) and not for d1 (none).
+    reasons = sampler_of(on).explain(on.state.sampler, on._propose_context(1, np.ones(1)))
+    assert "logits easier" in reasons[0].clause and reasons[0].terms["revisit_drift"] > 1.0
+    assert "logits easier" not in reasons[1].clause
+    assert reasons[1].terms["revisit_drift"] == 0.0
+    off = runs[False]
+    quiet = sampler_of(off).explain(off.state.sampler, off._propose_context(1, np.ones(1)))
+    assert "revisit_drift" not in quiet[0].terms
 
 
 def test_a_revisit_that_fails_more_than_predicted_does_not_drift_down() -> None:

@@ -713,6 +713,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         score = "p(1-p)" if self.params.band is None else "the band score"
         how = (f"a Thompson draw of {score}" if self.params.ranking == "thompson"
                else f"the expected {score}")
+        drift = self.drift(state)
         reasons = []
         for d in range(self.layout.num_distributions):
             mass = float(seen[d] + unseen[d])
@@ -720,10 +721,16 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
                 "pooled_pass_rate": float(mu[d]), "prior_strength": float(kappa[d]),
                 "unseen": float(state.unseen[d]), "score_mass": mass,
                 "mass_share": mass / total if total > 0 else None}
+            moved = ""
+            if self.params.revisit_drift:
+                terms["revisit_drift"] = float(drift[d])
+                if drift[d] > 0:  # say it only when it moves something
+                    moved = (f"; revisits pass more often than predicted, so seen "
+                             f"prompts are read {number(float(drift[d]))} logits easier")
             inside = (f"inside it, prompts are picked by {how} from each prompt's "
                       f"posterior (pooled pass rate {number(float(mu[d]))}, prior "
                       f"strength {number(float(kappa[d]))}, {int(state.unseen[d])} prompts "
-                      f"unseen)")
+                      f"unseen{moved})")
             if base is not None:
                 reason = base[d]
                 reasons.append(Reason(f"{reason.clause}; {inside}",
