@@ -328,9 +328,10 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
 
     def _learn_drift(self, state: LearnabilityState, signals: ReportSignals,
                      successes: np.ndarray, first_visit: np.ndarray) -> None:
-        """Fold this report's revisits into the drift sums (before their counts change:
-        the prediction is what the posterior said when the batch was chosen). The sums
-        fade by `pool_gamma` at every report, as the pooled prior does."""
+        """Fold this report's revisits into the drift sums, before their counts change:
+        the prediction is the posterior just before this report (with a single run,
+        what it said when the batch was chosen). The sums fade by `pool_gamma` at every
+        report, as the pooled prior does."""
         num = self.layout.num_distributions
         decay = self.params.pool_gamma
         residual: np.ndarray = np.zeros(num)
