@@ -248,7 +248,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
     # ----------------------------------------------------------------- posterior
     def pooled_mean(self, state: LearnabilityState) -> np.ndarray:
         """μ_d: the posterior mean of each distribution's pooled pass rate."""
-        return np.asarray((state.pool_successes + 1.0) / (state.pool_trials + 2.0))
+        return _pooled_mean(state.pool_successes, state.pool_trials)
 
     def prior_strength(self, state: LearnabilityState) -> np.ndarray:
         """κ_d per distribution: the parameter, or (null, the default) the method-of-
@@ -420,7 +420,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         starts at zero. O(N) once. Other versions: replay (the default)."""
         if old_version != 1 or "pool_successes" not in arrays or "pool_trials" not in arrays:
             return super().migrate_state(old_version, arrays)
-        mu = (arrays["pool_successes"] + 1.0) / (arrays["pool_trials"] + 2.0)
+        mu = _pooled_mean(arrays["pool_successes"], arrays["pool_trials"])
         labels = self.layout.distribution_of(np.arange(self.layout.num_samples))
         migrated = dict(arrays)
         migrated["anchor"] = logit(mu)[labels].astype(np.float32)
@@ -478,9 +478,10 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         state.pool_groups = decay * state.pool_groups + np.bincount(
             signals.distribution, weights=usable * weight, minlength=num)
         unique = np.unique(indices)
-        state.anchor[unique] = logit(self.pooled_mean(state))[
-            self.layout.distribution_of(unique)]
-        a, b = self.posterior(state, unique)
+        owner = self.layout.distribution_of(unique)
+        mu = self.pooled_mean(state)
+        state.anchor[unique] = logit(mu)[owner]
+        a, b = self._posterior(state, unique, owner, mu, self.prior_strength(state))
         set_leaves(state.tree, self._to_leaf(unique), self.expected_score(a, b))
         if self.allocator is not None:
             self.allocator.update(self._allocator_state(state), signals, ctx)
@@ -756,6 +757,11 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
             details["allocation"] = self.allocator.describe(self._allocator_state(state))
         return details
 
+
+
+def _pooled_mean(successes: np.ndarray, trials: np.ndarray) -> np.ndarray:
+    """μ_d: the posterior mean of Beta(1, 1) over a distribution's pooled sums."""
+    return np.asarray((successes + 1.0) / (trials + 2.0))
 
 
 def _shares(mass: np.ndarray, sizes: np.ndarray) -> np.ndarray:
