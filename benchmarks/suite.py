@@ -86,6 +86,9 @@ GREEDY_ORACLE = "oracle, greedy (top B by true p(1-p))"
 VISITED_ORACLE = "oracle, visited prompts only (true p once trained on)"
 THOMPSON = "learnability + dump_ucb allocation, Thompson ranking"
 DEFAULT = "default (no sampler named)"
+#: The trainer drops the groups whose rewards all agree and trains on the rest, without
+#: refilling (`dynamic_step(..., max_parts=0)`; DAPO's filter on Paceline's batch).
+DROP = "default + dropping all-equal groups (no refill)"
 DYNAMIC = "default + dynamic sampling (refill)"
 SECONDARY = "brevity"  # `--secondary`: the second objective Paceline's rows are told about
 
@@ -300,6 +303,7 @@ def rows() -> list[Row]:
                     paceline({"kind": "learnability", "allocation": "dump_ucb",
                               "ranking": "thompson"}), needs="learnability"))
     ours.append(Row(DEFAULT, "Paceline", paceline(None)))
+    ours.append(Row(DROP, "Paceline", paceline(None), 1))
     ours.append(Row(DYNAMIC, "Paceline", paceline(None), dynamic=True))
     ours.append(Row(f"{DYNAMIC} + zero_variance", "Paceline", paceline(None, zv),
                     dynamic=True))

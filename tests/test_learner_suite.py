@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from learners import LEARNERS, Groups, GrpoLearner  # noqa: E402
 from learners.forgetting import ForgettingLearner  # noqa: E402
+from learners.latent_skills import SKILLS, LatentSkillsLearner  # noqa: E402
 from learners.memorization import GAP, MemorizationLearner  # noqa: E402
 from learners.prerequisite import PrerequisiteLearner  # noqa: E402
 
@@ -55,8 +56,11 @@ def test_zero_variance_groups_teach_nothing(name: str) -> None:
     # Only what happens without any gradient (forgetting) may move the skills.
     reference.train(constant_groups(reference, idx[:0], 0.0))
     reference.train(constant_groups(reference, idx[:0], 0.0))
+    # Compared on every prompt's pass rate, whatever holds the policy (skills, memories,
+    # a skill vector with per-prompt loadings).
     if name != ForgettingLearner.name:
-        np.testing.assert_array_equal(learner.skill, reference.skill)
+        np.testing.assert_array_equal(learner.pass_rate(), reference.pass_rate())
+        np.testing.assert_array_equal(learner.accuracy(), reference.accuracy())
     else:  # decay toward the start is no learning: never above the start
         assert np.all(learner.skill <= reference.skill + 1e-12)
 
@@ -138,6 +142,73 @@ def test_memorization_difficulty_is_bimodal() -> None:
         assert abs(np.mean(offset < 0) - 0.5) < 0.1  # two modes, half each
         assert np.mean(np.abs(np.abs(offset) - GAP) < 2 * dist.spread) > 0.9
         assert np.mean(np.abs(offset) < 0.5) < 0.1  # little mass at the centre
+
+
+def test_latent_skills_loadings_are_mixes_around_their_distribution() -> None:
+    learner = LatentSkillsLearner(0)
+    assert learner.loadings.shape == (learner.num_samples, SKILLS)
+    assert learner.eval_loadings.shape == (learner.num_distributions, 256, SKILLS)
+    np.testing.assert_allclose(learner.loadings.sum(axis=1), 1.0)
+    assert np.all(learner.loadings >= 0.0)
+    from learners.latent_skills import MIXES
+    for d in range(learner.num_distributions):
+        mean = learner.loadings[learner.dist_of == d].mean(axis=0)
+        assert np.abs(mean - np.asarray(MIXES[d])).max() < 0.08  # around the mix...
+        assert learner.loadings[learner.dist_of == d].std(axis=0).max() > 0.1  # ...not it
+    again = LatentSkillsLearner(0)  # the same seed draws the same prompts
+    np.testing.assert_array_equal(again.loadings, learner.loadings)
+    assert not np.array_equal(LatentSkillsLearner(1).loadings, learner.loadings)
+
+
+def test_latent_skills_transfer_follows_shared_skills_and_reorders_a_distribution() -> None:
+    """Training `algebra` alone moves `functions` (which shares its skills) more than
+    `proofs` (which shares none), and inside `functions` the prompts leaning on algebra's
+    skills climb more than their neighbours: ranks inside a distribution change, which a
+    per-distribution skill cannot do."""
+    learner = LatentSkillsLearner(0)
+    before = learner.pass_rate()
+    theta = learner.theta.copy()
+    algebra = np.flatnonzero((learner.dist_of == 1) & (before > 0.2) & (before < 0.8))
+    for _ in range(20):
+        learner.train(learner.rollout(algebra[:learner.batch]))
+    moved = learner.theta - theta
+    assert moved[1] > 0 and moved[1] > moved[4]  # algebra's main skill learned most
+    after = learner.pass_rate()
+    finite = np.isfinite(learner.difficulty) & (np.minimum(before, after) > 1e-6) & (
+        np.maximum(before, after) < 1 - 1e-6)
+    logit_gain = np.zeros_like(after)
+    logit_gain[finite] = (np.log(after[finite] / (1 - after[finite]))
+                          - np.log(before[finite] / (1 - before[finite])))
+    gain = {d: logit_gain[finite & (learner.dist_of == d)] for d in (2, 5)}
+    assert gain[2].mean() > 2 * gain[5].mean()
+    functions = np.flatnonzero(finite & (learner.dist_of == 2))
+    # The logit gain of a prompt is its loadings times the skills' step: prompts of
+    # one distribution gain differently, by how much they lean on the trained skills.
+    np.testing.assert_allclose(logit_gain[functions],
+                               2.0 * learner.loadings[functions] @ moved, rtol=1e-6,
+                               atol=1e-9)
+    assert gain[2].std() > 0.2 * gain[2].mean()
+    lean = learner.loadings[functions, :2].sum(axis=1)  # share on skills 0 and 1
+    assert np.corrcoef(lean, logit_gain[functions])[0, 1] > 0.5
+
+
+def test_one_dataset_reduces_distribution_level_samplers_to_uniform() -> None:
+    """With one distribution there is nothing to allocate: `dump_ucb` and
+    `learning_progress` draw exactly what `uniform` draws (same curve, same rollouts),
+    while the per-prompt default chooses other prompts."""
+    import suite
+
+    rows = {r.name: r for r in suite.rows()}
+    learner = LEARNERS["one_dataset"](0)
+    assert learner.num_distributions == 1
+    runs = {name: suite.run(rows[name], "one_dataset", 0, 0.1)
+            for name in ("uniform", "dump_ucb", "learning_progress", suite.DEFAULT)}
+    for name in ("dump_ucb", "learning_progress"):
+        assert runs[name]["curve"] == runs["uniform"]["curve"]
+        assert runs[name]["zero_variance_share"] == runs["uniform"]["zero_variance_share"]
+    assert runs[suite.DEFAULT]["curve"] != runs["uniform"]["curve"]
+    # The per-prompt posterior wastes fewer rollouts on all-equal groups within 20 steps.
+    assert runs[suite.DEFAULT]["zero_variance_share"] < runs["uniform"]["zero_variance_share"]
 
 
 def test_oracle_samples_the_band() -> None:
@@ -258,6 +329,23 @@ def test_dynamic_rows_refill_through_paceline_without_repeats() -> None:
     # The next step's parts are fresh again (a step's exclusion is per step).
     again = chooser.refill(1, 1, 8, np.zeros(0, dtype=np.int64))
     assert again.size == 8
+
+
+def test_drop_row_trains_on_kept_groups_and_counts_every_rollout() -> None:
+    """Dropping all-equal groups without refill: one batch per step is generated and
+    counted, the learner trains only on the groups with signal, the engine folds them
+    all; so it learns differently from the default on the same first batch."""
+    import suite
+
+    rows = {r.name: r for r in suite.rows()}
+    row = rows[suite.DROP]
+    assert row.filter_rounds == 1 and not row.dynamic
+    learner = LEARNERS["one_dataset"](0)
+    steps = 6
+    dropped = suite.run(row, "one_dataset", 0, steps / learner.steps)
+    plain = suite.run(rows[suite.DEFAULT], "one_dataset", 0, steps / learner.steps)
+    assert dropped["generated"] == plain["generated"] == steps * learner.batch * learner.group
+    assert dropped["curve"][0] > plain["curve"][0]  # same batch, fewer groups: larger step
 
 
 def test_suite_quick(tmp_path: Path) -> None:

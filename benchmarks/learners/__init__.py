@@ -8,13 +8,16 @@ from typing import Any
 from .base import Dist, Groups, GrpoLearner
 from .forgetting import ForgettingLearner
 from .imbalanced import ImbalancedLearner
+from .latent_skills import LatentSkillsLearner
 from .memorization import MemorizationLearner
+from .one_dataset import OneDatasetLearner
 from .prerequisite import PrerequisiteLearner
 from .tight_budget import TightBudgetLearner
 
 LEARNERS: dict[str, type[GrpoLearner]] = {
     cls.name: cls for cls in (ImbalancedLearner, PrerequisiteLearner, ForgettingLearner,
-                              TightBudgetLearner, MemorizationLearner)
+                              TightBudgetLearner, MemorizationLearner,
+                              LatentSkillsLearner, OneDatasetLearner)
 }
 #: Learners run only when named (`--learners`): the example trainer needs torch and
 #: about a minute per run.
@@ -37,7 +40,9 @@ __all__ = [
     "Groups",
     "GrpoLearner",
     "ImbalancedLearner",
+    "LatentSkillsLearner",
     "MemorizationLearner",
+    "OneDatasetLearner",
     "PrerequisiteLearner",
     "TightBudgetLearner",
     "learner_class",
