@@ -389,12 +389,11 @@ def run(row: Row, learner_name: str, seed: int, steps_scale: float = 1.0,
 
 
 def runs_on(row: Row, learner_name: str) -> bool:
-    """Whether `row` can run on the learner: a `plain_only` learner (the example
-    trainer) has no true pass rates for the oracle and trains only on the one rollout
-    round it generated (no DAPO filter, no dynamic sampling)."""
-    if not getattr(learner_class(learner_name), "plain_only", False):
+    """Whether `row` can run on the learner: the oracle rows need the true pass rates,
+    which a real learner (the example trainer, `pass_rates_known = False`) has not."""
+    if getattr(learner_class(learner_name), "pass_rates_known", True):
         return True
-    return row.who != "limit" and not row.filter_rounds and not row.dynamic
+    return row.who != "limit"
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -258,23 +258,22 @@ def test_visited_oracle_knows_only_what_it_trained_on() -> None:
     assert signal[skipped].max() <= best_unseen + 1e-6
 
 
-def test_plain_only_learner_skips_oracle_and_merged_rounds() -> None:
+def test_learner_without_pass_rates_skips_only_the_oracles() -> None:
     import suite
 
-    class Plain:
-        plain_only = True
+    class Real:
+        pass_rates_known = False
 
     real = suite.learner_class
     try:
-        suite.learner_class = lambda name: Plain if name == "plain" else real(name)
-        allowed = {r.name for r in suite.rows() if suite.runs_on(r, "plain")}
+        suite.learner_class = lambda name: Real if name == "real" else real(name)
+        allowed = {r.name for r in suite.rows() if suite.runs_on(r, "real")}
         everything = {r.name for r in suite.rows() if suite.runs_on(r, "imbalanced")}
     finally:
         suite.learner_class = real
     assert everything == {r.name for r in suite.rows()}
-    assert suite.DEFAULT in allowed and "uniform" in allowed and suite.SYLLABUS in allowed
-    assert not allowed & {suite.ORACLE, suite.GREEDY_ORACLE, suite.VISITED_ORACLE, suite.DAPO,
-                          suite.DAPO_NO_REFILL, suite.DYNAMIC}
+    assert allowed == {r.name for r in suite.rows() if r.who != "limit"}
+    assert {suite.DEFAULT, suite.DYNAMIC, suite.DROP, suite.DAPO, suite.SYLLABUS} <= allowed
 
 
 def test_example_trainer_learner_runs_a_step(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -302,6 +301,71 @@ def test_example_trainer_learner_runs_a_step(monkeypatch: pytest.MonkeyPatch) ->
     assert np.all((accuracy >= 0) & (accuracy <= 1))
     with pytest.raises(ValueError, match="last rollout"):
         learner.train(groups)  # already trained on
+
+
+def test_example_trainer_trains_on_groups_of_several_rounds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """DAPO's filter and dynamic sampling train on some groups of several rounds of one
+    step: the step is the one a single batch of exactly those groups gives."""
+    pytest.importorskip("torch")
+    import torch
+
+    import learners.example_trainer as module
+
+    for name, value in (("SFT_STEPS", 2), ("DIM", 16), ("LAYERS", 1), ("EVAL_SIZE", 4)):
+        monkeypatch.setattr(module, name, value)
+    merged = module.ExampleTrainerLearner(0)
+    single = module.ExampleTrainerLearner(0)
+    single.model.module.load_state_dict(merged.model.module.state_dict())
+    for learner in (merged, single):  # SGD: its step shows the gradient (Adam's first
+        learner.optimizer = torch.optim.SGD(  # step is nearly its sign)
+            learner.model.module.parameters(), lr=0.5)
+    merged.rollout(np.array([0, 150, 3000]))
+    merged.rollout(np.array([7, 160]))
+    # A barely warm-started model is never right: give the rounds rewards with spread
+    # (the step reads the groups' rewards), so the step has a gradient to compare.
+    rewards = np.random.default_rng(0).integers(0, 2, size=(5, merged.group)).astype(float)
+    rewards[:, 0], rewards[:, 1] = 0.0, 1.0
+    for k, (rows, (g, rollouts)) in enumerate(zip((slice(0, 3), slice(3, 5)),
+                                                  merged._pending, strict=True)):
+        merged._pending[k] = (Groups(g.indices, rewards[rows], rewards[rows], g.p), rollouts)
+    first, second = (g for g, _ in merged._pending)
+    roll = Groups.concat([first, second])
+    rows = np.array([0, 2, 4])
+    trained = roll.take(rows)
+    # The same rollouts as one round on the twin learner (same weights): rows 0 and 2 of
+    # the first round, row 1 of the second.
+    one_round = module._select(merged._pending[0][1], np.array([0, 2]), merged.group)
+    other = module._select(merged._pending[1][1], np.array([1]), merged.group)
+    from trainer_examples.grpo import Rollouts
+
+    # One batch pads every prompt to the widest on the left (positions come from the
+    # attention mask, so padding does not change a row's log-probabilities).
+    width = max(one_round.prompt_width, other.prompt_width)
+
+    def widen(part: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = width - part.prompt_width
+        pad = torch.full((part.input_ids.shape[0], extra), merged.model.tokenizer.pad_id,
+                         dtype=part.input_ids.dtype)
+        return (torch.cat([pad, part.input_ids], dim=1),
+                torch.cat([torch.zeros_like(pad), part.attention_mask], dim=1))
+
+    (ids_a, mask_a), (ids_b, mask_b) = widen(one_round), widen(other)
+    joined = Rollouts(
+        input_ids=torch.cat([ids_a, ids_b]), attention_mask=torch.cat([mask_a, mask_b]),
+        completion_mask=torch.cat([one_round.completion_mask, other.completion_mask]),
+        prompt_width=width, texts=one_round.texts + other.texts,
+        finished=one_round.finished + other.finished, lengths=one_round.lengths + other.lengths)
+    single._pending = [(trained, joined)]
+    np.testing.assert_allclose(merged.train(trained), single.train(trained))
+    for a, b in zip(merged.model.module.parameters(), single.model.module.parameters(),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="since its last step"):
+        merged.train(trained)  # the rounds were consumed by the step
+    third = merged.rollout(np.array([1, 2]))
+    with pytest.raises(ValueError, match="since its last step"):
+        merged.train(first)  # not a round of this step
 
 
 def test_dynamic_rows_refill_through_paceline_without_repeats() -> None:

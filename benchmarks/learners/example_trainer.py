@@ -10,9 +10,10 @@ group-normalised advantages, lr 3e-4) on the trainer's five generated distributi
 trainer's `correct` objective (binary); held-out accuracy is greedy decoding on 48
 problems per distribution (held-out ones where the universe has a rest), measured every
 5 steps, and the target is on their mean. Unlike the simulated learners nobody knows a
-prompt's true pass rate, so the oracle rows cannot run here, and the DAPO /
-dynamic-sampling rows (which train on a merge of several rollout rounds) are left out:
-`plain_only`.
+prompt's true pass rate, so the oracle rows cannot run here (`pass_rates_known`). The
+DAPO and dynamic-sampling rows train on some groups of several rollout rounds of one
+step: `train` takes them from every round generated since the last step (one loss, the
+mean over the trained prompts, as one batch of them would give).
 
 Needs torch (the `examples` extra); `benchmarks/suite.py --learners example_trainer`.
 """
@@ -64,7 +65,7 @@ class ExampleTrainerLearner:
     steps: ClassVar[int] = 80
     target: ClassVar[float] = 0.5
     binary: ClassVar[bool] = True
-    plain_only: ClassVar[bool] = True  # no oracle, no merged rollout rounds
+    pass_rates_known: ClassVar[bool] = False  # no oracle rows
 
     def __init__(self, seed: int) -> None:
         import torch
@@ -89,7 +90,7 @@ class ExampleTrainerLearner:
                    lambda record: None)
         self.optimizer = torch.optim.AdamW(self.model.module.parameters(), lr=LR,
                                            weight_decay=0.0)
-        self._pending: tuple[Groups, Any] | None = None
+        self._pending: list[tuple[Groups, Any]] = []  # rounds generated since the last step
         self._trained = 0
         self._accuracy: np.ndarray | None = None
 
@@ -115,7 +116,7 @@ class ExampleTrainerLearner:
             for r in range(idx.size * self.group)], dtype=np.float64)
         outcomes = correct.reshape(idx.size, self.group)
         groups = Groups(idx, outcomes, outcomes, np.full(idx.size, np.nan))
-        self._pending = (groups, rollouts)
+        self._pending.append((groups, rollouts))
         return groups
 
     def advantages(self, groups: Groups) -> np.ndarray:
@@ -126,29 +127,64 @@ class ExampleTrainerLearner:
                           dtype=np.float64)
 
     def train(self, groups: Groups) -> np.ndarray:
-        """One clipped GRPO step on the groups the last `rollout` returned."""
+        """One clipped GRPO step on `groups`: the last rollout, or some of the groups of
+        the rounds generated since the last step, in their order (DAPO's filter, dynamic
+        sampling). The step's loss is the mean over the trained prompts, as for one
+        batch of them."""
         import torch
         from trainer_examples.grpo import completion_logprobs, grpo_loss
 
-        if self._pending is None or self._pending[0] is not groups:
-            raise ValueError("the example trainer trains only on its last rollout")
-        rollouts = self._pending[1]
+        picks = self._locate(groups)
         advantages = self.advantages(groups)
-        adv = torch.tensor(advantages, dtype=torch.float32).reshape(-1)
         model = self.model
         model.module.train()
-        with torch.no_grad():
-            old = completion_logprobs(model, rollouts)
-        logp = completion_logprobs(model, rollouts)
-        parts = grpo_loss(logp, old, adv.view(groups.n, self.group), rollouts.completion_mask,
-                          None, CLIP, None, 0.0)
+        losses = []
+        done = 0
+        for (_, rollouts), rows in zip(self._pending, picks, strict=True):
+            if rows.size == 0:
+                continue
+            part = _select(rollouts, rows, self.group)
+            adv = torch.tensor(advantages[done:done + rows.size], dtype=torch.float32)
+            done += rows.size
+            with torch.no_grad():
+                old = completion_logprobs(model, part)
+            logp = completion_logprobs(model, part)
+            loss = grpo_loss(logp, old, adv, part.completion_mask, None, CLIP, None,
+                             0.0).loss
+            losses.append(loss * (rows.size / groups.n))
         self.optimizer.zero_grad(set_to_none=True)
-        parts.loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(model.module.parameters(), 1.0)
-        self.optimizer.step()
-        self._pending = None
+        if losses:
+            torch.stack(losses).sum().backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(model.module.parameters(), 1.0)
+            self.optimizer.step()
+        self._pending = []
         self._trained += 1
         return advantages
+
+    def _locate(self, groups: Groups) -> list[np.ndarray]:
+        """The rows of each pending round that `groups` holds: the rounds' groups
+        concatenated in order, of which `groups` is a subsequence (`Groups.take` of
+        increasing rows, as the suite's runner does)."""
+        if not self._pending:
+            raise ValueError("the example trainer trains only on rounds it generated since "
+                             "its last step (the last rollout)")
+        if groups.n == 0:
+            return [np.zeros(0, dtype=np.int64) for _ in self._pending]
+        flat = Groups.concat([g for g, _ in self._pending])
+        found, at = [], 0
+        for i in range(groups.n):
+            while at < flat.n and not (flat.indices[at] == groups.indices[i] and np.array_equal(
+                    flat.outcomes[at], groups.outcomes[i])):
+                at += 1
+            if at == flat.n:
+                raise ValueError("the example trainer trains only on rounds it generated "
+                                 "since its last step (the last rollout)")
+            found.append(at)
+            at += 1
+        rows = np.asarray(found, dtype=np.int64)
+        bounds = np.cumsum([0] + [g.n for g, _ in self._pending])
+        return [rows[(rows >= lo) & (rows < hi)] - lo
+                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def accuracy(self) -> np.ndarray:
         """Greedy held-out accuracy per distribution, measured every EVAL_EVERY
@@ -159,3 +195,18 @@ class ExampleTrainerLearner:
             result = evaluate(self.model, self.tasks, MAX_NEW_TOKENS, ("correct",))
             self._accuracy = np.array([result.accuracy[name] for name in self.names])
         return self._accuracy
+
+
+def _select(rollouts: Any, rows: np.ndarray, group: int) -> Any:
+    """The rollouts of the prompts at `rows` (each prompt's `group` consecutive rows)."""
+    from trainer_examples.grpo import Rollouts
+
+    flat = (rows[:, None] * group + np.arange(group)[None, :]).ravel()
+    take = flat.tolist()
+    return Rollouts(input_ids=rollouts.input_ids[take],
+                    attention_mask=rollouts.attention_mask[take],
+                    completion_mask=rollouts.completion_mask[take],
+                    prompt_width=rollouts.prompt_width,
+                    texts=[rollouts.texts[i] for i in take],
+                    finished=[rollouts.finished[i] for i in take],
+                    lengths=[rollouts.lengths[i] for i in take])
