@@ -85,6 +85,8 @@ ORACLE = "oracle (true p in [0.2, 0.8])"
 GREEDY_ORACLE = "oracle, greedy (top B by true p(1-p))"
 VISITED_ORACLE = "oracle, visited prompts only (true p once trained on)"
 THOMPSON = "learnability + dump_ucb allocation, Thompson ranking"
+#: The default without the two terms that move seen prompts' estimates (ablation).
+STATIC = "learnability + dump_ucb allocation, no level shift or revisit drift"
 DEFAULT = "default (no sampler named)"
 #: The trainer drops the groups whose rewards all agree and trains on the rest, without
 #: refilling (`dynamic_step(..., max_parts=0)`; DAPO's filter on Paceline's batch).
@@ -302,6 +304,10 @@ def rows() -> list[Row]:
     ours.append(Row(THOMPSON, "Paceline",
                     paceline({"kind": "learnability", "allocation": "dump_ucb",
                               "ranking": "thompson"}), needs="learnability"))
+    ours.append(Row(STATIC, "Paceline",
+                    paceline({"kind": "learnability", "allocation": "dump_ucb",
+                              "level_shift": False, "revisit_drift": False}),
+                    needs="learnability"))
     ours.append(Row(DEFAULT, "Paceline", paceline(None)))
     ours.append(Row(DROP, "Paceline", paceline(None), 1))
     ours.append(Row(DYNAMIC, "Paceline", paceline(None), dynamic=True))
@@ -408,6 +414,11 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "rollouts_to_target": stat([r["rollouts_to_target"] or r["generated"]
                                     for r in results]),
         "never_reached": sum(r["steps_to_target"] is None for r in results),
+        # every rollout of the run's whole budget (dynamic rows: refills included)
+        "generated": stat([r["generated"] for r in results]),
+        "per_seed": [{k: r[k] for k in ("steps_to_target", "rollouts_to_target",
+                                        "generated", "mean_accuracy", "min_accuracy")}
+                     for r in results],
         "min_accuracy": stat([r["min_accuracy"] for r in results]),
         "mean_accuracy": stat([r["mean_accuracy"] for r in results]),
         "zero_variance_share": stat([r["zero_variance_share"] for r in results]),

@@ -363,7 +363,7 @@ def test_example_trainer_trains_on_groups_of_several_rounds(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="since its last step"):
         merged.train(trained)  # the rounds were consumed by the step
-    third = merged.rollout(np.array([1, 2]))
+    merged.rollout(np.array([1, 2]))  # a new round: the old groups are not of it
     with pytest.raises(ValueError, match="since its last step"):
         merged.train(first)  # not a round of this step
 
@@ -435,6 +435,19 @@ def test_suite_quick(tmp_path: Path) -> None:
         assert 0.0 <= o["min_accuracy"][0] <= o["mean_accuracy"][0] <= 1.0
         assert 0.0 <= o["zero_variance_share"][0] <= 1.0
         assert o["rollouts_to_target"][0] > 0
+        assert o["generated"][0] >= (o["rollouts_to_target"][0] if o["never_reached"] == 0
+                                     else 0)
+        (seed,) = o["per_seed"]  # one seed: its figures are the row's
+        assert seed["generated"] == o["generated"][0]
+        assert seed["mean_accuracy"] == o["mean_accuracy"][0]
+    drop = next(o for o in rows if o["row"] == "default + dropping all-equal groups "
+                "(no refill)" and o["learner"] == "imbalanced")
+    plain = next(o for o in rows if o["row"] == "default (no sampler named)"
+                 and o["learner"] == "imbalanced")
+    assert drop["generated"] == plain["generated"]  # one batch a step, no refill
+    dynamic = next(o for o in rows if o["row"] == "default + dynamic sampling (refill)"
+                   and o["learner"] == "imbalanced")
+    assert dynamic["generated"][0] > plain["generated"][0]  # refills are counted
     targets = next(o for o in objects if "targets" in o)["targets"]
     assert set(targets["learners"]) == set(LEARNERS)
     text = (tmp_path / "learner_suite.md").read_text()

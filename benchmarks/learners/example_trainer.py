@@ -20,6 +20,7 @@ Needs torch (the `examples` extra); `benchmarks/suite.py --learners example_trai
 
 from __future__ import annotations
 
+import itertools
 import random
 import sys
 from dataclasses import dataclass
@@ -184,7 +185,7 @@ class ExampleTrainerLearner:
         rows = np.asarray(found, dtype=np.int64)
         bounds = np.cumsum([0] + [g.n for g, _ in self._pending])
         return [rows[(rows >= lo) & (rows < hi)] - lo
-                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+                for lo, hi in itertools.pairwise(bounds)]
 
     def accuracy(self) -> np.ndarray:
         """Greedy held-out accuracy per distribution, measured every EVAL_EVERY
