@@ -192,6 +192,26 @@ def test_latent_skills_transfer_follows_shared_skills_and_reorders_a_distributio
     assert np.corrcoef(lean, logit_gain[functions])[0, 1] > 0.5
 
 
+def test_interference_pulls_untrained_distributions_back() -> None:
+    """Training `algebra` alone raises it and lowers every other distribution by PULL
+    of its gain, so a distribution left out gets worse while the others learn."""
+    from learners.interference import PULL, InterferenceLearner
+
+    learner = InterferenceLearner(0)
+    before_skill = learner.skill.copy()
+    before = learner.accuracy()
+    p = learner.pass_rate()
+    algebra = np.flatnonzero((learner.dist_of == 1) & (p > 0.2) & (p < 0.8))
+    for _ in range(10):
+        learner.train(learner.rollout(algebra[:learner.batch]))
+    gain = learner.skill - before_skill
+    assert gain[1] > 0
+    others = np.arange(learner.num_distributions) != 1
+    np.testing.assert_allclose(gain[others], -PULL * gain[1])
+    after = learner.accuracy()
+    assert after[1] > before[1] and np.all(after[others] < before[others])
+
+
 def test_one_dataset_reduces_distribution_level_samplers_to_uniform() -> None:
     """With one distribution there is nothing to allocate: `dump_ucb` and
     `learning_progress` draw exactly what `uniform` draws (same curve, same rollouts),

@@ -8,6 +8,7 @@ from typing import Any
 from .base import Dist, Groups, GrpoLearner
 from .forgetting import ForgettingLearner
 from .imbalanced import ImbalancedLearner
+from .interference import InterferenceLearner
 from .latent_skills import LatentSkillsLearner
 from .memorization import MemorizationLearner
 from .one_dataset import OneDatasetLearner
@@ -17,7 +18,8 @@ from .tight_budget import TightBudgetLearner
 LEARNERS: dict[str, type[GrpoLearner]] = {
     cls.name: cls for cls in (ImbalancedLearner, PrerequisiteLearner, ForgettingLearner,
                               TightBudgetLearner, MemorizationLearner,
-                              LatentSkillsLearner, OneDatasetLearner)
+                              LatentSkillsLearner, OneDatasetLearner,
+                              InterferenceLearner)
 }
 #: Learners run only when named (`--learners`): the example trainer needs torch and
 #: about a minute per run.
@@ -40,6 +42,7 @@ __all__ = [
     "Groups",
     "GrpoLearner",
     "ImbalancedLearner",
+    "InterferenceLearner",
     "LatentSkillsLearner",
     "MemorizationLearner",
     "OneDatasetLearner",
