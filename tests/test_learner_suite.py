@@ -355,8 +355,8 @@ def test_example_trainer_trains_on_groups_of_several_rounds(
     trained = roll.take(rows)
     # The same rollouts as one round on the twin learner (same weights): rows 0 and 2 of
     # the first round, row 1 of the second.
-    one_round = module._select(merged._pending[0][1], np.array([0, 2]), merged.group)
-    other = module._select(merged._pending[1][1], np.array([1]), merged.group)
+    one_round = merged._pending[0][1].prompts([0, 2], merged.group)
+    other = merged._pending[1][1].prompts([1], merged.group)
     from trainer_examples.grpo import Rollouts
 
     # One batch pads every prompt to the widest on the left (positions come from the

@@ -43,6 +43,18 @@ class Rollouts:
     def size(self) -> int:
         return len(self.texts)
 
+    def prompts(self, rows: Sequence[int], group_size: int) -> Rollouts:
+        """The completions of the prompts at `rows` (each prompt's `group_size`
+        consecutive rows), in that order."""
+        take = [r * group_size + j for r in rows for j in range(group_size)]
+        return Rollouts(input_ids=self.input_ids[take],
+                        attention_mask=self.attention_mask[take],
+                        completion_mask=self.completion_mask[take],
+                        prompt_width=self.prompt_width,
+                        texts=[self.texts[i] for i in take],
+                        finished=[self.finished[i] for i in take],
+                        lengths=[self.lengths[i] for i in take])
+
 
 def completion_mask(new_tokens: Tensor, eos_id: int) -> Tensor:
     """1.0 on every generated token up to and including the first EOS, 0 after it."""

@@ -94,7 +94,7 @@ class Groups:
 
 class GrpoLearner:
     """A simulated GRPO learner; subclasses set the class attributes and override the
-    hooks (`logits`, `draw_outcomes`, `observe`, `after_step`)."""
+    hooks (`logits`, `draw_outcomes`, `observe`, `policy_step`, `after_step`)."""
 
     name: ClassVar[str] = "base"
     summary: ClassVar[str] = ""  # one line for the docs
@@ -188,9 +188,13 @@ class GrpoLearner:
         advantages used."""
         a = self.advantages(groups)
         if groups.n:
-            g = self.prompt_gradients(groups)
-            per_dist = np.bincount(self.dist_of[groups.indices], weights=g,
-                                   minlength=self.num_distributions) / groups.n
-            self.skill += self.lr * self.transfer @ per_dist
+            self.policy_step(groups, self.prompt_gradients(groups))
         self.after_step(groups)
         return a
+
+    def policy_step(self, groups: Groups, g: np.ndarray) -> None:
+        """Move the policy by the prompts' gradients `g` (mean over the trained prompts):
+        each distribution's skill by its prompts' share, spread by the transfer matrix."""
+        per_dist = np.bincount(self.dist_of[groups.indices], weights=g,
+                               minlength=self.num_distributions) / groups.n
+        self.skill += self.lr * self.transfer @ per_dist

@@ -42,6 +42,8 @@ DIM, LAYERS = 128, 3
 MAX_NEW_TOKENS = 6
 LR = 3e-4
 CLIP = 0.2
+NOT_THIS_STEP = ("the example trainer trains only on rounds it generated since its last "
+                 "step (the last rollout)")
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ class ExampleTrainerLearner:
         for (_, rollouts), rows in zip(self._pending, picks, strict=True):
             if rows.size == 0:
                 continue
-            part = _select(rollouts, rows, self.group)
+            part = rollouts.prompts(rows.tolist(), self.group)
             adv = torch.tensor(advantages[done:done + rows.size], dtype=torch.float32)
             done += rows.size
             with torch.no_grad():
@@ -167,8 +169,7 @@ class ExampleTrainerLearner:
         concatenated in order, of which `groups` is a subsequence (`Groups.take` of
         increasing rows, as the suite's runner does)."""
         if not self._pending:
-            raise ValueError("the example trainer trains only on rounds it generated since "
-                             "its last step (the last rollout)")
+            raise ValueError(NOT_THIS_STEP)
         if groups.n == 0:
             return [np.zeros(0, dtype=np.int64) for _ in self._pending]
         flat = Groups.concat([g for g, _ in self._pending])
@@ -178,8 +179,7 @@ class ExampleTrainerLearner:
                     flat.outcomes[at], groups.outcomes[i])):
                 at += 1
             if at == flat.n:
-                raise ValueError("the example trainer trains only on rounds it generated "
-                                 "since its last step (the last rollout)")
+                raise ValueError(NOT_THIS_STEP)
             found.append(at)
             at += 1
         rows = np.asarray(found, dtype=np.int64)
@@ -197,17 +197,3 @@ class ExampleTrainerLearner:
             self._accuracy = np.array([result.accuracy[name] for name in self.names])
         return self._accuracy
 
-
-def _select(rollouts: Any, rows: np.ndarray, group: int) -> Any:
-    """The rollouts of the prompts at `rows` (each prompt's `group` consecutive rows)."""
-    from trainer_examples.grpo import Rollouts
-
-    flat = (rows[:, None] * group + np.arange(group)[None, :]).ravel()
-    take = flat.tolist()
-    return Rollouts(input_ids=rollouts.input_ids[take],
-                    attention_mask=rollouts.attention_mask[take],
-                    completion_mask=rollouts.completion_mask[take],
-                    prompt_width=rollouts.prompt_width,
-                    texts=[rollouts.texts[i] for i in take],
-                    finished=[rollouts.finished[i] for i in take],
-                    lengths=[rollouts.lengths[i] for i in take])

@@ -83,22 +83,21 @@ class LatentSkillsLearner(GrpoLearner):
         alpha = CONCENTRATION * mixes[dist] + 0.05
         return _dirichlet_rows(rng, alpha)
 
+    def _logits(self, loadings: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
+        """Correctness logit SCALE · w·θ − δ of prompts with `loadings` and `difficulty`."""
+        return np.asarray(SCALE * (loadings @ self.theta) - difficulty)
+
     def pass_rate(self, indices: np.ndarray | None = None) -> np.ndarray:
         idx = np.arange(self.num_samples) if indices is None else np.asarray(indices)
-        logit = SCALE * (self.loadings[idx] @ self.theta) - self.difficulty[idx]
-        return sigmoid(logit)
+        return sigmoid(self._logits(self.loadings[idx], self.difficulty[idx]))
 
     def accuracy(self) -> np.ndarray:
-        logit = SCALE * (self.eval_loadings @ self.theta) - self.eval_difficulty
-        return np.asarray(sigmoid(logit).mean(axis=1))
+        return np.asarray(sigmoid(self._logits(self.eval_loadings, self.eval_difficulty))
+                          .mean(axis=1))
 
-    def train(self, groups: Groups) -> np.ndarray:
-        a = self.advantages(groups)
-        if groups.n:
-            g = self.prompt_gradients(groups)
-            self.theta += self.lr * SCALE * (g @ self.loadings[groups.indices]) / groups.n
-        self.after_step(groups)
-        return a
+    def policy_step(self, groups: Groups, g: np.ndarray) -> None:
+        """θ moves along the trained prompts' loadings (d logit / d θ = SCALE · w)."""
+        self.theta += self.lr * SCALE * (g @ self.loadings[groups.indices]) / groups.n
 
 
 def _dirichlet_rows(rng: np.random.Generator, alpha: np.ndarray) -> np.ndarray:

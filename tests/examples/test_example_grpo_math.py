@@ -122,6 +122,23 @@ def test_generate_groups_and_logprobs_line_up() -> None:
     assert bool((logp[rollouts.completion_mask == 0] == 0).all())
 
 
+def test_rollouts_of_some_prompts_keep_each_group_together() -> None:
+    torch.manual_seed(0)
+    model = TinyModel(torch.device("cpu"), dim=32, layers=1, heads=2)
+    rollouts = generate(model, ["3+4=", "T&F=", "12+9="], group_size=2, max_new_tokens=4)
+    picked = rollouts.prompts([2, 0], group_size=2)
+    rows = [4, 5, 0, 1]  # prompt 2's group, then prompt 0's
+    assert picked.size == 4 and picked.prompt_width == rollouts.prompt_width
+    assert torch.equal(picked.input_ids, rollouts.input_ids[rows])
+    assert torch.equal(picked.attention_mask, rollouts.attention_mask[rows])
+    assert torch.equal(picked.completion_mask, rollouts.completion_mask[rows])
+    assert picked.texts == [rollouts.texts[r] for r in rows]
+    assert picked.finished == [rollouts.finished[r] for r in rows]
+    assert picked.lengths == [rollouts.lengths[r] for r in rows]
+    torch.testing.assert_close(completion_logprobs(model, picked),
+                               completion_logprobs(model, rollouts)[rows])
+
+
 def test_supervised_loss_falls_when_fitting_one_batch() -> None:
     torch.manual_seed(0)
     model = TinyModel(torch.device("cpu"), dim=32, layers=1, heads=2)
