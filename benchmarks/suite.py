@@ -41,8 +41,9 @@ Prints one JSON object per (learner, row) and the markdown tables; with --out wr
 `learner_suite.md` and `learner_suite.png` there (`learner_suite_secondary.*` with
 `--secondary`).
 
-    nice -n 10 python benchmarks/suite.py [--seeds 3] [--jobs 2] [--steps-scale 1.0]
-        [--learners NAME ...] [--only ROW ...] [--secondary W] [--quick] [--out docs]
+    nice -n 10 python benchmarks/suite.py [--seeds 3] [--first-seed 0] [--jobs 2]
+        [--steps-scale 1.0] [--learners NAME ...] [--only ROW ...] [--secondary W]
+        [--quick] [--out docs]
 """
 
 from __future__ import annotations
@@ -579,6 +580,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds FIRST .. FIRST + SEEDS - 1 (more seeds for a saved run)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--steps-scale", type=float, default=1.0,
                         help="multiply every learner's step budget")
@@ -611,7 +614,8 @@ def main(argv: list[str] | None = None) -> None:
                               "registered"}), flush=True)
     selected = [r for r in selected if r.needs is None or r.needs in registered]
     jobs = [(r.name, name, seed, args.steps_scale, args.secondary) for name in args.learners
-            for r in selected if runs_on(r, name) for seed in range(args.seeds)]
+            for r in selected if runs_on(r, name)
+            for seed in range(args.first_seed, args.first_seed + args.seeds)]
     start = time.perf_counter()
     if args.jobs > 1:
         with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
@@ -648,8 +652,9 @@ def main(argv: list[str] | None = None) -> None:
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     command = (f"nice -n 10 python benchmarks/suite.py --seeds {args.seeds} "
-               f"--jobs {args.jobs}" + (f" --steps-scale {args.steps_scale}"
-                                         if args.steps_scale != 1.0 else "")
+               f"--jobs {args.jobs}"
+               + (f" --first-seed {args.first_seed}" if args.first_seed else "")
+               + (f" --steps-scale {args.steps_scale}" if args.steps_scale != 1.0 else "")
                + (f" --secondary {args.secondary}" if args.secondary is not None else ""))
     stem = "learner_suite" if args.secondary is None else "learner_suite_secondary"
     told = ("" if args.secondary is None else

@@ -161,7 +161,7 @@ def test_the_expected_ranking_reads_the_shifted_posterior() -> None:
     # Index 0 went 4 of 8 at d0's flat level; after d0 climbs it is expected to pass
     # ~0.9 and no longer promises the most signal. A fresh 4-of-8 prompt does.
     e = engine(sizes=(40,), prior_strength=4.0, pool_gamma=1.0, allocation="none",
-               revisit_drift=False)
+               revisit_drift=False, revisit_discount=1.0)
     e.apply(report(e.spec, [0], np.r_[np.ones(4), np.zeros(4)][None, :]))
     climb(e, 1, 16)
     e.apply(report(e.spec, [20], np.r_[np.ones(4), np.zeros(4)][None, :], step=2))
@@ -174,7 +174,7 @@ def test_the_expected_ranking_reads_the_shifted_posterior() -> None:
     assert scores[1] > scores[0]
     # Without the shift the stale leaf is read: index 0 still looks as good as when seen.
     plain = engine(sizes=(40,), prior_strength=4.0, pool_gamma=1.0, allocation="none",
-                   level_shift=False, revisit_drift=False)
+                   level_shift=False, revisit_drift=False, revisit_discount=1.0)
     plain.apply(report(plain.spec, [0], np.r_[np.ones(4), np.zeros(4)][None, :]))
     leaf_then = float(plain.state.sampler.tree.leaves[0, 0])
     climb(plain, 1, 16)
@@ -272,13 +272,75 @@ def test_informative_revisits_beat_unseen_prompts() -> None:
 
     def share_informative(ranking: str) -> float:
         e = engine(sizes=(1000,), batch_size=2, ranking=ranking, allocation="none",
-                   candidates=2.0)
+                   candidates=2.0, revisit_discount=1.0)
         e.apply(report(e.spec, np.arange(8), rewards))
         picked = np.concatenate([e.next_batch("r", s).indices for s in range(1, 21)])
         return float((picked < 4).mean())
 
     assert share_informative("expected") > 0.85
     assert share_informative("thompson") < 0.85
+
+
+def test_revisit_discount_by_hand() -> None:
+    """Every report that includes a prompt counts one visit (twice in one report: two);
+    a seen prompt's ranking score and its tree leaf are its expected score times ρ^v,
+    an unseen prompt's is its prior's, undiscounted."""
+    rho = 0.5
+    e = engine(sizes=(40,), revisit_discount=rho)
+    half = np.r_[np.ones(4), np.zeros(4)]
+    e.apply(report(e.spec, [3, 5], np.stack([half, half])))
+    e.apply(report(e.spec, [3, 3], np.stack([half, half]), step=1))
+    sampler, state = sampler_of(e), e.state.sampler
+    assert state.visits[[3, 5, 7]].tolist() == [3, 1, 0]
+    candidates = np.array([3, 5, 7])
+    a, b = sampler.posterior(state, candidates)
+    expected = sampler.expected_score(a, b)
+    score = sampler._scores(state, candidates, np.zeros(3, dtype=np.int64),
+                            np.array([True, True, False]), np.random.default_rng(0))
+    np.testing.assert_allclose(score, [expected[0] * rho**3, expected[1] * rho, expected[2]],
+                               rtol=1e-6)
+    # The leaf of prompt 3 was written at its last report (same posterior: nothing moved
+    # since), discounted by its three visits.
+    assert state.tree.leaves[0, 3] == pytest.approx(expected[0] * rho**3, rel=1e-5)
+    # rho = 1 (no discount): the same prompts score their expectation.
+    plain = engine(sizes=(40,), revisit_discount=1.0)
+    plain.apply(report(plain.spec, [3, 5], np.stack([half, half])))
+    plain.apply(report(plain.spec, [3, 3], np.stack([half, half]), step=1))
+    np.testing.assert_allclose(sampler_of(plain).novelty(plain.state.sampler, candidates), 1.0)
+
+
+def test_revisit_discount_spreads_the_batch_over_more_prompts() -> None:
+    """Four informative prompts (4/8) among 1 000: without a discount they fill every
+    batch; with one, unseen prompts come in once the informative ones have been
+    revisited a few times, and the run trains on many more distinct prompts."""
+    rewards = np.zeros((8, 8))
+    rewards[:4, :4] = 1.0
+    rewards[4:] = 1.0
+
+    def picks(rho: float) -> np.ndarray:
+        e = engine(sizes=(1000,), batch_size=4, allocation="none", revisit_discount=rho)
+        e.apply(report(e.spec, np.arange(8), rewards))
+        out = []
+        for step in range(1, 21):
+            batch = e.next_batch("r", step).indices
+            out.append(batch)
+            informative = np.isin(batch, np.arange(4))
+            group = np.zeros((batch.size, 8))
+            group[informative, :4] = 1.0  # the informative ones stay at 4/8
+            e.apply(report(e.spec, batch, group, step=step))
+        return np.concatenate(out)
+
+    free, discounted = picks(1.0), picks(0.5)
+    assert (free < 4).mean() > 0.9
+    assert (discounted < 4).mean() < 0.5
+    assert np.unique(discounted).size > 3 * np.unique(free).size
+
+
+def test_visits_saturate() -> None:
+    e = engine(sizes=(10,), batch_size=2, revisit_discount=0.9)
+    for step in range(130):
+        e.apply(report(e.spec, [1, 1], np.zeros((2, 4)), step=step))
+    assert e.state.sampler.visits[1] == 255 and e.state.sampler.visits.dtype == np.uint8
 
 
 def test_one_visit_moves_the_estimate_far_more_than_a_flat_prior() -> None:
@@ -390,6 +452,9 @@ def test_state_round_trip_exact(params: dict[str, Any]) -> None:
     ({"temperature": 1.0}, "unknown"),
     ({"level_shift": "yes"}, "level_shift"),
     ({"revisit_drift": 1}, "revisit_drift"),
+    ({"revisit_discount": 0}, "revisit_discount"),
+    ({"revisit_discount": 1.5}, "revisit_discount"),
+    ({"revisit_discount": -0.2}, "revisit_discount"),
 ])
 def test_bad_params_are_invalid_params(params: dict[str, Any], fragment: str) -> None:
     with pytest.raises(InvalidParams, match=fragment):

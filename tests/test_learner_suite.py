@@ -539,3 +539,54 @@ def test_secondary_weight_is_checked() -> None:
                            "--secondary", "1.5", "--quick"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2 and "0 < W < 1" in done.stderr
+
+
+def test_overfitting_revisits_teach_the_distribution_less() -> None:
+    """A prompt's k-th step sends 1 / (1 + k / HALF) of its gradient to its
+    distribution's skill and the rest to its own memory: the same groups trained again
+    move the skill less each time, the prompts themselves get easier, and held-out
+    accuracy follows the skill alone."""
+    from learners.overfitting import HALF, OverfittingLearner
+
+    learner = OverfittingLearner(0)
+    p = learner.pass_rate()
+    chosen = np.flatnonzero((learner.dist_of == 0) & (p > 0.3) & (p < 0.7))[:16]
+    assert chosen.size == 16
+    outcomes = np.tile(np.r_[np.ones(4), np.zeros(4)], (16, 1))
+
+    def groups() -> Groups:
+        return Groups(chosen, outcomes, outcomes.copy(), learner.pass_rate(chosen))
+
+    steps = []
+    for k in range(3):
+        share = learner.transferred(chosen)
+        np.testing.assert_allclose(share, 1.0 / (1.0 + k / HALF))
+        g = learner.prompt_gradients(groups())
+        skill, memory = learner.skill.copy(), learner.memory[chosen].copy()
+        learner.train(groups())
+        steps.append(learner.skill[0] - skill[0])
+        np.testing.assert_allclose(steps[-1], learner.lr * np.mean(g * share))
+        np.testing.assert_allclose(learner.memory[chosen] - memory,
+                                   learner.lr * g * (1.0 - share))
+    assert steps[0] > steps[1] > steps[2] > 0
+    assert np.all(learner.visits[chosen] == 3)
+    fresh = OverfittingLearner(0)
+    fresh.skill = learner.skill.copy()
+    np.testing.assert_allclose(learner.accuracy(), fresh.accuracy())
+    assert np.all(learner.pass_rate(chosen) > fresh.pass_rate(chosen))
+
+
+def test_first_seed_runs_the_seeds_after_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--first-seed F --seeds S` runs seeds F .. F + S - 1 (more seeds for a saved run),
+    each exactly as `run` gives it."""
+    import suite
+
+    suite.main(["--learners", "imbalanced", "--only", "uniform", "--seeds", "2",
+                "--first-seed", "3", "--steps-scale", "0.02", "--jobs", "1"])
+    line = next(json.loads(x) for x in capsys.readouterr().out.splitlines()
+                if x.startswith('{"learner"'))
+    row = next(r for r in suite.rows() if r.name == "uniform")
+    want = [suite.run(row, "imbalanced", seed, 0.02) for seed in (3, 4)]
+    assert [s["mean_accuracy"] for s in line["per_seed"]] == [w["mean_accuracy"]
+                                                              for w in want]
+    assert want[0]["mean_accuracy"] != suite.run(row, "imbalanced", 0, 0.02)["mean_accuracy"]

@@ -174,25 +174,36 @@ def test_snapshots_of_the_previous_release_load(name: str) -> None:
     assert engine.clock == meta["clock"] + 1
 
 
-def test_a_learnability_snapshot_of_the_previous_release_migrates() -> None:
-    """Version 1 (no `anchor`, no drift sums) -> 2: every array the old release wrote is
-    kept bit for bit, each prompt's anchor is its distribution's level as stored and the
-    drift starts at zero (so no estimate moves until the prompt is reported again), and
-    the curriculum goes on."""
-    folder = FIXTURES.parent / "snapshots_learnability_v1"
+def load_old_learnability(folder_name: str) -> tuple[dict[str, Any], CurriculumEngine,
+                                                      dict[str, np.ndarray],
+                                                      dict[str, np.ndarray]]:
+    """(meta, engine, old sampler arrays, migrated sampler arrays) of a fixture written
+    by an earlier release: the engine loads its bytes through the migration."""
+    folder = FIXTURES.parent / folder_name
     data = (folder / "learnability.npz").read_bytes()
     meta = json.loads((folder / "learnability.json").read_text())
-    curriculum = CurriculumSpec.from_dict(meta["spec"])
     old = load_npz(load_npz(data)["sampler"].tobytes())
-    assert int(old[VERSION_KEY]) == 1 and "anchor" not in old
-    engine = CurriculumEngine.from_bytes(curriculum, data)
+    engine = CurriculumEngine.from_bytes(CurriculumSpec.from_dict(meta["spec"]), data)
     new = load_npz(load_npz(engine.to_bytes())["sampler"].tobytes())
-    assert int(new[VERSION_KEY]) == 2
-    assert new.keys() - old.keys() == {"anchor", "drift_residual", "drift_information"}
-    assert not new["drift_residual"].any() and not new["drift_information"].any()
-    for field, array in old.items():
+    for field, array in old.items():  # every array the old release wrote, bit for bit
         if field != VERSION_KEY:
             assert new[field].dtype == array.dtype and new[field].tobytes() == array.tobytes()
+    return meta, engine, old, new
+
+
+def test_a_learnability_snapshot_of_an_older_release_migrates() -> None:
+    """Version 1 (no `anchor`, no drift sums, no visits) -> 3: every array the old release
+    wrote is kept bit for bit, each prompt's anchor is its distribution's level as stored
+    and the drift starts at zero (so no estimate moves until the prompt is reported
+    again), a seen prompt counts one visit, and the curriculum goes on."""
+    meta, engine, old, new = load_old_learnability("snapshots_learnability_v1")
+    curriculum = engine.spec
+    assert int(old[VERSION_KEY]) == 1 and "anchor" not in old
+    assert int(new[VERSION_KEY]) == 3
+    assert new.keys() - old.keys() == {"anchor", "drift_residual", "drift_information",
+                                       "visits"}
+    assert not new["drift_residual"].any() and not new["drift_information"].any()
+    assert np.array_equal(new["visits"], (old["successes"] + old["failures"] > 0))
     sampler = engine.sampler
     state = engine.state.sampler
     level = np.log(sampler.pooled_mean(state) / (1 - sampler.pooled_mean(state)))
@@ -210,6 +221,27 @@ def test_a_learnability_snapshot_of_the_previous_release_migrates() -> None:
     rewards = np.ones((batch.indices.size, 4, 1))
     engine.apply(report(engine.spec, batch.indices, rewards, step=meta["clock"]))
     assert engine.clock == meta["clock"] + 1
+
+
+def test_a_learnability_snapshot_of_the_previous_release_migrates() -> None:
+    """Version 2 (no `visits`) -> 3: every array the previous release wrote is kept bit
+    for bit, a prompt with evidence counts one visit (how many it had was not stored) and
+    an unseen one none, and the curriculum goes on: its next batch discounts the seen
+    prompts by one visit."""
+    meta, engine, old, new = load_old_learnability("snapshots_learnability_v2")
+    assert int(old[VERSION_KEY]) == 2 and "visits" not in old
+    assert int(new[VERSION_KEY]) == 3 and new.keys() - old.keys() == {"visits"}
+    seen = old["successes"] + old["failures"] > 0
+    assert 0 < seen.sum() < seen.size
+    assert new["visits"].dtype == np.uint8 and np.array_equal(new["visits"], seen)
+    sampler, state = engine.sampler, engine.state.sampler
+    rho = sampler.params.revisit_discount
+    np.testing.assert_allclose(sampler.novelty(state, np.flatnonzero(seen)), rho)
+    batch = engine.next_batch("run", meta["clock"])
+    rewards = np.ones((batch.indices.size, 4, 1))
+    engine.apply(report(engine.spec, batch.indices, rewards, step=meta["clock"]))
+    assert engine.clock == meta["clock"] + 1
+    assert np.all(engine.state.sampler.visits[batch.indices] >= 1)
 
 
 # ---------------------------------------------------------------- a state that gains a field

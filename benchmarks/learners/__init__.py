@@ -12,6 +12,7 @@ from .interference import InterferenceLearner
 from .latent_skills import LatentSkillsLearner
 from .memorization import MemorizationLearner
 from .one_dataset import OneDatasetLearner
+from .overfitting import OverfittingLearner
 from .prerequisite import PrerequisiteLearner
 from .tight_budget import TightBudgetLearner
 
@@ -19,7 +20,7 @@ LEARNERS: dict[str, type[GrpoLearner]] = {
     cls.name: cls for cls in (ImbalancedLearner, PrerequisiteLearner, ForgettingLearner,
                               TightBudgetLearner, MemorizationLearner,
                               LatentSkillsLearner, OneDatasetLearner,
-                              InterferenceLearner)
+                              InterferenceLearner, OverfittingLearner)
 }
 #: Learners run only when named (`--learners`): the example trainer needs torch and
 #: about a minute per run.
@@ -46,6 +47,7 @@ __all__ = [
     "LatentSkillsLearner",
     "MemorizationLearner",
     "OneDatasetLearner",
+    "OverfittingLearner",
     "PrerequisiteLearner",
     "TightBudgetLearner",
     "learner_class",

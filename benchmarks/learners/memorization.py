@@ -36,7 +36,21 @@ class BimodalDist(Dist):
         return np.asarray(values + mode)  # ±inf (trivial, never solvable) stay as they are
 
 
-class MemorizationLearner(GrpoLearner):
+class PromptMemoryLearner(GrpoLearner):
+    """A learner whose prompts carry their own memory M_x in the logit (0 at the start):
+    what a step teaches one prompt and not its distribution. Held-out prompts have none."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.memory = np.zeros(self.num_samples, dtype=np.float64)
+
+    def pass_rate(self, indices: np.ndarray | None = None) -> np.ndarray:
+        idx = np.arange(self.num_samples) if indices is None else np.asarray(indices)
+        logit = self.logits(self.dist_of[idx], self.difficulty[idx]) + self.memory[idx]
+        return sigmoid(logit)
+
+
+class MemorizationLearner(PromptMemoryLearner):
     name = "memorization"
     summary = ("5 distributions, sizes 4000 to 250 (16:1), trained prompts memorised "
                "(easier than their distribution), bimodal difficulty, binary, G = 8, "
@@ -57,15 +71,6 @@ class MemorizationLearner(GrpoLearner):
     target = 0.75
     lr = 1.5
     std_normalised = True
-
-    def __init__(self, seed: int) -> None:
-        super().__init__(seed)
-        self.memory = np.zeros(self.num_samples, dtype=np.float64)
-
-    def pass_rate(self, indices: np.ndarray | None = None) -> np.ndarray:
-        idx = np.arange(self.num_samples) if indices is None else np.asarray(indices)
-        logit = self.logits(self.dist_of[idx], self.difficulty[idx]) + self.memory[idx]
-        return sigmoid(logit)
 
     def after_step(self, trained: Groups) -> None:
         if trained.n:
