@@ -149,8 +149,10 @@ def solved_half(sampler: Any, visits: int, zero_variance: Any = True,
     # learnability already ranks solved prompts last; a band that wants them shows
     # skipping acting on top of its own choice (c = 2 candidates per slot: with more,
     # a rejected solved prompt is mostly replaced by another solved one, as the band
-    # asks, and the share below moves less).
-    {"kind": "learnability", "params": {"band": [0.7, 1.0], "candidates": 2.0}}])
+    # asks, and the share below moves less; no revisit discount, which would rank the
+    # thrice-seen solved prompts below the unseen ones by itself).
+    {"kind": "learnability", "params": {"band": [0.7, 1.0], "candidates": 2.0,
+                                        "revisit_discount": 1.0}}])
 @pytest.mark.parametrize("visits", [1, 2, 3])
 def test_skipping_triggers_at_the_defaults_within_three_visits(sampler: Any,
                                                                visits: int) -> None:
