@@ -610,7 +610,8 @@ def test_explanations_name_the_allocation_and_the_posterior(allocation: str) -> 
 
 
 @pytest.mark.parametrize("params", [{"band": [0.8, 0.2]}, {"success_threshold": 2.0},
-                                    {"no_such_param": 1}])
+                                    {"no_such_param": 1},
+                                    {"revisit_discount": 0.0}, {"revisit_discount": 1.2}])
 def test_bad_params_over_rest_are_422_and_create_nothing(tmp_path: Any,
                                                          params: dict[str, Any]) -> None:
     from api_support import make_client
