@@ -438,8 +438,9 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         to stand at its distribution's current level, so nothing moves until the prompt
         is reported again (the estimates it had before the upgrade), and the drift
         starts at zero. Version 2 (no `visits`) -> 3: a prompt with evidence counts one
-        visit (how many it had is not stored; the discount of its next revisit is then
-        the smallest a revisit gets), an unseen one none. O(N) once. Other versions:
+        visit (how many it had is not stored: it is discounted as a prompt seen once, the
+        least a revisit is), an unseen one none; the tree's leaves keep their values until
+        the prompt is reported again (they only weight candidate draws). O(N) once. Other versions:
         replay (the default)."""
         needed = {"pool_successes", "pool_trials", "successes", "failures"}
         if old_version not in (1, 2) or not needed <= arrays.keys():
@@ -618,9 +619,10 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
                 was_seen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Each candidate's ranking score. Expected ranking: an unseen prompt is worth
         its distribution's current prior expectation, a seen one its posterior's
-        expected score now (level shift and revisit drift included); with both of them
-        off, what its tree leaf holds (the expected score when it was last reported:
-        the leaf the descent just reached, no random reads in the N-sized arrays)."""
+        expected score now (level shift and revisit drift included) times ρ^visits; with
+        the shift and the drift off, what its tree leaf holds (the discounted expected
+        score when it was last reported: the leaf the descent just reached, no random
+        reads in the N-sized arrays)."""
         seen = np.flatnonzero(was_seen)
         if self.params.ranking == "thompson":
             a, b = self.posterior(state, candidates, owners)
