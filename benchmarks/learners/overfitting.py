@@ -1,5 +1,5 @@
 """`overfitting`: a prompt trained again teaches its distribution less each time (model:
-ours, on `base.GrpoLearner`).
+ours, on `memorization.PromptMemoryLearner`).
 
 The example trainer showed what none of the first eight learners has: the default,
 which revisits the prompts its posterior finds informative (59–92 % of its picks were
