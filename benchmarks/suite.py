@@ -88,6 +88,8 @@ VISITED_ORACLE = "oracle, visited prompts only (true p once trained on)"
 THOMPSON = "learnability + dump_ucb allocation, Thompson ranking"
 #: The default without the two terms that move seen prompts' estimates (ablation).
 STATIC = "learnability + dump_ucb allocation, no level shift or revisit drift"
+#: The default with half of the allocation's shares by estimated failure rate (opt-in).
+GAP_SHARE = "learnability + dump_ucb allocation, gap_share 0.5"
 DEFAULT = "default (no sampler named)"
 #: The trainer drops the groups whose rewards all agree and trains on the rest, without
 #: refilling (`dynamic_step(..., max_parts=0)`; DAPO's filter on Paceline's batch).
@@ -309,6 +311,9 @@ def rows() -> list[Row]:
                     paceline({"kind": "learnability", "allocation": "dump_ucb",
                               "level_shift": False, "revisit_drift": False}),
                     needs="learnability"))
+    ours.append(Row(GAP_SHARE, "Paceline",
+                    paceline({"kind": "learnability", "allocation": "dump_ucb",
+                              "gap_share": 0.5}), needs="learnability"))
     ours.append(Row(DEFAULT, "Paceline", paceline(None)))
     ours.append(Row(DROP, "Paceline", paceline(None), 1))
     ours.append(Row(DYNAMIC, "Paceline", paceline(None), dynamic=True))

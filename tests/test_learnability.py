@@ -455,6 +455,9 @@ def test_state_round_trip_exact(params: dict[str, Any]) -> None:
     ({"revisit_discount": 0}, "revisit_discount"),
     ({"revisit_discount": 1.5}, "revisit_discount"),
     ({"revisit_discount": -0.2}, "revisit_discount"),
+    ({"gap_share": -0.1}, "gap_share"),
+    ({"gap_share": 1.5}, "gap_share"),
+    ({"allocation": "none", "gap_share": 0.5}, "gap_share"),
 ])
 def test_bad_params_are_invalid_params(params: dict[str, Any], fragment: str) -> None:
     with pytest.raises(InvalidParams, match=fragment):
@@ -611,7 +614,8 @@ def test_explanations_name_the_allocation_and_the_posterior(allocation: str) -> 
 
 @pytest.mark.parametrize("params", [{"band": [0.8, 0.2]}, {"success_threshold": 2.0},
                                     {"no_such_param": 1},
-                                    {"revisit_discount": 0.0}, {"revisit_discount": 1.2}])
+                                    {"revisit_discount": 0.0}, {"revisit_discount": 1.2},
+                                    {"gap_share": 2.0}])
 def test_bad_params_over_rest_are_422_and_create_nothing(tmp_path: Any,
                                                          params: dict[str, Any]) -> None:
     from api_support import make_client
@@ -643,3 +647,62 @@ def test_descents_in_chunks_give_the_same_batch(monkeypatch: pytest.MonkeyPatch)
     whole = batches()
     monkeypatch.setattr(module, "DESCENT_CHUNK", 3)
     assert batches() == whole
+
+
+def _half_solved_and_failing(e: CurriculumEngine) -> None:
+    """d0 (0-49): every prompt passes 4 of 8 (large |A|); d1 (50-99): every prompt fails."""
+    rewards = np.zeros((100, 8))
+    rewards[:50, :4] = 1.0
+    e.apply(report(e.spec, np.arange(100), rewards))
+
+
+def test_gap_share_by_hand() -> None:
+    """P = (1 - ε) P_alloc + ε (1 - μ) / Σ (1 - μ); ε = 0 is the allocator's P exactly."""
+    lr = {"allocation": "largest_remainder"}
+    plain = engine(sizes=(50, 50), batch_size=20, allocation_params=lr)
+    mixed = engine(sizes=(50, 50), batch_size=20, allocation_params=lr, gap_share=0.5)
+    for e in (plain, mixed):
+        _half_solved_and_failing(e)
+    s = sampler_of(mixed)
+    state = mixed.state.sampler
+    assert state.dump is not None and plain.state.sampler.dump is not None
+    allocator = sampler_of(plain).allocator
+    assert allocator is not None
+    ctx = plain._propose_context(1, np.ones(1))
+    dump = allocator.probabilities(plain.state.sampler.dump, ctx)
+    np.testing.assert_array_equal(plain.next_batch("r", 1).probabilities, dump)
+    mu = s.pooled_mean(state)
+    np.testing.assert_allclose(mu, [(200 + 1) / (400 + 2), 1 / (400 + 2)])
+    gap = (1 - mu) / (1 - mu).sum()
+    np.testing.assert_allclose(s.gap_shares(state), gap)
+    batch = mixed.next_batch("r", 1)
+    np.testing.assert_allclose(batch.probabilities, 0.5 * dump + 0.5 * gap)
+    # The failing distribution: almost nothing from the allocator (its groups carry no
+    # advantage), about a third of the batch with the gap share.
+    assert dump[1] < 0.01
+    assert batch.probabilities[1] > 0.3
+    assert np.count_nonzero(batch.indices >= 50) >= np.floor(batch.probabilities[1] * 20)
+    details = mixed.inspect().sampler
+    np.testing.assert_allclose(details["gap_shares"], gap)
+
+
+def test_gap_share_mixes_into_learning_progress_allocation_too() -> None:
+    e = engine(sizes=(50, 50), batch_size=20, allocation="learning_progress",
+               gap_share=1.0)
+    _half_solved_and_failing(e)
+    s = sampler_of(e)
+    np.testing.assert_allclose(e.next_batch("r", 1).probabilities,
+                               s.gap_shares(e.state.sampler))
+
+
+def test_gap_share_is_explained() -> None:
+    e = engine(sizes=(50, 50), batch_size=20, gap_share=0.25)
+    _half_solved_and_failing(e)
+    reasons = sampler_of(e).explain(e.state.sampler, e._propose_context(1, np.ones(1)))
+    assert all("0.25 of the shares follow the estimated failure rates" in r.clause
+               for r in reasons)
+    assert reasons[1].terms["gap_weight"] > reasons[0].terms["gap_weight"]
+    off = engine(sizes=(50, 50), batch_size=20)
+    _half_solved_and_failing(off)
+    quiet = sampler_of(off).explain(off.state.sampler, off._propose_context(1, np.ones(1)))
+    assert not any("failure rates" in r.clause for r in quiet)
