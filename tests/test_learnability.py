@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from paceline_server.domain import InvalidParams
 from paceline_server.engine import CurriculumEngine
@@ -706,3 +708,26 @@ def test_gap_share_is_explained() -> None:
     _half_solved_and_failing(off)
     quiet = sampler_of(off).explain(off.state.sampler, off._propose_context(1, np.ones(1)))
     assert not any("failure rates" in r.clause for r in quiet)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(6, 30), min_size=1, max_size=5),
+       share=st.floats(0.0, 1.0), seed=st.integers(0, 2**16),
+       allocation=st.sampled_from(["dump_ucb", "learning_progress"]))
+def test_gap_share_keeps_every_distribution_its_part(sizes: list[int], share: float,
+                                                      seed: int, allocation: str) -> None:
+    """Whatever was reported: the shares sum to 1, every distribution keeps at least
+    ε (1 - μ_d) / Σ (1 - μ) of them, and the batch has its size."""
+    e = engine(sizes=tuple(sizes), batch_size=6, allocation=allocation, gap_share=share,
+               seed=seed)
+    rng = np.random.default_rng(seed)
+    for step in range(3):
+        batch = e.next_batch("r", step)
+        assert batch.indices.size == 6
+        p = rng.random(batch.indices.size)
+        rewards = (rng.random((batch.indices.size, 4)) < p[:, None]).astype(float)
+        e.apply(report(e.spec, batch.indices, rewards, step=step))
+    probabilities = e.next_batch("r", 3).probabilities
+    assert probabilities.sum() == pytest.approx(1.0)
+    floor = share * sampler_of(e).gap_shares(e.state.sampler)
+    assert np.all(probabilities >= floor - 1e-12)
