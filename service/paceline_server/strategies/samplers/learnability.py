@@ -805,10 +805,10 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
             terms: dict[str, float | None] = {
                 "pooled_pass_rate": float(mu[d]), "prior_strength": float(kappa[d]),
                 "unseen": float(state.unseen[d]), "score_mass": mass,
-                "mass_share": mass / total if total > 0 else None,
-                "gap_share": share, "gap_weight": float(gaps[d])}
+                "mass_share": mass / total if total > 0 else None}
             gap = ""
             if share > 0:
+                terms.update(gap_share=share, gap_weight=float(gaps[d]))
                 gap = (f"; {number(share)} of the shares follow the estimated failure "
                        f"rates 1 - pooled pass rate, of which it gets {number(float(gaps[d]))}")
             moved = ""
