@@ -550,8 +550,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         return prefix, seen, state.unseen * prior
 
     def probabilities(self, state: LearnabilityState, ctx: ProposeContext) -> np.ndarray:
-        _, seen, unseen = self._masses(state)
-        return self._shares(state, seen, unseen, ctx)
+        return self._shares(state, ctx)
 
     def gap_shares(self, state: LearnabilityState) -> np.ndarray:
         """(1 - μ_d) / Σ (1 - μ): each distribution's estimated failure rate, normalised.
@@ -560,13 +559,18 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         gap = 1.0 - self.pooled_mean(state)
         return np.asarray(gap / gap.sum())
 
-    def _shares(self, state: LearnabilityState, seen: np.ndarray, unseen: np.ndarray,
-                ctx: ProposeContext) -> np.ndarray:
+    def _shares(self, state: LearnabilityState, ctx: ProposeContext,
+                mass: np.ndarray | None = None) -> np.ndarray:
         """Each distribution's share: of the batch with an allocation (the allocator's
         probabilities, `gap_share` of them replaced by the gap shares), of the
-        candidates without one (the score mass)."""
+        candidates without one (the score mass: `mass` when the caller has it, else
+        read from the tree; an allocation does not need it, which keeps the tree out of
+        `progress`, run at every report)."""
         if self.allocator is None:
-            return _shares(seen + unseen, self.layout.sizes)
+            if mass is None:
+                _, seen, unseen = self._masses(state)
+                mass = seen + unseen
+            return _shares(mass, self.layout.sizes)
         base = self.allocator.probabilities(self._allocator_state(state), ctx)
         share = self.params.gap_share
         if share == 0.0:
@@ -619,7 +623,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
                 ctx: ProposeContext) -> Proposal:
         params = self.params
         prefix, seen, unseen = self._masses(state)
-        probabilities = self._shares(state, seen, unseen, ctx)
+        probabilities = self._shares(state, ctx, seen + unseen)
         if self.allocator is not None:
             slots = allocate(probabilities, size, rng, self.allocator.params.allocation)
             counts = np.ceil(slots * params.candidates).astype(np.int64)
