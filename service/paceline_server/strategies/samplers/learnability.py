@@ -432,8 +432,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
     # ----------------------------------------------------------------- state
     def state_bytes(self) -> int:
         """A sum tree over N learnabilities, N float32 successes, failures and anchors,
-        N uint8 visit counts,
-        pooled vectors over D, and the allocator's own state."""
+        N uint8 visit counts, pooled vectors over D, and the allocator's own state."""
         n, d = self.layout.num_samples, self.layout.num_distributions
         allocator = 0 if self.allocator is None else self.allocator.state_bytes()
         return STATE_OVERHEAD + tree_bytes(n) + 13 * n + 56 * d + allocator
@@ -461,8 +460,8 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         starts at zero. Version 2 (no `visits`) -> 3: a prompt with evidence counts one
         visit (how many it had is not stored: it is discounted as a prompt seen once, the
         least a revisit is), an unseen one none; the tree's leaves keep their values until
-        the prompt is reported again (they only weight candidate draws). O(N) once. Other versions:
-        replay (the default)."""
+        the prompt is reported again (they only weight candidate draws). O(N) once. Other
+        versions: replay (the default)."""
         needed = {"pool_successes", "pool_trials", "successes", "failures"}
         if old_version not in (1, 2) or not needed <= arrays.keys():
             return super().migrate_state(old_version, arrays)
