@@ -91,6 +91,8 @@ STATIC = "learnability + dump_ucb allocation, no level shift or revisit drift"
 #: The default with half of the allocation's shares by estimated failure rate (opt-in).
 GAP_SHARE = "learnability + dump_ucb allocation, gap_share 0.5"
 DEFAULT = "default (no sampler named)"
+#: The default through `paceline.Client.embedded()`, as a trainer calls it (same curve).
+CLIENT = "default through paceline.Client (embedded)"
 #: The trainer drops the groups whose rewards all agree and trains on the rest, without
 #: refilling (`dynamic_step(..., max_parts=0)`; DAPO's filter on Paceline's batch).
 DROP = "default + dropping all-equal groups (no refill)"
@@ -143,7 +145,9 @@ class PacelineEngine:
         """Refill part `part` of the step (`app/refill.py`, what the service serves)."""
         return propose_refill(self.engine, RUN_ID, step, part, size, served).indices
 
-    def observe(self, step: int, groups: Groups, advantages: np.ndarray) -> None:
+    def told(self, groups: Groups, advantages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rewards and advantages Paceline is told ([n, G] or, with a secondary
+        objective, [n, G, 2] and the scalarised reward's advantages)."""
         rewards = groups.rewards
         if self.secondary is not None:
             weight, rng = self.secondary
@@ -152,10 +156,56 @@ class PacelineEngine:
             advantages = self.learner.advantages(
                 Groups(groups.indices, groups.outcomes, scalar, groups.p))
             rewards = np.stack([rewards, brevity], axis=-1)
+        return rewards, advantages
+
+    def observe(self, step: int, groups: Groups, advantages: np.ndarray) -> None:
+        rewards, advantages = self.told(groups, advantages)
         self.engine.apply(Report.dense(
             run_id=RUN_ID, step=step, indices=groups.indices, rewards=rewards,
             advantages=advantages, layout=self.spec.layout,
             num_objectives=len(self.spec.objectives)))
+
+
+class PacelineThroughClient(PacelineEngine):
+    """The default driven as a trainer drives it: `paceline.Client.embedded()` (the
+    service's application layer, SQLite in a temporary folder), a curriculum created
+    with the learner's distributions and objectives and no sampler, then one call per
+    step (`report` with `next_step`). Its curve must be the engine's default row's,
+    run for run: what the suite measures in process is what a user gets."""
+
+    def __init__(self, learner: GrpoLearner, seed: int) -> None:
+        super().__init__(learner, seed, None, None)
+        self.client: Any = None
+        self.run_handle: Any = None
+        self.served: dict[int, np.ndarray] = {}
+
+    def _start(self) -> None:
+        import paceline
+
+        self.client = paceline.Client.embedded()
+        objectives = [o.name for o in self.spec.objectives]
+        weighting = None if len(objectives) == 1 else self.spec.weighting.to_dict()
+        curriculum = self.client.create_curriculum(
+            "suite", [(d.name, d.size) for d in self.learner.dists], objectives=objectives,
+            weighting=weighting, batch_size=self.learner.batch, seed=self.seed)
+        self.run_handle = curriculum.start_run(run_id=RUN_ID, heartbeat_interval=None)
+
+    def propose(self, step: int, size: int) -> tuple[np.ndarray, int]:
+        if self.run_handle is None:
+            self._start()
+        if step not in self.served:
+            self.served[step] = np.asarray(self.run_handle.next_batch(step, size).indices)
+        return self.served[step], 0
+
+    def observe(self, step: int, groups: Groups, advantages: np.ndarray) -> None:
+        rewards, advantages = self.told(groups, advantages)
+        ack = self.run_handle.report(step, groups.indices, rewards, advantages,
+                                     next_step=step + 1, next_size=self.learner.batch)
+        self.served = {step + 1: np.asarray(ack.batch.indices)}
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
 
 
 # ---------------------------------------------------------------- peers
@@ -315,6 +365,7 @@ def rows() -> list[Row]:
                     paceline({"kind": "learnability", "allocation": "dump_ucb",
                               "gap_share": 0.5}), needs="learnability"))
     ours.append(Row(DEFAULT, "Paceline", paceline(None)))
+    ours.append(Row(CLIENT, "Paceline", PacelineThroughClient))
     ours.append(Row(DROP, "Paceline", paceline(None), 1))
     ours.append(Row(DYNAMIC, "Paceline", paceline(None), dynamic=True))
     ours.append(Row(f"{DYNAMIC} + zero_variance", "Paceline", paceline(None, zv),
@@ -369,29 +420,33 @@ def run(row: Row, learner_name: str, seed: int, steps_scale: float = 1.0,
     reached: int | None = None
     reached_rollouts: int | None = None
     accuracy = learner.accuracy()
-    for step in range(steps):
-        indices, skip = chooser.propose(step, batch)
-        skipped += skip
-        parts = [learner.rollout(indices)]
-        while (row.filter_rounds > len(parts)
-               and sum(int((~g.constant).sum()) for g in parts) < batch):
-            parts.append(learner.rollout(chooser.propose(step, batch)[0]))
-        if row.dynamic:
-            parts = dynamic_parts(chooser, learner, step, batch, parts[0], indices)
-        roll = Groups.concat(parts) if len(parts) > 1 else parts[0]
-        generated += roll.n * group
-        wasted += int(roll.constant.sum()) * group
-        trained = roll
-        if row.filter_rounds or row.dynamic:
-            trained = roll.take(np.flatnonzero(~roll.constant)[:batch])
-        learner.train(trained)
-        start = time.perf_counter()
-        chooser.observe(step, roll, learner.advantages(roll))
-        spent.append(time.perf_counter() - start)
-        accuracy = learner.accuracy()
-        curve.append(float(accuracy.mean()))
-        if reached is None and accuracy.mean() >= learner.target:
-            reached, reached_rollouts = step + 1, generated
+    try:
+        for step in range(steps):
+            indices, skip = chooser.propose(step, batch)
+            skipped += skip
+            parts = [learner.rollout(indices)]
+            while (row.filter_rounds > len(parts)
+                   and sum(int((~g.constant).sum()) for g in parts) < batch):
+                parts.append(learner.rollout(chooser.propose(step, batch)[0]))
+            if row.dynamic:
+                parts = dynamic_parts(chooser, learner, step, batch, parts[0], indices)
+            roll = Groups.concat(parts) if len(parts) > 1 else parts[0]
+            generated += roll.n * group
+            wasted += int(roll.constant.sum()) * group
+            trained = roll
+            if row.filter_rounds or row.dynamic:
+                trained = roll.take(np.flatnonzero(~roll.constant)[:batch])
+            learner.train(trained)
+            start = time.perf_counter()
+            chooser.observe(step, roll, learner.advantages(roll))
+            spent.append(time.perf_counter() - start)
+            accuracy = learner.accuracy()
+            curve.append(float(accuracy.mean()))
+            if reached is None and accuracy.mean() >= learner.target:
+                reached, reached_rollouts = step + 1, generated
+    finally:
+        if isinstance(chooser, PacelineThroughClient):
+            chooser.close()
     return {"steps": steps, "steps_to_target": reached, "rollouts_to_target": reached_rollouts,
             "generated": generated, "min_accuracy": float(accuracy.min()),
             "mean_accuracy": float(accuracy.mean()),

@@ -386,19 +386,37 @@ def test_band_prefers_prompts_inside_it() -> None:
     assert ((rate >= 0.25) & (rate <= 0.75)).mean() > 0.8
 
 
-def test_continuous_rewards_fractional_and_thresholded() -> None:
+def test_continuous_rewards_thresholded_at_the_middle_by_default() -> None:
+    """A score counts as a success from the middle of its objective's bounds unless the
+    spec says otherwise; `null` reads it as a fractional success."""
     cur_obj = ({"name": "score", "bounds": [0.0, 10.0]},)
-    fractional = CurriculumEngine(spec((10,), objective_names=cur_obj,  # type: ignore[arg-type]
-                                       sampler="learnability"))
-    rewards = np.full((1, 4), 7.0)
-    fractional.apply(report(fractional.spec, [2], rewards))
-    assert fractional.state.sampler.successes[2] == pytest.approx(4 * 0.7)
-    threshold = CurriculumEngine(spec((10,), objective_names=cur_obj,  # type: ignore[arg-type]
-                                      sampler={"kind": "learnability",
-                                               "params": {"success_threshold": 0.6}}))
-    threshold.apply(report(threshold.spec, [2], np.array([[7.0, 5.0, 9.0, 1.0]])))
-    assert threshold.state.sampler.successes[2] == pytest.approx(2.0)
-    assert threshold.state.sampler.failures[2] == pytest.approx(2.0)
+
+    def folded(params: dict[str, object] | None, rewards: list[float]) -> tuple[float, float]:
+        sampler: object = "learnability" if params is None else {
+            "kind": "learnability", "params": params}
+        e = CurriculumEngine(spec((10,), objective_names=cur_obj,  # type: ignore[arg-type]
+                                  sampler=sampler))
+        e.apply(report(e.spec, [2], np.array([rewards])))
+        return float(e.state.sampler.successes[2]), float(e.state.sampler.failures[2])
+
+    assert folded(None, [7.0, 5.0, 4.9, 1.0]) == pytest.approx((2.0, 2.0))
+    assert folded({"success_threshold": 0.6}, [7.0, 5.0, 9.0, 1.0]) == pytest.approx((2.0, 2.0))
+    assert folded({"success_threshold": None}, [7.0] * 4) == pytest.approx((4 * 0.7, 4 * 0.3))
+
+
+def test_binary_rewards_are_the_same_under_the_default_threshold() -> None:
+    def run(params: dict[str, object]) -> list[list[int]]:
+        e = engine(sizes=(200, 300), batch_size=16, seed=5, **params)
+        rng = np.random.default_rng(2)
+        out = []
+        for step in range(6):
+            batch = e.next_batch("r", step)
+            out.append(batch.indices.tolist())
+            e.apply(report(e.spec, batch.indices,
+                           (rng.random((16, 4)) < 0.4).astype(float), step=step))
+        return out
+
+    assert run({}) == run({"success_threshold": None})
 
 
 def test_deterministic_given_seed_and_differs_across_seeds() -> None:

@@ -81,6 +81,7 @@ def test_suite_structures() -> None:
     assert max(ratios.values()) >= 30
     assert {cls.binary for cls in LEARNERS.values()} == {True, False}
     assert {cls.group for cls in LEARNERS.values()} >= {4, 16}
+    assert max(len(cls.dists) for cls in LEARNERS.values()) >= 40  # many small sources
     tight = LEARNERS["tight_budget"]
     assert tight.steps * tight.batch <= 2 * tight(0).num_samples  # about two visits
 
@@ -210,6 +211,46 @@ def test_interference_pulls_untrained_distributions_back() -> None:
     np.testing.assert_allclose(gain[others], -PULL * gain[1])
     after = learner.accuracy()
     assert after[1] > before[1] and np.all(after[others] < before[others])
+
+
+def test_many_sources_has_forty_zipf_sources_sharing_skills_in_families() -> None:
+    """Forty sources, sizes falling 83:1, difficulty not following size (the same for
+    every seed), and a step on one source moves its family's siblings only."""
+    from learners.many_sources import FAMILIES, SIBLING_TRANSFER, ManySourcesLearner
+
+    learner = ManySourcesLearner(0)
+    assert learner.num_distributions == 40
+    assert np.all(np.diff(learner.sizes) <= 0) and learner.sizes.max() / learner.sizes.min() > 80
+    means = np.array([d.mean for d in learner.dists])
+    assert abs(np.corrcoef(np.log(learner.sizes), means)[0, 1]) < 0.5
+    assert [d.mean for d in ManySourcesLearner(1).dists] == means.tolist()
+    p = learner.pass_rate()
+    source = np.flatnonzero((learner.dist_of == 7) & (p > 0.2) & (p < 0.8))
+    before = learner.skill.copy()
+    learner.train(learner.rollout(source[:learner.batch]))
+    gain = learner.skill - before
+    siblings = np.arange(40) % FAMILIES == 7 % FAMILIES
+    assert gain[7] > 0
+    np.testing.assert_allclose(gain[siblings & (np.arange(40) != 7)],
+                               SIBLING_TRANSFER * gain[7])
+    assert np.all(gain[~siblings] == 0.0)
+
+
+def test_reward_model_scores_are_continuous_noisy_and_never_all_equal() -> None:
+    """Scores in (0, 1) that rank right above wrong answers on average but overlap, so
+    no group's rewards agree and DAPO's filter has nothing to drop."""
+    from learners.reward_model import RewardModelLearner
+
+    learner = RewardModelLearner(0)
+    assert not learner.binary
+    groups = learner.rollout(np.arange(0, learner.num_samples, 7))
+    r, y = groups.rewards, groups.outcomes
+    assert np.all((r > 0.0) & (r < 1.0))
+    assert not groups.constant.any()
+    assert r[y == 1].mean() > 0.8 and r[y == 0].mean() < 0.2
+    assert (r[y == 0] > 0.5).mean() > 0.005  # a wrong answer sometimes scores high
+    # Thresholded at 0.5, a score is nearly the outcome: what learnability counts.
+    assert np.mean((r >= 0.5) == (y == 1)) > 0.95
 
 
 def test_one_dataset_reduces_distribution_level_samplers_to_uniform() -> None:
@@ -413,6 +454,23 @@ def test_dynamic_rows_refill_through_paceline_without_repeats() -> None:
     # The next step's parts are fresh again (a step's exclusion is per step).
     again = chooser.refill(1, 1, 8, np.zeros(0, dtype=np.int64))
     assert again.size == 8
+
+
+@pytest.mark.parametrize(("name", "secondary"), [("imbalanced", None),
+                                                ("reward_model", None),
+                                                ("prerequisite", 0.7)])
+def test_default_through_the_client_is_the_engine_default(name: str,
+                                                          secondary: float | None) -> None:
+    """The suite measures the default in process; a trainer reaches it through
+    `paceline.Client` (curriculum created without a sampler, `report` with `next_step`).
+    Both must train the learner identically, step for step, with one objective or two."""
+    import suite
+
+    rows = {r.name: r for r in suite.rows()}
+    engine = suite.run(rows[suite.DEFAULT], name, 0, 0.15, secondary)
+    client = suite.run(rows[suite.CLIENT], name, 0, 0.15, secondary)
+    assert client["curve"] == engine["curve"]
+    assert client["zero_variance_share"] == engine["zero_variance_share"]
 
 
 def test_drop_row_trains_on_kept_groups_and_counts_every_rollout() -> None:

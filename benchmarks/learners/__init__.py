@@ -10,17 +10,20 @@ from .forgetting import ForgettingLearner
 from .imbalanced import ImbalancedLearner
 from .interference import InterferenceLearner
 from .latent_skills import LatentSkillsLearner
+from .many_sources import ManySourcesLearner
 from .memorization import MemorizationLearner
 from .one_dataset import OneDatasetLearner
 from .overfitting import OverfittingLearner
 from .prerequisite import PrerequisiteLearner
+from .reward_model import RewardModelLearner
 from .tight_budget import TightBudgetLearner
 
 LEARNERS: dict[str, type[GrpoLearner]] = {
     cls.name: cls for cls in (ImbalancedLearner, PrerequisiteLearner, ForgettingLearner,
                               TightBudgetLearner, MemorizationLearner,
                               LatentSkillsLearner, OneDatasetLearner,
-                              InterferenceLearner, OverfittingLearner)
+                              InterferenceLearner, OverfittingLearner,
+                              ManySourcesLearner, RewardModelLearner)
 }
 #: Learners run only when named (`--learners`): the example trainer needs torch and
 #: about a minute per run.
@@ -45,10 +48,12 @@ __all__ = [
     "ImbalancedLearner",
     "InterferenceLearner",
     "LatentSkillsLearner",
+    "ManySourcesLearner",
     "MemorizationLearner",
     "OneDatasetLearner",
     "OverfittingLearner",
     "PrerequisiteLearner",
+    "RewardModelLearner",
     "TightBudgetLearner",
     "learner_class",
 ]
