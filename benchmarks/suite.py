@@ -11,7 +11,10 @@ Rows:
   batch, drop groups whose rewards all agree, ask for refill parts 1, 2, ... (Paceline
   picks them, never an index already served to the step) over-provisioned by the keep
   rate seen so far, until a batch of kept groups exists or 8 refills were asked for;
-  every generated group is reported (the dropped ones too).
+  every generated group is reported (the dropped ones too). The `through
+  paceline.Client` row runs the default as a trainer does, over `Client.embedded()`
+  (the service's application layer, SQLite), one `report` with `next_step` per step:
+  its figures must equal the default row's (tested).
 - peers in this process: Syllabus's `OnlineLearningProgress` over the distributions (fed
   every rollout: progress = correctness, or reward ≥ 0.5 for partial credit); DAPO
   dynamic sampling (uniform shuffled epochs, roll out, drop groups whose rewards are all
@@ -590,7 +593,8 @@ PLOTTED = ["uniform", "dump_ucb", "learning_progress", "prioritized", "spard",
 
 
 def plot(summaries: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
-    """Mean accuracy against generated rollouts, one panel per learner."""
+    """Mean held-out accuracy against steps, one panel per learner, four to a line; the
+    legend takes a free panel, or a band under the grid when every panel is used."""
     try:
         import matplotlib
     except ImportError:  # the `bench` extra is not installed: tables only
@@ -599,10 +603,15 @@ def plot(summaries: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(summaries), figsize=(5 * len(summaries), 4.6),
+    columns = min(4, len(summaries))
+    lines = -(-len(summaries) // columns)
+    shown = sum(1 for r in PLOTTED if any(r in by_row for by_row in summaries.values()))
+    band = 0.0 if lines * columns > len(summaries) else 0.3 + 0.22 * -(-shown // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.8 * columns, 3.9 * lines + band),
                              squeeze=False)
+    panels = axes.ravel()
     palette = [plt.get_cmap("tab20")(i) for i in range(20)]
-    for ax, (name, by_row) in zip(axes[0], summaries.items(), strict=True):
+    for ax, (name, by_row) in zip(panels, summaries.items(), strict=False):
         cls = learner_class(name)
         for i, row in enumerate(r for r in PLOTTED if r in by_row):
             curve = np.asarray(by_row[row]["curve"])
@@ -615,9 +624,18 @@ def plot(summaries: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
         ax.set_xlabel("step")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("mean held-out accuracy")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean held-out accuracy")
+    handles, labels = panels[0].get_legend_handles_labels()
+    free = panels[len(summaries):]
+    for ax in free:
+        ax.axis("off")
+    if len(free):
+        free[0].legend(handles, labels, fontsize=8, loc="center")
+        fig.tight_layout()
+    else:
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=columns)
+        fig.tight_layout(rect=(0.0, band / (3.9 * lines + band), 1.0, 1.0))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 

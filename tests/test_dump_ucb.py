@@ -227,17 +227,25 @@ def hopeless_share(source: str | None) -> float:
 
 
 def test_primary_advantages_drop_a_hopeless_distribution_under_a_length_term() -> None:
-    paper = hopeless_share(None)
-    assert paper == hopeless_share("scalarized")  # the default is the paper's rule
+    paper = hopeless_share("scalarized")
     assert paper > 0.25  # the length term alone keeps d0's learnability up
     assert hopeless_share("primary") < 0.05
+    # The default (`auto`) reads the primary objective when there are several.
+    assert hopeless_share(None) == hopeless_share("primary")
 
 
 def test_auto_is_the_paper_with_one_objective_and_primary_with_several() -> None:
     assert hopeless_share("auto") == hopeless_share("primary")
-    one = spec((10, 10), objective_names=("acc",),
-               sampler=dump(params={"advantage_source": "auto"}))
-    paper = spec((10, 10), objective_names=("acc",), sampler=dump())
+    for sampler in (dump(), dump(params={"advantage_source": "auto"})):
+        one = spec((10, 10), objective_names=("acc",), sampler=sampler)
+        paper = spec((10, 10), objective_names=("acc",),
+                     sampler=dump(params={"advantage_source": "scalarized"}))
+        check_paper_rule_with_one_objective(one, paper)
+
+
+def check_paper_rule_with_one_objective(one: Any, paper: Any) -> None:
+    """`one` folds a single-objective report into exactly the ring `paper` (the paper's
+    rule, the trainer's advantages) does."""
     rewards = np.array([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
     advantages = np.array([[2.0, -1.0, -0.5, -0.5], [0.3, 0.3, -0.3, -0.3]])
     states = []

@@ -253,6 +253,19 @@ def test_reward_model_scores_are_continuous_noisy_and_never_all_equal() -> None:
     assert np.mean((r >= 0.5) == (y == 1)) > 0.95
 
 
+def test_cold_start_begins_with_most_groups_all_wrong() -> None:
+    """Held-out accuracy starts below 0.05 and most uniformly drawn groups are all wrong,
+    far below every other learner's start."""
+    from learners.cold_start import ColdStartLearner
+
+    learner = ColdStartLearner(0)
+    assert learner.accuracy().mean() < 0.05
+    groups = learner.rollout(np.arange(0, learner.num_samples, 11))
+    assert np.mean(groups.rewards.max(axis=1) == 0.0) > 0.6
+    others = [cls(0).accuracy().mean() for n, cls in LEARNERS.items() if n != "cold_start"]
+    assert min(others) > 4 * learner.accuracy().mean()
+
+
 def test_one_dataset_reduces_distribution_level_samplers_to_uniform() -> None:
     """With one distribution there is nothing to allocate: `dump_ucb` and
     `learning_progress` draw exactly what `uniform` draws (same curve, same rollouts),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Dist, Groups, GrpoLearner
+from .cold_start import ColdStartLearner
 from .forgetting import ForgettingLearner
 from .imbalanced import ImbalancedLearner
 from .interference import InterferenceLearner
@@ -23,7 +24,8 @@ LEARNERS: dict[str, type[GrpoLearner]] = {
                               TightBudgetLearner, MemorizationLearner,
                               LatentSkillsLearner, OneDatasetLearner,
                               InterferenceLearner, OverfittingLearner,
-                              ManySourcesLearner, RewardModelLearner)
+                              ManySourcesLearner, RewardModelLearner,
+                              ColdStartLearner)
 }
 #: Learners run only when named (`--learners`): the example trainer needs torch and
 #: about a minute per run.
@@ -41,6 +43,7 @@ def learner_class(name: str) -> Any:
 __all__ = [
     "LEARNERS",
     "REAL_LEARNERS",
+    "ColdStartLearner",
     "Dist",
     "ForgettingLearner",
     "Groups",

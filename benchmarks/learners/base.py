@@ -42,6 +42,16 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
         return np.asarray(1.0 / (1.0 + np.exp(-x)))
 
 
+def neighbour_transfer(count: int, *by_distance: float) -> np.ndarray:
+    """A transfer matrix for distributions in a chain of related ones: 1 on the diagonal
+    and `by_distance[k - 1]` between two distributions k apart (0 beyond)."""
+    distance = np.abs(np.arange(count)[:, None] - np.arange(count)[None, :])
+    transfer = np.eye(count)
+    for k, weight in enumerate(by_distance, start=1):
+        transfer[distance == k] = weight
+    return transfer
+
+
 @dataclass(frozen=True)
 class Dist:
     """One source of prompts: size, difficulty N(mean, spread) and the shares that are

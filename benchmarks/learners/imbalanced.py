@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Dist, GrpoLearner
+from .base import Dist, GrpoLearner, neighbour_transfer
 
 
 class ImbalancedLearner(GrpoLearner):
@@ -40,8 +40,4 @@ class ImbalancedLearner(GrpoLearner):
     lr = 1.5
 
     def transfer_matrix(self) -> np.ndarray:
-        d = len(self.dists)
-        distance = np.abs(np.arange(d)[:, None] - np.arange(d)[None, :])
-        return np.asarray(np.where(distance == 0, 1.0,
-                                   np.where(distance == 1, 0.35,
-                                            np.where(distance == 2, 0.1, 0.0))))
+        return neighbour_transfer(len(self.dists), 0.35, 0.1)

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Dist, GrpoLearner, sigmoid
+from .base import Dist, GrpoLearner, neighbour_transfer, sigmoid
 
 SEPARATION = 4.0  # logit gap between a right and a wrong answer's score
 NOISE = 1.0  # the reward model's noise on that logit
@@ -58,7 +58,4 @@ class RewardModelLearner(GrpoLearner):
         return sigmoid(SEPARATION * (outcomes - 0.5) + noise)
 
     def transfer_matrix(self) -> np.ndarray:
-        d = len(self.dists)
-        distance = np.abs(np.arange(d)[:, None] - np.arange(d)[None, :])
-        return np.asarray(np.where(distance == 0, 1.0,
-                                   np.where(distance == 1, 0.3, 0.0)))
+        return neighbour_transfer(len(self.dists), 0.3)

@@ -29,16 +29,6 @@ from paceline_server.strategies.registry import SAMPLERS
 
 Allocation = Literal["none", "dump_ucb", "learning_progress"]
 Allocator = Sampler[Any, Any]
-#: What an allocator gets unless `allocation_params` names it. The per-sample samplers
-#: pick prompts by the primary objective's pass rate, so `dump_ucb` measures the primary
-#: objective's advantages when the curriculum has several objectives (`auto`; one
-#: objective: the paper's rule): a length term otherwise keeps a hopeless distribution's
-#: share up (learner suite with a second objective: docs/benchmarks.md).
-ALLOCATOR_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
-    "dump_ucb": {"advantage_source": "auto"},
-}
-
-
 @dataclass
 class DumpUcbState:
     """`dump_ucb`'s per-distribution state (strategies/samplers/dump_ucb.py)."""
@@ -66,15 +56,15 @@ def build_allocator(layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...]
                     allocation: Allocation,
                     params: Mapping[str, Any]) -> Allocator | None:
     """The built-in distribution-level sampler named by `allocation` (None for "none")
-    with `params` over ALLOCATOR_DEFAULTS, its parameter errors prefixed with
+    with `params` (its own defaults otherwise: `dump_ucb` reads the primary objective's
+    advantages when there are several), its parameter errors prefixed with
     "allocation <name>". A sampler registered at run time under the same name never
     replaces it: the stored state must stay its own."""
     if allocation == "none":
         return None
     cls = SAMPLERS.builtin(allocation)
-    given = {**ALLOCATOR_DEFAULTS.get(allocation, {}), **params}
     return cls(layout, objectives,
-               parse_params(cls.params_type, given, f"allocation {allocation}"))
+               parse_params(cls.params_type, dict(params), f"allocation {allocation}"))
 
 
 def initial_allocator_states(allocator: Allocator | None, allocation: Allocation,

@@ -19,17 +19,20 @@ vectorised scatter: a report is folded in report order, and when it holds more t
 reference's "extend, then keep the tail". L_d is recomputed only for the distributions a
 report touches and kept in the state, so `probabilities` is O(D).
 
-Several objectives **(ours)**: the advantages fed to the window are, by default
-(`advantage_source: "scalarized"`), the trainer's (or GRPO's advantages of the scalarised
-reward), exactly as the paper. With a secondary objective such as length, a group whose
-primary reward is all 0 still has advantages from the length term, so a hopeless
-distribution keeps a large L_d. `advantage_source: "primary"` feeds the primary
-objective's group-normalised advantages instead ((r - mean) / std within the group, 0
-for a constant group; signals.objective_advantages): L_d then measures what the
-curriculum is about, and a distribution the policy cannot solve gets L_d = 0.
-`advantage_source: "auto"` is the paper's rule when the curriculum has one objective and
-`primary` when it has several: what the per-sample samplers' allocation uses by default
-(strategies/allocation.py), since they pick prompts by the primary objective too.
+Several objectives **(ours)**: with one objective the advantages fed to the window
+are the trainer's (or GRPO's), exactly as the paper. With several, the paper's rule
+(`advantage_source: "scalarized"`: the advantages of the scalarised reward) lets a
+secondary objective such as length steer the allocation: a group whose primary reward
+is all 0 still has advantages from the length term, so a hopeless distribution keeps a
+large L_d, and where every group is all wrong (a policy that starts cold) L_d is the
+length term's noise. `advantage_source: "primary"` feeds the primary objective's
+group-normalised advantages instead ((r - mean) / std within the group, 0 for a
+constant group; signals.objective_advantages): L_d then measures what the curriculum is
+about, and a distribution the policy cannot solve gets L_d = 0. The default, `auto`, is
+the paper's rule with one objective and `primary` with several (on the learner suite
+with a length term the paper's rule never reached the target of the cold-start learner,
+which uniform sampling reaches, and needed up to 1.5x the rollouts elsewhere:
+docs/benchmarks.md, "dump_ucb with several objectives").
 
 Beta(α, β) per distribution is kept for logging only (the reference does the same; it
 does not enter P). **(ours)** The reference counts a rollout as a success when its raw
@@ -61,13 +64,13 @@ MAX_WINDOW = 100_000  # bounds the [D, window] ring
 class DumpUcbParams(DistributionParams):
     """`window`: recent rollout advantages kept per distribution; `c`: exploration
     weight (>= 0); `tau`: softmax temperature (> 0); `advantage_source`: the
-    scalarised reward's advantages (the paper), the primary objective's, or `auto`
-    (the paper's with one objective, the primary objective's with several)."""
+    scalarised reward's advantages (the paper), the primary objective's, or `auto` (the
+    default: the paper's with one objective, the primary objective's with several)."""
 
     window: int = 300
     c: float = 1.0
     tau: float = 0.1
-    advantage_source: Literal["scalarized", "primary", "auto"] = "scalarized"
+    advantage_source: Literal["scalarized", "primary", "auto"] = "auto"
 
     def __post_init__(self) -> None:
         require(1 <= self.window <= MAX_WINDOW,
