@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from paceline_server.domain import InvalidReport, InvalidRequest, StateCorrupt
+from paceline_server.domain import CurriculumSpec, InvalidReport, InvalidRequest, StateCorrupt
 from paceline_server.engine import CurriculumEngine, run_stream
 from paceline_server.engine.health import WINDOW
 from support import report, spec
@@ -193,3 +193,23 @@ def test_hopeless_needs_enough_samples() -> None:
 def test_state_bytes_per_sample_is_small_for_uniform() -> None:
     engine = CurriculumEngine(spec((500_000, 500_000)))
     assert engine.state_bytes_per_sample() < 1.0
+
+
+@pytest.mark.parametrize(("sampler", "param", "old", "new"), [
+    ("learnability", "success_threshold", None, 0.5),
+    ("dump_ucb", "advantage_source", "scalarized", "auto"),
+])
+def test_a_stored_spec_keeps_its_values_when_a_default_changes(
+        sampler: str, param: str, old: object, new: object) -> None:
+    """The stored (canonical) spec spells out every parameter, so a curriculum created
+    before a default changed keeps the value it was created with; only a parameter its
+    stored spec lacks (one a later release added) takes the running default
+    (docs/algorithms.md, "Defaults and upgrades")."""
+    stored = CurriculumEngine(spec(objective_names=("a", "b"), sampler=sampler)).spec.to_dict()
+    assert stored["sampler"]["params"][param] == new  # spelled out at creation
+    stored["sampler"]["params"][param] = old  # as an older release stored it
+    again = CurriculumEngine(CurriculumSpec.from_dict(stored))
+    assert getattr(again.sampler.params, param) == old
+    del stored["sampler"]["params"][param]  # a release before the parameter existed
+    assert getattr(CurriculumEngine(CurriculumSpec.from_dict(stored)).sampler.params,
+                   param) == new
