@@ -40,7 +40,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
     with running_service(f"sqlite:///{root / 'ui.db'}", log=root / "service.log",
                          env={"PACELINE_RUN_STALE_AFTER_S": "3"}) as process:
         with httpx.Client(base_url=process.url) as http:
-            for body in (spec("math", batch_size=64),
+            # `math` keeps DUMP's own rule (the scalarised reward's advantages): its
+            # length term keeps `hard`, which never passes, in the batch long enough
+            # (200 samples) for the page to show it flagged hopeless.
+            paper = {"kind": "dump_ucb", "advantage_source": "scalarized"}
+            for body in (spec("math", sampler=paper, batch_size=64),
                          spec("code", sampler="spard", weighting="gradient")):
                 assert http.post("/v1/curricula", json=body).status_code == 201
             Trainer(http, "math", "quiet").train(2)  # stops reporting: goes stale

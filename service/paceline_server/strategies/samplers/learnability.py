@@ -110,7 +110,7 @@ middle of the bounds; binary rewards are unchanged by it). The posterior models 
 or fail; a reward model's score or a partial credit read as a fractional success
 compresses every prompt toward the middle, where noise in the score outranks the
 difference between a prompt the policy never solves and one it solves half the time
-(on the suite's two continuous-reward learners the fractional reading needed 4-14 %
+(on the suite's two continuous-reward learners the fractional reading needed 4-16 %
 more rollouts: docs/benchmarks.md). `success_threshold: null` keeps it.
 
 Zero-variance skipping (the curriculum's `zero_variance` option) predicts agreement from
