@@ -404,35 +404,27 @@ def test_continuous_rewards_thresholded_at_the_middle_by_default() -> None:
     assert folded({"success_threshold": None}, [7.0] * 4) == pytest.approx((4 * 0.7, 4 * 0.3))
 
 
-def test_binary_rewards_are_the_same_under_the_default_threshold() -> None:
-    def run(params: dict[str, object]) -> list[list[int]]:
-        e = engine(sizes=(200, 300), batch_size=16, seed=5, **params)
-        rng = np.random.default_rng(2)
-        out = []
-        for step in range(6):
-            batch = e.next_batch("r", step)
-            out.append(batch.indices.tolist())
-            e.apply(report(e.spec, batch.indices,
-                           (rng.random((16, 4)) < 0.4).astype(float), step=step))
-        return out
+def served_batches(seed: int, steps: int, pass_rate: float, **params: Any) -> list[list[int]]:
+    """The batches of `steps` steps, each reported with binary rewards drawn at
+    `pass_rate` (numpy seed 1)."""
+    e = engine(sizes=(200, 300), batch_size=16, seed=seed, **params)
+    rng = np.random.default_rng(1)
+    out = []
+    for step in range(steps):
+        batch = e.next_batch("r", step)
+        out.append(batch.indices.tolist())
+        e.apply(report(e.spec, batch.indices,
+                       (rng.random((16, 4)) < pass_rate).astype(float), step=step))
+    return out
 
-    assert run({}) == run({"success_threshold": None})
+
+def test_binary_rewards_are_the_same_under_the_default_threshold() -> None:
+    assert served_batches(5, 6, 0.4) == served_batches(5, 6, 0.4, success_threshold=None)
 
 
 def test_deterministic_given_seed_and_differs_across_seeds() -> None:
-    def run(seed: int) -> list[list[int]]:
-        e = engine(sizes=(200, 300), batch_size=16, seed=seed)
-        rng = np.random.default_rng(1)
-        out = []
-        for step in range(5):
-            batch = e.next_batch("r", step)
-            out.append(batch.indices.tolist())
-            e.apply(report(e.spec, batch.indices,
-                           (rng.random((16, 4)) < 0.5).astype(float), step=step))
-        return out
-
-    assert run(3) == run(3)
-    assert run(3) != run(4)
+    assert served_batches(3, 5, 0.5) == served_batches(3, 5, 0.5)
+    assert served_batches(3, 5, 0.5) != served_batches(4, 5, 0.5)
 
 
 @pytest.mark.parametrize("params", [{}, {"allocation": "dump_ucb"},
