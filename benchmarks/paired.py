@@ -6,7 +6,7 @@ per-seed comparison shows, and vice versa shows none where there is none. Each s
 both rows from the same start; the difference B − A per seed is summarised by its mean,
 its standard error and the count of seeds where B is ahead.
 
-    python benchmarks/paired.py --learner example_trainer --seeds 24 \\
+    python benchmarks/paired.py --learner example_trainer --seeds 24 [--first-seed 24] \\
         --rows uniform "default (no sampler named)"
 
 Prints one JSON line per seed, then one per metric (final mean accuracy, steps to
@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--rows", nargs=2, metavar=("A", "B"),
                         default=["uniform", suite.DEFAULT])
     parser.add_argument("--seeds", type=int, default=24)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed + seeds - 1 (fresh seeds for a "
+                             "second look)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--steps-scale", type=float, default=1.0)
     args = parser.parse_args(argv)
@@ -64,8 +67,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for name in args.rows:
         if name not in known:
             parser.error(f"unknown row {name!r}")
-    jobs = [(name, args.learner, seed, args.steps_scale)
-            for seed in range(args.seeds) for name in args.rows]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = [(name, args.learner, seed, args.steps_scale) for seed in seeds
+            for name in args.rows]
     if args.jobs > 1:
         with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
             done = pool.map(_job, jobs, chunksize=1)
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results = {(name, seed): result for name, seed, result in done}
     a, b = args.rows
     lines: list[dict[str, Any]] = []
-    for seed in range(args.seeds):
+    for seed in seeds:
         line = {"seed": seed, **{name: {k: results[(name, seed)][k] for k in (
             "steps_to_target", "mean_accuracy", "zero_variance_share")} for name in (a, b)}}
         lines.append(line)
@@ -87,8 +91,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     metrics = {
         "final mean accuracy": ([(results[(a, s)]["mean_accuracy"],
                                   results[(b, s)]["mean_accuracy"])
-                                 for s in range(args.seeds)], True),
-        "steps to target": ([(steps(a, s), steps(b, s)) for s in range(args.seeds)], False),
+                                 for s in seeds], True),
+        "steps to target": ([(steps(a, s), steps(b, s)) for s in seeds], False),
     }
     for metric, (values, higher) in metrics.items():
         summary = {"metric": metric, "rows": [a, b], **paired(values, higher)}

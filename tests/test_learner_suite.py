@@ -569,6 +569,10 @@ def test_paired_comparison_runs_and_pairs_seeds() -> None:
     assert paired.paired([(10, 5), (10, 20)], higher_is_better=False)["b_ahead"] == 1
     with pytest.raises(SystemExit):
         paired.main(["--rows", "uniform", "no such row"])
+    later = paired.main(["--learner", "imbalanced", "--seeds", "1", "--first-seed", "1",
+                         "--jobs", "1", "--steps-scale", "0.05", "--rows", "uniform",
+                         "dump_ucb"])
+    assert later[0] == lines[1]  # seed 1 again, alone
 
 
 def test_secondary_objective_reaches_paceline_only() -> None:
