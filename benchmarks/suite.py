@@ -52,6 +52,7 @@ Prints one JSON object per (learner, row) and the markdown tables; with --out wr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import sys
@@ -125,10 +126,15 @@ class PacelineEngine:
         if sampler is not None:
             spec["sampler"] = sampler
         self.spec = CurriculumSpec.from_dict(spec)
-        self.engine = CurriculumEngine(self.spec)
         self.learner = learner
         self.secondary: tuple[float, np.random.Generator] | None = None
         self.seed = seed
+
+    @functools.cached_property
+    def engine(self) -> CurriculumEngine:
+        """Built at first use, from the spec as `add_secondary` left it (the client row,
+        which drives the service instead, never builds one)."""
+        return CurriculumEngine(self.spec)
 
     def add_secondary(self, weight: float) -> None:
         """Report a second objective with `fixed` weights [weight, 1 - weight] (see the
@@ -137,7 +143,7 @@ class PacelineEngine:
         spec["objectives"] = ["correctness", SECONDARY]
         spec["weighting"] = {"kind": "fixed", "weights": [weight, 1.0 - weight]}
         self.spec = CurriculumSpec.from_dict(spec)
-        self.engine = CurriculumEngine(self.spec)
+        self.__dict__.pop("engine", None)  # an engine built before is for the old spec
         self.secondary = (weight, np.random.default_rng([self.seed, 99]))
 
     def propose(self, step: int, size: int) -> tuple[np.ndarray, int]:

@@ -64,7 +64,7 @@ def build_allocator(layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...]
         return None
     cls = SAMPLERS.builtin(allocation)
     return cls(layout, objectives,
-               parse_params(cls.params_type, dict(params), f"allocation {allocation}"))
+               parse_params(cls.params_type, params, f"allocation {allocation}"))
 
 
 def initial_allocator_states(allocator: Allocator | None, allocation: Allocation,
