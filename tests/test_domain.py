@@ -183,6 +183,10 @@ class TestReport:
             ({"eval_objectives": [1.0]}, InvalidReport, "one value per objective"),
             ({"run_id": ""}, InvalidReport, "run_id"),
             ({"step": -1}, InvalidReport, "step"),
+            # groups without a rollout: once a 500 from the samplers' group sums
+            ({"rewards": np.zeros((1, 0, 2))}, InvalidReport, "at least one rollout"),
+            ({"indices": [1, 2], "rewards": np.zeros((2, 0, 2))}, InvalidReport,
+             "at least one rollout"),
         ],
     )
     def test_rejects(self, kwargs: dict[str, object], error: type[Exception],

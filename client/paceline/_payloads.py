@@ -12,6 +12,8 @@ import binascii
 import functools
 import gzip
 import json
+import math
+import numbers
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, SupportsIndex
@@ -27,10 +29,12 @@ except ImportError:  # the client alone installs without it (extras "numpy", "al
 __all__ = [
     "COMPRESS_OVER",
     "ReportEncoding",
+    "check_finite",
     "curriculum_spec",
     "encode_body",
     "plain",
     "report_body",
+    "run_metadata",
 ]
 
 ReportEncoding = Literal["json", "msgpack"]
@@ -153,7 +157,33 @@ def curriculum_spec(name: str, *, distributions: Any = None, labels: Any = None,
         spec["zero_variance"] = plain(zero_variance)
     if primary_objective is not None:
         spec["primary_objective"] = primary_objective
+    check_finite(spec, "INVALID_SPEC")
     return spec
+
+
+def run_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A run's metadata as sent (a copy; non-finite numbers refused as the service
+    refuses them, `INVALID_REQUEST`)."""
+    document = dict(metadata or {})
+    check_finite(document, "INVALID_REQUEST", "metadata")
+    return document
+
+
+def check_finite(document: Any, code: str, where: str = "") -> None:
+    """Refuse NaN and infinities in a spec or run metadata with `InvalidInput(code)`,
+    whatever the transport: JSON cannot carry them (HTTP refused them with a bare
+    ValueError from its encoder, gRPC sent them for the service to refuse), and a
+    non-finite number is never a valid setting."""
+    if isinstance(document, Mapping):
+        for key, value in document.items():
+            check_finite(value, code, f"{where}.{key}" if where else str(key))
+    elif isinstance(document, list | tuple):
+        for i, value in enumerate(document):
+            check_finite(value, code, f"{where}[{i}]")
+    elif isinstance(document, numbers.Real) and not isinstance(document, numbers.Integral) \
+            and not math.isfinite(float(document)):
+        raise InvalidInput(code, f"{where or 'the value'} must be a finite number; got "
+                           f"{float(document)!r}", {"field": where})
 
 
 # ------------------------------------------------------------------- reports

@@ -18,7 +18,13 @@ import httpx
 from paceline import _api
 from paceline import _operations as op
 from paceline._operations import index_or_none
-from paceline._payloads import COMPRESS_OVER, ReportEncoding, curriculum_spec, import_msgpack
+from paceline._payloads import (
+    COMPRESS_OVER,
+    ReportEncoding,
+    curriculum_spec,
+    import_msgpack,
+    run_metadata,
+)
 from paceline._transport import AsyncTransport, Reply, RetryPolicy
 from paceline.client import (
     PAGE,
@@ -229,7 +235,7 @@ class AsyncCurriculum:
         """Attach a run and heartbeat it from an asyncio task until it is closed."""
         run_id = run_id if run_id is not None else new_run_id()
         info = RunInfo.model_validate(
-            await self.client._call(op.AttachRun(self.name, run_id, dict(metadata or {}))))
+            await self.client._call(op.AttachRun(self.name, run_id, run_metadata(metadata))))
         run = AsyncRun(self, info, heartbeat_interval)
         self.client._runs.add(run)
         return run

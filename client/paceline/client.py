@@ -25,7 +25,13 @@ import httpx
 from paceline import _api
 from paceline import _operations as op
 from paceline._operations import index_or_none
-from paceline._payloads import COMPRESS_OVER, ReportEncoding, curriculum_spec, import_msgpack
+from paceline._payloads import (
+    COMPRESS_OVER,
+    ReportEncoding,
+    curriculum_spec,
+    import_msgpack,
+    run_metadata,
+)
 from paceline._transport import Reply, RetryPolicy, SyncTransport
 from paceline.history import POLL_S, History
 from paceline.models import (
@@ -291,7 +297,7 @@ class Curriculum:
         run is closed. Use it as a context manager."""
         run_id = run_id if run_id is not None else new_run_id()
         info = RunInfo.model_validate(
-            self.client._call(op.AttachRun(self.name, run_id, dict(metadata or {}))))
+            self.client._call(op.AttachRun(self.name, run_id, run_metadata(metadata))))
         run = Run(self, info, heartbeat_interval)
         self.client._runs.add(run)
         return run

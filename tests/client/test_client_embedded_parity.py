@@ -113,6 +113,15 @@ BAD: dict[str, Callable[[paceline.Client, str], Any]] = {
     "unserved_value": lambda c, n: served(c, n)[0].report(
         0, served(c, n)[1], rewards(8), unserved="maybe"),  # type: ignore[arg-type]
     "delete_missing": lambda c, n: ghost(c, n).delete(),
+    # non-finite numbers: refused alike (HTTP's JSON encoder raised a bare ValueError)
+    "nan_param": lambda c, n: c.create_curriculum(
+        n, **{**SPEC, "sampler": {"kind": "dump_ucb", "tau": float("nan")}}),
+    "inf_bound": lambda c, n: c.create_curriculum(
+        n, **{**SPEC, "objectives": [{"name": "acc", "bounds": [0, float("inf")]}, "len"]}),
+    "nan_metadata": lambda c, n: c.create_curriculum(n, **SPEC).start_run(
+        "r", metadata={"lr": [1.0, float("-inf")]}),
+    "no_rollouts": lambda c, n: served(c, n)[0].report(
+        0, served(c, n)[1], np.zeros((len(served(c, n)[1]), 0, 2))),
 }
 
 

@@ -242,6 +242,27 @@ def test_errors_are_mapped(client: paceline.Client, faults: FaultInjector | Grpc
     assert cur.state().seq == 1  # only the first same-key report was applied
 
 
+def test_non_finite_numbers_and_empty_groups_alike(client: paceline.Client) -> None:
+    """NaN in a spec or run metadata: the same InvalidInput over HTTP (whose JSON
+    encoder raised a bare ValueError) as over gRPC (which sent it on); a group without
+    rollouts: INVALID_REPORT (it was a 500 INTERNAL), and the curriculum untouched."""
+    with pytest.raises(paceline.InvalidInput) as nan:
+        fresh(client, sampler={"kind": "dump_ucb", "tau": float("nan")})
+    assert (nan.value.code, nan.value.details) == ("INVALID_SPEC", {"field": "sampler.tau"})
+    cur = fresh(client)
+    with pytest.raises(paceline.InvalidInput) as metadata:
+        cur.start_run("r", metadata={"lr": float("inf")})
+    assert metadata.value.code == "INVALID_REQUEST"
+    assert cur.runs() == []
+    run = cur.start_run("r", heartbeat_interval=None)
+    batch = run.next_batch(0)
+    with pytest.raises(paceline.InvalidInput) as empty:
+        run.report(0, batch.indices, np.zeros((len(batch.indices), 0, 2)))
+    assert (empty.value.code, empty.value.status) == ("INVALID_REPORT", 422)
+    assert cur.state().seq == 0
+    assert not run.report(0, batch.indices, np.ones((len(batch.indices), 2, 2))).replayed
+
+
 # ------------------------------------------------------------------ retries
 def test_refused_then_success_applies_the_report_once(
         run: paceline.Run, faults: FaultInjector | GrpcFaults) -> None:

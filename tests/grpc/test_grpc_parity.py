@@ -104,6 +104,20 @@ def test_a_report_run_id_with_a_nul_is_an_invalid_report_on_both(both: Both) -> 
         rewards=pb.Array(shape=[1, 1, 2], f64=[1, 2]))) == "INVALID_REPORT"
 
 
+def test_groups_without_rollouts_are_an_invalid_report_on_both(both: Both) -> None:
+    """Every served prompt with zero rollouts: the samplers' group sums used to fail on
+    it (500 INTERNAL, and the REST connection dropped) where it is the report's fault."""
+    assert both.rest_code("POST", f"{CUR}/reports", json=report(rewards=[[]])) \
+        == "INVALID_REPORT"
+    assert both.grpc_code("Report", pb.ReportRequest(
+        curriculum="math", run_id="r", step=0, indices=[0], unserved="accept",
+        rewards=pb.Array(shape=[1, 0, 2], f64=[]))) == "INVALID_REPORT"
+    with pytest.raises(InvalidReport):
+        both.ops.report(SubmitReport("math", report(rewards=[[]])))
+    assert both.rest.get(CUR).json()["seq"] == 0
+    assert both.rest.post(f"{CUR}/reports", json=report()).status_code == 200
+
+
 def test_list_bounds_alike(both: Both) -> None:
     assert both.rest_code("GET", "/v1/curricula", params={"limit": 1001}) \
         == "INVALID_REQUEST"

@@ -142,6 +142,13 @@ CASES = [
     Bad("invalid-utf8", "POST", REPORTS, 400, "MALFORMED_BODY",
         raw=b'{"run_id": "\xff"}', headers=JSON),
     Bad("empty-body", "POST", REPORTS, 400, "MALFORMED_BODY", raw=b"", headers=JSON),
+    # not JSON: the same answer on the routes FastAPI parses as on the report route
+    Bad("spec-not-json", "POST", "/v1/curricula", 400, "MALFORMED_BODY", raw=b"{nope",
+        headers=JSON),
+    Bad("batch-not-json", "POST", f"{CUR}/batches", 400, "MALFORMED_BODY", raw=b"{nope",
+        headers=JSON),
+    Bad("run-not-json", "POST", f"{CUR}/runs", 400, "MALFORMED_BODY", raw=b"{nope",
+        headers=JSON),
     Bad("top-level-array", "POST", REPORTS, 422, "INVALID_REPORT", raw=b"[1, 2]",
         headers=JSON),
     Bad("msgpack-array-bomb", "POST", REPORTS, 400, "MALFORMED_BODY",

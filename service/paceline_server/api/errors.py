@@ -101,6 +101,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            # A body that is not JSON at all is malformed on every route, as the report
+            # route (which parses its own body) and gRPC's spec_json have always said.
+            return JSONResponse(error_body("MALFORMED_BODY", "the body is not valid JSON"),
+                                400)
         problems = [{"loc": list(e.get("loc", ())), "message": e.get("msg", "")}
                     for e in exc.errors()]
         first = problems[0] if problems else {"loc": [], "message": "invalid request"}

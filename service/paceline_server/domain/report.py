@@ -194,8 +194,8 @@ class Report:
         if self.group_of.shape != (m,):
             raise InvalidReport("group_of must have one entry per rollout", {"field": "group_of"})
         steps = np.diff(self.group_of)
-        if m and (self.group_of[0] != 0 or self.group_of[-1] != n - 1
-                  or (steps.size and (steps.min() < 0 or steps.max() > 1))):
+        if m == 0 or self.group_of[0] != 0 or self.group_of[-1] != n - 1 \
+                or (steps.size and (steps.min() < 0 or steps.max() > 1)):
             raise InvalidReport("every reported index needs at least one rollout",
                                 {"field": "rewards"})
         layout.check_indices(self.indices)
