@@ -48,7 +48,8 @@ def _require_server() -> None:
     if importlib.util.find_spec("paceline_server") is None:
         raise ImportError(
             "Client.embedded() runs the Paceline service in this process and needs the "
-            "server package `paceline_server` (pip install paceline); to talk to a running "
+            "server package `paceline_server` (`pip install -e .` in a checkout of the "
+            "repository: the distribution paceline); to talk to a running "
             "service use Client(url) instead")
 
 

@@ -338,8 +338,13 @@ ENCODERS: dict[type[op.Operation], Callable[[Any], Call]] = {
 
 
 def encode(operation: op.Operation) -> Call:
-    """The RPC that performs `operation`."""
-    return ENCODERS[type(operation)](operation)
+    """The RPC that performs `operation`. Text protobuf cannot carry (a lone surrogate in
+    a run id or a key) is refused as the service refuses it over the other transports."""
+    try:
+        return ENCODERS[type(operation)](operation)
+    except UnicodeEncodeError as exc:
+        raise InvalidInput("INVALID_REQUEST", f"{exc.object!r} is not valid Unicode text "
+                           f"({exc.reason})", {}) from None
 
 
 def response_class(method: str) -> type[Message]:

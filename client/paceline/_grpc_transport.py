@@ -26,7 +26,8 @@ try:
     from google.protobuf.message import Message
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("grpc:// URLs need grpcio, protobuf and numpy: "
-                      "pip install 'paceline-client[grpc]'") from exc
+                      "pip install './client[grpc]' from a checkout of the "
+                      "repository (the distribution paceline-client, extra grpc)") from exc
 
 from paceline import _grpc_pb2 as pb
 from paceline import _transport

@@ -53,11 +53,17 @@ def _batch(o: op.NextBatch, _: ReportEncoding, __: int | None) -> Request:
 
 
 def _report(o: op.Report, encoding: ReportEncoding, compress_over: int | None) -> Request:
-    content, headers = encode_body(report_body(**o.arrays()), encoding=encoding,
-                                   compress_over=compress_over)
+    body = report_body(**o.arrays())
+    key = o.idempotency_key
+    in_header = key.isascii() and key.isprintable() and key == key.strip()
+    if not in_header:  # e.g. a run id in another script: the body carries any text
+        body["idempotency_key"] = key
+    content, headers = encode_body(body, encoding=encoding, compress_over=compress_over)
+    if in_header:
+        headers = {**headers, "Idempotency-Key": key}
     return Request("POST", _path(o.curriculum, "reports"), content=content,
                    params=_params(next_step=o.next_step, next_size=o.next_size),
-                   headers={**headers, "Idempotency-Key": o.idempotency_key})
+                   headers=headers)
 
 
 Encoder = Callable[[Any, ReportEncoding, int | None], Request]

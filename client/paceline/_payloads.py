@@ -266,6 +266,7 @@ def import_msgpack() -> Any:
     try:
         import msgpack  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("report_encoding='msgpack' needs msgpack: "
-                          "pip install 'paceline-client[msgpack]'") from exc
+        raise ImportError("report_encoding='msgpack' needs msgpack: pip install "
+                          "'./client[msgpack]' from a checkout of the repository (the "
+                          "distribution paceline-client, extra msgpack)") from exc
     return msgpack

@@ -120,6 +120,12 @@ BAD: dict[str, Callable[[paceline.Client, str], Any]] = {
         n, **{**SPEC, "objectives": [{"name": "acc", "bounds": [0, float("inf")]}, "len"]}),
     "nan_metadata": lambda c, n: c.create_curriculum(n, **SPEC).start_run(
         "r", metadata={"lr": [1.0, float("-inf")]}),
+    # keys HTTP cannot put in a header travel in the body (they were a UnicodeEncodeError
+    # or a connection error over HTTP)
+    "key_with_nul": lambda c, n: served(c, n)[0].report(
+        0, served(c, n)[1], rewards(8), idempotency_key="a\x00b"),
+    "key_with_surrogate": lambda c, n: served(c, n)[0].report(
+        0, served(c, n)[1], rewards(8), idempotency_key="a\ud800"),
     "no_rollouts": lambda c, n: served(c, n)[0].report(
         0, served(c, n)[1], np.zeros((len(served(c, n)[1]), 0, 2))),
 }

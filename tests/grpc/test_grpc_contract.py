@@ -263,6 +263,29 @@ def test_non_finite_numbers_and_empty_groups_alike(client: paceline.Client) -> N
     assert not run.report(0, batch.indices, np.ones((len(batch.indices), 2, 2))).replayed
 
 
+def test_any_text_in_run_ids_and_keys(client: paceline.Client) -> None:
+    """A run id in another script makes a default key HTTP cannot put in a header (it
+    raised UnicodeEncodeError before sending); a key with spaces around it would lose them
+    there. Both travel in the body; a key no transport can carry is refused alike."""
+    cur = fresh(client)
+    run = cur.start_run("прогон-1", heartbeat_interval=None)
+    batch = run.next_batch(0)
+    sent = (batch.indices, np.ones((len(batch.indices), 2, 2)))
+    assert not run.report(0, *sent).replayed
+    assert run.report(0, *sent, idempotency_key=" k ").replayed
+    run.next_batch(1)
+    assert not run.report(1, run.next_batch(1).indices, np.ones((8, 2, 2)),
+                          idempotency_key="ключ").replayed
+    with pytest.raises(paceline.Conflict) as reused:  # the same key, read back intact
+        run.report(2, [1], np.ones((1, 2, 2)), idempotency_key="ключ", unserved="accept")
+    assert reused.value.code == "IDEMPOTENCY_CONFLICT"
+    for key in ("a\x00b", "a\ud800"):
+        with pytest.raises(paceline.InvalidInput) as refused:
+            run.report(2, [1], np.ones((1, 2, 2)), idempotency_key=key, unserved="accept")
+        assert refused.value.code == "INVALID_REQUEST"
+    assert cur.state().seq == 2
+
+
 # ------------------------------------------------------------------ retries
 def test_refused_then_success_applies_the_report_once(
         run: paceline.Run, faults: FaultInjector | GrpcFaults) -> None:
