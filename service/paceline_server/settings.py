@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     #: the bytes per sample of each strategy): create refuses a bigger one with 422
     #: STATE_TOO_LARGE naming the estimate. 2 GiB holds 10^7 samples with any strategy.
     max_state_bytes: int = Field(default=2 * 1024**3, ge=1024**2)
+    #: Most distributions one curriculum may have: what is read per distribution
+    #: (state, explanations, history) costs about 0.1 ms each, so 10 000 keep a state
+    #: read under a second, and a spec with 500 000 (accepted before this limit) held the
+    #: process for a minute per read, slowing every other curriculum. 422 INVALID_SPEC.
+    max_distributions: int = Field(default=10_000, ge=1)
     #: Estimated state bytes of the engines cached per process, all together: the least
     #: recently used are dropped beyond it (the most recent one is always kept).
     engine_cache_bytes: int = Field(default=4 * 1024**3, ge=1024**2)

@@ -19,7 +19,7 @@ from api_support import make_client
 from paceline_server.app.engines import EngineCache, estimate_state_bytes
 from paceline_server.app.service import PacelineService
 from paceline_server.domain import CurriculumSpec
-from paceline_server.domain.errors import StateTooLarge
+from paceline_server.domain.errors import InvalidSpec, StateTooLarge
 from paceline_server.domain.report import Report
 from paceline_server.engine import CurriculumEngine
 from paceline_server.grpc.server import create_server
@@ -144,6 +144,48 @@ def test_grpc_refuses_an_oversized_curriculum_with_the_same_code(tmp_path: Path)
         server.stop(0)
         service.close()
         service.store.close()
+
+
+# ------------------------------------------------------------------ distributions
+def test_more_distributions_than_the_limit_are_refused(tmp_path: Path) -> None:
+    """What a request reads per distribution (state, explanations, history) grows with
+    their number: 500 000 held the process for a minute per state read, slowing every
+    other curriculum. The default limit is 10 000."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    service = PacelineService(open_store(url, auto_migrate=True), Settings(database_url=url))
+    try:
+        assert service.settings.max_distributions == 10_000
+        with pytest.raises(InvalidSpec) as refused:
+            service.create_curriculum(spec("uniform", sizes=(1,) * 10_001))
+        assert refused.value.code == "INVALID_SPEC"
+        assert refused.value.details == {"field": "layout", "distributions": 10_001,
+                                         "limit": 10_000}
+        assert "PACELINE_MAX_DISTRIBUTIONS" in refused.value.message
+        assert service.list_curricula() == []
+        assert service.create_curriculum(spec("uniform", sizes=(1,) * 10_000)).created
+    finally:
+        service.close()
+        service.store.close()
+
+
+def test_the_distribution_limit_is_configurable_and_holds_for_imports(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with make_client(f"sqlite:///{tmp_path / 'a.db'}") as source:
+        assert source.post("/v1/curricula", json=spec("uniform")).status_code == 201
+        exported = source.get("/v1/curricula/m/export").content
+    monkeypatch.setenv("PACELINE_MAX_DISTRIBUTIONS", "3")
+    with make_client(f"sqlite:///{tmp_path / 'b.db'}") as client:
+        too_many = client.post("/v1/curricula", json=spec("uniform"))  # 4 distributions
+        assert too_many.status_code == 422, too_many.text
+        assert too_many.json()["error"]["code"] == "INVALID_SPEC"
+        assert too_many.json()["error"]["details"]["limit"] == 3
+        imported = client.post("/v1/imports", content=exported,
+                               headers={"Content-Type": "application/x-ndjson"})
+        assert imported.status_code == 422, imported.text
+        assert imported.json()["error"]["code"] == "INVALID_SPEC"
+        assert client.get("/v1/curricula").json()["curricula"] == []
+        fits = client.post("/v1/curricula", json=spec("uniform", sizes=(10, 10, 10)))
+        assert fits.status_code == 201, fits.text
 
 
 # ------------------------------------------------------------------ the engine cache

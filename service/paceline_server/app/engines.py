@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from paceline_server.app.codec import decode_report
-from paceline_server.domain.errors import StateTooLarge
+from paceline_server.domain.errors import InvalidSpec, StateTooLarge
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.engine import CurriculumEngine
 from paceline_server.engine.engine import HISTORY
@@ -104,6 +104,17 @@ def estimate_state_bytes(spec: CurriculumSpec) -> int:
                              streak=spec.zero_variance is not None)
     total += 8 * d * (3 * HEALTH_WINDOW + 8) + 8 * HISTORY * (k + 2)
     return total
+
+
+def check_distributions(spec: CurriculumSpec, limit: int) -> None:
+    """InvalidSpec when `spec` has more than `limit` distributions."""
+    count = spec.layout.num_distributions
+    if count > limit:
+        raise InvalidSpec(
+            f"curriculum {spec.name!r} has {count} distributions, over this service's "
+            f"limit of {limit} (PACELINE_MAX_DISTRIBUTIONS): group sources into fewer "
+            "distributions; each sample is still sampled on its own",
+            {"field": "layout", "distributions": count, "limit": limit})
 
 
 def check_state_budget(spec: CurriculumSpec, budget: int) -> int:

@@ -36,7 +36,12 @@ from paceline_server.app.coordination import (
     LocalCoordinator,
     curriculum_stamp,
 )
-from paceline_server.app.engines import CachedEngine, EngineCache, check_state_budget
+from paceline_server.app.engines import (
+    CachedEngine,
+    EngineCache,
+    check_distributions,
+    check_state_budget,
+)
 from paceline_server.app.group_commit import (
     GroupCommitter,
     PendingReport,
@@ -174,9 +179,7 @@ class PacelineService:
         With `exist_ok` an equal spec returns the stored curriculum; a different spec of
         the same name is always a conflict."""
         parsed = CurriculumSpec.from_dict(spec_data)
-        # Estimated from the spec before anything is allocated: an oversized one is
-        # refused in microseconds instead of taking the process's memory.
-        check_state_budget(parsed, self.settings.max_state_bytes)
+        self.admit(parsed)
         spec = CurriculumEngine(parsed).spec
         canonical = spec.to_dict()
         try:
@@ -190,6 +193,13 @@ class PacelineService:
                 + (" with a different spec" if existing.spec != canonical else ""),
                 {"name": spec.name, "same_spec": existing.spec == canonical},
             ) from None
+
+    def admit(self, spec: CurriculumSpec) -> None:
+        """Refuse a spec over this service's limits (created or imported), judged from
+        the spec before anything is allocated: an oversized one is refused in
+        microseconds instead of taking the process's memory and time."""
+        check_distributions(spec, self.settings.max_distributions)
+        check_state_budget(spec, self.settings.max_state_bytes)
 
     def get_curriculum(self, name: str) -> CurriculumRecord:
         return self.store.get_curriculum(name)

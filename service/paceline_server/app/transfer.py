@@ -264,12 +264,16 @@ class ExportContents:
     reports: tuple[_Report, ...]
 
 
-def read_export(items: Iterable[Line], name: str | None = None) -> ExportContents:
+def read_export(items: Iterable[Line], name: str | None = None,
+                admit: Callable[[CurriculumSpec], None] | None = None) -> ExportContents:
     """Read and validate every line of an export (the lines of `read_lines`), renamed
     to `name` if given, without touching any database: a broken file is refused before
-    anything is opened."""
+    anything is opened. `admit` (a service's limits) judges the spec before its engine
+    is built."""
     lines = iter(items)
     header = read_header(lines, name)
+    if admit is not None:
+        admit(header.spec)
     engine = CurriculumEngine(header.spec)  # validates the spec as a create does
     runs: dict[str, _Run] = {}
     reports: list[_Report] = []
@@ -305,7 +309,9 @@ def import_curriculum(service: PacelineService, export: ExportContents | Iterabl
     refused (CURRICULUM_EXISTS). `export.engine` is folded: an `ExportContents` is
     imported once."""
     if not isinstance(export, ExportContents):
-        export = read_export(export, name)
+        export = read_export(export, name, service.admit)
+    else:
+        service.admit(export.engine.spec)
     engine, reports = export.engine, export.reports
     spec = engine.spec
     target = spec.name
