@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.storage_health = StorageHealth(settings.storage_failure_hold_s)
     errors.install(app)
     # Innermost first; metrics (installed last, so outermost) also counts the refusals.
+    app.add_middleware(errors.UnexpectedErrors)
     app.add_middleware(StorageHealthMiddleware, health=app.state.storage_health)
     app.add_middleware(JsonBodyMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

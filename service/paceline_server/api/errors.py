@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paceline_server.domain import errors
 from paceline_server.transport.errors import (
@@ -80,6 +81,38 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(allowed)
 
 
+class UnexpectedErrors:
+    """The last answer to a bug (an exception no handler took): 500 INTERNAL in the API's
+    error format, its traceback logged, and the connection kept. Starlette's own last
+    resort answers too but then re-raises, and the server drops the keep-alive
+    connection, so the client's next request on it failed as well. Installed innermost;
+    a response already started cannot be replaced, and that exception goes on up."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if started:
+                raise
+            # Method and path only, as for the domain's 5xx: never a header or a query.
+            logger.exception("%s %s failed: INTERNAL", scope["method"], scope["path"])
+            await JSONResponse(error_body("INTERNAL", "internal error"), 500)(
+                scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.PacelineError)
     async def _domain(request: Request, exc: errors.PacelineError) -> JSONResponse:
@@ -95,8 +128,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        """A bug: still answer in the API's error format. (Starlette re-raises the
-        exception afterwards, so the server logs its traceback.)"""
+        """A bug in a middleware outside `UnexpectedErrors`: still answer in the API's
+        error format. (Starlette re-raises the exception afterwards, so the server logs
+        its traceback.)"""
         return JSONResponse(error_body("INTERNAL", "internal error"), 500)
 
     @app.exception_handler(RequestValidationError)
