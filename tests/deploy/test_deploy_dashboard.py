@@ -140,6 +140,25 @@ def test_request_panels_show_each_transport(dashboard: dict[str, Any]) -> None:
     assert checked >= 6  # rate, 3 quantiles, mean, error ratio, errors by code
 
 
+def test_request_panels_read_the_same_requests_and_show_zero_errors(
+        dashboard: dict[str, Any]) -> None:
+    """Every request selector leaves out the operational routes (probes and scrapes,
+    which gRPC does not count), and a ratio of errors to requests reads 0 rather than
+    no data when nothing failed: the 5xx selector matches no series then, and a division
+    by a missing series is empty for every transport."""
+    selector = re.compile(r"paceline_http_request\w*\{([^}]*)\}")
+    ratios = 0
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for labels in selector.findall(expr):
+                assert 'route!~"/metrics|/healthz|/readyz"' in labels, (panel["title"], expr)
+            if 'status=~"5' in expr:
+                ratios += 1
+                assert " or 0 * " in expr, f"{panel['title']} is empty without errors"
+    assert ratios == 1
+
+
 def test_panels_use_the_datasource_variable(dashboard: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"

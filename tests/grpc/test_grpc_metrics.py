@@ -163,3 +163,42 @@ def test_rest_and_grpc_share_the_series(both: Both) -> None:
     transports = {dict(labels)["transport"] for name, labels in samples
                   if name == "paceline_http_request_seconds_count"}
     assert transports == {"rest", "grpc"}
+
+
+def test_a_message_that_does_not_decode_is_malformed_and_counted(both: Both) -> None:
+    """grpcio decoded the message before the handler and answered a bare INTERNAL that
+    no metric saw; the handler now decodes it and refuses it as REST refuses a body."""
+    raw = both.channel.unary_unary(f"/{SERVICE}/Report", request_serializer=None,
+                                   response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as info:
+        raw(b"\xff\xff\xff", timeout=10, metadata=(("authorization", f"Bearer {TOKEN}"),))
+    error: Any = info.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    trailer = dict(error.trailing_metadata())
+    found = pb.ErrorInfo.FromString(trailer["paceline-error-bin"])
+    assert (found.code, found.http_status) == ("MALFORMED_BODY", 400)
+    samples = both.samples()
+    assert value(samples, "paceline_http_requests_total", transport="grpc", method="POST",
+                 route=route("Report"), status="400") == 1.0
+    assert value(samples, "paceline_request_errors_total", transport="grpc",
+                 route=route("Report"), code="MALFORMED_BODY") == 1.0
+
+
+def test_an_unknown_method_is_unimplemented_and_counted(both: Both) -> None:
+    for method in (f"/{SERVICE}/NoSuchMethod", "/other.Service/Call"):
+        stub = both.channel.unary_unary(method, request_serializer=None,
+                                        response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info:
+            stub(b"", timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+        assert method in info.value.details()  # type: ignore[attr-defined]
+    samples = both.samples()
+    assert value(samples, "paceline_http_requests_total", transport="grpc", method="POST",
+                 route="unmatched", status="404") == 2.0
+    assert value(samples, "paceline_request_errors_total", transport="grpc",
+                 route="unmatched", code="NOT_FOUND") == 2.0
+    # the standard services are still found (they come before the fallback)
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    reply = health_pb2_grpc.HealthStub(both.channel).Check(
+        health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -42,6 +42,17 @@ class GrpcServer:
         self.server.stop(grace).wait()
 
 
+class _Unknown(grpc.GenericRpcHandler):
+    """Consulted after every service: answers (and counts) a method none of them has."""
+
+    def __init__(self, handlers: PacelineHandlers) -> None:
+        self.handlers = handlers
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails
+                ) -> grpc.RpcMethodHandler[bytes, None] | None:
+        return self.handlers.unknown_method(str(handler_call_details.method))
+
+
 def create_server(service: PacelineService, settings: Settings, *, port: int | None = None,
                   host: str | None = None, metrics: Metrics | None = None,
                   max_workers: int | None = None) -> GrpcServer:
@@ -59,14 +70,14 @@ def create_server(service: PacelineService, settings: Settings, *, port: int | N
                                   ("grpc.so_reuseport", 0)])
     handlers = PacelineHandlers(service, settings, metrics)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {
-        m.name: grpc.unary_unary_rpc_method_handler(
-            handlers.guard(m), request_deserializer=m.request.FromString,
-            response_serializer=m.response.SerializeToString)
+        m.name: grpc.unary_unary_rpc_method_handler(  # bytes in: `guard` decodes them
+            handlers.guard(m), response_serializer=m.response.SerializeToString)
         for m in handlers.methods()}),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    server.add_generic_rpc_handlers((_Unknown(handlers),))  # last: what no one else has
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(address)
     if bound == 0:
