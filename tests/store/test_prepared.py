@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import LargeBinary, bindparam, insert, literal, select
 from sqlalchemy import exc as sa_exc
 
 from paceline_server.domain.errors import Unavailable
@@ -45,6 +45,24 @@ def test_round_trip_matches_sqlalchemy(store: SqlStore) -> None:
     assert ours[:2] == theirs[:2] and bytes(ours[2]) == bytes(theirs[2]) == b"\x00\xffpayload"
     assert ours[3] == theirs[3]
     assert missing is None
+
+
+def test_the_statements_own_values_are_bound(store: SqlStore) -> None:
+    """A literal and a LIMIT are bind parameters the caller does not pass: their values
+    come from the statement (the duplicate checks' union reads an empty payload and the
+    first row so)."""
+    store.create_curriculum("c", SPEC)
+    dialect = store.engine.dialect
+    with store.engine.begin() as conn:
+        cid = conn.execute(select(t.curricula.c.id)).scalar_one()
+        Prepared(insert(t.events), dialect).execute(conn, _event_values(cid))
+        Prepared(insert(t.events), dialect).execute(conn, {**_event_values(cid), "seq": 2,
+                                                           "idempotency_key": "k2"})
+    query = select(t.events.c.seq, literal(b"\x01", LargeBinary), literal(7)).where(
+        t.events.c.curriculum_id == bindparam("cid")).order_by(t.events.c.seq.desc()).limit(1)
+    with store.engine.connect() as conn:
+        found = Prepared(query, dialect).one_or_none(conn, {"cid": cid})
+    assert found is not None and (found[0], bytes(found[1]), found[2]) == (2, b"\x01", 7)
 
 
 def test_driver_errors_are_sqlalchemy_errors(store: SqlStore) -> None:

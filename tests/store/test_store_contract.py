@@ -18,7 +18,7 @@ from paceline_server.domain.errors import (
 )
 from paceline_server.store import sql as sql_module
 from paceline_server.store import tables as t
-from paceline_server.store.base import BatchRecord, CurriculumWriter
+from paceline_server.store.base import BatchRecord, CurriculumWriter, payload_digest
 from paceline_server.store.sql import SqlStore
 
 SPEC = {"name": "c", "layout": {"distributions": [{"name": "d0", "size": 10}]},
@@ -329,6 +329,31 @@ class TestPrune:
         # The head does not move, and appends continue after it.
         assert store.get_curriculum("math").head_seq == 8
         assert append_n(store, "math", 1) == [9]
+
+    def test_pruned_events_still_answer_the_duplicate_checks(self, store: SqlStore) -> None:
+        """A pruned event leaves its seq, (run, step), key and payload digest: a retry
+        whose answer was lost, or a resumed trainer's re-report, is still found (the
+        payload is gone: empty, with `digest` set); what is still in the log is found
+        whole; deleting the curriculum takes what pruning left."""
+        store.create_curriculum("math", SPEC)
+        append_n(store, "math", 6, key_prefix="k")
+        with store.writer("math") as writer:
+            writer.put_snapshot(4, b"s4")
+        assert store.prune_events("math", 4) == 4
+        with store.writer("math") as writer:
+            by_key = writer.find_by_key("k2")
+            by_step = writer.find_report("r", 2)
+            live = writer.find_report("r", 5)
+            assert writer.find_by_key("k9") is None and writer.find_report("r", 9) is None
+            assert writer.find_report("other", 2) is None
+        assert by_key == by_step
+        assert by_key is not None and (by_key.seq, by_key.run_id, by_key.step) == (3, "r", 2)
+        assert (by_key.payload, by_key.digest) == (b"", payload_digest(b"r:2"))
+        assert by_key.idempotency_key == "k2" and by_key.created_at.tzinfo is not None
+        assert live is not None and (live.payload, live.digest) == (b"r:5", None)
+        store.delete_curriculum("math")
+        with store._read() as conn:
+            assert conn.execute(select(func.count()).select_from(t.pruned_events)).scalar() == 0
 
 
 class TestBatches:

@@ -25,6 +25,7 @@ from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import StateCorrupt
 from paceline_server.domain.npz import load_npz
 from paceline_server.domain.report import Report
+from paceline_server.store.base import EventRecord, payload_digest
 
 MAGIC = b"PLM1"
 _NPZ_MAGIC = b"PK"
@@ -137,6 +138,15 @@ def decode_report(data: bytes) -> Report:
                       indices=fields["indices"], group_of=group_of, **floats)
     except (KeyError, AttributeError, TypeError, ValueError) as exc:
         raise StateCorrupt(f"stored report is malformed: {exc}") from exc
+
+
+def holds(record: EventRecord, payload: bytes, report: Report) -> bool:
+    """Whether a stored event holds `report` (encoded as `payload`): the same bytes, the
+    same arrays in an earlier release's encoding, or, for an event pruned since, the
+    same digest (a retry or a resumed trainer's re-report is then still recognised)."""
+    if record.digest is not None:
+        return record.digest == payload_digest(payload)
+    return record.payload == payload or same_report(record.payload, report)
 
 
 def same_report(stored: bytes, report: Report) -> bool:

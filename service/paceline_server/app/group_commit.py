@@ -12,14 +12,13 @@ before queueing stays with the use cases (`app/service.py`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from paceline_server.app.codec import decode_batch, encode_batch, same_report
+from paceline_server.app.codec import decode_batch, encode_batch, holds
 from paceline_server.app.coordination import Coordinator, curriculum_stamp
 from paceline_server.app.engines import CachedEngine, EngineCache
 from paceline_server.app.refill import served_union
@@ -36,7 +35,13 @@ from paceline_server.domain.errors import (
 from paceline_server.domain.history import ProgressPoint, pack_point
 from paceline_server.domain.report import Report
 from paceline_server.settings import Settings
-from paceline_server.store.base import BatchRecord, CurriculumWriter, EventRecord, Store
+from paceline_server.store.base import (
+    BatchRecord,
+    CurriculumWriter,
+    EventRecord,
+    Store,
+    payload_digest,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -192,9 +197,7 @@ class GroupCommitter:
         if item.key is not None:
             previous = writer.find_by_key(item.key)
             if previous is not None:
-                # Equal content encodes to equal bytes (unless an older release wrote it).
-                if previous.payload != item.payload \
-                        and not same_report(previous.payload, item.report):
+                if not holds(previous, item.payload, item.report):
                     raise IdempotencyConflict(
                         "idempotency key was used for a different report",
                         {"idempotency_key": item.key, "seq": previous.seq})
@@ -346,7 +349,7 @@ def _reported_before(writer: CurriculumWriter, item: PendingReport) -> EventReco
     earlier = writer.find_report(report.run_id, report.step)
     if earlier is None:
         return None
-    if earlier.payload != item.payload and not same_report(earlier.payload, report):
+    if not holds(earlier, item.payload, report):
         raise ReportConflict(
             f"step {report.step} of run {report.run_id!r} was already reported (seq "
             f"{earlier.seq}) with different content: a step is folded once",
@@ -379,4 +382,4 @@ def check_size(batch: Batch, size: int | None) -> None:
 
 
 def report_digest(payload: bytes) -> bytes:
-    return hashlib.sha256(payload).digest()
+    return payload_digest(payload)

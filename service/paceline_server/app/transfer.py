@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from paceline_server.app.codec import decode_report, encode_report, same_report
+from paceline_server.app.codec import decode_report, encode_report, holds, same_report
 from paceline_server.app.engines import CachedEngine
 from paceline_server.app.group_commit import OnFold
 from paceline_server.app.history import checkpoint_due, store_imported_rows
@@ -486,10 +486,8 @@ def _merge(writer: CurriculumImporter, cached: CachedEngine, runs: Iterable[_Run
 
 
 def _same(earlier: EventRecord, item: _Report) -> bool:
-    """Whether a stored report holds the item's (equal content encodes to equal bytes,
-    unless an earlier release wrote it)."""
-    return earlier.payload == item.payload \
-        or same_report(earlier.payload, decode_report(item.payload))
+    """Whether a stored report (or what pruning left of it) holds the item's."""
+    return holds(earlier, item.payload, decode_report(item.payload))
 
 
 def _runs_aside(items: Iterator[Line],

@@ -29,6 +29,7 @@ backend:
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -103,6 +104,14 @@ class EventRecord:
     idempotency_key: str | None
     payload: bytes  # opaque to the store (the app encodes reports as .npz)
     created_at: datetime
+    #: Set only on what a duplicate check found of a pruned event: its payload is gone
+    #: (empty) and this is `payload_digest` of it.
+    digest: bytes | None = None
+
+
+def payload_digest(payload: bytes) -> bytes:
+    """SHA-256 of an event payload: what stays of a pruned event's content."""
+    return hashlib.sha256(payload).digest()
 
 
 @dataclass(frozen=True)

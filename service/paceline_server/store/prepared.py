@@ -38,10 +38,14 @@ class Prepared:
         self._order: tuple[str, ...] | None = (
             tuple(compiled.positiontup) if compiled.positiontup is not None else None)
         self._binds: dict[str, _Processor] = {}
+        #: The statement's own values (literals, a LIMIT), converted once.
+        self._fixed: dict[str, Any] = {}
         for key, bind in compiled.binds.items():
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self._binds[key] = processor
+            if not bind.required:
+                self._fixed[key] = bind.value if processor is None else processor(bind.value)
         # A query's columns, or a DML statement's RETURNING columns (none without).
         self._results: list[_Processor | None] = [
             column.type.dialect_impl(dialect).result_processor(dialect, None)
@@ -51,6 +55,8 @@ class Prepared:
         binds = self._binds
         values = {key: (binds[key](value) if key in binds else value)
                   for key, value in params.items()}
+        if self._fixed:
+            values = {**self._fixed, **values}
         if self._order is None:
             return values
         return tuple(values[key] for key in self._order)

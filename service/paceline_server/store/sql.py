@@ -29,20 +29,27 @@ database errors live in `store/connection.py` (shared with the migrations).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     Connection,
+    LargeBinary,
+    Select,
     bindparam,
+    cast,
     delete,
     func,
     insert,
+    literal,
+    null,
     select,
+    union_all,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -71,6 +78,7 @@ from paceline_server.store.base import (
     SnapshotRecord,
     SnapshotStream,
     Store,
+    payload_digest,
 )
 from paceline_server.store.connection import (
     begin_write,
@@ -105,11 +113,30 @@ _SELECT_BATCH = select(_b.c.seq, _b.c.payload).where(
     _b.c.step == bindparam("step"))
 _EVENT_COLUMNS = (_e.c.seq, _e.c.kind, _e.c.run_id, _e.c.step, _e.c.idempotency_key,
                   _e.c.payload, _e.c.created_at)
-_FIND_BY_KEY = select(*_EVENT_COLUMNS).where(
-    _e.c.curriculum_id == bindparam("cid"), _e.c.idempotency_key == bindparam("key"))
-_FIND_REPORT = select(*_EVENT_COLUMNS).where(
-    _e.c.curriculum_id == bindparam("cid"), _e.c.run_id == bindparam("run_id"),
-    _e.c.step == bindparam("step"), _e.c.kind == bindparam("kind")).order_by(_e.c.seq)
+_p = t.pruned_events
+
+
+def _found(events: Sequence[Any], pruned: Sequence[Any]) -> Select[Any]:
+    """The duplicate checks' read: the first match in the log or in what pruning left
+    of it (payload empty, digest set), in one statement."""
+    live = select(*_EVENT_COLUMNS, cast(null(), LargeBinary).label("digest")).where(*events)
+    gone = select(_p.c.seq, _p.c.kind, _p.c.run_id, _p.c.step, _p.c.idempotency_key,
+                  literal(b"", LargeBinary).label("payload"), _p.c.created_at,
+                  _p.c.digest).where(*pruned)
+    both = union_all(live, gone).subquery()
+    return select(*both.c).order_by(both.c.seq).limit(1)
+
+
+_FIND_BY_KEY = _found(
+    (_e.c.curriculum_id == bindparam("cid"), _e.c.idempotency_key == bindparam("key")),
+    (_p.c.curriculum_id == bindparam("cid"), _p.c.idempotency_key == bindparam("key")))
+_FIND_REPORT = _found(
+    (_e.c.curriculum_id == bindparam("cid"), _e.c.run_id == bindparam("run_id"),
+     _e.c.step == bindparam("step"), _e.c.kind == bindparam("kind")),
+    (_p.c.curriculum_id == bindparam("cid"), _p.c.run_id == bindparam("run_id"),
+     _p.c.step == bindparam("step"), _p.c.kind == bindparam("kind")))
+#: Pruning moves this many events at a time (their payloads are read to digest them).
+_PRUNE_CHUNK = 500
 _INSERT_EVENT = insert(_e)
 _SET_HEAD = update(_c).where(_c.c.id == bindparam("cid")).values(
     head_seq=bindparam("new_head"))
@@ -557,9 +584,29 @@ class SqlStore(Store):
             if newest is None:
                 return 0
             bound = min(int(up_to_seq), int(newest))
-            result = conn.execute(delete(t.events).where(t.events.c.curriculum_id == cid,
-                                                         t.events.c.seq <= bound))
-            return int(result.rowcount)
+            return self._move_pruned(conn, cid, bound)
+
+    def _move_pruned(self, conn: Connection, cid: int, bound: int) -> int:
+        """Delete events with seq <= bound, leaving in `pruned_events` what the duplicate
+        checks need of each (a chunk at a time: payloads are read to digest them)."""
+        e = t.events
+        moved = 0
+        while True:
+            rows = conn.execute(
+                select(e.c.seq, e.c.kind, e.c.run_id, e.c.step, e.c.idempotency_key,
+                       e.c.payload, e.c.created_at)
+                .where(e.c.curriculum_id == cid, e.c.seq <= bound)
+                .order_by(e.c.seq).limit(_PRUNE_CHUNK)).all()
+            if not rows:
+                return moved
+            conn.execute(insert(_p), [
+                {"curriculum_id": cid, "seq": seq, "kind": kind, "run_id": run_id,
+                 "step": step, "idempotency_key": key, "digest": payload_digest(payload),
+                 "created_at": created_at}
+                for seq, kind, run_id, step, key, payload, created_at in rows])
+            conn.execute(delete(e).where(e.c.curriculum_id == cid,
+                                         e.c.seq <= int(rows[-1][0])))
+            moved += len(rows)
 
     # ---------------------------------------------------------------- batches
     def get_batch(self, name: str, run_id: str, step: int) -> BatchRecord | None:
@@ -634,6 +681,13 @@ class SqlStore(Store):
                                                after_seq, limit)
 
 
+def _found_record(row: tuple[Any, ...]) -> EventRecord:
+    """From a row of `_found`: an event, or what pruning left of one."""
+    *event, digest = row
+    record = SqlStore._event_record(tuple(event))
+    return record if digest is None else dataclasses.replace(record, digest=bytes(digest))
+
+
 class _SqlWriter(CurriculumWriter):
     """The handle yielded by `SqlStore.writer`: every call runs on the locked transaction."""
 
@@ -664,7 +718,7 @@ class _SqlWriter(CurriculumWriter):
         with translated_errors():
             row = self._store._sql_find_by_key.one_or_none(
                 self._conn, {"cid": self._cid, "key": idempotency_key})
-        return None if row is None else SqlStore._event_record(row)
+        return None if row is None else _found_record(row)
 
     def find_report(self, run_id: str, step: int) -> EventRecord | None:
         self._check()
@@ -672,7 +726,7 @@ class _SqlWriter(CurriculumWriter):
             row = self._store._sql_find_report.one_or_none(
                 self._conn, {"cid": self._cid, "run_id": run_id, "step": step,
                              "kind": "report"})
-        return None if row is None else SqlStore._event_record(row)
+        return None if row is None else _found_record(row)
 
     def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,
                payload: bytes, *, checked: bool = False, progress: bytes | None = None) -> int:

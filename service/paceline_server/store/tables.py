@@ -156,6 +156,28 @@ events = Table(
     Index("ix_events_curriculum_id_run_id_step", "curriculum_id", "run_id", "step", "seq"),
 )
 
+#: What an event deleted by pruning leaves for the duplicate checks (revision 0007): its
+#: position, (run, step), key and the SHA-256 of its payload. A retry whose answer was lost
+#: and a resumed trainer's re-report are still recognised after their event is pruned
+#: (the same content answered with the first seq, other content a conflict) at about 100
+#: bytes a report instead of its payload.
+pruned_events = Table(
+    "pruned_events", metadata,
+    Column("curriculum_id", _Id, _curriculum_fk(), nullable=False),
+    Column("seq", BigInteger(), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("run_id", String(128), nullable=False),
+    Column("step", BigInteger(), nullable=False),
+    Column("idempotency_key", String(256), nullable=True),
+    Column("digest", LargeBinary(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("curriculum_id", "seq"),
+    UniqueConstraint("curriculum_id", "idempotency_key",
+                     name="uq_pruned_events_curriculum_id_idempotency_key"),
+    Index("ix_pruned_events_curriculum_id_run_id_step", "curriculum_id", "run_id", "step",
+          "seq"),
+)
+
 snapshots = Table(
     "snapshots", metadata,
     Column("curriculum_id", _Id, _curriculum_fk(), nullable=False),

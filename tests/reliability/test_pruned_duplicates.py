@@ -1,0 +1,62 @@
+"""With PACELINE_PRUNE_EVENTS on, a report whose event was pruned is still answered
+once: the retry of a lost answer comes back `replayed` with its first seq, a resumed
+trainer's re-report of a pruned step too, and other content under the same key or step
+is still a conflict. (The duplicate checks read the events table, and pruning deleted
+the rows they needed: the retry was folded a second time.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import paceline
+from support import threaded_service
+
+SNAPSHOT_EVERY = 5
+
+
+@pytest.fixture(params=["embedded", "http"])
+def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[paceline.Client]:
+    settings = {"prune_events": True, "snapshot_every": SNAPSHOT_EVERY}
+    if request.param == "embedded":
+        with paceline.Client.embedded(tmp_path / "e.db", **settings) as embedded:
+            yield embedded
+        return
+    with threaded_service(f"sqlite:///{tmp_path / 'h.db'}", **settings) as url, \
+            paceline.Client(url, retries=0) as http:
+        yield http
+
+
+def rewards(n: int, value: float = 1.0) -> np.ndarray:
+    return np.full((n, 2), value)
+
+
+def test_a_retry_after_its_event_was_pruned_is_answered_once(client: paceline.Client) -> None:
+    cur = client.create_curriculum("p", distributions={"a": 50, "b": 50},
+                                   objectives=["acc"], batch_size=4)
+    first = cur.start_run("first", heartbeat_interval=None)
+    other = cur.start_run("other", heartbeat_interval=None)
+    lost = first.next_batch(0)
+    assert first.report(0, lost.indices, rewards(4), idempotency_key="lost").seq == 1
+    for step in range(SNAPSHOT_EVERY - 1):  # another run's reports: snapshot at 5, pruned
+        other.report(step, other.next_batch(step).indices, rewards(4, step % 2))
+    assert cur.state().seq == SNAPSHOT_EVERY
+    again = first.report(0, lost.indices, rewards(4), idempotency_key="lost")
+    assert (again.seq, again.replayed) == (1, True)
+    resumed = first.report(0, lost.indices, rewards(4))  # a resumed trainer, another key
+    assert (resumed.seq, resumed.replayed) == (1, True)
+    with pytest.raises(paceline.Conflict) as reused:
+        first.report(0, lost.indices, rewards(4, 0.0), idempotency_key="lost")
+    assert reused.value.code == "IDEMPOTENCY_CONFLICT"
+    with pytest.raises(paceline.Conflict) as changed:
+        first.report(0, lost.indices, rewards(4, 0.0))
+    assert changed.value.code == "REPORT_CONFLICT"
+    with pytest.raises(paceline.Conflict) as refill:
+        first.refill(0, 1)
+    assert refill.value.code == "STEP_ALREADY_REPORTED"
+    assert cur.state().seq == SNAPSHOT_EVERY  # nothing folded twice
+    nxt = first.next_batch(1)
+    assert first.report(1, nxt.indices, rewards(4)).seq == SNAPSHOT_EVERY + 1
