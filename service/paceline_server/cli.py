@@ -42,6 +42,12 @@ def _service(settings: Settings) -> PacelineService:
                            coordinator=coordinator_from_settings(settings))
 
 
+#: Said at start when gRPC runs beside several workers (docs/deployment.md, "Metrics").
+UNCOUNTED_GRPC = ("warning: with --workers > 1 the gRPC API runs in this parent process, "
+                  "which serves no /metrics: gRPC calls are not counted in the request "
+                  "panels; run one worker per process (or pod) to see them")
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -58,6 +64,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         grpc_service = _service(settings) if settings.grpc_port is not None else None
         if grpc_service is not None:
             grpc_server = _start_grpc(grpc_service, settings)
+            print(UNCOUNTED_GRPC, file=sys.stderr, flush=True)
         try:
             uvicorn.run("paceline_server.api.app:create_app", factory=True,
                         host=settings.host, port=settings.port, workers=settings.workers,

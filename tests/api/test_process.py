@@ -44,3 +44,19 @@ def test_sigkill_and_restart_keeps_state_exact(tmp_path: Path) -> None:
     for body in reports:
         engine.apply(Report.dense(layout=spec.layout, num_objectives=2, **body))
     assert again.json()["indices"] == engine.next_batch("run-1", 6).indices.tolist()
+
+
+def test_grpc_beside_several_workers_warns_that_it_is_not_counted(tmp_path: Path) -> None:
+    """With --workers > 1 the gRPC API runs in the parent process, which serves no
+    /metrics: the server says so at start, and both APIs still answer."""
+    from paceline_server.cli import UNCOUNTED_GRPC
+    from support import running_service
+
+    with running_service(f"sqlite:///{tmp_path / 'w.db'}", grpc=True, graceful=True,
+                         env={"PACELINE_WORKERS": "2"}, log=tmp_path / "w.log") as service:
+        assert httpx.get(f"{service.url}/v1/strategies", timeout=10).status_code == 200
+        import paceline
+
+        with paceline.Client(service.grpc) as client:
+            assert client.strategies().samplers
+    assert UNCOUNTED_GRPC in (tmp_path / "w.log").read_text()
