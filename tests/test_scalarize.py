@@ -190,12 +190,21 @@ def test_trl_reward_function(case: Case) -> None:
 @given(cases())
 def test_torch_step_scalarize(case: Case) -> None:
     torch_integration = pytest.importorskip("paceline.integrations.torch")
+    import torch
+
     step = torch_integration.Step(run=None, step=0, batch=served_batch(case))  # type: ignore[arg-type]
-    got = step.scalarize(case.rewards).double().numpy()
     expected = case.expected()
-    # float32 tensors: compare to the float32 rounding of the inputs' magnitude
-    scale = max(1.0, float(np.abs(case.rewards).max()), float(np.abs(expected).max()))
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * scale * 50)
+    # float64 in (an array, a tensor, Python floats, a mapping): the same numbers, mapped in
+    # float64 (the step once rounded every input to float32 first)
+    for given in (case.rewards, torch.from_numpy(case.rewards)):
+        got = step.scalarize(given)
+        assert got.dtype == torch.float64
+        close(got.numpy(), expected)
+    close(step.scalarize(case.rewards.tolist()).double().numpy(), expected, rtol=1e-6)
+    by_name = {name: case.rewards[..., k] for k, name in enumerate(case.names)}
+    close(step.scalarize(by_name).numpy(), expected)
+    if len(case.names) == 1:  # [n, g] with one objective: raw rewards, like [n, g, 1]
+        close(step.scalarize(case.rewards[..., 0]).numpy(), expected)
 
 
 def test_issue_examples() -> None:

@@ -83,3 +83,30 @@ def test_dynamic_step_stops_at_max_parts(tmp_path: Path) -> None:
             assert hopeless.report().rollouts_trained == 0
             with pytest.raises(ValueError, match="target"):
                 dynamic_step(run, 1, generate, target=0)
+
+
+def test_one_objective_rewards_n_by_g_are_raw_and_keep_their_precision(
+        tmp_path: Path) -> None:
+    """`[n, g]` with one objective is raw rewards, as the report reads it: a minimised
+    length rewards the shorter answer (it was taken as already scalar, and the longer
+    answer got the positive advantage); float64 rewards are mapped in float64 (float32
+    rounded two distinct scores near large bounds to one, and the group was dropped)."""
+    with paceline.Client.embedded(tmp_path / "o.db") as client:
+        cur = client.create_curriculum(
+            "len", distributions={"all": 20},
+            objectives=[{"name": "length", "direction": "minimize", "bounds": [0, 1000]}],
+            sampler="uniform", batch_size=2, seed=1)
+        with cur.start_run(run_id="r", heartbeat_interval=None) as run:
+            result = dynamic_step(run, 0, lambda b: [[100.0, 900.0]] * len(b.indices))
+            advantages = result.advantages()
+            assert (advantages[:, 0] > 0).all() and (advantages[:, 1] < 0).all()
+            result.report()
+        elo = client.create_curriculum(
+            "elo", distributions={"all": 20},
+            objectives=[{"name": "elo", "bounds": [100000, 100001]}],
+            sampler="uniform", batch_size=2, seed=1)
+        with elo.start_run(run_id="r", heartbeat_interval=None) as run:
+            close = torch.tensor([[100000.2995, 100000.3]] * 2, dtype=torch.float64)
+            result = dynamic_step(run, 0, lambda b: close, max_parts=0)
+            assert result.kept.all()  # not an all-equal group
+            assert result.advantages()[0, 1] > 0

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -183,10 +184,10 @@ class Step:
         return torch.tensor(self.batch.indices, dtype=torch.long)
 
     def scalarize(self, rewards: Any) -> torch.Tensor:
-        """`reward_scale * Σ_k w_k u_k` over the last axis of rewards `[n, g, k]`
-        (`Batch.scalarize`: u_k is objective k by its bounds and direction)."""
-        return torch.as_tensor(self.batch.scalarize(torch.as_tensor(rewards,
-                                                                    dtype=torch.float32)))
+        """`reward_scale * Σ_k w_k u_k` of raw rewards `[n, g, k]`, `{objective: [n, g]}`
+        or, with one objective, `[n, g]` (`Batch.scalarize`: u_k is objective k by its
+        bounds and direction)."""
+        return _scalar(self.batch, rewards)
 
     def advantages(self, rewards: Any, *, scale: bool = True) -> torch.Tensor:
         """GRPO advantages `[n, g]` of the scalarised rewards `[n, g, k]`."""
@@ -294,11 +295,36 @@ class DynamicStep:
                                advantages=advantages, dropped=self.dropped_indices, **extra)
 
 
-def _scalar(batch: Batch, rewards: torch.Tensor) -> torch.Tensor:
-    """Scalar rewards `[n, g]` of rewards `[n, g, k]` (or already `[n, g]`)."""
-    if rewards.dim() == 2:
+def _scalar(batch: Batch, rewards: Any) -> torch.Tensor:
+    """Scalar rewards `[n, g]` of raw rewards `[n, g, k]`, `{objective: [n, g]}`, or `[n, g]`
+    when the curriculum has one objective: raw like the others (mapped by its bounds and
+    direction, as the service reads the report; it was once taken as already scalar, which
+    rewarded the longer answer of a minimised objective). Mapped in float64, so rewards
+    near large bounds keep their differences (float32 rounded 100000.2995 and 100000.3 to
+    one value); returned in the rewards' floating dtype, float32 for other inputs."""
+    if isinstance(rewards, Mapping):
+        parts = {name: _tensor(value) for name, value in rewards.items()}
+        dtype = _result_dtype(rewards[next(iter(rewards))], next(iter(parts.values())))
+        scalar = batch.scalarize({name: part.double() for name, part in parts.items()})
+        return torch.as_tensor(scalar).to(dtype)
+    tensor = _tensor(rewards)
+    if tensor.dim() == 2 and len(batch.reward_weights) == 1:
+        tensor = tensor.unsqueeze(-1)
+    return torch.as_tensor(batch.scalarize(tensor.double())).to(_result_dtype(rewards, tensor))
+
+
+def _tensor(rewards: Any) -> torch.Tensor:
+    """Rewards as a tensor without losing precision (Python floats become float64)."""
+    if isinstance(rewards, torch.Tensor):
         return rewards
-    return torch.as_tensor(batch.scalarize(rewards.to(torch.float32)))
+    tensor = torch.as_tensor(np.asarray(rewards))
+    return tensor if tensor.is_floating_point() else tensor.to(torch.float32)
+
+
+def _result_dtype(given: Any, tensor: torch.Tensor) -> torch.dtype:
+    """A floating tensor or array keeps its dtype; anything else trains in float32."""
+    floating = isinstance(given, torch.Tensor | np.ndarray) and tensor.is_floating_point()
+    return tensor.dtype if floating else torch.float32
 
 
 def dynamic_step(run: Run, step: int, generate: Callable[[Batch], Any], *,
@@ -322,7 +348,7 @@ def dynamic_step(run: Run, step: int, generate: Callable[[Batch], Any], *,
     if target < 1:
         raise ValueError("target must be at least 1")
     batches = [first]
-    rewards = [torch.as_tensor(generate(first))]
+    rewards = [_tensor(generate(first))]
     keep = [~drop(_scalar(first, rewards[0])).to(torch.bool)]
     left = run.curriculum.info.num_samples - len(first.indices)
     for part in range(1, max_parts + 1):
@@ -334,7 +360,7 @@ def dynamic_step(run: Run, step: int, generate: Callable[[Batch], Any], *,
         ask = min(left, math.ceil((target - kept) / rate))
         batch = run.refill(step, part, ask)
         batches.append(batch)
-        rewards.append(torch.as_tensor(generate(batch)))
+        rewards.append(_tensor(generate(batch)))
         keep.append(~drop(_scalar(batch, rewards[-1])).to(torch.bool))
         left -= len(batch.indices)
     kept_mask = torch.cat(keep)

@@ -18,8 +18,9 @@ What it is built from:
   generation round is one Paceline step, drawn when the loader needs it.
 - `with_sample_index`: adds the `paceline_index` column, so rewards know their sample.
 - `ScalarizedReward`: one TRL reward function calling one function per objective; it
-  returns `reward_scale * Σ_k w_k r_k` with the weights served for that step and keeps
-  the reward vectors for the report.
+  returns `reward_scale * Σ_k w_k u_k` (u_k: objective k's raw reward mapped by its
+  bounds and direction, `Batch.scalarize`) with the weights served for that step and
+  keeps the raw reward vectors for the report.
 - `PacelineCallback`: reports each scored step (rewards, the advantages TRL trained on,
   group ids) at the end of the optimiser step.
 
