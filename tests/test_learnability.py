@@ -386,6 +386,20 @@ def test_band_prefers_prompts_inside_it() -> None:
     assert ((rate >= 0.25) & (rate <= 0.75)).mean() > 0.8
 
 
+def test_a_seen_prompt_scored_zero_is_not_taken_for_unseen() -> None:
+    """Confidently outside a band with `band_floor` 0, a prompt's leaf is exactly 0; the
+    candidates read that as unseen and ranked it at its distribution's prior, so a prompt
+    known to be useless competed with fresh ones. It is seen: never drawn again."""
+    e = engine(sizes=(200,), batch_size=8, band=[0.4, 0.6], band_floor=0.0, gamma=1.0,
+               allocation="none", prior_strength=100.0)
+    for step in range(30):
+        e.apply(report(e.spec, [5], np.ones((1, 8)), step=step))
+    state = e.state.sampler
+    assert state.tree.leaves[0, 5] == 0.0 and state.visits[5] > 0
+    drawn = np.concatenate([e.next_batch("r", s).indices for s in range(30, 330)])
+    assert 5 not in drawn  # 2 400 draws among 199 other prompts
+
+
 def test_continuous_rewards_thresholded_at_the_middle_by_default() -> None:
     """A score counts as a success from the middle of its objective's bounds unless the
     spec says otherwise; `null` reads it as a fractional success."""

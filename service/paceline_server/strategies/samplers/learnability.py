@@ -587,8 +587,9 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Distinct candidate indices, their distributions and whether each was seen:
         counts[d] draws from the seen prompts of d (the tree's range of d, ∝ expected
-        score) and counts[d] / c uniform ones among its unseen prompts (a leaf without
-        weight is unseen)."""
+        score) and counts[d] / c uniform ones among its unseen prompts (never reported:
+        a seen prompt's leaf can be exactly 0, e.g. confidently outside a band with
+        `band_floor` 0, and reading that as unseen ranked it at its prior)."""
         from_tree = np.where(seen > 0, counts, 0)
         from_unseen = np.where(state.unseen > 0,
                                np.ceil(counts / self.params.candidates), 0).astype(np.int64)
@@ -610,7 +611,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         want = np.repeat(np.arange(counts.size), tries.astype(np.int64))
         sizes = self.layout.sizes[want]
         positions = self._offsets[want] + (rng.random(want.size) * sizes).astype(np.int64)
-        is_unseen = state.tree.leaves[0, positions] == 0
+        is_unseen = (state.successes[positions] + state.failures[positions]) == 0
         # The first from_unseen[d] unseen draws of each distribution.
         picks = positions[is_unseen]
         picks_owner = want[is_unseen]
