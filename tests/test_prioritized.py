@@ -129,6 +129,13 @@ def test_bad_params(params: dict[str, float]) -> None:
         engine(**params)
 
 
+@pytest.mark.parametrize("name", ["prior_alpha", "prior_beta"])
+def test_a_bad_prior_is_named(name: str) -> None:
+    with pytest.raises(InvalidParams, match=f"{name} must be > 0") as refused:
+        engine(**{name: 0.0})
+    assert refused.value.details["field"] == name
+
+
 def test_bytes_per_sample_within_budget() -> None:
     e = CurriculumEngine(spec((500_000, 500_000), sampler="prioritized"))
     assert e.state_bytes_per_sample() <= 32

@@ -196,8 +196,8 @@ def test_torch_step_scalarize(case: Case) -> None:
     expected = case.expected()
     # float64 in (an array, a tensor, Python floats, a mapping): the same numbers, mapped in
     # float64 (the step once rounded every input to float32 first)
-    for given in (case.rewards, torch.from_numpy(case.rewards)):
-        got = step.scalarize(given)
+    for rewards in (case.rewards, torch.from_numpy(case.rewards)):
+        got = step.scalarize(rewards)
         assert got.dtype == torch.float64
         close(got.numpy(), expected)
     close(step.scalarize(case.rewards.tolist()).double().numpy(), expected, rtol=1e-6)

@@ -157,7 +157,9 @@ def curriculum_spec(name: str, *, distributions: Any = None, labels: Any = None,
         spec["zero_variance"] = plain(zero_variance)
     if primary_objective is not None:
         spec["primary_objective"] = primary_objective
-    check_finite(spec, "INVALID_SPEC")
+    for key, value in spec.items():  # the codes the service gives the same values
+        check_finite(value, "INVALID_PARAMS" if key in ("sampler", "weighting")
+                     else "INVALID_SPEC", key)
     return spec
 
 

@@ -248,7 +248,11 @@ def test_non_finite_numbers_and_empty_groups_alike(client: paceline.Client) -> N
     rollouts: INVALID_REPORT (it was a 500 INTERNAL), and the curriculum untouched."""
     with pytest.raises(paceline.InvalidInput) as nan:
         fresh(client, sampler={"kind": "dump_ucb", "tau": float("nan")})
-    assert (nan.value.code, nan.value.details) == ("INVALID_SPEC", {"field": "sampler.tau"})
+    assert (nan.value.code, nan.value.details) == ("INVALID_PARAMS", {"field": "sampler.tau"})
+    with pytest.raises(paceline.InvalidInput) as bound:
+        fresh(client, objectives=[{"name": "acc", "bounds": [0, float("inf")]}, "len"])
+    assert (bound.value.code, bound.value.details) == (
+        "INVALID_SPEC", {"field": "objectives[0].bounds[1]"})
     cur = fresh(client)
     with pytest.raises(paceline.InvalidInput) as metadata:
         cur.start_run("r", metadata={"lr": float("inf")})

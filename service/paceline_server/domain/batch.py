@@ -10,11 +10,13 @@ import numpy as np
 @dataclass(frozen=True, eq=False)
 class Batch:
     """Indices to train on, the reward-weight vector to scalarise rewards with (on the
-    simplex, objective order), the reward scale, optional per-index loss weights (batch
-    mean 1), the per-distribution probabilities the sampler used, how many indices
-    were skipped as predicted zero-variance and the rollouts that saved (skipped × the
-    group size skipping predicts for). `clock` is the number of reports folded into
-    the state it was computed from."""
+    simplex, objective order), the reward scale, optional per-index loss weights (positive;
+    each sampler says how they are normalised: batch mean 1 for `temperature`'s upweight,
+    the batch's largest 1 for `prioritized`'s importance weights), the per-distribution
+    probabilities the sampler used, how many indices were skipped as predicted
+    zero-variance and the rollouts that saved (skipped × the group size skipping
+    predicts for). `clock` is the number of reports folded into the state it was
+    computed from."""
 
     run_id: str
     step: int

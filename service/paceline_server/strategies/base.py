@@ -78,7 +78,7 @@ class ProposeContext:
 class Proposal:
     indices: np.ndarray  # int64 [B]
     probabilities: np.ndarray  # float64 [D]
-    loss_weights: np.ndarray | None = None  # float64 [B], batch mean 1
+    loss_weights: np.ndarray | None = None  # float64 [B], positive (normalised per sampler)
     skipped: int = 0  # indices rejected as predicted zero-variance
 
 

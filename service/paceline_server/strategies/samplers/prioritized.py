@@ -110,8 +110,10 @@ class PrioritizedParams:
         require(0 < self.alpha <= 10, "alpha must be in (0, 10]", "alpha")
         require(self.alpha == 1.0 or self.beta == 0.0,
                 "alpha != 1 needs beta = 0 (the staleness decomposition is linear)", "alpha")
-        require(self.prior_alpha > 0 and self.prior_beta > 0, "priors must be > 0",
+        require(self.prior_alpha > 0, f"prior_alpha must be > 0; got {self.prior_alpha!r}",
                 "prior_alpha")
+        require(self.prior_beta > 0, f"prior_beta must be > 0; got {self.prior_beta!r}",
+                "prior_beta")
         require(0 < self.gamma <= 1, "gamma must be in (0, 1]", "gamma")
         require(0 <= self.is_beta <= 1, "is_beta must be in [0, 1]", "is_beta")
         require(self.allocation in ("none", "dump_ucb", "learning_progress"),
