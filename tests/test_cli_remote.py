@@ -7,10 +7,12 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cli_support import fail, populated, run
+from paceline.errors import PacelineError
 from paceline_server import remote
 from support import free_port, fresh_pg_schema, running_service
 
@@ -99,3 +101,30 @@ def test_an_unreachable_service_is_one_line(capsys: pytest.CaptureFixture[str]) 
     url = f"http://127.0.0.1:{free_port()}"
     status, err = fail(capsys, "inspect", "math", "--url", url)
     assert status == 1 and err.startswith(f"error: cannot reach {url}: ConnectError")
+
+
+def test_a_503_is_retried_on_a_streamed_call() -> None:
+    """Calls are sent streamed (an export is never held whole); the retry policy reads a
+    503's error code from its body, which was not read yet: every 503 ended the command
+    with httpx's ResponseNotRead instead of being retried."""
+    import httpx
+
+    def unread(status: int, body: dict[str, Any] | str, **headers: str) -> httpx.Response:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        return httpx.Response(status, headers={"Content-Type": "application/json",
+                                               **headers}, stream=httpx.ByteStream(data))
+
+    error = {"error": {"code": "UNAVAILABLE", "message": "busy"}}
+    answers = iter([unread(503, error, **{"Retry-After": "0"}),
+                    unread(200, '{"format": 1}\n')])
+    service = remote.RemoteService("http://paceline.test")
+    service.http = httpx.Client(base_url="http://paceline.test",
+                                transport=httpx.MockTransport(lambda request: next(answers)))
+    with service:
+        assert list(remote.lines(service.export("c"))) == ['{"format": 1}']
+    gone = remote.RemoteService("http://paceline.test", retries=1)
+    gone.http = httpx.Client(base_url="http://paceline.test", transport=httpx.MockTransport(
+        lambda request: unread(503, error, **{"Retry-After": "0"})))
+    with gone, pytest.raises(PacelineError) as refused:
+        gone.export("c")
+    assert refused.value.code == "UNAVAILABLE"

@@ -106,6 +106,8 @@ class RemoteService:
             except httpx.TransportError as exc:
                 delay = state.after_error(exc)  # raises TransportError when it gives up
             else:
+                if not response.is_success:
+                    response.read()  # small; the policy reads a 503's code from it
                 wait = state.after_response(response)
                 if wait is None:
                     if response.is_success:
