@@ -177,6 +177,32 @@ def test_import_errors_name_the_line(tmp_path: Path,
     assert not (tmp_path / "other.db").exists()  # refused before any database was opened
 
 
+def test_an_import_refused_inside_the_database_leaves_none_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Refusals found once the database is open (a report whose run is in neither the
+    file nor the curriculum, a spec over the service's limits) left a new, empty
+    database behind; an existing database is kept as it was."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    populated(url, reports=2)
+    lines = run("--database-url", url, "export", "math").splitlines()
+    runless = tmp_path / "runless.jsonl"
+    runless.write_text("\n".join(line for line in lines if '"run"' not in line
+                                 or '"report"' in line) + "\n")
+    assert runless.read_text() != "\n".join(lines) + "\n"  # the run lines are gone
+    new = tmp_path / "new.db"
+    status, err = fail(capsys, "--database-url", f"sqlite:///{new}", "import", str(runless))
+    assert status == 2 and err.startswith("error RUN_NOT_FOUND: "), err
+    full = tmp_path / "full.jsonl"
+    full.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("PACELINE_MAX_DISTRIBUTIONS", "1")
+    status, err = fail(capsys, "--database-url", f"sqlite:///{new}", "import", str(full))
+    assert status == 2 and err.startswith("error INVALID_SPEC: "), err
+    assert not any(p.name.startswith("new.db") for p in tmp_path.iterdir())
+    status, err = fail(capsys, "--database-url", url, "import", str(full), "--name", "x")
+    assert status == 2 and (tmp_path / "c.db").exists()  # an existing one stays
+
+
 def test_bad_arguments_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     populated(url, reports=2)

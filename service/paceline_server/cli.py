@@ -141,24 +141,35 @@ def local_service(settings: Settings, *, create: bool) -> Iterator[PacelineServi
 
     options = settings.store_options()
     path = sqlite_file(settings.database_url)
+    created = create and path is not None and not path.exists()
     if not create:
         if path is not None and not path.is_file():
             raise CliError(
                 f"database {path.resolve()} does not exist (choose one with --database-url "
                 "or PACELINE_DATABASE_URL, or a running service with --url)")
         options["auto_migrate"] = False
-    elif path is not None and not path.exists() and settings.migrate_on_start:
-        print(f"creating database {path.resolve()}", file=sys.stderr)
+    created = created and settings.migrate_on_start
     store = open_store(settings.database_url, **options)
     service: PacelineService | None = None
+    failed = False
     try:
         service = PacelineService(store, settings,
                                   coordinator=coordinator_from_settings(settings))
         yield service
+    except BaseException:
+        failed = True
+        raise
     finally:
         if service is not None:
             service.close()
         store.close()
+        if created and path is not None:
+            if failed:  # a refused import leaves no database behind, not an empty one
+                for leftover in (path, path.with_name(f"{path.name}-wal"),
+                                 path.with_name(f"{path.name}-shm")):
+                    leftover.unlink(missing_ok=True)
+            else:
+                print(f"created database {path.resolve()}", file=sys.stderr)
 
 
 @contextmanager
