@@ -243,6 +243,14 @@ def test_pruned_log_is_neither_exported_nor_replayed(
     status, err = fail(capsys, "--database-url", url, "replay", "math")
     assert status == 2 and err.startswith("error CONFLICT: the log holds seq 6 where 1 "
                                           "was due")
+    # pruned to nothing: no seq to check, and a replay of 0 reports was printed
+    assert service.store.prune_events("math", 7) == 0  # the newest snapshot is at 5
+    with service.store.writer("math") as writer:
+        writer.put_snapshot(7, service.store.latest_snapshot("math").state)  # type: ignore[union-attr]
+    assert service.store.prune_events("math", 7) == 2
+    status, err = fail(capsys, "--database-url", url, "replay", "math")
+    assert status == 2 and err.startswith("error CONFLICT: the log ends at seq 0 but the "
+                                          "curriculum is at seq 7"), err
 
 
 def test_url_and_database_url_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:

@@ -443,10 +443,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             points = replay(spec, reports, sampler, weighting, every=args.every)
     else:
         with local_service(settings, create=False) as service:
-            spec = CurriculumSpec.from_dict(service.get_curriculum(args.name).spec)
+            record = service.get_curriculum(args.name)
+            spec = CurriculumSpec.from_dict(record.spec)
             events = ((e.seq, decode_report(e.payload))
                       for e in service.store.events(args.name))
-            points = replay(spec, events, sampler, weighting, every=args.every)
+            points = replay(spec, events, sampler, weighting, every=args.every,
+                            head=record.head_seq)
     data = spec.to_dict()
     print(f"# what-if replay of {spec.name} ({points[-1].seq} reports): sampler "
           f"{data['sampler']['kind']} -> {_kind(sampler)}, weighting "

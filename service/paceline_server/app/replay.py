@@ -48,12 +48,14 @@ def alternative_spec(spec: CurriculumSpec, sampler: Any = None,
 
 
 def replay(spec: CurriculumSpec, reports: Iterable[tuple[int, Report]], sampler: Any = None,
-           weighting: Any = None, every: int = 1) -> list[ReplayPoint]:
+           weighting: Any = None, every: int = 1, head: int | None = None
+           ) -> list[ReplayPoint]:
     """Fold `(seq, report)` pairs — the log from its first report on — into the
     original and the alternative engines and record both choices every `every` reports
     (and after the last one). A log that does not start at seq 1 or skips one (events
     pruned with PACELINE_PRUNE_EVENTS) is refused: a replay from the start would fold
-    another history than the curriculum's."""
+    another history than the curriculum's; so is one that ends before `head` (the
+    curriculum's seq, when known: a log pruned to nothing has no first seq to check)."""
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise InvalidRequest(f"every must be a positive integer; got {every!r}",
                              {"field": "every"})
@@ -82,6 +84,11 @@ def replay(spec: CurriculumSpec, reports: Iterable[tuple[int, Report]], sampler:
         last = seq
         if seq % every == 0:
             record(seq)
+    if head is not None and last < head:
+        raise Conflict(
+            f"the log ends at seq {last} but the curriculum is at seq {head} (reports "
+            "pruned with PACELINE_PRUNE_EVENTS?): a replay from the start cannot rebuild "
+            "it", {"seq": last, "expected": head})
     if points[-1].seq != last:
         record(last)
     return points
