@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,12 +84,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings.database_url, **settings.store_options())
     service: PacelineService | None = None
     try:
-        app = create_app(settings, store)
-        service = app.state.service
-        if settings.grpc_port is not None:
-            grpc_server = _start_grpc(app.state.service, settings, app.state.metrics)
-        uvicorn.run(app, host=settings.host, port=settings.port,
-                    log_level=settings.log_level)
+        with _terminated_as_stop():
+            app = create_app(settings, store)
+            service = app.state.service
+            if settings.grpc_port is not None:
+                grpc_server = _start_grpc(app.state.service, settings, app.state.metrics)
+            uvicorn.run(app, host=settings.host, port=settings.port,
+                        log_level=settings.log_level)
     finally:
         if grpc_server is not None:
             grpc_server.stop()
@@ -95,6 +98,33 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             service.close()  # its coordinator's threads and Redis connections
         store.close()
     return 0
+
+
+class _Stop(Exception):
+    """SIGTERM, after uvicorn's graceful shutdown (or before it started)."""
+
+
+@contextmanager
+def _terminated_as_stop() -> Iterator[None]:
+    """Let SIGTERM end `serve` through its cleanup. uvicorn shuts down gracefully on it
+    and then raises it again for the handler it found, which by default killed the
+    process before the gRPC server was drained and the store closed (exit -15); with
+    this handler that second signal ends the block instead, and `serve` exits 0 as it
+    does on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except _Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _start_grpc(service: PacelineService, settings: Settings,

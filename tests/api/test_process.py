@@ -4,6 +4,7 @@ state and the next batch are exactly as before."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -60,3 +61,23 @@ def test_grpc_beside_several_workers_warns_that_it_is_not_counted(tmp_path: Path
         with paceline.Client(service.grpc) as client:
             assert client.strategies().samplers
     assert UNCOUNTED_GRPC in (tmp_path / "w.log").read_text()
+
+
+def test_sigterm_stops_through_the_cleanup(tmp_path: Path) -> None:
+    """uvicorn shuts down on SIGTERM and raises it again, which killed `serve` (-15)
+    before the gRPC server was drained and the store closed; now it exits 0 with both
+    done (closing SQLite's last connection folds the WAL back and removes it)."""
+    from support import launch_service, wait_ready
+
+    db = tmp_path / "t.db"
+    service = launch_service(f"sqlite:///{db}", tmp_path / "t.log", grpc=True)
+    try:
+        wait_ready(service, time.monotonic() + 60)
+        assert httpx.post(f"{service.url}/v1/curricula", json=SPEC,
+                          timeout=10).status_code == 201
+        service.process.send_signal(signal.SIGTERM)
+        assert service.process.wait(30) == 0, (tmp_path / "t.log").read_text()[-2000:]
+    finally:
+        if service.process.poll() is None:
+            service.process.kill()
+    assert db.exists() and not (tmp_path / "t.db-wal").exists()
