@@ -203,6 +203,23 @@ def test_an_import_refused_inside_the_database_leaves_none_behind(
     assert status == 2 and (tmp_path / "c.db").exists()  # an existing one stays
 
 
+def test_import_does_not_migrate_an_existing_database(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command refuses a database whose schema is behind; `import` upgraded it
+    silently (it may create a missing one, which it migrates from nothing)."""
+    from paceline_server.store.migrate import current_revision, upgrade
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    populated(url, reports=2)
+    export = tmp_path / "e.jsonl"
+    export.write_text(run("--database-url", url, "export", "math"))
+    old = f"sqlite:///{tmp_path / 'old.db'}"
+    assert upgrade(old, "0006") == "0006"
+    status, err = fail(capsys, "--database-url", old, "import", str(export))
+    assert status == 2 and err.startswith("error SCHEMA_OUTDATED: "), err
+    assert current_revision(old) == "0006"
+
+
 def test_bad_arguments_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     populated(url, reports=2)

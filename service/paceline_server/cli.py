@@ -165,8 +165,10 @@ def sqlite_file(database_url: str) -> Path | None:
 @contextmanager
 def local_service(settings: Settings, *, create: bool) -> Iterator[PacelineService]:
     """A service on the configured database. Unless `create`, a missing SQLite file is
-    an error naming it, and the schema is checked, never migrated: a read-only command
-    run from the wrong directory must not leave a fresh database behind."""
+    an error naming it. The schema of an existing database is checked, never migrated
+    (`SCHEMA_OUTDATED` names `migrate`), by every command, `import` included: a read-only
+    command run from the wrong directory must not leave a fresh database behind, and
+    a write must not upgrade a database behind the operator's back."""
     from paceline_server.store import open_store
 
     options = settings.store_options()
@@ -179,6 +181,8 @@ def local_service(settings: Settings, *, create: bool) -> Iterator[PacelineServi
                 "or PACELINE_DATABASE_URL, or a running service with --url)")
         options["auto_migrate"] = False
     created = created and settings.migrate_on_start
+    if not created:
+        options["auto_migrate"] = False
     store = open_store(settings.database_url, **options)
     service: PacelineService | None = None
     failed = False
