@@ -128,3 +128,25 @@ def test_a_503_is_retried_on_a_streamed_call() -> None:
     with gone, pytest.raises(PacelineError) as refused:
         gone.export("c")
     assert refused.value.code == "UNAVAILABLE"
+
+
+def test_a_url_that_is_not_paceline_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """An HTML page (a 404 of another app, a 200 of the dashboard) was printed whole as
+    the error, or ended in a JSONDecodeError."""
+    import httpx
+
+    from paceline_server.cli import _describe
+
+    page = "<!DOCTYPE html>\n<html><body>not here</body></html>"
+    for status in (404, 200):
+        service = remote.RemoteService("http://elsewhere.test", retries=0)
+        service.http = httpx.Client(base_url="http://elsewhere.test", transport=httpx.MockTransport(
+            lambda request, s=status: httpx.Response(
+                s, headers={"Content-Type": "text/html"}, stream=httpx.ByteStream(page.encode()))))
+        with service, pytest.raises(Exception) as caught:  # noqa: PT011 - two kinds, checked below
+            service.curriculum("math")
+        code, line = _describe(caught.value, type("Args", (), {"url": "http://elsewhere.test"}))
+        assert "not a Paceline answer: is --url the Paceline service's address?" in line
+        assert "DOCTYPE" not in line and "\n" not in line
+        assert (code, line.startswith("error HTTP_404: ")) == ((2, True) if status == 404
+                                                               else (1, False))

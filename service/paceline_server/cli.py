@@ -615,13 +615,14 @@ def _describe(exc: Exception, args: argparse.Namespace) -> tuple[int, str]:
 
     from paceline.errors import PacelineError as ServiceError
     from paceline.errors import TransportError
+    from paceline_server.remote import NotPaceline
 
     if isinstance(exc, PacelineError | ServiceError) and not isinstance(exc, TransportError):
         return 2, f"error {exc.code}: {_one_line(exc.message)}"
     if isinstance(exc, TransportError | httpx.HTTPError):
         text = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         return 1, "error: " + _one_line(f"cannot reach {args.url}: {text}")
-    if isinstance(exc, CliError):
+    if isinstance(exc, CliError | NotPaceline):
         return 1, "error: " + _one_line(str(exc))
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]

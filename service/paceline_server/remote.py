@@ -91,6 +91,8 @@ class RemoteService:
         try:
             response.read()
             return response.json()
+        except ValueError:
+            raise NotPaceline(_not_paceline(self.url, response)) from None
         finally:
             response.close()
 
@@ -138,4 +140,17 @@ def _error(response: httpx.Response) -> PacelineError:
         body = None
     finally:
         response.close()
+    if not isinstance(body, Mapping) or "error" not in body:  # a proxy's page, another app
+        return error_from_response(response.status_code, None,
+                                   _not_paceline(str(response.url), response))
     return error_from_response(response.status_code, body, response.text)
+
+
+class NotPaceline(ValueError):
+    """A success answer that is not the service's JSON: the URL is something else."""
+
+
+def _not_paceline(url: str, response: httpx.Response) -> str:
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    return (f"{url} answered HTTP {response.status_code} ({kind}), not a Paceline answer: "
+            "is --url the Paceline service's address?")
