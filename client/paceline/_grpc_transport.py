@@ -57,8 +57,20 @@ FALLBACK_STATUS = {
 }
 SCHEMES = {"grpc://": False, "grpcs://": True}
 #: gRPC's own message size limits are left to the server (it enforces max_body_bytes)
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [("grpc.max_send_message_length", -1),
-                                          ("grpc.max_receive_message_length", -1)]
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    # gRPC reconnects after a failed connection on its own backoff (1 s growing to 120 s,
+    # shared by every channel of the process), and until then a call fails at once
+    # without trying: after a long outage each of the client's retries was spent that
+    # way while the server was back. Reconnect at least every second, on this channel's
+    # own connections, so a retry (0.5 s, 1 s, 2 s ... apart) meets the server as an
+    # HTTP retry does.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 
 def is_grpc_url(url: str) -> bool:
