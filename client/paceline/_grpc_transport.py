@@ -14,6 +14,7 @@ idempotency key is the same on every attempt.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -201,6 +202,7 @@ class _Base:
         #: (reports go as protobuf with packed arrays).
         self.report_encoding: ReportEncoding = "json"
         self.compress_over: int | None = COMPRESS_OVER
+        self.closed = False
 
     def _answer(self, call: Call, answer: Any, attempts: int) -> Reply:
         return Reply(call.status, call.body(answer), "", attempts)
@@ -231,12 +233,18 @@ class GrpcSyncTransport(_Base):
 
     def send(self, operation: Operation) -> Reply:
         call = encode(operation)
+        if self.closed:
+            raise _transport.client_closed(call.method)
         stub = self._stub(call.method)
         state = self.policy.for_operation(operation).start()
         while True:
             try:
                 answer = stub(call.message, timeout=self.timeout, metadata=self.metadata)
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, ValueError) as exc:  # ValueError: a closed channel
+                if self.closed:
+                    raise _transport.client_closed(call.method) from None
+                if not isinstance(exc, grpc.RpcError):
+                    raise
                 failed = failure(exc)
                 delay = after_failure(state, failed)
                 if delay is None:
@@ -248,6 +256,7 @@ class GrpcSyncTransport(_Base):
                 return self._answer(call, answer, state.attempts)
 
     def close(self) -> None:
+        self.closed = True
         self._raw.close()
 
 
@@ -278,13 +287,21 @@ class GrpcAsyncTransport(_Base):
 
     async def send(self, operation: Operation) -> Reply:
         call = encode(operation)
+        if self.closed:
+            raise _transport.client_closed(call.method)
         stub = self._stub(call.method)
         state = self.policy.for_operation(operation).start()
         while True:
             try:
                 answer = await stub(call.message, timeout=self.timeout,
                                     metadata=self.metadata)
+            except asyncio.CancelledError:
+                if self.closed:  # the channel cancels its calls when it closes
+                    raise _transport.client_closed(call.method) from None
+                raise
             except grpc.RpcError as exc:
+                if self.closed:
+                    raise _transport.client_closed(call.method) from None
                 failed = failure(exc)
                 delay = after_failure(state, failed)
                 if delay is None:
@@ -296,6 +313,7 @@ class GrpcAsyncTransport(_Base):
                 return self._answer(call, answer, state.attempts)
 
     async def aclose(self) -> None:
+        self.closed = True
         channel, self._channel = self._channel, None
         self._stubs.clear()
         if channel is not None:

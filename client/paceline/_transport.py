@@ -253,6 +253,13 @@ class _Encoding:
         return request(operation, self.report_encoding, self.compress_over)
 
 
+def client_closed(what: str) -> TransportError:
+    """The error of a call on a closed client, or one in flight when it was closed:
+    the same on every transport (httpx raised a bare RuntimeError, gRPC a
+    `GRPC_CANCELLED` error or, under asyncio, a CancelledError no one had asked for)."""
+    return TransportError("CLIENT_CLOSED", f"{what}: the client was closed", {})
+
+
 class SyncTransport(_Encoding):
     """Sends operations as REST requests through an `httpx.Client` (a connection pool,
     or any `httpx.BaseTransport` a caller plugs in) with retries."""
@@ -264,15 +271,22 @@ class SyncTransport(_Encoding):
         self.policy = policy
         self._on_close = on_close
         self._urls: dict[str, httpx.URL] = {}
+        self.closed = False
 
     def send(self, operation: Operation) -> Reply:
         request = self.request(operation)
+        if self.closed:
+            raise client_closed(_what(request))
         built = _build(self.http, request, self._urls)
         state = self.policy.for_operation(operation).start()
         while True:
             try:
                 response = self.http.send(built)
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, RuntimeError) as exc:
+                if self.closed:
+                    raise client_closed(_what(request)) from None
+                if not isinstance(exc, httpx.TransportError):
+                    raise
                 delay = state.after_error(exc)
                 _log_retry(_what(request), delay, state, type(exc).__name__)
             else:
@@ -284,6 +298,7 @@ class SyncTransport(_Encoding):
             _sleep(delay)
 
     def close(self) -> None:
+        self.closed = True
         try:
             self.http.close()
         finally:
@@ -301,15 +316,22 @@ class AsyncTransport(_Encoding):
         self.policy = policy
         self._on_close = on_close
         self._urls: dict[str, httpx.URL] = {}
+        self.closed = False
 
     async def send(self, operation: Operation) -> Reply:
         request = self.request(operation)
+        if self.closed:
+            raise client_closed(_what(request))
         built = _build(self.http, request, self._urls)
         state = self.policy.for_operation(operation).start()
         while True:
             try:
                 response = await self.http.send(built)
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, RuntimeError) as exc:
+                if self.closed:
+                    raise client_closed(_what(request)) from None
+                if not isinstance(exc, httpx.TransportError):
+                    raise
                 delay = state.after_error(exc)
                 _log_retry(_what(request), delay, state, type(exc).__name__)
             else:
@@ -321,6 +343,7 @@ class AsyncTransport(_Encoding):
             await _asleep(delay)
 
     async def aclose(self) -> None:
+        self.closed = True
         try:
             await self.http.aclose()
         finally:
