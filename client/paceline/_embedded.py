@@ -23,14 +23,15 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paceline import _operations as op
 from paceline._payloads import COMPRESS_OVER, ReportEncoding, _rewards, plain
-from paceline._transport import Reply
+from paceline._transport import Reply, client_closed
 from paceline.errors import PacelineError as ClientError
 from paceline.errors import Unavailable
 
@@ -53,6 +54,10 @@ def _require_server() -> None:
             "service use Client(url) instead")
 
 
+#: Seconds `close` waits for calls still running in other threads.
+CLOSE_WAIT_S = 60.0
+
+
 @dataclass
 class EmbeddedService:
     """The use cases and the store they run on, opened as the server opens them
@@ -64,6 +69,10 @@ class EmbeddedService:
     store: Store
     tmpdir: str | None = None
     closed: bool = False
+    #: Calls running in other threads, which `close` lets finish before it closes the
+    #: store (it removed a temporary database under them: "disk I/O error").
+    _busy: int = 0
+    _idle: threading.Condition = field(default_factory=threading.Condition)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None,
@@ -102,10 +111,13 @@ class EmbeddedService:
         return cls(service, Operations(service), store, tmpdir)
 
     def close(self) -> None:
-        """Finish the reports in flight, close the store, remove a temporary database."""
-        if self.closed:
-            return
-        self.closed = True
+        """Finish the calls and reports in flight, close the store, remove a temporary
+        database."""
+        with self._idle:
+            if self.closed:
+                return
+            self.closed = True
+            self._idle.wait_for(lambda: self._busy == 0, timeout=CLOSE_WAIT_S)
         try:
             self.service.close()
         finally:
@@ -121,6 +133,10 @@ class EmbeddedService:
         handling, whatever the host process set: `domain/numerics.py`)."""
         from paceline_server.domain.numerics import numpy_defaults
 
+        with self._idle:
+            if self.closed:
+                raise client_closed(operation.operation)
+            self._busy += 1
         try:
             with numpy_defaults():
                 status, body = HANDLERS[type(operation)](self, operation)
@@ -128,6 +144,10 @@ class EmbeddedService:
             raise exc.__cause__ from None  # type: ignore[misc]
         except Exception as exc:
             return self._failed(exc)
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
         return Reply(status, body, "", 1)
 
     async def execute_async(self, operation: op.Operation) -> Reply:
@@ -339,10 +359,10 @@ def report_body(o: op.Report) -> dict[str, Any]:
         body["group_ids"] = _native(o.group_ids)
     body["rewards"] = _rewards(o.rewards, o.objectives) if isinstance(o.rewards, Mapping) \
         else _native(o.rewards)
-    for field in ("advantages", "grad_products"):
-        value = getattr(o, field)
+    for name in ("advantages", "grad_products"):
+        value = getattr(o, name)
         if value is not None:
-            body[field] = _native(value)
+            body[name] = _native(value)
     if o.eval_objectives is not None:
         body["eval_objectives"] = plain(o.eval_objectives)
     if o.dropped is not None:

@@ -326,3 +326,40 @@ def test_embedded_coordinates_as_the_server_does(tmp_path: Path) -> None:
         first = run.report(0, indices, rewards_for(indices), idempotency_key="k")
         again = run.report(0, indices, rewards_for(indices), idempotency_key="k")
         assert (first.seq, first.replayed, again.seq, again.replayed) == (1, False, 1, True)
+
+
+def test_close_lets_calls_of_other_threads_finish_first() -> None:
+    """Closing a temporary embedded client removed its database under calls still
+    running in other threads ("disk I/O error", reported as UNAVAILABLE). Calls in
+    flight now finish (and their reports are acknowledged); later ones are refused as
+    the client being closed. Ten clients, each closed while four threads use it."""
+    import threading
+
+    seen: list[BaseException] = []
+    acked: list[int] = []
+
+    def report(cur: paceline.Curriculum, run_id: str) -> None:
+        run = cur.start_run(run_id, heartbeat_interval=None)
+        try:
+            for step in range(10_000):
+                batch = run.next_batch(step)
+                acked.append(run.report(step, batch.indices,
+                                        np.ones((len(batch.indices), 2, 2))).seq)
+                cur.state()
+        except BaseException as exc:  # what reached the thread, whatever it is
+            seen.append(exc)
+
+    for _ in range(10):
+        client = paceline.Client.embedded()
+        cur = client.create_curriculum("threads", **SPEC)
+        threads = [threading.Thread(target=report, args=(cur, f"r{i}")) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+        client.close()
+        for thread in threads:
+            thread.join(30)
+    assert acked and len(seen) == 40
+    for exc in seen:
+        closed = isinstance(exc, paceline.TransportError) and exc.code == "CLIENT_CLOSED"
+        assert closed or (isinstance(exc, RuntimeError) and "closed" in str(exc)), repr(exc)
