@@ -386,6 +386,13 @@ def test_band_prefers_prompts_inside_it() -> None:
     assert ((rate >= 0.25) & (rate <= 0.75)).mean() > 0.8
 
 
+def test_an_allocation_parameter_error_names_allocation_params() -> None:
+    with pytest.raises(InvalidParams, match=r"allocation_params \(dump_ucb\): tau"):
+        engine(allocation_params={"tau": -1.0})
+    with pytest.raises(InvalidParams, match=r"allocation_params \(dump_ucb\): unknown"):
+        engine(allocation_params={"bogus": 1})
+
+
 def test_a_seen_prompt_scored_zero_is_not_taken_for_unseen() -> None:
     """Confidently outside a band with `band_floor` 0, a prompt's leaf is exactly 0; the
     candidates read that as unseen and ranked it at its distribution's prior, so a prompt

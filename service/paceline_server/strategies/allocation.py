@@ -58,13 +58,13 @@ def build_allocator(layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...]
     """The built-in distribution-level sampler named by `allocation` (None for "none")
     with `params` (its own defaults otherwise: `dump_ucb` reads the primary objective's
     advantages when there are several), its parameter errors prefixed with
-    "allocation <name>". A sampler registered at run time under the same name never
-    replaces it: the stored state must stay its own."""
+    "allocation_params (<name>)", the field a user fixes. A sampler registered at run
+    time under the same name never replaces it: the stored state must stay its own."""
     if allocation == "none":
         return None
     cls = SAMPLERS.builtin(allocation)
     return cls(layout, objectives,
-               parse_params(cls.params_type, params, f"allocation {allocation}"))
+               parse_params(cls.params_type, params, f"allocation_params ({allocation})"))
 
 
 def initial_allocator_states(allocator: Allocator | None, allocation: Allocation,
