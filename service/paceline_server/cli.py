@@ -173,14 +173,12 @@ def local_service(settings: Settings, *, create: bool) -> Iterator[PacelineServi
 
     options = settings.store_options()
     path = sqlite_file(settings.database_url)
-    created = create and path is not None and not path.exists()
-    if not create:
-        if path is not None and not path.is_file():
-            raise CliError(
-                f"database {path.resolve()} does not exist (choose one with --database-url "
-                "or PACELINE_DATABASE_URL, or a running service with --url)")
-        options["auto_migrate"] = False
-    created = created and settings.migrate_on_start
+    if not create and path is not None and not path.is_file():
+        raise CliError(
+            f"database {path.resolve()} does not exist (choose one with --database-url "
+            "or PACELINE_DATABASE_URL, or a running service with --url)")
+    # Only a SQLite file this command creates is migrated (from nothing).
+    created = create and path is not None and not path.exists() and settings.migrate_on_start
     if not created:
         options["auto_migrate"] = False
     store = open_store(settings.database_url, **options)

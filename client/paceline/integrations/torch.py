@@ -304,9 +304,9 @@ def _scalar(batch: Batch, rewards: Any) -> torch.Tensor:
     one value); returned in the rewards' floating dtype, float32 for other inputs."""
     if isinstance(rewards, Mapping):
         parts = {name: _tensor(value) for name, value in rewards.items()}
-        dtype = _result_dtype(rewards[next(iter(rewards))], next(iter(parts.values())))
+        first = next(iter(parts))  # the result takes the first objective's dtype
         scalar = batch.scalarize({name: part.double() for name, part in parts.items()})
-        return torch.as_tensor(scalar).to(dtype)
+        return torch.as_tensor(scalar).to(_result_dtype(rewards[first], parts[first]))
     tensor = _tensor(rewards)
     if tensor.dim() == 2 and len(batch.reward_weights) == 1:
         tensor = tensor.unsqueeze(-1)

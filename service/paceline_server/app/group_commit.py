@@ -40,7 +40,6 @@ from paceline_server.store.base import (
     CurriculumWriter,
     EventRecord,
     Store,
-    payload_digest,
 )
 
 _log = logging.getLogger(__name__)
@@ -267,7 +266,7 @@ class PendingReport:
     payload: bytes
     key: str | None
     next: NextBatch | None = None
-    digest: bytes = b""  # sha-256 of payload, computed only for the ack cache
+    digest: bytes = b""  # payload_digest(payload), computed only for the ack cache
     done: bool = False
     ack: ReportAck | None = None
     error: BaseException | None = None
@@ -380,6 +379,3 @@ def check_size(batch: Batch, size: int | None) -> None:
             f"step {batch.step} of run {batch.run_id!r} was already served with size "
             f"{batch.indices.size}", {"step": batch.step, "size": int(batch.indices.size)})
 
-
-def report_digest(payload: bytes) -> bytes:
-    return payload_digest(payload)

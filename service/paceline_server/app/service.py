@@ -47,7 +47,6 @@ from paceline_server.app.group_commit import (
     PendingReport,
     Recreated,
     check_size,
-    report_digest,
     with_counts,
 )
 from paceline_server.app.group_commit import NextBatch as NextBatch  # the transports' types
@@ -81,6 +80,7 @@ from paceline_server.store.base import (
     CurriculumRecord,
     RunRecord,
     Store,
+    payload_digest,
 )
 from paceline_server.strategies.registry import preload_builtins
 
@@ -386,7 +386,7 @@ class PacelineService:
         assert item is not None
         stamp = curriculum_stamp(cached.created_at)
         if item.key is not None and self.coordinator.caches_acks:
-            item.digest = report_digest(item.payload)
+            item.digest = payload_digest(item.payload)
             hit = self.coordinator.cached_ack(name, stamp, item.key)
             if hit is not None and hit[1] == item.digest:  # else the log decides
                 batch = None if next_batch is None else self.next_batch(

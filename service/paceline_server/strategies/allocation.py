@@ -29,6 +29,8 @@ from paceline_server.strategies.registry import SAMPLERS
 
 Allocation = Literal["none", "dump_ucb", "learning_progress"]
 Allocator = Sampler[Any, Any]
+
+
 @dataclass
 class DumpUcbState:
     """`dump_ucb`'s per-distribution state (strategies/samplers/dump_ucb.py)."""

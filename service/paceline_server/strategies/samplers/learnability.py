@@ -266,6 +266,14 @@ def beta_moments(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a / total, np.sqrt(a * b / (total * total * (total + 1.0)))
 
 
+def _never_reported(state: LearnabilityState, positions: np.ndarray) -> np.ndarray:
+    """Whether each prompt is unseen: no report has included it (a visit adds its group's
+    rollouts to s_x + f_x, and forgetting scales them only at a later visit, which adds
+    a group again, so they stay above 0). Its tree leaf cannot tell: a seen prompt's
+    score can be exactly 0."""
+    return np.asarray((state.successes[positions] + state.failures[positions]) == 0)
+
+
 class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
     name = "learnability"
     params_type = LearnabilityParams
@@ -494,7 +502,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         indices = signals.indices
         num = self.layout.num_distributions
         gamma = np.float32(self.params.gamma)
-        first_visit = (state.successes[indices] + state.failures[indices]) == 0
+        first_visit = _never_reported(state, indices)
         if self.params.revisit_drift:
             self._learn_drift(state, signals, succ, first_visit)
         fresh = np.unique(indices[first_visit])
@@ -611,7 +619,7 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         want = np.repeat(np.arange(counts.size), tries.astype(np.int64))
         sizes = self.layout.sizes[want]
         positions = self._offsets[want] + (rng.random(want.size) * sizes).astype(np.int64)
-        is_unseen = (state.successes[positions] + state.failures[positions]) == 0
+        is_unseen = _never_reported(state, positions)
         # The first from_unseen[d] unseen draws of each distribution.
         picks = positions[is_unseen]
         picks_owner = want[is_unseen]
