@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # imported lazily: gRPC is loaded only when serving it
     from paceline_server.grpc.server import GrpcServer
     from paceline_server.remote import RemoteService
     from paceline_server.transport.metrics import Metrics
+    from paceline_server.transport.ratelimit import RateLimiter
 
 
 def _service(settings: Settings) -> PacelineService:
@@ -88,7 +89,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             app = create_app(settings, store)
             service = app.state.service
             if settings.grpc_port is not None:
-                grpc_server = _start_grpc(app.state.service, settings, app.state.metrics)
+                grpc_server = _start_grpc(app.state.service, settings, app.state.metrics,
+                                          app.state.rate_limiter)
             uvicorn.run(app, host=settings.host, port=settings.port,
                         log_level=settings.log_level)
     finally:
@@ -128,11 +130,13 @@ def _terminated_as_stop() -> Iterator[None]:
 
 
 def _start_grpc(service: PacelineService, settings: Settings,
-                metrics: Metrics | None = None) -> GrpcServer:
-    """Start the gRPC API beside uvicorn (stopped by the caller after uvicorn returns)."""
+                metrics: Metrics | None = None,
+                limiter: RateLimiter | None = None) -> GrpcServer:
+    """Start the gRPC API beside uvicorn (stopped by the caller after uvicorn returns);
+    with the REST app's metrics and rate limiter when they share the process."""
     from paceline_server.grpc.server import create_server
 
-    server = create_server(service, settings, metrics=metrics)
+    server = create_server(service, settings, metrics=metrics, limiter=limiter)
     server.start()
     print(f"paceline gRPC API on {settings.host}:{server.port}", file=sys.stderr, flush=True)
     return server

@@ -40,9 +40,10 @@ class Settings(BaseSettings):
     api_tokens: dict[str, Scope] = Field(default_factory=dict)
     #: Largest accepted request body (after decompression).
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    #: Requests per second on /v1 per bearer token (per client address when auth is off
-    #: or the token is unknown), a token bucket per process; None = no limit. Excess
-    #: requests get 429 RATE_LIMITED with a Retry-After header.
+    #: Calls per second per bearer token (per client address when auth is off or the
+    #: token is unknown) on REST's /v1 and gRPC's Paceline service together, a token
+    #: bucket per process; None = no limit. Excess calls get RATE_LIMITED (429 /
+    #: RESOURCE_EXHAUSTED) with a retry-after in whole seconds.
     rate_limit_per_s: float | None = Field(default=None, gt=0)
     #: Requests a client may send at once above the rate (the bucket size); None = the
     #: rate rounded up.

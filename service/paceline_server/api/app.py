@@ -26,6 +26,7 @@ from paceline_server.store import open_store
 from paceline_server.store.base import Store
 from paceline_server.store.migrate import check_schema
 from paceline_server.transport.metrics import Metrics
+from paceline_server.transport.ratelimit import RateLimiter
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -60,8 +61,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.add_middleware(StorageHealthMiddleware, health=app.state.storage_health)
     app.add_middleware(JsonBodyMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    if settings.rate_limit_per_s is not None:
-        app.add_middleware(RateLimitMiddleware, settings=settings)
+    # One limiter per process: `serve` hands it to the gRPC server too (one budget).
+    app.state.rate_limiter = RateLimiter.from_settings(settings)
+    if app.state.rate_limiter is not None:
+        app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)
     metrics.install(app, app.state.metrics)
     app.include_router(router)
     app.include_router(ui.router)  # the dashboard at /ui (api/ui.py)

@@ -24,6 +24,7 @@ from paceline_server.transport.errors import (
     GrpcCode,
     Status,
     grpc_status_of,
+    retry_after,
     retryable,
     status_of,
 )
@@ -64,7 +65,8 @@ def render(error: errors.PacelineError,
     """The response for a domain error (also used by middlewares, which run outside the
     exception handlers)."""
     status = status_of(error)
-    extra = {"Retry-After": "1"} if retryable(error) else {}
+    after = retry_after(error)
+    extra = {} if after is None else {"Retry-After": after}
     if status == 401:
         extra = {"WWW-Authenticate": "Bearer"}
     return JSONResponse(error_body(error.code, error.message, error.details), status,

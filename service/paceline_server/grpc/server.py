@@ -18,6 +18,7 @@ from paceline_server.app.service import PacelineService
 from paceline_server.grpc.service import SERVICE_NAME, PacelineHandlers
 from paceline_server.settings import Settings
 from paceline_server.transport.metrics import Metrics
+from paceline_server.transport.ratelimit import RateLimiter
 
 __all__ = ["SERVICE_NAME", "GrpcServer", "create_server"]
 
@@ -55,9 +56,12 @@ class _Unknown(grpc.GenericRpcHandler):
 
 def create_server(service: PacelineService, settings: Settings, *, port: int | None = None,
                   host: str | None = None, metrics: Metrics | None = None,
+                  limiter: RateLimiter | None = None,
                   max_workers: int | None = None) -> GrpcServer:
     """Build (not start) the server on `host:port` (default: the settings' host and
-    `grpc_port`). Messages up to `max_body_bytes` are accepted, as over REST."""
+    `grpc_port`). Messages up to `max_body_bytes` are accepted, as over REST. Calls take
+    from `limiter`'s buckets (the REST app's, to share one budget per client; a limiter
+    of its own when none is given and the settings ask for one)."""
     port = settings.grpc_port if port is None else port
     if port is None:
         raise ValueError("no gRPC port: set grpc_port or pass port")
@@ -68,7 +72,8 @@ def create_server(service: PacelineService, settings: Settings, *, port: int | N
                                   ("grpc.max_send_message_length", -1),
                                   # a port in use must fail, not be shared silently
                                   ("grpc.so_reuseport", 0)])
-    handlers = PacelineHandlers(service, settings, metrics)
+    handlers = PacelineHandlers(service, settings, metrics,
+                                limiter or RateLimiter.from_settings(settings))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {
         m.name: grpc.unary_unary_rpc_method_handler(  # bytes in: `guard` decodes them
             handlers.guard(m), response_serializer=m.response.SerializeToString)

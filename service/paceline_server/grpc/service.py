@@ -35,16 +35,16 @@ from paceline_server.grpc import convert
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.settings import Settings
 from paceline_server.transport.auth import Scope, require, scope_of
-from paceline_server.transport.errors import InternalError, lookup
+from paceline_server.transport.errors import InternalError, lookup, retry_after
 from paceline_server.transport.metrics import Metrics
+from paceline_server.transport.ratelimit import RateLimiter, peer_host
 
 logger = logging.getLogger("paceline_server.grpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Paceline"].full_name
 ERROR_KEY = "paceline-error-bin"
+#: whole seconds the client should wait before a retry (REST's Retry-After, the same value)
 RETRY_AFTER_KEY = "retry-after"
-#: seconds a retryable error asks the client to wait (REST sends the same Retry-After)
-RETRY_AFTER_S = "1"
 
 Handler = Callable[[Any, grpc.ServicerContext], Message]
 
@@ -60,16 +60,23 @@ def abort(context: grpc.ServicerContext, error: PacelineError) -> NoReturn:
     status = lookup(error)
     trailer: tuple[tuple[str, str | bytes], ...] = (
         (ERROR_KEY, error_info(error).SerializeToString()),)
-    if status.retryable:
-        trailer += ((RETRY_AFTER_KEY, RETRY_AFTER_S),)
+    after = retry_after(error)
+    if after is not None:
+        trailer += ((RETRY_AFTER_KEY, after),)
     context.set_trailing_metadata(trailer)
     context.abort(grpc.StatusCode[status.grpc], error.message)
 
 
-def bearer_scope(metadata: Sequence[tuple[str, str | bytes]], settings: Settings) -> Scope:
+def authorization(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | bytes | None:
+    """The call's `authorization` metadata value, if any."""
+    return next((v for k, v in metadata or () if k == "authorization"), None)
+
+
+def bearer_scope(metadata: Sequence[tuple[str, str | bytes]] | None,
+                 settings: Settings) -> Scope:
     """The scope of the call's `authorization: Bearer <token>` (write when auth is off)."""
-    header = next((v for k, v in metadata if k == "authorization"), None)
-    return scope_of(header, settings, where="metadata authorization: Bearer <token>")
+    return scope_of(authorization(metadata), settings,
+                    where="metadata authorization: Bearer <token>")
 
 
 @dataclass(frozen=True)
@@ -90,11 +97,12 @@ class PacelineHandlers:
                        "ListStrategies", "GetHistory"})
 
     def __init__(self, service: PacelineService, settings: Settings,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, limiter: RateLimiter | None = None) -> None:
         self.service = service
         self.ops = Operations(service)
         self.settings = settings
         self.metrics = metrics
+        self.limiter = limiter
 
     def methods(self) -> list[Method]:
         """Every RPC of the service descriptor, bound to the method of the same name in
@@ -120,8 +128,10 @@ class PacelineHandlers:
             start = time.perf_counter()
             error: PacelineError | None = None
             try:
-                require(method.scope, bearer_scope(context.invocation_metadata(),
-                                                   self.settings))
+                metadata = context.invocation_metadata()
+                if self.limiter is not None:  # first: a refused call costs nothing more
+                    self.limiter.check(authorization(metadata), peer_host(context.peer()))
+                require(method.scope, bearer_scope(metadata, self.settings))
                 try:
                     request = method.request.FromString(raw)
                 except DecodeError:

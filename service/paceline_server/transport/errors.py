@@ -7,6 +7,7 @@ gRPC codes are kept as `grpc.StatusCode` names, so this module needs no gRPC imp
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple
 
 from paceline_server.domain import errors
@@ -90,3 +91,19 @@ def grpc_status_of(error: errors.PacelineError) -> GrpcCode:
 def retryable(error: errors.PacelineError) -> bool:
     """Whether the same request may succeed later (both transports add a retry-after)."""
     return lookup(error).retryable
+
+
+def whole_seconds(wait: float) -> int:
+    """A wait as a retry-after value: whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(wait))
+
+
+def retry_after(error: errors.PacelineError) -> str | None:
+    """The retry-after both transports send with `error` (REST's `Retry-After` header,
+    gRPC's `retry-after` trailing metadata): a rate-limited call's own wait, a second
+    for the table's retryable errors, none otherwise."""
+    if isinstance(error, errors.RateLimited):
+        wait = error.details.get("retry_after_s")
+        if isinstance(wait, int | float) and math.isfinite(wait):
+            return str(whole_seconds(wait))
+    return "1" if retryable(error) else None
