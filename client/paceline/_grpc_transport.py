@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -203,6 +204,10 @@ class _Base:
         self.report_encoding: ReportEncoding = "json"
         self.compress_over: int | None = COMPRESS_OVER
         self.closed = False
+        self._closing = threading.Event()  # cuts the waits between retries short
+
+    def _is_closed(self) -> bool:
+        return self.closed
 
     def _answer(self, call: Call, answer: Any, attempts: int) -> Reply:
         return Reply(call.status, call.body(answer), "", attempts)
@@ -250,13 +255,16 @@ class GrpcSyncTransport(_Base):
                 if delay is None:
                     return failed.reply(state.attempts)
                 _transport._log_retry(call.method, delay, state, f"gRPC {failed.code.name}")
-                _transport._sleep(delay)
+                _transport._sleep(delay, self._closing)
+                if self.closed:
+                    raise _transport.client_closed(call.method) from None
             else:
                 state.attempts += 1
                 return self._answer(call, answer, state.attempts)
 
     def close(self) -> None:
         self.closed = True
+        self._closing.set()
         self._raw.close()
 
 
@@ -307,13 +315,16 @@ class GrpcAsyncTransport(_Base):
                 if delay is None:
                     return failed.reply(state.attempts)
                 _transport._log_retry(call.method, delay, state, f"gRPC {failed.code.name}")
-                await _transport._asleep(delay)
+                await _transport._asleep(delay, self._is_closed)
+                if self.closed:
+                    raise _transport.client_closed(call.method) from None
             else:
                 state.attempts += 1
                 return self._answer(call, answer, state.attempts)
 
     async def aclose(self) -> None:
         self.closed = True
+        self._closing.set()
         channel, self._channel = self._channel, None
         self._stubs.clear()
         if channel is not None:

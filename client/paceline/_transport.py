@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -233,12 +234,30 @@ def _log_retry(what: str, delay: float, state: RetryState, why: str) -> None:
                 state.attempts, state.policy.max_attempts - 1, delay)
 
 
-def _sleep(seconds: float) -> None:
-    time.sleep(seconds)
+def _sleep(seconds: float, closing: threading.Event | None = None) -> None:
+    """The wait between attempts, cut short when `closing` is set (the client closed)."""
+    if closing is None:
+        time.sleep(seconds)
+    else:
+        closing.wait(seconds)
 
 
-async def _asleep(seconds: float) -> None:
-    await asyncio.sleep(seconds)
+#: How often an asyncio wait between attempts looks whether the client was closed.
+CLOSED_POLL_S = 0.05
+
+
+async def _asleep(seconds: float, closed: Callable[[], bool] | None = None) -> None:
+    """The asyncio twin of `_sleep`, cut short once `closed()` (looked at every
+    `CLOSED_POLL_S`: an asyncio.Event would tie the client to one event loop)."""
+    if closed is None:
+        await asyncio.sleep(seconds)
+        return
+    deadline = time.monotonic() + seconds
+    while not closed():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(left, CLOSED_POLL_S))
 
 
 class _Encoding:
@@ -272,6 +291,7 @@ class SyncTransport(_Encoding):
         self._on_close = on_close
         self._urls: dict[str, httpx.URL] = {}
         self.closed = False
+        self._closing = threading.Event()
 
     def send(self, operation: Operation) -> Reply:
         request = self.request(operation)
@@ -295,10 +315,13 @@ class SyncTransport(_Encoding):
                     return _reply(response, state.attempts)
                 delay = wait
                 _log_retry(_what(request), delay, state, f"HTTP {response.status_code}")
-            _sleep(delay)
+            _sleep(delay, self._closing)
+            if self.closed:
+                raise client_closed(_what(request))
 
     def close(self) -> None:
         self.closed = True
+        self._closing.set()
         try:
             self.http.close()
         finally:
@@ -340,7 +363,12 @@ class AsyncTransport(_Encoding):
                     return _reply(response, state.attempts)
                 delay = wait
                 _log_retry(_what(request), delay, state, f"HTTP {response.status_code}")
-            await _asleep(delay)
+            await _asleep(delay, self._is_closed)
+            if self.closed:
+                raise client_closed(_what(request))
+
+    def _is_closed(self) -> bool:
+        return self.closed
 
     async def aclose(self) -> None:
         self.closed = True

@@ -53,6 +53,10 @@ logger = logging.getLogger("paceline")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PAGE = 100
+#: Seconds closing waits for heartbeat threads to finish (once the transport is closed
+#: they end at once, unless a beat is blocked in a socket read: a daemon thread that
+#: can no longer reach the service).
+HEARTBEAT_JOIN_S = 1.0
 
 
 def base_url(url: str | None) -> str:
@@ -192,10 +196,16 @@ class Client:
         embedded, the in-process service)."""
         if self._closed:
             return
-        for run in list(self._runs):
-            run.close()
         self._closed = True
+        # Every heartbeat is told to stop first, then the transport closes, which ends
+        # the calls in flight and the waits between retries (a heartbeat's too) at
+        # once, so close never waits out a heartbeat stuck retrying a server that is
+        # down: at most HEARTBEAT_JOIN_S in all, however many runs there are.
+        stopping = [beat for run in list(self._runs) if (beat := run._stop_heartbeat())]
         self._transport.close()
+        deadline = time.monotonic() + HEARTBEAT_JOIN_S
+        for beat in stopping:
+            beat.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Client:
         return self
@@ -359,10 +369,17 @@ class _Heartbeat:
             else:
                 failing = False
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def signal(self) -> None:
+        """Ask the thread to stop after its current beat (without waiting for it)."""
         self._stop.set()
+
+    def join(self, timeout: float) -> None:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+    def stop(self, timeout: float = HEARTBEAT_JOIN_S) -> None:
+        self.signal()
+        self.join(timeout)
 
     @property
     def alive(self) -> bool:
@@ -477,9 +494,16 @@ class Run:
 
     def close(self) -> None:
         """Stop the background heartbeat (the run stays attached and can be resumed)."""
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
-            self._heartbeat = None
+        beat = self._stop_heartbeat()
+        if beat is not None:
+            beat.join(HEARTBEAT_JOIN_S)
+
+    def _stop_heartbeat(self) -> _Heartbeat | None:
+        """Tell the heartbeat to stop; the thread, for the caller to join."""
+        beat, self._heartbeat = self._heartbeat, None
+        if beat is not None:
+            beat.signal()
+        return beat
 
     def __enter__(self) -> Run:
         return self

@@ -96,7 +96,7 @@ def test_connection_error_then_success(run: paceline.Run, faults: FaultInjector)
 def test_429_honours_retry_after(run: paceline.Run, faults: FaultInjector,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(_transport, "_sleep", slept.append)
+    monkeypatch.setattr(_transport, "_sleep", lambda seconds, *_: slept.append(seconds))
     faults.inject(status("/batches", 429, retry_after="2"), status("/batches", 503))
     run.next_batch(0)
     assert slept[0] == 2.0

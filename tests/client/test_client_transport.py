@@ -255,7 +255,7 @@ def test_closed_client_refuses() -> None:
 
 def test_sleeps_between_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(_transport, "_sleep", slept.append)
+    monkeypatch.setattr(_transport, "_sleep", lambda seconds, *_: slept.append(seconds))
     recorder = Recorder()
     recorder.script = []
     with paceline.Client("http://x", transport=httpx.MockTransport(recorder),

@@ -6,9 +6,12 @@ gRPC an `asyncio.CancelledError` in a task no one had cancelled."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -87,3 +90,154 @@ def test_async(urls: dict[str, str], transport: str) -> None:
     error, cancelled = asyncio.run(body())
     assert not cancelled and isinstance(error, paceline.TransportError), error
     assert error.code == "CLIENT_CLOSED"
+
+
+#: Retries that would keep a call busy for minutes against a server that is down.
+PATIENT = paceline.RetryPolicy(max_attempts=30, backoff_initial=10.0, backoff_max=10.0)
+
+
+@contextmanager
+def both_apis(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """REST and gRPC in this process, stopped when the block ends."""
+    url = f"sqlite:///{tmp_path / 'down.db'}"
+    with threaded_service(url) as http:
+        config = Settings(database_url=url)
+        from paceline_server.app.service import PacelineService
+        from paceline_server.store import open_store
+
+        service = PacelineService(open_store(url), config)
+        server = create_server(service, config, port=0, host="127.0.0.1")
+        server.start()
+        try:
+            yield {"http": http, "grpc": f"grpc://127.0.0.1:{server.port}"}
+        finally:
+            server.stop(0)
+            service.close()
+            service.store.close()
+
+
+def heartbeat_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("paceline-heartbeat-")]
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_close_does_not_wait_out_retries(tmp_path: Path, transport: str) -> None:
+    """The service went away and a trainer's call is waiting between retries: closing
+    the client ends it at once (it went on waiting, and retrying, for minutes)."""
+    with both_apis(tmp_path) as urls:
+        client = paceline.Client(urls[transport], retries=PATIENT)
+        cur = client.create_curriculum("c", {"a": 10}, objectives=["acc"], batch_size=2)
+        runs = [cur.start_run(f"r{i}", heartbeat_interval=0.05) for i in range(3)]
+    failed: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            cur.refresh()
+        except BaseException as exc:  # what reached the caller, whatever it is
+            failed.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.5)  # the call is waiting to try again
+    assert len(heartbeat_threads()) == 3 and caller.is_alive()
+    started = time.monotonic()
+    client.close()
+    caller.join(5)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, elapsed
+    assert not caller.is_alive() and isinstance(failed[0], paceline.TransportError)
+    assert failed[0].code == "CLIENT_CLOSED"
+    assert heartbeat_threads() == [] and not any(run.heartbeating for run in runs)
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_aclose_ends_a_call_waiting_to_retry(tmp_path: Path, transport: str) -> None:
+    async def body(url: str) -> tuple[BaseException | None, float]:
+        client = paceline.AsyncClient(url, retries=PATIENT)
+        task = asyncio.create_task(client.list_curricula())
+        await asyncio.sleep(0.5)  # failed once, waiting to try again
+        started = time.monotonic()
+        await client.aclose()
+        try:
+            await task
+        except BaseException as exc:
+            return exc, time.monotonic() - started
+        return None, time.monotonic() - started
+
+    with both_apis(tmp_path) as urls:
+        url = urls[transport]
+    error, elapsed = asyncio.run(body(url))
+    assert isinstance(error, paceline.TransportError) and error.code == "CLIENT_CLOSED", error
+    assert elapsed < 1.0, elapsed
+
+
+class FreezingProxy:
+    """A TCP proxy to `port` that, once frozen, swallows what clients send: the server
+    never sees it, and no answer ever comes (a hung server, or a network that drops
+    packets)."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.frozen = threading.Event()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets += [conn, up]
+            threading.Thread(target=self._pipe, args=(conn, up, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, conn, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+                if not data:
+                    return
+                if not (requests and self.frozen.is_set()):
+                    sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_close_does_not_wait_out_hung_heartbeats(tmp_path: Path, transport: str) -> None:
+    """Three runs' heartbeats are each blocked on a call the server will never answer:
+    closing the client takes at most about a second in all (it waited 5 s per run). Over
+    gRPC closing the channel ends those calls; over HTTP a thread blocked in a socket
+    read stays until its timeout (a daemon thread, its call then CLIENT_CLOSED)."""
+    with both_apis(tmp_path) as urls:
+        port = int(urls[transport].rsplit(":", 1)[1])
+        proxy = FreezingProxy(port)
+        scheme = "http" if transport == "http" else "grpc"
+        client = paceline.Client(f"{scheme}://127.0.0.1:{proxy.port}", retries=0)
+        try:
+            cur = client.create_curriculum("c", {"a": 10}, objectives=["acc"], batch_size=2)
+            runs = [cur.start_run(f"{transport}-hung-{i}", heartbeat_interval=0.2)
+                    for i in range(3)]
+            proxy.frozen.set()
+            time.sleep(0.6)  # every heartbeat has sent a beat that will never be answered
+            assert len([t for t in heartbeat_threads() if f"-{transport}-hung-" in t.name]) == 3
+            started = time.monotonic()
+            client.close()
+            elapsed = time.monotonic() - started
+        finally:
+            client.close()
+            proxy.close()
+    assert elapsed < 1.6, elapsed
+    assert not any(run.heartbeating for run in runs)
+    if transport == "grpc":
+        assert not [t for t in heartbeat_threads() if f"-{transport}-hung-" in t.name]

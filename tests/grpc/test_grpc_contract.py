@@ -332,7 +332,7 @@ def test_connection_error_then_success(run: paceline.Run,
 def test_retry_after_is_honoured(run: paceline.Run, faults: FaultInjector | GrpcFaults,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(_transport, "_sleep", slept.append)
+    monkeypatch.setattr(_transport, "_sleep", lambda seconds, *_: slept.append(seconds))
     faults.plan.inject(refuse("NextBatch", retry_after="2", throttle=True),
                        refuse("NextBatch"))
     run.next_batch(0)

@@ -109,7 +109,7 @@ def test_serve_shares_the_limiter_and_the_sdk_rides_it_out(
     succeeds (the refusals counted under the gRPC transport)."""
     waits: list[float] = []
 
-    def sleep(seconds: float) -> None:
+    def sleep(seconds: float, *_: object) -> None:
         waits.append(seconds)
         time.sleep(seconds)
 

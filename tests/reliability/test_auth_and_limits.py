@@ -214,7 +214,7 @@ def test_client_sdk_rides_out_the_rate_limit(tmp_path: Path,
     waits what Retry-After says and every call succeeds."""
     waits: list[float] = []
 
-    def sleep(seconds: float) -> None:
+    def sleep(seconds: float, *_: object) -> None:
         waits.append(seconds)
         time.sleep(seconds)
 
