@@ -10,7 +10,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,16 +25,9 @@ from support import threaded_service
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """REST and gRPC in this process, whose curriculum listing takes a second."""
-    slow = Operations.list_curricula
-
-    def list_slowly(self: Operations, *args: object) -> object:
-        time.sleep(1.0)
-        return slow(self, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Operations, "list_curricula", list_slowly)
+@contextmanager
+def both_apis(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """REST and gRPC in this process, stopped when the block ends."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
     with threaded_service(url) as http:
         config = Settings(database_url=url)
@@ -52,19 +45,24 @@ def urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, 
             service.store.close()
 
 
+@pytest.fixture
+def urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """REST and gRPC in this process, whose curriculum listing takes a second."""
+    slow = Operations.list_curricula
+
+    def list_slowly(self: Operations, *args: object) -> object:
+        time.sleep(1.0)
+        return slow(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Operations, "list_curricula", list_slowly)
+    with both_apis(tmp_path) as found:
+        yield found
+
+
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 def test_sync(urls: dict[str, str], transport: str) -> None:
     client = paceline.Client(urls[transport], retries=0)
-    failed: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            client.list_curricula()
-        except BaseException as exc:  # what reached the caller, whatever it is
-            failed.append(exc)
-
-    caller = threading.Thread(target=call)
-    caller.start()
+    caller, failed = in_thread(client.list_curricula)
     time.sleep(0.3)  # in flight
     client.close()
     caller.join(10)
@@ -96,28 +94,26 @@ def test_async(urls: dict[str, str], transport: str) -> None:
 PATIENT = paceline.RetryPolicy(max_attempts=30, backoff_initial=10.0, backoff_max=10.0)
 
 
-@contextmanager
-def both_apis(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """REST and gRPC in this process, stopped when the block ends."""
-    url = f"sqlite:///{tmp_path / 'down.db'}"
-    with threaded_service(url) as http:
-        config = Settings(database_url=url)
-        from paceline_server.app.service import PacelineService
-        from paceline_server.store import open_store
+def heartbeat_threads(part: str) -> list[threading.Thread]:
+    """The live heartbeat threads of runs whose id has `part`."""
+    return [t for t in threading.enumerate()
+            if t.name.startswith("paceline-heartbeat-") and part in t.name]
 
-        service = PacelineService(open_store(url), config)
-        server = create_server(service, config, port=0, host="127.0.0.1")
-        server.start()
+
+def in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
+    """`call` started in a thread, and the list that will hold what it raised (whatever
+    reached the caller)."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
         try:
-            yield {"http": http, "grpc": f"grpc://127.0.0.1:{server.port}"}
-        finally:
-            server.stop(0)
-            service.close()
-            service.store.close()
+            call()
+        except BaseException as exc:
+            failed.append(exc)
 
-
-def heartbeat_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("paceline-heartbeat-")]
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, failed
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
@@ -127,19 +123,11 @@ def test_close_does_not_wait_out_retries(tmp_path: Path, transport: str) -> None
     with both_apis(tmp_path) as urls:
         client = paceline.Client(urls[transport], retries=PATIENT)
         cur = client.create_curriculum("c", {"a": 10}, objectives=["acc"], batch_size=2)
-        runs = [cur.start_run(f"r{i}", heartbeat_interval=0.05) for i in range(3)]
-    failed: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            cur.refresh()
-        except BaseException as exc:  # what reached the caller, whatever it is
-            failed.append(exc)
-
-    caller = threading.Thread(target=call)
-    caller.start()
+        runs = [cur.start_run(f"{transport}-down-{i}", heartbeat_interval=0.05)
+                for i in range(3)]
+    caller, failed = in_thread(cur.refresh)
     time.sleep(0.5)  # the call is waiting to try again
-    assert len(heartbeat_threads()) == 3 and caller.is_alive()
+    assert len(heartbeat_threads(f"-{transport}-down-")) == 3 and caller.is_alive()
     started = time.monotonic()
     client.close()
     caller.join(5)
@@ -147,7 +135,8 @@ def test_close_does_not_wait_out_retries(tmp_path: Path, transport: str) -> None
     assert elapsed < 2.0, elapsed
     assert not caller.is_alive() and isinstance(failed[0], paceline.TransportError)
     assert failed[0].code == "CLIENT_CLOSED"
-    assert heartbeat_threads() == [] and not any(run.heartbeating for run in runs)
+    assert heartbeat_threads(f"-{transport}-down-") == []
+    assert not any(run.heartbeating for run in runs)
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
@@ -230,7 +219,7 @@ def test_close_does_not_wait_out_hung_heartbeats(tmp_path: Path, transport: str)
                     for i in range(3)]
             proxy.frozen.set()
             time.sleep(0.6)  # every heartbeat has sent a beat that will never be answered
-            assert len([t for t in heartbeat_threads() if f"-{transport}-hung-" in t.name]) == 3
+            assert len(heartbeat_threads(f"-{transport}-hung-")) == 3
             started = time.monotonic()
             client.close()
             elapsed = time.monotonic() - started
@@ -240,4 +229,4 @@ def test_close_does_not_wait_out_hung_heartbeats(tmp_path: Path, transport: str)
     assert elapsed < 1.6, elapsed
     assert not any(run.heartbeating for run in runs)
     if transport == "grpc":
-        assert not [t for t in heartbeat_threads() if f"-{transport}-hung-" in t.name]
+        assert heartbeat_threads(f"-{transport}-hung-") == []

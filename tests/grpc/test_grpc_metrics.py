@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,13 +49,13 @@ class Both:
                 for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-@pytest.fixture
-def both(tmp_path: Path) -> Iterator[Both]:
-    config = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", auto_migrate=True,
-                      api_tokens={TOKEN: "write", READER: "read"})
+@contextmanager
+def serving(config: Settings) -> Iterator[Both]:
+    """REST and gRPC in this process over one service, metrics and rate limiter, as
+    `serve` runs them."""
     app = create_app(config)
     server = create_server(app.state.service, config, port=0, host="127.0.0.1",
-                           metrics=app.state.metrics)
+                           metrics=app.state.metrics, limiter=app.state.rate_limiter)
     server.start()
     try:
         with TestClient(app) as rest, \
@@ -62,6 +63,13 @@ def both(tmp_path: Path) -> Iterator[Both]:
             yield Both(rest, channel)
     finally:
         server.stop(0)
+
+
+@pytest.fixture
+def both(tmp_path: Path) -> Iterator[Both]:
+    with serving(Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}", auto_migrate=True,
+                          api_tokens={TOKEN: "write", READER: "read"})) as found:
+        yield found
 
 
 def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,

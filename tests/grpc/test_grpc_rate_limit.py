@@ -14,15 +14,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_grpc_metrics import TOKEN, Both, value
+from test_grpc_metrics import TOKEN, Both, serving, value
 
 import paceline
 from paceline import _transport
-from paceline_server.api.app import create_app
 from paceline_server.domain.errors import InvalidReport, RateLimited, Unavailable
-from paceline_server.grpc.server import create_server
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.settings import Settings
 from paceline_server.transport.errors import retry_after
@@ -34,21 +31,11 @@ OTHER = "rl-write-93c0"  # TOKEN, which `Both.call` sends, is the other one
 
 @pytest.fixture
 def limited(tmp_path: Path) -> Iterator[Both]:
-    """REST and gRPC in one process over one limiter, as `serve` runs them: 0.5 calls/s,
-    burst 3."""
-    config = Settings(database_url=f"sqlite:///{tmp_path / 'rl.db'}", auto_migrate=True,
-                      api_tokens={TOKEN: "write", OTHER: "write"},
-                      rate_limit_per_s=0.5, rate_limit_burst=3)
-    app = create_app(config)
-    server = create_server(app.state.service, config, port=0, host="127.0.0.1",
-                           metrics=app.state.metrics, limiter=app.state.rate_limiter)
-    server.start()
-    try:
-        with TestClient(app) as rest, \
-                grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield Both(rest, channel)
-    finally:
-        server.stop(0)
+    """0.5 calls/s, burst 3, over REST and gRPC in one process."""
+    with serving(Settings(database_url=f"sqlite:///{tmp_path / 'rl.db'}", auto_migrate=True,
+                          api_tokens={TOKEN: "write", OTHER: "write"},
+                          rate_limit_per_s=0.5, rate_limit_burst=3)) as found:
+        yield found
 
 
 def refusal(error: grpc.RpcError) -> tuple[grpc.StatusCode, pb.ErrorInfo, str | None]:
