@@ -308,3 +308,54 @@ def test_postgres_without_schema_is_not_migrated_by_inspect(
         assert status == 2 and err.startswith("error SCHEMA_OUTDATED: ")
         status, err = fail(capsys, "--database-url", url, "inspect", "math")
         assert err.startswith("error SCHEMA_OUTDATED: ")  # still not migrated
+
+
+@pytest.mark.parametrize(("argv", "where"), [
+    (["--port", "70000"], "port"),  # uvicorn logged :70000 and listened on 4464
+    (["--grpc-port", "99999"], "grpc_port"),  # served on 99999 mod 65536
+    (["--grpc-port", "-1"], "grpc_port"),  # served on 65535
+    (["--workers", "0"], "workers"),
+])
+def test_serve_flags_are_checked_as_their_variables(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], where: str
+) -> None:
+    status, err = fail(capsys, "--database-url", f"sqlite:///{tmp_path / 's.db'}",
+                       "serve", *argv)
+    assert status == 1 and err.startswith(f"error: invalid setting {where}: "), err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was opened
+
+
+def test_database_url_flag_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = fail(capsys, "--database-url", "mysql://db/x", "inspect", "math")
+    assert status == 1 and err.startswith("error: invalid setting database_url: "), err
+
+
+def test_serve_on_a_busy_port_is_an_error_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """uvicorn exits 3 when it cannot bind, the status docs/cli.md gives `repair`."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        capsys.readouterr()
+        status = main(["--database-url", f"sqlite:///{tmp_path / 'busy.db'}", "serve",
+                       "--port", str(port)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.splitlines()[-1] == (f"error: the REST API could not start on 127.0.0.1:{port} "
+                                    "(uvicorn's message above says why)")
+
+
+@pytest.mark.parametrize(("tokens", "says"), [
+    ("tok1:write", 'a JSON object, e.g. {"my-token": "write", "ro-token": "read"}'),
+    ("{'tok1': 'write'}", "a JSON object"),
+    ('{"": "write"}', "invalid setting api_tokens: Value error, token '' cannot be sent"),
+    ('{" t ": "write"}', "invalid setting api_tokens: Value error, token ' t ' cannot"),
+    ('{"a\\tb": "read"}', "cannot be sent in an Authorization header"),
+])
+def test_unusable_api_tokens_are_refused_at_start(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, tokens: str, says: str) -> None:
+    monkeypatch.setenv("PACELINE_API_TOKENS", tokens)
+    status, err = fail(capsys, "--database-url", f"sqlite:///{tmp_path / 't.db'}", "serve")
+    assert status == 1 and says in err, err

@@ -58,7 +58,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                                  ("workers", args.workers),
                                  ("grpc_port", getattr(args, "grpc_port", None)))
                if v is not None}
-    settings = settings.model_copy(update=updates)
+    settings = settings.updated(**updates)
     grpc_server: GrpcServer | None = None
     if settings.workers > 1:
         # Workers import the app by factory and read settings from the environment; the
@@ -69,9 +69,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             grpc_server = _start_grpc(grpc_service, settings)
             print(UNCOUNTED_GRPC, file=sys.stderr, flush=True)
         try:
-            uvicorn.run("paceline_server.api.app:create_app", factory=True,
-                        host=settings.host, port=settings.port, workers=settings.workers,
-                        log_level=settings.log_level)
+            with _startup_failure_as_error(settings):
+                uvicorn.run("paceline_server.api.app:create_app", factory=True,
+                            host=settings.host, port=settings.port,
+                            workers=settings.workers, log_level=settings.log_level)
         finally:
             if grpc_server is not None:
                 grpc_server.stop()
@@ -91,8 +92,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             if settings.grpc_port is not None:
                 grpc_server = _start_grpc(app.state.service, settings, app.state.metrics,
                                           app.state.rate_limiter)
-            uvicorn.run(app, host=settings.host, port=settings.port,
-                        log_level=settings.log_level)
+            with _startup_failure_as_error(settings):
+                uvicorn.run(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level)
     finally:
         if grpc_server is not None:
             grpc_server.stop()
@@ -100,6 +102,24 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             service.close()  # its coordinator's threads and Redis connections
         store.close()
     return 0
+
+
+#: uvicorn's exit status when it could not start (e.g. the port is taken).
+UVICORN_STARTUP_FAILURE = 3
+
+
+@contextmanager
+def _startup_failure_as_error(settings: Settings) -> Iterator[None]:
+    """uvicorn exits 3 when it cannot start (a port in use, an address that does not
+    resolve), which `paceline-server` documents as `repair`'s status: such a failure is
+    an error line and exit 1, as every other one."""
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code != UVICORN_STARTUP_FAILURE:
+            raise
+        raise CliError(f"the REST API could not start on {settings.host}:{settings.port} "
+                       "(uvicorn's message above says why)") from None
 
 
 class _Stop(Exception):
@@ -585,7 +605,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         settings = Settings()
         if args.database_url:
-            settings = settings.model_copy(update={"database_url": args.database_url})
+            settings = settings.updated(database_url=args.database_url)
         if command == "serve":
             if not hasattr(args, "host"):
                 args.host = args.port = args.workers = args.grpc_port = None
@@ -614,6 +634,7 @@ def _describe(exc: Exception, args: argparse.Namespace) -> tuple[int, str]:
     answered (in this process, or a service's response), 1 for anything else."""
     import httpx
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from paceline.errors import PacelineError as ServiceError
     from paceline.errors import TransportError
@@ -630,6 +651,10 @@ def _describe(exc: Exception, args: argparse.Namespace) -> tuple[int, str]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         return 1, "error: " + _one_line(f"invalid setting {where}: {first.get('msg')}")
+    if isinstance(exc, SettingsError):  # a structured variable that is not JSON
+        return 1, "error: " + _one_line(
+            f"{exc} (PACELINE_API_TOKENS is a JSON object, e.g. "
+            '{"my-token": "write", "ro-token": "read"})')
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else ""
     return 1, "error: " + _one_line(

@@ -88,12 +88,29 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _usable_tokens(cls, value: dict[str, Scope]) -> dict[str, Scope]:
+        """A token a request cannot send (empty, or with spaces or control characters,
+        which `Authorization: Bearer <token>` cannot carry) would turn authentication on
+        and lock every caller out: refused at start instead."""
+        for token in value:
+            if not token or any(c.isspace() or not c.isprintable() for c in token):
+                raise ValueError(f"token {token!r} cannot be sent in an Authorization "
+                                 "header: use visible characters, no spaces")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _known_backend(cls, value: str) -> str:
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError("database_url must be a sqlite:// or postgresql+psycopg:// URL")
         return value
+
+    def updated(self, **changes: object) -> Settings:
+        """These settings with `changes`, checked as the environment's are (a command-line
+        flag gets the same bounds as its variable; `model_copy` checks nothing)."""
+        return type(self).model_validate({**self.model_dump(), **changes})
 
     def store_options(self) -> dict[str, object]:
         options: dict[str, object] = {"snapshot_keep": self.snapshot_keep,

@@ -41,3 +41,18 @@ def test_every_error_answer_is_counted_by_its_code(tmp_path: Path) -> None:
         ("unmatched", "NOT_FOUND"): 1.0,
         ("/v1/curricula", "METHOD_NOT_ALLOWED"): 1.0,
     }
+
+
+def test_the_api_description_is_counted_under_its_routes(tmp_path: Path) -> None:
+    """/openapi.json, /docs and /redoc are Starlette routes that put no route in the
+    scope: they were counted as `unmatched`, with the unknown paths and the refusals."""
+    with make_client(f"sqlite:///{tmp_path / 'd.db'}") as client:
+        for path in ("/openapi.json", "/docs", "/redoc", "/nowhere"):
+            client.get(path)
+        text = client.get("/metrics").text
+    counted = {(s.labels["route"], s.labels["status"]): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "paceline_http_requests_total"}
+    assert {("/openapi.json", "200"), ("/docs", "200"), ("/redoc", "200"),
+            ("unmatched", "404")} <= set(counted)
+    assert [route for route, status in counted if route == "unmatched"] == ["unmatched"]

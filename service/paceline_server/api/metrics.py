@@ -8,6 +8,7 @@ import time
 
 import orjson
 from fastapi import FastAPI
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paceline_server.transport.metrics import Metrics
@@ -47,11 +48,27 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_observed)
         finally:
-            template = getattr(scope.get("route"), "path", "unmatched")
+            template = route_template(scope)
             if status >= 400 and code is None:
                 code = "INTERNAL" if status >= 500 else f"HTTP_{status}"
             self.metrics.observe("rest", scope["method"], template, status,
                                  time.perf_counter() - start, code)
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that answered, `unmatched` when none did. FastAPI's
+    routes put themselves in the scope; Starlette's plain ones (the API description:
+    /openapi.json, /docs, /redoc) leave only their endpoint, whose route is looked up."""
+    route = scope.get("route")
+    if route is not None:
+        return str(route.path)
+    endpoint = scope.get("endpoint")
+    app = scope.get("app")
+    if endpoint is not None and app is not None:
+        for candidate in getattr(app, "routes", ()):
+            if isinstance(candidate, Route) and candidate.endpoint is endpoint:
+                return candidate.path
+    return "unmatched"
 
 
 def error_code(body: bytes) -> str | None:
