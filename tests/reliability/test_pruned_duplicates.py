@@ -60,3 +60,67 @@ def test_a_retry_after_its_event_was_pruned_is_answered_once(client: paceline.Cl
     assert cur.state().seq == SNAPSHOT_EVERY  # nothing folded twice
     nxt = first.next_batch(1)
     assert first.report(1, nxt.indices, rewards(4)).seq == SNAPSHOT_EVERY + 1
+
+
+def test_a_retry_of_an_older_releases_event_pruned_after_the_upgrade(tmp_path: Path) -> None:
+    """An event stored in another encoding (the first release's wide floats and group
+    column) and pruned by this release: its retry is still recognised. The pruned digest
+    was of the stored bytes, which a retry encoded today never matches."""
+    import sqlite3
+
+    from paceline_server.app.codec import _pack, _pack_array
+
+    db = tmp_path / "old.db"
+    with paceline.Client.embedded(db, prune_events=True,
+                                  snapshot_every=SNAPSHOT_EVERY) as client:
+        cur = client.create_curriculum("p", distributions={"a": 50, "b": 50},
+                                       objectives=["acc"], batch_size=4)
+        first = cur.start_run("first", heartbeat_interval=None)
+        lost = first.next_batch(0)
+        assert first.report(0, lost.indices, rewards(4), idempotency_key="k").seq == 1
+        old = _pack({"run_id": "first", "step": 0,  # the same report, encoded otherwise
+                     "indices": _pack_array(np.asarray(lost.indices, dtype=np.int64)),
+                     "group_of": _pack_array(np.repeat(np.arange(4), 2)),
+                     "rewards": _pack_array(np.ones((8, 1)))})
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("UPDATE events SET payload = ? WHERE seq = 1",
+                                (old,)).rowcount == 1
+        other = cur.start_run("other", heartbeat_interval=None)
+        for step in range(SNAPSHOT_EVERY - 1):
+            other.report(step, other.next_batch(step).indices, rewards(4))
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+        again = first.report(0, lost.indices, rewards(4), idempotency_key="k")
+        resumed = first.report(0, lost.indices, rewards(4))
+        assert (again.seq, again.replayed, resumed.seq, resumed.replayed) == (1, True, 1, True)
+        with pytest.raises(paceline.Conflict) as changed:
+            first.report(0, lost.indices, rewards(4, 0.0))
+        assert changed.value.code == "REPORT_CONFLICT"
+        assert cur.state().seq == SNAPSHOT_EVERY
+
+
+def test_the_content_digest_is_that_of_same_report() -> None:
+    """Equal content, however encoded, gives one digest; any difference another."""
+    from paceline_server.app.codec import content_digest, decode_report, encode_report
+    from paceline_server.domain.report import Report
+
+    base = Report(run_id="r", step=3, indices=np.array([4, 7]),
+                  group_of=np.array([0, 0, 1, 1]), rewards=np.array([[1.0], [0.0], [-0.0],
+                                                                     [0.5]]))
+    same = Report(run_id="r", step=3, indices=np.array([4, 7], dtype=np.int32),
+                  group_of=np.array([0, 0, 1, 1]),
+                  rewards=np.array([[1.0], [0.0], [0.0], [0.5]], dtype=np.float32))
+    assert content_digest(base) == content_digest(same)
+    assert content_digest(decode_report(encode_report(base))) == content_digest(base)
+    others = [Report(run_id="s", step=3, indices=base.indices, group_of=base.group_of,
+                     rewards=base.rewards),
+              Report(run_id="r", step=4, indices=base.indices, group_of=base.group_of,
+                     rewards=base.rewards),
+              Report(run_id="r", step=3, indices=np.array([4, 8]), group_of=base.group_of,
+                     rewards=base.rewards),
+              Report(run_id="r", step=3, indices=base.indices, group_of=base.group_of,
+                     rewards=base.rewards.reshape(4, 1) * 0.5),
+              Report(run_id="r", step=3, indices=base.indices, group_of=base.group_of,
+                     rewards=base.rewards, advantages=np.zeros(4))]
+    digests = {content_digest(r) for r in others}
+    assert len(digests) == len(others) and content_digest(base) not in digests

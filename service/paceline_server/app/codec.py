@@ -16,6 +16,7 @@ live engine folded.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgpack
@@ -143,10 +144,48 @@ def decode_report(data: bytes) -> Report:
 def holds(record: EventRecord, payload: bytes, report: Report) -> bool:
     """Whether a stored event holds `report` (encoded as `payload`): the same bytes, the
     same arrays in an earlier release's encoding, or, for an event pruned since, the
-    same digest (a retry or a resumed trainer's re-report is then still recognised)."""
+    same digest (a retry or a resumed trainer's re-report is then still recognised):
+    of the content (`pruned_digest`), or of the payload's bytes, as the first release
+    with pruned digests kept them."""
     if record.digest is not None:
-        return record.digest == payload_digest(payload)
+        return record.digest in (content_digest(report), payload_digest(payload))
     return record.payload == payload or same_report(record.payload, report)
+
+
+#: Names the content digest's layout; a new layout gets a new name, never a change.
+_CONTENT_DIGEST = b"paceline-report-content-v1\0"
+
+
+def content_digest(report: Report) -> bytes:
+    """SHA-256 of what `same_report` compares (run, step and the arrays' shapes and
+    values; dtypes widened, -0.0 as 0.0), independent of how any release encodes
+    payloads: a pruned event's digest must still match a retry encoded by a later
+    release (an event of the first release, pruned after an upgrade, did not)."""
+    digest = hashlib.sha256(_CONTENT_DIGEST)
+    digest.update(report.run_id.encode("utf-8", "surrogatepass") + b"\0")
+    digest.update(np.int64(report.step).tobytes())
+    for array, dtype in ((report.indices, np.int64), (report.group_of, np.int64),
+                         (report.rewards, np.float64), (report.advantages, np.float64),
+                         (report.grad_products, np.float64),
+                         (report.eval_objectives, np.float64)):
+        if array is None:
+            digest.update(b"-")
+            continue
+        values = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<"))
+        if dtype is np.float64:
+            values = values + 0.0  # -0.0 equals 0.0, as np.array_equal says
+        digest.update(b"+" + np.asarray(values.shape, dtype="<i8").tobytes())
+        digest.update(values.tobytes())
+    return digest.digest()
+
+
+def pruned_digest(payload: bytes) -> bytes:
+    """What stays of a pruned report event: its content digest (the payload's bytes'
+    digest for a payload that does not decode, which no retry can match anyway)."""
+    try:
+        return content_digest(decode_report(payload))
+    except StateCorrupt:
+        return payload_digest(payload)
 
 
 def same_report(stored: bytes, report: Report) -> bool:

@@ -30,7 +30,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from paceline_server.app.codec import decode_batch, encode_batch, encode_report
+from paceline_server.app.codec import (
+    decode_batch,
+    encode_batch,
+    encode_report,
+    pruned_digest,
+)
 from paceline_server.app.coordination import (
     Coordinator,
     LocalCoordinator,
@@ -330,7 +335,7 @@ class PacelineService:
                                          next_batch)
         ack = self._acked(item)
         if self._prunes(ack):
-            await self._in_thread(self.store.prune_events, name, ack.seq)
+            await self._in_thread(self.store.prune_events, name, ack.seq, pruned_digest)
         return ack
 
     def _in_thread(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -399,7 +404,7 @@ class PacelineService:
                 self.commits.commit_pending(name, cached)
         ack = self._acked(item)
         if self._prunes(ack):
-            self.store.prune_events(name, ack.seq)
+            self.store.prune_events(name, ack.seq, pruned_digest)
         return ack
 
     # ---------------------------------------------------------------- batches

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -333,9 +333,11 @@ class Store(ABC):
                else SnapshotStream(record.seq, record.created_at, iter([record.state])))
 
     @abstractmethod
-    def prune_events(self, name: str, up_to_seq: int) -> int:
-        """Delete events with seq <= up_to_seq (only when a snapshot covers them);
-        returns how many were deleted."""
+    def prune_events(self, name: str, up_to_seq: int,
+                     digest: Callable[[bytes], bytes] = payload_digest) -> int:
+        """Delete events with seq <= up_to_seq (only when a snapshot covers them),
+        keeping `digest` of each payload for the duplicate checks; returns how many were
+        deleted."""
 
     # ---------------------------------------------------------------- batches
     @abstractmethod

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -570,7 +570,8 @@ class SqlStore(Store):
             seq, head, created_at = found
             yield SnapshotStream(seq, created_at, snapshot_rows.chunks(conn, cid, seq, head))
 
-    def prune_events(self, name: str, up_to_seq: int) -> int:
+    def prune_events(self, name: str, up_to_seq: int,
+                     digest: Callable[[bytes], bytes] = payload_digest) -> int:
         """Delete events with seq <= up_to_seq that the newest snapshot covers.
 
         Events after the newest snapshot are never deleted (they are the only record of
@@ -584,9 +585,10 @@ class SqlStore(Store):
             if newest is None:
                 return 0
             bound = min(int(up_to_seq), int(newest))
-            return self._move_pruned(conn, cid, bound)
+            return self._move_pruned(conn, cid, bound, digest)
 
-    def _move_pruned(self, conn: Connection, cid: int, bound: int) -> int:
+    def _move_pruned(self, conn: Connection, cid: int, bound: int,
+                     digest: Callable[[bytes], bytes]) -> int:
         """Delete events with seq <= bound, leaving in `pruned_events` what the duplicate
         checks need of each (a chunk at a time: payloads are read to digest them)."""
         e = t.events
@@ -601,7 +603,7 @@ class SqlStore(Store):
                 return moved
             conn.execute(insert(_p), [
                 {"curriculum_id": cid, "seq": seq, "kind": kind, "run_id": run_id,
-                 "step": step, "idempotency_key": key, "digest": payload_digest(payload),
+                 "step": step, "idempotency_key": key, "digest": digest(payload),
                  "created_at": created_at}
                 for seq, kind, run_id, step, key, payload, created_at in rows])
             conn.execute(delete(e).where(e.c.curriculum_id == cid,
