@@ -171,7 +171,8 @@ def content_digest(report: Report) -> bytes:
         if array is None:
             digest.update(b"-")
             continue
-        values = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<"))
+        values: np.ndarray = np.ascontiguousarray(array,
+                                                  dtype=np.dtype(dtype).newbyteorder("<"))
         if dtype is np.float64:
             values = values + 0.0  # -0.0 equals 0.0, as np.array_equal says
         digest.update(b"+" + np.asarray(values.shape, dtype="<i8").tobytes())
