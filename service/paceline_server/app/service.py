@@ -68,6 +68,7 @@ from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import (
     CurriculumExists,
     InvalidRequest,
+    PacelineError,
     RefillOutOfOrder,
     StepAlreadyReported,
     Unavailable,
@@ -107,6 +108,32 @@ class CreateResult:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def effective_spec(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored spec as this release runs it: a parameter added to a strategy since the
+    spec was stored has its default, which is what the engine folds with. (Compared with
+    the stored text, a trainer re-creating its curriculum with `exist_ok` after an upgrade
+    was refused as "a different spec", and so was the merge of its own export.) A spec
+    this release cannot read is compared as stored."""
+    try:
+        return CurriculumEngine.canonical_spec(CurriculumSpec.from_dict(stored)).to_dict()
+    except PacelineError:
+        return dict(stored)
+
+
+def spec_differences(a: Mapping[str, Any], b: Mapping[str, Any], where: str = ""
+                     ) -> list[str]:
+    """The dotted paths at which two specs differ (`sampler.params.temperature`)."""
+    found: list[str] = []
+    for key in sorted(set(a) | set(b), key=str):
+        path = f"{where}{key}"
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, Mapping) and isinstance(right, Mapping):
+            found += spec_differences(left, right, path + ".")
+        elif left != right or (key in a) != (key in b):
+            found.append(path)
+    return found
 
 
 class PacelineService:
@@ -191,12 +218,14 @@ class PacelineService:
             return CreateResult(self.store.create_curriculum(spec.name, canonical), True)
         except CurriculumExists:
             existing = self.store.get_curriculum(spec.name)
-            if exist_ok and existing.spec == canonical:
+            differing = spec_differences(effective_spec(existing.spec), canonical)
+            if exist_ok and not differing:
                 return CreateResult(existing, False)
             raise CurriculumExists(
                 f"curriculum {spec.name!r} exists"
-                + (" with a different spec" if existing.spec != canonical else ""),
-                {"name": spec.name, "same_spec": existing.spec == canonical},
+                + (f" with a different spec ({', '.join(differing)})" if differing else ""),
+                {"name": spec.name, "same_spec": not differing,
+                 **({"differing": differing} if differing else {})},
             ) from None
 
     def admit(self, spec: CurriculumSpec) -> None:

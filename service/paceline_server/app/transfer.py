@@ -38,7 +38,7 @@ from paceline_server.app.engines import CachedEngine
 from paceline_server.app.group_commit import OnFold
 from paceline_server.app.history import checkpoint_due, store_imported_rows
 from paceline_server.app.reports import parse_report
-from paceline_server.app.service import PacelineService
+from paceline_server.app.service import PacelineService, effective_spec, spec_differences
 from paceline_server.domain.errors import (
     Conflict,
     CurriculumExists,
@@ -322,11 +322,13 @@ def import_curriculum(service: PacelineService, export: ExportContents | Iterabl
                 f"curriculum {target!r} exists: an import adds to an existing curriculum "
                 "only when told to merge (CLI --merge, API ?merge=true); nothing was "
                 "imported", {"curriculum": target, "merge": False})
-        if existing.spec != spec.to_dict():
+        differing = spec_differences(effective_spec(existing.spec), spec.to_dict())
+        if differing:
             raise CurriculumExists(
-                f"curriculum {target!r} exists with a different spec: the export cannot "
-                "be merged into it; nothing was imported",
-                {"curriculum": target, "same_spec": False})
+                f"curriculum {target!r} exists with a different spec "
+                f"({', '.join(differing)}): the export cannot be merged into it; nothing "
+                "was imported", {"curriculum": target, "same_spec": False,
+                                 "differing": differing})
     known = {r.run_id for r in export.runs} | ({r.run_id for r in service.store.list_runs(target)}
                          if existing is not None else set())
     for entry in reports:

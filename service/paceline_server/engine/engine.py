@@ -127,13 +127,7 @@ class CurriculumEngine:
         self.sampler: Sampler[Any, Any] = build_sampler(spec.sampler, spec.layout,
                                                         spec.objectives)
         self.weighting: Weighting[Any, Any] = build_weighting(spec.weighting, spec.objectives)
-        self.spec = CurriculumSpec(
-            name=spec.name, layout=spec.layout, objectives=spec.objectives,
-            sampler=canonical(spec.sampler, self.sampler.params),
-            weighting=canonical(spec.weighting, self.weighting.params),
-            batch_size=spec.batch_size, seed=spec.seed,
-            primary_objective=spec.primary_objective, zero_variance=spec.zero_variance,
-        )
+        self.spec = _spelled_out(spec, self.sampler, self.weighting)
         self.layout = spec.layout
         self.keeps_posteriors = self.sampler.uses_posteriors or spec.zero_variance is not None
         if state is None:
@@ -143,6 +137,14 @@ class CurriculumEngine:
             self._parts = self._decode(state)
         else:
             self._parts = self._decode_chunks(state)
+
+    @staticmethod
+    def canonical_spec(spec: CurriculumSpec) -> CurriculumSpec:
+        """`spec` as an engine runs it, every strategy parameter spelled out (defaults
+        filled in), without building any state: what a spec stored by an earlier
+        release means to this one, whose strategies may have parameters it lacks."""
+        return _spelled_out(spec, build_sampler(spec.sampler, spec.layout, spec.objectives),
+                            build_weighting(spec.weighting, spec.objectives))
 
     @classmethod
     def from_bytes(cls, spec: CurriculumSpec, data: bytes) -> CurriculumEngine:
@@ -536,3 +538,14 @@ def _unblob(sections: dict[str, np.ndarray], key: str) -> bytes:
     return sections[key].tobytes()
 
 
+
+
+def _spelled_out(spec: CurriculumSpec, sampler: Sampler[Any, Any],
+                 weighting: Weighting[Any, Any]) -> CurriculumSpec:
+    return CurriculumSpec(
+        name=spec.name, layout=spec.layout, objectives=spec.objectives,
+        sampler=canonical(spec.sampler, sampler.params),
+        weighting=canonical(spec.weighting, weighting.params),
+        batch_size=spec.batch_size, seed=spec.seed,
+        primary_objective=spec.primary_objective, zero_variance=spec.zero_variance,
+    )
