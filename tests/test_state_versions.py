@@ -174,6 +174,36 @@ def test_snapshots_of_the_previous_release_load(name: str) -> None:
     assert engine.clock == meta["clock"] + 1
 
 
+@pytest.mark.parametrize(("name", "kept", "reset"), [
+    ("gradient", ("weights", "updates", "last_influence"), {"pending": 0}),
+    ("spard_weighting", ("log_weights", "updates", "last_gain", "last_se", "last_z",
+                         "last_saturation"), {"cur_count": 0, "prev_count": 0}),
+])
+def test_weighting_snapshots_of_an_older_release_migrate(
+        name: str, kept: tuple[str, ...], reset: dict[str, int]) -> None:
+    """`gradient` and `spard` moved to state version 2 (unit rewards) with no migration:
+    a curriculum of that release whose log was pruned could not load at all (500
+    STATE_CORRUPT on every call). The weights and counts carry over bit for bit; what
+    was summed under the old rule starts again."""
+    folder = FIXTURES.parent / "snapshots_weightings_v1"
+    data = (folder / f"{name}.npz").read_bytes()
+    meta = json.loads((folder / f"{name}.json").read_text())
+    old = load_npz(load_npz(data)["weighting"].tobytes())
+    assert VERSION_KEY not in old
+    engine = CurriculumEngine.from_bytes(CurriculumSpec.from_dict(meta["spec"]), data)
+    new = load_npz(load_npz(engine.to_bytes())["weighting"].tobytes())
+    assert int(new[VERSION_KEY]) == 2
+    for field in kept:
+        assert new[field].tobytes() == old[field].tobytes(), field
+    assert {field: int(new[field]) for field in reset} == reset
+    assert int(old["pending" if name == "gradient" else "prev_count"]) > 0  # it was reset
+    batch = engine.next_batch("run", meta["clock"])  # and the curriculum goes on
+    rewards = np.stack([np.ones((batch.indices.size, 4)),
+                        np.full((batch.indices.size, 4), 50.0)], axis=-1)
+    engine.apply(report(engine.spec, batch.indices, rewards, step=meta["clock"]))
+    assert engine.clock == meta["clock"] + 1
+
+
 def load_old_learnability(folder_name: str) -> tuple[dict[str, Any], CurriculumEngine,
                                                       dict[str, np.ndarray],
                                                       dict[str, np.ndarray]]:

@@ -48,11 +48,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from paceline_server.domain.npz import load_npz
 from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.base import UpdateContext, WeightDecision, Weighting
 from paceline_server.strategies.kernels import preference_vector, softmax
 from paceline_server.strategies.params import require
 from paceline_server.strategies.signals import ReportSignals
+from paceline_server.strategies.state_codec import encode_state
 
 _HUGE = 1e300  # overflowing influences saturate instead of turning into NaN
 _TINY = np.finfo(np.float64).tiny
@@ -144,6 +146,25 @@ class GradientWeighting(Weighting[GradientState, GradientParams]):
         k = self.num_objectives
         return GradientState(weights=self.initial.copy(), accumulated=np.zeros(k),
                              pending=0, updates=0, last_influence=np.zeros(k))
+
+    def migrate_state(self, old_version: int, arrays: dict[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+        """Version 1 (the proxy built from raw rewards, so a minimised objective counted
+        the wrong way) -> 2: the weights, the update count and the last influence are
+        kept; the influence accumulated since the last update, summed under the old
+        rule, is dropped (the next update comes `accumulation_steps` reports later).
+        Without it a curriculum of that release whose log was pruned could not load."""
+        if old_version != 1:
+            return super().migrate_state(old_version, arrays)
+        try:
+            weights, updates = arrays["weights"], int(arrays["updates"])
+            last = arrays["last_influence"]
+        except (KeyError, TypeError, ValueError):
+            return super().migrate_state(old_version, arrays)
+        state = self.init_state(np.random.default_rng(0))
+        state.weights = np.asarray(weights, dtype=np.float64)
+        state.updates, state.last_influence = updates, np.asarray(last, dtype=np.float64)
+        return load_npz(encode_state(state), "migrated state")
 
     def update(self, state: GradientState, signals: ReportSignals,
                ctx: UpdateContext) -> None:

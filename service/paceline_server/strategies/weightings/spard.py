@@ -73,11 +73,13 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from paceline_server.domain.npz import load_npz
 from paceline_server.domain.scalarize import unit_rewards
 from paceline_server.strategies.base import UpdateContext, WeightDecision, Weighting
 from paceline_server.strategies.kernels import preference_vector, softmax
 from paceline_server.strategies.params import require
 from paceline_server.strategies.signals import ReportSignals
+from paceline_server.strategies.state_codec import encode_state
 
 Z_CLIP = 3.0
 LOG_FLOOR = math.log(1e-12)
@@ -184,6 +186,25 @@ class SpardWeighting(Weighting[SpardWeightingState, SpardWeightingParams]):
             last_gain=zeros(), last_se=zeros(), last_z=zeros(), last_saturation=zeros(),
             on_eval=False,
         )
+
+    def migrate_state(self, old_version: int, arrays: dict[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+        """Version 1 (windows of raw rewards, the weights moved by the signed z) -> 2:
+        the log-weights, the update count and the last update's figures are kept; the
+        windows, which hold raw means the new rule cannot compare with unit rewards,
+        start empty (the next move comes two windows later). Without it a curriculum of
+        that release whose log was pruned could not load."""
+        if old_version != 1:
+            return super().migrate_state(old_version, arrays)
+        state = self.init_state(np.random.default_rng(0))
+        try:
+            state.log_weights = np.asarray(arrays["log_weights"], dtype=np.float64)
+            state.updates = int(arrays["updates"])
+            for name in ("last_gain", "last_se", "last_z", "last_saturation"):
+                setattr(state, name, np.asarray(arrays[name], dtype=np.float64))
+        except (KeyError, TypeError, ValueError):
+            return super().migrate_state(old_version, arrays)
+        return load_npz(encode_state(state), "migrated state")
 
     def update(self, state: SpardWeightingState, signals: ReportSignals,
                ctx: UpdateContext) -> None:
