@@ -430,7 +430,8 @@ class Run:
         served, chosen by the curriculum's sampler. Ask for part 1 after `next_batch(step)`,
         part 2 after part 1, and so on, before reporting the step; then report every
         group you generated, naming those you did not train on in `dropped`. The same
-        (step, part) again returns the same prompts. Refused with `Conflict`
+        (step, part) again returns the same prompts (without `size`: whatever size it
+        was served with). Refused with `Conflict`
         (REFILL_OUT_OF_ORDER, STEP_ALREADY_REPORTED) or `InvalidInput`
         (REFILL_TOO_LARGE: fewer prompts left unserved in the step)."""
         served = self.client._call(op.NextBatch(

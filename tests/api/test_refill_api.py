@@ -48,7 +48,8 @@ def test_refill_parts_are_disjoint_deterministic_and_idempotent(client: TestClie
     assert len(served) == len(set(served)) == 33
     # the same (run, step, part) again is the same part; part 0 is unchanged
     assert ask(client, 0, part=1, size=5).json() == body
-    assert ask(client, 0, part=1).status_code == 409  # another size: a conflict
+    assert ask(client, 0, part=1, size=8).status_code == 409  # another size: a conflict
+    assert ask(client, 0, part=1).json() == body  # no size: the part as served
     assert ask(client, 0).json() == first.json()
     # a report may name indices of any part, and says which groups it dropped
     dropped = body["indices"][:2]

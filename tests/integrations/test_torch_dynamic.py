@@ -110,3 +110,31 @@ def test_one_objective_rewards_n_by_g_are_raw_and_keep_their_precision(
             result = dynamic_step(run, 0, lambda b: close, max_parts=0)
             assert result.kept.all()  # not an all-equal group
             assert result.advantages()[0, 1] > 0
+
+
+def test_a_resumed_loop_redoes_reported_steps_without_failing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A loop resumed from an earlier checkpoint redoes steps 1-2 with other rollouts:
+    each redone step is logged and its first report stands (the report raised
+    REPORT_CONFLICT, and a redo that needed one more refill STEP_ALREADY_REPORTED); the
+    next new step is reported as usual."""
+    def flaky(batch: paceline.Batch) -> torch.Tensor:  # the redo: the middle band solved
+        rows = [[1.0] * GROUP if index < 70 else [float(j % 2) for j in range(GROUP)]
+                for index in batch.indices]
+        return torch.tensor(rows).unsqueeze(-1)
+
+    with paceline.Client.embedded(tmp_path / "r.db") as client:
+        cur = client.create_curriculum("dyn", distributions={"all": 100},
+                                       objectives=["correct"], sampler="uniform",
+                                       batch_size=8, seed=5)
+        with cur.start_run(run_id="r", heartbeat_interval=None) as run:
+            for step in range(3):
+                assert dynamic_step(run, step, generate).report() is not None
+            seq = cur.state().seq
+            for step in (1, 2):  # resumed from the checkpoint after step 0
+                redone = dynamic_step(run, step, flaky)
+                assert redone.trained_indices  # the trainer still trains on its redo
+                assert redone.report() is None
+            assert cur.state().seq == seq  # nothing folded twice
+            assert dynamic_step(run, 3, flaky).report() is not None
+    assert sum("the first report stands" in r.getMessage() for r in caplog.records) >= 2

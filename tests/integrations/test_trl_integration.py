@@ -247,31 +247,41 @@ def resume_trainer(tmp_path: Path, run: paceline.Run, out: str,
                                              "short": rewards.short})
 
 
-def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("overrides", "crashed_at", "skip_before", "steps"), [
+    ({}, 3, 2, RESUME_STEPS),
+    # An epoch of 4 loader batches in optimizer steps of 3: the Trainer counts 2 updates
+    # an epoch (rounding up), so checkpoint-2 ends epoch 0 and the resume skips nothing
+    # of epoch 1; rounding down put it two epochs on (skip_before 8), and the resumed
+    # run failed at its first reward ("rows ... the paceline sampler did not draw").
+    ({"gradient_accumulation_steps": 3, "steps_per_generation": 1}, 7, 4, 12),
+])
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(
+        tmp_path: Path, overrides: dict[str, Any], crashed_at: int, skip_before: int,
+        steps: int) -> None:
     sampler = "dump_ucb"  # its batches depend on the reports folded so far
     with paceline.Client.embedded(tmp_path / "straight.db") as client:
         cur = make_curriculum(client, sampler=sampler)
         with cur.start_run(run_id="trl", heartbeat_interval=None) as run:
-            resume_trainer(tmp_path, run, "straight").train()
+            resume_trainer(tmp_path, run, "straight", **overrides).train()
             straight = cur.state()
     with paceline.Client.embedded(tmp_path / "resumed.db") as client:
         cur = make_curriculum(client, sampler=sampler)
         with cur.start_run(run_id="trl", heartbeat_interval=None) as run:
-            trainer = resume_trainer(tmp_path, run, "resumed")
+            trainer = resume_trainer(tmp_path, run, "resumed", **overrides)
             trainer.add_callback(CrashAfter(3))  # runs after PacelineCallback's report
             with pytest.raises(KeyboardInterrupt):
                 trainer.train()
-            assert cur.state().seq == 3  # steps 0-2 were reported before the crash
+            assert cur.state().seq == crashed_at  # reported before the crash
         with cur.start_run(run_id="trl", heartbeat_interval=None) as run:
-            trainer = resume_trainer(tmp_path, run, "resumed")
+            trainer = resume_trainer(tmp_path, run, "resumed", **overrides)
             trainer.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
-            assert trainer.paceline.skip_before == 2
+            assert trainer.paceline.skip_before == skip_before
             resumed = cur.state()
-    assert resumed.seq == straight.seq == RESUME_STEPS  # step 2 was not folded twice
+    assert resumed.seq == straight.seq == steps  # no step was folded twice
     assert resumed.model_dump(exclude={"name"}) == straight.model_dump(exclude={"name"})
     got = reports(tmp_path / "resumed.db", "trl")
     want = reports(tmp_path / "straight.db", "trl")
-    assert [r.step for r in got] == [r.step for r in want] == list(range(RESUME_STEPS))
+    assert [r.step for r in got] == [r.step for r in want] == list(range(steps))
     for a, b in zip(got, want, strict=True):
         assert a.indices == b.indices
         np.testing.assert_array_equal(a.rewards, b.rewards)

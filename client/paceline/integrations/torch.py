@@ -211,9 +211,7 @@ class Step:
         except Conflict as exc:
             if exc.code not in REDONE:
                 raise
-            _log.warning("paceline: step %d of run %r was reported before (the loop resumed "
-                         "from an earlier checkpoint); the first report stands", self.step,
-                         self.run.run_id)
+            _redone(self.run, self.step)
             return None
         if ack.batch is not None:
             self._next[:] = [ack.batch]
@@ -286,13 +284,39 @@ class DynamicStep:
         """The kept groups' loss weights `[n_kept]` (each part's, ones where none)."""
         return torch.cat([loss_weights(b) for b in self.batches])[self.kept]
 
-    def report(self, advantages: Any = None, **extra: Any) -> ReportAck:
+    def report(self, advantages: Any = None, **extra: Any) -> ReportAck | None:
         """Report every generated group (`advantages`, when given, `[N, g]` for all of
         them), the dropped ones named; the ack counts rollouts generated and trained.
-        A resumed trainer that reports the step again gets the first ack (a step is
-        folded once)."""
-        return self.run.report(self.step, indices=self.indices, rewards=self.rewards,
-                               advantages=advantages, dropped=self.dropped_indices, **extra)
+        A step is folded once: reported again with the same rollouts it gets the first
+        ack, and None when a loop resumed from an earlier checkpoint redid it with
+        other rollouts (the first report stands, as with `Step.report`)."""
+        try:
+            return self.run.report(self.step, indices=self.indices, rewards=self.rewards,
+                                   advantages=advantages, dropped=self.dropped_indices,
+                                   idempotency_key=step_key(self.run.run_id, self.step),
+                                   **extra)
+        except Conflict as exc:
+            if exc.code not in REDONE:
+                raise
+            _redone(self.run, self.step)
+            return None
+
+
+def _refill(run: Run, step: int, part: int, size: int) -> Batch:
+    """Refill `part` of `size`, or, when it was served before with another size (a
+    redone step keeps other groups, so it asks for other sizes), the part as served:
+    parts are fixed per (run, step, part)."""
+    try:
+        return run.refill(step, part, size)
+    except Conflict as exc:
+        if exc.code != "IDEMPOTENCY_CONFLICT":
+            raise
+        return run.refill(step, part)
+
+
+def _redone(run: Run, step: int) -> None:
+    _log.warning("paceline: step %d of run %r was reported before (the loop resumed from "
+                 "an earlier checkpoint); the first report stands", step, run.run_id)
 
 
 def _scalar(batch: Batch, rewards: Any) -> torch.Tensor:
@@ -358,7 +382,13 @@ def dynamic_step(run: Run, step: int, generate: Callable[[Batch], Any], *,
         generated = sum(len(b.indices) for b in batches)
         rate = max(kept / generated, 0.1)
         ask = min(left, math.ceil((target - kept) / rate))
-        batch = run.refill(step, part, ask)
+        try:
+            batch = _refill(run, step, part, ask)
+        except Conflict as exc:  # a redone step needs more parts than were served
+            if exc.code != "STEP_ALREADY_REPORTED":
+                raise
+            _redone(run, step)
+            break
         batches.append(batch)
         rewards.append(_tensor(generate(batch)))
         keep.append(~drop(_scalar(batch, rewards[-1])).to(torch.bool))

@@ -285,7 +285,9 @@ class PacelineGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
         repeat = self.num_iterations * self.args.steps_per_generation
         per_epoch = self._steps_per_epoch()
         accumulation = self.args.gradient_accumulation_steps
-        updates_per_epoch = max(per_epoch * repeat // accumulation, 1)
+        # As the Trainer counts them (transformers 5): a last, shorter accumulation at
+        # an epoch's end is an update of its own.
+        updates_per_epoch = max(-(-per_epoch * repeat // accumulation), 1)
         epochs, into = divmod(global_step, updates_per_epoch)
         skipped = 0 if self.args.ignore_data_skip else into * accumulation
         self.paceline.skip_before = epochs * per_epoch + skipped // repeat

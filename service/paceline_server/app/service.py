@@ -470,7 +470,8 @@ class PacelineService:
         the curriculum's sampler (dynamic sampling; see `app/refill.py`).
 
         Deterministic and idempotent per (run, step, part): asking again returns the
-        stored part (another size is a conflict). Refused, with nothing stored, for a
+        stored part (another size is a conflict; no size, the part as served, as for a
+        step's batch). Refused, with nothing stored, for a
         step not served yet or a part that skips one (REFILL_OUT_OF_ORDER), a step
         already reported (STEP_ALREADY_REPORTED) and more prompts than the step has
         left unserved (REFILL_TOO_LARGE). Taken under the curriculum's write lock, so a
@@ -483,12 +484,13 @@ class PacelineService:
             if writer.created_at != cached.created_at:
                 raise Unavailable(f"curriculum {name!r} was recreated meanwhile; retry",
                                   {"curriculum": name})
+            asked = size
             size = check_refill_size(cached.engine, run_id, step, size)
             parts = writer.get_parts(run_id, step)
             for record in parts:
                 if record.part == part:  # served before: the same part again
                     batch = decode_batch(record.payload)
-                    check_size(batch, size)
+                    check_size(batch, None if asked is None else size)
                     return batch
             first = writer.get_batch(run_id, step)
             if first is None or part != len(parts) + 1:
