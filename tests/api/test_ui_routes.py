@@ -65,7 +65,8 @@ def test_ui_routes_are_get_only(sqlite_client: TestClient) -> None:
 
 def test_overview(sqlite_client: TestClient) -> None:
     client = sqlite_client
-    assert client.get("/ui/api/overview").json() == {"curricula": []}
+    assert client.get("/ui/api/overview").json() == {"curricula": [], "truncated": False,
+                                                      "limit": 1000}
     assert client.post("/v1/curricula", json=SPEC).status_code == 201
     assert client.post("/v1/curricula/math/runs", json={"run_id": "r1"}).status_code == 201
     rows: list[dict[str, Any]] = client.get("/ui/api/overview").json()["curricula"]
@@ -82,5 +83,5 @@ def test_overview_needs_a_read_token(tmp_path: Path) -> None:
         answer = client.get("/ui/api/overview")
         assert answer.status_code == 401 and answer.json()["error"]["code"] == "UNAUTHENTICATED"
         assert client.get("/ui/api/overview", headers={"Authorization": "Bearer r"}).json() \
-            == {"curricula": []}
+            == {"curricula": [], "truncated": False, "limit": 1000}
         assert client.get("/ui/").status_code == 200  # the shell holds no data

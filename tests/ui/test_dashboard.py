@@ -168,3 +168,49 @@ def test_the_page_reports_its_render_time(service: ServiceProcess, page: Page) -
         "performance.getEntriesByType('navigation')[0].responseEnd")
     assert ready > 0 and ready >= navigation
     assert page.console_errors == []
+
+
+def test_what_the_ui_audit_found(browser: Any, tmp_path: Any) -> None:
+    """A token with a raw '%' in the fragment (it raised 'URI malformed' with no way
+    out), `?refresh=abc` (NaN: setTimeout fired at once, hundreds of requests a second),
+    the default sampler's explanation terms (no place to break: the page scrolled
+    sideways), names that differ only in case (the legends upper-cased them) and
+    integer terms (21124 showed as 2.11e+4)."""
+    tokens = '{"w-token": "write", "odd%tok": "read"}'
+    body = {"name": "Learn", "batch_size": 16, "seed": 7, "sampler": "learnability",
+            "layout": {"distributions": [{"name": "Hard", "size": 60},
+                                         {"name": "hard", "size": 40}]},
+            "objectives": ["accuracy"]}
+    with running_service(f"sqlite:///{tmp_path / 'audit.db'}", log=tmp_path / "s.log",
+                         env={"PACELINE_API_TOKENS": tokens}) as process:
+        with httpx.Client(base_url=process.url,
+                          headers={"Authorization": "Bearer w-token"}) as http:
+            assert http.post("/v1/curricula", json=body).status_code == 201
+            assert http.post("/v1/curricula/Learn/runs", json={"run_id": "r1"}).status_code \
+                == 201
+            for step in range(4):
+                batch = http.post("/v1/curricula/Learn/batches",
+                                  json={"run_id": "r1", "step": step}).json()
+                rewards = [[[float((i + j) % 2)] for j in range(4)] for i in batch["indices"]]
+                assert http.post("/v1/curricula/Learn/reports", json={
+                    "run_id": "r1", "step": step, "indices": batch["indices"],
+                    "rewards": rewards}).status_code == 200
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        try:
+            page = Page(context.new_page())
+            page.open(f"{process.url}/ui/#token=odd%tok")
+            assert page.page.locator("tr[data-curriculum=Learn]").count() == 1
+            page.open(f"{process.url}/ui/c/Learn?refresh=abc")
+            page.page.wait_for_selector("#explanations li")
+            assert page.page.evaluate(
+                "document.documentElement.scrollWidth <= window.innerWidth")
+            legends = page.page.locator(".uplot .u-legend th").all_inner_texts()
+            assert "Hard" in legends and "hard" in legends
+            terms = " ".join(page.page.locator("#explanations .terms").all_inner_texts())
+            assert "e+" not in terms
+            before = len(page.requests)
+            page.page.wait_for_timeout(3000)
+            assert len(page.requests) - before <= 6  # a poll every 2 s, not hundreds
+            assert page.console_errors == []
+        finally:
+            context.close()

@@ -20,6 +20,7 @@ from paceline_server.api.ratelimit import RateLimitMiddleware
 from paceline_server.api.routes import router
 from paceline_server.api.schemas import ErrorResponse
 from paceline_server.app.operations import Operations
+from paceline_server.app.overview import Overview
 from paceline_server.app.service import PacelineService
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.settings = settings
     app.state.service = service
     app.state.operations = Operations(service)
+    app.state.overview = Overview(service)  # the dashboard's list (api/ui.py)
     app.state.metrics = Metrics(service, settings.metrics_max_distributions)
     app.state.storage_health = StorageHealth(settings.storage_failure_hold_s)
     errors.install(app)

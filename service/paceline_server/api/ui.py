@@ -18,8 +18,8 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
-from paceline_server.api.deps import Ops, ReadScope, Service
-from paceline_server.app.overview import overview
+from paceline_server.api.deps import Ops, ReadScope
+from paceline_server.app.overview import MAX_LISTED, Overview
 from paceline_server.domain.errors import NotFound
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
@@ -84,16 +84,20 @@ def _time(value: datetime | None) -> str | None:
 
 
 @router.get("/api/overview")
-def ui_overview(service: Service, _: ReadScope) -> Response:
-    """Every curriculum with its strategy, reports, runs and health flags."""
+def ui_overview(request: Request, _: ReadScope) -> Response:
+    """The first `MAX_LISTED` curricula by name with their strategy, reports, runs and
+    health flags; `truncated` when there are more."""
+    overview: Overview = request.app.state.overview
+    listing = overview.listing()
     rows: list[dict[str, Any]] = [{
         "name": s.name, "sampler": s.sampler, "weighting": s.weighting,
         "created_at": _time(s.created_at), "reports": s.reports,
         "distributions": s.distributions, "runs": s.runs, "stale_runs": s.stale_runs,
         "last_heartbeat": _time(s.last_heartbeat), "flagged": s.flagged}
-        for s in overview(service)]
-    return Response(orjson.dumps({"curricula": rows}), media_type="application/json",
-                    headers={"Cache-Control": "no-store"})
+        for s in listing.curricula]
+    return Response(orjson.dumps({"curricula": rows, "truncated": listing.truncated,
+                                  "limit": MAX_LISTED}),
+                    media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
 @router.get("/{rest:path}")

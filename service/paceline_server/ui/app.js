@@ -6,7 +6,13 @@
 "use strict";
 
 (function () {
-  const REFRESH_MS = Number(new URLSearchParams(location.search).get("refresh") || 2000);
+  // ?refresh=<ms>: 0 stops polling; anything not a number is the default (NaN made
+  // setTimeout fire at once: hundreds of requests a second), and at least 500 ms.
+  const REFRESH_MS = (() => {
+    const asked = Number(new URLSearchParams(location.search).get("refresh") ?? 2000);
+    if (!Number.isFinite(asked)) return 2000;
+    return asked <= 0 ? 0 : Math.max(asked, 500);
+  })();
   const PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777",
                    "#0891b2", "#65a30d", "#4b5563", "#ea580c", "#0d9488", "#9333ea"];
   const FLAGS = ["hopeless", "stalled", "saturated"];
@@ -42,6 +48,16 @@
   }
   const fmt = (v, digits = 3) => (v === null || v === undefined || Number.isNaN(v))
     ? "–" : Number(v).toFixed(digits);
+  // An explanation's term: integers as they are (21124, not 2.11e+4), others to three
+  // significant digits without an exponent for everyday magnitudes.
+  function term(v) {
+    if (v === null || v === undefined) return "–";
+    const x = Number(v);
+    if (Number.isInteger(x)) return String(x);
+    const size = Math.abs(x);
+    if (size !== 0 && (size < 1e-3 || size >= 1e6)) return x.toPrecision(3);
+    return String(Number(x.toPrecision(3)));
+  }
   const pct = (v) => (v === null || v === undefined) ? "–" : (100 * v).toFixed(1) + " %";
   function ago(iso) {
     if (!iso) return "never";
@@ -65,7 +81,9 @@
   function token() {
     const match = location.hash.match(/token=([^&]+)/);
     if (match) {
-      sessionStorage.setItem("paceline-token", decodeURIComponent(match[1]));
+      let given = match[1];
+      try { given = decodeURIComponent(given); } catch (_) { /* a raw "%": as written */ }
+      sessionStorage.setItem("paceline-token", given);
       history.replaceState(null, "", location.pathname + location.search);
     }
     return sessionStorage.getItem("paceline-token");
@@ -234,7 +252,9 @@
       el("tbody", {}, rows))
       : el("p", { class: "muted", text: "No curricula yet: create one with POST /v1/curricula." });
     app.replaceChildren(el("h1", { text: "Curricula" }), el("div", { class: "card" }, body));
-    statusLine.textContent = data.curricula.length + " curricula · updated " + new Date().toLocaleTimeString();
+    const count = data.truncated ? "the first " + data.curricula.length + " curricula by name"
+      + " (more exist: GET /v1/curricula lists them all)" : data.curricula.length + " curricula";
+    statusLine.textContent = count + " · updated " + new Date().toLocaleTimeString();
     markReady();
     state.renders += 1;
     schedule(showList);
@@ -278,8 +298,8 @@
     document.getElementById("explanations").replaceChildren(...view.explanations.map((e) =>
       el("li", { "data-distribution": e.name },
         el("div", {}, e.sentence, " ", e.flags.length ? badges(e.flags) : null),
-        el("div", { class: "terms" }, Object.entries(e.terms).map(([k, v]) =>
-          el("span", {}, k + " = " + (v === null ? "–" : Number(v).toPrecision(3))))))));
+        el("div", { class: "terms" }, Object.entries(e.terms).flatMap(([k, v]) =>
+          [el("span", {}, k + " = " + term(v)), " "])))));
     const rows = view.distributions.map((d) => el("tr", {},
       el("td", { text: d.name }), el("td", { class: "num", text: d.size }),
       el("td", { class: "num", text: pct(d.probability) }),
