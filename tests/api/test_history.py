@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -740,3 +741,18 @@ def test_an_imported_curriculum_answers_its_history_without_a_fold(
     chunks = [(c.first_seq, c.last_seq) for c in service.store.history_checkpoints("copy")]
     assert all(last + 1 == first for (_, last), (first, _) in itertools.pairwise(chunks))
     assert chunks[0][0] == 1 and chunks[-1][1] == 18  # no gap to fill; 19 is in its event
+
+
+def test_with_auth_on_the_shell_prefetches_nothing(tmp_path: Path) -> None:
+    """The shell needs no token, so with authentication on asking for pages would have
+    anyone load engines (evicting trainers') and read histories."""
+    with make_client(f"sqlite:///{tmp_path / 'auth.db'}", api_tokens={"w": "write"}) as client:
+        headers = {"Authorization": "Bearer w"}
+        assert client.post("/v1/curricula", json={**SPEC, "name": "hist"},
+                           headers=headers).status_code == 201
+        service = client.app.state.service  # type: ignore[attr-defined]
+        service.engines.forget("hist")
+        assert client.get("/ui/c/hist").status_code == 200
+        threading.Event().wait(0.3)
+        assert "hist" not in service.histories._traces
+        assert service.engines.peek("hist") is None

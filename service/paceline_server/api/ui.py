@@ -65,7 +65,10 @@ def ui_curriculum(name: str, request: Request, ops: Ops) -> Response:
     # The history is read, and the engine /state needs loaded, while the browser loads
     # the scripts that will ask for them (on a cold server these are the page's slowest
     # requests; nothing is sent back here, and an unknown name is reported by the page).
-    ops.prefetch(name)
+    # Not with authentication on: the shell needs no token, and anyone could then have
+    # engines loaded (and trainers' evicted) by asking for pages.
+    if not request.app.state.settings.auth_enabled:
+        ops.prefetch(name)
     return _shell(request)
 
 
