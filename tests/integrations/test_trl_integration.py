@@ -27,7 +27,7 @@ from transformers import (
 from trl import GRPOConfig
 
 import paceline
-from paceline.integrations.trl import PacelineGRPOTrainer, ScalarizedReward
+from paceline.integrations.trl import PacelineGRPOTrainer, ScalarizedReward, with_sample_index
 
 WORDS = ["a", "b", "c", "d", "e", "f", "g", "h"]
 WEIGHTS = {"correct": 0.75, "short": 0.25}
@@ -364,3 +364,24 @@ def test_each_objective_gets_its_reward_curve(tmp_path: Path) -> None:
                   if f"rewards/paceline/{name}" in entry]
         np.testing.assert_allclose(logged, [r.rewards[:, k].mean() for r in stored],
                                    rtol=1e-6)
+
+
+def test_an_evaluation_set_with_the_index_column_is_scored_not_recorded(
+        tmp_path: Path) -> None:
+    """An evaluation set built with `with_sample_index` (as the training set is) was
+    taken for a training batch: its rows were checked against the served step and the
+    run failed ("not served"). While the model evaluates, rows are scored only."""
+    tokenizer = tiny_tokenizer()
+    objectives = Objectives()
+    with paceline.Client.embedded(tmp_path / "eval.db") as client:
+        cur = make_curriculum(client)
+        with cur.start_run(run_id="trl", heartbeat_interval=None) as run:
+            trainer = PacelineGRPOTrainer(
+                run, model=tiny_model(len(tokenizer)), processing_class=tokenizer,
+                args=grpo_args(tmp_path, max_steps=3, eval_strategy="steps", eval_steps=1,
+                               per_device_eval_batch_size=PROMPTS_PER_STEP * GROUP),
+                train_dataset=dataset(), eval_dataset=with_sample_index(dataset()),
+                reward_funcs={"short": objectives.short, "correct": objectives.correct})
+            trainer.train()
+            assert cur.state().seq == 3  # the training steps only
+    assert [r.step for r in reports(tmp_path / "eval.db", "trl")] == [0, 1, 2]

@@ -108,8 +108,13 @@ class ScalarizedReward:
     It calls `objectives[name](prompts=..., completions=..., **kwargs)` for every
     objective, records the reward vectors under the served step the rows belong to, and
     returns `reward_scale * Σ_k w_k u_k` with that step's weights (`Batch.scalarize`: u_k is
-    objective k by its bounds and direction). Rows without the index
-    column (evaluation) are scored with the latest weights and not recorded."""
+    objective k by its bounds and direction). Rows of an evaluation (`evaluating`, set by
+    `PacelineGRPOTrainer` while its model is not training), or without the index column,
+    are scored with the latest weights and not recorded: an evaluation set built with
+    `with_sample_index` was taken for a training batch ("not served")."""
+
+    #: Set while the trainer evaluates: rows are scored, not recorded.
+    evaluating: bool = False
 
     def __init__(self, objectives: Mapping[str, RewardFunc], ledger: BatchLedger,
                  column: str = INDEX_COLUMN) -> None:
@@ -135,7 +140,7 @@ class ScalarizedReward:
                                  f"rewards for {len(prompts)} completions")
         rows = [list(r) for r in zip(*columns.values(), strict=True)]
         indices = kwargs.get(self.column)
-        if indices is None:
+        if indices is None or self.evaluating:
             batch = self.ledger.weights()
             return [batch.scalarize(row) for row in rows]
         record = self.ledger.next_unscored(without=LOCAL)
@@ -305,7 +310,11 @@ class PacelineGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]
                                         ) -> dict[str, Any]:
-        output: dict[str, Any] = super()._generate_and_score_completions(inputs)
+        self.paceline_reward.evaluating = not self.model.training
+        try:
+            output: dict[str, Any] = super()._generate_and_score_completions(inputs)
+        finally:
+            self.paceline_reward.evaluating = False
         if self.model.training:
             if self.dynamic_sampling:
                 return self._dynamic_sampling(output)
