@@ -72,7 +72,7 @@ _BY_CODE: dict[str, type[PacelineError]] = {
                      "REFILL_TOO_LARGE"), InvalidInput),
     **dict.fromkeys(("UNAUTHENTICATED", "FORBIDDEN"), AuthError),
     **dict.fromkeys(("UNAVAILABLE", "SCHEMA_OUTDATED", "STATE_CORRUPT", "INTERNAL",
-                     "RATE_LIMITED"), Unavailable),
+                     "STRATEGY_ERROR", "RATE_LIMITED"), Unavailable),
 }
 
 _BY_STATUS: dict[int, type[PacelineError]] = {

@@ -6,9 +6,10 @@ So any process (replica) serves any curriculum exactly, and the cache is only a 
 dropping it never changes an answer. With Redis, other replicas' commits are announced
 and folded in the background (`PacelineService._fold_announced`), off the request path.
 
-A snapshot whose strategy state is of a version this code cannot migrate
-(`StateVersionError`) is set aside: the engine is rebuilt by replaying the log from the
-first event, as long as the log still holds it (pruned logs cannot be replayed).
+A snapshot this code cannot read (`StateCorrupt`: bytes that do not decode, or a
+`StateVersionError`, a strategy state of a version it cannot migrate) is set aside: the
+engine is rebuilt by replaying the log from the first event, as long as the log still
+holds it (pruned logs cannot be replayed).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from paceline_server.app.codec import decode_report
-from paceline_server.domain.errors import InvalidSpec, StateTooLarge
+from paceline_server.domain.errors import InvalidSpec, StateCorrupt, StateTooLarge
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.engine import CurriculumEngine
 from paceline_server.engine.engine import HISTORY
@@ -31,7 +32,6 @@ from paceline_server.engine.health import WINDOW as HEALTH_WINDOW
 from paceline_server.store.base import CurriculumHead, CurriculumRecord, Store
 from paceline_server.strategies.posteriors import table_bytes, table_keeps_rates
 from paceline_server.strategies.registry import build_sampler, build_weighting
-from paceline_server.strategies.state_codec import StateVersionError
 
 _log = logging.getLogger(__name__)
 
@@ -185,14 +185,16 @@ class EngineCache:
                 return CurriculumEngine(spec), 0
             try:  # decoded chunk by chunk: never the state and its bytes whole at once
                 return CurriculumEngine.from_chunks(spec, snapshot.chunks), snapshot.seq
-            except StateVersionError as exc:
-                seq, cause = snapshot.seq, exc
+            except StateCorrupt as exc:  # of another version, or unreadable (the log is
+                seq, cause = snapshot.seq, exc  # the record: a snapshot only shortens it)
         return self._replay(name, spec, seq, cause), seq
 
     def _replay(self, name: str, spec: CurriculumSpec, seq: int,
-                cause: StateVersionError) -> CurriculumEngine:
+                cause: StateCorrupt) -> CurriculumEngine:
         """The engine at `seq` rebuilt from the event log alone, for a snapshot this code
-        cannot read; the cause is raised again when the log no longer starts at seq 1."""
+        cannot read (a state version it cannot migrate, or bytes that do not decode, as
+        a plug-in state its codec wrote but cannot read back); the cause is raised again
+        when the log no longer starts at seq 1."""
         _log.warning("curriculum %r: snapshot at seq %d not readable (%s); rebuilding from "
                      "the event log", name, seq, cause)
         engine = CurriculumEngine(spec)
@@ -203,7 +205,7 @@ class EngineCache:
             engine.apply(decode_report(event.payload))
             folded = event.seq
         if folded != seq:
-            raise StateVersionError(
+            raise type(cause)(
                 f"{cause} and the event log of {name!r} no longer holds seq {folded + 1} "
                 "(pruned), so the curriculum cannot be rebuilt by replay",
                 {**cause.details, "replayed_to": folded, "snapshot_seq": seq}) from cause

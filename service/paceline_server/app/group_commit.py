@@ -28,6 +28,7 @@ from paceline_server.domain.errors import (
     IndicesNotServed,
     InvalidRequest,
     NotServed,
+    PacelineError,
     ReportConflict,
     SchemaOutdated,
     Unavailable,
@@ -235,6 +236,14 @@ class GroupCommitter:
         except MemoryError:
             _log.warning("snapshot of %r at seq %d skipped: out of memory",
                          cached.spec.name, seq)
+        except PacelineError:
+            raise  # the store's: the commit fails
+        except Exception as exc:  # a state the codec cannot write (a plug-in's field)
+            spec = cached.spec
+            _log.error("snapshot of %r at seq %d skipped: its state cannot be written "
+                       "(sampler %r, weighting %r: %s: %s); reports go on, the log keeps "
+                       "the state exact, and loading it replays the log", spec.name, seq,
+                       spec.sampler.kind, spec.weighting.kind, type(exc).__name__, exc)
 
     @staticmethod
     def _batch_in(writer: CurriculumWriter, cached: CachedEngine, item: PendingReport,

@@ -88,7 +88,7 @@ from paceline_server.store.base import (
     Store,
     payload_digest,
 )
-from paceline_server.strategies.registry import preload_builtins
+from paceline_server.strategies.registry import plugin_problems, preload_builtins
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -144,6 +144,8 @@ class PacelineService:
         self.settings = settings
         self.clock = clock
         preload_builtins()  # a curriculum's first engine then costs no strategy import
+        for problem in plugin_problems():  # said at start, not at a curriculum's create
+            _log.warning("%s", problem)
         self.engines = EngineCache(store, settings.engine_cache_size,
                                    settings.engine_cache_bytes)
         self.histories = HistoryService(store)  # GET /history (app/history.py)

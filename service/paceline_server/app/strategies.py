@@ -83,11 +83,14 @@ def _info(group: Group, name: str, default: StrategySpec) -> StrategyInfo:
     origin = registry.origin(group, name)
     try:
         cls = _class(group, name)
+        return StrategyInfo(name=name, origin=origin, is_default=name == default.kind,
+                            description=_description(cls), params=_params(cls.params_type))
     except PacelineError as exc:
-        return StrategyInfo(name=name, origin=origin, is_default=False, description="",
-                            params=(), error=exc.message)
-    return StrategyInfo(name=name, origin=origin, is_default=name == default.kind,
-                        description=_description(cls), params=_params(cls.params_type))
+        error = exc.message
+    except Exception as exc:  # a plug-in whose parameters cannot be read
+        error = f"{group} {name!r} cannot be described: {type(exc).__name__}: {exc}"
+    return StrategyInfo(name=name, origin=origin, is_default=False, description="",
+                        params=(), error=error)
 
 
 def _description(cls: type) -> str:

@@ -60,6 +60,14 @@ class InvalidRequest(PacelineError):
     code = "INVALID_REQUEST"
 
 
+class StrategyError(PacelineError):
+    """A sampler or weighting (a plug-in, as a rule) raised, or returned what breaks its
+    contract (an index outside the dataset, probabilities or weights that are not a
+    distribution): nothing it returned is served or stored, and the message names it."""
+
+    code = "STRATEGY_ERROR"
+
+
 class StateCorrupt(PacelineError):
     """Serialised state could not be decoded into the expected structure."""
 

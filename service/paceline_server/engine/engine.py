@@ -38,6 +38,12 @@ from paceline_server.domain.numerics import with_numpy_defaults
 from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.domain.validation import check_identifier
+from paceline_server.engine.contract import (
+    checked_decision,
+    checked_probabilities,
+    checked_proposal,
+    failed,
+)
 from paceline_server.engine.health import (
     WINDOW,
     HealthState,
@@ -185,7 +191,17 @@ class CurriculumEngine:
 
     @with_numpy_defaults
     def weights(self) -> WeightDecision:
-        return self.weighting.current(self._parts.weighting)
+        return self.decision()
+
+    def decision(self) -> WeightDecision:
+        """The weighting's current reward weights and scale, checked
+        (engine/contract.py)."""
+        kind = self.spec.weighting.kind
+        try:
+            found = self.weighting.current(self._parts.weighting)
+        except Exception as exc:
+            raise failed("weighting", kind, exc) from exc
+        return checked_decision(found, len(self.spec.objectives), kind)
 
     # ------------------------------------------------------------------ apply
     @with_numpy_defaults
@@ -198,24 +214,40 @@ class CurriculumEngine:
             report.validate(self.layout, len(self.spec.objectives))
         parts = self._parts
         engine = parts.engine
-        in_force = self.weighting.current(parts.weighting).weights
+        in_force = self.decision().weights
         signals = ReportSignals(report, self.layout, self.spec.objectives,
                                 self.spec.primary_index, in_force)
         if parts.posteriors is not None:
             update_posteriors(parts.posteriors, self.sampler.posterior_config(),
                               signals.indices, signals.successes, signals.group_size,
                               engine.clock)
-        self.weighting.update(parts.weighting, signals,
-                              UpdateContext(engine.clock, in_force, parts.posteriors))
-        decision = self.weighting.current(parts.weighting)
-        self.sampler.update(parts.sampler, signals,
-                            UpdateContext(engine.clock, decision.weights, parts.posteriors))
+        try:
+            self.weighting.update(parts.weighting, signals,
+                                  UpdateContext(engine.clock, in_force, parts.posteriors))
+        except Exception as exc:
+            raise failed("weighting", self.spec.weighting.kind, exc) from exc
+        decision = self.decision()
+        try:
+            self.sampler.update(parts.sampler, signals,
+                                UpdateContext(engine.clock, decision.weights,
+                                              parts.posteriors))
+        except Exception as exc:
+            raise failed("sampler", self.spec.sampler.kind, exc) from exc
         update_health(parts.health, signals.distribution, signals.success,
                       signals.zero_variance, signals.abs_advantage, signals.group_size)
         engine.group_size = signals.group_size_typical
         engine.last_step = max(engine.last_step, int(report.step))
         engine.clock += 1
         self._record_weights(decision)
+
+    def _probabilities(self, ctx: ProposeContext) -> np.ndarray:
+        """The sampler's probabilities, checked (engine/contract.py)."""
+        kind = self.spec.sampler.kind
+        try:
+            found = self.sampler.probabilities(self._parts.sampler, ctx)
+        except Exception as exc:
+            raise failed("sampler", kind, exc) from exc
+        return checked_probabilities(found, self.layout.num_distributions, kind)
 
     def _record_weights(self, decision: WeightDecision) -> None:
         engine = self._parts.engine
@@ -238,10 +270,17 @@ class CurriculumEngine:
         `part` >= 1 draws from that refill part's own stream (see `app/refill.py`)."""
         size = self.check_batch_request(run_id, step, size)
         parts = self._parts
-        decision = self.weighting.current(parts.weighting)
+        decision = self.decision()
         ctx = self._propose_context(step, decision.weights)
-        proposal = self.sampler.propose(parts.sampler, size,
-                                        run_stream(self.spec.seed, run_id, step, part), ctx)
+        kind = self.spec.sampler.kind
+        try:
+            proposal = self.sampler.propose(parts.sampler, size,
+                                            run_stream(self.spec.seed, run_id, step, part),
+                                            ctx)
+        except Exception as exc:
+            raise failed("sampler", kind, exc) from exc
+        checked_proposal(proposal, size, self.layout.num_samples,
+                         self.layout.num_distributions, kind)
         return Batch(
             run_id=run_id, step=step, indices=proposal.indices.astype(np.int64),
             reward_weights=np.asarray(decision.weights, dtype=np.float64),
@@ -300,9 +339,9 @@ class CurriculumEngine:
     def inspect(self) -> CurriculumInspection:
         parts = self._parts
         health = parts.health
-        decision = self.weighting.current(parts.weighting)
+        decision = self.decision()
         ctx = self._propose_context(parts.engine.last_step, decision.weights)
-        probabilities = self.sampler.probabilities(parts.sampler, ctx)
+        probabilities = self._probabilities(ctx)
         success, advantage, zero_variance = window_means(
             health, health.success, health.abs_advantage, health.zero_variance)
         progress = learning_progress(health)
@@ -341,15 +380,14 @@ class CurriculumEngine:
         per-distribution objects, weight history or strategy details (O(D + k))."""
         parts = self._parts
         health = parts.health
-        decision = self.weighting.current(parts.weighting)
+        decision = self.decision()
         ctx = self._propose_context(parts.engine.last_step, decision.weights)
         success, advantage, zero_variance = window_means(
             health, health.success, health.abs_advantage, health.zero_variance)
         stalled, saturated, hopeless = flag_arrays(health, success)
         hypervolume = self.weighting.latest_hypervolume(parts.weighting)
         return ProgressPoint(
-            probabilities=np.asarray(self.sampler.probabilities(parts.sampler, ctx),
-                                     dtype=np.float64),
+            probabilities=self._probabilities(ctx),
             success=success,
             mean_abs_advantage=advantage,
             zero_variance=zero_variance,
@@ -362,9 +400,9 @@ class CurriculumEngine:
     def explain(self) -> tuple[Explanation, ...]:
         """Why each distribution gets its current probability (as in `inspect`)."""
         parts = self._parts
-        decision = self.weighting.current(parts.weighting)
+        decision = self.decision()
         ctx = self._propose_context(parts.engine.last_step, decision.weights)
-        return self._explain(ctx, self.sampler.probabilities(parts.sampler, ctx),
+        return self._explain(ctx, self._probabilities(ctx),
                              window_mean(parts.health, parts.health.success),
                              health_flags(parts.health))
 

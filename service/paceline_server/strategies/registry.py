@@ -97,7 +97,28 @@ class Registry(Generic[T]):
         except Exception as exc:
             raise UnknownStrategy(f"{self.kind} {name!r} is registered by a plug-in that "
                                   f"failed to load: {exc}", {"kind": name}) from exc
+        missing = [a for a in ("params_type", "state_type") if not hasattr(cls, a)]
+        if not isinstance(cls, type) or missing:
+            raise UnknownStrategy(
+                f"{self.kind} {name!r} is registered by a plug-in whose entry point "
+                f"{entry.value!r} is not a {self.kind} class (it lacks "
+                f"{', '.join(missing) or 'a class'})", {"kind": name})
         return cls
+
+    def plugin_problems(self) -> list[str]:
+        """What an operator should hear at start about this group's entry points: those
+        that fail to load, and those a built-in of the same name shadows."""
+        found = []
+        for name, entry in sorted(self._plugins().items()):
+            if name in self.builtins:
+                found.append(f"{self.kind} plug-in {name!r} ({entry.value}) is shadowed "
+                             f"by the built-in {self.kind} of that name and never used")
+                continue
+            try:
+                self._load_plugin(name, entry)
+            except UnknownStrategy as exc:
+                found.append(exc.message)
+        return found
 
 
 SAMPLERS: Registry[Sampler[Any, Any]] = Registry("sampler", SAMPLER_GROUP, {
@@ -137,6 +158,11 @@ def preload_builtins() -> None:
     """Import the built-in samplers and weightings (see `Registry.preload`)."""
     SAMPLERS.preload()
     WEIGHTINGS.preload()
+
+
+def plugin_problems() -> list[str]:
+    """Plug-ins (entry points) that fail to load or are shadowed by a built-in."""
+    return SAMPLERS.plugin_problems() + WEIGHTINGS.plugin_problems()
 
 
 def available_samplers() -> list[str]:

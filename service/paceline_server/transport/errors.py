@@ -61,6 +61,7 @@ TABLE: dict[type[errors.PacelineError], Status] = {
     errors.Forbidden: Status(403, "PERMISSION_DENIED"),
     errors.RateLimited: Status(429, "RESOURCE_EXHAUSTED"),
     errors.StateCorrupt: Status(500, "DATA_LOSS"),
+    errors.StrategyError: Status(500, "INTERNAL"),
     errors.SchemaOutdated: Status(503, "FAILED_PRECONDITION"),
     errors.Unavailable: Status(503, "UNAVAILABLE", retryable=True),
 }

@@ -1,0 +1,81 @@
+"""What the engine checks of a strategy's answers before it serves or folds them.
+
+Samplers and weightings are plug-ins; a third-party one can raise, or return an index
+outside the dataset, a batch of another size, probabilities or weights that are not a
+distribution. Served as they were, such a batch was stored as the step's batch (asking
+again returned it, reporting it was refused for ever), NaN reached the client as null,
+and probabilities of the wrong length failed every later report. Each answer is checked
+here, in O(B + D + k), and a failure is a `StrategyError` naming the strategy: nothing is
+served or stored, and the curriculum's other requests are unaffected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from paceline_server.domain.errors import PacelineError, StrategyError
+from paceline_server.strategies.base import Proposal, WeightDecision
+
+#: How far from 1 a distribution's sum may be (float rounding of a normalisation).
+SUM_TOLERANCE = 1e-6
+
+
+def failed(role: str, kind: str, exc: Exception) -> PacelineError:
+    """The error for an exception a strategy raised: its own `PacelineError` as it is
+    (a refusal it means), anything else a `StrategyError` naming it."""
+    if isinstance(exc, PacelineError):
+        return exc
+    return StrategyError(f"{role} {kind!r} failed: {type(exc).__name__}: {exc}",
+                         {"role": role, "kind": kind})
+
+
+def _broken(role: str, kind: str, what: str) -> StrategyError:
+    return StrategyError(f"{role} {kind!r} returned {what}; nothing was served",
+                         {"role": role, "kind": kind})
+
+
+def _distribution(values: object, length: int) -> bool:
+    array = np.asarray(values)
+    if array.shape != (length,) or array.dtype.kind not in "fiu":
+        return False
+    # NaN fails `>= 0`; the sum's check also refuses infinities.
+    return bool(np.all(array >= 0)) and abs(float(array.sum()) - 1.0) <= SUM_TOLERANCE
+
+
+def checked_decision(decision: WeightDecision, objectives: int,
+                     kind: str) -> WeightDecision:
+    if not _distribution(decision.weights, objectives):
+        raise _broken("weighting", kind, f"reward weights {np.asarray(decision.weights)!r} "
+                      f"that are not {objectives} non-negative numbers summing to 1")
+    scale = float(decision.scale)
+    if not (np.isfinite(scale) and scale >= 0):
+        raise _broken("weighting", kind, f"the reward scale {scale!r}")
+    return decision
+
+
+def checked_probabilities(probabilities: object, distributions: int,
+                          kind: str) -> np.ndarray:
+    if not _distribution(probabilities, distributions):
+        raise _broken("sampler", kind, f"probabilities {np.asarray(probabilities)!r} that "
+                      f"are not {distributions} non-negative numbers summing to 1")
+    return np.asarray(probabilities, dtype=np.float64)
+
+
+def checked_proposal(proposal: Proposal, size: int, samples: int, distributions: int,
+                     kind: str) -> Proposal:
+    indices = np.asarray(proposal.indices)
+    if indices.shape != (size,) or indices.dtype.kind not in "iu":
+        raise _broken("sampler", kind, f"{indices.shape} indices of type {indices.dtype} "
+                      f"for a batch of {size}")
+    if size and (int(indices.min()) < 0 or int(indices.max()) >= samples):
+        raise _broken("sampler", kind, f"indices outside the dataset [0, {samples}) "
+                      f"(from {int(indices.min())} to {int(indices.max())})")
+    weights = proposal.loss_weights
+    if weights is not None:
+        array = np.asarray(weights)
+        if array.shape != (size,) or array.dtype.kind not in "fiu" \
+                or not bool(np.all(np.isfinite(array) & (array >= 0))):
+            raise _broken("sampler", kind, f"loss weights of shape {array.shape} that are "
+                          "not finite and non-negative")
+    checked_probabilities(proposal.probabilities, distributions, kind)
+    return proposal
