@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -448,3 +448,51 @@ class AsyncFaultInjector(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class FreezingProxy:
+    """A TCP proxy to `port` that, once frozen, swallows what clients send: the server
+    never sees it, and no answer ever comes (a hung server, or a network that drops
+    packets)."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.frozen = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.silent: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets += [conn, up]
+            threading.Thread(target=self._pipe, args=(conn, up, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, conn, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+                if not data:
+                    return
+                if not (source in self.silent or (requests and self.frozen.is_set())):
+                    sink.sendall(data)
+            except OSError:
+                return
+
+    def freeze_open(self) -> None:
+        """Silence the connections open now, both ways (a partition: nothing comes
+        back either); later ones are forwarded."""
+        self.silent.update(self.sockets)
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            with suppress(OSError):
+                sock.close()

@@ -6,8 +6,6 @@ gRPC an `asyncio.CancelledError` in a task no one had cancelled."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +18,7 @@ import paceline
 from paceline_server.app.operations import Operations
 from paceline_server.grpc.server import create_server
 from paceline_server.settings import Settings
-from support import threaded_service
+from support import FreezingProxy, threaded_service
 
 pytestmark = pytest.mark.slow
 
@@ -158,48 +156,6 @@ def test_aclose_ends_a_call_waiting_to_retry(tmp_path: Path, transport: str) -> 
     error, elapsed = asyncio.run(body(url))
     assert isinstance(error, paceline.TransportError) and error.code == "CLIENT_CLOSED", error
     assert elapsed < 1.0, elapsed
-
-
-class FreezingProxy:
-    """A TCP proxy to `port` that, once frozen, swallows what clients send: the server
-    never sees it, and no answer ever comes (a hung server, or a network that drops
-    packets)."""
-
-    def __init__(self, port: int) -> None:
-        self.upstream = port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.frozen = threading.Event()
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.upstream))
-            self.sockets += [conn, up]
-            threading.Thread(target=self._pipe, args=(conn, up, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(up, conn, False), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-                if not data:
-                    return
-                if not (requests and self.frozen.is_set()):
-                    sink.sendall(data)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])

@@ -24,7 +24,7 @@ from paceline_server.app.coordination import LocalCoordinator
 from paceline_server.app.service import PacelineService
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
-from support import REDIS_URL, free_port
+from support import REDIS_URL, FreezingProxy, free_port
 
 Factory = Callable[..., RedisCoordinator]
 
@@ -228,3 +228,39 @@ def test_redis_dying_and_coming_back(make: Factory, tmp_path: Path) -> None:
         assert writer.cached_ack("cur", 1, "k") == (3, b"\x04" * 32)
     finally:
         server.kill()
+
+
+def test_a_silent_subscription_is_noticed_and_renewed(make: Factory) -> None:
+    """The connection of the heads subscription goes silent (a partition; new
+    connections work): the listener heard nothing for good, with Redis reported up and
+    nothing logged, so the replica stopped catching up in the background. It now pings
+    an idle subscription and subscribes again when the ping is not answered."""
+    port = int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+    proxy = FreezingProxy(port)
+    try:
+        heads: list[int] = []
+        writer = make()
+        reader = make(url=f"redis://127.0.0.1:{proxy.port}/0", timeout_s=0.1,
+                      retry_after_s=0.2,
+                      on_head=lambda name, stamp, seq: heads.append(seq) or 1)
+        assert reader.listen_ping_s == 1.0
+        time.sleep(0.3)
+        with writer.exclusive("cur") as notice:
+            notice.record(1, 1, [])
+        wait_for(lambda: heads == [1], 5, "head not delivered")
+        proxy.freeze_open()  # the open connections go silent; new ones work
+        with writer.exclusive("cur") as notice:
+            notice.record(1, 2, [])
+        time.sleep(0.5)
+        assert heads == [1]  # not heard on the silent connection
+        deadline = time.monotonic() + 15
+        seq = 2
+        while not any(h > 2 for h in heads):  # heard again once it subscribed again
+            assert time.monotonic() < deadline, "the listener stayed deaf"
+            seq += 1
+            with writer.exclusive("cur") as notice:
+                notice.record(1, seq, [])
+            time.sleep(0.3)
+        assert reader.stats().redis_up
+    finally:
+        proxy.close()

@@ -136,6 +136,9 @@ class RedisCoordinator:
         self.poll_s = poll_s
         self.waiter_ms = max(500, int(poll_s * 10_000))
         self.channel = f"{prefix}heads"
+        #: The subscription is pinged after this long without a message, and given up
+        #: (subscribed again) when the ping is not answered within as long again.
+        self.listen_ping_s = max(1.0, 10 * timeout_s)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         # One immediate retry: a pooled connection broken by a Redis restart is replaced
         # at once; a Redis that stays down costs two fast refusals, then the breaker.
@@ -253,10 +256,23 @@ class RedisCoordinator:
                 pubsub.subscribe(self.channel)
                 if not self._up:
                     self._recovered()
+                heard, pinged = time.monotonic(), None
                 while not self._closed.is_set():
                     message = pubsub.get_message(timeout=0.25)
-                    if message is not None and message.get("type") == "message":
-                        self._dispatch(message["data"])
+                    now = time.monotonic()
+                    if message is not None:
+                        heard, pinged = now, None
+                        if message.get("type") == "message":
+                            self._dispatch(message["data"])
+                    elif pinged is None and now - heard > self.listen_ping_s:
+                        # A connection whose peer went silent just answers nothing, and
+                        # the replica stopped hearing other replicas' heads for good.
+                        pubsub.ping("paceline-listener")
+                        pinged = now
+                    elif pinged is not None and now - pinged > self.listen_ping_s:
+                        raise ConnectionError(  # an OSError: handled as Redis going away
+                            f"no answer to a PING on the subscription to {self.channel} "
+                            f"within {self.listen_ping_s:g} s")
             except self._errors as exc:
                 self._failed("subscribe", exc)
             finally:

@@ -94,10 +94,22 @@ def create_sql_engine(url: str | URL, *, schema: str | None = None, pool_size: i
         given = existing if isinstance(existing, str) else " ".join(existing)
         options.insert(0, given)
     parsed = parsed.update_query_dict({"options": " ".join(options)})
+    connect = {"connect_timeout": max(1, int(connect_timeout)), **DEAD_PEER}
+    for key in parsed.query:  # what the URL says wins
+        connect.pop(key, None)
     return create_engine(
         parsed, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
-        pool_timeout=pool_timeout, pool_pre_ping=True,
-        connect_args={"connect_timeout": max(1, int(connect_timeout))})
+        pool_timeout=pool_timeout, pool_pre_ping=True, connect_args=connect)
+
+
+#: libpq options that bound how long a connection whose peer went silent (a partition, a
+#: failover to another host behind the same address) can hold a request: TCP
+#: keepalives probe an idle connection after 10 s (3 probes 3 s apart), and data the
+#: server does not acknowledge within 20 s fails the connection. Without them a
+#: request that had written to such a connection waited for the kernel's retransmission
+#: limit (about 15 minutes) holding its curriculum's lock, with /readyz green.
+DEAD_PEER = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
+             "keepalives_count": 3, "tcp_user_timeout": 20_000}
 
 
 def _ensure_wal(cursor: Any, timeout: float) -> None:
