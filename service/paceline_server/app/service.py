@@ -208,13 +208,16 @@ class PacelineService:
     # ---------------------------------------------------------------- curricula
     def create_curriculum(self, spec_data: Mapping[str, Any], exist_ok: bool = False,
                           ) -> CreateResult:
-        """Validate the spec by building its engine, store it in canonical form.
+        """Validate the spec by building its strategies, store it in canonical form.
 
         With `exist_ok` an equal spec returns the stored curriculum; a different spec of
-        the same name is always a conflict."""
+        the same name is always a conflict. No state is built here (the first batch or
+        report builds the engine): building one to read its canonical spec cost a
+        state-sized allocation on every call, `exist_ok` hits included, i.e. at every
+        trainer rank's start (+0.5 GB for a 10⁷-sample `prioritized` curriculum)."""
         parsed = CurriculumSpec.from_dict(spec_data)
         self.admit(parsed)
-        spec = CurriculumEngine(parsed).spec
+        spec = CurriculumEngine.canonical_spec(parsed)
         canonical = spec.to_dict()
         try:
             return CreateResult(self.store.create_curriculum(spec.name, canonical), True)
