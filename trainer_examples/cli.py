@@ -61,7 +61,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add("--sft-batch", type=int, default=d.sft_batch)
     add("--sft-lr", type=float, default=d.sft_lr)
     add("--sft-format-rate", type=float, default=d.sft_format_rate,
-        help="share of warm-start targets written in the rewarded format, e.g. (7)")
+        help="share of warm-start targets written in the rewarded format, e.g. 7. (0..1)")
     add("--eval-every", type=int, default=d.eval_every)
     add("--eval-size", type=int, default=d.eval_size, help="held-out problems per distribution")
     add("--seed", type=int, default=d.seed)

@@ -21,7 +21,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,15 +94,28 @@ class Config:
     grad_layers: str = "last"
 
     def __post_init__(self) -> None:
+        # Checked before anything is created or trained: a bad value used to surface as
+        # a traceback after the warm start, or to run silently (a negative clip_eps).
         checks = {"steps >= 1": self.steps >= 1, "group_size >= 2": self.group_size >= 2,
                   "batch_size >= 1": self.batch_size >= 1,
                   "inner_epochs >= 1": self.inner_epochs >= 1,
                   "eval_every >= 1": self.eval_every >= 1,
+                  "eval_size >= 1": self.eval_size >= 1,
                   "max_new_tokens >= 1": self.max_new_tokens >= 1,
                   "temperature > 0": self.temperature > 0,
+                  "lr > 0": self.lr > 0, "sft_lr > 0": self.sft_lr > 0,
+                  "clip_eps > 0": self.clip_eps > 0, "kl_coef >= 0": self.kl_coef >= 0,
+                  "sft_steps >= 0": self.sft_steps >= 0, "sft_batch >= 1": self.sft_batch >= 1,
+                  "0 <= sft_format_rate <= 1": 0 <= self.sft_format_rate <= 1,
+                  "seed >= 0": self.seed >= 0,
+                  "threads >= 1 (or unset)": self.threads is None or self.threads >= 1,
+                  "dim >= 1": self.dim >= 1, "layers >= 1": self.layers >= 1,
                   "grad_every >= 0": self.grad_every >= 0,
                   f"one preference weight per objective {self.objectives}":
                       len(self.preference) == len(self.objectives)}
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            checks[f"a CUDA device for --device {self.device} (torch {torch.__version__} "
+                   "sees none; use --device cpu or auto)"] = False
         self.objectives = check_objectives(self.objectives)
         failed = [rule for rule, ok in checks.items() if not ok]
         if failed:
@@ -212,10 +225,11 @@ def open_curriculum(client: paceline.Client, config: Config,
             batch_size=config.batch_size, seed=config.seed, exist_ok=True)
     except paceline.Conflict as exc:
         raise SystemExit(f"curriculum {name!r} exists with another spec; pass --reset "
-                         "or --curriculum NAME") from exc
+                         "(train also takes --curriculum NAME)") from exc
     if cur.refresh().seq > 0:
         raise SystemExit(f"curriculum {name!r} already holds {cur.refresh().seq} reports; "
-                         "pass --reset to start it over or --curriculum NAME")
+                         "pass --reset to start it over (train also takes --curriculum "
+                         "NAME); this run's files were left as they are")
     return cur
 
 
@@ -271,9 +285,11 @@ def train(config: Config) -> dict[str, Any]:
     eval_points: list[list[float]] = []
     first_eval: Evaluation | None = None
     last_eval: Evaluation | None = None
-    with connect(config, out) as client, MetricsWriter(out) as writer:
-        # The curriculum first: a refused one should not cost a warm start.
+    with connect(config, out) as client, ExitStack() as files:
+        # The curriculum first: a refused one should not cost a warm start, nor the
+        # metrics files of the run that filled it (they were opened, i.e. emptied, first).
         cur = open_curriculum(client, config, tasks)
+        writer = files.enter_context(MetricsWriter(out))
         with (out / "sft.jsonl").open("w") as sft_log:
             sft_losses = warm_start(
                 model, tasks, config, rng,
@@ -283,7 +299,11 @@ def train(config: Config) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(model.module.parameters(), lr=config.lr,
                                       weight_decay=0.0)
         progress = _Progress(config.steps, config.curriculum_name(), config.progress)
-        with cur.start_run(metadata={"example": "trainer_examples", "seed": config.seed}) as run:
+        # A run id of the config (the curriculum is new): the same seed serves the same
+        # batches (each step's batch is drawn from the seed, run id and step).
+        run_id = f"{config.curriculum_name()}-run"
+        with cur.start_run(run_id=run_id, metadata={"example": "trainer_examples",
+                                                    "seed": config.seed}) as run:
             for step in range(config.steps):
                 evaluation = None
                 if step % config.eval_every == 0:
@@ -320,6 +340,8 @@ def train(config: Config) -> dict[str, Any]:
 
     summary = {
         "config": asdict(config),
+        "curriculum": config.curriculum_name(),
+        "run_id": run_id,
         "started": started_at.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": str(device),

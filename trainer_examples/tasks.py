@@ -137,7 +137,10 @@ class TaskSet:
             train = universe[: size or len(universe)]
             rest = universe[len(train):]
             # Small universes are fully in the training pool: evaluate on (part of) it.
-            held_out = rest if len(rest) >= eval_size else train
+            # Others are evaluated on problems outside the pool only, however many are
+            # asked for (an eval_size above what is left used to evaluate add2 on its
+            # training pool, under the name held-out accuracy).
+            held_out = rest if rest else train
             self.distributions.append(
                 Distribution(name, tuple(train), tuple(held_out[:eval_size])))
         self.offsets = np.cumsum([0] + [d.size for d in self.distributions])[:-1]

@@ -138,3 +138,51 @@ def test_real_gradient_products_reach_the_gradient_weighting(service: str,
     assert np.all(np.diag(gram) >= 0)
     influence = _state(service, "tiny-grpo-uniform-gradient-s0")["weighting"]["influence"]
     np.testing.assert_allclose(influence, gram.sum(axis=1), rtol=1e-9, atol=1e-15)
+
+
+def test_bad_values_are_refused_before_anything_runs() -> None:
+    """They surfaced as tracebacks after the warm start, or ran (a negative clip_eps)."""
+    from trainer_examples.loop import Config
+
+    for bad in ({"lr": -1.0}, {"clip_eps": -1.0}, {"kl_coef": -1.0}, {"eval_size": 0},
+                {"sft_batch": 0}, {"sft_format_rate": 2.0}, {"seed": -1}, {"threads": 0},
+                {"layers": 0}):
+        with pytest.raises(ValueError, match="invalid config"):
+            Config(**bad)  # type: ignore[arg-type]
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="a CUDA device for --device cuda"):
+            Config(device="cuda")
+
+
+def test_held_out_problems_stay_out_of_the_pool() -> None:
+    """An eval size above what a distribution has left evaluated add2 on its pool."""
+    from trainer_examples.tasks import TaskSet
+
+    for size in (48, 300, 301, 1000):
+        add2 = next(d for d in TaskSet(eval_size=size).distributions if d.name == "add2")
+        assert add2.eval and not set(add2.eval) & set(add2.train), size
+
+
+def test_same_seed_same_run_and_a_refused_rerun_keeps_the_files(tmp_path: Path) -> None:
+    """The run id was random, so the same seed served other batches; and rerunning a
+    finished (or crashed) run's command emptied its metrics before it was refused."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out in (first, second):
+        _trainer("train", *SMALL, "--out", str(out))
+    strip = ("time_s", "step_s")
+
+    def comparable(folder: Path) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k not in strip} for r in _records(folder)]
+
+    assert comparable(first) == comparable(second)
+    summary = json.loads((first / "summary.json").read_text())
+    assert summary["run_id"] == json.loads((second / "summary.json").read_text())["run_id"]
+    before = (first / "metrics.jsonl").read_bytes()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    again = subprocess.run([sys.executable, "-m", "trainer_examples", "train", *SMALL,
+                            "--out", str(first)], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode != 0 and "already holds" in again.stderr
+    assert (first / "metrics.jsonl").read_bytes() == before
