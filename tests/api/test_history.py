@@ -756,3 +756,34 @@ def test_with_auth_on_the_shell_prefetches_nothing(tmp_path: Path) -> None:
         threading.Event().wait(0.3)
         assert "hist" not in service.histories._traces
         assert service.engines.peek("hist") is None
+
+
+def test_fresh_engines_for_seq_zero_are_built_one_at_a_time(
+        sqlite_client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each history's seq-0 row needs a fresh engine, a whole state (hundreds of MB at 10⁷
+    samples); the dashboard prefetches several at once, which multiplied the peak."""
+    for name in ("h1", "h2", "h3"):
+        setup(sqlite_client, {**SPEC, "name": name})
+    active, most = [0], [0]
+    guard = threading.Lock()
+
+    class Counted(CurriculumEngine):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            with guard:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            threading.Event().wait(0.1)
+            super().__init__(*args, **kwargs)
+            with guard:
+                active[0] -= 1
+
+    monkeypatch.setattr(history_module, "CurriculumEngine", Counted)
+    service = sqlite_client.app.state.service  # type: ignore[attr-defined]
+    histories = HistoryService(service.store)
+    threads = [threading.Thread(target=histories.history, args=(name,))
+               for name in ("h1", "h2", "h3")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert most[0] == 1

@@ -99,6 +99,10 @@ STORED_PAGE = 2000
 #: rows the report path keeps in memory before it stores them, snapshot due or not
 MAX_PENDING_ROWS = 1000
 _FLAGS = ("stalled", "saturated", "hopeless")
+#: Held while a fresh engine is built for a history's seq-0 row: that engine holds a
+#: whole state (hundreds of MB at 10⁷ samples, 2 GiB at the budget), and the dashboard
+#: prefetches several histories at once, so at most one is built at a time per process.
+_FRESH_ENGINES = threading.Lock()
 
 
 @dataclass
@@ -513,10 +517,14 @@ class HistoryService:
         record = self.store.get_curriculum(name)
         spec = CurriculumSpec.from_dict(record.spec)
         columns = _Columns(spec.layout.num_distributions, len(spec.objectives))
-        engine = CurriculumEngine(spec)
-        columns.append(0, -1, record.created_at.timestamp(), engine.progress())
+        with _FRESH_ENGINES:
+            fresh = CurriculumEngine(spec)
+            columns.append(0, -1, record.created_at.timestamp(), fresh.progress())
+        engine: CurriculumEngine | None = fresh
+        del fresh
         ranges = self._load_checkpoints(name, spec, columns)
         if ranges:
+            engine = None  # not needed to fold: its state goes now, not at return
             seq = self._stored_rows(name, spec, columns, ranges[-1][1], head_seq)
             trace = _Trace(created_at, spec, None, 0, seq, 0, columns)
             if len(ranges) > MERGE_CHUNKS:
