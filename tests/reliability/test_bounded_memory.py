@@ -260,3 +260,21 @@ def test_a_snapshot_out_of_memory_never_fails_its_report(tmp_path: Path,
     finally:
         service.close()
         store.close()
+
+
+def test_a_refusal_just_over_the_budget_shows_the_difference() -> None:
+    """'about 2.0 GiB of state, over this service's budget of 2.0 GiB' read as wrong."""
+    from paceline_server.app.engines import check_state_budget, estimate_state_bytes
+    from paceline_server.domain import CurriculumSpec
+    from paceline_server.domain.errors import StateTooLarge
+
+    spec = CurriculumSpec.from_dict({
+        "name": "edge", "layout": {"distributions": [{"name": "a", "size": 122_474_000}]},
+        "objectives": ["acc"]})
+    estimate = estimate_state_bytes(spec)
+    with pytest.raises(StateTooLarge) as refused:
+        check_state_budget(spec, estimate - 1000)
+    import re
+
+    sizes = re.findall(r"\d+\.\d+ [KMG]iB", refused.value.message)
+    assert len(sizes) == 2 and sizes[0] != sizes[1], refused.value.message

@@ -121,19 +121,23 @@ def check_state_budget(spec: CurriculumSpec, budget: int) -> int:
     """The estimate of `spec`'s state, or StateTooLarge when it is over `budget`."""
     estimate = estimate_state_bytes(spec)
     if estimate > budget:
+        digits = 1
+        while _size(estimate, digits) == _size(budget, digits) and digits < 6:
+            digits += 1  # "about 2.0 GiB, over the budget of 2.0 GiB" read as a mistake
         raise StateTooLarge(
-            f"curriculum {spec.name!r} would hold about {_size(estimate)} of state, over "
-            f"this service's budget of {_size(budget)} (PACELINE_MAX_STATE_BYTES): use "
+            f"curriculum {spec.name!r} would hold about {_size(estimate, digits)} of state, "
+            f"over this service's budget of {_size(budget, digits)} "
+            "(PACELINE_MAX_STATE_BYTES): use "
             "fewer samples, a per-distribution sampler or a smaller window",
             {"estimate_bytes": estimate, "budget_bytes": budget,
              "num_samples": spec.layout.num_samples, "sampler": spec.sampler.kind})
     return estimate
 
 
-def _size(count: int) -> str:
+def _size(count: int, digits: int = 1) -> str:
     for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if count >= scale:
-            return f"{count / scale:.1f} {unit}"
+            return f"{count / scale:.{digits}f} {unit}"
     return f"{count} B"
 
 
