@@ -147,6 +147,8 @@ def test_read_token_when_auth_is_on(browser: Any, tmp_path: Any) -> None:
             page.open(f"{process.url}/ui/c/secret")
             assert page.page.locator(".error").get_attribute("data-error-code") \
                 == "UNAUTHENTICATED"
+            assert page.page.evaluate(  # the token field has the focus: type and Enter
+                "document.activeElement.getAttribute('aria-label')") == "token"
             page.page.fill("form.token input", "r-token")
             page.page.click("form.token button")
             page.page.wait_for_selector("#explanations li")
@@ -208,6 +210,9 @@ def test_what_the_ui_audit_found(browser: Any, tmp_path: Any) -> None:
             assert "Hard" in legends and "hard" in legends
             terms = " ".join(page.page.locator("#explanations .terms").all_inner_texts())
             assert "e+" not in terms
+            # screen readers: charts are labelled images, the status line is announced
+            assert page.page.locator(".chart[role=img][aria-label]").count() >= 4
+            assert page.page.locator("#status").get_attribute("aria-live") == "polite"
             before = len(page.requests)
             page.page.wait_for_timeout(3000)
             assert len(page.requests) - before <= 6  # a poll every 2 s, not hundreds

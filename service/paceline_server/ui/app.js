@@ -126,6 +126,7 @@
       box.append(el("div", { text: "This service needs a token with read scope." }), form);
     }
     (where || app).replaceChildren(box);
+    box.querySelector("input")?.focus();
     statusLine.textContent = "";
     markReady();
   }
@@ -139,6 +140,7 @@
 
   // ------------------------------------------------------------------ charts
   function chart(id, host, title, x, series, opts) {
+    host.setAttribute("role", "img");  // a label screen readers announce
     host.setAttribute("aria-label", title);
     opts = opts || {};
     const width = Math.max(320, host.clientWidth - 8);
