@@ -11,6 +11,8 @@ served or stored, and the curriculum's other requests are unaffected.
 
 from __future__ import annotations
 
+from types import TracebackType
+
 import numpy as np
 
 from paceline_server.domain.errors import PacelineError, StrategyError
@@ -20,13 +22,23 @@ from paceline_server.strategies.base import Proposal, WeightDecision
 SUM_TOLERANCE = 1e-6
 
 
-def failed(role: str, kind: str, exc: Exception) -> PacelineError:
-    """The error for an exception a strategy raised: its own `PacelineError` as it is
-    (a refusal it means), anything else a `StrategyError` naming it."""
-    if isinstance(exc, PacelineError):
-        return exc
-    return StrategyError(f"{role} {kind!r} failed: {type(exc).__name__}: {exc}",
-                         {"role": role, "kind": kind})
+class blame:  # lower case: read as a statement, `with blame("sampler", kind):`
+    """Run a call into a strategy: an exception it raises leaves as a `StrategyError`
+    naming it, except its own `PacelineError` (a refusal it means), which passes as is."""
+
+    __slots__ = ("kind", "role")
+
+    def __init__(self, role: str, kind: str) -> None:
+        self.role, self.kind = role, kind
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, PacelineError):
+            raise StrategyError(f"{self.role} {self.kind!r} failed: {type(exc).__name__}: "
+                                f"{exc}", {"role": self.role, "kind": self.kind}) from exc
 
 
 def _broken(role: str, kind: str, what: str) -> StrategyError:

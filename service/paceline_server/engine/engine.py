@@ -39,10 +39,10 @@ from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.domain.validation import check_identifier
 from paceline_server.engine.contract import (
+    blame,
     checked_decision,
     checked_probabilities,
     checked_proposal,
-    failed,
 )
 from paceline_server.engine.health import (
     WINDOW,
@@ -197,10 +197,8 @@ class CurriculumEngine:
         """The weighting's current reward weights and scale, checked
         (engine/contract.py)."""
         kind = self.spec.weighting.kind
-        try:
+        with blame("weighting", kind):
             found = self.weighting.current(self._parts.weighting)
-        except Exception as exc:
-            raise failed("weighting", kind, exc) from exc
         return checked_decision(found, len(self.spec.objectives), kind)
 
     # ------------------------------------------------------------------ apply
@@ -221,18 +219,14 @@ class CurriculumEngine:
             update_posteriors(parts.posteriors, self.sampler.posterior_config(),
                               signals.indices, signals.successes, signals.group_size,
                               engine.clock)
-        try:
+        with blame("weighting", self.spec.weighting.kind):
             self.weighting.update(parts.weighting, signals,
                                   UpdateContext(engine.clock, in_force, parts.posteriors))
-        except Exception as exc:
-            raise failed("weighting", self.spec.weighting.kind, exc) from exc
         decision = self.decision()
-        try:
+        with blame("sampler", self.spec.sampler.kind):
             self.sampler.update(parts.sampler, signals,
                                 UpdateContext(engine.clock, decision.weights,
                                               parts.posteriors))
-        except Exception as exc:
-            raise failed("sampler", self.spec.sampler.kind, exc) from exc
         update_health(parts.health, signals.distribution, signals.success,
                       signals.zero_variance, signals.abs_advantage, signals.group_size)
         engine.group_size = signals.group_size_typical
@@ -243,10 +237,8 @@ class CurriculumEngine:
     def _probabilities(self, ctx: ProposeContext) -> np.ndarray:
         """The sampler's probabilities, checked (engine/contract.py)."""
         kind = self.spec.sampler.kind
-        try:
+        with blame("sampler", kind):
             found = self.sampler.probabilities(self._parts.sampler, ctx)
-        except Exception as exc:
-            raise failed("sampler", kind, exc) from exc
         return checked_probabilities(found, self.layout.num_distributions, kind)
 
     def _record_weights(self, decision: WeightDecision) -> None:
@@ -273,12 +265,10 @@ class CurriculumEngine:
         decision = self.decision()
         ctx = self._propose_context(step, decision.weights)
         kind = self.spec.sampler.kind
-        try:
+        with blame("sampler", kind):
             proposal = self.sampler.propose(parts.sampler, size,
                                             run_stream(self.spec.seed, run_id, step, part),
                                             ctx)
-        except Exception as exc:
-            raise failed("sampler", kind, exc) from exc
         checked_proposal(proposal, size, self.layout.num_samples,
                          self.layout.num_distributions, kind)
         return Batch(
@@ -574,8 +564,6 @@ def _unblob(sections: dict[str, np.ndarray], key: str) -> bytes:
     if key not in sections:
         raise StateCorrupt(f"state is missing section {key!r}", {"field": key})
     return sections[key].tobytes()
-
-
 
 
 def _spelled_out(spec: CurriculumSpec, sampler: Sampler[Any, Any],

@@ -157,7 +157,8 @@ events = Table(
 )
 
 #: What an event deleted by pruning leaves for the duplicate checks (revision 0007): its
-#: position, (run, step), key and the SHA-256 of its payload. A retry whose answer was lost
+#: position, (run, step), key and a SHA-256 digest of its content (`codec.pruned_digest`;
+#: of its payload's bytes in rows pruned before content digests). A retry whose answer was lost
 #: and a resumed trainer's re-report are still recognised after their event is pruned
 #: (the same content answered with the first seq, other content a conflict) at about 100
 #: bytes a report instead of its payload.
