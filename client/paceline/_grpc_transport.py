@@ -206,9 +206,6 @@ class _Base:
         self.closed = False
         self._closing = threading.Event()  # cuts the waits between retries short
 
-    def _is_closed(self) -> bool:
-        return self.closed
-
     def _answer(self, call: Call, answer: Any, attempts: int) -> Reply:
         return Reply(call.status, call.body(answer), "", attempts)
 
@@ -315,7 +312,7 @@ class GrpcAsyncTransport(_Base):
                 if delay is None:
                     return failed.reply(state.attempts)
                 _transport._log_retry(call.method, delay, state, f"gRPC {failed.code.name}")
-                await _transport._asleep(delay, self._is_closed)
+                await _transport._asleep(delay, self._closing)
                 if self.closed:
                     raise _transport.client_closed(call.method) from None
             else:

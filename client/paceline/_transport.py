@@ -246,14 +246,14 @@ def _sleep(seconds: float, closing: threading.Event | None = None) -> None:
 CLOSED_POLL_S = 0.05
 
 
-async def _asleep(seconds: float, closed: Callable[[], bool] | None = None) -> None:
-    """The asyncio twin of `_sleep`, cut short once `closed()` (looked at every
+async def _asleep(seconds: float, closing: threading.Event | None = None) -> None:
+    """The asyncio twin of `_sleep`, cut short once `closing` is set (looked at every
     `CLOSED_POLL_S`: an asyncio.Event would tie the client to one event loop)."""
-    if closed is None:
+    if closing is None:
         await asyncio.sleep(seconds)
         return
     deadline = time.monotonic() + seconds
-    while not closed():
+    while not closing.is_set():
         left = deadline - time.monotonic()
         if left <= 0:
             return
@@ -340,6 +340,7 @@ class AsyncTransport(_Encoding):
         self._on_close = on_close
         self._urls: dict[str, httpx.URL] = {}
         self.closed = False
+        self._closing = threading.Event()  # cuts the waits between retries short
 
     async def send(self, operation: Operation) -> Reply:
         request = self.request(operation)
@@ -363,15 +364,13 @@ class AsyncTransport(_Encoding):
                     return _reply(response, state.attempts)
                 delay = wait
                 _log_retry(_what(request), delay, state, f"HTTP {response.status_code}")
-            await _asleep(delay, self._is_closed)
+            await _asleep(delay, self._closing)
             if self.closed:
                 raise client_closed(_what(request))
 
-    def _is_closed(self) -> bool:
-        return self.closed
-
     async def aclose(self) -> None:
         self.closed = True
+        self._closing.set()
         try:
             await self.http.aclose()
         finally:

@@ -202,18 +202,11 @@ class Step:
         step's batch along (one round trip per step). None when the step was reported
         before with other rollouts (a loop resumed from an earlier checkpoint redid it):
         the first report stands, and the next step's batch is asked for on its own."""
-        try:
-            ack = self.run.report(
-                self.step, indices=self.batch.indices, rewards=rewards,
-                advantages=advantages, next_step=self.next_step,
-                next_size=self.next_size if self.next_step is not None else None,
-                idempotency_key=step_key(self.run.run_id, self.step), **extra)
-        except Conflict as exc:
-            if exc.code not in REDONE:
-                raise
-            _redone(self.run, self.step)
-            return None
-        if ack.batch is not None:
+        ack = _first_report(self.run, self.step, indices=self.batch.indices,
+                            rewards=rewards, advantages=advantages, next_step=self.next_step,
+                            next_size=self.next_size if self.next_step is not None else None,
+                            **extra)
+        if ack is not None and ack.batch is not None:
             self._next[:] = [ack.batch]
         return ack
 
@@ -290,16 +283,20 @@ class DynamicStep:
         A step is folded once: reported again with the same rollouts it gets the first
         ack, and None when a loop resumed from an earlier checkpoint redid it with
         other rollouts (the first report stands, as with `Step.report`)."""
-        try:
-            return self.run.report(self.step, indices=self.indices, rewards=self.rewards,
-                                   advantages=advantages, dropped=self.dropped_indices,
-                                   idempotency_key=step_key(self.run.run_id, self.step),
-                                   **extra)
-        except Conflict as exc:
-            if exc.code not in REDONE:
-                raise
-            _redone(self.run, self.step)
-            return None
+        return _first_report(self.run, self.step, indices=self.indices, rewards=self.rewards,
+                             advantages=advantages, dropped=self.dropped_indices, **extra)
+
+
+def _first_report(run: Run, step: int, **report: Any) -> ReportAck | None:
+    """Report `step` under its step key; None when it was reported before with other
+    rollouts (a loop resumed from an earlier checkpoint redid it): the first stands."""
+    try:
+        return run.report(step, idempotency_key=step_key(run.run_id, step), **report)
+    except Conflict as exc:
+        if exc.code not in REDONE:
+            raise
+        _redone(run, step)
+        return None
 
 
 def _refill(run: Run, step: int, part: int, size: int) -> Batch:

@@ -72,13 +72,6 @@ def authorization(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | b
     return next((v for k, v in metadata or () if k == "authorization"), None)
 
 
-def bearer_scope(metadata: Sequence[tuple[str, str | bytes]] | None,
-                 settings: Settings) -> Scope:
-    """The scope of the call's `authorization: Bearer <token>` (write when auth is off)."""
-    return scope_of(authorization(metadata), settings,
-                    where="metadata authorization: Bearer <token>")
-
-
 @dataclass(frozen=True)
 class Method:
     """One RPC: its handler, the scope it needs and its message classes."""
@@ -128,10 +121,11 @@ class PacelineHandlers:
             start = time.perf_counter()
             error: PacelineError | None = None
             try:
-                metadata = context.invocation_metadata()
+                header = authorization(context.invocation_metadata())
                 if self.limiter is not None:  # first: a refused call costs nothing more
-                    self.limiter.check(authorization(metadata), peer_host(context.peer()))
-                require(method.scope, bearer_scope(metadata, self.settings))
+                    self.limiter.check(header, peer_host(context.peer()))
+                require(method.scope, scope_of(
+                    header, self.settings, where="metadata authorization: Bearer <token>"))
                 try:
                     request = method.request.FromString(raw)
                 except DecodeError:
