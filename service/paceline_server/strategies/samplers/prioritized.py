@@ -49,7 +49,6 @@ import numpy as np
 
 from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.layout import DatasetLayout
-from paceline_server.domain.npz import load_npz
 from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.allocation import (
     Allocation,
@@ -72,7 +71,7 @@ from paceline_server.strategies.distribution import allocate
 from paceline_server.strategies.params import require
 from paceline_server.strategies.posteriors import PassRateState, PosteriorConfig, posterior_mean
 from paceline_server.strategies.signals import ReportSignals
-from paceline_server.strategies.state_codec import encode_state
+from paceline_server.strategies.state_codec import state_arrays
 from paceline_server.strategies.sumtree import (
     SumTreeState,
     build_tree,
@@ -205,7 +204,7 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
             tree = build_tree(by_index[self._to_global(np.arange(n))])
         fresh = self.init_state(np.random.default_rng(0))
         fresh.tree, fresh.t0, fresh.mass = tree, t0, mass
-        return load_npz(encode_state(fresh), "migrated state")
+        return state_arrays(fresh)
 
     def _distribution_mass(self, tree: SumTreeState) -> np.ndarray:
         """Exact per-distribution channel sums (O(N); at init and rebase only)."""

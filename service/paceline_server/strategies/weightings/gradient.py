@@ -48,13 +48,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from paceline_server.domain.npz import load_npz
 from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.base import UpdateContext, WeightDecision, Weighting
 from paceline_server.strategies.kernels import preference_vector, softmax
 from paceline_server.strategies.params import require
 from paceline_server.strategies.signals import ReportSignals
-from paceline_server.strategies.state_codec import encode_state
+from paceline_server.strategies.state_codec import state_arrays
 
 _HUGE = 1e300  # overflowing influences saturate instead of turning into NaN
 _TINY = np.finfo(np.float64).tiny
@@ -164,7 +163,7 @@ class GradientWeighting(Weighting[GradientState, GradientParams]):
         state = self.init_state(np.random.default_rng(0))
         state.weights = np.asarray(weights, dtype=np.float64)
         state.updates, state.last_influence = updates, np.asarray(last, dtype=np.float64)
-        return load_npz(encode_state(state), "migrated state")
+        return state_arrays(state)
 
     def update(self, state: GradientState, signals: ReportSignals,
                ctx: UpdateContext) -> None:

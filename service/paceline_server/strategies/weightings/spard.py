@@ -73,13 +73,12 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from paceline_server.domain.npz import load_npz
 from paceline_server.domain.scalarize import unit_rewards
 from paceline_server.strategies.base import UpdateContext, WeightDecision, Weighting
 from paceline_server.strategies.kernels import preference_vector, softmax
 from paceline_server.strategies.params import require
 from paceline_server.strategies.signals import ReportSignals
-from paceline_server.strategies.state_codec import encode_state
+from paceline_server.strategies.state_codec import state_arrays
 
 Z_CLIP = 3.0
 LOG_FLOOR = math.log(1e-12)
@@ -204,7 +203,7 @@ class SpardWeighting(Weighting[SpardWeightingState, SpardWeightingParams]):
                 setattr(state, name, np.asarray(arrays[name], dtype=np.float64))
         except (KeyError, TypeError, ValueError):
             return super().migrate_state(old_version, arrays)
-        return load_npz(encode_state(state), "migrated state")
+        return state_arrays(state)
 
     def update(self, state: SpardWeightingState, signals: ReportSignals,
                ctx: UpdateContext) -> None:
