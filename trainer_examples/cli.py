@@ -42,6 +42,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add("--url", default=None, help="Paceline service URL (http:// or grpc://); "
         "default: an embedded service on OUT/paceline.db")
     add("--reset", action="store_true", help="delete an existing curriculum of the name")
+    add("--resume", action="store_true",
+        help="continue the run from OUT/checkpoint.pt (without one: from step 0, on the "
+        "reports its curriculum holds)")
+    add("--checkpoint-every", type=int, default=d.checkpoint_every,
+        help="write OUT/checkpoint.pt every N steps and at the end (0: never)")
     add("--sampler-param", action="append", type=_param, default=[], metavar="K=V")
     add("--weighting-param", action="append", type=_param, default=[], metavar="K=V")
     add("--preference", type=_floats, default=d.preference,

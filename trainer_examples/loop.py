@@ -32,6 +32,9 @@ import torch
 
 import paceline
 from paceline.integrations._gradients import gram_matrix, select_parameters
+from paceline.integrations._resume import Fingerprint
+from paceline.integrations.torch import train_steps
+from trainer_examples import checkpoint
 from trainer_examples.gradients import (
     compare,
     objective_advantages,
@@ -46,7 +49,7 @@ from trainer_examples.grpo import (
     grpo_loss,
     supervised_loss,
 )
-from trainer_examples.metrics import MetricsWriter, Record, hypervolume
+from trainer_examples.metrics import MetricsWriter, Record, hypervolume, read_metrics
 from trainer_examples.model import LanguageModel, build_model, count_parameters, resolve_device
 from trainer_examples.tasks import FORMAT_RATE, OBJECTIVES, TaskSet, check_objectives, score
 
@@ -59,6 +62,11 @@ class Config:
     url: str | None = None  # None: an embedded service on OUT/paceline.db
     curriculum: str | None = None  # None: derived from sampler, weighting and seed
     reset: bool = False  # delete an existing curriculum of that name first
+    # Continue from OUT/checkpoint.pt (or, without one, from step 0 on the reports the
+    # curriculum already holds for this run); a checkpoint every `checkpoint_every` steps
+    # and at the end (0: none).
+    resume: bool = False
+    checkpoint_every: int = 10
     sampler: str = "dump_ucb"
     weighting: str = "hypervolume"
     sampler_params: dict[str, Any] = field(default_factory=dict)
@@ -111,6 +119,9 @@ class Config:
                   "threads >= 1 (or unset)": self.threads is None or self.threads >= 1,
                   "dim >= 1": self.dim >= 1, "layers >= 1": self.layers >= 1,
                   "grad_every >= 0": self.grad_every >= 0,
+                  "checkpoint_every >= 0": self.checkpoint_every >= 0,
+                  "not both resume and reset (reset deletes what resume continues)":
+                      not (self.resume and self.reset),
                   f"one preference weight per objective {self.objectives}":
                       len(self.preference) == len(self.objectives)}
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -213,7 +224,8 @@ def connect(config: Config, out: Path) -> Iterator[paceline.Client]:
 def open_curriculum(client: paceline.Client, config: Config,
                     tasks: TaskSet) -> paceline.Curriculum:
     """Create the run's curriculum; refuse to continue one that already holds reports
-    (its statistics would describe another model) unless `reset` deletes it first."""
+    (its statistics would describe another model) unless `reset` deletes it first or
+    `resume` continues this run on it."""
     name = config.curriculum_name()
     if config.reset:
         with suppress(paceline.NotFound):
@@ -226,10 +238,11 @@ def open_curriculum(client: paceline.Client, config: Config,
     except paceline.Conflict as exc:
         raise SystemExit(f"curriculum {name!r} exists with another spec; pass --reset "
                          "(train also takes --curriculum NAME)") from exc
-    if cur.refresh().seq > 0:
+    if cur.refresh().seq > 0 and not config.resume:
         raise SystemExit(f"curriculum {name!r} already holds {cur.refresh().seq} reports; "
-                         "pass --reset to start it over (train also takes --curriculum "
-                         "NAME); this run's files were left as they are")
+                         "pass --resume to continue this run or --reset to start it over "
+                         "(train also takes --curriculum NAME); this run's files were left "
+                         "as they are")
     return cur
 
 
@@ -265,11 +278,79 @@ def frozen_copy(model: LanguageModel) -> LanguageModel:
     return reference
 
 
+@dataclass
+class Learning:
+    """What the GRPO loop carries from step to step, and what a checkpoint saves of it
+    besides the Paceline position."""
+
+    model: LanguageModel
+    optimizer: torch.optim.Optimizer
+    reference: LanguageModel | None  # the frozen warm-started policy (KL > 0)
+    rng: np.random.Generator
+    sft_losses: list[float]
+    sft_seconds: float
+    eval_points: list[list[float]] = field(default_factory=list)
+    first_eval: Evaluation | None = None
+    last_eval: Evaluation | None = None
+
+    @classmethod
+    def warm_started(cls, model: LanguageModel, tasks: TaskSet, config: Config,
+                     rng: np.random.Generator, out: Path) -> Learning:
+        started = time.monotonic()
+        with (out / "sft.jsonl").open("w") as sft_log:
+            losses = warm_start(model, tasks, config, rng,
+                                lambda r: sft_log.write(json.dumps(r) + "\n"))
+        return cls(model, _optimizer(model, config),
+                   frozen_copy(model) if config.kl_coef > 0 else None, rng, losses,
+                   time.monotonic() - started)
+
+    @classmethod
+    def restored(cls, saved: checkpoint.Checkpoint, model: LanguageModel, config: Config,
+                 rng: np.random.Generator) -> Learning:
+        """The state `saved` holds, on `model` (built as for a new run) and `rng`; the
+        random generators are put back last, after everything that draws from them."""
+        model.module.load_state_dict(saved.model)
+        reference = None
+        if saved.reference is not None:
+            reference = frozen_copy(model)
+            reference.module.load_state_dict(saved.reference)
+        optimizer = _optimizer(model, config)
+        optimizer.load_state_dict(saved.optimizer)
+        checkpoint.restore_rng(saved.rng, rng)
+        return cls(model, optimizer, reference, rng, saved.sft_losses, saved.sft_seconds,
+                   saved.eval_points, _evaluation(saved.first_eval),
+                   _evaluation(saved.last_eval))
+
+    def evaluate(self, tasks: TaskSet, config: Config) -> Evaluation:
+        """Evaluate on the held-out problems and keep the point (the hypervolume's)."""
+        evaluation = self.last_eval = evaluate(self.model, tasks, config.max_new_tokens,
+                                               config.objectives)
+        self.first_eval = self.first_eval or evaluation
+        self.eval_points.append(evaluation.objectives)
+        return evaluation
+
+    def checkpoint(self, step: int, config: Config, run: paceline.Run, started_at: datetime,
+                   elapsed_s: float) -> checkpoint.Checkpoint:
+        return checkpoint.Checkpoint(
+            step=step, config=checkpoint.run_fields(config),
+            fingerprint=Fingerprint.of(run).to_dict(), run_id=run.run_id,
+            model=self.model.module.state_dict(), optimizer=self.optimizer.state_dict(),
+            reference=(None if self.reference is None
+                       else self.reference.module.state_dict()),
+            rng=checkpoint.capture_rng(self.rng), eval_points=self.eval_points,
+            first_eval=None if self.first_eval is None else asdict(self.first_eval),
+            last_eval=None if self.last_eval is None else asdict(self.last_eval),
+            sft_losses=self.sft_losses, sft_seconds=self.sft_seconds, elapsed_s=elapsed_s,
+            started=started_at.isoformat())
+
+
 def train(config: Config) -> dict[str, Any]:
     """Run the warm start and the GRPO loop; write metrics, plots and `summary.json` to
-    `config.out`; return the summary."""
+    `config.out`; return the summary. With `resume`, go on from the run's checkpoint in
+    `config.out` (`trainer_examples.checkpoint`)."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    saved = _resumable(config, out)
     if config.threads:
         torch.set_num_threads(config.threads)
     random.seed(config.seed)
@@ -278,70 +359,71 @@ def train(config: Config) -> dict[str, Any]:
     device = resolve_device(config.device)
     tasks = TaskSet(seed=config.seed, eval_size=config.eval_size)
     model = build_model(config.model, device, dim=config.dim, layers=config.layers)
-    started_at = datetime.now(UTC)
-    started = time.monotonic()
-
+    started_at = datetime.now(UTC) if saved is None else datetime.fromisoformat(saved.started)
+    started = time.monotonic() - (0.0 if saved is None else saved.elapsed_s)
+    start = 0 if saved is None else saved.step
     names = tasks.names
-    eval_points: list[list[float]] = []
-    first_eval: Evaluation | None = None
-    last_eval: Evaluation | None = None
     with connect(config, out) as client, ExitStack() as files:
         # The curriculum first: a refused one should not cost a warm start, nor the
         # metrics files of the run that filled it (they were opened, i.e. emptied, first).
         cur = open_curriculum(client, config, tasks)
-        writer = files.enter_context(MetricsWriter(out))
-        with (out / "sft.jsonl").open("w") as sft_log:
-            sft_losses = warm_start(
-                model, tasks, config, rng,
-                lambda r: sft_log.write(json.dumps(r) + "\n"))
-        sft_seconds = time.monotonic() - started
-        reference = frozen_copy(model) if config.kl_coef > 0 else None
-        optimizer = torch.optim.AdamW(model.module.parameters(), lr=config.lr,
-                                      weight_decay=0.0)
-        progress = _Progress(config.steps, config.curriculum_name(), config.progress)
         # A run id of the config (the curriculum is new): the same seed serves the same
         # batches (each step's batch is drawn from the seed, run id and step).
         run_id = f"{config.curriculum_name()}-run"
-        with cur.start_run(run_id=run_id, metadata={"example": "trainer_examples",
-                                                    "seed": config.seed}) as run:
-            for step in range(config.steps):
-                evaluation = None
-                if step % config.eval_every == 0:
-                    evaluation = last_eval = evaluate(model, tasks, config.max_new_tokens,
-                                                      config.objectives)
-                    first_eval = first_eval or evaluation
-                    eval_points.append(evaluation.objectives)
-                record = grpo_step(model, optimizer, reference, run, tasks, config, step)
-                record["time_s"] = time.monotonic() - started
-                ack = run.report(step, indices=record.pop("_indices"),
-                                 rewards=record.pop("_rewards"),
-                                 advantages=record.pop("_advantages"),
-                                 grad_products=record.pop("_grad_products"),
-                                 eval_objectives=evaluation.objectives if evaluation else None)
-                record["seq"] = ack.seq
-                state = cur.state()
-                record.update(_eval_columns(names, evaluation, eval_points, config.objectives))
-                history = state.hypervolume_history
-                record["service_hypervolume"] = (history[-1].hypervolume if history
-                                                 else math.nan)
-                for d in state.distributions:
-                    record[f"success_{d.name}"] = (math.nan if d.success is None
-                                                   else d.success)
-                writer.write(record)
-                progress.update(loss=record["loss"], reward=record["reward"],
-                                acc=(float(np.mean(list(last_eval.accuracy.values())))
-                                     if last_eval else math.nan))
+        run = files.enter_context(cur.start_run(
+            run_id=run_id, metadata={"example": "trainer_examples", "seed": config.seed}))
+        if saved is None:
+            writer = files.enter_context(MetricsWriter(out))
+            learning = Learning.warm_started(model, tasks, config, rng, out)
+        else:  # the steps before the checkpoint keep their rows; later ones are redone
+            _check_position(saved, run, out)
+            writer = files.enter_context(MetricsWriter(out, keep=_rows_before(out, start)))
+            learning = Learning.restored(saved, model, config, rng)
+        progress = _Progress(max(0, config.steps - start), config.curriculum_name(),
+                             config.progress)
+
+        def save(step: int) -> None:
+            checkpoint.save(learning.checkpoint(step, config, run, started_at,
+                                                time.monotonic() - started), out)
+
+        for served in train_steps(run, max(0, config.steps - start), start_step=start):
+            step = served.step
+            evaluation = (learning.evaluate(tasks, config) if step % config.eval_every == 0
+                          else None)
+            record = grpo_step(learning.model, learning.optimizer, learning.reference,
+                               served.batch, tasks, config, step)
+            record["time_s"] = time.monotonic() - started
+            ack = served.report(record.pop("_rewards"), record.pop("_advantages"),
+                                grad_products=record.pop("_grad_products"),
+                                eval_objectives=(evaluation.objectives if evaluation
+                                                 else None))
+            # None: a redone step whose first report (before a crash) stands
+            record["seq"] = ack.seq if ack is not None else None
+            record.update(_eval_columns(names, evaluation, learning.eval_points,
+                                        config.objectives))
+            record.update(_service_columns(cur, ack))
+            writer.write(record)
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                save(step + 1)
+            last = learning.last_eval
+            progress.update(loss=record["loss"], reward=record["reward"],
+                            acc=(float(np.mean(list(last.accuracy.values())))
+                                 if last else math.nan))
+        if config.checkpoint_every:  # a finished run can go on with more --steps
+            save(max(start, config.steps))
         progress.close()
         final = evaluate(model, tasks, config.max_new_tokens, config.objectives)
-        eval_points.append(final.objectives)
-        writer.write({"step": config.steps, "final": True,
+        eval_points = [*learning.eval_points, final.objectives]
+        writer.write({"step": max(start, config.steps), "final": True,
                       **_eval_columns(names, final, eval_points, config.objectives)})
         state = cur.state()
 
+    first_eval, sft_losses = learning.first_eval, learning.sft_losses
     summary = {
         "config": asdict(config),
         "curriculum": config.curriculum_name(),
         "run_id": run_id,
+        "resumed_from": None if saved is None else saved.step,
         "started": started_at.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": str(device),
@@ -351,7 +433,7 @@ def train(config: Config) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "parameters": count_parameters(model.module),
         "wall_s": time.monotonic() - started,
-        "sft_s": sft_seconds,
+        "sft_s": learning.sft_seconds,
         "sft_loss_first": sft_losses[0] if sft_losses else None,
         "sft_loss_last": sft_losses[-1] if sft_losses else None,
         "initial_eval": first_eval.accuracy if first_eval else None,
@@ -370,13 +452,80 @@ def train(config: Config) -> dict[str, Any]:
     return summary
 
 
+def _resumable(config: Config, out: Path) -> checkpoint.Checkpoint | None:
+    """The checkpoint `resume` continues from (None: none, or not resuming); refuses,
+    before anything runs, one written by another configuration."""
+    if not config.resume:
+        return None
+    try:
+        saved = checkpoint.load(out)
+    except ValueError as exc:
+        raise SystemExit(f"--resume: {exc}") from exc
+    if saved is not None:
+        changed = checkpoint.differing(saved.config, config)
+        if changed:
+            raise SystemExit(f"--resume: the checkpoint in {out} was written by another "
+                             f"configuration ({', '.join(changed)} differ); resume with "
+                             "the run's own options, or pass another --out")
+    return saved
+
+
+def _service_columns(cur: paceline.Curriculum, ack: paceline.ReportAck | None) -> Record:
+    """The service's view right after this step's report: each distribution's success
+    and the hypervolume of the evaluation points so far. A replayed report (a step
+    redone after a resume) is read at its own seq from the history, not from the state
+    now, so the resumed run's rows are the uninterrupted run's; a redone step whose
+    first report stands (other rollouts) has no row of its own: NaN."""
+    state = cur.state()
+    names = [d.name for d in state.distributions]
+    if ack is None:
+        return {"service_hypervolume": math.nan, **{f"success_{n}": math.nan for n in names}}
+    if ack.replayed:
+        history = cur.history(since=ack.seq)
+        row = history.seq.index(ack.seq)
+        success = [history.per_distribution[n].success[row] for n in names]
+    else:
+        success = [d.success for d in state.distributions]
+    points = [h for h in state.hypervolume_history if h.seq <= ack.seq]
+    return {"service_hypervolume": points[-1].hypervolume if points else math.nan,
+            **{f"success_{n}": math.nan if v is None else v
+               for n, v in zip(names, success, strict=True)}}
+
+
+def _check_position(saved: checkpoint.Checkpoint, run: paceline.Run, out: Path) -> None:
+    """The checkpoint's Paceline position must belong to this curriculum and run (the
+    integrations' `Fingerprint` check): a recreated curriculum has another log."""
+    where = f"--resume from {out / checkpoint.CHECKPOINT}"
+    fingerprint = Fingerprint.from_dict(saved.fingerprint)
+    try:
+        if fingerprint is None:
+            raise ValueError(f"{where}: the checkpoint names no curriculum")
+        fingerprint.check(run, where)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+
+
+def _optimizer(model: LanguageModel, config: Config) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.module.parameters(), lr=config.lr, weight_decay=0.0)
+
+
+def _rows_before(out: Path, step: int) -> list[Record]:
+    """The metrics rows of the steps before `step` (a resumed run keeps them)."""
+    if not (out / "metrics.jsonl").exists():
+        return []
+    return [r for r in read_metrics(out) if not r["final"] and r["step"] < step]
+
+
+def _evaluation(data: dict[str, Any] | None) -> Evaluation | None:
+    return None if data is None else Evaluation(**data)
+
+
 def grpo_step(model: LanguageModel, optimizer: torch.optim.Optimizer,
-              reference: LanguageModel | None, run: paceline.Run, tasks: TaskSet,
+              reference: LanguageModel | None, batch: paceline.Batch, tasks: TaskSet,
               config: Config, step: int) -> Record:
-    """One GRPO step on the batch Paceline serves for `step`. Returns the step's metrics,
-    with the report's payload under the private keys `_indices`, `_rewards` and
-    `_advantages`."""
-    batch = run.next_batch(step)
+    """One GRPO step on `batch`, the batch Paceline served for `step`. Returns the
+    step's metrics, with the report's payload under the private keys `_rewards`,
+    `_advantages` and `_grad_products`."""
     problems = [tasks[i] for i in batch.indices]
     n, g = len(problems), config.group_size
     rollouts = generate(model, [p.prompt for p in problems], g, config.max_new_tokens,
@@ -439,7 +588,6 @@ def grpo_step(model: LanguageModel, optimizer: torch.optim.Optimizer,
         record[f"acc_{name}"] = float(correct[chosen].mean()) if chosen.any() else math.nan
         record[f"p_{name}"] = batch.probabilities.get(name, math.nan)
     record.update(products)
-    record["_indices"] = batch.indices
     record["_rewards"] = rewards
     record["_advantages"] = advantages
     record["_grad_products"] = grad_products

@@ -22,16 +22,19 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends records to `metrics.jsonl` and `metrics.csv` in `out`. The CSV header is
-    fixed by the first record (every record of a run has the same keys)."""
+    """Writes records to `metrics.jsonl` and `metrics.csv` in `out`, starting with `keep`
+    (a resumed run's rows before its checkpoint; the files are rewritten). The CSV header
+    is fixed by the first record (every record of a run has the same keys)."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, keep: Sequence[Record] = ()) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = out / "metrics.jsonl"
         self.csv_path = out / "metrics.csv"
         self._jsonl: TextIO = self.jsonl_path.open("w")
         self._csv_file: TextIO = self.csv_path.open("w", newline="")
         self._csv: csv.DictWriter[str] | None = None
+        for record in keep:
+            self.write(record)
 
     def write(self, record: Record) -> None:
         clean = {k: _clean(v) for k, v in record.items()}
