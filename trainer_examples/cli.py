@@ -35,6 +35,19 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def _name_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append every option's default to its `--help` line (argparse's own formatter for
+    that skips options without a help text, and shows tuples as Python reprs)."""
+    for action in parser._actions:
+        default = action.default
+        unset = default is None or default is False or default == []  # 0 is a default
+        if (not action.option_strings or unset or default == argparse.SUPPRESS
+                or isinstance(action, argparse._HelpAction)):
+            continue
+        shown = ",".join(map(str, default)) if isinstance(default, tuple | list) else default
+        action.help = f"{action.help or ''} (default: {shown})".strip().replace("%", "%%")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     d = Config()
     add = parser.add_argument
@@ -52,7 +65,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add("--preference", type=_floats, default=d.preference,
         help="preference weights over the objectives, e.g. 0.7,0.3")
     add("--objectives", type=_names, default=d.objectives,
-        help="reward vector: correct,format (default) or correct,format,brevity")
+        help="reward vector: correct,format or correct,format,brevity")
     add("--steps", type=int, default=d.steps)
     add("--batch-size", type=int, default=d.batch_size, help="prompts per step")
     add("--group-size", type=int, default=d.group_size, help="rollouts per prompt")
@@ -112,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     again = sub.add_parser("plot", help="redraw the plots of a train or compare folder")
     again.add_argument("folder", type=Path)
+    for command in (one, many):
+        _name_defaults(command)
     return parser
 
 

@@ -5,6 +5,7 @@ the loop, the reports, the metrics or the plots break."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -186,3 +187,18 @@ def test_same_seed_same_run_and_a_refused_rerun_keeps_the_files(tmp_path: Path) 
                            timeout=300)
     assert again.returncode != 0 and "already holds" in again.stderr
     assert (first / "metrics.jsonl").read_bytes() == before
+
+
+def test_help_names_every_default() -> None:
+    """`--help` showed no default for most options (those without a help text)."""
+    from trainer_examples.cli import build_parser
+
+    parser = build_parser()
+    train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = train.choices["train"].format_help()
+    for option, default in (("--steps", "150"), ("--kl-coef", "0.0"), ("--lr", "0.0003"),
+                            ("--preference", "0.7,0.3"), ("--checkpoint-every", "10"),
+                            ("--sampler", "dump_ucb"), ("--grad-every", "0")):
+        line = text[text.index(f"  {option} "):]
+        assert f"(default: {default})" in " ".join(line.split()[:30]), option
+    assert "(default: False)" not in text and "(default: None)" not in text
