@@ -36,7 +36,14 @@ from paceline import _transport
 from paceline._grpc_codec import SERVICE, Call, encode, response_class
 from paceline._operations import Operation
 from paceline._payloads import COMPRESS_OVER, ReportEncoding
-from paceline._transport import NOT_RETRIED_CODES, Reply, RetryPolicy, RetryState
+from paceline._transport import (
+    NOT_RETRIED_CODES,
+    REQUEST_ID,
+    Reply,
+    RetryPolicy,
+    RetryState,
+    new_request_id,
+)
 from paceline.errors import TransportError
 
 __all__ = ["GrpcAsyncTransport", "GrpcSyncTransport", "grpc_target", "is_grpc_url"]
@@ -133,8 +140,8 @@ class Failure:
         return {"error": {"code": code, "message": self.details or self.code.name,
                           "details": {}}}
 
-    def reply(self, attempts: int) -> Reply:
-        return Reply(self.status, self.error(), "", attempts)
+    def reply(self, attempts: int, request_id: str | None = None) -> Reply:
+        return Reply(self.status, self.error(), "", attempts, request_id)
 
 
 def failure(error: grpc.RpcError) -> Failure:
@@ -206,8 +213,15 @@ class _Base:
         self.closed = False
         self._closing = threading.Event()  # cuts the waits between retries short
 
-    def _answer(self, call: Call, answer: Any, attempts: int) -> Reply:
-        return Reply(call.status, call.body(answer), "", attempts)
+    def _answer(self, call: Call, answer: Any, attempts: int, request_id: str | None) -> Reply:
+        return Reply(call.status, call.body(answer), "", attempts, request_id)
+
+    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata of one operation (every retry of it): the client's, and a request
+        id unless the caller set one of their own."""
+        if any(k == REQUEST_ID for k, _ in self.metadata):
+            return self.metadata
+        return (*self.metadata, (REQUEST_ID, new_request_id()))
 
 
 class GrpcSyncTransport(_Base):
@@ -239,9 +253,12 @@ class GrpcSyncTransport(_Base):
             raise _transport.client_closed(call.method)
         stub = self._stub(call.method)
         state = self.policy.for_operation(operation).start()
+        metadata = self._call_metadata()
+        request_id = dict(metadata)[REQUEST_ID]
+        what = f"{call.method} (request {request_id})"
         while True:
             try:
-                answer = stub(call.message, timeout=self.timeout, metadata=self.metadata)
+                answer = stub(call.message, timeout=self.timeout, metadata=metadata)
             except (grpc.RpcError, ValueError) as exc:  # ValueError: a closed channel
                 if self.closed:
                     raise _transport.client_closed(call.method) from None
@@ -250,14 +267,14 @@ class GrpcSyncTransport(_Base):
                 failed = failure(exc)
                 delay = after_failure(state, failed)
                 if delay is None:
-                    return failed.reply(state.attempts)
-                _transport._log_retry(call.method, delay, state, f"gRPC {failed.code.name}")
+                    return failed.reply(state.attempts, request_id)
+                _transport._log_retry(what, delay, state, f"gRPC {failed.code.name}")
                 _transport._sleep(delay, self._closing)
                 if self.closed:
                     raise _transport.client_closed(call.method) from None
             else:
                 state.attempts += 1
-                return self._answer(call, answer, state.attempts)
+                return self._answer(call, answer, state.attempts, request_id)
 
     def close(self) -> None:
         self.closed = True
@@ -296,10 +313,12 @@ class GrpcAsyncTransport(_Base):
             raise _transport.client_closed(call.method)
         stub = self._stub(call.method)
         state = self.policy.for_operation(operation).start()
+        metadata = self._call_metadata()
+        request_id = dict(metadata)[REQUEST_ID]
+        what = f"{call.method} (request {request_id})"
         while True:
             try:
-                answer = await stub(call.message, timeout=self.timeout,
-                                    metadata=self.metadata)
+                answer = await stub(call.message, timeout=self.timeout, metadata=metadata)
             except asyncio.CancelledError:
                 if self.closed:  # the channel cancels its calls when it closes
                     raise _transport.client_closed(call.method) from None
@@ -310,14 +329,14 @@ class GrpcAsyncTransport(_Base):
                 failed = failure(exc)
                 delay = after_failure(state, failed)
                 if delay is None:
-                    return failed.reply(state.attempts)
-                _transport._log_retry(call.method, delay, state, f"gRPC {failed.code.name}")
+                    return failed.reply(state.attempts, request_id)
+                _transport._log_retry(what, delay, state, f"gRPC {failed.code.name}")
                 await _transport._asleep(delay, self._closing)
                 if self.closed:
                     raise _transport.client_closed(call.method) from None
             else:
                 state.attempts += 1
-                return self._answer(call, answer, state.attempts)
+                return self._answer(call, answer, state.attempts, request_id)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -19,6 +19,7 @@ import math
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -177,13 +178,14 @@ class Reply:
     body: Any
     text: str
     attempts: int
+    request_id: str | None = None  # the id the call was sent (and answered) under
 
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
     def error(self) -> PacelineError:
-        return error_from_response(self.status, self.body, self.text)
+        return error_from_response(self.status, self.body, self.text, self.request_id)
 
     def json(self) -> Any:
         """The body of a successful reply; raises the mapped error otherwise."""
@@ -199,7 +201,18 @@ def _reply(response: httpx.Response, attempts: int) -> Reply:
             body = response.json()
         except ValueError:
             body = None
-    return Reply(response.status_code, body, response.text if body is None else "", attempts)
+    return Reply(response.status_code, body, response.text if body is None else "", attempts,
+                 response.headers.get(REQUEST_ID) or response.request.headers.get(REQUEST_ID))
+
+
+#: The header (gRPC: metadata key) naming a call for the service's logs.
+REQUEST_ID = "x-request-id"
+
+
+def new_request_id() -> str:
+    """One id per operation, sent again on each of its retries (the service's log then
+    shows every attempt of the call under one id)."""
+    return uuid.uuid4().hex
 
 
 #: Absolute URLs kept per transport (a client's curricula and runs: a few paths).
@@ -220,12 +233,16 @@ def _build(http: httpx.Client | httpx.AsyncClient, request: Request,
     if params is not None and all(v.isdigit() for v in params.values()):
         url = httpx.URL(f"{url}?{urlencode(params)}")
         params = None
+    headers = dict(request.headers)
+    if REQUEST_ID not in http.headers:  # a caller's own id, set on the client, is kept
+        headers[REQUEST_ID] = new_request_id()
     return http.build_request(request.method, url, json=request.json,
-                              content=request.content, headers=dict(request.headers),
-                              params=params)
+                              content=request.content, headers=headers, params=params)
 
 
-def _what(request: Request) -> str:
+def _what(request: Request | httpx.Request) -> str:
+    if isinstance(request, httpx.Request):
+        return f"{request.method} {request.url.path} (request {request.headers[REQUEST_ID]})"
     return f"{request.method} {request.path}"
 
 
@@ -308,13 +325,13 @@ class SyncTransport(_Encoding):
                 if not isinstance(exc, httpx.TransportError):
                     raise
                 delay = state.after_error(exc)
-                _log_retry(_what(request), delay, state, type(exc).__name__)
+                _log_retry(_what(built), delay, state, type(exc).__name__)
             else:
                 wait = state.after_response(response)
                 if wait is None:
                     return _reply(response, state.attempts)
                 delay = wait
-                _log_retry(_what(request), delay, state, f"HTTP {response.status_code}")
+                _log_retry(_what(built), delay, state, f"HTTP {response.status_code}")
             _sleep(delay, self._closing)
             if self.closed:
                 raise client_closed(_what(request))
@@ -357,13 +374,13 @@ class AsyncTransport(_Encoding):
                 if not isinstance(exc, httpx.TransportError):
                     raise
                 delay = state.after_error(exc)
-                _log_retry(_what(request), delay, state, type(exc).__name__)
+                _log_retry(_what(built), delay, state, type(exc).__name__)
             else:
                 wait = state.after_response(response)
                 if wait is None:
                     return _reply(response, state.attempts)
                 delay = wait
-                _log_retry(_what(request), delay, state, f"HTTP {response.status_code}")
+                _log_retry(_what(built), delay, state, f"HTTP {response.status_code}")
             await _asleep(delay, self._closing)
             if self.closed:
                 raise client_closed(_what(request))

@@ -19,19 +19,22 @@ __all__ = [
 
 class PacelineError(Exception):
     """Base class. `code` is the service's stable error code (or a client-side one such as
-    `CONNECTION_ERROR`), `status` the HTTP status (None when no response came back)."""
+    `CONNECTION_ERROR`), `status` the HTTP status (None when no response came back),
+    `request_id` the id the call was sent under (the service names it in its log lines
+    about the call; None where nothing was sent)."""
 
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None,
-                 status: int | None = None) -> None:
+                 status: int | None = None, request_id: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.details: dict[str, Any] = dict(details or {})
         self.status = status
+        self.request_id = request_id
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(code={self.code!r}, message={self.message!r}, "
-                f"status={self.status!r})")
+                f"status={self.status!r}, request_id={self.request_id!r})")
 
 
 class NotFound(PacelineError, LookupError):
@@ -95,7 +98,8 @@ def error_class(code: str, status: int | None) -> type[PacelineError]:
     return PacelineError
 
 
-def error_from_response(status: int, body: Any, text: str = "") -> PacelineError:
+def error_from_response(status: int, body: Any, text: str = "",
+                        request_id: str | None = None) -> PacelineError:
     """Build the exception for an error response. The service sends
     `{"error": {"code", "message", "details"}}`; anything else (a proxy's HTML page) still
     gives an error with code `HTTP_<status>` and the start of the text."""
@@ -107,4 +111,4 @@ def error_from_response(status: int, body: Any, text: str = "") -> PacelineError
         details = details if isinstance(details, dict) else {}
     else:
         code, message, details = f"HTTP_{status}", (text.strip()[:500] or f"HTTP {status}"), {}
-    return error_class(code, status)(code, message, details, status)
+    return error_class(code, status)(code, message, details, status, request_id)

@@ -17,6 +17,7 @@ from paceline_server.api.body import BodyLimitMiddleware, JsonBodyMiddleware
 from paceline_server.api.errors import error_body
 from paceline_server.api.health import StorageHealth, StorageHealthMiddleware
 from paceline_server.api.ratelimit import RateLimitMiddleware
+from paceline_server.api.request_ids import RequestIds
 from paceline_server.api.routes import router
 from paceline_server.api.schemas import ErrorResponse
 from paceline_server.app.operations import Operations
@@ -58,7 +59,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.metrics = Metrics(service, settings.metrics_max_distributions)
     app.state.storage_health = StorageHealth(settings.storage_failure_hold_s)
     errors.install(app)
-    # Innermost first; metrics (installed last, so outermost) also counts the refusals.
+    # Innermost first; metrics (installed after the others) also counts the refusals, and
+    # request ids (outermost) name every answer.
     app.add_middleware(errors.UnexpectedErrors)
     app.add_middleware(StorageHealthMiddleware, health=app.state.storage_health)
     app.add_middleware(JsonBodyMiddleware, limit=settings.max_body_bytes)
@@ -68,6 +70,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     if app.state.rate_limiter is not None:
         app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)
     metrics.install(app, app.state.metrics)
+    app.add_middleware(RequestIds)
     app.include_router(router)
     app.include_router(ui.router)  # the dashboard at /ui (api/ui.py)
 

@@ -17,6 +17,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paceline_server.domain import errors
+from paceline_server.transport import request_id
 from paceline_server.transport.errors import (
     STATUS,
     TABLE,
@@ -110,7 +111,8 @@ class UnexpectedErrors:
             if started:
                 raise
             # Method and path only, as for the domain's 5xx: never a header or a query.
-            logger.exception("%s %s failed: INTERNAL", scope["method"], scope["path"])
+            logger.exception("%s %s failed: INTERNAL%s", scope["method"], scope["path"],
+                             request_id.label())
             await JSONResponse(error_body("INTERNAL", "internal error"), 500)(
                 scope, receive, send)
 
@@ -121,8 +123,8 @@ def install(app: FastAPI) -> None:
         if status_of(exc) >= 500:
             # Operators must see these. Method and path only: no query string and no
             # headers, so a bearer token never reaches a log line.
-            logger.warning("%s %s failed: %s: %s", request.method, request.url.path,
-                           exc.code, exc.message)
+            logger.warning("%s %s failed: %s: %s%s", request.method, request.url.path,
+                           exc.code, exc.message, request_id.label())
             health = getattr(request.app.state, "storage_health", None)
             if health is not None:
                 health.failed(exc)

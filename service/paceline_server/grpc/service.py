@@ -34,6 +34,7 @@ from paceline_server.domain.errors import MalformedBody, PacelineError
 from paceline_server.grpc import convert
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.settings import Settings
+from paceline_server.transport import request_id
 from paceline_server.transport.auth import Scope, require, scope_of
 from paceline_server.transport.errors import InternalError, lookup, retry_after
 from paceline_server.transport.metrics import Metrics
@@ -56,10 +57,11 @@ def error_info(error: PacelineError) -> pb.ErrorInfo:
 
 
 def abort(context: grpc.ServicerContext, error: PacelineError) -> NoReturn:
-    """End the call with the table's status and the error in the trailing metadata."""
+    """End the call with the table's status and the error (and the call's request id)
+    in the trailing metadata."""
     status = lookup(error)
     trailer: tuple[tuple[str, str | bytes], ...] = (
-        (ERROR_KEY, error_info(error).SerializeToString()),)
+        (ERROR_KEY, error_info(error).SerializeToString()), *_request_id())
     after = retry_after(error)
     if after is not None:
         trailer += ((RETRY_AFTER_KEY, after),)
@@ -67,9 +69,20 @@ def abort(context: grpc.ServicerContext, error: PacelineError) -> NoReturn:
     context.abort(grpc.StatusCode[status.grpc], error.message)
 
 
+def _request_id() -> tuple[tuple[str, str], ...]:
+    value = request_id.current.get()
+    return () if value is None else ((request_id.HEADER, value),)
+
+
 def authorization(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | bytes | None:
     """The call's `authorization` metadata value, if any."""
-    return next((v for k, v in metadata or () if k == "authorization"), None)
+    return metadata_value(metadata, "authorization")
+
+
+def metadata_value(metadata: Sequence[tuple[str, str | bytes]] | None,
+                   key: str) -> str | bytes | None:
+    """The first value of `key` in the call's metadata, if any."""
+    return next((v for k, v in metadata or () if k == key), None)
 
 
 @dataclass(frozen=True)
@@ -118,10 +131,20 @@ class PacelineHandlers:
         route = f"/{SERVICE_NAME}/{method.name}"
 
         def call(raw: bytes, context: grpc.ServicerContext) -> Message:
+            metadata = context.invocation_metadata()
+            token = request_id.current.set(
+                request_id.accept(metadata_value(metadata, request_id.HEADER)))
+            try:
+                return serve(raw, context, metadata)
+            finally:
+                request_id.current.reset(token)
+
+        def serve(raw: bytes, context: grpc.ServicerContext,
+                  metadata: Sequence[tuple[str, str | bytes]] | None) -> Message:
             start = time.perf_counter()
             error: PacelineError | None = None
             try:
-                header = authorization(context.invocation_metadata())
+                header = authorization(metadata)
                 if self.limiter is not None:  # first: a refused call costs nothing more
                     self.limiter.check(header, peer_host(context.peer()))
                 require(method.scope, scope_of(
@@ -131,11 +154,17 @@ class PacelineHandlers:
                 except DecodeError:
                     raise MalformedBody(f"the request is not a {method.request.__name__} "
                                         "message") from None
-                return method.handler(request, context)
+                answer = method.handler(request, context)
+                context.set_trailing_metadata(_request_id())
+                return answer
             except PacelineError as exc:
                 error = exc
+                if lookup(exc).http >= 500:  # operators must see these, as over REST
+                    logger.warning("paceline.v1.Paceline/%s failed: %s: %s%s", method.name,
+                                   exc.code, exc.message, request_id.label())
             except Exception:
-                logger.exception("paceline.v1.Paceline/%s failed", method.name)
+                logger.exception("paceline.v1.Paceline/%s failed%s", method.name,
+                                 request_id.label())
                 error = InternalError("internal error")
             finally:
                 if self.metrics is not None:
