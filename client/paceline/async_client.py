@@ -137,13 +137,19 @@ class AsyncClient:
         return (await self._send(operation)).json()
 
     async def aclose(self) -> None:
-        """Stop the heartbeats of this client's runs and release connections."""
+        """Stop the heartbeats of this client's runs and release connections. Also when
+        the task closing it is being cancelled (`async with` in a cancelled task): every
+        heartbeat is stopped and the transport closed before the cancellation goes on
+        (awaiting each run's `aclose` in turn stopped at the first run)."""
         if self._closed:
             return
-        for run in list(self._runs):
-            await run.aclose()
         self._closed = True
-        await self._transport.aclose()
+        beating = [task for run in list(self._runs) if (task := run._stop()) is not None]
+        try:
+            await self._transport.aclose()
+        finally:
+            if beating:
+                await asyncio.wait(beating)
 
     close = aclose
 
@@ -351,15 +357,19 @@ class AsyncRun:
 
     async def aclose(self) -> None:
         """Stop the heartbeat task (the run stays attached and can be resumed)."""
+        task = self._stop()
+        if task is not None:
+            # `wait` does not raise the heartbeat's CancelledError; a cancellation of the
+            # task closing us still interrupts it.
+            await asyncio.wait([task])
+
+    def _stop(self) -> asyncio.Task[None] | None:
+        """Cancel the heartbeat task; the task, to be awaited, if it was running."""
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # we are being cancelled ourselves, not just the heartbeat
+        if task is None or task.done():
+            return None
+        task.cancel()
+        return task
 
     close = aclose
 

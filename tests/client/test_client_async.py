@@ -126,3 +126,30 @@ def test_retries_apply_a_report_once(tmp_path: Path) -> None:
                 await cur.state()
 
     run_async(body)
+
+
+def test_a_cancelled_task_leaving_async_with_closes_everything(tmp_path: Path) -> None:
+    """An orchestrator cancels the task that holds a client and three heartbeating runs
+    (a timeout, a TaskGroup): leaving `async with` stopped only the first run's heartbeat
+    (the others went on beating for good) and never closed the client."""
+    held: dict[str, Any] = {}
+
+    async def job() -> None:
+        async with paceline.AsyncClient.embedded(tmp_path / "c.db") as client:
+            held["client"] = client
+            cur = await client.create_curriculum("job", **SPEC)
+            held["runs"] = [await cur.start_run(heartbeat_interval=0.02) for _ in range(3)]
+            await asyncio.sleep(3600)  # training
+
+    async def orchestrator() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await job()
+        client, runs = held["client"], held["runs"]
+        assert client._closed and not client._transport._on_close.alive  # service closed
+        assert not any(run.heartbeating for run in runs)
+        beating = [t.get_name() for t in asyncio.all_tasks()
+                   if t.get_name().startswith("paceline-heartbeat")]
+        assert not beating
+
+    run_async(orchestrator)
