@@ -252,3 +252,21 @@ def test_version_1_state_migrates(labelled: bool) -> None:
     assert np.unique(batch.indices).size == 8
     with pytest.raises(StateVersionError):  # unknown versions are replayed instead
         s.migrate_state(7, old)
+
+
+def test_importance_weights_follow_the_allocation() -> None:
+    """With an allocation, P(x) is the distribution's share times x's share of its
+    distribution's priority: the whole tree's share, used before, gave the 10 prompts
+    that the allocation hands half of every batch the weights of the 1 000 others."""
+    e = CurriculumEngine(spec((1000, 10), batch_size=8, sampler={
+        "kind": "prioritized", "allocation": "dump_ucb", "is_correction": True,
+        "is_beta": 1.0}))
+    batch = e.next_batch("r", 0)
+    np.testing.assert_allclose(batch.probabilities, [0.5, 0.5])  # before any report
+    assert batch.loss_weights is not None
+    labels = e.spec.layout.distribution_of(batch.indices)
+    small, large = batch.loss_weights[labels == 1], batch.loss_weights[labels == 0]
+    assert small.size and large.size
+    # Equal priorities: P(x) = 0.5 / 10 against 0.5 / 1000, so w_small / w_large = 1 / 100.
+    np.testing.assert_allclose(large, 1.0)
+    np.testing.assert_allclose(small, 0.01, rtol=1e-9)

@@ -294,8 +294,7 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
         indices = self._to_global(leaves)
         loss_weights = None
         if self.params.is_correction:
-            total = total_weight(state.tree, coef)
-            p = leaf_weights(state.tree, leaves, coef) / total if total > 0 else None
+            p = self._draw_probability(state.tree, leaves, coef, probabilities)
             if p is not None and np.all(p > 0):
                 w = (self.layout.num_samples * p) ** (-self.params.is_beta)
                 loss_weights = w / w.max()
@@ -303,6 +302,26 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
                 loss_weights = np.ones(indices.size)
         return Proposal(indices=indices, probabilities=probabilities,
                         loss_weights=loss_weights, skipped=skipped)
+
+    def _draw_probability(self, tree: SumTreeState, leaves: np.ndarray, coef: np.ndarray,
+                          probabilities: np.ndarray) -> np.ndarray | None:
+        """P(x), the probability of drawing each leaf in one draw, for the importance
+        weights: its share of the whole tree's priority mass, or, with an allocation, its
+        distribution's share P_d times its share of that distribution's mass (uniform
+        inside a distribution whose mass is 0, as its fill is). Reading the whole tree
+        under an allocation ignored the allocation, which is most of the non-uniformity:
+        a 10-prompt distribution given half the batch got the weights of the 1 000-prompt
+        one. None when the tree holds no mass."""
+        weights = leaf_weights(tree, leaves, coef)
+        if self.allocator is None:
+            total = total_weight(tree, coef)
+            return weights / total if total > 0 else None
+        mass = np.maximum(np.diff(prefix_sums(tree, self._offsets, coef)), 0.0)
+        owner = self.layout.distribution_of(self._to_global(leaves))
+        held = mass[owner]
+        inside = np.where(held > 0, weights / np.where(held > 0, held, 1.0),
+                          1.0 / self.layout.sizes[owner])
+        return np.asarray(probabilities[owner] * inside)
 
     def _sample_allocated(self, tree: SumTreeState, slots: np.ndarray,
                           rng: np.random.Generator, coef: np.ndarray,
