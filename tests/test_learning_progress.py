@@ -247,3 +247,28 @@ def test_reweighting_favours_progress_near_zero_success() -> None:
     p = np.linspace(0.0, 1.0, 11)
     np.testing.assert_allclose(reweight(p, 0.5), p, atol=1e-15)
     np.testing.assert_allclose(reweight(np.array([0.0, 1.0]), 0.1), [0.0, 1.0])
+
+
+def test_explanation_names_the_reweighted_emas_its_progress_is_taken_between() -> None:
+    """The sentence said |fast - slow| = 0.312 next to fast 0.1 and slow 0.025: the
+    progress is taken between the reweighted EMAs, which it now shows."""
+    from paceline_server.strategies.samplers.learning_progress import reweight
+
+    for theta in (0.1, 0.5):
+        cur = spec((50, 50), sampler={"kind": "learning_progress", "p_theta": theta})
+        engine = CurriculumEngine(cur)
+        for step in range(4):  # distribution 0 improves: 0, 1, 2, 3 of 4 right
+            solved = [1.0] * step + [0.0] * (4 - step)
+            engine.apply(report(cur, [0, 60], [solved, [0.0] * 4], step=step))
+        reason = engine.explain()[0]
+        fast, slow = (float(engine.state.sampler.ema_fast[0]),
+                      float(engine.state.sampler.ema_slow[0]))
+        shown = abs(reweight(np.array([fast]), theta) - reweight(np.array([slow]), theta))[0]
+        assert reason.terms["learning_progress"] == pytest.approx(shown)
+        assert shown > 0
+        if theta == 0.5:
+            assert "|fast - slow EMA of success|" in reason.sentence
+        else:
+            assert reason.terms["reweighted_fast"] - reason.terms["reweighted_slow"] \
+                == pytest.approx(shown)
+            assert "ρ(fast) - ρ(slow)" in reason.sentence

@@ -58,7 +58,7 @@ def two_objective_spec(**params: Any) -> CurriculumSpec:
         "name": "test",
         "layout": {"distributions": [{"name": "d0", "size": 100}]},
         "objectives": ["a", {"name": "b", "direction": "minimize", "bounds": [0, 10]}],
-        "sampler": "uniform", "weighting": weighting(every_steps=2, **params),
+        "sampler": "uniform", "weighting": weighting(**{"every_steps": 2, **params}),
         "batch_size": 4, "seed": 0,
     })
 
@@ -614,3 +614,39 @@ def test_spent_indices_are_passed_over_by_default(skipping: bool) -> None:
     assert shares[0] < 0.25
     if not skipping:  # with skipping the curriculum's predictor passes them over too
         assert shares[1] > 0.35
+
+
+def test_explanation_keeps_refresh_values_and_current_ones_apart() -> None:
+    """Between refreshes the served share and the admitted set are the last refresh's,
+    while utility and success move: the sentence read 'difficulty 0.56 is beyond the pace
+    λ = 0.80' for a distribution the last refresh had held back."""
+    cur = spec((10, 10), batch_size=4, sampler={"kind": "spard"})
+    engine = CurriculumEngine(cur)
+    reports = [([0, 10], [[1, 0, 1, 0], [0, 0, 0, 0]]), ([1], [[1, 1, 1, 0]]),
+               ([11], [[0, 0, 0, 0]]), ([2], [[1, 1, 0, 0]]),  # a refresh after the 4th
+               ([12, 13], [[1, 1, 1, 0], [1, 1, 1, 1]])]  # no refresh after the 5th
+    for step, (indices, rewards) in enumerate(reports):
+        engine.apply(report(cur, indices, np.array(rewards, dtype=float), step=step))
+    served = engine.next_batch("r", 5).probabilities
+    for d, explained in enumerate(engine.explain()):
+        assert explained.terms["served_share"] == pytest.approx(served[d])
+        assert "last refresh" in explained.sentence
+    held = [e for e in engine.explain() if e.terms["admitted"] == 0.0]
+    assert held, "the scenario holds one distribution back at the refresh"
+    current_difficulty = 1.0 - held[0].terms["paced_success"]
+    assert current_difficulty < held[0].terms["pace"]  # what made the old sentence wrong
+    assert "beyond the pace" not in held[0].sentence.split("(now")[1]
+
+
+def test_pawa_with_one_point_per_window_still_moves() -> None:
+    """`every_steps: 1` with evaluation points closed a window at every point, and a
+    window of one point has no standard error: the weights never moved."""
+    cur = two_objective_spec(gains="eval", every_steps=1)
+    engine = CurriculumEngine(cur)
+    rewards = constant_groups([[0.2, 4.0], [0.4, 6.0]])
+    for step in range(10):
+        engine.apply(report(cur, [0, 1], rewards, step=step,
+                            eval_objectives=[0.1 * step, 5.0]))
+    state = weighting_state(engine)
+    assert state.updates >= 3
+    assert not np.allclose(engine.weights().weights, [0.5, 0.5])

@@ -186,10 +186,21 @@ class LearningProgressSampler(DistributionSampler[LearningProgressState,
             if state.reports[d] == 0:
                 clause = (f"it was never reported: score {number(scores[d])}, plus its "
                           f"exploration share ε/D = {number(floor)}")
-            else:
+            elif params.p_theta == 0.5:  # r is the identity: no reweighting
                 clause = (f"its learning progress |fast - slow EMA of success| is "
                           f"{number(progress[d])} (fast {number(state.ema_fast[d])}, slow "
                           f"{number(state.ema_slow[d])}), score {number(scores[d])} after "
                           f"{params.normalization} normalisation, plus ε/D = {number(floor)}")
+            else:  # the progress is taken between the reweighted EMAs, as the code does
+                fast = float(reweight(state.ema_fast[d:d + 1], params.p_theta)[0])
+                slow = float(reweight(state.ema_slow[d:d + 1], params.p_theta)[0])
+                terms.update(reweighted_fast=fast, reweighted_slow=slow)
+                clause = (f"its learning progress |ρ(fast) - ρ(slow)| is "
+                          f"{number(progress[d])}, with the EMAs of success fast "
+                          f"{number(state.ema_fast[d])} and slow "
+                          f"{number(state.ema_slow[d])} reweighted by ρ (θ = "
+                          f"{number(params.p_theta)}) to {number(fast)} and {number(slow)}; "
+                          f"score {number(scores[d])} after {params.normalization} "
+                          f"normalisation, plus ε/D = {number(floor)}")
             reasons.append(Reason(clause, terms))
         return reasons

@@ -475,9 +475,13 @@ class SpardSampler(DistributionSampler[SpardSamplerState, SpardSamplerParams]):
 
     def explain(self, state: SpardSamplerState, ctx: ProposeContext) -> list[Reason]:
         """Utility under the softmax, or the pace cap for a distribution too hard for
-        the current pace λ (values of the last refresh)."""
+        the pace λ. The pace, the admitted set and the share served are those of the
+        last refresh (every `every_steps` reports); utility and success move at every
+        report, so the sentence says which values are current (mixing the two read as
+        "difficulty 0.56 is beyond λ = 0.80")."""
         params = self.params
         raw = self._raw(state)
+        refresh = f"the last refresh (every {params.every_steps} reports)"
         reasons = []
         for d in range(self.layout.num_distributions):
             seen = bool(state.filled[d] > 0)
@@ -485,23 +489,23 @@ class SpardSampler(DistributionSampler[SpardSamplerState, SpardSamplerParams]):
             terms: dict[str, float | None] = {
                 "utility": float(state.dist_utility[d]), "unpaced_share": float(raw[d]),
                 "pace": float(state.pace), "paced_success": success,
-                "admitted": 1.0 if state.admitted[d] else 0.0, "floor": params.floor}
+                "admitted": 1.0 if state.admitted[d] else 0.0, "floor": params.floor,
+                "served_share": float(state.probabilities[d])}
+            difficulty = 1.0 - (success or 0.0)
             if not state.admitted[d]:
-                clause = (f"its difficulty 1 - success = {number(1.0 - (success or 0.0))} is "
-                          f"beyond the pace λ = {number(state.pace)}, so SPARD caps it at "
-                          f"the floor {number(params.floor)} until its success rises "
-                          f"(uncapped it would get {number(raw[d])})")
+                clause = (f"at {refresh} its difficulty 1 - success was beyond the pace "
+                          f"λ = {number(state.pace)}, so SPARD caps it at the floor "
+                          f"{number(params.floor)} until a refresh admits it (now: "
+                          f"difficulty {number(difficulty)}; its utility now would give it "
+                          f"{number(raw[d])} uncapped)")
             elif not seen:
                 clause = (f"it is not reported yet, so it keeps the initial utility "
                           f"{number(state.dist_utility[d])} (softmax τ = {number(params.tau)})")
             else:
-                difficulty = 1.0 - (success or 0.0)
-                paced = (f"its difficulty {number(difficulty)} is within the pace λ = "
-                         f"{number(state.pace)}" if difficulty <= state.pace else
-                         f"no distribution is within the pace λ = {number(state.pace)}, so "
-                         f"the easiest (difficulty {number(difficulty)}) is admitted")
-                clause = (f"its utility U (reward spread weighted by the reward weights) is "
-                          f"{number(state.dist_utility[d])} under a softmax with τ = "
-                          f"{number(params.tau)}, and {paced}")
+                clause = (f"its utility U (reward spread weighted by the reward weights) "
+                          f"under a softmax with τ = {number(params.tau)} set its share at "
+                          f"{refresh}, which admitted it at the pace λ = "
+                          f"{number(state.pace)} (now: utility "
+                          f"{number(state.dist_utility[d])}, difficulty {number(difficulty)})")
             reasons.append(Reason(clause, terms))
         return reasons

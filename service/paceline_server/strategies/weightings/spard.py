@@ -84,6 +84,12 @@ Z_CLIP = 3.0
 LOG_FLOOR = math.log(1e-12)
 
 
+#: Evaluation points per window at least: a gain's standard error needs two observations
+#: in each window, so `every_steps: 1` with evaluation points closed windows of one
+#: point that never moved the weights.
+MIN_EVAL_WINDOW = 2
+
+
 @dataclass(frozen=True)
 class SpardWeightingParams:
     """`weights`: initial preference (None = equal); `every_steps`: reports per window
@@ -219,7 +225,7 @@ class SpardWeighting(Weighting[SpardWeightingState, SpardWeightingParams]):
             state.cur_count, state.cur_mean, state.cur_m2 = merge_window(
                 state.cur_count, state.cur_mean, state.cur_m2, point)
             state.cur_norm_sum = state.cur_norm_sum + np.clip(point[0], 0.0, 1.0)
-            if state.cur_count >= self.params.every_steps:
+            if state.cur_count >= max(self.params.every_steps, MIN_EVAL_WINDOW):
                 self._close_window(state)
             return
         if state.on_eval or self.params.gains == "eval":
