@@ -79,14 +79,21 @@ def batch(message: pb.Batch) -> dict[str, Any]:
             "part": message.part}
 
 
-def report_ack(message: pb.ReportAck) -> dict[str, Any]:
+def report_ack(message: pb.ReportAck, dynamic: bool = True) -> dict[str, Any]:
+    """The ack as REST shows it: the rollout counts only for a report that named its
+    dropped groups (`dynamic`; protobuf cannot tell an empty `dropped` from none, so the
+    caller says), though the service counts every report."""
     answer = {"seq": message.seq, "replayed": message.replayed,
               "batch": batch(message.batch) if message.HasField("batch") else None}
-    if message.rollouts_generated:  # the service counts every report; REST shows only
-        answer.update(rollouts_generated=message.rollouts_generated,  # dynamic ones
+    if dynamic:
+        answer.update(rollouts_generated=message.rollouts_generated,
                       rollouts_trained=message.rollouts_trained,
                       groups_dropped=message.groups_dropped)
     return answer
+
+
+def _plain_report_ack(message: pb.ReportAck) -> dict[str, Any]:
+    return report_ack(message, dynamic=False)
 
 
 def _optional(message: Message, field: str) -> float | None:
@@ -300,7 +307,8 @@ def _next_batch(o: op.NextBatch) -> Call:
 def _report(o: op.Report) -> Call:
     message = report_message(curriculum=o.curriculum, idempotency_key=o.idempotency_key,
                              next_step=o.next_step, next_size=o.next_size, **o.arrays())
-    return Call("Report", message, 200, report_ack)
+    return Call("Report", message, 200,
+                report_ack if o.dropped is not None else _plain_report_ack)
 
 
 def _history(o: op.GetHistory) -> Call:

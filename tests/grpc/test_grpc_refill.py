@@ -72,3 +72,30 @@ def test_refill_before_the_step_is_served(raw: Raw) -> None:
     with pytest.raises(grpc.RpcError) as info:
         refill(raw, 1, 3, step=5)
     assert error_of(info)[1].code == "REFILL_OUT_OF_ORDER"
+
+
+def test_the_client_shows_rollout_counts_as_rest_does(tmp_path: Path) -> None:
+    """REST (and embedded) put the rollout counts on the ack of a report that named its
+    dropped groups only; over gRPC the client showed them on every report."""
+    import paceline
+    from support import CLIENT_SPEC
+
+    server, service = start(tmp_path)
+    try:
+        with paceline.Client(f"grpc://127.0.0.1:{server.port}") as client:
+            cur = client.create_curriculum("counts", **CLIENT_SPEC)
+            run = cur.start_run("r", heartbeat_interval=None)
+            acks = []
+            for step, dropped in ((0, None), (1, [])):
+                batch = run.next_batch(step)
+                rewards = np.ones((len(batch.indices), 2, len(cur.objectives)))
+                acks.append(run.report(step, batch.indices, rewards, dropped=dropped))
+        plain, dynamic = acks
+        assert (plain.rollouts_generated, plain.rollouts_trained, plain.groups_dropped) \
+            == (None, None, None)
+        size = CLIENT_SPEC["batch_size"] * 2
+        assert (dynamic.rollouts_generated, dynamic.rollouts_trained,
+                dynamic.groups_dropped) == (size, size, 0)
+    finally:
+        server.stop(0)
+        service.store.close()
