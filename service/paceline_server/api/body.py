@@ -15,6 +15,7 @@ from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paceline_server.api.errors import render
+from paceline_server.api.middleware import HttpMiddleware
 from paceline_server.domain.errors import (
     MalformedBody,
     PacelineError,
@@ -124,7 +125,7 @@ def _gunzip(raw: bytes, limit: int) -> bytes:
             return b"".join(parts)
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """The body size limit for every route, not only reports (whose bodies `read_body`
     also limits after decompression). A declared Content-Length over the limit is refused
     before a byte is read (the server enforces that the body matches it); a chunked body
@@ -132,13 +133,10 @@ class BodyLimitMiddleware:
     it anyway."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope.get("headers", ()))
         declared = headers.get(b"content-length")
         if declared is not None:
@@ -187,21 +185,21 @@ OWN_BODY_ROUTES = re.compile(r"^/v1/(?:imports|curricula/[^/]+/reports)$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-class JsonBodyMiddleware:
+class JsonBodyMiddleware(HttpMiddleware):
     """The routes whose body FastAPI parses as JSON take what the report route takes:
     a gzip-encoded body is inflated (within the size limit) before FastAPI reads it, and
     a body that is not JSON is refused with 415 UNSUPPORTED_MEDIA_TYPE (rather than 400
     for gzip bytes read as JSON or 422 for text/plain read as a string)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS \
-                or OWN_BODY_ROUTES.match(scope["path"]):
-            await self.app(scope, receive, send)
-            return
+    def wants(self, scope: Scope) -> bool:
+        return (super().wants(scope) and scope["method"] in _BODY_METHODS
+                and not OWN_BODY_ROUTES.match(scope["path"]))
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope.get("headers", ()))
         declared = headers.get(b"content-length", b"")
         has_body = (declared.isdigit() and int(declared) > 0) \

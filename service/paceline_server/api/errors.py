@@ -14,8 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from paceline_server.api.middleware import HttpMiddleware
 from paceline_server.domain import errors
 from paceline_server.transport import request_id
 from paceline_server.transport.errors import (
@@ -84,20 +85,14 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(allowed)
 
 
-class UnexpectedErrors:
+class UnexpectedErrors(HttpMiddleware):
     """The last answer to a bug (an exception no handler took): 500 INTERNAL in the API's
     error format, its traceback logged, and the connection kept. Starlette's own last
     resort answers too but then re-raises, and the server drops the keep-alive
     connection, so the client's next request on it failed as well. Installed innermost;
     a response already started cannot be replaced, and that exception goes on up."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracked(message: Message) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from paceline_server.api.middleware import HttpMiddleware
 from paceline_server.domain.errors import PacelineError, Unavailable
 
 #: Words in the messages of SQLite and PostgreSQL errors that refuse a write ("database
@@ -57,18 +58,18 @@ class StorageHealth:
                            {**failure.details, "failed_s_ago": round(age, 3)})
 
 
-class StorageHealthMiddleware:
+class StorageHealthMiddleware(HttpMiddleware):
     """Marks storage healthy again after a successful (2xx) write request; failures are
     recorded by the error handler, which sees the domain error."""
 
     def __init__(self, app: ASGIApp, health: StorageHealth) -> None:
-        self.app = app
+        super().__init__(app)
         self.health = health
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in WRITE_METHODS:
-            await self.app(scope, receive, send)
-            return
+    def wants(self, scope: Scope) -> bool:
+        return super().wants(scope) and scope["method"] in WRITE_METHODS
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
 
         async def watch(message: Message) -> None:
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:

@@ -11,10 +11,11 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from paceline_server.api.middleware import HttpMiddleware
 from paceline_server.transport.metrics import Metrics
 
 
-class RequestMetrics:
+class RequestMetrics(HttpMiddleware):
     """Pure ASGI middleware counting requests and timing them by route template.
 
     Not `@app.middleware("http")`: Starlette's BaseHTTPMiddleware wraps every response
@@ -26,13 +27,10 @@ class RequestMetrics:
     error answers are read, so a successful request costs nothing more."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         status = 500
         code: str | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from paceline_server.api.errors import render
+from paceline_server.api.middleware import HttpMiddleware
 from paceline_server.domain.errors import RateLimited
 from paceline_server.transport.ratelimit import RateLimiter, TokenBuckets
 
@@ -21,15 +22,15 @@ def _is_api(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(HttpMiddleware):
     def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
-        self.app = app
+        super().__init__(app)
         self.limiter = limiter
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _is_api(scope["path"]):
-            await self.app(scope, receive, send)
-            return
+    def wants(self, scope: Scope) -> bool:
+        return super().wants(scope) and _is_api(scope["path"])
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         authorization = next((value for name, value in scope.get("headers", ())
                               if name == b"authorization"), None)
         client = scope.get("client")

@@ -5,19 +5,14 @@ it on every answer, refusals by the other middlewares included."""
 from __future__ import annotations
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from paceline_server.api.middleware import HttpMiddleware
 from paceline_server.transport.request_id import HEADER, accept, current
 
 
-class RequestIds:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class RequestIds(HttpMiddleware):
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = accept(Headers(scope=scope).get(HEADER))
 
         async def named(message: Message) -> None:
