@@ -329,8 +329,8 @@ class Learning:
         self.eval_points.append(evaluation.objectives)
         return evaluation
 
-    def checkpoint(self, step: int, config: Config, run: paceline.Run, started_at: datetime,
-                   elapsed_s: float) -> checkpoint.Checkpoint:
+    def to_checkpoint(self, step: int, config: Config, run: paceline.Run,
+                      started_at: datetime, elapsed_s: float) -> checkpoint.Checkpoint:
         return checkpoint.Checkpoint(
             step=step, config=checkpoint.run_fields(config),
             fingerprint=Fingerprint.of(run).to_dict(), run_id=run.run_id,
@@ -383,8 +383,8 @@ def train(config: Config) -> dict[str, Any]:
                              config.progress)
 
         def save(step: int) -> None:
-            checkpoint.save(learning.checkpoint(step, config, run, started_at,
-                                                time.monotonic() - started), out)
+            checkpoint.save(learning.to_checkpoint(step, config, run, started_at,
+                                                   time.monotonic() - started), out)
 
         for served in train_steps(run, max(0, config.steps - start), start_step=start):
             step = served.step
