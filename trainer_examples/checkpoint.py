@@ -6,7 +6,9 @@ each step's batch is drawn from the seed, the run id and the step), so a run tha
 and resumed from a checkpoint must end exactly where an uninterrupted one ends, which is
 what Paceline promises every trainer that checkpoints. A checkpoint therefore holds the
 model, the optimizer and every random generator the loop draws from, the evaluation
-points the hypervolume is taken over, and the Paceline position: the next step, with the
+points the hypervolume is taken over, the metrics rows so far (the files are rewritten
+from them on resume, so a metrics file lost or cut short by a crash is whole again), and
+the Paceline position: the next step, with the
 curriculum and run it belongs to (`Fingerprint`, the integrations' check). It is written
 after a step's report was acknowledged, to a temporary file that is then renamed over the
 last checkpoint, so a crash leaves the old checkpoint or the new one, never part of one.
@@ -53,6 +55,7 @@ class Checkpoint:
     last_eval: dict[str, Any] | None
     sft_losses: list[float]
     sft_seconds: float
+    rows: list[dict[str, Any]]  # the metrics rows of the steps before `step`
     elapsed_s: float  # wall time of the run before this checkpoint
     started: str  # ISO time the run first started
     format: int = FORMAT

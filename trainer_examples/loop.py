@@ -49,7 +49,7 @@ from trainer_examples.grpo import (
     grpo_loss,
     supervised_loss,
 )
-from trainer_examples.metrics import MetricsWriter, Record, hypervolume, read_metrics
+from trainer_examples.metrics import MetricsWriter, Record, hypervolume
 from trainer_examples.model import LanguageModel, build_model, count_parameters, resolve_device
 from trainer_examples.tasks import FORMAT_RATE, OBJECTIVES, TaskSet, check_objectives, score
 
@@ -330,7 +330,8 @@ class Learning:
         return evaluation
 
     def to_checkpoint(self, step: int, config: Config, run: paceline.Run,
-                      started_at: datetime, elapsed_s: float) -> checkpoint.Checkpoint:
+                      started_at: datetime, elapsed_s: float,
+                      rows: list[Record]) -> checkpoint.Checkpoint:
         return checkpoint.Checkpoint(
             step=step, config=checkpoint.run_fields(config),
             fingerprint=Fingerprint.of(run).to_dict(), run_id=run.run_id,
@@ -340,7 +341,8 @@ class Learning:
             rng=checkpoint.capture_rng(self.rng), eval_points=self.eval_points,
             first_eval=None if self.first_eval is None else asdict(self.first_eval),
             last_eval=None if self.last_eval is None else asdict(self.last_eval),
-            sft_losses=self.sft_losses, sft_seconds=self.sft_seconds, elapsed_s=elapsed_s,
+            sft_losses=self.sft_losses, sft_seconds=self.sft_seconds, rows=rows,
+            elapsed_s=elapsed_s,
             started=started_at.isoformat())
 
 
@@ -377,14 +379,15 @@ def train(config: Config) -> dict[str, Any]:
             learning = Learning.warm_started(model, tasks, config, rng, out)
         else:  # the steps before the checkpoint keep their rows; later ones are redone
             _check_position(saved, run, out)
-            writer = files.enter_context(MetricsWriter(out, keep=_rows_before(out, start)))
+            writer = files.enter_context(MetricsWriter(out, keep=saved.rows))
             learning = Learning.restored(saved, model, config, rng)
         progress = _Progress(max(0, config.steps - start), config.curriculum_name(),
                              config.progress)
 
         def save(step: int) -> None:
+            rows = [r for r in writer.records if not r["final"]]
             checkpoint.save(learning.to_checkpoint(step, config, run, started_at,
-                                                   time.monotonic() - started), out)
+                                                   time.monotonic() - started, rows), out)
 
         for served in train_steps(run, max(0, config.steps - start), start_step=start):
             step = served.step
@@ -507,13 +510,6 @@ def _check_position(saved: checkpoint.Checkpoint, run: paceline.Run, out: Path) 
 
 def _optimizer(model: LanguageModel, config: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.module.parameters(), lr=config.lr, weight_decay=0.0)
-
-
-def _rows_before(out: Path, step: int) -> list[Record]:
-    """The metrics rows of the steps before `step` (a resumed run keeps them)."""
-    if not (out / "metrics.jsonl").exists():
-        return []
-    return [r for r in read_metrics(out) if not r["final"] and r["step"] < step]
 
 
 def _evaluation(data: dict[str, Any] | None) -> Evaluation | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -22,19 +23,35 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Writes records to `metrics.jsonl` and `metrics.csv` in `out`, starting with `keep`
-    (a resumed run's rows before its checkpoint; the files are rewritten). The CSV header
-    is fixed by the first record (every record of a run has the same keys)."""
+    """Writes records to `metrics.jsonl` and `metrics.csv` in `out` and keeps them
+    (`records`, what a checkpoint saves). A resumed run starts from `keep`, the rows
+    before its checkpoint: both files are replaced by those rows at once (written beside
+    them, then renamed), so a run killed while it resumes never leaves them truncated.
+    The CSV header is fixed by the first record (every record of a run has the same
+    keys)."""
 
     def __init__(self, out: Path, keep: Sequence[Record] = ()) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = out / "metrics.jsonl"
         self.csv_path = out / "metrics.csv"
-        self._jsonl: TextIO = self.jsonl_path.open("w")
-        self._csv_file: TextIO = self.csv_path.open("w", newline="")
+        self.records: list[Record] = []
         self._csv: csv.DictWriter[str] | None = None
-        for record in keep:
-            self.write(record)
+        if keep:
+            partial = [path.with_name(f".{path.name}.partial")
+                       for path in (self.jsonl_path, self.csv_path)]
+            self._open(*partial, "w")
+            for record in keep:
+                self.write(record)
+            self.close()
+            for path, final in zip(partial, (self.jsonl_path, self.csv_path), strict=True):
+                os.replace(path, final)
+        self._open(self.jsonl_path, self.csv_path, "a" if keep else "w")
+
+    def _open(self, jsonl: Path, csv_path: Path, mode: str) -> None:
+        self._jsonl: TextIO = jsonl.open(mode)
+        self._csv_file: TextIO = csv_path.open(mode, newline="")
+        if self._csv is not None:  # appending after the kept rows: their header stands
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=self._csv.fieldnames)
 
     def write(self, record: Record) -> None:
         clean = {k: _clean(v) for k, v in record.items()}
@@ -45,6 +62,7 @@ class MetricsWriter:
             self._csv.writeheader()
         self._csv.writerow({k: "" if v is None else v for k, v in clean.items()})
         self._csv_file.flush()
+        self.records.append(clean)
 
     def close(self) -> None:
         self._jsonl.close()
