@@ -372,8 +372,11 @@ def train(config: Config) -> dict[str, Any]:
         # A run id of the config (the curriculum is new): the same seed serves the same
         # batches (each step's batch is drawn from the seed, run id and step).
         run_id = f"{config.curriculum_name()}-run"
+        if saved is None and config.resume:  # no checkpoint to say which run this is
+            _check_reports_so_far(cur, run_id, config)
         run = files.enter_context(cur.start_run(
-            run_id=run_id, metadata={"example": "trainer_examples", "seed": config.seed}))
+            run_id=run_id, metadata={"example": "trainer_examples", "seed": config.seed,
+                                     "config": checkpoint.run_fields(config)}))
         if saved is None:
             writer = files.enter_context(MetricsWriter(out))
             learning = Learning.warm_started(model, tasks, config, rng, out)
@@ -493,6 +496,21 @@ def _service_columns(cur: paceline.Curriculum, ack: paceline.ReportAck | None) -
     return {"service_hypervolume": points[-1].hypervolume if points else math.nan,
             **{f"success_{n}": math.nan if v is None else v
                for n, v in zip(names, success, strict=True)}}
+
+
+def _check_reports_so_far(cur: paceline.Curriculum, run_id: str, config: Config) -> None:
+    """`--resume` without a checkpoint starts at step 0 on the reports the run made so far
+    (their steps are replayed): refuse when they were made by another configuration,
+    which the run's metadata names (a re-attach merges new metadata over it, so it is
+    read first)."""
+    earlier = next((r for r in cur.runs() if r.run_id == run_id), None)
+    made_by = None if earlier is None else earlier.metadata.get("config")
+    if isinstance(made_by, dict):
+        changed = checkpoint.differing(made_by, config)
+        if changed:
+            raise SystemExit(f"--resume: run {run_id!r} of curriculum {cur.name!r} made its "
+                             f"reports with another configuration ({', '.join(changed)} "
+                             "differ); resume with the run's own options, or pass --reset")
 
 
 def _check_position(saved: checkpoint.Checkpoint, run: paceline.Run, out: Path) -> None:

@@ -171,3 +171,19 @@ def test_a_checkpoint_is_not_resumed_against_another_run(tmp_path: Path) -> None
 
     both = _train("--steps", "5", "--resume", "--reset", "--out", str(out), ok=False)
     assert "not both resume and reset" in both.stderr
+
+
+def test_resume_without_a_checkpoint_is_refused_under_another_configuration(
+        tmp_path: Path) -> None:
+    """Without a checkpoint `--resume` starts at step 0 on the reports the run made: a
+    changed option was accepted and its reports were dropped for the first ones."""
+    out = tmp_path / "run"
+    _train("--steps", "3", "--checkpoint-every", "0", "--out", str(out))
+    before = (out / "metrics.jsonl").read_bytes()
+    other = _train("--steps", "3", "--checkpoint-every", "0", "--group-size", "3",
+                   "--resume", "--out", str(out), ok=False)
+    assert "another configuration" in other.stderr and "group_size" in other.stderr
+    assert (out / "metrics.jsonl").read_bytes() == before
+    same = _train("--steps", "3", "--checkpoint-every", "0", "--resume", "--out", str(out))
+    assert "first report stands" not in same.stderr  # its reports are replays
+    assert [r["seq"] for r in _rows(out) if not r["final"]] == [1, 2, 3]
