@@ -368,6 +368,8 @@ def train(config: Config) -> dict[str, Any]:
     with connect(config, out) as client, ExitStack() as files:
         # The curriculum first: a refused one should not cost a warm start, nor the
         # metrics files of the run that filled it (they were opened, i.e. emptied, first).
+        if saved is not None:  # its reports must still be there: do not create it anew
+            _require_curriculum(client, config.curriculum_name(), out)
         cur = open_curriculum(client, config, tasks)
         # A run id of the config (the curriculum is new): the same seed serves the same
         # batches (each step's batch is drawn from the seed, run id and step).
@@ -496,6 +498,15 @@ def _service_columns(cur: paceline.Curriculum, ack: paceline.ReportAck | None) -
     return {"service_hypervolume": points[-1].hypervolume if points else math.nan,
             **{f"success_{n}": math.nan if v is None else v
                for n, v in zip(names, success, strict=True)}}
+
+
+def _require_curriculum(client: paceline.Client, name: str, out: Path) -> None:
+    try:
+        client.curriculum(name)
+    except paceline.NotFound:
+        raise SystemExit(f"--resume: curriculum {name!r}, which the checkpoint in {out} "
+                         "continues, no longer exists (deleted since); run without "
+                         "--resume to start over") from None
 
 
 def _check_reports_so_far(cur: paceline.Curriculum, run_id: str, config: Config) -> None:

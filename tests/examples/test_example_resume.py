@@ -159,11 +159,17 @@ def test_a_checkpoint_is_not_resumed_against_another_run(tmp_path: Path) -> None
     other = _train("--steps", "5", "--lr", "0.001", "--resume", "--out", str(out), ok=False)
     assert "another configuration" in other.stderr and "lr" in other.stderr
 
-    with paceline.Client.embedded(out / "paceline.db") as client:  # recreated since
+    with paceline.Client.embedded(out / "paceline.db") as client:  # deleted since
         client.curriculum(NAME).delete()
+    deleted = _train("--steps", "5", "--resume", "--out", str(out), ok=False)
+    assert "no longer exists" in deleted.stderr
+    assert (out / "metrics.jsonl").read_bytes() == before  # refused runs keep the files
+    with paceline.Client.embedded(out / "paceline.db") as client:
+        assert not client.list_curricula()  # the refusal did not create it anew
+    # A new run of one step recreates it (and writes no checkpoint: the old one stays).
+    _train("--steps", "1", "--checkpoint-every", "0", "--out", str(out))
     recreated = _train("--steps", "5", "--resume", "--out", str(out), ok=False)
     assert "recreated" in recreated.stderr
-    assert (out / "metrics.jsonl").read_bytes() == before  # refused runs keep the files
 
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     damaged = _train("--steps", "5", "--resume", "--out", str(out), ok=False)
