@@ -216,12 +216,15 @@ class _Base:
     def _answer(self, call: Call, answer: Any, attempts: int, request_id: str | None) -> Reply:
         return Reply(call.status, call.body(answer), "", attempts, request_id)
 
-    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
-        """The metadata of one operation (every retry of it): the client's, and a request
-        id unless the caller set one of their own."""
-        if any(k == REQUEST_ID for k, _ in self.metadata):
-            return self.metadata
-        return (*self.metadata, (REQUEST_ID, new_request_id()))
+    def _call_metadata(self, call: Call) -> tuple[tuple[tuple[str, str], ...], str, str]:
+        """The metadata of one operation (every retry of it: the client's, and a request
+        id unless the caller set one of their own), its request id, and how the retry log
+        names the call."""
+        metadata = self.metadata
+        if not any(k == REQUEST_ID for k, _ in metadata):
+            metadata = (*metadata, (REQUEST_ID, new_request_id()))
+        request_id = dict(metadata)[REQUEST_ID]
+        return metadata, request_id, f"{call.method} (request {request_id})"
 
 
 class GrpcSyncTransport(_Base):
@@ -253,9 +256,7 @@ class GrpcSyncTransport(_Base):
             raise _transport.client_closed(call.method)
         stub = self._stub(call.method)
         state = self.policy.for_operation(operation).start()
-        metadata = self._call_metadata()
-        request_id = dict(metadata)[REQUEST_ID]
-        what = f"{call.method} (request {request_id})"
+        metadata, request_id, what = self._call_metadata(call)
         while True:
             try:
                 answer = stub(call.message, timeout=self.timeout, metadata=metadata)
@@ -313,9 +314,7 @@ class GrpcAsyncTransport(_Base):
             raise _transport.client_closed(call.method)
         stub = self._stub(call.method)
         state = self.policy.for_operation(operation).start()
-        metadata = self._call_metadata()
-        request_id = dict(metadata)[REQUEST_ID]
-        what = f"{call.method} (request {request_id})"
+        metadata, request_id, what = self._call_metadata(call)
         while True:
             try:
                 answer = await stub(call.message, timeout=self.timeout, metadata=metadata)
