@@ -74,11 +74,6 @@ def _request_id() -> tuple[tuple[str, str], ...]:
     return () if value is None else ((request_id.HEADER, value),)
 
 
-def authorization(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | bytes | None:
-    """The call's `authorization` metadata value, if any."""
-    return metadata_value(metadata, "authorization")
-
-
 def metadata_value(metadata: Sequence[tuple[str, str | bytes]] | None,
                    key: str) -> str | bytes | None:
     """The first value of `key` in the call's metadata, if any."""
@@ -144,7 +139,7 @@ class PacelineHandlers:
             start = time.perf_counter()
             error: PacelineError | None = None
             try:
-                header = authorization(metadata)
+                header = metadata_value(metadata, "authorization")
                 if self.limiter is not None:  # first: a refused call costs nothing more
                     self.limiter.check(header, peer_host(context.peer()))
                 require(method.scope, scope_of(

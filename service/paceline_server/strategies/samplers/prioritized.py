@@ -282,6 +282,7 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
         leaf_accept = (None if accept is None
                        else lambda leaves: accept(self._to_global(leaves)))
         probabilities = self.probabilities(state, ctx)
+        prefix = None  # each distribution's prefix sum of priority mass (allocated draws)
         if self.allocator is None:
             leaves, skipped = sample_filtered(state.tree, size, rng, coef, leaf_accept,
                                               ctx.max_redraws)
@@ -289,12 +290,13 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
             slots = _fit(allocate(probabilities, min(size, self.layout.num_samples), rng,
                                   self.allocator.params.allocation),
                          self.layout.sizes, probabilities)
-            leaves, skipped = self._sample_allocated(state.tree, slots, rng, coef,
+            prefix = prefix_sums(state.tree, self._offsets, coef)
+            leaves, skipped = self._sample_allocated(state.tree, slots, rng, coef, prefix,
                                                      leaf_accept, ctx.max_redraws)
         indices = self._to_global(leaves)
         loss_weights = None
         if self.params.is_correction:
-            p = self._draw_probability(state.tree, leaves, coef, probabilities)
+            p = self._draw_probability(state.tree, leaves, coef, probabilities, prefix)
             if p is not None and np.all(p > 0):
                 w = (self.layout.num_samples * p) ** (-self.params.is_beta)
                 loss_weights = w / w.max()
@@ -304,19 +306,21 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
                         loss_weights=loss_weights, skipped=skipped)
 
     def _draw_probability(self, tree: SumTreeState, leaves: np.ndarray, coef: np.ndarray,
-                          probabilities: np.ndarray) -> np.ndarray | None:
+                          probabilities: np.ndarray, prefix: np.ndarray | None
+                          ) -> np.ndarray | None:
         """P(x), the probability of drawing each leaf in one draw, for the importance
         weights: its share of the whole tree's priority mass, or, with an allocation, its
         distribution's share P_d times its share of that distribution's mass (uniform
         inside a distribution whose mass is 0, as its fill is). Reading the whole tree
         under an allocation ignored the allocation, which is most of the non-uniformity:
         a 10-prompt distribution given half the batch got the weights of the 1 000-prompt
-        one. None when the tree holds no mass."""
+        one. `prefix`: the distributions' prefix sums the allocated draw used (None
+        without an allocation). None when the tree holds no mass."""
         weights = leaf_weights(tree, leaves, coef)
-        if self.allocator is None:
+        if prefix is None:
             total = total_weight(tree, coef)
             return weights / total if total > 0 else None
-        mass = np.maximum(np.diff(prefix_sums(tree, self._offsets, coef)), 0.0)
+        mass = np.maximum(np.diff(prefix), 0.0)
         owner = self.layout.distribution_of(self._to_global(leaves))
         held = mass[owner]
         inside = np.where(held > 0, weights / np.where(held > 0, held, 1.0),
@@ -324,7 +328,7 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
         return np.asarray(probabilities[owner] * inside)
 
     def _sample_allocated(self, tree: SumTreeState, slots: np.ndarray,
-                          rng: np.random.Generator, coef: np.ndarray,
+                          rng: np.random.Generator, coef: np.ndarray, prefix: np.ndarray,
                           accept: Callable[[np.ndarray], np.ndarray] | None,
                           max_redraws: int) -> tuple[np.ndarray, int]:
         """slots[d] distinct leaves of each distribution d, ∝ priority inside its range
@@ -332,10 +336,10 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
         number, the new distinct ones kept), at most `max_redraws` rounds
         of rejection, then per distribution the rejected leaves back and a uniform fill
         (with replacement only where a distribution is smaller than its slots), so a
-        batch is never short and no loop is unbounded."""
+        batch is never short and no loop is unbounded. `prefix`: each distribution's
+        prefix sum of priority mass (`prefix_sums` over the distributions' ranges)."""
         offsets = self._offsets
         num = slots.size
-        prefix = prefix_sums(tree, offsets, coef)
         mass = np.maximum(np.diff(prefix), 0.0)
         room = np.minimum(slots, self.layout.sizes).astype(np.int64)
         have = np.zeros(num, dtype=np.int64)
