@@ -45,7 +45,8 @@ def _name_defaults(parser: argparse.ArgumentParser) -> None:
                 or isinstance(action, argparse._HelpAction)):
             continue
         shown = ",".join(map(str, default)) if isinstance(default, tuple | list) else default
-        action.help = f"{action.help or ''} (default: {shown})".strip().replace("%", "%%")
+        shown = str(shown).replace("%", "%%")  # the help is a format string; its text is
+        action.help = f"{action.help or ''} (default: {shown})".strip()  # escaped already
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

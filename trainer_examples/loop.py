@@ -238,8 +238,9 @@ def open_curriculum(client: paceline.Client, config: Config,
     except paceline.Conflict as exc:
         raise SystemExit(f"curriculum {name!r} exists with another spec; pass --reset "
                          "(train also takes --curriculum NAME)") from exc
-    if cur.refresh().seq > 0 and not config.resume:
-        raise SystemExit(f"curriculum {name!r} already holds {cur.refresh().seq} reports; "
+    held = cur.refresh().seq
+    if held > 0 and not config.resume:
+        raise SystemExit(f"curriculum {name!r} already holds {held} reports; "
                          "pass --resume to continue this run or --reset to start it over "
                          "(train also takes --curriculum NAME); this run's files were left "
                          "as they are")
