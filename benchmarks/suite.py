@@ -248,6 +248,14 @@ class Epochs:
         pass
 
 
+def top(value: np.ndarray, size: int) -> np.ndarray:
+    """The indices of the `size` largest values, in increasing index order: the order
+    `argpartition` leaves them in depends on numpy's build and the CPU (SIMD), and a
+    learner draws each prompt's rollouts in batch order, so the oracles' figures would
+    differ from one machine to the next."""
+    return np.sort(np.argpartition(-value, size - 1)[:size]).astype(np.int64)
+
+
 class Oracle:
     """Knows every prompt's true pass rate; samples uniformly inside the band."""
 
@@ -263,7 +271,7 @@ class Oracle:
         # Too few in the band: all of it, then the nearest to 0.5 (random among ties).
         distance = np.abs(p - 0.5) + 1e-9 * self.rng.random(p.size)
         distance[inside] = -1.0
-        return np.argpartition(distance, size - 1)[:size].astype(np.int64), 0
+        return top(-distance, size), 0
 
     def observe(self, step: int, groups: Groups, advantages: np.ndarray) -> None:
         pass
@@ -277,7 +285,7 @@ class GreedyOracle(Oracle):
     def propose(self, step: int, size: int) -> tuple[np.ndarray, int]:
         p = self.learner.pass_rate()
         value = p * (1.0 - p) + 1e-12 * self.rng.random(p.size)
-        return np.argpartition(-value, size - 1)[:size].astype(np.int64), 0
+        return top(value, size), 0
 
 
 class VisitedOracle(Oracle):
@@ -303,7 +311,7 @@ class VisitedOracle(Oracle):
         prior = total / np.maximum(count, 1)
         value = np.where(self.visited, signal, prior[learner.dist_of])
         value = value + 1e-9 * self.rng.random(p.size)
-        chosen = np.argpartition(-value, size - 1)[:size].astype(np.int64)
+        chosen = top(value, size)
         self.visited[chosen] = True
         return chosen, 0
 

@@ -82,6 +82,8 @@ def test_suite_structures() -> None:
     assert {cls.binary for cls in LEARNERS.values()} == {True, False}
     assert {cls.group for cls in LEARNERS.values()} >= {4, 16}
     assert max(len(cls.dists) for cls in LEARNERS.values()) >= 40  # many small sources
+    # an optimiser that normalises the step, as language models are trained
+    assert any("Adam" in " ".join(cls.structures) for cls in LEARNERS.values())
     tight = LEARNERS["tight_budget"]
     assert tight.steps * tight.batch <= 2 * tight(0).num_samples  # about two visits
 
@@ -211,6 +213,42 @@ def test_interference_pulls_untrained_distributions_back() -> None:
     np.testing.assert_allclose(gain[others], -PULL * gain[1])
     after = learner.accuracy()
     assert after[1] > before[1] and np.all(after[others] < before[others])
+
+
+def test_adam_features_step_length_does_not_follow_the_gradient_scale() -> None:
+    """Adam divides by the gradients' running RMS: a batch whose every gradient is ten
+    times smaller moves the policy as far (what the other learners' mean step does not,
+    so dropping all-equal groups buys no step length here)."""
+    from learners.adam_features import AdamFeaturesLearner
+
+    strong, weak = AdamFeaturesLearner(0), AdamFeaturesLearner(0)
+    groups = strong.rollout(np.arange(0, strong.num_samples, 97)[:strong.batch])
+    g = strong.prompt_gradients(groups)
+    assert np.abs(g).max() > 0
+    start = strong.theta.copy()
+    for _ in range(3):
+        strong.policy_step(groups, g)
+        weak.policy_step(groups, g / 10)
+    np.testing.assert_allclose(weak.theta - start, strong.theta - start, rtol=1e-3)
+    assert np.linalg.norm(strong.theta - start) > 0
+
+
+def test_adam_features_transfer_and_interference_come_from_the_features() -> None:
+    """Training the first distribution alone raises its neighbour (overlapping centres)
+    and lowers the last one (its centre points partly against the first)."""
+    from learners.adam_features import AdamFeaturesLearner
+
+    learner = AdamFeaturesLearner(0)
+    cosine = learner.centres @ learner.centres.T
+    assert cosine[0, 1] > 0.3 and cosine[0, -1] < -0.3
+    before = learner.accuracy()
+    p = learner.pass_rate()
+    first = np.flatnonzero((learner.dist_of == 0) & (p > 0.2) & (p < 0.8))
+    for _ in range(20):
+        learner.train(learner.rollout(first[:learner.batch]))
+    after = learner.accuracy()
+    assert after[0] > before[0] + 0.05 and after[1] > before[1]
+    assert after[-1] < before[-1]
 
 
 def test_many_sources_has_forty_zipf_sources_sharing_skills_in_families() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .adam_features import AdamFeaturesLearner
 from .base import Dist, Groups, GrpoLearner
 from .cold_start import ColdStartLearner
 from .forgetting import ForgettingLearner
@@ -25,7 +26,7 @@ LEARNERS: dict[str, type[GrpoLearner]] = {
                               LatentSkillsLearner, OneDatasetLearner,
                               InterferenceLearner, OverfittingLearner,
                               ManySourcesLearner, RewardModelLearner,
-                              ColdStartLearner)
+                              ColdStartLearner, AdamFeaturesLearner)
 }
 #: Learners run only when named (`--learners`): the example trainer needs torch and
 #: about a minute per run.
@@ -43,6 +44,7 @@ def learner_class(name: str) -> Any:
 __all__ = [
     "LEARNERS",
     "REAL_LEARNERS",
+    "AdamFeaturesLearner",
     "ColdStartLearner",
     "Dist",
     "ForgettingLearner",
