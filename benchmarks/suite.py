@@ -45,7 +45,8 @@ Prints one JSON object per (learner, row) and the markdown tables; with --out wr
 `--secondary`).
 
     nice -n 10 python benchmarks/suite.py [--seeds 3] [--first-seed 0] [--jobs 2]
-        [--steps-scale 1.0] [--learners NAME ...] [--only ROW ...] [--secondary W]
+        [--steps-scale 1.0] [--lr-scale 1.0] [--learners NAME ...] [--only ROW ...]
+        [--secondary W]
         [--quick] [--out docs]
 """
 
@@ -422,10 +423,14 @@ def dynamic_parts(chooser: Chooser, learner: GrpoLearner, step: int, batch: int,
 
 
 def run(row: Row, learner_name: str, seed: int, steps_scale: float = 1.0,
-        secondary: float | None = None) -> dict[str, Any]:
+        secondary: float | None = None, lr_scale: float = 1.0) -> dict[str, Any]:
     """One training run of `learner_name` with `row` choosing the batches (Paceline's
-    rows told about a second objective of weight 1 - `secondary` when given)."""
-    learner = learner_class(learner_name)(seed)
+    rows told about a second objective of weight 1 - `secondary` when given), its
+    learning rate multiplied by `lr_scale`."""
+    cls = learner_class(learner_name)
+    if lr_scale != 1.0:  # the same structures, learning at another speed
+        cls = type(cls.__name__, (cls,), {"lr": cls.lr * lr_scale})
+    learner = cls(seed)
     steps = max(1, round(learner.steps * steps_scale))
     batch, group = learner.batch, learner.group
     chooser = row.make(learner, seed)
@@ -507,13 +512,14 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _job(args: tuple[str, str, int, float, float | None]
+def _job(args: tuple[str, str, int, float, float | None, float]
          ) -> tuple[str, str, int, dict[str, Any]]:
     """One run in a worker process (rows are named: their builders do not pickle)."""
-    name, learner_name, seed, scale, secondary = args
+    name, learner_name, seed, scale, secondary, lr_scale = args
     row = next(r for r in rows() if r.name == name)
     try:
-        return row.name, learner_name, seed, run(row, learner_name, seed, scale, secondary)
+        return row.name, learner_name, seed, run(row, learner_name, seed, scale, secondary,
+                                                 lr_scale)
     except Exception as exc:  # a sampler still being written must not hide the rest
         return row.name, learner_name, seed, {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -677,6 +683,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--steps-scale", type=float, default=1.0,
                         help="multiply every learner's step budget")
+    parser.add_argument("--lr-scale", type=float, default=1.0,
+                        help="multiply every simulated learner's learning rate (the same "
+                             "structures at another speed)")
     parser.add_argument("--learners", nargs="+", default=list(LEARNERS),
                         choices=[*LEARNERS, *REAL_LEARNERS],
                         help="the simulated learners by default; example_trainer "
@@ -693,6 +702,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.secondary is not None and not 0.0 < args.secondary < 1.0:
         parser.error("--secondary W needs 0 < W < 1")
+    if not args.lr_scale > 0.0:
+        parser.error("--lr-scale needs a positive factor")
+    if args.lr_scale != 1.0 and set(args.learners) & set(REAL_LEARNERS):
+        parser.error("--lr-scale applies to the simulated learners only")
     if args.table is not None:
         print(render(Path(args.table)))
         return
@@ -705,7 +718,8 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({"row": r.name, "skipped": f"sampler {r.needs!r} is not "
                               "registered"}), flush=True)
     selected = [r for r in selected if r.needs is None or r.needs in registered]
-    jobs = [(r.name, name, seed, args.steps_scale, args.secondary) for name in args.learners
+    jobs = [(r.name, name, seed, args.steps_scale, args.secondary, args.lr_scale)
+            for name in args.learners
             for r in selected if runs_on(r, name)
             for seed in range(args.first_seed, args.first_seed + args.seeds)]
     start = time.perf_counter()
@@ -747,8 +761,11 @@ def main(argv: list[str] | None = None) -> None:
                f"--jobs {args.jobs}"
                + (f" --first-seed {args.first_seed}" if args.first_seed else "")
                + (f" --steps-scale {args.steps_scale}" if args.steps_scale != 1.0 else "")
+               + (f" --lr-scale {args.lr_scale}" if args.lr_scale != 1.0 else "")
                + (f" --secondary {args.secondary}" if args.secondary is not None else ""))
     stem = "learner_suite" if args.secondary is None else "learner_suite_secondary"
+    if args.lr_scale != 1.0:  # never over the recorded run's files
+        stem += f"_lr{args.lr_scale:g}"
     told = ("" if args.secondary is None else
             f" Paceline's rows also report a `{SECONDARY}` objective, `fixed` weights "
             f"[{args.secondary}, {1 - args.secondary:.2g}] (see the script's docstring).")

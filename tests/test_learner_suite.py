@@ -654,6 +654,35 @@ def test_secondary_weight_is_checked() -> None:
     assert done.returncode == 2 and "0 < W < 1" in done.stderr
 
 
+def test_lr_scale_slows_the_learner_and_is_checked(tmp_path: Path) -> None:
+    """`--lr-scale` runs the same learner at another learning rate (same prompts and
+    rollout draws at the first step), refuses a non-positive factor and the example
+    trainer, and never writes over the recorded run's files."""
+    import suite
+
+    row = {r.name: r for r in suite.rows()}["uniform"]
+    plain = suite.run(row, "imbalanced", 0, 0.05)
+    slow = suite.run(row, "imbalanced", 0, 0.05, lr_scale=0.5)
+    assert slow["generated"] == plain["generated"]
+    assert slow["curve"][-1] < plain["curve"][-1]
+    assert LEARNERS["imbalanced"].lr == 1.5  # the class itself is untouched
+    for argv, message in ((["--lr-scale", "0"], "positive"),
+                          (["--lr-scale", "0.5", "--learners", "example_trainer"],
+                           "simulated learners only")):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"),
+                               *argv, "--quick"],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 2 and message in done.stderr
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--quick",
+                           "--learners", "imbalanced", "--only", "uniform", "--lr-scale",
+                           "0.5", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "learner_suite_lr0.5.md").exists()
+    assert not (tmp_path / "learner_suite.md").exists()
+    assert "--lr-scale 0.5" in (tmp_path / "learner_suite_lr0.5.md").read_text()
+
+
 def test_overfitting_revisits_teach_the_distribution_less() -> None:
     """A prompt's k-th step sends 1 / (1 + k / HALF) of its gradient to its
     distribution's skill and the rest to its own memory: the same groups trained again
