@@ -149,18 +149,18 @@ def test_memorization_difficulty_is_bimodal() -> None:
 
 def test_latent_skills_loadings_are_mixes_around_their_distribution() -> None:
     learner = LatentSkillsLearner(0)
-    assert learner.loadings.shape == (learner.num_samples, SKILLS)
-    assert learner.eval_loadings.shape == (learner.num_distributions, 256, SKILLS)
-    np.testing.assert_allclose(learner.loadings.sum(axis=1), 1.0)
-    assert np.all(learner.loadings >= 0.0)
+    assert learner.vectors.shape == (learner.num_samples, SKILLS)
+    assert learner.eval_vectors.shape == (learner.num_distributions, 256, SKILLS)
+    np.testing.assert_allclose(learner.vectors.sum(axis=1), 1.0)
+    assert np.all(learner.vectors >= 0.0)
     from learners.latent_skills import MIXES
     for d in range(learner.num_distributions):
-        mean = learner.loadings[learner.dist_of == d].mean(axis=0)
+        mean = learner.vectors[learner.dist_of == d].mean(axis=0)
         assert np.abs(mean - np.asarray(MIXES[d])).max() < 0.08  # around the mix...
-        assert learner.loadings[learner.dist_of == d].std(axis=0).max() > 0.1  # ...not it
+        assert learner.vectors[learner.dist_of == d].std(axis=0).max() > 0.1  # ...not it
     again = LatentSkillsLearner(0)  # the same seed draws the same prompts
-    np.testing.assert_array_equal(again.loadings, learner.loadings)
-    assert not np.array_equal(LatentSkillsLearner(1).loadings, learner.loadings)
+    np.testing.assert_array_equal(again.vectors, learner.vectors)
+    assert not np.array_equal(LatentSkillsLearner(1).vectors, learner.vectors)
 
 
 def test_latent_skills_transfer_follows_shared_skills_and_reorders_a_distribution() -> None:
@@ -188,10 +188,10 @@ def test_latent_skills_transfer_follows_shared_skills_and_reorders_a_distributio
     # The logit gain of a prompt is its loadings times the skills' step: prompts of
     # one distribution gain differently, by how much they lean on the trained skills.
     np.testing.assert_allclose(logit_gain[functions],
-                               2.0 * learner.loadings[functions] @ moved, rtol=1e-6,
+                               2.0 * learner.vectors[functions] @ moved, rtol=1e-6,
                                atol=1e-9)
     assert gain[2].std() > 0.2 * gain[2].mean()
-    lean = learner.loadings[functions, :2].sum(axis=1)  # share on skills 0 and 1
+    lean = learner.vectors[functions, :2].sum(axis=1)  # share on skills 0 and 1
     assert np.corrcoef(lean, logit_gain[functions])[0, 1] > 0.5
 
 

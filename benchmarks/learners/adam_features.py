@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import EVAL_SIZE, Dist, Groups, GrpoLearner, sigmoid
+from .base import EVAL_SIZE, Dist, Groups, VectorPromptLearner
 
 FEATURES = 16
 SCALE = 2.0  # a unit of θ along a prompt's features moves its logit by 2
@@ -38,7 +38,7 @@ AGAINST_FIRST = -0.3
 INITIAL_ALONG_FIRST = 0.8  # θ at the start: some skill on the first distribution only
 
 
-class AdamFeaturesLearner(GrpoLearner):
+class AdamFeaturesLearner(VectorPromptLearner):
     name = "adam_features"
     summary = ("6 distributions, sizes 4800 to 150 (32:1), a linear policy over prompt "
                "features trained with Adam (step length independent of the batch's "
@@ -68,8 +68,8 @@ class AdamFeaturesLearner(GrpoLearner):
         super().__init__(seed)
         rng = np.random.default_rng([20_261_205, seed])
         self.centres = _chain_centres(rng, len(self.dists))
-        self.features = self._draw_features(rng, self.dist_of)
-        self.eval_features = self._draw_features(rng, self.eval_dist.reshape(-1)).reshape(
+        self.vectors = self._draw_features(rng, self.dist_of)  # features φ_x
+        self.eval_vectors = self._draw_features(rng, self.eval_dist.reshape(-1)).reshape(
             len(self.dists), EVAL_SIZE, FEATURES)
         self.theta = INITIAL_ALONG_FIRST * self.centres[0]
         self.moment = np.zeros(FEATURES)
@@ -80,20 +80,13 @@ class AdamFeaturesLearner(GrpoLearner):
         noise = rng.normal(0.0, SPREAD / np.sqrt(FEATURES), (dist.size, FEATURES))
         return _unit_rows(self.centres[dist] + noise)
 
-    def _logits(self, features: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
-        return np.asarray(SCALE * (features @ self.theta) - difficulty)
-
-    def pass_rate(self, indices: np.ndarray | None = None) -> np.ndarray:
-        idx = np.arange(self.num_samples) if indices is None else np.asarray(indices)
-        return sigmoid(self._logits(self.features[idx], self.difficulty[idx]))
-
-    def accuracy(self) -> np.ndarray:
-        return np.asarray(sigmoid(self._logits(self.eval_features, self.eval_difficulty))
-                          .mean(axis=1))
+    def vector_logits(self, vectors: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
+        """Correctness logit SCALE · φ·θ − δ of prompts with features φ and `difficulty`."""
+        return np.asarray(SCALE * (vectors @ self.theta) - difficulty)
 
     def policy_step(self, groups: Groups, g: np.ndarray) -> None:
         """One Adam step (ascent) on the batch's mean policy gradient with respect to θ."""
-        gradient = SCALE * (g @ self.features[groups.indices]) / groups.n
+        gradient = SCALE * (g @ self.vectors[groups.indices]) / groups.n
         self.updates += 1
         beta1, beta2 = BETAS
         self.moment = beta1 * self.moment + (1 - beta1) * gradient

@@ -208,3 +208,24 @@ class GrpoLearner:
         per_dist = np.bincount(self.dist_of[groups.indices], weights=g,
                                minlength=self.num_distributions) / groups.n
         self.skill += self.lr * self.transfer @ per_dist
+
+
+class VectorPromptLearner(GrpoLearner):
+    """A learner whose prompts each carry a vector (`vectors` [N, K] for the training
+    prompts, `eval_vectors` [D, EVAL_SIZE, K] for the held-out ones, set by the
+    subclass) and whose correctness logit is `vector_logits(vectors, difficulty)`:
+    what a prompt is made of, not only its distribution's label, decides how it moves."""
+
+    vectors: np.ndarray
+    eval_vectors: np.ndarray
+
+    def vector_logits(self, vectors: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def pass_rate(self, indices: np.ndarray | None = None) -> np.ndarray:
+        idx = np.arange(self.num_samples) if indices is None else np.asarray(indices)
+        return sigmoid(self.vector_logits(self.vectors[idx], self.difficulty[idx]))
+
+    def accuracy(self) -> np.ndarray:
+        return np.asarray(sigmoid(self.vector_logits(self.eval_vectors, self.eval_difficulty))
+                          .mean(axis=1))

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import EVAL_SIZE, Dist, Groups, GrpoLearner, sigmoid
+from .base import EVAL_SIZE, Dist, Groups, VectorPromptLearner
 
 SKILLS = 5
 SCALE = 2.0  # a skill of 1 moves the logit of a prompt that needs only it by 2
@@ -43,7 +43,7 @@ MIXES = (
 )
 
 
-class LatentSkillsLearner(GrpoLearner):
+class LatentSkillsLearner(VectorPromptLearner):
     name = "latent_skills"
     summary = ("6 distributions, sizes 6000 to 180 (33:1), 5 shared skills mixed per "
                "prompt (ranks inside a distribution change), binary, G = 5, batch 96, "
@@ -70,9 +70,9 @@ class LatentSkillsLearner(GrpoLearner):
         super().__init__(seed)
         rng = np.random.default_rng([20_261_204, seed])
         mixes = np.asarray(MIXES, dtype=np.float64)
-        self.loadings = self._draw_loadings(rng, mixes, self.dist_of)
-        self.eval_loadings = self._draw_loadings(rng, mixes, self.eval_dist.reshape(-1)
-                                                 ).reshape(len(self.dists), EVAL_SIZE, SKILLS)
+        self.vectors = self._draw_loadings(rng, mixes, self.dist_of)  # loadings w_x
+        self.eval_vectors = self._draw_loadings(rng, mixes, self.eval_dist.reshape(-1)
+                                                ).reshape(len(self.dists), EVAL_SIZE, SKILLS)
         self.theta = np.asarray(INITIAL_SKILLS, dtype=np.float64)
 
     @staticmethod
@@ -83,21 +83,13 @@ class LatentSkillsLearner(GrpoLearner):
         alpha = CONCENTRATION * mixes[dist] + 0.05
         return _dirichlet_rows(rng, alpha)
 
-    def _logits(self, loadings: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
-        """Correctness logit SCALE · w·θ − δ of prompts with `loadings` and `difficulty`."""
-        return np.asarray(SCALE * (loadings @ self.theta) - difficulty)
-
-    def pass_rate(self, indices: np.ndarray | None = None) -> np.ndarray:
-        idx = np.arange(self.num_samples) if indices is None else np.asarray(indices)
-        return sigmoid(self._logits(self.loadings[idx], self.difficulty[idx]))
-
-    def accuracy(self) -> np.ndarray:
-        return np.asarray(sigmoid(self._logits(self.eval_loadings, self.eval_difficulty))
-                          .mean(axis=1))
+    def vector_logits(self, vectors: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
+        """Correctness logit SCALE · w·θ − δ of prompts with loadings w and `difficulty`."""
+        return np.asarray(SCALE * (vectors @ self.theta) - difficulty)
 
     def policy_step(self, groups: Groups, g: np.ndarray) -> None:
         """θ moves along the trained prompts' loadings (d logit / d θ = SCALE · w)."""
-        self.theta += self.lr * SCALE * (g @ self.loadings[groups.indices]) / groups.n
+        self.theta += self.lr * SCALE * (g @ self.vectors[groups.indices]) / groups.n
 
 
 def _dirichlet_rows(rng: np.random.Generator, alpha: np.ndarray) -> np.ndarray:
