@@ -498,6 +498,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
     return {
         "seeds": len(results),
+        "budget": results[0]["steps"],  # steps per run (the learner's, times --steps-scale)
         "steps_to_target": stat([r["steps_to_target"] or r["steps"] + 1 for r in results]),
         "rollouts_to_target": stat([r["rollouts_to_target"] or r["generated"]
                                     for r in results]),
@@ -530,7 +531,7 @@ def _job(args: tuple[str, str, int, float, float | None, float]
 
 
 # ---------------------------------------------------------------- output
-def cell_steps(s: dict[str, Any], steps: int) -> str:
+def cell_steps(s: dict[str, Any]) -> str:
     text = f"{s['steps_to_target'][0]:.0f} ± {s['steps_to_target'][1]:.0f}"
     return text + (f" ({s['never_reached']}× never)" if s["never_reached"] else "")
 
@@ -545,15 +546,17 @@ def table(summaries: dict[str, dict[str, dict[str, Any]]], who: dict[str, str]) 
     out = []
     for name, by_row in summaries.items():
         cls = learner_class(name)
+        budget = next(iter(by_row.values())).get("budget", cls.steps)  # older saved runs
+        scaled = "" if budget == cls.steps else f"; run here for {budget} steps"
         out.append(f"#### {name} (target: mean accuracy {cls.target:.2f} within "
-                   f"{cls.steps} steps; {cls.summary})\n")
+                   f"{budget} steps; {cls.summary}{scaled})\n")
         out.append("| strategy | | steps to target | rollouts to target (k) "
                    "| final min acc. | final mean acc. | zero-variance rollouts "
                    "| skipped |")
         out.append("|---|---|---|---|---|---|---|---|")
         for row, s in by_row.items():
             out.append(
-                f"| {row} | {who[row]} | {cell_steps(s, cls.steps)} | {cell_rollouts(s)} "
+                f"| {row} | {who[row]} | {cell_steps(s)} | {cell_rollouts(s)} "
                 f"| {s['min_accuracy'][0]:.3f} ± {s['min_accuracy'][1]:.3f} "
                 f"| {s['mean_accuracy'][0]:.3f} ± {s['mean_accuracy'][1]:.3f} "
                 f"| {s['zero_variance_share'][0]:.1%} | {s['skipped']:.0f} |")

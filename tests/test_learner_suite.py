@@ -680,7 +680,9 @@ def test_lr_scale_slows_the_learner_and_is_checked(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "learner_suite_lr0.5.md").exists()
     assert not (tmp_path / "learner_suite.md").exists()
-    assert "--lr-scale 0.5" in (tmp_path / "learner_suite_lr0.5.md").read_text()
+    text = (tmp_path / "learner_suite_lr0.5.md").read_text()
+    assert "--lr-scale 0.5" in text
+    assert "within 10 steps" in text and "run here for 10 steps" in text  # --quick: 5 %
 
 
 def test_overfitting_revisits_teach_the_distribution_less() -> None:
