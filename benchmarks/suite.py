@@ -43,7 +43,8 @@ that lets the secondary term steer it shows up as more rollouts to the same targ
 With `--lr-scale F` every simulated learner's learning rate is multiplied by F (and
 `--steps-scale` its step budget): the same structures at another speed, e.g. `--lr-scale
 0.5 --steps-scale 1.5` puts `imbalanced` where issue 14's held-back learner is (uniform
-ends near 0.56 after 300 steps).
+ends near 0.56 after 300 steps). The rows' schedules (`temperature`'s, `spard`'s pace)
+stay planned on the learner's own steps, unscaled.
 
 Prints one JSON object per (learner, row) and the markdown tables; with --out writes
 `learner_suite.md` and `learner_suite.png` there (`learner_suite_secondary.*` with
