@@ -63,6 +63,7 @@ class AdamFeaturesLearner(VectorPromptLearner):
     target = 0.7
     lr = 0.01
     std_normalised = True
+    scale = SCALE
 
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
@@ -80,13 +81,9 @@ class AdamFeaturesLearner(VectorPromptLearner):
         noise = rng.normal(0.0, SPREAD / np.sqrt(FEATURES), (dist.size, FEATURES))
         return _unit_rows(self.centres[dist] + noise)
 
-    def vector_logits(self, vectors: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
-        """Correctness logit SCALE · φ·θ − δ of prompts with features φ and `difficulty`."""
-        return np.asarray(SCALE * (vectors @ self.theta) - difficulty)
-
     def policy_step(self, groups: Groups, g: np.ndarray) -> None:
         """One Adam step (ascent) on the batch's mean policy gradient with respect to θ."""
-        gradient = SCALE * (g @ self.vectors[groups.indices]) / groups.n
+        gradient = self.scale * (g @ self.vectors[groups.indices]) / groups.n
         self.updates += 1
         beta1, beta2 = BETAS
         self.moment = beta1 * self.moment + (1 - beta1) * gradient

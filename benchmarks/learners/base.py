@@ -212,15 +212,19 @@ class GrpoLearner:
 
 class VectorPromptLearner(GrpoLearner):
     """A learner whose prompts each carry a vector (`vectors` [N, K] for the training
-    prompts, `eval_vectors` [D, EVAL_SIZE, K] for the held-out ones, set by the
-    subclass) and whose correctness logit is `vector_logits(vectors, difficulty)`:
-    what a prompt is made of, not only its distribution's label, decides how it moves."""
+    prompts, `eval_vectors` [D, EVAL_SIZE, K] for the held-out ones) and whose policy is
+    a weight vector `theta` [K], all set by the subclass: a prompt's correctness logit is
+    `scale` · v·θ − δ, so what a prompt is made of, not only its distribution's label,
+    decides how it moves. The subclass's `policy_step` moves θ."""
 
+    scale: ClassVar[float] = 1.0
     vectors: np.ndarray
     eval_vectors: np.ndarray
+    theta: np.ndarray
 
     def vector_logits(self, vectors: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Correctness logit scale · v·θ − δ of prompts with `vectors` and `difficulty`."""
+        return np.asarray(self.scale * (vectors @ self.theta) - difficulty)
 
     def pass_rate(self, indices: np.ndarray | None = None) -> np.ndarray:
         idx = np.arange(self.num_samples) if indices is None else np.asarray(indices)

@@ -65,6 +65,7 @@ class LatentSkillsLearner(VectorPromptLearner):
     steps = 200
     target = 0.7
     lr = 0.5
+    scale = SCALE
 
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
@@ -83,13 +84,9 @@ class LatentSkillsLearner(VectorPromptLearner):
         alpha = CONCENTRATION * mixes[dist] + 0.05
         return _dirichlet_rows(rng, alpha)
 
-    def vector_logits(self, vectors: np.ndarray, difficulty: np.ndarray) -> np.ndarray:
-        """Correctness logit SCALE · w·θ − δ of prompts with loadings w and `difficulty`."""
-        return np.asarray(SCALE * (vectors @ self.theta) - difficulty)
-
     def policy_step(self, groups: Groups, g: np.ndarray) -> None:
         """θ moves along the trained prompts' loadings (d logit / d θ = SCALE · w)."""
-        self.theta += self.lr * SCALE * (g @ self.vectors[groups.indices]) / groups.n
+        self.theta += self.lr * self.scale * (g @ self.vectors[groups.indices]) / groups.n
 
 
 def _dirichlet_rows(rng: np.random.Generator, alpha: np.ndarray) -> np.ndarray:
