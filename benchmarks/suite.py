@@ -43,8 +43,9 @@ that lets the secondary term steer it shows up as more rollouts to the same targ
 With `--lr-scale F` every simulated learner's learning rate is multiplied by F (and
 `--steps-scale` its step budget): the same structures at another speed, e.g. `--lr-scale
 0.5 --steps-scale 1.5` puts `imbalanced` where issue 14's held-back learner is (uniform
-ends near 0.56 after 300 steps). The rows' schedules (`temperature`'s, `spard`'s pace)
-stay planned on the learner's own steps, unscaled.
+ends near 0.56 after 300 steps). `temperature`'s schedule stays planned on the learner's
+own steps, unscaled; `spard` runs at its defaults (its pace over 100 reports), as a
+trainer that names only the sampler gets it.
 
 Prints one JSON object per (learner, row) and the markdown tables; with --out writes
 `learner_suite.md` and `learner_suite.png` there (`learner_suite_secondary.*` with
@@ -359,7 +360,7 @@ def rows() -> list[Row]:
         ("dump_ucb", "dump_ucb"),
         ("learning_progress", "learning_progress"),
         ("prioritized", "prioritized"),
-        ("spard", lambda lr: {"kind": "spard", "pace_steps": max(1, lr.steps // 2)}),
+        ("spard", "spard"),
         ("learnability, no allocation", {"kind": "learnability", "allocation": "none"}),
         ("learnability + dump_ucb allocation",
          {"kind": "learnability", "allocation": "dump_ucb"}),

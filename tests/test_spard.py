@@ -368,7 +368,7 @@ def test_invalid_weighting_params(params: dict[str, Any]) -> None:
 
 def test_canonical_params_are_spelled_out() -> None:
     engine = CurriculumEngine(spec(sampler="spard", weighting="spard"))
-    assert engine.spec.sampler.params["pace_steps"] == 1000
+    assert engine.spec.sampler.params["pace_steps"] == 100
     assert engine.spec.weighting.params["every_steps"] == 4
 
 
