@@ -42,3 +42,18 @@ def test_folders_and_files_of_slow_tests_are_not_collected() -> None:
     assert not path_is_slow(TESTS / "api")
     assert not path_is_slow(TESTS / "test_sumtree.py")  # one slow test among fast ones
     assert not path_is_slow(TESTS)
+
+
+def test_auto_workers_follow_the_cores_up_to_the_cap(monkeypatch: Any) -> None:
+    """`-n auto` (the README's test command) starts one worker per usable core, at most
+    MAX_WORKERS: each holds torch, service processes and database sessions."""
+    import os
+
+    import conftest
+
+    for cores, expected in [(1, 1), (2, 2), (3, 3), (64, conftest.MAX_WORKERS)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)),
+                            raising=False)
+        monkeypatch.setattr(os, "cpu_count", lambda n=cores: n)
+        assert conftest.auto_workers() == expected
+    assert conftest.MAX_WORKERS == 4
