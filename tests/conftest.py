@@ -4,17 +4,12 @@ workers of `-n auto` (the README's test command)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from fast_lane import FAST_LANE, is_slow, path_is_slow
-
-#: Most workers `-n auto` starts: every worker holds torch, its own service processes and
-#: database connections (about 1 GB and a handful of PostgreSQL sessions each), and past
-#: a few workers the suite's servers and subprocesses compete for the same cores.
-MAX_WORKERS = 4
+from workers import auto_workers
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,10 +28,3 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return auto_workers()
 
-
-def auto_workers() -> int:
-    """The cores this process may run on (a container's CPU set, not the host's), at most
-    MAX_WORKERS."""
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
-    return max(1, min(cores, MAX_WORKERS))

@@ -49,11 +49,11 @@ def test_auto_workers_follow_the_cores_up_to_the_cap(monkeypatch: Any) -> None:
     MAX_WORKERS: each holds torch, service processes and database sessions."""
     import os
 
-    import conftest
+    import workers
 
-    for cores, expected in [(1, 1), (2, 2), (3, 3), (64, conftest.MAX_WORKERS)]:
+    for cores, expected in [(1, 1), (2, 2), (3, 3), (64, workers.MAX_WORKERS)]:
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)),
                             raising=False)
         monkeypatch.setattr(os, "cpu_count", lambda n=cores: n)
-        assert conftest.auto_workers() == expected
-    assert conftest.MAX_WORKERS == 4
+        assert workers.auto_workers() == expected
+    assert workers.MAX_WORKERS == 4
