@@ -429,12 +429,13 @@ def dynamic_parts(chooser: Chooser, learner: GrpoLearner, step: int, batch: int,
     return parts
 
 
-def run(row: Row, learner_name: str, seed: int, steps_scale: float = 1.0,
+def run(row: Row, learner_name: str | type[GrpoLearner], seed: int, steps_scale: float = 1.0,
         secondary: float | None = None, lr_scale: float = 1.0) -> dict[str, Any]:
-    """One training run of `learner_name` with `row` choosing the batches (Paceline's
-    rows told about a second objective of weight 1 - `secondary` when given), its
-    learning rate multiplied by `lr_scale`."""
-    cls = learner_class(learner_name)
+    """One training run of `learner_name` (a suite learner's name, or a learner class:
+    `random_learners.py`) with `row` choosing the batches (Paceline's rows told about a
+    second objective of weight 1 - `secondary` when given), its learning rate
+    multiplied by `lr_scale`."""
+    cls = learner_class(learner_name) if isinstance(learner_name, str) else learner_name
     if lr_scale != 1.0:  # the same structures, learning at another speed
         cls = type(cls.__name__, (cls,), {"lr": cls.lr * lr_scale})
     learner = cls(seed)

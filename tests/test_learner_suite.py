@@ -753,3 +753,80 @@ def test_spard_at_its_defaults_reaches_cold_start_where_uniform_does() -> None:
                                                            "pace_steps": 1000}))
     assert sum(suite.run(slow, "cold_start", seed)["steps_to_target"] is None
                for seed in range(3)) >= 2  # the old default: the test can fail
+
+
+def test_random_family_is_seeded_and_spans_the_suites_structures() -> None:
+    """`learners/random_family.py`: learner k is the same class every time, and the
+    first forty draws mix every structure the family promises."""
+    from learners.random_family import random_learner
+
+    a, b = random_learner(3)(0), random_learner(3)(0)
+    assert np.array_equal(a.difficulty, b.difficulty) and a.summary == b.summary
+    drawn = [random_learner(k) for k in range(40)]
+    kinds = {cls.transfer_kind for cls in drawn}
+    assert kinds == {"none", "neighbour", "interference"}
+    assert any(max(d.size for d in c.dists) / min(d.size for d in c.dists) >= 30
+               for c in drawn)
+    assert {c.group for c in drawn} == {4, 8, 16}
+    assert any(c.initial_skill < -1.0 for c in drawn)  # cold starts
+    assert any(c.flip > 0.0 for c in drawn) and any(c.flip == 0.0 for c in drawn)
+    interfering = next(c for c in drawn if c.transfer_kind == "interference")(0)
+    off_diagonal = interfering.transfer[~np.eye(interfering.num_distributions, dtype=bool)]
+    assert (off_diagonal < 0).all()
+
+
+def test_random_learner_rewards_flip_at_its_rate() -> None:
+    from learners.random_family import random_learner
+
+    cls = next(random_learner(k) for k in range(40) if random_learner(k).flip > 0.05)
+    learner = cls(0)
+    outcomes = np.zeros((2_000, 16))
+    flipped = learner.observe(outcomes).mean()
+    assert abs(flipped - cls.flip) < 0.01
+
+
+def test_random_learners_targets_are_calibrated_from_uniform_and_the_oracle() -> None:
+    """The target sits where the oracle reaches it within 40 % of the steps and uniform
+    sampling misses it or barely reaches it (seed 0)."""
+    import random_learners as rl
+    import suite
+
+    for k in (0, 1):
+        target = rl.target_of(k)
+        cls = rl.learner(k)
+        assert cls.target == target
+        oracle = rl._final_accuracy(cls, suite.Oracle, int(rl.ORACLE_SHARE * cls.steps))
+        uniform = rl._final_accuracy(cls, suite.Epochs, cls.steps)
+        assert target <= oracle
+        assert target <= uniform + rl.UNIFORM_MARGIN + 0.005
+
+
+def test_random_learners_quick_reports_every_row_and_item_seven(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("syllabus")  # the `peers` extra
+    import random_learners as rl
+
+    rl.main(["--quick", "--out", str(tmp_path)])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()
+             if x.startswith("{")]
+    per_learner, summary = lines[:-1], lines[-1]["summary"]
+    assert [x["learner"] for x in per_learner] == [0, 1]
+    names = [r.name for r in rl.rows()]
+    assert all(set(names) <= set(x) for x in per_learner)
+    assert set(summary) == {*rl.SAMPLERS, rl.suite.SYLLABUS, rl.suite.DAPO}
+    assert {"syllabus_cell", "dapo_cell"} <= set(summary[rl.suite.DEFAULT])
+    text = (tmp_path / "random_learners.md").read_text()
+    assert "item 7" in text and "| default |" in text
+
+
+def test_item_seven_compares_with_the_better_of_uniform_and_syllabus() -> None:
+    import random_learners as rl
+
+    def cells(row: int, uniform: int, syllabus: int) -> dict[str, dict[str, Any]]:
+        return {"x": {"reached": row}, "uniform": {"reached": uniform},
+                rl.suite.SYLLABUS: {"reached": syllabus}}
+
+    assert rl.missed_where_peers_reach(cells(1, 2, 0), "x")
+    assert rl.missed_where_peers_reach(cells(2, 0, 3), "x")
+    assert not rl.missed_where_peers_reach(cells(3, 3, 3), "x")
+    assert not rl.missed_where_peers_reach(cells(0, 0, 0), "x")
