@@ -770,6 +770,12 @@ def test_random_family_is_seeded_and_spans_the_suites_structures() -> None:
     assert {c.group for c in drawn} == {4, 8, 16}
     assert any(c.initial_skill < -1.0 for c in drawn)  # cold starts
     assert any(c.flip > 0.0 for c in drawn) and any(c.flip == 0.0 for c in drawn)
+    memorising = [c for c in drawn if c.memorise_half > 0.0]
+    assert 0 < len(memorising) < len(drawn)
+    learner = memorising[0](0)
+    first = learner.transferred(np.array([0]))
+    learner.visits[0] = 3.0
+    assert learner.transferred(np.array([0]))[0] < first[0] == 1.0  # revisits teach less
     interfering = next(c for c in drawn if c.transfer_kind == "interference")(0)
     off_diagonal = interfering.transfer[~np.eye(interfering.num_distributions, dtype=bool)]
     assert (off_diagonal < 0).all()

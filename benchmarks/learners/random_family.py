@@ -15,6 +15,10 @@ the structures the suite names, in random amounts:
   each;
 - a starting skill in [-1.5, 0.5] (below 0: a cold start, most groups all wrong);
 - half the learners flip each reward with a probability in [0, 0.1] (reward noise);
+- half of them memorise (as `overfitting`): the k-th step on a prompt sends
+  1 / (1 + k / h) of its gradient to its distribution's skill and the rest to that
+  prompt alone, h in [0.5, 4] (a language model that sees a problem again learns its
+  answer more than the skill behind it); the others give revisits for free;
 - G in {4, 8, 16}, batch in {32, 64, 128}, learning rate log-uniform in [0.3, 2],
   GRPO or Dr.GRPO advantages, 200 steps.
 
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .base import Dist, GrpoLearner, neighbour_transfer
+from .overfitting import OverfittingLearner
 
 FAMILY_SEED = 20_261_205
 TRANSFERS = ("none", "neighbour", "interference")
@@ -61,12 +66,17 @@ def random_learner(k: int, target: float = 0.7) -> type[GrpoLearner]:
         "initial_skill": float(rng.uniform(-1.5, 0.5)),
         "transfer_kind": transfer,
         "flip": flip,
+        "structures": (),  # not the named learners' (a memorising one inherits from one)
     }
+    # Drawn last, so that adding it left every earlier draw of learner k as it was.
+    half = float(np.exp(rng.uniform(np.log(0.5), np.log(4.0)))) if rng.random() < 0.5 else 0.0
+    attributes["memorise_half"] = half
     attributes["summary"] = (
         f"{count} distributions, sizes {sizes.max()} to {sizes.min()} "
         f"({sizes.max() / sizes.min():.0f}:1), transfer {transfer}, start skill "
         f"{attributes['initial_skill']:+.1f}, reward flips {flip:.2f}, "
-        f"G = {attributes['group']}, batch {attributes['batch']}, "
+        + (f"memorises (h {half:.1f}), " if half else "")
+        + f"G = {attributes['group']}, batch {attributes['batch']}, "
         f"lr {attributes['lr']:.2f}, {'GRPO' if attributes['std_normalised'] else 'Dr.GRPO'}")
 
     def transfer_matrix(self: GrpoLearner) -> np.ndarray:
@@ -82,6 +92,12 @@ def random_learner(k: int, target: float = 0.7) -> type[GrpoLearner]:
         flipped = self.rng.random(outcomes.shape) < flip
         return np.where(flipped, 1.0 - outcomes, outcomes)
 
+    def transferred(self: OverfittingLearner, indices: np.ndarray) -> np.ndarray:
+        return np.asarray(1.0 / (1.0 + self.visits[indices] / half))
+
     attributes["transfer_matrix"] = transfer_matrix
     attributes["observe"] = observe
-    return type(f"RandomLearner{k}", (GrpoLearner,), attributes)
+    if half:
+        attributes["transferred"] = transferred
+    base: type[GrpoLearner] = OverfittingLearner if half else GrpoLearner
+    return type(f"RandomLearner{k}", (base,), attributes)
