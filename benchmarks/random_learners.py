@@ -34,7 +34,6 @@ import argparse
 import functools
 import json
 import math
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -193,11 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     for k in ks:  # calibrate before forking: the workers inherit the cache
         target_of(k, scale)
     jobs = [(r.name, k, seed, scale) for k in ks for r in rows() for seed in range(args.seeds)]
-    if args.jobs > 1:
-        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-            done = pool.map(_job, jobs, chunksize=4)
-    else:
-        done = [_job(j) for j in jobs]
+    done = suite.run_jobs(_job, jobs, args.jobs, chunksize=4)
     grouped: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for name, k, _, result in done:
         grouped.setdefault((k, name), []).append(result)

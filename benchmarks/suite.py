@@ -521,6 +521,16 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def run_jobs(job: Callable[[Any], Any], jobs: list[Any], processes: int,
+             chunksize: int = 1) -> list[Any]:
+    """`job` over `jobs` in `processes` forked workers, or in this process when 1 (the
+    rows' builders are closures: the workers inherit them instead of unpickling them)."""
+    if processes <= 1:
+        return [job(j) for j in jobs]
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        return pool.map(job, jobs, chunksize=chunksize)
+
+
 def _job(args: tuple[str, str, int, float, float | None, float]
          ) -> tuple[str, str, int, dict[str, Any]]:
     """One run in a worker process (rows are named: their builders do not pickle)."""
@@ -734,11 +744,7 @@ def main(argv: list[str] | None = None) -> None:
             for r in selected if runs_on(r, name)
             for seed in range(args.first_seed, args.first_seed + args.seeds)]
     start = time.perf_counter()
-    if args.jobs > 1:
-        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-            done = pool.map(_job, jobs, chunksize=1)
-    else:
-        done = [_job(j) for j in jobs]
+    done = run_jobs(_job, jobs, args.jobs)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row_name, learner_name, _, result in done:
         results.setdefault((learner_name, row_name), []).append(result)
