@@ -523,8 +523,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_jobs(job: Callable[[Any], Any], jobs: list[Any], processes: int,
              chunksize: int = 1) -> list[Any]:
-    """`job` over `jobs` in `processes` forked workers, or in this process when 1 (the
-    rows' builders are closures: the workers inherit them instead of unpickling them)."""
+    """`job` over `jobs` in `processes` workers, or in this process when 1. Forked, so
+    the workers inherit what the parent already computed (`random_learners.py`'s
+    calibrated targets)."""
     if processes <= 1:
         return [job(j) for j in jobs]
     with multiprocessing.get_context("fork").Pool(processes) as pool:

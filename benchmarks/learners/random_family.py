@@ -1,6 +1,6 @@
-"""A family of random learners on `base.GrpoLearner` (model: ours): learner k is drawn
-from a seeded generator, so the family is as large as one asks and the same on every
-machine.
+"""A family of random learners on `base.GrpoLearner` (the memorising ones on
+`overfitting`'s; model: ours): learner k is drawn from a seeded generator, so the family
+is as large as one asks and the same on every machine.
 
 Why: the thirteen named learners were each built for one structure, and the defaults
 were chosen on them; a learner drawn at random was tuned for by nobody. Each draw mixes
@@ -68,7 +68,7 @@ def random_learner(k: int, target: float = 0.7) -> type[GrpoLearner]:
         "flip": flip,
         "structures": (),  # not the named learners' (a memorising one inherits from one)
     }
-    # Drawn last, so that adding it left every earlier draw of learner k as it was.
+    # Drawn last: a structure added to the family leaves every earlier draw as it is.
     half = float(np.exp(rng.uniform(np.log(0.5), np.log(4.0)))) if rng.random() < 0.5 else 0.0
     attributes["memorise_half"] = half
     attributes["summary"] = (
