@@ -72,20 +72,16 @@ def rows() -> list[suite.Row]:
 @functools.cache
 def target_of(k: int, steps_scale: float = 1.0) -> float:
     """Learner k's target from uniform sampling and the oracle (seed 0)."""
-    cls = random_learner(k)
-    steps = max(1, round(cls.steps * steps_scale))
-    oracle = _final_accuracy(cls, suite.Oracle, max(1, int(ORACLE_SHARE * steps)))
-    uniform = _final_accuracy(cls, suite.Epochs, steps)
+    oracle = final_accuracy(k, suite.ORACLE, ORACLE_SHARE * steps_scale)
+    uniform = final_accuracy(k, suite.UNIFORM_EPOCHS, steps_scale)
     return round(min(oracle - 0.005, uniform + UNIFORM_MARGIN), 2)
 
 
-def _final_accuracy(cls: type[GrpoLearner], chooser: Any, steps: int) -> float:
-    learner = cls(0)
-    picker = chooser(learner, 0)
-    for step in range(steps):
-        indices, _ = picker.propose(step, learner.batch)
-        learner.train(learner.rollout(indices))
-    return float(learner.accuracy().mean())
+def final_accuracy(k: int, row: str, steps_scale: float) -> float:
+    """Mean accuracy of learner k (seed 0) after `steps_scale` of its steps under the
+    suite's `row`."""
+    chosen = next(r for r in suite.rows() if r.name == row)
+    return float(suite.run(chosen, random_learner(k), 0, steps_scale)["mean_accuracy"])
 
 
 def learner(k: int, steps_scale: float = 1.0) -> type[GrpoLearner]:
@@ -139,14 +135,14 @@ def report(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
 
 
 def table(results: dict[int, dict[str, dict[str, Any]]], summary: dict[str, Any],
-          first: int) -> str:
+          first: int, steps_scale: float = 1.0) -> str:
     names = [r.name for r in rows()]
     short = {suite.DEFAULT: "default", suite.SYLLABUS: "Syllabus", suite.DAPO: "DAPO + refill",
              suite.ORACLE: "oracle"}
     lines = ["| learner | target | " + " | ".join(short.get(n, n) for n in names) + " |",
              "|---|---|" + "---|" * len(names)]
     for k, cells in results.items():
-        cls = learner(k)
+        cls = learner(k, steps_scale)
         row = [f"{k}: {cls.summary}", f"{cls.target:.2f}"]
         for name in names:
             c = cells[name]
@@ -201,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"learner": k, "target": target_of(k, scale), **cells}), flush=True)
     summary = report(results)
     print(json.dumps({"summary": summary}), flush=True)
-    text = table(results, summary, args.first_learner)
+    text = table(results, summary, args.first_learner, scale)
     print(text)
     if args.out is not None:
         wall = (time.perf_counter() - start) / 60.0

@@ -47,6 +47,9 @@ class OverfittingLearner(PromptMemoryLearner):
     target = 0.7
     lr = 1.5
     std_normalised = True
+    #: Visits after which a prompt sends half of its gradient to the skill (the random
+    #: family draws its own).
+    half: ClassVar[float] = HALF
 
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
@@ -54,7 +57,7 @@ class OverfittingLearner(PromptMemoryLearner):
 
     def transferred(self, indices: np.ndarray) -> np.ndarray:
         """Share of each trained prompt's gradient its distribution gets this step."""
-        return np.asarray(1.0 / (1.0 + self.visits[indices] / HALF))
+        return np.asarray(1.0 / (1.0 + self.visits[indices] / self.half))
 
     def policy_step(self, groups: Groups, g: np.ndarray) -> None:
         share = self.transferred(groups.indices)

@@ -92,12 +92,9 @@ def random_learner(k: int, target: float = 0.7) -> type[GrpoLearner]:
         flipped = self.rng.random(outcomes.shape) < flip
         return np.where(flipped, 1.0 - outcomes, outcomes)
 
-    def transferred(self: OverfittingLearner, indices: np.ndarray) -> np.ndarray:
-        return np.asarray(1.0 / (1.0 + self.visits[indices] / half))
-
     attributes["transfer_matrix"] = transfer_matrix
     attributes["observe"] = observe
     if half:
-        attributes["transferred"] = transferred
+        attributes["half"] = half
     base: type[GrpoLearner] = OverfittingLearner if half else GrpoLearner
     return type(f"RandomLearner{k}", (base,), attributes)
