@@ -14,12 +14,15 @@ re-sent as is, so its body and idempotency key are identical on every attempt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
+import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -296,6 +299,42 @@ def client_closed(what: str) -> TransportError:
     return TransportError("CLIENT_CLOSED", f"{what}: the client was closed", {})
 
 
+class _OpenSockets:
+    """The sockets this client's connection pool opened, so that `close()` can shut them
+    down: a synchronous call blocked reading from a server that does not answer is
+    woken only by its socket (closing httpx's pool leaves a connection in use alone).
+    httpcore reports each new connection's stream through the request's documented
+    `trace` extension; a socket closed meanwhile is forgotten (weak references)."""
+
+    def __init__(self) -> None:
+        self._streams: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        # Over TLS both streams are recorded: the TLS one is what wakes a reader (the
+        # TCP socket handed its descriptor over to it).
+        if event.endswith((".connect_tcp.complete", ".connect_unix_socket.complete",
+                           ".start_tls.complete")):
+            stream = info.get("return_value")
+            if stream is not None:
+                with self._lock:
+                    self._streams.add(stream)
+
+    def shut_down(self) -> None:
+        """Shut every recorded socket down (both directions): a thread blocked in recv
+        returns at once, and its call raises CLIENT_CLOSED."""
+        with self._lock:
+            streams = list(self._streams)
+            self._streams.clear()
+        for stream in streams:
+            sock = stream.get_extra_info("socket")
+            if sock is None:
+                continue
+            # Already closed (or a TCP socket a TLS one took over): nothing to wake.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 class SyncTransport(_Encoding):
     """Sends operations as REST requests through an `httpx.Client` (a connection pool,
     or any `httpx.BaseTransport` a caller plugs in) with retries."""
@@ -309,12 +348,14 @@ class SyncTransport(_Encoding):
         self._urls: dict[str, httpx.URL] = {}
         self.closed = False
         self._closing = threading.Event()
+        self._sockets = _OpenSockets()
 
     def send(self, operation: Operation) -> Reply:
         request = self.request(operation)
         if self.closed:
             raise client_closed(_what(request))
         built = _build(self.http, request, self._urls)
+        built.extensions["trace"] = self._sockets.trace
         state = self.policy.for_operation(operation).start()
         while True:
             try:
@@ -340,6 +381,7 @@ class SyncTransport(_Encoding):
         self.closed = True
         self._closing.set()
         try:
+            self._sockets.shut_down()
             self.http.close()
         finally:
             if self._on_close is not None:

@@ -161,9 +161,10 @@ def test_aclose_ends_a_call_waiting_to_retry(tmp_path: Path, transport: str) -> 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 def test_close_does_not_wait_out_hung_heartbeats(tmp_path: Path, transport: str) -> None:
     """Three runs' heartbeats are each blocked on a call the server will never answer:
-    closing the client takes at most about a second in all (it waited 5 s per run). Over
-    gRPC closing the channel ends those calls; over HTTP a thread blocked in a socket
-    read stays until its timeout (a daemon thread, its call then CLIENT_CLOSED)."""
+    closing the client takes at most about a second in all (it waited 5 s per run) and
+    ends those calls on both transports: over gRPC by closing the channel, over HTTP by
+    shutting down the sockets the threads are blocked reading (they stayed until their
+    read timeout)."""
     with both_apis(tmp_path) as urls:
         port = int(urls[transport].rsplit(":", 1)[1])
         proxy = FreezingProxy(port)
@@ -184,5 +185,37 @@ def test_close_does_not_wait_out_hung_heartbeats(tmp_path: Path, transport: str)
             proxy.close()
     assert elapsed < 1.6, elapsed
     assert not any(run.heartbeating for run in runs)
-    if transport == "grpc":
-        assert heartbeat_threads(f"-{transport}-hung-") == []
+    assert heartbeat_threads(f"-{transport}-hung-") == []
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_close_wakes_a_call_blocked_on_a_silent_server(tmp_path: Path, transport: str
+                                                        ) -> None:
+    """A trainer's call is blocked waiting for an answer that will never come (the server
+    hung, or the network drops everything) and another thread closes the client: the call
+    raises CLIENT_CLOSED at once, not at its 30 s read timeout, and a new client still
+    gets through (the proxy forwards again)."""
+    with both_apis(tmp_path) as urls:
+        port = int(urls[transport].rsplit(":", 1)[1])
+        proxy = FreezingProxy(port)
+        scheme = "http" if transport == "http" else "grpc"
+        address = f"{scheme}://127.0.0.1:{proxy.port}"
+        try:
+            client = paceline.Client(address, retries=0, timeout=30.0)
+            client.list_curricula()  # a kept connection: the call below reuses it
+            proxy.frozen.set()
+            caller, failed = in_thread(client.list_curricula)
+            time.sleep(0.5)  # sent, blocked reading
+            assert caller.is_alive()
+            started = time.monotonic()
+            client.close()
+            caller.join(5)
+            elapsed = time.monotonic() - started
+            assert not caller.is_alive() and elapsed < 1.0, elapsed
+            assert isinstance(failed[0], paceline.TransportError), failed
+            assert failed[0].code == "CLIENT_CLOSED"
+            proxy.frozen.clear()
+            with paceline.Client(address, retries=0) as again:
+                assert again.list_curricula() == []
+        finally:
+            proxy.close()
