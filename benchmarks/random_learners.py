@@ -167,6 +167,15 @@ def table(results: dict[int, dict[str, dict[str, Any]]], summary: dict[str, Any]
     return "\n".join(lines)
 
 
+def output_name(ks: range) -> str:
+    """The table's file: `random_learners.md` for a run from learner 0, else named by its
+    range, so that a later draw (learners nobody has looked at) does not overwrite the
+    first one."""
+    if ks.start == 0:
+        return "random_learners.md"
+    return f"random_learners_{ks.start}-{ks.stop - 1}.md"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true",
                         help="2 learners, 1 seed, 10 %% of the steps, one process")
-    parser.add_argument("--out", default=None, help="folder for random_learners.md")
+    parser.add_argument("--out", default=None,
+                        help="folder for random_learners.md (from learner 0) or "
+                             "random_learners_<first>-<last>.md")
     args = parser.parse_args(argv)
     if args.learners < 1 or args.seeds < 1 or args.first_learner < 0:
         parser.error("--learners and --seeds need at least 1, --first-learner >= 0")
@@ -208,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                   "Cells: rollouts to target in thousands (mean over seeds; a run that "
                   "never reaches it counts all it generated; seeds that reached it in "
                   "brackets when not all) · final minimum accuracy.\n\n")
-        Path(args.out, "random_learners.md").write_text(header + text + "\n")
+        Path(args.out, output_name(ks)).write_text(header + text + "\n")
 
 
 if __name__ == "__main__":

@@ -826,6 +826,16 @@ def test_random_learners_quick_reports_every_row_and_item_seven(
     assert "item 7" in text and "| default |" in text
 
 
+def test_random_learners_later_draws_keep_their_own_table() -> None:
+    """A run from learner 0 writes random_learners.md; a later range (learners no default
+    was chosen on) writes its own file instead of overwriting it."""
+    import random_learners as rl
+
+    assert rl.output_name(range(0, 40)) == "random_learners.md"
+    assert rl.output_name(range(40, 80)) == "random_learners_40-79.md"
+    assert rl.output_name(range(7, 8)) == "random_learners_7-7.md"
+
+
 def test_item_seven_compares_with_the_better_of_uniform_and_syllabus() -> None:
     import random_learners as rl
 
