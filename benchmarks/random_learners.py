@@ -80,8 +80,8 @@ def target_of(k: int, steps_scale: float = 1.0) -> float:
 def final_accuracy(k: int, row: str, steps_scale: float) -> float:
     """Mean accuracy of learner k (seed 0) after `steps_scale` of its steps under the
     suite's `row`."""
-    chosen = next(r for r in suite.rows() if r.name == row)
-    return float(suite.run(chosen, random_learner(k), 0, steps_scale)["mean_accuracy"])
+    return float(suite.run(suite.row_named(row), random_learner(k), 0,
+                           steps_scale)["mean_accuracy"])
 
 
 def learner(k: int, steps_scale: float = 1.0) -> type[GrpoLearner]:
@@ -90,8 +90,8 @@ def learner(k: int, steps_scale: float = 1.0) -> type[GrpoLearner]:
 
 def _job(args: tuple[str, int, int, float]) -> tuple[str, int, int, dict[str, Any]]:
     name, k, seed, scale = args
-    row = next(r for r in rows() if r.name == name)
-    return name, k, seed, suite.run(row, learner(k, scale), seed, scale)
+    return name, k, seed, suite.run(suite.row_named(name, rows()), learner(k, scale), seed,
+                                    scale)
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -219,7 +219,9 @@ def main(argv: list[str] | None = None) -> None:
                   "Cells: rollouts to target in thousands (mean over seeds; a run that "
                   "never reaches it counts all it generated; seeds that reached it in "
                   "brackets when not all) · final minimum accuracy.\n\n")
-        Path(args.out, output_name(ks)).write_text(header + text + "\n")
+        folder = Path(args.out)
+        folder.mkdir(parents=True, exist_ok=True)  # as suite.py does
+        (folder / output_name(ks)).write_text(header + text + "\n")
 
 
 if __name__ == "__main__":

@@ -532,11 +532,17 @@ def run_jobs(job: Callable[[Any], Any], jobs: list[Any], processes: int,
         return pool.map(job, jobs, chunksize=chunksize)
 
 
+def row_named(name: str, among: list[Row] | None = None) -> Row:
+    """The row called `name` among `among` (default: `rows()`). Jobs carry row names,
+    not rows: their builders do not pickle."""
+    return next(r for r in (rows() if among is None else among) if r.name == name)
+
+
 def _job(args: tuple[str, str, int, float, float | None, float]
          ) -> tuple[str, str, int, dict[str, Any]]:
     """One run in a worker process (rows are named: their builders do not pickle)."""
     name, learner_name, seed, scale, secondary, lr_scale = args
-    row = next(r for r in rows() if r.name == name)
+    row = row_named(name)
     try:
         return row.name, learner_name, seed, run(row, learner_name, seed, scale, secondary,
                                                  lr_scale)

@@ -486,7 +486,7 @@ def test_dynamic_rows_refill_through_paceline_without_repeats() -> None:
     engine folds every generated group."""
     import suite
 
-    row = next(r for r in suite.rows() if r.name == suite.DYNAMIC)
+    row = suite.row_named(suite.DYNAMIC)
     assert row.dynamic and row.filter_rounds == 0
     learner = LEARNERS["tight_budget"](0)
     chooser = row.make(learner, 0)
@@ -619,7 +619,7 @@ def test_secondary_objective_reaches_paceline_only() -> None:
     groups are left as they were, and a run is still deterministic per seed."""
     import suite
 
-    row = next(r for r in suite.rows() if r.name == suite.DEFAULT)
+    row = suite.row_named(suite.DEFAULT)
     learner = LEARNERS["prerequisite"](0)
     chooser = row.make(learner, 0)
     assert isinstance(chooser, suite.PacelineEngine)
@@ -813,7 +813,7 @@ def test_random_learners_quick_reports_every_row_and_item_seven(
     pytest.importorskip("syllabus")  # the `peers` extra
     import random_learners as rl
 
-    rl.main(["--quick", "--out", str(tmp_path)])
+    rl.main(["--quick", "--out", str(tmp_path / "new")])  # a folder not made yet
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()
              if x.startswith("{")]
     per_learner, summary = lines[:-1], lines[-1]["summary"]
@@ -822,7 +822,7 @@ def test_random_learners_quick_reports_every_row_and_item_seven(
     assert all(set(names) <= set(x) for x in per_learner)
     assert set(summary) == {*rl.SAMPLERS, rl.suite.SYLLABUS, rl.suite.DAPO}
     assert {"syllabus_cell", "dapo_cell"} <= set(summary[rl.suite.DEFAULT])
-    text = (tmp_path / "random_learners.md").read_text()
+    text = (tmp_path / "new" / "random_learners.md").read_text()
     assert "item 7" in text and "| default |" in text
 
 
