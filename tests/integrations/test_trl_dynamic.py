@@ -274,6 +274,29 @@ def test_a_redone_reported_step_keeps_its_first_report(tmp_path: Path) -> None:
     assert [r.step for r in reports(db, "trl")] == [0, 1]
 
 
+def test_a_redone_unreported_step_takes_its_refill_parts_as_served(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process crashed after step 0's refill part 1 was served and before the step was
+    reported: the resumed round keeps other groups, so it asks part 1 with another size.
+    It gets the part as served (parts are fixed per step), as `dynamic_step` does,
+    instead of failing IDEMPOTENCY_CONFLICT, and the step is reported once."""
+    db = tmp_path / "p.db"
+    with paceline.Client.embedded(db) as client:
+        cur = make_curriculum(client)
+        with cur.start_run(run_id="dapo", heartbeat_interval=None) as run:
+            served = list(run.next_batch(0, PROMPTS_PER_STEP).indices)
+            crashed_part = list(run.refill(0, 1, 1).indices)  # the crashed process's
+            refills = Refills(run)
+            monkeypatch.setattr(run, "refill", refills)
+            trainer_for(tmp_path, run, FlatRewards(), dynamic_sampling=True).train()
+    asked = [size for step, part, size in refills.asked if (step, part) == (0, 1)]
+    assert asked and asked[0] != 1, "the round did not need part 1 with another size"
+    assert refills.served[(0, 1)] == crashed_part
+    stored = reports(db, "trl")
+    assert [r.step for r in stored] == [0, 1]
+    assert stored[0].indices[:PROMPTS_PER_STEP + 1] == served + crashed_part
+
+
 def test_bad_options_are_refused(tmp_path: Path) -> None:
     with paceline.Client.embedded(tmp_path / "p.db") as client:
         cur = make_curriculum(client)

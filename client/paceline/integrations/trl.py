@@ -54,7 +54,7 @@ from paceline.client import Run
 from paceline.errors import Conflict
 from paceline.integrations._ledger import BatchLedger, Rollouts, StepRecord
 from paceline.integrations._resume import Fingerprint, check_dataset_size
-from paceline.integrations.torch import PacelineSampler, all_equal_groups
+from paceline.integrations.torch import PacelineSampler, _refill, all_equal_groups
 from paceline.models import Batch, ReportAck
 
 __all__ = [
@@ -380,7 +380,9 @@ class PacelineGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
             generated = sum(len(b.indices) for b in batches)
             ask = min(left, math.ceil((target - kept) / max(kept / generated, 0.1)))
             try:
-                batch = self.paceline.run.refill(record.step, part, ask)
+                # A step redone after a crash may need another size for a part it was
+                # served before: it gets the part as served (parts are fixed per step).
+                batch = _refill(self.paceline.run, record.step, part, ask)
             except Conflict as exc:  # a resumed trainer redoing a reported step
                 if exc.code != "STEP_ALREADY_REPORTED":
                     raise
