@@ -108,6 +108,25 @@ def test_callback_needs_a_paceline_trainer_and_a_positive_period() -> None:
         GradientProductsCallback(object(), every=0)
 
 
+def test_callback_refuses_a_dynamic_sampling_trainer(tmp_path: Path) -> None:
+    """With dynamic sampling the round TRL trains on is the merged kept groups, while the
+    step's rollouts hold every group generated; products over them would pair rows with
+    other groups' advantages, so the combination is refused."""
+    tokenizer = tiny_tokenizer()
+    with paceline.Client.embedded(tmp_path / "p.db") as client:
+        cur = client.create_curriculum(
+            "grads", distributions=[{"name": "easy", "size": 12}, {"name": "hard", "size": 4}],
+            objectives=["correct", "short"], batch_size=4, seed=1)
+        with cur.start_run(heartbeat_interval=None) as run:
+            objectives = Objectives()
+            trainer = PacelineGRPOTrainer(
+                run, model=tiny_model(len(tokenizer)), processing_class=tokenizer,
+                args=grpo_args(tmp_path), train_dataset=dataset(), dynamic_sampling=True,
+                reward_funcs={"correct": objectives.correct, "short": objectives.short})
+            with pytest.raises(ValueError, match="dynamic_sampling"):
+                GradientProductsCallback(trainer)
+
+
 def test_select_parameters_last_block_and_prefixes() -> None:
     model = tiny_model(16)
     last = select_parameters(model, "last")

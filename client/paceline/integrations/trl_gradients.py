@@ -134,6 +134,11 @@ class GradientProductsCallback(TrainerCallback):  # type: ignore[misc]
             raise ValueError(f"every must be >= 1; got {every}")
         if not hasattr(trainer, "paceline") or not hasattr(trainer, "_record_rollouts"):
             raise TypeError("GradientProductsCallback needs a PacelineGRPOTrainer")
+        if getattr(trainer, "dynamic_sampling", False):
+            # The round it sees is the merged one (kept groups of every part), while the
+            # step's rollouts hold every group generated: rows would pair with the wrong
+            # groups' advantages.
+            raise ValueError("GradientProductsCallback does not support dynamic_sampling=True")
         self.trainer = trainer
         self.every = every
         self.layers = layers
