@@ -138,3 +138,18 @@ def test_a_resumed_loop_redoes_reported_steps_without_failing(
             assert cur.state().seq == seq  # nothing folded twice
             assert dynamic_step(run, 3, flaky).report() is not None
     assert sum("the first report stands" in r.getMessage() for r in caplog.records) >= 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_loss_weights_follow_the_rewards_device(tmp_path: Path) -> None:
+    """Rewards on the GPU: the kept mask is there too, and the weights must be (they were
+    built on the CPU and indexed with the CUDA mask, which torch refuses)."""
+    with paceline.Client.embedded(tmp_path / "p.db") as client:
+        cur = client.create_curriculum("dyn", distributions={"all": 100},
+                                       objectives=["correct"], sampler="uniform",
+                                       batch_size=8, seed=5)
+        with cur.start_run(run_id="r", heartbeat_interval=None) as run:
+            result = dynamic_step(run, 0, lambda b: generate(b).cuda())
+            weights = result.loss_weights()
+            assert weights.device == result.rewards.device
+            assert weights.shape == (8,)

@@ -325,6 +325,33 @@ def check_steps(work: Path) -> None:
     buffer.close()
 
 
+def check_part_served_before(work: Path) -> None:
+    """A step whose first attempt (a process that crashed before reporting) was served
+    refill part 1 with another size: the redo takes the part as served (asking its own
+    size was refused IDEMPOTENCY_CONFLICT, ending the run), then asks further parts."""
+    db = work / "served.db"
+    made = trainer(work, db, "served")
+    buffer = made.replay_buffer
+    assert isinstance(buffer, PacelineReplayBuffer)
+    for step in range(STEPS):  # the first step whose batch has an all-equal group
+        first = buffer.run.next_batch(step, BATCH)
+        if any(i % 3 == 0 for i in first.indices):
+            break
+        train(made, step + 1)
+    else:
+        raise AssertionError("no step needed a refill")
+    before = buffer.run.refill(step, 1, 1).indices  # the crashed attempt's part 1
+    train(made, step + 1)
+    generated = made.agent_loop_manager.generated[step + 1]
+    assert generated[:BATCH] == first.indices
+    assert generated[BATCH:BATCH + 1] == before  # part 1 as it was served
+    assert buffer.run.refill(step, 1).indices == before
+    stored = reports(db, "v1")
+    assert [r.step for r in stored] == list(range(step + 1))
+    assert sorted(stored[-1].indices) == sorted(generated)
+    buffer.close()
+
+
 def check_crash_and_resume(work: Path) -> None:
     """Killed after step 5, resumed from the checkpoint of step 2 with new rollouts for the
     redone steps: the curriculum ends where an uninterrupted run ends."""
@@ -397,12 +424,13 @@ def check_bad_input(work: Path) -> None:
 
 if __name__ == "__main__":
     workdir = Path(sys.argv[1])
-    checks = sys.argv[2:] or ["interfaces", "steps", "resume", "bad_input"]
+    checks = sys.argv[2:] or ["interfaces", "steps", "served", "resume", "bad_input"]
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
     try:
         for check in checks:
             {"interfaces": lambda: check_interfaces(), "steps": lambda: check_steps(workdir),
+             "served": lambda: check_part_served_before(workdir),
              "resume": lambda: check_crash_and_resume(workdir),
              "bad_input": lambda: check_bad_input(workdir)}[check]()
             print("check passed:", check, flush=True)

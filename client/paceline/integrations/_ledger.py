@@ -21,7 +21,8 @@ from paceline.client import Run
 from paceline.errors import Conflict
 from paceline.models import Batch, ReportAck, weights_view
 
-__all__ = ["GRAD_PRODUCTS", "BatchLedger", "Rollouts", "StepRecord", "step_key"]
+__all__ = ["GRAD_PRODUCTS", "BatchLedger", "Rollouts", "StepRecord", "refill_part",
+           "step_key"]
 
 #: StepRecord.scratch key of a step's k×k gradient products, sent with its report.
 GRAD_PRODUCTS = "paceline.grad_products"
@@ -32,6 +33,21 @@ def step_key(run_id: str, step: int, part: int = 0) -> str:
     answered with its first ack instead of being counted twice. (`part` numbers the
     reports of one step, for trainers that report a step in pieces.)"""
     return f"paceline/{run_id}/{step}/{part}"
+
+
+
+def refill_part(run: Run, step: int, part: int, size: int) -> Batch:
+    """Refill `part` of `step` with `size` prompts, or, when that part was served before
+    with another size, the part as served. Parts are fixed per (run, step, part), and a
+    step redone after a crash (served, not reported) keeps other groups than the first
+    attempt did, so it asks other sizes; every integration's refill loop asks again
+    when a part falls short."""
+    try:
+        return run.refill(step, part, size)
+    except Conflict as exc:
+        if exc.code != "IDEMPOTENCY_CONFLICT":
+            raise
+        return run.refill(step, part)
 
 
 _log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from torch.utils.data import Sampler
 
 from paceline.client import Run
 from paceline.errors import Conflict
-from paceline.integrations._ledger import REDONE, BatchLedger, step_key
+from paceline.integrations._ledger import REDONE, BatchLedger, refill_part, step_key
 from paceline.integrations._steps import StepStream
 from paceline.models import Batch, ReportAck
 
@@ -275,7 +275,8 @@ class DynamicStep:
 
     def loss_weights(self) -> torch.Tensor:
         """The kept groups' loss weights `[n_kept]` (each part's, ones where none)."""
-        return torch.cat([loss_weights(b) for b in self.batches])[self.kept]
+        device = self.kept.device  # the rewards': a CPU tensor cannot take a CUDA mask
+        return torch.cat([loss_weights(b, device=device) for b in self.batches])[self.kept]
 
     def report(self, advantages: Any = None, **extra: Any) -> ReportAck | None:
         """Report every generated group (`advantages`, when given, `[N, g]` for all of
@@ -297,18 +298,6 @@ def _first_report(run: Run, step: int, **report: Any) -> ReportAck | None:
             raise
         _redone(run, step)
         return None
-
-
-def _refill(run: Run, step: int, part: int, size: int) -> Batch:
-    """Refill `part` of `size`, or, when it was served before with another size (a
-    redone step keeps other groups, so it asks for other sizes), the part as served:
-    parts are fixed per (run, step, part)."""
-    try:
-        return run.refill(step, part, size)
-    except Conflict as exc:
-        if exc.code != "IDEMPOTENCY_CONFLICT":
-            raise
-        return run.refill(step, part)
 
 
 def _redone(run: Run, step: int) -> None:
@@ -380,7 +369,7 @@ def dynamic_step(run: Run, step: int, generate: Callable[[Batch], Any], *,
         rate = max(kept / generated, 0.1)
         ask = min(left, math.ceil((target - kept) / rate))
         try:
-            batch = _refill(run, step, part, ask)
+            batch = refill_part(run, step, part, ask)
         except Conflict as exc:  # a redone step needs more parts than were served
             if exc.code != "STEP_ALREADY_REPORTED":
                 raise

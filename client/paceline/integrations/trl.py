@@ -52,9 +52,9 @@ from trl import GRPOTrainer
 
 from paceline.client import Run
 from paceline.errors import Conflict
-from paceline.integrations._ledger import BatchLedger, Rollouts, StepRecord
+from paceline.integrations._ledger import BatchLedger, Rollouts, StepRecord, refill_part
 from paceline.integrations._resume import Fingerprint, check_dataset_size
-from paceline.integrations.torch import PacelineSampler, _refill, all_equal_groups
+from paceline.integrations.torch import PacelineSampler, all_equal_groups
 from paceline.models import Batch, ReportAck
 
 __all__ = [
@@ -382,7 +382,7 @@ class PacelineGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
             try:
                 # A step redone after a crash may need another size for a part it was
                 # served before: it gets the part as served (parts are fixed per step).
-                batch = _refill(self.paceline.run, record.step, part, ask)
+                batch = refill_part(self.paceline.run, record.step, part, ask)
             except Conflict as exc:  # a resumed trainer redoing a reported step
                 if exc.code != "STEP_ALREADY_REPORTED":
                     raise

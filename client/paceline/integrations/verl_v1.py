@@ -60,7 +60,7 @@ from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from paceline.client import Client, Curriculum
 from paceline.errors import Conflict
-from paceline.integrations._ledger import BatchLedger, Rollouts, StepRecord
+from paceline.integrations._ledger import BatchLedger, Rollouts, StepRecord, refill_part
 from paceline.integrations._resume import Fingerprint, check_dataset_size
 from paceline.models import ReportAck
 
@@ -169,7 +169,7 @@ class PacelinePromptSource(torch.utils.data.Sampler):  # type: ignore[misc]
                 self._redo_refill(record, size)
                 continue
             try:
-                batch = self.ledger.run.refill(record.step, self.parts + 1, ask)
+                batch = refill_part(self.ledger.run, record.step, self.parts + 1, ask)
             except Conflict as exc:
                 if exc.code != "STEP_ALREADY_REPORTED":
                     raise
