@@ -171,7 +171,7 @@ def after_failure(state: RetryState, failed: Failure) -> float | None:
     state.attempts += 1
     policy = state.policy
     last = state.attempts >= policy.max_attempts
-    if failed.no_answer:
+    if failed.no_answer:  # a proxy's own UNAVAILABLE may still name a retry-after
         if last:
             kind = "TIMEOUT" if failed.code == grpc.StatusCode.DEADLINE_EXCEEDED \
                 else "CONNECTION_ERROR"
@@ -179,6 +179,8 @@ def after_failure(state: RetryState, failed: Failure) -> float | None:
                                  f"{failed.details or 'no details'} "
                                  f"(after {state.attempts} attempt(s))",
                                  {"attempts": state.attempts})
+        if failed.retry_after is not None:
+            return min(failed.retry_after, policy.retry_after_max)
         return policy.backoff(state.attempts, state.rng)
     code = failed.info.code if failed.info is not None else None
     if (last or failed.code not in RETRY_CODES or failed.status not in policy.statuses

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from grpc_support import FAST, FaultInjector, GrpcFaults, client_with_faults, refuse
@@ -338,6 +339,22 @@ def test_retry_after_is_honoured(run: paceline.Run, faults: FaultInjector | Grpc
     run.next_batch(0)
     assert slept[0] == 2.0
     assert 0.0 <= slept[1] <= 0.02  # no retry-after: jittered backoff, second retry
+
+
+def test_retry_after_of_a_proxy_without_a_paceline_error() -> None:
+    """A proxy's UNAVAILABLE with a retry-after and no Paceline error is waited out as
+    named, as HTTP waits out a proxy's 503 with Retry-After (gRPC used the backoff)."""
+    import grpc
+
+    from paceline._grpc_transport import Failure, after_failure
+
+    policy = paceline.RetryPolicy(backoff_initial=0.01, retry_after_max=5.0)
+    proxy = Failure(grpc.StatusCode.UNAVAILABLE, "upstream overloaded", None, 3.0)
+    assert after_failure(policy.start(), proxy) == 3.0
+    assert _transport.RetryState(policy).after_response(
+        httpx.Response(503, headers={"Retry-After": "3"}, text="overloaded")) == 3.0
+    huge = Failure(grpc.StatusCode.UNAVAILABLE, "upstream overloaded", None, 3600.0)
+    assert after_failure(policy.start(), huge) == 5.0
 
 
 def test_retries_run_out(run: paceline.Run, faults: FaultInjector | GrpcFaults) -> None:
