@@ -58,6 +58,10 @@ RETRY_ERRORS: tuple[type[Exception], ...] = (
     httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
 
 
+#: The largest power of two a backoff ceiling takes (the largest a float holds).
+MAX_DOUBLINGS = 1023
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how long to retry. `max_attempts` counts the first try."""
@@ -89,8 +93,11 @@ class RetryPolicy:
 
     def backoff(self, retry: int, rng: random.Random | None = None) -> float:
         """Full jitter: uniform in [0, min(backoff_max, backoff_initial * 2**(retry-1))]
-        for the `retry`-th retry (1-based), so simultaneous clients spread out."""
-        ceiling = min(self.backoff_max, self.backoff_initial * 2.0 ** max(retry - 1, 0))
+        for the `retry`-th retry (1-based), so simultaneous clients spread out. The
+        exponent stops growing at 1023: `2.0 ** 1024` raises OverflowError, which ended a
+        call with a long retry budget after its 1024th retry."""
+        doublings = min(max(retry - 1, 0), MAX_DOUBLINGS)
+        ceiling = min(self.backoff_max, self.backoff_initial * 2.0 ** doublings)
         return (rng or random).uniform(0.0, ceiling)
 
     def start(self, rng: random.Random | None = None) -> RetryState:

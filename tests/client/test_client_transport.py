@@ -60,6 +60,15 @@ class TestPolicy:
             assert all(0.0 <= d <= ceiling for d in delays)
             assert max(delays) > 0.8 * ceiling  # spread over the whole interval
 
+    @pytest.mark.parametrize("retry", [1024, 1025, 5000])
+    @pytest.mark.parametrize("initial", [0.0, 0.5, 100.0])
+    def test_backoff_after_a_thousand_retries(self, retry: int, initial: float) -> None:
+        """A patient policy (a trainer riding out a long outage) keeps its ceiling: the
+        1025th retry raised OverflowError from `2.0 ** 1024`."""
+        policy = RetryPolicy(max_attempts=10_000, backoff_initial=initial, backoff_max=2.0)
+        delay = policy.backoff(retry, random.Random(0))
+        assert 0.0 <= delay <= (2.0 if initial else 0.0)
+
     @pytest.mark.parametrize("code", [408, 429, 502, 503, 504])
     def test_retried_statuses(self, code: int) -> None:
         state = RetryPolicy(max_attempts=3, backoff_initial=0.1).start(random.Random(1))
@@ -243,6 +252,21 @@ def test_url_and_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         client.curriculum("math")
     assert str(recorder.requests[0].url) == "http://elsewhere:9000/v1/curricula/math"
     assert recorder.requests[0].headers["authorization"] == "Bearer env-token"
+
+
+def test_a_long_outage_ends_in_the_clients_own_error() -> None:
+    """More than 1024 failed attempts still end in `TransportError` once the policy's
+    attempts are used up (the backoff raised OverflowError at the 1025th retry)."""
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    policy = RetryPolicy(max_attempts=1030, backoff_initial=0.0, backoff_max=0.0)
+    with paceline.Client("http://x", transport=httpx.MockTransport(refuse),
+                         retries=policy) as client, \
+            pytest.raises(paceline.TransportError) as info:
+        client.curriculum("math")
+    assert info.value.code == "CONNECTION_ERROR"
+    assert info.value.details == {"attempts": 1030}
 
 
 def test_closed_client_refuses() -> None:
