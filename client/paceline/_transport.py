@@ -155,9 +155,10 @@ class RetryState:
             return min(after, self.policy.retry_after_max)
         return self.policy.backoff(self.attempts, self.rng)
 
-    def after_error(self, exc: httpx.TransportError) -> float:
+    def after_error(self, exc: httpx.RequestError) -> float:
         """The wait before the next attempt; raises `TransportError` when the failure is
-        not transient or the attempts are used up."""
+        not transient (a local error, or an answer that could not be read: a body that
+        does not decode as its Content-Encoding says) or the attempts are used up."""
         self.attempts += 1
         if not isinstance(exc, RETRY_ERRORS) or self.attempts >= self.policy.max_attempts:
             code = "TIMEOUT" if isinstance(exc, httpx.TimeoutException) else "CONNECTION_ERROR"
@@ -367,10 +368,10 @@ class SyncTransport(_Encoding):
         while True:
             try:
                 response = self.http.send(built)
-            except (httpx.TransportError, RuntimeError) as exc:
+            except (httpx.RequestError, RuntimeError) as exc:
                 if self.closed:
                     raise client_closed(_what(request)) from None
-                if not isinstance(exc, httpx.TransportError):
+                if not isinstance(exc, httpx.RequestError):
                     raise
                 delay = state.after_error(exc)
                 _log_retry(_what(built), delay, state, type(exc).__name__)
@@ -417,10 +418,10 @@ class AsyncTransport(_Encoding):
         while True:
             try:
                 response = await self.http.send(built)
-            except (httpx.TransportError, RuntimeError) as exc:
+            except (httpx.RequestError, RuntimeError) as exc:
                 if self.closed:
                     raise client_closed(_what(request)) from None
-                if not isinstance(exc, httpx.TransportError):
+                if not isinstance(exc, httpx.RequestError):
                     raise
                 delay = state.after_error(exc)
                 _log_retry(_what(built), delay, state, type(exc).__name__)

@@ -59,7 +59,8 @@ class Unavailable(PacelineError):
 
 
 class TransportError(PacelineError):
-    """No HTTP response: the connection failed or timed out (after the retries)."""
+    """No usable HTTP response: the connection failed or timed out (after the retries),
+    or the answer could not be read (a body that does not decode)."""
 
 
 #: Each stable code of the service, and the exception it raises.

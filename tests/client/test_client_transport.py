@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import random
@@ -324,3 +325,35 @@ def test_urls_are_httpx_own(base: str) -> None:
     ]
     assert [(r.method, str(r.url)) for r in recorder.requests] == \
         [(r.method, str(r.url)) for r in expected]
+
+
+def corrupt_gzip(request: httpx.Request) -> httpx.Response:
+    """A proxy that says gzip and sends something else."""
+    return httpx.Response(200, headers={"Content-Encoding": "gzip",
+                                        "Content-Type": "application/json"},
+                          content=b"not gzip")
+
+
+def test_an_unreadable_answer_is_the_clients_own_error() -> None:
+    """httpx's DecodingError (a body that does not decode as its Content-Encoding says)
+    is not an httpx.TransportError and reached the caller as is."""
+    with paceline.Client("http://x", transport=httpx.MockTransport(corrupt_gzip),
+                         retries=RetryPolicy(max_attempts=3, backoff_initial=0)) as client, \
+            pytest.raises(paceline.TransportError) as info:
+        client.curriculum("math")
+    assert info.value.code == "CONNECTION_ERROR"
+    assert "DecodingError" in info.value.message
+
+
+def test_an_unreadable_answer_is_the_clients_own_error_async() -> None:
+    async def body() -> paceline.TransportError:
+        async with paceline.AsyncClient(
+                "http://x", transport=httpx.MockTransport(corrupt_gzip),
+                retries=RetryPolicy(max_attempts=3, backoff_initial=0)) as client:
+            with pytest.raises(paceline.TransportError) as info:
+                await client.curriculum("math")
+        return info.value
+
+    error = asyncio.run(body())
+    assert error.code == "CONNECTION_ERROR"
+    assert "DecodingError" in error.message
