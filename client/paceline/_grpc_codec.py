@@ -208,16 +208,22 @@ def _floats(value: Any, field: str) -> np.ndarray:
                            {"field": field}) from exc
 
 
-def _ints(value: Any, field: str) -> list[int]:
+def _ints(value: Any, field: str, floats: bool = True) -> list[int]:
+    """Sample indices or group ids as int64, refused by the service's rules for what it
+    reads from JSON: whole floats only where it takes them (`floats`; not in `dropped`),
+    and no uint64 above int64's range (it was wrapped to a negative index)."""
     array = _numpy(value, field)
     if array.ndim != 1:
         raise InvalidInput("INVALID_REPORT", f"{field} must be a 1-D list of integers; "
                            f"got shape {array.shape}", {"field": field})
     integral = array.dtype.kind in "iu" or (
-        array.dtype.kind == "f" and bool(np.all(np.isfinite(array)))
+        floats and array.dtype.kind == "f" and bool(np.all(np.isfinite(array)))
         and bool(np.all(array == np.round(array))))
     if array.size and not integral:
         raise InvalidInput("INVALID_REPORT", f"{field} must be integers", {"field": field})
+    if array.dtype == np.uint64 and array.size \
+            and int(array.max()) > np.iinfo(np.int64).max:
+        raise InvalidInput("INVALID_REPORT", f"{field} out of range", {"field": field})
     result: list[int] = array.astype(np.int64).tolist()
     return result
 
@@ -251,7 +257,7 @@ def report_message(*, run_id: str, step: SupportsIndex, indices: Any, rewards: A
         if value is not None:
             getattr(message, field).MergeFromString(pack(_floats(value, field)))
     if dropped is not None:
-        message.dropped.extend(_ints(dropped, "dropped"))
+        message.dropped.extend(_ints(dropped, "dropped", floats=False))
     if isinstance(eval_objectives, Mapping):
         message.eval_objectives_by_name.update(
             {str(k): float(v) for k, v in eval_objectives.items()})

@@ -268,6 +268,23 @@ def test_non_finite_numbers_and_empty_groups_alike(client: paceline.Client) -> N
     assert not run.report(0, batch.indices, np.ones((len(batch.indices), 2, 2))).replayed
 
 
+def test_odd_integer_arrays_are_refused_alike(client: paceline.Client) -> None:
+    """What the service refuses over HTTP the gRPC codec refuses too, with the same code:
+    `dropped` given as floats (gRPC turned them into integers and applied the report) and
+    uint64 indices beyond int64 (gRPC wrapped them to a negative index: another code)."""
+    run = fresh(client).start_run("r", heartbeat_interval=None)
+    indices = run.next_batch(0).indices
+    rewards = np.ones((len(indices), 2, 2))
+    with pytest.raises(paceline.InvalidInput) as floats:
+        run.report(0, indices, rewards, dropped=[float(indices[0])])
+    assert floats.value.code == "INVALID_REPORT"
+    with pytest.raises(paceline.InvalidInput) as huge:
+        run.report(0, np.array([2**63 + 3], dtype=np.uint64), rewards[:1])
+    assert huge.value.code == "INVALID_REPORT"
+    assert run.curriculum.state().seq == 0
+    assert run.report(0, indices, rewards, dropped=np.array(indices[:1])).groups_dropped == 1
+
+
 def test_any_text_in_run_ids_and_keys(client: paceline.Client) -> None:
     """A run id in another script makes a default key HTTP cannot put in a header (it
     raised UnicodeEncodeError before sending); a key with spaces around it would lose them
