@@ -353,12 +353,19 @@ ENCODERS: dict[type[op.Operation], Callable[[Any], Call]] = {
 
 def encode(operation: op.Operation) -> Call:
     """The RPC that performs `operation`. Text protobuf cannot carry (a lone surrogate in
-    a run id or a key) is refused as the service refuses it over the other transports."""
+    a run id or a key) is refused as the service refuses it over the other transports;
+    so is an integer beyond int64 (a step, a size), which protobuf refused with a bare
+    ValueError."""
     try:
         return ENCODERS[type(operation)](operation)
     except UnicodeEncodeError as exc:
         raise InvalidInput("INVALID_REQUEST", f"{exc.object!r} is not valid Unicode text "
                            f"({exc.reason})", {}) from None
+    except ValueError as exc:
+        if isinstance(exc, InvalidInput) or not str(exc).startswith("Value out of range"):
+            raise
+        raise InvalidInput("INVALID_REQUEST", f"{exc} (integers must fit in 64 bits)",
+                           {}) from None
 
 
 def response_class(method: str) -> type[Message]:

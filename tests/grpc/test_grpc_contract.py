@@ -285,6 +285,22 @@ def test_odd_integer_arrays_are_refused_alike(client: paceline.Client) -> None:
     assert run.report(0, indices, rewards, dropped=np.array(indices[:1])).groups_dropped == 1
 
 
+def test_integers_beyond_64_bits_are_invalid_input(client: paceline.Client) -> None:
+    """A step or size protobuf cannot carry: InvalidInput over gRPC as over HTTP (gRPC
+    raised protobuf's bare ValueError, outside the client's errors)."""
+    run = fresh(client).start_run("r", heartbeat_interval=None)
+    indices = run.next_batch(0).indices
+    for call in (lambda: run.next_batch(2**70), lambda: run.next_batch(1, size=2**70),
+                 lambda: run.report(0, indices, np.ones((len(indices), 2, 2)),
+                                    next_step=2**70)):
+        with pytest.raises(paceline.InvalidInput) as info:
+            call()
+        assert info.value.code == "INVALID_REQUEST"
+    with pytest.raises(paceline.InvalidInput):
+        run.report(-2**70, indices, np.ones((len(indices), 2, 2)))
+    assert run.curriculum.state().seq == 0
+
+
 def test_any_text_in_run_ids_and_keys(client: paceline.Client) -> None:
     """A run id in another script makes a default key HTTP cannot put in a header (it
     raised UnicodeEncodeError before sending); a key with spaces around it would lose them
