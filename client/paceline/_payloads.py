@@ -252,7 +252,11 @@ def encode_body(body: Any, *, encoding: ReportEncoding = "json",
     level) when larger than `compress_over`."""
     if encoding == "msgpack":
         msgpack = import_msgpack()
-        data: bytes = msgpack.packb(body, use_bin_type=True)
+        try:
+            data: bytes = msgpack.packb(body, use_bin_type=True)
+        except OverflowError as exc:  # JSON carries it, for the service to refuse
+            raise InvalidInput("INVALID_REPORT", f"msgpack cannot carry an integer "
+                               f"beyond 64 bits ({exc})", {}) from None
         headers = {"Content-Type": "application/msgpack"}
     else:
         data = json_bytes(body)

@@ -357,3 +357,20 @@ def test_an_unreadable_answer_is_the_clients_own_error_async() -> None:
     error = asyncio.run(body())
     assert error.code == "CONNECTION_ERROR"
     assert "DecodingError" in error.message
+
+
+@pytest.mark.parametrize("change", [{"indices": [2**70]}, {"step": 2**70},
+                                    {"rewards": [[[2**70, 1]]]}])
+def test_msgpack_refuses_integers_beyond_64_bits(change: dict[str, Any]) -> None:
+    """What msgpack cannot carry is InvalidInput INVALID_REPORT, the code the service
+    gives the same report as JSON (msgpack's OverflowError reached the caller)."""
+    recorder = Recorder()
+    with mock_client(recorder, report_encoding="msgpack") as client:
+        run = client.curriculum("math").start_run("r", heartbeat_interval=None)
+        sent = len(recorder.requests)
+        report: dict[str, Any] = {"step": 0, "indices": [1], "rewards": [[[1.0, 2.0]]],
+                                  **change}
+        with pytest.raises(paceline.InvalidInput) as info:
+            run.report(**report)
+    assert info.value.code == "INVALID_REPORT"
+    assert len(recorder.requests) == sent
