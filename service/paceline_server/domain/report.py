@@ -29,6 +29,9 @@ def _array(value: object, what: str, dtype: type, ndim: int | None) -> np.ndarra
         array: np.ndarray = np.asarray(value, dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise InvalidReport(f"{what} must be a numeric array", {"field": what}) from exc
+    except OverflowError as exc:  # a JSON integer beyond float64's range (10**400)
+        raise InvalidReport(f"{what} must be finite; found an integer beyond float64's "
+                            "range", {"field": what}) from exc
     if ndim is not None and array.ndim != ndim:
         raise InvalidReport(f"{what} must have {ndim} dimension(s); got shape {array.shape}",
                             {"field": what, "shape": list(array.shape)})

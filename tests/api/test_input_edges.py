@@ -1,0 +1,61 @@
+"""Client input at the edges of what JSON can carry: a 4xx with a stable code, never a
+500, and the curriculum's state left as it was (the next good report still works)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from paceline_server.app.operations import Operations, SubmitReport
+from paceline_server.domain.errors import InvalidReport
+from support import SPEC
+
+CUR = "/v1/curricula/math"
+HUGE = str(10**400)  # a JSON integer beyond float64: numpy's conversion overflows
+GOOD = '"run_id": "r", "indices": [1], "unserved": "accept"'
+
+
+def setup(client: TestClient) -> None:
+    assert client.post("/v1/curricula", json=SPEC).status_code == 201
+    assert client.post(f"{CUR}/runs", json={"run_id": "r"}).status_code == 201
+
+
+def post_json(client: TestClient, path: str, text: str) -> Any:
+    return client.post(path, content=text, headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(("field", "body"), [
+    ("rewards", f'{{{GOOD}, "step": 0, "rewards": [[[{HUGE}, 1]]]}}'),
+    ("advantages", f'{{{GOOD}, "step": 0, "rewards": [[[1, 1]]], '
+                   f'"advantages": [[{HUGE}]]}}'),
+    ("grad_products", f'{{{GOOD}, "step": 0, "rewards": [[[1, 1]]], '
+                      f'"grad_products": [[{HUGE}, 0], [0, 1]]}}'),
+    ("eval_objectives", f'{{{GOOD}, "step": 0, "rewards": [[[1, 1]]], '
+                        f'"eval_objectives": {{"acc": {HUGE}, "len": 1}}}}'),
+    ("rewards", f'{{"run_id": "r", "step": 0, "rollout_indices": [1], '
+                f'"unserved": "accept", "rewards": [[1, -{HUGE}]]}}'),
+])
+def test_an_integer_beyond_float64_is_an_invalid_report(
+        sqlite_client: TestClient, field: str, body: str) -> None:
+    setup(sqlite_client)
+    before = sqlite_client.get(f"{CUR}/state").json()
+    answer = post_json(sqlite_client, f"{CUR}/reports", body)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "INVALID_REPORT" and error["details"]["field"] == field
+    assert sqlite_client.get(f"{CUR}/state").json() == before
+    ok = post_json(sqlite_client, f"{CUR}/reports",
+                   f'{{{GOOD}, "step": 0, "rewards": [[[1, 1]]]}}')
+    assert ok.status_code == 200 and ok.json()["seq"] == 1, ok.text
+
+
+def test_the_operation_refuses_it_in_process(sqlite_client: TestClient) -> None:
+    """The rule is the operation layer's, so an in-process caller gets it too."""
+    setup(sqlite_client)
+    ops: Operations = sqlite_client.app.state.operations  # type: ignore[attr-defined]
+    body = {"run_id": "r", "step": 0, "indices": [1], "unserved": "accept",
+            "rewards": [[[10**400, 1]]]}
+    with pytest.raises(InvalidReport):
+        ops.report(SubmitReport("math", body))
