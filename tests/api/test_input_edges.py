@@ -59,3 +59,30 @@ def test_the_operation_refuses_it_in_process(sqlite_client: TestClient) -> None:
             "rewards": [[[10**400, 1]]]}
     with pytest.raises(InvalidReport):
         ops.report(SubmitReport("math", body))
+
+
+SURROGATE = "\\ud800"  # JSON's escape of a lone surrogate: valid JSON, not encodable UTF-8
+SPEC_TEXT = ('{"name": "y", "layout": {"distributions": [{"name": "a", "size": 10}]}, '
+             '"objectives": ["acc"], "batch_size": 2, %s}')
+
+
+@pytest.mark.parametrize(("path", "text", "code"), [
+    (f"{CUR}/reports", f'{{{GOOD}, "step": 0, "rewards": [[[1, 1]]], "{SURROGATE}": 1}}',
+     "INVALID_REPORT"),
+    ("/v1/curricula", SPEC_TEXT % f'"sampler": "{SURROGATE}"', "UNKNOWN_STRATEGY"),
+    ("/v1/curricula", SPEC_TEXT % f'"weighting": {{"kind": "{SURROGATE}"}}',
+     "UNKNOWN_STRATEGY"),
+    ("/v1/curricula", SPEC_TEXT % f'"sampler": {{"kind": "uniform", "{SURROGATE}": 1}}',
+     "INVALID_PARAMS"),
+])
+def test_an_error_echoing_a_lone_surrogate_is_rendered(
+        sqlite_client: TestClient, path: str, text: str, code: str) -> None:
+    """The error's details name what the client sent (an unknown field, a strategy
+    name); a lone surrogate there made the error itself unrenderable: 500 INTERNAL."""
+    setup(sqlite_client)
+    answer = post_json(sqlite_client, path, text)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["code"] == code
+    assert "\\ud800" in answer.text  # shown as its escape
+    assert sqlite_client.get(f"{CUR}/state").json()["seq"] == 0
+    assert sqlite_client.get("/v1/curricula").json()["curricula"][0]["name"] == "math"

@@ -18,6 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from paceline_server.api.middleware import HttpMiddleware
 from paceline_server.domain import errors
+from paceline_server.domain.validation import has_control_characters
 from paceline_server.transport import request_id
 from paceline_server.transport.errors import (
     STATUS,
@@ -42,24 +43,35 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 def error_body(code: str, message: str, details: dict[str, object] | None = None
                ) -> dict[str, object]:
     """The error envelope. Details echo user input at times (a key, a value), which need
-    not be JSON (msgpack bytes, NaN): rendering an error must never fail, so anything JSON
-    cannot hold is sent as its text."""
-    return {"error": {"code": code, "message": message, "details": _jsonable(details or {})}}
+    not be JSON (msgpack bytes, NaN) nor encodable (a lone surrogate decoded from JSON
+    `"\\ud800"`): rendering an error must never fail, so anything JSON cannot hold is sent
+    as its text, and a lone surrogate as its escape."""
+    return {"error": {"code": code, "message": _text(message),
+                      "details": _jsonable(details or {})}}
+
+
+def _text(value: str) -> str:
+    """`value`, with each lone surrogate (which UTF-8 cannot encode) as `\\udXXX`."""
+    if has_control_characters(value):  # cheap: a regex search, only then re-encode
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def _jsonable(value: object) -> object:
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {_text(str(k)): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
-    if value is None or isinstance(value, str | int):
+    if isinstance(value, str):
+        return _text(value)
+    if value is None or isinstance(value, int):
         return value
     item = getattr(value, "item", None)  # a numpy scalar
     if callable(item) and getattr(value, "ndim", None) == 0:
         return _jsonable(item())
-    return str(value)
+    return _text(str(value))
 
 
 def render(error: errors.PacelineError,
