@@ -101,3 +101,27 @@ def test_export_reads_and_import_writes(tmp_path: object) -> None:
                            headers=NDJSON).status_code == 401
         assert client.post("/v1/imports?name=copy", content=exported.content,
                            headers={**NDJSON, **writer}).status_code == 201
+
+
+def test_a_run_time_beyond_utc_years_is_refused(client: TestClient) -> None:
+    """A run's time whose UTC form leaves years 1..9999 (a valid ISO 8601 text with a
+    far offset) is the import's 422, not the driver's 500, and nothing is imported; an
+    offset within range is stored as the same instant."""
+    seed(client, reports=1)
+    lines = [orjson.loads(line) for line in client.get(f"{CUR}/export").content.splitlines()]
+    for field in ("created_at", "last_heartbeat"):
+        for stamp in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"):
+            run = {**lines[1], field: stamp}
+            body = b"\n".join(orjson.dumps(x) for x in (lines[0], run, *lines[2:]))
+            answer = client.post("/v1/imports?name=copy", content=body, headers=NDJSON)
+            assert answer.status_code == 422, answer.text
+            error = answer.json()["error"]
+            assert error["code"] == "INVALID_REQUEST"
+            assert error["details"] == {"field": field, "line": 2}
+    assert client.get("/v1/curricula/copy").status_code == 404
+    run = {**lines[1], "created_at": "2020-01-01T09:00:00+09:00"}
+    body = b"\n".join(orjson.dumps(x) for x in (lines[0], run, *lines[2:]))
+    assert client.post("/v1/imports?name=copy", content=body,
+                       headers=NDJSON).status_code == 201
+    stored = client.get("/v1/curricula/copy/runs/r").json()["created_at"]
+    assert stored.startswith("2020-01-01T00:00:00")

@@ -518,11 +518,14 @@ def _timestamp(value: object, what: str) -> datetime | None:
         return None
     try:
         stamp = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
+        # In UTC, as every backend stores it: a time whose UTC form leaves years
+        # 1..9999 ("9999-12-31T23:59:59-14:00") is refused here, not by the driver.
+        stamp = None if stamp is None or stamp.tzinfo is None else stamp.astimezone(UTC)
+    except (ValueError, OverflowError):
         stamp = None
-    if stamp is None or stamp.tzinfo is None:
-        raise InvalidRequest(f"{what} must be an ISO 8601 time with its UTC offset",
-                             {"field": what})
+    if stamp is None:
+        raise InvalidRequest(f"{what} must be an ISO 8601 time with its UTC offset, within "
+                             "years 1 to 9999 in UTC", {"field": what})
     return stamp
 
 
