@@ -155,6 +155,21 @@ def test_exist_ok_must_be_a_boolean_alike(both: Both) -> None:
         spec_json=json.dumps(spec))) == "INVALID_REQUEST"
 
 
+def test_an_unknown_layout_field_is_refused_alike(both: Both) -> None:
+    """Every level of a spec refuses a field it does not know (a misspelt one would be
+    ignored silently otherwise); the layout read `distributions` and dropped the rest."""
+    for extra in ({"lables": [0, 1]}, {"sizes": [60, 40]}):
+        spec = {**SPEC, "name": "other", "layout": {**SPEC["layout"], **extra}}
+        assert both.rest_code("POST", "/v1/curricula", json=spec) == "INVALID_SPEC"
+        assert both.grpc_code("CreateCurriculum", pb.CreateCurriculumRequest(
+            spec_json=json.dumps(spec))) == "INVALID_SPEC"
+    assert both.rest.get("/v1/curricula/other").status_code == 404
+    # the forms that are documented still work: {distributions} and {labels, names}
+    spec = {**SPEC, "name": "labelled",
+            "layout": {"names": ["easy", "hard"], "labels": [0, 1, 1, 0]}, "batch_size": 2}
+    assert both.rest.post("/v1/curricula", json=spec).status_code == 201
+
+
 def test_the_operations_refuse_in_process(both: Both) -> None:
     """What a transport passes on unchecked is checked here, before the store is read."""
     ops = both.ops

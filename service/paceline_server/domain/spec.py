@@ -229,7 +229,8 @@ class CurriculumSpec:
         if unknown:
             raise InvalidSpec(f"unknown curriculum fields: {sorted(unknown)}",
                               {"unknown": sorted(unknown)})
-        layout = parse_layout(data.get("layout", data))
+        layout = parse_layout(data["layout"] if "layout" in data else
+                              {k: v for k, v in data.items() if k in _LAYOUT_FIELDS})
         objectives = data.get("objectives")
         if not isinstance(objectives, Sequence) or isinstance(objectives, str):
             raise InvalidSpec("objectives must be a list of names or mappings",
@@ -265,12 +266,20 @@ def _strategy(value: Any, what: str, default: StrategySpec) -> StrategySpec:
     return default if value is None else StrategySpec.parse(value, what)
 
 
+#: A layout's fields: `distributions` ({name, size} each), or `labels` with `names`.
+_LAYOUT_FIELDS = frozenset({"distributions", "labels", "names"})
+
+
 def parse_layout(value: Any) -> DatasetLayout:
     """Accept {"distributions": [{"name", "size"}, ...]} or {"names": [...], "labels": [...]}."""
     if isinstance(value, DatasetLayout):
         return value
     if not isinstance(value, Mapping):
         raise InvalidSpec("layout must be a mapping", {"field": "layout"})
+    unknown = sorted(set(value) - _LAYOUT_FIELDS, key=str)
+    if unknown:
+        raise InvalidSpec(f"unknown layout fields: {unknown}", {"field": "layout",
+                                                                "unknown": unknown})
     if "labels" in value:
         names = value.get("names", value.get("distributions"))
         if not isinstance(names, Sequence) or isinstance(names, str):
