@@ -252,6 +252,34 @@ def test_report_after_the_curriculum_was_recreated_elsewhere(
     assert fresh.engine.to_bytes() == replayed(service)
 
 
+@pytest.mark.parametrize("call", ["state", "report"])
+def test_a_curriculum_recreated_between_its_head_and_its_load_is_unavailable(
+        setup: tuple[PacelineService, FailingStore], tmp_path: Any, call: str) -> None:
+    """A request read the head, then another process deleted and recreated the
+    curriculum before this one loaded its engine: a race a retry resolves, so 503
+    UNAVAILABLE (retryable), not the 500 INTERNAL of a bare RuntimeError; the retry
+    finds the new curriculum."""
+    service, store = setup
+    assert service.engines.recent("math") is None  # not loaded here yet
+    real_head = store._store.head
+
+    def head_then_recreated(name: str) -> Any:
+        found = real_head(name)
+        in_another_process(tmp_path, recreate)
+        store.head = real_head  # type: ignore[method-assign]  # once
+        return found
+
+    store.head = head_then_recreated  # type: ignore[method-assign]
+    request = {"state": lambda: service.state("math"),
+               "report": lambda: service.report("math", body(np.arange(3), 0, seed=0))}[call]
+    with pytest.raises(Unavailable):
+        request()
+    assert service.engines.recent("math") is None  # nothing of the old one was cached
+    if call == "report":
+        assert request().seq == 1  # the new curriculum's first report
+    assert service.engine("math").spec.batch_size == 5
+
+
 def test_forgetting_an_outdated_entry_keeps_a_fresh_one(
         setup: tuple[PacelineService, FailingStore]) -> None:
     service, _ = setup

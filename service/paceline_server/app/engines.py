@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 
 from paceline_server.app.codec import decode_report
-from paceline_server.domain.errors import InvalidSpec, StateCorrupt, StateTooLarge
+from paceline_server.domain.errors import (
+    InvalidSpec,
+    StateCorrupt,
+    StateTooLarge,
+    Unavailable,
+)
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.engine import CurriculumEngine
 from paceline_server.engine.engine import HISTORY
@@ -164,8 +169,11 @@ class EngineCache:
                 return cached
             record = (head if isinstance(head, CurriculumRecord)
                       else self.store.get_curriculum(head.name))
-            if record.created_at != head.created_at:
-                raise RuntimeError(f"curriculum {head.name!r} was recreated; retry")
+            if record.created_at != head.created_at:  # deleted and created again since
+                # `head` was read: a race the client's retry resolves (503, retryable).
+                # The name is in the details only: readiness reads the messages of 503s.
+                raise Unavailable("the curriculum was deleted and created again "
+                                  "meanwhile; retry", {"curriculum": head.name})
             spec = CurriculumSpec.from_dict(record.spec)
             engine, seq = self._load(record.name, spec, record.head_seq)
             cached = CachedEngine(record.created_at, spec, engine, seq, threading.RLock(),
