@@ -61,6 +61,21 @@ def test_the_operation_refuses_it_in_process(sqlite_client: TestClient) -> None:
         ops.report(SubmitReport("math", body))
 
 
+@pytest.mark.parametrize("index", ["1e30", "-1e19", "9.3e18"])
+def test_an_integral_float_index_beyond_int64_is_not_integer(
+        sqlite_client: TestClient, index: str) -> None:
+    """1e30 is integral, but int64 cannot hold it: it was wrapped to -2**63 and refused
+    as an index out of range, quoting a number nobody sent."""
+    setup(sqlite_client)
+    answer = post_json(sqlite_client, f"{CUR}/reports",
+                       f'{{"run_id": "r", "indices": [{index}], "unserved": "accept", '
+                       f'"step": 0, "rewards": [[[1, 1]]]}}')
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "INVALID_REPORT" and error["details"]["field"] == "indices"
+    assert "9223372036854775808" not in error["message"]
+
+
 SURROGATE = "\\ud800"  # JSON's escape of a lone surrogate: valid JSON, not encodable UTF-8
 SPEC_TEXT = ('{"name": "y", "layout": {"distributions": [{"name": "a", "size": 10}]}, '
              '"objectives": ["acc"], "batch_size": 2, %s}')

@@ -22,12 +22,8 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from paceline_server.api.middleware import HttpMiddleware
-from paceline_server.domain.errors import PacelineError, Unavailable
+from paceline_server.domain.errors import PacelineError, StorageRefused, Unavailable
 
-#: Words in the messages of SQLite and PostgreSQL errors that refuse a write ("database
-#: or disk is full", "No space left on device", "could not extend file", "attempt to
-#: write a readonly database", "read-only transaction", "disk I/O error", quotas).
-WRITE_REFUSALS = ("full", "no space", "extend", "readonly", "read-only", "disk", "quota")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -41,8 +37,10 @@ class StorageHealth:
         self._failed_at = 0.0
 
     def failed(self, error: PacelineError) -> None:
-        message = error.message.lower()
-        if isinstance(error, Unavailable) and any(word in message for word in WRITE_REFUSALS):
+        """Remember a write the database refused (the store's `StorageRefused`, told by the
+        database's error code); other 503s (a lost connection, a lock timeout, a race
+        whose message quotes a curriculum's name) say nothing about the disk."""
+        if isinstance(error, StorageRefused):
             self._failure, self._failed_at = error, self.clock()
 
     def succeeded(self) -> None:

@@ -146,6 +146,11 @@ def _size(count: int, digits: int = 1) -> str:
     return f"{count} B"
 
 
+#: Locks that serialise loads of curricula whose names hash alike (a lock per name
+#: would be one more map to bound).
+LOAD_STRIPES = 64
+
+
 class EngineCache:
     """At most `capacity` engines and `max_bytes` of estimated state, least recently
     used dropped first; the engine just loaded always stays (a request is using it)."""
@@ -156,39 +161,53 @@ class EngineCache:
         self.max_bytes = max_bytes
         self.nbytes = 0  # estimated state bytes of the cached engines
         self._entries: OrderedDict[str, CachedEngine] = OrderedDict()
-        self._guard = threading.Lock()
+        self._guard = threading.Lock()  # the entries: held for dictionary work only
+        # One load of a curriculum at a time (by name's stripe), outside `_guard`: a
+        # curriculum whose snapshot takes seconds to read does not stall the others.
+        self._loading = [threading.Lock() for _ in range(LOAD_STRIPES)]
 
     def entry(self, head: CurriculumHead | CurriculumRecord) -> CachedEngine:
         """The cache entry of a curriculum (built from its snapshot on first use, which is
         the only time the spec is read); callers hold `entry.lock` while they read or
         advance it."""
-        with self._guard:
-            cached = self._entries.get(head.name)
-            if cached is not None and cached.created_at == head.created_at:
-                self._entries.move_to_end(head.name)
+        cached = self._cached(head)
+        if cached is not None:
+            return cached
+        with self._loading[hash(head.name) % LOAD_STRIPES]:
+            cached = self._cached(head)  # loaded by the request we waited for
+            if cached is not None:
                 return cached
             record = (head if isinstance(head, CurriculumRecord)
                       else self.store.get_curriculum(head.name))
             if record.created_at != head.created_at:  # deleted and created again since
                 # `head` was read: a race the client's retry resolves (503, retryable).
-                # The name is in the details only: readiness reads the messages of 503s.
                 raise Unavailable("the curriculum was deleted and created again "
                                   "meanwhile; retry", {"curriculum": head.name})
             spec = CurriculumSpec.from_dict(record.spec)
             engine, seq = self._load(record.name, spec, record.head_seq)
             cached = CachedEngine(record.created_at, spec, engine, seq, threading.RLock(),
                                   nbytes=estimate_state_bytes(spec))
-            previous = self._entries.pop(record.name, None)
-            if previous is not None:
-                self.nbytes -= previous.nbytes
-            self._entries[record.name] = cached
-            self.nbytes += cached.nbytes
-            while len(self._entries) > 1 and (
-                    len(self._entries) > self.capacity
-                    or (self.max_bytes is not None and self.nbytes > self.max_bytes)):
-                _, dropped = self._entries.popitem(last=False)
-                self.nbytes -= dropped.nbytes
+            with self._guard:
+                previous = self._entries.pop(record.name, None)
+                if previous is not None:
+                    self.nbytes -= previous.nbytes
+                self._entries[record.name] = cached
+                self.nbytes += cached.nbytes
+                while len(self._entries) > 1 and (
+                        len(self._entries) > self.capacity
+                        or (self.max_bytes is not None and self.nbytes > self.max_bytes)):
+                    _, dropped = self._entries.popitem(last=False)
+                    self.nbytes -= dropped.nbytes
             return cached
+
+    def _cached(self, head: CurriculumHead | CurriculumRecord) -> CachedEngine | None:
+        """The entry of `head`'s curriculum as created then, marked as just used."""
+        with self._guard:
+            cached = self._entries.get(head.name)
+            if cached is not None and cached.created_at == head.created_at:
+                self._entries.move_to_end(head.name)
+                return cached
+            return None
 
     def _load(self, name: str, spec: CurriculumSpec,
               head_seq: int) -> tuple[CurriculumEngine, int]:

@@ -141,6 +141,12 @@ class Unavailable(PacelineError):
     code = "UNAVAILABLE"
 
 
+class StorageRefused(Unavailable):
+    """The database answered but refused a write (disk or quota full, a read-only file
+    or transaction, an I/O error). Its own class, so readiness can remember it without
+    reading messages, which may quote a user's names (api/health.py)."""
+
+
 class RateLimited(PacelineError):
     """A token (or client address) sent more requests than its rate limit allows;
     `details.retry_after_s` says when the next one will be accepted."""

@@ -47,7 +47,8 @@ def _indices(value: object, what: str) -> np.ndarray:
         raise InvalidReport(f"{what} must be a 1-D list of integers; got shape {raw.shape}",
                             {"field": what})
     if raw.size and raw.dtype.kind not in "iu":
-        if raw.dtype.kind == "f" and np.all(np.isfinite(raw)) and np.all(raw == np.round(raw)):
+        if (raw.dtype.kind == "f" and np.all(np.isfinite(raw)) and np.all(raw == np.round(raw))
+                and np.all(np.abs(raw) < 2.0**63)):  # what int64 holds (1e30 wrapped)
             raw = raw.astype(np.int64)
         else:
             raise InvalidReport(f"{what} must be integers", {"field": what})

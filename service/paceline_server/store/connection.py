@@ -22,7 +22,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from paceline_server.domain.errors import PacelineError, SchemaOutdated, Unavailable
+from paceline_server.domain.errors import (
+    PacelineError,
+    SchemaOutdated,
+    StorageRefused,
+    Unavailable,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -179,6 +184,15 @@ def begin_write(connection: Connection) -> None:
     connection.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
 
 
+#: The database's own codes for a write it refused while reads still work: SQLite's
+#: primary result codes FULL, READONLY and IOERR; PostgreSQL's SQLSTATEs disk_full
+#: (also "could not extend file", quotas), io_error and read_only_sql_transaction (a
+#: standby after a failover). `StorageRefused`, which readiness remembers.
+SQLITE_REFUSALS = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY,
+                             sqlite3.SQLITE_IOERR})
+POSTGRES_REFUSALS = frozenset({"53100", "58030", "25006"})
+
+
 def translate_errors(exc: sa_exc.SQLAlchemyError) -> PacelineError | None:
     """The domain error for a database error, or None when it is a bug to surface as is.
 
@@ -193,17 +207,30 @@ def translate_errors(exc: sa_exc.SQLAlchemyError) -> PacelineError | None:
             f"the database has no Paceline schema ({text.splitlines()[0]}); "
             "run `paceline-server migrate`")
     if sqlstate == "25006":  # read_only_sql_transaction: a standby after a failover
-        return Unavailable(f"database is read-only: {text.strip().splitlines()[0]}",
-                           {"reason": "ReadOnlySqlTransaction"})
+        return StorageRefused(f"database is read-only: {text.strip().splitlines()[0]}",
+                              {"reason": "ReadOnlySqlTransaction"})
     if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError,
                         sa_exc.DisconnectionError, sa_exc.TimeoutError)):
         if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
             reason = "connection lost"
         else:
             reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        return Unavailable(f"database unavailable: {reason}",
-                           {"reason": type(getattr(exc, "orig", exc)).__name__})
+        kind = StorageRefused if _refused_write(exc) else Unavailable
+        return kind(f"database unavailable: {reason}",
+                    {"reason": type(getattr(exc, "orig", exc)).__name__})
     return None
+
+
+def _refused_write(exc: sa_exc.SQLAlchemyError) -> bool:
+    """Whether the database itself refused the write (by its error code: a message may
+    name a host or a file, and a lost connection is no refusal)."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return False
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in SQLITE_REFUSALS
+    return getattr(orig, "sqlstate", None) in POSTGRES_REFUSALS
 
 
 @contextmanager
