@@ -64,6 +64,7 @@ TABLE: dict[type[errors.PacelineError], Status] = {
     errors.StrategyError: Status(500, "INTERNAL"),
     errors.SchemaOutdated: Status(503, "FAILED_PRECONDITION"),
     errors.Unavailable: Status(503, "UNAVAILABLE", retryable=True),
+    errors.StorageRefused: Status(503, "UNAVAILABLE", retryable=True),  # readiness notes it
 }
 UNLISTED = Status(500, "INTERNAL")
 
