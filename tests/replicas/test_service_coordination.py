@@ -122,3 +122,21 @@ def test_a_recreated_curriculum_is_never_folded_into_the_old_cache(pair: Pair) -
     fresh = b.engine(NAME)
     assert fresh is not old and fresh.seq == 2
     assert fresh.engine.to_bytes() == a.engine(NAME).engine.to_bytes()
+
+
+def test_a_cached_ack_of_a_deleted_curriculum_never_answers_for_its_successor(
+        pair: Pair) -> None:
+    """b still caches the old curriculum's engine when a replaces it: a report sent
+    again under its old key to the new curriculum is applied there, not answered with
+    the old curriculum's ack (which Redis still holds under the old stamp)."""
+    a, b = pair
+    report = body(a, 0)
+    first = b.report(NAME, report, "key-1")  # b commits: Redis caches the ack
+    assert (first.seq, first.replayed) == (1, False)
+    a.delete_curriculum(NAME)
+    a.create_curriculum(SPEC)
+    a.attach_run(NAME, run_id="r")
+    report = {**report, "indices": a.next_batch(NAME, "r", 0).indices.tolist()}
+    ack = b.report(NAME, report, "key-1")
+    assert (ack.seq, ack.replayed) == (1, False)
+    assert [e.idempotency_key for e in a.store.events(NAME)] == ["key-1"]

@@ -428,6 +428,11 @@ class PacelineService:
             item.digest = payload_digest(item.payload)
             hit = self.coordinator.cached_ack(name, stamp, item.key)
             if hit is not None and hit[1] == item.digest:  # else the log decides
+                # The stamp is the cached engine's: confirm it is still the curriculum's
+                # (another replica may have deleted and recreated it), or the old
+                # curriculum's ack would answer for a report the new one never got.
+                if self.store.head(name).created_at != cached.created_at:
+                    raise Recreated(name)
                 batch = None if next_batch is None else self.next_batch(
                     name, item.report.run_id, next_batch.step, next_batch.size)
                 return with_counts(ReportAck(hit[0], replayed=True, batch=batch), item)
