@@ -309,3 +309,26 @@ def test_a_new_import_serialises_only_the_snapshots_it_keeps(
     with store.engine.connect() as conn:
         seqs = [row[0] for row in conn.execute(text("SELECT seq FROM snapshots ORDER BY seq"))]
     assert seqs == expected
+
+
+@pytest.mark.parametrize("meanwhile", ["pruned", "deleted"])
+def test_an_export_whose_log_changes_under_it_fails_instead_of_ending_short(
+        url: str, meanwhile: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events are read a page at a time after the head: events pruned (another
+    request's report was due a snapshot) or the curriculum deleted between two pages
+    left a gap or a short tail in an export that said nothing (the CLI exited 0 with a
+    file no import takes); the export now fails with CONFLICT where the log broke."""
+    from paceline_server.domain.errors import Conflict
+    from paceline_server.store import sql
+
+    monkeypatch.setattr(sql, "EVENT_PAGE_SIZE", 2)
+    service = populated(url, reports=12)
+    lines = export_curriculum(service, "math")
+    read = [next(lines) for _ in range(4)]  # header, run, reports 1 and 2
+    assert orjson.loads(read[-1])["seq"] == 2
+    if meanwhile == "pruned":
+        assert service.store.prune_events("math", 10) == 10
+    else:
+        service.delete_curriculum("math")
+    with pytest.raises(Conflict, match="changed while it was exported"):
+        list(lines)

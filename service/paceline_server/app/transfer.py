@@ -110,8 +110,20 @@ def _lines(record: CurriculumRecord, runs: list[RunRecord], first: EventRecord |
     if first is None:
         return
     yield _event_line(first)
+    seq = first.seq
     for event in events:
+        if event.seq != seq + 1:
+            break
         yield _event_line(event)
+        seq = event.seq
+    if seq != record.head_seq:
+        # Read a page at a time: events pruned meanwhile (another request's snapshot
+        # was due) or the curriculum deleted leave a gap or a short tail, and a file
+        # cut there would claim to be the whole log (no import takes it).
+        raise Conflict(
+            f"the event log of curriculum {record.name!r} changed while it was exported "
+            f"(reports after seq {seq} were pruned or deleted); export it again",
+            {"curriculum": record.name, "exported_to": seq, "head_seq": record.head_seq})
 
 
 def _event_line(event: EventRecord) -> bytes:
