@@ -203,6 +203,23 @@ def test_an_import_refused_inside_the_database_leaves_none_behind(
     assert status == 2 and (tmp_path / "c.db").exists()  # an existing one stays
 
 
+def test_an_import_refused_when_the_database_opens_leaves_none_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """With PACELINE_AUTO_MIGRATE=false the file an import creates is not migrated, so
+    opening it is refused (SCHEMA_OUTDATED): the empty database it had created stayed,
+    and every later command named its missing schema instead of the missing file."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    populated(url, reports=2)
+    export = tmp_path / "e.jsonl"
+    export.write_text(run("--database-url", url, "export", "math"))
+    monkeypatch.setenv("PACELINE_AUTO_MIGRATE", "false")
+    new = tmp_path / "new.db"
+    status, err = fail(capsys, "--database-url", f"sqlite:///{new}", "import", str(export))
+    assert status == 2 and err.startswith("error SCHEMA_OUTDATED: "), err
+    assert not any(p.name.startswith("new.db") for p in tmp_path.iterdir())
+
+
 def test_import_does_not_migrate_an_existing_database(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every command refuses a database whose schema is behind; `import` upgraded it

@@ -193,7 +193,7 @@ def local_service(settings: Settings, *, create: bool) -> Iterator[PacelineServi
     (`SCHEMA_OUTDATED` names `migrate`), by every command, `import` included: a read-only
     command run from the wrong directory must not leave a fresh database behind, and
     a write must not upgrade a database behind the operator's back."""
-    from paceline_server.store import open_store
+    from paceline_server.store import Store, open_store
 
     options = settings.store_options()
     path = sqlite_file(settings.database_url)
@@ -202,13 +202,17 @@ def local_service(settings: Settings, *, create: bool) -> Iterator[PacelineServi
             f"database {path.resolve()} does not exist (choose one with --database-url "
             "or PACELINE_DATABASE_URL, or a running service with --url)")
     # Only a SQLite file this command creates is migrated (from nothing).
-    created = create and path is not None and not path.exists() and settings.migrate_on_start
+    fresh = create and path is not None and not path.exists()
+    created = fresh and settings.migrate_on_start
     if not created:
         options["auto_migrate"] = False
-    store = open_store(settings.database_url, **options)
+    store: Store | None = None
     service: PacelineService | None = None
     failed = False
     try:
+        # Inside the block: a fresh file that cannot be opened as a store (not migrated
+        # with PACELINE_AUTO_MIGRATE=false) is removed as any refused import's is.
+        store = open_store(settings.database_url, **options)
         service = PacelineService(store, settings,
                                   coordinator=coordinator_from_settings(settings))
         yield service
@@ -218,8 +222,9 @@ def local_service(settings: Settings, *, create: bool) -> Iterator[PacelineServi
     finally:
         if service is not None:
             service.close()
-        store.close()
-        if created and path is not None:
+        if store is not None:
+            store.close()
+        if fresh and path is not None:
             if failed:  # a refused import leaves no database behind, not an empty one
                 for leftover in (path, path.with_name(f"{path.name}-wal"),
                                  path.with_name(f"{path.name}-shm")):
