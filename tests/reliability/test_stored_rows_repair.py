@@ -220,3 +220,37 @@ def test_repair_needs_an_existing_database(tmp_path: Path,
     assert status == 1
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_key_is_not_escaped_onto_a_key_that_pruning_kept(database_url: str) -> None:
+    """The escaped form of an old key with a control character was checked against the
+    log only: when a pruned report held it (what pruning keeps of each report, for the
+    duplicate checks), repair gave two reports one key, so a retry of either was
+    answered with the other's seq, and pruning the repaired one failed (its key
+    unique among pruned reports) after every report that was due a prune."""
+    from paceline_server.app.service import PacelineService
+    from paceline_server.store import open_store
+    from support import SPEC as MATH
+
+    service = PacelineService(open_store(database_url, auto_migrate=True),
+                              Settings(database_url=database_url, snapshot_every=2,
+                                       prune_events=True))
+    service.create_curriculum(MATH)
+    service.attach_run("math", run_id="r")
+    for step, key in enumerate(["k\\x01", "k-2", "k-3"]):
+        indices = service.next_batch("math", "r", step).indices
+        service.report("math", {"run_id": "r", "step": step, "indices": indices.tolist(),
+                                "rewards": np.zeros((indices.size, 2, 2)).tolist()}, key)
+    service.close()
+    service.store.close()
+    # Report 1 (key "k\x01" as text: backslash, x, 0, 1) is pruned; report 3's key is
+    # made an old row's, with the control character itself.
+    assert stored(database_url, "SELECT seq FROM pruned_events ORDER BY seq") == [(1,), (2,)]
+    with raw_engine(database_url).begin() as conn:
+        conn.execute(text("UPDATE events SET idempotency_key = :key WHERE seq = 3"),
+                     {"key": "k\x01"})
+    status, out = cli(database_url)
+    assert status == REPAIR_LEFT
+    assert "cannot repair  idempotency key of report 3 of 'math'" in out, out
+    assert stored(database_url, "SELECT idempotency_key FROM events WHERE seq = 3") == [
+        ("k\x01",)]

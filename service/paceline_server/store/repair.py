@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Text, select, type_coerce, update
+from sqlalchemy import Connection, Text, select, type_coerce, union_all, update
 
 from paceline_server.domain.errors import PacelineError
 from paceline_server.domain.spec import CurriculumSpec
@@ -226,8 +226,14 @@ def _keys(conn: Connection, apply: bool) -> list[Finding]:
             continue
         where = f"of report {seq} of {printable(curriculum)}"
         new_key = escaped(key)
-        taken = conn.execute(select(events.c.seq).where(
-            events.c.curriculum_id == cid, events.c.idempotency_key == new_key)).first()
+        # Taken in the log or by what pruning kept of a report (the duplicate checks read
+        # both): two reports under one key would answer each other's retries.
+        pruned = t.pruned_events
+        taken = conn.execute(union_all(
+            select(events.c.seq).where(events.c.curriculum_id == cid,
+                                       events.c.idempotency_key == new_key),
+            select(pruned.c.seq).where(pruned.c.curriculum_id == cid,
+                                       pruned.c.idempotency_key == new_key))).first()
         if len(new_key) > _KEY_COLUMN or taken is not None:
             found.append(Finding("idempotency key", where,
                                  f"{printable(key)} holds control characters", None))
