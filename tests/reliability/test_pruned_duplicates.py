@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import paceline
+import paceline_server.domain.errors as paceline_server_errors
 from support import threaded_service
 
 SNAPSHOT_EVERY = 5
@@ -124,3 +125,36 @@ def test_the_content_digest_is_that_of_same_report() -> None:
                      rewards=base.rewards, advantages=np.zeros(4))]
     digests = {content_digest(r) for r in others}
     assert len(digests) == len(others) and content_digest(base) not in digests
+
+
+def test_a_failed_pruning_never_fails_the_committed_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Pruning runs after the commit: when it fails (the curriculum deleted meanwhile, a
+    lock timeout), the report is acknowledged all the same, and the next snapshot's
+    pruning takes the events this one left."""
+    with paceline.Client.embedded(tmp_path / "f.db", prune_events=True,
+                                  snapshot_every=SNAPSHOT_EVERY) as client:
+        store = client._transport.service.service.store  # type: ignore[attr-defined]
+        prune = store.prune_events
+        failing = [True]
+
+        def flaky(name: str, up_to_seq: int, *args: object) -> int:
+            if failing[0]:
+                raise paceline_server_errors.Unavailable("timed out waiting for the lock")
+            return int(prune(name, up_to_seq, *args))
+
+        monkeypatch.setattr(store, "prune_events", flaky)
+        cur = client.create_curriculum("p", distributions={"a": 50}, objectives=["acc"],
+                                       batch_size=4)
+        run = cur.start_run("r", heartbeat_interval=None)
+        for step in range(SNAPSHOT_EVERY):
+            ack = run.report(step, run.next_batch(step).indices, rewards(4))
+            assert (ack.seq, ack.replayed) == (step + 1, False)
+        assert "pruning the event log at seq 5 failed" in caplog.text
+        assert [e.seq for e in store.events("p")] == list(range(1, 6))  # none pruned
+        failing[0] = False
+        for step in range(SNAPSHOT_EVERY, 2 * SNAPSHOT_EVERY):
+            run.report(step, run.next_batch(step).indices, rewards(4))
+        assert [e.seq for e in store.events("p")] == []  # both snapshots' events went
+        assert cur.state().seq == 2 * SNAPSHOT_EVERY

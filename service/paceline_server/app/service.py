@@ -369,7 +369,7 @@ class PacelineService:
                                          next_batch)
         ack = self._acked(item)
         if self._prunes(ack):
-            await self._in_thread(self.store.prune_events, name, ack.seq, pruned_digest)
+            await self._in_thread(self._prune, name, ack.seq)
         return ack
 
     def _in_thread(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -417,6 +417,18 @@ class PacelineService:
         return (not ack.replayed and self.settings.prune_events
                 and ack.seq % self.settings.snapshot_every == 0)
 
+    def _prune(self, name: str, seq: int) -> None:
+        """Prune the log up to the snapshot at `seq`, after the report committed: best
+        effort, since the report is durable whatever happens here and its client must
+        hear so (a failure answered a committed report with an error: a 404 when the
+        curriculum was deleted meanwhile, a 503 on a lock timeout). The next snapshot's
+        pruning takes what this one left."""
+        try:
+            self.store.prune_events(name, seq, pruned_digest)
+        except Exception:
+            _log.warning("curriculum %r: pruning the event log at seq %d failed; the next "
+                         "snapshot's pruning takes it", name, seq, exc_info=True)
+
     def _report(self, name: str, body: Mapping[str, Any], idempotency_key: str | None,
                 next_batch: NextBatch | None, cached: CachedEngine | None) -> ReportAck:
         if cached is None:
@@ -443,7 +455,7 @@ class PacelineService:
                 self.commits.commit_pending(name, cached)
         ack = self._acked(item)
         if self._prunes(ack):
-            self.store.prune_events(name, ack.seq, pruned_digest)
+            self._prune(name, ack.seq)
         return ack
 
     # ---------------------------------------------------------------- batches
