@@ -94,12 +94,22 @@ def generate(model: LanguageModel, prompts: Sequence[str], group_size: int,
 
 
 def group_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
-    """(r − group mean) / (group std + eps) over the last axis ([n, g] → [n, g])."""
+    """(r − group mean) / (group std + eps) over the last axis ([n, g] → [n, g]); exactly 0
+    for a group whose rewards are all equal (its float mean can miss the common value by
+    an ulp, which eps then turned into an advantage of ±6e-4 for every rollout, of one
+    sign: not the zero-variance group the docs and Paceline count)."""
     if rewards.shape[-1] < 2:
         raise ValueError("group-relative advantages need at least 2 rollouts per prompt")
     mean = rewards.mean(dim=-1, keepdim=True)
     std = rewards.std(dim=-1, keepdim=True)
-    return (rewards - mean) / (std + eps)
+    advantages = (rewards - mean) / (std + eps)
+    return advantages.masked_fill(zero_variance(rewards)[..., None], 0.0)
+
+
+def zero_variance(rewards: Tensor) -> Tensor:
+    """[n] True where every rollout of the group has the same reward (compared, not a std
+    tested against 0: the std of equal float32 values need not be 0)."""
+    return rewards.amax(dim=-1) == rewards.amin(dim=-1)
 
 
 def completion_logprobs(model: LanguageModel, rollouts: Rollouts,

@@ -48,6 +48,7 @@ from trainer_examples.grpo import (
     group_advantages,
     grpo_loss,
     supervised_loss,
+    zero_variance,
 )
 from trainer_examples.metrics import MetricsWriter, Record, hypervolume
 from trainer_examples.model import LanguageModel, build_model, count_parameters, resolve_device
@@ -601,7 +602,7 @@ def grpo_step(model: LanguageModel, optimizer: torch.optim.Optimizer,
         "reward": float(scalar.mean()),
         **{f"reward_{o}": float(rewards[..., k].mean())
            for k, o in enumerate(config.objectives)},
-        "zero_variance_fraction": float((scalar.std(-1) == 0).float().mean()),
+        "zero_variance_fraction": float(zero_variance(scalar).float().mean()),
         "mean_length": float(np.mean(rollouts.lengths)),
         "reward_scale": batch.reward_scale,
         **{f"w_{o}": w for o, w in batch.reward_weights.items()},

@@ -18,6 +18,7 @@ from trainer_examples.grpo import (  # noqa: E402
     group_advantages,
     grpo_loss,
     supervised_loss,
+    zero_variance,
 )
 from trainer_examples.metrics import hypervolume  # noqa: E402
 from trainer_examples.model import TinyModel, left_pad  # noqa: E402
@@ -38,6 +39,19 @@ def test_group_advantages_normalise_each_group() -> None:
     assert torch.allclose(adv[2].std(), torch.tensor(1.0))
     with pytest.raises(ValueError, match="at least 2"):
         group_advantages(torch.ones(3, 1))
+
+
+def test_a_group_of_equal_rewards_has_no_advantage() -> None:
+    """Eight equal rewards of 0.3 (wrong but formatted under w = (0.7, 0.3)) or 0.7: their
+    float32 mean is an ulp off, and eps turned that into A = +3e-4 / +6e-4 for every
+    rollout of the group (the documented A = 0, and a loss of exactly 0, did not hold)."""
+    rewards = torch.rand(4, 8, generator=torch.Generator().manual_seed(0))
+    rewards[0], rewards[2] = 0.7 * 1.0 + 0.3 * 0.0, 0.7 * 0.0 + 0.3 * 1.0
+    assert rewards.dtype == torch.float32
+    adv = group_advantages(rewards)
+    assert torch.equal(adv[0], torch.zeros(8)) and torch.equal(adv[2], torch.zeros(8))
+    assert torch.equal(adv[[1, 3]], group_advantages(rewards[[1, 3]]))
+    assert zero_variance(rewards).tolist() == [True, False, True, False]
 
 
 def test_completion_mask_keeps_tokens_through_the_first_eos() -> None:
