@@ -8,6 +8,7 @@ padded prompt sees the same positions as an unpadded one.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -222,15 +223,27 @@ class HFModel:
             raise SystemExit(f"--model {path}: not a local directory")
         self.tokenizer = _HFTokenizer(AutoTokenizer.from_pretrained(path,
                                                                     local_files_only=True))
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        # Float32 weights on every device, bfloat16 compute on CUDA (autocast): loaded in
+        # bfloat16, AdamW's steps at a pretrained model's learning rates (1e-6: about 1e-6
+        # per weight) fell below bfloat16's spacing (1e-4 at 0.02) and were rounded away,
+        # so the model did not train.
         loaded: Any = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
-                                                           dtype=dtype)
+                                                           dtype=torch.float32)
         self.module: nn.Module = loaded.to(device)
         self.device = device
+        self.compute_dtype: torch.dtype | None = (torch.bfloat16 if device.type == "cuda"
+                                                  else None)
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        """Forward passes in `compute_dtype` (None: in the weights' float32)."""
+        if self.compute_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        out = self.module(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids(attention_mask), use_cache=False)
+        with self._autocast():
+            out = self.module(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids(attention_mask), use_cache=False)
         return out.logits  # type: ignore[no-any-return]
 
     @torch.no_grad()
@@ -241,11 +254,12 @@ class HFModel:
                                    {"do_sample": True, "temperature": temperature,
                                     "top_k": 0, "top_p": 1.0})
         generate: Any = getattr(self.module, "generate")  # noqa: B009 - not on nn.Module
-        out = generate(
-            input_ids=input_ids, attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens, min_new_tokens=1,
-            pad_token_id=self.tokenizer.pad_id, eos_token_id=self.tokenizer.eos_id,
-            **options)
+        with self._autocast():
+            out = generate(
+                input_ids=input_ids, attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens, min_new_tokens=1,
+                pad_token_id=self.tokenizer.pad_id, eos_token_id=self.tokenizer.eos_id,
+                **options)
         new: Tensor = out[:, input_ids.shape[1]:]
         if new.shape[1] < max_new_tokens:
             new = F.pad(new, (0, max_new_tokens - new.shape[1]), value=self.tokenizer.pad_id)

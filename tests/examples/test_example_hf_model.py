@@ -67,3 +67,40 @@ def test_train_with_a_local_hf_model(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     assert [r["step"] for r in records] == [0, 1, 2, 3]
     assert (out / "accuracy.png").exists()
+
+
+def test_hf_weights_stay_float32_and_train_at_a_small_lr(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA the model was loaded in bfloat16, weights and all: AdamW's steps at the
+    documented `--lr 1e-6` (about 1e-6 per weight) are below bfloat16's spacing and were
+    rounded away, so the model did not train. The weights stay float32 and the forward
+    passes run under bfloat16 autocast (here on the CPU, as CUDA would)."""
+    folder = _tiny_hf_model(tmp_path / "model")
+    loaded_as = []
+    load = transformers.AutoModelForCausalLM.from_pretrained
+
+    def load_here(*args: object, **kwargs: object) -> object:
+        loaded_as.append(kwargs.get("dtype"))
+        module = load(*args, **kwargs)
+        module.to = lambda device: module  # no CUDA here: the weights stay on the CPU
+        return module
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", load_here)
+    model = HFModel(folder, torch.device("cuda"))
+    assert loaded_as == [torch.float32]
+    assert {p.dtype for p in model.module.parameters()} == {torch.float32}
+    assert model.compute_dtype == torch.bfloat16
+
+    model.device = torch.device("cpu")  # the same model and autocast, on the CPU
+    torch.manual_seed(0)
+    rollouts = generate(model, ["3+4=", "T&!F|T="], group_size=2, max_new_tokens=4)
+    assert model.logits(rollouts.input_ids, rollouts.attention_mask).dtype == torch.bfloat16
+    before = [p.detach().clone() for p in model.module.parameters()]
+    optimizer = torch.optim.AdamW(model.module.parameters(), lr=1e-6, weight_decay=0.0)
+    logp = completion_logprobs(model, rollouts)
+    (-(logp * torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])).sum()).backward()
+    optimizer.step()
+    moved = [float((p.detach() != b)[p.grad != 0].float().mean())
+             for p, b in zip(model.module.parameters(), before, strict=True)
+             if p.grad is not None and bool((p.grad != 0).any())]
+    assert moved and min(moved) > 0.9  # in bfloat16 some tensors did not move at all
