@@ -216,6 +216,7 @@ class HFModel:
             from transformers import (  # type: ignore[import-not-found, unused-ignore]
                 AutoModelForCausalLM,
                 AutoTokenizer,
+                GenerationConfig,
             )
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise SystemExit("--model needs `pip install transformers`") from exc
@@ -229,6 +230,11 @@ class HFModel:
         # so the model did not train.
         loaded: Any = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
                                                            dtype=torch.float32)
+        # Sampling from π: the directory's generation defaults (Qwen's repetition_penalty
+        # 1.05, ...) reshaped what `generate` drew, even under explicit arguments (it
+        # fills the arguments left at their defaults from them), so the rollouts did not
+        # come from the π_old the loss scores, and greedy evaluation was not greedy.
+        loaded.generation_config = GenerationConfig()
         self.module: nn.Module = loaded.to(device)
         self.device = device
         self.compute_dtype: torch.dtype | None = (torch.bfloat16 if device.type == "cuda"
@@ -249,7 +255,10 @@ class HFModel:
     @torch.no_grad()
     def sample(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int,
                temperature: float, greedy: bool) -> Tensor:
-        """New tokens [B, max_new_tokens] through `generate` (KV cache, left padding)."""
+        """New tokens [B, max_new_tokens] through `generate` (KV cache, left padding),
+        drawn from π itself (softmax of logits / temperature, or its argmax): the
+        distribution the loss scores as π_old (see `__init__`; no minimum length either,
+        which masked EOS at the first token, as the tiny model does not)."""
         options: dict[str, Any] = ({"do_sample": False} if greedy else
                                    {"do_sample": True, "temperature": temperature,
                                     "top_k": 0, "top_p": 1.0})
@@ -257,7 +266,7 @@ class HFModel:
         with self._autocast():
             out = generate(
                 input_ids=input_ids, attention_mask=attention_mask,
-                max_new_tokens=max_new_tokens, min_new_tokens=1,
+                max_new_tokens=max_new_tokens,
                 pad_token_id=self.tokenizer.pad_id, eos_token_id=self.tokenizer.eos_id,
                 **options)
         new: Tensor = out[:, input_ids.shape[1]:]

@@ -104,3 +104,27 @@ def test_hf_weights_stay_float32_and_train_at_a_small_lr(tmp_path: Path,
              for p, b in zip(model.module.parameters(), before, strict=True)
              if p.grad is not None and bool((p.grad != 0).any())]
     assert moved and min(moved) > 0.9  # in bfloat16 some tensors did not move at all
+
+
+def test_hf_rollouts_come_from_the_policy_not_the_folders_generation_defaults(
+        tmp_path: Path) -> None:
+    """A model folder's generation_config.json (Qwen's has repetition_penalty 1.05) was
+    applied by `generate`, even under explicit arguments: rollouts were not drawn from
+    the π_old the loss scores, and greedy evaluation was not the policy's argmax."""
+    folder = _tiny_hf_model(tmp_path / "model")
+    transformers.GenerationConfig(repetition_penalty=1e6, no_repeat_ngram_size=1,
+                                  eos_token_id=1, pad_token_id=0).save_pretrained(folder)
+    model = HFModel(folder, torch.device("cpu"))
+    greedy = generate(model, ["3+4=", "T&F="], group_size=1, max_new_tokens=6, greedy=True)
+    width = greedy.prompt_width
+    ids, mask = greedy.input_ids[:, :width], greedy.attention_mask[:, :width]
+    argmax = []
+    with torch.no_grad():
+        for _ in range(6):
+            token = model.logits(ids, mask)[:, -1].argmax(-1)
+            argmax.append(token)
+            ids = torch.cat([ids, token[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(token[:, None])], 1)
+    new = greedy.input_ids[:, greedy.prompt_width:]
+    keep = greedy.completion_mask.bool()
+    assert torch.equal(new[keep], torch.stack(argmax, 1)[keep])
