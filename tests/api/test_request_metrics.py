@@ -56,3 +56,23 @@ def test_the_api_description_is_counted_under_its_routes(tmp_path: Path) -> None
     assert {("/openapi.json", "200"), ("/docs", "200"), ("/redoc", "200"),
             ("unmatched", "404")} <= set(counted)
     assert [route for route, status in counted if route == "unmatched"] == ["unmatched"]
+
+
+def test_an_invented_method_makes_no_series_of_its_own(tmp_path: Path) -> None:
+    """The `method` label came from the request line as the client wrote it: every new
+    word (h11 takes any token, uvicorn's default parser some forty) was a new series on
+    every route it was sent to, so a client could grow /metrics without bound."""
+    with make_client(f"sqlite:///{tmp_path / 'm.db'}") as client:
+        for i in range(5):
+            assert client.request(f"INVENTED{i}", "/healthz").status_code == 405
+            assert client.request(f"INVENTED{i}", f"/nowhere/{i}").status_code == 404
+        assert client.request("PROPFIND", "/healthz").status_code == 405
+        assert client.get("/healthz").status_code == 200
+        text = client.get("/metrics").text
+    methods = {(s.labels["method"], s.labels["route"]): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "paceline_http_requests_total"}
+    assert methods[("other", "/healthz")] == 6.0
+    assert methods[("other", "unmatched")] == 5.0
+    assert methods[("GET", "/healthz")] == 1.0
+    assert {m for m, _ in methods} == {"GET", "other"}
