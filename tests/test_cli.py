@@ -376,3 +376,20 @@ def test_unusable_api_tokens_are_refused_at_start(
     monkeypatch.setenv("PACELINE_API_TOKENS", tokens)
     status, err = fail(capsys, "--database-url", f"sqlite:///{tmp_path / 't.db'}", "serve")
     assert status == 1 and says in err, err
+
+
+@pytest.mark.parametrize(("variable", "value", "where"), [
+    # accepted, then every read of a run was 500 INTERNAL (it overflows a timedelta)
+    ("PACELINE_RUN_STALE_AFTER_S", "inf", "run_stale_after_s"),
+    ("PACELINE_RUN_STALE_AFTER_S", "1e15", "run_stale_after_s"),
+    # accepted, then `serve` stopped with "OverflowError: cannot convert float infinity"
+    ("PACELINE_RATE_LIMIT_PER_S", "inf", "rate_limit_per_s"),
+])
+def test_settings_that_break_later_are_refused_at_start(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str, where: str) -> None:
+    monkeypatch.setenv(variable, value)
+    # `migrate` reads the settings as `serve` does, and ends when it accepts them
+    status, err = fail(capsys, "--database-url", f"sqlite:///{tmp_path / 's.db'}", "migrate")
+    assert status == 1 and err.startswith(f"error: invalid setting {where}: "), err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was opened

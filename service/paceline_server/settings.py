@@ -30,8 +30,10 @@ class Settings(BaseSettings):
     snapshot_chunk_bytes: int = Field(default=4 << 20, ge=4096, le=1 << 30)
     #: Delete events covered by a snapshot (the state stays exact; export loses history).
     prune_events: bool = False
-    #: A run without heartbeat for this long is reported as stale.
-    run_stale_after_s: float = Field(default=300.0, gt=0)
+    #: A run without heartbeat for this long is reported as stale. At most 10^9 s (about
+    #: 31 years): a longer one (or `inf`) does not fit a `timedelta`, and every read of a
+    #: run failed with 500 INTERNAL instead of the process refusing it at start.
+    run_stale_after_s: float = Field(default=300.0, gt=0, le=1e9)
     #: Serve the API's description (/openapi.json, /docs, /redoc). It is public even with
     #: authentication on, by design: it holds no data, only what the source says, and
     #: Swagger UI cannot send a token to fetch it; false removes the three routes.
@@ -44,7 +46,7 @@ class Settings(BaseSettings):
     #: token is unknown) on REST's /v1 and gRPC's Paceline service together, a token
     #: bucket per process; None = no limit. Excess calls get RATE_LIMITED (429 /
     #: RESOURCE_EXHAUSTED) with a retry-after in whole seconds.
-    rate_limit_per_s: float | None = Field(default=None, gt=0)
+    rate_limit_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     #: Requests a client may send at once above the rate (the bucket size); None = the
     #: rate rounded up.
     rate_limit_burst: int | None = Field(default=None, ge=1)
