@@ -327,6 +327,8 @@ def test_minimal(helm: Path, tmp_path: Path) -> None:
     ({"replicaCount": -1}, "replicaCount"),
     ({"auth": {"tokens": {WRITE_TOKEN: "admin"}}}, "auth"),
     ({"settings": {"database_url": "sqlite://"}}, "database_url"),
+    # a name settings.py does not read: the service ignored it, so the typo did nothing
+    ({"settings": {"snapshot_evry": 500}}, "snapshot_evry"),
     ({"migrations": {"mode": "sometimes"}}, "migrations"),
     ({"replicas": 3}, "replicas"),
     ({"database": {"url": "mysql://db/paceline"}}, "database"),
@@ -350,6 +352,20 @@ def test_inconsistent_values_fail_with_a_message(helm: Path, tmp_path: Path,
     result = run_helm(helm, "template", "pl", str(CHART), *values_file(tmp_path, values))
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_the_schema_names_every_setting_the_chart_does_not_manage() -> None:
+    """`settings` takes the names settings.py reads and nothing else: the service ignores
+    an unknown PACELINE_* variable, so a misspelt setting was rendered and did nothing."""
+    from paceline_server.settings import Settings
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    names = schema["properties"]["settings"]["propertyNames"]
+    managed = set(names["not"]["enum"])
+    assert managed == {"database_url", "api_tokens", "redis_url", "host", "port", "grpc_port"}
+    assert set(names["enum"]) == set(Settings.model_fields) - managed
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    Settings(**values["settings"])  # the chart's own defaults are valid settings
 
 
 def test_managed_settings_fail_even_without_the_schema(helm: Path, tmp_path: Path) -> None:
