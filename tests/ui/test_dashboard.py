@@ -5,6 +5,7 @@ the UI does can change state."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -216,6 +217,38 @@ def test_what_the_ui_audit_found(browser: Any, tmp_path: Any) -> None:
             before = len(page.requests)
             page.page.wait_for_timeout(3000)
             assert len(page.requests) - before <= 6  # a poll every 2 s, not hundreds
+            assert page.console_errors == []
+        finally:
+            context.close()
+
+
+def test_markup_in_run_ids_and_metadata_is_shown_as_text(browser: Any, tmp_path: Any) -> None:
+    """Run ids and run metadata are free text (names are letters, digits and `._:-`):
+    the page shows markup in them as characters and runs none of it, and a curriculum
+    of 300 distributions draws every row."""
+    run_id = '<img src=x onerror="window.__xss=1">'
+    metadata = {"<b>note</b>": "<script>window.__xss=2</script><img src=y onerror=window.__xss=3>"}
+    many = {"name": "many", "batch_size": 32, "seed": 7, "objectives": ["accuracy"],
+            "layout": {"distributions": [{"name": f"d{i:03d}", "size": 10}
+                                         for i in range(300)]}}
+    with running_service(f"sqlite:///{tmp_path / 'xss.db'}", log=tmp_path / "s.log") as process:
+        with httpx.Client(base_url=process.url) as http:
+            assert http.post("/v1/curricula", json=spec("math")).status_code == 201
+            assert http.post("/v1/curricula", json=many).status_code == 201
+            assert http.post("/v1/curricula/math/runs", json={
+                "run_id": run_id, "metadata": metadata}).status_code == 201
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        try:
+            page = Page(context.new_page())
+            page.open(f"{process.url}/ui/c/math?refresh=0")
+            cells = page.page.locator("#runs-table tbody td").all_inner_texts()
+            assert cells[0] == run_id
+            assert json.loads(cells[-1]) == metadata
+            assert page.page.locator("#runs-table img, #runs-table script, #runs-table b"
+                                     ).count() == 0
+            assert page.page.evaluate("window.__xss") is None
+            page.open(f"{process.url}/ui/c/many?refresh=0")
+            assert page.page.locator("#distributions tbody tr").count() == 300
             assert page.console_errors == []
         finally:
             context.close()
