@@ -384,6 +384,8 @@ def test_unusable_api_tokens_are_refused_at_start(
     ("PACELINE_RUN_STALE_AFTER_S", "1e15", "run_stale_after_s"),
     # accepted, then `serve` stopped with "OverflowError: cannot convert float infinity"
     ("PACELINE_RATE_LIMIT_PER_S", "inf", "rate_limit_per_s"),
+    # accepted, then `serve` stopped with a ValueError about "Redis URL", no setting named
+    ("PACELINE_REDIS_URL", "localhost:6379", "redis_url"),
 ])
 def test_settings_that_break_later_are_refused_at_start(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],

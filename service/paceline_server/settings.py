@@ -109,6 +109,15 @@ class Settings(BaseSettings):
             raise ValueError("database_url must be a sqlite:// or postgresql+psycopg:// URL")
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        """Checked here, not when `serve` first connects: `localhost:6379` stopped it with
+        a ValueError that named no setting (and passed `migrate`, which uses no Redis)."""
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
+        return value
+
     def updated(self, **changes: object) -> Settings:
         """These settings with `changes`, checked as the environment's are (a command-line
         flag gets the same bounds as its variable; `model_copy` checks nothing)."""
