@@ -762,3 +762,30 @@ def test_gap_share_keeps_every_distribution_its_part(sizes: list[int], share: fl
     assert probabilities.sum() == pytest.approx(1.0)
     floor = share * sampler_of(e).gap_shares(e.state.sampler)
     assert np.all(probabilities >= floor - 1e-12)
+
+
+def test_label_layout_unseen_candidates_are_never_reported() -> None:
+    # The uniform draws for unseen candidates are leaf positions; whether a prompt was
+    # reported is kept by dataset index. Under a label layout the two differ, and reading
+    # the counts at the position flagged seen prompts as unseen (ranked at the prior).
+    labels = np.tile([0, 1], 50)  # d0 = even indices, d1 = odd ones
+    from paceline_server.domain import CurriculumSpec
+
+    cur = CurriculumSpec.from_dict({
+        "name": "labels", "layout": {"names": ["d0", "d1"], "labels": labels.tolist()},
+        "objectives": ["acc"], "sampler": "learnability", "batch_size": 8})
+    e = CurriculumEngine(cur)
+    d0 = np.flatnonzero(labels == 0)
+    e.apply(report(cur, d0[:25], np.ones((25, 8))))
+    s, state = sampler_of(e), e.state.sampler
+    prefix, seen, _ = s._masses(state)
+    rng = np.random.default_rng(0)
+    unseen_total = 0
+    for _ in range(20):
+        candidates, owners, was_seen = s._candidates(state, np.array([8, 0]), prefix,
+                                                     seen, rng)
+        reported = (state.successes[candidates] + state.failures[candidates]) > 0
+        assert not (reported & ~was_seen).any()
+        assert (cur.layout.distribution_of(candidates) == owners).all()
+        unseen_total += int((~was_seen).sum())
+    assert unseen_total > 0

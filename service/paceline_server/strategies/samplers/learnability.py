@@ -619,7 +619,10 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         want = np.repeat(np.arange(counts.size), tries.astype(np.int64))
         sizes = self.layout.sizes[want]
         positions = self._offsets[want] + (rng.random(want.size) * sizes).astype(np.int64)
-        is_unseen = _never_reported(state, positions)
+        # Leaf positions; the per-prompt counts are kept by dataset index (they differ
+        # under a label layout, where reading the counts at the position called seen
+        # prompts unseen and ranked them at their distribution's prior).
+        is_unseen = _never_reported(state, self._to_global(positions))
         # The first from_unseen[d] unseen draws of each distribution.
         picks = positions[is_unseen]
         picks_owner = want[is_unseen]
