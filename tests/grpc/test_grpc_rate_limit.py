@@ -6,6 +6,7 @@ Health checks are not limited, as REST's probes are not."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,9 @@ from test_grpc_metrics import TOKEN, Both, serving, value
 
 import paceline
 from paceline import _transport
+from paceline_server.api.app import create_app
 from paceline_server.domain.errors import InvalidReport, RateLimited, Unavailable
+from paceline_server.grpc.server import create_server
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.settings import Settings
 from paceline_server.transport.errors import retry_after
@@ -130,11 +133,55 @@ def test_serve_shares_the_limiter_and_the_sdk_rides_it_out(
     ("ipv4:127.0.0.1:50051", "127.0.0.1"),
     ("ipv6:[::1]:50051", "::1"),
     ("ipv6:[2001:db8::7]:443", "2001:db8::7"),
+    # what grpcio really says: the brackets percent-encoded
+    ("ipv6:%5B::1%5D:50051", "::1"),
+    ("ipv6:%5B2001:db8::7%5D:443", "2001:db8::7"),
+    ("ipv6:%5B::ffff:10.0.0.7%5D:443", "::ffff:10.0.0.7"),
     ("unix:/tmp/paceline.sock", "unix:/tmp/paceline.sock"),
     ("unix-abstract:name", "unix-abstract:name"),
 ])
 def test_peer_host(peer: str, host: str) -> None:
     assert peer_host(peer) == host
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+def test_an_ipv6_client_keeps_its_bucket_across_connections(tmp_path: Path) -> None:
+    """A client over IPv6 without a known token is keyed by its address, not by the
+    connection: grpcio's peer string for IPv6 is percent-encoded, and read as it came the
+    key held the client's port, so each new channel had a full bucket (here a fourth
+    call, and any number more, went through)."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'v6.db'}", auto_migrate=True,
+                        rate_limit_per_s=0.01, rate_limit_burst=3)
+    app = create_app(settings)
+    server = create_server(app.state.service, settings, port=0, host="::1",
+                           limiter=app.state.rate_limiter)
+    server.start()
+    codes = []
+    try:
+        for _ in range(4):
+            with grpc.insecure_channel(f"[::1]:{server.port}") as channel:
+                stub = channel.unary_unary(
+                    "/paceline.v1.Paceline/ListCurricula",
+                    request_serializer=pb.ListCurriculaRequest.SerializeToString,
+                    response_deserializer=pb.ListCurriculaResponse.FromString)
+                try:
+                    stub(pb.ListCurriculaRequest(), timeout=10)
+                    codes.append("OK")
+                except grpc.RpcError as error:
+                    codes.append(refusal(error)[1].code)
+    finally:
+        server.stop(0)
+        app.state.service.close()
+    assert codes == ["OK"] * 3 + ["RATE_LIMITED"]
 
 
 def test_retry_after_is_one_rule_for_both_transports() -> None:

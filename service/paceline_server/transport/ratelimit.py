@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from paceline_server.domain.errors import RateLimited
 from paceline_server.settings import Settings
@@ -113,8 +114,12 @@ class RateLimiter:
 
 def peer_host(peer: str) -> str:
     """The host of a gRPC peer string (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`,
-    `unix:/path`), the key REST takes from the client address."""
+    `unix:/path`), the key REST takes from the client address. grpcio percent-encodes
+    the brackets of an IPv6 peer (`ipv6:%5B::1%5D:5000`): read as it came, the key held
+    the port, so each new connection of a client had a fresh bucket."""
     kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        rest = unquote(rest)
     if kind == "ipv6" and rest.startswith("["):
         return rest[1:rest.find("]")] if "]" in rest else rest
     if kind == "ipv4":
