@@ -95,6 +95,27 @@ def test_a_long_curriculum_name_is_refused_alike(both: Both) -> None:
         == "INVALID_REQUEST"
 
 
+def test_an_integer_of_thousands_of_digits_is_a_malformed_body_on_both(both: Both) -> None:
+    """A JSON integer past Python's 4300-digit conversion limit: REST answered 400
+    MALFORMED_BODY, gRPC a bare INTERNAL (500) with a traceback in the log."""
+    huge = "9" * 5000
+    answer = both.rest.post(f"{CUR}/runs",
+                            content=f'{{"run_id": "h", "metadata": {{"a": {huge}}}}}',
+                            headers={"content-type": "application/json"})
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "MALFORMED_BODY")
+    for method, request in (
+            ("AttachRun", pb.AttachRunRequest(curriculum="math", run_id="h",
+                                              metadata_json=f'{{"a": {huge}}}')),
+            ("CreateCurriculum", pb.CreateCurriculumRequest(
+                spec_json=json.dumps({**SPEC, "name": "big"})[:-1] + f', "seed": {huge}}}'))):
+        with pytest.raises(grpc.RpcError) as info:
+            both.call(method, request)
+        error: Any = info.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        found = pb.ErrorInfo.FromString(dict(error.trailing_metadata())["paceline-error-bin"])
+        assert (found.code, found.http_status) == ("MALFORMED_BODY", 400)
+
+
 def test_a_report_run_id_with_a_nul_is_an_invalid_report_on_both(both: Both) -> None:
     """gRPC answered INVALID_REQUEST from its own pre-check, REST INVALID_REPORT."""
     assert both.rest_code("POST", f"{CUR}/reports", json=report(run_id="r\x00")) \
