@@ -140,3 +140,27 @@ def test_a_cached_ack_of_a_deleted_curriculum_never_answers_for_its_successor(
     ack = b.report(NAME, report, "key-1")
     assert (ack.seq, ack.replayed) == (1, False)
     assert [e.idempotency_key for e in a.store.events(NAME)] == ["key-1"]
+
+
+def test_a_stored_batch_of_a_recreated_curriculum_is_named_by_its_own_spec(
+        pair: Pair) -> None:
+    """b still caches the old curriculum's engine when a replaces it with another layout
+    and serves (run, step): b answering that stored batch named its columns from the old
+    spec (REST failed 500 on the lengths; gRPC paired the probabilities with the wrong
+    distributions)."""
+    from paceline_server.app.operations import Operations, RequestBatch
+
+    a, b = pair
+    b.engine(NAME)  # b caches the three-distribution curriculum
+    a.delete_curriculum(NAME)
+    other = {**SPEC, "layout": {"distributions": [{"name": "left", "size": 50},
+                                                  {"name": "right", "size": 50}]},
+             "objectives": ["acc"], "weighting": {"kind": "fixed", "weights": [1]}}
+    a.create_curriculum(other)
+    a.attach_run(NAME, run_id="r")
+    served = Operations(a).batch(RequestBatch(NAME, "r", 0))  # stored by a
+    view = Operations(b).batch(RequestBatch(NAME, "r", 0))
+    assert (view.distributions, view.objectives) == (("left", "right"), ("acc",))
+    assert (view.distributions, view.objectives) == (served.distributions,
+                                                     served.objectives)
+    assert view.batch.probabilities.tolist() == served.batch.probabilities.tolist()

@@ -482,6 +482,11 @@ class PacelineService:
             cached.remember_served(run_id, step, batch.indices)
         else:
             batch = decode_batch(stored.payload)
+            # An engine cached for a predecessor of the same name (deleted and created
+            # again by another replica) goes: `names` would name this batch from its spec.
+            previous = self.engines.peek(name)
+            if previous is not None and previous.created_at != record.created_at:
+                self.engines.forget(name, previous)
         check_size(batch, size)
         return batch
 
