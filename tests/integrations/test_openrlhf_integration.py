@@ -282,3 +282,82 @@ def test_a_checkpoint_of_another_run_and_unsupported_settings_are_refused(
             with pytest.raises(ValueError, match="not served for step 0"):
                 trainer.experience_maker.make_experience_batch([stray] * N)
         assert cur.state().seq == 0
+
+
+def fit(db: Path, tmp_path: Path, episodes: int, *, resume: dict[str, Any] | None = None,
+        crash_after: int | None = None, redo: range = range(0),
+        ) -> tuple[list[int], dict[int, dict[str, Any]], Any]:
+    """OpenRLHF's `PPOTrainer.fit` with its episodes: each episode draws steps until
+    `SamplesGenerator.generate_samples` finds the prompts loader exhausted; after each
+    step `client_states` (the episode and the loader state) is checkpointed, and a
+    resumed fit starts at the checkpoint's episode with the loader state restored.
+    Returns the steps trained, the checkpoint after each step and the curriculum."""
+    reward_file = tmp_path / f"reward_{db.stem}.py"
+    reward_file.write_text(REWARD_FILE.format(db=str(db)))
+    trained: list[int] = []
+    checkpoints: dict[int, dict[str, Any]] = {}
+    with paceline.Client.embedded(db) as client:
+        cur = curriculum(client, "dump_ucb")
+        with cur.start_run(run_id="orlhf", heartbeat_interval=None) as run:
+            sampler = PacelinePromptSampler(run, prompt_dataset(), rollout_batch_size=BATCH)
+            trainer = Trainer()
+            attach(trainer, sampler)
+            loader = trainer.prompts_dataloader
+            executor = SingleTurnAgentExecutor(str(reward_file))
+            start_episode = 0
+            if resume is not None:
+                start_episode = resume["episode"]
+                loader.load_state_dict(resume["data_loader_state_dict"])
+            items = None
+            for episode in range(start_episode, episodes):
+                while True:
+                    if items is None:  # generate_samples: a new pass over the loader
+                        items = iter(loader)
+                    prompts: list[str] = []
+                    labels: list[str] = []
+                    exhausted = False
+                    while len(prompts) < BATCH:  # _collect_prompt_batch
+                        try:
+                            _, p, lab, _ = next(items)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        prompts += p
+                        labels += lab
+                    if exhausted:
+                        items = None
+                    if not prompts:
+                        if exhausted:
+                            break
+                        continue
+                    assert sampler.ledger.latest is not None
+                    step = sampler.ledger.latest.step
+                    seed = 1000 + step if step in redo else step  # a redo samples anew
+                    trainer.experience_maker.make_experience_batch(
+                        generate(executor, prompts, labels, seed))
+                    trained.append(step)
+                    checkpoints[step] = {"episode": episode,
+                                         "data_loader_state_dict": loader.state_dict()}
+                    if step == crash_after:
+                        return trained, checkpoints, cur.state()
+                    if exhausted:
+                        break
+            return trained, checkpoints, cur.state()
+
+
+def test_resuming_from_the_last_step_of_an_episode_trains_no_extra_episode(
+        tmp_path: Path) -> None:
+    """OpenRLHF checkpoints the episode a step belongs to: a checkpoint of an episode's
+    last step resumes in that episode, whose rest is empty, and then starts the next
+    one. The resumed run trains the same steps as an uninterrupted one, not one episode
+    of Paceline steps more."""
+    episodes = 2  # 4 steps each (16 rows, 4 prompts a step)
+    straight_steps, _, straight = fit(tmp_path / "straight.db", tmp_path, episodes)
+    assert straight_steps == list(range(8))
+    first, checkpoints, _ = fit(tmp_path / "resumed.db", tmp_path, episodes, crash_after=5)
+    assert first == list(range(6)) and checkpoints[3]["episode"] == 0
+    resumed_steps, _, resumed = fit(tmp_path / "resumed.db", tmp_path, episodes,
+                                    resume=checkpoints[3], redo=range(4, 6))
+    assert resumed_steps == [4, 5, 6, 7]
+    assert resumed == straight
+    assert [r.step for r in reports(tmp_path / "resumed.db", "orlhf")] == list(range(8))
