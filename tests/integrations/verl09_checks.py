@@ -65,10 +65,10 @@ class Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return {"input_ids": torch.tensor([i, i + 1]), "index": i, "data_source": "x"}
 
 
-def config(db: Path, run_id: str) -> Any:
+def config(db: Path, run_id: str, num_workers: int = 0) -> Any:
     return OmegaConf.create({
         "data": {"train_batch_size": BATCH, "gen_batch_size": None, "val_batch_size": None,
-                 "dataloader_num_workers": 0, "validation_shuffle": False,
+                 "dataloader_num_workers": num_workers, "validation_shuffle": False,
                  "sampler": {"paceline": {"embedded": str(db), "curriculum": "verl09",
                                           "run_id": run_id, "heartbeat_interval": None,
                                           "create": SPEC}}},
@@ -189,6 +189,19 @@ def check_bad_input(work: Path) -> None:
         next(iter(other.train_dataloader))
     with pytest.raises(ValueError, match="has 12 rows but curriculum 'verl09' lays out 16"):
         trainer(work / "bad.db", "c", dataset=Rows(ROWS - 4))
+    # Loader workers (verl's default is 8) prefetch: the batches of later steps would be
+    # drawn before this step is reported. Seen with verl's own loader, then refused.
+    ahead = trainer(work / "ahead.db", "w")
+    ahead.config = config(work / "ahead.db", "w", num_workers=2)
+    RayPPOTrainer._create_dataloader(ahead, Rows(), Rows(), collate_fn,
+                                     ahead.paceline_sampler)
+    next(iter(ahead.train_dataloader))
+    assert ahead.paceline_sampler.batch is not None
+    assert ahead.paceline_sampler.batch.step > 0  # drawn ahead of step 0's report
+    ahead.paceline_sampler.close()
+    with pytest.raises(ValueError, match=r"data\.dataloader_num_workers=0; got 8"):
+        PacelineRayPPOTrainer(config=config(work / "bad.db", "d", num_workers=8),
+                              train_dataset=Rows())
     with paceline.Client.embedded(work / "bad.db") as client:
         assert client.curriculum("verl09").state().seq == seq  # nothing was reported
 

@@ -17,7 +17,8 @@ trainer.init_workers()
 trainer.fit()
 ```
 
-The sampler reads its options from `data.sampler.paceline` exactly as on verl 0.7
+Set `data.dataloader_num_workers=0` (refused otherwise: loader workers prefetch later
+steps' batches). The sampler reads its options from `data.sampler.paceline` exactly as on verl 0.7
 (`curriculum`, `url` or `embedded`, `run_id`, `reward_keys`, ...); the reward function
 scalarises with `paceline.integrations.verl.ServedWeights`. verl checkpoints the data
 loader, and with it the sampler's position and fingerprint: resuming with another run id
@@ -48,10 +49,18 @@ class PacelineRayPPOTrainer(RayPPOTrainer):  # type: ignore[misc]
     reported back (every argument is RayPPOTrainer's).
 
     Without `train_sampler` a `PacelineCurriculumSampler` is built from `config.data`
-    and `train_dataset`; a given one must be a `PacelineCurriculumSampler`."""
+    and `train_dataset`; a given one must be a `PacelineCurriculumSampler`.
+    `data.dataloader_num_workers` must be 0 (verl 0.7 enforced this for curriculum
+    samplers; 0.8+ does not), so each step's batch is drawn after the previous step
+    was reported."""
 
     def __init__(self, config: Any, *args: Any, train_dataset: Any = None,
                  train_sampler: Any = None, **kwargs: Any) -> None:
+        workers = config.data.get("dataloader_num_workers", 8)  # verl's default: 8
+        if workers != 0:
+            raise ValueError("PacelineRayPPOTrainer needs data.dataloader_num_workers=0; got "
+                             f"{workers} (loader workers prefetch: later steps' batches "
+                             "would be drawn before this step is reported)")
         if train_sampler is None:
             if train_dataset is None:
                 raise ValueError("PacelineRayPPOTrainer needs train_dataset (the sampler "
