@@ -271,6 +271,8 @@ def test_a_checkpoint_of_another_run_and_unsupported_settings_are_refused(
                 attach(Trainer(dynamic=True), sampler)
             with pytest.raises(ValueError, match=r"rollout\.batch_size is 8"):
                 attach(Trainer(batch_size=8), sampler)
+            with pytest.raises(ValueError, match="needs num_workers=0; got 2"):
+                attach(Trainer(), sampler, num_workers=2)
             # Rollouts of a prompt that was not served for the step are refused.
             trainer = Trainer()
             attach(trainer, sampler)

@@ -109,10 +109,16 @@ class PacelinePromptSampler(PacelineSampler):
 def prompts_dataloader(dataset: Any, sampler: PacelinePromptSampler,
                        num_workers: int = 0) -> StatefulDataLoader:
     """The prompts loader OpenRLHF's `prepare_datasets` builds (batch size 1, the dataset's
-    `collate_fn`, stateful), drawing from `sampler`."""
+    `collate_fn`, stateful), drawing from `sampler`. Without worker processes: a loader
+    with workers draws indices ahead, so it would ask Paceline for a later step's batch
+    before the step in training is reported (a batch chosen from old statistics)."""
+    if num_workers != 0:
+        raise ValueError(f"the paceline prompts loader needs num_workers=0; got "
+                         f"{num_workers} (workers draw later steps' batches before the "
+                         "step in training is reported)")
     return StatefulDataLoader(dataset, batch_size=1, sampler=sampler, drop_last=True,
                               collate_fn=getattr(dataset, "collate_fn", None),
-                              num_workers=num_workers, persistent_workers=num_workers > 0)
+                              num_workers=0)
 
 
 def _rows(value: Any) -> list[float]:
