@@ -96,6 +96,25 @@ def test_refill_tops_up_when_the_sampler_repeats(sqlite_client: TestClient) -> N
     assert len(set(part)) == 10 and not set(part) & set(first)
 
 
+def test_top_ups_differ_from_run_to_run(sqlite_client: TestClient) -> None:
+    """The top-up is drawn from the run's own stream: two runs whose sampler repeats (5
+    "hard" prompts for 8 slots) are not handed the same easy prompts at a step (the
+    stream was keyed by seed, step and part alone, so the runs shared them)."""
+    small = {"layout": {"distributions": [{"name": "easy", "size": 95},
+                                          {"name": "hard", "size": 5}]},
+             "sampler": {"kind": "fixed_mix", "probabilities": [0.0, 1.0]}}
+    setup(sqlite_client, **small)
+    assert sqlite_client.post(f"{URL}/runs", json={"run_id": "s"}).status_code == 201
+    top_ups = []
+    for run in ("r", "s"):
+        body = {"run_id": run, "step": 0}
+        assert sqlite_client.post(f"{URL}/batches", json=body).status_code == 200
+        part = sqlite_client.post(f"{URL}/batches", json={**body, "part": 1, "size": 10})
+        top_ups.append({i for i in part.json()["indices"] if i < 95})  # easy: topped up
+    assert min(map(len, top_ups)) >= 5  # the hard ones part 0 left, the rest easy
+    assert len(top_ups[0] & top_ups[1]) <= 3  # (the same stream: all but one shared)
+
+
 @pytest.mark.parametrize(
     ("request_body", "status", "code"),
     [({"part": 1, "size": 3}, 409, "REFILL_OUT_OF_ORDER"),  # no part 0 yet

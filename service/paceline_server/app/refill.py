@@ -11,7 +11,8 @@ and stored under (run, step, part): asking again returns the same part, like
 `next_batch`. Sampler-agnostic: the sampler proposes `size + |served|` indices (at most
 N) from the part's stream and the first `size` not yet served are kept, in the
 sampler's order; samplers that may repeat an index (a distribution smaller than its
-slots) are topped up uniformly from the unserved rest, deterministically.
+slots) are topped up uniformly from the unserved rest, deterministically, from a child
+of the part's stream (so, like the sampler's draws, they differ from run to run).
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import numpy as np
 
 from paceline_server.domain.batch import Batch
 from paceline_server.domain.errors import InvalidRequest, RefillTooLarge
-from paceline_server.engine.engine import CurriculumEngine
+from paceline_server.engine.engine import CurriculumEngine, run_stream
 
 #: Refill parts a step may have (part 0, the step's batch, not counted).
 MAX_PARTS = 64
-_TOP_UP_STREAM = 0x70F  # separates the top-up draws from the sampler's
 
 
 def check_part(part: object) -> int:
@@ -80,8 +80,9 @@ def propose_refill(engine: CurriculumEngine, run_id: str, step: int, part: int, 
     weights = None if proposal.loss_weights is None else proposal.loss_weights[keep]
     missing = size - chosen.size
     if missing:
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-            [engine.spec.seed, _TOP_UP_STREAM, step, part])))
+        # A child of the part's own stream: keyed by the run too (keyed by seed, step and
+        # part alone, every run got the same top-up prompts at a step).
+        rng = run_stream(engine.spec.seed, run_id, step, part).spawn(1)[0]
         extra = _uniform_unserved(rng, n, np.union1d(served, chosen), missing)
         chosen = np.concatenate([chosen, extra])
         if weights is not None:
