@@ -445,6 +445,43 @@ def test_rows_lost_in_a_restart_are_filled(client: TestClient, database_url: str
                             _Replayed(service.store).history("hist", every=1))
 
 
+def test_a_gap_pruned_before_its_fill_skips_to_the_snapshot(tmp_path: Any) -> None:
+    """The fill of rows lost in a restart runs in the background, and pruning, right
+    after the report whose checkpoint found the gap, may delete their events first: the
+    history then skips from the rows before the gap to the snapshot the log continues
+    from, exact where it answers. (It folded from the snapshot before the gap, which the
+    log no longer continued from, and every request failed with a 500.)"""
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    with make_client(url, snapshot_every=3, prune_events=True) as client:
+        setup(client)
+        drive(client, 4)  # rows 1..3 stored; 4 only in memory
+    with make_client(url, snapshot_every=3, prune_events=True) as restarted, \
+            make_client(f"sqlite:///{tmp_path / 'q.db'}", snapshot_every=3) as kept:
+        service = restarted.app.state.service  # type: ignore[attr-defined]
+        late: list[tuple[Any, ...]] = []
+        service.histories._start_fill = lambda *args: late.append(args)
+        drive(restarted, 3, start=4)  # checkpoint 5..6 finds the gap at 4; 1..6 pruned
+        assert late == [("hist", late[0][1], 3, 4)]
+        service.histories._fill(*late[0])  # the prune won: event 4 is gone
+        assert [(c.first_seq, c.last_seq) for c in service.store.history_checkpoints(
+            "hist")] == [(1, 3), (5, 6)]
+        assert next(iter(service.store.events("hist"))).seq == 7
+        answer = restarted.get("/v1/curricula/hist/history")
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["seq"] == [0, 1, 2, 3, 7] and body["complete"]
+        setup(kept)
+        drive(kept, 4)
+        drive(kept, 3, start=4)  # the same reports, nothing pruned
+        twin = kept.get("/v1/curricula/hist/history").json()
+        rows = [0, 1, 2, 3, 7]
+        for name, series in body["per_distribution"].items():
+            for key, values in series.items():
+                assert values == [twin["per_distribution"][name][key][i] for i in rows], key
+        assert body["reward_weights"] == {
+            o: [w[i] for i in rows] for o, w in twin["reward_weights"].items()}
+
+
 @pytest.mark.parametrize("rows", ["none", "all", "first four"])
 def test_a_log_from_before_checkpoints_is_backfilled(sqlite_client: TestClient,
                                                      rows: str) -> None:

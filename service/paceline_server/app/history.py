@@ -645,15 +645,20 @@ class HistoryService:
         before `seq`, else a fresh engine at 0 when the log starts at seq 1. A snapshot
         this code cannot read (StateVersionError) is replayed from the first event, as the
         engine cache does. When the log was pruned and nothing at or before `seq` is
-        usable, the newest snapshot up to `head_seq` (the rows then skip to it)."""
+        usable (a snapshot the log no longer continues from is not), the newest snapshot
+        up to `head_seq` (the rows then skip to it)."""
         snapshot = self.store.latest_snapshot(name, at_most=seq) if seq else None
+        first = next(iter(self.store.events(name, after_seq=0, limit=1)), None)
+        if snapshot is not None and first is not None and first.seq > snapshot.seq + 1:
+            # Pruned past it (rows a fill had yet to store, say): folding from it met the
+            # gap on every request; it is as unusable as no snapshot at all.
+            snapshot = None
         cause: StateVersionError | None = None
         if snapshot is not None:
             try:
                 return CurriculumEngine.from_bytes(spec, snapshot.state), snapshot.seq
             except StateVersionError as exc:
                 cause = exc
-        first = next(iter(self.store.events(name, after_seq=0, limit=1)), None)
         if first is None or first.seq == 1:
             if cause is not None and snapshot is not None:
                 _log.warning("curriculum %r: snapshot at seq %d not readable (%s); the "
