@@ -153,6 +153,29 @@ def test_default_every_caps_the_rows() -> None:
     assert auto_every(100_000) == 100
 
 
+@pytest.mark.parametrize("head", [1, 999, 1000, 1001, 1999, 2000, 2001, 100_000])
+@pytest.mark.parametrize("since", [0, 1, 7])
+def test_the_default_every_answers_at_most_max_points_rows(head: int, since: int) -> None:
+    """Without `every`, at most MAX_POINTS rows, the last among them, with the smallest
+    `every` that does so (seqs 0..1000 answered 1001 rows, 0..100 000 too, at every
+    100)."""
+    from datetime import UTC, datetime
+
+    since = min(since, head)  # (a later since is refused before _select)
+    spec = CurriculumSpec.from_dict(SPEC)
+    columns = history_module._Columns(3, 2)
+    columns._reserve(head + 1)
+    columns.seq[:head + 1] = np.arange(head + 1)
+    columns.size = head + 1
+    trace = history_module._Trace(datetime.now(UTC), spec, None, 0, head, 0, columns)
+    view = history_module._select("hist", trace, head, head, None, since)
+    assert 0 < view.seq.size <= MAX_POINTS and view.seq[-1] == head
+    assert view.seq[0] == since or view.seq[0] % view.every == 0
+    fewer = history_module._select("hist", trace, head, head, view.every - 1, since) \
+        if view.every > 1 else view
+    assert view.every == 1 or fewer.seq.size > MAX_POINTS
+
+
 @pytest.mark.parametrize(("params", "status", "code"), [
     ({"since": 99}, 422, "HISTORY_OUT_OF_RANGE"),
     ({"since": -1}, 422, "HISTORY_OUT_OF_RANGE"),

@@ -34,8 +34,8 @@ Cost (see docs/benchmarks.md, "History", and docs/dashboard.md):
   has none: inline when fewer than `INLINE_FOLDS`), then O(rows returned) to select and
   encode.
 - `every` downsamples to the rows at multiples of `every` plus the head; left out, it is
-  chosen so that at most `MAX_POINTS` rows come back, so a 100 000-report curriculum
-  answers with 1 000 rows, not 100 000.
+  the smallest that keeps at most `MAX_POINTS` rows, so a 100 000-report curriculum
+  answers with 992 rows (every 101), not 100 001.
 
 A snapshot this code cannot read (`StateVersionError`: a strategy state version that no
 longer migrates) is set aside as the engine cache does: the engine is rebuilt by folding
@@ -717,6 +717,17 @@ def auto_every(rows: int, limit: int = MAX_POINTS) -> int:
     return max(1, math.ceil(rows / limit))
 
 
+def fitting_every(first: int, last: int, limit: int = MAX_POINTS) -> int:
+    """The smallest `every` whose rows over seqs first..last (its multiples, plus `last`)
+    are at most `limit`. Counted exactly: `auto_every(last - first)` left one row too
+    many (1001 rows for seqs 0..1000, or 0..100 000 at every 100), and the last row is
+    added when it is no multiple. From `auto_every` of the rows, a lower bound, up."""
+    every = auto_every(last - first + 1, limit)
+    while last // every - -(-first // every) + 1 + (last % every != 0) > limit:
+        every += 1
+    return every
+
+
 def _select(name: str, trace: _Trace, head_seq: int, upto: int, every: int | None,
             since: int) -> CurriculumHistory:
     """Rows with since <= seq <= upto at multiples of `every`, plus the row at `upto`."""
@@ -725,7 +736,8 @@ def _select(name: str, trace: _Trace, head_seq: int, upto: int, every: int | Non
     seq = columns.seq[:n]
     start = int(np.searchsorted(seq, since, side="left"))
     first_seq = int(seq[start]) if start < n else head_seq
-    step_every = every if every is not None else auto_every(head_seq - min(first_seq, head_seq))
+    step_every = every if every is not None else fitting_every(min(first_seq, head_seq),
+                                                               head_seq)
     keep = np.flatnonzero(seq[start:n] % step_every == 0) + start
     if start < n and (keep.size == 0 or keep[-1] != n - 1):
         keep = np.append(keep, n - 1)  # the last row is always there
