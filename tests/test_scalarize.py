@@ -222,3 +222,46 @@ def test_issue_examples() -> None:
     assert view.scalarize({"correctness": 1.0, "length": 80.0}) == pytest.approx(0.96)
     # Longer is worse on every path.
     assert view.scalarize([1.0, 900.0]) < view.scalarize([1.0, 80.0])
+
+
+class MovingCurriculum(StubCurriculum):
+    """A curriculum whose weights move on every `state()` call (a report folded between
+    two fetches): what a cache refreshed in the middle of a reward call meets."""
+
+    def __init__(self, case: Case) -> None:
+        super().__init__(case)
+        self.fetches = 0
+
+    def state(self) -> Any:
+        self.fetches += 1
+
+        @dataclass
+        class State:
+            reward_weights: dict[str, float]
+            reward_scale: float
+
+        first = 0.9 if self.fetches % 2 else 0.1
+        return State({"correctness": first, "length": 1.0 - first}, 1.0)
+
+
+def test_openrlhf_reward_call_scores_every_row_with_one_weight_vector() -> None:
+    """OpenRLHF's reward function scores a whole batch (whole groups) in one call; every
+    row of it must take the same weights, or a group's advantages compare rewards
+    scalarised two ways. With the cache expiring during the call (ttl 0 here, a 10 s ttl
+    running out mid-batch in practice) each row fetched the weights again."""
+    openrlhf = pytest.importorskip("paceline.integrations.openrlhf")
+    spec = CurriculumSpec.from_dict({
+        "name": "s", "layout": {"distributions": [{"name": "d", "size": 10}]},
+        "objectives": ["correctness", {"name": "length", "direction": "minimize"}],
+        "batch_size": 2})
+    curriculum = MovingCurriculum(Case(spec, np.array([0.5, 0.5]), 1.0,
+                                       np.zeros((1, 1, 2))))
+    weights = openrlhf.ServedWeights(curriculum, ttl=0.0)  # type: ignore[arg-type]
+    reward = openrlhf.ScalarizedRewardFunc(weights, {
+        "correctness": lambda q, p, label: 1.0, "length": lambda q, p, label: 0.0})
+    out = reward(["q"] * 4, ["p"] * 4, [None] * 4)
+    assert out["rewards"].tolist() == [pytest.approx(1.0)] * 4  # u = (1, 1): any weights
+    reward = openrlhf.ScalarizedRewardFunc(weights, {
+        "correctness": lambda q, p, label: 1.0, "length": lambda q, p, label: 1.0})
+    out = reward(["q"] * 4, ["p"] * 4, [None] * 4)
+    assert len(set(out["rewards"].tolist())) == 1, out["rewards"]

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 
 from paceline.client import Client, Curriculum
-from paceline.models import weights_view
+from paceline.models import Batch, weights_view
 
 __all__ = ["ServedWeights"]
 
@@ -48,11 +48,17 @@ class ServedWeights:
             self._fetched = now
         return self._weights, self._scale
 
+    def view(self) -> Batch:
+        """The weights of `get` as a batch-shaped view (`view().scalarize(...)`): fetch it
+        once to score several rows alike (a group scored with two weight vectors, when
+        the cache expires between its rows, compares rewards scalarised two ways)."""
+        weights, scale = self.get()
+        return weights_view(weights, scale, self.curriculum.spec)
+
     def score(self, rewards: Mapping[str, float]) -> dict[str, float]:
         """verl's reward-result dict: `score` = reward_scale * Σ_k w_k u_k (u_k: objective
         k by its bounds and direction, as `Batch.scalarize`), plus each objective's raw
         reward under its own name (verl passes those to `update`)."""
-        weights, scale = self.get()
-        view = weights_view(weights, scale, self.curriculum.spec)
+        view = self.view()
         total = float(view.scalarize(rewards))
-        return {"score": total, **{o: float(rewards[o]) for o in weights}}
+        return {"score": total, **{o: float(rewards[o]) for o in view.reward_weights}}

@@ -256,7 +256,8 @@ class ScalarizedRewardFunc:
     own function `(query, prompt, label) -> float` and returning the scalarised reward
     (`rewards`, also `scores`) and each objective's raw value (`extra_logs`, under
     `objective_key`). The weights are the curriculum's current ones (`ServedWeights`,
-    cached `ttl` seconds): the vLLM engines run in other processes than the sampler."""
+    cached `ttl` seconds): the vLLM engines run in other processes than the sampler. They
+    are read once per call, so every row of a call (a group's rollouts) takes the same."""
 
     def __init__(self, weights: ServedWeights, objectives: Mapping[str, Objective]) -> None:
         missing = [o for o in weights.curriculum.objectives if o not in objectives]
@@ -281,7 +282,8 @@ class ScalarizedRewardFunc:
         raw = {o: [float(fn(q, p, lab)) for q, p, lab in zip(queries, prompts, labels,
                                                              strict=True)]
                for o, fn in self.objectives.items()}
-        totals = [self.weights.score({o: raw[o][i] for o in raw})["score"]
+        view = self.weights.view()  # one weight vector for every row of the call
+        totals = [float(view.scalarize({o: raw[o][i] for o in raw}))
                   for i in range(len(queries))]
         scalar = torch.tensor(totals, dtype=torch.float32)
         return {"rewards": scalar, "scores": scalar.clone(),
