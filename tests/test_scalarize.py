@@ -265,3 +265,41 @@ def test_openrlhf_reward_call_scores_every_row_with_one_weight_vector() -> None:
         "correctness": lambda q, p, label: 1.0, "length": lambda q, p, label: 1.0})
     out = reward(["q"] * 4, ["p"] * 4, [None] * 4)
     assert len(set(out["rewards"].tolist())) == 1, out["rewards"]
+
+
+def _spec_with_bounds(bounds: list[float], weighting: Any = "fixed") -> CurriculumSpec:
+    return CurriculumSpec.from_dict({
+        "name": "s", "layout": {"distributions": [{"name": "d", "size": 10},
+                                                  {"name": "e", "size": 10}]},
+        "objectives": [{"name": "acc", "bounds": bounds}, "x"], "weighting": weighting,
+        "batch_size": 4})
+
+
+@pytest.mark.parametrize("bounds", [[0.0, 1e-310], [0.0, 5e-324], [-1e-200, 1e-200]])
+def test_bounds_too_narrow_for_finite_unit_rewards_are_refused(bounds: list[float]) -> None:
+    """Bounds a subnormal apart gave every unit reward an infinite gain: the spec was
+    accepted and the first report turned the default sampler's probabilities (or spard's
+    weights) into NaN, so every later batch of the curriculum failed (500)."""
+    from paceline_server.domain.errors import InvalidSpec
+
+    with pytest.raises(InvalidSpec, match="bounds"):
+        _spec_with_bounds(bounds)
+
+
+@pytest.mark.parametrize("weighting", ["fixed", {"kind": "spard", "every_steps": 1},
+                                       "gradient", "hypervolume"])
+def test_the_narrowest_bounds_accepted_keep_every_figure_finite(weighting: Any) -> None:
+    from paceline_server.domain.spec import MIN_BOUNDS_WIDTH
+    from paceline_server.engine.engine import CurriculumEngine
+    from support import report
+
+    cur = _spec_with_bounds([0.0, MIN_BOUNDS_WIDTH], weighting)
+    engine = CurriculumEngine(cur)
+    rng = np.random.default_rng(0)
+    for step in range(4):  # rewards at the limit the service takes (1e6)
+        batch = engine.next_batch("r", step)
+        rewards = rng.choice([-1e6, 0.0, 1e6], (4, 3, 2))
+        engine.apply(report(cur, batch.indices, rewards, step=step))
+    batch = engine.next_batch("r", 4)
+    assert np.all(np.isfinite(batch.probabilities)) and np.all(np.isfinite(
+        batch.reward_weights)) and np.isfinite(batch.reward_scale)

@@ -20,6 +20,12 @@ from paceline_server.domain.validation import (
 Direction = Literal["maximize", "minimize"]
 MAX_BATCH_SIZE = 1_000_000
 MAX_OBJECTIVES = 64
+#: The least width of an objective's bounds. A unit reward is (r - lo) / (hi - lo); with
+#: rewards and bounds up to 1e6 in magnitude, narrower bounds give unit rewards whose
+#: squares (group variances, spard's windows) overflow to inf and then NaN, or, a
+#: subnormal apart, an infinite gain: the first report made the curriculum's batches
+#: fail for good. 1e-100 keeps every figure finite with a wide margin.
+MIN_BOUNDS_WIDTH = 1e-100
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,10 @@ class ObjectiveSpec:
                                   InvalidSpec)
         if not high > low:
             raise InvalidSpec(f"objective {self.name!r}: bounds must satisfy low < high",
+                              {"field": "bounds"})
+        if not high - low >= MIN_BOUNDS_WIDTH:
+            raise InvalidSpec(f"objective {self.name!r}: bounds must be at least "
+                              f"{MIN_BOUNDS_WIDTH:g} apart; got [{low!r}, {high!r}]",
                               {"field": "bounds"})
         object.__setattr__(self, "bounds", (low, high))
         if self.reference is not None:
