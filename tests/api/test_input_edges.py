@@ -101,3 +101,30 @@ def test_an_error_echoing_a_lone_surrogate_is_rendered(
     assert "\\ud800" in answer.text  # shown as its escape
     assert sqlite_client.get(f"{CUR}/state").json()["seq"] == 0
     assert sqlite_client.get("/v1/curricula").json()["curricula"][0]["name"] == "math"
+
+
+@pytest.mark.parametrize("large", [False, True])
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_an_integer_over_pythons_digit_limit_is_a_malformed_body(
+        sqlite_client: TestClient, monkeypatch: pytest.MonkeyPatch, large: bool,
+        gzipped: bool) -> None:
+    """json.loads refuses an integer of more than 4300 digits with a plain ValueError (not
+    a JSONDecodeError), which answered 500 INTERNAL with a traceback in the log; gRPC's
+    spec_json and the FastAPI routes already answered 400. Both parsers (the large-body
+    one too) and gzip bodies."""
+    import gzip
+
+    from paceline_server.api import body as body_module
+
+    if large:  # the pure-Python scanner of bodies over LARGE_BODY
+        monkeypatch.setattr(body_module, "LARGE_BODY", 10)
+    setup(sqlite_client)
+    before = sqlite_client.get(f"{CUR}/state").json()
+    text = f'{{{GOOD}, "step": {"9" * 5000}, "rewards": [[[1, 1]]]}}'.encode()
+    headers = {"Content-Type": "application/json"}
+    if gzipped:
+        text, headers = gzip.compress(text), {**headers, "Content-Encoding": "gzip"}
+    answer = sqlite_client.post(f"{CUR}/reports", content=text, headers=headers)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "MALFORMED_BODY"
+    assert sqlite_client.get(f"{CUR}/state").json() == before

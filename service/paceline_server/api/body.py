@@ -88,7 +88,7 @@ def _parse_json(raw: bytes, yielding: bool) -> Any:
         decoder = json.JSONDecoder()
         decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
         return decoder.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # syntax, encoding, or an integer over Python's 4300 digits
         raise MalformedBody(f"request body is not valid JSON: {exc}") from exc
     except RecursionError as exc:  # json's decoder recurses per nesting level
         raise MalformedBody("request body is nested too deeply") from exc
