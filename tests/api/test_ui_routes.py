@@ -85,3 +85,33 @@ def test_overview_needs_a_read_token(tmp_path: Path) -> None:
         assert client.get("/ui/api/overview", headers={"Authorization": "Bearer r"}).json() \
             == {"curricula": [], "truncated": False, "limit": 1000}
         assert client.get("/ui/").status_code == 200  # the shell holds no data
+
+
+def test_the_dashboards_data_calls_are_rate_limited(tmp_path: Path) -> None:
+    """/ui/api/overview reads the database (a query per curriculum listed) and checks
+    tokens as /v1 does: it takes from the caller's budget, so neither its cost nor token
+    guessing escapes the limit. The page shell and assets stay unlimited."""
+    with make_client(f"sqlite:///{tmp_path / 'rl.db'}", api_tokens={"r": "read"},
+                     rate_limit_per_s=0.01, rate_limit_burst=2) as client:
+        read = {"Authorization": "Bearer r"}
+        assert [client.get("/ui/api/overview", headers=read).status_code
+                for _ in range(3)] == [200, 200, 429]
+        assert client.get("/v1/curricula", headers=read).status_code == 429  # one budget
+        guesses = [client.get("/ui/api/overview",
+                              headers={"Authorization": f"Bearer guess-{i}"}).status_code
+                   for i in range(3)]
+        assert guesses == [401, 401, 429]
+        assert client.get("/ui/").status_code == 200
+        assert client.get("/ui/static/app.js").status_code == 200
+
+
+def test_a_page_prefetches_within_the_rate_limit(tmp_path: Path) -> None:
+    """Without auth a curriculum page starts reading its history and loading its engine
+    (an API call's work): only while the caller's budget allows; the page is served
+    either way."""
+    with make_client(f"sqlite:///{tmp_path / 'pf.db'}", rate_limit_per_s=0.01,
+                     rate_limit_burst=1) as client:
+        asked: list[str] = []
+        client.app.state.operations.prefetch = asked.append  # type: ignore[attr-defined]
+        assert [client.get(f"/ui/c/c{i}").status_code for i in range(3)] == [200] * 3
+        assert asked == ["c0"]

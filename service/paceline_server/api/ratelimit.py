@@ -2,8 +2,9 @@
 `PACELINE_RATE_LIMIT_PER_S` is set): 429 `RATE_LIMITED` with `Retry-After`.
 
 A pure ASGI middleware rather than a dependency: a refused request costs no body read, no
-parsing and no database round trip. Only `/v1` is limited: the probes, /metrics, the
-dashboard and the docs are not.
+parsing and no database round trip. `/v1` and the dashboard's data calls (`/ui/api/`,
+which check tokens and read the database as `/v1` does) are limited: the probes,
+/metrics, the dashboard's page and assets and the docs are not.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ __all__ = ["RateLimitMiddleware", "TokenBuckets"]
 
 
 def _is_api(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+    """A call that reads or writes data: `/v1`, and the dashboard's `/ui/api/` (its
+    overview costs a query per curriculum listed; unlimited, it also let unknown tokens
+    be guessed at any rate)."""
+    return path == "/v1" or path.startswith(("/v1/", "/ui/api/"))
 
 
 class RateLimitMiddleware(HttpMiddleware):

@@ -20,7 +20,8 @@ from fastapi.responses import RedirectResponse
 
 from paceline_server.api.deps import Ops, ReadScope
 from paceline_server.app.overview import MAX_LISTED, Overview
-from paceline_server.domain.errors import NotFound
+from paceline_server.domain.errors import NotFound, RateLimited
+from paceline_server.transport.ratelimit import RateLimiter
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
@@ -67,9 +68,24 @@ def ui_curriculum(name: str, request: Request, ops: Ops) -> Response:
     # requests; nothing is sent back here, and an unknown name is reported by the page).
     # Not with authentication on: the shell needs no token, and anyone could then have
     # engines loaded (and trainers' evicted) by asking for pages.
-    if not request.app.state.settings.auth_enabled:
+    if not request.app.state.settings.auth_enabled and _within_rate_limit(request):
         ops.prefetch(name)
     return _shell(request)
+
+
+def _within_rate_limit(request: Request) -> bool:
+    """Whether the caller's rate limit allows the prefetch (one call of its budget): the
+    page is served either way, but the work it starts (history read, engine load) is an
+    API call's, which a client over its limit must not get by asking for pages."""
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is None:
+        return True
+    try:
+        limiter.check(request.headers.get("authorization"),
+                      request.client.host if request.client else None)
+    except RateLimited:
+        return False
+    return True
 
 
 @router.get("/static/{path:path}")
