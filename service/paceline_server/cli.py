@@ -654,7 +654,10 @@ def _describe(exc: Exception, args: argparse.Namespace) -> tuple[int, str]:
         return 1, "error: " + _one_line(str(exc))
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
+        loc = tuple(first.get("loc", ()))
+        if loc[:1] == ("api_tokens",):  # the rest of it is a token: never printed
+            loc = loc[:1]
+        where = ".".join(str(p) for p in loc)
         return 1, "error: " + _one_line(f"invalid setting {where}: {first.get('msg')}")
     if isinstance(exc, SettingsError):  # a structured variable that is not JSON
         return 1, "error: " + _one_line(

@@ -96,10 +96,13 @@ class Settings(BaseSettings):
         """A token a request cannot send (empty, or with spaces or control characters,
         which `Authorization: Bearer <token>` cannot carry) would turn authentication on
         and lock every caller out: refused at start instead."""
-        for token in value:
+        for number, token in enumerate(value, 1):
             if not token or any(c.isspace() or not c.isprintable() for c in token):
-                raise ValueError(f"token {token!r} cannot be sent in an Authorization "
-                                 "header: use visible characters, no spaces")
+                # Named by position, never by value: this line goes to the log, and the
+                # token is likely a real secret with a stray space or newline.
+                raise ValueError(f"token {number} of {len(value)} ({len(token)} characters) "
+                                 "cannot be sent in an Authorization header: use visible "
+                                 "characters, no spaces")
         return value
 
     @field_validator("database_url")
