@@ -83,9 +83,14 @@ class EmbeddedService:
         from paceline_server.adapters.redis_coordination import coordinator_from_settings
         from paceline_server.app.operations import Operations
         from paceline_server.app.service import PacelineService
+        from paceline_server.domain.errors import PacelineError
         from paceline_server.settings import Settings
         from paceline_server.store import open_store
 
+        unknown = sorted(set(settings) - set(Settings.model_fields))
+        if unknown:  # Settings ignores what it does not know: a typo changed nothing
+            raise TypeError(f"embedded() got keyword arguments that are no setting of "
+                            f"paceline_server.settings.Settings: {', '.join(unknown)}")
         tmpdir: str | None = None
         if path is None:
             tmpdir = tempfile.mkdtemp(prefix="paceline-")
@@ -104,9 +109,11 @@ class EmbeddedService:
             except BaseException:
                 store.close()
                 raise
-        except BaseException:
+        except BaseException as exc:
             if tmpdir is not None:
                 shutil.rmtree(tmpdir, ignore_errors=True)
+            if isinstance(exc, PacelineError):  # e.g. locked by another process: the
+                raise _error_reply(exc).error() from exc  # client's class, as calls raise
             raise
         return cls(service, Operations(service), store, tmpdir)
 
@@ -169,16 +176,13 @@ class EmbeddedService:
         """A domain error as REST's error body, with the status of its code; anything
         else is a bug: raised as INTERNAL (as REST answers it), with the cause chained."""
         from paceline_server.domain.errors import PacelineError
-        from paceline_server.transport.errors import status_of
 
         if isinstance(exc, ClientError):  # refused while shaping it, as over HTTP
             raise exc
         if not isinstance(exc, PacelineError):
             raise Unavailable("INTERNAL", f"internal error: {type(exc).__name__}: {exc}",
                               status=500) from exc
-        body = {"error": {"code": exc.code, "message": exc.message,
-                          "details": _plain(exc.details)}}
-        return Reply(status_of(exc), body, "", 1)
+        return _error_reply(exc)
 
     # ------------------------------------------------------------ operations
     def _create(self, o: op.CreateCurriculum) -> tuple[int, Any]:
@@ -303,6 +307,15 @@ class AsyncEmbeddedTransport(_Transport):
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._shut)  # waits for reports in flight
+
+
+def _error_reply(exc: Any) -> Reply:
+    """A domain error as REST answers it: its error body, with the status of its code."""
+    from paceline_server.transport.errors import status_of
+
+    body = {"error": {"code": exc.code, "message": exc.message,
+                      "details": _plain(exc.details)}}
+    return Reply(status_of(exc), body, "", 1)
 
 
 # ------------------------------------------------------------------ arguments

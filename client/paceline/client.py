@@ -165,7 +165,8 @@ class Client:
                  **settings: Any) -> Client:
         """Run the service in this process on a SQLite file (a temporary one, deleted at
         `close`, when `path` is None) — for notebooks and tests. Needs the server package.
-        `settings` override `paceline_server.settings.Settings` fields.
+        `settings` override `paceline_server.settings.Settings` fields (a keyword that
+        names none raises TypeError).
 
         Calls go straight to the service's application layer, in the calling thread: no
         HTTP, no encoding, no retries (`retries` is accepted and unused), the same

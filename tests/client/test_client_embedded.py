@@ -363,3 +363,38 @@ def test_close_lets_calls_of_other_threads_finish_first() -> None:
     for exc in seen:
         closed = isinstance(exc, paceline.TransportError) and exc.code == "CLIENT_CLOSED"
         assert closed or (isinstance(exc, RuntimeError) and "closed" in str(exc)), repr(exc)
+
+
+@pytest.mark.parametrize("case", ["no_directory", "schema_behind"])
+def test_errors_at_open_are_the_clients(tmp_path: Path, case: str) -> None:
+    """A database that cannot be opened (here a missing directory; also one another
+    process holds locked past the lock timeout) or whose schema is behind raised the
+    server's own exception classes out of `Client.embedded()`, which
+    `except paceline.Unavailable` (or `paceline.PacelineError`) did not catch. They are
+    now the client's, with the code and status the service gives them."""
+    if case == "no_directory":
+        open_ = lambda: paceline.Client.embedded(tmp_path / "missing" / "x.db")  # noqa: E731
+        code = "UNAVAILABLE"
+    else:
+        open_ = lambda: paceline.Client.embedded(tmp_path / "x.db",  # noqa: E731
+                                                 auto_migrate=False)
+        code = "SCHEMA_OUTDATED"
+    with pytest.raises(paceline.Unavailable) as raised:
+        open_()
+    assert (raised.value.code, raised.value.status) == (code, 503)
+    with pytest.raises(paceline.Unavailable):
+        paceline.AsyncClient.embedded(tmp_path / "missing" / "x.db")
+
+
+def test_unknown_settings_are_refused(tmp_path: Path) -> None:
+    """Keyword arguments are settings, and one that names none (a typo such as
+    `snapshot_evry=10`, or an HTTP client's `token=`) was silently ignored, so the
+    service ran with the default the caller meant to change. It is a TypeError now, as
+    any unexpected keyword argument is, and nothing is left behind."""
+    with pytest.raises(TypeError, match="snapshot_evry"):
+        paceline.Client.embedded(tmp_path / "x.db", snapshot_evry=10)
+    with pytest.raises(TypeError, match="token"):
+        paceline.AsyncClient.embedded(tmp_path / "x.db", token="t")
+    assert not (tmp_path / "x.db").exists()
+    with paceline.Client.embedded(tmp_path / "x.db", snapshot_every=10) as client:
+        assert client._transport.service.service.settings.snapshot_every == 10
