@@ -57,7 +57,21 @@ def grpo_advantages(scalar):
 def train_step(prompts, advantages, loss_weights=None):
     assert len(prompts) == len(advantages)
 """,
+    # a URL for the reader's own (constructors connect to nothing until called)
+    "url": """
+import paceline
+url = "http://127.0.0.1:8000"
+""",
 }
+# docs/client.md's loop fragments: the trainer's parts and a run to call.
+PRELUDES["run"] = PRELUDES["trainer"] + """
+import paceline
+run = paceline.Client("http://127.0.0.1:8000").create_curriculum(
+    "docs-fragment", distributions={"easy": 4000, "hard": 800},
+    objectives=["correctness", {"name": "length", "direction": "minimize",
+                                "bounds": [0, 1024]}],
+    batch_size=8, exist_ok=True).start_run(heartbeat_interval=None)
+"""
 
 
 @dataclass(frozen=True)
