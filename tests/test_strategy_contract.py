@@ -53,7 +53,27 @@ class Wayward(UniformSampler):
             return Proposal(good.indices, np.array([np.nan, 1.0]))
         if mode == "raise":
             raise KeyError("bug in propose")
+        if mode == "lists":  # plain lists, not arrays: read as arrays
+            return Proposal(good.indices.tolist(), good.probabilities.tolist(),
+                            loss_weights=[1.0] * size)  # type: ignore[arg-type]
+        if mode == "skipped":
+            return Proposal(good.indices, good.probabilities, skipped="x")  # type: ignore[arg-type]
         return good
+
+    def init_state(self, rng: np.random.Generator) -> Any:
+        if MODE["sampler"] == "raise_init":
+            raise RuntimeError("bug in init_state")
+        return super().init_state(rng)
+
+    def describe(self, state: Any) -> dict[str, Any]:
+        if MODE["sampler"] == "raise_describe":
+            raise RuntimeError("bug in describe")
+        return super().describe(state)
+
+    def explain(self, state: Any, ctx: ProposeContext) -> Any:
+        if MODE["sampler"] == "short_explain":
+            return []
+        return super().explain(state, ctx)
 
     def probabilities(self, state: Any, ctx: ProposeContext) -> np.ndarray:
         if MODE["sampler"] == "length":
@@ -75,6 +95,10 @@ class Slanted(FixedWeighting):
         decision = super().current(state)
         if MODE["weighting"] == "negative":
             return type(decision)(np.array([-1.0, 2.0]), decision.scale)
+        if MODE["weighting"] == "text_scale":
+            return type(decision)(decision.weights, "large")  # type: ignore[arg-type]
+        if MODE["weighting"] == "long":
+            return type(decision)(np.array([0.5, 0.25, 0.25]), decision.scale)
         return decision
 
 
@@ -129,6 +153,8 @@ def report(service: PacelineService, name: str, step: int, run: str = "r") -> An
     ("short", "for a batch of 4"),
     ("nan", "probabilities"),
     ("raise", "KeyError: 'bug in propose'"),
+    ("skipped", "a skipped count of 'x'"),
+    ("raise_init", "RuntimeError: bug in init_state"),
 ])
 def test_a_bad_proposal_is_not_served_or_stored(service: PacelineService, mode: str,
                                                 says: str) -> None:
@@ -236,3 +262,46 @@ def test_plug_ins_that_cannot_be_used_are_named_at_start(
     assert "sampler plug-in 'uniform' (elsewhere:Uniform) is shadowed by the built-in" in text
     assert "sampler 'ghost' is registered by a plug-in that failed to load" in text
     assert "'json:dumps' is not a sampler class" in text
+
+
+def test_a_proposal_of_plain_lists_is_served_as_arrays(service: PacelineService) -> None:
+    """`.astype` on a list failed outside the checks: 500 INTERNAL, not naming it."""
+    service.create_curriculum({**BODY, "name": "w", "sampler": "wayward"})
+    service.attach_run("w", run_id="r")
+    MODE["sampler"] = "lists"
+    batch = service.next_batch("w", "r", 0)
+    assert batch.indices.dtype == np.int64 and batch.indices.size == 4
+    assert batch.loss_weights is not None and batch.loss_weights.dtype == np.float64
+
+
+@pytest.mark.parametrize(("mode", "says"), [
+    ("raise_describe", "sampler 'wayward' failed: RuntimeError: bug in describe"),
+    ("short_explain", "sampler 'wayward' explained 0 distributions of 2"),
+])
+def test_a_failing_describe_or_explain_names_the_sampler(service: PacelineService, mode: str,
+                                                        says: str) -> None:
+    """They ran outside `blame`: a RuntimeError or zip's ValueError was 500 INTERNAL."""
+    service.create_curriculum({**BODY, "name": "w", "sampler": "wayward"})
+    service.attach_run("w", run_id="r")
+    report(service, "w", 0)
+    MODE["sampler"] = mode
+    with pytest.raises(StrategyError, match=says):
+        service.state("w")
+    MODE["sampler"] = ""
+    assert service.state("w").clock == 1
+
+
+@pytest.mark.parametrize(("mode", "says"), [
+    ("text_scale", "returned the reward scale 'large'"),  # float('large'): ValueError
+    ("long", "that are not 2 non-negative numbers"),  # a fresh engine recorded it unchecked
+])
+def test_a_weighting_answer_that_is_not_numbers_names_it(service: PacelineService, mode: str,
+                                                         says: str) -> None:
+    service.create_curriculum({**BODY, "name": "s", "weighting": {"kind": "slanted"}})
+    service.attach_run("s", run_id="r")
+    MODE["weighting"] = mode
+    with pytest.raises(StrategyError, match="weighting 'slanted'") as info:
+        service.next_batch("s", "r", 0)
+    assert says in info.value.message
+    MODE["weighting"] = ""
+    assert service.next_batch("s", "r", 0).indices.size == 4

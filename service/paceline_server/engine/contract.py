@@ -59,10 +59,18 @@ def checked_decision(decision: WeightDecision, objectives: int,
     if not _distribution(decision.weights, objectives):
         raise _broken("weighting", kind, f"reward weights {np.asarray(decision.weights)!r} "
                       f"that are not {objectives} non-negative numbers summing to 1")
-    scale = float(decision.scale)
-    if not (np.isfinite(scale) and scale >= 0):
-        raise _broken("weighting", kind, f"the reward scale {scale!r}")
-    return decision
+    scale = _number(decision.scale)
+    if scale is None or not (np.isfinite(scale) and scale >= 0):
+        raise _broken("weighting", kind, f"the reward scale {decision.scale!r}")
+    return WeightDecision(np.asarray(decision.weights, dtype=np.float64), scale)
+
+
+def _number(value: object) -> float | None:
+    """`value` as a float, None when it is not a real number (a string, an array)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer
+                                                 | np.floating):
+        return None
+    return float(value)
 
 
 def checked_probabilities(probabilities: object, distributions: int,
@@ -84,10 +92,16 @@ def checked_proposal(proposal: Proposal, size: int, samples: int, distributions:
                       f"(from {int(indices.min())} to {int(indices.max())})")
     weights = proposal.loss_weights
     if weights is not None:
-        array = np.asarray(weights)
-        if array.shape != (size,) or array.dtype.kind not in "fiu" \
-                or not bool(np.all(np.isfinite(array) & (array >= 0))):
-            raise _broken("sampler", kind, f"loss weights of shape {array.shape} that are "
-                          "not finite and non-negative")
-    checked_probabilities(proposal.probabilities, distributions, kind)
-    return proposal
+        weights = np.asarray(weights)
+        if weights.shape != (size,) or weights.dtype.kind not in "fiu" \
+                or not bool(np.all(np.isfinite(weights) & (weights >= 0))):
+            raise _broken("sampler", kind, f"loss weights of shape {weights.shape} that "
+                          "are not finite and non-negative")
+    skipped = proposal.skipped
+    if isinstance(skipped, bool) or not isinstance(skipped, int | np.integer) \
+            or skipped < 0:
+        raise _broken("sampler", kind, f"a skipped count of {skipped!r}")
+    probabilities = checked_probabilities(proposal.probabilities, distributions, kind)
+    return Proposal(indices.astype(np.int64, copy=False), probabilities,
+                    None if weights is None else weights.astype(np.float64, copy=False),
+                    int(skipped))

@@ -24,7 +24,7 @@ from paceline_server.domain.array_stream import (
     is_array_stream,
 )
 from paceline_server.domain.batch import Batch
-from paceline_server.domain.errors import InvalidRequest, StateCorrupt
+from paceline_server.domain.errors import InvalidRequest, StateCorrupt, StrategyError
 from paceline_server.domain.explanation import Explanation, percent
 from paceline_server.domain.history import ProgressPoint
 from paceline_server.domain.inspection import (
@@ -130,15 +130,18 @@ class CurriculumEngine:
     @with_numpy_defaults
     def __init__(self, spec: CurriculumSpec,
                  state: bytes | Iterable[bytes | memoryview] | None = None) -> None:
-        self.sampler: Sampler[Any, Any] = build_sampler(spec.sampler, spec.layout,
-                                                        spec.objectives)
-        self.weighting: Weighting[Any, Any] = build_weighting(spec.weighting, spec.objectives)
+        with blame("sampler", spec.sampler.kind):
+            self.sampler: Sampler[Any, Any] = build_sampler(spec.sampler, spec.layout,
+                                                            spec.objectives)
+        with blame("weighting", spec.weighting.kind):
+            self.weighting: Weighting[Any, Any] = build_weighting(spec.weighting,
+                                                                  spec.objectives)
         self.spec = _spelled_out(spec, self.sampler, self.weighting)
         self.layout = spec.layout
         self.keeps_posteriors = self.sampler.uses_posteriors or spec.zero_variance is not None
         if state is None:
             self._parts = self._fresh()
-            self._record_weights(self.weighting.current(self._parts.weighting))
+            self._record_weights(self.decision())
         elif isinstance(state, bytes):
             self._parts = self._decode(state)
         else:
@@ -149,8 +152,11 @@ class CurriculumEngine:
         """`spec` as an engine runs it, every strategy parameter spelled out (defaults
         filled in), without building any state: what a spec stored by an earlier
         release means to this one, whose strategies may have parameters it lacks."""
-        return _spelled_out(spec, build_sampler(spec.sampler, spec.layout, spec.objectives),
-                            build_weighting(spec.weighting, spec.objectives))
+        with blame("sampler", spec.sampler.kind):
+            sampler = build_sampler(spec.sampler, spec.layout, spec.objectives)
+        with blame("weighting", spec.weighting.kind):
+            weighting = build_weighting(spec.weighting, spec.objectives)
+        return _spelled_out(spec, sampler, weighting)
 
     @classmethod
     def from_bytes(cls, spec: CurriculumSpec, data: bytes) -> CurriculumEngine:
@@ -163,8 +169,10 @@ class CurriculumEngine:
         spec = self.spec
         rng = np.random.Generator(np.random.PCG64(
             np.random.SeedSequence([spec.seed, _INIT_STREAM])))
-        sampler_state = self.sampler.init_state(rng)
-        weighting_state = self.weighting.init_state(rng)
+        with blame("sampler", spec.sampler.kind):
+            sampler_state = self.sampler.init_state(rng)
+        with blame("weighting", spec.weighting.kind):
+            weighting_state = self.weighting.init_state(rng)
         engine = EngineState(
             clock=0, group_size=0, last_step=0,
             history_clock=np.zeros(HISTORY, dtype=np.int64),
@@ -172,7 +180,9 @@ class CurriculumEngine:
             history_scale=np.zeros(HISTORY),
             history_count=0,
         )
-        posteriors = (init_posteriors(self.layout.num_samples, self.sampler.posterior_config(),
+        with blame("sampler", spec.sampler.kind):
+            config = self.sampler.posterior_config()
+        posteriors = (init_posteriors(self.layout.num_samples, config,
                                       rates=table_keeps_rates(self.sampler),
                                       streak=spec.zero_variance is not None)
                       if self.keeps_posteriors else None)
@@ -216,7 +226,9 @@ class CurriculumEngine:
         signals = ReportSignals(report, self.layout, self.spec.objectives,
                                 self.spec.primary_index, in_force)
         if parts.posteriors is not None:
-            update_posteriors(parts.posteriors, self.sampler.posterior_config(),
+            with blame("sampler", self.spec.sampler.kind):
+                config = self.sampler.posterior_config()
+            update_posteriors(parts.posteriors, config,
                               signals.indices, signals.successes, signals.group_size,
                               engine.clock)
         with blame("weighting", self.spec.weighting.kind):
@@ -269,8 +281,8 @@ class CurriculumEngine:
             proposal = self.sampler.propose(parts.sampler, size,
                                             run_stream(self.spec.seed, run_id, step, part),
                                             ctx)
-        checked_proposal(proposal, size, self.layout.num_samples,
-                         self.layout.num_distributions, kind)
+        proposal = checked_proposal(proposal, size, self.layout.num_samples,
+                                    self.layout.num_distributions, kind)
         return Batch(
             run_id=run_id, step=step, indices=proposal.indices.astype(np.int64),
             reward_weights=np.asarray(decision.weights, dtype=np.float64),
@@ -302,11 +314,15 @@ class CurriculumEngine:
                     parts.posteriors, group, zv.threshold, zv.max_redraws, zv.exact,
                     explore=zv.explore,
                     salt=filter_salt(self.spec.seed, parts.engine.clock, step),
-                    predict=self.sampler.agreement_predictor(parts.sampler, group)).accept
+                    predict=self._agreement_predictor(group)).accept
                 max_redraws = zv.max_redraws
         return ProposeContext(step=step, clock=parts.engine.clock, reward_weights=weights,
                               posteriors=parts.posteriors, accept=accept,
                               max_redraws=max_redraws)
+
+    def _agreement_predictor(self, group: int) -> Callable[[np.ndarray], np.ndarray] | None:
+        with blame("sampler", self.spec.sampler.kind):
+            return self.sampler.agreement_predictor(self._parts.sampler, group)
 
     def check_batch_request(self, run_id: str, step: int, size: int | None = None) -> int:
         """Validate a batch request without proposing; returns the size (the curriculum's
@@ -352,15 +368,18 @@ class CurriculumEngine:
             )
             for d, name in enumerate(self.layout.names)
         )
+        with blame("weighting", self.spec.weighting.kind):
+            hypervolumes = self.weighting.hypervolume_history(parts.weighting)
+            weighting = self.weighting.describe(parts.weighting)
+        with blame("sampler", self.spec.sampler.kind):
+            sampler = self.sampler.describe(parts.sampler)
         return CurriculumInspection(
             clock=parts.engine.clock, objectives=self.spec.objective_names,
             distributions=distributions,
             reward_weights=tuple(float(w) for w in decision.weights),
             reward_scale=float(decision.scale),
             weight_history=self._weight_history(),
-            hypervolume_history=self.weighting.hypervolume_history(parts.weighting),
-            sampler=self.sampler.describe(parts.sampler),
-            weighting=self.weighting.describe(parts.weighting),
+            hypervolume_history=hypervolumes, sampler=sampler, weighting=weighting,
             explanations=self._explain(ctx, probabilities, success, flags),
         )
 
@@ -375,7 +394,9 @@ class CurriculumEngine:
         success, advantage, zero_variance = window_means(
             health, health.success, health.abs_advantage, health.zero_variance)
         stalled, saturated, hopeless = flag_arrays(health, success)
-        hypervolume = self.weighting.latest_hypervolume(parts.weighting)
+        with blame("weighting", self.spec.weighting.kind):
+            hypervolume = self.weighting.latest_hypervolume(parts.weighting)
+            hypervolume = np.nan if hypervolume is None else float(hypervolume)
         return ProgressPoint(
             probabilities=self._probabilities(ctx),
             success=success,
@@ -384,7 +405,7 @@ class CurriculumEngine:
             stalled=stalled, saturated=saturated, hopeless=hopeless,
             reward_weights=np.asarray(decision.weights, dtype=np.float64),
             reward_scale=float(decision.scale),
-            hypervolume=np.nan if hypervolume is None else float(hypervolume))
+            hypervolume=hypervolume)
 
     @with_numpy_defaults
     def explain(self) -> tuple[Explanation, ...]:
@@ -400,7 +421,14 @@ class CurriculumEngine:
                  flags: list[HealthFlags]) -> tuple[Explanation, ...]:
         """The sampler's reasons, with the share and what the health signals say."""
         health = self._parts.health
-        reasons = self.sampler.explain(self._parts.sampler, ctx)
+        kind = self.spec.sampler.kind
+        with blame("sampler", kind):
+            reasons = list(self.sampler.explain(self._parts.sampler, ctx))
+        if len(reasons) != self.layout.num_distributions:
+            raise StrategyError(
+                f"sampler {kind!r} explained {len(reasons)} distributions of "
+                f"{self.layout.num_distributions}; nothing was served",
+                {"role": "sampler", "kind": kind})
         out = []
         for d, (name, reason) in enumerate(zip(self.layout.names, reasons, strict=True)):
             raised = tuple(f for f in ("hopeless", "saturated", "stalled")
