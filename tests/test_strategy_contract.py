@@ -305,3 +305,74 @@ def test_a_weighting_answer_that_is_not_numbers_names_it(service: PacelineServic
     assert says in info.value.message
     MODE["weighting"] = ""
     assert service.next_batch("s", "r", 0).indices.size == 4
+
+
+@dataclass
+class ScalarState:
+    total: np.float64  # written as a 0-d array, but the codec reads no numpy scalar type
+
+
+class Unreadable(UniformSampler):
+    """Its state writes but does not read back."""
+
+    name = "unreadable"
+    state_type = ScalarState
+
+    def init_state(self, rng: np.random.Generator) -> Any:
+        return ScalarState(np.float64(0.0))
+
+    def update(self, state: Any, signals: ReportSignals, ctx: UpdateContext) -> None:
+        state.total += 1.0
+
+    def probabilities(self, state: Any, ctx: ProposeContext) -> np.ndarray:
+        return np.array([0.5, 0.5])
+
+
+@dataclass
+class CountState:
+    count: int = 0
+
+
+class Mislabelled(UniformSampler):
+    """Keeps a CountState but leaves `state_type` as UniformSampler's StatelessState."""
+
+    name = "mislabelled"
+
+    def init_state(self, rng: np.random.Generator) -> Any:
+        return CountState()
+
+    def update(self, state: Any, signals: ReportSignals, ctx: UpdateContext) -> None:
+        state.count += 1
+
+    def describe(self, state: Any) -> dict[str, Any]:
+        return {"count": state.count}
+
+
+@pytest.mark.parametrize("sampler", [Unreadable, Mislabelled])
+def test_a_snapshot_that_would_not_read_back_is_not_written(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, sampler: Any) -> None:
+    """Such a snapshot was written, and pruning then deleted the log it covers: once the
+    engine left the cache (a restart), the curriculum could be neither loaded
+    (StateCorrupt) nor replayed, for good, or (a state of another class than
+    `state_type`) loaded as an empty state that failed every request."""
+    registry.register_sampler(sampler)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    service = PacelineService(open_store(url, auto_migrate=True),
+                              Settings(database_url=url, snapshot_every=2,
+                                       prune_events=True))
+    try:
+        service.create_curriculum({**BODY, "name": "u", "sampler": sampler.name})
+        service.attach_run("u", run_id="r")
+        with caplog.at_level(logging.ERROR):
+            assert [report(service, "u", step).seq for step in range(4)] == [1, 2, 3, 4]
+        assert "its state cannot be written" in caplog.text
+        service.engines.forget("u")  # a restart
+        state = service.state("u")
+        assert state.clock == 4
+        if sampler is Mislabelled:
+            assert state.sampler == {"count": 4}
+        assert service.next_batch("u", "r", 4).indices.size == 4
+    finally:
+        service.close()
+        service.store.close()
+        registry._registered_samplers.pop(sampler.name, None)

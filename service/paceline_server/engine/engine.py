@@ -80,6 +80,7 @@ from paceline_server.strategies.state_codec import (
     state_arrays,
     state_from_arrays,
     state_nbytes,
+    unreadable,
 )
 from paceline_server.strategies.zero_variance import ZeroVarianceFilter, filter_salt
 
@@ -483,6 +484,7 @@ class CurriculumEngine:
         so a snapshot written piece by piece never holds a second copy of the state.
         `from_bytes` reads it back (joined), `from_chunks` without joining."""
         parts = self._parts
+        self._check_readable()
         arrays = self._header()
         sections = {"engine": parts.engine, "sampler": parts.sampler,
                     "weighting": parts.weighting, "health": parts.health,
@@ -501,8 +503,22 @@ class CurriculumEngine:
         first. Errors as `from_bytes`."""
         return cls(spec, chunks)
 
+    def _check_readable(self) -> None:
+        """TypeError when the strategies' states would be written but not read back (a
+        plug-in's): its snapshot is then not written, and the log is not pruned."""
+        for role, strategy, state in (("sampler", self.sampler, self._parts.sampler),
+                                      ("weighting", self.weighting, self._parts.weighting)):
+            if type(state) is not strategy.state_type:
+                raise TypeError(f"{role} {getattr(self.spec, role).kind!r} keeps a "
+                                f"{type(state).__name__} but declares state_type "
+                                f"{strategy.state_type.__name__}")
+            problem = unreadable(strategy.state_type)
+            if problem is not None:
+                raise TypeError(f"{role} {getattr(self.spec, role).kind!r}: {problem}")
+
     def to_bytes(self) -> bytes:
         parts = self._parts
+        self._check_readable()
         sections = {
             **self._header(),
             "engine": _blob(encode_state(parts.engine)),

@@ -19,6 +19,7 @@ the nested one changes: only the root's old bytes are handed to the hook.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable
@@ -109,6 +110,34 @@ def state_nbytes(state: Any) -> int:
     _flatten(state, "", arrays)
     return sum(a.nbytes for key, a in arrays.items()
                if key.rpartition(".")[2] != VERSION_KEY)
+
+
+def unreadable(cls: type) -> str | None:
+    """Why `decode_state` could not rebuild a `cls` whatever its bytes (a field of a type
+    it does not read, such as a numpy scalar type, list or dict), or None: checked from
+    the class alone (once per class), so a snapshot that would not read back is never
+    written."""
+    return _unreadable(cls)
+
+
+@functools.cache
+def _unreadable(cls: type) -> str | None:
+    try:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            target = _strip_optional(hints[f.name])
+            if isinstance(target, type) and dataclasses.is_dataclass(target):
+                problem = unreadable(target)
+                if problem is not None:
+                    return problem
+            elif target is not np.ndarray and target not in (bool, int, float, str):
+                return (f"state field {cls.__name__}.{f.name} has type {hints[f.name]!r}, "
+                        "which the state codec does not read back")
+    except Exception as exc:  # not a dataclass, or hints that do not resolve
+        return f"state class {cls.__name__} cannot be read: {type(exc).__name__}: {exc}"
+    return None
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
