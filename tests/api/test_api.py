@@ -104,6 +104,23 @@ class TestRuns:
         assert len(client.get("/v1/curricula/math/runs").json()["runs"]) == 1
         assert client.post("/v1/curricula/math/runs/nope/heartbeat").status_code == 404
 
+    def test_reattach_cannot_grow_metadata_past_the_limit(self, client: TestClient) -> None:
+        """A re-attach merges its metadata over the stored one: the merged document is
+        held to the same 64 KiB limit, else each re-attach could add another 64 KiB to
+        the run (and to every listing of the curriculum's runs)."""
+        client.post("/v1/curricula", json=SPEC)
+        runs = "/v1/curricula/math/runs"
+        first = {"a": "x" * 40_000}
+        assert client.post(runs, json={"run_id": "r", "metadata": first}).status_code == 201
+        again = client.post(runs, json={"run_id": "r", "metadata": {"b": "y" * 40_000}})
+        assert again.status_code == 422
+        assert error_code(again) == "INVALID_REQUEST"
+        assert again.json()["error"]["details"]["field"] == "metadata"
+        assert client.get(f"{runs}/r").json()["metadata"] == first  # left untouched
+        replaced = {"a": "z" * 40_000, "c": 1}  # overwriting a key stays within it
+        assert client.post(runs, json={"run_id": "r", "metadata": replaced}).status_code == 201
+        assert client.get(f"{runs}/r").json()["metadata"] == replaced
+
     def test_runs_go_stale(self, tmp_path: Any) -> None:
         with make_client(f"sqlite:///{tmp_path / 's.db'}", run_stale_after_s=1e-6) as c:
             setup(c)

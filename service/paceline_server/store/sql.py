@@ -60,9 +60,11 @@ from paceline_server.domain.errors import (
     CurriculumExists,
     CurriculumNotFound,
     IdempotencyConflict,
+    InvalidRequest,
     RunNotFound,
     Unavailable,
 )
+from paceline_server.domain.validation import check_document
 from paceline_server.store import history_rows, snapshot_rows
 from paceline_server.store import tables as t
 from paceline_server.store.base import (
@@ -429,7 +431,9 @@ class SqlStore(Store):
                 now: datetime) -> RunRecord:
         """Attach a run. Attaching an existing run id is a re-attach (a retried request or
         a trainer resuming): the stored run is kept, its heartbeat set to `now` and the
-        given metadata merged over the stored one."""
+        given metadata merged over the stored one. The merged document is held to the
+        limits of a new one (`check_document`: InvalidRequest, nothing changed), or each
+        re-attach could add another 64 KiB to the run."""
         _aware(now, "now")
         try:
             with self._write() as conn:
@@ -443,9 +447,11 @@ class SqlStore(Store):
                     .returning(t.runs.c.run_id)).first()
                 if inserted is None:
                     stored = self._select_run(conn, cid, curriculum, run_id)
+                    merged = {**stored.metadata, **metadata}
+                    check_document(merged, "metadata", InvalidRequest)
                     conn.execute(update(t.runs).where(
                         t.runs.c.curriculum_id == cid, t.runs.c.run_id == run_id).values(
-                        last_heartbeat=now, metadata={**stored.metadata, **metadata}))
+                        last_heartbeat=now, metadata=merged))
                 return self._select_run(conn, cid, curriculum, run_id)
         except sa_exc.IntegrityError as exc:  # the curriculum was deleted meanwhile
             raise CurriculumNotFound(f"curriculum {curriculum!r} not found",
