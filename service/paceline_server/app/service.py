@@ -272,8 +272,9 @@ class PacelineService:
         return [self._status(r) for r in self.store.list_runs(name)]
 
     def _status(self, run: RunRecord) -> RunStatus:
+        """Stale once no heartbeat came for `run_stale_after_s` (that long included)."""
         limit = timedelta(seconds=self.settings.run_stale_after_s)
-        return RunStatus(run, stale=self.clock() - run.last_heartbeat > limit)
+        return RunStatus(run, stale=self.clock() - run.last_heartbeat >= limit)
 
     # ---------------------------------------------------------------- reports
     def report(self, name: str, body: Mapping[str, Any],
