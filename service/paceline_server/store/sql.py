@@ -392,12 +392,20 @@ class SqlStore(Store):
         return CurriculumHead(name=name, created_at=row.created_at,
                               head_seq=int(row.head_seq))
 
+    def _by_code_point(self, column: Any) -> Any:
+        """`column` to order by code point, as SQLite's BINARY does: PostgreSQL orders
+        text by the database's collation, which for one created with a linguistic
+        locale (en_US.UTF-8) puts "a" before "B" and skips punctuation, so a listing's
+        order, and which items each page of it holds, depended on the backend."""
+        return column.collate("C") if self.dialect == "postgresql" else column
+
     def list_curricula(self, limit: int = 100, offset: int = 0) -> list[CurriculumRecord]:
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must be non-negative")
         with self._read() as conn:
             rows = conn.execute(select(*self._CURRICULUM_COLUMNS)
-                                .order_by(t.curricula.c.name).limit(limit).offset(offset)).all()
+                                .order_by(self._by_code_point(t.curricula.c.name))
+                                .limit(limit).offset(offset)).all()
         return [self._curriculum_record(row) for row in rows]
 
     def delete_curriculum(self, name: str) -> None:
@@ -466,7 +474,8 @@ class SqlStore(Store):
         with self._read() as conn:
             cid = self._curriculum_id(conn, curriculum)
             rows = conn.execute(select(*self._RUN_COLUMNS).where(t.runs.c.curriculum_id == cid)
-                                .order_by(t.runs.c.created_at, t.runs.c.run_id)).all()
+                                .order_by(t.runs.c.created_at,
+                                          self._by_code_point(t.runs.c.run_id))).all()
         return [self._run_record(curriculum, row) for row in rows]
 
     def heartbeat(self, curriculum: str, run_id: str, now: datetime) -> RunRecord:
