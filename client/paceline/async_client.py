@@ -27,7 +27,7 @@ from paceline._payloads import (
 )
 from paceline._transport import AsyncTransport, Reply, RetryPolicy
 from paceline.client import (
-    PAGE,
+    CurriculumPages,
     base_url,
     default_headers,
     is_grpc,
@@ -190,12 +190,10 @@ class AsyncClient:
             await self._call(op.GetCurriculum(name))))
 
     async def list_curricula(self) -> list[CurriculumInfo]:
-        found: list[CurriculumInfo] = []
-        while True:
-            page = (await self._call(op.ListCurricula(PAGE, len(found))))["curricula"]
-            found.extend(CurriculumInfo.model_validate(c) for c in page)
-            if len(page) < PAGE:
-                return found
+        pages = CurriculumPages()
+        while not pages.take((await self._call(pages.request()))["curricula"]):
+            pass
+        return pages.found
 
     async def strategies(self) -> StrategyCatalog:
         """Every sampler and weighting the service can run (plug-ins included), with

@@ -53,6 +53,36 @@ logger = logging.getLogger("paceline")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PAGE = 100
+
+
+class CurriculumPages:
+    """Pages through the curricula listing (ordered by name, paged by offset) so that
+    curricula created or deleted meanwhile shift no page: each page after the first
+    starts at the last name seen, which it must hold; if the listing shifted back (a
+    curriculum before it was deleted) the page is read again from further back, and
+    only names after the last one seen are taken. So every curriculum that exists
+    throughout is listed once (a bare offset skipped one for each deletion before it
+    and repeated one for each creation)."""
+
+    def __init__(self) -> None:
+        self.found: list[CurriculumInfo] = []
+        self.offset = 0
+
+    def request(self) -> op.ListCurricula:
+        return op.ListCurricula(PAGE, self.offset)
+
+    def take(self, page: list[dict[str, Any]]) -> bool:
+        """Take one page's answer; True once the listing is complete."""
+        last = self.found[-1].name if self.found else None
+        if last is not None and self.offset > 0 and (not page or page[0]["name"] > last):
+            self.offset = max(self.offset - (PAGE - 1), 0)  # shifted back: look earlier
+            return False
+        self.found.extend(CurriculumInfo.model_validate(c) for c in page
+                          if last is None or c["name"] > last)
+        if len(page) < PAGE:
+            return True
+        self.offset += len(page) - 1  # the next page starts with this page's last name
+        return False
 #: Seconds closing waits for heartbeat threads to finish (once the transport is closed
 #: they end at once, unless a beat is blocked in a socket read: a daemon thread that
 #: can no longer reach the service).
@@ -253,12 +283,10 @@ class Client:
 
     def list_curricula(self) -> list[CurriculumInfo]:
         """Every curriculum, by name."""
-        found: list[CurriculumInfo] = []
-        while True:
-            page = self._call(op.ListCurricula(PAGE, len(found)))["curricula"]
-            found.extend(CurriculumInfo.model_validate(c) for c in page)
-            if len(page) < PAGE:
-                return found
+        pages = CurriculumPages()
+        while not pages.take(self._call(pages.request())["curricula"]):
+            pass
+        return pages.found
 
     def strategies(self) -> StrategyCatalog:
         """Every sampler and weighting the service can run (plug-ins included), with

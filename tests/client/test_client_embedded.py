@@ -398,3 +398,32 @@ def test_unknown_settings_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "x.db").exists()
     with paceline.Client.embedded(tmp_path / "x.db", snapshot_every=10) as client:
         assert client._transport.service.service.settings.snapshot_every == 10
+
+
+@pytest.mark.parametrize("change", ["delete", "create"])
+def test_list_curricula_while_others_change_it(embedded: paceline.Client,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               change: str) -> None:
+    """`list_curricula` pages through the listing; a curriculum deleted ("b") or
+    created ("0") before its position between two pages shifted every later offset, so
+    it skipped one that existed throughout ("c") or returned one twice ("b")."""
+    for name in "abcdefg":
+        embedded.create_curriculum(name, **SPEC)
+    monkeypatch.setattr("paceline.client.PAGE", 2)
+    calls = []
+    original = embedded._call
+
+    def call(operation: Any) -> Any:
+        calls.append(operation)
+        answer = original(operation)
+        if len(calls) == 1:
+            if change == "delete":
+                embedded.curriculum("b").delete()
+            else:
+                embedded.create_curriculum("0", **SPEC)
+        return answer
+
+    monkeypatch.setattr(embedded, "_call", call)
+    # The first page (a, b) was read before the change; "0" sorts before it.
+    assert [c.name for c in embedded.list_curricula()] == list("abcdefg")
+    assert len(calls) > 1
