@@ -221,8 +221,8 @@ def test_sampler_state_of_another_run_or_curriculum_is_refused(tmp_path: Path) -
             run.close()
         with cur.start_run(run_id="a", heartbeat_interval=None) as run:
             resumed = PacelineSampler(run, batch_size=4, num_samples=SAMPLES)
-            resumed.load_state_dict(saved)
-            assert resumed.state_dict()["next_step"] == 1
+            resumed.load_state_dict(saved)  # saved within step 0, after its first index
+            assert (resumed.state_dict()["next_step"], resumed.state_dict()["offset"]) == (0, 1)
             resumed.load_state_dict({"next_step": 2})  # state saved before fingerprints
             assert resumed.state_dict()["next_step"] == 2
         cur.delete()
@@ -253,3 +253,70 @@ def test_redone_steps_with_other_rollouts_keep_their_first_reports(tmp_path: Pat
                 answers.append(step.report(R, step.advantages(R)))
         assert answers[:3] == [None, None, None] and all(a is not None for a in answers[3:])
         assert cur.state() == straight
+
+
+# ------------------------------------------------ a checkpointed StatefulDataLoader
+def loader_fit(db: Path, *, crash_after: int | None = None,
+               resume: dict[str, Any] | None = None,
+               ) -> tuple[list[tuple[int, list[int]]], list[dict[str, Any]], Any]:
+    """A loop over a torchdata `StatefulDataLoader` of a `PacelineSampler`, each step's
+    batch used for two updates (two loader batches), 2 epochs of 4 steps: `set_epoch`
+    before each epoch, each update reported (the step's second report replays its first)
+    and checkpointed with its epoch; a resumed loop restores the loader state and starts
+    in the checkpoint's epoch. Returns the (step, rows) trained, the checkpoints and the
+    curriculum's state."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    trained: list[tuple[int, list[int]]] = []
+    checkpoints: list[dict[str, Any]] = []
+    with paceline.Client.embedded(db) as client:
+        cur = curriculum(client, "dump_ucb") if resume is None else client.curriculum("loop")
+        with cur.start_run(run_id="loader", heartbeat_interval=None) as run:
+            sampler = PacelineSampler(run, batch_size=4, num_samples=SAMPLES,
+                                      mini_repeat_count=GROUP, repeat_count=2)
+            loader = StatefulDataLoader(list(range(SAMPLES)), batch_size=4 * GROUP,
+                                        sampler=sampler)
+            start = 0
+            if resume is not None:
+                loader.load_state_dict(resume["loader"])
+                start = resume["epoch"]
+            for epoch in range(start, 2):
+                sampler.set_epoch(epoch)
+                for rows in loader:
+                    batch = sampler.ledger.latest
+                    assert batch is not None
+                    trained.append((batch.step, rows.tolist()))
+                    prompts = rows.tolist()[::GROUP]
+                    run.report(batch.step, prompts, prompt_rewards(prompts))
+                    checkpoints.append({"epoch": epoch, "loader": loader.state_dict()})
+                    if len(trained) == crash_after:
+                        return trained, checkpoints, cur.state()
+                if crash_after == -1 - epoch:  # checkpointed after the epoch's loop
+                    checkpoints.append({"epoch": epoch + 1, "loader": loader.state_dict()})
+                    return trained, checkpoints, cur.state()
+            return trained, checkpoints, cur.state()
+
+
+@pytest.mark.parametrize(("crash_after", "resume_at"), [
+    (3, 3), (6, 5),  # within a step (its first update done): the step's second update
+    (8, 8), (8, 6), (16, 16),  # after an epoch's last update: nothing more of that epoch
+    (-1, 9),  # checkpointed after the first epoch's loop ended: the next epoch, whole
+])
+def test_a_checkpointed_stateful_dataloader_resumes_where_it_stopped(
+        tmp_path: Path, crash_after: int, resume_at: int) -> None:
+    """Killed after an update and resumed from the checkpoint of update `resume_at`
+    (1-based), the loop trains the uninterrupted run's updates, in order, and the
+    curriculum ends in its state. The sampler state once named the step after the one
+    in training (a checkpoint between a step's two updates skipped its second), and a
+    checkpoint after an epoch's last update resumed that epoch with the next epoch's
+    steps, then drew them again: one epoch more than the uninterrupted run."""
+    straight, _, want = loader_fit(tmp_path / "straight.db")
+    assert [s for s, _ in straight] == [s for s in range(8) for _ in range(2)]
+    first, checkpoints, _ = loader_fit(tmp_path / "resumed.db", crash_after=crash_after)
+    checkpoint = checkpoints[resume_at - 1]
+    redone, _, got = loader_fit(tmp_path / "resumed.db", resume=checkpoint)
+    kept = min(resume_at, len(first))
+    assert first[:kept] + redone == straight
+    assert got == want
+    assert [(r.step, r.indices) for r in reports(tmp_path / "resumed.db", "loop")] == \
+        [(r.step, r.indices) for r in reports(tmp_path / "straight.db", "loop")]

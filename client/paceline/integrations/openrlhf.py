@@ -34,7 +34,7 @@ OpenRLHF itself is not imported here (its trainer needs flash-attn and GPUs).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any, Protocol
 
 import torch
@@ -87,23 +87,18 @@ class PacelinePromptSampler(PacelineSampler):
                          start_step=start_step)
         self.dataset = dataset
         self.prompts = [prompt_of(dataset[i]) for i in range(len(dataset))]
-        self._episode_done = False
-
-    def __iter__(self) -> Iterator[int]:
-        if self._episode_done:  # the restored pass had drawn its episode's last step
-            self._episode_done = False
-            return
-        yield from super().__iter__()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the next step. OpenRLHF checkpoints the episode a step was trained
         in and resumes in that episode with the loader state restored: a state saved
         after an episode's last step leaves that episode nothing to draw (the next
-        episode starts the next pass), as for OpenRLHF's own sampler."""
+        episode starts the next pass), as for OpenRLHF's own sampler. (`PacelineSampler`
+        does this from its state; a state saved before it recorded `drawn_out` is read
+        the same way, since OpenRLHF checkpoints inside the episode.)"""
         super().load_state_dict(state)
-        steps = self.steps
-        drawn = steps.next_step - steps.start_step
-        self._episode_done = drawn > 0 and drawn % steps.steps_per_epoch == 0
+        if "drawn_out" not in state:
+            drawn = self.steps.next_step - self.steps.start_step
+            self._drawn_out = drawn > 0 and drawn % self.steps.steps_per_epoch == 0
 
 
 def prompts_dataloader(dataset: Any, sampler: PacelinePromptSampler,

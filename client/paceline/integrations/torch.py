@@ -58,14 +58,64 @@ def _ledger(source: Run | BatchLedger) -> BatchLedger:
     return source if isinstance(source, BatchLedger) else BatchLedger(source)
 
 
-class PacelineSampler(Sampler[int]):  # type: ignore[misc]
+class _StepSampler(Sampler[Any]):  # type: ignore[misc]
+    """What both samplers share: the step stream, and where a restored state resumes.
+
+    A state saved while a pass is under way resumes that pass, as torchdata's
+    `StatefulDataLoader` expects: a loop that resumes in the epoch it checkpointed gets
+    the rest of that epoch, and an empty pass when the state was saved after the epoch's
+    last step was drawn (it then began the next epoch's steps, one epoch more than an
+    uninterrupted run)."""
+
+    steps: StepStream
+    #: A pass is under way (set when it draws a step, cleared when it ends).
+    _in_pass = False
+    #: The restored state was saved after its pass drew its epoch's last step.
+    _drawn_out = False
+
+    def _batches(self) -> Iterator[Batch]:
+        if self._drawn_out:
+            self._drawn_out = False
+            return
+        for batch in self.steps.epoch():
+            self._in_pass = True
+            yield batch
+        self._in_pass = False
+
+    def _mid_step(self) -> int:
+        """How many items of the latest drawn step were yielded, when not all were."""
+        return 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.steps.set_epoch(epoch)
+        self._in_pass = self._drawn_out = False
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.steps.state_dict()
+        offset = self._mid_step()
+        if offset:  # resumes in the step, after its first `offset` items
+            state.update(next_step=state["next_step"] - 1, offset=offset)
+        drawn = self.steps.next_step - self.steps.start_step
+        state["drawn_out"] = self._drawn_out or (  # restored and not drawn from since
+            self._in_pass and not offset and drawn > 0
+            and drawn % self.steps.steps_per_epoch == 0)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.steps.load_state_dict(state)
+        self._in_pass = False
+        self._drawn_out = bool(state.get("drawn_out", False))
+
+
+class PacelineSampler(_StepSampler):
     """The sample indices Paceline serves, step after step, one index at a time.
 
     Each step's batch (`batch_size` indices) is yielded in the order GRPO trainers expect:
     every index `mini_repeat_count` times in a row (one per rollout of the group), the
     whole batch `repeat_count` times (reused for several updates). An epoch is
     `steps_per_epoch` steps (default: as many as the dataset holds batches). The served
-    batches are kept in `ledger` until reported, with their reward and loss weights."""
+    batches are kept in `ledger` until reported, with their reward and loss weights.
+    Its state (`state_dict`) resumes at the next index, within a step too."""
 
     def __init__(self, source: Run | BatchLedger, *, batch_size: int,
                  steps_per_epoch: int | None = None, num_samples: int | None = None,
@@ -80,29 +130,42 @@ class PacelineSampler(Sampler[int]):  # type: ignore[misc]
                                 steps_per_epoch=steps_per_epoch, start_step=start_step)
         self.mini_repeat_count = mini_repeat_count
         self.repeat_count = repeat_count
+        self._yielded = 0  # items of the latest drawn step yielded
+        self._skip = 0  # items of the first step a restored state had yielded already
 
     def __iter__(self) -> Iterator[int]:
-        for batch in self.steps.epoch():
-            for _ in range(self.repeat_count):
-                for index in batch.indices:
-                    for _ in range(self.mini_repeat_count):
-                        yield index
+        skip, self._skip = self._skip, 0
+        for batch in self._batches():
+            items = [index for _ in range(self.repeat_count) for index in batch.indices
+                     for _ in range(self.mini_repeat_count)]
+            for self._yielded in range(skip + 1, len(items) + 1):
+                yield items[self._yielded - 1]
+            skip = 0
 
     def __len__(self) -> int:
         return (self.steps.steps_per_epoch * self.steps.batch_size
                 * self.mini_repeat_count * self.repeat_count)
 
+    def _mid_step(self) -> int:
+        per_step = self.steps.batch_size * self.mini_repeat_count * self.repeat_count
+        return self._yielded if self._in_pass and self._yielded < per_step else 0
+
     def set_epoch(self, epoch: int) -> None:
-        self.steps.set_epoch(epoch)
+        super().set_epoch(epoch)
+        self._yielded = self._skip = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return self.steps.state_dict()
+        if self._skip:  # restored within a step and not drawn from since
+            return {**self.steps.state_dict(), "offset": self._skip, "drawn_out": False}
+        return super().state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.steps.load_state_dict(state)
+        super().load_state_dict(state)
+        self._yielded = 0
+        self._skip = int(state.get("offset", 0))
 
 
-class PacelineBatchSampler(Sampler[list[int]]):  # type: ignore[misc]
+class PacelineBatchSampler(_StepSampler):
     """One served batch per iteration, for `DataLoader(dataset, batch_sampler=...)`;
     `batch(step)` gives the served `paceline.Batch` (weights) of a step in flight."""
 
@@ -113,7 +176,7 @@ class PacelineBatchSampler(Sampler[list[int]]):  # type: ignore[misc]
                                 steps_per_epoch=steps_per_epoch, start_step=start_step)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.steps.epoch():
+        for batch in self._batches():
             yield list(batch.indices)
 
     def __len__(self) -> int:
@@ -121,15 +184,6 @@ class PacelineBatchSampler(Sampler[list[int]]):  # type: ignore[misc]
 
     def batch(self, step: int) -> Batch:
         return self.ledger.record(step).batch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.steps.set_epoch(epoch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.steps.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.steps.load_state_dict(state)
 
 
 def group_advantages(rewards: torch.Tensor, *, scale: bool = True,
