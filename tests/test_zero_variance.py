@@ -253,3 +253,27 @@ def test_rollouts_saved_crosses_grpc_into_the_client_model() -> None:
     received = ClientBatch(**_grpc_codec.batch(wire))  # type: ignore[arg-type]
     assert received.rollouts_saved == batch.rollouts_saved
     assert received.skipped_zero_variance == batch.skipped_zero_variance
+
+
+def test_threshold_one_never_rejects_on_rounding() -> None:
+    """threshold 1 samples every agreement: q = P(all agree) is at most 1, but with groups
+    of 1 the Beta-Binomial sum a/(a+b) + b/(a+b) can round to 1 + 2^-52 (here for two
+    prompts of `learnability`'s posterior), which `q > threshold` rejected."""
+    cur = spec((2000, 2000), sampler="learnability", batch_size=256,
+               zero_variance={"threshold": 1.0, "group_size": 1, "explore": 1.0})
+    e = CurriculumEngine(cur)
+    rng = np.random.default_rng(1)
+    p = rng.random(4000)
+    for step in range(60):
+        batch = e.next_batch("r", step)
+        rewards = (rng.random((256, 5)) < p[batch.indices, None]).astype(float)
+        e.apply(report(cur, batch.indices, rewards, step=step))
+    ctx = e._propose_context(60, e.decision().weights)
+    assert ctx.accept is not None
+    assert ctx.accept(np.arange(4000)).all()
+    # The same through the predicate alone, whatever predicts the agreement.
+    from paceline_server.strategies.zero_variance import ZeroVarianceFilter
+
+    above_one = ZeroVarianceFilter(init_posteriors(3, PosteriorConfig()), 1, 1.0, 3, True,
+                                   predict=lambda i: np.full(i.size, np.nextafter(1.0, 2.0)))
+    assert above_one.accept(np.arange(3)).all()

@@ -96,9 +96,10 @@ class ZeroVarianceFilter:
 
     def accept(self, indices: np.ndarray) -> np.ndarray:
         """True where the index is worth a rollout: q <= threshold, and the streak coin
-        (if the index has an all-equal streak) keeps it."""
+        (if the index has an all-equal streak) keeps it. q is a probability: rounding
+        above 1 (a/(a+b) + b/(a+b) for groups of 1) must not reject at threshold 1."""
         indices = np.asarray(indices, dtype=np.int64)
-        ok = self.agreement(indices) <= self.threshold
+        ok = np.minimum(self.agreement(indices), 1.0) <= self.threshold
         streak = self.posteriors.streak
         if self.explore < 1.0 and streak is not None and indices.size:
             z = np.abs(streak[indices].astype(np.float64))
