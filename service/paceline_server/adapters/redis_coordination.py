@@ -141,10 +141,11 @@ class RedisCoordinator:
         self.listen_ping_s = max(1.0, 10 * timeout_s)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         # One immediate retry: a pooled connection broken by a Redis restart is replaced
-        # at once; a Redis that stays down costs two fast refusals, then the breaker.
+        # at once; a Redis that stays down costs two fast refusals, then the breaker. A
+        # timeout is not retried: a stalled Redis costs one `timeout_s`, as documented.
         self._redis = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1))
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
         self._leave = self._redis.register_script(_LEAVE)

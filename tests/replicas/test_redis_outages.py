@@ -1,0 +1,117 @@
+"""Two replicas (two `PacelineService`s on one PostgreSQL schema and one Redis prefix)
+while Redis stalls, dies, comes back or loses its keys: Redis is only a speed-up, so a
+request is never held longer than the documented timeout and every answer is the
+database's."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from replica_support import NAME, SPEC, RedisServer, redis_prefix, wait_for
+
+from paceline_server.adapters.redis_coordination import coordinator_from_settings
+from paceline_server.app.service import NextBatch, PacelineService
+from paceline_server.settings import Settings
+from paceline_server.store import open_store
+from support import REDIS_URL, FreezingProxy, free_port, fresh_pg_schema
+
+Pair = tuple[PacelineService, PacelineService]
+
+
+@contextmanager
+def replicas(redis_url: str, prefix: str, **options: Any) -> Iterator[Pair]:
+    with fresh_pg_schema() as url:
+        settings = Settings(database_url=url, redis_url=redis_url, redis_prefix=prefix,
+                            snapshot_every=4, **options)
+        services = [PacelineService(open_store(url, auto_migrate=True), settings,
+                                    coordinator=coordinator_from_settings(settings))
+                    for _ in range(2)]
+        try:
+            services[0].create_curriculum(SPEC)
+            services[0].attach_run(NAME, run_id="r")
+            yield services[0], services[1]
+        finally:
+            for service in services:
+                service.close()
+                service.store.close()
+
+
+def body(service: PacelineService, step: int) -> dict[str, Any]:
+    indices = service.next_batch(NAME, "r", step).indices
+    rewards = np.random.default_rng(step).integers(0, 2, (indices.size, 4, 2))
+    return {"run_id": "r", "step": step, "indices": indices.tolist(),
+            "rewards": rewards.astype(float).tolist()}
+
+
+def test_a_stalled_redis_adds_at_most_its_timeout_to_a_report() -> None:
+    """PACELINE_REDIS_TIMEOUT_S is documented as the most Redis can add to a request.
+    Redis that accepts but never answers cost twice that: the client retried every
+    timed-out call once (a retry meant for a pooled connection broken by a restart)."""
+    port = int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+    proxy = FreezingProxy(port)
+    timeout = 1.0
+    try:
+        with redis_prefix() as prefix, replicas(
+                f"redis://127.0.0.1:{proxy.port}/0", prefix,
+                redis_timeout_s=timeout) as (a, b):
+            a.report(NAME, body(a, 0), "k0")
+            report = body(b, 1)
+            b.engine(NAME)
+            proxy.frozen.set()  # every connection, open or new, goes silent
+            started = time.monotonic()
+            ack = b.report(NAME, report, "k1", NextBatch(step=2))
+            elapsed = time.monotonic() - started
+            assert (ack.seq, ack.replayed) == (2, False)
+            assert elapsed < 1.5 * timeout, f"a report took {elapsed:.2f} s"
+            assert not b.coordinator.stats().redis_up
+    finally:
+        proxy.close()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_redis_dying_coming_back_and_losing_its_keys(tmp_path: Path) -> None:
+    """Reports acknowledged while Redis is down are applied once, batches served after
+    it comes back reflect every committed report, retries after it lost its keys are
+    answered from the log, and both replicas take leases again."""
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    try:
+        with redis_prefix(server.url) as prefix, replicas(
+                server.url, prefix, redis_timeout_s=0.2) as (a, b):
+            for service in (a, b):  # fail over fast, come back fast
+                service.coordinator.retry_after_s = 0.3  # type: ignore[attr-defined]
+            first = a.report(NAME, body(a, 0), "k0")
+            b.next_batch(NAME, "r", 1)  # b caches the engine
+            server.kill()
+            during = b.report(NAME, body(b, 1), "k1")
+            again = a.report(NAME, body(b, 1), "k1")  # a retry while Redis is down
+            assert again == dataclasses.replace(during, replayed=True)
+            server.start()  # empty: a restart that lost every key
+            for service in (a, b):
+                wait_for(lambda s=service: s.coordinator.stats().redis_up, 10,
+                         "a replica stayed degraded")
+            # The retries are answered once, from the log (Redis forgot the acks).
+            assert a.report(NAME, body(a, 0), "k0") == dataclasses.replace(
+                first, replayed=True)
+            assert b.report(NAME, body(b, 1), "k1") == dataclasses.replace(
+                during, replayed=True)
+            after = a.report(NAME, body(a, 2), "k2", NextBatch(step=3))
+            assert after.seq == 3 and after.batch is not None
+            # b never heard of seq 2 on Redis, nor of seq 3 perhaps yet; a batch it
+            # computes now reflects every committed report.
+            assert b.next_batch(NAME, "r", 3).clock == after.batch.clock == 3
+            assert b.next_batch(NAME, "r", 4).clock == 3
+            assert b.engine(NAME).engine.to_bytes() == a.engine(NAME).engine.to_bytes()
+            events = list(a.store.events(NAME))
+            assert [e.seq for e in events] == [1, 2, 3]
+            assert a.coordinator.stats().leases.get("acquired", 0) >= 1
+    finally:
+        server.kill()
