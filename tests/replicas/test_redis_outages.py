@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 from replica_support import NAME, SPEC, RedisServer, redis_prefix, wait_for
 
 from paceline_server.adapters.redis_coordination import coordinator_from_settings
@@ -74,6 +75,25 @@ def test_a_stalled_redis_adds_at_most_its_timeout_to_a_report() -> None:
             assert not b.coordinator.stats().redis_up
     finally:
         proxy.close()
+
+
+def test_a_malformed_head_message_does_not_end_the_listener() -> None:
+    """A message on the heads channel with a non-numeric seq escaped the listener's
+    parsing and ended its thread: the replica never folded another replica's head."""
+    with redis_prefix() as prefix, replicas(REDIS_URL, prefix) as (a, b):
+        b.next_batch(NAME, "r", 0)  # b caches the engine at seq 0
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            for bad in ('{"n":"shared","c":1,"s":"x"}', '{"n":"shared","c":1,"s":null}',
+                        '{"n":"shared","c":1,"s":Infinity}', '[1]', 'not json'):
+                client.publish(f"{prefix}heads", bad)
+        finally:
+            client.close()
+        time.sleep(0.3)
+        a.report(NAME, body(a, 0), "k0")
+        cached = b.engines.peek(NAME)
+        assert cached is not None
+        wait_for(lambda: cached.seq == 1, 5, "b's listener stopped folding heads")
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")

@@ -281,15 +281,19 @@ class RedisCoordinator:
                     pubsub.close()
 
     def _dispatch(self, data: bytes) -> None:
+        # A malformed message is ignored: one that escaped would end the listener thread,
+        # and the replica would never hear another head.
         try:
             message = json.loads(data)
             name = str(message["n"])
-        except (ValueError, KeyError, TypeError):
+            head = (int(message["c"]), int(message["s"])) if (
+                "s" in message and "c" in message) else None
+        except (ValueError, KeyError, TypeError, OverflowError):
             _log.warning("ignored a malformed message on %s: %r", self.channel, data[:200])
             return
         self._signals.bump(name)  # a head or a release: lease waiters try again
-        if "s" in message and "c" in message:
-            stamp, seq = int(message["c"]), int(message["s"])
+        if head is not None:
+            stamp, seq = head
             with self._guard:
                 known = self._heads.get(name)
                 if known is None or known[0] != stamp or known[1] < seq:
