@@ -280,6 +280,39 @@ def test_a_curriculum_recreated_between_its_head_and_its_load_is_unavailable(
     assert service.engine("math").spec.batch_size == 5
 
 
+def test_a_fold_that_fails_while_catching_up_reloads_the_engine(
+        setup: tuple[PacelineService, FailingStore], tmp_path: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read (here a batch) catches the cached engine up with another process's report
+    and the fold raises part-way (out of memory, a strategy's error): the engine, which
+    may hold part of that fold, is reloaded on next use. (It was kept, so the next
+    catch-up folded the event again on top of the partial fold: batches, and snapshots,
+    of a state the log does not produce.)"""
+    service, _ = setup
+    indices = service.next_batch("math", "r", 0).indices
+    service.report("math", body(indices, 0, seed=0), "a")
+    cached = service.engine("math")
+    in_another_process(tmp_path, lambda other: other.report(
+        "math", body(indices, 1, seed=1), "b"))
+    record_weights = CurriculumEngine._record_weights  # the last part of a fold
+
+    def fails_once(engine: CurriculumEngine, *args: Any) -> None:
+        monkeypatch.undo()
+        raise MemoryError("injected")
+
+    monkeypatch.setattr(CurriculumEngine, "_record_weights", fails_once)
+    with pytest.raises(MemoryError):
+        service.next_batch("math", "r", 1)
+    assert CurriculumEngine._record_weights is record_weights
+    batch = service.next_batch("math", "r", 1)
+    assert service.engine("math") is cached and cached.seq == 2
+    assert cached.engine.to_bytes() == replayed(service)
+    fresh = CurriculumEngine(cached.spec)
+    for event in service.store.events("math"):
+        fresh.apply(decode_report(event.payload))
+    np.testing.assert_array_equal(batch.indices, fresh.next_batch("r", 1).indices)
+
+
 def test_forgetting_an_outdated_entry_keeps_a_fresh_one(
         setup: tuple[PacelineService, FailingStore]) -> None:
     service, _ = setup

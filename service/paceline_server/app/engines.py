@@ -247,7 +247,17 @@ class EngineCache:
         """Fold committed events (cached.seq, head_seq] (caller holds the entry lock).
 
         When the events right after the cached position were pruned (by another
-        replica), reload from the newest snapshot instead."""
+        replica), reload from the newest snapshot instead. Should anything raise midway
+        (a fold that fails part-way, out of memory, a read), the engine is marked stale
+        and reloaded on next use: it may hold part of a fold, and folding that event again
+        on top of it would serve and snapshot a state the log does not produce."""
+        try:
+            self._catch_up(cached, name, head_seq)
+        except BaseException:
+            cached.stale = True
+            raise
+
+    def _catch_up(self, cached: CachedEngine, name: str, head_seq: int) -> None:
         if cached.stale:
             cached.engine, cached.seq = self._load(name, cached.spec, head_seq)
             cached.stale = False
