@@ -447,6 +447,29 @@ def test_async_lease_failure_fails_what_is_queued(
     assert (ack.seq, ack.replayed) == (1, False)
 
 
+def test_lease_failure_takes_the_report_back(
+        setup: tuple[PacelineService, FailingStore],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The threaded path: a report whose commit fails before its group is taken (no
+    write lease) is answered with the error and is no longer queued. (It stayed queued,
+    and the next report's commit applied it after its client was told it failed.)"""
+    service, _ = setup
+    indices = service.next_batch("math", "r", 0).indices
+    cached = service.engine("math")
+
+    def no_lease(name: str) -> Any:
+        raise Unavailable("no write lease: injected", {})
+
+    monkeypatch.setattr(service.coordinator, "exclusive", no_lease)
+    with pytest.raises(Unavailable):
+        service.report("math", body(indices, 0, seed=0), "k0")
+    monkeypatch.undo()
+    assert not cached.pending
+    ack = service.report("math", body(indices, 1, seed=1), "k1")
+    assert (ack.seq, ack.replayed) == (1, False)
+    assert [e.idempotency_key for e in service.store.events("math")] == ["k1"]
+
+
 def test_async_bad_input_is_refused_before_anything_is_queued(
         setup: tuple[PacelineService, FailingStore]) -> None:
     service, _ = setup

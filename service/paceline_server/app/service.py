@@ -453,7 +453,15 @@ class PacelineService:
             cached.pending.append(item)
         with cached.commit_lock:
             if not item.done:
-                self.commits.commit_pending(name, cached)
+                try:
+                    self.commits.commit_pending(name, cached)
+                except BaseException:  # before the group was taken (e.g. no write lease):
+                    with cached.pending_guard:  # take the report back, unless committed
+                        queued = any(i is item for i in cached.pending)
+                        if queued:
+                            cached.pending.remove(item)
+                    if queued or not item.done:
+                        raise
         ack = self._acked(item)
         if self._prunes(ack):
             self._prune(name, ack.seq)
