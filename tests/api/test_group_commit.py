@@ -313,6 +313,32 @@ def test_a_fold_that_fails_while_catching_up_reloads_the_engine(
     np.testing.assert_array_equal(batch.indices, fresh.next_batch("r", 1).indices)
 
 
+def test_a_batch_proposed_for_a_curriculum_recreated_meanwhile_is_not_stored(
+        setup: tuple[PacelineService, FailingStore], tmp_path: Any) -> None:
+    """A batch request read the head and proposed on the cached engine, then another
+    process deleted and recreated the curriculum (and attached the run again) before the
+    batch was stored: 503 UNAVAILABLE (retryable) and nothing stored, and the retry gets
+    the new curriculum's batch. (The old curriculum's batch was stored under the new one's
+    (run, step), by name, and served for it from then on: another spec, another state.)"""
+    service, store = setup
+    service.report("math", body(service.next_batch("math", "r", 0).indices, 0, seed=0))
+    real_put_batch = store._store.put_batch
+
+    def recreated_first(*args: Any, **kwargs: Any) -> Any:
+        in_another_process(tmp_path, recreate)
+        store.put_batch = real_put_batch  # type: ignore[method-assign]  # once
+        return real_put_batch(*args, **kwargs)
+
+    store.put_batch = recreated_first  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        service.next_batch("math", "r", 1)
+    assert service.store.get_batch("math", "r", 1) is None
+    batch = service.next_batch("math", "r", 1)
+    assert batch.indices.size == 5  # the new spec's
+    fresh = CurriculumEngine(service.engine("math").spec)
+    np.testing.assert_array_equal(batch.indices, fresh.next_batch("r", 1).indices)
+
+
 def test_forgetting_an_outdated_entry_keeps_a_fresh_one(
         setup: tuple[PacelineService, FailingStore]) -> None:
     service, _ = setup

@@ -15,6 +15,7 @@ from paceline_server.domain.errors import (
     CurriculumNotFound,
     IdempotencyConflict,
     RunNotFound,
+    Unavailable,
 )
 from paceline_server.store import sql as sql_module
 from paceline_server.store import tables as t
@@ -441,6 +442,16 @@ class TestBatches:
             abort()
         assert store.get_batch("math", "r", 1) is None
         assert store.head("math").head_seq == 0
+
+    def test_batch_for_a_recreated_curriculum_is_refused(self, store: SqlStore) -> None:
+        old = store.create_curriculum("math", SPEC).created_at
+        store.delete_curriculum("math")
+        new = store.create_curriculum("math", SPEC).created_at
+        record = BatchRecord(run_id="r", step=0, seq=0, payload=b"old")
+        with pytest.raises(Unavailable):
+            store.put_batch("math", record, durable=False, created_at=old)
+        assert store.get_batch("math", "r", 0) is None
+        assert store.put_batch("math", record, created_at=new) == record
 
     def test_non_durable_batch_is_stored_and_restores_durability(
             self, store: SqlStore) -> None:

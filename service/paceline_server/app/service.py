@@ -483,9 +483,9 @@ class PacelineService:
                 batch = cached.engine.next_batch(run_id, step, size)
                 seq = cached.seq
             payload = encode_batch(batch)
-            stored = self.store.put_batch(
+            stored = self.store.put_batch(  # refused if `name` was recreated meanwhile
                 name, BatchRecord(run_id=run_id, step=step, seq=seq, payload=payload),
-                durable=False)
+                durable=False, created_at=record.created_at)
             if stored.payload != payload:
                 batch = decode_batch(stored.payload)  # another request stored it first
             cached.remember_served(run_id, step, batch.indices)

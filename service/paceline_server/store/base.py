@@ -350,10 +350,13 @@ class Store(ABC):
         return self.head(name), self.get_batch(name, run_id, step)
 
     @abstractmethod
-    def put_batch(self, name: str, record: BatchRecord, *,
-                  durable: bool = True) -> BatchRecord:
+    def put_batch(self, name: str, record: BatchRecord, *, durable: bool = True,
+                  created_at: datetime | None = None) -> BatchRecord:
         """Store an issued batch; when (run, step) was stored concurrently, return the
-        stored one instead (first writer wins).
+        stored one instead (first writer wins). With `created_at`, the batch was
+        proposed for the curriculum created then: one of that name created since (it was
+        deleted and created again meanwhile) is refused with Unavailable (retryable) and
+        nothing is stored.
 
         `durable=False` may return before the write is on stable storage: the batch
         survives a crash of the process but not necessarily of the machine or database

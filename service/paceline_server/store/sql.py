@@ -654,15 +654,19 @@ class SqlStore(Store):
         seq, payload = row
         return BatchRecord(run_id=run_id, step=step, seq=int(seq), payload=bytes(payload))
 
-    def put_batch(self, name: str, record: BatchRecord, *,
-                  durable: bool = True) -> BatchRecord:
+    def put_batch(self, name: str, record: BatchRecord, *, durable: bool = True,
+                  created_at: datetime | None = None) -> BatchRecord:
         """INSERT ... ON CONFLICT DO NOTHING, then read back what is stored: the caller gets
         the first writer's batch whether it won or lost the race. (On PostgreSQL a
         conflicting in-flight insert makes ours wait for its commit; the read is a new
         statement snapshot under READ COMMITTED, so it sees the winner.)"""
         try:
             with self._write(durable=durable) as conn:
-                return self._store_batch(conn, self._curriculum_id(conn, name), record)
+                cid, _, current = self._curriculum_row(conn, name)
+                if created_at is not None and current != created_at:
+                    raise Unavailable(f"curriculum {name!r} was recreated meanwhile; retry",
+                                      {"curriculum": name})
+                return self._store_batch(conn, cid, record)
         except sa_exc.IntegrityError as exc:  # the curriculum was deleted meanwhile
             raise CurriculumNotFound(f"curriculum {name!r} not found",
                                      {"curriculum": name}) from exc
