@@ -59,10 +59,11 @@ def server(db: str, synchronous: str) -> Iterator[tuple[str, str]]:
 
 
 class Case:
-    """One transport's cycle: `prepare` builds the request (untimed for wire cases),
-    `send` runs report + next batch and returns the next indices."""
+    """One transport's cycle: `prepare` draws the rewards (and for wire cases builds the
+    request from them), untimed; `send`, timed, runs report + next batch and returns the
+    next indices (for SDK cases the client's encoding happens there)."""
 
-    timed_prepare = False
+    encoding_timed = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -81,10 +82,8 @@ class Case:
         raise NotImplementedError
 
     def cycle(self) -> None:
-        start = time.perf_counter()
         prepared = self.prepare()
-        if not self.timed_prepare:
-            start = time.perf_counter()
+        start = time.perf_counter()
         self.indices = self.send(prepared)
         self.times.append((time.perf_counter() - start) * 1e3)
         self.step += 1
@@ -161,7 +160,7 @@ class GrpcCase(Case):
 
 
 class ClientCase(Case):
-    timed_prepare = True
+    encoding_timed = True  # `paceline.Client` encodes the array inside `send`
 
     def __init__(self, url: str, name: str, encoding: ReportEncoding = "json") -> None:
         super().__init__(name)
@@ -201,7 +200,7 @@ def latency(cases: list[Case], cycles: int, rounds: int) -> list[dict[str, Any]]
     for case in cases:
         times = np.asarray(case.times)
         results.append({"case": case.name, "cycles": len(times),
-                        "encoding_timed": case.timed_prepare,
+                        "encoding_timed": case.encoding_timed,
                         "p50_ms": round(float(np.percentile(times, 50)), 2),
                         "p99_ms": round(float(np.percentile(times, 99)), 2),
                         "mean_ms": round(float(times.mean()), 2)})
@@ -214,14 +213,25 @@ def throughput(url: str, label: str, runs: int, seconds: float) -> dict[str, Any
     with paceline.Client(url) as client:
         client.create_curriculum(name, **_sdk_spec())
     done = [0] * runs
-    stop = time.perf_counter() + seconds
+    # Every run attaches and takes its first batch before the clock starts (set-up is
+    # not throughput); a run that fails on the way breaks the barrier.
+    window: list[float] = []
+    ready = threading.Barrier(runs + 1, lambda: window.append(time.perf_counter()),
+                              timeout=120)
 
     def worker(i: int) -> None:
         rng = np.random.default_rng(i)
         encoding: ReportEncoding = "msgpack" if label == "http" else "json"
-        with paceline.Client(url, timeout=60, report_encoding=encoding) as client:
+        try:
+            client = paceline.Client(url, timeout=60, report_encoding=encoding)
             run = client.curriculum(name).start_run(run_id=f"run-{i}", heartbeat_interval=None)
             indices = run.next_batch(0).indices
+        except BaseException:
+            ready.abort()
+            raise
+        with client:
+            ready.wait()
+            stop = window[0] + seconds
             step = 0
             while time.perf_counter() < stop:
                 rewards = rng.integers(0, 2, (len(indices), G, K)).astype(np.float32)
@@ -231,12 +241,12 @@ def throughput(url: str, label: str, runs: int, seconds: float) -> dict[str, Any
                 done[i] += 1
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(runs)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
+    ready.wait()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - window[0]
     return {"case": f"concurrent-{label}", "runs": runs, "cycles": sum(done),
             "cycles_per_s": round(sum(done) / elapsed, 1)}
 

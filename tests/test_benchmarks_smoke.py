@@ -99,3 +99,23 @@ def test_service_bench_tiny(trainer: str) -> None:
     assert all(r.get("server_cpu_ms_per_cycle", 1.0) > 0 for r in concurrent)
     assert all(r["trainer"] == trainer and r["trainer_cpu_ms_per_cycle"] > 0
                for r in concurrent)
+
+
+@pytest.mark.slow
+def test_grpc_vs_rest_quick() -> None:
+    """`grpc_vs_rest.py --quick` (a documented command) runs every case against one
+    server with both APIs: each wire and SDK case times its cycles, and the concurrent
+    rows count cycles from the moment every run is attached (set-up is not timed)."""
+    rows = [json.loads(line) for line in run("grpc_vs_rest.py", "--quick")
+            if line.startswith("{")]
+    assert rows[0]["case"] == "machine"
+    latency = {r["case"]: r for r in rows if "p50_ms" in r}
+    assert set(latency) == {"rest-json", "rest-msgpack", "grpc", "client-http-json",
+                            "client-http-msgpack", "client-grpc"}
+    for name, row in latency.items():
+        assert row["cycles"] == 6 and 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["encoding_timed"] == name.startswith("client-")
+    concurrent = {r["case"]: r for r in rows if r["case"].startswith("concurrent-")}
+    assert set(concurrent) == {"concurrent-http", "concurrent-grpc"}
+    assert all(r["runs"] == 2 and r["cycles"] > 0 and r["cycles_per_s"] > 0
+               for r in concurrent.values())
