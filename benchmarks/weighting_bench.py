@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -293,11 +294,20 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "final_hv": _ms([r["final_hv"] for r in runs]),
                 "hv_ratio": _ms(ratio),
                 "steps_to_baseline": _ms(reach),
-                "step_ratio": _ms([a / b for a, b in zip(reach, base_steps, strict=True)]),
+                "step_ratio": _ms([_ratio(a, b) for a, b in zip(reach, base_steps,
+                                                                strict=True)]),
                 "final_point": np.mean([r["final_point"] for r in runs], axis=0).tolist(),
                 "w_first_final": float(np.mean([r["w_first_final"][1] for r in runs])),
             })
     return table
+
+
+def _ratio(steps: int, base: int) -> float:
+    """Steps over the baseline's; a baseline already at its final HV at step 0 (nothing
+    improved it) gives 1 for a row there too and infinity for one that got there later."""
+    if base:
+        return steps / base
+    return 1.0 if steps == 0 else math.inf
 
 
 def _ms(values: Sequence[float]) -> tuple[float, float]:
@@ -362,11 +372,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=5)
-    parser.add_argument("--learners", nargs="+", default=list(LEARNERS))
+    parser.add_argument("--learners", nargs="+", default=list(LEARNERS),
+                        choices=list(LEARNERS))
     parser.add_argument("--only", nargs="+", default=None, help="row labels to run")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for weighting_bench.json / .md / .png")
     args = parser.parse_args(argv)
+    unknown = set(args.only or ()) - {r.label for r in ROWS}
+    if unknown:
+        parser.error(f"--only: no such row {sorted(unknown)}; rows: "
+                     f"{[r.label for r in ROWS]}")
+    if args.seeds < 1 or args.eval_every < 1 or args.steps < args.eval_every \
+            or args.steps % args.eval_every:
+        # The final point and HV are those of the last evaluation, and the steps to the
+        # baseline's final HV count evaluations: the run must end on one, after step 0.
+        parser.error("--seeds and --eval-every must be positive and --steps a positive "
+                     "multiple of --eval-every")
     rows = [r for r in ROWS if args.only is None or r.label in args.only
             or r.label == BASELINE]
     started = time.monotonic()

@@ -61,6 +61,26 @@ def test_runs_summary_and_verdict() -> None:
     assert "fixed (0.7, 0.3)" not in wb.verdict(fake)["brevity"]
 
 
+def test_main_writes_its_files_and_checks_its_flags(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The documented command (`--seeds 3 --steps 300 --out /tmp/wb`) at tiny settings:
+    --out need not exist, the baseline runs with the rows asked for; flags that would
+    crash (or silently run nothing) later are refused up front."""
+    out = tmp_path / "new" / "wb"
+    assert wb.main(["--seeds", "1", "--steps", "4", "--eval-every", "2", "--learners",
+                    "brevity", "--only", "spard", "--out", str(out)]) == 0
+    saved = json.loads((out / "weighting_bench.json").read_text())
+    assert [r["row"] for r in saved["results"]] == [wb.BASELINE, "spard"]
+    assert "| brevity | spard |" in (out / "weighting_bench.md").read_text()
+    assert "| brevity | spard |" in capsys.readouterr().out
+    for argv in (["--learners", "nosuch"], ["--only", "no such row"], ["--steps", "2"],
+                 ["--steps", "7"], ["--seeds", "0"]):
+        with pytest.raises(SystemExit):  # refused by the parser: nothing runs
+            wb.main(argv)
+    # A baseline whose HV never grows (already final at step 0) gives no division by 0.
+    assert wb._ratio(0, 0) == 1.0 and wb._ratio(4, 0) == float("inf")
+
+
 def test_gradient_proxy_summary(tmp_path: Path) -> None:
     rows = [{"step": s, "final": False, "grad_products_computed": 1.0,
              "proxy_gram_cosine": c, "proxy_gram_correlation": 1.0, "proxy_move_cosine": m,
