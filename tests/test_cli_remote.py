@@ -14,7 +14,7 @@ import pytest
 from cli_support import fail, populated, run
 from paceline.errors import PacelineError
 from paceline_server import remote
-from support import free_port, fresh_pg_schema, running_service
+from support import SPEC, free_port, fresh_pg_schema, running_service
 
 TOKENS = {"reader": "read", "writer": "write"}
 
@@ -121,7 +121,7 @@ def test_a_503_is_retried_on_a_streamed_call() -> None:
     service.http = httpx.Client(base_url="http://paceline.test",
                                 transport=httpx.MockTransport(lambda request: next(answers)))
     with service:
-        assert list(remote.lines(service.export("c"))) == ['{"format": 1}']
+        assert list(remote.lines(service.export("c"))) == [b'{"format": 1}']
     gone = remote.RemoteService("http://paceline.test", retries=1)
     gone.http = httpx.Client(base_url="http://paceline.test", transport=httpx.MockTransport(
         lambda request: unread(503, error, **{"Retry-After": "0"})))
@@ -150,3 +150,28 @@ def test_a_url_that_is_not_paceline_says_so(capsys: pytest.CaptureFixture[str]) 
         assert "DOCTYPE" not in line and "\n" not in line
         assert (code, line.startswith("error HTTP_404: ")) == ((2, True) if status == 404
                                                                else (1, False))
+
+
+def test_replay_reads_lines_as_an_import_does(served: Served) -> None:
+    """Run metadata holds U+2028, U+2029 and U+0085 raw (JSON allows them in strings):
+    the remote replay split the export at them (httpx's `iter_lines` splits as
+    `str.splitlines`) and stopped with MALFORMED_BODY where the local one printed."""
+    name = f"seps-{served.database_url[:5]}"
+    service = populated(served.database_url, reports=3, spec={**SPEC, "name": name})
+    service.attach_run(name, run_id="run-2", metadata={"note": "a\u2028b\u2029c\x85d é"})
+    local = ["--database-url", served.database_url]
+    far = ["--url", served.url, "--token", "reader"]
+    assert "\u2028" in run("export", name, *far)  # written raw
+    for command in (["replay", name, "--every", "1"], ["export", name]):
+        assert run(*command, *far) == run(*local, *command), command
+
+
+def test_lines_are_joined_across_chunks() -> None:
+    import httpx
+
+    text = '{"a": "x\u2028y"}\n\n{"b": 1}\n{"c": "\u2029"}'.encode()
+    for size in (1, 2, 3, 7, len(text)):
+        chunks = [text[i:i + size] for i in range(0, len(text), size)]
+        response = httpx.Response(200, content=iter(chunks))
+        assert list(remote.lines(response)) == text.split(b"\n"), size
+

@@ -120,10 +120,22 @@ class RemoteService:
             time.sleep(delay)
 
 
-def lines(response: httpx.Response) -> Iterator[str]:
-    """The lines of a streamed response (closed at the end)."""
+def lines(response: httpx.Response) -> Iterator[bytes]:
+    """The lines of a streamed export (closed at the end), split at b"\n" only, as an
+    import splits them: `iter_lines` also splits at the line separators JSON writes
+    raw inside strings (U+2028, U+2029, U+0085 in run metadata), cutting a line in two."""
     try:
-        yield from response.iter_lines()
+        pending: list[bytes] = []
+        for chunk in response.iter_bytes():
+            *complete, rest = chunk.split(b"\n")
+            if complete:
+                complete[0] = b"".join((*pending, complete[0]))
+                pending = []
+                yield from complete
+            if rest:
+                pending.append(rest)
+        if pending:
+            yield b"".join(pending)
     finally:
         response.close()
 
