@@ -175,3 +175,24 @@ def test_lines_are_joined_across_chunks() -> None:
         response = httpx.Response(200, content=iter(chunks))
         assert list(remote.lines(response)) == text.split(b"\n"), size
 
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("", "error INVALID_REQUEST: name must be 1 to 128 characters; got 0"),
+    ("x" * 129, "error INVALID_REQUEST: name must be 1 to 128 characters; got 129"),
+    ("a\x00b", "error INVALID_REQUEST: name must be valid UTF-8 without control "
+                "characters; got 'a\\x00b'"),
+    (".", "error CURRICULUM_NOT_FOUND: curriculum '.' not found"),
+    ("..", "error CURRICULUM_NOT_FOUND: curriculum '..' not found"),
+])
+def test_a_name_is_refused_or_missing_alike_both_ways(
+        served: Served, capsys: pytest.CaptureFixture[str], name: str, expected: str) -> None:
+    """Over --url, '' asked for /v1/curricula/ (a redirect, printed as not Paceline),
+    '.' and '..' were normalised out of the URL ('.' listed the curricula and failed as
+    "invalid setting name"; '..' a route's NOT_FOUND), and a name the API refuses was
+    looked up on a database as CURRICULUM_NOT_FOUND (on PostgreSQL a NUL was a driver
+    error, exit 1)."""
+    for command in ("inspect", "export", "replay"):
+        assert fail(capsys, command, name, "--url", served.url, "--token", "reader") == (
+            2, expected), command
+        assert fail(capsys, "--database-url", served.database_url, command, name) == (
+            2, expected), command

@@ -619,6 +619,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return cmd_migrate(args, settings)
         if command == "repair":
             return cmd_repair(args, settings, out)
+        if command != "import":
+            # The API's check of a name looked up, on a database too: both ways refuse
+            # the same names (INVALID_REQUEST), and none reaches a driver or a URL.
+            from paceline_server.app.operations import check_name
+
+            check_name(args.name)
         handlers = {"inspect": cmd_inspect, "export": cmd_export, "import": cmd_import,
                     "replay": cmd_replay}
         return handlers[command](args, settings, out)

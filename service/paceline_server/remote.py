@@ -141,7 +141,14 @@ def lines(response: httpx.Response) -> Iterator[bytes]:
 
 
 def _path(name: str, *rest: str) -> str:
-    return "/".join(("/v1/curricula", quote(name, safe=""), *rest))
+    return "/".join(("/v1/curricula", _segment(name), *rest))
+
+
+def _segment(name: str) -> str:
+    """`name` as one path segment: percent-encoded, dots too when it is all dots (an
+    URL normalises a `.` or `..` segment away: /v1/curricula/.. is /v1)."""
+    segment = quote(name, safe="")
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
 
 
 def _error(response: httpx.Response) -> PacelineError:
