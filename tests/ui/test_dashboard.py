@@ -12,7 +12,7 @@ import httpx
 import pytest
 from ui_support import Page, Trainer, spec
 
-from support import ServiceProcess, running_service
+from support import ServiceProcess, free_port, running_service
 
 DISTRIBUTIONS = ["easy", "medium", "hard"]
 
@@ -92,6 +92,81 @@ def test_page_follows_new_reports(service: ServiceProcess, page: Page) -> None:
     assert after["probability"]["x"][-1] == before + 3
     assert page.page.locator(f"tr[data-run=late-{before}]").count() == 1
     assert page.console_errors == []
+
+
+LEGEND = """() => { const u = window.__paceline.charts.probability;
+    const i = u.data[0].length - 1;
+    u.setCursor({left: u.valToPos(u.data[0][i], "x"), top: 10});
+    return Array.from(u.root.querySelectorAll(".u-legend .u-value"), (e) => e.textContent); }"""
+
+
+def test_probability_legend_follows_new_reports(service: ServiceProcess, page: Page) -> None:
+    """The stacked chart's legend shows each distribution's own share under the cursor,
+    also at points drawn by a refresh (the chart kept the formatter of the first
+    history: '–' or another row's share for every new point)."""
+    page.open(f"{service.url}/ui/c/code?refresh=200")
+    before = int(page.page.evaluate("document.body.dataset.seq"))
+    with httpx.Client(base_url=service.url) as http:
+        Trainer(http, "code", f"legend-{before}").train(3)
+    page.page.wait_for_function(f"() => Number(document.body.dataset.seq) === {before + 3}",
+                                timeout=15_000)
+    per = httpx.get(f"{service.url}/v1/curricula/code/history").json()["per_distribution"]
+    legend = page.page.evaluate(LEGEND)
+    assert legend[0] == str(before + 3)  # x: the last report
+    assert legend[1:] == [f"{per[name]['probability'][-1]:.3f}" for name in DISTRIBUTIONS[::-1]]
+    assert page.console_errors == []
+
+
+def test_the_page_comes_back_after_an_outage(browser: Any, tmp_path: Any) -> None:
+    """A service restarted while the list (no table yet) is open, or that answers 503
+    when a page is first opened: the error is shown, then the page recovers by itself
+    (it stayed on the error for good), without a request loop."""
+    port = free_port()
+    url = f"sqlite:///{tmp_path / 'outage.db'}"
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        listing = Page(context.new_page())
+        with running_service(url, port=port, log=tmp_path / "s1.log") as process:
+            listing.open(f"{process.url}/ui/?refresh=500")
+            assert "No curricula yet" in listing.page.inner_text("#app")
+        listing.page.wait_for_selector(".error[data-error-code=UNREACHABLE]", timeout=10_000)
+        with running_service(url, port=port, log=tmp_path / "s2.log") as process, \
+                httpx.Client(base_url=process.url) as http:
+            assert http.post("/v1/curricula", json=spec("math")).status_code == 201
+            Trainer(http, "math", "r1").train(2)
+            listing.page.wait_for_selector("tr[data-curriculum=math]", timeout=15_000)
+
+            page = Page(context.new_page())
+            down = {"on": True, "asked": 0}
+
+            def unavailable(route: Any) -> None:
+                down["asked"] += 1
+                if down["on"]:
+                    route.fulfill(status=503, content_type="application/json", body=json.dumps(
+                        {"error": {"code": "UNAVAILABLE", "message": "overloaded"}}))
+                else:
+                    route.continue_()
+
+            page.page.route("**/v1/**", unavailable)
+            page.open(f"{process.url}/ui/c/math?refresh=500")
+            assert page.page.locator(".error").get_attribute("data-error-code") == "UNAVAILABLE"
+            page.page.wait_for_timeout(2500)
+            assert down["asked"] <= 4 * 4  # a retry every 1 s (4 requests each), no loop
+            down["on"] = False
+            page.page.wait_for_selector("#explanations li", timeout=10_000)
+            assert charts(page)["success"]["points"] == 3
+            assert not [e for e in page.console_errors + listing.console_errors
+                        if e.startswith("uncaught")]
+    finally:
+        context.close()
+
+
+def test_an_empty_refresh_parameter_is_the_default(service: ServiceProcess, page: Page) -> None:
+    """`?refresh=` (empty) polls every 2 s like any value that is not a number; it read
+    as 0 and stopped the polling."""
+    page.open(f"{service.url}/ui/?refresh=")
+    before = page.page.evaluate("window.__paceline.renders")
+    page.page.wait_for_function(f"() => window.__paceline.renders > {before}", timeout=6_000)
 
 
 def test_runs_go_stale_on_the_page(service: ServiceProcess, page: Page) -> None:

@@ -9,8 +9,9 @@
   // ?refresh=<ms>: 0 stops polling; anything not a number is the default (NaN made
   // setTimeout fire at once: hundreds of requests a second), and at least 500 ms.
   const REFRESH_MS = (() => {
-    const asked = Number(new URLSearchParams(location.search).get("refresh") ?? 2000);
-    if (!Number.isFinite(asked)) return 2000;
+    const given = new URLSearchParams(location.search).get("refresh");
+    const asked = Number(given);  // "" (?refresh=) would be 0: the default instead
+    if (given === null || given.trim() === "" || !Number.isFinite(asked)) return 2000;
     return asked <= 0 ? 0 : Math.max(asked, 500);
   })();
   const PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777",
@@ -157,7 +158,9 @@
     if (opts.scales) Object.assign(config.scales, opts.scales);
     const data = [x].concat(series.map((s) => s.values));
     const old = state.charts[id];
-    if (old && old.series.length === config.series.length) {
+    // the same series (by label) keep their chart; setData keeps the old series config
+    const labels = config.series.map((s) => s.label).join("\n");
+    if (old && old.series.map((s) => s.label).join("\n") === labels) {
       old.setData(data);
     } else {
       if (old) old.destroy();
@@ -168,6 +171,7 @@
     host.dataset.points = String(x.length);
     return state.charts[id];
   }
+  let shares = {};  // per_distribution of the history drawn last (the legend's shares)
   const nulls = (values) => values.map((v) => (v === null ? null : v));
 
   function drawHistory(history) {
@@ -182,12 +186,15 @@
       per[name].probability.forEach((p, j) => { running[j] += p; });
       stacked.push(running.slice());
     });
+    // The legend reads the shares drawn now: a chart kept across refreshes (setData)
+    // keeps the formatter it was made with, so it must not hold this history's columns.
+    shares = per;
     const probSeries = names.map((name, i) => ({
       values: stacked[i],
       config: { label: name, stroke: PALETTE[i % PALETTE.length],
                 fill: PALETTE[i % PALETTE.length] + "55",
                 value: (u, v, si, idx) => idx === null || idx === undefined ? "–"
-                  : fmt(per[name].probability[idx]) },
+                  : fmt(shares[name]?.probability[idx]) },
     })).reverse();
     probSeries.forEach((s) => { s.config.points = { show: false }; });
     chart("probability", document.getElementById("chart-probability"),
@@ -389,12 +396,19 @@
     if (document.body.dataset.ready && app.querySelector(".chart, table")) {
       statusLine.textContent = "refresh failed: " + (err.code ? err.code + ": " : "") + err.message;
       if (err.status !== 401 && err.status !== 403 && err.status !== 404) {
-        clearTimeout(timer);
-        timer = setTimeout(route, REFRESH_MS * 2);
+        retry();
         return;
       }
     }
     showError(err);
+    // A service down or overloaded (no answer, 5xx, 429) is asked again: the page
+    // comes back by itself when it is, whether or not anything was drawn before.
+    const status = err instanceof ApiError ? err.status : -1;
+    if (status === 0 || status === 429 || status >= 500) retry();
+  }
+  function retry() {
+    clearTimeout(timer);
+    if (REFRESH_MS > 0) timer = setTimeout(route, REFRESH_MS * 2);
   }
   async function route() {
     clearTimeout(timer);
