@@ -169,6 +169,31 @@ def test_an_empty_refresh_parameter_is_the_default(service: ServiceProcess, page
     page.page.wait_for_function(f"() => window.__paceline.renders > {before}", timeout=6_000)
 
 
+def test_a_curriculum_created_again_while_its_page_is_open(service: ServiceProcess,
+                                                           page: Page) -> None:
+    """Deleted and created again (another sampler, weighting and batch size) between
+    two polls: the page shows the new curriculum's spec (it kept the old one's for good:
+    the spec was read once, when the page was opened)."""
+    with httpx.Client(base_url=service.url) as http:
+        assert http.post("/v1/curricula", json=spec("again")).status_code == 201
+        Trainer(http, "again", "r1").train(2)
+        page.open(f"{service.url}/ui/c/again?refresh=2000")
+        assert "dump_ucb" in page.page.inner_text("#meta")
+        assert http.delete("/v1/curricula/again?confirm=again").status_code == 204
+        body = spec("again", sampler="uniform", weighting="fixed", batch_size=8)
+        assert http.post("/v1/curricula", json=body).status_code == 201
+        Trainer(http, "again", "r2").train(1)
+    page.page.wait_for_function(
+        "() => document.getElementById('meta')?.innerText.includes('uniform')", timeout=10_000)
+    meta = page.page.inner_text("#meta")
+    assert "fixed" in meta and "dump_ucb" not in meta
+    assert charts(page)["success"]["points"] == 2
+    assert page.page.locator("#runs-table tbody tr").count() == 1
+    assert page.console_errors == []
+    page.page.goto("about:blank")
+    assert httpx.delete(f"{service.url}/v1/curricula/again?confirm=again").status_code == 204
+
+
 def test_runs_go_stale_on_the_page(service: ServiceProcess, page: Page) -> None:
     page.open(f"{service.url}/ui/c/math?refresh=250")
     page.page.wait_for_function(

@@ -350,6 +350,7 @@
     if (!document.body.dataset.dataMs) {
       document.body.dataset.dataMs = String(Math.round(performance.now()));
     }
+    Object.values(state.charts).forEach((u) => u.destroy());  // uPlot keeps them all
     layoutCurriculum(info);
     state.charts = {};
     window.__paceline.charts = state.charts;
@@ -371,8 +372,10 @@
     };
     draw(view, runs, history);
     const refresh = async () => {
-      const [view, runs] = await Promise.all([get(curriculumPath(name, "state")),
-                                               get(curriculumPath(name, "runs"))]);
+      const [now, view, runs] = await Promise.all([get(curriculumPath(name)),
+        get(curriculumPath(name, "state")), get(curriculumPath(name, "runs"))]);
+      // deleted and created again since the page was drawn: another spec, its own page
+      if (now.created_at !== info.created_at) return route();
       // the history is fetched again only when a report arrived
       const changed = view.seq !== state.seq || !state.complete
         ? await get(curriculumPath(name, "history")) : null;
