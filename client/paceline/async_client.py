@@ -242,6 +242,8 @@ class AsyncCurriculum:
             await self.client._call(op.AttachRun(self.name, run_id, run_metadata(metadata))))
         run = AsyncRun(self, info, heartbeat_interval)
         self.client._runs.add(run)
+        if self.client._closed:  # closed while attaching: its close stopped no beat here
+            run._stop()
         return run
 
     async def runs(self) -> list[RunInfo]:

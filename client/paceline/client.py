@@ -339,6 +339,8 @@ class Curriculum:
             self.client._call(op.AttachRun(self.name, run_id, run_metadata(metadata))))
         run = Run(self, info, heartbeat_interval)
         self.client._runs.add(run)
+        if self.client._closed:  # closed while attaching: its close stopped no beat here
+            run._stop_heartbeat()
         return run
 
     def runs(self) -> list[RunInfo]:

@@ -5,15 +5,18 @@ Plain `asyncio.run`, no pytest plugin."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from client_support import asgi_service
 
 import paceline
+from paceline.models import CurriculumInfo
 from support import CLIENT_SPEC as SPEC
 from support import AsyncFaultInjector, lost, status
 
@@ -153,3 +156,41 @@ def test_a_cancelled_task_leaving_async_with_closes_everything(tmp_path: Path) -
         assert not beating
 
     run_async(orchestrator)
+
+
+def test_a_run_attached_while_the_client_closes_does_not_heartbeat(tmp_path: Path) -> None:
+    """`aclose` while `start_run` awaited its attach: the run was added to the client
+    after close had stopped every heartbeat, so its heartbeat task beat a closed client
+    for good (logging a failure)."""
+    async def body() -> None:
+        client = paceline.AsyncClient.embedded(tmp_path / "c.db")
+        cur = await client.create_curriculum("math", **SPEC)
+        starting = asyncio.ensure_future(cur.start_run(heartbeat_interval=0.01))
+        await asyncio.sleep(0)  # the attach is in flight (in a worker thread)
+        await client.aclose()
+        run = await starting
+        await asyncio.sleep(0.05)
+        assert not run.heartbeating
+        assert not [t for t in asyncio.all_tasks()
+                    if t.get_name().startswith("paceline-heartbeat")]
+
+    run_async(body)
+
+
+def test_a_run_attached_while_the_sync_client_closes_does_not_heartbeat() -> None:
+    """The sync twin: a close from another thread while `start_run` waited for its
+    attach left the run's heartbeat thread beating a closed client."""
+    client: paceline.Client
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        client.close()  # another thread closes the client while the attach is answered
+        now = "2025-01-01T00:00:00Z"
+        return httpx.Response(201, json={"run_id": "r", "curriculum": "math",
+                                         "created_at": now, "last_heartbeat": now,
+                                         "stale": False, "metadata": {}})
+
+    client = paceline.Client("http://x", transport=httpx.MockTransport(answer))
+    cur = paceline.Curriculum(client, CurriculumInfo.model_construct(name="math"))
+    run = cur.start_run(run_id="r", heartbeat_interval=0.01)
+    time.sleep(0.05)
+    assert not run.heartbeating
