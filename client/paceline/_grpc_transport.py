@@ -285,13 +285,14 @@ class GrpcSyncTransport(_Base):
         self._raw.close()
 
 
-class GrpcAsyncTransport(_Base):
+class GrpcAsyncTransport(_Base, _transport.LoopBound):
     """The asyncio twin (a `grpc.aio` channel, opened on first use in the caller's loop)."""
 
     def __init__(self, url: str, policy: RetryPolicy, *, timeout: Any = 30.0,
                  headers: Mapping[str, str] | None = None,
                  interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
-        super().__init__(url, policy, timeout=timeout, headers=headers)
+        _Base.__init__(self, url, policy, timeout=timeout, headers=headers)
+        _transport.LoopBound.__init__(self)
         self._interceptors = list(interceptors)
         self._channel: grpc.aio.Channel | None = None
         self._stubs: dict[str, Callable[..., Any]] = {}
@@ -314,6 +315,7 @@ class GrpcAsyncTransport(_Base):
         call = encode(operation)
         if self.closed:
             raise _transport.client_closed(call.method)
+        self.check_loop()
         stub = self._stub(call.method)
         state = self.policy.for_operation(operation).start()
         metadata, request_id, what = self._call_metadata(call)

@@ -288,6 +288,33 @@ async def _asleep(seconds: float, closing: threading.Event | None = None) -> Non
         await asyncio.sleep(min(left, CLOSED_POLL_S))
 
 
+class LoopBound:
+    """An asyncio transport's connections belong to the event loop that opened them:
+    used from another loop (a second `asyncio.run`), a pooled connection failed deep in
+    the network stack (`RuntimeError: Event loop is closed`, or a hang). The loop of the
+    first call is remembered and any other refused with a clear error."""
+
+    def __init__(self) -> None:
+        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+
+    def other_loop(self) -> bool:
+        """Whether this transport's connections belong to another event loop."""
+        bound = None if self._loop is None else self._loop()
+        return bound is not None and bound is not asyncio.get_running_loop()
+
+    def check_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        bound = None if self._loop is None else self._loop()
+        if bound is None:  # first use (or that loop is gone, and its connections with it)
+            self._loop = weakref.ref(loop)
+        elif bound is not loop:
+            raise RuntimeError(
+                "this paceline.AsyncClient is used in another event loop than the one it "
+                "first ran in (its connections belong to that loop"
+                f"{', which is closed' if bound.is_closed() else ''}): "
+                "create an AsyncClient in each event loop")
+
+
 class _Encoding:
     """How reports go out over HTTP (the client's `report_encoding` and
     `compress_over`, which it forwards here)."""
@@ -396,12 +423,13 @@ class SyncTransport(_Encoding):
                 self._on_close()
 
 
-class AsyncTransport(_Encoding):
+class AsyncTransport(_Encoding, LoopBound):
     """The asyncio twin of `SyncTransport` (same policy, `asyncio.sleep` between tries)."""
 
     def __init__(self, http: httpx.AsyncClient, policy: RetryPolicy,
                  on_close: Callable[[], None] | None = None) -> None:
-        super().__init__()
+        _Encoding.__init__(self)
+        LoopBound.__init__(self)
         self.http = http
         self.policy = policy
         self._on_close = on_close
@@ -413,6 +441,7 @@ class AsyncTransport(_Encoding):
         request = self.request(operation)
         if self.closed:
             raise client_closed(_what(request))
+        self.check_loop()
         built = _build(self.http, request, self._urls)
         state = self.policy.for_operation(operation).start()
         while True:
@@ -439,7 +468,11 @@ class AsyncTransport(_Encoding):
         self.closed = True
         self._closing.set()
         try:
-            await self.http.aclose()
+            try:
+                await self.http.aclose()
+            except RuntimeError:  # connections of another (closed) loop: gone with it
+                if not self.other_loop():
+                    raise
         finally:
             if self._on_close is not None:
                 self._on_close()

@@ -18,7 +18,7 @@ from client_support import asgi_service
 import paceline
 from paceline.models import CurriculumInfo
 from support import CLIENT_SPEC as SPEC
-from support import AsyncFaultInjector, lost, status
+from support import AsyncFaultInjector, lost, status, threaded_service
 
 FAST = paceline.RetryPolicy(max_attempts=4, backoff_initial=0.01, backoff_max=0.05)
 
@@ -194,3 +194,22 @@ def test_a_run_attached_while_the_sync_client_closes_does_not_heartbeat() -> Non
     run = cur.start_run(run_id="r", heartbeat_interval=0.01)
     time.sleep(0.05)
     assert not run.heartbeating
+
+
+def test_an_async_client_used_in_a_second_event_loop_says_so(tmp_path: Path) -> None:
+    """A second `asyncio.run` with the same client over HTTP: its pooled connection
+    belonged to the first, closed loop, and the call failed deep in the network stack
+    with `RuntimeError: Event loop is closed`. It is refused with a clear error."""
+    with threaded_service(f"sqlite:///{tmp_path / 'l.db'}", api_tokens={}) as url:
+        client = paceline.AsyncClient(url, retries=FAST)
+
+        async def first() -> None:
+            await client.create_curriculum("math", **SPEC)
+
+        async def second() -> None:
+            with pytest.raises(RuntimeError, match=r"another event loop.*which is closed"):
+                await client.curriculum("math")
+            await client.aclose()
+
+        run_async(first)
+        run_async(second)
