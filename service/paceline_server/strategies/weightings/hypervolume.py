@@ -116,6 +116,12 @@ class HypervolumeWeighting(Weighting[HypervolumeState, HypervolumeParams]):
         self.declared = ~np.isnan(declared)
         self.declared_reference = normalize(declared, objectives)
 
+    def state_bytes(self) -> int:
+        """The default's vectors and history, plus the front buffer: `capacity` points of
+        k numbers and their insertion order (up to 2 MiB at `MAX_CAPACITY` and 64
+        objectives, which the default left out)."""
+        return super().state_bytes() + 8 * self.params.capacity * (self.num_objectives + 1)
+
     def init_state(self, rng: np.random.Generator) -> HypervolumeState:
         k = self.num_objectives
         buffer = ParetoBuffer.empty(self.params.capacity, k)
