@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import tracemalloc
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,13 @@ from paceline_server.grpc.server import create_server
 from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
+from paceline_server.strategies import registry
 from paceline_server.strategies.registry import (
     available_samplers,
     available_weightings,
     build_weighting,
 )
+from paceline_server.strategies.samplers.uniform import UniformSampler
 from paceline_server.strategies.state_codec import state_nbytes
 
 N = 40_000
@@ -236,6 +239,45 @@ def test_the_engine_cache_is_bounded_in_bytes(tmp_path: Path) -> None:
         assert cache.nbytes == sizes[2]
         cache.forget(names[2])
         assert cache.nbytes == 0 and cache.engines() == []
+    finally:
+        service.close()
+        store.close()
+
+
+@dataclass
+class _HoardState:
+    scores: np.ndarray  # float64 [N]: per-sample, which the default estimate leaves out
+
+
+class _HoardingSampler(UniformSampler):
+    """A plug-in keeping 8 bytes per sample without overriding `state_bytes`."""
+
+    name = "hoarding"
+    state_type = _HoardState  # type: ignore[assignment]
+
+    def init_state(self, rng: np.random.Generator) -> Any:
+        return _HoardState(np.zeros(self.layout.num_samples))
+
+
+def test_the_cache_counts_a_plugin_state_bigger_than_its_estimate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry.SAMPLERS.registered, "hoarding", _HoardingSampler)
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    store = open_store(url, auto_migrate=True)
+    service = PacelineService(store, Settings(database_url=url))
+    try:
+        for name in ("p0", "p1"):
+            service.create_curriculum({**spec({"kind": "hoarding"}, sizes=(200_000,)),
+                                       "name": name})
+        estimate = estimate_state_bytes(CurriculumSpec.from_dict(store.get_curriculum("p0").spec))
+        assert estimate < 8 * 200_000  # the plug-in's estimate misses its array
+        cache = EngineCache(store, capacity=64, max_bytes=int(1.5 * 8 * 200_000))
+        first = cache.entry(store.head("p0"))
+        real = first.engine.state_bytes_per_sample() * 200_000
+        assert first.nbytes >= real and cache.nbytes == first.nbytes
+        cache.entry(store.head("p1"))  # two real states are over the budget: p0 goes
+        assert [name for name, _ in cache.engines()] == ["p1"]
+        assert cache.nbytes <= cache.max_bytes  # type: ignore[operator]
     finally:
         service.close()
         store.close()

@@ -15,6 +15,7 @@ holds it (pruned logs cannot be replayed).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -111,6 +112,15 @@ def estimate_state_bytes(spec: CurriculumSpec) -> int:
     return total
 
 
+def cached_bytes(spec: CurriculumSpec, engine: CurriculumEngine) -> int:
+    """What the cache counts for a loaded engine: its estimate, or the bytes its state's
+    arrays really hold when more (a plug-in sampler or weighting may estimate less than
+    it keeps; counting its estimate alone let such engines take the memory the budget
+    `PACELINE_ENGINE_CACHE_BYTES` is meant to bound)."""
+    real = math.ceil(engine.state_bytes_per_sample() * spec.layout.num_samples)
+    return max(estimate_state_bytes(spec), real)
+
+
 def check_distributions(spec: CurriculumSpec, limit: int) -> None:
     """InvalidSpec when `spec` has more than `limit` distributions."""
     count = spec.layout.num_distributions
@@ -186,7 +196,7 @@ class EngineCache:
             spec = CurriculumSpec.from_dict(record.spec)
             engine, seq = self._load(record.name, spec, record.head_seq)
             cached = CachedEngine(record.created_at, spec, engine, seq, threading.RLock(),
-                                  nbytes=estimate_state_bytes(spec))
+                                  nbytes=cached_bytes(spec, engine))
             with self._guard:
                 previous = self._entries.pop(record.name, None)
                 if previous is not None:
