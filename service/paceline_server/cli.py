@@ -452,6 +452,7 @@ def describe_import(result: dict[str, Any]) -> str:
 def cmd_import(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     from dataclasses import asdict
 
+    from paceline_server.app.engines import check_distributions, check_state_budget
     from paceline_server.app.transfer import import_curriculum, read_export, read_lines
 
     data = _read_input(args.file)
@@ -459,7 +460,12 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         with remote_service(args.url, args.token) as remote:
             result = remote.import_export(data, args.name, args.merge)
     else:
-        export = read_export(read_lines(data.splitlines()), args.name)  # before any database
+        def admit(spec: CurriculumSpec) -> None:  # the service's limits, before the
+            check_distributions(spec, settings.max_distributions)  # engine is built
+            check_state_budget(spec, settings.max_state_bytes)
+
+        export = read_export(read_lines(data.splitlines()), args.name,
+                             admit)  # before any database
         del data
         with local_service(settings, create=True) as service:
             result = asdict(import_curriculum(service, export, merge=args.merge))

@@ -5,6 +5,7 @@ fails the report it is due at."""
 
 from __future__ import annotations
 
+import io
 import json
 import tracemalloc
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 from api_support import make_client
 from paceline_server.app.engines import EngineCache, estimate_state_bytes
 from paceline_server.app.service import PacelineService
+from paceline_server.cli import main
 from paceline_server.domain import CurriculumSpec
 from paceline_server.domain.errors import InvalidSpec, StateTooLarge
 from paceline_server.domain.report import Report
@@ -213,6 +215,36 @@ def test_the_distribution_limit_is_configurable_and_holds_for_imports(
         assert client.get("/v1/curricula").json()["curricula"] == []
         fits = client.post("/v1/curricula", json=spec("uniform", sizes=(10, 10, 10)))
         assert fits.status_code == 201, fits.text
+
+
+def test_a_cli_import_judges_the_limits_before_building_the_engine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`paceline-server import FILE` read the export, building its engine, before the
+    service's limits were asked: an oversized export took its whole state's memory (or
+    failed with MemoryError) before STATE_TOO_LARGE; the API judged it first."""
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    source = PacelineService(open_store(url, auto_migrate=True), Settings(database_url=url))
+    try:
+        source.create_curriculum(spec({"kind": "prioritized"}, sizes=(1_000_000,)))
+    finally:
+        source.close()
+        source.store.close()
+    exported = tmp_path / "m.jsonl"
+    out = io.StringIO()
+    assert main(["--database-url", url, "export", "m"], out=out) == 0
+    exported.write_text(out.getvalue())
+    monkeypatch.setenv("PACELINE_MAX_STATE_BYTES", str(4 * 1024**2))
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    capsys.readouterr()
+    tracemalloc.start()
+    try:
+        status = main(["--database-url", other, "import", str(exported)], out=io.StringIO())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert status == 2 and capsys.readouterr().err.startswith("error STATE_TOO_LARGE")
+    assert peak < 8 * 1024**2, peak  # the state (about 24 MiB) is never built
 
 
 # ------------------------------------------------------------------ the engine cache
