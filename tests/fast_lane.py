@@ -29,6 +29,7 @@ SLOW_FILES = {
     # in-process per case, long replays, every transport per case
     "test_history.py", "test_exact_resume.py", "test_transfer_api.py",
     "test_client_embedded.py", "test_client_exact_resume.py", "test_client_history.py",
+    "test_input_edges.py", "test_cross_site.py",  # an app per case, as test_api's twins
 }
 #: Single slow tests in otherwise fast files (file name :: test name, any parameters):
 #: trainer libraries driven end to end, a statistical test of many draws, a subprocess.
@@ -41,6 +42,8 @@ SLOW_TESTS = {
     "test_sumtree.py::test_single_draw_frequencies",
     "test_cli.py::test_the_installed_command_prints_no_traceback",
     "test_client_payloads.py::test_typed_arrays_from_tensors_and_fallbacks",  # loads torch
+    "test_scalarize.py::test_openrlhf_reward_call_scores_every_row_with_one_weight_vector",
+    "test_client_async.py::test_an_async_client_used_in_a_second_event_loop_says_so",
 }
 
 

@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import redis
 
+from paceline_server.adapters.redis_coordination import coordinator_from_settings
 from paceline_server.app.codec import decode_batch, decode_report
 from paceline_server.app.service import PacelineService
 from paceline_server.domain import CurriculumSpec
@@ -28,7 +29,14 @@ from paceline_server.engine import CurriculumEngine
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
 from paceline_server.store.sql import SqlStore
-from support import REDIS_URL, ServiceProcess, launch_service, stop_service, wait_ready
+from support import (
+    REDIS_URL,
+    ServiceProcess,
+    fresh_pg_schema,
+    launch_service,
+    stop_service,
+    wait_ready,
+)
 
 NAME = "shared"
 #: A state-dependent sampler, so a batch proposed from a wrong state would differ.
@@ -46,6 +54,38 @@ SPEC: dict[str, Any] = {
 BASE_ENV = {"PACELINE_SNAPSHOT_EVERY": "5", "PACELINE_SNAPSHOT_KEEP": "100",
             "PACELINE_AUTO_MIGRATE": "true", "PACELINE_LOG_LEVEL": "warning",
             "PACELINE_REDIS_LEASE_TTL_S": "1"}
+
+
+Pair = tuple[PacelineService, PacelineService]
+
+
+@contextmanager
+def service_pair(redis_url: str, prefix: str, **options: Any) -> Iterator[Pair]:
+    """Two replicas in one process (own stores, own Redis coordinators) on a fresh
+    PostgreSQL schema and the Redis prefix given, with `SPEC` created and run "r"
+    attached; `options` are further settings."""
+    with fresh_pg_schema() as url:
+        settings = Settings(database_url=url, redis_url=redis_url, redis_prefix=prefix,
+                            snapshot_every=4, **options)
+        services = [PacelineService(open_store(url, auto_migrate=True), settings,
+                                    coordinator=coordinator_from_settings(settings))
+                    for _ in range(2)]
+        try:
+            services[0].create_curriculum(SPEC)
+            services[0].attach_run(NAME, run_id="r")
+            yield services[0], services[1]
+        finally:
+            for service in services:
+                service.close()
+                service.store.close()
+
+
+def report_body(service: PacelineService, step: int) -> dict[str, Any]:
+    """Run "r"'s report of `step` on the batch `service` serves for it."""
+    indices = service.next_batch(NAME, "r", step).indices
+    rewards = np.random.default_rng(step).integers(0, 2, (indices.size, 4, 2))
+    return {"run_id": "r", "step": step, "indices": indices.tolist(),
+            "rewards": rewards.astype(float).tolist()}
 
 
 @dataclass

@@ -8,48 +8,16 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 import redis
-from replica_support import NAME, SPEC, RedisServer, redis_prefix, wait_for
+from replica_support import NAME, RedisServer, redis_prefix, wait_for
+from replica_support import report_body as body
+from replica_support import service_pair as replicas
 
-from paceline_server.adapters.redis_coordination import coordinator_from_settings
-from paceline_server.app.service import NextBatch, PacelineService
-from paceline_server.settings import Settings
-from paceline_server.store import open_store
-from support import REDIS_URL, FreezingProxy, free_port, fresh_pg_schema
-
-Pair = tuple[PacelineService, PacelineService]
-
-
-@contextmanager
-def replicas(redis_url: str, prefix: str, **options: Any) -> Iterator[Pair]:
-    with fresh_pg_schema() as url:
-        settings = Settings(database_url=url, redis_url=redis_url, redis_prefix=prefix,
-                            snapshot_every=4, **options)
-        services = [PacelineService(open_store(url, auto_migrate=True), settings,
-                                    coordinator=coordinator_from_settings(settings))
-                    for _ in range(2)]
-        try:
-            services[0].create_curriculum(SPEC)
-            services[0].attach_run(NAME, run_id="r")
-            yield services[0], services[1]
-        finally:
-            for service in services:
-                service.close()
-                service.store.close()
-
-
-def body(service: PacelineService, step: int) -> dict[str, Any]:
-    indices = service.next_batch(NAME, "r", step).indices
-    rewards = np.random.default_rng(step).integers(0, 2, (indices.size, 4, 2))
-    return {"run_id": "r", "step": step, "indices": indices.tolist(),
-            "rewards": rewards.astype(float).tolist()}
+from paceline_server.app.service import NextBatch
+from support import REDIS_URL, FreezingProxy, free_port
 
 
 def test_a_stalled_redis_adds_at_most_its_timeout_to_a_report() -> None:

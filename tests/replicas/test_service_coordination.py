@@ -8,45 +8,20 @@ import dataclasses
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import pytest
-from replica_support import NAME, SPEC, redis_prefix, wait_for
+from replica_support import NAME, SPEC, Pair, redis_prefix, service_pair, wait_for
+from replica_support import report_body as body
 
-from paceline_server.adapters.redis_coordination import coordinator_from_settings
-from paceline_server.app.service import NextBatch, PacelineService
-from paceline_server.settings import Settings
-from paceline_server.store import open_store
-from support import REDIS_URL, fresh_pg_schema
-
-Pair = tuple[PacelineService, PacelineService]
+from paceline_server.app.service import NextBatch
+from support import REDIS_URL
 
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    with fresh_pg_schema() as url, redis_prefix() as prefix:
-        settings = Settings(database_url=url, redis_url=REDIS_URL, redis_prefix=prefix,
-                            snapshot_every=4)
-        services = []
-        for _ in range(2):
-            services.append(PacelineService(open_store(url, auto_migrate=True), settings,
-                                            coordinator=coordinator_from_settings(settings)))
-        try:
-            services[0].create_curriculum(SPEC)
-            services[0].attach_run(NAME, run_id="r")
-            yield services[0], services[1]
-        finally:
-            for service in services:
-                service.close()
-                service.store.close()
-
-
-def body(service: PacelineService, step: int) -> dict[str, Any]:
-    indices = service.next_batch(NAME, "r", step).indices
-    rewards = np.random.default_rng(step).integers(0, 2, (indices.size, 4, 2))
-    return {"run_id": "r", "step": step, "indices": indices.tolist(),
-            "rewards": rewards.astype(float).tolist()}
+    with redis_prefix() as prefix, service_pair(REDIS_URL, prefix) as services:
+        yield services
 
 
 def test_other_replicas_commits_are_folded_in_the_background(pair: Pair) -> None:

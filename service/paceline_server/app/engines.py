@@ -116,9 +116,15 @@ def cached_bytes(spec: CurriculumSpec, engine: CurriculumEngine) -> int:
     """What the cache counts for a loaded engine: its estimate, or the bytes its state's
     arrays really hold when more (a plug-in sampler or weighting may estimate less than
     it keeps; counting its estimate alone let such engines take the memory the budget
-    `PACELINE_ENGINE_CACHE_BYTES` is meant to bound)."""
-    real = math.ceil(engine.state_bytes_per_sample() * spec.layout.num_samples)
-    return max(estimate_state_bytes(spec), real)
+    `PACELINE_ENGINE_CACHE_BYTES` is meant to bound). A plug-in state the codec cannot
+    read through (a field of a type it does not write) is counted at its estimate: it
+    is served all the same, only never snapshotted (`CurriculumEngine.snapshot_pieces`)."""
+    estimate = estimate_state_bytes(spec)
+    try:
+        real = math.ceil(engine.state_bytes_per_sample() * spec.layout.num_samples)
+    except TypeError:
+        return estimate
+    return max(estimate, real)
 
 
 def check_distributions(spec: CurriculumSpec, limit: int) -> None:
