@@ -5,6 +5,7 @@ unless merging, and says how much of a merge was new."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +333,59 @@ def test_an_export_whose_log_changes_under_it_fails_instead_of_ending_short(
         service.delete_curriculum("math")
     with pytest.raises(Conflict, match="changed while it was exported"):
         list(lines)
+
+
+def test_a_new_import_keeps_the_reports_times(url: str, tmp_path: Path) -> None:
+    """The log's times travel with the export, so the copy's history has the original's
+    time axis (not every report at the moment of the import)."""
+    source = populated(f"sqlite:///{tmp_path / 'source.db'}")
+    lines = export_of(source)
+    original = [e.created_at for e in source.store.events("math")]
+    assert [datetime.fromisoformat(line["created_at"]) for line in lines
+            if line["type"] == "report"] == original
+    # Spread the times out as an hour-long run would have them.
+    start = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    stamps = [start + timedelta(minutes=5 * i) for i in range(len(original))]
+    reports = iter(stamps)
+    for line in lines:
+        if line["type"] == "report":
+            line["created_at"] = next(reports).isoformat()
+    target = service_on(url)
+    load(target, lines, name="copy")
+    assert [e.created_at for e in target.store.events("copy")] == stamps
+    history = target.histories.history("copy")
+    assert history.time[1:].tolist() == [s.timestamp() for s in stamps]
+    # And the copy exports them again as they came.
+    assert [line.get("created_at") for line in export_of(target, "copy")
+            if line["type"] == "report"] == [s.isoformat() for s in stamps]
+
+
+def test_reports_without_times_are_stamped_at_the_import_and_merges_keep_them(
+        url: str, tmp_path: Path) -> None:
+    """An export written before report times were exported imports as before (the
+    import's time); a merge keeps the times the export carries, as a new import does."""
+    source = populated(f"sqlite:///{tmp_path / 'source.db'}")
+    lines = export_of(source)
+    old = [{k: v for k, v in line.items() if k != "created_at" or line["type"] != "report"}
+           for line in lines]
+    target = service_on(url)
+    before = datetime.now(UTC)
+    load(target, old, name="copy")
+    times = [e.created_at for e in target.store.events("copy")]
+    assert len(times) == 12 and all(before <= t <= datetime.now(UTC) for t in times)
+    # Merge the full export into a copy holding its first four reports.
+    load(target, [{**lines[0], "seq": 4}, *lines[1:6]], name="part")
+    load(target, lines, name="part", merge=True)
+    assert [e.created_at for e in target.store.events("part")] == [
+        e.created_at for e in source.store.events("math")]
+
+
+@pytest.mark.parametrize("stamp", ["yesterday", "2026-01-02T03:04:05", 17,
+                                   "9999-12-31T23:00:00-05:00"])
+def test_a_bad_report_time_is_refused_naming_its_line(stamp: Any, tmp_path: Path) -> None:
+    source = populated(f"sqlite:///{tmp_path / 'source.db'}")
+    lines = export_of(source)
+    lines[3] = {**lines[3], "created_at": stamp}
+    data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    with pytest.raises(InvalidRequest, match="line 4: created_at must be an ISO 8601"):
+        read_export(read_lines(data.splitlines()))

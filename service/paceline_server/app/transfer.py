@@ -129,6 +129,7 @@ def _lines(record: CurriculumRecord, runs: list[RunRecord], first: EventRecord |
 def _event_line(event: EventRecord) -> bytes:
     return _dump({"type": event.kind, "seq": event.seq,
                   "idempotency_key": event.idempotency_key,
+                  "created_at": event.created_at.isoformat(),
                   "report": report_to_json(decode_report(event.payload))})
 
 
@@ -265,6 +266,8 @@ class _Report:
     run_id: str
     step: int
     payload: bytes  # the encoded report: compact, decoded again when folded
+    #: when the original service stored it (None in exports before report times)
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -304,7 +307,8 @@ def read_export(items: Iterable[Line], name: str | None = None,
             key = f"import:{seq}" if key is None else check_identifier(
                 key, "idempotency_key", InvalidRequest, max_length=MAX_KEY)
             reports.append(_Report(line, key, report.run_id, report.step,
-                                   encode_report(report)))
+                                   encode_report(report),
+                                   _timestamp(item.get("created_at"), "created_at")))
     return ExportContents(engine, tuple(runs.values()), tuple(reports))
 
 
@@ -358,8 +362,11 @@ def import_curriculum(service: PacelineService, export: ExportContents | Iterabl
             runs_added, runs_present = _add_runs(writer, export.runs, now)
             first = 1  # of the history rows not yet stored as a checkpoint chunk
             for item, row in zip(fold.new, fold.rows, strict=True):
+                # The original log's times, so that the history's time axis (and
+                # the dashboard's charts) reads as it did where it was exported.
                 seq = writer.append("report", item.run_id, item.step, item.key,
-                                    item.payload, checked=True, progress=row)
+                                    item.payload, checked=True, progress=row,
+                                    created_at=item.created_at or now)
                 if checkpoint_due(seq, seq - first + 1, every):
                     _store_rows(writer, spec, fold, first, seq)
                     first = seq + 1
@@ -491,7 +498,8 @@ def _merge(writer: CurriculumImporter, cached: CachedEngine, runs: Iterable[_Run
             engine.apply(decode_report(item.payload))
         point = engine.progress()
         seq = writer.append("report", item.run_id, item.step, item.key, item.payload,
-                            checked=True, progress=pack_point(point))
+                            checked=True, progress=pack_point(point),
+                            created_at=item.created_at or now)
         record(writer, cached, seq, item.step, snapshot_every, point)
         if seq % snapshot_every == 0:
             writer.put_snapshot(seq, engine.snapshot_pieces())

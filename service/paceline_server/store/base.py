@@ -185,14 +185,17 @@ class CurriculumWriter(ABC):
 
     @abstractmethod
     def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,
-               payload: bytes, *, checked: bool = False, progress: bytes | None = None) -> int:
+               payload: bytes, *, checked: bool = False, progress: bytes | None = None,
+               created_at: datetime | None = None) -> int:
         """Append an event at head_seq + 1 and return its sequence number.
 
         A key already in the log raises IdempotencyConflict; `checked=True` says the
         caller has just looked the key up with `find_by_key` in this block, which spares
         the second lookup. `progress` is the history row of the state after this event
         (bytes the app packs, opaque to the store), stored in the same row and read back
-        by `Store.event_progress`; None stores none (a history then replays the event)."""
+        by `Store.event_progress`; None stores none (a history then replays the event).
+        `created_at` is when the event happened, now by default; an import of a new
+        curriculum passes the exported log's times."""
 
     @abstractmethod
     def put_snapshot(self, seq: int, state: bytes | Iterable[bytes | memoryview]) -> None:

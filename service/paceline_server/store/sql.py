@@ -750,7 +750,8 @@ class _SqlWriter(CurriculumWriter):
         return None if row is None else _found_record(row)
 
     def append(self, kind: str, run_id: str, step: int, idempotency_key: str | None,
-               payload: bytes, *, checked: bool = False, progress: bytes | None = None) -> int:
+               payload: bytes, *, checked: bool = False, progress: bytes | None = None,
+               created_at: datetime | None = None) -> int:
         """Insert at head_seq + 1, its history row (`progress`) in the same INSERT. A key
         already in the log raises IdempotencyConflict (checked first, so the transaction
         stays usable on PostgreSQL)."""
@@ -766,7 +767,7 @@ class _SqlWriter(CurriculumWriter):
             self._store._sql_insert_event.execute(self._conn, {
                 "curriculum_id": self._cid, "seq": seq, "kind": kind, "run_id": run_id,
                 "step": step, "idempotency_key": idempotency_key, "payload": bytes(payload),
-                "created_at": _now(),
+                "created_at": _now() if created_at is None else created_at,
                 "progress": None if progress is None else bytes(progress)})
         self._head = seq
         return seq
