@@ -187,3 +187,14 @@ def test_descents_in_blocks_equal_one_descent(monkeypatch: pytest.MonkeyPatch,
     blocks = module.descend(tree, u, np.array([1.0, -0.5]), siblings)
     assert blocks.shape == whole.shape == ((2500, 4) if with_siblings else (2500,))
     np.testing.assert_array_equal(blocks, whole)
+
+
+def test_a_last_leaf_of_small_weight_is_found_before_the_uniform_fill() -> None:
+    """When one leaf is missing and the chosen ones hold nearly all the mass, every
+    round misses it; those misses must count (`need // 2` is 0 for one missing leaf, so
+    they did not, the chosen leaves were never taken out, the rounds ran out, and the
+    uniform fill took a zero-weight leaf instead in about half the seeds)."""
+    weights = np.asarray([6.0, 4.0, 1.0, 2.0, 1e-7, 0.0], dtype=np.float32)
+    for seed in range(200):
+        chosen = sample_unique(build_tree(weights), 5, np.random.default_rng(seed))
+        assert sorted(chosen.tolist()) == [0, 1, 2, 3, 4], seed

@@ -218,12 +218,7 @@ class EngineCache:
 
     def _cached(self, head: CurriculumHead | CurriculumRecord) -> CachedEngine | None:
         """The entry of `head`'s curriculum as created then, marked as just used."""
-        with self._guard:
-            cached = self._entries.get(head.name)
-            if cached is not None and cached.created_at == head.created_at:
-                self._entries.move_to_end(head.name)
-                return cached
-            return None
+        return self.recent(head.name, created_at=head.created_at)
 
     def _load(self, name: str, spec: CurriculumSpec,
               head_seq: int) -> tuple[CurriculumEngine, int]:
@@ -293,14 +288,17 @@ class EngineCache:
         raise RuntimeError(f"event log of {name!r} cannot reach seq {head_seq} "
                            f"(stuck at {cached.seq})")
 
-    def recent(self, name: str) -> CachedEngine | None:
-        """The cached entry if any, marked as just used, without touching the store. It
-        may be behind the log, or belong to a curriculum of the same name that was since
-        deleted and recreated elsewhere: writers compare `created_at` under the lock."""
+    def recent(self, name: str, *, created_at: datetime | None = None) -> CachedEngine | None:
+        """The cached entry if any (of the curriculum created at `created_at`, when
+        given), marked as just used, without touching the store. It may be behind the
+        log; without `created_at` it may belong to a curriculum of the same name that was
+        since deleted and recreated elsewhere: writers compare `created_at` under the
+        lock."""
         with self._guard:
             cached = self._entries.get(name)
-            if cached is not None:
-                self._entries.move_to_end(name)
+            if cached is None or (created_at is not None and cached.created_at != created_at):
+                return None
+            self._entries.move_to_end(name)
             return cached
 
     def peek(self, name: str) -> CachedEngine | None:

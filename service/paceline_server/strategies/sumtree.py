@@ -290,7 +290,8 @@ def sample_filtered(tree: SumTreeState, count: int, rng: np.random.Generator,
                     fresh = fresh[ok]
             chosen = np.concatenate([chosen, fresh])
             excluded = np.concatenate([excluded, fresh])
-            misses = misses + 1 if fresh.size < need // 2 else 0
+            # Under half of the missing leaves found (none, when one is missing).
+            misses = misses + 1 if 2 * fresh.size < need else 0
             if misses >= 2:
                 # The excluded leaves hold most of the mass: take them out of the tree.
                 pending = np.setdiff1d(excluded, np.concatenate(zeroed) if zeroed else [])
