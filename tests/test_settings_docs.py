@@ -39,7 +39,8 @@ def test_every_setting_has_one_row() -> None:
 
 #: Defaults the table says in words: what each stands for in settings.py.
 WORDS: dict[str, Any] = {"off": None, "unset": None, "SQLite only": None,
-                         "the rate, rounded up": None, "true": True, "false": False}
+                         "the rate, rounded up": None, "automatic": None,
+                         "true": True, "false": False}
 UNITS = {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
 

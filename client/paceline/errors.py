@@ -73,7 +73,7 @@ _BY_CODE: dict[str, type[PacelineError]] = {
                      "INVALID_REPORT", "INDEX_OUT_OF_RANGE", "INVALID_REQUEST",
                      "MALFORMED_BODY", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE",
                      "METHOD_NOT_ALLOWED", "HISTORY_OUT_OF_RANGE", "INVALID_DOWNSAMPLING",
-                     "REFILL_TOO_LARGE"), InvalidInput),
+                     "REFILL_TOO_LARGE", "HOST_NOT_ALLOWED"), InvalidInput),
     **dict.fromkeys(("UNAUTHENTICATED", "FORBIDDEN"), AuthError),
     **dict.fromkeys(("UNAVAILABLE", "SCHEMA_OUTDATED", "STATE_CORRUPT", "INTERNAL",
                      "STRATEGY_ERROR", "RATE_LIMITED"), Unavailable),
@@ -82,7 +82,7 @@ _BY_CODE: dict[str, type[PacelineError]] = {
 _BY_STATUS: dict[int, type[PacelineError]] = {
     400: InvalidInput, 401: AuthError, 403: AuthError, 404: NotFound, 405: InvalidInput,
     408: Unavailable, 409: Conflict, 413: InvalidInput, 415: InvalidInput,
-    422: InvalidInput, 429: Unavailable,
+    421: InvalidInput, 422: InvalidInput, 429: Unavailable,
 }
 
 

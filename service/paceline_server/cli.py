@@ -11,6 +11,7 @@ are one line on stderr: exit status 2 for an error Paceline answered (with its c
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -59,11 +60,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                                  ("grpc_port", getattr(args, "grpc_port", None)))
                if v is not None}
     settings = settings.updated(**updates)
+    # The host names REST answers to follow from the address it listens on, known here.
+    settings = settings.updated(allowed_hosts=settings.serving_hosts())
     grpc_server: GrpcServer | None = None
     if settings.workers > 1:
         # Workers import the app by factory and read settings from the environment; the
         # gRPC server (if any) runs in this parent process with its own service object.
         os.environ["PACELINE_DATABASE_URL"] = settings.database_url
+        os.environ["PACELINE_ALLOWED_HOSTS"] = json.dumps(settings.allowed_hosts)
         grpc_service = _service(settings) if settings.grpc_port is not None else None
         if grpc_service is not None:
             grpc_server = _start_grpc(grpc_service, settings)
@@ -488,8 +492,6 @@ def _strategy(value: str | None) -> Any:
     """A strategy given as a name or as a JSON spec."""
     if value is None or not value.lstrip().startswith("{"):
         return value
-    import json
-
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:

@@ -2,12 +2,58 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import ipaddress
+import json
+import re
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Scope = Literal["read", "write"]
+
+#: A DNS name as a Host header carries it (ASCII: browsers send the xn-- form), lower case.
+_NAME = re.compile(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*")
+#: The names a loopback address answers to, which no other site's page can be served
+#: from: what `serve` on a loopback address with authentication off answers to.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def host_name(text: str) -> str | None:
+    """`text` (a name or address, no port) as host names are compared: lower case, no
+    trailing dot, an IPv6 address in brackets in its short form; None if it is neither a
+    DNS name nor an IP address."""
+    text = text.lower()
+    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if ":" in inner:
+        try:
+            return f"[{ipaddress.IPv6Address(inner).compressed}]"
+        except ValueError:
+            return None
+    text = text.removesuffix(".")
+    return text if len(text) <= 253 and _NAME.fullmatch(text) else None
+
+
+def host_pattern(text: str) -> str | None:
+    """An allowed-hosts pattern, normalised: `*` (any host), `*.example.org` (any name
+    under example.org) or one name or address; None if it is none of these."""
+    text = text.strip()
+    if text == "*":
+        return text
+    if text.startswith("*."):
+        name = host_name(text[2:])
+        return None if name is None or name.startswith("[") else f"*.{name}"
+    return host_name(text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only accepts connections from this machine."""
+    if host.lower().removesuffix(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name (resolved by the server), "" or 0.0.0.0: not only loopback
 
 
 class Settings(BaseSettings):
@@ -88,6 +134,14 @@ class Settings(BaseSettings):
     #: Serve the gRPC API on this port beside REST (same process); None = off.
     grpc_port: int | None = Field(default=None, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
+    #: Host names the HTTP API answers to (the Host header, any port): names, addresses,
+    #: `*.example.org` for the names under it, `*` for any; as a JSON list or separated by
+    #: commas. Others get 421 HOST_NOT_ALLOWED, which stops DNS rebinding: a page of
+    #: `http://evil.example:8000` whose name is made to resolve to 127.0.0.1 is
+    #: same-origin with the service for the browser, but its requests say
+    #: `Host: evil.example:8000`. None = `serve` decides by its address (`serving_hosts`);
+    #: the app factory alone, which does not know it, answers to any.
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("api_tokens")
@@ -104,6 +158,44 @@ class Settings(BaseSettings):
                                  "cannot be sent in an Authorization header: use visible "
                                  "characters, no spaces")
         return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> object:
+        """The variable is a JSON list or a comma-separated one (`[::1]` is not JSON;
+        blanks between commas are skipped, so an empty variable names no host)."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                listed = json.loads(value)
+            except ValueError:
+                pass
+            else:
+                if isinstance(listed, list):
+                    return listed
+        return [part for part in value.split(",") if part.strip()]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _usable_hosts(cls, value: list[str] | None) -> list[str] | None:
+        """A pattern no Host header can match (a URL, a port, a typo'd wildcard) would
+        lock out whoever it was meant for: refused at start, by value (a host name is no
+        secret). An empty list would refuse every request."""
+        if value is None:
+            return None
+        patterns: list[str] = []
+        for text in value:
+            pattern = host_pattern(text)
+            if pattern is None:
+                raise ValueError(f"{text.strip()!r} is not a host name, an IP address, "
+                                 "'*.' and a name, or '*' (give no scheme, port or path)")
+            if pattern not in patterns:
+                patterns.append(pattern)
+        if not patterns:
+            raise ValueError("name at least one host, or '*' for any; leave it unset for "
+                             "the default")
+        return patterns
 
     @field_validator("database_url")
     @classmethod
@@ -143,3 +235,16 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_tokens)
+
+    def serving_hosts(self) -> list[str]:
+        """The host names `serve` answers to on `host`: the setting when given; else, on
+        a loopback address with authentication off (`serve`'s own defaults), the
+        loopback names only, as nothing else can reach it but a page that rebinds its
+        own name to it; else any (a pod is probed and scraped by its IP, reached by its
+        Service's or an ingress's name, which the service cannot know)."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        if not is_loopback(self.host) or self.auth_enabled:
+            return ["*"]
+        bound = host_pattern(self.host)
+        return list(dict.fromkeys([*LOOPBACK_HOSTS, *([bound] if bound else [])]))

@@ -47,6 +47,22 @@ def test_sigkill_and_restart_keeps_state_exact(tmp_path: Path) -> None:
     assert again.json()["indices"] == engine.next_batch("run-1", 6).indices.tolist()
 
 
+def test_the_served_process_refuses_a_rebound_host(tmp_path: Path) -> None:
+    """`serve` on 127.0.0.1 without tokens (its defaults), over real HTTP: a page whose
+    name was pointed at 127.0.0.1 (DNS rebinding) sends its own name as Host."""
+    from support import running_service
+
+    with running_service(f"sqlite:///{tmp_path / 'h.db'}") as service, \
+            httpx.Client(base_url=service.url, timeout=10) as http:
+        assert http.get("/v1/curricula").status_code == 200
+        assert http.get("/v1/curricula", headers={"Host": f"localhost:{service.port}"}
+                        ).status_code == 200
+        rebound = http.get("/ui/api/overview",
+                           headers={"Host": f"evil.example:{service.port}"})
+    assert rebound.status_code == 421, rebound.text
+    assert rebound.json()["error"]["code"] == "HOST_NOT_ALLOWED"
+
+
 def test_grpc_beside_several_workers_warns_that_it_is_not_counted(tmp_path: Path) -> None:
     """With --workers > 1 the gRPC API runs in the parent process, which serves no
     /metrics: the server says so at start, and both APIs still answer."""

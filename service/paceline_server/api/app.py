@@ -16,6 +16,7 @@ from paceline_server.api import errors, metrics, ui
 from paceline_server.api.body import BodyLimitMiddleware, JsonBodyMiddleware
 from paceline_server.api.errors import error_body
 from paceline_server.api.health import StorageHealth, StorageHealthMiddleware
+from paceline_server.api.hosts import AllowedHosts
 from paceline_server.api.origin import CrossSiteWrites
 from paceline_server.api.ratelimit import RateLimitMiddleware
 from paceline_server.api.request_ids import RequestIds
@@ -67,6 +68,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.add_middleware(JsonBodyMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(CrossSiteWrites)  # before any body is read (api/origin.py)
+    hosts = settings.allowed_hosts  # None here: no address known, `serve` resolves it
+    if hosts is not None and "*" not in hosts:
+        app.add_middleware(AllowedHosts, patterns=hosts)  # api/hosts.py
     # One limiter per process: `serve` hands it to the gRPC server too (one budget).
     app.state.rate_limiter = RateLimiter.from_settings(settings)
     if app.state.rate_limiter is not None:

@@ -172,6 +172,14 @@ class MalformedBody(InvalidRequest):
     code = "MALFORMED_BODY"
 
 
+class HostNotAllowed(InvalidRequest):
+    """The request names a host (its Host header) the service does not answer to
+    (`PACELINE_ALLOWED_HOSTS`): what a page whose own name was rebound to the service's
+    address sends."""
+
+    code = "HOST_NOT_ALLOWED"
+
+
 class PayloadTooLarge(InvalidRequest):
     code = "PAYLOAD_TOO_LARGE"
 
