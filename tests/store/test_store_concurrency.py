@@ -6,11 +6,15 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections import Counter
+from datetime import UTC, datetime
 
 from store_support import Database
 from store_workers import append_events
 
+from paceline_server.domain.errors import InvalidRequest
 from paceline_server.store.sql import SqlStore
+
+_T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def test_eight_threads_append_without_gaps(store: SqlStore) -> None:
@@ -120,6 +124,71 @@ def test_two_stores_in_one_process(migrated: Database) -> None:
             thread.join()
         assert errors == []
         assert [e.seq for e in second.events("math")] == list(range(1, 61))
+    finally:
+        first.close()
+        second.close()
+
+
+def _reattach_together(stores: list[SqlStore], run_id: str,
+                       documents: list[dict[str, object]]) -> list[BaseException]:
+    """Re-attach `run_id` once per document, all at once (a barrier), each on the store
+    of its index (round robin): what each raised, in document order."""
+    errors: list[BaseException | None] = [None] * len(documents)
+    barrier = threading.Barrier(len(documents))
+
+    def attach(i: int) -> None:
+        try:
+            barrier.wait(10)
+            stores[i % len(stores)].add_run("math", run_id, documents[i], _T0)
+        except BaseException as exc:  # surfaced by the caller
+            errors[i] = exc
+
+    threads = [threading.Thread(target=attach, args=(i,)) for i in range(len(documents))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [error for error in errors if error is not None]
+
+
+def test_concurrent_reattaches_keep_every_new_metadata_key(migrated: Database) -> None:
+    """Re-attaching merges the given metadata over the stored one. Two replicas
+    re-attaching the same run at once each read the stored document, merged their keys
+    in and wrote it back (PostgreSQL allows concurrent re-attaches: no lock was taken),
+    so the later write dropped the earlier one's keys. Every key must survive."""
+    first, second = migrated.open(), migrated.open()
+    try:
+        first.create_curriculum("math", {})
+        threads_n = 6
+        for attempt in range(8):
+            run_id = f"r{attempt}"
+            first.add_run("math", run_id, {"base": attempt}, _T0)
+            documents: list[dict[str, object]] = [{f"k{i}": i} for i in range(threads_n)]
+            assert _reattach_together([first, second], run_id, documents) == []
+            stored = second.get_run("math", run_id).metadata
+            assert stored == {"base": attempt, **{f"k{i}": i for i in range(threads_n)}}
+    finally:
+        first.close()
+        second.close()
+
+
+def test_concurrent_reattaches_are_held_to_the_size_limit_together(
+        migrated: Database) -> None:
+    """Each of two re-attaches fits the 64 KiB metadata limit over the stored document,
+    both together do not: one is refused (nothing of it stored) and the other's key is
+    kept, whichever order they commit in."""
+    first, second = migrated.open(), migrated.open()
+    try:
+        first.create_curriculum("math", {})
+        for attempt in range(4):
+            run_id = f"r{attempt}"
+            first.add_run("math", run_id, {"a": "x" * 40_000}, _T0)
+            documents: list[dict[str, object]] = [{"b": "y" * 15_000}, {"c": "z" * 15_000}]
+            errors = _reattach_together([first, second], run_id, documents)
+            assert [type(error) for error in errors] == [InvalidRequest]
+            stored = second.get_run("math", run_id).metadata
+            assert stored["a"] == "x" * 40_000
+            assert len(stored) == 2 and ("b" in stored) != ("c" in stored)
     finally:
         first.close()
         second.close()

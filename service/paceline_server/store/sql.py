@@ -427,9 +427,12 @@ class SqlStore(Store):
                          last_heartbeat=row.last_heartbeat, metadata=dict(row.metadata))
 
     def _select_run(self, conn: Connection, cid: int, curriculum: str,
-                    run_id: str) -> RunRecord:
-        row = conn.execute(select(*self._RUN_COLUMNS).where(
-            t.runs.c.curriculum_id == cid, t.runs.c.run_id == run_id)).one_or_none()
+                    run_id: str, *, lock: bool = False) -> RunRecord:
+        """The run's row; with `lock`, locked until the transaction ends (FOR UPDATE on
+        PostgreSQL; SQLite's write transaction holds the whole database already)."""
+        query = select(*self._RUN_COLUMNS).where(
+            t.runs.c.curriculum_id == cid, t.runs.c.run_id == run_id)
+        row = conn.execute(query.with_for_update() if lock else query).one_or_none()
         if row is None:
             raise RunNotFound(f"run {run_id!r} not found in curriculum {curriculum!r}",
                               {"curriculum": curriculum, "run_id": run_id})
@@ -441,7 +444,12 @@ class SqlStore(Store):
         a trainer resuming): the stored run is kept, its heartbeat set to `now` and the
         given metadata merged over the stored one. The merged document is held to the
         limits of a new one (`check_document`: InvalidRequest, nothing changed), or each
-        re-attach could add another 64 KiB to the run."""
+        re-attach could add another 64 KiB to the run.
+
+        The merge reads the stored run locked (FOR UPDATE on PostgreSQL, where
+        re-attaches otherwise run in parallel): concurrent re-attaches merge one after
+        the other, each over the other's keys, and the limit is judged on what is
+        really stored. Without the lock the later write dropped the earlier one's keys."""
         _aware(now, "now")
         try:
             with self._write() as conn:
@@ -454,7 +462,7 @@ class SqlStore(Store):
                     # RETURNING, not rowcount: psycopg reports -1 for a skipped insert.
                     .returning(t.runs.c.run_id)).first()
                 if inserted is None:
-                    stored = self._select_run(conn, cid, curriculum, run_id)
+                    stored = self._select_run(conn, cid, curriculum, run_id, lock=True)
                     merged = {**stored.metadata, **metadata}
                     check_document(merged, "metadata", InvalidRequest)
                     conn.execute(update(t.runs).where(
