@@ -766,6 +766,58 @@ def test_many_small_chunks_are_merged(sqlite_client: TestClient,
     assert_same_history(again, _Replayed(service.store).history("hist", every=1))
 
 
+def recreated_before_history_writes(store: Any, reports: int) -> list[int]:
+    """Make the next `store.put_history` first delete `hist` and create it again with
+    `reports` reports of its own (another replica, between a background writer's read
+    and its write); returns the list the number of such writes goes to."""
+    real = store.put_history
+    calls: list[int] = []
+
+    def recreated_first(*args: Any, **kwargs: Any) -> None:
+        if not calls:
+            store.delete_curriculum("hist")
+            write_log(store, reports, rows=True)
+        calls.append(1)
+        real(*args, **kwargs)
+
+    store.put_history = recreated_first
+    return calls
+
+
+@pytest.mark.parametrize("writer", ["fill", "merge"])
+def test_background_rows_of_a_recreated_curriculum_are_not_stored(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, writer: str) -> None:
+    """A background fill (rows lost in a restart) or merge (many small chunks) computes
+    rows of the curriculum, then stores them. When the curriculum was deleted and
+    created again in between, they are refused and the new one's history stays its own.
+    (They were stored by name, into the new curriculum's history: another curriculum's
+    rows, served as its own from then on.)"""
+    monkeypatch.setattr(history_module, "MERGE_CHUNKS", 2)
+    monkeypatch.setattr(history_module, "MERGED_ROWS", 6)
+    store = open_store(f"sqlite:///{tmp_path / 'h.db'}", auto_migrate=True)
+    try:
+        write_log(store, 9, rows=True)
+        old = store.head("hist").created_at
+        if writer == "merge":
+            for after in (0, 3, 6):  # three small chunks: a first request merges them
+                HistoryService(store)._fill("hist", old, after, after + 3)
+            assert len(store.history_checkpoints("hist")) == 3
+        histories = HistoryService(store)
+        calls = recreated_before_history_writes(store, 12)
+        if writer == "fill":
+            histories._fill("hist", old, 0, 9)
+        else:
+            histories.history("hist", every=1)
+            wait_for_fills(histories)
+        assert calls  # the background writer did try
+        assert store.head("hist").created_at != old
+        assert store.history_checkpoints("hist") == []
+        assert_same_history(HistoryService(store).history("hist", every=1),
+                            _Replayed(store).history("hist", every=1))
+    finally:
+        store.close()
+
+
 def test_an_imported_curriculum_answers_its_history_without_a_fold(
         client: TestClient) -> None:
     """An import stores each report's row with its event and the rows as checkpoint

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from paceline_server.domain.errors import CurriculumNotFound
+from paceline_server.domain.errors import CurriculumNotFound, Unavailable
 from paceline_server.store.sql import SqlStore
 
 SPEC = {"name": "c", "layout": {"distributions": [{"name": "d0", "size": 10}]},
@@ -94,6 +94,23 @@ def test_unknown_curriculum(store: SqlStore) -> None:
         store.event_progress("nope", 0)
     with pytest.raises(CurriculumNotFound):
         store.put_history("nope", 1, 1, b"x")
+
+
+def test_rows_of_an_earlier_curriculum_of_the_name_are_refused(store: SqlStore) -> None:
+    """`put_history(created_at=)`: rows computed from a curriculum that was deleted and
+    created again meanwhile are refused (Unavailable, nothing stored), as put_batch's."""
+    old = store.create_curriculum("c", SPEC).created_at
+    appended(store, 3)
+    store.put_history("c", 1, 3, b"ok", created_at=old)
+    assert spans(store) == [(1, 3, b"ok")]
+    store.delete_curriculum("c")
+    store.create_curriculum("c", SPEC)
+    appended(store, 5)
+    with pytest.raises(Unavailable, match="recreated"):
+        store.put_history("c", 1, 3, b"old rows", created_at=old)
+    assert spans(store) == []
+    store.put_history("c", 1, 5, b"new", created_at=store.head("c").created_at)
+    assert spans(store) == [(1, 5, b"new")]
 
 
 def test_a_chunk_drops_the_chunks_inside_its_range(store: SqlStore) -> None:

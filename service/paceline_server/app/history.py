@@ -343,7 +343,10 @@ class HistoryService:
                 reached = trace.seq
             if reached != upto:
                 raise _Gap(f"event log of {name!r} ends at seq {reached}")
-            self.store.put_history(name, after + 1, upto, pack_rows(columns.tail(after)))
+            # Conditional on the curriculum checked above: it may have been deleted and
+            # created again while the rows were read and folded.
+            self.store.put_history(name, after + 1, upto, pack_rows(columns.tail(after)),
+                                   created_at=created_at)
         except Exception as exc:  # a request replays what a fill could not store
             _log.warning("history rows %d..%d of %r not filled: %r", after + 1, upto, name,
                          exc)
@@ -629,7 +632,8 @@ class HistoryService:
                 for first, last in groups:
                     with trace.lock:  # rows 0..trace.seq sit at their seq's index
                         rows = pack_rows(_chunk_of(trace.columns, first, last + 1))
-                    self.store.put_history(name, first, last, rows)
+                    self.store.put_history(name, first, last, rows,
+                                           created_at=trace.created_at)
             except Exception as exc:  # only a speed-up: the small chunks stay
                 _log.warning("history chunks of %r not merged: %r", name, exc)
 

@@ -368,9 +368,14 @@ class Store(ABC):
 
     # ---------------------------------------------------------------- history
     @abstractmethod
-    def put_history(self, name: str, first_seq: int, last_seq: int, rows: bytes) -> None:
+    def put_history(self, name: str, first_seq: int, last_seq: int, rows: bytes, *,
+                    created_at: datetime | None = None) -> None:
         """`CurriculumWriter.put_history` in a transaction of its own, for rows computed
-        outside a writer (filling a range no writer recorded); committed reports only."""
+        outside a writer (filling a range no writer recorded); committed reports only.
+        With `created_at`, the rows were computed from the curriculum created then: one
+        of that name created since is refused with Unavailable and nothing is stored, as
+        in `put_batch` (a background writer's rows of a deleted curriculum would
+        otherwise land in the history of its successor)."""
 
     @abstractmethod
     def event_progress(self, name: str, after_seq: int,

@@ -691,9 +691,13 @@ class SqlStore(Store):
         return stored
 
     # ---------------------------------------------------------------- history
-    def put_history(self, name: str, first_seq: int, last_seq: int, rows: bytes) -> None:
+    def put_history(self, name: str, first_seq: int, last_seq: int, rows: bytes, *,
+                    created_at: datetime | None = None) -> None:
         with self._write(name) as conn:
-            cid, head_seq, _ = self._curriculum_row(conn, name, lock=True)
+            cid, head_seq, current = self._curriculum_row(conn, name, lock=True)
+            if created_at is not None and current != created_at:
+                raise Unavailable(f"curriculum {name!r} was recreated meanwhile; retry",
+                                  {"curriculum": name})
             history_rows.check_range(first_seq, last_seq, head_seq)
             history_rows.put_checkpoint(conn, self._insert, cid, first_seq, last_seq, rows)
 
