@@ -236,7 +236,10 @@ class EmbeddedService:
         return 200, _run(self.operations.get_run(o.curriculum, o.run_id))
 
     def _runs(self, o: op.ListRuns) -> tuple[int, Any]:
-        return 200, {"runs": [_run(s) for s in self.operations.list_runs(o.curriculum)]}
+        from paceline_server.app.operations import ListRuns
+
+        found = self.operations.list_runs(ListRuns(o.curriculum, o.limit, o.offset))
+        return 200, {"runs": [_run(s) for s in found]}
 
     def _heartbeat(self, o: op.Heartbeat) -> tuple[int, Any]:
         return 200, _run(self.operations.heartbeat(o.curriculum, o.run_id))

@@ -342,8 +342,10 @@ ENCODERS: dict[type[op.Operation], Callable[[Any], Call]] = {
     op.AttachRun: _attach,
     op.GetRun: lambda o: Call("GetRun", pb.GetRunRequest(
         curriculum=o.curriculum, run_id=o.run_id), 200, run),
-    op.ListRuns: lambda o: Call("ListRuns", pb.ListRunsRequest(curriculum=o.curriculum),
-                                200, lambda r: {"runs": [run(x) for x in r.runs]}),
+    op.ListRuns: lambda o: Call(
+        "ListRuns", pb.ListRunsRequest(curriculum=o.curriculum, limit=o.limit,
+                                       offset=o.offset),
+        200, lambda r: {"runs": [run(x) for x in r.runs]}),
     op.Heartbeat: lambda o: Call("Heartbeat", pb.HeartbeatRequest(
         curriculum=o.curriculum, run_id=o.run_id), 200, run),
     op.NextBatch: _next_batch,

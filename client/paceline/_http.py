@@ -81,7 +81,9 @@ ENCODERS: dict[type[op.Operation], Encoder] = {
     op.AttachRun: lambda o, *_: Request("POST", _path(o.curriculum, "runs"), json={
         "run_id": o.run_id, "metadata": dict(o.metadata or {})}),
     op.GetRun: lambda o, *_: Request("GET", _path(o.curriculum, "runs", o.run_id)),
-    op.ListRuns: lambda o, *_: Request("GET", _path(o.curriculum, "runs")),
+    op.ListRuns: lambda o, *_: Request(
+        "GET", _path(o.curriculum, "runs"),
+        params={"limit": str(o.limit), "offset": str(o.offset)}),
     op.Heartbeat: lambda o, *_: Request("POST", _path(o.curriculum, "runs", o.run_id,
                                                       "heartbeat")),
     op.NextBatch: _batch,

@@ -120,6 +120,8 @@ class GetRun(Operation):
 class ListRuns(Operation):
     operation: ClassVar[str] = "list_runs"
     curriculum: str
+    limit: int = 100
+    offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)

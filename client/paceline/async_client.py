@@ -27,12 +27,13 @@ from paceline._payloads import (
 )
 from paceline._transport import AsyncTransport, Reply, RetryPolicy
 from paceline.client import (
-    CurriculumPages,
     base_url,
+    curriculum_pages,
     default_headers,
     is_grpc,
     new_run_id,
     report_key,
+    run_pages,
 )
 from paceline.history import POLL_S, History
 from paceline.models import (
@@ -190,8 +191,8 @@ class AsyncClient:
             await self._call(op.GetCurriculum(name))))
 
     async def list_curricula(self) -> list[CurriculumInfo]:
-        pages = CurriculumPages()
-        while not pages.take((await self._call(pages.request()))["curricula"]):
+        pages = curriculum_pages()
+        while not pages.take(await self._call(pages.request())):
             pass
         return pages.found
 
@@ -247,8 +248,11 @@ class AsyncCurriculum:
         return run
 
     async def runs(self) -> list[RunInfo]:
-        return [RunInfo.model_validate(r)
-                for r in (await self.client._call(op.ListRuns(self.name)))["runs"]]
+        """Every run, oldest first (as `Curriculum.runs`)."""
+        pages = run_pages(self.name)
+        while not pages.take(await self.client._call(pages.request())):
+            pass
+        return pages.found
 
     async def state(self) -> State:
         return State.model_validate(await self.client._call(op.GetState(self.name)))

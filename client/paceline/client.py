@@ -18,7 +18,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, SupportsIndex
+from typing import TYPE_CHECKING, Any, Generic, Literal, SupportsIndex, TypeVar
 
 import httpx
 
@@ -53,36 +53,57 @@ logger = logging.getLogger("paceline")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PAGE = 100
+_Item = TypeVar("_Item")
 
 
-class CurriculumPages:
-    """Pages through the curricula listing (ordered by name, paged by offset) so that
-    curricula created or deleted meanwhile shift no page: each page after the first
-    starts at the last name seen, which it must hold; if the listing shifted back (a
-    curriculum before it was deleted) the page is read again from further back, and
-    only names after the last one seen are taken. So every curriculum that exists
-    throughout is listed once (a bare offset skipped one for each deletion before it
-    and repeated one for each creation)."""
+class Pages(Generic[_Item]):
+    """Pages through a listing ordered by a unique key and paged by offset (the curricula
+    by name, a curriculum's runs by creation time and id) so that items created or
+    deleted meanwhile shift no page: each page after the first starts at the last item
+    seen, which it must hold; if the listing shifted back (an item before it was
+    deleted) the page is read again from further back, and only items after the last
+    one seen are taken. So every item that exists throughout is listed once (a bare
+    offset skipped one for each deletion before it and repeated one for each creation
+    before it)."""
 
-    def __init__(self) -> None:
-        self.found: list[CurriculumInfo] = []
+    def __init__(self, request: Callable[[int, int], op.Operation], field: str,
+                 parse: Callable[[Any], _Item], key: Callable[[_Item], Any]) -> None:
+        self._request, self.field, self._parse, self._key = request, field, parse, key
+        self.found: list[_Item] = []
         self.offset = 0
 
-    def request(self) -> op.ListCurricula:
-        return op.ListCurricula(PAGE, self.offset)
+    def request(self) -> op.Operation:
+        """The operation that reads the next page (limit PAGE from `offset`)."""
+        return self._request(PAGE, self.offset)
 
-    def take(self, page: list[dict[str, Any]]) -> bool:
+    def take(self, answer: Mapping[str, Any]) -> bool:
         """Take one page's answer; True once the listing is complete."""
-        last = self.found[-1].name if self.found else None
-        if last is not None and self.offset > 0 and (not page or page[0]["name"] > last):
+        page = [self._parse(item) for item in answer[self.field]]
+        last = self._key(self.found[-1]) if self.found else None
+        if last is not None and self.offset > 0 and (
+                not page or self._key(page[0]) > last):
             self.offset = max(self.offset - (PAGE - 1), 0)  # shifted back: look earlier
             return False
-        self.found.extend(CurriculumInfo.model_validate(c) for c in page
-                          if last is None or c["name"] > last)
+        self.found.extend(item for item in page if last is None or self._key(item) > last)
         if len(page) < PAGE:
             return True
-        self.offset += len(page) - 1  # the next page starts with this page's last name
+        self.offset += len(page) - 1  # the next page starts with this page's last item
         return False
+
+
+def curriculum_pages() -> Pages[CurriculumInfo]:
+    """Every curriculum, by name (`GET /v1/curricula`, gRPC `ListCurricula`)."""
+    return Pages(op.ListCurricula, "curricula", CurriculumInfo.model_validate,
+                 operator.attrgetter("name"))
+
+
+def run_pages(curriculum: str) -> Pages[RunInfo]:
+    """Every run of `curriculum`, oldest first: the service's order, by creation time
+    and then id (`GET /v1/curricula/{name}/runs`, gRPC `ListRuns`)."""
+    return Pages(lambda limit, offset: op.ListRuns(curriculum, limit, offset), "runs",
+                 RunInfo.model_validate, operator.attrgetter("created_at", "run_id"))
+
+
 #: Seconds closing waits for heartbeat threads to finish (once the transport is closed
 #: they end at once, unless a beat is blocked in a socket read: a daemon thread that
 #: can no longer reach the service).
@@ -283,8 +304,8 @@ class Client:
 
     def list_curricula(self) -> list[CurriculumInfo]:
         """Every curriculum, by name."""
-        pages = CurriculumPages()
-        while not pages.take(self._call(pages.request())["curricula"]):
+        pages = curriculum_pages()
+        while not pages.take(self._call(pages.request())):
             pass
         return pages.found
 
@@ -344,9 +365,12 @@ class Curriculum:
         return run
 
     def runs(self) -> list[RunInfo]:
-        """The runs attached to this curriculum, with their last heartbeat."""
-        return [RunInfo.model_validate(r)
-                for r in self.client._call(op.ListRuns(self.name))["runs"]]
+        """The runs attached to this curriculum, oldest first, with their last
+        heartbeat (every page of the listing)."""
+        pages = run_pages(self.name)
+        while not pages.take(self.client._call(pages.request())):
+            pass
+        return pages.found
 
     def state(self) -> State:
         """Per-distribution statistics, reward weights and their history, health."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgpack
@@ -13,6 +14,8 @@ from fastapi.testclient import TestClient
 
 from api_support import make_client
 from support import SPEC
+
+T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 
 
 def setup(client: TestClient, spec: dict[str, Any] | None = None) -> str:
@@ -120,6 +123,41 @@ class TestRuns:
         replaced = {"a": "z" * 40_000, "c": 1}  # overwriting a key stays within it
         assert client.post(runs, json={"run_id": "r", "metadata": replaced}).status_code == 201
         assert client.get(f"{runs}/r").json()["metadata"] == replaced
+
+    def test_runs_are_listed_a_page_at_a_time(self, client: TestClient) -> None:
+        """GET .../runs is paged as GET /v1/curricula is: 100 runs unless `limit` (1 to
+        1000) says otherwise, from `offset`, oldest first. (It answered every run of the
+        curriculum at once, however many.)"""
+        client.post("/v1/curricula", json=SPEC)
+        store = client.app.state.service.store  # type: ignore[attr-defined]
+        for i in range(103):  # quicker than 103 requests; the route only reads them
+            store.add_run("math", f"r{i:03d}", {"i": i}, T0 + timedelta(seconds=i))
+        runs = "/v1/curricula/math/runs"
+        first = client.get(runs)
+        assert first.status_code == 200
+        assert [r["run_id"] for r in first.json()["runs"]] == [f"r{i:03d}" for i in range(100)]
+        page = client.get(runs, params={"limit": 2, "offset": 100}).json()
+        assert list(page) == ["runs"]  # the shape is unchanged
+        assert [(r["run_id"], r["metadata"]) for r in page["runs"]] == [
+            ("r100", {"i": 100}), ("r101", {"i": 101})]
+        rest = client.get(runs, params={"limit": 1000, "offset": 101}).json()["runs"]
+        assert [r["run_id"] for r in rest] == ["r101", "r102"]
+        assert client.get(runs, params={"offset": 103}).json() == {"runs": []}
+        assert len(client.get(runs, params={"limit": 1000}).json()["runs"]) == 103
+
+    @pytest.mark.parametrize("params", [
+        {"limit": 0}, {"limit": 1001}, {"limit": -1}, {"limit": "ten"}, {"limit": 1.5},
+        {"offset": -1}, {"offset": 2**53}, {"offset": "x"}])
+    def test_bad_run_pages_are_refused(self, sqlite_client: TestClient,
+                                       params: dict[str, Any]) -> None:
+        client = sqlite_client
+        setup(client)
+        answer = client.get("/v1/curricula/math/runs", params=params)
+        assert answer.status_code == 422, answer.text
+        assert error_code(answer) == "INVALID_REQUEST"
+        assert next(iter(params)) in answer.json()["error"]["message"]
+        assert [r["run_id"] for r in client.get("/v1/curricula/math/runs").json()["runs"]] \
+            == ["run-1"]
 
     def test_runs_go_stale(self, tmp_path: Any) -> None:
         with make_client(f"sqlite:///{tmp_path / 's.db'}", run_stale_after_s=1e-6) as c:

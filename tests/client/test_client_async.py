@@ -5,6 +5,7 @@ Plain `asyncio.run`, no pytest plugin."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -105,6 +106,41 @@ def test_heartbeat_task(tmp_path: Path) -> None:
         assert not run.heartbeating
         await client.aclose()  # stops the remaining heartbeat tasks
         assert not other.heartbeating
+
+    run_async(body)
+
+
+@pytest.mark.parametrize("transport", ["embedded", "http"])
+def test_runs_are_read_page_by_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    transport: str) -> None:
+    """`await cur.runs()` reads every page of the listing, as the sync client does."""
+    from paceline import _operations as op
+
+    monkeypatch.setattr("paceline.client.PAGE", 2)
+
+    async def body() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            if transport == "embedded":
+                client = paceline.AsyncClient.embedded(tmp_path / "e.db")
+            else:
+                app = await stack.enter_async_context(asgi_service(tmp_path / "h.db"))
+                client = paceline.AsyncClient("http://paceline.test", transport=app)
+            await stack.enter_async_context(client)
+            cur = await client.create_curriculum("math", **SPEC)
+            ids = [f"r{i}" for i in range(5)]
+            for run_id in ids:
+                await cur.start_run(run_id=run_id, heartbeat_interval=None)
+            pages: list[tuple[int, int]] = []
+            original = client._call
+
+            async def call(operation: Any) -> Any:
+                if isinstance(operation, op.ListRuns):
+                    pages.append((operation.limit, operation.offset))
+                return await original(operation)
+
+            monkeypatch.setattr(client, "_call", call)
+            assert [r.run_id for r in await cur.runs()] == ids
+            assert pages == [(2, 0), (2, 1), (2, 2), (2, 3), (2, 4)]
 
     run_async(body)
 

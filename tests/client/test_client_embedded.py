@@ -427,3 +427,40 @@ def test_list_curricula_while_others_change_it(embedded: paceline.Client,
     # The first page (a, b) was read before the change; "0" sorts before it.
     assert [c.name for c in embedded.list_curricula()] == list("abcdefg")
     assert len(calls) > 1
+
+
+@pytest.mark.parametrize("change", ["attach", "older"])
+def test_runs_are_read_page_by_page_while_others_attach(embedded: paceline.Client,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        change: str) -> None:
+    """`cur.runs()` reads every page of the runs listing (the service answers at most
+    `limit` runs per call), each from where the last one ended: a run attached between
+    two pages (at the end of the listing, or before the pages read, as an import of an
+    older run is) neither hides one that existed throughout nor repeats one."""
+    from datetime import UTC, datetime, timedelta
+
+    from paceline import _operations as op
+
+    cur = embedded.create_curriculum("math", **SPEC)
+    store = embedded._transport.service.service.store
+    t0 = datetime(2024, 5, 1, tzinfo=UTC)
+    ids = [f"r{i}" for i in range(6)]
+    for i, run_id in enumerate(ids):
+        store.add_run("math", run_id, {}, t0 + timedelta(seconds=i))
+    monkeypatch.setattr("paceline.client.PAGE", 2)
+    pages: list[tuple[int, int]] = []
+    original = embedded._call
+
+    def call(operation: Any) -> Any:
+        answer = original(operation)
+        if isinstance(operation, op.ListRuns):
+            pages.append((operation.limit, operation.offset))
+            if len(pages) == 1:
+                seconds = 60 if change == "attach" else -60
+                store.add_run("math", "new", {}, t0 + timedelta(seconds=seconds))
+        return answer
+
+    monkeypatch.setattr(embedded, "_call", call)
+    listed = [r.run_id for r in cur.runs()]
+    assert listed == ids + (["new"] if change == "attach" else [])
+    assert len(pages) > 3 and all(limit == 2 for limit, _ in pages)

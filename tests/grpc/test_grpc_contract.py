@@ -152,6 +152,30 @@ def test_both_transports_give_equal_objects(service: ServiceProcess) -> None:
         assert http.list_curricula() == grpc.list_curricula()
 
 
+def test_runs_are_read_page_by_page(client: paceline.Client,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cur.runs()` reads every page of the runs listing (GET .../runs or ListRuns with
+    `limit` and `offset`), each starting at the last run of the one before."""
+    from paceline import _operations as op
+
+    monkeypatch.setattr("paceline.client.PAGE", 2)
+    cur = fresh(client)
+    ids = [f"r{i}" for i in range(5)]
+    for run_id in ids:
+        cur.start_run(run_id, heartbeat_interval=None)
+    pages: list[tuple[int, int]] = []
+    original = client._call
+
+    def call(operation: Any) -> Any:
+        if isinstance(operation, op.ListRuns):
+            pages.append((operation.limit, operation.offset))
+        return original(operation)
+
+    monkeypatch.setattr(client, "_call", call)
+    assert [r.run_id for r in cur.runs()] == ids
+    assert pages == [(2, 0), (2, 1), (2, 2), (2, 3), (2, 4)]
+
+
 def test_same_reports_give_the_same_state_over_either_transport(service: ServiceProcess) -> None:
     """Packed floats carry exactly what JSON carries: the learning state is identical."""
     states = []

@@ -16,9 +16,11 @@ from fastapi.testclient import TestClient
 
 from paceline_server.api.app import create_app
 from paceline_server.app.operations import (
+    MAX_LIST,
     AttachRun,
     DeleteCurriculum,
     ListCurricula,
+    ListRuns,
     Operations,
     RequestBatch,
     SubmitReport,
@@ -146,6 +148,30 @@ def test_list_bounds_alike(both: Both) -> None:
         == "INVALID_REQUEST"
     assert both.rest_code("GET", "/v1/curricula", params={"offset": MAX_INT + 1}) \
         == "INVALID_REQUEST"
+    for bad in ({"limit": 1001}, {"limit": -1}, {"offset": -1}):
+        assert both.rest_code("GET", f"{CUR}/runs", params=bad) == "INVALID_REQUEST", bad
+        assert both.grpc_code("ListRuns", pb.ListRunsRequest(curriculum="math", **bad)) \
+            == "INVALID_REQUEST", bad
+
+
+def test_runs_are_paged_alike(both: Both) -> None:
+    """ListRuns pages as GET .../runs does: `limit` runs (0: 100) from `offset`, oldest
+    first. (It had neither field and answered every run at once.)"""
+    for i in range(102):
+        assert both.rest.post(f"{CUR}/runs", json={"run_id": f"r{i:03d}"}).status_code == 201
+
+    def grpc_ids(**page: int) -> list[str]:
+        answer = both.call("ListRuns", pb.ListRunsRequest(curriculum="math", **page))
+        return [run.run_id for run in answer.runs]
+
+    def rest_ids(**page: int) -> list[str]:
+        return [r["run_id"] for r in both.rest.get(f"{CUR}/runs", params=page).json()["runs"]]
+
+    every = ["r"] + [f"r{i:03d}" for i in range(102)]
+    assert grpc_ids() == rest_ids() == every[:100]
+    assert grpc_ids(limit=0, offset=100) == rest_ids(offset=100) == every[100:]
+    assert grpc_ids(limit=2, offset=1) == rest_ids(limit=2, offset=1) == ["r000", "r001"]
+    assert grpc_ids(limit=1000) == every
 
 
 def test_batch_arguments_alike(both: Both) -> None:
@@ -197,7 +223,9 @@ def test_the_operations_refuse_in_process(both: Both) -> None:
     refused: list[tuple[Any, type[PacelineError]]] = [
         (lambda: ops.get_curriculum("ma\x00th"), InvalidRequest),
         (lambda: ops.state(LONG), InvalidRequest),
-        (lambda: ops.list_runs(""), InvalidRequest),
+        (lambda: ops.list_runs(ListRuns("")), InvalidRequest),
+        (lambda: ops.list_runs(ListRuns("math", limit=MAX_LIST + 1)), InvalidRequest),
+        (lambda: ops.list_runs(ListRuns("math", offset=-1)), InvalidRequest),
         (lambda: ops.heartbeat("math", "r\ud800"), InvalidRequest),
         (lambda: ops.list_curricula(ListCurricula(limit=0)), InvalidRequest),
         (lambda: ops.list_curricula(ListCurricula(offset=True)), InvalidRequest),  # type: ignore[arg-type]

@@ -138,6 +138,21 @@ class TestRuns:
         assert again.metadata == {"gpu": "h100", "host": "b"}
         assert len(store.list_runs("math")) == 1
 
+    def test_runs_are_listed_a_page_at_a_time(self, store: SqlStore) -> None:
+        """Oldest first, a tie broken by id; `limit` runs from `offset` (None: all)."""
+        store.create_curriculum("math", SPEC)
+        for run_id, seconds in (("e", 3), ("b", 1), ("a", 0), ("d", 1), ("c", 1)):
+            store.add_run("math", run_id, {}, T0 + timedelta(seconds=seconds))
+        assert [r.run_id for r in store.list_runs("math")] == list("abcde")
+        assert [r.run_id for r in store.list_runs("math", limit=2)] == ["a", "b"]
+        assert [r.run_id for r in store.list_runs("math", 2, offset=2)] == ["c", "d"]
+        assert [r.run_id for r in store.list_runs("math", None, 3)] == ["d", "e"]
+        assert store.list_runs("math", 2, offset=5) == []
+        assert store.list_runs("math", 0) == []
+        for limit, offset in ((-1, 0), (1, -1)):
+            with pytest.raises(ValueError, match="non-negative"):
+                store.list_runs("math", limit, offset)
+
     def test_errors(self, store: SqlStore) -> None:
         store.create_curriculum("math", SPEC)
         with pytest.raises(RunNotFound) as info:

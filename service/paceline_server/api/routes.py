@@ -28,6 +28,7 @@ from paceline_server.app.operations import (
     DeleteCurriculum,
     GetHistory,
     ListCurricula,
+    ListRuns,
     Operations,
     RequestBatch,
     SubmitReport,
@@ -80,13 +81,14 @@ def create_curriculum(body: schemas.CurriculumCreate, response: Response,
     return _curriculum(result.record)
 
 
+#: ?limit= and ?offset= of a listing (the operation layer checks them)
+Limit = Annotated[int, Query(json_schema_extra={"minimum": 1, "maximum": MAX_LIST})]
+Offset = Annotated[int, Query(json_schema_extra={"minimum": 0, "maximum": MAX_INT})]
+
+
 @router.get("/curricula", response_model=schemas.CurriculumList)
-def list_curricula(ops: Ops, _: ReadScope,
-                   limit: Annotated[int, Query(json_schema_extra={
-                       "minimum": 1, "maximum": MAX_LIST})] = 100,
-                   offset: Annotated[int, Query(json_schema_extra={
-                       "minimum": 0, "maximum": MAX_INT})] = 0,
-                   ) -> schemas.CurriculumList:
+def list_curricula(ops: Ops, _: ReadScope, limit: Limit = 100,
+                   offset: Offset = 0) -> schemas.CurriculumList:
     return schemas.CurriculumList(curricula=[
         _curriculum(r) for r in ops.list_curricula(ListCurricula(limit, offset))])
 
@@ -113,9 +115,11 @@ def attach_run(name: NamePath, ops: Ops, _: WriteScope,
     return _run(ops.attach_run(AttachRun(name, body.run_id, body.metadata)))
 
 
-@router.get("/curricula/{name}/runs", response_model=schemas.RunList)
-def list_runs(name: NamePath, ops: Ops, _: ReadScope) -> schemas.RunList:
-    return schemas.RunList(runs=[_run(s) for s in ops.list_runs(name)])
+@router.get("/curricula/{name}/runs", response_model=schemas.RunList,
+            summary="A page of the curriculum's runs, oldest first (?limit=, ?offset=)")
+def list_runs(name: NamePath, ops: Ops, _: ReadScope, limit: Limit = 100,
+              offset: Offset = 0) -> schemas.RunList:
+    return schemas.RunList(runs=[_run(s) for s in ops.list_runs(ListRuns(name, limit, offset))])
 
 
 @router.get("/curricula/{name}/runs/{run_id}", response_model=schemas.RunOut)

@@ -75,6 +75,16 @@ class DeleteCurriculum:
 
 
 @dataclass(slots=True)
+class ListRuns:
+    """A page of a curriculum's runs, oldest first: paged as `ListCurricula` is, since a
+    curriculum may have any number of runs."""
+
+    curriculum: str
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass(slots=True)
 class AttachRun:
     curriculum: str
     run_id: str | None = None  # None: the service picks one
@@ -191,8 +201,10 @@ class Operations:
                                          command.metadata, command.run_id)
         return RunStatus(record, stale=False)
 
-    def list_runs(self, curriculum: str) -> list[RunStatus]:
-        return self.service.list_runs(check_name(curriculum, "curriculum"))
+    def list_runs(self, command: ListRuns) -> list[RunStatus]:
+        return self.service.list_runs(check_name(command.curriculum, "curriculum"),
+                                      check_count(command.limit, "limit", 1, MAX_LIST),
+                                      check_count(command.offset, "offset", 0))
 
     def get_run(self, curriculum: str, run_id: str) -> RunStatus:
         return self.service.get_run(check_name(curriculum, "curriculum"),

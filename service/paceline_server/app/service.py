@@ -268,8 +268,10 @@ class PacelineService:
     def get_run(self, name: str, run_id: str) -> RunStatus:
         return self._status(self.store.get_run(name, run_id))
 
-    def list_runs(self, name: str) -> list[RunStatus]:
-        return [self._status(r) for r in self.store.list_runs(name)]
+    def list_runs(self, name: str, limit: int | None = None,
+                  offset: int = 0) -> list[RunStatus]:
+        """`limit` runs (None: all) from `offset`, oldest first."""
+        return [self._status(r) for r in self.store.list_runs(name, limit, offset)]
 
     def _status(self, run: RunRecord) -> RunStatus:
         """Stale once no heartbeat came for `run_stale_after_s` (that long included)."""

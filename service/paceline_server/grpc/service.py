@@ -25,6 +25,7 @@ from paceline_server.app.operations import (
     DeleteCurriculum,
     GetHistory,
     ListCurricula,
+    ListRuns,
     Operations,
     RequestBatch,
     SubmitReport,
@@ -218,8 +219,8 @@ class PacelineHandlers:
 
     def list_runs(self, request: pb.ListRunsRequest,
                   context: grpc.ServicerContext) -> pb.ListRunsResponse:
-        return pb.ListRunsResponse(
-            runs=[convert.run(s) for s in self.ops.list_runs(request.curriculum)])
+        command = ListRuns(request.curriculum, request.limit or 100, request.offset)  # 0: unset
+        return pb.ListRunsResponse(runs=[convert.run(s) for s in self.ops.list_runs(command)])
 
     def get_run(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
         return convert.run(self.ops.get_run(request.curriculum, request.run_id))

@@ -296,7 +296,9 @@ class Store(ABC):
         """Raises RunNotFound."""
 
     @abstractmethod
-    def list_runs(self, curriculum: str) -> list[RunRecord]: ...
+    def list_runs(self, curriculum: str, limit: int | None = None,
+                  offset: int = 0) -> list[RunRecord]:
+        """Ordered by (created_at, run_id), `limit` of them from `offset` (None: all)."""
 
     @abstractmethod
     def heartbeat(self, curriculum: str, run_id: str, now: datetime) -> RunRecord:

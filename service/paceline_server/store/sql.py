@@ -478,12 +478,16 @@ class SqlStore(Store):
             cid = self._curriculum_id(conn, curriculum)
             return self._select_run(conn, cid, curriculum, run_id)
 
-    def list_runs(self, curriculum: str) -> list[RunRecord]:
+    def list_runs(self, curriculum: str, limit: int | None = None,
+                  offset: int = 0) -> list[RunRecord]:
+        if (limit is not None and limit < 0) or offset < 0:
+            raise ValueError("limit and offset must be non-negative")
         with self._read() as conn:
             cid = self._curriculum_id(conn, curriculum)
             rows = conn.execute(select(*self._RUN_COLUMNS).where(t.runs.c.curriculum_id == cid)
                                 .order_by(t.runs.c.created_at,
-                                          self._by_code_point(t.runs.c.run_id))).all()
+                                          self._by_code_point(t.runs.c.run_id))
+                                .limit(limit).offset(offset)).all()
         return [self._run_record(curriculum, row) for row in rows]
 
     def heartbeat(self, curriculum: str, run_id: str, now: datetime) -> RunRecord:

@@ -111,6 +111,8 @@
   }
   const curriculumPath = (name, rest) =>
     "v1/curricula/" + encodeURIComponent(name) + (rest ? "/" + rest : "");
+  // The runs listing is paged (100 by default): the page shows the first 1000, oldest first.
+  const RUNS = "runs?limit=1000";
 
   function showError(err, where) {
     const box = el("div", { class: "error", role: "alert", "data-error-code": err.code || "ERROR" },
@@ -345,7 +347,7 @@
     // Everything the first render needs, in parallel (one round trip of latency).
     const [info, view, runs, history] = await Promise.all([
       get(curriculumPath(name)), get(curriculumPath(name, "state")),
-      get(curriculumPath(name, "runs")), get(curriculumPath(name, "history")), parsed]);
+      get(curriculumPath(name, RUNS)), get(curriculumPath(name, "history")), parsed]);
     // when the data and uPlot were all there: readyMs minus this is the drawing
     if (!document.body.dataset.dataMs) {
       document.body.dataset.dataMs = String(Math.round(performance.now()));
@@ -373,7 +375,7 @@
     draw(view, runs, history);
     const refresh = async () => {
       const [now, view, runs] = await Promise.all([get(curriculumPath(name)),
-        get(curriculumPath(name, "state")), get(curriculumPath(name, "runs"))]);
+        get(curriculumPath(name, "state")), get(curriculumPath(name, RUNS))]);
       // deleted and created again since the page was drawn: another spec, its own page
       if (now.created_at !== info.created_at) return route();
       // the history is fetched again only when a report arrived

@@ -115,10 +115,14 @@ class AttachRunRequest(_message.Message):
     def __init__(self, curriculum: _Optional[str] = ..., run_id: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ("curriculum",)
+    __slots__ = ("curriculum", "limit", "offset")
     CURRICULUM_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     curriculum: str
-    def __init__(self, curriculum: _Optional[str] = ...) -> None: ...
+    limit: int
+    offset: int
+    def __init__(self, curriculum: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs",)
