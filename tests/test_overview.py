@@ -6,6 +6,7 @@ says so."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,14 @@ def test_an_unchanged_curriculum_is_not_read_again(
 
 def test_a_curriculum_deleted_while_listing_is_left_out(
         service: PacelineService, monkeypatch: pytest.MonkeyPatch) -> None:
-    list_runs = service.list_runs
+    run_summary = service.run_summary
 
     def deleted_meanwhile(name: str) -> Any:
         if name == "c2":
             service.delete_curriculum("c2")
-        return list_runs(name)
+        return run_summary(name)
 
-    monkeypatch.setattr(service, "list_runs", deleted_meanwhile)
+    monkeypatch.setattr(service, "run_summary", deleted_meanwhile)
     assert [s.name for s in Overview(service).listing().curricula] == ["c0", "c1", "c3", "c4"]
 
 
@@ -76,3 +77,22 @@ def test_a_cut_list_says_so(service: PacelineService) -> None:
     assert not overview.listing(limit=5).truncated
     cut = overview.listing(limit=3)
     assert cut.truncated and [s.name for s in cut.curricula] == ["c0", "c1", "c2"]
+
+
+def test_runs_are_counted_not_read(service: PacelineService,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list polls every 2 s: it counts a curriculum's runs in the database (reading
+    every run of a curriculum with many put them all in memory at each poll)."""
+    service.attach_run("c1", run_id="a")
+    service.attach_run("c1", run_id="b")
+    now = service.clock()
+    monkeypatch.setattr(service, "clock", lambda: now + timedelta(
+        seconds=service.settings.run_stale_after_s + 1))
+    service.heartbeat("c1", "b")
+    read: list[str] = []
+    monkeypatch.setattr(service.store, "list_runs",
+                        lambda name, *a, **k: read.append(name) or [])
+    (summary,) = [s for s in Overview(service).listing().curricula if s.name == "c1"]
+    assert read == []
+    assert (summary.runs, summary.stale_runs) == (2, 1)
+    assert summary.last_heartbeat == service.store.get_run("c1", "b").last_heartbeat

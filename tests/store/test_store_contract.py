@@ -19,7 +19,12 @@ from paceline_server.domain.errors import (
 )
 from paceline_server.store import sql as sql_module
 from paceline_server.store import tables as t
-from paceline_server.store.base import BatchRecord, CurriculumWriter, payload_digest
+from paceline_server.store.base import (
+    BatchRecord,
+    CurriculumWriter,
+    RunSummary,
+    payload_digest,
+)
 from paceline_server.store.sql import SqlStore
 
 SPEC = {"name": "c", "layout": {"distributions": [{"name": "d0", "size": 10}]},
@@ -114,6 +119,24 @@ class TestCurricula:
 
 
 class TestRuns:
+    def test_run_summary_counts_in_the_database(self, store: SqlStore) -> None:
+        store.create_curriculum("math", SPEC)
+        store.create_curriculum("other", SPEC)
+        assert store.run_summary("math", T0) == RunSummary(0, 0, None)
+        for i in range(5):
+            store.add_run("math", f"r{i}", {}, T0 + timedelta(minutes=i))
+        store.add_run("other", "x", {}, T0 + timedelta(hours=1))
+        # Stale: a last heartbeat at or before the cutoff (minutes 0, 1 and 2).
+        summary = store.run_summary("math", T0 + timedelta(minutes=2))
+        assert summary == RunSummary(5, 3, T0 + timedelta(minutes=4))
+        store.heartbeat("math", "r0", T0 + timedelta(minutes=9))
+        assert store.run_summary("math", T0 + timedelta(minutes=2)) == RunSummary(
+            5, 2, T0 + timedelta(minutes=9))
+        with pytest.raises(CurriculumNotFound):
+            store.run_summary("missing", T0)
+        with pytest.raises(ValueError, match="timezone-aware"):
+            store.run_summary("math", datetime(2024, 5, 1))  # naive: refused
+
     def test_add_get_list_heartbeat(self, store: SqlStore) -> None:
         store.create_curriculum("math", SPEC)
         run = store.add_run("math", "r1", {"gpu": "h100"}, T0)

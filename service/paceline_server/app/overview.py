@@ -65,19 +65,18 @@ class Overview:
         out, kept = [], {}
         for record in records[:limit]:
             try:
-                runs = self.service.list_runs(record.name)
+                runs = self.service.run_summary(record.name)
                 health = self._health_of(record.name, (record.created_at, record.head_seq))
             except NotFound:  # deleted since it was listed
                 continue
             kept[record.name] = health
-            beats = [r.record.last_heartbeat for r in runs]
             out.append(CurriculumSummary(
                 name=record.name, sampler=str(record.spec["sampler"]["kind"]),
                 weighting=str(record.spec["weighting"]["kind"]),
                 created_at=record.created_at, reports=health.reports,
-                distributions=health.distributions, runs=len(runs),
-                stale_runs=sum(r.stale for r in runs),
-                last_heartbeat=max(beats) if beats else None, flagged=health.flagged))
+                distributions=health.distributions, runs=runs.runs,
+                stale_runs=runs.stale, last_heartbeat=runs.last_heartbeat,
+                flagged=health.flagged))
         with self._guard:
             self._health = kept  # only what the list still shows is remembered
         return Listing(out, truncated=len(records) > limit)

@@ -85,6 +85,7 @@ from paceline_server.store.base import (
     CurriculumHead,
     CurriculumRecord,
     RunRecord,
+    RunSummary,
     Store,
     payload_digest,
 )
@@ -272,6 +273,12 @@ class PacelineService:
                   offset: int = 0) -> list[RunStatus]:
         """`limit` runs (None: all) from `offset`, oldest first."""
         return [self._status(r) for r in self.store.list_runs(name, limit, offset)]
+
+    def run_summary(self, name: str) -> RunSummary:
+        """The runs of `name` counted in the database (the listing's columns: how many,
+        how many stale, the last heartbeat) without reading them."""
+        stale_at = self.clock() - timedelta(seconds=self.settings.run_stale_after_s)
+        return self.store.run_summary(name, stale_at)
 
     def _status(self, run: RunRecord) -> RunStatus:
         """Stale once no heartbeat came for `run_stale_after_s` (that long included)."""

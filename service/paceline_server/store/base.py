@@ -96,6 +96,15 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class RunSummary:
+    """A curriculum's runs counted in the database, not read: what a listing shows."""
+
+    runs: int
+    stale: int  # of them, last heartbeat at or before the cutoff asked for
+    last_heartbeat: datetime | None  # the newest (None without runs)
+
+
+@dataclass(frozen=True)
 class EventRecord:
     seq: int
     kind: str  # "report"
@@ -299,6 +308,12 @@ class Store(ABC):
     def list_runs(self, curriculum: str, limit: int | None = None,
                   offset: int = 0) -> list[RunRecord]:
         """Ordered by (created_at, run_id), `limit` of them from `offset` (None: all)."""
+
+    @abstractmethod
+    def run_summary(self, curriculum: str, stale_at: datetime) -> RunSummary:
+        """How many runs `curriculum` has, how many last beat at or before `stale_at`,
+        and the newest heartbeat: one aggregate query, whatever the number of runs.
+        Raises CurriculumNotFound."""
 
     @abstractmethod
     def heartbeat(self, curriculum: str, run_id: str, now: datetime) -> RunRecord:

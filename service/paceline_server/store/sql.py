@@ -77,6 +77,7 @@ from paceline_server.store.base import (
     EventRecord,
     HistoryCheckpoint,
     RunRecord,
+    RunSummary,
     SnapshotRecord,
     SnapshotStream,
     Store,
@@ -489,6 +490,17 @@ class SqlStore(Store):
                                           self._by_code_point(t.runs.c.run_id))
                                 .limit(limit).offset(offset)).all()
         return [self._run_record(curriculum, row) for row in rows]
+
+    def run_summary(self, curriculum: str, stale_at: datetime) -> RunSummary:
+        _aware(stale_at, "stale_at")
+        runs = t.runs
+        with self._read() as conn:
+            cid = self._curriculum_id(conn, curriculum)
+            count, stale, newest = conn.execute(
+                select(func.count(), func.count().filter(runs.c.last_heartbeat <= stale_at),
+                       func.max(runs.c.last_heartbeat))
+                .where(runs.c.curriculum_id == cid)).one()
+        return RunSummary(int(count), int(stale), newest)
 
     def heartbeat(self, curriculum: str, run_id: str, now: datetime) -> RunRecord:
         _aware(now, "now")
