@@ -257,64 +257,87 @@ def test_redone_steps_with_other_rollouts_keep_their_first_reports(tmp_path: Pat
 
 # ------------------------------------------------ a checkpointed StatefulDataLoader
 def loader_fit(db: Path, *, crash_after: int | None = None,
-               resume: dict[str, Any] | None = None,
-               ) -> tuple[list[tuple[int, list[int]]], list[dict[str, Any]], Any]:
-    """A loop over a torchdata `StatefulDataLoader` of a `PacelineSampler`, each step's
-    batch used for two updates (two loader batches), 2 epochs of 4 steps: `set_epoch`
-    before each epoch, each update reported (the step's second report replays its first)
-    and checkpointed with its epoch; a resumed loop restores the loader state and starts
-    in the checkpoint's epoch. Returns the (step, rows) trained, the checkpoints and the
-    curriculum's state."""
+               resume: dict[str, Any] | None = None, ranks: int = 1,
+               ) -> tuple[list[tuple[int, list[list[int]]]], list[dict[str, Any]], Any]:
+    """A loop over a torchdata `StatefulDataLoader` of a `PacelineSampler` per rank
+    (`ranks` of them, in lockstep as DDP runs them, each with its own sampler, loader
+    and loader state), each step's batch used for two updates (two loader batches),
+    2 epochs of 4 steps: `set_epoch` before each epoch, each update reported (the
+    step's second report replays its first) and checkpointed with its epoch; a resumed
+    loop restores every rank's loader state and starts in the checkpoint's epoch.
+    Returns the (step, rows of each rank) trained, the checkpoints and the curriculum's
+    state. The ranks' rows put together must be the step's served batch."""
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    trained: list[tuple[int, list[int]]] = []
+    trained: list[tuple[int, list[list[int]]]] = []
     checkpoints: list[dict[str, Any]] = []
     with paceline.Client.embedded(db) as client:
         cur = curriculum(client, "dump_ucb") if resume is None else client.curriculum("loop")
-        with cur.start_run(run_id="loader", heartbeat_interval=None) as run:
-            sampler = PacelineSampler(run, batch_size=4, num_samples=SAMPLES,
-                                      mini_repeat_count=GROUP, repeat_count=2)
-            loader = StatefulDataLoader(list(range(SAMPLES)), batch_size=4 * GROUP,
-                                        sampler=sampler)
-            start = 0
-            if resume is not None:
-                loader.load_state_dict(resume["loader"])
-                start = resume["epoch"]
-            for epoch in range(start, 2):
+        runs = [cur.start_run(run_id="loader", heartbeat_interval=None) for _ in range(ranks)]
+        samplers = [PacelineSampler(run, batch_size=4, num_samples=SAMPLES,
+                                    mini_repeat_count=GROUP, repeat_count=2,
+                                    num_replicas=ranks, rank=rank)
+                    for rank, run in enumerate(runs)]
+        per_update = 4 * GROUP // ranks
+        loaders = [StatefulDataLoader(list(range(SAMPLES)), batch_size=per_update,
+                                      sampler=sampler) for sampler in samplers]
+        start = 0
+        if resume is not None:
+            for loader, state in zip(loaders, resume["loaders"], strict=True):
+                loader.load_state_dict(state)
+            start = resume["epoch"]
+
+        def checkpoint(epoch: int) -> None:
+            checkpoints.append({"epoch": epoch,
+                                "loaders": [loader.state_dict() for loader in loaders]})
+
+        for epoch in range(start, 2):
+            for sampler in samplers:
                 sampler.set_epoch(epoch)
-                for rows in loader:
-                    batch = sampler.ledger.latest
-                    assert batch is not None
-                    trained.append((batch.step, rows.tolist()))
-                    prompts = rows.tolist()[::GROUP]
-                    run.report(batch.step, prompts, prompt_rewards(prompts))
-                    checkpoints.append({"epoch": epoch, "loader": loader.state_dict()})
-                    if len(trained) == crash_after:
-                        return trained, checkpoints, cur.state()
-                if crash_after == -1 - epoch:  # checkpointed after the epoch's loop
-                    checkpoints.append({"epoch": epoch + 1, "loader": loader.state_dict()})
+            iterators = [iter(loader) for loader in loaders]
+            while True:  # every rank draws its update, as DDP ranks do in lockstep
+                drawn = [next(it, None) for it in iterators]
+                if all(rows is None for rows in drawn):
+                    break
+                assert all(rows is not None for rows in drawn), "the ranks fell apart"
+                batch = samplers[0].ledger.latest
+                assert batch is not None
+                assert all(s.ledger.latest == batch for s in samplers)
+                rows = [r.tolist() for r in drawn if r is not None]
+                trained.append((batch.step, rows))
+                prompts = [i for part in rows for i in part[::GROUP]]
+                assert prompts == batch.indices, "the ranks' shards are not the batch"
+                runs[0].report(batch.step, prompts, prompt_rewards(prompts))
+                checkpoint(epoch)
+                if len(trained) == crash_after:
                     return trained, checkpoints, cur.state()
-            return trained, checkpoints, cur.state()
+            if crash_after == -1 - epoch:  # checkpointed after the epoch's loop
+                checkpoint(epoch + 1)
+                return trained, checkpoints, cur.state()
+        return trained, checkpoints, cur.state()
 
 
+@pytest.mark.parametrize("ranks", [1, 2])
 @pytest.mark.parametrize(("crash_after", "resume_at"), [
     (3, 3), (6, 5),  # within a step (its first update done): the step's second update
     (8, 8), (8, 6), (16, 16),  # after an epoch's last update: nothing more of that epoch
     (-1, 9),  # checkpointed after the first epoch's loop ended: the next epoch, whole
 ])
 def test_a_checkpointed_stateful_dataloader_resumes_where_it_stopped(
-        tmp_path: Path, crash_after: int, resume_at: int) -> None:
+        tmp_path: Path, crash_after: int, resume_at: int, ranks: int) -> None:
     """Killed after an update and resumed from the checkpoint of update `resume_at`
     (1-based), the loop trains the uninterrupted run's updates, in order, and the
     curriculum ends in its state. The sampler state once named the step after the one
     in training (a checkpoint between a step's two updates skipped its second), and a
     checkpoint after an epoch's last update resumed that epoch with the next epoch's
-    steps, then drew them again: one epoch more than the uninterrupted run."""
-    straight, _, want = loader_fit(tmp_path / "straight.db")
+    steps, then drew them again: one epoch more than the uninterrupted run. With two
+    ranks each resumes its own half of the step from its own loader state."""
+    straight, _, want = loader_fit(tmp_path / "straight.db", ranks=ranks)
     assert [s for s, _ in straight] == [s for s in range(8) for _ in range(2)]
-    first, checkpoints, _ = loader_fit(tmp_path / "resumed.db", crash_after=crash_after)
+    first, checkpoints, _ = loader_fit(tmp_path / "resumed.db", crash_after=crash_after,
+                                       ranks=ranks)
     checkpoint = checkpoints[resume_at - 1]
-    redone, _, got = loader_fit(tmp_path / "resumed.db", resume=checkpoint)
+    redone, _, got = loader_fit(tmp_path / "resumed.db", resume=checkpoint, ranks=ranks)
     kept = min(resume_at, len(first))
     assert first[:kept] + redone == straight
     assert got == want

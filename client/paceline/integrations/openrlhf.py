@@ -83,8 +83,9 @@ class PacelinePromptSampler(PacelineSampler):
                  prompt_of: Callable[[Any], str] = _prompt) -> None:
         ledger = source if isinstance(source, BatchLedger) else BatchLedger(source)
         check_dataset_size(len(dataset), ledger.run.curriculum, "PacelinePromptSampler")
+        # One process draws the prompts of every rollout worker: never sharded by rank.
         super().__init__(ledger, batch_size=rollout_batch_size, num_samples=len(dataset),
-                         start_step=start_step)
+                         start_step=start_step, num_replicas=1, rank=0)
         self.dataset = dataset
         self.prompts = [prompt_of(dataset[i]) for i in range(len(dataset))]
 

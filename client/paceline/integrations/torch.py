@@ -16,8 +16,16 @@ rewards all agree and ask Paceline to refill the step until the batch is full ag
 (`DynamicStep.report` reports every group generated, naming the dropped ones).
 
 `PacelineSampler` / `PacelineBatchSampler` plug the same batches into a
-`torch.utils.data.DataLoader`. Importing this module imports torch; `import paceline`
-does not.
+`torch.utils.data.DataLoader`.
+
+Data parallel (DDP under torchrun or accelerate): the samplers and `train_steps` take
+`num_replicas` / `rank` / `drop_last` as torch's `DistributedSampler` does (by default
+the initialised process group's; one rank when none is initialised). Every rank is
+served the same batch and trains on its own `Shard` of it; `report_shards` (or
+`sampler.report`, `Step.report`) gathers every rank's rewards and sends the step's one
+report from rank 0. `dynamic_step` serves one process only.
+
+Importing this module imports torch; `import paceline` does not.
 """
 
 from __future__ import annotations
@@ -30,11 +38,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from paceline.client import Run
 from paceline.errors import Conflict
 from paceline.integrations._ledger import REDONE, BatchLedger, refill_part, step_key
+from paceline.integrations._shard import Shard
 from paceline.integrations._steps import StepStream
 from paceline.models import Batch, ReportAck
 
@@ -44,11 +54,14 @@ __all__ = [
     "DynamicStep",
     "PacelineBatchSampler",
     "PacelineSampler",
+    "Shard",
     "Step",
     "all_equal_groups",
     "dynamic_step",
     "group_advantages",
     "loss_weights",
+    "rank_shard",
+    "report_shards",
     "train_steps",
     "weighted_loss",
 ]
@@ -58,8 +71,23 @@ def _ledger(source: Run | BatchLedger) -> BatchLedger:
     return source if isinstance(source, BatchLedger) else BatchLedger(source)
 
 
+def rank_shard(num_replicas: int | None = None, rank: int | None = None,
+               drop_last: bool = False) -> Shard:
+    """This process's `Shard`, with torch `DistributedSampler`'s defaults: the world size
+    and rank of the initialised default process group. Unlike `DistributedSampler`, no
+    process group is not an error: one rank trains on the whole batch, as before."""
+    if num_replicas is None or rank is None:
+        grouped = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if grouped else 1
+        if rank is None:
+            rank = dist.get_rank() if grouped else 0
+    return Shard(num_replicas, rank, drop_last)
+
+
 class _StepSampler(Sampler[Any]):  # type: ignore[misc]
-    """What both samplers share: the step stream, and where a restored state resumes.
+    """What both samplers share: the step stream, this rank's shard of each step's batch,
+    and where a restored state resumes.
 
     A state saved while a pass is under way resumes that pass, as torchdata's
     `StatefulDataLoader` expects: a loop that resumes in the epoch it checkpointed gets
@@ -67,11 +95,21 @@ class _StepSampler(Sampler[Any]):  # type: ignore[misc]
     last step was drawn (it then began the next epoch's steps, one epoch more than an
     uninterrupted run)."""
 
+    ledger: BatchLedger
     steps: StepStream
+    shard: Shard
     #: A pass is under way (set when it draws a step, cleared when it ends).
     _in_pass = False
     #: The restored state was saved after its pass drew its epoch's last step.
     _drawn_out = False
+
+    def _setup(self, source: Run | BatchLedger, batch_size: int, steps_per_epoch: int,
+               start_step: int, shard: Shard) -> None:
+        shard.size(batch_size)  # refuses a batch that leaves a rank nothing
+        self.ledger = _ledger(source)
+        self.shard = shard
+        self.steps = StepStream(self.ledger, batch_size=batch_size,
+                                steps_per_epoch=steps_per_epoch, start_step=start_step)
 
     def _batches(self) -> Iterator[Batch]:
         if self._drawn_out:
@@ -82,6 +120,10 @@ class _StepSampler(Sampler[Any]):  # type: ignore[misc]
             yield batch
         self._in_pass = False
 
+    def _mine(self, batch: Batch) -> list[int]:
+        """This rank's sample indices of a served batch."""
+        return [batch.indices[r] for r in self.shard.positions(len(batch.indices))]
+
     def _mid_step(self) -> int:
         """How many items of the latest drawn step were yielded, when not all were."""
         return 0
@@ -90,8 +132,27 @@ class _StepSampler(Sampler[Any]):  # type: ignore[misc]
         self.steps.set_epoch(epoch)
         self._in_pass = self._drawn_out = False
 
+    def batch(self, step: int) -> Batch:
+        """The served batch of a step in flight (every rank's prompts)."""
+        return self.ledger.record(step).batch
+
+    def local_batch(self, step: int) -> Batch:
+        """This rank's part of a step in flight: its prompts and their loss weights."""
+        return self.shard.local(self.batch(step))
+
+    def report(self, step: int, rewards: Any, advantages: Any = None, *,
+               group: Any = None, **extra: Any) -> ReportAck | None:
+        """Report a step in flight from every rank's rewards of its own prompts (see
+        `report_shards`); call it on every rank."""
+        return report_shards(self.ledger.run, self.batch(step), rewards, advantages,
+                             shard=self.shard, group=group, **extra)
+
+    def _shard_state(self) -> dict[str, Any]:
+        return {"num_replicas": self.shard.num_replicas, "rank": self.shard.rank,
+                "drop_last": self.shard.drop_last}
+
     def state_dict(self) -> dict[str, Any]:
-        state = self.steps.state_dict()
+        state = {**self.steps.state_dict(), **self._shard_state()}
         offset = self._mid_step()
         if offset:  # resumes in the step, after its first `offset` items
             state.update(next_step=state["next_step"] - 1, offset=offset)
@@ -115,19 +176,23 @@ class PacelineSampler(_StepSampler):
     whole batch `repeat_count` times (reused for several updates). An epoch is
     `steps_per_epoch` steps (default: as many as the dataset holds batches). The served
     batches are kept in `ledger` until reported, with their reward and loss weights.
-    Its state (`state_dict`) resumes at the next index, within a step too."""
+    Its state (`state_dict`) resumes at the next index, within a step too.
+
+    With several ranks (`num_replicas`, `rank`, `drop_last`: see `rank_shard`) each
+    yields only its `shard` of every step's batch, so `batch_size` stays the global
+    batch; a state saved within a step resumes only with as many ranks."""
 
     def __init__(self, source: Run | BatchLedger, *, batch_size: int,
                  steps_per_epoch: int | None = None, num_samples: int | None = None,
                  mini_repeat_count: int = 1, repeat_count: int = 1,
-                 start_step: int = 0) -> None:
-        self.ledger = _ledger(source)
+                 start_step: int = 0, num_replicas: int | None = None,
+                 rank: int | None = None, drop_last: bool = False) -> None:
         if steps_per_epoch is None:
             if num_samples is None:
                 raise ValueError("give steps_per_epoch or num_samples (the dataset size)")
             steps_per_epoch = max(1, num_samples // batch_size)
-        self.steps = StepStream(self.ledger, batch_size=batch_size,
-                                steps_per_epoch=steps_per_epoch, start_step=start_step)
+        self._setup(source, batch_size, steps_per_epoch, start_step,
+                    rank_shard(num_replicas, rank, drop_last))
         self.mini_repeat_count = mini_repeat_count
         self.repeat_count = repeat_count
         self._yielded = 0  # items of the latest drawn step yielded
@@ -136,19 +201,22 @@ class PacelineSampler(_StepSampler):
     def __iter__(self) -> Iterator[int]:
         skip, self._skip = self._skip, 0
         for batch in self._batches():
-            items = [index for _ in range(self.repeat_count) for index in batch.indices
+            items = [index for _ in range(self.repeat_count) for index in self._mine(batch)
                      for _ in range(self.mini_repeat_count)]
             for self._yielded in range(skip + 1, len(items) + 1):
                 yield items[self._yielded - 1]
             skip = 0
 
+    def _per_step(self) -> int:
+        """Items this rank yields per step."""
+        return (self.shard.size(self.steps.batch_size) * self.mini_repeat_count
+                * self.repeat_count)
+
     def __len__(self) -> int:
-        return (self.steps.steps_per_epoch * self.steps.batch_size
-                * self.mini_repeat_count * self.repeat_count)
+        return self.steps.steps_per_epoch * self._per_step()
 
     def _mid_step(self) -> int:
-        per_step = self.steps.batch_size * self.mini_repeat_count * self.repeat_count
-        return self._yielded if self._in_pass and self._yielded < per_step else 0
+        return self._yielded if self._in_pass and self._yielded < self._per_step() else 0
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -156,34 +224,46 @@ class PacelineSampler(_StepSampler):
 
     def state_dict(self) -> dict[str, Any]:
         if self._skip:  # restored within a step and not drawn from since
-            return {**self.steps.state_dict(), "offset": self._skip, "drawn_out": False}
+            return {**self.steps.state_dict(), **self._shard_state(), "offset": self._skip,
+                    "drawn_out": False}
         return super().state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a saved position; a position within a step is refused (ValueError,
+        nothing changed) under another split (`num_replicas`, `drop_last`) than it was
+        saved with: its offset counts the items of the saving rank's part."""
+        offset = int(state.get("offset", 0))
+        saved = (state.get("num_replicas", self.shard.num_replicas),
+                 state.get("drop_last", self.shard.drop_last))
+        if offset and saved != (self.shard.num_replicas, self.shard.drop_last):
+            raise ValueError(
+                f"the paceline sampler state was saved within step {state['next_step']} "
+                f"by one of {saved[0]} ranks (drop_last={saved[1]}); this sampler is one of "
+                f"{self.shard.num_replicas} (drop_last={self.shard.drop_last}): resume "
+                "with the same split, or from a checkpoint between steps")
         super().load_state_dict(state)
         self._yielded = 0
-        self._skip = int(state.get("offset", 0))
+        self._skip = offset
 
 
 class PacelineBatchSampler(_StepSampler):
-    """One served batch per iteration, for `DataLoader(dataset, batch_sampler=...)`;
-    `batch(step)` gives the served `paceline.Batch` (weights) of a step in flight."""
+    """One served batch per iteration, for `DataLoader(dataset, batch_sampler=...)` (this
+    rank's shard of it with several ranks, as for `PacelineSampler`); `batch(step)` gives
+    the served `paceline.Batch` (weights) of a step in flight, `local_batch(step)` this
+    rank's part."""
 
     def __init__(self, source: Run | BatchLedger, *, batch_size: int, steps_per_epoch: int,
-                 start_step: int = 0) -> None:
-        self.ledger = _ledger(source)
-        self.steps = StepStream(self.ledger, batch_size=batch_size,
-                                steps_per_epoch=steps_per_epoch, start_step=start_step)
+                 start_step: int = 0, num_replicas: int | None = None,
+                 rank: int | None = None, drop_last: bool = False) -> None:
+        self._setup(source, batch_size, steps_per_epoch, start_step,
+                    rank_shard(num_replicas, rank, drop_last))
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self._batches():
-            yield list(batch.indices)
+            yield self._mine(batch)
 
     def __len__(self) -> int:
         return self.steps.steps_per_epoch
-
-    def batch(self, step: int) -> Batch:
-        return self.ledger.record(step).batch
 
 
 def group_advantages(rewards: torch.Tensor, *, scale: bool = True,
@@ -223,7 +303,12 @@ def weighted_loss(per_sample: torch.Tensor, batch: Batch) -> torch.Tensor:
 @dataclass(frozen=True)
 class Step:
     """One training step of a hand-written loop: the served batch and the calls that use
-    its weights and report back."""
+    its weights and report back.
+
+    With several ranks (`shard`), `batch` is the step's whole batch and `local` this
+    rank's part: `indices`, `weighted_loss` and the rewards given to `advantages` and
+    `report` are this rank's prompts only, and `report` (called on every rank) sends
+    the step's one report from rank 0 (see `report_shards`)."""
 
     run: Run
     step: int
@@ -231,11 +316,20 @@ class Step:
     #: The step whose batch `report` fetches with the ack (None: no next step).
     next_step: int | None = None
     next_size: int | None = None
+    shard: Shard = field(default_factory=Shard)
+    #: The process group of `shard`'s ranks (None: the default group).
+    group: Any = field(default=None, repr=False, compare=False)
     _next: list[Batch] = field(default_factory=list, repr=False, compare=False)
 
     @property
+    def local(self) -> Batch:
+        """This rank's part of the batch (the whole batch for one rank)."""
+        return self.shard.local(self.batch) if self.shard.num_replicas > 1 else self.batch
+
+    @property
     def indices(self) -> torch.Tensor:
-        return torch.tensor(self.batch.indices, dtype=torch.long)
+        """This rank's sample indices (the whole batch's for one rank)."""
+        return torch.tensor(self.local.indices, dtype=torch.long)
 
     def scalarize(self, rewards: Any) -> torch.Tensor:
         """`reward_scale * Σ_k w_k u_k` of raw rewards `[n, g, k]`, `{objective: [n, g]}`
@@ -248,16 +342,18 @@ class Step:
         return group_advantages(self.scalarize(rewards), scale=scale)
 
     def weighted_loss(self, per_sample: torch.Tensor) -> torch.Tensor:
-        return weighted_loss(per_sample, self.batch)
+        """The weighted mean of this rank's per-sample losses (see `weighted_loss`)."""
+        return weighted_loss(per_sample, self.local)
 
     def report(self, rewards: Any, advantages: Any = None, **extra: Any) -> ReportAck | None:
         """Report rewards `[n, g, k]` (and the advantages trained on) for this step; `extra`
         passes `grad_products` / `eval_objectives` through. The ack brings the next
-        step's batch along (one round trip per step). None when the step was reported
+        step's batch along (one round trip per step; with several ranks, rank 0's ack
+        is handed to every rank). None when the step was reported
         before with other rollouts (a loop resumed from an earlier checkpoint redid it):
         the first report stands, and the next step's batch is asked for on its own."""
-        ack = _first_report(self.run, self.step, indices=self.batch.indices,
-                            rewards=rewards, advantages=advantages, next_step=self.next_step,
+        ack = report_shards(self.run, self.batch, rewards, advantages, shard=self.shard,
+                            group=self.group, next_step=self.next_step,
                             next_size=self.next_size if self.next_step is not None else None,
                             **extra)
         if ack is not None and ack.batch is not None:
@@ -266,18 +362,129 @@ class Step:
 
 
 def train_steps(run: Run, num_steps: int, *, start_step: int = 0,
-                size: int | None = None) -> Iterator[Step]:
+                size: int | None = None, num_replicas: int | None = None,
+                rank: int | None = None, drop_last: bool = False,
+                group: Any = None) -> Iterator[Step]:
     """Steps `start_step .. start_step + num_steps - 1` of `run`. Each step's batch comes
     with the previous step's report (`Step.report`), so it reflects every earlier report;
-    a step that was not reported through `Step.report` makes the next one ask for it."""
+    a step that was not reported through `Step.report` makes the next one ask for it.
+
+    With several ranks (`num_replicas`, `rank`, `drop_last`: see `rank_shard`; `group`:
+    their process group) every rank walks the same steps and batches and trains on its
+    own part (`Step.local`); call `Step.report` on every rank."""
+    shard = rank_shard(num_replicas, rank, drop_last)
     last = start_step + num_steps - 1
     batch: Batch | None = None
     for step in range(start_step, start_step + num_steps):
         if batch is None:
             batch = run.next_batch(step, size)
-        current = Step(run, step, batch, None if step == last else step + 1, size)
+        current = Step(run, step, batch, None if step == last else step + 1, size,
+                       shard, group)
         yield current
         batch = current._next[0] if current._next else None
+
+
+def report_shards(run: Run, batch: Batch, rewards: Any, advantages: Any = None, *,
+                  shard: Shard | None = None, group: Any = None,
+                  **extra: Any) -> ReportAck | None:
+    """The step's one report when each rank trained on its own part of `batch`: call it
+    on every rank with that rank's rewards (`[m, g, k]`, `[m, g]` for one objective, or
+    `{objective: [m, g]}`; m = its prompts, `shard.size`) and advantages (`[m, g]`).
+    The parts are gathered over torch.distributed (`group`, default the default group),
+    put back in the batch's order (padding rows left out) and reported by rank 0 under
+    the step's key; every rank gets rank 0's answer: its ack, None when the step was
+    reported before with other rollouts (as `Step.report`), or an exception. `extra`
+    (`grad_products`, `eval_objectives`, `next_step`, ...) is rank 0's.
+
+    Dense rewards only (every rank the same g); ragged groups and dynamic sampling
+    report from one process. `shard` defaults to `rank_shard()`; with one rank this is
+    a plain report of the whole batch."""
+    shard = rank_shard() if shard is None else shard
+    if shard.num_replicas == 1:
+        return _first_report(run, batch.step, indices=batch.indices, rewards=rewards,
+                             advantages=advantages, **extra)
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"report_shards for {shard.num_replicas} ranks needs an "
+                           "initialised torch.distributed process group")
+    n = len(batch.indices)
+    mine = (shard.rank, _host(rewards), None if advantages is None else _host(advantages))
+    parts: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, mine, group=group)
+    # Every rank checks the same gathered parts, so every rank raises the same error.
+    rewards_all, advantages_all = _join_parts(parts, shard, batch)
+    outcome: list[Any] = [None]
+    if dist.get_rank(group) == 0:
+        keep = shard.reported(n)
+        try:
+            outcome[0] = ("ack", _first_report(
+                run, batch.step, indices=batch.indices[:keep], rewards=_head(rewards_all, keep),
+                advantages=None if advantages_all is None else advantages_all[:keep],
+                **extra))
+        except Exception as exc:
+            outcome[0] = ("error", f"{type(exc).__name__}: {exc}")
+            dist.broadcast_object_list(outcome, group=group, group_src=0)
+            raise
+    dist.broadcast_object_list(outcome, group=group, group_src=0)
+    kind, value = outcome[0]
+    if kind == "error":
+        raise RuntimeError(f"paceline: rank 0's report of step {batch.step} failed: {value}")
+    return value
+
+
+def _host(values: Any) -> Any:
+    """Rewards or advantages as host arrays (or a mapping of them) to gather: a CUDA tensor
+    pickled by one rank would be unpickled onto that rank's device elsewhere."""
+    if isinstance(values, Mapping):
+        return {name: _host(value) for name, value in values.items()}
+    if isinstance(values, torch.Tensor):
+        tensor = values.detach().cpu()
+        return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+    return np.asarray(values)
+
+
+def _head(values: Any, rows: int) -> Any:
+    if isinstance(values, Mapping):
+        return {name: value[:rows] for name, value in values.items()}
+    return values[:rows]
+
+
+def _join(step: int, name: str, values: list[Any], rows: int) -> Any:
+    """The ranks' `name` (rank order) one after another, after checking that each has
+    `rows` rows and all have the same shape otherwise (and the same objectives)."""
+    mapped = {isinstance(v, Mapping) for v in values}
+    if len(mapped) > 1:
+        raise ValueError(f"some ranks' {name} of step {step} are a mapping, others not")
+    if mapped == {True}:
+        keys = [list(v) for v in values]
+        if any(k != keys[0] for k in keys):
+            raise ValueError(f"the ranks' {name} of step {step} name other objectives: "
+                             f"{keys}")
+        return {key: _join(step, f"{name}[{key!r}]", [v[key] for v in values], rows)
+                for key in keys[0]}
+    shapes = [np.shape(v) for v in values]
+    if any(shape[:1] != (rows,) for shape in shapes) or len({s[1:] for s in shapes}) > 1:
+        raise ValueError(f"each rank's {name} of step {step} must have {rows} rows (one per "
+                         f"prompt of its part) and the same shape; got {shapes} by rank")
+    return np.concatenate(values)
+
+
+def _join_parts(parts: list[Any], shard: Shard, batch: Batch) -> tuple[Any, Any]:
+    """Every rank's gathered `(rank, rewards, advantages)`, checked (one part per rank,
+    each with its shard's rows, advantages from all ranks or none) and put one after
+    another in rank order: the batch's rows, then any padding."""
+    ranks = sorted(part[0] for part in parts)
+    if ranks != list(range(shard.num_replicas)):
+        raise ValueError(f"the report's parts came from ranks {ranks}; expected one from each "
+                         f"of {shard.num_replicas} (shard ranks must be the group's ranks)")
+    parts = sorted(parts, key=lambda part: part[0])
+    rows = shard.size(len(batch.indices))
+    rewards = _join(batch.step, "rewards", [part[1] for part in parts], rows)
+    given = [part[2] is not None for part in parts]
+    if any(given) and not all(given):
+        raise ValueError(f"advantages of step {batch.step} came from some ranks only")
+    advantages = (_join(batch.step, "advantages", [part[2] for part in parts], rows)
+                  if all(given) else None)
+    return rewards, advantages
 
 
 def all_equal_groups(scalar: torch.Tensor, *, tol: float = 1e-9) -> torch.Tensor:

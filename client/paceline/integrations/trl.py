@@ -305,7 +305,8 @@ class PacelineGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
         self.paceline_sampler = PacelineSampler(
             self.paceline, batch_size=prompts_per_step, num_samples=len(dataset),
             mini_repeat_count=self.num_generations,
-            repeat_count=self.num_iterations * self.args.steps_per_generation)
+            repeat_count=self.num_iterations * self.args.steps_per_generation,
+            num_replicas=1, rank=0)  # accelerate shards the loader's batches itself
         return self.paceline_sampler
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]
