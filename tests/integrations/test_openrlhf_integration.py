@@ -4,9 +4,11 @@ OpenRLHF's `PromptDataset`, `Experience` and `SingleTurnAgentExecutor` (which lo
 `reward_func` of a `--remote_rm_url` Python file and calls it) are the real classes. Its
 `PPOTrainer` and `RemoteExperienceMaker` import flash-attn and vLLM and cannot be imported
 on CPU: the loop below follows their source (`SamplesGenerator` draws `rollout.batch_size`
-prompts from the prompts loader one at a time; `make_experience_batch` computes the
-`group_norm` advantages; `fit` checkpoints `prompts_dataloader.state_dict()`), and the
-trainer `attach` patches is a stand-in with their attribute names.
+prompts from the prompts loader one at a time; `make_experience_batch` calls
+`make_experience`, then `compute_advantages_and_returns`, which applies the real
+`apply_length_penalties` and computes the `group_norm` advantages; `fit` checkpoints
+`prompts_dataloader.state_dict()`), and the trainer `attach` patches is a stand-in with
+their attribute names.
 
 OpenRLHF is installed apart (`pip install --no-deps --target DIR openrlhf==0.11.2
 pylatexenc`, as .ci/run does), named by `PACELINE_OPENRLHF_PATH`."""
@@ -33,6 +35,7 @@ import torch
 from integration_support import grpo_advantages, reports, served_indices
 from openrlhf.datasets import PromptDataset
 from openrlhf.trainer.ppo_utils.experience import Experience
+from openrlhf.trainer.ppo_utils.length_penalty import apply_length_penalties
 from openrlhf.utils.agent import SingleTurnAgentExecutor
 
 import paceline
@@ -82,46 +85,88 @@ def expected_score(correct: float, length: float) -> float:
     return 0.25 * correct + 0.75 * (20.0 - length) / 20.0
 
 
-class Trainer:
-    """The attributes of OpenRLHF's PPOTrainer that `attach` uses, with its
-    `make_experience_batch` reduced to the `group_norm` advantages (no KL, no critic)."""
+class ExperienceMaker:
+    """OpenRLHF's `RemoteExperienceMaker.make_experience_batch`: `make_experience`
+    (the model forward passes; the rewards came with the samples from the reward
+    function) on micro-batches of `micro_batch` rollouts joined by the real
+    `Experience.concat_experiences`, then `compute_advantages_and_returns`, which
+    applies the real `apply_length_penalties` to `experience.rewards` in place and then
+    computes the `group_norm` advantages (no KL, no critic)."""
 
-    def __init__(self, batch_size: int = BATCH, dynamic: bool = False) -> None:
-        self.args = SimpleNamespace(
-            rollout=SimpleNamespace(batch_size=batch_size, n_samples_per_prompt=N,
-                                    vllm_generate_batch_size=None),
-            algo=SimpleNamespace(dynamic_filtering_enable=dynamic))
-        self.prompts_dataloader: Any = None
-        self.samples_generator = SimpleNamespace(prompts_dataloader=None)
-        self.experience_maker = SimpleNamespace(make_experience_batch=self._make)
+    def __init__(self, args: SimpleNamespace, micro_batch: int = 1) -> None:
+        self.args = args
+        self.micro_batch = micro_batch
 
-    def _make(self, samples: list[Experience]) -> list[Experience]:
-        rewards = torch.cat([s.rewards for s in samples]).reshape(-1, N)
+    def make_experience_batch(self, rollout_samples: list[Experience]) -> list[Experience]:
+        samples_list = [Experience.concat_experiences(
+            rollout_samples[i:i + self.micro_batch], 0)
+            for i in range(0, len(rollout_samples), self.micro_batch)]
+        experiences = self.make_experience(samples_list)
+        return self.compute_advantages_and_returns(experiences)
+
+    def make_experience(self, samples_list: list[Experience]) -> list[Experience]:
+        return samples_list
+
+    def compute_advantages_and_returns(self, experiences: list[Experience]
+                                       ) -> list[Experience]:
+        for e in experiences:
+            e.rewards = e.rewards.to(torch.promote_types(e.rewards.dtype, torch.float32))
+        apply_length_penalties(experiences, self.args)
+        rewards = torch.cat([e.rewards for e in experiences]).reshape(-1, N)
         adv = ((rewards - rewards.mean(-1, keepdim=True))
                / (rewards.std(-1, keepdim=True) + 1e-9)).reshape(-1)
-        for sample, a in zip(samples, adv, strict=True):
-            sample.advantages = a * sample.action_mask.float()
-        return samples
+        start = 0
+        for e in experiences:
+            a = adv[start:start + len(e.rewards)]
+            start += len(e.rewards)
+            e.advantages = a.unsqueeze(-1) * e.action_mask.float()
+        return experiences
+
+
+class Trainer:
+    """The attributes of OpenRLHF's PPOTrainer that `attach` uses; `reward` holds the
+    length-penalty options (`args.reward`), off by default."""
+
+    def __init__(self, batch_size: int = BATCH, dynamic: bool = False,
+                 micro_batch: int = 1, **reward: Any) -> None:
+        self.args = SimpleNamespace(
+            rollout=SimpleNamespace(batch_size=batch_size, n_samples_per_prompt=N,
+                                    vllm_generate_batch_size=None, max_new_tokens=8),
+            algo=SimpleNamespace(dynamic_filtering_enable=dynamic),
+            data=SimpleNamespace(max_len=16),
+            reward=SimpleNamespace(**{"overlong_buffer_len": None,
+                                      "overlong_penalty_factor": 1.0,
+                                      "stop_properly_penalty_coef": None, **reward}))
+        self.prompts_dataloader: Any = None
+        self.samples_generator = SimpleNamespace(prompts_dataloader=None)
+        self.experience_maker = ExperienceMaker(self.args, micro_batch)
 
 
 def generate(executor: SingleTurnAgentExecutor, prompts: list[str], labels: list[str],
-             step: int) -> list[Experience]:
-    """N rollouts per prompt (a seeded 'policy' answering 0..3), scored by the real
-    executor's call of the reward file, turned into Experiences as OpenRLHF's
-    `_process_response_into_experience` does."""
+             step: int, max_new_tokens: int = 8) -> list[Experience]:
+    """N rollouts per prompt (a seeded 'policy' answering 0..3 in 1 + 3 * answer
+    tokens, cut at `max_new_tokens`), scored by the real executor's call of the reward
+    file, turned into Experiences as OpenRLHF's `_process_response_into_experience`
+    does (a reward file without `scores` scores with its rewards, as the executor does)."""
     rng = np.random.default_rng(step)
     out = []
     for prompt, label in zip(prompts, labels, strict=True):
         for _ in range(N):
-            query = f"{prompt} {int(rng.integers(0, 4))}"
+            answer = int(rng.integers(0, 4))
+            query = f"{prompt} {answer}"
             [info] = asyncio.run(executor._fetch_rewards_via_func([query], [prompt], [label]))
             logs = {k: torch.tensor([v.flatten()[0].item()])
-                    for k, v in info["extra_logs"].items()}
+                    for k, v in (info.get("extra_logs") or {}).items()}
             reward = float(info["rewards"][0])
+            score = float(info.get("scores", info["rewards"])[0])
+            length = min(1 + 3 * answer, max_new_tokens)
             out.append(Experience(
                 action_mask=torch.tensor([[1, 1, 0]]), prompts=[prompt], labels=[label],
-                rewards=torch.tensor([reward]), scores=torch.tensor([float(info["scores"][0])]),
-                info={"reward": torch.tensor([reward]), **logs}))
+                rewards=torch.tensor([reward]), scores=torch.tensor([score]),
+                response_length=torch.tensor([length]),
+                truncated=torch.tensor([length == max_new_tokens]),
+                info={"reward": torch.tensor([reward]), "score": torch.tensor([score]),
+                      **logs}))
     return out
 
 
@@ -201,6 +246,75 @@ def test_the_sampler_serves_paceline_batches_and_each_step_is_reported_once(
                                    rtol=1e-4, atol=1e-5)
         logged = [float(e.info[objective_key("length")][0]) for e in experiences]
         np.testing.assert_allclose(logged, raw[:, 1])
+
+
+PLAIN_REWARD_FILE = '''
+import torch
+
+def reward_func(queries, prompts, labels):  # a user's own, single-objective
+    answers = [int(q.rsplit(" ", 1)[1]) for q in queries]
+    return {{"rewards": torch.tensor([float(a == int(label) % 4) + a
+                                      for a, label in zip(answers, labels)])}}
+'''
+SINGLE_REWARD_FILE = '''
+import paceline
+from paceline.integrations.openrlhf import ScalarizedRewardFunc, ServedWeights
+
+reward_func = ScalarizedRewardFunc(
+    ServedWeights(paceline.Client.embedded({db!r}).curriculum("orlhf1"), ttl=0.0),
+    {{"score": lambda q, p, label: 5.0 * int(q.rsplit(" ", 1)[1])}})
+'''
+
+
+@pytest.mark.parametrize(("reward_file", "raw_key", "objective"), [
+    (PLAIN_REWARD_FILE, "reward", "score"),  # the reward function's own reward
+    (SINGLE_REWARD_FILE, objective_key("score"), {"name": "score", "direction": "minimize",
+                                                  "bounds": [0, 20]}),
+], ids=["own-reward-func", "scalarized-reward-func"])
+def test_a_single_objective_reports_the_reward_before_openrlhfs_length_penalties(
+        tmp_path: Path, reward_file: str, raw_key: str, objective: Any) -> None:
+    """OpenRLHF's DAPO overlong and stop-properly penalties change `experience.rewards`
+    (and `info["reward"]`) in place before the advantages: the actor trains on the
+    penalised reward, but Paceline's report carries the reward function's raw value, as
+    it does for several objectives."""
+    db = tmp_path / "paceline.db"
+    path = tmp_path / "reward1.py"
+    path.write_text(reward_file.format(db=str(db)))
+    expected_raw: list[list[float]] = []
+    trained: list[list[float]] = []
+    with paceline.Client.embedded(db) as client:
+        cur = client.create_curriculum(
+            "orlhf1", distributions=[{"name": "easy", "size": 12}, {"name": "hard", "size": 4}],
+            objectives=[objective], batch_size=BATCH, seed=5)
+        with cur.start_run(run_id="orlhf1", heartbeat_interval=None) as run:
+            sampler = PacelinePromptSampler(run, prompt_dataset(), rollout_batch_size=BATCH)
+            # max_new_tokens 8, buffer 4: answers 2 and 3 (7 and 8 tokens) are overlong;
+            # answer 3 is cut at 8 tokens (truncated), which halves its reward too.
+            trainer = Trainer(micro_batch=2, overlong_buffer_len=4,
+                              stop_properly_penalty_coef=0.5)
+            attach(trainer, sampler)
+            executor = SingleTurnAgentExecutor(str(path))
+            items = iter(trainer.prompts_dataloader)
+            for step in range(3):
+                prompts, labels = [], []
+                for _ in range(BATCH):
+                    _, p, lab, _ = next(items)
+                    prompts += p
+                    labels += lab
+                samples = generate(executor, prompts, labels, step)
+                expected_raw.append([float(s.info[raw_key][0]) for s in samples])
+                untouched = [float(s.rewards[0]) for s in samples]
+                experiences = trainer.experience_maker.make_experience_batch(samples)
+                trained.append(torch.cat([e.rewards for e in experiences]).tolist())
+                assert trained[-1] != pytest.approx(untouched)  # penalties were applied
+    stored = reports(db, "orlhf1")
+    assert [r.step for r in stored] == [0, 1, 2]
+    for report, raw, penalised in zip(stored, expected_raw, trained, strict=True):
+        np.testing.assert_allclose(report.rewards[:, 0], raw, rtol=1e-6)
+        assert report.advantages is not None  # the advantages are the trained ones
+        np.testing.assert_allclose(report.advantages,
+                                   grpo_advantages(np.array(penalised), report.group_of,
+                                                   eps=1e-9), rtol=1e-4, atol=1e-5)
 
 
 def test_the_reward_function_scalarises_with_minimised_objectives(tmp_path: Path) -> None:

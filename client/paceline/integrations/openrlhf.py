@@ -11,7 +11,7 @@ places:
   `rollout_batch_size` global sample indices; its `state_dict` (saved inside the loader's,
   which OpenRLHF checkpoints as `data_loader_state_dict`) names the curriculum, spec and
   run, so resuming against another one fails before a batch is drawn.
-- `ExperienceReporter`: reports each step's rollouts — rewards per objective, the
+- `ExperienceReporter`: reports each step's rollouts — raw rewards per objective, the
   sequence-level advantages the actor trains on, one group per prompt — once, with the
   step's deterministic idempotency key. `attach(trainer, sampler)` installs the loader
   and the reporter in a built `PPOTrainer`.
@@ -59,7 +59,8 @@ __all__ = [
 
 
 def objective_key(objective: str) -> str:
-    """The `Experience.info` / `extra_logs` key of an objective's raw reward."""
+    """The `Experience.info` / `extra_logs` key of an objective's raw reward: the one
+    place the reporter reads rewards from, whatever the number of objectives."""
     return f"paceline/{objective}"
 
 
@@ -142,8 +143,9 @@ class ExperienceReporter:
 
     Each rollout's sample is found by its prompt among the step's served samples; its
     group is that sample (OpenRLHF generates `n_samples_per_prompt` rollouts per
-    prompt). Raw rewards come from `info[objective_key(o)]` (what `ScalarizedRewardFunc`
-    logs), or for a single objective from `experience.rewards`."""
+    prompt). Raw rewards come from `info[objective_key(o)]` only: what
+    `ScalarizedRewardFunc` logs, or for a single objective what `keep_raw_rewards` kept
+    before OpenRLHF penalised `experience.rewards`."""
 
     def __init__(self, sampler: PacelinePromptSampler) -> None:
         self.sampler = sampler
@@ -196,23 +198,39 @@ class ExperienceReporter:
             out.append(candidates[j // per])
         return out
 
+    def keep_raw_rewards(self, experiences: Sequence[Any]) -> None:
+        """For a single objective the reward function does not log, keep each rollout's
+        reward as the reward function or model returned it, under `objective_key`.
+        Called before OpenRLHF shapes the rewards: its `apply_length_penalties` (DAPO
+        overlong, ProRL stop-properly) changes `experience.rewards` in place and then
+        copies them over `info["reward"]`, so neither holds the raw reward afterwards;
+        hence a copy, not a reference. A reward the function logged is left as it is."""
+        if len(self.objectives) != 1:
+            return  # several objectives: only the reward function knows each one's value
+        key = objective_key(self.objectives[0])
+        for experience in experiences:
+            rewards = getattr(experience, "rewards", None)
+            if key not in experience.info and rewards is not None:
+                experience.info[key] = torch.as_tensor(rewards).detach().clone()
+
     def _column(self, experience: Any, objective: str) -> list[float]:
         info = getattr(experience, "info", None) or {}
         key = objective_key(objective)
         if key in info:
             return _rows(info[key])
-        if len(self.objectives) == 1 and getattr(experience, "rewards", None) is not None:
-            return _rows(experience.rewards)
         raise KeyError(f"the experience has no {key!r} info: score with "
                        "ScalarizedRewardFunc, or log each objective's raw reward under "
-                       f"{key!r} in the reward function's extra_logs")
+                       f"{key!r} in the reward function's extra_logs (for a single "
+                       "objective, attach() keeps the reward before OpenRLHF's penalties)")
 
 
 def attach(trainer: Any, sampler: PacelinePromptSampler,
            num_workers: int = 0) -> ExperienceReporter:
     """Make a built OpenRLHF `PPOTrainer` draw its prompts from `sampler` and report each
-    step's experiences right after their advantages are computed. Refuses the settings
-    that let a step's rollouts mix prompts of several Paceline steps."""
+    step's experiences right after their advantages are computed, with the rewards kept
+    as `compute_advantages_and_returns` received them (before its length penalties).
+    Refuses the settings that let a step's rollouts mix prompts of several Paceline
+    steps."""
     args = getattr(trainer, "args", None)
     rollout = getattr(args, "rollout", None)
     if rollout is not None:
@@ -234,12 +252,18 @@ def attach(trainer: Any, sampler: PacelinePromptSampler,
     reporter = ExperienceReporter(sampler)
     maker = trainer.experience_maker
     make_batch = maker.make_experience_batch
+    shape = maker.compute_advantages_and_returns
+
+    def compute_advantages_and_returns(experiences: Any) -> Any:
+        reporter.keep_raw_rewards(experiences)
+        return shape(experiences)
 
     def make_experience_batch(rollout_samples: Any) -> Any:
         experiences = make_batch(rollout_samples)
         reporter.report(experiences)
         return experiences
 
+    maker.compute_advantages_and_returns = compute_advantages_and_returns
     maker.make_experience_batch = make_experience_batch
     return reporter
 
