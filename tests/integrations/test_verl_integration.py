@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchdata.stateful_dataloader import StatefulDataLoader
 from verl import DataProto
 from verl.experimental.dataset.sampler import AbstractCurriculumSampler
+from verl.experimental.reward_loop.reward_manager.dapo import DAPORewardManager
 from verl.trainer.main_ppo import create_rl_dataset, create_rl_sampler
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 from verl.utils.dataset.rl_dataset import collate_fn
@@ -257,3 +258,85 @@ def test_crash_and_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     _, resumed = trained(tmp_path / "resumed.db", 3, steps, checkpoint=checkpoint)
     assert resumed.seq == straight.seq == steps
     assert resumed == straight
+
+
+class DigitTokenizer:
+    """The tokenizer DAPO's reward manager decodes responses with: token t is digit t."""
+
+    def decode(self, ids: torch.Tensor, skip_special_tokens: bool = True) -> str:
+        return "".join(str(int(t)) for t in ids)
+
+
+@pytest.mark.parametrize("result", ["float", "dict"])
+def test_a_single_objective_reports_the_reward_before_the_dapo_overlong_penalty(
+        tmp_path: Path, result: str) -> None:
+    """verl's DAPO reward manager (the reward loop's, verl 0.7's trainer) adds its
+    overlong-buffer penalty to the sequence score (`rm_scores`, trained on as
+    `token_level_scores`) and keeps the reward function's own score in the reward extra
+    info (`acc` for a float result, `score` for a dict). A single objective reports
+    the latter: the penalty is verl's shaping, not the objective."""
+    db = tmp_path / "paceline.db"
+    config = data_config(tmp_path, db, run_id="dapo", create={
+        "distributions": [{"name": "easy", "size": 12}, {"name": "hard", "size": 4}],
+        "objectives": ["correct"], "sampler": "uniform", "batch_size": BATCH})
+    dataset = create_rl_dataset(config.train_files, config, None, None)
+    sampler = create_rl_sampler(config, dataset)
+    assert isinstance(sampler, PacelineCurriculumSampler)
+    loader = StatefulDataLoader(dataset=dataset, batch_size=BATCH, num_workers=0,
+                                drop_last=True, collate_fn=collate_fn, sampler=sampler)
+
+    def compute_score(data_source: str, solution_str: str, ground_truth: str,
+                      extra_info: Any = None) -> Any:
+        score = float(solution_str[0] == str(int(ground_truth) % 3)) + 0.5 * len(solution_str)
+        return score if result == "float" else {"score": score, "pred": solution_str[0]}
+
+    # Responses of up to RESPONSE = 5 tokens; buffer 2: 4 and 5 tokens are penalised.
+    manager = DAPORewardManager(OmegaConf.create({"reward": {"reward_kwargs": {
+        "max_resp_len": RESPONSE, "overlong_buffer_cfg": {
+            "enable": True, "len": 2, "penalty_factor": 1.0, "log": False}}}}),
+        DigitTokenizer(), compute_score)
+    raw_key = "acc" if result == "float" else "score"
+    trained = []
+    for step, batch_dict in zip(range(STEPS), loader, strict=False):
+        rows = BATCH * ROLLOUTS
+        rng = np.random.default_rng(step)
+        lengths = rng.integers(1, RESPONSE + 1, size=rows)
+        mask = torch.tensor([[1] * n + [0] * (RESPONSE - n) for n in lengths])
+        repeat = np.repeat(np.arange(BATCH), ROLLOUTS)
+        nt = {k: np.asarray(batch_dict[k], dtype=object)[repeat]
+              for k in ("index", "data_source", "reward_model", "extra_info")}
+        nt["uid"] = np.array([f"uid-{step}-{i}" for i in repeat], dtype=object)
+        batch = DataProto.from_single_dict({
+            "prompts": torch.ones(rows, 2, dtype=torch.long),
+            "responses": torch.from_numpy(rng.integers(0, 3, size=(rows, RESPONSE))) * mask,
+            "attention_mask": torch.cat([torch.ones(rows, 2, dtype=torch.long), mask], -1),
+            "response_mask": mask, **nt})
+        # The reward loop: one run_single per rollout, rm_scores at the last token.
+        outputs = [manager.loop.run_until_complete(manager.run_single(batch[i:i + 1]))
+                   for i in range(rows)]
+        scores = torch.zeros(rows, RESPONSE)
+        scores[torch.arange(rows), torch.from_numpy(lengths - 1)] = torch.tensor(
+            [o["reward_score"] for o in outputs], dtype=torch.float32)
+        batch.batch["token_level_scores"] = scores
+        for key in outputs[0]["reward_extra_info"]:  # RayPPOTrainer's non_tensor update
+            batch.non_tensor_batch[key] = np.array(
+                [o["reward_extra_info"][key] for o in outputs])
+        advantages, _ = compute_grpo_outcome_advantage(
+            token_level_rewards=scores, response_mask=mask, index=nt["uid"])
+        batch.batch["advantages"] = advantages
+        sampler.update(batch=batch)
+        trained.append(batch)
+    sampler.close()
+
+    stored = reports(db, "verl")
+    assert [r.step for r in stored] == list(range(STEPS))
+    penalised = 0
+    for report, batch in zip(stored, trained, strict=True):
+        nt = batch.non_tensor_batch
+        sequence = batch.batch["token_level_scores"].sum(-1).numpy()
+        raw = np.asarray(nt[raw_key], dtype=np.float64)
+        penalised += int((np.abs(sequence - raw) > 1e-6).sum())
+        sent = rollout_rows(report.group_of, report.rollout_indices, report.rewards[:, 0])
+        made = rollout_rows(nt["uid"], nt["index"], raw)
+        assert sorted(sent.values()) == sorted(made.values())
+    assert penalised > 0  # the penalty was applied to what verl trained on

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 
 def test_verl_v1_replay_buffer_steps_served_parts_resume_and_bad_input(tmp_path: Path) -> None:
-    checks = ["interfaces", "steps", "served", "resume", "bad_input"]
+    checks = ["interfaces", "steps", "single", "served", "resume", "bad_input"]
     client = HERE.parents[1] / "client"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [VERL09, str(client), os.environ.get("PYTHONPATH", "")])}

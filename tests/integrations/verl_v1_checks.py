@@ -36,6 +36,8 @@ import transfer_queue as tq
 import verl
 from integration_support import reports
 from omegaconf import OmegaConf
+from verl import DataProto
+from verl.experimental.reward_loop.reward_manager.dapo import DAPORewardManager
 from verl.trainer.ppo.v1 import trainer_base
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
@@ -109,23 +111,65 @@ class AgentLoop:
             for session in range(N):
                 length = 2 + (index + session) % 3
                 variant = self.variant if global_steps <= self.until else 0
-                result = self.weights.score({"correct": correct(index, session, variant),
-                                             "short": 0.5})
+                reward, info = self.score(index, session, variant, length)
                 scores = torch.zeros(length)
-                scores[-1] = result["score"]
+                scores[-1] = reward
                 field = {"uid": uid, "index": index, "session_id": session,
                          "global_steps": global_steps,
                          "prompts": torch.tensor([index, index + 1]),
                          "responses": torch.arange(length), "response_mask": torch.ones(length),
                          "rm_scores": scores,
-                         "extra_fields": {"reward_extra_info": {"correct": result["correct"],
-                                                                "short": result["short"]}}}
+                         "extra_fields": {"reward_extra_info": info}}
                 tq.kv_batch_put(keys=[f"{uid}_{session}_0"], partition_id="train",
                                 fields=list_of_dict_to_tensordict([field]),
                                 tags=[{"status": "success", "prompt_len": 2,
                                        "response_len": length, "seq_len": 2 + length,
                                        "global_steps": global_steps}])
             tq.kv_put(key=uid, partition_id="train", tag={"status": "finished"})
+
+    def score(self, index: int, session: int, variant: int, length: int
+              ) -> tuple[float, dict[str, Any]]:
+        """The sequence reward (`rm_scores`) and the reward extra info of a rollout."""
+        result = self.weights.score({"correct": correct(index, session, variant),
+                                     "short": 0.5})
+        return result["score"], {"correct": result["correct"], "short": result["short"]}
+
+
+class DigitTokenizer:
+    """What DAPO's reward manager decodes responses with: token t is digit t."""
+
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        return "".join(str(int(t)) for t in ids)
+
+
+class DapoAgentLoop(AgentLoop):
+    """Rollouts scored by verl's own reward-loop `DAPORewardManager` with its overlong
+    buffer on: a float reward function (kept under `acc`) and, in `rm_scores`, that score
+    plus the overlong penalty (responses of 2 to 4 tokens, 4 at most, buffer 2: 3 and 4
+    tokens are penalised)."""
+
+    def __init__(self, weights: ServedWeights) -> None:
+        super().__init__(weights)
+        self.manager = DAPORewardManager(OmegaConf.create({"reward": {"reward_kwargs": {
+            "max_resp_len": 4, "overlong_buffer_cfg": {
+                "enable": True, "len": 2, "penalty_factor": 1.0, "log": False}}}}),
+            DigitTokenizer(), self.compute_score)
+
+    @staticmethod
+    def compute_score(data_source: str, solution_str: str, ground_truth: str,
+                      extra_info: Any = None) -> float:
+        return float(solution_str[0] == ground_truth)
+
+    def score(self, index: int, session: int, variant: int, length: int
+              ) -> tuple[float, dict[str, Any]]:
+        answer = 1 if correct(index, session, variant) else 2
+        data = DataProto.from_single_dict({
+            "responses": torch.tensor([[answer] + [3] * (length - 1)]),
+            "attention_mask": torch.ones(1, 2 + length, dtype=torch.long),
+            "data_source": np.array(["x"], dtype=object),
+            "reward_model": np.array([{"ground_truth": "1"}], dtype=object)})
+        out = self.manager.loop.run_until_complete(self.manager.run_single(data))
+        return float(out["reward_score"]), dict(out["reward_extra_info"])
 
 
 class Workers:
@@ -168,11 +212,11 @@ class Rewards:
 
 
 def config(work: Path, db: Path, run_id: str, curriculum: str = "v1", dapo: bool = True,
-           **data: Any) -> Any:
+           spec: dict[str, Any] = SPEC, **data: Any) -> Any:
     packaged = resources.files("verl") / "trainer/config/_generated_ppo_trainer.yaml"
     base = OmegaConf.load(str(packaged))
     paceline_options = {"embedded": str(db), "curriculum": curriculum, "run_id": run_id,
-                        "heartbeat_interval": None, "create": SPEC}
+                        "heartbeat_interval": None, "create": spec}
     overrides = OmegaConf.create({
         "data": {"train_batch_size": BATCH, "dataloader_num_workers": 0, "train_files": [],
                  "val_files": [], "custom_cls": {"path": "pkg://__main__", "name": "Rows"},
@@ -325,6 +369,30 @@ def check_steps(work: Path) -> None:
     buffer.close()
 
 
+def check_single_objective_raw(work: Path) -> None:
+    """A single objective is reported with the reward function's own score (what verl's
+    DAPO reward manager keeps under `acc`), not `rm_scores`, which carry its overlong
+    penalty and which verl trains on."""
+    db = work / "single.db"
+    spec = {k: v for k, v in SPEC.items() if k != "weighting"}
+    made = trainer(work, db, "single", curriculum="v1-single", dapo=False,
+                   spec={**spec, "objectives": ["correct"]})
+    buffer = made.replay_buffer
+    assert isinstance(buffer, PacelineReplayBuffer)
+    made.agent_loop_manager = DapoAgentLoop(ServedWeights(buffer.curriculum, ttl=0.0))
+    train(made, 2)
+    stored = reports(db, "v1-single")
+    assert [r.step for r in stored] == [0, 1]
+    for report in stored:
+        rows = np.asarray(report.rollout_indices)
+        got: dict[int, list[float]] = {}
+        for index, reward in zip(rows.tolist(), report.rewards[:, 0].tolist(), strict=True):
+            got.setdefault(index, []).append(reward)
+        want = {i: sorted(correct(i, s, 0) for s in range(N)) for i in got}
+        assert {i: sorted(v) for i, v in got.items()} == want, (got, want)
+    buffer.close()
+
+
 def check_part_served_before(work: Path) -> None:
     """A step whose first attempt (a process that crashed before reporting) was served
     refill part 1 with another size: the redo takes the part as served (asking its own
@@ -424,12 +492,14 @@ def check_bad_input(work: Path) -> None:
 
 if __name__ == "__main__":
     workdir = Path(sys.argv[1])
-    checks = sys.argv[2:] or ["interfaces", "steps", "served", "resume", "bad_input"]
+    checks = sys.argv[2:] or ["interfaces", "steps", "single", "served", "resume",
+                              "bad_input"]
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
     try:
         for check in checks:
             {"interfaces": lambda: check_interfaces(), "steps": lambda: check_steps(workdir),
+             "single": lambda: check_single_objective_raw(workdir),
              "served": lambda: check_part_served_before(workdir),
              "resume": lambda: check_crash_and_resume(workdir),
              "bad_input": lambda: check_bad_input(workdir)}[check]()

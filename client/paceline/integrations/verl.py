@@ -18,7 +18,8 @@ process instead), `create` (create_curriculum keyword arguments, created if miss
 `heartbeat_interval`, `index_key` (the non-tensor column holding
 each row's global sample index; default `index`, which verl's RLHFDataset fills from
 `extra_info.index`), `reward_keys` ({objective: non-tensor column}; default: the column
-named like the objective, or the sequence score for a single objective).
+named like the objective, or for a single objective the reward function's own score:
+its `score` / `acc` column, else the sequence score; see `_verl_reward`).
 
 Resuming: give the old `run_id`. verl's StatefulDataLoader restores its position by
 re-reading the current epoch's batches up to where it stopped, which asks Paceline for the
@@ -50,6 +51,7 @@ from paceline.integrations._ledger import BatchLedger, Rollouts
 from paceline.integrations._resume import check_dataset_size
 from paceline.integrations._served import ServedWeights
 from paceline.integrations._steps import StepStream
+from paceline.integrations._verl_reward import raw_score_key
 from paceline.models import Batch
 
 __all__ = ["PacelineCurriculumSampler", "ServedWeights", "sequence_advantages"]
@@ -150,7 +152,12 @@ class PacelineCurriculumSampler(_SamplerBase):  # type: ignore[misc]
         self.ledger.report_scored()
 
     def _rewards(self, batch: DataProto, objective: str) -> np.ndarray:
+        """The objective's raw reward per rollout. A single objective without its own
+        column is the reward function's score as verl's reward manager kept it, not
+        `token_level_scores`, which holds the DAPO overlong penalty when it is on."""
         key = self.reward_keys[objective]
+        if len(self.reward_keys) == 1 and key not in batch.non_tensor_batch:
+            key = raw_score_key(batch.non_tensor_batch) or key
         if key in batch.non_tensor_batch:
             return np.asarray(batch.non_tensor_batch[key], dtype=np.float64)
         tensors = batch.batch.keys()

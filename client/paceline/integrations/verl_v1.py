@@ -62,6 +62,7 @@ from paceline.client import Client, Curriculum
 from paceline.errors import Conflict
 from paceline.integrations._ledger import BatchLedger, Rollouts, StepRecord, refill_part
 from paceline.integrations._resume import Fingerprint, check_dataset_size
+from paceline.integrations._verl_reward import raw_score_key
 from paceline.models import ReportAck
 
 __all__ = ["PacelinePromptSource", "PacelineReplayBuffer"]
@@ -392,7 +393,12 @@ class PacelineReplayBuffer(ReplayBuffer):  # type: ignore[misc]
         return rows
 
     def _reward(self, info: Mapping[str, Any], score: float, objective: str) -> float:
+        """The objective's raw reward. A single objective without its own key is the
+        reward function's score as verl's reward manager kept it, not `rm_scores`,
+        which holds the DAPO overlong penalty when it is on."""
         key = self.reward_keys[objective]
+        if len(self.reward_keys) == 1 and key not in info:
+            key = raw_score_key(info) or key
         if key in info:
             return float(info[key])
         if len(self.reward_keys) == 1:
