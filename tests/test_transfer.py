@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from cli_support import populated
+from paceline_server.app import transfer
 from paceline_server.app.service import PacelineService
 from paceline_server.app.transfer import (
     export_curriculum,
@@ -389,3 +390,30 @@ def test_a_bad_report_time_is_refused_naming_its_line(stamp: Any, tmp_path: Path
     data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
     with pytest.raises(InvalidRequest, match="line 4: created_at must be an ISO 8601"):
         read_export(read_lines(data.splitlines()))
+
+
+def test_runs_are_exported_a_page_at_a_time(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A curriculum's runs are read a page at a time (each may hold 64 KiB of metadata),
+    and every one is exported once, in order, runs attached while the export streams
+    included."""
+    monkeypatch.setattr(transfer, "RUN_PAGE", 3)
+    service = service_on(url)
+    service.create_curriculum(SPEC)
+    for i in range(7):
+        service.attach_run("math", run_id=f"r{i}")
+    pages: list[tuple[Any, ...]] = []
+    list_runs = service.store.list_runs
+
+    def counted(name: str, limit: int | None = None, offset: int = 0) -> Any:
+        pages.append((limit, offset))
+        return list_runs(name, limit, offset)
+
+    monkeypatch.setattr(service.store, "list_runs", counted)
+    lines = export_curriculum(service, "math")
+    assert pages == [(3, 0)]  # the first page only, before streaming
+    first = orjson.loads(next(lines))
+    assert first["type"] == "curriculum"
+    service.attach_run("math", run_id="late")
+    runs = [orjson.loads(line)["run_id"] for line in lines]
+    assert runs == [f"r{i}" for i in range(7)] + ["late"]
+    assert pages == [(3, 0), (3, 3), (3, 6)]

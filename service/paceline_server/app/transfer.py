@@ -67,10 +67,13 @@ from paceline_server.store.base import (
     CurriculumRecord,
     EventRecord,
     RunRecord,
+    Store,
 )
 
 #: The export format written here; an import refuses a newer one rather than guess.
 FORMAT = 1
+#: Runs read per query while exporting (a run's metadata may reach 64 KiB).
+RUN_PAGE = 500
 #: What an export is sent as over HTTP (one JSON document per line).
 MEDIA_TYPE = "application/x-ndjson"
 #: A parsed line of an export: (line number, object).
@@ -81,13 +84,16 @@ Line = tuple[int, dict[str, Any]]
 def export_curriculum(service: PacelineService, name: str) -> Iterator[bytes]:
     """The export of `name`, line by line (each ending in a newline).
 
-    The curriculum, its runs and the first event are read by this call, so a missing
-    curriculum or a pruned log raises here, before a caller starts streaming; the events
-    are then read lazily, a page at a time, up to the head read first (runs are listed
-    after it, so every exported report's run is in the export)."""
+    The curriculum, its first runs and the first event are read by this call, so a
+    missing curriculum or a pruned log raises here, before a caller starts streaming; the
+    other runs and the events are then read lazily, a page at a time (runs are listed
+    after the head is read, so every exported report's run is in the export; they are
+    only ever added, at the end of their order, so pages by offset neither skip nor
+    repeat one), up to the head read first: a curriculum's runs and log are never
+    in memory whole."""
     store = service.store
     record = store.get_curriculum(name)
-    runs = store.list_runs(name)
+    runs = _runs(store, name, store.list_runs(name, RUN_PAGE))
     events = store.events(name, limit=record.head_seq)
     first = next(events, None)
     if record.head_seq and (first is None or first.seq != 1):
@@ -99,7 +105,18 @@ def export_curriculum(service: PacelineService, name: str) -> Iterator[bytes]:
     return _lines(record, runs, first, events)
 
 
-def _lines(record: CurriculumRecord, runs: list[RunRecord], first: EventRecord | None,
+def _runs(store: Store, name: str, first: list[RunRecord]) -> Iterator[RunRecord]:
+    """Every run of `name`, a page of `RUN_PAGE` at a time, `first` the first page."""
+    page, offset = first, 0
+    while True:
+        yield from page
+        if len(page) < RUN_PAGE:
+            return
+        offset += len(page)
+        page = store.list_runs(name, RUN_PAGE, offset)
+
+
+def _lines(record: CurriculumRecord, runs: Iterable[RunRecord], first: EventRecord | None,
            events: Iterator[EventRecord]) -> Iterator[bytes]:
     yield _dump({"type": "curriculum", "format": FORMAT, "seq": record.head_seq,
                  "spec": record.spec})
