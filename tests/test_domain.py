@@ -76,7 +76,8 @@ class TestLayout:
         with pytest.raises(InvalidSpec, match="without samples: \\['b'\\]"):
             DatasetLayout.from_labels([0, 0, 2], ["a", "b", "c"])
 
-    @pytest.mark.parametrize("labels", [[0, 3], [-1, 0], [0.5, 1.0], []])
+    @pytest.mark.parametrize("labels", [[0, 3], [-1, 0], [0.5, 1.0], [], [0, True, 1],
+                                        [0, "1"], [0, None]])
     def test_bad_labels(self, labels: list[float]) -> None:
         with pytest.raises(InvalidSpec):
             DatasetLayout.from_labels(labels, ["a", "b"])
@@ -178,6 +179,21 @@ class TestReport:
             ({"indices": [1, 2]}, InvalidReport, "has 1 groups but indices has 2"),
             ({"indices": [1.5]}, InvalidReport, "integers"),
             ({"indices": "abc"}, InvalidReport, "integers"),
+            # numbers only: numpy read "1" as 1.0 and True as 1, and the report was folded
+            ({"rewards": [[["1", 2.0]]]}, InvalidReport, "rewards must be an array of "
+             "numbers; found string"),
+            ({"rewards": [[[None, 2.0]]]}, InvalidReport, "found null"),
+            ({"advantages": [["0.5"]]}, InvalidReport, "advantages .* found string"),
+            ({"grad_products": [["1", 0], [0, 1]]}, InvalidReport, "grad_products"),
+            ({"eval_objectives": [0.5, "1"]}, InvalidReport, "eval_objectives"),
+            ({"indices": [True]}, InvalidReport, "integers; found boolean"),
+            ({"indices": [1, True], "rewards": [[[1.0, 2.0]]] * 2}, InvalidReport,
+             "found boolean"),
+            ({"indices": [1.0, True], "rewards": [[[1.0, 2.0]]] * 2}, InvalidReport,
+             "found boolean"),
+            ({"rewards": np.array([[["1", "2"]]])}, InvalidReport, "found string"),
+            ({"rewards": [[[1.0, 2.0]], [[1.0]]], "indices": [1, 2]}, InvalidReport,
+             "rectangular"),
             ({"advantages": [[1.0, 2.0]]}, InvalidReport, "advantages must have shape"),
             ({"grad_products": [[1.0]]}, InvalidReport, "2x2"),
             ({"eval_objectives": [1.0]}, InvalidReport, "one value per objective"),
@@ -197,6 +213,20 @@ class TestReport:
         args.update(kwargs)
         with pytest.raises(error, match=fragment):
             Report.dense(layout=cur.layout, num_objectives=2, **args)  # type: ignore[arg-type]
+
+    def test_numbers_of_every_kind_are_read(self) -> None:
+        """What stays accepted beside the refusals above: integers, numpy scalars in
+        lists, whole-float indices, and booleans as a report's values, listed (the
+        README's loop sends pass/fail so) or as a numpy array (a typed array `"|b1"`)."""
+        cur = spec((10, 5), ("acc", "len"))
+        for rewards in ([[[1, 0]]], [[[np.float32(1.0), np.int8(0)]]], [[[True, False]]],
+                        np.array([[[True, False]]])):
+            rep = Report.dense(run_id="r", step=0, indices=[np.int64(1)], rewards=rewards,
+                               layout=cur.layout, num_objectives=2)
+            assert rep.rewards.dtype == np.float64 and rep.rewards.tolist() == [[1.0, 0.0]]
+        rep = Report.dense(run_id="r", step=0, indices=[3.0], rewards=[[[1, 0]]],
+                           layout=cur.layout, num_objectives=2)
+        assert rep.indices.tolist() == [3]
 
     def test_flat_rows_of_one_group_must_agree(self) -> None:
         cur = spec((10, 5))

@@ -128,6 +128,18 @@ BAD: dict[str, Callable[[paceline.Client, str], Any]] = {
         0, served(c, n)[1], rewards(8), idempotency_key="a\ud800"),
     "no_rollouts": lambda c, n: served(c, n)[0].report(
         0, served(c, n)[1], np.zeros((len(served(c, n)[1]), 0, 2))),
+    # strings where numbers are meant, booleans where integers are (numpy read "1" as
+    # 1.0 and True as 1)
+    "string_rewards": lambda c, n: served(c, n)[0].report(
+        0, served(c, n)[1][:1], [[["1", "0.5"]] * 2]),
+    "string_array_rewards": lambda c, n: served(c, n)[0].report(
+        0, served(c, n)[1][:1], np.array([[["1", "0.5"]] * 2])),
+    "string_eval_by_name": lambda c, n: served(c, n)[0].report(
+        0, served(c, n)[1][:1], rewards(1), eval_objectives={"acc": "0.5", "len": 1.0}),
+    "boolean_index": lambda c, n: served(c, n)[0].report(
+        9, [0, True], rewards(2), unserved="accept"),
+    "boolean_dropped": lambda c, n: served(c, n)[0].report(
+        9, [0, 1], rewards(2), dropped=[0, True], unserved="accept"),
 }
 
 

@@ -217,6 +217,29 @@ def test_an_unknown_layout_field_is_refused_alike(both: Both) -> None:
     assert both.rest.post("/v1/curricula", json=spec).status_code == 201
 
 
+def test_only_numbers_are_read_as_numbers_alike(both: Both) -> None:
+    """A label `true` in a spec (gRPC's spec_json, REST's body), an index `true` or a
+    reward "1" was read as the number 1 (numpy's conversion): both transports, and the
+    operations called in process, refuse it with the code of their other malformed
+    arrays."""
+    spec = {**SPEC, "name": "labelled", "batch_size": 2,
+            "layout": {"names": ["easy", "hard"], "labels": [0, 1, True, 0]}}
+    assert both.rest_code("POST", "/v1/curricula", json=spec) == "INVALID_SPEC"
+    assert both.grpc_code("CreateCurriculum", pb.CreateCurriculumRequest(
+        spec_json=json.dumps(spec))) == "INVALID_SPEC"
+    assert both.rest.get("/v1/curricula/labelled").status_code == 404
+    for change in ({"rewards": [[["1", 2.0]]]}, {"rewards": [[[None, 2.0]]]},
+                   {"indices": [0, True], "rewards": [[[1.0, 2.0]]] * 2},
+                   {"eval_objectives": {"acc": "1", "len": 2.0}}):
+        assert both.rest_code("POST", f"{CUR}/reports", json=report(**change)) \
+            == "INVALID_REPORT"
+        with pytest.raises(InvalidReport, match="array of"):
+            both.ops.report(SubmitReport("math", report(**change)))
+    assert both.rest.get(CUR).json()["seq"] == 0  # nothing was folded
+    # booleans are 0/1 as a report's values (pass/fail), as they were
+    assert both.rest.post(f"{CUR}/reports", json=report(rewards=[[[True, 2]]])).json()["seq"] == 1
+
+
 def test_the_operations_refuse_in_process(both: Both) -> None:
     """What a transport passes on unchecked is checked here, before the store is read."""
     ops = both.ops

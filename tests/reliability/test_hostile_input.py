@@ -50,6 +50,12 @@ def report(**change: Any) -> dict[str, Any]:
     return body
 
 
+def unserved(**change: Any) -> dict[str, Any]:
+    """`report(**change)` for a step Paceline did not serve, taken as such: valid but for
+    `change`, so a refusal is `change`'s."""
+    return report(unserved="accept", **change)
+
+
 def raw_report(fragment: str) -> bytes:
     """A report whose `rewards` (or extra fields) are JSON text Python's encoder would
     never write (Infinity, NaN, 1e999)."""
@@ -91,6 +97,33 @@ CASES = [
         body=report(indices=[True, False])),
     Bad("string-index", "POST", REPORTS, 422, "INVALID_REPORT",
         body=report(indices=["1", 2])),
+    # -- strings and null where numbers are meant, booleans where integers are: numpy
+    # read "1" as 1.0 and true among indices as 1, and the report was folded
+    Bad("string-reward", "POST", REPORTS, 422, "INVALID_REPORT",
+        body=unserved(rewards=[[["1", 10.0], [0.0, 20.0]], [[1.0, 5.0], [1.0, 9.0]]])),
+    Bad("null-reward", "POST", REPORTS, 422, "INVALID_REPORT",
+        body=unserved(rewards=[[[None, 10.0], [0.0, 20.0]], [[1.0, 5.0], [1.0, 9.0]]])),
+    Bad("string-advantage", "POST", REPORTS, 422, "INVALID_REPORT",
+        body=unserved(advantages=[["0.5", 0.5], [0.5, 0.5]])),
+    Bad("string-grad-products", "POST", REPORTS, 422, "INVALID_REPORT",
+        body=unserved(grad_products=[["1", 0], [0, 1]])),
+    Bad("string-eval-objective", "POST", REPORTS, 422, "INVALID_REPORT",
+        body=unserved(eval_objectives=["0.5", 1.0])),
+    Bad("string-eval-objective-by-name", "POST", REPORTS, 422, "INVALID_REPORT",
+        body=unserved(eval_objectives={"acc": "1", "len": 1.0})),
+    Bad("boolean-among-indices", "POST", REPORTS, 422, "INVALID_REPORT",
+        body=unserved(indices=[1, True])),
+    Bad("string-flat-reward", "POST", REPORTS, 422, "INVALID_REPORT",
+        body={"run_id": "run-1", "step": 7, "rollout_indices": [1, 2],
+              "rewards": [[1, 1], [1, "0.5"]], "unserved": "accept"}),
+    Bad("boolean-dropped", "POST", REPORTS, 422, "INVALID_REPORT",
+        body=unserved(dropped=[1, True])),
+    Bad("string-reward-msgpack", "POST", REPORTS, 422, "INVALID_REPORT",
+        raw=msgpack.packb(unserved(rewards=[[["1", 10.0], [0.0, 20.0]],
+                                      [[1.0, 5.0], [1.0, 9.0]]])), headers=MSGPACK),
+    Bad("boolean-label-in-spec", "POST", "/v1/curricula", 422, "INVALID_SPEC",
+        body={**SPEC, "name": "boollabel", "layout": {
+            "names": ["a", "b"], "labels": [0, True] + [0, 1] * 8}}),
     # -- shapes: huge, ragged, mismatched, empty
     Bad("huge-indices-one-group", "POST", REPORTS, 422, "INVALID_REPORT",
         body=report(indices=list(range(100)) * 2000, rewards=[[[1.0, 1.0]]])),

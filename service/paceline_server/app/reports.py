@@ -28,7 +28,7 @@ import pybase64
 from paceline_server.domain.errors import InvalidReport
 from paceline_server.domain.report import Report
 from paceline_server.domain.spec import CurriculumSpec
-from paceline_server.domain.validation import check_shape
+from paceline_server.domain.validation import check_shape, number_array
 
 TYPED_DTYPES = {"<f8", "<f4", "<f2", "<i8", "<i4", "<i2", "|i1", "<u8", "<u4", "<u2", "|u1",
                 "|b1"}
@@ -141,11 +141,7 @@ def dropped_groups(body: Mapping[str, Any], report: Report) -> np.ndarray:
     if value is None:
         return np.empty(0, dtype=np.int64)
     value = _typed(value, "dropped")
-    try:
-        named = np.asarray(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidReport("dropped must be a list of sample indices",
-                            {"field": "dropped"}) from exc
+    named = number_array(value, "dropped", InvalidReport, of="sample indices")
     if named.ndim != 1 or (named.size and named.dtype.kind not in "iu"):
         raise InvalidReport("dropped must be a list of sample indices (integers)",
                             {"field": "dropped"})

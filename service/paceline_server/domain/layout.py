@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from paceline_server.domain.errors import IndexOutOfRange, InvalidSpec
-from paceline_server.domain.validation import check_int, check_name, check_unique
+from paceline_server.domain.validation import (
+    check_int,
+    check_name,
+    check_unique,
+    number_array,
+)
 
 MAX_SAMPLES = 2**31 - 1
 
@@ -65,10 +70,7 @@ class DatasetLayout:
         if not names_t:
             raise InvalidSpec("layout needs at least one distribution", {"field": "layout"})
         check_unique(names_t, "distribution", InvalidSpec)
-        try:
-            raw = np.asarray(labels)
-        except (TypeError, ValueError) as exc:
-            raise InvalidSpec("labels must be a list of integers", {"field": "labels"}) from exc
+        raw = number_array(labels, "labels", InvalidSpec, of="integers")
         if raw.ndim != 1 or raw.size == 0:
             raise InvalidSpec("labels must be a non-empty list of integers", {"field": "labels"})
         if raw.size > MAX_SAMPLES:

@@ -19,19 +19,15 @@ from paceline_server.domain.validation import (
     MAX_VALUE,
     check_bounded,
     check_identifier,
+    number_array,
 )
 
 MAX_ROLLOUTS = 10_000_000
 
 
 def _array(value: object, what: str, dtype: type, ndim: int | None) -> np.ndarray:
-    try:
-        array: np.ndarray = np.asarray(value, dtype=dtype)
-    except (TypeError, ValueError) as exc:
-        raise InvalidReport(f"{what} must be a numeric array", {"field": what}) from exc
-    except OverflowError as exc:  # a JSON integer beyond float64's range (10**400)
-        raise InvalidReport(f"{what} must be finite; found an integer beyond float64's "
-                            "range", {"field": what}) from exc
+    array: np.ndarray = number_array(value, what, InvalidReport, booleans=True).astype(
+        dtype, copy=False)
     if ndim is not None and array.ndim != ndim:
         raise InvalidReport(f"{what} must have {ndim} dimension(s); got shape {array.shape}",
                             {"field": what, "shape": list(array.shape)})
@@ -39,10 +35,7 @@ def _array(value: object, what: str, dtype: type, ndim: int | None) -> np.ndarra
 
 
 def _indices(value: object, what: str) -> np.ndarray:
-    try:
-        raw = np.asarray(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidReport(f"{what} must be a 1-D list of integers", {"field": what}) from exc
+    raw = number_array(value, what, InvalidReport, of="integers")
     if raw.ndim != 1:
         raise InvalidReport(f"{what} must be a 1-D list of integers; got shape {raw.shape}",
                             {"field": what})

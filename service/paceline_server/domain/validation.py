@@ -154,6 +154,59 @@ def check_shape(shape: object, what: str, error: type[PacelineError]) -> list[in
     return dims
 
 
+#: Element types a list of numbers may hold: JSON's (and msgpack's) numbers as Python
+#: reads them, and numpy's numeric scalars (an in-process caller's lists).
+_NUMBER = (int, float, np.integer, np.floating)
+_BOOLEAN = (bool, np.bool_)
+#: What a refused element is called in JSON (the form most clients send).
+_JSON_NAMES: dict[type, str] = {bool: "boolean", np.bool_: "boolean", str: "string",
+                                type(None): "null", dict: "object", list: "array",
+                                tuple: "array"}
+
+
+def number_array(value: object, what: str, error: type[PacelineError], *,
+                 of: str = "numbers", booleans: bool = False) -> np.ndarray:
+    """`value` (a client's array: nested lists, or a numpy array) as a numpy array of
+    numbers, the one way every transport's arrays become numpy arrays.
+
+    Nested lists (JSON, msgpack, the embedded client's lists) must hold numbers and
+    nothing else: `np.asarray(["1"], float)` reads the string "1" as 1.0 (and `null` as
+    NaN), so `"0.5"` and `null` are refused here, as everywhere else the API wants a
+    number (`check_finite_float`, `check_int`). Booleans are refused too unless
+    `booleans`: a report's values take `true`/`false` as 1/0 (pass/fail rewards, as the
+    README's loop sends them and a typed array of dtype `"|b1"` carries them), while an
+    integer array (indices, labels) takes integers only, as `check_int` does. Lists come
+    back as int64 when every element is an integer int64 holds, float64 otherwise. A
+    numpy array (a typed array, gRPC's packed values, an in-process caller's array)
+    carries a declared dtype and is returned as it is when that dtype is numeric, bool
+    included (integer callers refuse it by its dtype). `of` names what the elements
+    must be in the message ("integers" for indices)."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return value
+    try:
+        cells = np.asarray(value, dtype=object)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{what} must be an array of {of}", {"field": what}) from exc
+    kinds = set(map(type, cells.ravel().tolist()))
+    allowed = _NUMBER + _BOOLEAN if booleans else _NUMBER
+    wrong = sorted({_JSON_NAMES.get(t, t.__name__) for t in kinds
+                    if not issubclass(t, allowed) or (not booleans and issubclass(t, _BOOLEAN))})
+    if wrong:
+        shape = f"a rectangular array of {of}" if "array" in wrong else f"an array of {of}"
+        raise error(f"{what} must be {shape}; found {', '.join(wrong)}",
+                    {"field": what, "found": wrong})
+    if all(issubclass(t, int | np.integer) for t in kinds):
+        try:
+            return cells.astype(np.int64)
+        except OverflowError:  # an integer beyond int64: read as a float, judged by range
+            pass
+    try:
+        return cells.astype(np.float64)
+    except OverflowError as exc:  # a JSON integer beyond float64's range (10**400)
+        raise error(f"{what} must be finite; found an integer beyond float64's range",
+                    {"field": what}) from exc
+
+
 def check_unique(names: Sequence[str], what: str, error: type[PacelineError]) -> None:
     seen: set[str] = set()
     for name in names:
