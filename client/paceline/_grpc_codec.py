@@ -185,8 +185,39 @@ def unpack(message: pb.Array) -> np.ndarray:
     return values.reshape(list(message.shape)) if message.shape else values
 
 
-def _numpy(value: Any, field: str) -> np.ndarray:
-    """An array from numpy, torch (any device), nested lists or scalars."""
+#: What a list may hold that the service does not read as a number, by its JSON name
+#: (booleans are 0/1 in a report's values, refused in its indices).
+_NOT_NUMBERS: dict[type, str] = {str: "string", np.str_: "string", bytes: "bytes",
+                                 bool: "boolean", np.bool_: "boolean", type(None): "null"}
+_BOOLEANS = (bool, np.bool_)
+
+
+def _number(value: Any, field: str, booleans: bool = True) -> Any:
+    """`value` unless the service would refuse it as an element of `field` from JSON: a
+    string or None, or a boolean where `booleans` is false (indices). The packed floats
+    must not turn "0.5" into a number that HTTP and the embedded client refuse."""
+    name = _NOT_NUMBERS.get(type(value))
+    if name is not None and not (booleans and isinstance(value, _BOOLEANS)):
+        of = "numbers" if booleans else "integers"
+        raise InvalidInput("INVALID_REPORT", f"{field} must be an array of {of}; found "
+                           f"{name}", {"field": field})
+    return value
+
+
+def _numpy(value: Any, field: str, booleans: bool = True) -> np.ndarray:
+    """An array from numpy, torch (any device), nested lists or scalars, refused as the
+    service refuses it: lists hold numbers (booleans only where `booleans`), and an
+    array's dtype is numeric (a bool array goes over HTTP as a typed array of 0/1)."""
+    if isinstance(value, list | tuple):
+        try:
+            cells = np.asarray(value, dtype=object).ravel().tolist()
+        except ValueError:
+            cells = []  # ragged: refused below
+        for kind in set(map(type, cells)):  # each type once, not each value
+            if kind in _NOT_NUMBERS:
+                _number(next(c for c in cells if type(c) is kind), field, booleans)
+    else:
+        _number(value, field, booleans)
     try:
         array = np.asarray(value)
     except (TypeError, RuntimeError):  # e.g. a CUDA tensor: go through host memory
@@ -194,6 +225,9 @@ def _numpy(value: Any, field: str) -> np.ndarray:
     except ValueError as exc:
         raise InvalidInput("INVALID_REPORT", f"{field} must be a rectangular numeric array",
                            {"field": field}) from exc
+    if array.dtype.kind not in "biuf":
+        raise InvalidInput("INVALID_REPORT", f"{field} must be an array of numbers; got "
+                           f"dtype {array.dtype}", {"field": field})
     return array
 
 
@@ -212,7 +246,7 @@ def _ints(value: Any, field: str, floats: bool = True) -> list[int]:
     """Sample indices or group ids as int64, refused by the service's rules for what it
     reads from JSON: whole floats only where it takes them (`floats`; not in `dropped`),
     and no uint64 above int64's range (it was wrapped to a negative index)."""
-    array = _numpy(value, field)
+    array = _numpy(value, field, booleans=False)
     if array.ndim != 1:
         raise InvalidInput("INVALID_REPORT", f"{field} must be a 1-D list of integers; "
                            f"got shape {array.shape}", {"field": field})
@@ -260,7 +294,7 @@ def report_message(*, run_id: str, step: SupportsIndex, indices: Any, rewards: A
         message.dropped.extend(_ints(dropped, "dropped", floats=False))
     if isinstance(eval_objectives, Mapping):
         message.eval_objectives_by_name.update(
-            {str(k): float(v) for k, v in eval_objectives.items()})
+            {str(k): float(_number(v, "eval_objectives")) for k, v in eval_objectives.items()})
     elif eval_objectives is not None:
         message.eval_objectives.MergeFromString(
             pack(_floats(eval_objectives, "eval_objectives")))

@@ -214,6 +214,41 @@ def test_bad_arrays_are_invalid_reports(raw: Raw, array: pb.Array, message: str)
     assert raw("GetState", pb.GetStateRequest(curriculum="math")).seq == 0
 
 
+def test_the_client_sends_numbers_only_as_http_does(tmp_path: Path) -> None:
+    """The client packs a report's lists into doubles itself: "1" became 1.0 there, and
+    True among indices 1 (numpy's conversion), so a report HTTP and the embedded client
+    refuse was folded over gRPC. It refuses them alike now, before anything is sent;
+    booleans as values (0/1, listed or as an array) still go, as over HTTP."""
+    server, service = start(tmp_path)
+    try:
+        with paceline.Client(f"grpc://127.0.0.1:{server.port}") as client:
+            cur = client.create_curriculum("numbers", **SPEC)
+            run = cur.start_run("r", heartbeat_interval=None)
+            bad: list[dict[str, Any]] = [
+                {"rewards": [[["1", 0.5]]]},
+                {"rewards": [[[None, 0.5]]]}, {"rewards": np.array([[["1", "0.5"]]])},
+                {"indices": [True]}, {"indices": [1, True], "rewards": [[[1, 0.5]]] * 2},
+                {"eval_objectives": ["0.5", 1.0]},
+                {"eval_objectives": {"acc": "0.5", "len": 1.0}},
+                {"advantages": [["0.5"]]}, {"dropped": [1, True]}]
+            for change in bad:
+                sent = {"indices": [1], "rewards": [[[1.0, 0.5]]], "unserved": "accept",
+                        **change}
+                with pytest.raises(paceline.InvalidInput) as info:
+                    run.report(3, **sent)
+                assert info.value.code == "INVALID_REPORT", change
+                assert "must be an array of" in info.value.message, change
+            assert cur.state().seq == 0
+            ack = run.report(3, [1], np.array([[[True, False]]]), unserved="accept")
+            assert ack.seq == 1
+            ack = run.report(4, [1], [[[True, 0.5]]], eval_objectives={"acc": True, "len": 1},
+                             unserved="accept")
+            assert ack.seq == 2
+    finally:
+        server.stop(0)
+        service.store.close()
+
+
 # ------------------------------------------------------------------ errors and auth
 def test_errors_carry_code_details_and_rest_status(raw: Raw) -> None:
     with pytest.raises(grpc.RpcError) as info:
