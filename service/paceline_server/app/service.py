@@ -112,13 +112,17 @@ def utcnow() -> datetime:
 
 
 def effective_spec(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored spec as this release runs it: a parameter added to a strategy since the
-    spec was stored has its default, which is what the engine folds with. (Compared with
-    the stored text, a trainer re-creating its curriculum with `exist_ok` after an upgrade
-    was refused as "a different spec", and so was the merge of its own export.) A spec
-    this release cannot read is compared as stored."""
+    """A spec (stored, or asked for) as this release runs it, the form two specs are
+    compared in: a parameter added to a strategy since the spec was stored has its
+    default, which is what the engine folds with, and a default that an explicit value
+    also spells is written as that value (`primary_objective` null as the first
+    objective's name, an allocation's parameters spelled out, `start: null` as steps //
+    2: `CurriculumEngine.resolved_spec`). Compared as written, a trainer re-creating its
+    curriculum with `exist_ok` after an upgrade, or naming a default the other trainer
+    left implicit, was refused as "a different spec", and so was the merge of its own
+    export. A spec this release cannot read is compared as stored."""
     try:
-        return CurriculumEngine.canonical_spec(CurriculumSpec.from_dict(stored)).to_dict()
+        return CurriculumEngine.resolved_spec(CurriculumSpec.from_dict(stored))
     except PacelineError:
         return dict(stored)
 
@@ -224,7 +228,8 @@ class PacelineService:
             return CreateResult(self.store.create_curriculum(spec.name, canonical), True)
         except CurriculumExists:
             existing = self.store.get_curriculum(spec.name)
-            differing = spec_differences(effective_spec(existing.spec), canonical)
+            differing = spec_differences(effective_spec(existing.spec),
+                                         effective_spec(canonical))
             if exist_ok and not differing:
                 return CreateResult(existing, False)
             raise CurriculumExists(

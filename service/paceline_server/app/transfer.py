@@ -355,7 +355,8 @@ def import_curriculum(service: PacelineService, export: ExportContents | Iterabl
                 f"curriculum {target!r} exists: an import adds to an existing curriculum "
                 "only when told to merge (CLI --merge, API ?merge=true); nothing was "
                 "imported", {"curriculum": target, "merge": False})
-        differing = spec_differences(effective_spec(existing.spec), spec.to_dict())
+        differing = spec_differences(effective_spec(existing.spec),
+                                     effective_spec(spec.to_dict()))
         if differing:
             raise CurriculumExists(
                 f"curriculum {target!r} exists with a different spec "

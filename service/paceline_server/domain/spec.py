@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -226,6 +226,13 @@ class CurriculumSpec:
         if self.primary_objective is None:
             return 0
         return self.objective_names.index(self.primary_objective)
+
+    def resolved(self) -> CurriculumSpec:
+        """This spec with every spec-level default that an explicit value also spells
+        written as that value: `primary_objective` null is the first objective. For
+        comparing two specs only (`exist_ok`, an import's merge; the strategies' own
+        defaults are their `resolved_params`): a stored spec keeps what was asked."""
+        return replace(self, primary_objective=self.objective_names[self.primary_index])
 
     # ----------------------------------------------------------------- (de)serialisation
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ from paceline_server.domain.inspection import (
 from paceline_server.domain.npz import load_npz, save_npz
 from paceline_server.domain.numerics import with_numpy_defaults
 from paceline_server.domain.report import Report
-from paceline_server.domain.spec import CurriculumSpec
+from paceline_server.domain.spec import CurriculumSpec, StrategySpec
 from paceline_server.domain.validation import check_identifier
 from paceline_server.engine.contract import (
     blame,
@@ -158,6 +158,23 @@ class CurriculumEngine:
         with blame("weighting", spec.weighting.kind):
             weighting = build_weighting(spec.weighting, spec.objectives)
         return _spelled_out(spec, sampler, weighting)
+
+    @staticmethod
+    def resolved_spec(spec: CurriculumSpec) -> dict[str, Any]:
+        """What `spec` means to this release, as the document two specs are compared by
+        (`exist_ok`, an import's merge): `canonical_spec`'s, with every default that an
+        explicit value also spells written as that value (`CurriculumSpec.resolved`, the
+        strategies' `resolved_params`), so that two spellings of one curriculum compare
+        equal and a real difference still shows. Never stored."""
+        with blame("sampler", spec.sampler.kind):
+            sampler = build_sampler(spec.sampler, spec.layout, spec.objectives)
+            sampler_params = sampler.resolved_params()
+        with blame("weighting", spec.weighting.kind):
+            weighting = build_weighting(spec.weighting, spec.objectives)
+            weighting_params = weighting.resolved_params()
+        return replace(spec.resolved(),
+                       sampler=StrategySpec(spec.sampler.kind, sampler_params),
+                       weighting=StrategySpec(spec.weighting.kind, weighting_params)).to_dict()
 
     @classmethod
     def from_bytes(cls, spec: CurriculumSpec, data: bytes) -> CurriculumEngine:

@@ -69,6 +69,13 @@ def build_allocator(layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...]
                parse_params(cls.params_type, params, f"allocation_params ({allocation})"))
 
 
+def resolved_allocation_params(allocator: Allocator | None) -> dict[str, Any]:
+    """`allocation_params` as they take effect: the allocation's own parameters with its
+    defaults filled in ({} without an allocation), so a spec that names a default
+    explicitly compares equal to one that leaves it out (`Sampler.resolved_params`)."""
+    return {} if allocator is None else allocator.resolved_params()
+
+
 def initial_allocator_states(allocator: Allocator | None, allocation: Allocation,
                              rng: np.random.Generator) -> tuple[Any, Any]:
     """The (dump, progress) fields of a fresh per-sample state: the allocator's initial

@@ -36,6 +36,7 @@ from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.inspection import HypervolumeRecord
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
+from paceline_server.strategies.params import params_to_dict
 from paceline_server.strategies.posteriors import PassRateState, PosteriorConfig
 from paceline_server.strategies.signals import ReportSignals
 from paceline_server.strategies.state_codec import StateVersionError, state_version
@@ -120,6 +121,13 @@ class Sampler(ABC, Generic[S, P]):
         self.objectives = objectives
         self.params = params
 
+    def resolved_params(self) -> dict[str, Any]:
+        """The parameters as they take effect, for telling two specs apart (`exist_ok`, an
+        import's merge): a parameter whose default stands for a value it could also be
+        given (`start: null` for steps // 2) is spelled as that value, so both spellings
+        compare equal. Never stored: the stored spec keeps what was asked."""
+        return params_to_dict(self.params)
+
     def posterior_config(self) -> PosteriorConfig:
         """Prior and forgetting of the pass-rate table (samplers may expose them as
         parameters)."""
@@ -196,6 +204,10 @@ class Weighting(ABC, Generic[S, P]):
     def __init__(self, objectives: tuple[ObjectiveSpec, ...], params: P) -> None:
         self.objectives = objectives
         self.params = params
+
+    def resolved_params(self) -> dict[str, Any]:
+        """The parameters as they take effect (see `Sampler.resolved_params`)."""
+        return params_to_dict(self.params)
 
     @property
     def num_objectives(self) -> int:

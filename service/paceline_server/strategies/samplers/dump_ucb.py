@@ -98,6 +98,10 @@ class DumpUcbSampler(DistributionSampler[DumpUcbState, DumpUcbParams]):
             return "primary" if len(self.objectives) > 1 else "scalarized"
         return source
 
+    def resolved_params(self) -> dict[str, Any]:
+        """`advantage_source: auto` as what it selects for this curriculum's objectives."""
+        return {**super().resolved_params(), "advantage_source": self._source}
+
     def state_bytes(self) -> int:
         """The advantage ring (window float64 per distribution) and six vectors over D."""
         return STATE_OVERHEAD + 8 * self.layout.num_distributions * (self.params.window + 6)

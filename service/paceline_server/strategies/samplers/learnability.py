@@ -140,6 +140,7 @@ from paceline_server.strategies.allocation import (
     allocator_state,
     build_allocator,
     initial_allocator_states,
+    resolved_allocation_params,
 )
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
@@ -443,6 +444,11 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         return lambda indices: self.agreement(state, indices, group_size)
 
     # ----------------------------------------------------------------- state
+    def resolved_params(self) -> dict[str, Any]:
+        """`allocation_params` with the allocation's defaults filled in."""
+        return {**super().resolved_params(),
+                "allocation_params": resolved_allocation_params(self.allocator)}
+
     def state_bytes(self) -> int:
         """A sum tree over N learnabilities, N float32 successes, failures and anchors,
         N uint8 visit counts, pooled vectors over D, and the allocator's own state."""

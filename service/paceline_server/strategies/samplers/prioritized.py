@@ -59,6 +59,7 @@ from paceline_server.strategies.allocation import (
     allocator_state,
     build_allocator,
     initial_allocator_states,
+    resolved_allocation_params,
 )
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
@@ -164,6 +165,11 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
     def posterior_config(self) -> PosteriorConfig:
         return PosteriorConfig(self.params.prior_alpha, self.params.prior_beta,
                                self.params.gamma)
+
+    def resolved_params(self) -> dict[str, Any]:
+        """`allocation_params` with the allocation's defaults filled in."""
+        return {**super().resolved_params(),
+                "allocation_params": resolved_allocation_params(self.allocator)}
 
     def state_bytes(self) -> int:
         """The sum tree over N priorities (two channels in linear mode, else one) and the

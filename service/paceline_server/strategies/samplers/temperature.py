@@ -119,6 +119,10 @@ class TemperatureSampler(DistributionSampler[TemperatureState, TemperatureParams
         self.log_sizes = np.log(layout.sizes.astype(np.float64))
         self.log_proportional = log_temperature_probabilities(self.log_sizes, 1.0)
 
+    def resolved_params(self) -> dict[str, Any]:
+        """`start: null` as the step it stands for (steps // 2)."""
+        return {**super().resolved_params(), "start": self.params.switch_step}
+
     def init_state(self, rng: np.random.Generator) -> TemperatureState:
         return TemperatureState(last_step=0)
 
