@@ -385,3 +385,40 @@ def test_an_evaluation_set_with_the_index_column_is_scored_not_recorded(
             trainer.train()
             assert cur.state().seq == 3  # the training steps only
     assert [r.step for r in reports(tmp_path / "eval.db", "trl")] == [0, 1, 2]
+
+
+#: A chat template that renders every part of a tool-calling exchange (what TRL checks).
+TOOL_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] if m['content'] is string "
+    "else '' }}{% if m.get('tool_calls') %}{% for c in m['tool_calls'] %} call "
+    "{{ c['function']['name'] }} {{ c['function']['arguments'] | tojson }}{% endfor %}"
+    "{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+class ScoredEnvironment:
+    """A TRL environment that owns a reward (`get_reward`): TRL adds it as one more reward
+    source of weight 1 beside the trainer's reward functions."""
+
+    def reset(self, **kwargs: Any) -> str:
+        return ""
+
+    def get_reward(self) -> float:
+        return 1.0
+
+
+def test_an_environment_reward_paceline_does_not_weight_is_refused(tmp_path: Path) -> None:
+    """The policy would train on Paceline's scalarised reward plus the environment's,
+    while Paceline weights and learns from its objectives only."""
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = TOOL_TEMPLATE  # TRL's environments need tool calling
+    objectives = Objectives()
+    with paceline.Client.embedded(tmp_path / "p.db") as client:
+        cur = make_curriculum(client)
+        with cur.start_run(heartbeat_interval=None) as run, pytest.raises(
+                ValueError, match=r"reward source\(s\) \['ScoredEnvironment'\]"):
+            PacelineGRPOTrainer(
+                run, model=tiny_model(len(tokenizer)), processing_class=tokenizer,
+                args=grpo_args(tmp_path), train_dataset=dataset(),
+                environment_factory=ScoredEnvironment,
+                reward_funcs={"correct": objectives.correct, "short": objectives.short})
+        assert cur.state().seq == 0

@@ -235,6 +235,15 @@ class PacelineGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
         if dynamic_sampling and self.accelerator.num_processes > 1:
             raise ValueError("PacelineGRPOTrainer: dynamic_sampling runs on one process "
                              f"only; this one has {self.accelerator.num_processes}")
+        extra = list(getattr(self, "reward_func_names", [])[1:])
+        if extra:
+            # TRL adds an environment's `get_reward` as one more reward source of weight 1:
+            # the policy would train on Paceline's scalarised reward plus it, while Paceline
+            # weights and learns from its objectives alone (a second objective it never sees).
+            raise ValueError(
+                "PacelineGRPOTrainer: the environment's get_reward adds the reward source(s) "
+                f"{extra} that Paceline does not weight; score the environment's outcome in "
+                "a function of reward_funcs (one of the curriculum's objectives) instead")
         self._warn_batch_size()
 
     @property
