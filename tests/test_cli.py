@@ -237,6 +237,23 @@ def test_import_does_not_migrate_an_existing_database(
     assert current_revision(old) == "0006"
 
 
+def test_migrate_refuses_a_database_a_newer_release_migrated(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Going back to an older release: `migrate` said "error: CommandError: Can't locate
+    revision identified by ..." (an unexpected error, exit status 1); it now says what
+    that means and what to do, as `serve` without auto-migration does."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    run("--database-url", url, "migrate")
+    conn = sqlite3.connect(tmp_path / "c.db")
+    with conn:
+        conn.execute("UPDATE paceline_alembic_version SET version_num = '9999_future'")
+    conn.close()
+    status, err = fail(capsys, "--database-url", url, "migrate")
+    assert status == 2 and err.startswith(
+        "error SCHEMA_OUTDATED: the database schema is at revision 9999_future, which is "
+        "newer than this Paceline release knows"), err
+
+
 def test_bad_arguments_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     populated(url, reports=2)

@@ -70,6 +70,26 @@ def test_database_ahead_of_the_code_is_refused(migrated: Database) -> None:
     assert info.value.details["ahead"] is True
 
 
+def test_a_database_ahead_of_the_code_is_not_migrated(migrated: Database) -> None:
+    """`migrate` and `auto_migrate` (the embedded SQLite default) on a database a newer
+    release migrated: refused with the same SCHEMA_OUTDATED that names the cause, not
+    Alembic's "Can't locate revision identified by ..." (a CommandError, which the CLI
+    printed as an unexpected error and `serve` died of), and nothing written."""
+    engine = migrated.engine()
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE paceline_alembic_version SET version_num = '9999_future'"))
+    finally:
+        engine.dispose()
+    with pytest.raises(SchemaOutdated, match="newer than this Paceline") as info:
+        migrated.upgrade()
+    assert info.value.details == {"current": "9999_future", "head": head_revision(),
+                                  "command": "paceline-server migrate", "ahead": True}
+    with pytest.raises(SchemaOutdated, match="newer than this Paceline"):
+        migrated.open(auto_migrate=True)
+    assert current_revision(migrated.url, schema=migrated.schema) == "9999_future"
+
+
 def test_concurrent_auto_migrations(database: Database) -> None:
     """Replicas starting together on an empty database all come up."""
     stores: list[SqlStore] = []

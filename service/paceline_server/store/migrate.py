@@ -13,6 +13,7 @@ with `auto_migrate` cannot race; the later ones find the schema at head and do n
 each probe): a database behind the code stops the process with a message naming the
 command to run; one *ahead* of the code (a newer release migrated it) says to upgrade
 Paceline instead, since migrating backwards is not something a server should guess at.
+`upgrade` (`migrate`, `auto_migrate`) refuses such a database with that same error.
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ def upgrade(target: Target, revision: str = "head", *, schema: str | None = None
     """Migrate the database at `target` (URL or engine) to `revision`; returns the
     revision it is at afterwards. Idempotent and safe to run concurrently."""
     with migration_connection(target, schema=schema) as conn:
+        current = _revision_of(conn)
+        if current is not None and not _known(current):
+            # Alembic would stop with "Can't locate revision ..."; say what it means.
+            raise _newer_than_code(current)
         config = alembic_config()
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
@@ -109,11 +114,33 @@ def upgrade(target: Target, revision: str = "head", *, schema: str | None = None
 def current_revision(target: Target, *, schema: str | None = None) -> str | None:
     """The database's schema revision, None when it has none (a fresh database)."""
     with translated_errors(), _engine(target, schema) as engine, engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        heads = context.get_current_heads()
+        return _revision_of(conn)
+
+
+def _revision_of(conn: Connection) -> str | None:
+    heads = MigrationContext.configure(
+        conn, opts={"version_table": VERSION_TABLE}).get_current_heads()
     if not heads:
         return None
     return heads[0] if len(heads) == 1 else ",".join(sorted(heads))
+
+
+def _known(current: str) -> bool:
+    """Whether every revision in `current` is one of this release's scripts (one it does
+    not know was written by a newer release)."""
+    try:
+        return all(_script().get_revision(rev) is not None for rev in current.split(","))
+    except CommandError:
+        return False
+
+
+def _newer_than_code(current: str) -> SchemaOutdated:
+    head = head_revision()
+    return SchemaOutdated(
+        f"the database schema is at revision {current}, which is newer than this "
+        f"Paceline release knows (its newest is {head}): upgrade Paceline; do not run "
+        f"`{MIGRATE_COMMAND}` with this older release",
+        {"current": current, "head": head, "command": MIGRATE_COMMAND, "ahead": True})
 
 
 def check_schema(target: Target, store: Store | None = None, *,
@@ -135,15 +162,8 @@ def check_schema(target: Target, store: Store | None = None, *,
         raise SchemaOutdated(
             f"the database has no Paceline schema yet (this release needs revision {head}); "
             f"run `{MIGRATE_COMMAND}` to create it", details)
-    try:
-        known = all(_script().get_revision(rev) is not None for rev in current.split(","))
-    except CommandError:
-        known = False
-    if not known:
-        raise SchemaOutdated(
-            f"the database schema is at revision {current}, which is newer than this "
-            f"Paceline release knows (its newest is {head}): upgrade Paceline; do not run "
-            f"`{MIGRATE_COMMAND}` with this older release", {**details, "ahead": True})
+    if not _known(current):
+        raise _newer_than_code(current)
     raise SchemaOutdated(
         f"the database schema is at revision {current} but this Paceline release needs "
         f"{head}: back up the database and run `{MIGRATE_COMMAND}`", details)
