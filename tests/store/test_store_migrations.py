@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,17 @@ from store_support import Database
 
 from paceline_server.domain.errors import SchemaOutdated, Unavailable
 from paceline_server.store import open_store
-from paceline_server.store.migrate import check_schema, current_revision, head_revision
+from paceline_server.store.connection import create_sql_engine
+from paceline_server.store.migrate import (
+    check_schema,
+    current_revision,
+    head_revision,
+    migration_connection,
+    upgrade,
+)
 from paceline_server.store.sql import SqlStore
 from paceline_server.store.tables import VERSION_TABLE, metadata
+from support import fresh_pg_schema
 
 
 def test_fresh_database_gets_head(database: Database) -> None:
@@ -114,6 +123,36 @@ def test_concurrent_auto_migrations(database: Database) -> None:
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_replica_waits_out_a_long_migration_of_another() -> None:
+    """PostgreSQL: a replica starting while another one's upgrade holds the migration
+    lock longer than `lock_timeout` (an index built over a large `events` table) waits
+    for it and finds the schema at head. The advisory lock's wait was bounded by the
+    session's `lock_timeout` (30 s by default), so it failed with UNAVAILABLE
+    ("canceling statement due to lock timeout") and the replica did not start. The
+    migration's own statements keep the bound."""
+    with fresh_pg_schema() as url:
+        holding = threading.Event()
+
+        def long_migration() -> None:
+            with migration_connection(url):
+                holding.set()
+                time.sleep(3)
+
+        other = threading.Thread(target=long_migration)
+        other.start()
+        engine = create_sql_engine(url, lock_timeout=1)
+        try:
+            assert holding.wait(10)
+            started = time.monotonic()
+            assert upgrade(engine) == head_revision()
+            assert time.monotonic() - started > 1.5  # it did wait past lock_timeout
+            with migration_connection(engine) as conn:
+                assert conn.execute(text("SHOW lock_timeout")).scalar() == "1s"
+        finally:
+            other.join()
+            engine.dispose()
 
 
 def test_open_store_entry_point(tmp_path: Path) -> None:

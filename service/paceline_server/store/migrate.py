@@ -8,6 +8,8 @@ Concurrent migrators are serialised: the whole upgrade runs in one transaction t
 takes the SQLite write lock (`BEGIN IMMEDIATE`) or a PostgreSQL advisory transaction lock
 keyed by the current schema. So several replicas (or processes of one) started at once
 with `auto_migrate` cannot race; the later ones find the schema at head and do nothing.
+On PostgreSQL they wait for the advisory lock however long the first one's upgrade takes
+(SQLite waits for its write lock up to the busy timeout, `lock_timeout`).
 
 `check_schema` is what a server without `auto_migrate` runs at start (and /readyz on
 each probe): a database behind the code stops the process with a message naming the
@@ -92,8 +94,15 @@ def migration_connection(target: Target, *, schema: str | None = None) -> Iterat
                     raise SchemaOutdated(
                         "the PostgreSQL search_path names no existing schema; create the "
                         f"schema, then run `{MIGRATE_COMMAND}`")
+                # Waited for without `lock_timeout` (30 s by default): another replica's
+                # upgrade (an index over a large `events`) may take longer, and this one
+                # must then find the schema at head, not fail. Its DDL keeps the bound.
+                bound = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar()
+                conn.execute(text("SET LOCAL lock_timeout = 0"))
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key, hashtext(:schema))"),
                              {"key": _PG_LOCK_KEY, "schema": current})
+                conn.execute(text("SELECT set_config('lock_timeout', :bound, true)"),
+                             {"bound": bound})
             yield conn
 
 
