@@ -18,6 +18,7 @@ from paceline_server.store.connection import create_sql_engine
 from paceline_server.store.migrate import (
     check_schema,
     current_revision,
+    downgrade,
     head_revision,
     migration_connection,
     upgrade,
@@ -97,6 +98,42 @@ def test_a_database_ahead_of_the_code_is_not_migrated(migrated: Database) -> Non
     with pytest.raises(SchemaOutdated, match="newer than this Paceline"):
         migrated.open(auto_migrate=True)
     assert current_revision(migrated.url, schema=migrated.schema) == "9999_future"
+
+
+def test_downgrades_keep_snapshot_bytes(migrated: Database) -> None:
+    """Downgrading below revision 0004 folds each chunked snapshot back into its row's
+    `state` (the layout older releases read) before it drops `snapshot_chunks`: it
+    dropped the table alone, leaving every snapshot written since as an empty `state`,
+    the only copy of a curriculum's state once its events were pruned. Every script
+    runs both ways on both backends and the schema comes back as declared."""
+    payload = bytes(range(256)) * 40
+    store = migrated.open(snapshot_chunk_bytes=4096)
+    try:
+        store.create_curriculum("math", {})
+        with store.writer("math") as writer:
+            writer.append("report", "r", 0, None, b"x")
+            writer.put_snapshot(1, [payload[:5000], payload[5000:]])
+    finally:
+        store.close()
+    assert downgrade(migrated.url, "0003_batch_parts",
+                     schema=migrated.schema) == "0003_batch_parts"
+    engine = migrated.engine()
+    try:
+        with engine.connect() as conn:
+            assert bytes(conn.execute(text("SELECT state FROM snapshots")).scalar_one()) \
+                == payload
+    finally:
+        engine.dispose()
+    assert migrated.upgrade() == head_revision()
+    reopened = migrated.open()
+    try:
+        snapshot = reopened.latest_snapshot("math")
+        assert snapshot is not None and snapshot.state == payload
+    finally:
+        reopened.close()
+    assert downgrade(migrated.url, "base", schema=migrated.schema) is None
+    assert migrated.upgrade() == head_revision()
+    test_migrations_match_the_table_metadata(migrated)
 
 
 def test_concurrent_auto_migrations(database: Database) -> None:

@@ -120,6 +120,16 @@ def upgrade(target: Target, revision: str = "head", *, schema: str | None = None
     return current_revision(target, schema=schema)
 
 
+def downgrade(target: Target, revision: str, *, schema: str | None = None) -> str | None:
+    """Migrate the database at `target` back to `revision` (run by the newer release,
+    whose scripts know the way back; see docs/deployment.md for what each step drops)."""
+    with migration_connection(target, schema=schema) as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+    return current_revision(target, schema=schema)
+
+
 def current_revision(target: Target, *, schema: str | None = None) -> str | None:
     """The database's schema revision, None when it has none (a fresh database)."""
     with translated_errors(), _engine(target, schema) as engine, engine.connect() as conn:

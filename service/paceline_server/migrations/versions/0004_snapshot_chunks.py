@@ -11,7 +11,8 @@ Revision ID: 0004
 Revises: 0003_batch_parts
 Create Date: 2026-12-03 00:00:00
 
-Written out by hand, like the earlier revisions.
+Written out by hand, like the earlier revisions. The downgrade folds the chunks back
+into `state` before it drops the table.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 # revision identifiers, used by Alembic.
 revision: str = "0004"
@@ -45,4 +46,23 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Back to the layout before this revision, or the bytes of every chunked snapshot go
+    # with the table (its row keeps an empty `state`): each snapshot's chunks are
+    # appended to its `state`, one snapshot at a time.
+    if context.is_offline_mode():
+        raise RuntimeError("downgrading revision 0004 rewrites snapshot rows: run it "
+                           "against the database, not as --sql")
+    chunks = sa.table("snapshot_chunks", sa.column("curriculum_id"), sa.column("seq"),
+                      sa.column("part"), sa.column("data", sa.LargeBinary()))
+    snapshots = sa.table("snapshots", sa.column("curriculum_id"), sa.column("seq"),
+                         sa.column("state", sa.LargeBinary()))
+    bind = op.get_bind()
+    keys = bind.execute(sa.select(chunks.c.curriculum_id, chunks.c.seq).distinct()).all()
+    for curriculum_id, seq in keys:
+        of_chunks = (chunks.c.curriculum_id == curriculum_id) & (chunks.c.seq == seq)
+        of_row = (snapshots.c.curriculum_id == curriculum_id) & (snapshots.c.seq == seq)
+        tail = b"".join(bind.execute(
+            sa.select(chunks.c.data).where(of_chunks).order_by(chunks.c.part)).scalars())
+        head = bind.execute(sa.select(snapshots.c.state).where(of_row)).scalar_one()
+        bind.execute(sa.update(snapshots).where(of_row).values(state=bytes(head) + tail))
     op.drop_table("snapshot_chunks")
