@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     def readyz() -> Response:
         try:
             store.ping()
-            check_schema(settings.database_url, store)
+            check_schema(settings.database_url, store, allow_newer=True)
         except Exception as exc:
             code = getattr(exc, "code", "UNAVAILABLE")
             return JSONResponse(error_body(code, str(exc)), 503)

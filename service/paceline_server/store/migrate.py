@@ -163,11 +163,16 @@ def _newer_than_code(current: str) -> SchemaOutdated:
 
 
 def check_schema(target: Target, store: Store | None = None, *,
-                 schema: str | None = None) -> str:
+                 schema: str | None = None, allow_newer: bool = False) -> str:
     """Raise SchemaOutdated unless the database is exactly at `head_revision()`.
 
     `store`, when it is a `SqlStore`, lends its engine (so a readiness probe does not
     build a connection pool each time); otherwise `target` is used. Returns the revision.
+
+    `allow_newer` (the readiness probe of a running server) also accepts a revision a
+    newer release wrote: in a rolling upgrade the new release migrates while the old
+    replicas still serve, and failing their probes takes every one of them out of
+    rotation before a new one is ready. A *start* on such a schema is still refused.
     """
     engine = getattr(store, "engine", None)  # a SqlStore's (not imported: sql imports us)
     if isinstance(engine, Engine):
@@ -182,6 +187,8 @@ def check_schema(target: Target, store: Store | None = None, *,
             f"the database has no Paceline schema yet (this release needs revision {head}); "
             f"run `{MIGRATE_COMMAND}` to create it", details)
     if not _known(current):
+        if allow_newer:
+            return current
         raise _newer_than_code(current)
     raise SchemaOutdated(
         f"the database schema is at revision {current} but this Paceline release needs "
