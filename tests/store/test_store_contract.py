@@ -68,6 +68,19 @@ class TestCurricula:
         with pytest.raises(CurriculumNotFound):
             store.head("nope")
 
+    def test_heads_reads_those_that_exist_in_chunks(self, store: SqlStore,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(SqlStore, "HEADS_PER_QUERY", 2)
+        created = {name: store.create_curriculum(name, SPEC) for name in ("a", "b", "c", "d")}
+        append_n(store, "c", 2)
+        store.delete_curriculum("b")
+        heads = store.heads(["a", "b", "c", "d", "nope", "a", "A"])
+        assert sorted(heads) == ["a", "c", "d"]
+        for name, head in heads.items():
+            assert (head.name, head.created_at) == (name, created[name].created_at)
+        assert heads["c"].head_seq == 2
+        assert store.heads([]) == {}
+
     def test_errors(self, store: SqlStore) -> None:
         store.create_curriculum("math", SPEC)
         with pytest.raises(CurriculumExists) as info:

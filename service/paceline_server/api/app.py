@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
 
 from paceline_server import __version__
 from paceline_server.adapters.redis_coordination import coordinator_from_settings
@@ -103,7 +104,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics",
              response_class=PlainTextResponse)
     def prometheus() -> Response:
+        # The series of curricula deleted through another replica go after answering:
+        # that check reads the database, which a scrape must not wait on.
         return Response(generate_latest(app.state.metrics.registry),
-                        media_type=CONTENT_TYPE_LATEST)
+                        media_type=CONTENT_TYPE_LATEST,
+                        background=BackgroundTask(app.state.metrics.drop_deleted))
 
     return app

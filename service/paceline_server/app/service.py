@@ -22,7 +22,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -256,6 +256,26 @@ class PacelineService:
         self.store.delete_curriculum(name)
         self.engines.forget(name)
         self.histories.forget(name)
+
+    def drop_deleted(self, names: Iterable[str] = ()) -> set[str]:
+        """Of `names` and the cached curricula, those deleted since this process used
+        them, or deleted and created again (its cached engine is of the earlier one);
+        their cached engines (and histories) are dropped. A delete served by another
+        process (a replica, a worker) is not announced to this one, which otherwise kept
+        the engine, and reported its state as current, until evicted. One store read."""
+        cached = self.engines.engines()  # before the read: each existed when cached
+        wanted = set(names)
+        heads = self.store.heads(wanted.union(name for name, _ in cached))
+        gone = {name for name in wanted if name not in heads}
+        for name, entry in cached:
+            head = heads.get(name)
+            if head is None or head.created_at != entry.created_at:
+                self.engines.forget(name, entry)
+                gone.add(name)
+        for name in gone:
+            if name not in heads:
+                self.histories.forget(name)
+        return gone
 
     # ---------------------------------------------------------------- runs
     def attach_run(self, name: str, metadata: Mapping[str, Any] | None = None,

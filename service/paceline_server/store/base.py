@@ -288,6 +288,11 @@ class Store(ABC):
         """(created_at, head_seq) without the spec; raises CurriculumNotFound."""
 
     @abstractmethod
+    def heads(self, names: Iterable[str]) -> dict[str, CurriculumHead]:
+        """The heads of those of `names` that exist, in one read: how a process learns
+        which of the curricula it holds were deleted through another one."""
+
+    @abstractmethod
     def list_curricula(self, limit: int = 100, offset: int = 0) -> list[CurriculumRecord]:
         """Ordered by name."""
 

@@ -393,6 +393,21 @@ class SqlStore(Store):
         return CurriculumHead(name=name, created_at=row.created_at,
                               head_seq=int(row.head_seq))
 
+    #: Names per statement: SQLite's default limit of bound parameters is far above.
+    HEADS_PER_QUERY = 500
+
+    def heads(self, names: Iterable[str]) -> dict[str, CurriculumHead]:
+        wanted = sorted(set(names))
+        found: dict[str, CurriculumHead] = {}
+        with self._read() as conn:
+            for start in range(0, len(wanted), self.HEADS_PER_QUERY):
+                chunk = wanted[start:start + self.HEADS_PER_QUERY]
+                for row in conn.execute(select(_c.c.name, _c.c.created_at, _c.c.head_seq)
+                                        .where(_c.c.name.in_(chunk))):
+                    found[row.name] = CurriculumHead(name=row.name, created_at=row.created_at,
+                                                     head_seq=int(row.head_seq))
+        return found
+
     def _by_code_point(self, column: Any) -> Any:
         """`column` to order by code point, as SQLite's BINARY does: PostgreSQL orders
         text by the database's collation, which for one created with a linguistic

@@ -11,6 +11,8 @@ answered), `code` a stable error code.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -19,14 +21,17 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from paceline_server.app.service import PacelineService, ReportAck
+from paceline_server.domain.errors import PacelineError
 from paceline_server.transport.coordination_metrics import CoordinationCollector
 
 Transport = Literal["rest", "grpc"]
+_log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
 class Metrics:
     def __init__(self, service: PacelineService, max_distributions: int) -> None:
+        self.service = service
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "paceline_http_requests", "requests by transport (rest, grpc), method, route "
@@ -55,6 +60,7 @@ class Metrics:
         #: (metric, labels) -> its series, so each call skips `labels()` (a lock and
         #: label checks, about 1 µs, seven times per report); `forget` empties it.
         self._series: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._dropping = threading.Lock()  # held by the one `drop_deleted` running
 
     def series(self, metric: Counter | Histogram, *labels: str) -> Any:
         """The child of `metric` for `labels` (the same object `metric.labels` gives)."""
@@ -86,14 +92,41 @@ class Metrics:
         if part:
             self.series(self.refills, name).inc()
 
+    def drop_deleted(self) -> None:
+        """Forget the series of curricula deleted through another process (a replica or
+        worker on the same database), which nothing tells this one about: without this
+        its /metrics kept their gauges and counters, and the state of a curriculum
+        deleted and created again elsewhere, for as long as it cached the engine.
+
+        Reads the store, so /metrics runs it after answering (the series go by the next
+        scrape), one at a time, and keeps every series when the store does not answer:
+        a scrape must not wait on, nor fail with, a database that is down."""
+        if not self._dropping.acquire(blocking=False):
+            return  # another scrape is at it
+        try:
+            names = {labels[0] for counter in self._curriculum_counters()
+                     for labels in list(counter._metrics)}
+            try:
+                gone = self.service.drop_deleted(names)
+            except PacelineError as exc:
+                _log.debug("deleted curricula not checked: %s", exc)
+                return
+            for name in gone:
+                self.forget(name)
+        finally:
+            self._dropping.release()
+
+    def _curriculum_counters(self) -> list[Counter]:
+        return [counter for counter in vars(self).values() if isinstance(counter, Counter)
+                and counter._labelnames[:1] == ("curriculum",)]
+
     def forget(self, curriculum: str) -> None:
         """Drop every counter series of a deleted curriculum, so create/delete cycles
         leave no stale series (a recreated curriculum counts from zero). The gauges need
         nothing: they are read from the cached engines, which delete drops."""
-        for counter in vars(self).values():
-            if isinstance(counter, Counter) and counter._labelnames[:1] == ("curriculum",):
-                for labels in [key for key in list(counter._metrics) if key[0] == curriculum]:
-                    counter.remove(*labels)
+        for counter in self._curriculum_counters():
+            for labels in [key for key in list(counter._metrics) if key[0] == curriculum]:
+                counter.remove(*labels)
         self._series.clear()  # a removed series must not be counted on
 
 
