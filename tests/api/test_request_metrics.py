@@ -76,3 +76,29 @@ def test_an_invented_method_makes_no_series_of_its_own(tmp_path: Path) -> None:
     assert methods[("other", "unmatched")] == 5.0
     assert methods[("GET", "/healthz")] == 1.0
     assert {m for m, _ in methods} == {"GET", "other"}
+
+
+def test_a_retried_report_is_counted_once_and_as_a_retry(tmp_path: Path) -> None:
+    """A report retried with its idempotency key (a client whose ack was lost) is
+    applied once; it was counted again in `paceline_reports_total` and its rollouts again
+    in `paceline_rollouts_total`, so a retry storm (a slow service, timing-out clients)
+    looked like training going faster. Retries have a counter of their own."""
+    with make_client(f"sqlite:///{tmp_path / 'r.db'}") as client:
+        assert client.post("/v1/curricula", json=SPEC).status_code == 201
+        assert client.post("/v1/curricula/math/runs", json={"run_id": "r"}).status_code == 201
+        indices = client.post("/v1/curricula/math/batches",
+                              json={"run_id": "r", "step": 0}).json()["indices"]
+        body = {"run_id": "r", "step": 0, "indices": indices, "idempotency_key": "r/0",
+                "rewards": [[[1.0, 5.0], [0.0, 9.0], [1.0, 2.0]] for _ in indices]}
+        acks = [client.post("/v1/curricula/math/reports", json=body) for _ in range(3)]
+        assert [a.json()["replayed"] for a in acks] == [False, True, True]
+        text = client.get("/metrics").text
+    counted = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert counted[("paceline_reports_total", (("curriculum", "math"),))] == 1.0
+    assert counted[("paceline_report_replays_total", (("curriculum", "math"),))] == 2.0
+    rollouts = 3.0 * len(indices)
+    for kind in ("generated", "trained"):
+        assert counted[("paceline_rollouts_total",
+                        (("curriculum", "math"), ("kind", kind)))] == rollouts
+    assert counted[("paceline_curriculum_seq", (("curriculum", "math"),))] == 1.0

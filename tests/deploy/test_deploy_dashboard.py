@@ -1,6 +1,7 @@
 """The Grafana dashboard: every PromQL expression parses and names only metrics that a
-live service exports (scraped from the real app after a curriculum, a run, a batch and a
-report), it shows what operators need, and the Helm chart ships the same file."""
+live service exports (scraped from the real app after a
+curriculum is used over REST and gRPC: runs, batches, reports, a retry, refusals), it
+shows what operators need, and the Helm chart ships the same file."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from deploy_support import DASHBOARD, HELM_DASHBOARD, dashboard_exprs, metric_names
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from paceline_server.api.app import create_app
+from paceline_server.grpc.server import create_server
+from paceline_server.grpc.v1 import paceline_pb2 as pb
 from paceline_server.settings import Settings
 
 TOKEN = "dashboard-test-write-token"
@@ -52,32 +56,83 @@ def dashboard() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     """Sample names (with _total/_bucket/_sum/_count/_created) that a live service serves
-    once a curriculum has been used, with auth on as deployed."""
+    once a curriculum has been used over REST and gRPC (auth on, as deployed), each with
+    the label names its samples carry."""
     database = tmp_path_factory.mktemp("metrics") / "paceline.db"
     settings = Settings(database_url=f"sqlite:///{database}", auto_migrate=True,
                         api_tokens={TOKEN: "write"})
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    with TestClient(create_app(settings), headers=headers) as client:
-        assert client.post("/v1/curricula", json=SPEC).status_code == 201
-        run = client.post("/v1/curricula/dash/runs", json={"run_id": "r1"})
-        assert run.status_code == 201
-        batch = client.post("/v1/curricula/dash/batches", json={"run_id": "r1", "step": 0})
-        assert batch.status_code == 200, batch.text
-        indices = batch.json()["indices"]
-        rewards = [[[float((i + j) % 2), float(10 * j)] for j in range(4)] for i in indices]
-        report = client.post("/v1/curricula/dash/reports", json={
-            "run_id": "r1", "step": 0, "indices": indices, "rewards": rewards})
+    app = create_app(settings)
+    server = create_server(app.state.service, settings, port=0, host="127.0.0.1",
+                           metrics=app.state.metrics)
+    server.start()
+    try:
+        with TestClient(app, headers=headers) as client, \
+                grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            use_over_rest(client)
+            use_over_grpc(channel)
+            scrape = client.get("/metrics", headers={})
+            assert scrape.status_code == 200
+    finally:
+        server.stop(0)
+    found: dict[str, set[str]] = {}
+    transports = set()
+    for family in text_string_to_metric_families(scrape.text):
+        for sample in family.samples:
+            found.setdefault(sample.name, set()).update(sample.labels)
+            if sample.name == "paceline_http_requests_total":
+                transports.add(sample.labels["transport"])
+    assert transports == {"rest", "grpc"}  # both were exercised
+    return found
+
+
+@pytest.fixture(scope="module")
+def exported(scraped: dict[str, set[str]]) -> set[str]:
+    return set(scraped)
+
+
+def use_over_rest(client: TestClient) -> None:
+    assert client.post("/v1/curricula", json=SPEC).status_code == 201
+    run = client.post("/v1/curricula/dash/runs", json={"run_id": "r1"})
+    assert run.status_code == 201
+    batch = client.post("/v1/curricula/dash/batches", json={"run_id": "r1", "step": 0})
+    assert batch.status_code == 200, batch.text
+    indices = batch.json()["indices"]
+    rewards = [[[float((i + j) % 2), float(10 * j)] for j in range(4)] for i in indices]
+    body = {"run_id": "r1", "step": 0, "indices": indices, "rewards": rewards,
+            "idempotency_key": "r1/0"}
+    for replayed in (False, True):  # a retry: counted as one
+        report = client.post("/v1/curricula/dash/reports", json=body)
         assert report.status_code == 200, report.text
-        assert client.post("/v1/curricula/dash/batches",
-                           json={"run_id": "r1", "step": 1}).status_code == 200
-        # a refused request: errors are counted by code only once one happened
-        assert client.get("/v1/curricula/absent").status_code == 404
-        scrape = client.get("/metrics", headers={})
-        assert scrape.status_code == 200
-    return {sample.name for family in text_string_to_metric_families(scrape.text)
-            for sample in family.samples}
+        assert report.json()["replayed"] is replayed
+    assert client.post("/v1/curricula/dash/batches",
+                       json={"run_id": "r1", "step": 1}).status_code == 200
+    # a refused request: errors are counted by code only once one happened
+    assert client.get("/v1/curricula/absent").status_code == 404
+
+
+def use_over_grpc(channel: grpc.Channel) -> None:
+    """A second run trained over gRPC, and a refused call."""
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+
+    def call(method: str, request: Any) -> Any:
+        output = getattr(pb, pb.DESCRIPTOR.services_by_name["Paceline"]
+                         .methods_by_name[method].output_type.name)
+        stub = channel.unary_unary(f"/paceline.v1.Paceline/{method}",
+                                   request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=output.FromString)
+        return stub(request, timeout=10, metadata=metadata)
+
+    call("AttachRun", pb.AttachRunRequest(curriculum="dash", run_id="r2"))
+    batch = call("NextBatch", pb.NextBatchRequest(curriculum="dash", run_id="r2", step=0))
+    n = len(batch.indices)
+    call("Report", pb.ReportRequest(
+        curriculum="dash", run_id="r2", step=0, indices=batch.indices,
+        rewards=pb.Array(shape=[n, 2, 2], f64=[1.0, 3.0, 0.0, 5.0] * n), next_step=1))
+    with pytest.raises(grpc.RpcError):
+        call("GetCurriculum", pb.GetCurriculumRequest(name="absent"))
 
 
 def exprs(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:

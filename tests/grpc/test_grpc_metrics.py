@@ -158,6 +158,26 @@ def test_an_unexpected_failure_is_counted_as_internal(both: Both,
                  route=route("ListStrategies"), status="500") == 1.0
 
 
+def test_a_retried_grpc_report_is_counted_once_and_as_a_retry(both: Both) -> None:
+    """As over REST (tests/api/test_request_metrics.py): a replayed ack is a retry, not
+    a report, and its rollouts are not counted again."""
+    both.call("CreateCurriculum", pb.CreateCurriculumRequest(spec_json=json.dumps(SPEC)))
+    both.call("AttachRun", pb.AttachRunRequest(curriculum="m", run_id="r"))
+    batch = both.call("NextBatch", pb.NextBatchRequest(curriculum="m", run_id="r", step=0))
+    n = len(batch.indices)
+    request = pb.ReportRequest(curriculum="m", run_id="r", step=0, indices=batch.indices,
+                               rewards=pb.Array(shape=[n, 2, 1], f64=[1.0, 0.0] * n),
+                               idempotency_key="r/0")
+    assert [both.call("Report", request).replayed for _ in range(3)] == [False, True, True]
+    samples = both.samples()
+    assert value(samples, "paceline_reports_total", curriculum="m") == 1.0
+    assert value(samples, "paceline_report_replays_total", curriculum="m") == 2.0
+    assert value(samples, "paceline_rollouts_total", curriculum="m", kind="generated") \
+        == 2.0 * n
+    assert value(samples, "paceline_http_requests_total", transport="grpc", method="POST",
+                 route=route("Report"), status="200") == 3.0  # every call is a request
+
+
 def test_rest_and_grpc_share_the_series(both: Both) -> None:
     train_one_step(both)
     headers = {"Authorization": f"Bearer {TOKEN}"}

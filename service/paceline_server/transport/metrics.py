@@ -1,8 +1,8 @@
 """Prometheus metrics of every transport: requests, latency and errors labelled by
-`transport` (`rest` or `grpc`), the use cases' counters (reports, batches, rollouts,
-refills) and curriculum gauges computed at scrape time from the engines this process
-holds. One registry per process, served by REST's /metrics, so a gRPC call shows in the
-same series as a REST one.
+`transport` (`rest` or `grpc`), the use cases' counters (reports, retried reports,
+batches, rollouts, refills) and curriculum gauges computed at scrape time from the
+engines this process holds. One registry per process, served by REST's /metrics, so a
+gRPC call shows in the same series as a REST one.
 
 Labels stay bounded: `route` is a REST route template or a gRPC method, `status` the HTTP
 status (for gRPC, the one the shared error table gives the error: what REST would have
@@ -47,6 +47,10 @@ class Metrics:
             registry=self.registry)
         self.reports = Counter("paceline_reports", "reports applied",
                                ["curriculum"], registry=self.registry)
+        self.replays = Counter(
+            "paceline_report_replays", "retried reports answered with the ack of the "
+            "report already applied (not counted in paceline_reports)",
+            ["curriculum"], registry=self.registry)
         self.batches = Counter("paceline_batches", "batches served",
                                ["curriculum"], registry=self.registry)
         self.rollouts = Counter(
@@ -79,10 +83,15 @@ class Metrics:
             self.series(self.errors, transport, route, error_code).inc()
 
     def reported(self, name: str, ack: ReportAck) -> None:
-        """A report applied (or answered as a retry), with the batch it asked for."""
-        self.series(self.reports, name).inc()
-        self.series(self.rollouts, name, "generated").inc(ack.rollouts_generated)
-        self.series(self.rollouts, name, "trained").inc(ack.rollouts_trained)
+        """A report applied, or a retry of one answered with its ack (counted as a
+        retry: its report and rollouts were counted when applied), with the batch it
+        asked for."""
+        if ack.replayed:
+            self.series(self.replays, name).inc()
+        else:
+            self.series(self.reports, name).inc()
+            self.series(self.rollouts, name, "generated").inc(ack.rollouts_generated)
+            self.series(self.rollouts, name, "trained").inc(ack.rollouts_trained)
         if ack.batch is not None:
             self.series(self.batches, name).inc()
 
