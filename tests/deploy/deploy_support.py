@@ -156,3 +156,28 @@ def metric_names(expr: str) -> set[str]:
 
     promql_parser.walk(promql_parser.parse(expr), visit)
     return names
+
+
+def label_names(expr: str) -> tuple[dict[str, set[str]], set[str]]:
+    """Of a Grafana PromQL expression: the labels each metric's selectors match on, and
+    the labels its aggregations (`by`, `without`) and vector matches (`on`, `ignoring`)
+    name."""
+    import promql_parser
+
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    selected: dict[str, set[str]] = {}
+    grouped: set[str] = set()
+
+    def visit(node: object) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            labels = selected.setdefault(node.name, set())
+            labels.update(m.name for m in node.matchers.matchers if m.name != "__name__")
+        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            grouped.update(node.modifier.labels)
+        elif (isinstance(node, promql_parser.BinaryExpr) and node.modifier is not None
+              and node.modifier.matching is not None):
+            grouped.update(node.modifier.matching.labels)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return selected, grouped

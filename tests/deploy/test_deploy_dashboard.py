@@ -1,5 +1,5 @@
-"""The Grafana dashboard: every PromQL expression parses and names only metrics that a
-live service exports (scraped from the real app after a
+"""The Grafana dashboard: every PromQL expression parses and names only metrics, and
+labels of them, that a live service exports (scraped from the real app after a
 curriculum is used over REST and gRPC: runs, batches, reports, a retry, refusals), it
 shows what operators need, and the Helm chart ships the same file."""
 
@@ -13,7 +13,13 @@ from typing import Any
 
 import grpc
 import pytest
-from deploy_support import DASHBOARD, HELM_DASHBOARD, dashboard_exprs, metric_names
+from deploy_support import (
+    DASHBOARD,
+    HELM_DASHBOARD,
+    dashboard_exprs,
+    label_names,
+    metric_names,
+)
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -47,6 +53,8 @@ REQUIRED = {
 }
 #: Series every transport (REST, gRPC) writes, told apart by the `transport` label.
 REQUEST_SERIES = ("paceline_http_request", "paceline_request_errors")
+#: Labels Prometheus adds to every series it scrapes.
+TARGET_LABELS = {"instance", "job"}
 _BY = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 
 
@@ -151,6 +159,46 @@ def test_every_metric_in_the_dashboard_is_exported(dashboard: dict[str, Any],
         if unknown:
             missing[where] = sorted(unknown)
     assert not missing, f"not exported by the service: {missing}"
+
+
+def test_every_label_in_the_dashboard_is_exported(dashboard: dict[str, Any],
+                                                  scraped: dict[str, set[str]]) -> None:
+    """A label a selector matches on must be one its metric carries (a misspelt matcher
+    selects nothing, a `!=` one everything); one an aggregation, a vector match or the
+    legend names must be carried by a metric of the expression. `instance` and `job`
+    are Prometheus' own target labels."""
+    pytest.importorskip("promql_parser")
+    wrong = {}
+    legends = {f"panel {panel['title']!r} target {target['refId']}": target["legendFormat"]
+               for panel in dashboard["panels"] for target in panel.get("targets", [])}
+    for where, expr in exprs(dashboard):
+        selected, grouped = label_names(expr)
+        carried = set().union(*(scraped.get(name, set()) for name in selected))
+        for name, labels in selected.items():
+            unknown = labels - scraped.get(name, set()) - TARGET_LABELS
+            if unknown:
+                wrong[f"{where}: {name}"] = sorted(unknown)
+        grouped |= set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legends.get(where, "")))
+        unknown = grouped - carried - TARGET_LABELS
+        if unknown:
+            wrong[where] = sorted(unknown)
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            label = variable["query"]["query"].rsplit(",", 1)[1].strip(" )")
+            selected, _ = label_names(variable["query"]["query"].split("(", 1)[1]
+                                      .rsplit(",", 1)[0])
+            if not all(label in scraped.get(name, set()) for name in selected):
+                wrong[f"variable {variable['name']}"] = [label]
+    assert not wrong, f"labels the service does not export: {wrong}"
+
+
+def test_label_names_are_read_from_the_syntax_tree() -> None:
+    pytest.importorskip("promql_parser")
+    selected, grouped = label_names(
+        'histogram_quantile(0.9, sum by (le, t) (rate(a_bucket{route!~"/x"}[5m])))'
+        ' / on (i) group_left () max without (w) (b{curriculum=~"$curriculum"})')
+    assert selected == {"a_bucket": {"route"}, "b": {"curriculum"}}
+    assert grouped == {"le", "t", "i", "w"}
 
 
 def test_the_dashboard_shows_what_operators_need(dashboard: dict[str, Any]) -> None:
