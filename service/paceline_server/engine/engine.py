@@ -425,6 +425,11 @@ class CurriculumEngine:
             reward_scale=float(decision.scale),
             hypervolume=hypervolume)
 
+    def learning_progress(self) -> np.ndarray:
+        """|fast - slow| EMA of success per distribution [D], as `inspect` gives it: with
+        `progress`, what the Prometheus gauges read at a scrape, in O(D) array work."""
+        return learning_progress(self._parts.health)
+
     @with_numpy_defaults
     def explain(self) -> tuple[Explanation, ...]:
         """Why each distribution gets its current probability (as in `inspect`)."""

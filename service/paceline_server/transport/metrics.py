@@ -12,6 +12,7 @@ answered), `code` a stable error code.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -140,7 +141,12 @@ class Metrics:
 
 
 class CurriculumCollector(Collector):
-    """Gauges per curriculum and distribution, read from the cached engines."""
+    """Gauges per curriculum and distribution, read from the cached engines.
+
+    Read through `progress` (the arrays the history keeps) rather than `inspect`, which
+    builds an object and an explanation for every distribution: about 0.2 s for 10,000
+    of them, under the engine's lock (its reports and batches wait), per curriculum and
+    scrape, for gauges of the first `max_distributions` only."""
 
     def __init__(self, service: PacelineService, max_distributions: int) -> None:
         self.service = service
@@ -169,24 +175,30 @@ class CurriculumCollector(Collector):
                                         "1 when the health flag is raised",
                                         labels=["curriculum", "distribution", "flag"]),
         }
+        n = self.max_distributions
         for name, cached in self.service.engines.engines():
             with cached.lock:
-                view = cached.engine.inspect()
-            families["seq"].add_metric([name], cached.seq)
-            families["scale"].add_metric([name], view.reward_scale)
-            for objective, weight in zip(view.objectives, view.reward_weights, strict=True):
+                seq = cached.seq
+                point = cached.engine.progress()
+                progress = cached.engine.learning_progress()
+            families["seq"].add_metric([name], seq)
+            families["scale"].add_metric([name], point.reward_scale)
+            for objective, weight in zip(cached.spec.objective_names,
+                                         point.reward_weights.tolist(), strict=True):
                 families["weight"].add_metric([name, objective], weight)
-            if view.hypervolume_history:
-                families["hv"].add_metric([name], view.hypervolume_history[-1].hypervolume)
-            for d in view.distributions[: self.max_distributions]:
-                labels = [name, d.name]
-                families["p"].add_metric(labels, d.probability)
-                families["lp"].add_metric(labels, d.learning_progress)
-                for key, value in (("adv", d.mean_abs_advantage), ("acc", d.success),
-                                   ("zv", d.zero_variance_fraction)):
-                    if value is not None:
+            if not math.isnan(point.hypervolume):
+                families["hv"].add_metric([name], point.hypervolume)
+            columns = {key: values[:n].tolist() for key, values in (
+                ("p", point.probabilities), ("lp", progress), ("acc", point.success),
+                ("adv", point.mean_abs_advantage), ("zv", point.zero_variance),
+                ("stalled", point.stalled), ("saturated", point.saturated),
+                ("hopeless", point.hopeless))}
+            for d, distribution in enumerate(cached.engine.layout.names[:n]):
+                labels = [name, distribution]
+                for key in ("p", "lp", "adv", "acc", "zv"):
+                    value = columns[key][d]
+                    if not math.isnan(value):  # no window mean before a report
                         families[key].add_metric(labels, value)
                 for flag in ("stalled", "saturated", "hopeless"):
-                    families["health"].add_metric([*labels, flag],
-                                                  float(getattr(d.health, flag)))
+                    families["health"].add_metric([*labels, flag], float(columns[flag][d]))
         yield from families.values()
