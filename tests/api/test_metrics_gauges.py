@@ -5,6 +5,8 @@ whole inspection."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,12 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from api_support import make_client
+from paceline_server.api.app import create_app
+from paceline_server.domain.errors import Unavailable
 from paceline_server.engine import CurriculumEngine
+from paceline_server.settings import Settings
+from paceline_server.store import open_store
+from paceline_server.store.base import CurriculumWriter, Store
 
 SPEC: dict[str, Any] = {
     "name": "g",
@@ -93,3 +100,47 @@ def test_a_scrape_does_not_build_the_whole_inspection(
         assert scrape.status_code == 200
         assert 'paceline_distribution_probability{curriculum="g",distribution="hard"}' \
             in scrape.text
+
+
+class FailingCommits:
+    """The real store, whose next commit fails on demand (a database that goes away
+    mid-transaction)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.fail_next = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    @contextmanager
+    def writer(self, name: str) -> Iterator[CurriculumWriter]:
+        with self._store.writer(name) as writer:
+            yield writer
+            if self.fail_next:
+                self.fail_next = False
+                raise Unavailable("database unavailable: injected", {})
+
+
+def test_an_engine_holding_a_report_that_did_not_commit_is_not_shown(
+        tmp_path: Path) -> None:
+    """A failed commit leaves the cached engine with the report folded (marked stale,
+    reloaded from the log on next use); until then the gauges showed a state the log
+    does not hold, at the seq of the one it does."""
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    store = FailingCommits(open_store(url, auto_migrate=True))
+    app = create_app(Settings(database_url=url, auto_migrate=True), store)  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        train(client, 1, "learning_progress")
+        before = gauges(client)
+        indices = client.post("/v1/curricula/g/batches",
+                              json={"run_id": "r", "step": 1}).json()["indices"]
+        body = {"run_id": "r", "step": 1, "indices": indices,
+                "rewards": [[[1.0, 3.0]] * 4 for _ in indices]}
+        store.fail_next = True
+        assert client.post("/v1/curricula/g/reports", json=body).status_code == 503
+        shown = gauges(client)
+        assert all(shown[key] == before.get(key) for key in shown
+                   if not key[0].endswith(("_total", "_created"))), "a state never committed"
+        assert client.post("/v1/curricula/g/reports", json=body).status_code == 200
+        assert gauges(client)[("paceline_curriculum_seq", ())] == 2.0

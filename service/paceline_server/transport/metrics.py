@@ -178,6 +178,8 @@ class CurriculumCollector(Collector):
         n = self.max_distributions
         for name, cached in self.service.engines.engines():
             with cached.lock:
+                if cached.stale:  # may hold a report whose commit failed: shown again
+                    continue  # once reloaded from the log, at its next use
                 seq = cached.seq
                 point = cached.engine.progress()
                 progress = cached.engine.learning_progress()
