@@ -22,6 +22,7 @@ from paceline_server.store import tables as t
 from paceline_server.store.base import (
     BatchRecord,
     CurriculumWriter,
+    RunKey,
     RunSummary,
     payload_digest,
 )
@@ -58,6 +59,35 @@ class TestCurricula:
         assert [c.name for c in store.list_curricula()] == ["art", "code", "math"]
         assert [c.name for c in store.list_curricula(limit=1, offset=1)] == ["code"]
         assert store.list_curricula(offset=5) == []
+
+    def test_curricula_after_a_name_are_the_rest_of_the_listing(self, store: SqlStore) -> None:
+        """`after` starts a page strictly after a name (by code point): pages chained by
+        their last name are the unpaged listing, and a curriculum that exists throughout
+        is listed exactly once while others are created or deleted between pages (an
+        offset skipped one per deletion before it and repeated one per creation)."""
+        names = ["b", "d", "f", "h", "j", "l"]
+        for name in names:
+            store.create_curriculum(name, {})
+        every = store.list_curricula(limit=100)
+        for limit in (1, 2, 4, 6):
+            paged, after = [], None
+            while page := store.list_curricula(limit, after=after):
+                paged += page
+                after = page[-1].name
+            assert paged == every, limit
+        assert store.list_curricula(after="l") == []
+        assert [c.name for c in store.list_curricula(after="c")] == names[1:]
+        first = store.list_curricula(limit=3)  # b d f
+        store.delete_curriculum("b")
+        store.delete_curriculum("f")
+        store.create_curriculum("a", {})
+        store.create_curriculum("e", {})
+        store.create_curriculum("k", {})
+        rest, after = [], first[-1].name
+        while page := store.list_curricula(2, after=after):
+            rest += page
+            after = page[-1].name
+        assert [c.name for c in first + rest] == ["b", "d", "f", "h", "j", "k", "l"]
 
     def test_head_follows_appends_without_the_spec(self, store: SqlStore) -> None:
         created = store.create_curriculum("math", SPEC)
@@ -188,6 +218,42 @@ class TestRuns:
         for limit, offset in ((-1, 0), (1, -1)):
             with pytest.raises(ValueError, match="non-negative"):
                 store.list_runs("math", limit, offset)
+
+    def test_runs_after_a_key_are_the_rest_of_the_listing(self, store: SqlStore) -> None:
+        """`after` starts a page strictly after a run's key (created_at, then run id by
+        code point): pages chained by their last key are the unpaged listing, ties in
+        created_at included, and a run that exists throughout is listed exactly once
+        while others are attached or deleted between pages."""
+        store.create_curriculum("math", SPEC)
+        ids = ["B", "a", "a-c", "ab", "Z9", "r\u00e9", "r\U0001f600", "a.b"]
+        for i, run_id in enumerate(ids):
+            store.add_run("math", run_id, {}, T0 + timedelta(seconds=i % 3))
+        every = store.list_runs("math")
+        assert [r.key for r in every] == sorted(r.key for r in every)
+        for limit in (1, 2, 3, len(ids)):
+            paged, after = [], None
+            while page := store.list_runs("math", limit, after=after):
+                paged += page
+                after = page[-1].key
+            assert paged == every, limit
+        assert store.list_runs("math", 2, after=every[-1].key) == []
+        assert store.list_runs("math", 2, offset=1, after=every[1].key) == every[3:5]
+        # Changes between pages: before the key, at it, and after it.
+        first = store.list_runs("math", 3)
+        store.add_run("math", "0-early", {}, T0 - timedelta(seconds=5))
+        store.add_run("math", "A-tie", {}, first[-1].created_at)  # same time, id before
+        store.add_run("math", "z-late", {}, T0 + timedelta(days=1))
+        with store.engine.begin() as conn:  # runs have no delete of their own
+            conn.execute(t.runs.delete().where(t.runs.c.run_id.in_(
+                [first[0].run_id, first[-1].run_id])))
+        rest, after = [], first[-1].key
+        while page := store.list_runs("math", 2, after=after):
+            rest += page
+            after = page[-1].key
+        listed = [r.run_id for r in first + rest]
+        assert listed == [r.run_id for r in every] + ["z-late"]
+        with pytest.raises(ValueError, match="aware"):
+            store.list_runs("math", after=RunKey(T0.replace(tzinfo=None), "a"))
 
     def test_errors(self, store: SqlStore) -> None:
         store.create_curriculum("math", SPEC)

@@ -13,6 +13,8 @@ import pytest
 from sqlalchemy import text
 from store_support import Database
 
+from paceline_server.store.base import RunKey
+
 NAMES = ["B", "a", "ab", "a-c", "ad", "Z9", "a.b", "A_"]
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -51,5 +53,11 @@ def test_listings_are_in_code_point_order(migrated: Database, collated: bool) ->
                  for c in store.list_curricula(limit=3, offset=offset)]
         assert paged == sorted(NAMES)
         assert [r.run_id for r in store.list_runs("a")] == sorted(NAMES)
+        # Pages that start after a key compare it in the same order as they list.
+        for after in NAMES:
+            assert [c.name for c in store.list_curricula(limit=100, after=after)] \
+                == [name for name in sorted(NAMES) if name > after], after
+            assert [r.run_id for r in store.list_runs("a", after=RunKey(T0, after))] \
+                == [name for name in sorted(NAMES) if name > after], after
     finally:
         store.close()

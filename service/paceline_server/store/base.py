@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 #: What reading a field off a spec stored unreadable raises.
 _UNREADABLE = (KeyError, TypeError, ValueError)
@@ -86,6 +86,14 @@ class CurriculumHead:
     head_seq: int
 
 
+class RunKey(NamedTuple):
+    """Where a run stands in its curriculum's listing: oldest first, a tie broken by id.
+    Unique (a run id is unique per curriculum), so a page can start strictly after one."""
+
+    created_at: datetime
+    run_id: str
+
+
 @dataclass(frozen=True)
 class RunRecord:
     curriculum: str
@@ -93,6 +101,10 @@ class RunRecord:
     created_at: datetime
     last_heartbeat: datetime
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.created_at, self.run_id)
 
 
 @dataclass(frozen=True)
@@ -293,8 +305,11 @@ class Store(ABC):
         which of the curricula it holds were deleted through another one."""
 
     @abstractmethod
-    def list_curricula(self, limit: int = 100, offset: int = 0) -> list[CurriculumRecord]:
-        """Ordered by name."""
+    def list_curricula(self, limit: int = 100, offset: int = 0,
+                       after: str | None = None) -> list[CurriculumRecord]:
+        """Ordered by name (by code point), `limit` of them from `offset`; with `after`,
+        only those whose name follows it (a page that continues where one ended, however
+        many were created or deleted before that point meanwhile)."""
 
     @abstractmethod
     def delete_curriculum(self, name: str) -> None:
@@ -310,9 +325,10 @@ class Store(ABC):
         """Raises RunNotFound."""
 
     @abstractmethod
-    def list_runs(self, curriculum: str, limit: int | None = None,
-                  offset: int = 0) -> list[RunRecord]:
-        """Ordered by (created_at, run_id), `limit` of them from `offset` (None: all)."""
+    def list_runs(self, curriculum: str, limit: int | None = None, offset: int = 0,
+                  after: RunKey | None = None) -> list[RunRecord]:
+        """Ordered by `RunRecord.key` (created_at, then run_id by code point), `limit` of
+        them from `offset` (None: all); with `after`, only those whose key follows it."""
 
     @abstractmethod
     def run_summary(self, curriculum: str, stale_at: datetime) -> RunSummary:

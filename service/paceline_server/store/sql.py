@@ -41,6 +41,7 @@ from sqlalchemy import (
     Connection,
     LargeBinary,
     Select,
+    and_,
     bindparam,
     cast,
     delete,
@@ -48,6 +49,7 @@ from sqlalchemy import (
     insert,
     literal,
     null,
+    or_,
     select,
     union_all,
     update,
@@ -76,6 +78,7 @@ from paceline_server.store.base import (
     EventProgress,
     EventRecord,
     HistoryCheckpoint,
+    RunKey,
     RunRecord,
     RunSummary,
     SnapshotRecord,
@@ -415,13 +418,16 @@ class SqlStore(Store):
         order, and which items each page of it holds, depended on the backend."""
         return column.collate("C") if self.dialect == "postgresql" else column
 
-    def list_curricula(self, limit: int = 100, offset: int = 0) -> list[CurriculumRecord]:
+    def list_curricula(self, limit: int = 100, offset: int = 0,
+                       after: str | None = None) -> list[CurriculumRecord]:
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must be non-negative")
+        name = self._by_code_point(t.curricula.c.name)
+        query = select(*self._CURRICULUM_COLUMNS).order_by(name)
+        if after is not None:  # compared in the order listed: by code point
+            query = query.where(name > after)
         with self._read() as conn:
-            rows = conn.execute(select(*self._CURRICULUM_COLUMNS)
-                                .order_by(self._by_code_point(t.curricula.c.name))
-                                .limit(limit).offset(offset)).all()
+            rows = conn.execute(query.limit(limit).offset(offset)).all()
         return [self._curriculum_record(row) for row in rows]
 
     def delete_curriculum(self, name: str) -> None:
@@ -494,15 +500,21 @@ class SqlStore(Store):
             cid = self._curriculum_id(conn, curriculum)
             return self._select_run(conn, cid, curriculum, run_id)
 
-    def list_runs(self, curriculum: str, limit: int | None = None,
-                  offset: int = 0) -> list[RunRecord]:
+    def list_runs(self, curriculum: str, limit: int | None = None, offset: int = 0,
+                  after: RunKey | None = None) -> list[RunRecord]:
         if (limit is not None and limit < 0) or offset < 0:
             raise ValueError("limit and offset must be non-negative")
+        created, run_id = t.runs.c.created_at, self._by_code_point(t.runs.c.run_id)
+        query = select(*self._RUN_COLUMNS).order_by(created, run_id)
+        if after is not None:
+            # (created_at, run_id) > after, spelled out rather than as a row value (plain
+            # SQL on any SQLite), run_id compared by code point as it is ordered.
+            _aware(after.created_at, "after.created_at")
+            query = query.where(or_(created > after.created_at,
+                                    and_(created == after.created_at, run_id > after.run_id)))
         with self._read() as conn:
             cid = self._curriculum_id(conn, curriculum)
-            rows = conn.execute(select(*self._RUN_COLUMNS).where(t.runs.c.curriculum_id == cid)
-                                .order_by(t.runs.c.created_at,
-                                          self._by_code_point(t.runs.c.run_id))
+            rows = conn.execute(query.where(t.runs.c.curriculum_id == cid)
                                 .limit(limit).offset(offset)).all()
         return [self._run_record(curriculum, row) for row in rows]
 
