@@ -199,8 +199,9 @@ class EmbeddedService:
     def _list(self, o: op.ListCurricula) -> tuple[int, Any]:
         from paceline_server.app.operations import ListCurricula
 
-        found = self.operations.list_curricula(ListCurricula(o.limit, o.offset))
-        return 200, {"curricula": [_curriculum(r) for r in found]}
+        page = self.operations.list_curricula(ListCurricula(o.limit, o.offset))
+        return 200, {"curricula": [_curriculum(r) for r in page.items],
+                     "next_page_token": page.next_page_token}
 
     def _delete(self, o: op.DeleteCurriculum) -> tuple[int, Any]:
         from paceline_server.app.operations import DeleteCurriculum
@@ -238,8 +239,9 @@ class EmbeddedService:
     def _runs(self, o: op.ListRuns) -> tuple[int, Any]:
         from paceline_server.app.operations import ListRuns
 
-        found = self.operations.list_runs(ListRuns(o.curriculum, o.limit, o.offset))
-        return 200, {"runs": [_run(s) for s in found]}
+        page = self.operations.list_runs(ListRuns(o.curriculum, o.limit, o.offset))
+        return 200, {"runs": [_run(s) for s in page.items],
+                     "next_page_token": page.next_page_token}
 
     def _heartbeat(self, o: op.Heartbeat) -> tuple[int, Any]:
         return 200, _run(self.operations.heartbeat(o.curriculum, o.run_id))

@@ -103,7 +103,7 @@ def test_serve_on_loopback_without_auth_refuses_a_rebound_host(
     reads, done, curricula = serve(env, url(tmp_path), drive)
     assert reads == dict.fromkeys(READS, (421, "HOST_NOT_ALLOWED")), reads
     assert done == [(421, "HOST_NOT_ALLOWED")] * 3
-    assert curricula == {"curricula": []}  # nothing was created
+    assert curricula == {"curricula": [], "next_page_token": None}  # nothing was created
 
 
 def test_the_refusal_names_the_host_in_the_error_format(

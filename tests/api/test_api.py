@@ -137,12 +137,13 @@ class TestRuns:
         assert first.status_code == 200
         assert [r["run_id"] for r in first.json()["runs"]] == [f"r{i:03d}" for i in range(100)]
         page = client.get(runs, params={"limit": 2, "offset": 100}).json()
-        assert list(page) == ["runs"]  # the shape is unchanged
+        assert list(page) == ["runs", "next_page_token"]  # a page token was added
         assert [(r["run_id"], r["metadata"]) for r in page["runs"]] == [
             ("r100", {"i": 100}), ("r101", {"i": 101})]
         rest = client.get(runs, params={"limit": 1000, "offset": 101}).json()["runs"]
         assert [r["run_id"] for r in rest] == ["r101", "r102"]
-        assert client.get(runs, params={"offset": 103}).json() == {"runs": []}
+        assert client.get(runs, params={"offset": 103}).json() == {"runs": [],
+                                                                   "next_page_token": None}
         assert len(client.get(runs, params={"limit": 1000}).json()["runs"]) == 103
 
     @pytest.mark.parametrize("params", [

@@ -26,7 +26,12 @@ from paceline_server.app.operations import (
     SubmitReport,
 )
 from paceline_server.app.refill import MAX_PARTS
-from paceline_server.domain.errors import InvalidReport, InvalidRequest, PacelineError
+from paceline_server.domain.errors import (
+    InvalidPageToken,
+    InvalidReport,
+    InvalidRequest,
+    PacelineError,
+)
 from paceline_server.domain.validation import MAX_INT
 from paceline_server.grpc.server import create_server
 from paceline_server.grpc.v1 import paceline_pb2 as pb
@@ -240,6 +245,49 @@ def test_only_numbers_are_read_as_numbers_alike(both: Both) -> None:
     assert both.rest.post(f"{CUR}/reports", json=report(rewards=[[[True, 2]]])).json()["seq"] == 1
 
 
+def test_page_tokens_alike(both: Both) -> None:
+    """ListCurricula and ListRuns page by token as the REST listings do: the same tokens
+    (one handed out by either transport continues on the other), empty on the last page,
+    and the same refusals of a bad token or of a token with an offset."""
+    for name in ("b", "c"):
+        assert both.rest.post("/v1/curricula", json={**SPEC, "name": name}).status_code == 201
+    for run_id in ("r2", "r3"):
+        assert both.rest.post(f"{CUR}/runs", json={"run_id": run_id}).status_code == 201
+    rest = both.rest.get("/v1/curricula", params={"limit": 1}).json()
+    first = both.call("ListCurricula", pb.ListCurriculaRequest(limit=1))
+    assert [c.name for c in first.curricula] == ["b"]
+    assert first.next_page_token == rest["next_page_token"]
+    second = both.call("ListCurricula", pb.ListCurriculaRequest(
+        limit=1, page_token=rest["next_page_token"]))
+    assert [c.name for c in second.curricula] == ["c"]
+    last = both.rest.get("/v1/curricula", params={"page_token": second.next_page_token})
+    assert ([c["name"] for c in last.json()["curricula"]], last.json()["next_page_token"]) \
+        == (["math"], None)
+    assert both.call("ListCurricula", pb.ListCurriculaRequest(
+        page_token=second.next_page_token)).next_page_token == ""
+
+    runs = both.call("ListRuns", pb.ListRunsRequest(curriculum="math", limit=2))
+    assert [r.run_id for r in runs.runs] == ["r", "r2"]
+    rest_runs = both.rest.get(f"{CUR}/runs", params={"page_token": runs.next_page_token})
+    assert [r["run_id"] for r in rest_runs.json()["runs"]] == ["r3"]
+    assert rest_runs.json()["next_page_token"] is None
+
+    bad = [("ListCurricula", "/v1/curricula", "not a token!"),
+           ("ListCurricula", "/v1/curricula", runs.next_page_token),
+           ("ListRuns", f"{CUR}/runs", first.next_page_token),
+           ("ListRuns", "/v1/curricula/b/runs", runs.next_page_token)]
+    for method, path, token in bad:
+        assert both.rest_code("GET", path, params={"page_token": token}) \
+            == "INVALID_PAGE_TOKEN", (path, token)
+        request = (pb.ListCurriculaRequest(page_token=token) if method == "ListCurricula"
+                   else pb.ListRunsRequest(curriculum=path.split("/")[3], page_token=token))
+        assert both.grpc_code(method, request) == "INVALID_PAGE_TOKEN", (method, token)
+    assert both.grpc_code("ListCurricula", pb.ListCurriculaRequest(
+        offset=1, page_token=first.next_page_token)) == "INVALID_REQUEST"
+    assert both.grpc_code("ListRuns", pb.ListRunsRequest(
+        curriculum="math", offset=2, page_token=runs.next_page_token)) == "INVALID_REQUEST"
+
+
 def test_the_operations_refuse_in_process(both: Both) -> None:
     """What a transport passes on unchecked is checked here, before the store is read."""
     ops = both.ops
@@ -252,6 +300,9 @@ def test_the_operations_refuse_in_process(both: Both) -> None:
         (lambda: ops.heartbeat("math", "r\ud800"), InvalidRequest),
         (lambda: ops.list_curricula(ListCurricula(limit=0)), InvalidRequest),
         (lambda: ops.list_curricula(ListCurricula(offset=True)), InvalidRequest),  # type: ignore[arg-type]
+        (lambda: ops.list_curricula(ListCurricula(page_token="x")), InvalidPageToken),
+        (lambda: ops.list_curricula(ListCurricula(page_token=7)), InvalidRequest),  # type: ignore[arg-type]
+        (lambda: ops.list_runs(ListRuns("math", page_token="!")), InvalidPageToken),
         (lambda: ops.delete_curriculum(DeleteCurriculum("math", "MATH")), InvalidRequest),
         (lambda: ops.attach_run(AttachRun("math", "r\x00")), InvalidRequest),
         (lambda: ops.attach_run(AttachRun("math", "n", {"a": float("nan")})), InvalidRequest),

@@ -33,6 +33,7 @@ from paceline_server.app.operations import (
     RequestBatch,
     SubmitReport,
 )
+from paceline_server.app.page_tokens import MAX_TOKEN
 from paceline_server.app.service import RunStatus
 from paceline_server.app.strategies import StrategyInfo
 from paceline_server.app.transfer import MEDIA_TYPE
@@ -81,16 +82,25 @@ def create_curriculum(body: schemas.CurriculumCreate, response: Response,
     return _curriculum(result.record)
 
 
-#: ?limit= and ?offset= of a listing (the operation layer checks them)
-Limit = Annotated[int, Query(json_schema_extra={"minimum": 1, "maximum": MAX_LIST})]
-Offset = Annotated[int, Query(json_schema_extra={"minimum": 0, "maximum": MAX_INT})]
+#: ?limit=, ?offset= and ?page_token= of a listing (the operation layer checks them)
+Limit = Annotated[int, Query(description="entries per page",
+                             json_schema_extra={"minimum": 1, "maximum": MAX_LIST})]
+Offset = Annotated[int, Query(
+    description="entries to skip (shifts as entries are created or deleted: prefer "
+                "page_token); refused with a page_token",
+    json_schema_extra={"minimum": 0, "maximum": MAX_INT})]
+PageToken = Annotated[str | None, Query(
+    description="the next_page_token of the page before (absent or empty: the first page)",
+    json_schema_extra={"maxLength": MAX_TOKEN})]
 
 
-@router.get("/curricula", response_model=schemas.CurriculumList)
-def list_curricula(ops: Ops, _: ReadScope, limit: Limit = 100,
-                   offset: Offset = 0) -> schemas.CurriculumList:
-    return schemas.CurriculumList(curricula=[
-        _curriculum(r) for r in ops.list_curricula(ListCurricula(limit, offset))])
+@router.get("/curricula", response_model=schemas.CurriculumList,
+            summary="A page of the curricula by name (?limit=, ?page_token= or ?offset=)")
+def list_curricula(ops: Ops, _: ReadScope, limit: Limit = 100, offset: Offset = 0,
+                   page_token: PageToken = None) -> schemas.CurriculumList:
+    page = ops.list_curricula(ListCurricula(limit, offset, page_token))
+    return schemas.CurriculumList(curricula=[_curriculum(r) for r in page.items],
+                                  next_page_token=page.next_page_token)
 
 
 @router.get("/curricula/{name}", response_model=schemas.CurriculumOut)
@@ -116,10 +126,13 @@ def attach_run(name: NamePath, ops: Ops, _: WriteScope,
 
 
 @router.get("/curricula/{name}/runs", response_model=schemas.RunList,
-            summary="A page of the curriculum's runs, oldest first (?limit=, ?offset=)")
-def list_runs(name: NamePath, ops: Ops, _: ReadScope, limit: Limit = 100,
-              offset: Offset = 0) -> schemas.RunList:
-    return schemas.RunList(runs=[_run(s) for s in ops.list_runs(ListRuns(name, limit, offset))])
+            summary="A page of the curriculum's runs, oldest first "
+                    "(?limit=, ?page_token= or ?offset=)")
+def list_runs(name: NamePath, ops: Ops, _: ReadScope, limit: Limit = 100, offset: Offset = 0,
+              page_token: PageToken = None) -> schemas.RunList:
+    page = ops.list_runs(ListRuns(name, limit, offset, page_token))
+    return schemas.RunList(runs=[_run(s) for s in page.items],
+                           next_page_token=page.next_page_token)
 
 
 @router.get("/curricula/{name}/runs/{run_id}", response_model=schemas.RunOut)

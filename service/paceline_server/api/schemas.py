@@ -59,8 +59,15 @@ class CurriculumOut(BaseModel):
     objectives: list[str]
 
 
+#: The `next_page_token` of a listing, documented once.
+NEXT_PAGE_TOKEN = ("pass as ?page_token= for the next page, which starts after this "
+                   "one's last entry (exact while entries are created or deleted); "
+                   "null on the last page")
+
+
 class CurriculumList(BaseModel):
     curricula: list[CurriculumOut]
+    next_page_token: str | None = Field(default=None, description=NEXT_PAGE_TOKEN)
 
 
 class RunCreate(BaseModel):
@@ -83,6 +90,7 @@ class RunOut(BaseModel):
 
 class RunList(BaseModel):
     runs: list[RunOut]
+    next_page_token: str | None = Field(default=None, description=NEXT_PAGE_TOKEN)
 
 
 class BatchRequest(BaseModel):

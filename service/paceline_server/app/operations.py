@@ -14,10 +14,11 @@ columns are in).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from paceline_server.app import page_tokens
 from paceline_server.app.history import HISTORY_WAIT_S
 from paceline_server.app.refill import MAX_PARTS
 from paceline_server.app.service import (
@@ -45,8 +46,9 @@ from paceline_server.domain.validation import (
 )
 from paceline_server.store.base import CurriculumRecord
 
-#: Most curricula one listing returns.
+#: Most curricula (or runs) one page of a listing returns.
 MAX_LIST = 1000
+_Item = TypeVar("_Item")
 
 
 # ------------------------------------------------------------------ commands
@@ -62,8 +64,15 @@ class CreateCurriculum:
 
 @dataclass(slots=True)
 class ListCurricula:
+    """A page of the curricula by name: `limit` of them from `offset`, or after
+    `page_token`, the `next_page_token` of the page before (None or "": the first page).
+    A token names where the page before ended, so paging by tokens lists every curriculum
+    that exists throughout exactly once while others are created or deleted; an offset
+    (kept for callers that page by it) shifts with them. The two cannot be combined."""
+
     limit: int = 100
     offset: int = 0
+    page_token: str | None = None
 
 
 @dataclass(slots=True)
@@ -77,11 +86,12 @@ class DeleteCurriculum:
 @dataclass(slots=True)
 class ListRuns:
     """A page of a curriculum's runs, oldest first: paged as `ListCurricula` is, since a
-    curriculum may have any number of runs."""
+    curriculum may have any number of runs (a token continues one curriculum's runs)."""
 
     curriculum: str
     limit: int = 100
     offset: int = 0
+    page_token: str | None = None
 
 
 @dataclass(slots=True)
@@ -123,6 +133,14 @@ class GetHistory:
 
 # ------------------------------------------------------------------ views
 @dataclass(slots=True)
+class Page(Generic[_Item]):
+    """One page of a listing and the token of the next (None: this is the last page)."""
+
+    items: list[_Item]
+    next_page_token: str | None
+
+
+@dataclass(slots=True)
 class BatchView:
     """A batch with the names of its columns (reward weights by objective,
     probabilities by distribution), which every encoding needs."""
@@ -156,6 +174,30 @@ def _optional(value: object, field: str, minimum: int) -> int | None:
     return None if value is None else check_count(value, field, minimum)
 
 
+def _paging(limit: object, offset: object, page_token: object) -> tuple[int, int, str | None]:
+    """A listing's limit, offset and page token (None: none), checked. A token with an
+    offset is refused rather than one of them ignored: the caller meant one of two
+    positions, and no answer could say which it got."""
+    limit = check_count(limit, "limit", 1, MAX_LIST)
+    offset = check_count(offset, "offset", 0)
+    if page_token is None or page_token == "":
+        return limit, offset, None
+    if not isinstance(page_token, str):
+        raise InvalidRequest("page_token must be a string", {"field": "page_token"})
+    if offset:
+        raise InvalidRequest("page_token and offset cannot be combined: a page token "
+                             "already says where its page starts", {"field": "offset"})
+    return limit, offset, page_token
+
+
+def _page(found: list[_Item], limit: int, token: Callable[[_Item], str]) -> Page[_Item]:
+    """`found`, read one past `limit`, as a page: the extra entry only says whether a
+    next page exists, so the last page carries no token (never one to an empty page)."""
+    if len(found) <= limit:
+        return Page(found, None)
+    return Page(found[:limit], token(found[limit - 1]))
+
+
 class Operations:
     """What a transport may ask of the service, one method per operation."""
 
@@ -170,9 +212,11 @@ class Operations:
             raise InvalidRequest("exist_ok must be a boolean", {"field": "exist_ok"})
         return self.service.create_curriculum(spec, exist_ok=command.exist_ok or inside)
 
-    def list_curricula(self, command: ListCurricula) -> list[CurriculumRecord]:
-        return self.service.list_curricula(check_count(command.limit, "limit", 1, MAX_LIST),
-                                           check_count(command.offset, "offset", 0))
+    def list_curricula(self, command: ListCurricula) -> Page[CurriculumRecord]:
+        limit, offset, token = _paging(command.limit, command.offset, command.page_token)
+        after = None if token is None else page_tokens.curricula_after(token)
+        return _page(self.service.list_curricula(limit + 1, offset, after), limit,
+                     page_tokens.curricula_token)
 
     def get_curriculum(self, name: str) -> CurriculumRecord:
         return self.service.get_curriculum(check_name(name))
@@ -201,10 +245,12 @@ class Operations:
                                          command.metadata, command.run_id)
         return RunStatus(record, stale=False)
 
-    def list_runs(self, command: ListRuns) -> list[RunStatus]:
-        return self.service.list_runs(check_name(command.curriculum, "curriculum"),
-                                      check_count(command.limit, "limit", 1, MAX_LIST),
-                                      check_count(command.offset, "offset", 0))
+    def list_runs(self, command: ListRuns) -> Page[RunStatus]:
+        name = check_name(command.curriculum, "curriculum")
+        limit, offset, token = _paging(command.limit, command.offset, command.page_token)
+        after = None if token is None else page_tokens.runs_after(token, name)
+        return _page(self.service.list_runs(name, limit + 1, offset, after), limit,
+                     lambda last: page_tokens.runs_token(name, last.record))
 
     def get_run(self, curriculum: str, run_id: str) -> RunStatus:
         return self.service.get_run(check_name(curriculum, "curriculum"),

@@ -84,6 +84,7 @@ from paceline_server.store.base import (
     BatchRecord,
     CurriculumHead,
     CurriculumRecord,
+    RunKey,
     RunRecord,
     RunSummary,
     Store,
@@ -249,8 +250,10 @@ class PacelineService:
     def get_curriculum(self, name: str) -> CurriculumRecord:
         return self.store.get_curriculum(name)
 
-    def list_curricula(self, limit: int = 100, offset: int = 0) -> list[CurriculumRecord]:
-        return self.store.list_curricula(limit=limit, offset=offset)
+    def list_curricula(self, limit: int = 100, offset: int = 0,
+                       after: str | None = None) -> list[CurriculumRecord]:
+        """`limit` curricula by name from `offset`, after the name `after` if given."""
+        return self.store.list_curricula(limit=limit, offset=offset, after=after)
 
     def delete_curriculum(self, name: str) -> None:
         self.store.delete_curriculum(name)
@@ -294,10 +297,11 @@ class PacelineService:
     def get_run(self, name: str, run_id: str) -> RunStatus:
         return self._status(self.store.get_run(name, run_id))
 
-    def list_runs(self, name: str, limit: int | None = None,
-                  offset: int = 0) -> list[RunStatus]:
-        """`limit` runs (None: all) from `offset`, oldest first."""
-        return [self._status(r) for r in self.store.list_runs(name, limit, offset)]
+    def list_runs(self, name: str, limit: int | None = None, offset: int = 0,
+                  after: RunKey | None = None) -> list[RunStatus]:
+        """`limit` runs (None: all) from `offset`, oldest first, after the key `after`
+        (`RunRecord.key`) if given."""
+        return [self._status(r) for r in self.store.list_runs(name, limit, offset, after)]
 
     def run_summary(self, name: str) -> RunSummary:
         """The runs of `name` counted in the database (the listing's columns: how many,

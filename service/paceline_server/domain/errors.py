@@ -201,6 +201,14 @@ class InvalidDownsampling(InvalidRequest):
     code = "INVALID_DOWNSAMPLING"
 
 
+class InvalidPageToken(InvalidRequest):
+    """A listing's `page_token` is not one the same listing handed out as its
+    `next_page_token`: garbage, cut or edited, or from another listing (the runs of
+    another curriculum, the curricula)."""
+
+    code = "INVALID_PAGE_TOKEN"
+
+
 class StepAlreadyReported(Conflict):
     """A refill (dynamic sampling) for a (run, step) that was already reported: the step
     is over, so more prompts for it could never be reported."""

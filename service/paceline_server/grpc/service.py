@@ -195,9 +195,11 @@ class PacelineHandlers:
 
     def list_curricula(self, request: pb.ListCurriculaRequest,
                        context: grpc.ServicerContext) -> pb.ListCurriculaResponse:
-        command = ListCurricula(request.limit or 100, request.offset)  # 0: unset
-        return pb.ListCurriculaResponse(curricula=[
-            convert.curriculum(r) for r in self.ops.list_curricula(command)])
+        page = self.ops.list_curricula(ListCurricula(
+            request.limit or 100, request.offset, request.page_token))  # 0, "": unset
+        return pb.ListCurriculaResponse(
+            curricula=[convert.curriculum(r) for r in page.items],
+            next_page_token=page.next_page_token or "")
 
     def get_curriculum(self, request: pb.GetCurriculumRequest,
                        context: grpc.ServicerContext) -> pb.Curriculum:
@@ -219,8 +221,10 @@ class PacelineHandlers:
 
     def list_runs(self, request: pb.ListRunsRequest,
                   context: grpc.ServicerContext) -> pb.ListRunsResponse:
-        command = ListRuns(request.curriculum, request.limit or 100, request.offset)  # 0: unset
-        return pb.ListRunsResponse(runs=[convert.run(s) for s in self.ops.list_runs(command)])
+        page = self.ops.list_runs(ListRuns(request.curriculum, request.limit or 100,
+                                           request.offset, request.page_token))  # 0, "": unset
+        return pb.ListRunsResponse(runs=[convert.run(s) for s in page.items],
+                                   next_page_token=page.next_page_token or "")
 
     def get_run(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
         return convert.run(self.ops.get_run(request.curriculum, request.run_id))

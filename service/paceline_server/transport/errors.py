@@ -42,6 +42,7 @@ TABLE: dict[type[errors.PacelineError], Status] = {
     errors.InvalidRequest: Status(422, "INVALID_ARGUMENT"),
     errors.HistoryOutOfRange: Status(422, "INVALID_ARGUMENT"),
     errors.InvalidDownsampling: Status(422, "INVALID_ARGUMENT"),
+    errors.InvalidPageToken: Status(422, "INVALID_ARGUMENT"),
     errors.MalformedBody: Status(400, "INVALID_ARGUMENT"),
     errors.HostNotAllowed: Status(421, "INVALID_ARGUMENT"),  # REST only: Misdirected Request
     errors.PayloadTooLarge: Status(413, "INVALID_ARGUMENT"),

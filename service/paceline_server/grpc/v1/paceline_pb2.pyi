@@ -57,18 +57,22 @@ class CreateCurriculumResponse(_message.Message):
     def __init__(self, curriculum: _Optional[_Union[Curriculum, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class ListCurriculaRequest(_message.Message):
-    __slots__ = ("limit", "offset")
+    __slots__ = ("limit", "offset", "page_token")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     limit: int
     offset: int
-    def __init__(self, limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+    page_token: str
+    def __init__(self, limit: _Optional[int] = ..., offset: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListCurriculaResponse(_message.Message):
-    __slots__ = ("curricula",)
+    __slots__ = ("curricula", "next_page_token")
     CURRICULA_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     curricula: _containers.RepeatedCompositeFieldContainer[Curriculum]
-    def __init__(self, curricula: _Optional[_Iterable[_Union[Curriculum, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, curricula: _Optional[_Iterable[_Union[Curriculum, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetCurriculumRequest(_message.Message):
     __slots__ = ("name",)
@@ -115,20 +119,24 @@ class AttachRunRequest(_message.Message):
     def __init__(self, curriculum: _Optional[str] = ..., run_id: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
-    __slots__ = ("curriculum", "limit", "offset")
+    __slots__ = ("curriculum", "limit", "offset", "page_token")
     CURRICULUM_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     curriculum: str
     limit: int
     offset: int
-    def __init__(self, curriculum: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+    page_token: str
+    def __init__(self, curriculum: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
-    __slots__ = ("runs",)
+    __slots__ = ("runs", "next_page_token")
     RUNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[Run]
-    def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("curriculum", "run_id")
