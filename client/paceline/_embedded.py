@@ -199,7 +199,7 @@ class EmbeddedService:
     def _list(self, o: op.ListCurricula) -> tuple[int, Any]:
         from paceline_server.app.operations import ListCurricula
 
-        page = self.operations.list_curricula(ListCurricula(o.limit, o.offset))
+        page = self.operations.list_curricula(ListCurricula(o.limit, o.offset, o.page_token))
         return 200, {"curricula": [_curriculum(r) for r in page.items],
                      "next_page_token": page.next_page_token}
 
@@ -239,7 +239,8 @@ class EmbeddedService:
     def _runs(self, o: op.ListRuns) -> tuple[int, Any]:
         from paceline_server.app.operations import ListRuns
 
-        page = self.operations.list_runs(ListRuns(o.curriculum, o.limit, o.offset))
+        page = self.operations.list_runs(ListRuns(o.curriculum, o.limit, o.offset,
+                                                  o.page_token))
         return 200, {"runs": [_run(s) for s in page.items],
                      "next_page_token": page.next_page_token}
 

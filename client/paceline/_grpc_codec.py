@@ -365,8 +365,10 @@ ENCODERS: dict[type[op.Operation], Callable[[Any], Call]] = {
     op.GetCurriculum: lambda o: Call("GetCurriculum", pb.GetCurriculumRequest(
         name=o.curriculum), 200, curriculum),
     op.ListCurricula: lambda o: Call(
-        "ListCurricula", pb.ListCurriculaRequest(limit=o.limit, offset=o.offset), 200,
-        lambda r: {"curricula": [curriculum(c) for c in r.curricula]}),
+        "ListCurricula", pb.ListCurriculaRequest(limit=o.limit, offset=o.offset,
+                                                 page_token=o.page_token or ""), 200,
+        lambda r: {"curricula": [curriculum(c) for c in r.curricula],
+                   "next_page_token": r.next_page_token or None}),
     op.DeleteCurriculum: _delete,
     op.ListStrategies: lambda o: Call("ListStrategies", pb.ListStrategiesRequest(), 200,
                                       strategies),
@@ -378,8 +380,9 @@ ENCODERS: dict[type[op.Operation], Callable[[Any], Call]] = {
         curriculum=o.curriculum, run_id=o.run_id), 200, run),
     op.ListRuns: lambda o: Call(
         "ListRuns", pb.ListRunsRequest(curriculum=o.curriculum, limit=o.limit,
-                                       offset=o.offset),
-        200, lambda r: {"runs": [run(x) for x in r.runs]}),
+                                       offset=o.offset, page_token=o.page_token or ""),
+        200, lambda r: {"runs": [run(x) for x in r.runs],
+                        "next_page_token": r.next_page_token or None}),
     op.Heartbeat: lambda o: Call("Heartbeat", pb.HeartbeatRequest(
         curriculum=o.curriculum, run_id=o.run_id), 200, run),
     op.NextBatch: _next_batch,

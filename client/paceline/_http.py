@@ -39,6 +39,14 @@ def _params(**values: int | None) -> dict[str, str]:
     return {key: str(value) for key, value in values.items() if value is not None}
 
 
+def _page(o: op.ListCurricula | op.ListRuns) -> dict[str, str]:
+    """A listing's query: the page token when there is one, else the offset (the service
+    refuses the two together)."""
+    if o.page_token:
+        return {"limit": str(o.limit), "page_token": o.page_token}
+    return {"limit": str(o.limit), "offset": str(o.offset)}
+
+
 def _create(o: op.CreateCurriculum, _: ReportEncoding, __: int | None) -> Request:
     return Request("POST", PREFIX, json={**o.spec, "exist_ok": o.exist_ok})
 
@@ -70,8 +78,7 @@ Encoder = Callable[[Any, ReportEncoding, int | None], Request]
 ENCODERS: dict[type[op.Operation], Encoder] = {
     op.CreateCurriculum: _create,
     op.GetCurriculum: lambda o, *_: Request("GET", _path(o.curriculum)),
-    op.ListCurricula: lambda o, *_: Request(
-        "GET", PREFIX, params={"limit": str(o.limit), "offset": str(o.offset)}),
+    op.ListCurricula: lambda o, *_: Request("GET", PREFIX, params=_page(o)),
     op.DeleteCurriculum: lambda o, *_: Request("DELETE", _path(o.curriculum),
                                                params={"confirm": o.curriculum}),
     op.ListStrategies: lambda o, *_: Request("GET", STRATEGIES),
@@ -81,9 +88,7 @@ ENCODERS: dict[type[op.Operation], Encoder] = {
     op.AttachRun: lambda o, *_: Request("POST", _path(o.curriculum, "runs"), json={
         "run_id": o.run_id, "metadata": dict(o.metadata or {})}),
     op.GetRun: lambda o, *_: Request("GET", _path(o.curriculum, "runs", o.run_id)),
-    op.ListRuns: lambda o, *_: Request(
-        "GET", _path(o.curriculum, "runs"),
-        params={"limit": str(o.limit), "offset": str(o.offset)}),
+    op.ListRuns: lambda o, *_: Request("GET", _path(o.curriculum, "runs"), params=_page(o)),
     op.Heartbeat: lambda o, *_: Request("POST", _path(o.curriculum, "runs", o.run_id,
                                                       "heartbeat")),
     op.NextBatch: _batch,

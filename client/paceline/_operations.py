@@ -70,9 +70,13 @@ class GetCurriculum(Operation):
 
 @dataclass(frozen=True, slots=True)
 class ListCurricula(Operation):
+    """A page of the listing: the first, or the one after `page_token` (the
+    `next_page_token` of the page before); `offset` is for callers that page by it."""
+
     operation: ClassVar[str] = "list_curricula"
     limit: int = 100
     offset: int = 0
+    page_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +122,13 @@ class GetRun(Operation):
 
 @dataclass(frozen=True, slots=True)
 class ListRuns(Operation):
+    """A page of the curriculum's runs, paged as `ListCurricula` is."""
+
     operation: ClassVar[str] = "list_runs"
     curriculum: str
     limit: int = 100
     offset: int = 0
+    page_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,51 +57,39 @@ _Item = TypeVar("_Item")
 
 
 class Pages(Generic[_Item]):
-    """Pages through a listing ordered by a unique key and paged by offset (the curricula
-    by name, a curriculum's runs by creation time and id) so that items created or
-    deleted meanwhile shift no page: each page after the first starts at the last item
-    seen, which it must hold; if the listing shifted back (an item before it was
-    deleted) the page is read again from further back, and only items after the last
-    one seen are taken. So every item that exists throughout is listed once (a bare
-    offset skipped one for each deletion before it and repeated one for each creation
-    before it)."""
+    """Reads a listing page by page, each page asked for with the `next_page_token` of
+    the one before, until a page comes without one. A token names where its page ended,
+    so the service starts the next page after that entry: every item that exists
+    throughout is listed exactly once, whatever is created or deleted meanwhile."""
 
-    def __init__(self, request: Callable[[int, int], op.Operation], field: str,
-                 parse: Callable[[Any], _Item], key: Callable[[_Item], Any]) -> None:
-        self._request, self.field, self._parse, self._key = request, field, parse, key
+    def __init__(self, request: Callable[[int, str | None], op.Operation], field: str,
+                 parse: Callable[[Any], _Item]) -> None:
+        self._request, self.field, self._parse = request, field, parse
         self.found: list[_Item] = []
-        self.offset = 0
+        self.token: str | None = None
 
     def request(self) -> op.Operation:
-        """The operation that reads the next page (limit PAGE from `offset`)."""
-        return self._request(PAGE, self.offset)
+        """The operation that reads the next page (PAGE items after `token`)."""
+        return self._request(PAGE, self.token)
 
     def take(self, answer: Mapping[str, Any]) -> bool:
         """Take one page's answer; True once the listing is complete."""
-        page = [self._parse(item) for item in answer[self.field]]
-        last = self._key(self.found[-1]) if self.found else None
-        if last is not None and self.offset > 0 and (
-                not page or self._key(page[0]) > last):
-            self.offset = max(self.offset - (PAGE - 1), 0)  # shifted back: look earlier
-            return False
-        self.found.extend(item for item in page if last is None or self._key(item) > last)
-        if len(page) < PAGE:
-            return True
-        self.offset += len(page) - 1  # the next page starts with this page's last item
-        return False
+        self.found.extend(self._parse(item) for item in answer[self.field])
+        self.token = answer.get("next_page_token") or None
+        return self.token is None
 
 
 def curriculum_pages() -> Pages[CurriculumInfo]:
     """Every curriculum, by name (`GET /v1/curricula`, gRPC `ListCurricula`)."""
-    return Pages(op.ListCurricula, "curricula", CurriculumInfo.model_validate,
-                 operator.attrgetter("name"))
+    return Pages(lambda limit, token: op.ListCurricula(limit, page_token=token),
+                 "curricula", CurriculumInfo.model_validate)
 
 
 def run_pages(curriculum: str) -> Pages[RunInfo]:
     """Every run of `curriculum`, oldest first: the service's order, by creation time
     and then id (`GET /v1/curricula/{name}/runs`, gRPC `ListRuns`)."""
-    return Pages(lambda limit, offset: op.ListRuns(curriculum, limit, offset), "runs",
-                 RunInfo.model_validate, operator.attrgetter("created_at", "run_id"))
+    return Pages(lambda limit, token: op.ListRuns(curriculum, limit, page_token=token),
+                 "runs", RunInfo.model_validate)
 
 
 #: Seconds closing waits for heartbeat threads to finish (once the transport is closed

@@ -130,17 +130,21 @@ def test_runs_are_read_page_by_page(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             ids = [f"r{i}" for i in range(5)]
             for run_id in ids:
                 await cur.start_run(run_id=run_id, heartbeat_interval=None)
-            pages: list[tuple[int, int]] = []
+            pages: list[tuple[int, int, str | None]] = []
             original = client._call
 
             async def call(operation: Any) -> Any:
+                answer = await original(operation)
                 if isinstance(operation, op.ListRuns):
-                    pages.append((operation.limit, operation.offset))
-                return await original(operation)
+                    pages.append((operation.limit, operation.offset, operation.page_token))
+                    if len(pages) == 1:  # attached between two pages: listed once, last
+                        await cur.start_run(run_id="late", heartbeat_interval=None)
+                return answer
 
             monkeypatch.setattr(client, "_call", call)
-            assert [r.run_id for r in await cur.runs()] == ids
-            assert pages == [(2, 0), (2, 1), (2, 2), (2, 3), (2, 4)]
+            assert [r.run_id for r in await cur.runs()] == [*ids, "late"]
+            assert [(limit, offset) for limit, offset, _ in pages] == [(2, 0)] * 3
+            assert pages[0][2] is None and all(token for *_, token in pages[1:])
 
     run_async(body)
 

@@ -448,13 +448,13 @@ def test_runs_are_read_page_by_page_while_others_attach(embedded: paceline.Clien
     for i, run_id in enumerate(ids):
         store.add_run("math", run_id, {}, t0 + timedelta(seconds=i))
     monkeypatch.setattr("paceline.client.PAGE", 2)
-    pages: list[tuple[int, int]] = []
+    pages: list[tuple[int, int, str | None]] = []
     original = embedded._call
 
     def call(operation: Any) -> Any:
         answer = original(operation)
         if isinstance(operation, op.ListRuns):
-            pages.append((operation.limit, operation.offset))
+            pages.append((operation.limit, operation.offset, operation.page_token))
             if len(pages) == 1:
                 seconds = 60 if change == "attach" else -60
                 store.add_run("math", "new", {}, t0 + timedelta(seconds=seconds))
@@ -463,4 +463,7 @@ def test_runs_are_read_page_by_page_while_others_attach(embedded: paceline.Clien
     monkeypatch.setattr(embedded, "_call", call)
     listed = [r.run_id for r in cur.runs()]
     assert listed == ids + (["new"] if change == "attach" else [])
-    assert len(pages) > 3 and all(limit == 2 for limit, _ in pages)
+    # Each page after the first continues from the token of the one before.
+    assert len(pages) == (4 if change == "attach" else 3)
+    assert all((limit, offset) == (2, 0) for limit, offset, _ in pages)
+    assert pages[0][2] is None and all(token for *_, token in pages[1:])

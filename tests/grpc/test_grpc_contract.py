@@ -154,8 +154,10 @@ def test_both_transports_give_equal_objects(service: ServiceProcess) -> None:
 
 def test_runs_are_read_page_by_page(client: paceline.Client,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """`cur.runs()` reads every page of the runs listing (GET .../runs or ListRuns with
-    `limit` and `offset`), each starting at the last run of the one before."""
+    """`cur.runs()` reads every page of the runs listing (GET .../runs or ListRuns), each
+    asked for with the page token of the one before: a run attached between two pages
+    is listed once, after those that existed throughout, none of them skipped or
+    repeated."""
     from paceline import _operations as op
 
     monkeypatch.setattr("paceline.client.PAGE", 2)
@@ -163,17 +165,49 @@ def test_runs_are_read_page_by_page(client: paceline.Client,
     ids = [f"r{i}" for i in range(5)]
     for run_id in ids:
         cur.start_run(run_id, heartbeat_interval=None)
-    pages: list[tuple[int, int]] = []
+    pages: list[tuple[int, int, str | None]] = []
     original = client._call
 
     def call(operation: Any) -> Any:
+        answer = original(operation)
         if isinstance(operation, op.ListRuns):
-            pages.append((operation.limit, operation.offset))
-        return original(operation)
+            pages.append((operation.limit, operation.offset, operation.page_token))
+            if len(pages) == 1:
+                cur.start_run("late", heartbeat_interval=None)
+        return answer
 
     monkeypatch.setattr(client, "_call", call)
-    assert [r.run_id for r in cur.runs()] == ids
-    assert pages == [(2, 0), (2, 1), (2, 2), (2, 3), (2, 4)]
+    assert [r.run_id for r in cur.runs()] == [*ids, "late"]
+    assert [(limit, offset) for limit, offset, _ in pages] == [(2, 0)] * 3
+    assert pages[0][2] is None and all(token for *_, token in pages[1:])
+
+
+def test_curricula_are_read_page_by_page_while_others_change(
+        client: paceline.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`list_curricula` follows the page tokens over either transport: a curriculum
+    deleted and one created before the position between two pages (which shifted every
+    later offset) make it neither skip nor repeat one that exists throughout."""
+    from paceline import _operations as op
+
+    prefix = f"page-{next(_names)}-"
+    for letter in "abcdef":
+        client.create_curriculum(prefix + letter, **SPEC)
+    monkeypatch.setattr("paceline.client.PAGE", 2)
+    original, changed = client._call, []
+
+    def call(operation: Any) -> Any:
+        answer = original(operation)
+        names = [c["name"] for c in answer["curricula"]] \
+            if isinstance(operation, op.ListCurricula) else []
+        if prefix + "b" in names and not changed:
+            client.curriculum(prefix + "a").delete()
+            client.create_curriculum(prefix + "0", **SPEC)
+            changed.append(True)
+        return answer
+
+    monkeypatch.setattr(client, "_call", call)
+    listed = [c.name for c in client.list_curricula() if c.name.startswith(prefix)]
+    assert changed and listed == [prefix + letter for letter in "abcdef"]
 
 
 def test_same_reports_give_the_same_state_over_either_transport(service: ServiceProcess) -> None:
