@@ -176,18 +176,32 @@ def test_a_cancelled_task_leaving_async_with_closes_everything(tmp_path: Path) -
     (a timeout, a TaskGroup): leaving `async with` stopped only the first run's heartbeat
     (the others went on beating for good) and never closed the client."""
     held: dict[str, Any] = {}
+    training = asyncio.Event()
 
     async def job() -> None:
         async with paceline.AsyncClient.embedded(tmp_path / "c.db") as client:
             held["client"] = client
             cur = await client.create_curriculum("job", **SPEC)
             held["runs"] = [await cur.start_run(heartbeat_interval=0.02) for _ in range(3)]
+            training.set()
             await asyncio.sleep(3600)  # training
 
     async def orchestrator() -> None:
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.5):
+        # The timeout expires once the job trains, however long its start took (a fixed
+        # 0.5 s expired during the start on a loaded machine).
+        async def expire(deadline: asyncio.Timeout) -> None:
+            await training.wait()
+            await asyncio.sleep(0.05)  # a few heartbeats
+            deadline.reschedule(asyncio.get_running_loop().time())
+
+        async def bounded_job() -> None:
+            async with asyncio.timeout(None) as deadline:
+                held["expiry"] = asyncio.ensure_future(expire(deadline))
                 await job()
+
+        with pytest.raises(TimeoutError):
+            await bounded_job()
+        await held["expiry"]
         client, runs = held["client"], held["runs"]
         assert client._closed and not client._transport._on_close.alive  # service closed
         assert not any(run.heartbeating for run in runs)
