@@ -40,11 +40,13 @@ from support import SPEC, fresh_pg_schema  # noqa: E402
 EXAMPLES = int(os.environ.get("PACELINE_FUZZ_EXAMPLES", "12"))
 # Rules JSON Schema cannot state (valid UTF-8 text, finite numbers, what a curriculum
 # allows, a step written as 1.0, which JSON Schema counts as an integer) are checked by
-# the service and answered 422 on schema-valid bodies.
+# the service and answered 422 on schema-valid bodies; a listing's page_token is opaque
+# (only one the service handed out is valid: INVALID_PAGE_TOKEN otherwise).
 SEMANTIC = {"POST /v1/curricula", "DELETE /v1/curricula/{name}",
             "POST /v1/curricula/{name}/runs", "POST /v1/curricula/{name}/batches",
             "POST /v1/curricula/{name}/reports", "POST /v1/imports",
-            "GET /v1/curricula/{name}/history"}
+            "GET /v1/curricula/{name}/history", "GET /v1/curricula",
+            "GET /v1/curricula/{name}/runs"}
 
 
 def _openapi() -> dict[str, Any]:
