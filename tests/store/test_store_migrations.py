@@ -139,6 +139,38 @@ def test_downgrades_keep_snapshot_bytes(migrated: Database) -> None:
     test_migrations_match_the_table_metadata(migrated)
 
 
+def test_the_runs_listing_index_comes_and_goes(migrated: Database) -> None:
+    """Revision 0008 indexes runs in the listing's order, run_id in the code-point
+    collation it is listed by on PostgreSQL (which reflection, and so the metadata
+    comparison, does not see); downgrading to 0007 drops the index and nothing else."""
+    index = "ix_runs_curriculum_id_created_at_run_id"
+
+    def indexes() -> dict[str, str]:
+        engine = migrated.engine()
+        try:
+            with engine.connect() as conn:
+                if migrated.backend == "postgresql":
+                    found = conn.execute(text(
+                        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'runs' "
+                        "AND schemaname = current_schema()")).all()
+                else:
+                    found = conn.execute(text(
+                        "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                        "AND tbl_name = 'runs' AND sql IS NOT NULL")).all()
+            return {name: sql for name, sql in found}
+        finally:
+            engine.dispose()
+
+    at_head = indexes()
+    assert index in at_head
+    if migrated.backend == "postgresql":
+        assert at_head[index].endswith('(curriculum_id, created_at, run_id COLLATE "C")')
+    assert downgrade(migrated.url, "0007", schema=migrated.schema) == "0007"
+    assert indexes() == {k: v for k, v in at_head.items() if k != index}
+    assert migrated.upgrade() == head_revision()
+    assert indexes() == at_head
+
+
 def test_concurrent_auto_migrations(database: Database) -> None:
     """Replicas starting together on an empty database all come up."""
     stores: list[SqlStore] = []

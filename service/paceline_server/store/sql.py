@@ -508,9 +508,12 @@ class SqlStore(Store):
         query = select(*self._RUN_COLUMNS).order_by(created, run_id)
         if after is not None:
             # (created_at, run_id) > after, spelled out rather than as a row value (plain
-            # SQL on any SQLite), run_id compared by code point as it is ordered.
+            # SQL on any SQLite), run_id compared by code point as it is ordered. The
+            # redundant created_at >= bound is what an index range can start at: the OR
+            # alone is a filter, and a deep page read every run before it off the index.
             _aware(after.created_at, "after.created_at")
-            query = query.where(or_(created > after.created_at,
+            query = query.where(created >= after.created_at,
+                                or_(created > after.created_at,
                                     and_(created == after.created_at, run_id > after.run_id)))
         with self._read() as conn:
             cid = self._curriculum_id(conn, curriculum)

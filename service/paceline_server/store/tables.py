@@ -132,6 +132,13 @@ runs = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("last_heartbeat", UtcDateTime(), nullable=False),
     PrimaryKeyConstraint("curriculum_id", "run_id"),
+    # The runs listing's order (revision 0008): a page starts at its token's key and
+    # reads on in order, not a sort of all the curriculum's runs. PostgreSQL lists run
+    # ids by code point (COLLATE "C", `SqlStore._by_code_point`), so the index must be
+    # of that collation to serve the ORDER BY (rendered after the column, where an
+    # operator class goes; reflection does not report it, test_store_listing_plan does).
+    Index("ix_runs_curriculum_id_created_at_run_id", "curriculum_id", "created_at",
+          "run_id", postgresql_ops={"run_id": 'COLLATE "C"'}),
 )
 
 events = Table(
