@@ -164,7 +164,7 @@ def test_a_bad_curricula_token_is_refused(sqlite_client: TestClient, what: str,
 
 
 @pytest.mark.parametrize("what", ["of the curricula", "of another curriculum's runs",
-                                  "tampered", "forged run key"])
+                                  "tampered", "forged run key", "forged creation time"])
 def test_a_bad_runs_token_is_refused(sqlite_client: TestClient, what: str) -> None:
     client = sqlite_client
     tokens = _tokens(client)
@@ -173,12 +173,53 @@ def test_a_bad_runs_token_is_refused(sqlite_client: TestClient, what: str) -> No
            "tampered": _tampered(tokens["math"]),
            "forged run key": page_tokens._seal(
                {"v": 1, "list": "runs", "of": "math", "after": ["yesterday", "r1"]}),
+           "forged creation time": page_tokens._seal(
+               {"v": 1, "list": "runs", "of": "math", "created": "2024-05-01T12:00:00",
+                "after": ["2024-05-01T12:00:00+00:00", "r1"]}),
            }[what]
     answer = client.get(RUNS, params={"page_token": bad})
     assert error(answer) == (422, "INVALID_PAGE_TOKEN"), answer.text
     # and the good one continues where its page ended
     rest = client.get(RUNS, params={"page_token": tokens["math"]}).json()
     assert [r["run_id"] for r in rest["runs"]] == ["r2"]
+
+
+def test_a_runs_token_of_a_recreated_curriculum_is_refused(client: TestClient) -> None:
+    """A runs token named the curriculum only: deleted and created again between two
+    pages (with runs of the same ids), the next page silently listed the new
+    curriculum's runs after the old one's key. The token now names the curriculum's
+    creation (created_at), so it is refused with CONFLICT (409) and nothing else
+    changes; the new curriculum's listing starts over, from the first page."""
+    create(client, "math")
+    for run_id in ("r1", "r2", "r3"):
+        client.post(f"{RUNS}", json={"run_id": run_id})
+    stale = client.get(RUNS, params={"limit": 1}).json()["next_page_token"]
+    delete(client, "math")
+    create(client, "math")
+    for run_id in ("r1", "r2", "r3", "r4"):
+        client.post(f"{RUNS}", json={"run_id": run_id})
+    answer = client.get(RUNS, params={"limit": 2, "page_token": stale})
+    assert error(answer) == (409, "CONFLICT"), answer.text
+    assert answer.json()["error"]["details"] == {"curriculum": "math"}
+    assert "from the first page" in answer.json()["error"]["message"]
+    assert read_all(client, RUNS, "runs", "run_id", 2) == ["r1", "r2", "r3", "r4"]
+
+
+def test_a_runs_token_made_before_tokens_named_the_creation_continues(
+        sqlite_client: TestClient) -> None:
+    """A token an older replica handed out (no creation time in it), met during a rolling
+    upgrade, continues as it did; the next token it gets names the curriculum's."""
+    client = sqlite_client
+    create(client, "math")
+    for run_id in ("r1", "r2", "r3"):
+        client.post(f"{RUNS}", json={"run_id": run_id})
+    first = client.get(RUNS, params={"limit": 1}).json()["runs"][0]
+    older = page_tokens._seal({"v": 1, "list": "runs", "of": "math",
+                               "after": [first["created_at"], "r1"]})
+    page = client.get(RUNS, params={"limit": 1, "page_token": older}).json()
+    assert [r["run_id"] for r in page["runs"]] == ["r2"]
+    rest = client.get(RUNS, params={"page_token": page["next_page_token"]}).json()
+    assert [r["run_id"] for r in rest["runs"]] == ["r3"]
 
 
 def test_a_token_with_an_offset_is_refused(sqlite_client: TestClient) -> None:

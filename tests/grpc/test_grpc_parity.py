@@ -288,6 +288,33 @@ def test_page_tokens_alike(both: Both) -> None:
         curriculum="math", offset=2, page_token=runs.next_page_token)) == "INVALID_REQUEST"
 
 
+def test_a_runs_token_of_a_recreated_curriculum_is_refused_alike(both: Both) -> None:
+    """ListRuns, as the REST listing: a token of a curriculum since deleted and created
+    again is refused (ABORTED / 409, code CONFLICT) rather than continued into the new
+    one's runs, and the new one's listing starts over."""
+    for run_id in ("r2", "r3"):
+        assert both.rest.post(f"{CUR}/runs", json={"run_id": run_id}).status_code == 201
+    stale = both.call("ListRuns", pb.ListRunsRequest(curriculum="math", limit=1))
+    assert both.rest.delete(CUR, params={"confirm": "math"}).status_code == 204
+    assert both.rest.post("/v1/curricula", json=SPEC).status_code == 201
+    for run_id in ("r", "r2", "r3"):
+        assert both.rest.post(f"{CUR}/runs", json={"run_id": run_id}).status_code == 201
+    with pytest.raises(grpc.RpcError) as info:
+        both.call("ListRuns", pb.ListRunsRequest(curriculum="math",
+                                                 page_token=stale.next_page_token))
+    error: Any = info.value
+    assert error.code() == grpc.StatusCode.ABORTED, error.details()
+    trailer = dict(error.trailing_metadata())
+    assert pb.ErrorInfo.FromString(trailer["paceline-error-bin"]).code == "CONFLICT"
+    answer = both.rest.get(f"{CUR}/runs", params={"page_token": stale.next_page_token})
+    assert (answer.status_code, answer.json()["error"]["code"]) == (409, "CONFLICT")
+    first = both.call("ListRuns", pb.ListRunsRequest(curriculum="math", limit=2))
+    assert [r.run_id for r in first.runs] == ["r", "r2"]
+    rest = both.call("ListRuns", pb.ListRunsRequest(curriculum="math",
+                                                    page_token=first.next_page_token))
+    assert ([r.run_id for r in rest.runs], rest.next_page_token) == (["r3"], "")
+
+
 def test_the_operations_refuse_in_process(both: Both) -> None:
     """What a transport passes on unchecked is checked here, before the store is read."""
     ops = both.ops

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from store_support import Database
 
 from paceline_server.domain.errors import (
+    Conflict,
     CurriculumExists,
     CurriculumNotFound,
     IdempotencyConflict,
@@ -254,6 +255,24 @@ class TestRuns:
         assert listed == [r.run_id for r in every] + ["z-late"]
         with pytest.raises(ValueError, match="aware"):
             store.list_runs("math", after=RunKey(T0.replace(tzinfo=None), "a"))
+
+    def test_runs_of_one_creation_of_a_curriculum(self, store: SqlStore) -> None:
+        """With `created_at`, the runs of the curriculum created then: one of the same
+        name created since is refused (Conflict), not listed in its place."""
+        first = store.create_curriculum("math", SPEC)
+        store.add_run("math", "r", {}, T0)
+        assert [r.run_id for r in store.list_runs("math", created_at=first.created_at)] \
+            == ["r"]
+        store.delete_curriculum("math")
+        second = store.create_curriculum("math", SPEC)
+        store.add_run("math", "r", {}, T0)
+        assert second.created_at != first.created_at
+        with pytest.raises(Conflict) as info:
+            store.list_runs("math", 10, after=RunKey(T0, "a"), created_at=first.created_at)
+        assert info.value.code == "CONFLICT"
+        assert info.value.details == {"curriculum": "math"}
+        assert [r.run_id for r in store.list_runs("math", created_at=second.created_at)] \
+            == ["r"]
 
     def test_errors(self, store: SqlStore) -> None:
         store.create_curriculum("math", SPEC)

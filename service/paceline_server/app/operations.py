@@ -248,9 +248,15 @@ class Operations:
     def list_runs(self, command: ListRuns) -> Page[RunStatus]:
         name = check_name(command.curriculum, "curriculum")
         limit, offset, token = _paging(command.limit, command.offset, command.page_token)
-        after = None if token is None else page_tokens.runs_after(token, name)
-        return _page(self.service.list_runs(name, limit + 1, offset, after), limit,
-                     lambda last: page_tokens.runs_token(name, last.record))
+        after, created_at = (None, None) if token is None else page_tokens.runs_after(
+            token, name)
+        if created_at is None:  # the first page (or a token older than the field)
+            created_at = self.service.store.head(name).created_at
+        # The store refuses a curriculum of the name created at another time (CONFLICT):
+        # the pages are of one creation of it, never continued into a successor's runs.
+        found = self.service.list_runs(name, limit + 1, offset, after, created_at=created_at)
+        return _page(found, limit,
+                     lambda last: page_tokens.runs_token(name, created_at, last.record))
 
     def get_run(self, curriculum: str, run_id: str) -> RunStatus:
         return self.service.get_run(check_name(curriculum, "curriculum"),

@@ -9,9 +9,13 @@ listing move no page, so an entry that exists throughout is listed exactly once.
 
 A token is base64url of a small JSON document followed by a checksum:
 `{"v": 1, "list": "curricula", "after": name}` or
-`{"v": 1, "list": "runs", "of": curriculum, "after": [created_at, run_id]}`. The listing
-it continues is inside, so a token used for another listing (the curricula, the runs of
-another curriculum) is refused rather than read as a position there. The checksum
+`{"v": 1, "list": "runs", "of": curriculum, "created": its created_at,
+"after": [created_at, run_id]}`. The listing it continues is inside, so a token used for
+another listing (the curricula, the runs of another curriculum) is refused rather than
+read as a position there. A runs token also names which creation of the curriculum it
+lists (its created_at, as writers tell a recreated curriculum apart): one deleted and
+created again between two pages is another listing, refused by the store (CONFLICT)
+instead of continued into the new curriculum's runs. The checksum
 catches a token cut short or edited; it is not a secret and needs none: a token holds
 only names the caller may list, and one forged with a valid checksum is still only a
 position in the listing it names, checked as any argument before the database sees it.
@@ -95,25 +99,38 @@ def curricula_after(token: str) -> str:
     return _name(_open(token, CURRICULA).get("after"))
 
 
-def runs_token(curriculum: str, last: RunRecord) -> str:
-    """The token of the runs of `curriculum` after `last`."""
+def _instant(value: object) -> datetime:
+    """A timezone-aware time written by `datetime.isoformat`."""
+    if not isinstance(value, str):
+        raise _invalid("is not a page token")
+    try:
+        found = datetime.fromisoformat(value)
+    except ValueError:
+        raise _invalid("is not a page token") from None
+    if found.tzinfo is None:
+        raise _invalid("is not a page token")
+    return found
+
+
+def runs_token(curriculum: str, created_at: datetime, last: RunRecord) -> str:
+    """The token of the runs of `curriculum`, the one created at `created_at`, after
+    `last`."""
     return _seal({"v": VERSION, "list": RUNS, "of": curriculum,
+                  "created": created_at.isoformat(),
                   "after": [last.created_at.isoformat(), last.run_id]})
 
 
-def runs_after(token: str, curriculum: str) -> RunKey:
-    """The key the page of `token` starts after; InvalidPageToken if it is not a token of
-    the runs listing of `curriculum`."""
+def runs_after(token: str, curriculum: str) -> tuple[RunKey, datetime | None]:
+    """The key the page of `token` starts after, and the created_at of the curriculum it
+    lists (None in a token made before tokens named it, during a rolling upgrade: that
+    one continues unchecked, as it did); InvalidPageToken if it is not a token of the
+    runs listing of `curriculum`."""
     document = _open(token, RUNS)
     if document.get("of") != curriculum:
         raise _invalid(f"continues the runs of another curriculum, not {curriculum!r}")
     after = document.get("after")
-    if not (isinstance(after, list) and len(after) == 2 and isinstance(after[0], str)):
+    if not (isinstance(after, list) and len(after) == 2):
         raise _invalid("is not a page token")
-    try:
-        created_at = datetime.fromisoformat(after[0])
-    except ValueError:
-        raise _invalid("is not a page token") from None
-    if created_at.tzinfo is None:
-        raise _invalid("is not a page token")
-    return RunKey(created_at, _name(after[1]))
+    created = document.get("created")
+    return (RunKey(_instant(after[0]), _name(after[1])),
+            None if created is None else _instant(created))

@@ -298,10 +298,13 @@ class PacelineService:
         return self._status(self.store.get_run(name, run_id))
 
     def list_runs(self, name: str, limit: int | None = None, offset: int = 0,
-                  after: RunKey | None = None) -> list[RunStatus]:
+                  after: RunKey | None = None, *,
+                  created_at: datetime | None = None) -> list[RunStatus]:
         """`limit` runs (None: all) from `offset`, oldest first, after the key `after`
-        (`RunRecord.key`) if given."""
-        return [self._status(r) for r in self.store.list_runs(name, limit, offset, after)]
+        (`RunRecord.key`) if given; with `created_at`, of the curriculum created then
+        (Conflict if `name` is now another one: `Store.list_runs`)."""
+        return [self._status(r) for r in self.store.list_runs(name, limit, offset, after,
+                                                              created_at=created_at)]
 
     def run_summary(self, name: str) -> RunSummary:
         """The runs of `name` counted in the database (the listing's columns: how many,

@@ -326,9 +326,14 @@ class Store(ABC):
 
     @abstractmethod
     def list_runs(self, curriculum: str, limit: int | None = None, offset: int = 0,
-                  after: RunKey | None = None) -> list[RunRecord]:
+                  after: RunKey | None = None, *,
+                  created_at: datetime | None = None) -> list[RunRecord]:
         """Ordered by `RunRecord.key` (created_at, then run_id by code point), `limit` of
-        them from `offset` (None: all); with `after`, only those whose key follows it."""
+        them from `offset` (None: all); with `after`, only those whose key follows it.
+        With `created_at`, the runs of the curriculum created then: one of that name
+        created at another time (deleted and created again since, so the keys of the
+        earlier one's pages mean nothing in it) raises Conflict, read in the same
+        snapshot as the runs."""
 
     @abstractmethod
     def run_summary(self, curriculum: str, stale_at: datetime) -> RunSummary:

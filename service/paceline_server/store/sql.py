@@ -59,6 +59,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from paceline_server.domain.errors import (
+    Conflict,
     CurriculumExists,
     CurriculumNotFound,
     IdempotencyConflict,
@@ -501,7 +502,8 @@ class SqlStore(Store):
             return self._select_run(conn, cid, curriculum, run_id)
 
     def list_runs(self, curriculum: str, limit: int | None = None, offset: int = 0,
-                  after: RunKey | None = None) -> list[RunRecord]:
+                  after: RunKey | None = None, *,
+                  created_at: datetime | None = None) -> list[RunRecord]:
         if (limit is not None and limit < 0) or offset < 0:
             raise ValueError("limit and offset must be non-negative")
         created, run_id = t.runs.c.created_at, self._by_code_point(t.runs.c.run_id)
@@ -516,7 +518,14 @@ class SqlStore(Store):
                                 or_(created > after.created_at,
                                     and_(created == after.created_at, run_id > after.run_id)))
         with self._read() as conn:
-            cid = self._curriculum_id(conn, curriculum)
+            # Checked on the row whose id the runs are read by: SQLite reads one
+            # snapshot, and PostgreSQL's next statement, if it sees a later one, finds
+            # no runs under an id a recreation never takes again (a new sequence value).
+            cid, _, current = self._curriculum_row(conn, curriculum)
+            if created_at is not None and current != created_at:
+                raise Conflict(f"curriculum {curriculum!r} was deleted and created again "
+                               "since this listing of its runs began; list them again "
+                               "from the first page", {"curriculum": curriculum})
             rows = conn.execute(query.where(t.runs.c.curriculum_id == cid)
                                 .limit(limit).offset(offset)).all()
         return [self._run_record(curriculum, row) for row in rows]
