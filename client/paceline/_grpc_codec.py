@@ -360,6 +360,15 @@ def _history(o: op.GetHistory) -> Call:
     return Call("GetHistory", message, 200, history)
 
 
+def _token(message: pb.ListCurriculaResponse | pb.ListRunsResponse) -> dict[str, str | None]:
+    """A listing's next_page_token as REST answers it (None: the last page), or nothing
+    when the server left the field unset: one older than page tokens (`Pages` then
+    reads on by offset). A server with tokens always sets it, empty on the last page."""
+    if not message.HasField("next_page_token"):
+        return {}
+    return {"next_page_token": message.next_page_token or None}
+
+
 ENCODERS: dict[type[op.Operation], Callable[[Any], Call]] = {
     op.CreateCurriculum: _create,
     op.GetCurriculum: lambda o: Call("GetCurriculum", pb.GetCurriculumRequest(
@@ -367,8 +376,7 @@ ENCODERS: dict[type[op.Operation], Callable[[Any], Call]] = {
     op.ListCurricula: lambda o: Call(
         "ListCurricula", pb.ListCurriculaRequest(limit=o.limit, offset=o.offset,
                                                  page_token=o.page_token or ""), 200,
-        lambda r: {"curricula": [curriculum(c) for c in r.curricula],
-                   "next_page_token": r.next_page_token or None}),
+        lambda r: {"curricula": [curriculum(c) for c in r.curricula], **_token(r)}),
     op.DeleteCurriculum: _delete,
     op.ListStrategies: lambda o: Call("ListStrategies", pb.ListStrategiesRequest(), 200,
                                       strategies),
@@ -381,8 +389,7 @@ ENCODERS: dict[type[op.Operation], Callable[[Any], Call]] = {
     op.ListRuns: lambda o: Call(
         "ListRuns", pb.ListRunsRequest(curriculum=o.curriculum, limit=o.limit,
                                        offset=o.offset, page_token=o.page_token or ""),
-        200, lambda r: {"runs": [run(x) for x in r.runs],
-                        "next_page_token": r.next_page_token or None}),
+        200, lambda r: {"runs": [run(x) for x in r.runs], **_token(r)}),
     op.Heartbeat: lambda o: Call("Heartbeat", pb.HeartbeatRequest(
         curriculum=o.curriculum, run_id=o.run_id), 200, run),
     op.NextBatch: _next_batch,

@@ -60,36 +60,68 @@ class Pages(Generic[_Item]):
     """Reads a listing page by page, each page asked for with the `next_page_token` of
     the one before, until a page comes without one. A token names where its page ended,
     so the service starts the next page after that entry: every item that exists
-    throughout is listed exactly once, whatever is created or deleted meanwhile."""
+    throughout is listed exactly once, whatever is created or deleted meanwhile.
 
-    def __init__(self, request: Callable[[int, str | None], op.Operation], field: str,
-                 parse: Callable[[Any], _Item]) -> None:
-        self._request, self.field, self._parse = request, field, parse
+    A service older than page tokens answers without the field at all (a null or empty
+    one means the last page) and ignores `page_token`: a full page of it is read on by
+    offset, as clients of that release did, each page from the last item seen, which it
+    must hold. If the listing shifted back (an item before it was deleted) the page is
+    read again from further back, and only items after the last one seen are taken, so
+    an item that exists throughout is still listed once. Stopping there (the old
+    service's first 100 items, silently) or raising (no listing at all until the server
+    is upgraded, as clients are usually upgraded first) would be worse."""
+
+    def __init__(self, request: Callable[[int, int, str | None], op.Operation], field: str,
+                 parse: Callable[[Any], _Item], key: Callable[[_Item], Any]) -> None:
+        self._request, self.field, self._parse, self._key = request, field, parse, key
         self.found: list[_Item] = []
         self.token: str | None = None
+        self.offset: int | None = None  # set once the service shows it has no tokens
 
     def request(self) -> op.Operation:
-        """The operation that reads the next page (PAGE items after `token`)."""
-        return self._request(PAGE, self.token)
+        """The operation that reads the next page (PAGE items after `token`, or from
+        `offset` on a service without tokens)."""
+        if self.offset is None:
+            return self._request(PAGE, 0, self.token)
+        return self._request(PAGE, self.offset, None)
 
     def take(self, answer: Mapping[str, Any]) -> bool:
         """Take one page's answer; True once the listing is complete."""
-        self.found.extend(self._parse(item) for item in answer[self.field])
-        self.token = answer.get("next_page_token") or None
-        return self.token is None
+        page = [self._parse(item) for item in answer[self.field]]
+        if self.offset is not None:
+            return self._take_by_offset(page, self.offset)
+        self.found.extend(page)
+        if "next_page_token" in answer:
+            self.token = answer["next_page_token"] or None
+            return self.token is None
+        if len(page) < PAGE:  # a service without tokens, and its last page
+            return True
+        self.offset = len(page) - 1  # the next page starts with this page's last item
+        return False
+
+    def _take_by_offset(self, page: list[_Item], offset: int) -> bool:
+        last = self._key(self.found[-1])  # offset paging starts after a full page
+        if offset > 0 and (not page or self._key(page[0]) > last):
+            self.offset = max(offset - (PAGE - 1), 0)  # shifted back: look earlier
+            return False
+        self.found.extend(item for item in page if self._key(item) > last)
+        if len(page) < PAGE:
+            return True
+        self.offset = offset + len(page) - 1
+        return False
 
 
 def curriculum_pages() -> Pages[CurriculumInfo]:
     """Every curriculum, by name (`GET /v1/curricula`, gRPC `ListCurricula`)."""
-    return Pages(lambda limit, token: op.ListCurricula(limit, page_token=token),
-                 "curricula", CurriculumInfo.model_validate)
+    return Pages(lambda limit, offset, token: op.ListCurricula(limit, offset, token),
+                 "curricula", CurriculumInfo.model_validate, operator.attrgetter("name"))
 
 
 def run_pages(curriculum: str) -> Pages[RunInfo]:
     """Every run of `curriculum`, oldest first: the service's order, by creation time
     and then id (`GET /v1/curricula/{name}/runs`, gRPC `ListRuns`)."""
-    return Pages(lambda limit, token: op.ListRuns(curriculum, limit, page_token=token),
-                 "runs", RunInfo.model_validate)
+    return Pages(lambda limit, offset, token: op.ListRuns(curriculum, limit, offset, token),
+                 "runs", RunInfo.model_validate, operator.attrgetter("created_at", "run_id"))
 
 
 #: Seconds closing waits for heartbeat threads to finish (once the transport is closed

@@ -197,9 +197,9 @@ class PacelineHandlers:
                        context: grpc.ServicerContext) -> pb.ListCurriculaResponse:
         page = self.ops.list_curricula(ListCurricula(
             request.limit or 100, request.offset, request.page_token))  # 0, "": unset
-        return pb.ListCurriculaResponse(
-            curricula=[convert.curriculum(r) for r in page.items],
-            next_page_token=page.next_page_token or "")
+        return pb.ListCurriculaResponse(  # the token always set ("" on the last page): a
+            curricula=[convert.curriculum(r) for r in page.items],  # client tells this
+            next_page_token=page.next_page_token or "")  # server from one without tokens
 
     def get_curriculum(self, request: pb.GetCurriculumRequest,
                        context: grpc.ServicerContext) -> pb.Curriculum:
