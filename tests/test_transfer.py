@@ -22,6 +22,7 @@ from paceline_server.app.transfer import (
     read_lines,
 )
 from paceline_server.domain.errors import (
+    Conflict,
     CurriculumExists,
     CurriculumNotFound,
     IdempotencyConflict,
@@ -404,16 +405,36 @@ def test_runs_are_exported_a_page_at_a_time(url: str, monkeypatch: pytest.Monkey
     pages: list[tuple[Any, ...]] = []
     list_runs = service.store.list_runs
 
-    def counted(name: str, limit: int | None = None, offset: int = 0) -> Any:
-        pages.append((limit, offset))
-        return list_runs(name, limit, offset)
+    def counted(name: str, limit: int | None = None, offset: int = 0,
+                after: Any = None, **options: Any) -> Any:
+        pages.append((limit, None if after is None else after.run_id))
+        return list_runs(name, limit, offset, after, **options)
 
     monkeypatch.setattr(service.store, "list_runs", counted)
     lines = export_curriculum(service, "math")
-    assert pages == [(3, 0)]  # the first page only, before streaming
+    assert pages == [(3, None)]  # the first page only, before streaming
     first = orjson.loads(next(lines))
     assert first["type"] == "curriculum"
     service.attach_run("math", run_id="late")
     runs = [orjson.loads(line)["run_id"] for line in lines]
     assert runs == [f"r{i}" for i in range(7)] + ["late"]
-    assert pages == [(3, 0), (3, 3), (3, 6)]
+    assert pages == [(3, None), (3, "r2"), (3, "r5")]
+
+
+def test_an_export_of_a_curriculum_recreated_while_it_streams_stops(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its later runs would be another curriculum's: the export stops with CONFLICT, as
+    it does when the log changes under it, instead of mixing the two."""
+    monkeypatch.setattr(transfer, "RUN_PAGE", 2)
+    service = service_on(url)
+    service.create_curriculum(SPEC)
+    for i in range(5):
+        service.attach_run("math", run_id=f"r{i}")
+    lines = export_curriculum(service, "math")
+    next(lines)
+    service.delete_curriculum("math")
+    service.create_curriculum(SPEC)
+    for i in range(5):
+        service.attach_run("math", run_id=f"new{i}")
+    with pytest.raises(Conflict):
+        list(lines)

@@ -87,13 +87,11 @@ def export_curriculum(service: PacelineService, name: str) -> Iterator[bytes]:
     The curriculum, its first runs and the first event are read by this call, so a
     missing curriculum or a pruned log raises here, before a caller starts streaming; the
     other runs and the events are then read lazily, a page at a time (runs are listed
-    after the head is read, so every exported report's run is in the export; they are
-    only ever added, at the end of their order, so pages by offset neither skip nor
-    repeat one), up to the head read first: a curriculum's runs and log are never
-    in memory whole."""
+    after the head is read, so every exported report's run is in the export), up to the
+    head read first: a curriculum's runs and log are never in memory whole."""
     store = service.store
     record = store.get_curriculum(name)
-    runs = _runs(store, name, store.list_runs(name, RUN_PAGE))
+    runs = _runs(store, record, store.list_runs(name, RUN_PAGE, created_at=record.created_at))
     events = store.events(name, limit=record.head_seq)
     first = next(events, None)
     if record.head_seq and (first is None or first.seq != 1):
@@ -105,15 +103,19 @@ def export_curriculum(service: PacelineService, name: str) -> Iterator[bytes]:
     return _lines(record, runs, first, events)
 
 
-def _runs(store: Store, name: str, first: list[RunRecord]) -> Iterator[RunRecord]:
-    """Every run of `name`, a page of `RUN_PAGE` at a time, `first` the first page."""
-    page, offset = first, 0
+def _runs(store: Store, record: CurriculumRecord,
+          first: list[RunRecord]) -> Iterator[RunRecord]:
+    """Every run of `record`'s curriculum, a page of `RUN_PAGE` at a time (`first` the
+    first), each page after the last key read: a run merged in meanwhile with an earlier
+    creation time shifts no page (an offset would repeat or skip one, and an import then
+    refuses the file). Conflict when the name is another curriculum's by then."""
+    page = first
     while True:
         yield from page
         if len(page) < RUN_PAGE:
             return
-        offset += len(page)
-        page = store.list_runs(name, RUN_PAGE, offset)
+        page = store.list_runs(record.name, RUN_PAGE, after=page[-1].key,
+                               created_at=record.created_at)
 
 
 def _lines(record: CurriculumRecord, runs: Iterable[RunRecord], first: EventRecord | None,
