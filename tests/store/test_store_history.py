@@ -43,6 +43,25 @@ def test_chunks_commit_with_the_writer_in_last_seq_order(store: SqlStore) -> Non
     assert stored.created_at.tzinfo is not None
 
 
+def test_chunks_are_read_in_batches_bounded_in_bytes(store: SqlStore) -> None:
+    """`max_bytes` returns the first chunks whose rows add up to at most that, and at
+    least one however big: a history longer than memory is read a batch at a time."""
+    store.create_curriculum("c", SPEC)
+    appended(store, 8)
+    for first, last, size in ((1, 2, 30), (3, 4, 30), (5, 6, 50), (7, 8, 10)):
+        store.put_history("c", first, last, bytes(size))
+    assert [c.last_seq for c in store.history_checkpoints("c", 0, max_bytes=60)] == [2, 4]
+    assert [c.last_seq for c in store.history_checkpoints("c", 0, max_bytes=59)] == [2]
+    assert [c.last_seq for c in store.history_checkpoints("c", 4, max_bytes=10)] == [6]
+    assert [c.last_seq for c in store.history_checkpoints("c", 4, max_bytes=60)] == [6, 8]
+    assert [c.last_seq for c in store.history_checkpoints("c", 3, max_bytes=1)] == [4]
+    assert store.history_checkpoints("c", 8, max_bytes=100) == []
+    assert spans(store) == [(1, 2, bytes(30)), (3, 4, bytes(30)), (5, 6, bytes(50)),
+                            (7, 8, bytes(10))]
+    with pytest.raises(CurriculumNotFound):
+        store.history_checkpoints("nope", 0, max_bytes=10)
+
+
 def test_an_equal_last_seq_is_replaced_and_the_range_checked(store: SqlStore) -> None:
     store.create_curriculum("c", SPEC)
     appended(store, 5)

@@ -429,6 +429,9 @@ class Store(ABC):
         CurriculumNotFound."""
 
     @abstractmethod
-    def history_checkpoints(self, name: str, after_seq: int = 0) -> list[HistoryCheckpoint]:
+    def history_checkpoints(self, name: str, after_seq: int = 0,
+                            max_bytes: int | None = None) -> list[HistoryCheckpoint]:
         """The history chunks ending after `after_seq`, in last_seq order (they may
-        overlap or leave gaps: the reader chains them); raises CurriculumNotFound."""
+        overlap or leave gaps: the reader chains them); raises CurriculumNotFound. With
+        `max_bytes`, only the first of them whose rows add up to at most that many bytes,
+        and at least one: a reader takes a long history a batch at a time."""

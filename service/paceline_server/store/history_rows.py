@@ -44,12 +44,33 @@ def put_checkpoint(conn: Connection, insert: Callable[[Any], Any], cid: int,
               "created_at": stmt.excluded.created_at}))
 
 
-def checkpoints(conn: Connection, cid: int, after_seq: int) -> list[HistoryCheckpoint]:
-    """Chunks ending after `after_seq`, in last_seq order."""
-    result = conn.execute(
-        select(_h.c.first_seq, _h.c.last_seq, _h.c.rows, _h.c.created_at)
-        .where(_h.c.curriculum_id == cid, _h.c.last_seq > after_seq)
-        .order_by(_h.c.last_seq))
+#: chunk sizes looked at per batch when a read is bounded in bytes
+_SIZES_PAGE = 1000
+
+
+def checkpoints(conn: Connection, cid: int, after_seq: int,
+                max_bytes: int | None = None) -> list[HistoryCheckpoint]:
+    """Chunks ending after `after_seq`, in last_seq order; with `max_bytes`, only the
+    first ones whose rows add up to at most that (always at least one), their sizes
+    read first without the rows."""
+    query = (select(_h.c.first_seq, _h.c.last_seq, _h.c.rows, _h.c.created_at)
+             .where(_h.c.curriculum_id == cid, _h.c.last_seq > after_seq)
+             .order_by(_h.c.last_seq))
+    if max_bytes is not None:
+        sizes = conn.execute(
+            select(_h.c.last_seq, func.length(_h.c.rows))
+            .where(_h.c.curriculum_id == cid, _h.c.last_seq > after_seq)
+            .order_by(_h.c.last_seq).limit(_SIZES_PAGE)).all()
+        if not sizes:
+            return []
+        total, upto = 0, int(sizes[0][0])
+        for last_seq, size in sizes:
+            total += int(size)
+            if total > max_bytes and last_seq != sizes[0][0]:
+                break
+            upto = int(last_seq)
+        query = query.where(_h.c.last_seq <= upto)
+    result = conn.execute(query)
     return [HistoryCheckpoint(first_seq=int(first), last_seq=int(last), rows=bytes(rows),
                               created_at=created_at)
             for first, last, rows, created_at in result]

@@ -756,9 +756,11 @@ class SqlStore(Store):
             history_rows.check_range(first_seq, last_seq, head_seq)
             history_rows.put_checkpoint(conn, self._insert, cid, first_seq, last_seq, rows)
 
-    def history_checkpoints(self, name: str, after_seq: int = 0) -> list[HistoryCheckpoint]:
+    def history_checkpoints(self, name: str, after_seq: int = 0,
+                            max_bytes: int | None = None) -> list[HistoryCheckpoint]:
         with self._read() as conn:
-            return history_rows.checkpoints(conn, self._curriculum_id(conn, name), after_seq)
+            return history_rows.checkpoints(conn, self._curriculum_id(conn, name), after_seq,
+                                            max_bytes)
 
     def event_progress(self, name: str, after_seq: int,
                        limit: int | None = None) -> list[EventProgress]:
