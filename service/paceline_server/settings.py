@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     #: Estimated state bytes of the engines cached per process, all together: the least
     #: recently used are dropped beyond it (the most recent one is always kept).
     engine_cache_bytes: int = Field(default=4 * 1024**3, ge=1024**2)
+    #: Bytes of the curriculum histories kept in memory per process, all together (their
+    #: rows and any engine a replay needed): the least recently used are dropped beyond
+    #: it, and a history whose rows alone would not fit is answered by reading its stored
+    #: rows in order and keeping only those the response returns (app/history.py).
+    history_cache_bytes: int = Field(default=256 * 1024**2, ge=1024**2)
     #: Distributions exported per curriculum on /metrics (bounded label sets).
     metrics_max_distributions: int = Field(default=64, ge=0)
     #: Redis shared by the replicas (`redis://host:6379/0`): head notifications, the

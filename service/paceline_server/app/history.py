@@ -25,11 +25,19 @@ Cost (see docs/benchmarks.md, "History", and docs/dashboard.md):
   3-20 ms for 10 000 reports) and the rows of the events after the last chunk (fewer than
   `snapshot_every`, one SELECT without the reports' payloads); a fold per report only for
   events without a row (about 1 ms each on a quiet machine), and without chunks one fold
-  per such stored report as before. Kept in memory: 8·(5·D + k + 4) bytes per report
-  and, once a fold needed one, an engine, for `CACHE_SIZE` curricula. The dashboard
-  starts this in the background when its page shell is requested (`prefetch`). A long
-  replay runs in a background thread: a request given `wait_s` answers after at most
-  that long with the rows so far (`complete` false) while the replay goes on.
+  per such stored report as before. Kept in memory: `row_bytes` per report (35·D + 8·k
+  + 40) and, once a fold needed one, an engine, for at most `CACHE_SIZE` curricula and
+  `max_bytes` (`PACELINE_HISTORY_CACHE_BYTES`) in all, least recently used dropped
+  first. The dashboard starts this in the background when its page shell is requested
+  (`prefetch`). A long replay runs in a background thread: a request given `wait_s`
+  answers after at most that long with the rows so far (`complete` false) while the
+  replay goes on.
+- a history whose rows up to the head would not fit `max_bytes` is never cached: each
+  request reads the same rows in the same order (`_stream`: checkpoints in batches of
+  about `CHUNK_BYTES`, then the events' rows in pages) through a `_Selection` that keeps
+  only those it returns, so it holds O(rows returned · D + one batch) and answers what
+  the cached path answers, bit for bit; a long replay there is a background fill that
+  stores the rows as checkpoints, which the partial answer and the next request read.
 - later requests: the new reports' stored rows (one SELECT; folds only where an event
   has none: inline when fewer than `INLINE_FOLDS`), then O(rows returned) to select and
   encode.
@@ -52,11 +60,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from paceline_server.app.codec import decode_report
+from paceline_server.app.engines import cached_bytes
 from paceline_server.domain.errors import HistoryOutOfRange, InvalidDownsampling
 from paceline_server.domain.history import (
     DISTRIBUTION_SERIES,
@@ -70,7 +79,7 @@ from paceline_server.domain.history import (
 from paceline_server.domain.spec import CurriculumSpec
 from paceline_server.domain.validation import MAX_INT
 from paceline_server.engine import CurriculumEngine
-from paceline_server.store.base import CurriculumWriter, EventRecord, Store
+from paceline_server.store.base import CurriculumRecord, CurriculumWriter, EventRecord, Store
 from paceline_server.strategies.state_codec import StateVersionError
 
 if TYPE_CHECKING:
@@ -96,6 +105,12 @@ MERGE_CHUNKS = 20
 MERGED_ROWS = 10_000
 #: rows stored with the events read per query (a log whose events hold none stops early)
 STORED_PAGE = 2000
+#: The most bytes of rows read or written at once: a page of the rows stored with the
+#: events, a batch of checkpoints, a merged or filled chunk (a row is about 35 bytes per
+#: distribution, so at 10 000 distributions a fixed count of rows was gigabytes).
+CHUNK_BYTES = 4 * 1024**2
+#: Bytes of the histories a service keeps in memory (`PACELINE_HISTORY_CACHE_BYTES`).
+HISTORY_CACHE_BYTES = 256 * 1024**2
 #: rows the report path keeps in memory before it stores them, snapshot due or not
 MAX_PENDING_ROWS = 1000
 _FLAGS = ("stalled", "saturated", "hopeless")
@@ -105,12 +120,38 @@ _FLAGS = ("stalled", "saturated", "hopeless")
 _FRESH_ENGINES = threading.Lock()
 
 
+def row_bytes(num_distributions: int, num_objectives: int) -> int:
+    """Bytes one row takes in a cached history (`_Columns`): seq, step, time, four float
+    and three flag series per distribution, the weights, scale and hypervolume."""
+    return 8 * 3 + (4 * 8 + 3) * num_distributions + 8 * num_objectives + 16
+
+
+def _rows_in(budget: int, size: int) -> int:
+    """How many rows of `size` bytes fit in `budget` (at least one)."""
+    return max(1, budget // max(1, size))
+
+
+class _Rows(Protocol):
+    """Where a history's rows go, in seq order: all kept (`_Columns`, the cache) or only
+    those a response returns (`_Selection`, a history too long for the cache)."""
+
+    def append(self, seq: int, step: int, stamp: float, point: ProgressPoint) -> None: ...
+
+    def extend(self, chunk: RowChunk, skip: int = 0) -> None: ...
+
+    def reserve(self, rows: int) -> None: ...
+
+    def clear(self) -> None: ...
+
+
 @dataclass
 class _Columns:
-    """Growable column arrays (amortised O(1) append, slices without copying lists)."""
+    """Growable column arrays (amortised O(1) append, slices without copying lists);
+    never more than `max_rows` allocated beyond what is asked for (the cache's budget)."""
 
     num_distributions: int
     num_objectives: int
+    max_rows: int | None = None
     size: int = 0
     seq: np.ndarray = field(init=False)
     step: np.ndarray = field(init=False)
@@ -121,7 +162,21 @@ class _Columns:
     hypervolume: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self._allocate(64)
+        self._allocate(64 if self.max_rows is None else max(1, min(64, self.max_rows)))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays as allocated (what the cache's budget counts)."""
+        return (self.seq.nbytes + self.step.nbytes + self.time.nbytes
+                + self.reward_weights.nbytes + self.reward_scale.nbytes
+                + self.hypervolume.nbytes + sum(v.nbytes for v in self.series.values()))
+
+    def clear(self) -> None:
+        self.size = 0
+
+    def reserve(self, rows: int) -> None:
+        """Room for `rows` rows in all (one allocation, not log2(rows))."""
+        self._reserve(rows - self.size)
 
     def _allocate(self, capacity: int) -> None:
         d, k = self.num_distributions, self.num_objectives
@@ -146,7 +201,10 @@ class _Columns:
 
     def _reserve(self, rows: int) -> None:
         if self.size + rows > self.seq.size:
-            self._allocate(max(2 * self.seq.size, self.size + rows))
+            grown = 2 * self.seq.size
+            if self.max_rows is not None:
+                grown = min(grown, self.max_rows)
+            self._allocate(max(grown, self.size + rows))
 
     def append(self, seq: int, step: int, stamp: float, point: ProgressPoint) -> None:
         self._reserve(1)
@@ -195,11 +253,111 @@ def _chunk_of(columns: _Columns, start: int, stop: int) -> RowChunk:
                     hypervolume=columns.hypervolume[start:stop])
 
 
+#: the columns of a row, with their dtypes and whether they are [n, D] or [n, k]
+_COLUMN_TYPES: tuple[tuple[str, type, str], ...] = (
+    ("seq", np.int64, ""), ("step", np.int64, ""), ("time", np.float64, ""),
+    *((name, bool if name in _FLAGS else np.float64, "d") for name in DISTRIBUTION_SERIES),
+    ("reward_weights", np.float64, "k"), ("reward_scale", np.float64, ""),
+    ("hypervolume", np.float64, ""))
+
+
+class _Selection:
+    """Rows taken in seq order of which only those a response returns are kept: from
+    `since` on, at multiples of `every` (left out: `fitting_every` from the first row
+    at or after `since`, as `_select` picks it), and the latest one; none beyond
+    `head_seq`. A history whose rows would not fit the cache is read through one, so a
+    request holds O(rows returned · D), not O(reports · D), and `history` gives what
+    `_select` gives over the same rows, bit for bit (tested)."""
+
+    def __init__(self, num_distributions: int, num_objectives: int, since: int,
+                 every: int | None, head_seq: int) -> None:
+        self.shapes = {"": (), "d": (num_distributions,), "k": (num_objectives,)}
+        self.since, self.asked, self.head_seq = since, every, head_seq
+        self.clear()
+
+    def clear(self) -> None:
+        self.every = self.asked
+        self._parts: list[dict[str, np.ndarray]] = []
+        self._kept_seq = -1  # the last row kept in `_parts`
+        self._last: dict[str, np.ndarray] | None = None  # the latest row from `since` on
+
+    def reserve(self, rows: int) -> None:
+        """Nothing to reserve: the rows kept are few."""
+
+    def append(self, seq: int, step: int, stamp: float, point: ProgressPoint) -> None:
+        self._take({
+            "seq": np.asarray([seq], dtype=np.int64), "step": np.asarray([step], np.int64),
+            "time": np.asarray([stamp], dtype=np.float64),
+            "probability": point.probabilities[None], "success": point.success[None],
+            "mean_abs_advantage": point.mean_abs_advantage[None],
+            "zero_variance_fraction": point.zero_variance[None],
+            "stalled": point.stalled[None], "saturated": point.saturated[None],
+            "hopeless": point.hopeless[None], "reward_weights": point.reward_weights[None],
+            "reward_scale": np.asarray([point.reward_scale], dtype=np.float64),
+            "hypervolume": np.asarray([point.hypervolume], dtype=np.float64)})
+
+    def extend(self, chunk: RowChunk, skip: int = 0) -> None:
+        n = int(chunk.step.size) - skip
+        self._take({"seq": np.arange(chunk.first_seq + skip, chunk.first_seq + skip + n,
+                                     dtype=np.int64),
+                    "step": chunk.step[skip:], "time": chunk.time[skip:],
+                    **{name: values[skip:] for name, values in chunk.series.items()},
+                    "reward_weights": chunk.reward_weights[skip:],
+                    "reward_scale": chunk.reward_scale[skip:],
+                    "hypervolume": chunk.hypervolume[skip:]})
+
+    def _take(self, rows: dict[str, np.ndarray]) -> None:
+        seq = rows["seq"]
+        start = int(np.searchsorted(seq, self.since, side="left"))
+        stop = int(np.searchsorted(seq, self.head_seq, side="right"))
+        if start >= stop:
+            return
+        if self.every is None:  # the first row from `since` on decides it, as in `_select`
+            self.every = fitting_every(min(int(seq[start]), self.head_seq), self.head_seq)
+        keep = np.flatnonzero(seq[start:stop] % self.every == 0) + start
+        if keep.size:  # fancy indexing copies: the chunk read is not held on to
+            self._parts.append({name: self._typed(name, values[keep])
+                                for name, values in rows.items()})
+            self._kept_seq = int(seq[keep[-1]])
+        self._last = {name: self._typed(name, values[stop - 1:stop].copy())
+                      for name, values in rows.items()}
+
+    @staticmethod
+    def _typed(name: str, values: np.ndarray) -> np.ndarray:
+        dtype = _DTYPES[name]
+        return values if values.dtype == dtype else values.astype(dtype)
+
+    def history(self, name: str, trace: _Trace, upto: int) -> CurriculumHistory:
+        """The rows kept, as `_select` answers over all the rows up to `upto` (every row
+        taken is at or before it)."""
+        parts = list(self._parts)
+        if self._last is not None and int(self._last["seq"][0]) != self._kept_seq:
+            parts.append(self._last)  # the last row is always there
+        every = self.every if self.every is not None else fitting_every(self.head_seq,
+                                                                        self.head_seq)
+        columns = {}
+        for column, dtype, shape in _COLUMN_TYPES:
+            columns[column] = (np.concatenate([part[column] for part in parts]) if parts
+                               else np.empty((0, *self.shapes[shape]), dtype=dtype))
+        return CurriculumHistory(
+            name=name, head_seq=self.head_seq, first_seq=trace.first_seq, every=every,
+            complete=upto >= self.head_seq, replayed_seq=upto,
+            objectives=trace.spec.objective_names, distributions=trace.spec.layout.names,
+            seq=columns["seq"], step=columns["step"], time=columns["time"],
+            series={key: columns[key] for key in DISTRIBUTION_SERIES},
+            reward_weights=columns["reward_weights"], reward_scale=columns["reward_scale"],
+            hypervolume=columns["hypervolume"])
+
+
+_DTYPES = {name: np.dtype(dtype) for name, dtype, _ in _COLUMN_TYPES}
+
+
 @dataclass
 class _Trace:
     """One curriculum's history in memory: rows through `seq` and an engine that has
     folded the log through `engine_seq` (None until a fold needs it: rows read from
-    checkpoints need no engine)."""
+    checkpoints need no engine). A history too long for the cache is read through a
+    trace of its own whose rows are a `_Selection`, never cached."""
 
     created_at: datetime
     spec: CurriculumSpec
@@ -207,11 +365,12 @@ class _Trace:
     engine_seq: int
     seq: int
     first_seq: int
-    columns: _Columns
+    columns: _Rows
     lock: threading.Condition = field(default_factory=threading.Condition)
     target: int = 0  # the head a background replay works towards
     replaying: bool = False  # a background replay thread is running
     failure: BaseException | None = None  # what stopped the last background replay
+    nbytes: int = 0  # what the cache counts for it (rows allocated, engine); its guard
 
 
 @dataclass
@@ -251,13 +410,21 @@ class HistoryService:
     """Builds and caches histories; records the report path's rows and stores them as
     checkpoints. Thread-safe (one lock per curriculum)."""
 
-    def __init__(self, store: Store, capacity: int = CACHE_SIZE) -> None:
+    def __init__(self, store: Store, capacity: int = CACHE_SIZE,
+                 max_bytes: int = HISTORY_CACHE_BYTES) -> None:
         self.store = store
         self.capacity = capacity
+        #: Bytes the cached traces may hold together (their rows as allocated, and the
+        #: engines replays needed): the least recently used go first, and a history
+        #: whose rows alone would not fit is answered without caching it (`_stream`).
+        self.max_bytes = max_bytes
+        self.nbytes = 0  # what the cached traces hold now (`_Trace.nbytes`, summed)
         self._traces: OrderedDict[str, _Trace] = OrderedDict()
         self._guard = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._filling: set[tuple[str, int]] = set()
+        self._stream_fills: dict[str, threading.Thread] = {}  # see `_stream_rest`
+        self._start_points: OrderedDict[tuple[str, datetime], ProgressPoint] = OrderedDict()
         self._building: dict[str, threading.Event] = {}  # prefetches under way
         #: background fills started (for tests and the benchmark to wait on)
         self.fills: list[threading.Thread] = []
@@ -328,25 +495,37 @@ class HistoryService:
         thread.start()
 
     def _fill(self, name: str, created_at: datetime, after: int, upto: int) -> None:
+        """Store rows after..upto as chunks of at most `_chunk_rows` rows, in order: a
+        long range (a log from before checkpoints) is never held whole, and a reader
+        chains what is stored so far."""
         try:
             record = self.store.get_curriculum(name)
             if record.created_at != created_at:
                 return
             spec = CurriculumSpec.from_dict(record.spec)
-            columns = _Columns(spec.layout.num_distributions, len(spec.objectives))
-            reached = self._stored_rows(name, spec, columns, after, upto)
-            if reached < upto:  # events without a row from `reached + 1` on: fold them
-                engine, seq = self._engine_at(name, spec, reached)
-                trace = _Trace(created_at, spec, engine, seq, reached, after, columns)
-                self._fold(name, trace, self.store.events(name, after_seq=seq,
-                                                          limit=upto - seq))
-                reached = trace.seq
-            if reached != upto:
-                raise _Gap(f"event log of {name!r} ends at seq {reached}")
-            # Conditional on the curriculum checked above: it may have been deleted and
-            # created again while the rows were read and folded.
-            self.store.put_history(name, after + 1, upto, pack_rows(columns.tail(after)),
-                                   created_at=created_at)
+            d, k = spec.layout.num_distributions, len(spec.objectives)
+            engine: CurriculumEngine | None = None
+            engine_seq = 0
+            start = after
+            while start < upto:
+                stop = min(upto, start + self._chunk_rows(spec))
+                columns = _Columns(d, k)
+                reached = self._stored_rows(name, spec, columns, start, stop)
+                if reached < stop:  # events without a row from `reached + 1` on: fold them
+                    if engine is None or engine_seq != reached:  # else it folded to here
+                        engine, engine_seq = self._engine_at(name, spec, reached)
+                    trace = _Trace(created_at, spec, engine, engine_seq, reached, start,
+                                   columns)
+                    self._fold(name, trace, self.store.events(
+                        name, after_seq=engine_seq, limit=stop - engine_seq))
+                    engine_seq, reached = trace.engine_seq, trace.seq
+                if reached != stop:
+                    raise _Gap(f"event log of {name!r} ends at seq {reached}")
+                # Conditional on the curriculum checked above: it may have been deleted
+                # and created again while the rows were read and folded.
+                self.store.put_history(name, start + 1, stop, pack_rows(columns.tail(start)),
+                                       created_at=created_at)
+                start = stop
         except Exception as exc:  # a request replays what a fill could not store
             _log.warning("history rows %d..%d of %r not filled: %r", after + 1, upto, name,
                          exc)
@@ -378,15 +557,20 @@ class HistoryService:
         for attempt in range(2):
             trace = self._trace(name, head.created_at, head.head_seq)
             try:
+                if trace is None:  # its rows would not fit the cache's budget
+                    return self._stream(name, head.created_at, head.head_seq, every,
+                                        since or 0, wait_s)
                 upto = self._advance(name, trace, head.head_seq, wait_s)
             except _Gap:
                 if attempt:
                     raise
                 with self._guard:  # pruned under us: rebuild from a snapshot
-                    self._traces.pop(name, None)
+                    self._drop(name)
                 continue
             with trace.lock:
-                return _select(name, trace, head.head_seq, upto, every, since or 0)
+                view = _select(name, trace, head.head_seq, upto, every, since or 0)
+            self._account(name, trace)
+            return view
         raise AssertionError("unreachable")
 
     def _advance(self, name: str, trace: _Trace, head_seq: int,
@@ -448,30 +632,170 @@ class HistoryService:
                 trace.replaying = False
                 trace.lock.notify_all()
 
-    # ------------------------------------------------------------------ cache
-    def _trace(self, name: str, created_at: datetime, head_seq: int) -> _Trace:
+    # ------------------------------------------------------------ streamed
+    def _stream(self, name: str, created_at: datetime, head_seq: int, every: int | None,
+                since: int, wait_s: float | None) -> CurriculumHistory:
+        """A history whose rows would not fit the cache: the rows are read as a cached
+        trace reads them (`_populate`: the checkpoints, a batch at a time, then the rows
+        stored with the events, a page at a time; folds where there are none), through
+        a `_Selection` that keeps only those the response returns. Nothing is cached:
+        each request reads again (O(reports) bytes read, O(rows returned · D + a batch)
+        held)."""
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        record = self.store.get_curriculum(name)
+        spec = CurriculumSpec.from_dict(record.spec)
+        rows = _Selection(spec.layout.num_distributions, len(spec.objectives), since, every,
+                          head_seq)
+        trace = self._populate(name, created_at, record, spec, rows, head_seq, merge=False)
+        upto = self._stream_rest(name, trace, head_seq, deadline)
+        return rows.history(name, trace, upto)
+
+    def _stream_rest(self, name: str, trace: _Trace, head_seq: int,
+                     deadline: float | None) -> int:
+        """Bring a streamed trace to `head_seq`, as `_advance` brings a cached one: rows
+        stored with the events are read; a few folds (`INLINE_FOLDS`, or those after the
+        snapshot a pruned log skips to) are done here. For more, a background fill stores
+        their rows as checkpoints (in chunks, so never all at once) and the request
+        reads what it has stored when it ends or `deadline` passes (a partial answer,
+        `complete` false, as a cached replay gives): the next request finds them stored
+        instead of folding again. Returns the seq the rows reach."""
+        spec = trace.spec
+        while trace.seq < head_seq:
+            trace.seq = self._stored_rows(name, spec, trace.columns, trace.seq, head_seq)
+            if trace.seq >= head_seq:
+                break
+            if trace.engine is None:
+                trace.engine, trace.engine_seq = self._engine_at(name, spec, trace.seq,
+                                                                 head_seq)
+            if trace.engine_seq > trace.seq or head_seq - trace.engine_seq <= INLINE_FOLDS:
+                self._extend(name, trace, head_seq)
+                break
+            trace.engine = None  # the fill loads its own
+            fill = self._stream_fill(name, trace.created_at, trace.seq, head_seq)
+            fill.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            before = trace.seq
+            ranges = self._load_checkpoints(name, spec, trace.columns, after=trace.seq)
+            if ranges:
+                trace.seq = ranges[-1][1]
+            if trace.seq >= head_seq or fill.is_alive():
+                break  # done, or the rows so far
+            if trace.seq == before:  # the fill stored nothing: fold here, which raises
+                trace.engine, trace.engine_seq = self._engine_at(  # what stopped it
+                    name, spec, trace.seq, head_seq)
+                self._extend(name, trace, head_seq)
+                break
+        return min(trace.seq, head_seq)
+
+    def _stream_fill(self, name: str, created_at: datetime, after: int,
+                     upto: int) -> threading.Thread:
+        """The background fill of a streamed history's rows after..upto; one per
+        curriculum at a time (a request finding one running waits for it)."""
         with self._guard:
-            trace = self._traces.get(name)
-            if trace is not None and trace.created_at == created_at:
-                self._traces.move_to_end(name)
-                return trace
-            building = self._building.get(name)
-        if building is not None and building.wait(PREFETCH_WAIT_S):  # a prefetch's
+            running = self._stream_fills.get(name)
+            if running is not None and running.is_alive():
+                return running
+
+            def fill() -> None:
+                try:
+                    self._fill(name, created_at, after, upto)
+                finally:
+                    with self._guard:
+                        if self._stream_fills.get(name) is thread:
+                            del self._stream_fills[name]
+
+            thread = threading.Thread(target=fill, daemon=True,
+                                      name=f"paceline-history-stream-fill-{name}")
+            self._stream_fills[name] = thread
+            self.fills.append(thread)
+            thread.start()
+        return thread
+
+    # ------------------------------------------------------------------ cache
+    def _trace(self, name: str, created_at: datetime, head_seq: int) -> _Trace | None:
+        """The cached trace of `name` (built if need be), or None when its rows up to
+        `head_seq` would not fit the budget: the request then reads them streamed."""
+        for waited in (False, True):
             with self._guard:
                 trace = self._traces.get(name)
                 if trace is not None and trace.created_at == created_at:
+                    if not self._fits(trace.spec, head_seq + 1):
+                        self._drop(name)  # grown past the budget: streamed from now on
+                        return None
+                    self._traces.move_to_end(name)
                     return trace
-        return self._keep(name, self._build(name, created_at, head_seq))
+                building = self._building.get(name)
+            if waited or building is None or not building.wait(PREFETCH_WAIT_S):
+                break  # else a prefetch's: look again
+        built = self._build(name, created_at, head_seq)
+        return None if built is None else self._keep(name, built)
+
+    def _fits(self, spec: CurriculumSpec, rows: int) -> bool:
+        """Whether `rows` rows of `spec`'s history fit the cache's budget."""
+        return rows * row_bytes(spec.layout.num_distributions,
+                                len(spec.objectives)) <= self.max_bytes
+
+    def _chunk_rows(self, spec: CurriculumSpec) -> int:
+        """Rows of a merged or filled chunk: `MERGED_ROWS`, fewer when they would take
+        more than `CHUNK_BYTES` packed (many distributions)."""
+        d, k = spec.layout.num_distributions, len(spec.objectives)
+        return min(MERGED_ROWS, _rows_in(CHUNK_BYTES, 8 * (4 * d + k + 4) + 3 * d))
 
     def _keep(self, name: str, trace: _Trace) -> _Trace:
+        nbytes = self._measure(trace)
         with self._guard:
             current = self._traces.get(name)
             if current is not None and current.created_at == trace.created_at:
                 return current  # built concurrently: keep the first
+            self._drop(name)
+            trace.nbytes = nbytes
             self._traces[name] = trace
-            while len(self._traces) > self.capacity:
-                self._traces.popitem(last=False)
+            self.nbytes += nbytes
+            self._evict()
         return trace
+
+    def _account(self, name: str, trace: _Trace) -> None:
+        """Count what `trace` holds now (a request or replay added rows, or an engine)
+        and drop the least recently used traces beyond the budget."""
+        nbytes = self._measure(trace)
+        with self._guard:
+            if self._traces.get(name) is not trace:
+                return  # dropped meanwhile
+            self.nbytes += nbytes - trace.nbytes
+            trace.nbytes = nbytes
+            self._evict()
+
+    def _measure(self, trace: _Trace) -> int:
+        """The bytes `trace` holds: its rows as allocated and its engine's state
+        (`cached_bytes`, as the engine cache counts it). An engine that would take the
+        trace over the budget is let go unless a replay is using it: the next fold
+        loads one from the snapshot before the rows' end, as for a trace read from
+        checkpoints."""
+        with trace.lock:
+            columns = trace.columns
+            assert isinstance(columns, _Columns)
+            nbytes = columns.nbytes
+            if trace.engine is None:
+                return nbytes
+            engine = cached_bytes(trace.spec, trace.engine)
+            if nbytes + engine > self.max_bytes and not trace.replaying:
+                trace.engine, trace.engine_seq = None, 0
+                return nbytes
+            return nbytes + engine
+
+    def _evict(self) -> None:
+        """Drop the least recently used traces while over the count or the budget
+        (caller holds the guard). The newest goes too if it alone is over: a request
+        using it holds it until it answers."""
+        while self._traces and (len(self._traces) > self.capacity
+                                or self.nbytes > self.max_bytes):
+            _, dropped = self._traces.popitem(last=False)
+            self.nbytes -= dropped.nbytes
+
+    def _drop(self, name: str) -> None:
+        """Forget `name`'s trace (caller holds the guard)."""
+        dropped = self._traces.pop(name, None)
+        if dropped is not None:
+            self.nbytes -= dropped.nbytes
 
     def prefetch(self, name: str, then: Callable[[], object] | None = None) -> None:
         """Build `name`'s history in a background thread unless it is cached or being
@@ -488,8 +812,11 @@ class HistoryService:
         def build() -> None:
             try:
                 head = self.store.head(name)
-                trace = self._keep(name, self._build(name, head.created_at, head.head_seq))
-                self._advance(name, trace, head.head_seq, None)
+                built = self._build(name, head.created_at, head.head_seq)
+                if built is not None:  # else over the budget: each request streams it
+                    trace = self._keep(name, built)
+                    self._advance(name, trace, head.head_seq, None)
+                    self._account(name, trace)
             except Exception as exc:  # the request that follows says what is wrong
                 _log.debug("history prefetch of %r: %r", name, exc)
                 return
@@ -509,28 +836,39 @@ class HistoryService:
     def forget(self, name: str) -> None:
         """Drop what is kept of `name` (its curriculum was deleted)."""
         with self._guard:
-            self._traces.pop(name, None)
+            self._drop(name)
             self._pending.pop(name, None)
+            self._stream_fills.pop(name, None)
+            for key in [key for key in self._start_points if key[0] == name]:
+                del self._start_points[key]
 
-    def _build(self, name: str, created_at: datetime, head_seq: int) -> _Trace:
+    def _build(self, name: str, created_at: datetime, head_seq: int) -> _Trace | None:
+        """A trace to cache (`_populate`), or None when its rows up to `head_seq` would
+        not fit the budget."""
+        record = self.store.get_curriculum(name)
+        spec = CurriculumSpec.from_dict(record.spec)
+        if not self._fits(spec, head_seq + 1):
+            return None
+        columns = _Columns(spec.layout.num_distributions, len(spec.objectives),
+                           max_rows=_rows_in(self.max_bytes, row_bytes(
+                               spec.layout.num_distributions, len(spec.objectives))))
+        return self._populate(name, created_at, record, spec, columns, head_seq, merge=True)
+
+    def _populate(self, name: str, created_at: datetime, record: CurriculumRecord,
+                  spec: CurriculumSpec, columns: _Rows, head_seq: int,
+                  merge: bool) -> _Trace:
         """A trace holding the stored checkpoints' rows: chained from seq 1 up to the
         first gap, after the row of a fresh engine at seq 0. Without any, the start of
         what the log holds: seq 0 with a fresh engine, or, when the first events were
-        pruned, the newest snapshot the log continues from."""
-        record = self.store.get_curriculum(name)
-        spec = CurriculumSpec.from_dict(record.spec)
-        columns = _Columns(spec.layout.num_distributions, len(spec.objectives))
-        with _FRESH_ENGINES:
-            fresh = CurriculumEngine(spec)
-            columns.append(0, -1, record.created_at.timestamp(), fresh.progress())
-        engine: CurriculumEngine | None = fresh
-        del fresh
-        ranges = self._load_checkpoints(name, spec, columns)
+        pruned, the newest snapshot the log continues from. With `merge`, many small
+        checkpoints read are stored again as fewer (the rows are all in `columns`)."""
+        engine = self._start_row(name, record, spec, columns)
+        ranges = self._load_checkpoints(name, spec, columns, head_seq)
         if ranges:
             engine = None  # not needed to fold: its state goes now, not at return
             seq = self._stored_rows(name, spec, columns, ranges[-1][1], head_seq)
             trace = _Trace(created_at, spec, None, 0, seq, 0, columns)
-            if len(ranges) > MERGE_CHUNKS:
+            if merge and len(ranges) > MERGE_CHUNKS:
                 self._start_merge(name, trace, ranges)
             return trace
         first = next(iter(self.store.events(name, after_seq=0, limit=1)), None)
@@ -545,7 +883,7 @@ class HistoryService:
             engine = CurriculumEngine.from_bytes(spec, snapshot.state)
         except StateVersionError as exc:
             raise _unreplayable(name, snapshot.seq, exc, 0) from exc
-        columns = _Columns(spec.layout.num_distributions, len(spec.objectives))
+        columns.clear()  # the rows start at the snapshot, not at seq 0
         columns.append(snapshot.seq, -1, snapshot.created_at.timestamp(), engine.progress())
         seq = self._stored_rows(name, spec, columns, snapshot.seq, head_seq)
         if seq > snapshot.seq:  # a later fold starts from the snapshot nearest the rows
@@ -553,7 +891,29 @@ class HistoryService:
         return _Trace(created_at, spec, engine, snapshot.seq, snapshot.seq, snapshot.seq,
                       columns)
 
-    def _stored_rows(self, name: str, spec: CurriculumSpec, columns: _Columns, after: int,
+    def _start_row(self, name: str, record: CurriculumRecord, spec: CurriculumSpec,
+                   columns: _Rows) -> CurriculumEngine | None:
+        """Append the seq-0 row, a fresh engine's; returns that engine when one was built
+        for it. The row is remembered for the `capacity` curricula last asked: a streamed
+        history is read again on every request, and a fresh engine is a whole state."""
+        key = (name, record.created_at)
+        with self._guard:
+            point = self._start_points.get(key)
+            if point is not None:
+                self._start_points.move_to_end(key)
+        fresh = None
+        if point is None:
+            with _FRESH_ENGINES:
+                fresh = CurriculumEngine(spec)
+                point = fresh.progress()
+            with self._guard:
+                self._start_points[key] = point
+                while len(self._start_points) > self.capacity:
+                    self._start_points.popitem(last=False)
+        columns.append(0, -1, record.created_at.timestamp(), point)
+        return fresh
+
+    def _stored_rows(self, name: str, spec: CurriculumSpec, columns: _Rows, after: int,
                      head_seq: int) -> int:
         """Append the rows stored with the events after `after` (through `head_seq`), as
         far as they run unbroken from `after + 1`; returns the seq they reach (`after`
@@ -561,9 +921,10 @@ class HistoryService:
         replayed from there). Read in pages of `STORED_PAGE`, so a long log whose events
         hold no rows costs one short read, not the whole log."""
         d, k = spec.layout.num_distributions, len(spec.objectives)
+        page_rows = min(STORED_PAGE, _rows_in(CHUNK_BYTES, 1 + 8 * (4 * d + k + 2) + 3 * d))
         seq = after
         while seq < head_seq:
-            limit = min(STORED_PAGE, head_seq - seq)
+            limit = min(page_rows, head_seq - seq)
             page = self.store.event_progress(name, seq, limit=limit)
             n = 0
             while n < len(page) and page[n].seq == seq + 1 + n \
@@ -587,32 +948,42 @@ class HistoryService:
                 break
         return seq
 
-    def _load_checkpoints(self, name: str, spec: CurriculumSpec,
-                          columns: _Columns) -> list[tuple[int, int]]:
-        """Append the stored rows chained from seq 1; returns the (first_seq, last_seq)
-        of the chunks used (the last one's last_seq is where the rows end)."""
-        covered = 0
+    def _load_checkpoints(self, name: str, spec: CurriculumSpec, columns: _Rows,
+                          head_seq: int | None = None,
+                          after: int = 0) -> list[tuple[int, int]]:
+        """Append the stored rows chained from seq `after + 1`; returns the (first_seq,
+        last_seq) of the chunks used (the last one's last_seq is where the rows end).
+        Read in batches of about `CHUNK_BYTES`, each let go before the next is read;
+        given `head_seq`, room for the rows up to it is made once."""
+        covered = after
         ranges: list[tuple[int, int]] = []
         d, k = spec.layout.num_distributions, len(spec.objectives)
-        stored_chunks = self.store.history_checkpoints(name)
-        if stored_chunks:
-            columns._reserve(stored_chunks[-1].last_seq + 1)  # one allocation, not log2(n)
-        for stored in stored_chunks:
-            if stored.first_seq > covered + 1:
-                break  # a gap: the rest is replayed (and filled in the background)
-            if stored.last_seq <= covered:
-                continue
-            chunk = unpack_rows(stored.rows)
-            if (chunk.first_seq, chunk.last_seq) != (stored.first_seq, stored.last_seq) \
-                    or chunk.series["probability"].shape[1] != d \
-                    or chunk.reward_weights.shape[1] != k:
-                _log.warning("history checkpoint %d..%d of %r does not fit its curriculum; "
-                             "replaying from there", stored.first_seq, stored.last_seq, name)
-                break
-            columns.extend(chunk, skip=covered + 1 - chunk.first_seq)
-            ranges.append((covered + 1, chunk.last_seq))
-            covered = chunk.last_seq
-        return ranges
+        chunk: RowChunk | None = None
+        while True:
+            batch = self.store.history_checkpoints(name, after_seq=covered,
+                                                   max_bytes=CHUNK_BYTES)
+            if not batch:
+                return ranges
+            if head_seq is not None and not ranges:
+                columns.reserve(head_seq + 1)  # one allocation, not log2(n)
+            for stored in batch:
+                if stored.first_seq > covered + 1:
+                    return ranges  # a gap: the rest is replayed (and filled in the background)
+                if stored.last_seq <= covered:
+                    continue
+                chunk = unpack_rows(stored.rows)
+                if (chunk.first_seq, chunk.last_seq) != (stored.first_seq, stored.last_seq) \
+                        or chunk.series["probability"].shape[1] != d \
+                        or chunk.reward_weights.shape[1] != k:
+                    _log.warning("history checkpoint %d..%d of %r does not fit its "
+                                 "curriculum; replaying from there", stored.first_seq,
+                                 stored.last_seq, name)
+                    return ranges
+                columns.extend(chunk, skip=covered + 1 - chunk.first_seq)
+                ranges.append((covered + 1, chunk.last_seq))
+                covered = chunk.last_seq
+            del batch  # the next batch is read without this one held
+            chunk = None
 
     def _start_merge(self, name: str, trace: _Trace, ranges: list[tuple[int, int]]) -> None:
         """Store the rows just read as chunks of about `MERGED_ROWS` rows (each replaces
@@ -620,9 +991,10 @@ class HistoryService:
         for the next process to read."""
         groups: list[tuple[int, int]] = []
         start, count = ranges[0][0], 0
+        rows = self._chunk_rows(trace.spec)
         for first, last in ranges:
             count += 1
-            if last - start + 1 >= MERGED_ROWS or (first, last) == ranges[-1]:
+            if last - start + 1 >= rows or (first, last) == ranges[-1]:
                 if count > 1:
                     groups.append((start, last))
                 start, count = last + 1, 0
@@ -631,6 +1003,7 @@ class HistoryService:
             try:
                 for first, last in groups:
                     with trace.lock:  # rows 0..trace.seq sit at their seq's index
+                        assert isinstance(trace.columns, _Columns)
                         rows = pack_rows(_chunk_of(trace.columns, first, last + 1))
                     self.store.put_history(name, first, last, rows,
                                            created_at=trace.created_at)
@@ -736,6 +1109,7 @@ def _select(name: str, trace: _Trace, head_seq: int, upto: int, every: int | Non
             since: int) -> CurriculumHistory:
     """Rows with since <= seq <= upto at multiples of `every`, plus the row at `upto`."""
     columns = trace.columns
+    assert isinstance(columns, _Columns)
     n = int(np.searchsorted(columns.seq[:columns.size], upto, side="right"))
     seq = columns.seq[:n]
     start = int(np.searchsorted(seq, since, side="left"))

@@ -154,7 +154,8 @@ class PacelineService:
             _log.warning("%s", problem)
         self.engines = EngineCache(store, settings.engine_cache_size,
                                    settings.engine_cache_bytes)
-        self.histories = HistoryService(store)  # GET /history (app/history.py)
+        self.histories = HistoryService(  # GET /history (app/history.py)
+            store, max_bytes=settings.history_cache_bytes)
         if coordinator is None and settings.redis_url:
             _log.warning("PACELINE_REDIS_URL is set but no coordinator was handed to this "
                          "service (see adapters/redis_coordination.py): coordinating "
