@@ -19,7 +19,12 @@ trips), then:
   its event adds alone (`pack_point`, an append with and without the row);
 - http: GET /v1/curricula/{name}/history, the first request of fresh `paceline-server
   serve` processes (`--servers`, three by default, for each of: head at a checkpoint, 1
-  and 99 reports after one) and later ones.
+  and 99 reports after one) and later ones;
+- memory: a cold request cached (the default `PACELINE_HISTORY_CACHE_BYTES`) and one
+  streamed (a budget no history fits: read in batches, only the rows returned kept):
+  milliseconds, tracemalloc peak and what stays allocated after it, on the log
+  above and on a wide one (`--wide` distributions, `--wide-reports` reports), and that
+  both answer the same rows.
 Prints one JSON object per measurement (milliseconds) and a summary line.
 
     python benchmarks/history_bench.py --reports 10000 [--replay]
@@ -34,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -139,6 +145,73 @@ def cold_app(store: Store, repeat: int, kind: type[HistoryService] = HistoryServ
         folds += history.folds
     assert view is not None and view.complete
     return times, view, folds
+
+
+def memory(store: Store, name: str, make: Callable[[], HistoryService],
+           repeat: int) -> dict[str, Any]:
+    """A cold request's milliseconds (a new service each time), then one more under
+    tracemalloc: its peak, and what stays allocated once its answer is let go while the
+    service is kept (its cache), in MB."""
+    times = [timed(lambda: make().history(name))[0][0] for _ in range(repeat)]
+    history = make()
+    tracemalloc.start()
+    try:
+        view = history.history(name)
+        rows = int(view.seq.size)
+        peak = tracemalloc.get_traced_memory()[1]
+        del view
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return {"p50_ms": round(statistics.median(times), 2), "peak_mb": round(peak / 1e6, 2),
+            "held_mb": round(held / 1e6, 2), "rows": rows,
+            "view": history.history(name)}
+
+
+def wide_log(store: Store, distributions: int, reports: int) -> str:
+    """A curriculum of `distributions` distributions (50 samples each, one objective)
+    with `reports` reports, rows and checkpoints as the report path stores them."""
+    spec = CurriculumSpec.from_dict({
+        "name": "wide", "objectives": ["acc"], "batch_size": 32, "seed": 1,
+        "layout": {"distributions": [{"name": f"d{i}", "size": 50}
+                                     for i in range(distributions)]}})
+    engine = CurriculumEngine(spec)
+    store.create_curriculum("wide", spec.to_dict())
+    head = store.head("wide")
+    cached = CachedEngine(head.created_at, spec, engine, 0, threading.RLock())
+    recorder = HistoryService(store)
+    rng = np.random.default_rng(3)
+    for first in range(0, reports, 100):
+        with store.writer("wide") as writer:
+            for step in range(first, min(first + 100, reports)):
+                batch = engine.next_batch("run-0", step)
+                rewards = (rng.random((batch.indices.size, 4, 1)) < 0.5).astype(float)
+                engine.apply(Report.dense(run_id="run-0", step=step, indices=batch.indices,
+                                          rewards=rewards, layout=engine.layout,
+                                          num_objectives=1))
+                point = engine.progress()
+                seq = writer.append("report", "run-0", step, None, b"-", checked=True,
+                                    progress=pack_point(point))
+                recorder.record(writer, cached, seq, step, 100, point)
+    return "wide"
+
+
+def memory_rows(store: Store, name: str, repeat: int, label: str) -> None:
+    """The `memory` case cached and streamed, and whether both answer the same rows."""
+    views = {}
+    for path, make in (("cached", lambda: HistoryService(store)),
+                       ("streamed", lambda: HistoryService(store, max_bytes=1))):
+        row = memory(store, name, make, repeat)
+        views[path] = row.pop("view")
+        print(json.dumps({"case": f"memory, {label}, cold, {path}", **row}), flush=True)
+    a, b = views["cached"], views["streamed"]
+    same = all(np.array_equal(x, y, equal_nan=True) for x, y in zip(
+        [a.seq, a.step, a.time, a.reward_weights, a.reward_scale, a.hypervolume,
+         *a.series.values()],
+        [b.seq, b.step, b.time, b.reward_weights, b.reward_scale, b.hypervolume,
+         *b.series.values()], strict=True))
+    print(json.dumps({"case": f"memory, {label}: streamed equals cached", "same": same}),
+          flush=True)
 
 
 def cold_http(url: str, servers: int = 3) -> list[float]:
@@ -259,9 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--servers", type=int, default=3,
                         help="fresh servers whose first request each cold HTTP case times")
+    parser.add_argument("--wide", type=int, default=1000,
+                        help="distributions of the wide curriculum of the memory case "
+                             "(0: skip it)")
+    parser.add_argument("--wide-reports", type=int, default=1000)
     args = parser.parse_args(argv)
     if args.quick:
         args.reports, args.repeat, args.ab_reports = 300, 3, 200
+        args.wide, args.wide_reports = min(args.wide, 200), 300
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'history.db'}"
         store = open_store(url, auto_migrate=True)
@@ -327,6 +405,11 @@ def main(argv: list[str] | None = None) -> int:
             rows["replay"] = summary("app cold, replay of the whole log (no checkpoints)",
                                      times, rows=int(full.seq.size), exact=exact,
                                      per_report_ms=round(times[0] / full.head_seq, 4))
+        memory_rows(store, NAME, args.repeat, f"{args.reports + 99} reports x 4 distributions")
+        if args.wide:
+            wide_log(store, args.wide, args.wide_reports)
+            memory_rows(store, "wide", max(1, args.repeat // 4),
+                        f"{args.wide_reports} reports x {args.wide} distributions")
         store.close()
         if args.ab_reports:
             ab = report_path_ab(tmp, args.ab_reports)
