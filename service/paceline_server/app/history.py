@@ -4,7 +4,9 @@ The rows are `ProgressPoint`s, the engine's state observed after every report. T
 service's report path computes one after each fold and before the append (O(D + k), the
 engine is at hand): the INSERT that appends the report stores it in the event's own row
 (`events.progress`), and the rows are kept in memory until a snapshot is due, then packed
-and stored as a checkpoint chunk in the same transaction (`CurriculumWriter.put_history`).
+and stored as a checkpoint chunk in the same transaction (`CurriculumWriter.put_history`);
+sooner when `pending_rows` wait (1000, fewer when they would pass `MAX_PENDING_BYTES`:
+at 10 000 distributions, 11), so a curriculum reported to keeps at most about 4 MiB.
 A history request chains the stored chunks from seq 1 and reads the rows stored with the
 events after the last one, so a freshly started server answers a long curriculum at any
 head position without folding a report; chunks outlive pruned events. Events without a
@@ -19,8 +21,9 @@ computes (tested).
 Cost (see docs/benchmarks.md, "History", and docs/dashboard.md):
 - report path: one `progress()` per report, packed into its event's INSERT (one column
   more, no statement more: 1 + 8·(4D + k + 2) + 3D bytes, 173 with 4 distributions and 2
-  objectives) and, every `snapshot_every` reports, one INSERT of the packed chunk plus a
-  read of its events' times (8·(4D + k + 4) + 3D bytes per report, about 170).
+  objectives) and, every `snapshot_every` reports (or `pending_rows`, when fewer), one
+  INSERT of the packed chunk plus a read of its events' times (8·(4D + k + 4) + 3D bytes
+  per report, about 170).
 - first request of a process: read and unpack the chunks (O(reports) bytes, no fold:
   3-20 ms for 10 000 reports) and the rows of the events after the last chunk (fewer than
   `snapshot_every`, one SELECT without the reports' payloads); a fold per report only for
@@ -113,6 +116,9 @@ CHUNK_BYTES = 4 * 1024**2
 HISTORY_CACHE_BYTES = 256 * 1024**2
 #: rows the report path keeps in memory before it stores them, snapshot due or not
 MAX_PENDING_ROWS = 1000
+#: ... and their bytes (`row_bytes` each): per curriculum reported to, outside the
+#: cache's budget, so 1000 rows of 10 000 distributions (350 MB) are not kept
+MAX_PENDING_BYTES = CHUNK_BYTES
 _FLAGS = ("stalled", "saturated", "hopeless")
 #: Held while a fresh engine is built for a history's seq-0 row: that engine holds a
 #: whole state (hundreds of MB at 10⁷ samples, 2 GiB at the budget), and the dashboard
@@ -380,14 +386,23 @@ class _Pending:
     created_at: datetime
     engine: CurriculumEngine  # the rows' engine: a reloaded one starts afresh
     first_seq: int
+    most: int  # rows kept at most (`pending_rows`)
     steps: list[int] = field(default_factory=list)
     points: list[ProgressPoint] = field(default_factory=list)
 
 
-def checkpoint_due(seq: int, rows: int, every: int) -> bool:
+def pending_rows(spec: CurriculumSpec) -> int:
+    """The most rows of `spec`'s history kept before they are stored, snapshot due or
+    not: `MAX_PENDING_ROWS`, fewer when they would take more than `MAX_PENDING_BYTES`
+    (many distributions). The chunk stored is then bounded in bytes too."""
+    size = row_bytes(spec.layout.num_distributions, len(spec.objectives))
+    return min(MAX_PENDING_ROWS, _rows_in(MAX_PENDING_BYTES, size))
+
+
+def checkpoint_due(seq: int, rows: int, every: int, most: int) -> bool:
     """Whether the `rows` kept up to the report at `seq` are stored as a checkpoint chunk
-    now: with the snapshot (`seq % every == 0`) or once `MAX_PENDING_ROWS` wait."""
-    return seq % every == 0 or rows >= MAX_PENDING_ROWS
+    now: with the snapshot (`seq % every == 0`) or once `most` (`pending_rows`) wait."""
+    return seq % every == 0 or rows >= most
 
 
 def store_imported_rows(writer: CurriculumWriter, spec: CurriculumSpec, first_seq: int,
@@ -438,7 +453,7 @@ class HistoryService:
         """The report at `seq` was just folded into `cached.engine` and appended through
         `writer` with `point`, its row (`cached.engine.progress()`, also stored in the event's
         own row): keep the row, and store the rows kept so far as a checkpoint chunk when a
-        snapshot is due (`seq % every == 0`) or `MAX_PENDING_ROWS` are waiting. Called by
+        snapshot is due (`seq % every == 0`) or `pending_rows` are waiting. Called by
         the report path under the curriculum's engine lock. Rows start afresh when the seq
         does not follow (another replica's reports were folded in between) or the engine
         is not the one they came from (a failed transaction reloads it: its folds may not
@@ -451,12 +466,12 @@ class HistoryService:
                     or pending.engine is not cached.engine
                     or not pending.first_seq <= seq <= pending.first_seq + len(pending.steps)):
                 pending = self._pending[name] = _Pending(cached.created_at, cached.engine,
-                                                         seq)
+                                                         seq, pending_rows(cached.spec))
             keep = seq - pending.first_seq
             del pending.steps[keep:], pending.points[keep:]
             pending.steps.append(step)
             pending.points.append(point)
-            if not checkpoint_due(seq, len(pending.steps), every):
+            if not checkpoint_due(seq, len(pending.steps), every, pending.most):
                 return
             del self._pending[name]
         self._checkpoint(writer, name, cached.spec, pending)

@@ -36,7 +36,7 @@ import orjson
 from paceline_server.app.codec import decode_report, encode_report, holds, same_report
 from paceline_server.app.engines import CachedEngine
 from paceline_server.app.group_commit import OnFold
-from paceline_server.app.history import checkpoint_due, store_imported_rows
+from paceline_server.app.history import checkpoint_due, pending_rows, store_imported_rows
 from paceline_server.app.reports import parse_report
 from paceline_server.app.service import PacelineService, effective_spec, spec_differences
 from paceline_server.domain.errors import (
@@ -381,13 +381,14 @@ def import_curriculum(service: PacelineService, export: ExportContents | Iterabl
         with service.store.importer(target, spec.to_dict()) as writer:
             runs_added, runs_present = _add_runs(writer, export.runs, now)
             first = 1  # of the history rows not yet stored as a checkpoint chunk
+            most = pending_rows(spec)  # the chunks the report path would store
             for item, row in zip(fold.new, fold.rows, strict=True):
                 # The original log's times, so that the history's time axis (and
                 # the dashboard's charts) reads as it did where it was exported.
                 seq = writer.append("report", item.run_id, item.step, item.key,
                                     item.payload, checked=True, progress=row,
                                     created_at=item.created_at or now)
-                if checkpoint_due(seq, seq - first + 1, every):
+                if checkpoint_due(seq, seq - first + 1, every, most):
                     _store_rows(writer, spec, fold, first, seq)
                     first = seq + 1
             _store_rows(writer, spec, fold, first, writer.head_seq)
