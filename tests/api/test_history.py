@@ -448,8 +448,7 @@ def write_log(store: Any, reports: int, snapshot_at: tuple[int, ...] = (),
 
 
 def wait_for_fills(histories: HistoryService) -> None:
-    for thread in list(histories.fills):
-        thread.join(30)
+    assert histories.wait_for_fills(60), "a background fill or merge did not finish"
 
 
 def test_rows_lost_in_a_restart_are_filled(client: TestClient, database_url: str) -> None:

@@ -1,20 +1,25 @@
 """What the history service holds outside its cache's budget (app/history.py): the rows
-the report path keeps until it stores them, bounded in bytes as well as in count."""
+the report path keeps until it stores them, bounded in bytes as well as in count, and
+the background fills and merges, let go once they are done."""
 
 from __future__ import annotations
 
+import gc
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from test_history import _Replayed, assert_same_history
+from test_history import _Replayed, assert_same_history, write_log
 
 from api_support import make_client
 from paceline_server.app import history as history_module
 from paceline_server.app.history import HistoryService, pending_rows, row_bytes
 from paceline_server.domain import CurriculumSpec
+from paceline_server.store import open_store
 
 WIDE = 64  # distributions: a row is row_bytes(64, 2) = 2296 bytes
 WIDE_SPEC: dict[str, Any] = {
@@ -92,3 +97,48 @@ def test_narrow_curricula_keep_the_count_bound() -> None:
         "distributions": [{"name": "a", "size": 4}, {"name": "b", "size": 4}]}})) == 1000
     many = {"distributions": [{"name": f"d{i}", "size": 1} for i in range(10_000)]}
     assert pending_rows(CurriculumSpec.from_dict({**WIDE_SPEC, "layout": many})) == 11
+
+
+def test_finished_fills_are_let_go_and_can_be_waited_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fill started leaves no thread behind once done, however many ran (each
+    was kept for good: a long-running service held one Thread per fill ever started);
+    `wait_for_fills` still waits for the running ones, with a timeout."""
+    started: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+    real = threading.Thread
+
+    class Tracked(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.add(self)
+
+    monkeypatch.setattr(history_module.threading, "Thread", Tracked)
+    store = open_store(f"sqlite:///{tmp_path / 'f.db'}", auto_migrate=True)
+    try:
+        write_log(store, 6, rows=True)
+        created_at = store.head("hist").created_at
+        histories = HistoryService(store)
+        for _ in range(40):
+            histories._start_fill("hist", created_at, 0, 6)
+            assert histories.wait_for_fills(30)
+        gc.collect()
+        assert len(started) <= 1  # the last one, let go when the next starts
+
+        release = threading.Event()
+        put = store.put_history
+
+        def gated(*args: Any, **kwargs: Any) -> None:
+            release.wait(30)
+            put(*args, **kwargs)
+
+        store.put_history = gated
+        histories._start_fill("hist", created_at, 0, 6)
+        assert not histories.wait_for_fills(0.2)  # still storing
+        release.set()
+        assert histories.wait_for_fills(30)
+        assert [(c.first_seq, c.last_seq) for c in store.history_checkpoints("hist")] == [
+            (1, 6)]
+        assert_same_history(HistoryService(store).history("hist", every=1),
+                            _Replayed(store).history("hist", every=1))
+    finally:
+        store.close()

@@ -441,8 +441,9 @@ class HistoryService:
         self._stream_fills: dict[str, threading.Thread] = {}  # see `_stream_rest`
         self._start_points: OrderedDict[tuple[str, datetime], ProgressPoint] = OrderedDict()
         self._building: dict[str, threading.Event] = {}  # prefetches under way
-        #: background fills started (for tests and the benchmark to wait on)
-        self.fills: list[threading.Thread] = []
+        #: background fills and merges still running (`wait_for_fills`); finished ones
+        #: are let go as the next starts, so a long-running service keeps none of them
+        self._fills: list[threading.Thread] = []
         #: reports folded to compute rows (the rows stored with the events need none):
         #: how tests and the benchmark tell a stored answer from a replayed one
         self.folds = 0
@@ -506,8 +507,31 @@ class HistoryService:
             self._filling.add(key)
         thread = threading.Thread(target=self._fill, args=(name, created_at, after, upto),
                                   daemon=True, name=f"paceline-history-fill-{name}")
-        self.fills.append(thread)
+        with self._guard:
+            self._start_background(thread)
+
+    def _start_background(self, thread: threading.Thread) -> None:
+        """Start a fill or merge and remember it while it runs (caller holds the guard:
+        started under it, a thread just added is never taken for a finished one)."""
+        self._fills = [running for running in self._fills if running.is_alive()]
+        self._fills.append(thread)
         thread.start()
+
+    def wait_for_fills(self, timeout: float | None = None) -> bool:
+        """Wait until no background fill or merge runs (those started meanwhile too), or
+        `timeout` seconds pass; returns whether none runs. For tests and benchmarks:
+        what they store is then in the store."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._guard:
+                running = [thread for thread in self._fills if thread.is_alive()]
+            if not running:
+                return True
+            for thread in running:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                thread.join(left)
 
     def _fill(self, name: str, created_at: datetime, after: int, upto: int) -> None:
         """Store rows after..upto as chunks of at most `_chunk_rows` rows, in order: a
@@ -721,8 +745,7 @@ class HistoryService:
             thread = threading.Thread(target=fill, daemon=True,
                                       name=f"paceline-history-stream-fill-{name}")
             self._stream_fills[name] = thread
-            self.fills.append(thread)
-            thread.start()
+            self._start_background(thread)
         return thread
 
     # ------------------------------------------------------------------ cache
@@ -1028,8 +1051,8 @@ class HistoryService:
         if groups:
             thread = threading.Thread(target=merge, daemon=True,
                                       name=f"paceline-history-merge-{name}")
-            self.fills.append(thread)
-            thread.start()
+            with self._guard:
+                self._start_background(thread)
 
     def _engine_at(self, name: str, spec: CurriculumSpec, seq: int,
                    head_seq: int | None = None) -> tuple[CurriculumEngine, int]:
