@@ -1,11 +1,14 @@
-"""A page of a curriculum's runs is read off an index, on both backends: no sort of all the
-curriculum's runs per page, and a page deep in the listing starts at its key.
+"""A page of a listing is read off an index, on both backends: no sort of everything listed
+per page, and a page deep in the listing starts at its key.
 
-Nothing indexed runs by (curriculum, created_at, run_id), the listing's order, so every
-page (`limit + 1` rows) sorted every run of the curriculum. On PostgreSQL the index must
-hold run_id in the collation the listing orders by (COLLATE "C"), or it cannot serve the
-ORDER BY and the sort stays. The plans checked are of the statement the store really
-sends (captured as it runs), on tables with statistics (ANALYZE), as a server has.
+Nothing indexed runs by (curriculum, created_at, run_id), the runs listing's order, so
+every page (`limit + 1` rows) sorted every run of the curriculum; and the curricula
+listing orders names by code point (COLLATE "C" on PostgreSQL), which the unique index of
+the database's own collation cannot serve, so every page sorted all curricula. On
+PostgreSQL an index must hold the text column in the collation the listing orders by, or
+the sort stays; SQLite's BINARY default already is that order. The plans checked are of
+the statement the store really sends (captured as it runs), on tables with statistics
+(ANALYZE), as a server has.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from paceline_server.store.base import RunKey
 from paceline_server.store.sql import SqlStore
 
 INDEX = "ix_runs_curriculum_id_created_at_run_id"
+#: The curricula listing's index: PostgreSQL's (revision 0009) is of name COLLATE "C";
+#: SQLite's unique constraint's own index already is in that (BINARY) order.
+CURRICULA_INDEX = {"postgresql": "ix_curricula_name_code_point",
+                   "sqlite": "sqlite_autoindex_curricula_1"}
+CURRICULA = 20_000
 RUNS = 20_000
 PAGE = 101  # what a listing of 100 asks the store for
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -73,6 +81,22 @@ def nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from nodes(child)
 
 
+def read_off(found: Any, backend: str, index: str, what: str) -> None:
+    """`found` (a plan) reads a page off `index` from the page's key, without a sort."""
+    if backend == "sqlite":
+        assert not any("TEMP B-TREE" in step for step in found), (what, found)
+        assert any(index in step for step in found), (what, found)
+        return
+    steps = list(nodes(found))
+    assert not any("Sort" in n["Node Type"] for n in steps), (what, found)
+    scans = [n for n in steps if "Scan" in n["Node Type"]]
+    assert [n.get("Index Name") for n in scans] == [index], (what, found)
+    # The scan starts at the page's key: it reads the page (and, for runs, the one row
+    # tied with the key's time before it), not every row listed before it.
+    read = scans[0]["Actual Rows"] + scans[0].get("Rows Removed by Filter", 0)
+    assert read <= PAGE + 3, (what, found)
+
+
 def listed_page(store: SqlStore, after: RunKey | None) -> tuple[list[str], str, Any]:
     """The run ids of one page and the statement (with parameters) that read them."""
     with statements(store) as seen:
@@ -93,17 +117,30 @@ def test_a_page_of_runs_is_read_off_the_index(migrated: Database) -> None:
             page, statement, parameters = listed_page(store, after)
             assert page == [f"r{i:05d}" for i in range(start, start + PAGE)], what
             found = plan(store, migrated.backend, statement, parameters)
-            if migrated.backend == "sqlite":
-                assert not any("TEMP B-TREE" in step for step in found), (what, found)
-                assert any(INDEX in step for step in found), (what, found)
-                continue
-            steps = list(nodes(found))
-            assert not any("Sort" in n["Node Type"] for n in steps), (what, found)
-            scans = [n for n in steps if "Scan" in n["Node Type"]]
-            assert [n.get("Index Name") for n in scans] == [INDEX], (what, found)
-            # The scan starts at the page's key: it reads the page (and the one row
-            # tied with the key's time before it), not every run listed before it.
-            read = scans[0]["Actual Rows"] + scans[0].get("Rows Removed by Filter", 0)
-            assert read <= PAGE + 3, (what, found)
+            read_off(found, migrated.backend, INDEX, what)
+    finally:
+        store.close()
+
+
+def test_a_page_of_curricula_is_read_off_the_index(migrated: Database) -> None:
+    """Names mixing case and punctuation, whose code-point order differs from a
+    linguistic collation's: the pages come in code-point order and each reads its rows
+    off the index from its key."""
+    store = migrated.open()
+    try:
+        names = sorted(f"{'Aa_-'[i % 4]}{i:05d}" for i in range(CURRICULA))
+        with store.engine.begin() as conn:
+            conn.execute(insert(t.curricula), [
+                {"name": name, "spec": {"name": name}, "created_at": T0} for name in names])
+            conn.execute(text("ANALYZE"))
+        deep = 15_000
+        for what, after, start in (("first", None, 0), ("deep", names[deep], deep + 1)):
+            with statements(store) as seen:
+                page = [c.name for c in store.list_curricula(PAGE, after=after)]
+            assert page == names[start:start + PAGE], what
+            statement, parameters = next((s, p) for s, p in reversed(seen)
+                                         if "FROM curricula" in s)
+            found = plan(store, migrated.backend, statement, parameters)
+            read_off(found, migrated.backend, CURRICULA_INDEX[migrated.backend], what)
     finally:
         store.close()

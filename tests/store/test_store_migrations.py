@@ -24,7 +24,7 @@ from paceline_server.store.migrate import (
     upgrade,
 )
 from paceline_server.store.sql import SqlStore
-from paceline_server.store.tables import VERSION_TABLE, metadata
+from paceline_server.store.tables import VERSION_TABLE, declared_for, metadata
 from support import fresh_pg_schema
 
 
@@ -39,13 +39,15 @@ def test_fresh_database_gets_head(database: Database) -> None:
 def test_migrations_match_the_table_metadata(migrated: Database) -> None:
     """`store/tables.py` and the migration scripts describe the same schema, server
     defaults included (compared only when asked: a migration that left out
-    `head_seq`'s default of 0 passed)."""
+    `head_seq`'s default of 0 passed). An index declared for one backend only is compared
+    on that backend, as autogenerate does (`declared_for`, in the migrations' env.py)."""
     engine = migrated.engine()
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(
                 conn, opts={"compare_type": True, "compare_server_default": True,
-                            "version_table": VERSION_TABLE})
+                            "version_table": VERSION_TABLE,
+                            "include_object": declared_for(conn.dialect.name)})
             assert compare_metadata(context, metadata) == []
     finally:
         engine.dispose()
@@ -139,36 +141,57 @@ def test_downgrades_keep_snapshot_bytes(migrated: Database) -> None:
     test_migrations_match_the_table_metadata(migrated)
 
 
+def indexes(database: Database, table: str) -> dict[str, str]:
+    """The indexes of `table` (name: definition), those a constraint implies included on
+    PostgreSQL and left out on SQLite (whose autoindexes have no SQL)."""
+    engine = database.engine()
+    try:
+        with engine.connect() as conn:
+            if database.backend == "postgresql":
+                found = conn.execute(text(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = :table "
+                    "AND schemaname = current_schema()"), {"table": table}).all()
+            else:
+                found = conn.execute(text(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                    "AND tbl_name = :table AND sql IS NOT NULL"), {"table": table}).all()
+        return {name: sql for name, sql in found}
+    finally:
+        engine.dispose()
+
+
 def test_the_runs_listing_index_comes_and_goes(migrated: Database) -> None:
     """Revision 0008 indexes runs in the listing's order, run_id in the code-point
     collation it is listed by on PostgreSQL (which reflection, and so the metadata
     comparison, does not see); downgrading to 0007 drops the index and nothing else."""
     index = "ix_runs_curriculum_id_created_at_run_id"
-
-    def indexes() -> dict[str, str]:
-        engine = migrated.engine()
-        try:
-            with engine.connect() as conn:
-                if migrated.backend == "postgresql":
-                    found = conn.execute(text(
-                        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'runs' "
-                        "AND schemaname = current_schema()")).all()
-                else:
-                    found = conn.execute(text(
-                        "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
-                        "AND tbl_name = 'runs' AND sql IS NOT NULL")).all()
-            return {name: sql for name, sql in found}
-        finally:
-            engine.dispose()
-
-    at_head = indexes()
+    at_head = indexes(migrated, "runs")
     assert index in at_head
     if migrated.backend == "postgresql":
         assert at_head[index].endswith('(curriculum_id, created_at, run_id COLLATE "C")')
     assert downgrade(migrated.url, "0007", schema=migrated.schema) == "0007"
-    assert indexes() == {k: v for k, v in at_head.items() if k != index}
+    assert indexes(migrated, "runs") == {k: v for k, v in at_head.items() if k != index}
     assert migrated.upgrade() == head_revision()
-    assert indexes() == at_head
+    assert indexes(migrated, "runs") == at_head
+
+
+def test_the_curricula_listing_index_comes_and_goes(migrated: Database) -> None:
+    """Revision 0009 indexes curricula's names by code point on PostgreSQL, the order the
+    listing compares them in (the unique index is of the database's collation); SQLite
+    gets nothing, its unique index already being in that order. Downgrading to 0008 drops
+    the index and nothing else."""
+    index = "ix_curricula_name_code_point"
+    at_head = indexes(migrated, "curricula")
+    if migrated.backend == "postgresql":
+        assert at_head[index].endswith('USING btree (name COLLATE "C")')
+        assert "uq_curricula_name" in at_head  # still what keeps names unique
+    else:
+        assert at_head == {}
+    assert downgrade(migrated.url, "0008", schema=migrated.schema) == "0008"
+    assert indexes(migrated, "curricula") == {k: v for k, v in at_head.items()
+                                              if k != index}
+    assert migrated.upgrade() == head_revision()
+    assert indexes(migrated, "curricula") == at_head
 
 
 def test_concurrent_auto_migrations(database: Database) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from paceline_server.store.tables import VERSION_TABLE, metadata
+from paceline_server.store.tables import VERSION_TABLE, declared_for, metadata
 
 config = context.config
 target_metadata = metadata
@@ -30,6 +30,8 @@ def _configure_and_run(connection: Connection) -> None:
         # SQLite cannot ALTER most things; batch mode recreates tables instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # An index declared for the other backend only is not missing here.
+        include_object=declared_for(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -19,6 +19,7 @@ Design notes:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -123,6 +124,37 @@ curricula = Table(
     Column("head_seq", BigInteger(), nullable=False, server_default="0"),
     UniqueConstraint("name"),
 )
+
+#: `Index.info` key of the one backend an index is created on (`only_on`).
+ONLY_ON = "paceline_only_on"
+
+
+def only_on(dialect: str, index: Index) -> Index:
+    """`index`, created on `dialect` only: by `metadata.create_all` (`ddl_if`) and, through
+    `declared_for`, in what Alembic compares the migrations with (it ignores `ddl_if`)."""
+    index.info[ONLY_ON] = dialect
+    return index.ddl_if(dialect=dialect)
+
+
+def declared_for(dialect: str) -> Callable[[Any, str | None, str, bool, Any], bool]:
+    """Alembic's `include_object` for a database of `dialect`: this metadata less the
+    indexes declared for another backend only, which its migrations do not create there."""
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool,
+                compare_to: Any) -> bool:
+        only = obj.info.get(ONLY_ON) if type_ == "index" and not reflected else None
+        return only is None or only == dialect
+
+    return include
+
+
+# The curricula listing's order (revision 0009), on PostgreSQL: names are listed and
+# compared by code point (COLLATE "C", `SqlStore._by_code_point`), which the unique index,
+# of the database's collation, cannot serve, so each page sorted every curriculum. On
+# SQLite the unique index's BINARY order already is that order; a second index there
+# would only cost writes.
+only_on("postgresql", Index("ix_curricula_name_code_point", curricula.c.name,
+                            postgresql_ops={"name": 'COLLATE "C"'}))
 
 runs = Table(
     "runs", metadata,
