@@ -134,7 +134,7 @@ def dashboard_exprs(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 #: What Grafana substitutes for its variables, so the expressions parse as PromQL.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h",
-                     "$curriculum": ".*"}
+                     "$curriculum": ".*", "$job": "paceline"}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -181,3 +181,26 @@ def label_names(expr: str) -> tuple[dict[str, set[str]], set[str]]:
 
     promql_parser.walk(promql_parser.parse(expr), visit)
     return selected, grouped
+
+
+def selectors(expr: str) -> list[tuple[str, dict[str, tuple[str, str]]]]:
+    """Every vector selector of a Grafana PromQL expression: its metric name and its
+    matchers (label: (operator, value)), variables in values left as written (`$job`)."""
+    import promql_parser
+
+    for variable, value in GRAFANA_VARIABLES.items():
+        if variable.startswith("$__"):  # durations; the others are in quoted values
+            expr = expr.replace(variable, value)
+    found: list[tuple[str, dict[str, tuple[str, str]]]] = []
+    ops = ((promql_parser.MatchOp.Equal, "="), (promql_parser.MatchOp.NotEqual, "!="),
+           (promql_parser.MatchOp.Re, "=~"), (promql_parser.MatchOp.NotRe, "!~"))
+
+    def visit(node: object) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            found.append((node.name, {m.name: (next(o for op, o in ops if op == m.op),
+                                               m.value)
+                                      for m in node.matchers.matchers
+                                      if m.name != "__name__"}))
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found

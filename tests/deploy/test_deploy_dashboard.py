@@ -19,6 +19,7 @@ from deploy_support import (
     dashboard_exprs,
     label_names,
     metric_names,
+    selectors,
 )
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -187,9 +188,42 @@ def test_every_label_in_the_dashboard_is_exported(dashboard: dict[str, Any],
             label = variable["query"]["query"].rsplit(",", 1)[1].strip(" )")
             selected, _ = label_names(variable["query"]["query"].split("(", 1)[1]
                                       .rsplit(",", 1)[0])
-            if not all(label in scraped.get(name, set()) for name in selected):
+            if not all(label in scraped.get(name, set()) | TARGET_LABELS
+                       for name in selected):
                 wrong[f"variable {variable['name']}"] = [label]
     assert not wrong, f"labels the service does not export: {wrong}"
+
+
+def test_every_selector_is_of_the_chosen_job(dashboard: dict[str, Any],
+                                            scraped: dict[str, set[str]]) -> None:
+    """One Prometheus scraping several Paceline deployments (releases, namespaces) sees
+    the same curricula and routes under each one's `job`: without a `job` variable every
+    panel mixed them (`max by (curriculum)` over all releases, request rates summed
+    across them). The dashboard picks one job, listed from a series every target serves
+    once scraped, and every selector, the curriculum list's included, matches it."""
+    pytest.importorskip("promql_parser")
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    job = variables["job"]
+    assert job["type"] == "query" and not job["multi"] and not job["includeAll"]
+    query = job["query"]["query"]
+    assert query == job["definition"] == "label_values(paceline_http_requests_total, job)"
+    assert "paceline_http_requests_total" in scraped  # served from the first scrape on
+    names = list(variables)
+    assert names.index("job") < names.index("curriculum")  # the list depends on it
+    unscoped = {}
+    for where, expr in exprs(dashboard):
+        if where == "variable job":
+            continue
+        for name, matchers in selectors(expr):
+            if matchers.get("job") != ("=", "$job"):
+                unscoped.setdefault(where, []).append(name)
+    assert not unscoped, f"selectors not limited to the chosen job: {unscoped}"
+
+
+def test_selectors_are_read_from_the_syntax_tree() -> None:
+    pytest.importorskip("promql_parser")
+    assert selectors('sum(rate(a{job="$job",route!~"/x"}[$__rate_interval])) / b') == [
+        ("a", {"job": ("=", "$job"), "route": ("!~", "/x")}), ("b", {})]
 
 
 def test_label_names_are_read_from_the_syntax_tree() -> None:
