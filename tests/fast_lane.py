@@ -30,6 +30,10 @@ SLOW_FILES = {
     "test_history.py", "test_exact_resume.py", "test_transfer_api.py",
     "test_client_embedded.py", "test_client_exact_resume.py", "test_client_history.py",
     "test_input_edges.py", "test_cross_site.py",  # an app per case, as test_api's twins
+    "test_allowed_hosts.py",  # an app (or a `serve`) per case, as test_cross_site
+    "test_history_budget.py",  # long, wide histories read both ways per case
+    "test_store_listing_plan.py", "test_store_upgrade_data.py",  # 20k-row tables;
+    # databases built at old revisions and upgraded
 }
 #: Single slow tests in otherwise fast files (file name :: test name, any parameters):
 #: trainer libraries driven end to end, a statistical test of many draws, a subprocess.
