@@ -73,13 +73,18 @@ def test_unmigrated_database_is_refused(database: Database) -> None:
         reopened.close()
 
 
-def test_database_ahead_of_the_code_is_refused(migrated: Database) -> None:
-    engine = migrated.engine()
+def written_by_a_newer_release(database: Database) -> None:
+    """Set the schema's revision to one this release does not know."""
+    engine = database.engine()
     try:
         with engine.begin() as conn:
             conn.execute(text("UPDATE paceline_alembic_version SET version_num = '9999_future'"))
     finally:
         engine.dispose()
+
+
+def test_database_ahead_of_the_code_is_refused(migrated: Database) -> None:
+    written_by_a_newer_release(migrated)
     with pytest.raises(SchemaOutdated, match="newer than this Paceline") as info:
         migrated.open()
     assert info.value.details["ahead"] is True
@@ -90,12 +95,7 @@ def test_a_database_ahead_of_the_code_is_not_migrated(migrated: Database) -> Non
     release migrated: refused with the same SCHEMA_OUTDATED that names the cause, not
     Alembic's "Can't locate revision identified by ..." (a CommandError, which the CLI
     printed as an unexpected error and `serve` died of), and nothing written."""
-    engine = migrated.engine()
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE paceline_alembic_version SET version_num = '9999_future'"))
-    finally:
-        engine.dispose()
+    written_by_a_newer_release(migrated)
     with pytest.raises(SchemaOutdated, match="newer than this Paceline") as info:
         migrated.upgrade()
     assert info.value.details == {"current": "9999_future", "head": head_revision(),
