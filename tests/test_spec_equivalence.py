@@ -9,6 +9,7 @@ what its creator asked. A value that means another curriculum is still a 409 nam
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,12 @@ import pytest
 from api_support import make_client
 from cli_support import populated
 from paceline_server.app.service import PacelineService
+from paceline_server.app.strategies import strategy_catalog
 from paceline_server.app.transfer import export_curriculum, import_curriculum, read_lines
 from paceline_server.domain.errors import CurriculumExists
 from paceline_server.settings import Settings
 from paceline_server.store import open_store
+from paceline_server.strategies import registry
 from support import SPEC
 
 BASE: dict[str, Any] = {
@@ -147,3 +150,37 @@ def test_an_export_merges_into_the_same_curriculum_spelled_otherwise(tmp_path: P
     merged = import_curriculum(target, read_lines(data.splitlines()), merge=True)
     assert merged.reports_added == 3
     assert target.get_curriculum("math").spec["primary_objective"] == "acc"
+
+
+@pytest.mark.parametrize("sampler", [LEARNABILITY, {"kind": "prioritized"}, None],
+                         ids=["learnability", "prioritized", "default"])
+def test_an_allocation_s_parameters_are_stored_spelled_out(
+        service: PacelineService, sampler: dict[str, Any] | None) -> None:
+    """As the sampler's own parameters are: every one stored with its value, so that a
+    later release changing an allocation's default leaves the curriculum as created
+    (they were stored as given, `{}`, and read with whatever defaults the code had)."""
+    given = {} if sampler is None else {"sampler": {**sampler,
+                                                    "allocation_params": {"c": 2.0}}}
+    stored = service.create_curriculum(spec("c", given)).record.spec["sampler"]["params"]
+    allocation = stored["allocation"]
+    fields = {f.name for f in dataclasses.fields(
+        registry.sampler_class(allocation).params_type)}
+    assert set(stored["allocation_params"]) == fields
+    assert stored["allocation_params"]["c"] == (1.0 if sampler is None else 2.0)
+    if sampler is None:  # what /v1/strategies says a curriculum without one gets
+        assert service.create_curriculum(spec("d", {})).record.spec["sampler"] == \
+            strategy_catalog().default_sampler
+
+
+def test_a_curriculum_stored_with_allocation_params_as_given_is_the_same_curriculum(
+        service: PacelineService) -> None:
+    """One stored by an earlier release ({} for the allocation's defaults) and a create
+    of the same spec now (spelled out) are one curriculum for `exist_ok`."""
+    old = service.create_curriculum(spec("c", {"sampler": LEARNABILITY})).record.spec
+    old = {**old, "sampler": {**old["sampler"], "params": {
+        **old["sampler"]["params"], "allocation_params": {}}}}
+    service.store.delete_curriculum("c")
+    service.store.create_curriculum("c", old)
+    again = service.create_curriculum(spec("c", {"sampler": LEARNABILITY}), exist_ok=True)
+    assert not again.created
+    assert again.record.spec["sampler"]["params"]["allocation_params"] == {}

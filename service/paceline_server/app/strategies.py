@@ -76,7 +76,8 @@ def _class(group: Group, name: str) -> Any:
 def _canonical(group: Group, spec: StrategySpec) -> dict[str, Any]:
     cls = _class(group, spec.kind)
     params = parse_params(cls.params_type, spec.params, f"{group} {spec.kind}")
-    return {"kind": spec.kind, "params": params_to_dict(params)}
+    spelled = cls.spelled_params(params) if group == "sampler" else params_to_dict(params)
+    return {"kind": spec.kind, "params": spelled}
 
 
 def _info(group: Group, name: str, default: StrategySpec) -> StrategyInfo:

@@ -636,7 +636,7 @@ def _spelled_out(spec: CurriculumSpec, sampler: Sampler[Any, Any],
                  weighting: Weighting[Any, Any]) -> CurriculumSpec:
     return CurriculumSpec(
         name=spec.name, layout=spec.layout, objectives=spec.objectives,
-        sampler=canonical(spec.sampler, sampler.params),
+        sampler=StrategySpec(spec.sampler.kind, type(sampler).spelled_params(sampler.params)),
         weighting=canonical(spec.weighting, weighting.params),
         batch_size=spec.batch_size, seed=spec.seed,
         primary_objective=spec.primary_objective, zero_variance=spec.zero_variance,

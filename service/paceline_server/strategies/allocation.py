@@ -24,7 +24,7 @@ import numpy as np
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.base import Sampler
-from paceline_server.strategies.params import parse_params
+from paceline_server.strategies.params import params_to_dict, parse_params
 from paceline_server.strategies.registry import SAMPLERS
 
 Allocation = Literal["none", "dump_ucb", "learning_progress"]
@@ -67,6 +67,19 @@ def build_allocator(layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...]
     cls = SAMPLERS.builtin(allocation)
     return cls(layout, objectives,
                parse_params(cls.params_type, params, f"allocation_params ({allocation})"))
+
+
+def spelled_allocation_params(allocation: Allocation,
+                              params: Mapping[str, Any]) -> dict[str, Any]:
+    """`allocation_params` as a curriculum stores them: every parameter of the allocation
+    spelled out, its defaults filled ({} without one), as the sampler's own parameters
+    are (`Sampler.spelled_params`): a later release that changes an allocation default
+    leaves a stored curriculum as it was created."""
+    if allocation == "none":
+        return {}
+    cls = SAMPLERS.builtin(allocation)
+    return params_to_dict(parse_params(cls.params_type, params,
+                                       f"allocation_params ({allocation})"))
 
 
 def resolved_allocation_params(allocator: Allocator | None) -> dict[str, Any]:

@@ -121,6 +121,14 @@ class Sampler(ABC, Generic[S, P]):
         self.objectives = objectives
         self.params = params
 
+    @classmethod
+    def spelled_params(cls, params: P) -> dict[str, Any]:
+        """`params` as a curriculum stores them (its canonical spec): every parameter
+        spelled out, defaults filled, so that a later release's change of a default
+        leaves a stored curriculum as it was created. A sampler with nested parameters
+        (an allocation's) spells those out too."""
+        return params_to_dict(params)
+
     def resolved_params(self) -> dict[str, Any]:
         """The parameters as they take effect, for telling two specs apart (`exist_ok`, an
         import's merge): a parameter whose default stands for a value it could also be

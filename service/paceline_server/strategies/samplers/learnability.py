@@ -141,6 +141,7 @@ from paceline_server.strategies.allocation import (
     build_allocator,
     initial_allocator_states,
     resolved_allocation_params,
+    spelled_allocation_params,
 )
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
@@ -444,6 +445,13 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         return lambda indices: self.agreement(state, indices, group_size)
 
     # ----------------------------------------------------------------- state
+    @classmethod
+    def spelled_params(cls, params: LearnabilityParams) -> dict[str, Any]:
+        """`allocation_params` spelled out too (the allocation's defaults filled)."""
+        return {**super().spelled_params(params),
+                "allocation_params": spelled_allocation_params(params.allocation,
+                                                               params.allocation_params)}
+
     def resolved_params(self) -> dict[str, Any]:
         """`allocation_params` with the allocation's defaults filled in."""
         return {**super().resolved_params(),

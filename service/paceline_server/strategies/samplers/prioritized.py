@@ -60,6 +60,7 @@ from paceline_server.strategies.allocation import (
     build_allocator,
     initial_allocator_states,
     resolved_allocation_params,
+    spelled_allocation_params,
 )
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
@@ -165,6 +166,13 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
     def posterior_config(self) -> PosteriorConfig:
         return PosteriorConfig(self.params.prior_alpha, self.params.prior_beta,
                                self.params.gamma)
+
+    @classmethod
+    def spelled_params(cls, params: PrioritizedParams) -> dict[str, Any]:
+        """`allocation_params` spelled out too (the allocation's defaults filled)."""
+        return {**super().spelled_params(params),
+                "allocation_params": spelled_allocation_params(params.allocation,
+                                                               params.allocation_params)}
 
     def resolved_params(self) -> dict[str, Any]:
         """`allocation_params` with the allocation's defaults filled in."""
