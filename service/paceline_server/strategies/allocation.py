@@ -23,7 +23,7 @@ import numpy as np
 
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
-from paceline_server.strategies.base import Sampler
+from paceline_server.strategies.base import P, S, Sampler
 from paceline_server.strategies.params import params_to_dict, parse_params
 from paceline_server.strategies.registry import SAMPLERS
 
@@ -65,28 +65,37 @@ def build_allocator(layout: DatasetLayout, objectives: tuple[ObjectiveSpec, ...]
     if allocation == "none":
         return None
     cls = SAMPLERS.builtin(allocation)
-    return cls(layout, objectives,
-               parse_params(cls.params_type, params, f"allocation_params ({allocation})"))
+    return cls(layout, objectives, _parsed(cls, allocation, params))
 
 
-def spelled_allocation_params(allocation: Allocation,
-                              params: Mapping[str, Any]) -> dict[str, Any]:
-    """`allocation_params` as a curriculum stores them: every parameter of the allocation
-    spelled out, its defaults filled ({} without one), as the sampler's own parameters
-    are (`Sampler.spelled_params`): a later release that changes an allocation default
-    leaves a stored curriculum as it was created."""
-    if allocation == "none":
-        return {}
-    cls = SAMPLERS.builtin(allocation)
-    return params_to_dict(parse_params(cls.params_type, params,
-                                       f"allocation_params ({allocation})"))
+def _parsed(cls: type[Allocator], allocation: Allocation, params: Mapping[str, Any]) -> Any:
+    return parse_params(cls.params_type, params, f"allocation_params ({allocation})")
 
 
-def resolved_allocation_params(allocator: Allocator | None) -> dict[str, Any]:
-    """`allocation_params` as they take effect: the allocation's own parameters with its
-    defaults filled in ({} without an allocation), so a spec that names a default
-    explicitly compares equal to one that leaves it out (`Sampler.resolved_params`)."""
-    return {} if allocator is None else allocator.resolved_params()
+class AllocatingSampler(Sampler[S, P]):
+    """A per-sample sampler whose parameters name an allocation (`allocation`,
+    `allocation_params`), built as `self.allocator` (`learnability`, `prioritized`): the
+    allocation's parameters are stored and compared spelled out, as its own are."""
+
+    allocator: Allocator | None
+
+    @classmethod
+    def spelled_params(cls, params: P) -> dict[str, Any]:
+        """`allocation_params` spelled out too, the allocation's defaults filled ({}
+        without one): a later release that changes an allocation default leaves a stored
+        curriculum as it was created."""
+        given: Any = params
+        allocation = given.allocation
+        spelled = ({} if allocation == "none" else params_to_dict(_parsed(
+            SAMPLERS.builtin(allocation), allocation, given.allocation_params)))
+        return {**super().spelled_params(params), "allocation_params": spelled}
+
+    def resolved_params(self) -> dict[str, Any]:
+        """`allocation_params` as they take effect, the allocation's defaults filled in
+        ({} without one), so a spec that names a default explicitly compares equal to
+        one that leaves it out."""
+        resolved = {} if self.allocator is None else self.allocator.resolved_params()
+        return {**super().resolved_params(), "allocation_params": resolved}
 
 
 def initial_allocator_states(allocator: Allocator | None, allocation: Allocation,

@@ -132,6 +132,7 @@ from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.allocation import (
+    AllocatingSampler,
     Allocation,
     Allocator,
     DumpUcbState,
@@ -140,14 +141,11 @@ from paceline_server.strategies.allocation import (
     allocator_state,
     build_allocator,
     initial_allocator_states,
-    resolved_allocation_params,
-    spelled_allocation_params,
 )
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
     Proposal,
     ProposeContext,
-    Sampler,
     UpdateContext,
 )
 from paceline_server.strategies.distribution import allocate
@@ -276,7 +274,7 @@ def _never_reported(state: LearnabilityState, positions: np.ndarray) -> np.ndarr
     return np.asarray((state.successes[positions] + state.failures[positions]) == 0)
 
 
-class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
+class LearnabilitySampler(AllocatingSampler[LearnabilityState, LearnabilityParams]):
     name = "learnability"
     params_type = LearnabilityParams
     state_type = LearnabilityState
@@ -445,18 +443,6 @@ class LearnabilitySampler(Sampler[LearnabilityState, LearnabilityParams]):
         return lambda indices: self.agreement(state, indices, group_size)
 
     # ----------------------------------------------------------------- state
-    @classmethod
-    def spelled_params(cls, params: LearnabilityParams) -> dict[str, Any]:
-        """`allocation_params` spelled out too (the allocation's defaults filled)."""
-        return {**super().spelled_params(params),
-                "allocation_params": spelled_allocation_params(params.allocation,
-                                                               params.allocation_params)}
-
-    def resolved_params(self) -> dict[str, Any]:
-        """`allocation_params` with the allocation's defaults filled in."""
-        return {**super().resolved_params(),
-                "allocation_params": resolved_allocation_params(self.allocator)}
-
     def state_bytes(self) -> int:
         """A sum tree over N learnabilities, N float32 successes, failures and anchors,
         N uint8 visit counts, pooled vectors over D, and the allocator's own state."""

@@ -51,6 +51,7 @@ from paceline_server.domain.explanation import Reason, number
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec
 from paceline_server.strategies.allocation import (
+    AllocatingSampler,
     Allocation,
     Allocator,
     DumpUcbState,
@@ -59,14 +60,11 @@ from paceline_server.strategies.allocation import (
     allocator_state,
     build_allocator,
     initial_allocator_states,
-    resolved_allocation_params,
-    spelled_allocation_params,
 )
 from paceline_server.strategies.base import (
     STATE_OVERHEAD,
     Proposal,
     ProposeContext,
-    Sampler,
     UpdateContext,
 )
 from paceline_server.strategies.distribution import allocate
@@ -135,7 +133,7 @@ class PrioritizedState:
     progress: LearningProgressState | None  # allocator state (learning_progress)
 
 
-class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
+class PrioritizedSampler(AllocatingSampler[PrioritizedState, PrioritizedParams]):
     name = "prioritized"
     params_type = PrioritizedParams
     state_type = PrioritizedState
@@ -166,18 +164,6 @@ class PrioritizedSampler(Sampler[PrioritizedState, PrioritizedParams]):
     def posterior_config(self) -> PosteriorConfig:
         return PosteriorConfig(self.params.prior_alpha, self.params.prior_beta,
                                self.params.gamma)
-
-    @classmethod
-    def spelled_params(cls, params: PrioritizedParams) -> dict[str, Any]:
-        """`allocation_params` spelled out too (the allocation's defaults filled)."""
-        return {**super().spelled_params(params),
-                "allocation_params": spelled_allocation_params(params.allocation,
-                                                               params.allocation_params)}
-
-    def resolved_params(self) -> dict[str, Any]:
-        """`allocation_params` with the allocation's defaults filled in."""
-        return {**super().resolved_params(),
-                "allocation_params": resolved_allocation_params(self.allocator)}
 
     def state_bytes(self) -> int:
         """The sum tree over N priorities (two channels in linear mode, else one) and the
