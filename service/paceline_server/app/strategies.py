@@ -22,7 +22,7 @@ from typing import Any, Literal, get_args, get_origin
 from paceline_server.domain.errors import PacelineError
 from paceline_server.domain.spec import DEFAULT_SAMPLER, DEFAULT_WEIGHTING, StrategySpec
 from paceline_server.strategies import registry
-from paceline_server.strategies.params import params_to_dict, parse_params
+from paceline_server.strategies.params import parse_params
 
 Group = Literal["sampler", "weighting"]
 
@@ -76,8 +76,7 @@ def _class(group: Group, name: str) -> Any:
 def _canonical(group: Group, spec: StrategySpec) -> dict[str, Any]:
     cls = _class(group, spec.kind)
     params = parse_params(cls.params_type, spec.params, f"{group} {spec.kind}")
-    spelled = cls.spelled_params(params) if group == "sampler" else params_to_dict(params)
-    return {"kind": spec.kind, "params": spelled}
+    return {"kind": spec.kind, "params": cls.spelled_params(params)}
 
 
 def _info(group: Group, name: str, default: StrategySpec) -> StrategyInfo:

@@ -71,7 +71,6 @@ from paceline_server.strategies.posteriors import (
 from paceline_server.strategies.registry import (
     build_sampler,
     build_weighting,
-    canonical,
 )
 from paceline_server.strategies.signals import ReportSignals
 from paceline_server.strategies.state_codec import (
@@ -131,12 +130,7 @@ class CurriculumEngine:
     @with_numpy_defaults
     def __init__(self, spec: CurriculumSpec,
                  state: bytes | Iterable[bytes | memoryview] | None = None) -> None:
-        with blame("sampler", spec.sampler.kind):
-            self.sampler: Sampler[Any, Any] = build_sampler(spec.sampler, spec.layout,
-                                                            spec.objectives)
-        with blame("weighting", spec.weighting.kind):
-            self.weighting: Weighting[Any, Any] = build_weighting(spec.weighting,
-                                                                  spec.objectives)
+        self.sampler, self.weighting = _strategies(spec)
         self.spec = _spelled_out(spec, self.sampler, self.weighting)
         self.layout = spec.layout
         self.keeps_posteriors = self.sampler.uses_posteriors or spec.zero_variance is not None
@@ -153,11 +147,7 @@ class CurriculumEngine:
         """`spec` as an engine runs it, every strategy parameter spelled out (defaults
         filled in), without building any state: what a spec stored by an earlier
         release means to this one, whose strategies may have parameters it lacks."""
-        with blame("sampler", spec.sampler.kind):
-            sampler = build_sampler(spec.sampler, spec.layout, spec.objectives)
-        with blame("weighting", spec.weighting.kind):
-            weighting = build_weighting(spec.weighting, spec.objectives)
-        return _spelled_out(spec, sampler, weighting)
+        return _spelled_out(spec, *_strategies(spec))
 
     @staticmethod
     def resolved_spec(spec: CurriculumSpec) -> dict[str, Any]:
@@ -166,11 +156,10 @@ class CurriculumEngine:
         explicit value also spells written as that value (`CurriculumSpec.resolved`, the
         strategies' `resolved_params`), so that two spellings of one curriculum compare
         equal and a real difference still shows. Never stored."""
+        sampler, weighting = _strategies(spec)
         with blame("sampler", spec.sampler.kind):
-            sampler = build_sampler(spec.sampler, spec.layout, spec.objectives)
             sampler_params = sampler.resolved_params()
         with blame("weighting", spec.weighting.kind):
-            weighting = build_weighting(spec.weighting, spec.objectives)
             weighting_params = weighting.resolved_params()
         return replace(spec.resolved(),
                        sampler=StrategySpec(spec.sampler.kind, sampler_params),
@@ -632,12 +621,23 @@ def _unblob(sections: dict[str, np.ndarray], key: str) -> bytes:
     return sections[key].tobytes()
 
 
+def _strategies(spec: CurriculumSpec) -> tuple[Sampler[Any, Any], Weighting[Any, Any]]:
+    """The spec's sampler and weighting, built (no state), each one's errors blamed on
+    it."""
+    with blame("sampler", spec.sampler.kind):
+        sampler: Sampler[Any, Any] = build_sampler(spec.sampler, spec.layout, spec.objectives)
+    with blame("weighting", spec.weighting.kind):
+        weighting: Weighting[Any, Any] = build_weighting(spec.weighting, spec.objectives)
+    return sampler, weighting
+
+
 def _spelled_out(spec: CurriculumSpec, sampler: Sampler[Any, Any],
                  weighting: Weighting[Any, Any]) -> CurriculumSpec:
     return CurriculumSpec(
         name=spec.name, layout=spec.layout, objectives=spec.objectives,
         sampler=StrategySpec(spec.sampler.kind, type(sampler).spelled_params(sampler.params)),
-        weighting=canonical(spec.weighting, weighting.params),
+        weighting=StrategySpec(spec.weighting.kind,
+                               type(weighting).spelled_params(weighting.params)),
         batch_size=spec.batch_size, seed=spec.seed,
         primary_objective=spec.primary_objective, zero_variance=spec.zero_variance,
     )

@@ -213,6 +213,11 @@ class Weighting(ABC, Generic[S, P]):
         self.objectives = objectives
         self.params = params
 
+    @classmethod
+    def spelled_params(cls, params: P) -> dict[str, Any]:
+        """`params` as a curriculum stores them (see `Sampler.spelled_params`)."""
+        return params_to_dict(params)
+
     def resolved_params(self) -> dict[str, Any]:
         """The parameters as they take effect (see `Sampler.resolved_params`)."""
         return params_to_dict(self.params)

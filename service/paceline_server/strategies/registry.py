@@ -23,7 +23,7 @@ from paceline_server.domain.errors import InvalidParams, UnknownStrategy
 from paceline_server.domain.layout import DatasetLayout
 from paceline_server.domain.spec import ObjectiveSpec, StrategySpec
 from paceline_server.strategies.base import Sampler, Weighting
-from paceline_server.strategies.params import params_to_dict, parse_params
+from paceline_server.strategies.params import parse_params
 
 SAMPLER_GROUP = "paceline.samplers"
 WEIGHTING_GROUP = "paceline.weightings"
@@ -218,7 +218,3 @@ def _prefixed(owner: str) -> Iterator[None]:
         exc.details.setdefault("strategy", owner)
         raise
 
-
-def canonical(spec: StrategySpec, params: Any) -> StrategySpec:
-    """The spec with every parameter spelled out (defaults filled)."""
-    return StrategySpec(kind=spec.kind, params=params_to_dict(params))
