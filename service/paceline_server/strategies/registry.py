@@ -217,4 +217,3 @@ def _prefixed(owner: str) -> Iterator[None]:
             exc.args = (exc.message,)
         exc.details.setdefault("strategy", owner)
         raise
-
