@@ -153,6 +153,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _same_creation(name: str, current: datetime, expected: datetime | None) -> None:
+    """Unavailable (retry) when `name` is no longer the curriculum created at `expected`
+    (deleted and created again meanwhile): a write meant for that one stores nothing."""
+    if expected is not None and current != expected:
+        raise Unavailable(f"curriculum {name!r} was recreated meanwhile; retry",
+                          {"curriculum": name})
+
+
 def _aware(value: datetime, what: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be a timezone-aware datetime")
@@ -726,9 +734,7 @@ class SqlStore(Store):
         try:
             with self._write(durable=durable) as conn:
                 cid, _, current = self._curriculum_row(conn, name)
-                if created_at is not None and current != created_at:
-                    raise Unavailable(f"curriculum {name!r} was recreated meanwhile; retry",
-                                      {"curriculum": name})
+                _same_creation(name, current, created_at)
                 return self._store_batch(conn, cid, record)
         except sa_exc.IntegrityError as exc:  # the curriculum was deleted meanwhile
             raise CurriculumNotFound(f"curriculum {name!r} not found",
@@ -750,9 +756,7 @@ class SqlStore(Store):
                     created_at: datetime | None = None) -> None:
         with self._write(name) as conn:
             cid, head_seq, current = self._curriculum_row(conn, name, lock=True)
-            if created_at is not None and current != created_at:
-                raise Unavailable(f"curriculum {name!r} was recreated meanwhile; retry",
-                                  {"curriculum": name})
+            _same_creation(name, current, created_at)
             history_rows.check_range(first_seq, last_seq, head_seq)
             history_rows.put_checkpoint(conn, self._insert, cid, first_seq, last_seq, rows)
 
