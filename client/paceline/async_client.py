@@ -191,10 +191,7 @@ class AsyncClient:
             await self._call(op.GetCurriculum(name))))
 
     async def list_curricula(self) -> list[CurriculumInfo]:
-        pages = curriculum_pages()
-        while not pages.take(await self._call(pages.request())):
-            pass
-        return pages.found
+        return await curriculum_pages().aread(self._call)
 
     async def strategies(self) -> StrategyCatalog:
         """Every sampler and weighting the service can run (plug-ins included), with
@@ -249,10 +246,7 @@ class AsyncCurriculum:
 
     async def runs(self) -> list[RunInfo]:
         """Every run, oldest first (as `Curriculum.runs`)."""
-        pages = run_pages(self.name)
-        while not pages.take(await self.client._call(pages.request())):
-            pass
-        return pages.found
+        return await run_pages(self.name).aread(self.client._call)
 
     async def state(self) -> State:
         return State.model_validate(await self.client._call(op.GetState(self.name)))

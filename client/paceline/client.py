@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, SupportsIndex, TypeVar
 
@@ -84,6 +84,19 @@ class Pages(Generic[_Item]):
         if self.offset is None:
             return self._request(PAGE, 0, self.token)
         return self._request(PAGE, self.offset, None)
+
+    def read(self, call: Callable[[op.Operation], Mapping[str, Any]]) -> list[_Item]:
+        """Every item, each page read through `call` (a client's `_call`)."""
+        while not self.take(call(self.request())):
+            pass
+        return self.found
+
+    async def aread(self, call: Callable[[op.Operation], Awaitable[Mapping[str, Any]]]
+                    ) -> list[_Item]:
+        """`read` for an async client's `_call`."""
+        while not self.take(await call(self.request())):
+            pass
+        return self.found
 
     def take(self, answer: Mapping[str, Any]) -> bool:
         """Take one page's answer; True once the listing is complete."""
@@ -324,10 +337,7 @@ class Client:
 
     def list_curricula(self) -> list[CurriculumInfo]:
         """Every curriculum, by name."""
-        pages = curriculum_pages()
-        while not pages.take(self._call(pages.request())):
-            pass
-        return pages.found
+        return curriculum_pages().read(self._call)
 
     def strategies(self) -> StrategyCatalog:
         """Every sampler and weighting the service can run (plug-ins included), with
@@ -387,10 +397,7 @@ class Curriculum:
     def runs(self) -> list[RunInfo]:
         """The runs attached to this curriculum, oldest first, with their last
         heartbeat (every page of the listing)."""
-        pages = run_pages(self.name)
-        while not pages.take(self.client._call(pages.request())):
-            pass
-        return pages.found
+        return run_pages(self.name).read(self.client._call)
 
     def state(self) -> State:
         """Per-distribution statistics, reward weights and their history, health."""
