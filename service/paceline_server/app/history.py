@@ -76,6 +76,7 @@ from paceline_server.domain.history import (
     ProgressPoint,
     RowChunk,
     pack_rows,
+    point_series,
     unpack_points,
     unpack_rows,
 )
@@ -216,14 +217,8 @@ class _Columns:
         self._reserve(1)
         i = self.size
         self.seq[i], self.step[i], self.time[i] = seq, step, stamp
-        series = self.series
-        series["probability"][i] = point.probabilities
-        series["success"][i] = point.success
-        series["mean_abs_advantage"][i] = point.mean_abs_advantage
-        series["zero_variance_fraction"][i] = point.zero_variance
-        series["stalled"][i] = point.stalled
-        series["saturated"][i] = point.saturated
-        series["hopeless"][i] = point.hopeless
+        for name, values in point_series(point).items():
+            self.series[name][i] = values
         self.reward_weights[i] = point.reward_weights
         self.reward_scale[i] = point.reward_scale
         self.hypervolume[i] = point.hypervolume
@@ -294,11 +289,8 @@ class _Selection:
         self._take({
             "seq": np.asarray([seq], dtype=np.int64), "step": np.asarray([step], np.int64),
             "time": np.asarray([stamp], dtype=np.float64),
-            "probability": point.probabilities[None], "success": point.success[None],
-            "mean_abs_advantage": point.mean_abs_advantage[None],
-            "zero_variance_fraction": point.zero_variance[None],
-            "stalled": point.stalled[None], "saturated": point.saturated[None],
-            "hopeless": point.hopeless[None], "reward_weights": point.reward_weights[None],
+            **{name: values[None] for name, values in point_series(point).items()},
+            "reward_weights": point.reward_weights[None],
             "reward_scale": np.asarray([point.reward_scale], dtype=np.float64),
             "hypervolume": np.asarray([point.hypervolume], dtype=np.float64)})
 

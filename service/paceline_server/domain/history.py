@@ -33,6 +33,14 @@ DISTRIBUTION_SERIES = ("probability", "success", "mean_abs_advantage",
                        "zero_variance_fraction", "stalled", "saturated", "hopeless")
 
 
+def point_series(point: ProgressPoint) -> dict[str, np.ndarray]:
+    """The row's per-distribution values by series name (`DISTRIBUTION_SERIES` order)."""
+    return {"probability": point.probabilities, "success": point.success,
+            "mean_abs_advantage": point.mean_abs_advantage,
+            "zero_variance_fraction": point.zero_variance, "stalled": point.stalled,
+            "saturated": point.saturated, "hopeless": point.hopeless}
+
+
 @dataclass(frozen=True)
 class CurriculumHistory:
     name: str
