@@ -13,11 +13,15 @@ padded with its first prompts (repeated on the last ranks, reported once), with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from paceline.models import Batch
 
 __all__ = ["Shard"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,14 @@ class Shard:
         rows some rank trained on."""
         return min(n, self.size(n) * self.num_replicas)
 
+    def take(self, rows: Sequence[T]) -> list[T]:
+        """This rank's items of a batch's per-prompt list (its indices, loss weights)."""
+        return [rows[r] for r in self.positions(len(rows))]
+
     def local(self, batch: Batch) -> Batch:
         """This rank's part of `batch`: its prompts and their loss weights (the reward
         weights are the batch's, the same on every rank)."""
-        rows = self.positions(len(batch.indices))
         weights = batch.loss_weights
         return batch.model_copy(update={
-            "indices": [batch.indices[r] for r in rows],
-            "loss_weights": None if weights is None else [weights[r] for r in rows]})
+            "indices": self.take(batch.indices),
+            "loss_weights": None if weights is None else self.take(weights)})

@@ -122,7 +122,7 @@ class _StepSampler(Sampler[Any]):  # type: ignore[misc]
 
     def _mine(self, batch: Batch) -> list[int]:
         """This rank's sample indices of a served batch."""
-        return [batch.indices[r] for r in self.shard.positions(len(batch.indices))]
+        return self.shard.take(batch.indices)
 
     def _mid_step(self) -> int:
         """How many items of the latest drawn step were yielded, when not all were."""
