@@ -10,6 +10,7 @@ compares them with what the service stored. Exits non-zero on the first failure.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from typing import Any
@@ -40,6 +41,20 @@ def prompt_rewards(indices: list[int]) -> np.ndarray:
 
 def main(rank: int, world: int, init_method: str, url: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    result = train(rank, world, url)
+    with open(out, "w") as f:
+        json.dump(result, f)
+    # DDP's reducer holds the process group: collected first (it lived in `train`), the
+    # group's gloo threads are joined by destroy_process_group rather than left to the
+    # interpreter's exit, where a rank once aborted ("terminate called without an
+    # active exception") in a loaded CI run.
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def train(rank: int, world: int, url: str) -> dict[str, Any]:
+    """The three runs of this rank: what it trained on, its acks and final weights."""
     torch.manual_seed(0)
     policy = DistributedDataParallel(torch.nn.Embedding(SAMPLES, 1))
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
@@ -92,10 +107,7 @@ def main(rank: int, world: int, init_method: str, url: str, out: str) -> None:
                                 "served": batch.indices, "advantages": A.tolist(),
                                 "seq": ack.seq})
     weights = policy.module.weight.detach().flatten().tolist()
-    with open(out, "w") as f:
-        json.dump({"rank": rank, "trained": trained, "weights": weights}, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    return {"rank": rank, "trained": trained, "weights": weights}
 
 
 if __name__ == "__main__":
